@@ -1,0 +1,2 @@
+//! The `fedmesh` command line.
+fn main() {}
