@@ -1,0 +1,133 @@
+//! The node's settings: read from `node.toml`, overridden by command-line flags, and checked with
+//! an error that names the offending setting.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `fedmesh node` needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's ed25519 key file (`fedmesh keygen --out`).
+    pub key: PathBuf,
+    /// Where the RocksDB store, the admin token and the API address file live.
+    pub data_dir: PathBuf,
+    /// Multiaddresses to listen on.
+    #[serde(default = "defaults::listen")]
+    pub listen: Vec<String>,
+    /// Peers to dial at start: `/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...`.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the LAN with mDNS (it does not see loopback).
+    #[serde(default)]
+    pub mdns: bool,
+    /// Data set name (as job specs name them) to a local file, or to an embedded data set name.
+    #[serde(default)]
+    pub datasets: BTreeMap<String, String>,
+    /// PeerIds of the job owners whose jobs this node accepts.
+    #[serde(default)]
+    pub trust: Vec<String>,
+    /// Join trusted jobs automatically when this node has their data set.
+    #[serde(default = "defaults::yes")]
+    pub auto_join: bool,
+    /// This node's group label (hierarchical topologies group members by it).
+    #[serde(default = "defaults::group")]
+    pub group: String,
+    /// The TAG roles this node accepts (empty: any).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The admin API's address; loopback only.
+    #[serde(default = "defaults::admin")]
+    pub admin: SocketAddr,
+    /// Largest request-response message, in bytes.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// Request-response timeout for a small message, in seconds (it grows with the payload).
+    #[serde(default = "defaults::request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// How often open jobs are announced again, in seconds.
+    #[serde(default = "defaults::reannounce_secs")]
+    pub reannounce_secs: u64,
+    /// gossipsub heartbeat, in milliseconds.
+    #[serde(default = "defaults::gossip_heartbeat_ms")]
+    pub gossip_heartbeat_ms: u64,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+
+    pub fn listen() -> Vec<String> {
+        vec!["/ip4/0.0.0.0/tcp/0".to_owned()]
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn group() -> String {
+        "default".to_owned()
+    }
+    pub fn admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+    pub fn max_message_bytes() -> u64 {
+        512 << 20
+    }
+    pub fn request_timeout_secs() -> u64 {
+        30
+    }
+    pub fn reannounce_secs() -> u64 {
+        30
+    }
+    pub fn gossip_heartbeat_ms() -> u64 {
+        1000
+    }
+}
+
+/// A setting that is wrong, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("setting `{setting}`: {problem}")]
+    Invalid { setting: &'static str, problem: String },
+}
+
+impl NodeConfig {
+    /// Reads a `node.toml`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), detail: e.to_string() })
+    }
+
+    /// Checks every setting that can be checked without touching the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, problem: String| Err(ConfigError::Invalid { setting, problem });
+        if !self.admin.ip().is_loopback() {
+            return invalid("admin", format!("{} is not a loopback address", self.admin));
+        }
+        if self.listen.is_empty() {
+            return invalid("listen", "at least one address is needed".to_owned());
+        }
+        if self.max_message_bytes < (1 << 20) {
+            return invalid("max_message_bytes", "must be at least 1 MiB".to_owned());
+        }
+        if self.request_timeout_secs == 0 {
+            return invalid("request_timeout_secs", "must be at least 1".to_owned());
+        }
+        if self.reannounce_secs == 0 {
+            return invalid("reannounce_secs", "must be at least 1".to_owned());
+        }
+        if self.gossip_heartbeat_ms < 10 {
+            return invalid("gossip_heartbeat_ms", "must be at least 10".to_owned());
+        }
+        if self.group.is_empty() {
+            return invalid("group", "must not be empty".to_owned());
+        }
+        Ok(())
+    }
+}

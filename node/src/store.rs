@@ -1,0 +1,310 @@
+//! The node's RocksDB store: jobs, memberships, rounds, model blobs by content hash and node
+//! metadata, in column families. Every state change is one atomic write batch.
+
+use fedmesh_protocol::ids::ContentHash;
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Serialize, de::DeserializeOwned};
+use std::path::{Path, PathBuf};
+
+/// The on-disk schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest record (not blob) the store will decode, a guard against a corrupt value.
+const MAX_RECORD_BYTES: usize = 64 << 20;
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// A column family: one kind of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Schema version and node facts.
+    Meta,
+    /// Job id to the job's record.
+    Jobs,
+    /// Job id ++ member id to a membership record.
+    Members,
+    /// Job id ++ big-endian round to a round record.
+    Rounds,
+    /// Content hash to bytes (models, deltas, announcements).
+    Blobs,
+}
+
+impl Table {
+    const ALL: [Table; 5] = [Table::Meta, Table::Jobs, Table::Members, Table::Rounds, Table::Blobs];
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Jobs => "jobs",
+            Table::Members => "members",
+            Table::Rounds => "rounds",
+            Table::Blobs => "blobs",
+        }
+    }
+}
+
+/// What can go wrong with the store; each names the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the database in {path} is locked: another fedmesh process is using this data directory"
+    )]
+    Locked { path: PathBuf },
+    #[error("the database in {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "the database in {path} has schema version {found}, newer than this fedmesh (version {SCHEMA_VERSION}); upgrade fedmesh"
+    )]
+    NewerSchema { path: PathBuf, found: u32 },
+    #[error("database error in {path}: {source}")]
+    Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error("record in column family `{table}` under key {key} cannot be decoded: {detail}")]
+    BadRecord { table: &'static str, key: String, detail: String },
+    #[error("record for column family `{table}` cannot be encoded: {detail}")]
+    Encode { table: &'static str, detail: String },
+}
+
+/// The node's database.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database under `dir`, checking its schema version.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("db");
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_paranoid_checks(true);
+        let descriptors = Table::ALL
+            .iter()
+            .map(|t| ColumnFamilyDescriptor::new(t.name(), Self::table_options(*t)));
+        let db = DB::open_cf_descriptors(&options, &path, descriptors)
+            .map_err(|e| Self::classify_open_error(&path, e))?;
+        let store = Self { db, path };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// The directory RocksDB keeps its files in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn table_options(table: Table) -> Options {
+        let mut options = Options::default();
+        if table == Table::Blobs {
+            // Model blobs are large: keep them out of the LSM tree's compactions.
+            options.set_enable_blob_files(true);
+            options.set_min_blob_size(4096);
+        }
+        options
+    }
+
+    fn classify_open_error(path: &Path, error: rocksdb::Error) -> StoreError {
+        let text = error.to_string();
+        let path = path.to_path_buf();
+        if text.contains("lock") && (text.contains("LOCK") || text.contains("Resource")) {
+            StoreError::Locked { path }
+        } else if text.contains("Corruption") || text.contains("corrupt") {
+            StoreError::Corrupt { path, detail: text }
+        } else {
+            StoreError::Rocks { path, source: error }
+        }
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let found: Option<u32> = self.get(Table::Meta, SCHEMA_KEY)?;
+        match found {
+            Some(version) if version > SCHEMA_VERSION => {
+                Err(StoreError::NewerSchema { path: self.path.clone(), found: version })
+            }
+            Some(_) => Ok(()),
+            None => {
+                let mut batch = self.batch();
+                batch.put(Table::Meta, SCHEMA_KEY, &SCHEMA_VERSION)?;
+                batch.commit()
+            }
+        }
+    }
+
+    fn handle(&self, table: Table) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(table.name()).ok_or_else(|| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("column family `{}` is missing", table.name()),
+        })
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks { path: self.path.clone(), source }
+    }
+
+    /// Reads and decodes one record.
+    pub fn get<V: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<V>, StoreError> {
+        let raw = self.db.get_pinned_cf(self.handle(table)?, key).map_err(|e| self.rocks(e))?;
+        raw.map(|bytes| decode_record(table, key, &bytes)).transpose()
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan<V: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        let mut records = Vec::new();
+        for item in self.db.iterator_cf(self.handle(table)?, mode) {
+            let (key, value) = item.map_err(|e| self.rocks(e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let record = decode_record(table, &key, &value)?;
+            records.push((key.into_vec(), record));
+        }
+        Ok(records)
+    }
+
+    /// The bytes stored under `hash`, if any.
+    pub fn blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))
+    }
+
+    /// Whether a blob is stored.
+    pub fn has_blob(&self, hash: &ContentHash) -> Result<bool, StoreError> {
+        Ok(self.db.get_pinned_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))?.is_some())
+    }
+
+    /// Starts an atomic change.
+    pub fn batch(&self) -> StoreBatch<'_> {
+        StoreBatch { store: self, batch: WriteBatch::default() }
+    }
+}
+
+/// Changes that are committed together or not at all.
+pub struct StoreBatch<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+}
+
+impl StoreBatch<'_> {
+    /// Puts an encoded record.
+    pub fn put<V: Serialize + ?Sized>(
+        &mut self,
+        table: Table,
+        key: &[u8],
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .map_err(|e| StoreError::Encode { table: table.name(), detail: e.to_string() })?;
+        self.batch.put_cf(self.store.handle(table)?, key, bytes);
+        Ok(())
+    }
+
+    /// Stores bytes under their content hash and returns the hash.
+    pub fn put_blob(&mut self, bytes: &[u8]) -> Result<ContentHash, StoreError> {
+        let hash = ContentHash::of(bytes);
+        self.batch.put_cf(self.store.handle(Table::Blobs)?, hash.0, bytes);
+        Ok(hash)
+    }
+
+    /// Deletes one record.
+    pub fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        self.batch.delete_cf(self.store.handle(table)?, key);
+        Ok(())
+    }
+
+    /// Writes every change at once, synced to disk.
+    pub fn commit(self) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.store.db.write_opt(self.batch, &options).map_err(|e| self.store.rocks(e))
+    }
+}
+
+fn decode_record<V: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<V, StoreError> {
+    let bad = |detail: String| StoreError::BadRecord {
+        table: table.name(),
+        key: key.iter().map(|b| format!("{b:02x}")).collect(),
+        detail,
+    };
+    let config = bincode::config::standard().with_limit::<MAX_RECORD_BYTES>();
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| bad(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(bad(format!("{} trailing bytes", bytes.len() - used)));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_blobs_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = store.batch();
+            batch.put(Table::Jobs, b"job-a", &("alpha".to_string(), 3u64)).unwrap();
+            batch.put(Table::Jobs, b"job-b", &("beta".to_string(), 4u64)).unwrap();
+            hash = batch.put_blob(&[7u8; 10_000]).unwrap();
+            batch.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let jobs: Vec<(Vec<u8>, (String, u64))> = store.scan(Table::Jobs, b"job-").unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[1].1, ("beta".to_string(), 4));
+        assert_eq!(store.blob(&hash).unwrap().unwrap(), vec![7u8; 10_000]);
+    }
+
+    #[test]
+    fn second_open_of_the_same_directory_is_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let error = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = store.batch();
+            batch.put(Table::Meta, SCHEMA_KEY, &(SCHEMA_VERSION + 1)).unwrap();
+            batch.commit().unwrap();
+        }
+        let error = Store::open(dir.path()).err().unwrap();
+        assert!(error.to_string().contains("newer than this fedmesh"), "{error}");
+    }
+
+    #[test]
+    fn a_corrupt_database_gets_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let db_dir = dir.path().join("db");
+        for entry in std::fs::read_dir(&db_dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("MANIFEST") {
+                std::fs::write(&path, b"garbage that is not a manifest").unwrap();
+            }
+        }
+        let error = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_names_its_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = store.batch();
+        batch.put(Table::Rounds, b"r", &"text").unwrap();
+        batch.commit().unwrap();
+        let error = store.get::<(u64, u64, u64)>(Table::Rounds, b"r").err().unwrap();
+        assert!(error.to_string().contains("rounds"), "{error}");
+    }
+}
