@@ -1,0 +1,140 @@
+//! The `fedmesh` command line: every subcommand and flag, with the help text a user reads.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// fedmesh: peer-to-peer federated learning. Each organization runs one node beside its private
+/// data; nodes find each other, learn of signed jobs, train locally and exchange signed model
+/// deltas. No broker, no database server, no cloud account.
+#[derive(Debug, Parser)]
+#[command(name = "fedmesh", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a node key (ed25519, owner-only permissions) and print its PeerId.
+    Keygen(KeygenArgs),
+    /// Run a node: the long-running daemon an organization runs beside its data.
+    Node(Box<NodeArgs>),
+    /// Announce, list and inspect jobs through the local node.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Train centrally on one data set: the baseline a federated job is compared with.
+    TrainLocal(TrainLocalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key; refused if the file exists.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Settings for `fedmesh node`; each overrides the same setting of `--config`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// A node.toml with the node's settings (see README).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The node's key file.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The node's data directory (database, admin token).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// An address to listen on (repeatable), e.g. /ip4/127.0.0.1/tcp/4001.
+    #[arg(long = "listen")]
+    pub listen: Vec<String>,
+    /// A peer to dial at start (repeatable), e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...
+    #[arg(long = "bootstrap")]
+    pub bootstrap: Vec<String>,
+    /// A data set this node offers, NAME=PATH or NAME=EMBEDDED-NAME (repeatable).
+    #[arg(long = "dataset")]
+    pub datasets: Vec<String>,
+    /// The PeerId of a job owner whose jobs this node accepts (repeatable).
+    #[arg(long = "trust")]
+    pub trust: Vec<String>,
+    /// Discover peers with mDNS (LAN only; it does not see loopback).
+    #[arg(long)]
+    pub mdns: bool,
+    /// The node's group label for hierarchical topologies.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The admin API address (loopback only), e.g. 127.0.0.1:7070.
+    #[arg(long)]
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// Where the CLI finds the local node's admin API.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The local node's data directory; the CLI reads the API address and token from it.
+    #[arg(long, env = "FEDMESH_DATA_DIR", default_value = "fedmesh-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Sign a job spec (JSON) with the node's key and publish it.
+    Announce {
+        /// The job spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the jobs the local node knows.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show one job the local node knows.
+    Show {
+        /// The job id (or a unique prefix of it).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TrainLocalArgs {
+    /// An embedded data set (mnist5k, digits, breast-cancer) or a data file (.csv, .npy, IDX).
+    #[arg(long, default_value = "mnist5k")]
+    pub dataset: String,
+    /// For CSV files: the label column, by 0-based index or header name (default: the last).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// The model: `softmax` or `mlp:H1,H2,...` (hidden layer sizes).
+    #[arg(long, default_value = "mlp:200,200")]
+    pub model: String,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The share of the data held out for testing.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f32,
+    /// Print one JSON object at the end instead of a line per epoch.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,99 @@
+//! The libp2p behaviours a fedmesh node runs, and how each is configured: gossipsub for control
+//! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN.
+
+use super::codec::{FrameCodec, PROTOCOL};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, gossipsub, identify, identity, kad, mdns, request_response};
+use std::time::Duration;
+
+/// gossipsub's largest message; every node must use the same value (CRATE-NOTES).
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+
+/// The settings the behaviours take from the node's config.
+#[derive(Debug, Clone)]
+pub struct BehaviourSettings {
+    pub max_message_bytes: u64,
+    pub request_timeout: Duration,
+    pub gossip_heartbeat: Duration,
+    pub mdns: bool,
+}
+
+/// Every protocol a fedmesh node speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub request_response: request_response::Behaviour<FrameCodec>,
+    pub identify: identify::Behaviour,
+    pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Why the behaviours could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BehaviourError {
+    #[error("gossipsub configuration: {0}")]
+    Gossipsub(String),
+    #[error("mDNS: {0}")]
+    Mdns(std::io::Error),
+}
+
+impl Behaviour {
+    /// Builds the behaviours for the node holding `key`.
+    pub fn new(key: &identity::Keypair, settings: &BehaviourSettings) -> Result<Self, BehaviourError> {
+        let peer_id = key.public().to_peer_id();
+        let mut kademlia = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::new(peer_id),
+            kad::Config::new(StreamProtocol::new("/fedmesh/kad/1")),
+        );
+        kademlia.set_mode(Some(kad::Mode::Server));
+        let mdns = if settings.mdns {
+            Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(BehaviourError::Mdns)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            gossipsub: gossipsub_behaviour(key, settings)?,
+            request_response: request_response::Behaviour::with_codec(
+                FrameCodec::new(settings.max_message_bytes),
+                [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(settings.request_timeout)
+                    .with_max_concurrent_streams(256),
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new("/fedmesh/id/1".to_owned(), key.public())
+                    .with_agent_version(format!("fedmesh/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            kademlia,
+            mdns: Toggle::from(mdns),
+        })
+    }
+}
+
+/// gossipsub signed by the node key, strict validation, application-side acceptance, and a
+/// content-hash message id; mesh sizes that work from 3 to 100 peers.
+fn gossipsub_behaviour(
+    key: &identity::Keypair,
+    settings: &BehaviourSettings,
+) -> Result<gossipsub::Behaviour, BehaviourError> {
+    let config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(settings.gossip_heartbeat)
+        .heartbeat_initial_delay(settings.gossip_heartbeat)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec())
+        })
+        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .mesh_n_low(3)
+        .mesh_n(6)
+        .mesh_n_high(12)
+        .mesh_outbound_min(2)
+        .flood_publish(true)
+        .build()
+        .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+        .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))
+}

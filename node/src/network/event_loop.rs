@@ -1,0 +1,229 @@
+//! The one task that owns the libp2p `Swarm`: it runs commands from the `Network` handle and turns
+//! swarm events into `NetworkEvent`s for the node. It never blocks: decoding and verification
+//! happen in the receiver of the events.
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::{Command, NetworkError, NetworkEvent, NetworkStatus};
+use crate::metrics::Metrics;
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, request_response};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+type PendingRequests =
+    HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetworkError>>>;
+
+/// Owns the swarm; see the module doc.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetworkEvent>,
+    pending_requests: PendingRequests,
+    metrics: Arc<Metrics>,
+}
+
+impl EventLoop {
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetworkEvent>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { swarm, commands, events, pending_requests: HashMap::new(), metrics }
+    }
+
+    /// Runs until every `Network` handle is dropped.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { topic, data, reply } => {
+                let size = data.len();
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic), data)
+                    .map(|_| self.metrics.sent("gossip", size))
+                    .map_err(|e| NetworkError::Publish(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Subscribe { topic } => {
+                if let Err(e) =
+                    self.swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(&topic))
+                {
+                    tracing::warn!(%topic, error = %e, "cannot subscribe");
+                }
+            }
+            Command::Unsubscribe { topic } => {
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&gossipsub::IdentTopic::new(topic));
+            }
+            Command::Request { peer, data, reply } => {
+                self.metrics.sent("request", data.len());
+                let id = self.swarm.behaviour_mut().request_response.send_request(&peer, data);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, data } => {
+                self.metrics.sent("response", data.len());
+                if self.swarm.behaviour_mut().request_response.send_response(channel, data).is_err() {
+                    tracing::debug!("response dropped: the requester went away");
+                }
+            }
+            Command::Validate { message_id, source, acceptance } => {
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &source,
+                    acceptance,
+                );
+            }
+            Command::Dial { address } => self.dial(address),
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn dial(&mut self, address: Multiaddr) {
+        if let Some(peer) = peer_of(&address) {
+            self.swarm.behaviour_mut().kademlia.add_address(&peer, address.clone());
+        }
+        if let Err(e) = self.swarm.dial(address.clone()) {
+            tracing::warn!(%address, error = %e, "cannot dial");
+        }
+    }
+
+    fn status(&self) -> NetworkStatus {
+        NetworkStatus {
+            peer_id: *self.swarm.local_peer_id(),
+            listen_addresses: self.swarm.listeners().cloned().collect(),
+            connected_peers: self.swarm.connected_peers().cloned().collect(),
+        }
+    }
+
+    async fn emit(&self, event: NetworkEvent) {
+        if self.events.send(event).await.is_err() {
+            tracing::debug!("network event dropped: the node is shutting down");
+        }
+    }
+
+    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                    self.emit(NetworkEvent::PeerConnected(peer_id)).await;
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, "disconnected");
+                    self.emit(NetworkEvent::PeerDisconnected(peer_id)).await;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
+            _ => {}
+        }
+    }
+
+    async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(event) => self.on_gossip(event).await,
+            BehaviourEvent::RequestResponse(event) => self.on_request_response(event).await,
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for address in info.listen_addrs {
+                    self.swarm.behaviour_mut().kademlia.add_address(&peer_id, address);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(peers)) => {
+                for (peer, address) in peers {
+                    self.swarm.behaviour_mut().kademlia.add_address(&peer, address.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(address);
+                    }
+                }
+            }
+            BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. }) => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                self.metrics.received("gossip", message.data.len());
+                self.emit(NetworkEvent::Gossip {
+                    source: propagation_source,
+                    message_id,
+                    topic: message.topic.into_string(),
+                    data: message.data,
+                })
+                .await;
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                self.emit(NetworkEvent::Subscribed { peer: peer_id, topic: topic.into_string() })
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_request_response(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.metrics.received("request", request.len());
+                    self.emit(NetworkEvent::Request { peer, data: request, channel }).await;
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.metrics.received("response", response.len());
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                tracing::debug!(%peer, %error, "request failed");
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound request failed");
+                self.metrics.rejected("request", "inbound_failure");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// The PeerId at the end of a `/p2p/...` address.
+pub fn peer_of(address: &Multiaddr) -> Option<PeerId> {
+    address.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}

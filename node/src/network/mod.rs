@@ -1,0 +1,159 @@
+//! The node's network: a cloneable `Network` handle that sends commands to the one event loop that
+//! owns the libp2p swarm, and the stream of `NetworkEvent`s it produces.
+
+mod behaviour;
+mod codec;
+mod event_loop;
+
+pub use behaviour::{BehaviourSettings, MAX_GOSSIP_BYTES};
+pub use event_loop::peer_of;
+
+use crate::metrics::Metrics;
+use behaviour::Behaviour;
+use event_loop::EventLoop;
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId, identity, noise, tcp, yamux};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the network can fail at.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot publish: {0}")]
+    Publish(String),
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error("cannot start the network: {0}")]
+    Setup(String),
+    #[error("cannot listen on {address}: {detail}")]
+    Listen { address: String, detail: String },
+}
+
+/// Something the network saw that the node must handle.
+#[derive(Debug)]
+pub enum NetworkEvent {
+    /// A gossip message; the receiver must report its validation result.
+    Gossip { source: PeerId, message_id: MessageId, topic: String, data: Vec<u8> },
+    /// A request to answer through `Network::respond`.
+    Request { peer: PeerId, data: Vec<u8>, channel: ResponseChannel<Vec<u8>> },
+    PeerConnected(PeerId),
+    PeerDisconnected(PeerId),
+    /// A peer subscribed to a topic.
+    Subscribed { peer: PeerId, topic: String },
+}
+
+/// The node's view of its own network.
+#[derive(Debug, Clone)]
+pub struct NetworkStatus {
+    pub peer_id: PeerId,
+    pub listen_addresses: Vec<Multiaddr>,
+    pub connected_peers: Vec<PeerId>,
+}
+
+pub(crate) enum Command {
+    Publish { topic: String, data: Vec<u8>, reply: oneshot::Sender<Result<(), NetworkError>> },
+    Subscribe { topic: String },
+    Unsubscribe { topic: String },
+    Request { peer: PeerId, data: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, NetworkError>> },
+    Respond { channel: ResponseChannel<Vec<u8>>, data: Vec<u8> },
+    Validate { message_id: MessageId, source: PeerId, acceptance: MessageAcceptance },
+    Dial { address: Multiaddr },
+    Status { reply: oneshot::Sender<NetworkStatus> },
+}
+
+/// A cloneable handle to the network task.
+#[derive(Clone)]
+pub struct Network {
+    commands: mpsc::Sender<Command>,
+}
+
+/// Builds the swarm, starts listening and spawns the event loop.
+pub fn start(
+    key: identity::Keypair,
+    listen: &[Multiaddr],
+    settings: &BehaviourSettings,
+    metrics: Arc<Metrics>,
+) -> Result<(Network, mpsc::Receiver<NetworkEvent>), NetworkError> {
+    let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
+    let behaviour = Behaviour::new(&key, settings).map_err(|e| setup(&e))?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    for address in listen {
+        swarm.listen_on(address.clone()).map_err(|e| NetworkError::Listen {
+            address: address.to_string(),
+            detail: e.to_string(),
+        })?;
+    }
+    let (command_tx, command_rx) = mpsc::channel(256);
+    let (event_tx, event_rx) = mpsc::channel(1024);
+    tokio::spawn(EventLoop::new(swarm, command_rx, event_tx, metrics).run());
+    Ok((Network { commands: command_tx }, event_rx))
+}
+
+impl Network {
+    async fn send(&self, command: Command) -> Result<(), NetworkError> {
+        self.commands.send(command).await.map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Publishes a gossip message on `topic`.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NetworkError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Publish { topic: topic.to_owned(), data, reply }).await?;
+        answer.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    pub async fn subscribe(&self, topic: &str) -> Result<(), NetworkError> {
+        self.send(Command::Subscribe { topic: topic.to_owned() }).await
+    }
+
+    pub async fn unsubscribe(&self, topic: &str) -> Result<(), NetworkError> {
+        self.send(Command::Unsubscribe { topic: topic.to_owned() }).await
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetworkError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Request { peer, data, reply }).await?;
+        answer.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    /// Answers a request received as `NetworkEvent::Request`.
+    pub async fn respond(
+        &self,
+        channel: ResponseChannel<Vec<u8>>,
+        data: Vec<u8>,
+    ) -> Result<(), NetworkError> {
+        self.send(Command::Respond { channel, data }).await
+    }
+
+    /// Reports whether a gossip message is valid, so gossipsub forwards it or penalizes its sender.
+    pub async fn validate(
+        &self,
+        message_id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    ) -> Result<(), NetworkError> {
+        self.send(Command::Validate { message_id, source, acceptance }).await
+    }
+
+    pub async fn dial(&self, address: Multiaddr) -> Result<(), NetworkError> {
+        self.send(Command::Dial { address }).await
+    }
+
+    pub async fn status(&self) -> Result<NetworkStatus, NetworkError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Status { reply }).await?;
+        answer.await.map_err(|_| NetworkError::Stopped)
+    }
+}

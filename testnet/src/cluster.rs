@@ -1,0 +1,235 @@
+//! A set of real `fedmesh node` processes on 127.0.0.1: each with its own key, data directory and
+//! node.toml, started one after another so that each bootstraps from the one before.
+
+use crate::api::ApiClient;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the cluster could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot run {binary}: {source}")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("`fedmesh keygen` failed: {0}")]
+    Keygen(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("node {name} did not come up within {seconds} s; its log is {log}")]
+    NotUp { name: String, seconds: u64, log: String },
+    #[error("node {name} exited early ({status}); its log is {log}")]
+    Exited { name: String, status: String, log: String },
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+}
+
+/// How to start one node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSpec {
+    /// Data set name to a file or an embedded data set name.
+    pub datasets: Vec<(String, String)>,
+    /// PeerIds of job owners to trust.
+    pub trust: Vec<String>,
+    /// Group label for hierarchical topologies.
+    pub group: Option<String>,
+    /// Extra lines for node.toml.
+    pub extra_config: Vec<String>,
+}
+
+/// One running (or stopped) node.
+pub struct NodeProcess {
+    pub name: String,
+    pub dir: PathBuf,
+    pub peer_id: String,
+    /// The address others bootstrap from, with `/p2p/PEERID`.
+    pub address: String,
+    pub api: ApiClient,
+    child: Option<Child>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    listen_addresses: Vec<String>,
+}
+
+/// The `fedmesh` binary and a root directory under which every node gets a folder.
+pub struct Cluster {
+    binary: PathBuf,
+    root: PathBuf,
+    pub nodes: Vec<NodeProcess>,
+}
+
+impl Cluster {
+    pub fn new(binary: &Path, root: &Path) -> Self {
+        Self { binary: binary.to_owned(), root: root.to_owned(), nodes: Vec::new() }
+    }
+
+    /// Creates a key with `fedmesh keygen` and returns its PeerId.
+    pub fn keygen(&self, out: &Path) -> Result<String, ClusterError> {
+        let output = Command::new(&self.binary)
+            .args(["keygen", "--out"])
+            .arg(out)
+            .output()
+            .map_err(|source| ClusterError::Spawn { binary: self.binary.display().to_string(), source })?;
+        if !output.status.success() {
+            return Err(ClusterError::Keygen(String::from_utf8_lossy(&output.stderr).into_owned()));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        stdout
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|line| !line.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ClusterError::Keygen("printed no PeerId".to_owned()))
+    }
+
+    /// Starts a new node that bootstraps from every node already running, and waits until its
+    /// admin API answers.
+    pub async fn start_node(&mut self, spec: &NodeSpec) -> Result<&NodeProcess, ClusterError> {
+        let name = format!("node{}", self.nodes.len());
+        let dir = self.root.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|source| ClusterError::Write { path: dir.clone(), source })?;
+        let peer_id = self.keygen(&dir.join("node.key"))?;
+        let bootstrap: Vec<String> = self.nodes.iter().map(|n| n.address.clone()).collect();
+        write_config(&dir, spec, &bootstrap)?;
+        let mut child = self.spawn(&dir)?;
+        let (address, api) = wait_until_up(&name, &dir, &peer_id, &mut child).await?;
+        self.nodes.push(NodeProcess { name, dir, peer_id, address, api, child: Some(child) });
+        Ok(self.nodes.last().expect("just pushed"))
+    }
+
+    fn spawn(&self, dir: &Path) -> Result<Child, ClusterError> {
+        let log = std::fs::File::create(dir.join("node.log"))
+            .map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
+        let log_err = log.try_clone().map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
+        Command::new(&self.binary)
+            .args(["node", "--config"])
+            .arg(dir.join("node.toml"))
+            .env("RUST_LOG", std::env::var("FEDMESH_TESTNET_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| ClusterError::Spawn { binary: self.binary.display().to_string(), source })
+    }
+
+    /// Restarts a stopped node from its data directory.
+    pub async fn restart(&mut self, index: usize) -> Result<(), ClusterError> {
+        let node = &self.nodes[index];
+        let _ = std::fs::remove_file(node.data_dir().join("admin.json"));
+        let mut child = self.spawn(&node.dir)?;
+        let (address, api) = wait_until_up(&node.name, &node.dir, &node.peer_id, &mut child).await?;
+        let node = &mut self.nodes[index];
+        node.address = address;
+        node.api = api;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops every node.
+    pub fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+impl NodeProcess {
+    /// The node's data directory (database, admin endpoint).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How long a node may take to start and answer its admin API.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits until the node's admin API answers with a loopback listen address; returns that address
+/// (with `/p2p/PEERID`) and the API client.
+async fn wait_until_up(
+    name: &str,
+    dir: &Path,
+    peer_id: &str,
+    child: &mut Child,
+) -> Result<(String, ApiClient), ClusterError> {
+    let log = dir.join("node.log").display().to_string();
+    let deadline = Instant::now() + START_LIMIT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(ClusterError::Exited { name: name.to_owned(), status: status.to_string(), log });
+        }
+        if let Ok(api) = ApiClient::from_data_dir(&dir.join("data")) {
+            if let Ok(status) = api.get::<Status>("/v1/status").await {
+                if let Some(address) = status.listen_addresses.iter().find(|a| a.contains("127.0.0.1")) {
+                    return Ok((format!("{address}/p2p/{peer_id}"), api));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ClusterError::NotUp { name: name.to_owned(), seconds: START_LIMIT.as_secs(), log })
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn write_config(dir: &Path, spec: &NodeSpec, bootstrap: &[String]) -> Result<(), ClusterError> {
+    let mut lines = vec![
+        format!("key = {:?}", dir.join("node.key").display().to_string()),
+        format!("data_dir = {:?}", dir.join("data").display().to_string()),
+        "listen = [\"/ip4/127.0.0.1/tcp/0\"]".to_owned(),
+        format!("bootstrap = {}", toml_list(bootstrap)),
+        format!("trust = {}", toml_list(&spec.trust)),
+        "admin = \"127.0.0.1:0\"".to_owned(),
+        "gossip_heartbeat_ms = 200".to_owned(),
+    ];
+    if let Some(group) = &spec.group {
+        lines.push(format!("group = {group:?}"));
+    }
+    lines.extend(spec.extra_config.iter().cloned());
+    lines.push("[datasets]".to_owned());
+    for (name, source) in &spec.datasets {
+        lines.push(format!("{name:?} = {source:?}"));
+    }
+    let path = dir.join("node.toml");
+    std::fs::write(&path, lines.join("\n") + "\n").map_err(|source| ClusterError::Write { path, source })
+}
