@@ -1,0 +1,491 @@
+//! The wire messages: signed bodies, the gossip (control) enum, and the request-response (bulk)
+//! enums. Every body names its job, and its round and base model where it has them, so a valid
+//! signature cannot be replayed elsewhere.
+
+use crate::envelope::{CarriesPayload, Scoped, Signed, SignedBody, Verified, VerifyError};
+use crate::envelope::{Denied, Domain};
+use crate::ids::{ContentHash, JobId, MemberId, Round};
+use crate::spec::{JobSpec, MAX_JOB_SPEC_BYTES};
+use crate::tensor::PayloadRef;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Longest group label, role name, slot name or free-text reason, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Most roles one join or assignment entry may list.
+pub const MAX_ROLES: usize = 16;
+/// Most job ids one job list names.
+pub const MAX_JOB_IDS: usize = 1000;
+/// Most members one assignment, aggregate or partial aggregate may name.
+pub const MAX_MEMBERS: usize = 10_000;
+
+/// Milliseconds since the Unix epoch, for the `*_at_ms` fields.
+pub fn unix_millis() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A job's owner announces it; the job id is the hash of the signed announcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobAnnouncement {
+    /// The job spec's canonical JSON (`JobSpec::to_canonical_json`).
+    #[serde(with = "serde_bytes")]
+    pub spec_json: Vec<u8>,
+    pub announced_at_ms: u64,
+}
+
+impl JobAnnouncement {
+    /// Announces `spec` (validated first).
+    pub fn new(spec: &JobSpec, announced_at_ms: u64) -> Result<Self, crate::spec::SpecErrors> {
+        spec.validate()?;
+        Ok(Self { spec_json: spec.to_canonical_json()?, announced_at_ms })
+    }
+}
+
+/// A member joins a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Join {
+    pub job: JobId,
+    pub member: MemberId,
+    /// Its `groupBy` label (for example a region).
+    pub group: String,
+    /// The TAG roles it accepts.
+    pub roles: Vec<String>,
+    /// How many samples its local data set has.
+    pub samples: u64,
+    pub sent_at_ms: u64,
+}
+
+/// A member leaves a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leave {
+    pub job: JobId,
+    pub member: MemberId,
+    pub reason: String,
+    pub sent_at_ms: u64,
+}
+
+/// A member is alive in a job; `sequence` makes every heartbeat distinct.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub job: JobId,
+    pub member: MemberId,
+    /// The round it is in.
+    pub round: Round,
+    pub sequence: u64,
+    pub sent_at_ms: u64,
+}
+
+/// A round opens on a base model, with a deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundOpen {
+    pub job: JobId,
+    pub round: Round,
+    pub base_model: ContentHash,
+    pub deadline_ms: u64,
+    pub opened_at_ms: u64,
+}
+
+/// A coordinator's roles and selection for one round (orchestration mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub job: JobId,
+    pub round: Round,
+    pub base_model: ContentHash,
+    /// The roles each member takes this round.
+    pub roles: BTreeMap<MemberId, Vec<String>>,
+    /// The trainers selected this round.
+    pub trainers: Vec<MemberId>,
+    /// The aggregator of each slot (a group label, or `"top"`).
+    pub aggregators: BTreeMap<String, MemberId>,
+    pub issued_at_ms: u64,
+}
+
+/// One member's update as an aggregate counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Contribution {
+    pub member: MemberId,
+    /// The hash of the delta payload.
+    pub delta: ContentHash,
+    pub samples: u64,
+}
+
+/// Training metrics a trainer reports with its delta.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainMetrics {
+    pub loss: f32,
+    pub accuracy: Option<f32>,
+}
+
+/// Evaluation metrics of a global model.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub loss: Option<f32>,
+    pub accuracy: Option<f32>,
+    /// Samples the evaluation used (0 if none).
+    pub samples: u64,
+}
+
+/// A round's new global model is ready; lists every contribution it includes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregateReady {
+    pub job: JobId,
+    pub round: Round,
+    pub base_model: ContentHash,
+    /// The new global model's hash (fetch it as a blob).
+    pub model: ContentHash,
+    pub contributions: Vec<Contribution>,
+    pub metrics: EvalMetrics,
+    pub sent_at_ms: u64,
+}
+
+/// A trainer's update; the payload travels beside the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelDelta {
+    pub job: JobId,
+    pub round: Round,
+    pub base_model: ContentHash,
+    pub member: MemberId,
+    pub samples: u64,
+    pub metrics: TrainMetrics,
+    pub payload: PayloadRef,
+}
+
+/// A group aggregator's weighted sum (hierarchical topologies); the sum travels beside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialAggregate {
+    pub job: JobId,
+    pub round: Round,
+    pub base_model: ContentHash,
+    pub group: String,
+    pub aggregator: MemberId,
+    /// The weighted sum of the group's deltas.
+    pub sum: PayloadRef,
+    pub total_weight: f64,
+    pub contributions: Vec<Contribution>,
+}
+
+fn check_label(what: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_LABEL_BYTES {
+        return Err(format!("{what} is {} bytes, at most {MAX_LABEL_BYTES}", text.len()));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{what} contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_roles(roles: &[String]) -> Result<(), String> {
+    if roles.len() > MAX_ROLES {
+        return Err(format!("{} roles, at most {MAX_ROLES}", roles.len()));
+    }
+    roles.iter().try_for_each(|role| check_label("a role name", role))
+}
+
+fn check_count(what: &str, count: usize) -> Result<(), String> {
+    if count > MAX_MEMBERS {
+        return Err(format!("{count} {what}, at most {MAX_MEMBERS}"));
+    }
+    Ok(())
+}
+
+fn check_unique<T: Ord>(what: &str, items: impl IntoIterator<Item = T>) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    if items.into_iter().all(|item| seen.insert(item)) {
+        Ok(())
+    } else {
+        Err(format!("{what} lists a member twice"))
+    }
+}
+
+fn check_finite(what: &str, value: Option<f32>) -> Result<(), String> {
+    match value {
+        Some(v) if !v.is_finite() => Err(format!("{what} is not finite")),
+        _ => Ok(()),
+    }
+}
+
+fn check_contributions(contributions: &[Contribution]) -> Result<(), String> {
+    check_count("contributions", contributions.len())?;
+    check_unique("contributions", contributions.iter().map(|c| c.member))
+}
+
+fn check_accuracy(accuracy: Option<f32>) -> Result<(), String> {
+    match accuracy {
+        Some(a) if !(0.0..=1.0).contains(&a) => Err(format!("accuracy {a} is not in [0, 1]")),
+        _ => Ok(()),
+    }
+}
+
+impl SignedBody for JobAnnouncement {
+    const DOMAIN: Domain = Domain::JobAnnouncement;
+
+    fn check(&self) -> Result<(), String> {
+        if self.spec_json.len() > MAX_JOB_SPEC_BYTES {
+            return Err(format!(
+                "job spec is {} bytes, at most {MAX_JOB_SPEC_BYTES}",
+                self.spec_json.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SignedBody for Join {
+    const DOMAIN: Domain = Domain::Join;
+
+    fn check(&self) -> Result<(), String> {
+        check_label("the group label", &self.group)?;
+        check_roles(&self.roles)
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.member)
+    }
+}
+
+impl SignedBody for Leave {
+    const DOMAIN: Domain = Domain::Leave;
+
+    fn check(&self) -> Result<(), String> {
+        check_label("the reason", &self.reason)
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.member)
+    }
+}
+
+impl SignedBody for Heartbeat {
+    const DOMAIN: Domain = Domain::Heartbeat;
+
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.member)
+    }
+}
+
+impl SignedBody for RoundOpen {
+    const DOMAIN: Domain = Domain::RoundOpen;
+
+    fn check(&self) -> Result<(), String> {
+        if self.round == 0 {
+            return Err("rounds start at 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl SignedBody for Assignment {
+    const DOMAIN: Domain = Domain::Assignment;
+
+    fn check(&self) -> Result<(), String> {
+        check_count("members with roles", self.roles.len())?;
+        self.roles.values().try_for_each(|roles| check_roles(roles))?;
+        check_count("trainers", self.trainers.len())?;
+        check_unique("the trainer list", &self.trainers)?;
+        check_count("aggregator slots", self.aggregators.len())?;
+        self.aggregators.keys().try_for_each(|slot| check_label("a slot name", slot))
+    }
+}
+
+impl SignedBody for AggregateReady {
+    const DOMAIN: Domain = Domain::AggregateReady;
+
+    fn check(&self) -> Result<(), String> {
+        check_contributions(&self.contributions)?;
+        check_finite("the loss", self.metrics.loss)?;
+        check_accuracy(self.metrics.accuracy)
+    }
+}
+
+impl SignedBody for ModelDelta {
+    const DOMAIN: Domain = Domain::ModelDelta;
+
+    fn check(&self) -> Result<(), String> {
+        if self.samples == 0 {
+            return Err("a delta must be trained on at least one sample".into());
+        }
+        check_finite("the loss", Some(self.metrics.loss))?;
+        check_accuracy(self.metrics.accuracy)?;
+        self.payload.check_shape()
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.member)
+    }
+}
+
+impl SignedBody for PartialAggregate {
+    const DOMAIN: Domain = Domain::PartialAggregate;
+
+    fn check(&self) -> Result<(), String> {
+        check_label("the group label", &self.group)?;
+        check_contributions(&self.contributions)?;
+        if !(self.total_weight.is_finite() && self.total_weight > 0.0) {
+            return Err(format!("total weight {} must be finite and > 0", self.total_weight));
+        }
+        self.sum.check_shape()
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.aggregator)
+    }
+}
+
+impl CarriesPayload for ModelDelta {
+    fn payload_ref(&self) -> &PayloadRef {
+        &self.payload
+    }
+}
+
+impl CarriesPayload for PartialAggregate {
+    fn payload_ref(&self) -> &PayloadRef {
+        &self.sum
+    }
+}
+
+macro_rules! scoped {
+    ($type:ty) => {
+        impl Scoped for $type {
+            fn job(&self) -> JobId {
+                self.job
+            }
+        }
+    };
+    ($type:ty, round) => {
+        impl Scoped for $type {
+            fn job(&self) -> JobId {
+                self.job
+            }
+            fn round(&self) -> Option<Round> {
+                Some(self.round)
+            }
+        }
+    };
+    ($type:ty, round, base_model) => {
+        impl Scoped for $type {
+            fn job(&self) -> JobId {
+                self.job
+            }
+            fn round(&self) -> Option<Round> {
+                Some(self.round)
+            }
+            fn base_model(&self) -> Option<ContentHash> {
+                Some(self.base_model)
+            }
+        }
+    };
+}
+
+scoped!(Join);
+scoped!(Leave);
+scoped!(Heartbeat, round);
+scoped!(RoundOpen, round, base_model);
+scoped!(Assignment, round, base_model);
+scoped!(AggregateReady, round, base_model);
+scoped!(ModelDelta, round, base_model);
+scoped!(PartialAggregate, round, base_model);
+
+/// A verified job announcement: its id, its parsed and validated spec, and the envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedJob {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub announcement: Verified<JobAnnouncement>,
+}
+
+impl Signed<JobAnnouncement> {
+    /// Verifies an announcement: the signature, the spec (canonical JSON, every field valid), and
+    /// that the signer is the owner the spec names. Returns the job id with the spec.
+    pub fn verify_announcement(self) -> Result<VerifiedJob, VerifyError> {
+        let id = JobId(self.content_hash()?);
+        let announcement = self.verify(|_, _| Ok(()))?;
+        let spec = JobSpec::from_canonical_json(&announcement.body().spec_json)?;
+        Denied::unless_signer_is(&announcement.signer(), &spec.owner, "the job's owner").map_err(
+            |denied| VerifyError::Denied {
+                domain: Domain::JobAnnouncement,
+                signer: announcement.signer(),
+                reason: denied.0,
+            },
+        )?;
+        Ok(VerifiedJob { id, spec, announcement })
+    }
+}
+
+/// Control messages, carried by gossipsub (each at most `codec::MAX_GOSSIP_BYTES` encoded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GossipMessage {
+    Announce(Signed<JobAnnouncement>),
+    Join(Signed<Join>),
+    Leave(Signed<Leave>),
+    Heartbeat(Signed<Heartbeat>),
+    RoundOpen(Signed<RoundOpen>),
+    Assignment(Signed<Assignment>),
+    AggregateReady(Signed<AggregateReady>),
+}
+
+impl GossipMessage {
+    /// The job it claims to belong to (unverified; `None` for an announcement, whose id is its
+    /// hash): for routing to the job's handler, which verifies it.
+    pub fn claimed_job(&self) -> Option<JobId> {
+        match self {
+            Self::Announce(_) => None,
+            Self::Join(m) => Some(m.unverified_body().job),
+            Self::Leave(m) => Some(m.unverified_body().job),
+            Self::Heartbeat(m) => Some(m.unverified_body().job),
+            Self::RoundOpen(m) => Some(m.unverified_body().job),
+            Self::Assignment(m) => Some(m.unverified_body().job),
+            Self::AggregateReady(m) => Some(m.unverified_body().job),
+        }
+    }
+}
+
+/// Bulk requests, carried by request-response; a payload travels beside some of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// A trainer's delta; the payload is the encoded delta.
+    Delta(Signed<ModelDelta>),
+    /// A group aggregator's weighted sum; the payload is the encoded sum.
+    Partial(Signed<PartialAggregate>),
+    /// Asks for a blob (a model, a delta, an announcement) by content hash; no payload.
+    Blob { hash: ContentHash },
+    /// Asks a peer which jobs it knows (a node that was offline at an announcement catches up).
+    Jobs,
+    /// Asks for one job's signed announcement.
+    Announcement { job: JobId },
+}
+
+impl Request {
+    /// Whether a payload travels beside this request.
+    pub fn has_payload(&self) -> bool {
+        matches!(self, Self::Delta(_) | Self::Partial(_))
+    }
+}
+
+/// Answers to requests; a blob's bytes travel beside `Blob`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The delta or partial aggregate was accepted.
+    Accepted,
+    /// It was refused, and why (for example "round 3 is closed").
+    Refused { reason: String },
+    /// The blob follows as the payload (check it with `tensor::check_blob`).
+    Blob { hash: ContentHash },
+    /// This peer does not hold that blob.
+    NotFound { hash: ContentHash },
+    /// The ids of the jobs this peer knows (at most [`MAX_JOB_IDS`]).
+    Jobs { ids: Vec<JobId> },
+    /// A job's signed announcement (verify it with `verify_announcement`).
+    Announcement(Signed<JobAnnouncement>),
+}
+
+impl Response {
+    /// Whether a payload travels beside this response.
+    pub fn has_payload(&self) -> bool {
+        matches!(self, Self::Blob { .. })
+    }
+}

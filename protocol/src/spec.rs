@@ -1,0 +1,644 @@
+//! The job spec (JSON): what a job trains, on what, how, with whom; parsing that reports every
+//! problem with its field path, and the canonical JSON a job announcement signs.
+//!
+//! ```json
+//! {
+//!   "name": "mnist-mlp",
+//!   "owner": "12D3KooW...",
+//!   "tag": "central",
+//!   "model": {"mlp": [200]},
+//!   "dataset": "mnist",
+//!   "hyperparameters": {"rounds": 20, "lr": 0.05},
+//!   "strategy": {"rule": "trimmed_mean", "beta": 0.1},
+//!   "participation": {"min_participants": 3, "fraction": 0.5},
+//!   "quorum": {"fraction": 0.8},
+//!   "round_deadline_secs": 120
+//! }
+//! ```
+//!
+//! Only `name`, `owner`, `model` and `dataset` are required. Trainer-side TAG validation (roles,
+//! channels, groups) is `fedmesh-topologies`'; here the TAG's shape and field names are checked.
+
+use crate::ids::{ContentHash, MemberId};
+use crate::message::MAX_MEMBERS;
+use crate::model::{ExternalInit, ModelSpec};
+use crate::strategy::{AggregationRule, ServerOptimizerSpec, StrategySpec};
+use crate::tag::{BuiltinTopology, TagSchema, TagSpec};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Largest job spec JSON, in bytes (it travels inside a gossip message).
+pub const MAX_JOB_SPEC_BYTES: usize = 48 * 1024;
+/// Longest round deadline: a week.
+pub const MAX_ROUND_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+/// A job, as its owner states it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// The member whose key signs the announcement (a PeerId string in JSON).
+    pub owner: MemberId,
+    /// The topology; `"central"` if absent.
+    #[serde(default = "default_tag")]
+    pub tag: TagSpec,
+    pub model: ModelSpec,
+    /// The data set name each node maps to its own local data.
+    pub dataset: String,
+    #[serde(default)]
+    pub hyperparameters: Hyperparameters,
+    #[serde(default)]
+    pub strategy: StrategySpec,
+    #[serde(default)]
+    pub participation: Participation,
+    #[serde(default)]
+    pub quorum: Quorum,
+    /// A round closes at its quorum or after this many seconds.
+    #[serde(default = "default_deadline")]
+    pub round_deadline_secs: u64,
+    /// The coordinator of an orchestrated job; none for a self-organizing one.
+    #[serde(default)]
+    pub coordinator: Option<MemberId>,
+    /// Seed of model initialization, client selection and data shuffling.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_tag() -> TagSpec {
+    TagSpec::Builtin(BuiltinTopology::Central)
+}
+
+fn default_deadline() -> u64 {
+    300
+}
+
+/// Local training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hyperparameters {
+    /// Number of rounds (default 10).
+    pub rounds: u64,
+    /// Passes over the local data per round (default 1).
+    pub local_epochs: u32,
+    /// Default 32.
+    pub batch_size: u32,
+    /// Learning rate (default 0.05).
+    pub lr: f32,
+    /// SGD momentum in [0, 1) (default 0).
+    pub momentum: f32,
+    /// L2 weight decay (default 0).
+    pub weight_decay: f32,
+    /// FedProx proximal term; 0 is plain FedAvg (default 0).
+    pub fedprox_mu: f32,
+}
+
+impl Default for Hyperparameters {
+    fn default() -> Self {
+        Self {
+            rounds: 10,
+            local_epochs: 1,
+            batch_size: 32,
+            lr: 0.05,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            fedprox_mu: 0.0,
+        }
+    }
+}
+
+/// Who may take part, and how many trainers each round selects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Participation {
+    /// A round starts only with at least this many members (default 1).
+    pub min_participants: u32,
+    /// At most this many trainers per round (default: no limit).
+    pub max_participants: Option<u32>,
+    /// The fraction of members selected as trainers each round, in (0, 1] (default 1).
+    pub fraction: f32,
+    /// The keys allowed to join; empty means anyone the node's policy admits.
+    pub allow: Vec<MemberId>,
+}
+
+impl Default for Participation {
+    fn default() -> Self {
+        Self { min_participants: 1, max_participants: None, fraction: 1.0, allow: Vec::new() }
+    }
+}
+
+/// How many of the selected trainers' updates close a round: `{"count": 3}` or
+/// `{"fraction": 0.8}` (default: all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Quorum {
+    Count(u32),
+    Fraction(f32),
+}
+
+impl Default for Quorum {
+    fn default() -> Self {
+        Self::Fraction(1.0)
+    }
+}
+
+impl Quorum {
+    /// How many updates close a round of `selected` trainers (at least 1).
+    pub fn required(&self, selected: usize) -> usize {
+        match *self {
+            Self::Count(count) => (count as usize).min(selected).max(1),
+            Self::Fraction(fraction) => ((fraction as f64 * selected as f64).ceil() as usize).max(1),
+        }
+    }
+}
+
+/// One problem in a job spec, at a field path such as `strategy.beta`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a job spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(SpecError::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// Problems collected while parsing and validating.
+#[derive(Default)]
+struct Problems(Vec<SpecError>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(SpecError { path: path.into(), message: message.into() });
+    }
+
+    /// Records `message` at `path` unless `ok`.
+    fn require(&mut self, ok: bool, path: &str, message: &str) {
+        if !ok {
+            self.push(path, message);
+        }
+    }
+
+    fn finish(self) -> Result<(), SpecErrors> {
+        if self.0.is_empty() { Ok(()) } else { Err(SpecErrors(self.0)) }
+    }
+
+    /// Takes and parses field `key`; a missing one is `default()` if it has one, else a problem.
+    fn field<T: DeserializeOwned>(
+        &mut self,
+        map: &mut Map<String, Value>,
+        key: &str,
+        default: Option<fn() -> T>,
+    ) -> Option<T> {
+        let Some(value) = map.remove(key) else {
+            if default.is_none() {
+                self.push(key, "missing (required)");
+            }
+            return default.map(|make| make());
+        };
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                let inner = error.path().to_string();
+                let path = if inner == "." { key.to_owned() } else { format!("{key}.{inner}") };
+                self.push(path, error.into_inner().to_string());
+                None
+            }
+        }
+    }
+
+    /// Records every key of `value` (an object) that is not in `allowed`.
+    fn known_keys(&mut self, value: Option<&Value>, path: &str, allowed: &[&str]) {
+        let Some(Value::Object(map)) = value else { return };
+        for key in map.keys().filter(|key| !allowed.contains(&key.as_str())) {
+            let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            self.push(at, format!("unknown field, expected one of: {}", allowed.join(", ")));
+        }
+    }
+}
+
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "owner",
+    "tag",
+    "model",
+    "dataset",
+    "hyperparameters",
+    "strategy",
+    "participation",
+    "quorum",
+    "round_deadline_secs",
+    "coordinator",
+    "seed",
+];
+
+impl JobSpec {
+    /// Parses and validates a job spec, reporting every problem with its field path.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SpecErrors> {
+        let mut problems = Problems::default();
+        if bytes.len() > MAX_JOB_SPEC_BYTES {
+            problems.push("(spec)", format!("{} bytes, at most {MAX_JOB_SPEC_BYTES}", bytes.len()));
+            return Err(SpecErrors(problems.0));
+        }
+        let mut map = match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(single("(spec)", "must be a JSON object")),
+            Err(error) => return Err(single("(spec)", format!("not valid JSON: {error}"))),
+        };
+        problems.known_keys(Some(&Value::Object(map.clone())), "", TOP_FIELDS);
+        check_shapes(&map, &mut problems);
+        let fields = Fields::parse(&mut map, &mut problems);
+        fields.check(&mut problems);
+        match fields.into_spec() {
+            Some(spec) => {
+                spec.check_consistency(&mut problems);
+                problems.finish().map(|()| spec)
+            }
+            None => Err(SpecErrors(problems.0)),
+        }
+    }
+
+    /// [`from_json`](Self::from_json), and requires the bytes to be the spec's canonical JSON (as
+    /// a signed announcement carries it).
+    pub fn from_canonical_json(bytes: &[u8]) -> Result<Self, SpecErrors> {
+        let spec = Self::from_json(bytes)?;
+        if spec.to_canonical_json()? != bytes {
+            return Err(single("(spec)", "not in canonical form (serialize the parsed spec)"));
+        }
+        Ok(spec)
+    }
+
+    /// The canonical JSON: every field, defaults included, in declaration order, no whitespace.
+    pub fn to_canonical_json(&self) -> Result<Vec<u8>, SpecErrors> {
+        serde_json::to_vec(self).map_err(|error| single("(spec)", error.to_string()))
+    }
+
+    /// Checks every value range and cross-field rule.
+    pub fn validate(&self) -> Result<(), SpecErrors> {
+        let mut problems = Problems::default();
+        Fields::from(self.clone()).check(&mut problems);
+        self.check_consistency(&mut problems);
+        problems.finish()
+    }
+
+    /// Rules that involve more than one section.
+    fn check_consistency(&self, problems: &mut Problems) {
+        let min = self.participation.min_participants as usize;
+        if let AggregationRule::Krum { f } | AggregationRule::MultiKrum { f, .. } = self.strategy.rule {
+            let needed = f.saturating_mul(2).saturating_add(3);
+            if min < needed {
+                problems.push(
+                    "strategy.f",
+                    format!(
+                        "krum tolerating {f} faulty updates needs at least {needed} participants, \
+                         participation.min_participants is {min}"
+                    ),
+                );
+            }
+            if let Quorum::Count(count) = self.quorum
+                && (count as usize) < needed
+            {
+                problems.push(
+                    "quorum.count",
+                    format!("krum with f = {f} needs at least {needed} updates per round"),
+                );
+            }
+        }
+        if let AggregationRule::MultiKrum { f, m } = self.strategy.rule
+            && m > min.saturating_sub(f)
+        {
+            problems.push(
+                "strategy.m",
+                format!("must be at most min_participants - f = {}", min.saturating_sub(f)),
+            );
+        }
+        if let (Quorum::Count(count), Some(max)) = (self.quorum, self.participation.max_participants)
+            && count > max
+        {
+            problems.push("quorum.count", format!("exceeds participation.max_participants ({max})"));
+        }
+        if self.tag == TagSpec::Builtin(BuiltinTopology::Ring)
+            && self.strategy.rule != AggregationRule::FedAvg
+        {
+            problems.push("strategy.rule", "a ring all-reduce computes a weighted mean: use fedavg");
+        }
+    }
+}
+
+fn single(path: &str, message: impl Into<String>) -> SpecErrors {
+    SpecErrors(vec![SpecError { path: path.to_owned(), message: message.into() }])
+}
+
+/// The top-level fields, each parsed on its own so that one bad section does not hide problems in
+/// the others.
+struct Fields {
+    name: Option<String>,
+    owner: Option<MemberId>,
+    tag: Option<TagSpec>,
+    model: Option<ModelSpec>,
+    dataset: Option<String>,
+    hyperparameters: Option<Hyperparameters>,
+    strategy: Option<StrategySpec>,
+    participation: Option<Participation>,
+    quorum: Option<Quorum>,
+    round_deadline_secs: Option<u64>,
+    coordinator: Option<Option<MemberId>>,
+    seed: Option<u64>,
+}
+
+impl Fields {
+    fn parse(map: &mut Map<String, Value>, p: &mut Problems) -> Self {
+        Self {
+            name: p.field(map, "name", None),
+            owner: p.field(map, "owner", None),
+            tag: parse_tag(map, p),
+            model: p.field(map, "model", None),
+            dataset: p.field(map, "dataset", None),
+            hyperparameters: p.field(map, "hyperparameters", Some(Hyperparameters::default)),
+            strategy: p.field(map, "strategy", Some(StrategySpec::default)),
+            participation: p.field(map, "participation", Some(Participation::default)),
+            quorum: p.field(map, "quorum", Some(Quorum::default)),
+            round_deadline_secs: p.field(map, "round_deadline_secs", Some(default_deadline)),
+            coordinator: p.field(map, "coordinator", Some(|| None)),
+            seed: p.field(map, "seed", Some(|| 0)),
+        }
+    }
+
+    /// Checks the value ranges of every section that parsed.
+    fn check(&self, p: &mut Problems) {
+        if let Some(name) = &self.name {
+            check_text(p, "name", name, 128);
+        }
+        if let Some(dataset) = &self.dataset {
+            check_text(p, "dataset", dataset, 256);
+        }
+        if let Some(model) = &self.model {
+            check_model(p, model);
+        }
+        if let Some(hyperparameters) = &self.hyperparameters {
+            check_hyperparameters(p, hyperparameters);
+        }
+        if let Some(strategy) = &self.strategy {
+            check_strategy(p, strategy);
+        }
+        if let Some(participation) = &self.participation {
+            check_participation(p, participation);
+        }
+        if let Some(quorum) = &self.quorum {
+            check_quorum(p, quorum);
+        }
+        if let Some(deadline) = self.round_deadline_secs {
+            let ok = (1..=MAX_ROUND_DEADLINE_SECS).contains(&deadline);
+            p.require(ok, "round_deadline_secs", "must be between 1 and 604800 (a week)");
+        }
+    }
+
+    fn into_spec(self) -> Option<JobSpec> {
+        Some(JobSpec {
+            name: self.name?,
+            owner: self.owner?,
+            tag: self.tag?,
+            model: self.model?,
+            dataset: self.dataset?,
+            hyperparameters: self.hyperparameters?,
+            strategy: self.strategy?,
+            participation: self.participation?,
+            quorum: self.quorum?,
+            round_deadline_secs: self.round_deadline_secs?,
+            coordinator: self.coordinator?,
+            seed: self.seed?,
+        })
+    }
+}
+
+impl From<JobSpec> for Fields {
+    fn from(spec: JobSpec) -> Self {
+        Self {
+            name: Some(spec.name),
+            owner: Some(spec.owner),
+            tag: Some(spec.tag),
+            model: Some(spec.model),
+            dataset: Some(spec.dataset),
+            hyperparameters: Some(spec.hyperparameters),
+            strategy: Some(spec.strategy),
+            participation: Some(spec.participation),
+            quorum: Some(spec.quorum),
+            round_deadline_secs: Some(spec.round_deadline_secs),
+            coordinator: Some(spec.coordinator),
+            seed: Some(spec.seed),
+        }
+    }
+}
+
+/// The TAG is untagged (a name or a schema): report what is wrong with the one it looks like.
+fn parse_tag(map: &mut Map<String, Value>, p: &mut Problems) -> Option<TagSpec> {
+    match map.get("tag") {
+        None => Some(default_tag()),
+        Some(Value::String(_)) => {
+            let builtin = p.field::<BuiltinTopology>(map, "tag", None);
+            builtin.map(TagSpec::Builtin)
+        }
+        Some(Value::Object(_)) => p.field::<TagSchema>(map, "tag", None).map(TagSpec::Schema),
+        Some(_) => {
+            p.push("tag", "must be a built-in topology name or a TAG schema object");
+            None
+        }
+    }
+}
+
+/// Unknown-field checks where serde cannot do them (flattened and untagged sections).
+fn check_shapes(map: &Map<String, Value>, p: &mut Problems) {
+    check_strategy_keys(map.get("strategy"), p);
+    if let Some(tag @ Value::Object(schema)) = map.get("tag") {
+        p.known_keys(Some(tag), "tag", &["name", "description", "roles", "channels"]);
+        each(schema.get("roles"), "tag.roles", |role, path| {
+            let keys = ["name", "description", "isDataConsumer", "groupAssociation"];
+            p.known_keys(Some(role), &path, &keys);
+        });
+        each(schema.get("channels"), "tag.channels", |channel, path| {
+            let keys = ["name", "description", "pair", "groupBy", "funcTags"];
+            p.known_keys(Some(channel), &path, &keys);
+            p.known_keys(channel.get("groupBy"), &format!("{path}.groupBy"), &["type", "value"]);
+        });
+    }
+    if let Some(Value::Object(model)) = map.get("model")
+        && let Some(external) = model.get("external")
+    {
+        p.known_keys(Some(external), "model.external", &["tensors", "init"]);
+        each(external.get("tensors"), "model.external.tensors", |tensor, path| {
+            p.known_keys(Some(tensor), &path, &["name", "shape"]);
+        });
+    }
+}
+
+/// Calls `f` on every element of an array value, with its path.
+fn each(value: Option<&Value>, path: &str, mut f: impl FnMut(&Value, String)) {
+    if let Some(Value::Array(items)) = value {
+        for (index, item) in items.iter().enumerate() {
+            f(item, format!("{path}[{index}]"));
+        }
+    }
+}
+
+fn check_strategy_keys(strategy: Option<&Value>, p: &mut Problems) {
+    let rule_keys: &[&str] = match strategy.and_then(|s| s.get("rule")).and_then(Value::as_str) {
+        Some("trimmed_mean") => &["beta"],
+        Some("krum") => &["f"],
+        Some("multi_krum") => &["f", "m"],
+        _ => &[],
+    };
+    let mut allowed = vec!["rule", "server", "clip_norm", "noise_multiplier", "noise_seed"];
+    allowed.extend_from_slice(rule_keys);
+    p.known_keys(strategy, "strategy", &allowed);
+    let server = strategy.and_then(|s| s.get("server"));
+    let server_keys: &[&str] = match server.and_then(|s| s.get("optimizer")).and_then(Value::as_str) {
+        Some("fedavgm") => &["optimizer", "eta", "beta1"],
+        _ => &["optimizer", "eta", "beta1", "beta2", "tau"],
+    };
+    p.known_keys(server, "strategy.server", server_keys);
+}
+
+fn check_text(p: &mut Problems, path: &str, text: &str, max: usize) {
+    p.require(!text.trim().is_empty(), path, "must not be empty");
+    p.require(text.len() <= max, path, &format!("must be at most {max} bytes"));
+    p.require(!text.chars().any(char::is_control), path, "must not contain control characters");
+}
+
+/// Whether `value` is finite and in `[low, high)` (or `[low, high]` when `inclusive`).
+fn in_range(value: f32, low: f32, high: f32, inclusive: bool) -> bool {
+    value.is_finite() && value >= low && (value < high || (inclusive && value == high))
+}
+
+fn positive(value: f32) -> bool {
+    value.is_finite() && value > 0.0
+}
+
+fn check_model(p: &mut Problems, model: &ModelSpec) {
+    match model {
+        ModelSpec::Softmax => {}
+        ModelSpec::Mlp(hidden) => {
+            p.require(hidden.len() <= 64, "model.mlp", "at most 64 hidden layers");
+            for (index, width) in hidden.iter().enumerate() {
+                let ok = (1..=1 << 20).contains(width);
+                p.require(ok, &format!("model.mlp[{index}]"), "must be between 1 and 1048576");
+            }
+        }
+        ModelSpec::External(external) => {
+            p.require(!external.tensors.is_empty(), "model.external.tensors", "must not be empty");
+            let mut names = BTreeSet::new();
+            for (index, tensor) in external.tensors.iter().enumerate() {
+                let path = format!("model.external.tensors[{index}]");
+                p.require(!tensor.name.is_empty(), &format!("{path}.name"), "must not be empty");
+                p.require(names.insert(&tensor.name), &format!("{path}.name"), "is used twice");
+                let ok = !tensor.shape.is_empty() && tensor.shape.iter().all(|d| *d >= 1);
+                p.require(ok, &format!("{path}.shape"), "dimensions must be >= 1");
+            }
+            let total = external.tensors.iter().try_fold(1u64, |total, tensor| {
+                let size = tensor.shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d as u64))?;
+                total.checked_add(size)
+            });
+            let ok = total.is_some_and(|total| total <= 1 << 31);
+            p.require(ok, "model.external.tensors", "at most 2^31 parameters in all");
+            if let ExternalInit::Safetensors(hash) = &external.init {
+                let ok = ContentHash::from_hex(hash).is_ok();
+                p.require(ok, "model.external.init.safetensors", "must be a 64-hex-digit hash");
+            }
+        }
+    }
+}
+
+fn check_hyperparameters(p: &mut Problems, h: &Hyperparameters) {
+    let at = |field: &str| format!("hyperparameters.{field}");
+    p.require((1..=100_000).contains(&h.rounds), &at("rounds"), "must be between 1 and 100000");
+    let epochs = (1..=1000).contains(&h.local_epochs);
+    p.require(epochs, &at("local_epochs"), "must be between 1 and 1000");
+    let batch = (1..=1_000_000).contains(&h.batch_size);
+    p.require(batch, &at("batch_size"), "must be between 1 and 1000000");
+    p.require(positive(h.lr), &at("lr"), "must be > 0");
+    p.require(in_range(h.momentum, 0.0, 1.0, false), &at("momentum"), "must be in [0, 1)");
+    let decay = in_range(h.weight_decay, 0.0, f32::MAX, true);
+    p.require(decay, &at("weight_decay"), "must be >= 0");
+    let mu = in_range(h.fedprox_mu, 0.0, f32::MAX, true);
+    p.require(mu, &at("fedprox_mu"), "must be >= 0");
+}
+
+fn check_strategy(p: &mut Problems, s: &StrategySpec) {
+    match s.rule {
+        AggregationRule::TrimmedMean { beta } => {
+            p.require(in_range(beta, 0.0, 0.5, false), "strategy.beta", "must be in [0, 0.5)");
+        }
+        AggregationRule::MultiKrum { m, .. } => p.require(m >= 1, "strategy.m", "must be >= 1"),
+        AggregationRule::FedAvg | AggregationRule::Median | AggregationRule::Krum { .. } => {}
+    }
+    if let Some(clip) = s.clip_norm {
+        p.require(positive(clip), "strategy.clip_norm", "must be > 0");
+    }
+    if let Some(noise) = s.noise_multiplier {
+        let ok = in_range(noise, 0.0, f32::MAX, true);
+        p.require(ok, "strategy.noise_multiplier", "must be >= 0");
+        let clipped = s.clip_norm.is_some();
+        p.require(clipped, "strategy.noise_multiplier", "needs strategy.clip_norm (noise scale)");
+    }
+    let (eta, beta1, adaptive) = match &s.server {
+        None => return,
+        Some(ServerOptimizerSpec::FedAvgM { eta, beta1 }) => (*eta, *beta1, None),
+        Some(
+            ServerOptimizerSpec::FedAdam(params)
+            | ServerOptimizerSpec::FedYogi(params)
+            | ServerOptimizerSpec::FedAdagrad(params),
+        ) => (params.eta, params.beta1, Some((params.beta2, params.tau))),
+    };
+    p.require(positive(eta), "strategy.server.eta", "must be > 0");
+    p.require(in_range(beta1, 0.0, 1.0, false), "strategy.server.beta1", "must be in [0, 1)");
+    if let Some((beta2, tau)) = adaptive {
+        p.require(in_range(beta2, 0.0, 1.0, false), "strategy.server.beta2", "must be in [0, 1)");
+        p.require(positive(tau), "strategy.server.tau", "must be > 0");
+    }
+}
+
+fn check_participation(p: &mut Problems, part: &Participation) {
+    let min = part.min_participants;
+    p.require(min >= 1, "participation.min_participants", "must be >= 1");
+    if let Some(max) = part.max_participants {
+        let ok = max >= min.max(1) && max as usize <= MAX_MEMBERS;
+        let message = format!("must be between min_participants ({min}) and {MAX_MEMBERS}");
+        p.require(ok, "participation.max_participants", &message);
+    }
+    let fraction = in_range(part.fraction, 0.0, 1.0, true) && part.fraction > 0.0;
+    p.require(fraction, "participation.fraction", "must be in (0, 1]");
+    p.require(part.allow.len() <= MAX_MEMBERS, "participation.allow", "too many members");
+    let mut seen = BTreeSet::new();
+    for (index, member) in part.allow.iter().enumerate() {
+        let fresh = seen.insert(member);
+        p.require(fresh, &format!("participation.allow[{index}]"), "is listed twice");
+    }
+    if !part.allow.is_empty() && seen.len() < min as usize {
+        let message = format!("lists {} members, fewer than min_participants ({min})", seen.len());
+        p.push("participation.allow", message);
+    }
+}
+
+fn check_quorum(p: &mut Problems, quorum: &Quorum) {
+    match *quorum {
+        Quorum::Count(count) => p.require(count >= 1, "quorum.count", "must be >= 1"),
+        Quorum::Fraction(fraction) => {
+            let ok = in_range(fraction, 0.0, 1.0, true) && fraction > 0.0;
+            p.require(ok, "quorum.fraction", "must be in (0, 1]");
+        }
+    }
+}
