@@ -39,7 +39,8 @@ fn base_config() -> config::Configuration {
 
 /// The canonical bytes of a value: what is hashed and signed.
 pub(crate) fn canonical_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    bincode::serde::encode_to_vec(value, base_config()).map_err(|e| EncodeError::Bincode(e.to_string()))
+    bincode::serde::encode_to_vec(value, base_config())
+        .map_err(|e| EncodeError::Bincode(e.to_string()))
 }
 
 /// Which kind of frame, for errors and limits.
@@ -117,7 +118,11 @@ pub fn encode_gossip(message: &GossipMessage) -> Result<Vec<u8>, EncodeError> {
 pub fn decode_gossip(frame: &[u8]) -> Result<GossipMessage, DecodeError> {
     let kind = FrameKind::Gossip;
     if frame.len() > MAX_GOSSIP_BYTES {
-        return Err(DecodeError::TooLarge { kind, len: frame.len() as u64, max: MAX_GOSSIP_BYTES as u64 });
+        return Err(DecodeError::TooLarge {
+            kind,
+            len: frame.len() as u64,
+            max: MAX_GOSSIP_BYTES as u64,
+        });
     }
     let body = strip_version(frame)?;
     let (message, used) = decode_limited::<GossipMessage, MAX_GOSSIP_BYTES>(body, kind)?;
@@ -290,7 +295,8 @@ mod tests {
 
     #[test]
     fn a_future_wire_version_is_refused_cleanly() {
-        let mut frame = encode_request(&Request::Blob { hash: ContentHash::of(b"x") }, &[]).unwrap();
+        let mut frame =
+            encode_request(&Request::Blob { hash: ContentHash::of(b"x") }, &[]).unwrap();
         frame[0] = 7;
         let error = decode_request(frame).unwrap_err();
         assert_eq!(error.to_string(), "unsupported wire version 7, this node speaks 1");
@@ -313,7 +319,9 @@ mod tests {
         let mut bytes = (1u64 << 30).to_le_bytes().to_vec();
         bytes.extend_from_slice(b"abc");
         let error = read_frame(&mut bytes.as_slice(), 1 << 31).unwrap_err();
-        assert!(matches!(error, FrameError::Truncated { expected, found: 3 } if expected == 1 << 30));
+        assert!(
+            matches!(error, FrameError::Truncated { expected, found: 3 } if expected == 1 << 30)
+        );
     }
 
     #[test]
@@ -324,7 +332,10 @@ mod tests {
         let mut reader = stream.as_slice();
         assert_eq!(read_frame(&mut reader, 100).unwrap(), b"headpayload");
         assert_eq!(read_frame(&mut reader, 100).unwrap(), b"");
-        assert!(matches!(write_frame(&mut Vec::new(), &[&[0; 11]], 10), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            write_frame(&mut Vec::new(), &[&[0; 11]], 10),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -333,7 +344,10 @@ mod tests {
         let mut frame = vec![WIRE_VERSION, 1, 0xFD];
         frame.extend_from_slice(&u64::MAX.to_le_bytes());
         let error = decode_response(frame).unwrap_err();
-        assert!(matches!(error, DecodeError::LimitExceeded { kind: FrameKind::Response, .. }), "{error}");
+        assert!(
+            matches!(error, DecodeError::LimitExceeded { kind: FrameKind::Response, .. }),
+            "{error}"
+        );
         let mut frame = vec![WIRE_VERSION, 1, 0xFC];
         frame.extend_from_slice(&(1u32 << 30).to_le_bytes());
         let error = decode_response(frame).unwrap_err();

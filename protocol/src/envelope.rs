@@ -136,7 +136,11 @@ impl<T: SignedBody> Signed<T> {
 impl<T: SignedBody + CarriesPayload> Signed<T> {
     /// [`verify`](Self::verify), and checks that `payload` is the one the body signs for (its
     /// length and BLAKE3 hash).
-    pub fn verify_with_payload<F>(self, payload: &[u8], may_send: F) -> Result<Verified<T>, VerifyError>
+    pub fn verify_with_payload<F>(
+        self,
+        payload: &[u8],
+        may_send: F,
+    ) -> Result<Verified<T>, VerifyError>
     where
         F: FnOnce(&MemberId, &T) -> Result<(), Denied>,
     {
@@ -257,12 +261,19 @@ impl Scope {
     /// Whether `body` belongs here; a scope that names a round or model refuses bodies without.
     pub fn admits<T: Scoped>(&self, body: &T) -> Result<(), Denied> {
         if body.job() != self.job {
-            return Err(Denied(format!("message is for job {}, expected {}", body.job(), self.job)));
+            return Err(Denied(format!(
+                "message is for job {}, expected {}",
+                body.job(),
+                self.job
+            )));
         }
         if let Some(round) = self.round
             && body.round() != Some(round)
         {
-            return Err(Denied(format!("message is for round {:?}, expected {round}", body.round())));
+            return Err(Denied(format!(
+                "message is for round {:?}, expected {round}",
+                body.round()
+            )));
         }
         if let Some(model) = self.base_model
             && body.base_model() != Some(model)

@@ -238,8 +238,13 @@ mod tests {
             (&good.replace("seed ", "sed "), "`seed"),
             (&good.replace("seed 03", "seed zz"), "64 hex"),
             (&format!("{good}extra\n"), "unexpected text"),
-            (&good.replace(&Identity::from_seed([3; 32]).member_id().to_string(),
-                &Identity::from_seed([4; 32]).member_id().to_string()), "the seed is the key of"),
+            (
+                &good.replace(
+                    &Identity::from_seed([3; 32]).member_id().to_string(),
+                    &Identity::from_seed([4; 32]).member_id().to_string(),
+                ),
+                "the seed is the key of",
+            ),
         ];
         for (text, expected) in cases {
             let error = Identity::parse_key_file(text).unwrap_err().to_string();

@@ -143,9 +143,8 @@ impl MemberId {
         if text.len() > 64 {
             return Err(IdError::PeerId(shown(), "too long"));
         }
-        let bytes = bs58::decode(text)
-            .into_vec()
-            .map_err(|_| IdError::PeerId(shown(), "not base58btc"))?;
+        let bytes =
+            bs58::decode(text).into_vec().map_err(|_| IdError::PeerId(shown(), "not base58btc"))?;
         if bytes.len() != 38 || bytes[..6] != PEER_ID_PREFIX {
             return Err(IdError::PeerId(shown(), "not the PeerId of an ed25519 key"));
         }
@@ -231,8 +230,9 @@ mod tests {
         let error = "12D3KooW0OIl".parse::<MemberId>().unwrap_err();
         assert!(error.to_string().contains("not base58btc"), "{error}");
         // A valid base58 string of the wrong shape (a secp256k1-style or sha256 PeerId).
-        let other = bs58::encode([0x12, 0x20].iter().chain(&[1u8; 32]).copied().collect::<Vec<_>>())
-            .into_string();
+        let other =
+            bs58::encode([0x12, 0x20].iter().chain(&[1u8; 32]).copied().collect::<Vec<_>>())
+                .into_string();
         let error = other.parse::<MemberId>().unwrap_err();
         assert!(error.to_string().contains("ed25519"), "{error}");
     }

@@ -467,7 +467,7 @@ impl Request {
 }
 
 /// Answers to requests; a blob's bytes travel beside `Blob`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// The delta or partial aggregate was accepted.
     Accepted,

@@ -149,7 +149,9 @@ impl Quorum {
     pub fn required(&self, selected: usize) -> usize {
         match *self {
             Self::Count(count) => (count as usize).min(selected).max(1),
-            Self::Fraction(fraction) => ((fraction as f64 * selected as f64).ceil() as usize).max(1),
+            Self::Fraction(fraction) => {
+                ((fraction as f64 * selected as f64).ceil() as usize).max(1)
+            }
         }
     }
 }
@@ -220,6 +222,28 @@ impl Problems {
                 None
             }
         }
+    }
+
+    /// [`field`](Self::field) for a section whose every field has a default: each field is tried
+    /// on its own first, so that every bad field is reported, not only the first.
+    fn defaulted_section<T: DeserializeOwned + Default>(
+        &mut self,
+        map: &mut Map<String, Value>,
+        key: &str,
+    ) -> Option<T> {
+        if let Some(Value::Object(section)) = map.get(key) {
+            let before = self.0.len();
+            for (name, value) in section.clone() {
+                let mut single = Map::new();
+                single.insert(key.to_owned(), Value::Object(Map::from_iter([(name, value)])));
+                self.field::<T>(&mut single, key, Some(T::default));
+            }
+            if self.0.len() > before {
+                map.remove(key);
+                return None;
+            }
+        }
+        self.field(map, key, Some(T::default))
     }
 
     /// Records every key of `value` (an object) that is not in `allowed`.
@@ -299,7 +323,9 @@ impl JobSpec {
     /// Rules that involve more than one section.
     fn check_consistency(&self, problems: &mut Problems) {
         let min = self.participation.min_participants as usize;
-        if let AggregationRule::Krum { f } | AggregationRule::MultiKrum { f, .. } = self.strategy.rule {
+        if let AggregationRule::Krum { f } | AggregationRule::MultiKrum { f, .. } =
+            self.strategy.rule
+        {
             let needed = f.saturating_mul(2).saturating_add(3);
             if min < needed {
                 problems.push(
@@ -327,15 +353,18 @@ impl JobSpec {
                 format!("must be at most min_participants - f = {}", min.saturating_sub(f)),
             );
         }
-        if let (Quorum::Count(count), Some(max)) = (self.quorum, self.participation.max_participants)
+        if let (Quorum::Count(count), Some(max)) =
+            (self.quorum, self.participation.max_participants)
             && count > max
         {
-            problems.push("quorum.count", format!("exceeds participation.max_participants ({max})"));
+            problems
+                .push("quorum.count", format!("exceeds participation.max_participants ({max})"));
         }
         if self.tag == TagSpec::Builtin(BuiltinTopology::Ring)
             && self.strategy.rule != AggregationRule::FedAvg
         {
-            problems.push("strategy.rule", "a ring all-reduce computes a weighted mean: use fedavg");
+            problems
+                .push("strategy.rule", "a ring all-reduce computes a weighted mean: use fedavg");
         }
     }
 }
@@ -369,9 +398,9 @@ impl Fields {
             tag: parse_tag(map, p),
             model: p.field(map, "model", None),
             dataset: p.field(map, "dataset", None),
-            hyperparameters: p.field(map, "hyperparameters", Some(Hyperparameters::default)),
+            hyperparameters: p.defaulted_section(map, "hyperparameters"),
             strategy: p.field(map, "strategy", Some(StrategySpec::default)),
-            participation: p.field(map, "participation", Some(Participation::default)),
+            participation: p.defaulted_section(map, "participation"),
             quorum: p.field(map, "quorum", Some(Quorum::default)),
             round_deadline_secs: p.field(map, "round_deadline_secs", Some(default_deadline)),
             coordinator: p.field(map, "coordinator", Some(|| None)),
@@ -506,7 +535,8 @@ fn check_strategy_keys(strategy: Option<&Value>, p: &mut Problems) {
     allowed.extend_from_slice(rule_keys);
     p.known_keys(strategy, "strategy", &allowed);
     let server = strategy.and_then(|s| s.get("server"));
-    let server_keys: &[&str] = match server.and_then(|s| s.get("optimizer")).and_then(Value::as_str) {
+    let server_keys: &[&str] = match server.and_then(|s| s.get("optimizer")).and_then(Value::as_str)
+    {
         Some("fedavgm") => &["optimizer", "eta", "beta1"],
         _ => &["optimizer", "eta", "beta1", "beta2", "tau"],
     };

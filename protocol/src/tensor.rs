@@ -218,7 +218,7 @@ fn decode_fixed(
     expected: usize,
     element: impl Fn(&[u8]) -> f32,
 ) -> Result<Vec<f32>, TensorError> {
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(TensorError::Ragged { len: bytes.len(), size, encoding });
     }
     let found = bytes.len() / size;
@@ -339,13 +339,22 @@ mod tests {
     fn malformed_int8_tables_are_refused() {
         let mut bytes = encode_params(&sample(10), TensorEncoding::Int8, None).unwrap();
         bytes[4..12].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(decode_params(&bytes, TensorEncoding::Int8, 10), Err(TensorError::Int8(_))));
+        assert!(matches!(
+            decode_params(&bytes, TensorEncoding::Int8, 10),
+            Err(TensorError::Int8(_))
+        ));
         let mut bytes = encode_params(&sample(10), TensorEncoding::Int8, None).unwrap();
         bytes[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
-        assert!(matches!(decode_params(&bytes, TensorEncoding::Int8, 10), Err(TensorError::Int8(_))));
+        assert!(matches!(
+            decode_params(&bytes, TensorEncoding::Int8, 10),
+            Err(TensorError::Int8(_))
+        ));
         let mut bytes = encode_params(&sample(10), TensorEncoding::Int8, None).unwrap();
         bytes[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode_params(&bytes, TensorEncoding::Int8, 10), Err(TensorError::Int8(_))));
+        assert!(matches!(
+            decode_params(&bytes, TensorEncoding::Int8, 10),
+            Err(TensorError::Int8(_))
+        ));
     }
 
     #[test]

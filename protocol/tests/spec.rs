@@ -1,0 +1,253 @@
+//! Job spec parsing: defaults, every problem reported with its path, unknown fields, canonical JSON.
+
+use fedmesh_protocol::identity::Identity;
+use fedmesh_protocol::model::ModelSpec;
+use fedmesh_protocol::spec::{JobSpec, Quorum};
+use fedmesh_protocol::strategy::{AggregationRule, ServerOptimizerSpec};
+use fedmesh_protocol::tag::{BuiltinTopology, TagSpec};
+use serde_json::{Value, json};
+
+fn owner() -> String {
+    Identity::from_seed([1; 32]).member_id().to_string()
+}
+
+fn minimal() -> Value {
+    json!({"name": "mnist", "owner": owner(), "model": "softmax", "dataset": "mnist"})
+}
+
+fn with(mut base: Value, key: &str, value: Value) -> Value {
+    base[key] = value;
+    base
+}
+
+fn parse(value: &Value) -> Result<JobSpec, Vec<String>> {
+    JobSpec::from_json(&serde_json::to_vec(value).unwrap())
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+}
+
+fn problems(value: &Value) -> Vec<String> {
+    parse(value).expect_err("the spec should be refused")
+}
+
+#[test]
+fn a_minimal_spec_gets_sensible_defaults() {
+    let spec = parse(&minimal()).unwrap();
+    assert_eq!(spec.owner, Identity::from_seed([1; 32]).member_id());
+    assert_eq!(spec.tag, TagSpec::Builtin(BuiltinTopology::Central));
+    assert_eq!(spec.model, ModelSpec::Softmax);
+    assert_eq!(spec.hyperparameters.rounds, 10);
+    assert_eq!(spec.hyperparameters.batch_size, 32);
+    assert_eq!(spec.strategy.rule, AggregationRule::FedAvg);
+    assert_eq!(spec.participation.min_participants, 1);
+    assert_eq!(spec.quorum, Quorum::Fraction(1.0));
+    assert_eq!(spec.round_deadline_secs, 300);
+    assert_eq!(spec.coordinator, None);
+}
+
+#[test]
+fn a_full_spec_parses() {
+    let spec = json!({
+        "name": "robust", "owner": owner(), "dataset": "mnist",
+        "tag": "hierarchical",
+        "model": {"mlp": [64, 32]},
+        "hyperparameters": {"rounds": 5, "local_epochs": 2, "batch_size": 16, "lr": 0.1,
+                            "momentum": 0.9, "weight_decay": 1e-4, "fedprox_mu": 0.01},
+        "strategy": {"rule": "multi_krum", "f": 1, "m": 3, "clip_norm": 5.0,
+                     "noise_multiplier": 0.5, "server": {"optimizer": "fedadam", "eta": 0.02}},
+        "participation": {"min_participants": 5, "max_participants": 10, "fraction": 0.5},
+        "quorum": {"count": 5},
+        "round_deadline_secs": 60,
+        "coordinator": Identity::from_seed([2; 32]).member_id().to_string(),
+        "seed": 42
+    });
+    let spec = parse(&spec).unwrap();
+    assert_eq!(spec.strategy.rule, AggregationRule::MultiKrum { f: 1, m: 3 });
+    assert!(
+        matches!(spec.strategy.server, Some(ServerOptimizerSpec::FedAdam(ref p)) if p.eta == 0.02 && p.beta2 == 0.99)
+    );
+    assert_eq!(spec.quorum.required(8), 5);
+    assert_eq!(spec.coordinator, Some(Identity::from_seed([2; 32]).member_id()));
+}
+
+#[test]
+fn every_value_problem_is_reported_with_its_path() {
+    let spec = json!({
+        "name": "", "owner": owner(), "model": {"mlp": [0]}, "dataset": "mnist",
+        "hyperparameters": {"lr": 0.0, "momentum": 1.0, "rounds": 0},
+        "strategy": {"rule": "trimmed_mean", "beta": 0.5, "noise_multiplier": 1.0},
+        "participation": {"min_participants": 3, "max_participants": 2, "fraction": 1.5},
+        "quorum": {"fraction": 0.0},
+        "round_deadline_secs": 0
+    });
+    let found = problems(&spec);
+    for expected in [
+        "name: must not be empty",
+        "model.mlp[0]: must be between 1 and 1048576",
+        "hyperparameters.lr: must be > 0",
+        "hyperparameters.momentum: must be in [0, 1)",
+        "hyperparameters.rounds: must be between 1 and 100000",
+        "strategy.beta: must be in [0, 0.5)",
+        "strategy.noise_multiplier: needs strategy.clip_norm (noise scale)",
+        "participation.max_participants: must be between min_participants (3) and 10000",
+        "participation.fraction: must be in (0, 1]",
+        "quorum.fraction: must be in (0, 1]",
+        "round_deadline_secs: must be between 1 and 604800 (a week)",
+    ] {
+        assert!(found.iter().any(|p| p == expected), "missing `{expected}` in {found:#?}");
+    }
+    assert_eq!(found.len(), 11, "{found:#?}");
+}
+
+#[test]
+fn structural_problems_in_several_sections_are_all_reported() {
+    let spec = json!({
+        "name": 5, "owner": "not-a-peer-id", "model": "transformer", "dataset": "mnist",
+        "hyperparameters": {"lr": "fast", "batch_size": -1},
+        "participation": {"allow": ["12D3KooWbad"]},
+        "strategy": {"rule": "fedavg", "beta": 0.1},
+        "colour": "blue"
+    });
+    let found = problems(&spec).join("\n");
+    for expected in [
+        "colour: unknown field",
+        "name: invalid type",
+        "owner: `not-a-peer-id` is not a member id",
+        "model: unknown variant `transformer`",
+        "hyperparameters.lr: invalid type",
+        "hyperparameters.batch_size: invalid value",
+        "participation.allow[0]: `12D3KooWbad` is not a member id",
+        "strategy.beta: unknown field",
+    ] {
+        assert!(found.contains(expected), "missing `{expected}` in\n{found}");
+    }
+}
+
+#[test]
+fn missing_required_fields_and_unknown_nested_fields_are_errors() {
+    let found = problems(&json!({"hyperparameters": {"learning_rate": 0.1}})).join("\n");
+    for field in ["name", "owner", "model", "dataset"] {
+        assert!(found.contains(&format!("{field}: missing (required)")), "{found}");
+    }
+    assert!(
+        found.contains("hyperparameters.learning_rate: unknown field")
+            || found.contains("unknown field `learning_rate`"),
+        "{found}"
+    );
+    let found = problems(&with(
+        minimal(),
+        "strategy",
+        json!({"rule": "fedavg", "server": {"optimizer": "fedavgm", "tau": 1.0}}),
+    ))
+    .join("\n");
+    assert!(found.contains("strategy.server.tau: unknown field"), "{found}");
+    let found = problems(&with(
+        minimal(),
+        "tag",
+        json!({"roles": [{"name": "t", "replicas": 2}], "channels": []}),
+    ))
+    .join("\n");
+    assert!(found.contains("tag.roles[0].replicas: unknown field"), "{found}");
+    let found = problems(&with(minimal(), "tag", json!("star"))).join("\n");
+    assert!(found.contains("tag: unknown variant `star`"), "{found}");
+}
+
+#[test]
+fn strategy_and_participation_must_be_consistent() {
+    let spec = with(minimal(), "strategy", json!({"rule": "krum", "f": 2}));
+    let spec = with(spec, "participation", json!({"min_participants": 4}));
+    let spec = with(spec, "quorum", json!({"count": 3}));
+    let found = problems(&spec).join("\n");
+    assert!(found.contains("strategy.f: krum tolerating 2 faulty updates needs at least 7 participants, participation.min_participants is 4"), "{found}");
+    assert!(
+        found.contains("quorum.count: krum with f = 2 needs at least 7 updates per round"),
+        "{found}"
+    );
+
+    let spec = with(minimal(), "strategy", json!({"rule": "multi_krum", "f": 0, "m": 0}));
+    assert!(problems(&spec).iter().any(|p| p == "strategy.m: must be >= 1"));
+
+    let me = owner();
+    let spec = with(minimal(), "participation", json!({"min_participants": 2, "allow": [me, me]}));
+    let found = problems(&spec).join("\n");
+    assert!(found.contains("participation.allow[1]: is listed twice"), "{found}");
+    assert!(
+        found.contains("participation.allow: lists 1 members, fewer than min_participants (2)"),
+        "{found}"
+    );
+
+    let spec = with(minimal(), "tag", json!("ring"));
+    let spec = with(spec, "strategy", json!({"rule": "median"}));
+    assert!(problems(&spec).iter().any(|p| p.starts_with("strategy.rule: a ring all-reduce")));
+}
+
+#[test]
+fn server_optimizer_ranges_are_checked() {
+    let spec = with(
+        minimal(),
+        "strategy",
+        json!({"rule": "fedavg", "clip_norm": -1.0,
+        "server": {"optimizer": "fedyogi", "eta": 0.0, "beta1": 1.0, "beta2": -0.1, "tau": 0.0}}),
+    );
+    let found = problems(&spec);
+    for expected in [
+        "strategy.clip_norm: must be > 0",
+        "strategy.server.eta: must be > 0",
+        "strategy.server.beta1: must be in [0, 1)",
+        "strategy.server.beta2: must be in [0, 1)",
+        "strategy.server.tau: must be > 0",
+    ] {
+        assert!(found.iter().any(|p| p == expected), "missing `{expected}` in {found:#?}");
+    }
+}
+
+#[test]
+fn external_models_are_checked() {
+    let spec = with(
+        minimal(),
+        "model",
+        json!({"external": {
+        "tensors": [{"name": "w", "shape": [3, 0]}, {"name": "w", "shape": [2], "dtype": "f32"}],
+        "init": {"safetensors": "abc"}}}),
+    );
+    let found = problems(&spec).join("\n");
+    for expected in [
+        "model.external.tensors[0].shape: dimensions must be >= 1",
+        "model.external.tensors[1].name: is used twice",
+        "model.external.tensors[1].dtype: unknown field",
+        "model.external.init.safetensors: must be a 64-hex-digit hash",
+    ] {
+        assert!(found.contains(expected), "missing `{expected}` in\n{found}");
+    }
+}
+
+#[test]
+fn oversized_and_non_object_specs_are_refused() {
+    let big = vec![b' '; fedmesh_protocol::spec::MAX_JOB_SPEC_BYTES + 1];
+    assert!(JobSpec::from_json(&big).unwrap_err().to_string().contains("at most"));
+    assert!(
+        JobSpec::from_json(b"[1, 2]").unwrap_err().to_string().contains("must be a JSON object")
+    );
+    assert!(JobSpec::from_json(b"{\"name\":").unwrap_err().to_string().contains("not valid JSON"));
+}
+
+#[test]
+fn canonical_json_round_trips_and_is_required_by_from_canonical_json() {
+    let schema = json!({"name": "two-level", "roles": [
+        {"name": "trainer", "isDataConsumer": true, "groupAssociation": [{"param": "eu"}]},
+        {"name": "aggregator", "groupAssociation": [{"param": "eu", "global": "default"}]}],
+        "channels": [{"name": "param", "pair": ["trainer", "aggregator"],
+                      "groupBy": {"type": "tag", "value": ["eu"]},
+                      "funcTags": {"trainer": ["fetch", "upload"], "aggregator": ["distribute", "aggregate"]}}]});
+    let value = with(
+        with(minimal(), "tag", schema),
+        "strategy",
+        json!({"rule": "fedavg", "server": {"optimizer": "fedavgm"}, "clip_norm": 1.5, "noise_multiplier": 0.1}),
+    );
+    let spec = parse(&value).unwrap();
+    let canonical = spec.to_canonical_json().unwrap();
+    assert_eq!(JobSpec::from_canonical_json(&canonical).unwrap(), spec);
+    let pretty = serde_json::to_vec_pretty(&spec).unwrap();
+    assert_eq!(JobSpec::from_json(&pretty).unwrap(), spec);
+    let error = JobSpec::from_canonical_json(&pretty).unwrap_err().to_string();
+    assert!(error.contains("not in canonical form"), "{error}");
+}
