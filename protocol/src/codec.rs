@@ -103,7 +103,7 @@ impl fmt::Debug for Payload {
 
 /// Encodes a gossip message into a frame.
 pub fn encode_gossip(message: &GossipMessage) -> Result<Vec<u8>, EncodeError> {
-    let frame = encode_frame(message, &[])?;
+    let frame = encode_header(message)?;
     if frame.len() > MAX_GOSSIP_BYTES {
         return Err(EncodeError::TooLarge {
             kind: FrameKind::Gossip,
@@ -132,11 +132,22 @@ pub fn decode_gossip(frame: &[u8]) -> Result<GossipMessage, DecodeError> {
     }
 }
 
-/// Encodes a request and the payload that travels beside it (empty if it has none).
+/// Encodes a request and the payload that travels beside it (empty if it has none) into one
+/// frame (one copy of the payload; see [`encode_request_header`] for none).
 pub fn encode_request(request: &Request, payload: &[u8]) -> Result<Vec<u8>, EncodeError> {
-    check_payload_presence(FrameKind::Request, request.has_payload(), payload.len())
+    let header = encode_request_header(request, payload.len())?;
+    Ok(join(header, payload))
+}
+
+/// The start of a request frame, up to where its `payload_len`-byte payload begins: write it and
+/// then the payload (`write_frame(w, &[&header, payload], max)`) and the payload is never copied.
+pub fn encode_request_header(
+    request: &Request,
+    payload_len: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    check_payload_presence(FrameKind::Request, request.has_payload(), payload_len)
         .map_err(EncodeError::Payload)?;
-    encode_frame(request, payload)
+    encode_header(request)
 }
 
 /// Decodes a request frame into the request and its payload (without copying the payload).
@@ -149,9 +160,18 @@ pub fn decode_request(frame: Vec<u8>) -> Result<(Request, Payload), DecodeError>
 
 /// Encodes a response and the payload that travels beside it (empty if it has none).
 pub fn encode_response(response: &Response, payload: &[u8]) -> Result<Vec<u8>, EncodeError> {
-    check_payload_presence(FrameKind::Response, response.has_payload(), payload.len())
+    let header = encode_response_header(response, payload.len())?;
+    Ok(join(header, payload))
+}
+
+/// The start of a response frame, up to its payload (see [`encode_request_header`]).
+pub fn encode_response_header(
+    response: &Response,
+    payload_len: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    check_payload_presence(FrameKind::Response, response.has_payload(), payload_len)
         .map_err(EncodeError::Payload)?;
-    encode_frame(response, payload)
+    encode_header(response)
 }
 
 /// Decodes a response frame into the response and its payload (without copying the payload).
@@ -198,14 +218,20 @@ pub fn write_frame<W: Write>(writer: &mut W, parts: &[&[u8]], max: u64) -> Resul
     Ok(())
 }
 
-/// The version byte, then the bincode message, then the payload.
-fn encode_frame<T: Serialize>(message: &T, payload: &[u8]) -> Result<Vec<u8>, EncodeError> {
-    let header = canonical_bytes(message)?;
-    let mut frame = Vec::with_capacity(1 + header.len() + payload.len());
-    frame.push(WIRE_VERSION);
+/// The version byte, then the bincode message.
+fn encode_header<T: Serialize>(message: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut frame = vec![WIRE_VERSION];
+    bincode::serde::encode_into_std_write(message, &mut frame, base_config())
+        .map_err(|e| EncodeError::Bincode(e.to_string()))?;
+    Ok(frame)
+}
+
+/// A header followed by its payload, in one buffer.
+fn join(header: Vec<u8>, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(header.len() + payload.len());
     frame.extend_from_slice(&header);
     frame.extend_from_slice(payload);
-    Ok(frame)
+    frame
 }
 
 fn strip_version(frame: &[u8]) -> Result<&[u8], DecodeError> {
@@ -352,6 +378,17 @@ mod tests {
         frame.extend_from_slice(&(1u32 << 30).to_le_bytes());
         let error = decode_response(frame).unwrap_err();
         assert!(matches!(error, DecodeError::LimitExceeded { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_header_written_beside_its_payload_is_the_same_frame() {
+        let response = Response::Blob { hash: ContentHash::of(b"blob") };
+        let header = encode_response_header(&response, 4).unwrap();
+        let mut stream = Vec::new();
+        write_frame(&mut stream, &[&header, b"blob"], 1024).unwrap();
+        let frame = read_frame(&mut stream.as_slice(), 1024).unwrap();
+        assert_eq!(frame, encode_response(&response, b"blob").unwrap());
+        assert!(encode_response_header(&Response::Accepted, 4).is_err());
     }
 
     #[test]

@@ -125,9 +125,25 @@ pub fn encode_params(
     encoding: TensorEncoding,
     layout: Option<&TensorLayout>,
 ) -> Result<Vec<u8>, TensorError> {
+    let mut out = Vec::new();
+    encode_params_into(values, encoding, layout, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_params`] into `out` (its contents are replaced, its capacity reused: no page faults
+/// when the same buffer encodes every round).
+pub fn encode_params_into(
+    values: &[f32],
+    encoding: TensorEncoding,
+    layout: Option<&TensorLayout>,
+    out: &mut Vec<u8>,
+) -> Result<(), TensorError> {
     match encoding {
-        TensorEncoding::F32Le => Ok(encode_f32(values)),
-        TensorEncoding::F16Le => encode_f16(values),
+        TensorEncoding::F32Le => {
+            encode_f32(values, out);
+            Ok(())
+        }
+        TensorEncoding::F16Le => encode_f16(values, out),
         TensorEncoding::Int8 => {
             let segments = match layout {
                 Some(layout) if layout.num_params() != values.len() => {
@@ -139,7 +155,7 @@ pub fn encode_params(
                 Some(layout) => layout.tensors.iter().map(|slot| slot.len()).collect(),
                 None => vec![values.len()],
             };
-            encode_int8(values, &segments)
+            encode_int8(values, &segments, out)
         }
     }
 }
@@ -150,31 +166,42 @@ pub fn decode_params(
     encoding: TensorEncoding,
     expected_params: usize,
 ) -> Result<Vec<f32>, TensorError> {
-    let values = match encoding {
-        TensorEncoding::F32Le => decode_fixed(bytes, encoding, 4, expected_params, |c| {
+    let mut out = Vec::new();
+    decode_params_into(bytes, encoding, expected_params, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_params`] into `out` (its contents are replaced, its capacity reused).
+pub fn decode_params_into(
+    bytes: &[u8],
+    encoding: TensorEncoding,
+    expected_params: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), TensorError> {
+    match encoding {
+        TensorEncoding::F32Le => decode_fixed(bytes, encoding, 4, expected_params, out, |c| {
             f32::from_le_bytes([c[0], c[1], c[2], c[3]])
         })?,
-        TensorEncoding::F16Le => decode_fixed(bytes, encoding, 2, expected_params, |c| {
+        TensorEncoding::F16Le => decode_fixed(bytes, encoding, 2, expected_params, out, |c| {
             f16::from_le_bytes([c[0], c[1]]).to_f32()
         })?,
-        TensorEncoding::Int8 => decode_int8(bytes, expected_params)?,
-    };
-    match values.iter().position(|v| !v.is_finite()) {
+        TensorEncoding::Int8 => decode_int8(bytes, expected_params, out)?,
+    }
+    match out.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(TensorError::NonFinite { index }),
-        None => Ok(values),
+        None => Ok(()),
     }
 }
 
-fn encode_f32(values: &[f32]) -> Vec<u8> {
-    let mut out = vec![0u8; values.len() * 4];
+fn encode_f32(values: &[f32], out: &mut Vec<u8>) {
+    out.resize(values.len() * 4, 0);
     for (chunk, value) in out.chunks_exact_mut(4).zip(values) {
         chunk.copy_from_slice(&value.to_le_bytes());
     }
-    out
 }
 
-fn encode_f16(values: &[f32]) -> Result<Vec<u8>, TensorError> {
-    let mut out = vec![0u8; values.len() * 2];
+fn encode_f16(values: &[f32], out: &mut Vec<u8>) -> Result<(), TensorError> {
+    out.resize(values.len() * 2, 0);
     for (index, (chunk, value)) in out.chunks_exact_mut(2).zip(values).enumerate() {
         let half = f16::from_f32(*value);
         if !half.is_finite() {
@@ -186,15 +213,17 @@ fn encode_f16(values: &[f32]) -> Result<Vec<u8>, TensorError> {
         }
         chunk.copy_from_slice(&half.to_le_bytes());
     }
-    Ok(out)
+    Ok(())
 }
 
-fn encode_int8(values: &[f32], segments: &[usize]) -> Result<Vec<u8>, TensorError> {
+fn encode_int8(values: &[f32], segments: &[usize], out: &mut Vec<u8>) -> Result<(), TensorError> {
     if let Some(index) = values.iter().position(|v| !v.is_finite()) {
         return Err(TensorError::NonFinite { index });
     }
-    let mut header = Vec::with_capacity(INT8_HEADER + segments.len() * INT8_SEGMENT);
-    header.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+    let values_at = INT8_HEADER + segments.len() * INT8_SEGMENT;
+    out.clear();
+    out.reserve(values_at + values.len());
+    out.extend_from_slice(&(segments.len() as u32).to_le_bytes());
     let mut body = Vec::with_capacity(values.len());
     let mut start = 0;
     for &len in segments {
@@ -202,13 +231,13 @@ fn encode_int8(values: &[f32], segments: &[usize]) -> Result<Vec<u8>, TensorErro
         start += len;
         let max = segment.iter().fold(0f32, |max, v| max.max(v.abs()));
         let scale = max / 127.0;
-        header.extend_from_slice(&(len as u64).to_le_bytes());
-        header.extend_from_slice(&scale.to_le_bytes());
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+        out.extend_from_slice(&scale.to_le_bytes());
         let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         body.extend(segment.iter().map(|v| (v * inverse).round().clamp(-127.0, 127.0) as i8 as u8));
     }
-    header.extend_from_slice(&body);
-    Ok(header)
+    out.extend_from_slice(&body);
+    Ok(())
 }
 
 fn decode_fixed(
@@ -216,8 +245,9 @@ fn decode_fixed(
     encoding: TensorEncoding,
     size: usize,
     expected: usize,
+    out: &mut Vec<f32>,
     element: impl Fn(&[u8]) -> f32,
-) -> Result<Vec<f32>, TensorError> {
+) -> Result<(), TensorError> {
     if !bytes.len().is_multiple_of(size) {
         return Err(TensorError::Ragged { len: bytes.len(), size, encoding });
     }
@@ -225,10 +255,14 @@ fn decode_fixed(
     if found != expected {
         return Err(TensorError::Count { expected, found });
     }
-    Ok(bytes.chunks_exact(size).map(element).collect())
+    out.resize(found, 0.0);
+    for (value, chunk) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+        *value = element(chunk);
+    }
+    Ok(())
 }
 
-fn decode_int8(bytes: &[u8], expected: usize) -> Result<Vec<f32>, TensorError> {
+fn decode_int8(bytes: &[u8], expected: usize, out: &mut Vec<f32>) -> Result<(), TensorError> {
     let malformed = |what: &str| TensorError::Int8(what.to_owned());
     let (count, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| malformed("no header"))?;
     let count = u32::from_le_bytes(*count) as usize;
@@ -238,7 +272,8 @@ fn decode_int8(bytes: &[u8], expected: usize) -> Result<Vec<f32>, TensorError> {
     if values.len() != expected {
         return Err(TensorError::Count { expected, found: values.len() });
     }
-    let mut out = Vec::with_capacity(values.len());
+    out.clear();
+    out.reserve(values.len());
     for entry in table.chunks_exact(INT8_SEGMENT) {
         let (len, scale) = entry.split_at(8);
         let len = u64::from_le_bytes(len.try_into().map_err(|_| malformed("segment length"))?);
@@ -255,7 +290,7 @@ fn decode_int8(bytes: &[u8], expected: usize) -> Result<Vec<f32>, TensorError> {
     if out.len() != values.len() {
         return Err(malformed("segments do not cover every value"));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
