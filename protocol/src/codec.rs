@@ -62,7 +62,7 @@ impl fmt::Display for FrameKind {
 }
 
 /// A payload that arrived beside a message: a view into the received frame, without a copy.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Payload {
     frame: Vec<u8>,
     start: usize,
@@ -88,6 +88,14 @@ impl Deref for Payload {
         &self.frame[self.start..]
     }
 }
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Payload {}
 
 impl AsRef<[u8]> for Payload {
     fn as_ref(&self) -> &[u8] {
@@ -404,6 +412,9 @@ mod tests {
         let (decoded, payload) = decode_response(frame).unwrap();
         assert_eq!(decoded, response);
         assert_eq!(&*payload, b"blob");
+        let copy = Payload { frame: b"xyblob".to_vec(), start: 2 };
+        assert_eq!(payload, copy);
+        assert_ne!(Payload::empty(), copy);
         assert_eq!(payload.into_vec(), b"blob");
     }
 

@@ -253,6 +253,22 @@ mod tests {
     }
 
     #[test]
+    fn the_seed_gives_the_libp2p_key_and_peer_id() {
+        // The ed25519 vector of libp2p-identity's protobuf tests and the libp2p peer-id spec.
+        let seed = ContentHash::from_hex(
+            "7e0830617c4a7de83925dfb2694556b12936c477a0e1feb2e148ec9da60fee7d",
+        )
+        .unwrap();
+        let identity = Identity::from_seed(seed.0);
+        let public = ContentHash(identity.member_id().0).to_hex();
+        assert_eq!(public, "1ed1e8fae2c4a144b8be8fd4b47bf3d3b34b871c3cacf6010f0e42d474fce27e");
+        assert_eq!(
+            identity.member_id().to_string(),
+            "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
+        );
+    }
+
+    #[test]
     fn signatures_verify_strictly_against_the_signer_only() {
         let identity = Identity::from_seed([5; 32]);
         let digest = ContentHash::of(b"message");
