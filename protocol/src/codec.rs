@@ -10,7 +10,7 @@
 //! On a request-response stream each frame is preceded by its length as a little-endian `u64`
 //! ([`read_frame`] / [`write_frame`], or [`check_frame_length`] from an async codec).
 
-use crate::message::{GossipMessage, Request, Response};
+use crate::message::{GossipMessage, MAX_JOB_IDS, Request, Response};
 use bincode::config;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -187,6 +187,12 @@ pub fn decode_response(frame: Vec<u8>) -> Result<(Response, Payload), DecodeErro
     let kind = FrameKind::Response;
     let (response, start) = decode_header::<Response, MAX_RESPONSE_HEADER_BYTES>(&frame, kind)?;
     check_payload_presence(kind, response.has_payload(), frame.len() - start)?;
+    if let Response::Jobs { ids } = &response
+        && ids.len() > MAX_JOB_IDS
+    {
+        let reason = format!("{} job ids, at most {MAX_JOB_IDS}", ids.len());
+        return Err(DecodeError::Malformed { kind, reason });
+    }
     Ok((response, Payload { frame, start }))
 }
 
@@ -386,6 +392,13 @@ mod tests {
         frame.extend_from_slice(&(1u32 << 30).to_le_bytes());
         let error = decode_response(frame).unwrap_err();
         assert!(matches!(error, DecodeError::LimitExceeded { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_job_list_longer_than_its_limit_is_refused() {
+        let ids = vec![crate::ids::JobId(ContentHash::of(b"job")); MAX_JOB_IDS + 1];
+        let frame = encode_response(&Response::Jobs { ids }, &[]).unwrap();
+        assert!(matches!(decode_response(frame), Err(DecodeError::Malformed { .. })));
     }
 
     #[test]

@@ -224,13 +224,16 @@ proptest! {
         prop_assert_eq!(&decoded, &request);
         prop_assert_eq!(&*received, &payload[..]);
 
-        let request = Request::Blob { hash: hash(round) };
-        let (decoded, received) = codec::decode_request(codec::encode_request(&request, &[]).unwrap()).unwrap();
-        prop_assert_eq!(decoded, request);
-        prop_assert!(received.is_empty());
+        for request in [Request::Blob { hash: hash(round) }, Request::Jobs, Request::Announcement { job: job(round) }] {
+            let (decoded, received) = codec::decode_request(codec::encode_request(&request, &[]).unwrap()).unwrap();
+            prop_assert_eq!(decoded, request);
+            prop_assert!(received.is_empty());
+        }
 
+        let announcement = Signed::sign(&id, JobAnnouncement::new(&spec_for(id.member_id()), round).unwrap()).unwrap();
         for response in [Response::Accepted, Response::Refused { reason: format!("round {round} is closed") },
-                         Response::NotFound { hash: hash(round) }] {
+                         Response::NotFound { hash: hash(round) }, Response::Jobs { ids: vec![job(round); 3] },
+                         Response::Announcement(announcement)] {
             let (decoded, _) = codec::decode_response(codec::encode_response(&response, &[]).unwrap()).unwrap();
             prop_assert_eq!(decoded, response);
         }

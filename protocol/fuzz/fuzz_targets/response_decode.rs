@@ -2,6 +2,7 @@
 #![no_main]
 
 use fedmesh_protocol::codec;
+use fedmesh_protocol::message::Response;
 use fedmesh_protocol::tensor::{self, TensorEncoding};
 use libfuzzer_sys::fuzz_target;
 
@@ -12,6 +13,9 @@ fuzz_target!(|data: &[u8]| {
         let (again, _) = codec::decode_response(frame).expect("a canonical frame decodes");
         let again = codec::encode_response_header(&again, payload.len()).expect("re-encodes");
         assert_eq!(again, header);
+        if let Response::Announcement(announcement) = response {
+            let _ = announcement.verify_announcement();
+        }
     }
     // The same bytes as a payload, against a parameter count taken from the first byte.
     let expected = data.first().map_or(0, |b| usize::from(*b));
