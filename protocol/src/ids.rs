@@ -153,7 +153,8 @@ impl MemberId {
         Ok(Self(key))
     }
 
-    /// The first characters of the PeerId that differ between keys, for compact logs.
+    /// The last 8 characters of the PeerId (the first ones, `12D3KooW`, are the same for every
+    /// ed25519 key), for compact logs.
     pub fn short(&self) -> String {
         let full = self.to_peer_id_string();
         full.chars().skip(full.len().saturating_sub(8)).collect()
