@@ -1,0 +1,42 @@
+//! The centralized baseline reaches the accuracy the issue sets on every embedded data set, with
+//! lr 0.05, batch 32, 20 epochs and seed 0.
+
+use fedmesh_learning::baseline::{BaselineConfig, run_baseline};
+use fedmesh_learning::{DataSource, Model, TrainConfig};
+
+fn accuracy(dataset: &str, model: &str) -> f32 {
+    let config = BaselineConfig {
+        source: DataSource::parse(dataset, None).unwrap(),
+        model: Model::parse_spec(model).unwrap(),
+        scaling: None,
+        test_fraction: 0.2,
+        train: TrainConfig { epochs: 20, batch_size: 32, lr: 0.05, momentum: 0.0, weight_decay: 0.0, prox_mu: 0.0, seed: 0 },
+    };
+    let report = run_baseline(&config, |_| {}).unwrap();
+    eprintln!("{dataset} {model}: test accuracy {:.4} in {:.1} s", report.test_accuracy, report.seconds);
+    report.test_accuracy
+}
+
+#[test]
+fn mlp_on_mnist5k_reaches_91_percent() {
+    let accuracy = accuracy("mnist5k", "mlp:200,200");
+    assert!(accuracy >= 0.91, "MLP on mnist5k: {accuracy}");
+}
+
+#[test]
+fn softmax_on_mnist5k_reaches_87_percent() {
+    let accuracy = accuracy("mnist5k", "softmax");
+    assert!(accuracy >= 0.87, "softmax on mnist5k: {accuracy}");
+}
+
+#[test]
+fn mlp_on_digits_reaches_95_percent() {
+    let accuracy = accuracy("digits", "mlp:200,200");
+    assert!(accuracy >= 0.95, "MLP on digits: {accuracy}");
+}
+
+#[test]
+fn softmax_on_breast_cancer_reaches_94_percent() {
+    let accuracy = accuracy("breast-cancer", "softmax");
+    assert!(accuracy >= 0.94, "softmax on breast-cancer: {accuracy}");
+}
