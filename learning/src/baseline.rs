@@ -48,11 +48,15 @@ pub struct BaselineReport {
 }
 
 /// Runs the baseline, calling `on_epoch` after each epoch.
-pub fn run_baseline(config: &BaselineConfig, mut on_epoch: impl FnMut(&EpochReport)) -> Result<BaselineReport> {
+pub fn run_baseline(
+    config: &BaselineConfig,
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<BaselineReport> {
     let started = Instant::now();
     let data = config.source.load()?;
     let (mut train, mut test) = data.split(config.test_fraction, config.train.seed)?;
-    let scaler = Scaler::fit(config.scaling.unwrap_or_else(|| config.source.preferred_scaling()), &train);
+    let scaler =
+        Scaler::fit(config.scaling.unwrap_or_else(|| config.source.preferred_scaling()), &train);
     scaler.apply(&mut train);
     scaler.apply(&mut test);
     let model = Model::from_spec(&config.model, data.num_features(), data.num_classes)?;

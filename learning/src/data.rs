@@ -128,7 +128,11 @@ impl Dataset {
     pub fn new(features: Array2<f32>, labels: Vec<usize>, origin: &Path) -> Result<Self> {
         let bad = |problem: String| LearningError::BadFile { path: origin.to_owned(), problem };
         if features.nrows() != labels.len() {
-            return Err(bad(format!("{} feature rows but {} labels", features.nrows(), labels.len())));
+            return Err(bad(format!(
+                "{} feature rows but {} labels",
+                features.nrows(),
+                labels.len()
+            )));
         }
         if labels.is_empty() || features.ncols() == 0 {
             return Err(bad("the data set is empty".to_owned()));
@@ -164,7 +168,9 @@ impl Dataset {
     /// A seeded shuffle split: `(train, test)` with `test_fraction` of the samples in test.
     pub fn split(&self, test_fraction: f32, seed: u64) -> Result<(Dataset, Dataset)> {
         if !(0.0..1.0).contains(&test_fraction) {
-            return Err(LearningError::Invalid(format!("test fraction {test_fraction} is not in [0, 1)")));
+            return Err(LearningError::Invalid(format!(
+                "test fraction {test_fraction} is not in [0, 1)"
+            )));
         }
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));

@@ -23,7 +23,8 @@ pub fn gunzip(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
 
 /// Reads a file, decompressing it when its name ends in `.gz`.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|source| LearningError::Io { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path)
+        .map_err(|source| LearningError::Io { path: path.to_owned(), source })?;
     if path.extension().is_some_and(|e| e == "gz") { gunzip(path, &bytes) } else { Ok(bytes) }
 }
 
@@ -46,20 +47,32 @@ pub fn parse_csv(path: &Path, bytes: &[u8], label_column: Option<&str>) -> Resul
     let mut labels = Vec::new();
     for (number, line) in lines {
         let line_number = number + 1;
-        let bad_line = |problem: String| LearningError::BadLine { path: path.to_owned(), line: line_number, problem };
+        let bad_line = |problem: String| LearningError::BadLine {
+            path: path.to_owned(),
+            line: line_number,
+            problem,
+        };
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
         let expected = *width.get_or_insert(cells.len());
         if cells.len() != expected {
-            return Err(bad_line(format!("{} columns, but earlier rows have {expected}", cells.len())));
+            return Err(bad_line(format!(
+                "{} columns, but earlier rows have {expected}",
+                cells.len()
+            )));
         }
         let label_at = match label_index {
             Some(index) => index,
-            None => *label_index.insert(resolve_label_column(path, label_column, header.as_deref(), expected)?),
+            None => *label_index.insert(resolve_label_column(
+                path,
+                label_column,
+                header.as_deref(),
+                expected,
+            )?),
         };
         for (column, cell) in cells.iter().enumerate() {
-            let value: f64 = cell
-                .parse()
-                .map_err(|_| bad_line(format!("column {}: `{cell}` is not a number", column + 1)))?;
+            let value: f64 = cell.parse().map_err(|_| {
+                bad_line(format!("column {}: `{cell}` is not a number", column + 1))
+            })?;
             if column == label_at {
                 labels.push(parse_label(value).map_err(bad_line)?);
             } else {
@@ -76,13 +89,21 @@ pub fn parse_csv(path: &Path, bytes: &[u8], label_column: Option<&str>) -> Resul
     Dataset::new(features, labels, path)
 }
 
-fn resolve_label_column(path: &Path, wanted: Option<&str>, header: Option<&[&str]>, width: usize) -> Result<usize> {
+fn resolve_label_column(
+    path: &Path,
+    wanted: Option<&str>,
+    header: Option<&[&str]>,
+    width: usize,
+) -> Result<usize> {
     let Some(wanted) = wanted else { return Ok(width - 1) };
     if let Ok(index) = wanted.parse::<usize>() {
         return if index < width {
             Ok(index)
         } else {
-            Err(bad_file(path, format!("label column {index} does not exist: rows have {width} columns")))
+            Err(bad_file(
+                path,
+                format!("label column {index} does not exist: rows have {width} columns"),
+            ))
         };
     }
     header
@@ -109,8 +130,11 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
         return Err(bad_file(labels, "a labels file must have exactly 1 dimension"));
     }
     let rows = image_dims[0];
-    let features = Array2::from_shape_vec((rows, pixels.len() / rows.max(1)), pixels.iter().map(|&p| f32::from(p)).collect())
-        .map_err(|e| bad_file(images, e.to_string()))?;
+    let features = Array2::from_shape_vec(
+        (rows, pixels.len() / rows.max(1)),
+        pixels.iter().map(|&p| f32::from(p)).collect(),
+    )
+    .map_err(|e| bad_file(images, e.to_string()))?;
     Dataset::new(features, label_bytes.iter().map(|&l| usize::from(l)).collect(), labels)
 }
 
@@ -120,7 +144,13 @@ fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(bad_file(path, "not an IDX file (wrong magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(bad_file(path, format!("IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)", bytes[2])));
+        return Err(bad_file(
+            path,
+            format!(
+                "IDX element type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
+                bytes[2]
+            ),
+        ));
     }
     let rank = usize::from(bytes[3]);
     let header_len = 4 + 4 * rank;
@@ -131,10 +161,16 @@ fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad_file(path, "IDX dimensions overflow"))?;
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad_file(path, "IDX dimensions overflow"))?;
     let data = &bytes[header_len..];
     if data.len() != expected {
-        return Err(bad_file(path, format!("IDX header promises {expected} bytes of data, the file has {}", data.len())));
+        return Err(bad_file(
+            path,
+            format!("IDX header promises {expected} bytes of data, the file has {}", data.len()),
+        ));
     }
     Ok((dims, data.to_vec()))
 }
@@ -144,40 +180,63 @@ pub fn load_npy_pair(features: &Path, labels: &Path) -> Result<Dataset> {
     let (feature_shape, feature_values) = read_npy(features)?;
     let (label_shape, label_values) = read_npy(labels)?;
     if feature_shape.len() != 2 {
-        return Err(bad_file(features, format!("features must be 2-D, this array has shape {feature_shape:?}")));
+        return Err(bad_file(
+            features,
+            format!("features must be 2-D, this array has shape {feature_shape:?}"),
+        ));
     }
     if label_shape.len() != 1 {
-        return Err(bad_file(labels, format!("labels must be 1-D, this array has shape {label_shape:?}")));
+        return Err(bad_file(
+            labels,
+            format!("labels must be 1-D, this array has shape {label_shape:?}"),
+        ));
     }
     let label_list = label_values
         .iter()
         .map(|&v| parse_label(v))
         .collect::<std::result::Result<Vec<usize>, String>>()
         .map_err(|problem| bad_file(labels, problem))?;
-    let matrix = Array2::from_shape_vec((feature_shape[0], feature_shape[1]), feature_values.iter().map(|&v| v as f32).collect())
-        .map_err(|e| bad_file(features, e.to_string()))?;
+    let matrix = Array2::from_shape_vec(
+        (feature_shape[0], feature_shape[1]),
+        feature_values.iter().map(|&v| v as f32).collect(),
+    )
+    .map_err(|e| bad_file(features, e.to_string()))?;
     Dataset::new(matrix, label_list, features)
 }
 
 /// Reads a `.npy` file (C order; f4, f8, u1, i1, i4, i8, u4, u8, little-endian) as f64 values.
 pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
-    let bytes = std::fs::read(path).map_err(|source| LearningError::Io { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path)
+        .map_err(|source| LearningError::Io { path: path.to_owned(), source })?;
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad_file(path, "not a .npy file (wrong magic string)"));
     }
     let (header_len, header_start): (usize, usize) = match bytes[6] {
         1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        version => return Err(bad_file(path, format!(".npy format version {version} is not supported"))),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        version => {
+            return Err(bad_file(path, format!(".npy format version {version} is not supported")));
+        }
     };
-    let header_end = header_start.checked_add(header_len).filter(|&end| end <= bytes.len()).ok_or_else(|| bad_file(path, "truncated .npy header"))?;
-    let header = std::str::from_utf8(&bytes[header_start..header_end]).map_err(|_| bad_file(path, ".npy header is not text"))?;
-    let descr = header_value(header, "descr").ok_or_else(|| bad_file(path, ".npy header has no descr"))?;
+    let header_end = header_start
+        .checked_add(header_len)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| bad_file(path, "truncated .npy header"))?;
+    let header = std::str::from_utf8(&bytes[header_start..header_end])
+        .map_err(|_| bad_file(path, ".npy header is not text"))?;
+    let descr =
+        header_value(header, "descr").ok_or_else(|| bad_file(path, ".npy header has no descr"))?;
     if header_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
-        return Err(bad_file(path, "Fortran-order arrays are not supported; save with np.ascontiguousarray"));
+        return Err(bad_file(
+            path,
+            "Fortran-order arrays are not supported; save with np.ascontiguousarray",
+        ));
     }
-    let shape = parse_shape(header).ok_or_else(|| bad_file(path, ".npy header has no readable shape"))?;
-    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+    let shape =
+        parse_shape(header).ok_or_else(|| bad_file(path, ".npy header has no readable shape"))?;
+    let descr = quoted(descr).ok_or_else(|| bad_file(path, ".npy descr is not a quoted string"))?;
     let (size, decode): (usize, fn(&[u8]) -> f64) = match descr {
         "<f4" => (4, |b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
         "<f8" => (8, |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
@@ -185,14 +244,33 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
         "|i1" | "<i1" => (1, |b| f64::from(b[0] as i8)),
         "<i4" => (4, |b| f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
         "<u4" => (4, |b| f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        "<i8" => (8, |b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64),
-        "<u8" => (8, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64),
-        other => return Err(bad_file(path, format!("dtype {other} is not supported (use float32, float64 or an integer type)"))),
+        "<i8" => {
+            (8, |b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64)
+        }
+        "<u8" => {
+            (8, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64)
+        }
+        other => {
+            return Err(bad_file(
+                path,
+                format!("dtype {other} is not supported (use float32, float64 or an integer type)"),
+            ));
+        }
     };
-    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad_file(path, "shape overflows"))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad_file(path, "shape overflows"))?;
     let data = &bytes[header_end..];
     if Some(data.len()) != count.checked_mul(size) {
-        return Err(bad_file(path, format!("shape {shape:?} needs {} bytes of data, the file has {}", count.saturating_mul(size), data.len())));
+        return Err(bad_file(
+            path,
+            format!(
+                "shape {shape:?} needs {} bytes of data, the file has {}",
+                count.saturating_mul(size),
+                data.len()
+            ),
+        ));
     }
     Ok((shape, data.chunks_exact(size).map(decode).collect()))
 }
@@ -202,6 +280,13 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let start = header.find(&format!("'{key}'"))? + key.len() + 2;
     let rest = header[start..].trim_start().strip_prefix(':')?.trim_start();
     Some(rest)
+}
+
+/// The text between the quotes that open `text`.
+fn quoted(text: &str) -> Option<&str> {
+    let quote = text.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let rest = &text[1..];
+    Some(&rest[..rest.find(quote)?])
 }
 
 fn parse_shape(header: &str) -> Option<Vec<usize>> {

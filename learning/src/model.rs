@@ -34,7 +34,9 @@ impl Model {
             }
         };
         if features == 0 || classes < 2 || hidden.contains(&0) {
-            return Err(LearningError::Invalid(format!("a model needs features > 0, classes >= 2 and non-empty layers (got {features} features, {classes} classes, hidden {hidden:?})")));
+            return Err(LearningError::Invalid(format!(
+                "a model needs features > 0, classes >= 2 and non-empty layers (got {features} features, {classes} classes, hidden {hidden:?})"
+            )));
         }
         let mut widths = vec![features];
         widths.extend(hidden);
@@ -48,7 +50,11 @@ impl Model {
         match text.split_once(':') {
             None if text == "softmax" => Ok(ModelSpec::Softmax),
             Some(("mlp", sizes)) => {
-                let hidden = sizes.split(',').map(|s| s.trim().parse::<usize>().ok().filter(|&n| n > 0)).collect::<Option<Vec<_>>>().ok_or_else(bad)?;
+                let hidden = sizes
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(bad)?;
                 Ok(ModelSpec::Mlp(hidden))
             }
             _ => Err(bad()),

@@ -2,9 +2,9 @@
 //! client. Each is seeded, and every sample lands in exactly one partition.
 
 use crate::error::{LearningError, Result};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rand_distr::{Distribution, Gamma};
 
 /// How samples are dealt to clients.
@@ -23,7 +23,11 @@ impl std::str::FromStr for Partitioner {
 
     /// `iid`, `dirichlet:0.5` or `shards:2`.
     fn from_str(text: &str) -> Result<Self> {
-        let bad = || LearningError::Invalid(format!("`{text}` is not a partition: use iid, dirichlet:ALPHA or shards:K"));
+        let bad = || {
+            LearningError::Invalid(format!(
+                "`{text}` is not a partition: use iid, dirichlet:ALPHA or shards:K"
+            ))
+        };
         match text.split_once(':') {
             None if text == "iid" => Ok(Self::Iid),
             Some(("dirichlet", alpha)) => match alpha.parse::<f64>() {
@@ -42,7 +46,12 @@ impl std::str::FromStr for Partitioner {
 impl Partitioner {
     /// Sample indices per client. Every index in `0..labels.len()` appears exactly once; no client
     /// is left empty when there are at least as many samples as clients.
-    pub fn partition(&self, labels: &[usize], clients: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+    pub fn partition(
+        &self,
+        labels: &[usize],
+        clients: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<usize>>> {
         if clients == 0 {
             return Err(LearningError::Invalid("cannot partition among 0 clients".to_owned()));
         }
@@ -76,18 +85,29 @@ fn by_class(labels: &[usize]) -> Vec<Vec<usize>> {
     groups
 }
 
-fn dirichlet(labels: &[usize], clients: usize, alpha: f64, rng: &mut StdRng) -> Result<Vec<Vec<usize>>> {
-    let gamma = Gamma::new(alpha, 1.0).map_err(|e| LearningError::Invalid(format!("dirichlet alpha {alpha}: {e}")))?;
+fn dirichlet(
+    labels: &[usize],
+    clients: usize,
+    alpha: f64,
+    rng: &mut StdRng,
+) -> Result<Vec<Vec<usize>>> {
+    let gamma = Gamma::new(alpha, 1.0)
+        .map_err(|e| LearningError::Invalid(format!("dirichlet alpha {alpha}: {e}")))?;
     let mut parts = vec![Vec::new(); clients];
     for mut members in by_class(labels) {
         members.shuffle(rng);
-        let draws: Vec<f64> = (0..clients).map(|_| gamma.sample(rng).max(f64::MIN_POSITIVE)).collect();
+        let draws: Vec<f64> =
+            (0..clients).map(|_| gamma.sample(rng).max(f64::MIN_POSITIVE)).collect();
         let total: f64 = draws.iter().sum();
         let mut cumulative = 0.0;
         let mut start = 0;
         for (client, draw) in draws.iter().enumerate() {
             cumulative += draw / total;
-            let end = if client + 1 == clients { members.len() } else { ((cumulative * members.len() as f64).round() as usize).min(members.len()) };
+            let end = if client + 1 == clients {
+                members.len()
+            } else {
+                ((cumulative * members.len() as f64).round() as usize).min(members.len())
+            };
             parts[client].extend_from_slice(&members[start..end.max(start)]);
             start = end.max(start);
         }
@@ -125,6 +145,11 @@ fn fill_empty(parts: &mut [Vec<usize>]) {
 pub fn histograms(labels: &[usize], parts: &[Vec<usize>], num_classes: usize) -> Vec<Vec<usize>> {
     parts
         .iter()
-        .map(|part| crate::data::histogram(&part.iter().map(|&i| labels[i]).collect::<Vec<_>>(), num_classes))
+        .map(|part| {
+            crate::data::histogram(
+                &part.iter().map(|&i| labels[i]).collect::<Vec<_>>(),
+                num_classes,
+            )
+        })
         .collect()
 }

@@ -83,10 +83,15 @@ impl Workspace {
     }
 }
 
-fn weight_view<'a>(model: &Model, params: &'a [f32], layer: usize) -> (ArrayView2<'a, f32>, &'a [f32]) {
+fn weight_view<'a>(
+    model: &Model,
+    params: &'a [f32],
+    layer: usize,
+) -> (ArrayView2<'a, f32>, &'a [f32]) {
     let (input, output) = model.layer_shape(layer);
     let (weight_at, bias_at) = model.layer_offsets(layer);
-    let weight = ArrayView2::from_shape((output, input), &params[weight_at..bias_at]).expect("layout matches the model");
+    let weight = ArrayView2::from_shape((output, input), &params[weight_at..bias_at])
+        .expect("layout matches the model");
     (weight, &params[bias_at..bias_at + output])
 }
 
@@ -111,7 +116,11 @@ fn forward(model: &Model, params: &[f32], work: &mut Workspace, n: usize) {
 
 /// Softmax cross-entropy of the logits against `labels`; returns the summed loss and, when
 /// `gradient` is given, writes `(softmax - onehot) / n` into it.
-fn softmax_loss(logits: ArrayView2<f32>, labels: &[usize], mut gradient: Option<ArrayViewMut2<f32>>) -> f32 {
+fn softmax_loss(
+    logits: ArrayView2<f32>,
+    labels: &[usize],
+    mut gradient: Option<ArrayViewMut2<f32>>,
+) -> f32 {
     let n = labels.len() as f32;
     let mut total = 0.0f32;
     for (row_index, (row, &label)) in logits.rows().into_iter().zip(labels).enumerate() {
@@ -135,8 +144,10 @@ fn backward(model: &Model, params: &[f32], work: &mut Workspace, n: usize, grad:
     for layer in (0..model.num_layers()).rev() {
         let (input, output) = model.layer_shape(layer);
         let (weight_at, bias_at) = model.layer_offsets(layer);
-        let (weight_grad, bias_grad) = grad[weight_at..bias_at + output].split_at_mut(input * output);
-        let mut weight_grad = ArrayViewMut2::from_shape((output, input), weight_grad).expect("layout matches the model");
+        let (weight_grad, bias_grad) =
+            grad[weight_at..bias_at + output].split_at_mut(input * output);
+        let mut weight_grad = ArrayViewMut2::from_shape((output, input), weight_grad)
+            .expect("layout matches the model");
         let delta = work.deltas[layer].slice(s![..n, ..]);
         let activation = work.activations[layer].slice(s![..n, ..]);
         general_mat_mul(1.0, &delta.t(), &activation, 0.0, &mut weight_grad);
@@ -162,10 +173,16 @@ fn backward(model: &Model, params: &[f32], work: &mut Workspace, n: usize, grad:
 /// Checks that `data` fits `model`: its feature count and its labels.
 fn check_data(model: &Model, data: &Dataset) -> Result<()> {
     if data.num_features() != model.num_features() {
-        return Err(LearningError::FeatureCount { expected: model.num_features(), found: data.num_features() });
+        return Err(LearningError::FeatureCount {
+            expected: model.num_features(),
+            found: data.num_features(),
+        });
     }
     match data.labels.iter().find(|&&label| label >= model.num_classes()) {
-        Some(bad) => Err(LearningError::Invalid(format!("label {bad} is outside the model's {} classes", model.num_classes()))),
+        Some(bad) => Err(LearningError::Invalid(format!(
+            "label {bad} is outside the model's {} classes",
+            model.num_classes()
+        ))),
         None => Ok(()),
     }
 }
@@ -252,7 +269,12 @@ impl<'m> Trainer<'m> {
 }
 
 /// Trains from `start` for `config.epochs` epochs.
-pub fn train(model: &Model, start: &[f32], data: &Dataset, config: &TrainConfig) -> Result<TrainOutcome> {
+pub fn train(
+    model: &Model,
+    start: &[f32],
+    data: &Dataset,
+    config: &TrainConfig,
+) -> Result<TrainOutcome> {
     let mut trainer = Trainer::new(model, start.to_vec(), config.clone())?;
     let mut loss = 0.0;
     for _ in 0..config.epochs {
@@ -282,7 +304,14 @@ pub fn evaluate(model: &Model, params: &[f32], data: &Dataset) -> Result<Evaluat
         let logits = work.activations[model.num_layers()].slice(s![..n, ..]);
         total_loss += f64::from(softmax_loss(logits, &labels, None));
         for (row, &truth) in logits.rows().into_iter().zip(&labels) {
-            let predicted = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (c, &v)| if v > best.1 { (c, v) } else { best }).0;
+            let predicted = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |best, (c, &v)| if v > best.1 { (c, v) } else { best },
+                )
+                .0;
             confusion[truth][predicted] += 1;
         }
     }

@@ -10,10 +10,21 @@ fn accuracy(dataset: &str, model: &str) -> f32 {
         model: Model::parse_spec(model).unwrap(),
         scaling: None,
         test_fraction: 0.2,
-        train: TrainConfig { epochs: 20, batch_size: 32, lr: 0.05, momentum: 0.0, weight_decay: 0.0, prox_mu: 0.0, seed: 0 },
+        train: TrainConfig {
+            epochs: 20,
+            batch_size: 32,
+            lr: 0.05,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            prox_mu: 0.0,
+            seed: 0,
+        },
     };
     let report = run_baseline(&config, |_| {}).unwrap();
-    eprintln!("{dataset} {model}: test accuracy {:.4} in {:.1} s", report.test_accuracy, report.seconds);
+    eprintln!(
+        "{dataset} {model}: test accuracy {:.4} in {:.1} s",
+        report.test_accuracy, report.seconds
+    );
     report.test_accuracy
 }
 
