@@ -1,1 +1,15 @@
-//! placeholder
+//! Aggregation strategies over flat f32 parameter vectors: streaming weighted FedAvg with
+//! composable partial aggregates, server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad),
+//! robust rules (median, trimmed mean, Krum, Multi-Krum), clipping and DP noise. Pure: no I/O.
+
+mod error;
+pub mod fedavg;
+pub mod optimizer;
+pub mod privacy;
+pub mod robust;
+pub mod strategy;
+
+pub use error::AggregationError;
+pub use fedavg::PartialAggregate;
+pub use optimizer::ServerOptimizer;
+pub use strategy::{AggregateOutcome, Aggregator};

@@ -1,0 +1,102 @@
+//! Streaming weighted FedAvg: updates are folded into a running weighted sum as they arrive, so
+//! memory is O(parameters), and partial sums from groups compose exactly into the flat average.
+
+use crate::AggregationError;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Elements per parallel chunk: large enough to amortize scheduling, small enough to balance.
+const CHUNK: usize = 1 << 16;
+
+/// A weighted sum of updates and the total weight, in f64 so that composition is exact to f32
+/// precision whatever the order. Serializable: a group aggregator ships it up a tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialAggregate {
+    pub weighted_sum: Vec<f64>,
+    pub total_weight: f64,
+    /// Who contributed, with their weights, for the audit trail.
+    pub contributors: Vec<(String, f64)>,
+}
+
+impl PartialAggregate {
+    /// An empty sum over `num_params` parameters.
+    pub fn new(num_params: usize) -> Self {
+        Self { weighted_sum: vec![0.0; num_params], total_weight: 0.0, contributors: Vec::new() }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.weighted_sum.len()
+    }
+
+    fn admit(&self, contributor: &str, weight: f64, len: usize) -> Result<(), AggregationError> {
+        let contributor_name = || contributor.to_owned();
+        if len != self.num_params() {
+            return Err(AggregationError::WrongLength {
+                contributor: contributor_name(),
+                expected: self.num_params(),
+                found: len,
+            });
+        }
+        if !(weight > 0.0 && weight.is_finite()) {
+            return Err(AggregationError::BadWeight { contributor: contributor_name(), weight });
+        }
+        if self.contributors.iter().any(|(name, _)| name == contributor) {
+            return Err(AggregationError::Duplicate { contributor: contributor_name() });
+        }
+        Ok(())
+    }
+
+    /// Folds in one update with its weight (its sample count).
+    pub fn add(
+        &mut self,
+        contributor: &str,
+        weight: f64,
+        update: &[f32],
+    ) -> Result<(), AggregationError> {
+        self.admit(contributor, weight, update.len())?;
+        if update.par_chunks(CHUNK).any(|chunk| chunk.iter().any(|v| !v.is_finite())) {
+            return Err(AggregationError::NotFinite { contributor: contributor.to_owned() });
+        }
+        self.weighted_sum.par_chunks_mut(CHUNK).zip(update.par_chunks(CHUNK)).for_each(
+            |(sum, update)| {
+                for (s, &u) in sum.iter_mut().zip(update) {
+                    *s += weight * f64::from(u);
+                }
+            },
+        );
+        self.total_weight += weight;
+        self.contributors.push((contributor.to_owned(), weight));
+        Ok(())
+    }
+
+    /// Folds in another partial aggregate (a group's), as if its members had been added here.
+    pub fn merge(&mut self, other: &PartialAggregate) -> Result<(), AggregationError> {
+        if other.num_params() != self.num_params() {
+            return Err(AggregationError::WrongLength {
+                contributor: "a group aggregate".to_owned(),
+                expected: self.num_params(),
+                found: other.num_params(),
+            });
+        }
+        for (name, weight) in &other.contributors {
+            self.admit(name, *weight, other.num_params())?;
+        }
+        self.weighted_sum.par_chunks_mut(CHUNK).zip(other.weighted_sum.par_chunks(CHUNK)).for_each(
+            |(sum, add)| {
+                sum.iter_mut().zip(add).for_each(|(s, a)| *s += a);
+            },
+        );
+        self.total_weight += other.total_weight;
+        self.contributors.extend(other.contributors.iter().cloned());
+        Ok(())
+    }
+
+    /// The weighted mean.
+    pub fn mean(&self) -> Result<Vec<f32>, AggregationError> {
+        if self.contributors.is_empty() {
+            return Err(AggregationError::Empty);
+        }
+        let scale = 1.0 / self.total_weight;
+        Ok(self.weighted_sum.par_iter().map(|&s| (s * scale) as f32).collect())
+    }
+}

@@ -1,0 +1,164 @@
+//! One aggregator per round, configured from a job's strategy section: it clips, checks and
+//! collects updates (streaming for FedAvg, buffered for robust rules), then produces the round's
+//! delta with the list of contributions it includes.
+
+use crate::AggregationError;
+use crate::fedavg::PartialAggregate;
+use crate::privacy::{add_gaussian_noise, clip, noise_std};
+use crate::robust::{median, multi_krum_selection, trimmed_count, trimmed_mean};
+use fedmesh_protocol::strategy::{AggregationRule, StrategySpec};
+
+/// The round's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateOutcome {
+    /// The combined delta to apply to the global model (through the server optimizer).
+    pub delta: Vec<f32>,
+    /// The contributions it includes, with their weights.
+    pub included: Vec<(String, f64)>,
+    /// The standard deviation of the DP noise added, if any.
+    pub noise_std: Option<f32>,
+}
+
+/// A combined delta and the contributions it includes.
+type Combined = (Vec<f32>, Vec<(String, f64)>);
+
+/// Collects one round's updates under a strategy.
+pub struct Aggregator {
+    spec: StrategySpec,
+    num_params: usize,
+    streaming: PartialAggregate,
+    buffered: Vec<(String, f64, Vec<f32>)>,
+    round_seed: u64,
+}
+
+impl Aggregator {
+    /// An aggregator for a model of `num_params` parameters; `round` varies the DP noise seed.
+    pub fn from_spec(
+        spec: &StrategySpec,
+        num_params: usize,
+        round: u64,
+    ) -> Result<Self, AggregationError> {
+        if let Some(clip_norm) = spec.clip_norm
+            && !(clip_norm > 0.0 && clip_norm.is_finite())
+        {
+            return Err(AggregationError::Invalid(format!(
+                "clip_norm {clip_norm} must be a positive number"
+            )));
+        }
+        if spec.noise_multiplier.is_some() && spec.clip_norm.is_none() {
+            return Err(AggregationError::Invalid(
+                "noise_multiplier needs clip_norm (noise is scaled by it)".to_owned(),
+            ));
+        }
+        Ok(Self {
+            spec: spec.clone(),
+            num_params,
+            streaming: PartialAggregate::new(num_params),
+            buffered: Vec::new(),
+            round_seed: spec.noise_seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        })
+    }
+
+    /// How many updates are in.
+    pub fn count(&self) -> usize {
+        self.streaming.contributors.len() + self.buffered.len()
+    }
+
+    /// Checks, clips and takes one update with its weight (sample count).
+    pub fn add(
+        &mut self,
+        contributor: &str,
+        weight: f64,
+        update: &[f32],
+    ) -> Result<(), AggregationError> {
+        if update.len() != self.num_params {
+            return Err(AggregationError::WrongLength {
+                contributor: contributor.to_owned(),
+                expected: self.num_params,
+                found: update.len(),
+            });
+        }
+        if update.iter().any(|v| !v.is_finite()) {
+            return Err(AggregationError::NotFinite { contributor: contributor.to_owned() });
+        }
+        let clipped;
+        let update = match self.spec.clip_norm {
+            Some(norm) => {
+                let mut copy = update.to_vec();
+                clip(&mut copy, norm);
+                clipped = copy;
+                &clipped[..]
+            }
+            None => update,
+        };
+        match self.spec.rule {
+            AggregationRule::FedAvg => self.streaming.add(contributor, weight, update),
+            _ => {
+                if self.buffered.iter().any(|(name, _, _)| name == contributor) {
+                    return Err(AggregationError::Duplicate {
+                        contributor: contributor.to_owned(),
+                    });
+                }
+                if !(weight > 0.0 && weight.is_finite()) {
+                    return Err(AggregationError::BadWeight {
+                        contributor: contributor.to_owned(),
+                        weight,
+                    });
+                }
+                self.buffered.push((contributor.to_owned(), weight, update.to_vec()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Combines the updates by the strategy's rule and adds DP noise if configured.
+    pub fn finish(self) -> Result<AggregateOutcome, AggregationError> {
+        let n = self.count();
+        let (mut delta, included) = match self.spec.rule {
+            AggregationRule::FedAvg => {
+                (self.streaming.mean()?, self.streaming.contributors.clone())
+            }
+            ref rule => self.robust(rule)?,
+        };
+        let noise_std = match (self.spec.noise_multiplier, self.spec.clip_norm) {
+            (Some(multiplier), Some(clip_norm)) => {
+                let std = noise_std(multiplier, clip_norm, n);
+                add_gaussian_noise(&mut delta, std, self.round_seed);
+                Some(std)
+            }
+            _ => None,
+        };
+        Ok(AggregateOutcome { delta, included, noise_std })
+    }
+
+    fn robust(&self, rule: &AggregationRule) -> Result<Combined, AggregationError> {
+        let updates: Vec<&[f32]> = self.buffered.iter().map(|(_, _, u)| u.as_slice()).collect();
+        let everyone =
+            || self.buffered.iter().map(|(name, weight, _)| (name.clone(), *weight)).collect();
+        match *rule {
+            AggregationRule::Median => Ok((median(&updates)?, everyone())),
+            AggregationRule::TrimmedMean { beta } => {
+                trimmed_count(updates.len(), beta)?;
+                Ok((trimmed_mean(&updates, beta)?, everyone()))
+            }
+            AggregationRule::Krum { f } => self.select(&updates, f, 1),
+            AggregationRule::MultiKrum { f, m } => self.select(&updates, f, m),
+            AggregationRule::FedAvg => {
+                Err(AggregationError::Invalid("FedAvg is not a robust rule".to_owned()))
+            }
+        }
+    }
+
+    /// The plain mean of the updates Multi-Krum selects (Krum: the single best).
+    fn select(&self, updates: &[&[f32]], f: usize, m: usize) -> Result<Combined, AggregationError> {
+        let chosen = multi_krum_selection(updates, f, m)?;
+        let mut mean = PartialAggregate::new(self.num_params);
+        for &i in &chosen {
+            let (name, _, update) = &self.buffered[i];
+            mean.add(name, 1.0, update)?;
+        }
+        let included =
+            chosen.iter().map(|&i| (self.buffered[i].0.clone(), self.buffered[i].1)).collect();
+        Ok((mean.mean()?, included))
+    }
+}
