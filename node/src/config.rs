@@ -131,3 +131,76 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+impl NodeConfig {
+    /// The settings from `--config` (if given) with every flag that was set laid over them.
+    pub fn from_args(args: &crate::cli::NodeArgs) -> Result<Self, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::from_flags_only(args)?,
+        };
+        config.apply_flags(args)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_flags_only(args: &crate::cli::NodeArgs) -> Result<Self, ConfigError> {
+        let missing = |setting| ConfigError::Invalid {
+            setting,
+            problem: "is required (give --config FILE or the flag)".to_owned(),
+        };
+        let key = args.key.clone().ok_or_else(|| missing("key"))?;
+        let data_dir = args.data_dir.clone().ok_or_else(|| missing("data_dir"))?;
+        Ok(Self::with_defaults(key, data_dir))
+    }
+
+    /// Every setting at its default, with the two that have none.
+    pub fn with_defaults(key: PathBuf, data_dir: PathBuf) -> Self {
+        Self {
+            key,
+            data_dir,
+            listen: defaults::listen(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            datasets: BTreeMap::new(),
+            trust: Vec::new(),
+            auto_join: defaults::yes(),
+            group: defaults::group(),
+            roles: Vec::new(),
+            admin: defaults::admin(),
+            max_message_bytes: defaults::max_message_bytes(),
+            request_timeout_secs: defaults::request_timeout_secs(),
+            reannounce_secs: defaults::reannounce_secs(),
+            gossip_heartbeat_ms: defaults::gossip_heartbeat_ms(),
+        }
+    }
+
+    fn apply_flags(&mut self, args: &crate::cli::NodeArgs) -> Result<(), ConfigError> {
+        if let Some(key) = &args.key {
+            self.key = key.clone();
+        }
+        if let Some(data_dir) = &args.data_dir {
+            self.data_dir = data_dir.clone();
+        }
+        if !args.listen.is_empty() {
+            self.listen = args.listen.clone();
+        }
+        self.bootstrap.extend(args.bootstrap.iter().cloned());
+        self.trust.extend(args.trust.iter().cloned());
+        for entry in &args.datasets {
+            let (name, source) = entry.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                setting: "datasets",
+                problem: format!("`{entry}` is not NAME=PATH"),
+            })?;
+            self.datasets.insert(name.to_owned(), source.to_owned());
+        }
+        self.mdns |= args.mdns;
+        if let Some(group) = &args.group {
+            self.group = group.clone();
+        }
+        if let Some(admin) = args.admin {
+            self.admin = admin;
+        }
+        Ok(())
+    }
+}

@@ -1,7 +1,12 @@
 //! The fedmesh node: everything with I/O (the libp2p swarm, the RocksDB store, the job engine, the
 //! admin API) behind the `fedmesh` command line.
 
+pub mod admin;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod engine;
+pub mod identity;
 pub mod metrics;
 pub mod network;
 pub mod store;

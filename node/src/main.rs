@@ -1,2 +1,35 @@
-//! The `fedmesh` command line.
-fn main() {}
+//! The `fedmesh` binary: parses the command line, sets up logging, and hands each subcommand to
+//! its module in `fedmesh_node::commands`.
+
+use clap::Parser;
+use fedmesh_node::cli::{Cli, Command, LogFormat};
+use fedmesh_node::commands;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Keygen(args) => commands::keygen::run(&args),
+        Command::Node(args) => commands::node::run(&args),
+        Command::Job(command) => commands::job::run(command),
+        Command::TrainLocal(args) => commands::train_local::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -50,6 +50,7 @@ pub struct NodeProcess {
 
 #[derive(Debug, Deserialize)]
 struct Status {
+    peer_id: String,
     listen_addresses: Vec<String>,
 }
 
@@ -85,19 +86,48 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Keygen("printed no PeerId".to_owned()))
     }
 
-    /// Starts a new node that bootstraps from every node already running, and waits until its
-    /// admin API answers.
+    /// Starts a new node with a new key that bootstraps from every node already running, and
+    /// waits until its admin API answers.
     pub async fn start_node(&mut self, spec: &NodeSpec) -> Result<&NodeProcess, ClusterError> {
+        let dir = self.next_node_dir()?;
+        self.keygen(&dir.join("node.key"))?;
+        self.launch(dir, spec).await
+    }
+
+    /// Starts a new node that runs under an existing key file (copied into its folder).
+    pub async fn start_node_with_key(
+        &mut self,
+        spec: &NodeSpec,
+        key: &Path,
+    ) -> Result<&NodeProcess, ClusterError> {
+        let dir = self.next_node_dir()?;
+        let target = dir.join("node.key");
+        std::fs::copy(key, &target).map_err(|source| ClusterError::Write { path: target, source })?;
+        self.launch(dir, spec).await
+    }
+
+    fn next_node_dir(&self) -> Result<PathBuf, ClusterError> {
+        let dir = self.root.join(format!("node{}", self.nodes.len()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| ClusterError::Write { path: dir.clone(), source })?;
+        Ok(dir)
+    }
+
+    async fn launch(&mut self, dir: PathBuf, spec: &NodeSpec) -> Result<&NodeProcess, ClusterError> {
         let name = format!("node{}", self.nodes.len());
-        let dir = self.root.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|source| ClusterError::Write { path: dir.clone(), source })?;
-        let peer_id = self.keygen(&dir.join("node.key"))?;
         let bootstrap: Vec<String> = self.nodes.iter().map(|n| n.address.clone()).collect();
         write_config(&dir, spec, &bootstrap)?;
         let mut child = self.spawn(&dir)?;
-        let (address, api) = wait_until_up(&name, &dir, &peer_id, &mut child).await?;
-        self.nodes.push(NodeProcess { name, dir, peer_id, address, api, child: Some(child) });
-        Ok(self.nodes.last().expect("just pushed"))
+        let up = wait_until_up(&name, &dir, &mut child).await?;
+        self.nodes.push(NodeProcess {
+            name,
+            dir,
+            peer_id: up.peer_id,
+            address: up.address,
+            api: up.api,
+            child: Some(child),
+        });
+        Ok(&self.nodes[self.nodes.len() - 1])
     }
 
     fn spawn(&self, dir: &Path) -> Result<Child, ClusterError> {
@@ -120,10 +150,10 @@ impl Cluster {
         let node = &self.nodes[index];
         let _ = std::fs::remove_file(node.data_dir().join("admin.json"));
         let mut child = self.spawn(&node.dir)?;
-        let (address, api) = wait_until_up(&node.name, &node.dir, &node.peer_id, &mut child).await?;
+        let up = wait_until_up(&node.name, &node.dir, &mut child).await?;
         let node = &mut self.nodes[index];
-        node.address = address;
-        node.api = api;
+        node.address = up.address;
+        node.api = up.api;
         node.child = Some(child);
         Ok(())
     }
@@ -181,14 +211,16 @@ impl NodeProcess {
 /// How long a node may take to start and answer its admin API.
 const START_LIMIT: Duration = Duration::from_secs(60);
 
-/// Waits until the node's admin API answers with a loopback listen address; returns that address
-/// (with `/p2p/PEERID`) and the API client.
-async fn wait_until_up(
-    name: &str,
-    dir: &Path,
-    peer_id: &str,
-    child: &mut Child,
-) -> Result<(String, ApiClient), ClusterError> {
+/// A node that answers its admin API.
+struct Up {
+    peer_id: String,
+    /// A loopback listen address with `/p2p/PEERID`.
+    address: String,
+    api: ApiClient,
+}
+
+/// Waits until the node's admin API answers with a loopback listen address.
+async fn wait_until_up(name: &str, dir: &Path, child: &mut Child) -> Result<Up, ClusterError> {
     let log = dir.join("node.log").display().to_string();
     let deadline = Instant::now() + START_LIMIT;
     while Instant::now() < deadline {
@@ -198,7 +230,8 @@ async fn wait_until_up(
         if let Ok(api) = ApiClient::from_data_dir(&dir.join("data")) {
             if let Ok(status) = api.get::<Status>("/v1/status").await {
                 if let Some(address) = status.listen_addresses.iter().find(|a| a.contains("127.0.0.1")) {
-                    return Ok((format!("{address}/p2p/{peer_id}"), api));
+                    let address = format!("{address}/p2p/{}", status.peer_id);
+                    return Ok(Up { peer_id: status.peer_id, address, api });
                 }
             }
         }

@@ -112,7 +112,7 @@ impl EventLoop {
         }
     }
 
-    async fn emit(&self, event: NetworkEvent) {
+    async fn emit(&mut self, event: NetworkEvent) {
         if self.events.send(event).await.is_err() {
             tracing::debug!("network event dropped: the node is shutting down");
         }

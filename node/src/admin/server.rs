@@ -1,0 +1,98 @@
+//! The admin API's routes: node status, jobs, announcing, and `/metrics`, behind the bearer token.
+
+use super::Endpoint;
+use crate::engine::{EngineError, EngineHandle};
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Clone)]
+struct AdminState {
+    engine: EngineHandle,
+    token_hash: blake3::Hash,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    engine: EngineHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AdminState { engine, token_hash: blake3::hash(endpoint.token.as_bytes()) };
+    let router = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/jobs", get(list_jobs).post(announce_job))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(Arc::new(state));
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    // blake3::Hash compares in constant time.
+    match presented {
+        Some(token) if blake3::hash(token.as_bytes()) == state.token_hash => next.run(request).await,
+        _ => (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response(),
+    }
+}
+
+/// An engine error as an HTTP answer.
+struct ApiError(EngineError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(serde_json::json!({ "error": self.0.to_string() }))).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        Self(error)
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn status(State(state): State<Arc<AdminState>>) -> ApiResult<crate::engine::StatusView> {
+    Ok(Json(state.engine.status().await?))
+}
+
+async fn list_jobs(State(state): State<Arc<AdminState>>) -> ApiResult<Vec<crate::engine::JobView>> {
+    Ok(Json(state.engine.jobs().await?))
+}
+
+async fn show_job(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<crate::engine::JobView> {
+    Ok(Json(state.engine.job(&id).await?))
+}
+
+async fn announce_job(
+    State(state): State<Arc<AdminState>>,
+    body: axum::body::Bytes,
+) -> ApiResult<serde_json::Value> {
+    let id = state.engine.announce(body.to_vec()).await?;
+    Ok(Json(serde_json::json!({ "id": id.to_string() })))
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.engine.metrics().render())
+}

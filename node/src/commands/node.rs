@@ -1,0 +1,89 @@
+//! `fedmesh node`: loads the settings and the key, opens the store, starts the network, the job
+//! engine and the admin API, and runs until SIGINT or SIGTERM.
+
+use crate::admin::{self, Endpoint};
+use crate::cli::NodeArgs;
+use crate::config::NodeConfig;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::network::{self, BehaviourSettings};
+use crate::store::Store;
+use anyhow::Context;
+use libp2p::Multiaddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig::from_args(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_node(config))
+}
+
+fn parse_addresses(setting: &str, values: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    values
+        .iter()
+        .map(|value| {
+            value.parse::<Multiaddr>().with_context(|| format!("setting `{setting}`: `{value}` is not a multiaddress"))
+        })
+        .collect()
+}
+
+async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
+    let listen = parse_addresses("listen", &config.listen)?;
+    let bootstrap = parse_addresses("bootstrap", &config.bootstrap)?;
+    let key = crate::identity::load_node_key(&config.key)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let metrics = Arc::new(Metrics::new());
+    let settings = BehaviourSettings {
+        max_message_bytes: config.max_message_bytes,
+        request_timeout: Duration::from_secs(config.request_timeout_secs),
+        gossip_heartbeat: Duration::from_millis(config.gossip_heartbeat_ms),
+        mdns: config.mdns,
+    };
+    let (network, events) =
+        network::start(crate::identity::libp2p_keypair(&key)?, &listen, &settings, metrics.clone())?;
+    tracing::info!(peer_id = %key.member_id(), data_dir = %config.data_dir.display(), "node starting");
+    for address in bootstrap {
+        network.dial(address).await?;
+    }
+    let (engine, handle) = Engine::new(key, config.clone(), store, network, metrics)?;
+    let engine_task = tokio::spawn(engine.run(events));
+
+    let listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("setting `admin`: cannot listen on {}", config.admin))?;
+    let endpoint = Endpoint::with_random_token(listener.local_addr()?);
+    endpoint.write(&config.data_dir)?;
+    tracing::info!(address = %endpoint.address, "admin API listening");
+    admin::serve(listener, endpoint, handle.clone(), shutdown_signal()).await?;
+
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), engine_task).await;
+    let _ = std::fs::remove_file(Endpoint::path_in(&config.data_dir));
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

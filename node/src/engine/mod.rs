@@ -1,0 +1,220 @@
+//! The job engine: the one task that owns the node's state. It handles verified network messages,
+//! announces and re-announces jobs, answers peers' requests, and serves the admin API's queries.
+
+mod jobs;
+mod requests;
+
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::network::{Network, NetworkEvent};
+use crate::store::{Store, StoreError};
+use fedmesh_protocol::identity::Identity;
+use fedmesh_protocol::ids::{JobId, MemberId};
+use jobs::JobBook;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The gossip topic every node subscribes to for job announcements.
+pub const JOBS_TOPIC: &str = "fedmesh/jobs/1";
+
+/// What the engine can fail at, as the admin API reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// The node as `GET /v1/status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub peer_id: String,
+    pub version: String,
+    pub listen_addresses: Vec<String>,
+    pub connected_peers: Vec<String>,
+    pub jobs: usize,
+}
+
+/// A job as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub dataset: String,
+    pub status: String,
+    pub learned_at_ms: u64,
+    pub spec: serde_json::Value,
+}
+
+enum Query {
+    Jobs(oneshot::Sender<Vec<JobView>>),
+    Job(String, oneshot::Sender<Result<JobView, EngineError>>),
+    Announce(Vec<u8>, oneshot::Sender<Result<JobId, EngineError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Results of the engine's own background tasks.
+enum Internal {
+    /// A peer sent the announcement of a job this node asked for.
+    PeerJob(JobId, fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::JobAnnouncement>),
+}
+
+/// A cloneable handle the admin API uses to ask the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    queries: mpsc::Sender<Query>,
+    network: Network,
+    metrics: Arc<Metrics>,
+}
+
+impl EngineHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.queries.send(make(reply)).await.map_err(|_| EngineError::Stopped)?;
+        answer.await.map_err(|_| EngineError::Stopped)
+    }
+
+    pub async fn status(&self) -> Result<StatusView, EngineError> {
+        let network = self.network.status().await?;
+        let jobs = self.jobs().await?.len();
+        Ok(StatusView {
+            peer_id: network.peer_id.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listen_addresses: network.listen_addresses.iter().map(ToString::to_string).collect(),
+            connected_peers: network.connected_peers.iter().map(ToString::to_string).collect(),
+            jobs,
+        })
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobView>, EngineError> {
+        self.ask(Query::Jobs).await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobView, EngineError> {
+        self.ask(|reply| Query::Job(id.to_owned(), reply)).await?
+    }
+
+    /// Signs the job spec (JSON) with the node's key and publishes it.
+    pub async fn announce(&self, spec_json: Vec<u8>) -> Result<JobId, EngineError> {
+        self.ask(|reply| Query::Announce(spec_json, reply)).await?
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Asks the engine to stop and waits until it has.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Query::Shutdown).await;
+    }
+}
+
+/// The engine task's state.
+pub struct Engine {
+    identity: Identity,
+    config: NodeConfig,
+    trusted: BTreeSet<MemberId>,
+    store: Arc<Store>,
+    network: Network,
+    metrics: Arc<Metrics>,
+    jobs: JobBook,
+    queries: mpsc::Receiver<Query>,
+    internal: mpsc::Sender<Internal>,
+    internal_rx: mpsc::Receiver<Internal>,
+}
+
+impl Engine {
+    /// Loads what the store knows and returns the engine with its handle.
+    pub fn new(
+        identity: Identity,
+        config: NodeConfig,
+        store: Arc<Store>,
+        network: Network,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Self, EngineHandle)> {
+        let trusted = parse_trust(&config.trust)?;
+        let jobs = JobBook::load(&store)?;
+        tracing::info!(jobs = jobs.len(), "loaded jobs from the store");
+        let (query_tx, query_rx) = mpsc::channel(64);
+        let handle = EngineHandle { queries: query_tx, network: network.clone(), metrics: metrics.clone() };
+        let (internal, internal_rx) = mpsc::channel(64);
+        let engine = Self {
+            identity,
+            config,
+            trusted,
+            store,
+            network,
+            metrics,
+            jobs,
+            queries: query_rx,
+            internal,
+            internal_rx,
+        };
+        Ok((engine, handle))
+    }
+
+    /// Runs until asked to shut down.
+    pub async fn run(mut self, mut events: mpsc::Receiver<NetworkEvent>) {
+        if let Err(error) = self.network.subscribe(JOBS_TOPIC).await {
+            tracing::error!(%error, "cannot subscribe to job announcements");
+        }
+        let mut reannounce = tokio::time::interval(Duration::from_secs(self.config.reannounce_secs));
+        loop {
+            tokio::select! {
+                Some(event) = events.recv() => self.on_network_event(event).await,
+                query = self.queries.recv() => match query {
+                    Some(Query::Shutdown(reply)) => {
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(query) => self.on_query(query).await,
+                    None => return,
+                },
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
+                _ = reannounce.tick() => self.reannounce().await,
+            }
+        }
+    }
+
+    async fn on_query(&mut self, query: Query) {
+        match query {
+            Query::Jobs(reply) => {
+                let _ = reply.send(self.jobs.views());
+            }
+            Query::Job(id, reply) => {
+                let _ = reply.send(self.jobs.view_by_prefix(&id));
+            }
+            Query::Announce(spec_json, reply) => {
+                let _ = reply.send(self.announce_local(&spec_json).await);
+            }
+            Query::Shutdown(_) => {}
+        }
+    }
+
+    fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::PeerJob(job, announcement) => self.learn_job(job, announcement),
+        }
+    }
+}
+
+fn parse_trust(trust: &[String]) -> anyhow::Result<BTreeSet<MemberId>> {
+    trust
+        .iter()
+        .map(|text| {
+            MemberId::from_peer_id_string(text)
+                .map_err(|e| anyhow::anyhow!("setting `trust`: `{text}` is not a PeerId: {e}"))
+        })
+        .collect()
+}
