@@ -8,14 +8,16 @@ use std::path::Path;
 
 /// Loads the node's key file, refusing one that others can read.
 pub fn load_node_key(path: &Path) -> anyhow::Result<Identity> {
-    Identity::load(path).with_context(|| format!("setting `key`: cannot use key file {}", path.display()))
+    Identity::load(path)
+        .with_context(|| format!("setting `key`: cannot use key file {}", path.display()))
 }
 
 /// The libp2p keypair of `identity` (its PeerId equals `identity.member_id()`).
 pub fn libp2p_keypair(identity: &Identity) -> anyhow::Result<Keypair> {
     // `ed25519_from_bytes` zeroizes the buffer it is given: pass a copy.
     let mut seed = identity.seed();
-    Keypair::ed25519_from_bytes(&mut seed).context("the key's seed is not a valid ed25519 secret key")
+    Keypair::ed25519_from_bytes(&mut seed)
+        .context("the key's seed is not a valid ed25519 secret key")
 }
 
 #[cfg(test)]

@@ -47,7 +47,11 @@ impl Metrics {
         let messages_rejected = Family::default();
         let bytes_received = Counter::default();
         let bytes_sent = Counter::default();
-        registry.register("connected_peers", "Peers with an open connection", connected_peers.clone());
+        registry.register(
+            "connected_peers",
+            "Peers with an open connection",
+            connected_peers.clone(),
+        );
         registry.register("messages_in", "Messages received, by kind", messages_in.clone());
         registry.register("messages_out", "Messages sent, by kind", messages_out.clone());
         registry.register(

@@ -142,7 +142,11 @@ impl Store {
     }
 
     /// Reads and decodes one record.
-    pub fn get<V: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<V>, StoreError> {
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<V>, StoreError> {
         let raw = self.db.get_pinned_cf(self.handle(table)?, key).map_err(|e| self.rocks(e))?;
         raw.map(|bytes| decode_record(table, key, &bytes)).transpose()
     }
@@ -173,7 +177,11 @@ impl Store {
 
     /// Whether a blob is stored.
     pub fn has_blob(&self, hash: &ContentHash) -> Result<bool, StoreError> {
-        Ok(self.db.get_pinned_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))?.is_some())
+        Ok(self
+            .db
+            .get_pinned_cf(self.handle(Table::Blobs)?, hash.0)
+            .map_err(|e| self.rocks(e))?
+            .is_some())
     }
 
     /// Starts an atomic change.
@@ -223,14 +231,19 @@ impl StoreBatch<'_> {
     }
 }
 
-fn decode_record<V: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<V, StoreError> {
+fn decode_record<V: DeserializeOwned>(
+    table: Table,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<V, StoreError> {
     let bad = |detail: String| StoreError::BadRecord {
         table: table.name(),
         key: key.iter().map(|b| format!("{b:02x}")).collect(),
         detail,
     };
     let config = bincode::config::standard().with_limit::<MAX_RECORD_BYTES>();
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| bad(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config).map_err(|e| bad(e.to_string()))?;
     if used != bytes.len() {
         return Err(bad(format!("{} trailing bytes", bytes.len() - used)));
     }

@@ -4,7 +4,10 @@
 use std::process::{Command, Output};
 
 fn fedmesh(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedmesh")).args(args).output().expect("the fedmesh binary runs")
+    Command::new(env!("CARGO_BIN_EXE_fedmesh"))
+        .args(args)
+        .output()
+        .expect("the fedmesh binary runs")
 }
 
 fn stderr(output: &Output) -> String {
@@ -13,9 +16,19 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn train_local_prints_one_json_report() {
-    let output = fedmesh(&["train-local", "--dataset", "breast-cancer", "--model", "softmax", "--epochs", "5", "--json"]);
+    let output = fedmesh(&[
+        "train-local",
+        "--dataset",
+        "breast-cancer",
+        "--model",
+        "softmax",
+        "--epochs",
+        "5",
+        "--json",
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
     let accuracy = report["test_accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.9, "accuracy {accuracy}");
     assert_eq!(report["epochs"], 5);
@@ -24,7 +37,8 @@ fn train_local_prints_one_json_report() {
 
 #[test]
 fn train_local_prints_a_line_per_epoch() {
-    let output = fedmesh(&["train-local", "--dataset", "digits", "--model", "mlp:32", "--epochs", "3"]);
+    let output =
+        fedmesh(&["train-local", "--dataset", "digits", "--model", "mlp:32", "--epochs", "3"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(stdout.lines().filter(|l| l.starts_with("epoch")).count(), 3, "{stdout}");
@@ -71,7 +85,8 @@ fn node_refuses_bad_settings_naming_them() {
         assert!(!output.status.success(), "{extra:?} was accepted");
         assert!(stderr(&output).contains(expected), "{extra:?}: {}", stderr(&output));
     }
-    let missing_key = fedmesh(&["node", "--key", "/nonexistent.key", "--data-dir", data.to_str().unwrap()]);
+    let missing_key =
+        fedmesh(&["node", "--key", "/nonexistent.key", "--data-dir", data.to_str().unwrap()]);
     assert!(stderr(&missing_key).contains("setting `key`"), "{}", stderr(&missing_key));
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "key = 'k'\ndata_dir = 'd'\nlisten_on = []\n").unwrap();

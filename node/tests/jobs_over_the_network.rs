@@ -39,7 +39,10 @@ async fn wait_for_job(cluster: &Cluster, nodes: &[usize], job: &str, limit: Dura
         if missing.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "nodes {missing:?} did not learn job {job} within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nodes {missing:?} did not learn job {job} within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -68,12 +71,14 @@ async fn publish_forged_announcement(owner_seed_dir: &Path, address: &str) {
     };
     let metrics = Arc::new(fedmesh_node::metrics::Metrics::new());
     let (net, mut events) =
-        network::start(key, &["/ip4/127.0.0.1/tcp/0".parse().unwrap()], &settings, metrics).unwrap();
+        network::start(key, &["/ip4/127.0.0.1/tcp/0".parse().unwrap()], &settings, metrics)
+            .unwrap();
     net.subscribe(fedmesh_node::engine::JOBS_TOPIC).await.unwrap();
     net.dial(address.parse().unwrap()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let event = tokio::time::timeout(Duration::from_secs(20), events.recv()).await.unwrap().unwrap();
+        let event =
+            tokio::time::timeout(Duration::from_secs(20), events.recv()).await.unwrap().unwrap();
         if matches!(&event, NetworkEvent::Subscribed { topic, .. } if topic == fedmesh_node::engine::JOBS_TOPIC)
         {
             break;
@@ -100,7 +105,8 @@ async fn announcements_spread_and_survive_restarts_while_forgeries_do_not() {
     }
 
     // An announcement from the owner reaches the other three.
-    let announced: Value = cluster.nodes[0].api.post("/v1/jobs", &job_spec("mnist", &owner_peer)).await.unwrap();
+    let announced: Value =
+        cluster.nodes[0].api.post("/v1/jobs", &job_spec("mnist", &owner_peer)).await.unwrap();
     let job = announced["id"].as_str().unwrap().to_owned();
     wait_for_job(&cluster, &[0, 1, 2, 3], &job, Duration::from_secs(15)).await;
 
@@ -110,20 +116,29 @@ async fn announcements_spread_and_survive_restarts_while_forgeries_do_not() {
 
     // A job from an owner nobody trusts is stored by nobody but its owner.
     let stranger = cluster.nodes[3].peer_id.clone();
-    let untrusted: Value = cluster.nodes[3].api.post("/v1/jobs", &job_spec("untrusted", &stranger)).await.unwrap();
+    let untrusted: Value =
+        cluster.nodes[3].api.post("/v1/jobs", &job_spec("untrusted", &stranger)).await.unwrap();
     let untrusted = untrusted["id"].as_str().unwrap().to_owned();
 
     // A forged announcement (broken signature) is rejected and counted.
     publish_forged_announcement(&owner_dir, &cluster.nodes[4].address).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric_value(&cluster.nodes[4].api.metrics().await.unwrap(), "fedmesh_messages_rejected_total{kind=\"gossip\",reason=\"bad_announcement\"}") < 1.0 {
+    while metric_value(
+        &cluster.nodes[4].api.metrics().await.unwrap(),
+        "fedmesh_messages_rejected_total{kind=\"gossip\",reason=\"bad_announcement\"}",
+    ) < 1.0
+    {
         assert!(Instant::now() < deadline, "node 4 did not count the forged announcement");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for index in 0..5 {
         let ids = job_ids(&cluster, index).await;
         assert!(ids.contains(&job), "node {index} lost the job");
-        assert_eq!(ids.len(), if index == 3 { 2 } else { 1 }, "node {index} stored a job it should not have: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            if index == 3 { 2 } else { 1 },
+            "node {index} stored a job it should not have: {ids:?}"
+        );
         assert!(index == 3 || !ids.contains(&untrusted));
     }
 

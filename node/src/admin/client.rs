@@ -24,14 +24,17 @@ impl AdminClient {
         Ok(Self { base: format!("http://{}", endpoint.address), token: endpoint.token, http })
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<T> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the node's admin API at {} ({what})", self.base))?;
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let response = request.bearer_auth(&self.token).send().await.with_context(|| {
+            format!("cannot reach the node's admin API at {} ({what})", self.base)
+        })?;
         let status = response.status();
-        let body = response.text().await.with_context(|| format!("{what}: the answer broke off"))?;
+        let body =
+            response.text().await.with_context(|| format!("{what}: the answer broke off"))?;
         if !status.is_success() {
             let message = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -39,7 +42,9 @@ impl AdminClient {
                 .unwrap_or(body);
             bail!("{what}: {message}");
         }
-        serde_json::from_str(&body).with_context(|| format!("{what}: the node answered something that is not the expected JSON"))
+        serde_json::from_str(&body).with_context(|| {
+            format!("{what}: the node answered something that is not the expected JSON")
+        })
     }
 
     /// GETs a JSON document from `path`.
@@ -49,7 +54,11 @@ impl AdminClient {
 
     /// POSTs raw bytes to `path` and reads a JSON answer.
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> anyhow::Result<T> {
-        let request = self.http.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body);
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
         self.send(request, path).await
     }
 }

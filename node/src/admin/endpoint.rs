@@ -20,9 +20,7 @@ pub struct Endpoint {
 pub enum EndpointError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error(
-        "cannot read {path}: {source} (is a fedmesh node running with this data directory?)"
-    )]
+    #[error("cannot read {path}: {source} (is a fedmesh node running with this data directory?)")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid admin endpoint file: {detail}")]
     Parse { path: PathBuf, detail: String },
@@ -44,8 +42,8 @@ impl Endpoint {
     pub fn write(&self, data_dir: &Path) -> Result<(), EndpointError> {
         let path = Self::path_in(data_dir);
         let write_error = |source| EndpointError::Write { path: path.clone(), source };
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| write_error(std::io::Error::other(e)))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| write_error(std::io::Error::other(e)))?;
         let _ = std::fs::remove_file(&path);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -78,7 +76,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(Endpoint::path_in(dir.path())).unwrap().permissions().mode();
+            let mode =
+                std::fs::metadata(Endpoint::path_in(dir.path())).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -43,7 +43,9 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
         .and_then(|value| value.strip_prefix("Bearer "));
     // blake3::Hash compares in constant time.
     match presented {
-        Some(token) if blake3::hash(token.as_bytes()) == state.token_hash => next.run(request).await,
+        Some(token) if blake3::hash(token.as_bytes()) == state.token_hash => {
+            next.run(request).await
+        }
         _ => (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response(),
     }
 }

@@ -13,7 +13,8 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             JobCommand::Announce { spec, api } => {
-                let bytes = std::fs::read(&spec).with_context(|| format!("cannot read job spec {}", spec.display()))?;
+                let bytes = std::fs::read(&spec)
+                    .with_context(|| format!("cannot read job spec {}", spec.display()))?;
                 let client = AdminClient::for_data_dir(&api.data_dir)?;
                 let answer: serde_json::Value = client.post("/v1/jobs", bytes).await?;
                 let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or_default();

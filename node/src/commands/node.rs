@@ -26,7 +26,9 @@ fn parse_addresses(setting: &str, values: &[String]) -> anyhow::Result<Vec<Multi
     values
         .iter()
         .map(|value| {
-            value.parse::<Multiaddr>().with_context(|| format!("setting `{setting}`: `{value}` is not a multiaddress"))
+            value
+                .parse::<Multiaddr>()
+                .with_context(|| format!("setting `{setting}`: `{value}` is not a multiaddress"))
         })
         .collect()
 }
@@ -45,8 +47,12 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         gossip_heartbeat: Duration::from_millis(config.gossip_heartbeat_ms),
         mdns: config.mdns,
     };
-    let (network, events) =
-        network::start(crate::identity::libp2p_keypair(&key)?, &listen, &settings, metrics.clone())?;
+    let (network, events) = network::start(
+        crate::identity::libp2p_keypair(&key)?,
+        &listen,
+        &settings,
+        metrics.clone(),
+    )?;
     tracing::info!(peer_id = %key.member_id(), data_dir = %config.data_dir.display(), "node starting");
     for address in bootstrap {
         network.dial(address).await?;

@@ -25,7 +25,12 @@ pub fn run(args: &TrainLocalArgs) -> anyhow::Result<()> {
         if !quiet {
             println!(
                 "epoch {:>3}/{}  train loss {:.4}  test loss {:.4}  test accuracy {:.4}  {:.2} s",
-                epoch.epoch, args.epochs, epoch.train_loss, epoch.test_loss, epoch.test_accuracy, epoch.seconds
+                epoch.epoch,
+                args.epochs,
+                epoch.train_loss,
+                epoch.test_loss,
+                epoch.test_accuracy,
+                epoch.seconds
             );
         }
     })?;
@@ -34,7 +39,11 @@ pub fn run(args: &TrainLocalArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "final test accuracy {:.4} ({} train / {} test samples, {} parameters, {:.1} s)",
-            report.test_accuracy, report.train_samples, report.test_samples, report.parameters, report.seconds
+            report.test_accuracy,
+            report.train_samples,
+            report.test_samples,
+            report.parameters,
+            report.seconds
         );
     }
     Ok(())

@@ -81,10 +81,13 @@ impl JobBook {
     /// The job whose id starts with `prefix` (hex), if exactly one does.
     pub fn view_by_prefix(&self, prefix: &str) -> Result<JobView, EngineError> {
         let prefix = prefix.to_ascii_lowercase();
-        let mut matches = self.jobs.values().filter(|job| job.job.id.to_string().starts_with(&prefix));
+        let mut matches =
+            self.jobs.values().filter(|job| job.job.id.to_string().starts_with(&prefix));
         match (matches.next(), matches.next()) {
             (Some(job), None) if !prefix.is_empty() => Ok(job.view()),
-            (Some(_), Some(_)) => Err(EngineError::Invalid(format!("`{prefix}` matches several jobs"))),
+            (Some(_), Some(_)) => {
+                Err(EngineError::Invalid(format!("`{prefix}` matches several jobs")))
+            }
             _ => Err(EngineError::NotFound(format!("no job with id `{prefix}`"))),
         }
     }
@@ -111,7 +114,8 @@ enum Refusal {
 impl Engine {
     /// Signs and publishes a job spec given to the local node.
     pub(super) async fn announce_local(&mut self, spec_json: &[u8]) -> Result<JobId, EngineError> {
-        let spec = JobSpec::from_json(spec_json).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let spec =
+            JobSpec::from_json(spec_json).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let me = self.identity.member_id();
         if spec.owner != me {
             return Err(EngineError::Invalid(format!(
@@ -120,8 +124,10 @@ impl Engine {
                 me.to_peer_id_string()
             )));
         }
-        let announcement = JobAnnouncement::new(&spec, unix_millis()).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let signed = Signed::sign(&self.identity, announcement).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let announcement = JobAnnouncement::new(&spec, unix_millis())
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let signed = Signed::sign(&self.identity, announcement)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let job = signed.verify_announcement().map_err(|e| EngineError::Invalid(e.to_string()))?;
         let id = job.id;
         self.remember_job(job)?;
@@ -153,7 +159,10 @@ impl Engine {
 
     /// Stores a verified job (one atomic write) and indexes it.
     fn remember_job(&mut self, job: VerifiedJob) -> Result<(), StoreError> {
-        let record = JobRecord { announcement: job.announcement.signed().clone(), learned_at_ms: unix_millis() };
+        let record = JobRecord {
+            announcement: job.announcement.signed().clone(),
+            learned_at_ms: unix_millis(),
+        };
         let mut batch = self.store.batch();
         batch.put(Table::Jobs, &job.id.0.0, &record)?;
         batch.commit()?;
@@ -162,7 +171,10 @@ impl Engine {
     }
 
     /// Verifies an announcement from a peer and keeps it if its owner is trusted.
-    fn accept_announcement(&mut self, announcement: Signed<JobAnnouncement>) -> Result<bool, Refusal> {
+    fn accept_announcement(
+        &mut self,
+        announcement: Signed<JobAnnouncement>,
+    ) -> Result<bool, Refusal> {
         let job = announcement
             .verify_announcement()
             .map_err(|e| Refusal::Invalid("bad_announcement", e.to_string()))?;
@@ -173,7 +185,11 @@ impl Engine {
         if owner != self.identity.member_id() && !self.trusted.contains(&owner) {
             return Err(Refusal::Ignored(
                 "untrusted_owner",
-                format!("job {} is owned by {}, whom this node does not trust", job.id, owner.to_peer_id_string()),
+                format!(
+                    "job {} is owned by {}, whom this node does not trust",
+                    job.id,
+                    owner.to_peer_id_string()
+                ),
             ));
         }
         let (id, name) = (job.id, job.spec.name.clone());
@@ -211,7 +227,10 @@ impl Engine {
         let outcome = if matches {
             self.accept_announcement(announcement)
         } else {
-            Err(Refusal::Invalid("wrong_announcement", format!("not the announcement of job {requested}")))
+            Err(Refusal::Invalid(
+                "wrong_announcement",
+                format!("not the announcement of job {requested}"),
+            ))
         };
         match outcome {
             Ok(_) => {}

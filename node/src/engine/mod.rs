@@ -79,7 +79,10 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, EngineError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Query,
+    ) -> Result<T, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.queries.send(make(reply)).await.map_err(|_| EngineError::Stopped)?;
         answer.await.map_err(|_| EngineError::Stopped)
@@ -147,7 +150,8 @@ impl Engine {
         let jobs = JobBook::load(&store)?;
         tracing::info!(jobs = jobs.len(), "loaded jobs from the store");
         let (query_tx, query_rx) = mpsc::channel(64);
-        let handle = EngineHandle { queries: query_tx, network: network.clone(), metrics: metrics.clone() };
+        let handle =
+            EngineHandle { queries: query_tx, network: network.clone(), metrics: metrics.clone() };
         let (internal, internal_rx) = mpsc::channel(64);
         let engine = Self {
             identity,
@@ -169,7 +173,8 @@ impl Engine {
         if let Err(error) = self.network.subscribe(JOBS_TOPIC).await {
             tracing::error!(%error, "cannot subscribe to job announcements");
         }
-        let mut reannounce = tokio::time::interval(Duration::from_secs(self.config.reannounce_secs));
+        let mut reannounce =
+            tokio::time::interval(Duration::from_secs(self.config.reannounce_secs));
         loop {
             tokio::select! {
                 Some(event) = events.recv() => self.on_network_event(event).await,

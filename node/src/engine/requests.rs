@@ -15,7 +15,9 @@ impl Engine {
                 let acceptance = self.on_gossip(&data);
                 let _ = self.network.validate(message_id, source, acceptance).await;
             }
-            NetworkEvent::Request { peer, data, channel } => self.on_request(peer, data, channel).await,
+            NetworkEvent::Request { peer, data, channel } => {
+                self.on_request(peer, data, channel).await
+            }
             NetworkEvent::PeerConnected(peer) => self.ask_for_jobs(peer),
             NetworkEvent::PeerDisconnected(_) | NetworkEvent::Subscribed { .. } => {}
         }
@@ -28,7 +30,9 @@ impl Engine {
                 self.metrics.rejected("request", "malformed");
                 (Response::Refused { reason: error.to_string() }, Vec::new())
             }
-            Ok((Request::Jobs, _)) => (Response::Jobs { ids: self.jobs.ids(MAX_JOB_IDS) }, Vec::new()),
+            Ok((Request::Jobs, _)) => {
+                (Response::Jobs { ids: self.jobs.ids(MAX_JOB_IDS) }, Vec::new())
+            }
             Ok((Request::Announcement { job }, _)) => match self.jobs.announcement(&job) {
                 Some(announcement) => (Response::Announcement(announcement.clone()), Vec::new()),
                 None => (Response::NotFound { hash: job.0 }, Vec::new()),
@@ -41,7 +45,10 @@ impl Engine {
                     (Response::NotFound { hash }, Vec::new())
                 }
             },
-            Ok((_, _)) => (Response::Refused { reason: "this node takes no updates yet".to_owned() }, Vec::new()),
+            Ok((_, _)) => (
+                Response::Refused { reason: "this node takes no updates yet".to_owned() },
+                Vec::new(),
+            ),
         };
         match encode_response(&response, &payload) {
             Ok(bytes) => {
@@ -60,7 +67,9 @@ impl Engine {
         tokio::spawn(async move {
             let ids = match ask(&network, peer, &Request::Jobs).await {
                 Ok(Response::Jobs { ids }) => ids,
-                Ok(other) => return tracing::debug!(%peer, ?other, "peer did not send its job list"),
+                Ok(other) => {
+                    return tracing::debug!(%peer, ?other, "peer did not send its job list");
+                }
                 Err(error) => return tracing::debug!(%peer, %error, "cannot ask peer for its jobs"),
             };
             for job in ids.into_iter().filter(|id| !known.contains(id)) {
@@ -68,7 +77,9 @@ impl Engine {
                     Ok(Response::Announcement(announcement)) => {
                         let _ = internal.send(Internal::PeerJob(job, announcement)).await;
                     }
-                    Ok(other) => tracing::debug!(%peer, %job, ?other, "peer did not send the announcement"),
+                    Ok(other) => {
+                        tracing::debug!(%peer, %job, ?other, "peer did not send the announcement")
+                    }
                     Err(error) => tracing::debug!(%peer, %job, %error, "cannot fetch announcement"),
                 }
             }

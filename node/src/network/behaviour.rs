@@ -7,8 +7,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, gossipsub, identify, identity, kad, mdns, request_response};
 use std::time::Duration;
 
-/// gossipsub's largest message; every node must use the same value (CRATE-NOTES).
-pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+/// gossipsub's largest message; every node must use the same value, the protocol's.
+pub use fedmesh_protocol::codec::MAX_GOSSIP_BYTES;
 
 /// The settings the behaviours take from the node's config.
 #[derive(Debug, Clone)]
@@ -40,7 +40,10 @@ pub enum BehaviourError {
 
 impl Behaviour {
     /// Builds the behaviours for the node holding `key`.
-    pub fn new(key: &identity::Keypair, settings: &BehaviourSettings) -> Result<Self, BehaviourError> {
+    pub fn new(
+        key: &identity::Keypair,
+        settings: &BehaviourSettings,
+    ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let mut kademlia = kad::Behaviour::with_config(
             peer_id,
@@ -49,7 +52,10 @@ impl Behaviour {
         );
         kademlia.set_mode(Some(kad::Mode::Server));
         let mdns = if settings.mdns {
-            Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(BehaviourError::Mdns)?)
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(BehaviourError::Mdns)?,
+            )
         } else {
             None
         };
@@ -87,6 +93,8 @@ fn gossipsub_behaviour(
             gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec())
         })
         .max_transmit_size(MAX_GOSSIP_BYTES)
+        // Shorter than the re-announce interval, so a periodic re-announcement is not a duplicate.
+        .duplicate_cache_time(Duration::from_secs(15))
         .mesh_n_low(3)
         .mesh_n(6)
         .mesh_n_high(12)

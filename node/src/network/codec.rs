@@ -2,6 +2,7 @@
 //! is checked against the node's maximum before anything is allocated; the bytes themselves are a
 //! `fedmesh-protocol` frame, decoded and verified off the event loop.
 
+use fedmesh_protocol::codec::check_frame_length;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use std::io;
@@ -23,15 +24,8 @@ impl FrameCodec {
     async fn read_frame<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
         let mut prefix = [0u8; 8];
         io.read_exact(&mut prefix).await?;
-        let length = u64::from_le_bytes(prefix);
-        if length > self.max_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {length} bytes exceeds the limit of {} bytes", self.max_bytes),
-            ));
-        }
-        let length = usize::try_from(length)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+        let length = check_frame_length(u64::from_le_bytes(prefix), self.max_bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let mut bytes = vec![0u8; length];
         io.read_exact(&mut bytes).await?;
         Ok(bytes)
@@ -43,12 +37,8 @@ impl FrameCodec {
         bytes: &[u8],
     ) -> io::Result<()> {
         let length = bytes.len() as u64;
-        if length > self.max_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("frame of {length} bytes exceeds the limit of {} bytes", self.max_bytes),
-            ));
-        }
+        check_frame_length(length, self.max_bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         io.write_all(&length.to_le_bytes()).await?;
         io.write_all(bytes).await?;
         io.flush().await?;

@@ -61,14 +61,20 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Subscribe { topic } => {
-                if let Err(e) =
-                    self.swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(&topic))
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&gossipsub::IdentTopic::new(&topic))
                 {
                     tracing::warn!(%topic, error = %e, "cannot subscribe");
                 }
             }
             Command::Unsubscribe { topic } => {
-                self.swarm.behaviour_mut().gossipsub.unsubscribe(&gossipsub::IdentTopic::new(topic));
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .unsubscribe(&gossipsub::IdentTopic::new(topic));
             }
             Command::Request { peer, data, reply } => {
                 self.metrics.sent("request", data.len());
@@ -77,7 +83,8 @@ impl EventLoop {
             }
             Command::Respond { channel, data } => {
                 self.metrics.sent("response", data.len());
-                if self.swarm.behaviour_mut().request_response.send_response(channel, data).is_err() {
+                if self.swarm.behaviour_mut().request_response.send_response(channel, data).is_err()
+                {
                     tracing::debug!("response dropped: the requester went away");
                 }
             }

@@ -37,13 +37,25 @@ pub enum NetworkError {
 #[derive(Debug)]
 pub enum NetworkEvent {
     /// A gossip message; the receiver must report its validation result.
-    Gossip { source: PeerId, message_id: MessageId, topic: String, data: Vec<u8> },
+    Gossip {
+        source: PeerId,
+        message_id: MessageId,
+        topic: String,
+        data: Vec<u8>,
+    },
     /// A request to answer through `Network::respond`.
-    Request { peer: PeerId, data: Vec<u8>, channel: ResponseChannel<Vec<u8>> },
+    Request {
+        peer: PeerId,
+        data: Vec<u8>,
+        channel: ResponseChannel<Vec<u8>>,
+    },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
     /// A peer subscribed to a topic.
-    Subscribed { peer: PeerId, topic: String },
+    Subscribed {
+        peer: PeerId,
+        topic: String,
+    },
 }
 
 /// The node's view of its own network.
