@@ -40,15 +40,16 @@ impl ApiClient {
         let missing = || ApiError::NoEndpoint(data_dir.display().to_string());
         let bytes = std::fs::read(&path).map_err(|_| missing())?;
         let endpoint: Endpoint = serde_json::from_slice(&bytes).map_err(|_| missing())?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ApiError::Http { url: endpoint.address.to_string(), detail: e.to_string() })?;
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| {
+                ApiError::Http { url: endpoint.address.to_string(), detail: e.to_string() }
+            })?;
         Ok(Self { base: format!("http://{}", endpoint.address), token: endpoint.token, http })
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<String, ApiError> {
-        let http_error = |e: reqwest::Error| ApiError::Http { url: url.to_owned(), detail: e.to_string() };
+        let http_error =
+            |e: reqwest::Error| ApiError::Http { url: url.to_owned(), detail: e.to_string() };
         let response = request.bearer_auth(&self.token).send().await.map_err(http_error)?;
         let status = response.status();
         let body = response.text().await.map_err(http_error)?;

@@ -68,11 +68,10 @@ impl Cluster {
 
     /// Creates a key with `fedmesh keygen` and returns its PeerId.
     pub fn keygen(&self, out: &Path) -> Result<String, ClusterError> {
-        let output = Command::new(&self.binary)
-            .args(["keygen", "--out"])
-            .arg(out)
-            .output()
-            .map_err(|source| ClusterError::Spawn { binary: self.binary.display().to_string(), source })?;
+        let output =
+            Command::new(&self.binary).args(["keygen", "--out"]).arg(out).output().map_err(
+                |source| ClusterError::Spawn { binary: self.binary.display().to_string(), source },
+            )?;
         if !output.status.success() {
             return Err(ClusterError::Keygen(String::from_utf8_lossy(&output.stderr).into_owned()));
         }
@@ -102,7 +101,8 @@ impl Cluster {
     ) -> Result<&NodeProcess, ClusterError> {
         let dir = self.next_node_dir()?;
         let target = dir.join("node.key");
-        std::fs::copy(key, &target).map_err(|source| ClusterError::Write { path: target, source })?;
+        std::fs::copy(key, &target)
+            .map_err(|source| ClusterError::Write { path: target, source })?;
         self.launch(dir, spec).await
     }
 
@@ -113,7 +113,11 @@ impl Cluster {
         Ok(dir)
     }
 
-    async fn launch(&mut self, dir: PathBuf, spec: &NodeSpec) -> Result<&NodeProcess, ClusterError> {
+    async fn launch(
+        &mut self,
+        dir: PathBuf,
+        spec: &NodeSpec,
+    ) -> Result<&NodeProcess, ClusterError> {
         let name = format!("node{}", self.nodes.len());
         let bootstrap: Vec<String> = self.nodes.iter().map(|n| n.address.clone()).collect();
         write_config(&dir, spec, &bootstrap)?;
@@ -133,7 +137,9 @@ impl Cluster {
     fn spawn(&self, dir: &Path) -> Result<Child, ClusterError> {
         let log = std::fs::File::create(dir.join("node.log"))
             .map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
-        let log_err = log.try_clone().map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
+        let log_err = log
+            .try_clone()
+            .map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
         Command::new(&self.binary)
             .args(["node", "--config"])
             .arg(dir.join("node.toml"))
@@ -142,7 +148,10 @@ impl Cluster {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| ClusterError::Spawn { binary: self.binary.display().to_string(), source })
+            .map_err(|source| ClusterError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })
     }
 
     /// Restarts a stopped node from its data directory.
@@ -225,15 +234,18 @@ async fn wait_until_up(name: &str, dir: &Path, child: &mut Child) -> Result<Up, 
     let deadline = Instant::now() + START_LIMIT;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(ClusterError::Exited { name: name.to_owned(), status: status.to_string(), log });
+            return Err(ClusterError::Exited {
+                name: name.to_owned(),
+                status: status.to_string(),
+                log,
+            });
         }
-        if let Ok(api) = ApiClient::from_data_dir(&dir.join("data")) {
-            if let Ok(status) = api.get::<Status>("/v1/status").await {
-                if let Some(address) = status.listen_addresses.iter().find(|a| a.contains("127.0.0.1")) {
-                    let address = format!("{address}/p2p/{}", status.peer_id);
-                    return Ok(Up { peer_id: status.peer_id, address, api });
-                }
-            }
+        if let Ok(api) = ApiClient::from_data_dir(&dir.join("data"))
+            && let Ok(status) = api.get::<Status>("/v1/status").await
+            && let Some(address) = status.listen_addresses.iter().find(|a| a.contains("127.0.0.1"))
+        {
+            let address = format!("{address}/p2p/{}", status.peer_id);
+            return Ok(Up { peer_id: status.peer_id, address, api });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -264,5 +276,6 @@ fn write_config(dir: &Path, spec: &NodeSpec, bootstrap: &[String]) -> Result<(),
         lines.push(format!("{name:?} = {source:?}"));
     }
     let path = dir.join("node.toml");
-    std::fs::write(&path, lines.join("\n") + "\n").map_err(|source| ClusterError::Write { path, source })
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .map_err(|source| ClusterError::Write { path, source })
 }
