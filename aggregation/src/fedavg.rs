@@ -54,16 +54,24 @@ impl PartialAggregate {
         update: &[f32],
     ) -> Result<(), AggregationError> {
         self.admit(contributor, weight, update.len())?;
-        if update.par_chunks(CHUNK).any(|chunk| chunk.iter().any(|v| !v.is_finite())) {
+        // One pass: each chunk is checked while it is in cache and folded only if finite. An
+        // update with a non-finite value is then taken out of the chunks it reached (exact to far
+        // below f32 precision, since the sum is f64), so the aggregate is as before.
+        let folded: Vec<bool> = self
+            .weighted_sum
+            .par_chunks_mut(CHUNK)
+            .zip(update.par_chunks(CHUNK))
+            .map(|(sum, update)| fold_if_finite(sum, update, weight))
+            .collect();
+        if folded.contains(&false) {
+            self.weighted_sum
+                .par_chunks_mut(CHUNK)
+                .zip(update.par_chunks(CHUNK))
+                .zip(folded.par_iter())
+                .filter(|(_, folded)| **folded)
+                .for_each(|((sum, update), _)| fold(sum, update, -weight));
             return Err(AggregationError::NotFinite { contributor: contributor.to_owned() });
         }
-        self.weighted_sum.par_chunks_mut(CHUNK).zip(update.par_chunks(CHUNK)).for_each(
-            |(sum, update)| {
-                for (s, &u) in sum.iter_mut().zip(update) {
-                    *s += weight * f64::from(u);
-                }
-            },
-        );
         self.total_weight += weight;
         self.contributors.push((contributor.to_owned(), weight));
         Ok(())
@@ -98,5 +106,20 @@ impl PartialAggregate {
         }
         let scale = 1.0 / self.total_weight;
         Ok(self.weighted_sum.par_iter().map(|&s| (s * scale) as f32).collect())
+    }
+}
+
+/// Adds `weight * update` to `sum` if every value of `update` is finite; says whether it did.
+fn fold_if_finite(sum: &mut [f64], update: &[f32], weight: f64) -> bool {
+    let finite = update.iter().all(|v| v.is_finite());
+    if finite {
+        fold(sum, update, weight);
+    }
+    finite
+}
+
+fn fold(sum: &mut [f64], update: &[f32], weight: f64) {
+    for (s, &u) in sum.iter_mut().zip(update) {
+        *s += weight * f64::from(u);
     }
 }

@@ -281,3 +281,20 @@ fn robust_rules_resist_sign_flip_and_noise_attackers_and_fedavg_does_not() {
         );
     }
 }
+
+#[test]
+fn a_non_finite_update_leaves_the_streaming_sum_as_it_was() {
+    let len = 300_000; // several parallel chunks, so the refused update reaches some of them
+    let first: Vec<f32> = (0..len).map(|i| (i % 17) as f32 * 0.25).collect();
+    let mut poisoned: Vec<f32> = (0..len).map(|i| (i % 5) as f32 - 2.0).collect();
+    poisoned[len - 1] = f32::INFINITY;
+    let mut aggregate = fedmesh_aggregation::PartialAggregate::new(len);
+    aggregate.add("a", 3.0, &first).unwrap();
+    let before = aggregate.weighted_sum.clone();
+    assert!(matches!(aggregate.add("b", 2.0, &poisoned), Err(AggregationError::NotFinite { .. })));
+    assert_eq!(aggregate.contributors.len(), 1);
+    let worst =
+        before.iter().zip(&aggregate.weighted_sum).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-12, "the sum moved by {worst} after a refused update");
+    assert_eq!(aggregate.mean().unwrap(), first);
+}

@@ -150,7 +150,8 @@ impl Quorum {
         match *self {
             Self::Count(count) => (count as usize).min(selected).max(1),
             Self::Fraction(fraction) => {
-                ((fraction as f64 * selected as f64).ceil() as usize).max(1)
+                // Less a tolerance, so that 0.8 (0.80000001 as f32) of 5 is 4, not 5.
+                ((f64::from(fraction) * selected as f64 - 1e-6).ceil() as usize).max(1)
             }
         }
     }

@@ -1,2 +1,12 @@
-//! TAG validation, built-in topologies, deterministic aggregator election and per-round plans.
-//! Not written yet (issue M4): the crate is empty so that the workspace has its final shape.
+//! TAG validation, built-in topologies, deterministic aggregator election and per-round plans:
+//! every member that sees the same job, round and membership computes the same plan.
+
+pub mod election;
+pub mod graph;
+pub mod plan;
+pub mod ring;
+pub mod selection;
+
+pub use graph::{Tag, TagError, TagErrors};
+pub use plan::{Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId};
+pub use selection::Selection;

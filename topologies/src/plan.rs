@@ -1,0 +1,361 @@
+//! Round plans: from a TAG, a job, a round and the live membership, who trains, which member
+//! aggregates each slot (with its failover order), where every update goes, and the rings.
+
+use crate::election::rank;
+use crate::graph::{ANY_GROUP, Tag, Tier};
+use crate::ring::{RingStep, schedule};
+use crate::selection::Selection;
+use fedmesh_protocol::ids::{JobId, MemberId, Round};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What a member declares when it joins: its key, its group label and the roles it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: MemberId,
+    pub group: String,
+    /// The roles it accepts; empty accepts any.
+    pub roles: Vec<String>,
+}
+
+impl MemberInfo {
+    pub fn accepts(&self, role: &str) -> bool {
+        self.roles.is_empty() || self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// An aggregation slot: a role serving one group label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlotId {
+    pub role: String,
+    pub label: String,
+}
+
+impl fmt::Display for SlotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.role, self.label)
+    }
+}
+
+/// What a slot or a ring receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// A trainer's delta.
+    Trainer(MemberId),
+    /// A lower slot's partial aggregate (index into [`RoundPlan::slots`]).
+    Slot(usize),
+    /// A ring's reduced sum, sent up by the ring's first member (index into [`RoundPlan::rings`]).
+    Ring(usize),
+}
+
+/// Where a trainer's update goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Destination {
+    Slot(usize),
+    Ring(usize),
+}
+
+/// One aggregation slot of a round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub id: SlotId,
+    /// 1 for the tier just above the trainers.
+    pub tier: usize,
+    /// The eligible members in election order: the first aggregates, the rest take over in turn.
+    pub ranking: Vec<MemberId>,
+    /// The slot this one sends its partial aggregate to; none for the top.
+    pub parent: Option<usize>,
+    pub inputs: Vec<Input>,
+}
+
+impl Slot {
+    /// The elected aggregator.
+    pub fn aggregator(&self) -> MemberId {
+        self.ranking[0]
+    }
+
+    /// The first member of the ranking not in `failed`: who aggregates after failovers.
+    pub fn aggregator_excluding(&self, failed: &BTreeSet<MemberId>) -> Option<MemberId> {
+        self.ranking.iter().find(|member| !failed.contains(member)).copied()
+    }
+}
+
+/// A ring of trainers that all-reduce their updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ring {
+    pub label: String,
+    pub order: Vec<MemberId>,
+    /// The slot the ring's first member sends the reduced sum to; none in a pure ring.
+    pub parent: Option<usize>,
+}
+
+impl Ring {
+    /// The member that sends the ring's sum up.
+    pub fn uploader(&self) -> MemberId {
+        self.order[0]
+    }
+
+    /// `member`'s all-reduce steps, if it is in the ring.
+    pub fn schedule_of(&self, member: &MemberId) -> Option<Vec<RingStep>> {
+        let position = self.order.iter().position(|m| m == member)?;
+        Some(schedule(&self.order, position))
+    }
+}
+
+/// Why no plan can be made for a round.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no member can train: none accepts role `{role}` with a group the TAG serves")]
+    NoTrainers { role: String },
+    #[error("no member accepts role `{role}`, so slot `{slot}` has no aggregator")]
+    NoAggregator { role: String, slot: String },
+}
+
+/// Everything every member needs to know about one round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundPlan {
+    pub job: JobId,
+    pub round: Round,
+    /// The selected trainers, sorted by key.
+    pub trainers: Vec<MemberId>,
+    /// Aggregation slots, tier by tier from the bottom; the top slot is last.
+    pub slots: Vec<Slot>,
+    pub rings: Vec<Ring>,
+    destinations: BTreeMap<MemberId, Destination>,
+}
+
+/// One member's duties in a round.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Duties {
+    pub trains: bool,
+    pub destination: Option<Destination>,
+    /// The slots it aggregates (as elected, before any failover).
+    pub aggregates: Vec<usize>,
+}
+
+impl RoundPlan {
+    /// Plans `round` of `job` over the live `members`, as every member computes it.
+    pub fn compute(
+        tag: &Tag,
+        job: &JobId,
+        round: Round,
+        members: &[MemberInfo],
+        selection: &Selection,
+    ) -> Result<Self, PlanError> {
+        let members = sorted_unique(members);
+        let trainer_tier = tag.trainers();
+        let eligible: Vec<MemberId> = members
+            .iter()
+            .filter(|m| m.accepts(&trainer_tier.role) && trainer_labels(tag, m).is_some())
+            .map(|m| m.id)
+            .collect();
+        let trainers = selection.select(job, round, &eligible);
+        if trainers.is_empty() {
+            return Err(PlanError::NoTrainers { role: trainer_tier.role.clone() });
+        }
+        let by_id: BTreeMap<MemberId, &MemberInfo> = members.iter().map(|m| (m.id, m)).collect();
+        let mut plan = Self {
+            job: *job,
+            round,
+            trainers,
+            slots: Vec::new(),
+            rings: Vec::new(),
+            destinations: BTreeMap::new(),
+        };
+        let mut pending = plan.bottom_inputs(tag, &by_id);
+        let mut elected = BTreeSet::new();
+        for (tier_index, tier) in tag.tiers.iter().enumerate().skip(1) {
+            pending = plan.fill_tier(tier_index, tier, pending, &members, &mut elected)?;
+        }
+        Ok(plan)
+    }
+
+    /// The trainers' inputs to the first aggregating tier, with their labels on the channel up:
+    /// one per trainer, or one per ring.
+    fn bottom_inputs(
+        &mut self,
+        tag: &Tag,
+        by_id: &BTreeMap<MemberId, &MemberInfo>,
+    ) -> Vec<(Input, String)> {
+        let labelled: Vec<(MemberId, (Option<String>, String))> = self
+            .trainers
+            .iter()
+            .filter_map(|id| Some((*id, trainer_labels(tag, by_id.get(id)?)?)))
+            .collect();
+        if tag.ring.is_none() {
+            return labelled.into_iter().map(|(id, (_, up))| (Input::Trainer(id), up)).collect();
+        }
+        let mut rings: BTreeMap<String, (Vec<MemberId>, String)> = BTreeMap::new();
+        for (id, (ring_label, up)) in labelled {
+            let label = ring_label.unwrap_or_default();
+            rings.entry(label).or_insert_with(|| (Vec::new(), up)).0.push(id);
+        }
+        let mut inputs = Vec::new();
+        for (label, (ring_members, up)) in rings {
+            let order = rank(&self.job, self.round, &format!("ring/{label}"), &ring_members);
+            let index = self.rings.len();
+            for member in &order {
+                self.destinations.insert(*member, Destination::Ring(index));
+            }
+            self.rings.push(Ring { label, order, parent: None });
+            inputs.push((Input::Ring(index), up));
+        }
+        inputs
+    }
+
+    /// Creates the slots of one aggregating tier for the labels its inputs carry, elects their
+    /// aggregators and returns the tier's own inputs to the next tier.
+    fn fill_tier(
+        &mut self,
+        tier_index: usize,
+        tier: &Tier,
+        pending: Vec<(Input, String)>,
+        members: &[MemberInfo],
+        elected: &mut BTreeSet<MemberId>,
+    ) -> Result<Vec<(Input, String)>, PlanError> {
+        let mut by_label: BTreeMap<String, Vec<Input>> = BTreeMap::new();
+        for (input, label) in pending {
+            by_label.entry(label).or_default().push(input);
+        }
+        let per_group = tier.down.as_ref().is_some_and(|down| {
+            let labels = tier.labels_on(down);
+            labels.len() > 1 || labels.contains(&ANY_GROUP)
+        });
+        let mut next = Vec::new();
+        for (label, inputs) in by_label {
+            let id = SlotId { role: tier.role.clone(), label: label.clone() };
+            let ranking = elect(self, &id, tier, per_group, members, elected)?;
+            let index = self.slots.len();
+            for input in &inputs {
+                self.connect(*input, index);
+            }
+            self.slots.push(Slot { id, tier: tier_index, ranking, parent: None, inputs });
+            if let Some(up) = &tier.up {
+                let up_label = up_label(tier, &label, up);
+                next.push((Input::Slot(index), up_label));
+            }
+        }
+        Ok(next)
+    }
+
+    fn connect(&mut self, input: Input, slot: usize) {
+        match input {
+            Input::Trainer(member) => {
+                self.destinations.insert(member, Destination::Slot(slot));
+            }
+            Input::Slot(child) => self.slots[child].parent = Some(slot),
+            Input::Ring(ring) => self.rings[ring].parent = Some(slot),
+        }
+    }
+
+    /// The top slot, whose aggregator announces the round's model; none for a pure ring.
+    pub fn top(&self) -> Option<&Slot> {
+        self.slots.iter().find(|slot| slot.parent.is_none())
+    }
+
+    /// Where the next global model is fetched: the top aggregator (in a pure ring every member
+    /// computes it itself).
+    pub fn fetch_from(&self) -> Option<MemberId> {
+        self.top().map(Slot::aggregator)
+    }
+
+    /// Where `member`'s update goes, if it trains this round.
+    pub fn destination(&self, member: &MemberId) -> Option<Destination> {
+        self.destinations.get(member).copied()
+    }
+
+    /// Everything `member` does this round.
+    pub fn duties(&self, member: &MemberId) -> Duties {
+        Duties {
+            trains: self.trainers.binary_search(member).is_ok(),
+            destination: self.destination(member),
+            aggregates: (0..self.slots.len())
+                .filter(|i| self.slots[*i].aggregator() == *member)
+                .collect(),
+        }
+    }
+
+    /// How many trainers' updates a slot's aggregate covers when every input arrives.
+    pub fn trainers_under(&self, slot: usize) -> usize {
+        self.slots[slot]
+            .inputs
+            .iter()
+            .map(|input| match input {
+                Input::Trainer(_) => 1,
+                Input::Slot(child) => self.trainers_under(*child),
+                Input::Ring(ring) => self.rings[*ring].order.len(),
+            })
+            .sum()
+    }
+}
+
+fn sorted_unique(members: &[MemberInfo]) -> Vec<MemberInfo> {
+    let mut sorted = members.to_vec();
+    sorted.sort_by_key(|member| member.id);
+    sorted.dedup_by(|a, b| a.id == b.id);
+    sorted
+}
+
+/// A trainer's label on the ring channel (if any) and on the channel up (its group when there is
+/// no tier above); none if the TAG serves neither for its group.
+fn trainer_labels(tag: &Tag, member: &MemberInfo) -> Option<(Option<String>, String)> {
+    let tier = tag.trainers();
+    let ring = match &tag.ring {
+        Some(channel) => Some(tier.label_for(channel, &member.group)?),
+        None => None,
+    };
+    let up = match &tier.up {
+        Some(channel) => tier.label_for(channel, &member.group)?,
+        None => ring.clone().unwrap_or_else(|| member.group.clone()),
+    };
+    Some((ring, up))
+}
+
+/// The label a slot serving `label` uses on the channel up: from the association that maps the
+/// channel down to `label` (or to any group).
+fn up_label(tier: &Tier, label: &str, up: &str) -> String {
+    let down = tier.down.as_deref().unwrap_or_default();
+    let association = tier
+        .associations
+        .iter()
+        .find(|a| a.get(down).is_some_and(|l| l == label))
+        .or_else(|| tier.associations.iter().find(|a| a.get(down).is_some_and(|l| l == ANY_GROUP)))
+        .or_else(|| tier.associations.first());
+    match association.and_then(|a| a.get(up)) {
+        Some(l) if l == ANY_GROUP => label.to_owned(),
+        Some(l) => l.clone(),
+        None => label.to_owned(),
+    }
+}
+
+/// Ranks the members eligible for a slot and moves the first one not already elected elsewhere
+/// this round to the front, so duties spread when members allow it.
+fn elect(
+    plan: &RoundPlan,
+    id: &SlotId,
+    tier: &Tier,
+    per_group: bool,
+    members: &[MemberInfo],
+    elected: &mut BTreeSet<MemberId>,
+) -> Result<Vec<MemberId>, PlanError> {
+    let accepting: Vec<&MemberInfo> = members.iter().filter(|m| m.accepts(&tier.role)).collect();
+    let in_group: Vec<MemberId> =
+        accepting.iter().filter(|m| m.group == id.label).map(|m| m.id).collect();
+    let eligible = if per_group && !in_group.is_empty() {
+        in_group
+    } else {
+        accepting.iter().map(|m| m.id).collect()
+    };
+    let mut ranking = rank(&plan.job, plan.round, &id.to_string(), &eligible);
+    let Some(first_free) = ranking.iter().position(|m| !elected.contains(m)).or(
+        // Everyone eligible already aggregates another slot: the top-ranked doubles up.
+        if ranking.is_empty() { None } else { Some(0) },
+    ) else {
+        return Err(PlanError::NoAggregator { role: tier.role.clone(), slot: id.to_string() });
+    };
+    let primary = ranking.remove(first_free);
+    ranking.insert(0, primary);
+    elected.insert(primary);
+    Ok(ranking)
+}
