@@ -60,6 +60,14 @@ impl Embedded {
         }
     }
 
+    /// How many classes the data set has (a partition of it may hold fewer).
+    pub fn num_classes(self) -> usize {
+        match self {
+            Self::Mnist5k | Self::Digits => 10,
+            Self::BreastCancer => 2,
+        }
+    }
+
     /// The scaling that suits the data set: pixels to [0, 1], measurements standardized.
     pub fn preferred_scaling(self) -> crate::scale::Scaling {
         match self {

@@ -31,8 +31,27 @@ pub enum Command {
     /// Announce, list and inspect jobs through the local node.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Export the global models of the jobs the local node takes part in.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Train centrally on one data set: the baseline a federated job is compared with.
     TrainLocal(TrainLocalArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Write a job's current global model (the final one once the job is complete) as a
+    /// safetensors file, with the model's tensor names (fc1.weight, fc1.bias, ...).
+    Export {
+        /// The job id (or a unique prefix of it).
+        #[arg(long)]
+        job: String,
+        /// The safetensors file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -99,8 +118,30 @@ pub enum JobCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Show one job the local node knows.
+    /// Show one job the local node knows, with its rounds if the node takes part.
     Show {
+        /// The job id (or a unique prefix of it).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take part in a job (nodes join trusted jobs for which they have the data set by
+    /// themselves unless `auto_join = false`).
+    Join {
+        /// The job id (or a unique prefix of it).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop taking part in a job (a signed leave; the node keeps what it learned).
+    Leave {
+        /// The job id (or a unique prefix of it).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Follow a job's rounds with a progress bar and the latest accuracy, until it ends.
+    Watch {
         /// The job id (or a unique prefix of it).
         id: String,
         #[command(flatten)]

@@ -50,6 +50,10 @@ pub struct NodeConfig {
     /// How often open jobs are announced again, in seconds.
     #[serde(default = "defaults::reannounce_secs")]
     pub reannounce_secs: u64,
+    /// Deliberate misbehaviour, to test a federation's defenses: `forged-deltas`. Never set this
+    /// on a production node.
+    #[serde(default)]
+    pub misbehave: Vec<String>,
     /// gossipsub heartbeat, in milliseconds.
     #[serde(default = "defaults::gossip_heartbeat_ms")]
     pub gossip_heartbeat_ms: u64,
@@ -128,6 +132,10 @@ impl NodeConfig {
         if self.group.is_empty() {
             return invalid("group", "must not be empty".to_owned());
         }
+        let known = crate::engine::MISBEHAVIOURS;
+        if let Some(unknown) = self.misbehave.iter().find(|kind| !known.contains(&kind.as_str())) {
+            return invalid("misbehave", format!("`{unknown}` is not one of: {}", known.join(", ")));
+        }
         Ok(())
     }
 }
@@ -172,6 +180,7 @@ impl NodeConfig {
             request_timeout_secs: defaults::request_timeout_secs(),
             reannounce_secs: defaults::reannounce_secs(),
             gossip_heartbeat_ms: defaults::gossip_heartbeat_ms(),
+            misbehave: Vec::new(),
         }
     }
 

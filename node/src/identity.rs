@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 use fedmesh_protocol::identity::Identity;
+use fedmesh_protocol::ids::MemberId;
+use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use std::path::Path;
 
@@ -20,6 +22,12 @@ pub fn libp2p_keypair(identity: &Identity) -> anyhow::Result<Keypair> {
         .context("the key's seed is not a valid ed25519 secret key")
 }
 
+/// The PeerId under which a member's node runs.
+pub fn peer_of_member(member: &MemberId) -> anyhow::Result<PeerId> {
+    PeerId::from_bytes(&member.peer_id_bytes())
+        .with_context(|| format!("member {member} has no valid PeerId"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +38,7 @@ mod tests {
             let identity = Identity::generate();
             let peer_id = libp2p_keypair(&identity).unwrap().public().to_peer_id();
             assert_eq!(peer_id.to_string(), identity.member_id().to_peer_id_string());
+            assert_eq!(peer_of_member(&identity.member_id()).unwrap(), peer_id);
         }
     }
 }

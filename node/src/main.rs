@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => commands::keygen::run(&args),
         Command::Node(args) => commands::node::run(&args),
         Command::Job(command) => commands::job::run(command),
+        Command::Model(command) => commands::model::run(command),
         Command::TrainLocal(args) => commands::train_local::run(&args),
     };
     match result {

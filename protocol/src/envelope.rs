@@ -23,6 +23,7 @@ pub enum Domain {
     AggregateReady,
     ModelDelta,
     PartialAggregate,
+    EvalReport,
 }
 
 impl Domain {
@@ -38,6 +39,7 @@ impl Domain {
             Self::AggregateReady => "fedmesh/v1/aggregate-ready",
             Self::ModelDelta => "fedmesh/v1/model-delta",
             Self::PartialAggregate => "fedmesh/v1/partial-aggregate",
+            Self::EvalReport => "fedmesh/v1/eval-report",
         }
     }
 }

@@ -139,6 +139,18 @@ pub struct AggregateReady {
     pub sent_at_ms: u64,
 }
 
+/// A member's evaluation of a round's global model on its local test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub job: JobId,
+    pub round: Round,
+    /// The global model evaluated.
+    pub model: ContentHash,
+    pub member: MemberId,
+    pub metrics: EvalMetrics,
+    pub sent_at_ms: u64,
+}
+
 /// A trainer's update; the payload travels beside the message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelDelta {
@@ -302,6 +314,19 @@ impl SignedBody for AggregateReady {
     }
 }
 
+impl SignedBody for EvalReport {
+    const DOMAIN: Domain = Domain::EvalReport;
+
+    fn check(&self) -> Result<(), String> {
+        check_finite("the loss", self.metrics.loss)?;
+        check_accuracy(self.metrics.accuracy)
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.member)
+    }
+}
+
 impl SignedBody for ModelDelta {
     const DOMAIN: Domain = Domain::ModelDelta;
 
@@ -387,6 +412,7 @@ scoped!(Heartbeat, round);
 scoped!(RoundOpen, round, base_model);
 scoped!(Assignment, round, base_model);
 scoped!(AggregateReady, round, base_model);
+scoped!(EvalReport, round);
 scoped!(ModelDelta, round, base_model);
 scoped!(PartialAggregate, round, base_model);
 
@@ -426,6 +452,7 @@ pub enum GossipMessage {
     RoundOpen(Signed<RoundOpen>),
     Assignment(Signed<Assignment>),
     AggregateReady(Signed<AggregateReady>),
+    EvalReport(Signed<EvalReport>),
 }
 
 impl GossipMessage {
@@ -440,6 +467,7 @@ impl GossipMessage {
             Self::RoundOpen(m) => Some(m.unverified_body().job),
             Self::Assignment(m) => Some(m.unverified_body().job),
             Self::AggregateReady(m) => Some(m.unverified_body().job),
+            Self::EvalReport(m) => Some(m.unverified_body().job),
         }
     }
 }

@@ -144,6 +144,19 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                 };
                 GossipMessage::Assignment(Signed::sign(&id, body).unwrap())
             }),
+        (signer.clone(), any::<u64>(), any::<u64>(), metric(), metric(), any::<u64>()).prop_map(
+            |(id, j, round, loss, accuracy, samples)| {
+                let body = EvalReport {
+                    job: job(j),
+                    round,
+                    model: hash(j),
+                    member: id.member_id(),
+                    metrics: EvalMetrics { loss, accuracy, samples },
+                    sent_at_ms: 5,
+                };
+                GossipMessage::EvalReport(Signed::sign(&id, body).unwrap())
+            }
+        ),
         (signer, any::<u64>(), any::<u64>(), contributions(), metric(), metric(), any::<u64>())
             .prop_map(|(id, j, round, contributions, loss, accuracy, samples)| {
                 let body = AggregateReady {
@@ -170,6 +183,7 @@ fn verify_any(message: GossipMessage) -> Result<(), VerifyError> {
         GossipMessage::RoundOpen(m) => m.verify(allow_all).map(drop),
         GossipMessage::Assignment(m) => m.verify(allow_all).map(drop),
         GossipMessage::AggregateReady(m) => m.verify(allow_all).map(drop),
+        GossipMessage::EvalReport(m) => m.verify(allow_all).map(drop),
     }
 }
 

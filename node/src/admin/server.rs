@@ -1,4 +1,5 @@
-//! The admin API's routes: node status, jobs, announcing, and `/metrics`, behind the bearer token.
+//! The admin API's routes: node status, jobs (announce, join, leave, model), and `/metrics`,
+//! behind the bearer token.
 
 use super::Endpoint;
 use crate::engine::{EngineError, EngineHandle};
@@ -6,7 +7,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -29,6 +30,9 @@ pub async fn serve(
         .route("/v1/status", get(status))
         .route("/v1/jobs", get(list_jobs).post(announce_job))
         .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/join", post(join_job))
+        .route("/v1/jobs/{id}/leave", post(leave_job))
+        .route("/v1/jobs/{id}/model", get(job_model))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(Arc::new(state));
@@ -93,6 +97,29 @@ async fn announce_job(
 ) -> ApiResult<serde_json::Value> {
     let id = state.engine.announce(body.to_vec()).await?;
     Ok(Json(serde_json::json!({ "id": id.to_string() })))
+}
+
+async fn join_job(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let id = state.engine.join(&id).await?;
+    Ok(Json(serde_json::json!({ "id": id.to_string(), "joined": true })))
+}
+
+async fn leave_job(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let id = state.engine.leave(&id).await?;
+    Ok(Json(serde_json::json!({ "id": id.to_string(), "left": true })))
+}
+
+async fn job_model(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<crate::engine::ModelExport> {
+    Ok(Json(state.engine.model(&id).await?))
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -1,9 +1,11 @@
-//! `fedmesh job ...`: announce, list and show jobs through the local node's admin API.
+//! `fedmesh job ...`: announce, list, show, join, leave and watch jobs through the local node's
+//! admin API.
 
 use crate::admin::AdminClient;
 use crate::cli::JobCommand;
-use crate::engine::JobView;
+use crate::engine::{JobView, RunView};
 use anyhow::Context;
+use std::path::Path;
 
 pub fn run(command: JobCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -34,8 +36,64 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&job)?);
                 Ok(())
             }
+            JobCommand::Join { id, api } => membership_change(&api.data_dir, &id, "join").await,
+            JobCommand::Leave { id, api } => membership_change(&api.data_dir, &id, "leave").await,
+            JobCommand::Watch { id, api } => watch(&api.data_dir, &id).await,
         }
     })
+}
+
+async fn membership_change(data_dir: &Path, id: &str, action: &str) -> anyhow::Result<()> {
+    let client = AdminClient::for_data_dir(data_dir)?;
+    let answer: serde_json::Value =
+        client.post(&format!("/v1/jobs/{id}/{action}"), Vec::new()).await?;
+    let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or(id);
+    println!("{action} {id}: done");
+    Ok(())
+}
+
+/// Polls the job until it ends, with a progress bar over its rounds.
+async fn watch(data_dir: &Path, id: &str) -> anyhow::Result<()> {
+    let client = AdminClient::for_data_dir(data_dir)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {msg}")
+            .context("progress bar template")?
+            .progress_chars("=> "),
+    );
+    loop {
+        let job: JobView = client.get(&format!("/v1/jobs/{id}")).await?;
+        let Some(run) = job.run else {
+            bar.abandon();
+            anyhow::bail!("this node does not take part in job {} (join it first)", job.id);
+        };
+        bar.set_length(run.rounds_total);
+        bar.set_position(run.completed_round);
+        bar.set_message(latest_figures(&run));
+        if !matches!(run.status.as_str(), "waiting" | "running") {
+            bar.finish_with_message(format!("{} ({})", latest_figures(&run), run.status));
+            return if run.status == "completed" {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("job {} ended as {}", job.id, run.status))
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+fn latest_figures(run: &RunView) -> String {
+    let latest = run.rounds.iter().rev().find(|r| r.accuracy.is_some());
+    match latest {
+        Some(round) => format!(
+            "{} members, round {} accuracy {:.4} loss {:.4}",
+            run.members.len(),
+            round.round,
+            round.accuracy.unwrap_or_default(),
+            round.loss.unwrap_or_default()
+        ),
+        None => format!("{} members, {}", run.members.len(), run.status),
+    }
 }
 
 fn print_job_table(jobs: &[JobView]) {

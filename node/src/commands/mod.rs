@@ -3,5 +3,6 @@
 
 pub mod job;
 pub mod keygen;
+pub mod model;
 pub mod node;
 pub mod train_local;

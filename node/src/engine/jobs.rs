@@ -37,6 +37,7 @@ impl KnownJob {
             status: "announced".to_owned(),
             learned_at_ms: self.learned_at_ms,
             spec: serde_json::to_value(spec).unwrap_or(serde_json::Value::Null),
+            run: None,
         }
     }
 }
@@ -80,11 +81,17 @@ impl JobBook {
 
     /// The job whose id starts with `prefix` (hex), if exactly one does.
     pub fn view_by_prefix(&self, prefix: &str) -> Result<JobView, EngineError> {
+        let id = self.id_by_prefix(prefix)?;
+        self.jobs.get(&id).map(KnownJob::view).ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    /// The id of the job whose id starts with `prefix` (hex), if exactly one does.
+    pub fn id_by_prefix(&self, prefix: &str) -> Result<JobId, EngineError> {
         let prefix = prefix.to_ascii_lowercase();
         let mut matches =
             self.jobs.values().filter(|job| job.job.id.to_string().starts_with(&prefix));
         match (matches.next(), matches.next()) {
-            (Some(job), None) if !prefix.is_empty() => Ok(job.view()),
+            (Some(job), None) if !prefix.is_empty() => Ok(job.job.id),
             (Some(_), Some(_)) => {
                 Err(EngineError::Invalid(format!("`{prefix}` matches several jobs")))
             }
@@ -95,6 +102,11 @@ impl JobBook {
     /// The ids of at most `limit` known jobs.
     pub fn ids(&self, limit: usize) -> Vec<JobId> {
         self.jobs.keys().take(limit).copied().collect()
+    }
+
+    /// A known job's spec.
+    pub fn spec(&self, id: &JobId) -> Option<JobSpec> {
+        self.jobs.get(id).map(|job| job.job.spec.clone())
     }
 
     /// A known job's signed announcement.
@@ -174,12 +186,12 @@ impl Engine {
     fn accept_announcement(
         &mut self,
         announcement: Signed<JobAnnouncement>,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<Option<JobId>, Refusal> {
         let job = announcement
             .verify_announcement()
             .map_err(|e| Refusal::Invalid("bad_announcement", e.to_string()))?;
         if self.jobs.contains(&job.id) {
-            return Ok(false);
+            return Ok(None);
         }
         let owner = job.spec.owner;
         if owner != self.identity.member_id() && !self.trusted.contains(&owner) {
@@ -195,16 +207,28 @@ impl Engine {
         let (id, name) = (job.id, job.spec.name.clone());
         self.remember_job(job).map_err(|e| Refusal::Ignored("store_error", e.to_string()))?;
         tracing::info!(job = %id, %name, owner = %owner, "learned job");
-        Ok(true)
+        Ok(Some(id))
     }
 
     /// Handles one gossip frame; returns whether gossipsub should pass it on.
-    pub(super) fn on_gossip(&mut self, data: &[u8]) -> libp2p::gossipsub::MessageAcceptance {
+    pub(super) async fn on_gossip(&mut self, data: &[u8]) -> libp2p::gossipsub::MessageAcceptance {
         use libp2p::gossipsub::MessageAcceptance;
         let outcome = match decode_gossip(data) {
             Err(error) => Err(Refusal::Invalid("malformed", error.to_string())),
-            Ok(GossipMessage::Announce(announcement)) => self.accept_announcement(announcement),
-            Ok(_) => Err(Refusal::Ignored("unexpected_kind", "not handled yet".to_owned())),
+            Ok(GossipMessage::Announce(announcement)) => {
+                let learned = self.accept_announcement(announcement);
+                if let Ok(Some(id)) = learned {
+                    self.maybe_auto_join(id).await;
+                }
+                learned.map(|_| ())
+            }
+            Ok(message) => self
+                .on_job_gossip(message)
+                .await
+                .map_err(|refused| match refused.reason {
+                    "bad_message" => Refusal::Invalid(refused.reason, refused.detail),
+                    _ => Refusal::Ignored(refused.reason, refused.detail),
+                }),
         };
         match outcome {
             Ok(_) => MessageAcceptance::Accept,
@@ -221,8 +245,13 @@ impl Engine {
         }
     }
 
-    /// Learns a job from the announcement a peer sent when asked for job `requested`.
-    pub(super) fn learn_job(&mut self, requested: JobId, announcement: Signed<JobAnnouncement>) {
+    /// Learns a job from the announcement a peer sent when asked for job `requested`; says
+    /// whether it is new.
+    pub(super) fn learn_job(
+        &mut self,
+        requested: JobId,
+        announcement: Signed<JobAnnouncement>,
+    ) -> bool {
         let matches = announcement.content_hash().is_ok_and(|hash| hash == requested.0);
         let outcome = if matches {
             self.accept_announcement(announcement)
@@ -233,12 +262,13 @@ impl Engine {
             ))
         };
         match outcome {
-            Ok(_) => {}
+            Ok(learned) => return learned.is_some(),
             Err(Refusal::Invalid(reason, detail)) => {
                 tracing::warn!(reason, %detail, "peer sent an invalid announcement");
                 self.metrics.rejected("announcement", reason);
             }
             Err(Refusal::Ignored(reason, _)) => self.metrics.rejected("announcement", reason),
         }
+        false
     }
 }

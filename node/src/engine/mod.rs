@@ -1,6 +1,7 @@
 //! The job engine: the one task that owns the node's state. It handles verified network messages,
 //! announces and re-announces jobs, answers peers' requests, and serves the admin API's queries.
 
+mod federation;
 mod jobs;
 mod requests;
 
@@ -10,6 +11,8 @@ use crate::network::{Network, NetworkEvent};
 use crate::store::{Store, StoreError};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{JobId, MemberId};
+pub use federation::{MISBEHAVIOURS, RoundView, RunView};
+use federation::JobRun;
 use jobs::JobBook;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -55,12 +58,26 @@ pub struct JobView {
     pub status: String,
     pub learned_at_ms: u64,
     pub spec: serde_json::Value,
+    /// This node's part in the job, if it joined.
+    pub run: Option<RunView>,
+}
+
+/// A job's global model with its tensor layout, for export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelExport {
+    pub job: String,
+    pub round: u64,
+    pub layout: fedmesh_protocol::model::TensorLayout,
+    pub params: Vec<f32>,
 }
 
 enum Query {
     Jobs(oneshot::Sender<Vec<JobView>>),
     Job(String, oneshot::Sender<Result<JobView, EngineError>>),
     Announce(Vec<u8>, oneshot::Sender<Result<JobId, EngineError>>),
+    Join(String, oneshot::Sender<Result<JobId, EngineError>>),
+    Leave(String, oneshot::Sender<Result<JobId, EngineError>>),
+    Model(String, oneshot::Sender<Result<ModelExport, EngineError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -68,6 +85,20 @@ enum Query {
 enum Internal {
     /// A peer sent the announcement of a job this node asked for.
     PeerJob(JobId, fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::JobAnnouncement>),
+    /// Local training for a round finished.
+    Trained {
+        job: JobId,
+        round: u64,
+        base: fedmesh_protocol::ids::ContentHash,
+        result: Result<federation::Trained, String>,
+    },
+    /// A model blob asked of a peer arrived (or could not be had).
+    ModelFetched {
+        job: JobId,
+        round: u64,
+        model: fedmesh_protocol::ids::ContentHash,
+        result: Result<Vec<u8>, String>,
+    },
 }
 
 /// A cloneable handle the admin API uses to ask the engine.
@@ -113,6 +144,21 @@ impl EngineHandle {
         self.ask(|reply| Query::Announce(spec_json, reply)).await?
     }
 
+    /// Joins a known job (by id or unique id prefix).
+    pub async fn join(&self, id: &str) -> Result<JobId, EngineError> {
+        self.ask(|reply| Query::Join(id.to_owned(), reply)).await?
+    }
+
+    /// Leaves a job this node is in.
+    pub async fn leave(&self, id: &str) -> Result<JobId, EngineError> {
+        self.ask(|reply| Query::Leave(id.to_owned(), reply)).await?
+    }
+
+    /// The current global model of a job this node is in.
+    pub async fn model(&self, id: &str) -> Result<ModelExport, EngineError> {
+        self.ask(|reply| Query::Model(id.to_owned(), reply)).await?
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -132,6 +178,7 @@ pub struct Engine {
     network: Network,
     metrics: Arc<Metrics>,
     jobs: JobBook,
+    runs: std::collections::BTreeMap<JobId, JobRun>,
     queries: mpsc::Receiver<Query>,
     internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
@@ -161,6 +208,7 @@ impl Engine {
             network,
             metrics,
             jobs,
+            runs: std::collections::BTreeMap::new(),
             queries: query_rx,
             internal,
             internal_rx,
@@ -175,6 +223,9 @@ impl Engine {
         }
         let mut reannounce =
             tokio::time::interval(Duration::from_secs(self.config.reannounce_secs));
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.resume_runs().await;
         loop {
             tokio::select! {
                 Some(event) = events.recv() => self.on_network_event(event).await,
@@ -186,8 +237,9 @@ impl Engine {
                     Some(query) => self.on_query(query).await,
                     None => return,
                 },
-                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
                 _ = reannounce.tick() => self.reannounce().await,
+                _ = tick.tick() => self.tick_runs().await,
             }
         }
     }
@@ -195,22 +247,72 @@ impl Engine {
     async fn on_query(&mut self, query: Query) {
         match query {
             Query::Jobs(reply) => {
-                let _ = reply.send(self.jobs.views());
+                let views = self.jobs.views().into_iter().map(|v| self.with_run(v)).collect();
+                let _ = reply.send(views);
             }
             Query::Job(id, reply) => {
-                let _ = reply.send(self.jobs.view_by_prefix(&id));
+                let view = self.jobs.view_by_prefix(&id).map(|v| self.with_run(v));
+                let _ = reply.send(view);
             }
             Query::Announce(spec_json, reply) => {
-                let _ = reply.send(self.announce_local(&spec_json).await);
+                let result = self.announce_local(&spec_json).await;
+                if let Ok(id) = result {
+                    self.maybe_auto_join(id).await;
+                }
+                let _ = reply.send(result);
+            }
+            Query::Join(id, reply) => {
+                let result = match self.jobs.id_by_prefix(&id) {
+                    Ok(job) => self.join_job(job).await.map(|()| job),
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            Query::Leave(id, reply) => {
+                let result = match self.jobs.id_by_prefix(&id) {
+                    Ok(job) => self.leave_job(job).await.map(|()| job),
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            Query::Model(id, reply) => {
+                let _ = reply.send(self.model_export(&id));
             }
             Query::Shutdown(_) => {}
         }
     }
 
-    fn on_internal(&mut self, internal: Internal) {
+    async fn on_internal(&mut self, internal: Internal) {
         match internal {
-            Internal::PeerJob(job, announcement) => self.learn_job(job, announcement),
+            Internal::PeerJob(job, announcement) => {
+                if self.learn_job(job, announcement) {
+                    self.maybe_auto_join(job).await;
+                }
+            }
+            Internal::Trained { job, round, base, result } => {
+                self.on_trained(job, round, base, result).await
+            }
+            Internal::ModelFetched { job, round, model, result } => {
+                self.on_model_fetched(job, round, model, result).await
+            }
         }
+    }
+
+    /// Adds this node's part in the job to its view.
+    fn with_run(&self, mut view: JobView) -> JobView {
+        if let Ok(id) = self.jobs.id_by_prefix(&view.id) {
+            view.run = self.run_view(&id);
+        }
+        view
+    }
+
+    fn model_export(&self, id: &str) -> Result<ModelExport, EngineError> {
+        let job = self.jobs.id_by_prefix(id)?;
+        let run = self
+            .job_run(&job)
+            .ok_or_else(|| EngineError::NotFound(format!("this node is not in job {job}")))?;
+        let (layout, params, round) = run.model();
+        Ok(ModelExport { job: job.to_string(), round, layout, params: params.to_vec() })
     }
 }
 

@@ -12,7 +12,7 @@ impl Engine {
     pub(super) async fn on_network_event(&mut self, event: NetworkEvent) {
         match event {
             NetworkEvent::Gossip { source, message_id, data, .. } => {
-                let acceptance = self.on_gossip(&data);
+                let acceptance = self.on_gossip(&data).await;
                 let _ = self.network.validate(message_id, source, acceptance).await;
             }
             NetworkEvent::Request { peer, data, channel } => {
@@ -45,8 +45,14 @@ impl Engine {
                     (Response::NotFound { hash }, Vec::new())
                 }
             },
-            Ok((_, _)) => (
-                Response::Refused { reason: "this node takes no updates yet".to_owned() },
+            Ok((Request::Delta(delta), payload)) => {
+                (self.on_delta_request(delta, &payload).await, Vec::new())
+            }
+            Ok((Request::Partial(_), _)) => (
+                Response::Refused {
+                    reason: "this node runs central rounds; partial aggregates are not taken"
+                        .to_owned(),
+                },
                 Vec::new(),
             ),
         };

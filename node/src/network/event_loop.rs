@@ -169,10 +169,10 @@ impl EventLoop {
                     }
                 }
             }
-            BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. }) => {
-                if !self.swarm.is_connected(&peer) {
-                    let _ = self.swarm.dial(peer);
-                }
+            BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. })
+                if !self.swarm.is_connected(&peer) =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             _ => {}
         }

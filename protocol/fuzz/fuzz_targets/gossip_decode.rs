@@ -19,5 +19,6 @@ fuzz_target!(|data: &[u8]| {
         GossipMessage::RoundOpen(m) => m.verify(|_, _| Ok(())).map(drop),
         GossipMessage::Assignment(m) => m.verify(|_, _| Ok(())).map(drop),
         GossipMessage::AggregateReady(m) => m.verify(|_, _| Ok(())).map(drop),
+        GossipMessage::EvalReport(m) => m.verify(|_, _| Ok(())).map(drop),
     };
 });

@@ -1,0 +1,61 @@
+//! How a job run is kept in RocksDB: its state and membership under `s` + job id in the members
+//! table, each round record under `r` + job id + round in the rounds table.
+
+use super::JobRun;
+use super::records::{RoundRecord, RunState};
+use crate::store::{Store, StoreError, Table};
+use fedmesh_protocol::ids::{ContentHash, JobId, Round};
+use std::collections::BTreeMap;
+
+fn state_key(job: &JobId) -> Vec<u8> {
+    [b"s".as_slice(), &job.0.0].concat()
+}
+
+fn round_prefix(job: &JobId) -> Vec<u8> {
+    [b"r".as_slice(), &job.0.0].concat()
+}
+
+fn round_key(job: &JobId, round: Round) -> Vec<u8> {
+    [round_prefix(job).as_slice(), &round.to_be_bytes()].concat()
+}
+
+/// Saves the run's state and membership (one write).
+pub fn save_state(store: &Store, run: &JobRun) -> Result<(), StoreError> {
+    let mut batch = store.batch();
+    batch.put(Table::Members, &state_key(&run.id), &run.state)?;
+    batch.commit()
+}
+
+/// Saves one round's record (one write).
+pub fn save_round(store: &Store, run: &JobRun, round: Round) -> Result<(), StoreError> {
+    let Some(record) = run.rounds.get(&round) else { return Ok(()) };
+    let mut batch = store.batch();
+    batch.put(Table::Rounds, &round_key(&run.id, round), record)?;
+    batch.commit()
+}
+
+/// Every stored run state; a record that cannot be read is skipped with a warning.
+pub fn load_states(store: &Store) -> Vec<(JobId, RunState)> {
+    match store.scan::<RunState>(Table::Members, b"s") {
+        Ok(states) => states
+            .into_iter()
+            .filter_map(|(key, state)| {
+                let bytes: [u8; 32] = key.get(1..33)?.try_into().ok()?;
+                Some((JobId(ContentHash(bytes)), state))
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the jobs this node took part in");
+            Vec::new()
+        }
+    }
+}
+
+/// A job's stored round records.
+pub fn load_rounds(store: &Store, job: &JobId) -> Result<BTreeMap<Round, RoundRecord>, StoreError> {
+    Ok(store
+        .scan::<RoundRecord>(Table::Rounds, &round_prefix(job))?
+        .into_iter()
+        .map(|(_, record)| (record.round, record))
+        .collect())
+}
