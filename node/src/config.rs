@@ -134,7 +134,10 @@ impl NodeConfig {
         }
         let known = crate::engine::MISBEHAVIOURS;
         if let Some(unknown) = self.misbehave.iter().find(|kind| !known.contains(&kind.as_str())) {
-            return invalid("misbehave", format!("`{unknown}` is not one of: {}", known.join(", ")));
+            return invalid(
+                "misbehave",
+                format!("`{unknown}` is not one of: {}", known.join(", ")),
+            );
         }
         Ok(())
     }

@@ -222,13 +222,12 @@ impl Engine {
                 }
                 learned.map(|_| ())
             }
-            Ok(message) => self
-                .on_job_gossip(message)
-                .await
-                .map_err(|refused| match refused.reason {
+            Ok(message) => {
+                self.on_job_gossip(message).await.map_err(|refused| match refused.reason {
                     "bad_message" => Refusal::Invalid(refused.reason, refused.detail),
                     _ => Refusal::Ignored(refused.reason, refused.detail),
-                }),
+                })
+            }
         };
         match outcome {
             Ok(_) => MessageAcceptance::Accept,

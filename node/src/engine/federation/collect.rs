@@ -61,13 +61,19 @@ impl Collecting {
         if body.round != self.round {
             return Err(refuse(
                 "wrong_round",
-                format!("delta from {signer} is for round {}, round {} is open", body.round, self.round),
+                format!(
+                    "delta from {signer} is for round {}, round {} is open",
+                    body.round, self.round
+                ),
             ));
         }
         if body.base_model != self.base {
             return Err(refuse(
                 "wrong_base",
-                format!("delta from {signer} builds on {}, the round's model is {}", body.base_model, self.base),
+                format!(
+                    "delta from {signer} builds on {}, the round's model is {}",
+                    body.base_model, self.base
+                ),
             ));
         }
         if !self.expected.contains(&signer) {
@@ -80,7 +86,10 @@ impl Collecting {
         if body.payload.params != params as u64 {
             return Err(refuse(
                 "wrong_layout",
-                format!("delta from {signer} has {} parameters, the model {params}", body.payload.params),
+                format!(
+                    "delta from {signer} has {} parameters, the model {params}",
+                    body.payload.params
+                ),
             ));
         }
         let update = decode_params(payload, body.payload.encoding, params)

@@ -60,7 +60,10 @@ impl LocalData {
     /// Trains `epochs` local epochs from `base`; the shuffling seed varies with the round.
     pub fn train(&self, base: &[f32], round: u64) -> anyhow::Result<Trained> {
         let started = Instant::now();
-        let config = TrainConfig { seed: self.config.seed ^ round.wrapping_mul(0x9E37), ..self.config.clone() };
+        let config = TrainConfig {
+            seed: self.config.seed ^ round.wrapping_mul(0x9E37),
+            ..self.config.clone()
+        };
         let outcome = fedmesh_learning::train(&self.model, base, &self.train, &config)?;
         Ok(Trained {
             delta: outcome.delta,

@@ -339,14 +339,13 @@ impl Engine {
         if plan.fetch_from() != Some(me) {
             return;
         }
-        let aggregator =
-            match Aggregator::from_spec(&run.spec.strategy, run.params.len(), round) {
-                Ok(aggregator) => aggregator,
-                Err(error) => {
-                    run.state.status = RunStatus::Failed(error.to_string());
-                    return tracing::error!(job = %id, %error, "cannot aggregate this job");
-                }
-            };
+        let aggregator = match Aggregator::from_spec(&run.spec.strategy, run.params.len(), round) {
+            Ok(aggregator) => aggregator,
+            Err(error) => {
+                run.state.status = RunStatus::Failed(error.to_string());
+                return tracing::error!(job = %id, %error, "cannot aggregate this job");
+            }
+        };
         let expected: std::collections::BTreeSet<MemberId> =
             plan.trainers.iter().copied().collect();
         let deadline_ms = now + run.spec.round_deadline_secs * 1000;
@@ -420,13 +419,13 @@ impl Engine {
             base: open.base_model,
             deadline_ms: open.deadline_ms,
         });
-        let record = run
-            .rounds
-            .entry(open.round)
-            .or_insert_with(|| RoundRecord::new(open.round, opener, open.base_model, open.opened_at_ms));
+        let record = run.rounds.entry(open.round).or_insert_with(|| {
+            RoundRecord::new(open.round, opener, open.base_model, open.opened_at_ms)
+        });
         record.aggregator = opener;
         record.opened_at_ms = open.opened_at_ms;
-        let selected = run.live_plan(open.round, now).is_none_or(|plan| plan.trainers.contains(&me));
+        let selected =
+            run.live_plan(open.round, now).is_none_or(|plan| plan.trainers.contains(&me));
         if !selected {
             return tracing::debug!(job = %id, round = open.round, "not selected this round");
         }
@@ -445,7 +444,8 @@ impl Engine {
             return;
         }
         run.trained = Some((open.round, open.base));
-        let (local, params, internal) = (run.local.clone(), run.params.clone(), self.internal.clone());
+        let (local, params, internal) =
+            (run.local.clone(), run.params.clone(), self.internal.clone());
         tokio::task::spawn_blocking(move || {
             let result = local.train(&params, open.round).map_err(|e| format!("{e:#}"));
             let _ = internal.blocking_send(Internal::Trained {
@@ -571,7 +571,9 @@ impl Engine {
             collecting.base_params.iter().zip(&outcome.delta).map(|(p, d)| p + d).collect();
         let model = match self.store_model(&params) {
             Ok(model) => model,
-            Err(error) => return tracing::error!(job = %id, round, %error, "cannot store the model"),
+            Err(error) => {
+                return tracing::error!(job = %id, round, %error, "cannot store the model");
+            }
         };
         let ready = AggregateReady {
             job: id,
@@ -641,7 +643,9 @@ impl Engine {
                 }
                 self.adopt_model(id, round, model, &bytes).await;
             }
-            Err(error) => tracing::warn!(job = %id, round, %model, %error, "cannot fetch the model"),
+            Err(error) => {
+                tracing::warn!(job = %id, round, %model, %error, "cannot fetch the model")
+            }
         }
     }
 
@@ -650,12 +654,16 @@ impl Engine {
     async fn adopt_model(&mut self, id: JobId, round: Round, model: ContentHash, bytes: &[u8]) {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
-        if round < run.state.completed_round || (round == run.state.completed_round && model == run.state.model) {
+        if round < run.state.completed_round
+            || (round == run.state.completed_round && model == run.state.model)
+        {
             return;
         }
         let params = match decode_params(bytes, TensorEncoding::F32Le, run.params.len()) {
             Ok(params) => params,
-            Err(error) => return tracing::warn!(job = %id, round, %error, "model does not fit the job's layout"),
+            Err(error) => {
+                return tracing::warn!(job = %id, round, %error, "model does not fit the job's layout");
+            }
         };
         run.params = Arc::new(params);
         run.state.model = model;
@@ -684,12 +692,20 @@ impl Engine {
                 .insert(me, metrics);
             tracing::info!(job = %id, round, accuracy = ?metrics.accuracy, loss = ?metrics.loss, "evaluated global model");
         }
-        if let Err(error) = store::save_state(&self.store, run).and_then(|()| store::save_round(&self.store, run, round)) {
+        if let Err(error) = store::save_state(&self.store, run)
+            .and_then(|()| store::save_round(&self.store, run, round))
+        {
             tracing::error!(job = %id, %error, "cannot record the round");
         }
         if round > 0 {
-            let report =
-                EvalReport { job: id, round, model, member: me, metrics, sent_at_ms: unix_millis() };
+            let report = EvalReport {
+                job: id,
+                round,
+                model,
+                member: me,
+                metrics,
+                sent_at_ms: unix_millis(),
+            };
             self.publish_signed(id, report, GossipMessage::EvalReport).await;
         }
         self.start_training(id);
@@ -772,7 +788,9 @@ impl Engine {
 
     async fn on_join(&mut self, id: JobId, join: Join, now: u64) {
         let Some(run) = self.runs.get_mut(&id) else { return };
-        if !run.spec.participation.allow.is_empty() && !run.spec.participation.allow.contains(&join.member) {
+        if !run.spec.participation.allow.is_empty()
+            && !run.spec.participation.allow.contains(&join.member)
+        {
             return tracing::info!(job = %id, member = %join.member, "join refused: not on the job's allow-list");
         }
         if run.state.members.join(&join, now) {
@@ -858,12 +876,15 @@ fn send_request(network: &Network, to: MemberId, request: Request, payload: Vec<
     tokio::spawn(async move {
         let answer = async {
             let bytes = encode_request(&request, &payload)?;
-            let (response, _) = decode_response(network.request(peer_of_member(&to)?, bytes).await?)?;
+            let (response, _) =
+                decode_response(network.request(peer_of_member(&to)?, bytes).await?)?;
             anyhow::Ok(response)
         };
         match answer.await {
             Ok(Response::Accepted) => tracing::debug!(job = %id, %to, "update accepted"),
-            Ok(Response::Refused { reason }) => tracing::warn!(job = %id, %to, %reason, "update refused"),
+            Ok(Response::Refused { reason }) => {
+                tracing::warn!(job = %id, %to, %reason, "update refused")
+            }
             Ok(other) => tracing::warn!(job = %id, %to, ?other, "unexpected answer to an update"),
             Err(error) => tracing::warn!(job = %id, %to, %error, "cannot send the update"),
         }
@@ -871,10 +892,15 @@ fn send_request(network: &Network, to: MemberId, request: Request, payload: Vec<
 }
 
 /// Asks `peer` for a blob and checks it is the one asked for.
-async fn fetch_blob(network: &Network, peer: MemberId, hash: ContentHash) -> Result<Vec<u8>, String> {
+async fn fetch_blob(
+    network: &Network,
+    peer: MemberId,
+    hash: ContentHash,
+) -> Result<Vec<u8>, String> {
     let fetch = async {
         let bytes = encode_request(&Request::Blob { hash }, &[])?;
-        let (response, payload) = decode_response(network.request(peer_of_member(&peer)?, bytes).await?)?;
+        let (response, payload) =
+            decode_response(network.request(peer_of_member(&peer)?, bytes).await?)?;
         match response {
             Response::Blob { hash: got } if got == hash => {
                 let payload = payload.into_vec();

@@ -51,7 +51,12 @@ pub struct RoundRecord {
 }
 
 impl RoundRecord {
-    pub fn new(round: Round, aggregator: MemberId, base_model: ContentHash, opened_at_ms: u64) -> Self {
+    pub fn new(
+        round: Round,
+        aggregator: MemberId,
+        base_model: ContentHash,
+        opened_at_ms: u64,
+    ) -> Self {
         Self {
             round,
             aggregator,
@@ -71,7 +76,9 @@ impl RoundRecord {
             let (sum, weight) = self
                 .evaluations
                 .values()
-                .filter_map(|m| pick(m).map(|v| (f64::from(v) * m.samples as f64, m.samples as f64)))
+                .filter_map(|m| {
+                    pick(m).map(|v| (f64::from(v) * m.samples as f64, m.samples as f64))
+                })
                 .fold((0.0, 0.0), |(s, w), (v, n)| (s + v, w + n));
             (weight > 0.0).then(|| sum / weight)
         };
