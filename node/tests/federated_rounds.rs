@@ -116,6 +116,15 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
         .output()
         .unwrap();
     assert!(watch.status.success(), "{}", String::from_utf8_lossy(&watch.stderr));
+
+    let leave = std::process::Command::new(BINARY)
+        .args(["job", "leave", &job])
+        .env("FEDMESH_DATA_DIR", cluster.nodes[3].data_dir())
+        .output()
+        .unwrap();
+    assert!(leave.status.success(), "{}", String::from_utf8_lossy(&leave.stderr));
+    let view: Value = cluster.nodes[3].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
+    assert_eq!(view["run"]["status"], "left");
 }
 
 #[tokio::test(flavor = "multi_thread")]
