@@ -92,6 +92,11 @@ enum Internal {
         base: fedmesh_protocol::ids::ContentHash,
         result: Result<federation::Trained, String>,
     },
+    /// This node's own delta for a round it aggregates.
+    OwnDelta {
+        delta: fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::ModelDelta>,
+        payload: Vec<u8>,
+    },
     /// A model blob asked of a peer arrived (or could not be had).
     ModelFetched {
         job: JobId,
@@ -291,6 +296,9 @@ impl Engine {
             }
             Internal::Trained { job, round, base, result } => {
                 self.on_trained(job, round, base, result).await
+            }
+            Internal::OwnDelta { delta, payload } => {
+                self.on_delta_request(delta, &payload).await;
             }
             Internal::ModelFetched { job, round, model, result } => {
                 self.on_model_fetched(job, round, model, result).await

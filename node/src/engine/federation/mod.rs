@@ -69,6 +69,9 @@ pub struct JobRun {
     collecting: Option<Collecting>,
     /// The round and base this member trained on, so it trains once per round.
     trained: Option<(Round, ContentHash)>,
+    /// This member's last update, its payload, and the aggregator it went to: re-sent when
+    /// another member takes the round over.
+    last_update: Option<(ModelDelta, Vec<u8>, MemberId)>,
     heartbeat_sequence: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,
@@ -186,6 +189,7 @@ impl Engine {
             open: None,
             collecting: None,
             trained: None,
+            last_update: None,
             heartbeat_sequence: 0,
             last_heartbeat_ms: 0,
             last_join_ms: 0,
@@ -429,6 +433,14 @@ impl Engine {
         if !selected {
             return tracing::debug!(job = %id, round = open.round, "not selected this round");
         }
+        let taken_over = run.last_update.as_ref().filter(|(update, _, sent_to)| {
+            update.round == open.round && update.base_model == open.base_model && *sent_to != opener
+        });
+        if let Some((update, payload, _)) = taken_over.cloned() {
+            tracing::info!(job = %id, round = open.round, aggregator = %opener, "re-sending the update to the round's new aggregator");
+            run.last_update = Some((update.clone(), payload.clone(), opener));
+            return self.send_delta_as(None, id, opener, update, payload).await;
+        }
         if open.base_model == run.state.model {
             self.start_training(id);
         } else {
@@ -490,6 +502,7 @@ impl Engine {
             payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, trained.delta.len()),
         };
         tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
+        run.last_update = Some((body.clone(), payload.clone(), open.opener));
         self.misbehave_before_delta(id, open.opener, &body, &payload).await;
         self.send_delta_as(None, id, open.opener, body, payload).await;
     }
@@ -508,7 +521,12 @@ impl Engine {
             Err(error) => return tracing::error!(job = %id, %error, "cannot sign the update"),
         };
         if aggregator == self.identity.member_id() {
-            self.on_delta_request(signed, &payload).await;
+            // Through the engine's queue, like a peer's delta (and not recursively from here).
+            // Sent from a task: the engine must never wait on its own full queue.
+            let internal = self.internal.clone();
+            tokio::spawn(async move {
+                let _ = internal.send(Internal::OwnDelta { delta: signed, payload }).await;
+            });
         } else {
             send_request(&self.network, aggregator, Request::Delta(signed), payload, id);
         }
@@ -855,6 +873,7 @@ impl Engine {
             open: None,
             collecting: None,
             trained: None,
+            last_update: None,
             heartbeat_sequence: 0,
             last_heartbeat_ms: 0,
             last_join_ms: 0,
