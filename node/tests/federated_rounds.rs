@@ -1,6 +1,7 @@
 //! Real `fedmesh node` processes run federated jobs end to end (central topology): every member
-//! ends with the same final model, accuracy rises, the model exports as safetensors, and forged
-//! deltas are refused, counted, and do not stop the rounds.
+//! ends with the same final model, accuracy rises, the model exports as safetensors, forged
+//! deltas are refused, counted, and do not stop the rounds, and a member killed mid-job resumes
+//! from its data directory.
 
 use fedmesh_testnet::api::metric_value;
 use fedmesh_testnet::cluster::{Cluster, NodeSpec};
@@ -35,6 +36,15 @@ async fn federation(
 }
 
 async fn announce(cluster: &Cluster, rounds: u64, members: usize) -> String {
+    announce_with_deadline(cluster, rounds, members, 20).await
+}
+
+async fn announce_with_deadline(
+    cluster: &Cluster,
+    rounds: u64,
+    members: usize,
+    deadline_secs: u64,
+) -> String {
     let spec = json!({
         "name": "rounds-test",
         "owner": cluster.nodes[0].peer_id,
@@ -42,7 +52,7 @@ async fn announce(cluster: &Cluster, rounds: u64, members: usize) -> String {
         "dataset": "mnist5k",
         "hyperparameters": {"rounds": rounds, "local_epochs": 1, "lr": 0.1},
         "participation": {"min_participants": members},
-        "round_deadline_secs": 20,
+        "round_deadline_secs": deadline_secs,
     });
     let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await.unwrap();
     answer["id"].as_str().unwrap().to_owned()
@@ -152,4 +162,31 @@ async fn forged_deltas_are_refused_and_counted_and_the_rounds_complete() {
     for (reason, count) in &refused {
         assert_eq!(*count, 3.0, "{reason}: {refused:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    // Short deadlines: rounds the killed member misses are retried quickly.
+    let job = announce_with_deadline(&cluster, 8, 4, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view: Value = cluster.nodes[0].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
+        if view["run"]["completed_round"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {view:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.nodes[2].kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.restart(2).await.unwrap();
+    let runs = wait_completed(&cluster, &job, Duration::from_secs(120)).await;
+    let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
+    assert!(models.iter().all(|m| *m == models[0]), "final models differ: {models:?}");
+    let rounds: Vec<u64> =
+        runs[2]["rounds"].as_array().unwrap().iter().filter_map(|r| r["round"].as_u64()).collect();
+    assert_eq!(rounds, (1..=8).collect::<Vec<_>>(), "the restarted member knows every round");
+    assert!(cluster.nodes[2].log().contains("resumed job from the store"));
 }

@@ -79,8 +79,12 @@ impl Collecting {
         if !self.expected.contains(&signer) {
             return Err(refuse("not_selected", format!("{signer} was not selected this round")));
         }
-        if self.contributions.iter().any(|c| c.member == signer) {
-            return Err(refuse("duplicate", format!("{signer} already sent its update")));
+        if let Some(counted) = self.contributions.iter().find(|c| c.member == signer) {
+            if counted.delta == body.payload.hash {
+                // The same update again (the round was re-opened): already counted, not an error.
+                return Ok(signer);
+            }
+            return Err(refuse("duplicate", format!("{signer} already sent another update")));
         }
         let params = self.base_params.len();
         if body.payload.params != params as u64 {

@@ -1,10 +1,11 @@
 //! Deliberate misbehaviour for testing a federation's defenses (the `misbehave` setting): a node
 //! so configured also sends deltas that an honest aggregator must refuse.
 
-use super::Engine;
+use super::{Engine, request_with_payload};
+use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
-use fedmesh_protocol::message::ModelDelta;
+use fedmesh_protocol::message::{ModelDelta, Request};
 
 /// `forged-deltas`: before each honest delta, the same update signed by a key that is not a
 /// member, one for the wrong round and one on the wrong base model.
@@ -35,7 +36,20 @@ impl Engine {
             let member = signer.map_or(honest.member, Identity::member_id);
             let body = ModelDelta { round, base_model, member, ..honest.clone() };
             tracing::warn!(job = %id, round, "misbehaving on purpose: sending a forged delta");
-            self.send_delta_as(signer, id, aggregator, body, payload.to_vec()).await;
+            let signed = match Signed::sign(signer.unwrap_or(&self.identity), body) {
+                Ok(signed) => signed,
+                Err(error) => return tracing::error!(%error, "cannot sign a forged delta"),
+            };
+            // Each forgery is answered before the honest update goes, so that it reaches the
+            // aggregator while the round is still open.
+            if aggregator == self.identity.member_id() {
+                Box::pin(self.on_delta_request(signed, payload)).await;
+            } else {
+                let request = Request::Delta(signed);
+                let answer =
+                    request_with_payload(&self.network, aggregator, &request, payload).await.ok();
+                tracing::info!(?answer, "forged delta answered");
+            }
         }
     }
 }

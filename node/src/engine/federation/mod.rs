@@ -20,7 +20,6 @@ use collect::{Collecting, Refused};
 use fedmesh_aggregation::Aggregator;
 use fedmesh_protocol::codec::{decode_response, encode_gossip, encode_request};
 use fedmesh_protocol::envelope::{Scope, Signed, SignedBody, Verified};
-use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, EvalMetrics, EvalReport, GossipMessage, Heartbeat, Join, Leave, ModelDelta,
@@ -69,9 +68,10 @@ pub struct JobRun {
     collecting: Option<Collecting>,
     /// The round and base this member trained on, so it trains once per round.
     trained: Option<(Round, ContentHash)>,
-    /// This member's last update, its payload, and the aggregator it went to: re-sent when
-    /// another member takes the round over.
-    last_update: Option<(ModelDelta, Vec<u8>, MemberId)>,
+    /// This member's last update, its payload, and the opening it answered (aggregator and
+    /// deadline): re-sent when the round is opened again (retried, taken over by another member,
+    /// or re-opened by a restarted aggregator).
+    last_update: Option<(ModelDelta, Vec<u8>, (MemberId, u64))>,
     heartbeat_sequence: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,
@@ -433,13 +433,16 @@ impl Engine {
         if !selected {
             return tracing::debug!(job = %id, round = open.round, "not selected this round");
         }
-        let taken_over = run.last_update.as_ref().filter(|(update, _, sent_to)| {
-            update.round == open.round && update.base_model == open.base_model && *sent_to != opener
+        let opening = (opener, open.deadline_ms);
+        let reopened = run.last_update.as_ref().filter(|(update, _, answered)| {
+            update.round == open.round
+                && update.base_model == open.base_model
+                && *answered != opening
         });
-        if let Some((update, payload, _)) = taken_over.cloned() {
-            tracing::info!(job = %id, round = open.round, aggregator = %opener, "re-sending the update to the round's new aggregator");
-            run.last_update = Some((update.clone(), payload.clone(), opener));
-            return self.send_delta_as(None, id, opener, update, payload).await;
+        if let Some((update, payload, _)) = reopened.cloned() {
+            tracing::info!(job = %id, round = open.round, aggregator = %opener, "round opened again; re-sending the update");
+            run.last_update = Some((update.clone(), payload.clone(), opening));
+            return self.send_delta(id, opener, update, payload).await;
         }
         if open.base_model == run.state.model {
             self.start_training(id);
@@ -502,21 +505,20 @@ impl Engine {
             payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, trained.delta.len()),
         };
         tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
-        run.last_update = Some((body.clone(), payload.clone(), open.opener));
+        run.last_update = Some((body.clone(), payload.clone(), (open.opener, open.deadline_ms)));
         self.misbehave_before_delta(id, open.opener, &body, &payload).await;
-        self.send_delta_as(None, id, open.opener, body, payload).await;
+        self.send_delta(id, open.opener, body, payload).await;
     }
 
-    /// Signs a delta (as this node, or as `signer`) and delivers it to `aggregator`.
-    async fn send_delta_as(
+    /// Signs a delta and delivers it to `aggregator`.
+    async fn send_delta(
         &mut self,
-        signer: Option<&Identity>,
         id: JobId,
         aggregator: MemberId,
         body: ModelDelta,
         payload: Vec<u8>,
     ) {
-        let signed = match Signed::sign(signer.unwrap_or(&self.identity), body) {
+        let signed = match Signed::sign(&self.identity, body) {
             Ok(signed) => signed,
             Err(error) => return tracing::error!(job = %id, %error, "cannot sign the update"),
         };
@@ -889,17 +891,23 @@ fn verify<T: SignedBody>(
     message.verify(may_send).map_err(|e| Refused { reason: "bad_message", detail: e.to_string() })
 }
 
+/// Sends a request with a payload and waits for the answer.
+async fn request_with_payload(
+    network: &Network,
+    to: MemberId,
+    request: &Request,
+    payload: &[u8],
+) -> anyhow::Result<Response> {
+    let bytes = encode_request(request, payload)?;
+    let (response, _) = decode_response(network.request(peer_of_member(&to)?, bytes).await?)?;
+    Ok(response)
+}
+
 /// Sends a request with a payload in the background and logs the answer.
 fn send_request(network: &Network, to: MemberId, request: Request, payload: Vec<u8>, id: JobId) {
     let network = network.clone();
     tokio::spawn(async move {
-        let answer = async {
-            let bytes = encode_request(&request, &payload)?;
-            let (response, _) =
-                decode_response(network.request(peer_of_member(&to)?, bytes).await?)?;
-            anyhow::Ok(response)
-        };
-        match answer.await {
+        match request_with_payload(&network, to, &request, &payload).await {
             Ok(Response::Accepted) => tracing::debug!(job = %id, %to, "update accepted"),
             Ok(Response::Refused { reason }) => {
                 tracing::warn!(job = %id, %to, %reason, "update refused")
