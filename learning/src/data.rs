@@ -68,10 +68,11 @@ impl Embedded {
         }
     }
 
-    /// The scaling that suits the data set: pixels to [0, 1], measurements standardized.
+    /// The scaling that suits the data set: pixels to [0, 1] by the pixel range (the same for
+    /// every share of the data), measurements standardized.
     pub fn preferred_scaling(self) -> crate::scale::Scaling {
         match self {
-            Self::Mnist5k | Self::Digits => crate::scale::Scaling::MinMax,
+            Self::Mnist5k | Self::Digits => crate::scale::Scaling::MinMaxAll,
             Self::BreastCancer => crate::scale::Scaling::Standardize,
         }
     }

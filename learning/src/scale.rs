@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub enum Scaling {
     /// Each feature to [0, 1] by the training split's minimum and maximum.
     MinMax,
+    /// Every feature to [0, 1] by one range, the training split's overall minimum and maximum:
+    /// for pixels, where a per-feature range would differ between data owners.
+    MinMaxAll,
     /// Each feature to zero mean and unit variance by the training split's statistics.
     Standardize,
     /// Leave features as they are.
@@ -32,6 +35,11 @@ impl Scaler {
                 let max = x.fold_axis(Axis(0), f32::NEG_INFINITY, |a, &b| a.max(b));
                 let range = &max - &min;
                 (min, range)
+            }
+            Scaling::MinMaxAll => {
+                let min = x.fold(f32::INFINITY, |a, &b| a.min(b));
+                let max = x.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                (Array1::from_elem(x.ncols(), min), Array1::from_elem(x.ncols(), max - min))
             }
             Scaling::Standardize => {
                 let mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(x.ncols()));

@@ -3,3 +3,5 @@
 
 pub mod api;
 pub mod cluster;
+pub mod report;
+pub mod scenario;

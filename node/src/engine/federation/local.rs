@@ -33,11 +33,14 @@ impl LocalData {
         let source = DataSource::parse(source, None)?;
         let data = source.load()?;
         let (mut train, mut test) = data.split(TEST_FRACTION, spec.seed)?;
-        let scaler = Scaler::fit(source.preferred_scaling(), &train);
+        // A share of a known data set is scaled as that data set prefers, so that every member
+        // scales alike.
+        let known = Embedded::from_name(&spec.dataset);
+        let scaling = known.map_or_else(|| source.preferred_scaling(), Embedded::preferred_scaling);
+        let scaler = Scaler::fit(scaling, &train);
         scaler.apply(&mut train);
         scaler.apply(&mut test);
-        let known = Embedded::from_name(&spec.dataset).map_or(0, Embedded::num_classes);
-        let classes = data.num_classes.max(known);
+        let classes = data.num_classes.max(known.map_or(0, Embedded::num_classes));
         let model = Model::from_spec(&spec.model, data.num_features(), classes)?;
         let h = &spec.hyperparameters;
         let config = TrainConfig {

@@ -45,6 +45,15 @@ pub fn job_topic(job: &JobId) -> String {
     format!("fedmesh/job/{job}/1")
 }
 
+/// Most round messages kept while their signer's join is awaited.
+const MAX_PENDING: usize = 16;
+
+/// A round message from a member whose join has not arrived yet.
+enum Pending {
+    Open(RoundOpen),
+    Ready(AggregateReady),
+}
+
 /// A round that is open, as this member follows it.
 #[derive(Debug, Clone, Copy)]
 struct OpenRound {
@@ -75,6 +84,8 @@ pub struct JobRun {
     heartbeat_sequence: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,
+    /// Round messages waiting for their signer's join.
+    pending: Vec<(MemberId, Pending)>,
 }
 
 impl JobRun {
@@ -193,6 +204,7 @@ impl Engine {
             heartbeat_sequence: 0,
             last_heartbeat_ms: 0,
             last_join_ms: 0,
+            pending: Vec::new(),
         };
         self.start_run(run).await
     }
@@ -732,23 +744,15 @@ impl Engine {
         self.maybe_open(id, round + 1).await;
     }
 
-    /// Handles a verified-signature gossip message on a job's topic.
+    /// Handles a gossip message on a job's topic: verifies it, then acts on it.
     pub(super) async fn on_job_gossip(&mut self, message: GossipMessage) -> Result<(), Refused> {
         let Some(id) = message.claimed_job() else {
             return Err(Refused { reason: "unexpected_kind", detail: "not a job message".into() });
         };
-        let Some(run) = self.runs.get(&id) else {
+        if !self.runs.contains_key(&id) {
             return Err(Refused { reason: "not_joined", detail: format!("not in job {id}") });
-        };
+        }
         let scope = Scope::job(id);
-        let members = &run.state.members;
-        let member_of = |signer: &MemberId| {
-            if members.contains(signer) {
-                Ok(())
-            } else {
-                Err(fedmesh_protocol::envelope::Denied(format!("{signer} is not a member")))
-            }
-        };
         let now = unix_millis();
         match message {
             GossipMessage::Join(m) => {
@@ -769,32 +773,16 @@ impl Engine {
                 }
             }
             GossipMessage::RoundOpen(m) => {
-                let open = verify(m, |signer, body| {
-                    member_of(signer)?;
-                    scope.admits(body)
-                })?;
-                self.on_round_open(id, open.signer(), open.into_body()).await;
+                let open = verify(m, |_, body| scope.admits(body))?;
+                self.from_member(id, open.signer(), Pending::Open(open.into_body())).await?;
             }
             GossipMessage::AggregateReady(m) => {
-                let ready = verify(m, |signer, body| {
-                    member_of(signer)?;
-                    scope.admits(body)
-                })?;
-                self.on_aggregate_ready(id, ready.signer(), ready.into_body()).await;
+                let ready = verify(m, |_, body| scope.admits(body))?;
+                self.from_member(id, ready.signer(), Pending::Ready(ready.into_body())).await?;
             }
             GossipMessage::EvalReport(m) => {
-                let report = verify(m, |signer, body| {
-                    member_of(signer)?;
-                    scope.admits(body)
-                })?
-                .into_body();
-                if let Some(run) = self.runs.get_mut(&id) {
-                    let record = run.rounds.get_mut(&report.round);
-                    if let Some(record) = record.filter(|r| r.model == Some(report.model)) {
-                        record.evaluations.insert(report.member, report.metrics);
-                        let _ = store::save_round(&self.store, run, report.round);
-                    }
-                }
+                let report = verify(m, |_, body| scope.admits(body))?.into_body();
+                self.on_eval_report(id, report);
             }
             GossipMessage::Announce(_) | GossipMessage::Assignment(_) => {
                 return Err(Refused {
@@ -804,6 +792,39 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Acts on a round message from `signer` if it is a member. Otherwise the message waits for
+    /// the signer's join (gossip may bring a round's opening before its aggregator's join).
+    async fn from_member(&mut self, id: JobId, signer: MemberId, message: Pending) -> Result<(), Refused> {
+        let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
+        if !run.state.members.contains(&signer) {
+            if run.pending.len() >= MAX_PENDING {
+                run.pending.remove(0);
+            }
+            run.pending.push((signer, message));
+            return Err(Refused {
+                reason: "not_a_member_yet",
+                detail: format!("{signer} is not a member (yet); kept until its join arrives"),
+            });
+        }
+        match message {
+            Pending::Open(open) => self.on_round_open(id, signer, open).await,
+            Pending::Ready(ready) => self.on_aggregate_ready(id, signer, ready).await,
+        }
+        Ok(())
+    }
+
+    fn on_eval_report(&mut self, id: JobId, report: EvalReport) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        if !run.state.members.contains(&report.member) {
+            return;
+        }
+        let record = run.rounds.get_mut(&report.round);
+        if let Some(record) = record.filter(|r| r.model == Some(report.model)) {
+            record.evaluations.insert(report.member, report.metrics);
+            let _ = store::save_round(&self.store, run, report.round);
+        }
     }
 
     async fn on_join(&mut self, id: JobId, join: Join, now: u64) {
@@ -816,9 +837,15 @@ impl Engine {
         if run.state.members.join(&join, now) {
             tracing::info!(job = %id, member = %join.member, group = %join.group, "member joined");
             let _ = store::save_state(&self.store, run);
+            let (waiting, rest) =
+                std::mem::take(&mut run.pending).into_iter().partition(|(s, _)| *s == join.member);
+            run.pending = rest;
             // Tell the newcomer about us now rather than at the next periodic join.
             if now.saturating_sub(run.last_join_ms) > 500 {
                 self.publish_join(id).await;
+            }
+            for (signer, message) in waiting {
+                let _ = Box::pin(self.from_member(id, signer, message)).await;
             }
         }
     }
@@ -879,6 +906,7 @@ impl Engine {
             heartbeat_sequence: 0,
             last_heartbeat_ms: 0,
             last_join_ms: 0,
+            pending: Vec::new(),
         })
     }
 }

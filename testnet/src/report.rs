@@ -1,0 +1,183 @@
+//! A testnet run's report: `report.json` with every round's figures, and `report.png`, accuracy
+//! and loss per round.
+
+use crate::scenario::Scenario;
+use anyhow::Context;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The font the plot's text is drawn with (DejaVu Sans, see assets/DejaVuSans-LICENSE.txt).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// One node's share of the data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionSummary {
+    pub node: usize,
+    pub path: PathBuf,
+    pub samples: usize,
+    /// Samples per label.
+    pub labels: Vec<usize>,
+}
+
+/// One round, as the job owner's node recorded it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundFigures {
+    pub round: u64,
+    /// Updates included in the round's model.
+    pub participants: usize,
+    /// Members whose evaluation is in the figures.
+    pub evaluations: usize,
+    /// Test-size-weighted over the members' test splits.
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    /// From the round's opening to its model's announcement.
+    pub seconds: Option<f64>,
+    /// Mean local training time of the nodes that trained.
+    pub train_seconds: Option<f64>,
+}
+
+impl RoundFigures {
+    /// The progress line printed as the round finishes.
+    pub fn line(&self, rounds_total: u64) -> String {
+        let number = |value: Option<f64>, digits: usize| {
+            value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        format!(
+            "round {:>3}/{rounds_total}  participants {}  accuracy {}  loss {}  {} s  (local training {} s)",
+            self.round,
+            self.participants,
+            number(self.accuracy, 4),
+            number(self.loss, 4),
+            number(self.seconds, 2),
+            number(self.train_seconds, 2),
+        )
+    }
+}
+
+/// What `report.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// `completed`, or why not.
+    pub status: String,
+    pub nodes: usize,
+    pub dataset: String,
+    pub model: String,
+    pub partition: String,
+    pub final_accuracy: Option<f64>,
+    pub final_loss: Option<f64>,
+    pub mean_round_seconds: Option<f64>,
+    pub mean_train_seconds: Option<f64>,
+    pub total_seconds: f64,
+    pub rounds: Vec<RoundFigures>,
+    pub partitions: Vec<PartitionSummary>,
+    pub job_spec: serde_json::Value,
+}
+
+fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let present: Vec<f64> = values.flatten().collect();
+    (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
+}
+
+impl Report {
+    pub fn new(
+        scenario: &Scenario,
+        job_spec: serde_json::Value,
+        partitions: Vec<PartitionSummary>,
+        status: String,
+        rounds: Vec<RoundFigures>,
+        elapsed: Duration,
+    ) -> Self {
+        let last = rounds.last();
+        Self {
+            status,
+            nodes: scenario.nodes,
+            dataset: scenario.dataset.clone(),
+            model: scenario.model.clone(),
+            partition: scenario.partition.clone(),
+            final_accuracy: last.and_then(|r| r.accuracy),
+            final_loss: last.and_then(|r| r.loss),
+            mean_round_seconds: mean(rounds.iter().map(|r| r.seconds)),
+            mean_train_seconds: mean(rounds.iter().map(|r| r.train_seconds)),
+            total_seconds: elapsed.as_secs_f64(),
+            rounds,
+            partitions,
+            job_spec,
+        }
+    }
+
+    pub fn completed(&self) -> bool {
+        self.status == "completed"
+    }
+
+    /// Writes `report.json` into `dir`.
+    pub fn write_json(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("report.json");
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Draws accuracy (left) and loss (right) per round into `report.png` in `dir`.
+    pub fn write_plot(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("report.png");
+        self.draw(&path)?;
+        Ok(path)
+    }
+
+    fn draw(&self, path: &Path) -> anyhow::Result<()> {
+        // Registering twice (a second report in one process) is harmless.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+        let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let title = format!(
+            "fedmesh testnet: {} nodes, {} ({} partition), {}",
+            self.nodes, self.dataset, self.partition, self.model
+        );
+        let titled = root.titled(&title, ("sans-serif", 22)).map_err(plot_error)?;
+        let (left, right) = titled.split_horizontally(600);
+        let accuracy: Vec<(f64, f64)> =
+            self.rounds.iter().filter_map(|r| Some((r.round as f64, r.accuracy?))).collect();
+        let loss: Vec<(f64, f64)> =
+            self.rounds.iter().filter_map(|r| Some((r.round as f64, r.loss?))).collect();
+        let top = loss.iter().map(|(_, l)| *l).fold(0.0, f64::max) * 1.1;
+        draw_series(&left, "test accuracy", &accuracy, 0.0..1.0, &BLUE)?;
+        draw_series(&right, "test loss", &loss, 0.0..top.max(0.1), &RED)?;
+        root.present().map_err(plot_error)
+    }
+}
+
+fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("cannot draw the plot: {error}")
+}
+
+/// One panel: `points` (round, value) as a line with markers.
+fn draw_series(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    what: &str,
+    points: &[(f64, f64)],
+    y_range: std::ops::Range<f64>,
+    color: &RGBColor,
+) -> anyhow::Result<()> {
+    let rounds = points.last().map_or(1.0, |(round, _)| *round).max(1.0);
+    let mut chart = ChartBuilder::on(area)
+        .caption(what, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..rounds + 0.5, y_range)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc(what)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(plot_error)?;
+    chart.draw_series(LineSeries::new(points.iter().copied(), color)).map_err(plot_error)?;
+    chart
+        .draw_series(points.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))
+        .map_err(plot_error)?;
+    Ok(())
+}
