@@ -35,8 +35,9 @@ struct Args {
     local_epochs: u32,
     #[arg(long, default_value_t = 32)]
     batch_size: u32,
-    /// Learning rate of local SGD.
-    #[arg(long, default_value_t = 0.05)]
+    /// Learning rate of local SGD (0.3 suits FedAvg over 8 IID shares of mnist5k: compare with
+    /// `fedmesh train-local --lr 0.3`).
+    #[arg(long, default_value_t = 0.3)]
     lr: f32,
     /// Seed of the partition, the model's initialization and the local shuffling.
     #[arg(long, default_value_t = 1)]
@@ -99,7 +100,8 @@ fn main() -> anyhow::Result<()> {
     );
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let rounds = scenario.rounds;
-    let report = runtime.block_on(scenario.run(partitions, |round| println!("{}", round.line(rounds))))?;
+    let report =
+        runtime.block_on(scenario.run(partitions, |round| println!("{}", round.line(rounds))))?;
     let json = report.write_json(&scenario.out)?;
     let plot = report.write_plot(&scenario.out)?;
     let figure = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));

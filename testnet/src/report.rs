@@ -115,7 +115,8 @@ impl Report {
     pub fn write_json(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let path = dir.join("report.json");
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
 
@@ -172,6 +173,7 @@ fn draw_series(
         .configure_mesh()
         .x_desc("round")
         .y_desc(what)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(plot_error)?;

@@ -55,7 +55,8 @@ impl Scenario {
         let partitioner: Partitioner = self.partition.parse()?;
         let parts = partitioner.partition(&data.labels, self.nodes, self.seed)?;
         let dir = self.out.join("partitions");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         parts
             .iter()
             .enumerate()
@@ -165,11 +166,18 @@ impl Follower {
     }
 
     /// Polls until the job completes (`"completed"`), fails or stalls (the reason).
-    async fn follow(&mut self, cluster: &Cluster, on_round: &mut impl FnMut(&RoundFigures)) -> String {
+    async fn follow(
+        &mut self,
+        cluster: &Cluster,
+        on_round: &mut impl FnMut(&RoundFigures),
+    ) -> String {
         let mut last_progress = Instant::now();
         loop {
-            let view: Value =
-                cluster.nodes[0].api.get(&format!("/v1/jobs/{}", self.job)).await.unwrap_or_default();
+            let view: Value = cluster.nodes[0]
+                .api
+                .get(&format!("/v1/jobs/{}", self.job))
+                .await
+                .unwrap_or_default();
             let run = &view["run"];
             let before = self.rounds.len();
             for round in run["rounds"].as_array().into_iter().flatten() {
@@ -228,7 +236,10 @@ impl Follower {
             let view: Value =
                 node.api.get(&format!("/v1/jobs/{}", self.job)).await.unwrap_or_default();
             let rounds = view["run"]["rounds"].as_array().cloned().unwrap_or_default();
-            let time = rounds.iter().find(|r| r["round"] == round).and_then(|r| r["train_seconds"].as_f64());
+            let time = rounds
+                .iter()
+                .find(|r| r["round"] == round)
+                .and_then(|r| r["train_seconds"].as_f64());
             times.extend(time);
         }
         (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64)

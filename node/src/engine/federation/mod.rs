@@ -774,11 +774,13 @@ impl Engine {
             }
             GossipMessage::RoundOpen(m) => {
                 let open = verify(m, |_, body| scope.admits(body))?;
-                self.from_member(id, open.signer(), Pending::Open(open.into_body())).await?;
+                self.on_member_round_message(id, open.signer(), Pending::Open(open.into_body()))
+                    .await?;
             }
             GossipMessage::AggregateReady(m) => {
                 let ready = verify(m, |_, body| scope.admits(body))?;
-                self.from_member(id, ready.signer(), Pending::Ready(ready.into_body())).await?;
+                self.on_member_round_message(id, ready.signer(), Pending::Ready(ready.into_body()))
+                    .await?;
             }
             GossipMessage::EvalReport(m) => {
                 let report = verify(m, |_, body| scope.admits(body))?.into_body();
@@ -796,7 +798,12 @@ impl Engine {
 
     /// Acts on a round message from `signer` if it is a member. Otherwise the message waits for
     /// the signer's join (gossip may bring a round's opening before its aggregator's join).
-    async fn from_member(&mut self, id: JobId, signer: MemberId, message: Pending) -> Result<(), Refused> {
+    async fn on_member_round_message(
+        &mut self,
+        id: JobId,
+        signer: MemberId,
+        message: Pending,
+    ) -> Result<(), Refused> {
         let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
         if !run.state.members.contains(&signer) {
             if run.pending.len() >= MAX_PENDING {
@@ -845,7 +852,7 @@ impl Engine {
                 self.publish_join(id).await;
             }
             for (signer, message) in waiting {
-                let _ = Box::pin(self.from_member(id, signer, message)).await;
+                let _ = Box::pin(self.on_member_round_message(id, signer, message)).await;
             }
         }
     }
