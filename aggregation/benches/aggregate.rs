@@ -1,5 +1,6 @@
-//! Prints FedAvg throughput over 16 updates of 10 million f32 (GB/s of input consumed) next to a
-//! memory-bandwidth baseline measured in the same run, and the median and trimmed-mean times.
+//! Prints FedAvg throughput over 16 updates of 10 million f32 (GB/s of input consumed), one update
+//! or a batch per pass, with new or kept buffers, next to a memory-bandwidth baseline measured in
+//! the same run, and the median and trimmed-mean times.
 
 use fedmesh_aggregation::PartialAggregate;
 use fedmesh_aggregation::robust::{median, trimmed_mean};
@@ -34,21 +35,46 @@ fn main() {
         "baseline: summing the {UPDATES} x {PARAMS} f32 inputs with rayon: {:.2} GB/s",
         input_gb / baseline
     );
-    let fedavg = best_of(3, || {
-        let mut aggregate = PartialAggregate::new(PARAMS);
-        for (i, update) in updates.iter().enumerate() {
-            aggregate
-                .add(&format!("m{i}"), 100.0 + i as f64, update)
-                .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = (0..UPDATES).map(|i| format!("m{i}")).collect();
+    let batch: Vec<(&str, f64, &[f32])> = updates
+        .iter()
+        .enumerate()
+        .map(|(i, update)| (names[i].as_str(), 100.0 + i as f64, update.as_slice()))
+        .collect();
+    let fold = |aggregate: &mut PartialAggregate, per_pass: usize, out: &mut Vec<f32>| {
+        for group in batch.chunks(per_pass) {
+            for result in aggregate.add_many(group) {
+                result.unwrap_or_else(|e| panic!("{e}"));
+            }
         }
-        aggregate.mean().unwrap_or_else(|e| panic!("{e}"))
-    });
-    println!(
-        "streaming FedAvg: {:.2} GB/s of input = {:.0}% of the baseline ({:.3} s)",
-        input_gb / fedavg,
-        100.0 * baseline / fedavg,
-        fedavg
-    );
+        aggregate.mean_into(out).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let report = |what: &str, seconds: f64| {
+        println!(
+            "{what}: {:.2} GB/s of input = {:.0}% of the baseline ({seconds:.3} s)",
+            input_gb / seconds,
+            100.0 * baseline / seconds
+        );
+    };
+    for per_pass in [1, 8, 16] {
+        let fresh = best_of(3, || {
+            let mut out = Vec::new();
+            fold(&mut PartialAggregate::new(PARAMS), per_pass, &mut out);
+            out
+        });
+        report(&format!("streaming FedAvg, {per_pass:>2} per pass, new buffers"), fresh);
+        let mut aggregate = PartialAggregate::new(PARAMS);
+        let mut out = Vec::new();
+        fold(&mut aggregate, per_pass, &mut out);
+        let reused = best_of(3, || {
+            aggregate.reset();
+            fold(&mut aggregate, per_pass, &mut out);
+        });
+        report(
+            &format!("streaming FedAvg, {per_pass:>2} per pass, buffers kept across rounds"),
+            reused,
+        );
+    }
     let views: Vec<&[f32]> = updates.iter().map(Vec::as_slice).collect();
     println!("coordinate-wise median: {:.3} s", best_of(1, || median(&views)));
     println!("trimmed mean (beta 0.1): {:.3} s", best_of(1, || trimmed_mean(&views, 0.1)));

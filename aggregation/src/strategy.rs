@@ -71,6 +71,28 @@ impl Aggregator {
         weight: f64,
         update: &[f32],
     ) -> Result<(), AggregationError> {
+        let mut results = self.add_many(&[(contributor, weight, update)]);
+        results.pop().unwrap_or(Err(AggregationError::Empty))
+    }
+
+    /// [`add`](Self::add) for several updates (contributor, weight, values), one result each. Plain
+    /// FedAvg folds them all in one pass over its sum (see [`PartialAggregate::add_many`]).
+    pub fn add_many(
+        &mut self,
+        updates: &[(&str, f64, &[f32])],
+    ) -> Vec<Result<(), AggregationError>> {
+        if self.spec.rule == AggregationRule::FedAvg && self.spec.clip_norm.is_none() {
+            return self.streaming.add_many(updates);
+        }
+        updates.iter().map(|(name, weight, values)| self.add_one(name, *weight, values)).collect()
+    }
+
+    fn add_one(
+        &mut self,
+        contributor: &str,
+        weight: f64,
+        update: &[f32],
+    ) -> Result<(), AggregationError> {
         if update.len() != self.num_params {
             return Err(AggregationError::WrongLength {
                 contributor: contributor.to_owned(),

@@ -298,3 +298,38 @@ fn a_non_finite_update_leaves_the_streaming_sum_as_it_was() {
     assert!(worst < 1e-12, "the sum moved by {worst} after a refused update");
     assert_eq!(aggregate.mean().unwrap(), first);
 }
+
+#[test]
+fn a_batch_folds_like_one_update_at_a_time_and_refuses_only_its_bad_updates() {
+    let len = 50_000; // several fold chunks
+    let update = |seed: usize| -> Vec<f32> {
+        (0..len).map(|i| ((i * 31 + seed * 17) % 97) as f32 / 13.0 - 3.0).collect()
+    };
+    let (a, b, c) = (update(1), update(2), update(3));
+    let mut poisoned = update(4);
+    poisoned[len / 2] = f32::NAN;
+    let mut one_by_one = fedmesh_aggregation::PartialAggregate::new(len);
+    for (name, weight, values) in [("a", 2.0, &a), ("b", 5.0, &b), ("c", 1.5, &c)] {
+        one_by_one.add(name, weight, values).unwrap();
+    }
+    let mut batched = fedmesh_aggregation::PartialAggregate::new(len);
+    let results = batched.add_many(&[
+        ("a", 2.0, &a),
+        ("b", 5.0, &b),
+        ("bad", 1.0, &poisoned),
+        ("a", 3.0, &c),
+        ("c", 1.5, &c),
+    ]);
+    assert!(results[0].is_ok() && results[1].is_ok() && results[4].is_ok(), "{results:?}");
+    assert!(matches!(results[2], Err(AggregationError::NotFinite { .. })));
+    assert!(matches!(results[3], Err(AggregationError::Duplicate { .. })));
+    assert_eq!(batched.total_weight, one_by_one.total_weight);
+    assert_eq!(batched.contributors, one_by_one.contributors);
+    let worst = batched
+        .weighted_sum
+        .iter()
+        .zip(&one_by_one.weighted_sum)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-12, "relative difference {worst}");
+}
