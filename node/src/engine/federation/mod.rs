@@ -89,6 +89,35 @@ pub struct JobRun {
 }
 
 impl JobRun {
+    /// A run in `state`, with nothing in flight.
+    fn new(
+        id: JobId,
+        spec: JobSpec,
+        tag: Tag,
+        local: LocalData,
+        state: RunState,
+        params: Vec<f32>,
+        rounds: BTreeMap<Round, RoundRecord>,
+    ) -> Self {
+        Self {
+            id,
+            spec,
+            tag,
+            local: Arc::new(local),
+            state,
+            params: Arc::new(params),
+            rounds,
+            open: None,
+            collecting: None,
+            trained: None,
+            last_update: None,
+            heartbeat_sequence: 0,
+            last_heartbeat_ms: 0,
+            last_join_ms: 0,
+            pending: Vec::new(),
+        }
+    }
+
     fn is_active(&self) -> bool {
         matches!(self.state.status, RunStatus::Waiting | RunStatus::Running)
     }
@@ -189,23 +218,7 @@ impl Engine {
             model,
             members: Membership::default(),
         };
-        let run = JobRun {
-            id,
-            spec,
-            tag,
-            local: Arc::new(local),
-            state,
-            params: Arc::new(params),
-            rounds: BTreeMap::new(),
-            open: None,
-            collecting: None,
-            trained: None,
-            last_update: None,
-            heartbeat_sequence: 0,
-            last_heartbeat_ms: 0,
-            last_join_ms: 0,
-            pending: Vec::new(),
-        };
+        let run = JobRun::new(id, spec, tag, local, state, params, BTreeMap::new());
         self.start_run(run).await
     }
 
@@ -898,23 +911,7 @@ impl Engine {
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let rounds = store::load_rounds(&self.store, &id)?;
         tracing::info!(job = %id, round = state.completed_round, status = %state.status.label(), "resumed job from the store");
-        Ok(JobRun {
-            id,
-            spec,
-            tag,
-            local: Arc::new(local),
-            state,
-            params: Arc::new(params),
-            rounds,
-            open: None,
-            collecting: None,
-            trained: None,
-            last_update: None,
-            heartbeat_sequence: 0,
-            last_heartbeat_ms: 0,
-            last_join_ms: 0,
-            pending: Vec::new(),
-        })
+        Ok(JobRun::new(id, spec, tag, local, state, params, rounds))
     }
 }
 
