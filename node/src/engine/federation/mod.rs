@@ -664,10 +664,26 @@ impl Engine {
     }
 
     /// Fetches a model blob from `peer` in the background.
+    /// Fetches a model blob in the background: from `peer` first, then from the other live
+    /// members (any member that took the model holds it), until one has it.
     fn fetch_model(&self, id: JobId, round: Round, model: ContentHash, peer: MemberId) {
+        let me = self.identity.member_id();
+        let others: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
+            let live = run.state.members.live(unix_millis(), LIVENESS_MS);
+            live.into_iter().map(|m| m.id).filter(|m| *m != peer && *m != me).collect()
+        });
         let (network, internal) = (self.network.clone(), self.internal.clone());
         tokio::spawn(async move {
-            let result = fetch_blob(&network, peer, model).await;
+            let mut result = Err("no member to fetch it from".to_owned());
+            for source in std::iter::once(peer).chain(others) {
+                result = fetch_blob(&network, source, model).await;
+                match &result {
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::debug!(%source, %model, %error, "model not fetched; trying another member")
+                    }
+                }
+            }
             let _ = internal.send(Internal::ModelFetched { job: id, round, model, result }).await;
         });
     }
