@@ -189,6 +189,9 @@ impl Follower {
             if self.rounds.len() > before {
                 last_progress = Instant::now();
             }
+            if let Some(error) = view["join_error"].as_str() {
+                return format!("node0 cannot take part: {error}");
+            }
             let status = run["status"].as_str().unwrap_or("not joined yet");
             if status.starts_with("failed") || status == "left" {
                 return status.to_owned();

@@ -38,6 +38,7 @@ impl KnownJob {
             learned_at_ms: self.learned_at_ms,
             spec: serde_json::to_value(spec).unwrap_or(serde_json::Value::Null),
             run: None,
+            join_error: None,
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct JobView {
     pub spec: serde_json::Value,
     /// This node's part in the job, if it joined.
     pub run: Option<RunView>,
+    /// Why this node could not join the job by itself, if it tried and failed.
+    pub join_error: Option<String>,
 }
 
 /// A job's global model with its tensor layout, for export.
@@ -184,6 +186,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     jobs: JobBook,
     runs: std::collections::BTreeMap<JobId, JobRun>,
+    /// Why auto-joining a job failed, for the admin API.
+    join_errors: std::collections::BTreeMap<JobId, String>,
     queries: mpsc::Receiver<Query>,
     internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
@@ -214,6 +218,7 @@ impl Engine {
             metrics,
             jobs,
             runs: std::collections::BTreeMap::new(),
+            join_errors: std::collections::BTreeMap::new(),
             queries: query_rx,
             internal,
             internal_rx,
@@ -310,6 +315,7 @@ impl Engine {
     fn with_run(&self, mut view: JobView) -> JobView {
         if let Ok(id) = self.jobs.id_by_prefix(&view.id) {
             view.run = self.run_view(&id);
+            view.join_error = self.join_errors.get(&id).cloned();
         }
         view
     }

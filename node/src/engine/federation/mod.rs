@@ -281,8 +281,14 @@ impl Engine {
         if !self.config.auto_join || !self.config.datasets.contains_key(&spec.dataset) {
             return;
         }
-        if let Err(error) = self.join_job(id).await {
-            tracing::warn!(job = %id, %error, "cannot join job");
+        match self.join_job(id).await {
+            Ok(()) => {
+                self.join_errors.remove(&id);
+            }
+            Err(error) => {
+                tracing::warn!(job = %id, %error, "cannot join job");
+                self.join_errors.insert(id, error.to_string());
+            }
         }
     }
 
