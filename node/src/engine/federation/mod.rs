@@ -3,6 +3,7 @@
 //! round, and fetching and evaluating every global model.
 
 mod collect;
+mod gossip;
 mod local;
 mod membership;
 mod misbehave;
@@ -19,7 +20,7 @@ use crate::network::Network;
 use collect::{Collecting, Refused};
 use fedmesh_aggregation::Aggregator;
 use fedmesh_protocol::codec::{decode_response, encode_gossip, encode_request};
-use fedmesh_protocol::envelope::{Scope, Signed, SignedBody, Verified};
+use fedmesh_protocol::envelope::{Signed, SignedBody};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, EvalMetrics, EvalReport, GossipMessage, Heartbeat, Join, Leave, ModelDelta,
@@ -779,119 +780,6 @@ impl Engine {
         self.maybe_open(id, round + 1).await;
     }
 
-    /// Handles a gossip message on a job's topic: verifies it, then acts on it.
-    pub(super) async fn on_job_gossip(&mut self, message: GossipMessage) -> Result<(), Refused> {
-        let Some(id) = message.claimed_job() else {
-            return Err(Refused { reason: "unexpected_kind", detail: "not a job message".into() });
-        };
-        if !self.runs.contains_key(&id) {
-            return Err(Refused { reason: "not_joined", detail: format!("not in job {id}") });
-        }
-        let scope = Scope::job(id);
-        let now = unix_millis();
-        match message {
-            GossipMessage::Join(m) => {
-                let join = verify(m, |_, body| scope.admits(body))?.into_body();
-                self.on_join(id, join, now).await;
-            }
-            GossipMessage::Leave(m) => {
-                let leave = verify(m, |_, body| scope.admits(body))?.into_body();
-                if let Some(run) = self.runs.get_mut(&id) {
-                    run.state.members.leave(&leave.member);
-                    tracing::info!(job = %id, member = %leave.member, reason = %leave.reason, "member left");
-                }
-            }
-            GossipMessage::Heartbeat(m) => {
-                let heartbeat = verify(m, |_, body| scope.admits(body))?.into_body();
-                if let Some(run) = self.runs.get_mut(&id) {
-                    run.state.members.seen(&heartbeat.member, now);
-                }
-            }
-            GossipMessage::RoundOpen(m) => {
-                let open = verify(m, |_, body| scope.admits(body))?;
-                self.on_member_round_message(id, open.signer(), Pending::Open(open.into_body()))
-                    .await?;
-            }
-            GossipMessage::AggregateReady(m) => {
-                let ready = verify(m, |_, body| scope.admits(body))?;
-                self.on_member_round_message(id, ready.signer(), Pending::Ready(ready.into_body()))
-                    .await?;
-            }
-            GossipMessage::EvalReport(m) => {
-                let report = verify(m, |_, body| scope.admits(body))?.into_body();
-                self.on_eval_report(id, report);
-            }
-            GossipMessage::Announce(_) | GossipMessage::Assignment(_) => {
-                return Err(Refused {
-                    reason: "unexpected_kind",
-                    detail: "not expected on a job topic".into(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Acts on a round message from `signer` if it is a member. Otherwise the message waits for
-    /// the signer's join (gossip may bring a round's opening before its aggregator's join).
-    async fn on_member_round_message(
-        &mut self,
-        id: JobId,
-        signer: MemberId,
-        message: Pending,
-    ) -> Result<(), Refused> {
-        let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
-        if !run.state.members.contains(&signer) {
-            if run.pending.len() >= MAX_PENDING {
-                run.pending.remove(0);
-            }
-            run.pending.push((signer, message));
-            return Err(Refused {
-                reason: "not_a_member_yet",
-                detail: format!("{signer} is not a member (yet); kept until its join arrives"),
-            });
-        }
-        match message {
-            Pending::Open(open) => self.on_round_open(id, signer, open).await,
-            Pending::Ready(ready) => self.on_aggregate_ready(id, signer, ready).await,
-        }
-        Ok(())
-    }
-
-    fn on_eval_report(&mut self, id: JobId, report: EvalReport) {
-        let Some(run) = self.runs.get_mut(&id) else { return };
-        if !run.state.members.contains(&report.member) {
-            return;
-        }
-        let record = run.rounds.get_mut(&report.round);
-        if let Some(record) = record.filter(|r| r.model == Some(report.model)) {
-            record.evaluations.insert(report.member, report.metrics);
-            let _ = store::save_round(&self.store, run, report.round);
-        }
-    }
-
-    async fn on_join(&mut self, id: JobId, join: Join, now: u64) {
-        let Some(run) = self.runs.get_mut(&id) else { return };
-        if !run.spec.participation.allow.is_empty()
-            && !run.spec.participation.allow.contains(&join.member)
-        {
-            return tracing::info!(job = %id, member = %join.member, "join refused: not on the job's allow-list");
-        }
-        if run.state.members.join(&join, now) {
-            tracing::info!(job = %id, member = %join.member, group = %join.group, "member joined");
-            let _ = store::save_state(&self.store, run);
-            let (waiting, rest) =
-                std::mem::take(&mut run.pending).into_iter().partition(|(s, _)| *s == join.member);
-            run.pending = rest;
-            // Tell the newcomer about us now rather than at the next periodic join.
-            if now.saturating_sub(run.last_join_ms) > 500 {
-                self.publish_join(id).await;
-            }
-            for (signer, message) in waiting {
-                let _ = Box::pin(self.on_member_round_message(id, signer, message)).await;
-            }
-        }
-    }
-
     /// The job's views for the admin API.
     pub(super) fn run_view(&self, id: &JobId) -> Option<RunView> {
         self.runs.get(id).map(JobRun::view)
@@ -935,14 +823,6 @@ impl Engine {
         tracing::info!(job = %id, round = state.completed_round, status = %state.status.label(), "resumed job from the store");
         Ok(JobRun::new(id, spec, tag, local, state, params, rounds))
     }
-}
-
-/// Verifies a signed message with `may_send`, as a refusal on failure.
-fn verify<T: SignedBody>(
-    message: Signed<T>,
-    may_send: impl FnOnce(&MemberId, &T) -> Result<(), fedmesh_protocol::envelope::Denied>,
-) -> Result<Verified<T>, Refused> {
-    message.verify(may_send).map_err(|e| Refused { reason: "bad_message", detail: e.to_string() })
 }
 
 /// Sends a request with a payload and waits for the answer.
