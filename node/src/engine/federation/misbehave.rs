@@ -1,5 +1,6 @@
 //! Deliberate misbehaviour for testing a federation's defenses (the `misbehave` setting): a node
-//! so configured also sends deltas that an honest aggregator must refuse.
+//! so configured sends deltas that an honest aggregator must refuse (forged), or validly signed
+//! but poisoned ones that only a robust strategy withstands.
 
 use super::{Engine, request_with_payload};
 use fedmesh_protocol::envelope::Signed;
@@ -11,10 +12,33 @@ use fedmesh_protocol::message::{ModelDelta, Request};
 /// member, one for the wrong round and one on the wrong base model.
 pub const FORGED_DELTAS: &str = "forged-deltas";
 
+/// `sign-flip`: sends its update negated and scaled by 10 instead of the honest one.
+pub const SIGN_FLIP: &str = "sign-flip";
+
+/// `noise`: sends Gaussian noise (standard deviation 1 per parameter) instead of its update.
+pub const NOISE: &str = "noise";
+
 /// Every kind of misbehaviour the setting accepts.
-pub const KINDS: &[&str] = &[FORGED_DELTAS];
+pub const KINDS: &[&str] = &[FORGED_DELTAS, SIGN_FLIP, NOISE];
 
 impl Engine {
+    fn misbehaves(&self, kind: &str) -> bool {
+        self.config.misbehave.iter().any(|configured| configured == kind)
+    }
+
+    /// The update this node sends for its honest `delta`: poisoned if it is configured to.
+    pub(super) fn maybe_poison(&self, mut delta: Vec<f32>, round: Round) -> Vec<f32> {
+        if self.misbehaves(SIGN_FLIP) {
+            tracing::warn!(round, "misbehaving on purpose: sending a sign-flipped update");
+            delta.iter_mut().for_each(|d| *d *= -10.0);
+        } else if self.misbehaves(NOISE) {
+            tracing::warn!(round, "misbehaving on purpose: sending noise as the update");
+            delta.fill(0.0);
+            fedmesh_aggregation::privacy::add_gaussian_noise(&mut delta, 1.0, round);
+        }
+        delta
+    }
+
     /// Sends the forged copies of `honest` if this node is configured to.
     pub(super) async fn misbehave_before_delta(
         &mut self,
@@ -23,7 +47,7 @@ impl Engine {
         honest: &ModelDelta,
         payload: &[u8],
     ) {
-        if !self.config.misbehave.iter().any(|kind| kind == FORGED_DELTAS) {
+        if !self.misbehaves(FORGED_DELTAS) {
             return;
         }
         let outsider = Identity::generate();

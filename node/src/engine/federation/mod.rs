@@ -512,10 +512,11 @@ impl Engine {
         base: ContentHash,
         result: Result<local::Trained, String>,
     ) {
-        let trained = match result {
+        let mut trained = match result {
             Ok(trained) => trained,
             Err(error) => return tracing::error!(job = %id, round, %error, "local training failed"),
         };
+        let delta = self.maybe_poison(std::mem::take(&mut trained.delta), round);
         let Some(run) = self.runs.get_mut(&id) else { return };
         if let Some(record) = run.rounds.get_mut(&round) {
             record.train_seconds = Some(trained.seconds);
@@ -523,7 +524,7 @@ impl Engine {
         let Some(open) = run.open.filter(|o| o.round == round && o.base == base) else {
             return tracing::info!(job = %id, round, "round moved on while training; update dropped");
         };
-        let payload = match encode_model(&trained.delta) {
+        let payload = match encode_model(&delta) {
             Ok(payload) => payload,
             Err(error) => return tracing::error!(job = %id, %error, "cannot encode the update"),
         };
@@ -534,7 +535,7 @@ impl Engine {
             member: self.identity.member_id(),
             samples: trained.samples as u64,
             metrics: TrainMetrics { loss: trained.loss, accuracy: None },
-            payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, trained.delta.len()),
+            payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, delta.len()),
         };
         tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
         run.last_update = Some((body.clone(), payload.clone(), (open.opener, open.deadline_ms)));
