@@ -3,108 +3,18 @@
 //! deltas are refused, counted, and do not stop the rounds, a member killed mid-job resumes from
 //! its data directory, and a robust strategy withstands a member that poisons its updates.
 
+mod common;
+
+use common::{BINARY, Job, accuracy, federation, wait_completed};
 use fedmesh_testnet::api::metric_value;
-use fedmesh_testnet::cluster::{Cluster, NodeSpec};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_fedmesh");
-
-/// Starts `n` nodes that all trust node0 and hold mnist5k; `extra(i)` adds node.toml lines.
-async fn federation(
-    root: &std::path::Path,
-    n: usize,
-    extra: impl Fn(usize) -> Vec<String>,
-) -> Cluster {
-    let mut cluster = Cluster::new(BINARY.as_ref(), root);
-    let owner_key = root.join("owner.key");
-    let owner = cluster.keygen(&owner_key).unwrap();
-    for i in 0..n {
-        let spec = NodeSpec {
-            datasets: vec![("mnist5k".into(), "mnist5k".into())],
-            trust: vec![owner.clone()],
-            extra_config: extra(i),
-            ..NodeSpec::default()
-        };
-        if i == 0 {
-            cluster.start_node_with_key(&spec, &owner_key).await.unwrap();
-        } else {
-            cluster.start_node(&spec).await.unwrap();
-        }
-    }
-    cluster
-}
-
-async fn announce(cluster: &Cluster, rounds: u64, members: usize) -> String {
-    announce_with_deadline(cluster, rounds, members, 20).await
-}
-
-async fn announce_with_deadline(
-    cluster: &Cluster,
-    rounds: u64,
-    members: usize,
-    deadline_secs: u64,
-) -> String {
-    announce_with(cluster, rounds, members, deadline_secs, json!({"rule": "fedavg"})).await
-}
-
-async fn announce_with(
-    cluster: &Cluster,
-    rounds: u64,
-    members: usize,
-    deadline_secs: u64,
-    strategy: Value,
-) -> String {
-    let spec = json!({
-        "name": format!("rounds-test-{}", strategy["rule"]),
-        "strategy": strategy,
-        "owner": cluster.nodes[0].peer_id,
-        "model": "softmax",
-        "dataset": "mnist5k",
-        "hyperparameters": {"rounds": rounds, "local_epochs": 1, "lr": 0.1},
-        "participation": {"min_participants": members},
-        "round_deadline_secs": deadline_secs,
-    });
-    let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await.unwrap();
-    answer["id"].as_str().unwrap().to_owned()
-}
-
-/// Waits until every node reports the job completed; returns each node's run view.
-async fn wait_completed(cluster: &Cluster, job: &str, limit: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut runs = Vec::new();
-        for node in &cluster.nodes {
-            let view: Value = node.api.get(&format!("/v1/jobs/{job}")).await.unwrap_or_default();
-            runs.push(view["run"].clone());
-        }
-        if runs.iter().all(|run| run["status"] == "completed") {
-            return runs;
-        }
-        if Instant::now() > deadline {
-            for node in &cluster.nodes {
-                eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), 30));
-            }
-            panic!("job not completed within {limit:?}: {runs:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn accuracy(run: &Value, round: usize) -> f64 {
-    run["rounds"][round]["accuracy"].as_f64().unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
     let root = tempfile::tempdir().unwrap();
     let cluster = federation(root.path(), 4, |_| Vec::new()).await;
-    let job = announce(&cluster, 3, 4).await;
+    let job = Job::new(3, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
 
     let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
@@ -156,7 +66,7 @@ async fn forged_deltas_are_refused_and_counted_and_the_rounds_complete() {
         if i == forger { vec!["misbehave = [\"forged-deltas\"]".to_owned()] } else { Vec::new() }
     })
     .await;
-    let job = announce(&cluster, 3, 4).await;
+    let job = Job::new(3, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
     assert!(runs[0]["rounds"].as_array().unwrap().iter().all(|r| r["participants"] == 4));
 
@@ -180,7 +90,7 @@ async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() 
     let root = tempfile::tempdir().unwrap();
     let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
     // Short deadlines: rounds the killed member misses are retried quickly.
-    let job = announce_with_deadline(&cluster, 8, 4, 3).await;
+    let job = Job { deadline_secs: 3, ..Job::new(8, 4) }.announce(&cluster).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let view: Value = cluster.nodes[0].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
@@ -211,8 +121,9 @@ async fn the_median_withstands_a_sign_flipping_member_that_ruins_fedavg() {
     })
     .await;
     // Both jobs run side by side on the same five nodes.
-    let fedavg = announce_with(&cluster, 3, 5, 20, json!({"rule": "fedavg"})).await;
-    let median = announce_with(&cluster, 3, 5, 20, json!({"rule": "median"})).await;
+    let fedavg = Job::new(3, 5).announce(&cluster).await;
+    let median =
+        Job { strategy: json!({"rule": "median"}), ..Job::new(3, 5) }.announce(&cluster).await;
     let fedavg_runs = wait_completed(&cluster, &fedavg, Duration::from_secs(90)).await;
     let median_runs = wait_completed(&cluster, &median, Duration::from_secs(90)).await;
     let (poisoned, robust) = (accuracy(&fedavg_runs[0], 2), accuracy(&median_runs[0], 2));

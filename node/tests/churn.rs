@@ -1,0 +1,110 @@
+//! Peers come and go during a job (central topology, real processes): a late joiner catches up
+//! and trains, a trainer killed mid-job is left behind at the quorum, and when the round's
+//! aggregator is killed another member takes the round over; no round is lost or counted twice.
+
+mod common;
+
+use common::{Job, federation, member_spec, run_view, wait_completed_on};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Polls node `observer` until `ready` holds for its run view.
+async fn wait_for(
+    cluster: &fedmesh_testnet::cluster::Cluster,
+    observer: usize,
+    job: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = run_view(cluster, observer, job).await;
+        if ready(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "{what}: {run:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn completed_round(run: &Value) -> u64 {
+    run["completed_round"].as_u64().unwrap_or(0)
+}
+
+fn participants(run: &Value) -> Vec<u64> {
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()
+}
+
+/// Every round 1..=n recorded once, each with a model.
+fn assert_every_round_once(run: &Value, n: u64) {
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+    assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "{run:#?}");
+    assert!(rounds.iter().all(|r| r["model"].is_string()), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let job = Job::new(10, 3).announce(&cluster).await;
+    wait_for(&cluster, 0, &job, "two rounds", |run| completed_round(run) >= 2).await;
+    let owner = cluster.nodes[0].peer_id.clone();
+    cluster.start_node(&member_spec(&owner, Vec::new())).await.unwrap();
+    let runs = wait_completed_on(&cluster, &[0, 1, 2, 3], &job, Duration::from_secs(120)).await;
+    assert!(runs.iter().all(|run| run["model"] == runs[0]["model"]), "same final model");
+    let counts = participants(&runs[0]);
+    assert_eq!(counts[0], 3);
+    assert_eq!(*counts.last().unwrap(), 4, "the late joiner trains in the last rounds: {counts:?}");
+    assert_every_round_once(&runs[0], 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trainer_killed_mid_job_is_left_behind_at_the_quorum() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let job = Job { deadline_secs: 3, quorum: json!({"fraction": 0.7}), ..Job::new(6, 3) }
+        .announce(&cluster)
+        .await;
+    let run = wait_for(&cluster, 0, &job, "round 2 open", |run| completed_round(run) >= 1).await;
+    // Kill a member that does not aggregate the round in progress.
+    let aggregator =
+        run["rounds"].as_array().and_then(|r| r.last()).map(|r| r["aggregator"].clone());
+    let victim = (1..4).find(|&i| Some(json!(cluster.nodes[i].peer_id)) != aggregator).unwrap();
+    cluster.nodes[victim].kill();
+    let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
+    assert_every_round_once(&runs[0], 6);
+    let counts = participants(&runs[0]);
+    assert!(counts.iter().all(|&c| c >= 3), "every round met the quorum of 3: {counts:?}");
+    assert_eq!(*counts.last().unwrap(), 3, "the killed trainer is out: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_aggregator_is_killed_mid_round_another_member_takes_the_round_over() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let job = Job { deadline_secs: 2, ..Job::new(6, 3) }.announce(&cluster).await;
+    // Wait for an open round (no model yet) from round 2 on, aggregated by a node other than node0.
+    let peers: Vec<String> = cluster.nodes.iter().map(|n| n.peer_id.clone()).collect();
+    let open_elsewhere = |run: &Value| {
+        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+        rounds.last().is_some_and(|r| {
+            r["round"].as_u64() >= Some(2)
+                && r["model"].is_null()
+                && r["aggregator"] != json!(peers[0])
+        })
+    };
+    let run = wait_for(&cluster, 0, &job, "a round open on another node", open_elsewhere).await;
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    let open = rounds.last().cloned().unwrap_or_default();
+    let victim = peers.iter().position(|p| json!(p) == open["aggregator"]).unwrap();
+    cluster.nodes[victim].kill();
+    let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
+    assert!(runs.iter().all(|run| run["model"] == runs[0]["model"]), "same final model");
+    assert_every_round_once(&runs[0], 6);
+    let taken_over = &runs[0]["rounds"][open["round"].as_u64().unwrap() as usize - 1];
+    assert_ne!(taken_over["aggregator"], open["aggregator"], "{taken_over:#?}");
+}

@@ -1,0 +1,125 @@
+//! Helpers of the multi-node tests: a federation of real `fedmesh` processes that trust node0 and
+//! hold mnist5k, announcing a job, and waiting for it.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use fedmesh_testnet::cluster::{Cluster, NodeSpec};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_fedmesh");
+
+/// Starts `n` nodes that all trust node0 and hold mnist5k; `extra(i)` adds node.toml lines.
+pub async fn federation(
+    root: &std::path::Path,
+    n: usize,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Cluster {
+    let mut cluster = Cluster::new(BINARY.as_ref(), root);
+    let owner_key = root.join("owner.key");
+    let owner = cluster.keygen(&owner_key).unwrap();
+    for i in 0..n {
+        if i == 0 {
+            cluster.start_node_with_key(&member_spec(&owner, extra(i)), &owner_key).await.unwrap();
+        } else {
+            cluster.start_node(&member_spec(&owner, extra(i))).await.unwrap();
+        }
+    }
+    cluster
+}
+
+/// A node that trusts `owner` and holds mnist5k.
+pub fn member_spec(owner: &str, extra_config: Vec<String>) -> NodeSpec {
+    NodeSpec {
+        datasets: vec![("mnist5k".into(), "mnist5k".into())],
+        trust: vec![owner.to_owned()],
+        extra_config,
+        ..NodeSpec::default()
+    }
+}
+
+/// A softmax job on mnist5k.
+pub struct Job {
+    pub rounds: u64,
+    pub min_participants: usize,
+    pub deadline_secs: u64,
+    pub strategy: Value,
+    pub quorum: Value,
+}
+
+impl Job {
+    pub fn new(rounds: u64, min_participants: usize) -> Self {
+        Self {
+            rounds,
+            min_participants,
+            deadline_secs: 20,
+            strategy: json!({"rule": "fedavg"}),
+            quorum: json!({"fraction": 1.0}),
+        }
+    }
+
+    /// Announces the job on node0; returns its id.
+    pub async fn announce(&self, cluster: &Cluster) -> String {
+        let spec = json!({
+            "name": format!("rounds-test-{}", self.strategy["rule"]),
+            "strategy": self.strategy,
+            "owner": cluster.nodes[0].peer_id,
+            "model": "softmax",
+            "dataset": "mnist5k",
+            "hyperparameters": {"rounds": self.rounds, "local_epochs": 1, "lr": 0.1},
+            "participation": {"min_participants": self.min_participants},
+            "quorum": self.quorum,
+            "round_deadline_secs": self.deadline_secs,
+        });
+        let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await.unwrap();
+        answer["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A node's view of its part in the job (null if it has none or does not answer).
+pub async fn run_view(cluster: &Cluster, node: usize, job: &str) -> Value {
+    let view: Value =
+        cluster.nodes[node].api.get(&format!("/v1/jobs/{job}")).await.unwrap_or_default();
+    view["run"].clone()
+}
+
+/// Waits until every node reports the job completed; returns each node's run view.
+pub async fn wait_completed(cluster: &Cluster, job: &str, limit: Duration) -> Vec<Value> {
+    let all: Vec<usize> = (0..cluster.nodes.len()).collect();
+    wait_completed_on(cluster, &all, job, limit).await
+}
+
+/// Waits until the listed nodes report the job completed; returns their run views.
+pub async fn wait_completed_on(
+    cluster: &Cluster,
+    nodes: &[usize],
+    job: &str,
+    limit: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut runs = Vec::new();
+        for &node in nodes {
+            runs.push(run_view(cluster, node, job).await);
+        }
+        if runs.iter().all(|run| run["status"] == "completed") {
+            return runs;
+        }
+        if Instant::now() > deadline {
+            for node in &cluster.nodes {
+                eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), 30));
+            }
+            panic!("job not completed within {limit:?}: {runs:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The weighted accuracy of a run's `round`-th round (0-based), 0 if missing.
+pub fn accuracy(run: &Value, round: usize) -> f64 {
+    run["rounds"][round]["accuracy"].as_f64().unwrap_or(0.0)
+}
