@@ -1,7 +1,8 @@
 //! Real `fedmesh node` processes run federated jobs end to end (central topology): every member
 //! ends with the same final model, accuracy rises, the model exports as safetensors, forged
 //! deltas are refused, counted, and do not stop the rounds, a member killed mid-job resumes from
-//! its data directory, and a robust strategy withstands a member that poisons its updates.
+//! its data directory, a robust strategy withstands a member that poisons its updates, and a
+//! member that opens rounds and announces models it was not elected for is ignored.
 
 mod common;
 
@@ -134,4 +135,34 @@ async fn the_median_withstands_a_sign_flipping_member_that_ruins_fedavg() {
     // five updates ignores the one scaled by -10, the mean follows it.
     assert!(robust > 0.8, "median: {robust}");
     assert!(poisoned < robust - 0.2, "FedAvg {poisoned} vs median {robust}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_hijacks_rounds_is_ignored_and_the_job_completes() {
+    let root = tempfile::tempdir().unwrap();
+    let hijacker = 3;
+    let cluster = federation(root.path(), 4, |i| {
+        if i == hijacker { vec!["misbehave = [\"hijack-rounds\"]".to_owned()] } else { Vec::new() }
+    })
+    .await;
+    let job = Job::new(4, 4).announce(&cluster).await;
+    let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
+    let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
+    assert!(models.iter().all(|m| *m == models[0]), "final models differ: {models:?}");
+    let rounds = runs[0]["rounds"].as_array().unwrap();
+    eprintln!(
+        "{:?}",
+        rounds.iter().map(|r| (r["seconds"].clone(), r["aggregator"].clone())).collect::<Vec<_>>()
+    );
+    eprintln!("{}", cluster.nodes[hijacker].peer_id);
+    assert!(rounds.iter().all(|r| r["participants"] == 4), "{rounds:#?}");
+    assert!(accuracy(&runs[0], 3) > 0.8, "{rounds:#?}");
+    let mut ignored = 0.0;
+    for node in cluster.nodes.iter().take(hijacker) {
+        let metrics = node.api.metrics().await.unwrap();
+        let sample =
+            "fedmesh_messages_rejected_total{kind=\"gossip\",reason=\"not_the_aggregator\"}";
+        ignored += metric_value(&metrics, sample);
+    }
+    assert!(ignored >= 3.0, "honest members refused {ignored} hijacking messages");
 }

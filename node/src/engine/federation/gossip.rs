@@ -1,8 +1,8 @@
 //! A job's gossip: verifying each message on the job's topic and acting on it (joins, leaves,
-//! heartbeats, round openings, aggregates, evaluations), holding round messages whose signer's
-//! join has not arrived yet.
+//! heartbeats, round openings, aggregates, evaluations), holding round messages that this node's
+//! view of the membership cannot accept yet.
 
-use super::{MAX_PENDING, Pending, Refused, store};
+use super::{Pending, Refused, store};
 use crate::engine::Engine;
 use fedmesh_protocol::envelope::{Denied, Scope, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{JobId, MemberId};
@@ -74,17 +74,38 @@ impl Engine {
     ) -> Result<(), Refused> {
         let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
         if !run.state.members.contains(&signer) {
-            if run.pending.len() >= MAX_PENDING {
-                run.pending.remove(0);
-            }
-            run.pending.push((signer, message));
+            run.hold(signer, message);
             return Err(Refused {
                 reason: "not_a_member_yet",
                 detail: format!("{signer} is not a member (yet); kept until its join arrives"),
             });
         }
+        let round = match &message {
+            Pending::Open(open) => open.round,
+            Pending::Ready(ready) => ready.round,
+        };
+        // Only the round's aggregator may open it or announce its model: the member this node's
+        // own plan elects, or the one whose opening it follows. A member whose view differs for
+        // a moment is refused and heard again when it re-opens the round at its deadline.
+        let followed = run.open.is_some_and(|o| o.round == round && o.opener == signer);
+        let elected = run.is_elected(round, &signer, unix_millis());
+        let allowed = match &message {
+            Pending::Open(_) => elected,
+            Pending::Ready(_) => elected || followed,
+        };
+        if !allowed && round > run.state.completed_round {
+            // Kept: a join this node has not heard yet may make the signer the aggregator.
+            run.hold(signer, message);
+            return Err(Refused {
+                reason: "not_the_aggregator",
+                detail: format!("{signer} is not the aggregator of round {round} in this view"),
+            });
+        }
         match message {
-            Pending::Open(open) => self.on_round_open(id, signer, open).await,
+            Pending::Open(open) => {
+                self.maybe_hijack(id, signer, &open).await;
+                self.on_round_open(id, signer, open).await
+            }
             Pending::Ready(ready) => self.on_aggregate_ready(id, signer, ready).await,
         }
         Ok(())
@@ -112,9 +133,8 @@ impl Engine {
         if run.state.members.join(&join, now) {
             tracing::info!(job = %id, member = %join.member, group = %join.group, "member joined");
             let _ = store::save_state(&self.store, run);
-            let (waiting, rest) =
-                std::mem::take(&mut run.pending).into_iter().partition(|(s, _)| *s == join.member);
-            run.pending = rest;
+            // Held round messages are judged again with the new membership.
+            let waiting = std::mem::take(&mut run.pending);
             // Tell the newcomer about us now rather than at the next periodic join.
             if now.saturating_sub(run.last_join_ms) > 500 {
                 self.publish_join(id).await;

@@ -1,12 +1,14 @@
 //! Deliberate misbehaviour for testing a federation's defenses (the `misbehave` setting): a node
-//! so configured sends deltas that an honest aggregator must refuse (forged), or validly signed
-//! but poisoned ones that only a robust strategy withstands.
+//! so configured sends deltas that an honest aggregator must refuse (forged), validly signed but
+//! poisoned ones that only a robust strategy withstands, or tries to take rounds over.
 
 use super::{Engine, request_with_payload};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
-use fedmesh_protocol::message::{ModelDelta, Request};
+use fedmesh_protocol::message::{
+    AggregateReady, EvalMetrics, GossipMessage, ModelDelta, Request, RoundOpen, unix_millis,
+};
 
 /// `forged-deltas`: before each honest delta, the same update signed by a key that is not a
 /// member, one for the wrong round and one on the wrong base model.
@@ -18,8 +20,12 @@ pub const SIGN_FLIP: &str = "sign-flip";
 /// `noise`: sends Gaussian noise (standard deviation 1 per parameter) instead of its update.
 pub const NOISE: &str = "noise";
 
+/// `hijack-rounds`: whenever another member opens a round, opens it too and announces a made-up
+/// model for it, as a member trying to take the federation's model over would.
+pub const HIJACK_ROUNDS: &str = "hijack-rounds";
+
 /// Every kind of misbehaviour the setting accepts.
-pub const KINDS: &[&str] = &[FORGED_DELTAS, SIGN_FLIP, NOISE];
+pub const KINDS: &[&str] = &[FORGED_DELTAS, SIGN_FLIP, NOISE, HIJACK_ROUNDS];
 
 impl Engine {
     fn misbehaves(&self, kind: &str) -> bool {
@@ -37,6 +43,28 @@ impl Engine {
             fedmesh_aggregation::privacy::add_gaussian_noise(&mut delta, 1.0, round);
         }
         delta
+    }
+
+    /// Answers another member's opening of a round with a competing opening and a made-up
+    /// model, if this node is configured to.
+    pub(super) async fn maybe_hijack(&mut self, id: JobId, opener: MemberId, open: &RoundOpen) {
+        if !self.misbehaves(HIJACK_ROUNDS) || opener == self.identity.member_id() {
+            return;
+        }
+        tracing::warn!(job = %id, round = open.round, "misbehaving on purpose: hijacking the round");
+        let now = unix_millis();
+        let competing = RoundOpen { opened_at_ms: now, ..open.clone() };
+        self.publish_signed(id, competing, GossipMessage::RoundOpen).await;
+        let made_up = AggregateReady {
+            job: id,
+            round: open.round,
+            base_model: open.base_model,
+            model: ContentHash::of(b"a model no honest aggregator made"),
+            contributions: Vec::new(),
+            metrics: EvalMetrics::default(),
+            sent_at_ms: now,
+        };
+        self.publish_signed(id, made_up, GossipMessage::AggregateReady).await;
     }
 
     /// Sends the forged copies of `honest` if this node is configured to.

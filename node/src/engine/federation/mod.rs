@@ -46,10 +46,10 @@ pub fn job_topic(job: &JobId) -> String {
     format!("fedmesh/job/{job}/1")
 }
 
-/// Most round messages kept while their signer's join is awaited.
+/// Most round messages held until the next join.
 const MAX_PENDING: usize = 16;
 
-/// A round message from a member whose join has not arrived yet.
+/// A round message this node's view of the membership cannot accept yet.
 enum Pending {
     Open(RoundOpen),
     Ready(AggregateReady),
@@ -85,7 +85,7 @@ pub struct JobRun {
     heartbeat_sequence: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,
-    /// Round messages waiting for their signer's join.
+    /// Round messages held until the next join.
     pending: Vec<(MemberId, Pending)>,
 }
 
@@ -136,6 +136,20 @@ impl JobRun {
                 None
             }
         }
+    }
+
+    /// Keeps a round message this node cannot accept yet, to judge it again after the next join
+    /// (the oldest is dropped beyond `MAX_PENDING`).
+    fn hold(&mut self, signer: MemberId, message: Pending) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push((signer, message));
+    }
+
+    /// Whether this node's live plan for `round` elects `member` as its aggregator.
+    fn is_elected(&self, round: Round, member: &MemberId, now_ms: u64) -> bool {
+        self.live_plan(round, now_ms).is_some_and(|plan| plan.fetch_from() == Some(*member))
     }
 
     pub fn view(&self) -> RunView {
@@ -419,21 +433,45 @@ impl Engine {
 
     /// At a collecting round's deadline: close it if quorum was met, else open it again.
     async fn check_deadline(&mut self, id: JobId, now: u64) {
+        let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
-        let Some(collecting) = run.collecting.as_mut() else { return };
-        if now < collecting.deadline_ms {
+        let Some((round, deadline_ms, received, required)) = run
+            .collecting
+            .as_ref()
+            .map(|c| (c.round, c.deadline_ms, c.contributions.len(), c.required))
+        else {
+            return;
+        };
+        if now < deadline_ms {
             return;
         }
-        if collecting.contributions.len() >= collecting.required {
+        if received >= required {
+            return self.close_round(id).await;
+        }
+        // Re-plan over who is live now: another member may be the aggregator by now, and members
+        // that went silent are no longer waited for.
+        let plan = run.live_plan(round, now).filter(|plan| plan.fetch_from() == Some(me));
+        let Some(plan) = plan else {
+            tracing::warn!(job = %id, round, "no quorum at the deadline and this node is no longer the elected aggregator; leaving the round to the plan");
+            run.collecting = None;
+            run.open = None;
+            return;
+        };
+        let required = run.spec.quorum.required(plan.trainers.len());
+        let next_deadline = now + run.spec.round_deadline_secs * 1000;
+        let Some(collecting) = run.collecting.as_mut() else { return };
+        collecting.expected = plan.trainers.iter().copied().collect();
+        collecting.required = required;
+        if received >= required {
             return self.close_round(id).await;
         }
         collecting.retries += 1;
-        collecting.deadline_ms = now + run.spec.round_deadline_secs * 1000;
+        collecting.deadline_ms = next_deadline;
         tracing::warn!(
             job = %id,
-            round = collecting.round,
-            received = collecting.contributions.len(),
-            required = collecting.required,
+            round,
+            received,
+            required,
             retry = collecting.retries,
             "round has no quorum at its deadline; retrying it"
         );
