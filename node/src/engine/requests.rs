@@ -19,7 +19,8 @@ impl Engine {
                 self.on_request(peer, data, channel).await
             }
             NetworkEvent::PeerConnected(peer) => self.ask_for_jobs(peer),
-            NetworkEvent::PeerDisconnected(_) | NetworkEvent::Subscribed { .. } => {}
+            NetworkEvent::Subscribed { topic, .. } => self.on_peer_subscribed(&topic),
+            NetworkEvent::PeerDisconnected(_) => {}
         }
     }
 

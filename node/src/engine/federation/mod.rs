@@ -38,6 +38,8 @@ use std::sync::Arc;
 const HEARTBEAT_MS: u64 = 1_000;
 /// How often a member repeats its join, so members that started later learn of it.
 const REJOIN_MS: u64 = 5_000;
+/// How long after a peer subscribes to a job's topic the join is repeated for it.
+const JOIN_ECHO_DELAY_MS: u64 = 300;
 /// A member not heard from for this long is left out of plans.
 const LIVENESS_MS: u64 = 10_000;
 
@@ -268,6 +270,18 @@ impl Engine {
             run.last_join_ms = join.sent_at_ms;
         }
         self.publish_signed(id, join, GossipMessage::Join).await;
+    }
+
+    /// A peer subscribed to a job's topic: it has not heard this member's join (a join published
+    /// before the topic's mesh formed reaches nobody), so the join goes out again shortly (a
+    /// burst of subscriptions gets one join).
+    pub(super) fn on_peer_subscribed(&mut self, topic: &str) {
+        let soon = unix_millis().saturating_sub(REJOIN_MS) + JOIN_ECHO_DELAY_MS;
+        for run in self.runs.values_mut().filter(|run| run.is_active()) {
+            if job_topic(&run.id) == topic {
+                run.last_join_ms = run.last_join_ms.min(soon);
+            }
+        }
     }
 
     /// Leaves a job: a signed leave on its topic; the run is kept as `left`.
