@@ -2,7 +2,8 @@
 //! so configured sends deltas that an honest aggregator must refuse (forged), validly signed but
 //! poisoned ones that only a robust strategy withstands, or tries to take rounds over.
 
-use super::{Engine, request_with_payload};
+use super::Engine;
+use super::train::request_with_payload;
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};

@@ -1,0 +1,181 @@
+//! Global models: a round's announced model is fetched by hash (from the announcer, then any live
+//! member), adopted as the job's current model, evaluated on the local test split and reported.
+
+use super::records::{RoundRecord, RunStatus};
+use super::{LIVENESS_MS, store};
+use crate::engine::{Engine, Internal};
+use crate::identity::peer_of_member;
+use crate::network::Network;
+use fedmesh_protocol::codec::{decode_response, encode_request};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
+use fedmesh_protocol::message::{
+    AggregateReady, EvalMetrics, EvalReport, GossipMessage, Request, Response, unix_millis,
+};
+use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
+use std::sync::Arc;
+
+impl Engine {
+    /// Records a round's result and takes its model (fetching it first if needed).
+    pub(super) async fn on_aggregate_ready(
+        &mut self,
+        id: JobId,
+        aggregator: MemberId,
+        ready: AggregateReady,
+    ) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        if ready.round <= run.state.completed_round {
+            return;
+        }
+        let record = run.rounds.entry(ready.round).or_insert_with(|| {
+            RoundRecord::new(ready.round, aggregator, ready.base_model, ready.sent_at_ms)
+        });
+        record.model = Some(ready.model);
+        record.participants = ready.contributions.len();
+        record.closed_at_ms = Some(ready.sent_at_ms);
+        if run.open.is_some_and(|open| open.round <= ready.round) {
+            run.open = None;
+        }
+        match self.store.blob(&ready.model) {
+            Ok(Some(bytes)) => self.adopt_model(id, ready.round, ready.model, &bytes).await,
+            _ => self.fetch_model(id, ready.round, ready.model, aggregator),
+        }
+    }
+
+    /// Fetches a model blob from `peer` in the background.
+    /// Fetches a model blob in the background: from `peer` first, then from the other live
+    /// members (any member that took the model holds it), until one has it.
+    pub(super) fn fetch_model(&self, id: JobId, round: Round, model: ContentHash, peer: MemberId) {
+        let me = self.identity.member_id();
+        let others: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
+            let live = run.state.members.live(unix_millis(), LIVENESS_MS);
+            live.into_iter().map(|m| m.id).filter(|m| *m != peer && *m != me).collect()
+        });
+        let (network, internal) = (self.network.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            let mut result = Err("no member to fetch it from".to_owned());
+            for source in std::iter::once(peer).chain(others) {
+                result = fetch_blob(&network, source, model).await;
+                match &result {
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::debug!(%source, %model, %error, "model not fetched; trying another member")
+                    }
+                }
+            }
+            let _ = internal.send(Internal::ModelFetched { job: id, round, model, result }).await;
+        });
+    }
+
+    pub(in crate::engine) async fn on_model_fetched(
+        &mut self,
+        id: JobId,
+        round: Round,
+        model: ContentHash,
+        result: Result<Vec<u8>, String>,
+    ) {
+        match result {
+            Ok(bytes) => {
+                let mut batch = self.store.batch();
+                let stored = batch.put_blob(&bytes).and_then(|_| batch.commit());
+                if let Err(error) = stored {
+                    return tracing::error!(job = %id, %error, "cannot store a fetched model");
+                }
+                self.adopt_model(id, round, model, &bytes).await;
+            }
+            Err(error) => {
+                tracing::warn!(job = %id, round, %model, %error, "cannot fetch the model")
+            }
+        }
+    }
+
+    /// Makes `model` (the result of `round`) the current global model, evaluates it, and moves
+    /// on: training if a round on it is open, opening the next if this node is elected.
+    pub(super) async fn adopt_model(
+        &mut self,
+        id: JobId,
+        round: Round,
+        model: ContentHash,
+        bytes: &[u8],
+    ) {
+        let me = self.identity.member_id();
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        if round < run.state.completed_round
+            || (round == run.state.completed_round && model == run.state.model)
+        {
+            return;
+        }
+        let params = match decode_params(bytes, TensorEncoding::F32Le, run.params.len()) {
+            Ok(params) => params,
+            Err(error) => {
+                return tracing::warn!(job = %id, round, %error, "model does not fit the job's layout");
+            }
+        };
+        run.params = Arc::new(params);
+        run.state.model = model;
+        run.state.completed_round = round;
+        if round >= run.spec.hyperparameters.rounds {
+            run.state.status = RunStatus::Completed;
+            tracing::info!(job = %id, rounds = round, %model, "job complete");
+        }
+        let evaluation = run.local.evaluate(&run.params);
+        let metrics = match evaluation {
+            Ok(e) => EvalMetrics {
+                loss: Some(e.loss),
+                accuracy: Some(e.accuracy),
+                samples: e.samples as u64,
+            },
+            Err(error) => {
+                tracing::warn!(job = %id, round, %error, "cannot evaluate the model");
+                EvalMetrics::default()
+            }
+        };
+        if round > 0 {
+            run.rounds
+                .entry(round)
+                .or_insert_with(|| RoundRecord::new(round, me, model, unix_millis()))
+                .evaluations
+                .insert(me, metrics);
+            tracing::info!(job = %id, round, accuracy = ?metrics.accuracy, loss = ?metrics.loss, "evaluated global model");
+        }
+        if let Err(error) = store::save_state(&self.store, run)
+            .and_then(|()| store::save_round(&self.store, run, round))
+        {
+            tracing::error!(job = %id, %error, "cannot record the round");
+        }
+        if round > 0 {
+            let report = EvalReport {
+                job: id,
+                round,
+                model,
+                member: me,
+                metrics,
+                sent_at_ms: unix_millis(),
+            };
+            self.publish_signed(id, report, GossipMessage::EvalReport).await;
+        }
+        self.start_training(id);
+        self.maybe_open(id, round + 1).await;
+    }
+}
+
+/// Asks `peer` for a blob and checks it is the one asked for.
+pub(super) async fn fetch_blob(
+    network: &Network,
+    peer: MemberId,
+    hash: ContentHash,
+) -> Result<Vec<u8>, String> {
+    let fetch = async {
+        let bytes = encode_request(&Request::Blob { hash }, &[])?;
+        let (response, payload) =
+            decode_response(network.request(peer_of_member(&peer)?, bytes).await?)?;
+        match response {
+            Response::Blob { hash: got } if got == hash => {
+                let payload = payload.into_vec();
+                fedmesh_protocol::tensor::check_blob(&hash, &payload)?;
+                Ok(payload)
+            }
+            other => Err(anyhow::anyhow!("peer answered {other:?}")),
+        }
+    };
+    fetch.await.map_err(|e: anyhow::Error| format!("{e:#}"))
+}
