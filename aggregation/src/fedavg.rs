@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 /// Elements per parallel chunk: large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 16;
 /// Elements per chunk when folding updates: the chunk of the f64 sum (64 KiB) stays in cache
-/// while every update of a batch is folded into it.
+/// while every update of a batch is folded into it, a group at a time.
 const FOLD_CHUNK: usize = 1 << 13;
+/// Updates folded together in one sweep of a chunk of the sum.
+const GROUP: usize = 4;
 
 /// A weighted sum of updates and the total weight, in f64 so that composition is exact to f32
 /// precision whatever the order. Serializable: a group aggregator ships it up a tier.
@@ -22,9 +24,13 @@ pub struct PartialAggregate {
 }
 
 impl PartialAggregate {
-    /// An empty sum over `num_params` parameters.
+    /// An empty sum over `num_params` parameters. Its zeros are written in parallel: a page first
+    /// touched by the fold's read-then-write faults twice (the read maps the shared zero page),
+    /// which made folding 16 updates of 10M parameters into a new sum take 0.14 s instead of 0.06.
     pub fn new(num_params: usize) -> Self {
-        Self { weighted_sum: vec![0.0; num_params], total_weight: 0.0, contributors: Vec::new() }
+        let mut weighted_sum = Vec::with_capacity(num_params);
+        weighted_sum.par_extend(rayon::iter::repeat_n(0.0, num_params));
+        Self { weighted_sum, total_weight: 0.0, contributors: Vec::new() }
     }
 
     pub fn num_params(&self) -> usize {
@@ -64,39 +70,25 @@ impl PartialAggregate {
     /// what makes aggregation keep up with memory bandwidth: the sum is read and written once per
     /// batch, not once per update. Each update is admitted or refused on its own (one result per
     /// update, in order): a wrong length or weight, a contributor already counted (here or earlier
-    /// in the batch), or a non-finite value. Each chunk of every update is checked while it is in
-    /// cache and folded only if finite; an update found non-finite in some chunk is then taken out
-    /// of the chunks it reached (exact to far below f32 precision, since the sum is f64).
+    /// in the batch; the later of two is refused even if the earlier turns out not finite), or a
+    /// non-finite value. The refused are left out of the sum; the others are kept.
     pub fn add_many(
         &mut self,
         updates: &[(&str, f64, &[f32])],
     ) -> Vec<Result<(), AggregationError>> {
-        let mut results: Vec<Result<(), AggregationError>> = Vec::with_capacity(updates.len());
-        for (index, (name, weight, values)) in updates.iter().enumerate() {
-            let earlier = updates[..index]
-                .iter()
-                .zip(&results)
-                .any(|((other, _, _), result)| other == name && result.is_ok());
-            let admitted = if earlier {
-                Err(AggregationError::Duplicate { contributor: (*name).to_owned() })
-            } else {
-                self.admit(name, *weight, values.len())
-            };
-            results.push(admitted);
-        }
+        let mut results = self.admit_batch(updates);
         let batch: Vec<(f64, &[f32])> = updates
             .iter()
             .zip(&results)
             .filter(|(_, result)| result.is_ok())
             .map(|((_, weight, values), _)| (*weight, *values))
             .collect();
-        let refused = self.fold_batch(&batch);
-        let mut next = batch.iter().zip(refused);
+        let mut refused = self.fold_batch(&batch).into_iter();
         for ((name, weight, _), result) in updates.iter().zip(results.iter_mut()) {
             if result.is_err() {
                 continue;
             }
-            if next.next().is_some_and(|(_, refused)| refused) {
+            if refused.next() == Some(true) {
                 *result = Err(AggregationError::NotFinite { contributor: (*name).to_owned() });
             } else {
                 self.total_weight += weight;
@@ -106,45 +98,48 @@ impl PartialAggregate {
         results
     }
 
-    /// Folds every finite update of `batch` into the sum in one parallel pass; returns, per
-    /// update, whether it was refused for a non-finite value (and so left out of the sum).
+    /// [`admit`](Self::admit) for each update of a batch, also refusing a contributor admitted
+    /// earlier in the batch.
+    fn admit_batch(&self, updates: &[(&str, f64, &[f32])]) -> Vec<Result<(), AggregationError>> {
+        let mut results: Vec<Result<(), AggregationError>> = Vec::with_capacity(updates.len());
+        for (index, (name, weight, values)) in updates.iter().enumerate() {
+            let earlier = updates[..index]
+                .iter()
+                .zip(&results)
+                .any(|((other, _, _), result)| other == name && result.is_ok());
+            results.push(if earlier {
+                Err(AggregationError::Duplicate { contributor: (*name).to_owned() })
+            } else {
+                self.admit(name, *weight, values.len())
+            });
+        }
+        results
+    }
+
+    /// Folds every update of `batch` into the sum in one parallel pass over it; returns, per
+    /// update, whether it was refused for a non-finite value and so taken out again. Non-finite
+    /// values are folded as zero, so a refused update's contribution is finite and is taken out
+    /// by subtracting it: exact to far below f32 precision, since the sum is f64.
     fn fold_batch(&mut self, batch: &[(f64, &[f32])]) -> Vec<bool> {
         if batch.is_empty() {
             return Vec::new();
         }
-        let finite_per_chunk: Vec<Vec<bool>> = self
+        let refused = self
             .weighted_sum
             .par_chunks_mut(FOLD_CHUNK)
             .enumerate()
-            .map(|(chunk, sum)| {
-                let range = chunk * FOLD_CHUNK..chunk * FOLD_CHUNK + sum.len();
-                let slices: Vec<(f64, &[f32])> = batch
-                    .iter()
-                    .map(|(weight, values)| (*weight, &values[range.clone()]))
-                    .collect();
-                let finite: Vec<bool> =
-                    slices.iter().map(|(_, values)| all_finite(values)).collect();
-                let good: Vec<(f64, &[f32])> =
-                    slices.iter().zip(&finite).filter(|(_, ok)| **ok).map(|(s, _)| *s).collect();
-                fold_all(sum, &good);
-                finite
-            })
-            .collect();
-        let refused: Vec<bool> =
-            (0..batch.len()).map(|k| finite_per_chunk.iter().any(|finite| !finite[k])).collect();
-        if refused.contains(&true) {
-            self.weighted_sum
-                .par_chunks_mut(FOLD_CHUNK)
-                .zip(finite_per_chunk.par_iter())
-                .enumerate()
-                .for_each(|(chunk, (sum, finite))| {
-                    let range = chunk * FOLD_CHUNK..chunk * FOLD_CHUNK + sum.len();
-                    for (k, (weight, values)) in batch.iter().enumerate() {
-                        if refused[k] && finite[k] {
-                            fold(sum, &values[range.clone()], -weight);
-                        }
-                    }
-                });
+            .map(|(chunk, sum)| fold_chunk(sum, batch, chunk * FOLD_CHUNK))
+            .reduce(
+                || vec![false; batch.len()],
+                |a, b| a.iter().zip(&b).map(|(a, b)| *a || *b).collect(),
+            );
+        for ((weight, values), _) in batch.iter().zip(&refused).filter(|(_, refused)| **refused) {
+            // The same fold with the weight negated skips the same non-finite values.
+            self.weighted_sum.par_chunks_mut(CHUNK).zip(values.par_chunks(CHUNK)).for_each(
+                |(sum, values)| {
+                    fold_group(sum, [(-weight, values)]);
+                },
+            );
         }
         refused
     }
@@ -185,12 +180,8 @@ impl PartialAggregate {
             return Err(AggregationError::Empty);
         }
         let scale = 1.0 / self.total_weight;
-        out.resize(self.num_params(), 0.0);
-        out.par_chunks_mut(CHUNK).zip(self.weighted_sum.par_chunks(CHUNK)).for_each(
-            |(out, sum)| {
-                out.iter_mut().zip(sum).for_each(|(o, &s)| *o = (s * scale) as f32);
-            },
-        );
+        out.clear();
+        out.par_extend(self.weighted_sum.par_iter().map(|&s| (s * scale) as f32));
         Ok(())
     }
 
@@ -202,24 +193,62 @@ impl PartialAggregate {
     }
 }
 
-/// Adds every `weight * values` to `sum`, four updates per pass over it.
-fn fold_all(sum: &mut [f64], updates: &[(f64, &[f32])]) {
-    for group in updates.chunks(4) {
-        match group {
-            [a, b, c, d] => fold4(sum, [*a, *b, *c, *d]),
-            _ => group.iter().for_each(|(weight, values)| fold(sum, values, *weight)),
+/// Folds every update of `batch`, from `start` on, into `sum` (the chunk of the sum that starts
+/// there), a group of updates per sweep of it; says, per update, whether its slice there has a
+/// non-finite value.
+fn fold_chunk(sum: &mut [f64], batch: &[(f64, &[f32])], start: usize) -> Vec<bool> {
+    let range = start..start + sum.len();
+    let mut non_finite = Vec::with_capacity(batch.len());
+    for group in batch.chunks(GROUP) {
+        let slices: Vec<(f64, &[f32])> =
+            group.iter().map(|(weight, values)| (*weight, &values[range.clone()])).collect();
+        let skipped = match *slices.as_slice() {
+            [a, b, c, d] => fold_group(sum, [a, b, c, d]),
+            [a, b, c] => fold_group(sum, [a, b, c]),
+            [a, b] => fold_group(sum, [a, b]),
+            _ => slices.iter().map(|&one| fold_group(sum, [one])).sum(),
+        };
+        if skipped == 0 {
+            non_finite.resize(non_finite.len() + slices.len(), false);
+        } else {
+            fold_finite_values(sum, &slices);
+            non_finite.extend(slices.iter().map(|(_, values)| !all_finite(values)));
+        }
+    }
+    non_finite
+}
+
+/// `sum += w0 u0 + w1 u1 + ...` in one sweep (the sum is loaded and stored once for the group),
+/// skipping the positions where that is not finite (a NaN or infinite value there); returns how
+/// many it skipped. Branch-free, so the compiler vectorizes it.
+fn fold_group<const N: usize>(sum: &mut [f64], group: [(f64, &[f32]); N]) -> usize {
+    let n = sum.len();
+    let group = group.map(|(weight, values)| (weight, &values[..n]));
+    let mut skipped = 0;
+    for (i, s) in sum.iter_mut().enumerate() {
+        let add = weighted_at(&group, i);
+        let finite = add.is_finite();
+        skipped += usize::from(!finite);
+        *s += if finite { add } else { 0.0 };
+    }
+    skipped
+}
+
+/// Where [`fold_group`] skipped a position, folds in the group's finite values there: the chunk
+/// is then as if each non-finite value had been zero.
+fn fold_finite_values(sum: &mut [f64], group: &[(f64, &[f32])]) {
+    for (i, s) in sum.iter_mut().enumerate() {
+        if !weighted_at(group, i).is_finite() {
+            let finite = group.iter().filter(|(_, values)| values[i].is_finite());
+            *s += finite.map(|(weight, values)| weight * f64::from(values[i])).sum::<f64>();
         }
     }
 }
 
-/// `sum += w0 u0 + w1 u1 + w2 u2 + w3 u3`, in one pass: the sum is loaded and stored once for
-/// four updates.
-fn fold4(sum: &mut [f64], [(w0, u0), (w1, u1), (w2, u2), (w3, u3)]: [(f64, &[f32]); 4]) {
-    let n = sum.len();
-    let (u0, u1, u2, u3) = (&u0[..n], &u1[..n], &u2[..n], &u3[..n]);
-    for ((((s, &a), &b), &c), &d) in sum.iter_mut().zip(u0).zip(u1).zip(u2).zip(u3) {
-        *s += w0 * f64::from(a) + w1 * f64::from(b) + w2 * f64::from(c) + w3 * f64::from(d);
-    }
+/// `w0 u0[i] + w1 u1[i] + ...`, always in the same order.
+#[inline(always)]
+fn weighted_at(group: &[(f64, &[f32])], i: usize) -> f64 {
+    group.iter().fold(0.0, |add, (weight, values)| add + weight * f64::from(values[i]))
 }
 
 /// Whether no value is infinite or NaN: a branch-free count of all-ones exponents, which the
@@ -227,10 +256,4 @@ fn fold4(sum: &mut [f64], [(w0, u0), (w1, u1), (w2, u2), (w3, u3)]: [(f64, &[f32
 fn all_finite(values: &[f32]) -> bool {
     const EXPONENT: u32 = 0x7f80_0000;
     values.iter().map(|v| u32::from(v.to_bits() & EXPONENT == EXPONENT)).sum::<u32>() == 0
-}
-
-fn fold(sum: &mut [f64], update: &[f32], weight: f64) {
-    for (s, &u) in sum.iter_mut().zip(update) {
-        *s += weight * f64::from(u);
-    }
 }

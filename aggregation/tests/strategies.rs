@@ -299,30 +299,42 @@ fn a_non_finite_update_leaves_the_streaming_sum_as_it_was() {
     assert_eq!(aggregate.mean().unwrap(), first);
 }
 
+fn view((name, weight, values): &(String, f64, Vec<f32>)) -> (&str, f64, &[f32]) {
+    (name.as_str(), *weight, values.as_slice())
+}
+
 #[test]
 fn a_batch_folds_like_one_update_at_a_time_and_refuses_only_its_bad_updates() {
-    let len = 50_000; // several fold chunks
+    let len = 50_000; // several fold chunks, the last one partial
     let update = |seed: usize| -> Vec<f32> {
         (0..len).map(|i| ((i * 31 + seed * 17) % 97) as f32 / 13.0 - 3.0).collect()
     };
-    let (a, b, c) = (update(1), update(2), update(3));
-    let mut poisoned = update(4);
+    let good: Vec<(String, f64, Vec<f32>)> =
+        (0..7).map(|i| (format!("m{i}"), 1.5 + i as f64, update(i))).collect();
+    let mut poisoned = update(9);
+    poisoned[10] = f32::INFINITY;
     poisoned[len / 2] = f32::NAN;
-    let mut one_by_one = fedmesh_aggregation::PartialAggregate::new(len);
-    for (name, weight, values) in [("a", 2.0, &a), ("b", 5.0, &b), ("c", 1.5, &c)] {
-        one_by_one.add(name, weight, values).unwrap();
+    poisoned[len - 1] = f32::NEG_INFINITY;
+    let mut one_by_one = PartialAggregate::new(len);
+    for (name, weight, values) in &good {
+        one_by_one.add(name, *weight, values).unwrap();
     }
-    let mut batched = fedmesh_aggregation::PartialAggregate::new(len);
-    let results = batched.add_many(&[
-        ("a", 2.0, &a),
-        ("b", 5.0, &b),
-        ("bad", 1.0, &poisoned),
-        ("a", 3.0, &c),
-        ("c", 1.5, &c),
-    ]);
-    assert!(results[0].is_ok() && results[1].is_ok() && results[4].is_ok(), "{results:?}");
+    // The poisoned update shares a group of four with good ones; a duplicate of m0 and a second
+    // batch with a contributor of the first are refused too.
+    let mut first: Vec<(&str, f64, &[f32])> = good[..5].iter().map(view).collect();
+    first.insert(2, ("bad", 1.0, &poisoned));
+    first.insert(4, ("m0", 3.0, &poisoned));
+    let mut batched = PartialAggregate::new(len);
+    let results = batched.add_many(&first);
+    let refused: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_err()).collect();
+    assert_eq!(refused, [2, 4], "{results:?}");
     assert!(matches!(results[2], Err(AggregationError::NotFinite { .. })));
-    assert!(matches!(results[3], Err(AggregationError::Duplicate { .. })));
+    assert!(matches!(results[4], Err(AggregationError::Duplicate { .. })));
+    let mut second: Vec<(&str, f64, &[f32])> = good[5..].iter().map(view).collect();
+    second.push(view(&good[1]));
+    let results = batched.add_many(&second);
+    assert!(results[..2].iter().all(Result::is_ok), "{results:?}");
+    assert!(matches!(results[2], Err(AggregationError::Duplicate { .. })));
     assert_eq!(batched.total_weight, one_by_one.total_weight);
     assert_eq!(batched.contributors, one_by_one.contributors);
     let worst = batched
@@ -332,4 +344,39 @@ fn a_batch_folds_like_one_update_at_a_time_and_refuses_only_its_bad_updates() {
         .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
         .fold(0.0, f64::max);
     assert!(worst < 1e-12, "relative difference {worst}");
+}
+
+#[test]
+fn a_contributor_named_twice_in_a_batch_is_refused_the_second_time_even_if_the_first_fails() {
+    let mut aggregate = PartialAggregate::new(2);
+    let results = aggregate.add_many(&[("x", 1.0, &[f32::NAN, 0.0]), ("x", 1.0, &[1.0, 2.0])]);
+    assert!(matches!(results[0], Err(AggregationError::NotFinite { .. })));
+    assert!(matches!(results[1], Err(AggregationError::Duplicate { .. })));
+    assert!(aggregate.contributors.is_empty());
+    assert_eq!(aggregate.weighted_sum, [0.0, 0.0]);
+}
+
+#[test]
+fn an_aggregator_takes_a_batch_like_one_update_at_a_time() {
+    let updates = [
+        ("a", 1.0, vec![1.0, 2.0]),
+        ("b", 3.0, vec![5.0, -2.0]),
+        ("a", 1.0, vec![0.0, 0.0]),
+        ("c", 2.0, vec![f32::NAN, 0.0]),
+        ("d", 0.0, vec![1.0, 1.0]),
+        ("e", 2.0, vec![3.0]),
+        ("f", 2.0, vec![3.0, 1.0]),
+    ];
+    let batch: Vec<(&str, f64, &[f32])> =
+        updates.iter().map(|(name, weight, values)| (*name, *weight, values.as_slice())).collect();
+    let clipped = StrategySpec { clip_norm: Some(1.0), ..StrategySpec::default() };
+    for strategy in [spec(AggregationRule::FedAvg), spec(AggregationRule::Median), clipped] {
+        let mut batched = Aggregator::from_spec(&strategy, 2, 1).unwrap();
+        let mut single = Aggregator::from_spec(&strategy, 2, 1).unwrap();
+        let expected: Vec<Result<(), AggregationError>> =
+            batch.iter().map(|(name, weight, values)| single.add(name, *weight, values)).collect();
+        assert_eq!(batched.add_many(&batch), expected, "{:?}", strategy.rule);
+        assert_eq!(batched.count(), 3);
+        assert_eq!(batched.finish().unwrap(), single.finish().unwrap());
+    }
 }
