@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Job, federation, member_spec, run_view, wait_completed_on};
+use common::{Job, assert_same_model, federation, member_spec, run_view, wait_completed_on};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round(
     let owner = cluster.nodes[0].peer_id.clone();
     cluster.start_node(&member_spec(&owner, Vec::new())).await.unwrap();
     let runs = wait_completed_on(&cluster, &[0, 1, 2, 3], &job, Duration::from_secs(120)).await;
-    assert!(runs.iter().all(|run| run["model"] == runs[0]["model"]), "same final model");
+    assert_same_model(&runs);
     let counts = participants(&runs[0]);
     assert_eq!(counts[0], 3);
     assert_eq!(*counts.last().unwrap(), 4, "the late joiner trains in the last rounds: {counts:?}");
@@ -103,7 +103,7 @@ async fn when_the_aggregator_is_killed_mid_round_another_member_takes_the_round_
     cluster.nodes[victim].kill();
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
-    assert!(runs.iter().all(|run| run["model"] == runs[0]["model"]), "same final model");
+    assert_same_model(&runs);
     assert_every_round_once(&runs[0], 6);
     let taken_over = &runs[0]["rounds"][open["round"].as_u64().unwrap() as usize - 1];
     assert_ne!(taken_over["aggregator"], open["aggregator"], "{taken_over:#?}");

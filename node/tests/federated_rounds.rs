@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::{BINARY, Job, accuracy, federation, wait_completed};
-use fedmesh_testnet::api::metric_value;
+use common::{
+    Job, accuracy, assert_same_model, cli, federation, misbehaving, refusals, wait_completed,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,7 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
     let job = Job::new(3, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
 
-    let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
-    assert!(models.iter().all(|m| *m == models[0]), "final models differ: {models:?}");
+    assert_same_model(&runs);
     let rounds = runs[0]["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     assert!(rounds.iter().all(|r| r["participants"] == 4), "{rounds:#?}");
@@ -28,13 +28,8 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
     assert!(accuracy(&runs[0], 2) > accuracy(&runs[0], 0), "accuracy did not rise: {rounds:#?}");
 
     let out = root.path().join("model.safetensors");
-    let export = std::process::Command::new(BINARY)
-        .args(["model", "export", "--job", &job[..12], "--out"])
-        .arg(&out)
-        .env("FEDMESH_DATA_DIR", cluster.nodes[1].data_dir())
-        .output()
-        .unwrap();
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let out_arg = out.display().to_string();
+    cli(&cluster.nodes[1].data_dir(), &["model", "export", "--job", &job[..12], "--out", &out_arg]);
     let bytes = std::fs::read(&out).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names = tensors.names();
@@ -42,19 +37,8 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
     assert_eq!(names, ["fc1.bias", "fc1.weight"]);
     assert_eq!(tensors.tensor("fc1.weight").unwrap().shape(), [10, 784]);
 
-    let watch = std::process::Command::new(BINARY)
-        .args(["job", "watch", &job])
-        .env("FEDMESH_DATA_DIR", cluster.nodes[2].data_dir())
-        .output()
-        .unwrap();
-    assert!(watch.status.success(), "{}", String::from_utf8_lossy(&watch.stderr));
-
-    let leave = std::process::Command::new(BINARY)
-        .args(["job", "leave", &job])
-        .env("FEDMESH_DATA_DIR", cluster.nodes[3].data_dir())
-        .output()
-        .unwrap();
-    assert!(leave.status.success(), "{}", String::from_utf8_lossy(&leave.stderr));
+    cli(&cluster.nodes[2].data_dir(), &["job", "watch", &job]);
+    cli(&cluster.nodes[3].data_dir(), &["job", "leave", &job]);
     let view: Value = cluster.nodes[3].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
     assert_eq!(view["run"]["status"], "left");
 }
@@ -63,26 +47,14 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
 async fn forged_deltas_are_refused_and_counted_and_the_rounds_complete() {
     let root = tempfile::tempdir().unwrap();
     let forger = 3;
-    let cluster = federation(root.path(), 4, |i| {
-        if i == forger { vec!["misbehave = [\"forged-deltas\"]".to_owned()] } else { Vec::new() }
-    })
-    .await;
+    let cluster = federation(root.path(), 4, misbehaving(forger, "forged-deltas")).await;
     let job = Job::new(3, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
     assert!(runs[0]["rounds"].as_array().unwrap().iter().all(|r| r["participants"] == 4));
 
-    let mut refused = std::collections::BTreeMap::new();
-    for node in &cluster.nodes {
-        let metrics = node.api.metrics().await.unwrap();
-        for reason in ["not_a_member", "wrong_round", "wrong_base"] {
-            let sample =
-                format!("fedmesh_messages_rejected_total{{kind=\"delta\",reason=\"{reason}\"}}");
-            *refused.entry(reason).or_insert(0.0) += metric_value(&metrics, &sample);
-        }
-    }
     // One forged copy of each kind per round: 3 rounds.
-    for (reason, count) in &refused {
-        assert_eq!(*count, 3.0, "{reason}: {refused:?}");
+    for reason in ["not_a_member", "wrong_round", "wrong_base"] {
+        assert_eq!(refusals(&cluster, &[0, 1, 2, 3], "delta", reason).await, 3.0, "{reason}");
     }
 }
 
@@ -105,8 +77,7 @@ async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.restart(2).await.unwrap();
     let runs = wait_completed(&cluster, &job, Duration::from_secs(120)).await;
-    let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
-    assert!(models.iter().all(|m| *m == models[0]), "final models differ: {models:?}");
+    assert_same_model(&runs);
     let rounds: Vec<u64> =
         runs[2]["rounds"].as_array().unwrap().iter().filter_map(|r| r["round"].as_u64()).collect();
     assert_eq!(rounds, (1..=8).collect::<Vec<_>>(), "the restarted member knows every round");
@@ -117,10 +88,7 @@ async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() 
 async fn the_median_withstands_a_sign_flipping_member_that_ruins_fedavg() {
     let root = tempfile::tempdir().unwrap();
     let attacker = 4;
-    let cluster = federation(root.path(), 5, |i| {
-        if i == attacker { vec!["misbehave = [\"sign-flip\"]".to_owned()] } else { Vec::new() }
-    })
-    .await;
+    let cluster = federation(root.path(), 5, misbehaving(attacker, "sign-flip")).await;
     // Both jobs run side by side on the same five nodes.
     let fedavg = Job::new(3, 5).announce(&cluster).await;
     let median =
@@ -141,28 +109,13 @@ async fn the_median_withstands_a_sign_flipping_member_that_ruins_fedavg() {
 async fn a_member_that_hijacks_rounds_is_ignored_and_the_job_completes() {
     let root = tempfile::tempdir().unwrap();
     let hijacker = 3;
-    let cluster = federation(root.path(), 4, |i| {
-        if i == hijacker { vec!["misbehave = [\"hijack-rounds\"]".to_owned()] } else { Vec::new() }
-    })
-    .await;
+    let cluster = federation(root.path(), 4, misbehaving(hijacker, "hijack-rounds")).await;
     let job = Job::new(4, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
-    let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
-    assert!(models.iter().all(|m| *m == models[0]), "final models differ: {models:?}");
+    assert_same_model(&runs);
     let rounds = runs[0]["rounds"].as_array().unwrap();
-    eprintln!(
-        "{:?}",
-        rounds.iter().map(|r| (r["seconds"].clone(), r["aggregator"].clone())).collect::<Vec<_>>()
-    );
-    eprintln!("{}", cluster.nodes[hijacker].peer_id);
     assert!(rounds.iter().all(|r| r["participants"] == 4), "{rounds:#?}");
     assert!(accuracy(&runs[0], 3) > 0.8, "{rounds:#?}");
-    let mut ignored = 0.0;
-    for node in cluster.nodes.iter().take(hijacker) {
-        let metrics = node.api.metrics().await.unwrap();
-        let sample =
-            "fedmesh_messages_rejected_total{kind=\"gossip\",reason=\"not_the_aggregator\"}";
-        ignored += metric_value(&metrics, sample);
-    }
+    let ignored = refusals(&cluster, &[0, 1, 2], "gossip", "not_the_aggregator").await;
     assert!(ignored >= 3.0, "honest members refused {ignored} hijacking messages");
 }

@@ -2,6 +2,7 @@
 //! hold mnist5k, announcing a job, and waiting for it.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use fedmesh_testnet::api::metric_value;
 use fedmesh_testnet::cluster::{Cluster, NodeSpec};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -122,4 +123,38 @@ fn tail(text: &str, lines: usize) -> String {
 /// The weighted accuracy of a run's `round`-th round (0-based), 0 if missing.
 pub fn accuracy(run: &Value, round: usize) -> f64 {
     run["rounds"][round]["accuracy"].as_f64().unwrap_or(0.0)
+}
+
+/// node.toml lines that make node `culprit` misbehave as `kind` (see the `misbehave` setting).
+pub fn misbehaving(culprit: usize, kind: &str) -> impl Fn(usize) -> Vec<String> {
+    let line = format!("misbehave = [{kind:?}]");
+    move |i| if i == culprit { vec![line.clone()] } else { Vec::new() }
+}
+
+/// Asserts that every run ended with the same global model.
+pub fn assert_same_model(runs: &[Value]) {
+    let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
+    assert!(models.iter().all(|m| *m == models[0]), "final models differ: {models:?}");
+}
+
+/// How many messages of `kind` the listed nodes refused for `reason`, summed.
+pub async fn refusals(cluster: &Cluster, nodes: &[usize], kind: &str, reason: &str) -> f64 {
+    let sample = format!("fedmesh_messages_rejected_total{{kind=\"{kind}\",reason=\"{reason}\"}}");
+    let mut total = 0.0;
+    for &node in nodes {
+        let metrics = cluster.nodes[node].api.metrics().await.unwrap();
+        total += metric_value(&metrics, &sample);
+    }
+    total
+}
+
+/// Runs a `fedmesh` CLI command against the node whose data directory is `data_dir`, and
+/// asserts it succeeded.
+pub fn cli(data_dir: &std::path::Path, args: &[&str]) {
+    let output = std::process::Command::new(BINARY)
+        .args(args)
+        .env("FEDMESH_DATA_DIR", data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
