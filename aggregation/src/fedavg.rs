@@ -33,6 +33,26 @@ impl PartialAggregate {
         Self { weighted_sum, total_weight: 0.0, contributors: Vec::new() }
     }
 
+    /// The partial aggregate whose mean is `mean`, over `contributors` and their weights.
+    pub fn from_mean(
+        mean: &[f32],
+        contributors: Vec<(String, f64)>,
+    ) -> Result<Self, AggregationError> {
+        let total_weight: f64 = contributors.iter().map(|(_, weight)| weight).sum();
+        if contributors.is_empty() {
+            return Err(AggregationError::Empty);
+        }
+        if !(total_weight > 0.0 && total_weight.is_finite()) {
+            return Err(AggregationError::BadWeight {
+                contributor: "a combined update".to_owned(),
+                weight: total_weight,
+            });
+        }
+        let mut weighted_sum = Vec::with_capacity(mean.len());
+        weighted_sum.par_extend(mean.par_iter().map(|&m| f64::from(m) * total_weight));
+        Ok(Self { weighted_sum, total_weight, contributors })
+    }
+
     pub fn num_params(&self) -> usize {
         self.weighted_sum.len()
     }

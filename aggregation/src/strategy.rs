@@ -153,6 +153,21 @@ impl Aggregator {
         Ok(AggregateOutcome { delta, included, noise_std })
     }
 
+    /// [`finish`](Self::finish) as a partial aggregate to send up a tier: plain FedAvg hands over
+    /// its exact weighted sum; other rules their combined delta, weighted by the included weight.
+    pub fn finish_partial(self) -> Result<PartialAggregate, AggregationError> {
+        let exact =
+            self.spec.rule == AggregationRule::FedAvg && self.spec.noise_multiplier.is_none();
+        if exact && self.buffered.is_empty() {
+            if self.streaming.contributors.is_empty() {
+                return Err(AggregationError::Empty);
+            }
+            return Ok(self.streaming);
+        }
+        let outcome = self.finish()?;
+        PartialAggregate::from_mean(&outcome.delta, outcome.included)
+    }
+
     fn robust(&self, rule: &AggregationRule) -> Result<Combined, AggregationError> {
         let updates: Vec<&[f32]> = self.buffered.iter().map(|(_, _, u)| u.as_slice()).collect();
         let everyone =

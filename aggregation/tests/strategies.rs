@@ -380,3 +380,29 @@ fn an_aggregator_takes_a_batch_like_one_update_at_a_time() {
         assert_eq!(batched.finish().unwrap(), single.finish().unwrap());
     }
 }
+
+#[test]
+fn a_slot_hands_up_fedavg_exactly_and_a_robust_rule_as_its_result_weighted_by_its_members() {
+    let updates = [("a", 1.0, vec![1.0, 2.0]), ("b", 3.0, vec![5.0, -2.0])];
+    let mut fedavg = Aggregator::from_spec(&spec(AggregationRule::FedAvg), 2, 1).unwrap();
+    let mut median = Aggregator::from_spec(&spec(AggregationRule::Median), 2, 1).unwrap();
+    for (name, weight, update) in &updates {
+        fedavg.add(name, *weight, update).unwrap();
+        median.add(name, *weight, update).unwrap();
+    }
+    // FedAvg: the exact weighted sum 1*[1,2] + 3*[5,-2] = [16, -4] over weight 4.
+    let exact = fedavg.finish_partial().unwrap();
+    assert_eq!(exact.weighted_sum, [16.0, -4.0]);
+    assert_eq!(exact.total_weight, 4.0);
+    // Median of two is their mean [3, 0]; handed up with the members' weight, 4.
+    let robust = median.finish_partial().unwrap();
+    assert_eq!(robust.weighted_sum, [12.0, 0.0]);
+    assert_eq!(robust.total_weight, 4.0);
+    assert_eq!(robust.contributors.len(), 2);
+    // Two groups composed at the top: (16 + 12, -4 + 0) / 8.
+    let mut top = exact;
+    top.merge(&PartialAggregate::from_mean(&[3.0, 0.0], vec![("c".into(), 4.0)]).unwrap()).unwrap();
+    assert_close(&top.mean().unwrap(), &[3.5, -0.5]);
+    let empty = Aggregator::from_spec(&spec(AggregationRule::FedAvg), 2, 1).unwrap();
+    assert!(matches!(empty.finish_partial(), Err(AggregationError::Empty)));
+}

@@ -24,6 +24,7 @@ pub enum Domain {
     ModelDelta,
     PartialAggregate,
     EvalReport,
+    RingChunk,
 }
 
 impl Domain {
@@ -40,6 +41,7 @@ impl Domain {
             Self::ModelDelta => "fedmesh/v1/model-delta",
             Self::PartialAggregate => "fedmesh/v1/partial-aggregate",
             Self::EvalReport => "fedmesh/v1/eval-report",
+            Self::RingChunk => "fedmesh/v1/ring-chunk",
         }
     }
 }

@@ -83,7 +83,11 @@ pub struct RoundOpen {
     pub round: Round,
     pub base_model: ContentHash,
     pub deadline_ms: u64,
+    /// Identifies this opening: a round opened again (retried, taken over) has a later one.
     pub opened_at_ms: u64,
+    /// The live members the opener planned the round over: every member computes the round's
+    /// plan (slots, rings, destinations) over exactly these, so all agree on it.
+    pub members: Vec<MemberId>,
 }
 
 /// A coordinator's roles and selection for one round (orchestration mode).
@@ -163,18 +167,43 @@ pub struct ModelDelta {
     pub payload: PayloadRef,
 }
 
-/// A group aggregator's weighted sum (hierarchical topologies); the sum travels beside.
+/// A slot's or a ring's combined update, sent up a tier (hierarchical and hybrid topologies);
+/// the combined delta travels beside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartialAggregate {
     pub job: JobId,
     pub round: Round,
     pub base_model: ContentHash,
+    /// The opening of the round it answers (see [`RoundOpen::opened_at_ms`]).
+    pub opened_at_ms: u64,
+    /// The group label of the slot or ring it combines.
     pub group: String,
     pub aggregator: MemberId,
-    /// The weighted sum of the group's deltas.
-    pub sum: PayloadRef,
+    /// The group's combined delta (its weighted mean; times `total_weight`, its weighted sum).
+    pub mean: PayloadRef,
+    /// The sum of the included contributions' sample counts.
     pub total_weight: f64,
     pub contributions: Vec<Contribution>,
+}
+
+/// One step of a ring all-reduce: a chunk of the ring's running weighted sum (reduce-scatter) or
+/// of its final sum (all-gather), sent to the next member; the values travel beside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RingChunk {
+    pub job: JobId,
+    pub round: Round,
+    pub base_model: ContentHash,
+    /// The opening of the round it belongs to: a ring re-formed after a failure is a new one.
+    pub opened_at_ms: u64,
+    pub member: MemberId,
+    /// The step of the sender's schedule (reduce-scatter steps first, then all-gather).
+    pub step: u32,
+    /// Which chunk of the vector the values are.
+    pub chunk: u32,
+    /// The members whose updates the values include, with their sample counts.
+    pub contributions: Vec<Contribution>,
+    /// The chunk's values: a sum of updates, each weighted by its sample count.
+    pub values: PayloadRef,
 }
 
 fn check_label(what: &str, text: &str) -> Result<(), String> {
@@ -287,7 +316,8 @@ impl SignedBody for RoundOpen {
         if self.round == 0 {
             return Err("rounds start at 1".into());
         }
-        Ok(())
+        check_count("members", self.members.len())?;
+        check_unique("the member list", &self.members)
     }
 }
 
@@ -353,11 +383,27 @@ impl SignedBody for PartialAggregate {
         if !(self.total_weight.is_finite() && self.total_weight > 0.0) {
             return Err(format!("total weight {} must be finite and > 0", self.total_weight));
         }
-        self.sum.check_shape()
+        self.mean.check_shape()
     }
 
     fn declared_sender(&self) -> Option<MemberId> {
         Some(self.aggregator)
+    }
+}
+
+impl SignedBody for RingChunk {
+    const DOMAIN: Domain = Domain::RingChunk;
+
+    fn check(&self) -> Result<(), String> {
+        check_contributions(&self.contributions)?;
+        if self.contributions.is_empty() {
+            return Err("a ring chunk must include at least one update".into());
+        }
+        self.values.check_shape()
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.member)
     }
 }
 
@@ -369,7 +415,13 @@ impl CarriesPayload for ModelDelta {
 
 impl CarriesPayload for PartialAggregate {
     fn payload_ref(&self) -> &PayloadRef {
-        &self.sum
+        &self.mean
+    }
+}
+
+impl CarriesPayload for RingChunk {
+    fn payload_ref(&self) -> &PayloadRef {
+        &self.values
     }
 }
 
@@ -415,6 +467,7 @@ scoped!(AggregateReady, round, base_model);
 scoped!(EvalReport, round);
 scoped!(ModelDelta, round, base_model);
 scoped!(PartialAggregate, round, base_model);
+scoped!(RingChunk, round, base_model);
 
 /// A verified job announcement: its id, its parsed and validated spec, and the envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -477,8 +530,10 @@ impl GossipMessage {
 pub enum Request {
     /// A trainer's delta; the payload is the encoded delta.
     Delta(Signed<ModelDelta>),
-    /// A group aggregator's weighted sum; the payload is the encoded sum.
+    /// A slot's or ring's combined update; the payload is the encoded mean.
     Partial(Signed<PartialAggregate>),
+    /// A step of a ring all-reduce; the payload is the chunk's encoded values.
+    RingChunk(Signed<RingChunk>),
     /// Asks for a blob (a model, a delta, an announcement) by content hash; no payload.
     Blob { hash: ContentHash },
     /// Asks a peer which jobs it knows (a node that was offline at an announcement catches up).
@@ -490,7 +545,7 @@ pub enum Request {
 impl Request {
     /// Whether a payload travels beside this request.
     pub fn has_payload(&self) -> bool {
-        matches!(self, Self::Delta(_) | Self::Partial(_))
+        matches!(self, Self::Delta(_) | Self::Partial(_) | Self::RingChunk(_))
     }
 }
 

@@ -110,14 +110,15 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                 GossipMessage::Heartbeat(Signed::sign(&id, body).unwrap())
             }
         ),
-        (signer.clone(), any::<u64>(), 1..u64::MAX, any::<u64>(), any::<u64>()).prop_map(
-            |(id, j, round, deadline, at)| {
+        (signer.clone(), any::<u64>(), 1..u64::MAX, any::<u64>(), any::<u64>(), 0..5u8).prop_map(
+            |(id, j, round, deadline, at, members)| {
                 let body = RoundOpen {
                     job: job(j),
                     round,
                     base_model: hash(j ^ 1),
                     deadline_ms: deadline,
                     opened_at_ms: at,
+                    members: (0..members).map(|m| MemberId([m; 32])).collect(),
                 };
                 GossipMessage::RoundOpen(Signed::sign(&id, body).unwrap())
             }
@@ -229,14 +230,27 @@ proptest! {
         prop_assert_eq!(back, values);
 
         let partial = PartialAggregate {
-            job: job(1), round, base_model: hash(2), group: "eu".into(), aggregator: id.member_id(),
-            sum: PayloadRef::describe(&payload, TensorEncoding::F32Le, payload.len() / 4),
+            job: job(1), round, base_model: hash(2), opened_at_ms: 7, group: "eu".into(),
+            aggregator: id.member_id(),
+            mean: PayloadRef::describe(&payload, TensorEncoding::F32Le, payload.len() / 4),
             total_weight: 12.5, contributions: vec![],
         };
         let request = Request::Partial(Signed::sign(&id, partial).unwrap());
         let (decoded, received) = codec::decode_request(codec::encode_request(&request, &payload).unwrap()).unwrap();
         prop_assert_eq!(&decoded, &request);
         prop_assert_eq!(&*received, &payload[..]);
+
+        let contribution = Contribution { member: id.member_id(), delta: hash(3), samples: 5 };
+        let chunk = RingChunk {
+            job: job(1), round, base_model: hash(2), opened_at_ms: 7, member: id.member_id(),
+            step: 1, chunk: 2, contributions: vec![contribution],
+            values: PayloadRef::describe(&payload, TensorEncoding::F32Le, payload.len() / 4),
+        };
+        let request = Request::RingChunk(Signed::sign(&id, chunk).unwrap());
+        let (decoded, received) = codec::decode_request(codec::encode_request(&request, &payload).unwrap()).unwrap();
+        prop_assert_eq!(&decoded, &request);
+        let Request::RingChunk(signed) = decoded else { unreachable!() };
+        prop_assert!(signed.verify_with_payload(&received, allow_all).is_ok());
 
         for request in [Request::Blob { hash: hash(round) }, Request::Jobs, Request::Announcement { job: job(round) }] {
             let (decoded, received) = codec::decode_request(codec::encode_request(&request, &[]).unwrap()).unwrap();

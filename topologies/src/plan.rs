@@ -260,6 +260,12 @@ impl RoundPlan {
         self.top().map(Slot::aggregator)
     }
 
+    /// The member that opens the round and announces its model: the top aggregator, or in a pure
+    /// ring the first member of the ring.
+    pub fn leader(&self) -> Option<MemberId> {
+        self.fetch_from().or_else(|| self.rings.first().map(Ring::uploader))
+    }
+
     /// Where `member`'s update goes, if it trains this round.
     pub fn destination(&self, member: &MemberId) -> Option<Destination> {
         self.destinations.get(member).copied()
@@ -278,15 +284,33 @@ impl RoundPlan {
 
     /// How many trainers' updates a slot's aggregate covers when every input arrives.
     pub fn trainers_under(&self, slot: usize) -> usize {
-        self.slots[slot]
-            .inputs
-            .iter()
-            .map(|input| match input {
-                Input::Trainer(_) => 1,
-                Input::Slot(child) => self.trainers_under(*child),
-                Input::Ring(ring) => self.rings[*ring].order.len(),
-            })
-            .sum()
+        self.trainers_in(Input::Slot(slot)).len()
+    }
+
+    /// The trainers whose updates `input` carries when all of them arrive.
+    pub fn trainers_in(&self, input: Input) -> Vec<MemberId> {
+        match input {
+            Input::Trainer(member) => vec![member],
+            Input::Slot(slot) => {
+                self.slots[slot].inputs.iter().flat_map(|input| self.trainers_in(*input)).collect()
+            }
+            Input::Ring(ring) => self.rings[ring].order.clone(),
+        }
+    }
+
+    /// Who sends `input` up, and the group label it carries: the trainer itself (with its slot's
+    /// label), a slot's elected aggregator, or a ring's uploader.
+    pub fn sender_of(&self, input: Input) -> (MemberId, String) {
+        match input {
+            Input::Trainer(member) => (member, String::new()),
+            Input::Slot(slot) => (self.slots[slot].aggregator(), self.slots[slot].id.label.clone()),
+            Input::Ring(ring) => (self.rings[ring].uploader(), self.rings[ring].label.clone()),
+        }
+    }
+
+    /// The number of aggregating tiers (0 for a pure ring).
+    pub fn depth(&self) -> usize {
+        self.slots.iter().map(|slot| slot.tier).max().unwrap_or(0)
     }
 }
 

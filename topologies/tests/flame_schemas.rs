@@ -49,6 +49,9 @@ fn hier_mnist_has_a_middle_aggregator_per_group_and_one_top() {
     }
     assert_eq!(plan.slots[2].inputs, [Input::Slot(0), Input::Slot(1)]);
     assert_eq!(plan.trainers_under(2), 10);
+    assert_eq!(plan.depth(), 2);
+    assert_eq!(plan.leader(), Some(plan.slots[2].aggregator()), "the top aggregator leads");
+    assert_eq!(plan.sender_of(Input::Slot(1)), (plan.slots[1].aggregator(), "na".to_owned()));
     // A trainer outside eu and na is not served by this TAG and does not train.
     let mut with_stranger = members.clone();
     with_stranger.push(member(99, "apac"));
@@ -65,6 +68,9 @@ fn distributed_ring_puts_every_trainer_in_one_ring_and_has_no_aggregator() {
     assert_eq!(plan.rings[0].order.len(), 6);
     let steps = plan.rings[0].schedule_of(&members[0].id).unwrap();
     assert_eq!(steps.len(), 10, "2(n - 1) steps");
+    assert_eq!(plan.leader(), Some(plan.rings[0].uploader()), "the ring's first member leads");
+    assert_eq!(plan.depth(), 0);
+    assert_eq!(plan.trainers_in(Input::Ring(0)), plan.rings[0].order);
 }
 
 #[test]

@@ -99,6 +99,11 @@ enum Internal {
         delta: fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::ModelDelta>,
         payload: Vec<u8>,
     },
+    /// This node's own partial aggregate for a slot it also aggregates.
+    OwnPartial {
+        partial: fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::PartialAggregate>,
+        payload: Vec<u8>,
+    },
     /// A model blob asked of a peer arrived (or could not be had).
     ModelFetched {
         job: JobId,
@@ -304,6 +309,9 @@ impl Engine {
             }
             Internal::OwnDelta { delta, payload } => {
                 self.on_delta_request(delta, &payload).await;
+            }
+            Internal::OwnPartial { partial, payload } => {
+                self.on_partial_request(partial, &payload).await;
             }
             Internal::ModelFetched { job, round, model, result } => {
                 self.on_model_fetched(job, round, model, result).await

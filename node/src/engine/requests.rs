@@ -49,13 +49,12 @@ impl Engine {
             Ok((Request::Delta(delta), payload)) => {
                 (self.on_delta_request(delta, &payload).await, Vec::new())
             }
-            Ok((Request::Partial(_), _)) => (
-                Response::Refused {
-                    reason: "this node runs central rounds; partial aggregates are not taken"
-                        .to_owned(),
-                },
-                Vec::new(),
-            ),
+            Ok((Request::Partial(partial), payload)) => {
+                (self.on_partial_request(partial, &payload).await, Vec::new())
+            }
+            Ok((Request::RingChunk(chunk), payload)) => {
+                (self.on_ring_chunk(chunk, &payload).await, Vec::new())
+            }
         };
         match encode_response(&response, &payload) {
             Ok(bytes) => {

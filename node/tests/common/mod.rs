@@ -45,6 +45,8 @@ pub struct Job {
     pub deadline_secs: u64,
     pub strategy: Value,
     pub quorum: Value,
+    /// The TAG: a built-in's name or a Flame schema.
+    pub tag: Value,
 }
 
 impl Job {
@@ -55,6 +57,7 @@ impl Job {
             deadline_secs: 20,
             strategy: json!({"rule": "fedavg"}),
             quorum: json!({"fraction": 1.0}),
+            tag: json!("central"),
         }
     }
 
@@ -63,6 +66,7 @@ impl Job {
         let spec = json!({
             "name": format!("rounds-test-{}", self.strategy["rule"]),
             "strategy": self.strategy,
+            "tag": self.tag,
             "owner": cluster.nodes[0].peer_id,
             "model": "softmax",
             "dataset": "mnist5k",
@@ -157,4 +161,40 @@ pub fn cli(data_dir: &std::path::Path, args: &[&str]) {
         .output()
         .unwrap();
     assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Polls node `observer` until `ready` holds for its run view.
+pub async fn wait_for(
+    cluster: &Cluster,
+    observer: usize,
+    job: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = run_view(cluster, observer, job).await;
+        if ready(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "{what}: {run:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn completed_round(run: &Value) -> u64 {
+    run["completed_round"].as_u64().unwrap_or(0)
+}
+
+pub fn participants(run: &Value) -> Vec<u64> {
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()
+}
+
+/// Every round 1..=n recorded once, each with a model.
+pub fn assert_every_round_once(run: &Value, n: u64) {
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+    assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "{run:#?}");
+    assert!(rounds.iter().all(|r| r["model"].is_string()), "{run:#?}");
 }

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         Request::Delta(m) => {
             m.verify_with_payload(&payload, |_, _| Ok(())).map(|v| v.body().payload)
         }
-        Request::Partial(m) => m.verify_with_payload(&payload, |_, _| Ok(())).map(|v| v.body().sum),
+        Request::Partial(m) => m.verify_with_payload(&payload, |_, _| Ok(())).map(|v| v.body().mean),
+        Request::RingChunk(m) => {
+            m.verify_with_payload(&payload, |_, _| Ok(())).map(|v| v.body().values)
+        }
         Request::Blob { .. } | Request::Jobs | Request::Announcement { .. } => return,
     };
     if let Ok(reference) = verified {

@@ -1,19 +1,26 @@
-//! The aggregator's side of a round: opening it when this node is elected, taking and checking
-//! deltas, the deadline (close at quorum or re-open), closing it and storing the new model.
+//! The aggregating side of a round: opening it when this node leads it, the slots this node
+//! aggregates (taking deltas and lower partial aggregates, sending its own partial up), the
+//! round's deadline (close at quorum or open again over the live members) and closing it.
 
-use super::collect::{Collecting, Refused};
-use super::encode_model;
+use super::collect::{Collecting, Opening, Refused, refuse};
 use super::records::RunStatus;
-use crate::engine::{Engine, EngineError};
-use fedmesh_aggregation::Aggregator;
+use super::{Leading, encode_model};
+use crate::engine::federation::train::send_request;
+use crate::engine::{Engine, EngineError, Internal};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, EvalMetrics, GossipMessage, ModelDelta, Response, RoundOpen, unix_millis,
+    Contribution, GossipMessage, ModelDelta, PartialAggregate, Request, Response, RoundOpen,
+    unix_millis,
 };
+use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding};
+use fedmesh_topologies::RoundPlan;
+
+/// A partial aggregate's round, base model, opening and group label.
+pub type PartOf = (Round, ContentHash, u64, String);
 
 impl Engine {
-    /// Opens `round` if the live plan elects this node as its aggregator.
+    /// Opens `round` if the live plan makes this node its leader.
     pub(super) async fn maybe_open(&mut self, id: JobId, round: Round) {
         let me = self.identity.member_id();
         let now = unix_millis();
@@ -21,97 +28,127 @@ impl Engine {
         if round > run.spec.hyperparameters.rounds || run.state.completed_round + 1 != round {
             return;
         }
-        let Some(plan) = run.live_plan(round, now) else { return };
-        if plan.fetch_from() != Some(me) {
+        let Some((plan, members)) = run.live_plan_with_members(round, now) else { return };
+        if plan.leader() != Some(me) {
             return;
         }
-        let aggregator = match Aggregator::from_spec(&run.spec.strategy, run.params.len(), round) {
-            Ok(aggregator) => aggregator,
-            Err(error) => {
-                run.state.status = RunStatus::Failed(error.to_string());
-                return tracing::error!(job = %id, %error, "cannot aggregate this job");
-            }
-        };
-        let expected: std::collections::BTreeSet<MemberId> =
-            plan.trainers.iter().copied().collect();
-        let deadline_ms = now + run.spec.round_deadline_secs * 1000;
-        run.collecting = Some(Collecting {
+        if let Err(error) = fedmesh_aggregation::Aggregator::from_spec(&run.spec.strategy, 1, round)
+        {
+            run.state.status = RunStatus::Failed(error.to_string());
+            return tracing::error!(job = %id, %error, "cannot aggregate this job");
+        }
+        run.leading = Some(Leading {
             round,
             base: run.state.model,
-            base_params: run.params.clone(),
-            aggregator,
-            required: run.spec.quorum.required(expected.len()),
-            expected,
-            contributions: Vec::new(),
+            required: run.spec.quorum.required(plan.trainers.len()),
+            members,
             opened_at_ms: now,
-            deadline_ms,
+            deadline_ms: now + run.spec.round_deadline_secs * 1000,
             retries: 0,
         });
-        tracing::info!(job = %id, round, trainers = plan.trainers.len(), "opening round as its aggregator");
+        tracing::info!(job = %id, round, trainers = plan.trainers.len(), slots = plan.slots.len(), rings = plan.rings.len(), "opening round as its leader");
         self.announce_round(id).await;
     }
 
-    /// Publishes the collecting round's opening, and follows it as a member too.
+    /// Publishes the led round's opening, and follows it as a member too.
     pub(super) async fn announce_round(&mut self, id: JobId) {
-        let Some(collecting) = self.runs.get(&id).and_then(|run| run.collecting.as_ref()) else {
+        let Some(leading) = self.runs.get(&id).and_then(|run| run.leading.as_ref()) else {
             return;
         };
         let open = RoundOpen {
             job: id,
-            round: collecting.round,
-            base_model: collecting.base,
-            deadline_ms: collecting.deadline_ms,
-            opened_at_ms: collecting.opened_at_ms,
+            round: leading.round,
+            base_model: leading.base,
+            deadline_ms: leading.deadline_ms,
+            opened_at_ms: leading.opened_at_ms,
+            members: leading.members.clone(),
         };
         self.publish_signed(id, open.clone(), GossipMessage::RoundOpen).await;
         self.on_round_open(id, self.identity.member_id(), open).await;
     }
 
-    /// At a collecting round's deadline: close it if quorum was met, else open it again.
-    pub(super) async fn check_deadline(&mut self, id: JobId, now: u64) {
+    /// Sets up the slots `plan` makes this node aggregate in the round it now follows.
+    pub(super) fn collect_slots(&mut self, id: JobId, plan: &RoundPlan) {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
-        let Some((round, deadline_ms, received, required)) = run
-            .collecting
-            .as_ref()
-            .map(|c| (c.round, c.deadline_ms, c.contributions.len(), c.required))
-        else {
-            return;
+        let Some(open) = run.open.clone() else { return };
+        let opening = Opening {
+            round: open.round,
+            base: open.base,
+            base_params: &run.params,
+            opened_at_ms: open.opened_at_ms,
+            deadline_ms: open.deadline_ms,
         };
-        if now < deadline_ms {
+        run.slots.clear();
+        for (index, slot) in plan.slots.iter().enumerate() {
+            if slot.aggregator() != me {
+                continue;
+            }
+            match Collecting::new(&run.spec, plan, index, &opening) {
+                Ok(collecting) => run.slots.push(collecting),
+                Err(error) => tracing::error!(job = %id, %error, "cannot aggregate a slot"),
+            }
+        }
+    }
+
+    /// The led round's collected updates: how many the top slot has (none in a pure ring).
+    fn top_received(&self, id: &JobId) -> usize {
+        let run = self.runs.get(id);
+        let top = run.and_then(|run| run.slots.iter().find(|slot| slot.parent.is_none()));
+        top.map_or(0, |top| top.contributions.len())
+    }
+
+    /// At the led round's deadline: close it if quorum was met, else open it again over the
+    /// members live now (a lost aggregator or ring member is replaced, trainers re-send).
+    pub(super) async fn check_deadline(&mut self, id: JobId, now: u64) {
+        let me = self.identity.member_id();
+        let received = self.top_received(&id);
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let Some(leading) = run.leading.as_ref() else { return };
+        if now < leading.deadline_ms {
             return;
         }
-        if received >= required {
+        let round = leading.round;
+        let has_top = run.slots.iter().any(|slot| slot.parent.is_none() && slot.round == round);
+        if has_top && received >= leading.required && received > 0 {
             return self.close_round(id).await;
         }
-        // Re-plan over who is live now: another member may be the aggregator by now, and members
-        // that went silent are no longer waited for.
-        let plan = run.live_plan(round, now).filter(|plan| plan.fetch_from() == Some(me));
-        let Some(plan) = plan else {
-            tracing::warn!(job = %id, round, "no quorum at the deadline and this node is no longer the elected aggregator; leaving the round to the plan");
-            run.collecting = None;
+        let replanned = run.live_plan_with_members(round, now);
+        let Some((plan, members)) = replanned.filter(|(plan, _)| plan.leader() == Some(me)) else {
+            tracing::warn!(job = %id, round, "round incomplete at its deadline and this node no longer leads it; leaving it to the plan");
+            run.leading = None;
+            run.slots.clear();
             run.open = None;
             return;
         };
         let required = run.spec.quorum.required(plan.trainers.len());
-        let next_deadline = now + run.spec.round_deadline_secs * 1000;
-        let Some(collecting) = run.collecting.as_mut() else { return };
-        collecting.expected = plan.trainers.iter().copied().collect();
-        collecting.required = required;
-        if received >= required {
+        let unchanged_top = plan.slots.len() == 1 && plan.rings.is_empty();
+        if has_top && unchanged_top && received >= required && received > 0 {
+            // Central: the updates in are a quorum of the trainers still live.
             return self.close_round(id).await;
         }
-        collecting.retries += 1;
-        collecting.deadline_ms = next_deadline;
-        tracing::warn!(
-            job = %id,
-            round,
-            received,
-            required,
-            retry = collecting.retries,
-            "round has no quorum at its deadline; retrying it"
-        );
+        let Some(leading) = run.leading.as_mut() else { return };
+        leading.retries += 1;
+        leading.required = required;
+        leading.members = members;
+        leading.opened_at_ms = now;
+        leading.deadline_ms = now + run.spec.round_deadline_secs * 1000;
+        tracing::warn!(job = %id, round, received, required, retry = leading.retries, "round incomplete at its deadline; opening it again over the live members");
         self.announce_round(id).await;
+    }
+
+    /// A lower slot whose time is up sends what it has.
+    pub(super) async fn check_slot_deadlines(&mut self, id: JobId, now: u64) {
+        let due: Vec<usize> = self.runs.get(&id).map_or_else(Vec::new, |run| {
+            run.slots
+                .iter()
+                .filter(|s| s.parent.is_some() && now >= s.deadline_ms)
+                .map(|s| s.slot)
+                .collect()
+        });
+        for slot in due {
+            self.finish_slot(id, slot).await;
+        }
     }
 
     /// Verifies a delta from a peer and folds it in; a refusal is counted by reason.
@@ -121,72 +158,120 @@ impl Engine {
         payload: &[u8],
     ) -> Response {
         let id = delta.unverified_body().job;
-        match self.accept_delta(id, delta, payload).await {
-            Ok(()) => Response::Accepted,
+        let member = delta.unverified_body().member;
+        let result =
+            self.slot_for(id, |slot| slot.direct.contains(&member)).and_then(|(run, index)| {
+                let members = &run.state.members;
+                run.slots[index].accept_delta(delta, payload, members).map(|_| index)
+            });
+        self.answer_input(id, "delta", result).await
+    }
+
+    /// Verifies a lower slot's or ring's partial aggregate and folds it in.
+    pub(in crate::engine) async fn on_partial_request(
+        &mut self,
+        partial: Signed<PartialAggregate>,
+        payload: &[u8],
+    ) -> Response {
+        let body = partial.unverified_body();
+        let (id, key) = (body.job, (body.aggregator, body.group.clone()));
+        let result = self.slot_for(id, |slot| slot.lower_senders.contains_key(&key)).and_then(
+            |(run, index)| {
+                let members = &run.state.members;
+                run.slots[index].accept_partial(partial, payload, members).map(|_| index)
+            },
+        );
+        self.answer_input(id, "partial", result).await
+    }
+
+    /// The run and the slot an input claims to be for: the one expecting it, else the first
+    /// (whose checks then say what is wrong).
+    fn slot_for(
+        &mut self,
+        id: JobId,
+        expects: impl Fn(&Collecting) -> bool,
+    ) -> Result<(&mut super::JobRun, usize), Refused> {
+        let not_open =
+            || refuse("not_aggregating", format!("this node collects no updates for job {id} now"));
+        let run = self.runs.get_mut(&id).ok_or_else(not_open)?;
+        if run.slots.is_empty() {
+            return Err(not_open());
+        }
+        let index = run.slots.iter().position(expects).unwrap_or(0);
+        Ok((run, index))
+    }
+
+    /// Answers an input: accepted (finishing its slot when complete) or refused and counted.
+    async fn answer_input(
+        &mut self,
+        id: JobId,
+        kind: &'static str,
+        result: Result<usize, Refused>,
+    ) -> Response {
+        match result {
+            Ok(index) => {
+                let slot = self.runs.get(&id).and_then(|run| run.slots.get(index));
+                if let Some(slot) = slot.filter(|slot| slot.complete()) {
+                    let slot = slot.slot;
+                    self.finish_slot(id, slot).await;
+                }
+                Response::Accepted
+            }
             Err(refused) => {
-                tracing::warn!(job = %id, reason = refused.reason, detail = %refused.detail, "refused a delta");
-                self.metrics.rejected("delta", refused.reason);
+                tracing::warn!(job = %id, kind, reason = refused.reason, detail = %refused.detail, "refused an update");
+                self.metrics.rejected(kind, refused.reason);
                 Response::Refused { reason: refused.detail }
             }
         }
     }
 
-    pub(super) async fn accept_delta(
-        &mut self,
-        id: JobId,
-        delta: Signed<ModelDelta>,
-        payload: &[u8],
-    ) -> Result<(), Refused> {
-        let not_open = || Refused {
-            reason: "not_aggregating",
-            detail: format!("this node collects no updates for job {id} now"),
-        };
-        let run = self.runs.get_mut(&id).ok_or_else(not_open)?;
-        let collecting = run.collecting.as_mut().ok_or_else(not_open)?;
-        let member = collecting.accept(delta, payload, &run.state.members)?;
-        tracing::debug!(job = %id, round = collecting.round, %member, received = collecting.contributions.len(), "folded an update");
-        if collecting.complete() {
-            self.close_round(id).await;
-        }
-        Ok(())
-    }
-
-    /// Finishes the aggregate, stores the new global model and announces it.
-    pub(super) async fn close_round(&mut self, id: JobId) {
+    /// A slot is done: the top closes the round, a lower slot sends its partial aggregate up.
+    async fn finish_slot(&mut self, id: JobId, slot: usize) {
         let Some(run) = self.runs.get_mut(&id) else { return };
-        let Some(collecting) = run.collecting.take() else { return };
-        let round = collecting.round;
-        let outcome = match collecting.aggregator.finish() {
-            Ok(outcome) => outcome,
-            Err(error) => return tracing::error!(job = %id, round, %error, "cannot aggregate"),
-        };
-        let included: std::collections::BTreeSet<&str> =
-            outcome.included.iter().map(|(name, _)| name.as_str()).collect();
-        let contributions = collecting
-            .contributions
-            .into_iter()
-            .filter(|c| included.contains(c.member.to_peer_id_string().as_str()))
-            .collect();
-        let params: Vec<f32> =
-            collecting.base_params.iter().zip(&outcome.delta).map(|(p, d)| p + d).collect();
-        let model = match self.store_model(&params) {
-            Ok(model) => model,
+        let Some(position) = run.slots.iter().position(|s| s.slot == slot) else { return };
+        if run.slots[position].parent.is_none() {
+            return self.close_round(id).await;
+        }
+        let collecting = run.slots.remove(position);
+        if collecting.contributions.is_empty() {
+            return tracing::warn!(job = %id, round = collecting.round, slot = %collecting.label, "no update reached this slot in time");
+        }
+        let (round, base, opened_at, label) =
+            (collecting.round, collecting.base, collecting.opened_at_ms, collecting.label.clone());
+        let Some(to) = collecting.parent else { return };
+        let (sum, contributions) = match collecting.finish() {
+            Ok(done) => done,
             Err(error) => {
-                return tracing::error!(job = %id, round, %error, "cannot store the model");
+                return tracing::error!(job = %id, round, %error, "cannot combine the slot");
             }
         };
-        let ready = AggregateReady {
-            job: id,
-            round,
-            base_model: collecting.base,
-            model,
-            contributions,
-            metrics: EvalMetrics::default(),
-            sent_at_ms: unix_millis(),
+        let mean = match sum.mean() {
+            Ok(mean) => mean,
+            Err(error) => {
+                return tracing::error!(job = %id, round, %error, "cannot combine the slot");
+            }
         };
-        tracing::info!(job = %id, round, model = %model, updates = ready.contributions.len(), "round closed");
-        self.publish_signed(id, ready.clone(), GossipMessage::AggregateReady).await;
-        self.on_aggregate_ready(id, self.identity.member_id(), ready).await;
+        tracing::info!(job = %id, round, slot = %label, updates = contributions.len(), %to, "sending the slot's partial aggregate up");
+        let part = (round, base, opened_at, label);
+        send_partial(self, id, part, to, &mean, sum.total_weight, contributions).await;
+    }
+
+    /// Finishes the top slot, stores the new global model and announces it.
+    pub(super) async fn close_round(&mut self, id: JobId) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let Some(position) = run.slots.iter().position(|s| s.parent.is_none()) else { return };
+        let top = run.slots.remove(position);
+        let (round, base, base_params) = (top.round, top.base, top.base_params.clone());
+        let mean = top.finish().and_then(|(sum, contributions)| Ok((sum.mean()?, contributions)));
+        let (delta, contributions) = match mean {
+            Ok(done) => done,
+            Err(error) => return tracing::error!(job = %id, round, %error, "cannot aggregate"),
+        };
+        let params: Vec<f32> = base_params.iter().zip(&delta).map(|(p, d)| p + d).collect();
+        match self.store_model(&params) {
+            Ok(model) => self.announce_model(id, round, base, model, contributions).await,
+            Err(error) => tracing::error!(job = %id, round, %error, "cannot store the model"),
+        }
     }
 
     pub(super) fn store_model(&self, params: &[f32]) -> Result<ContentHash, EngineError> {
@@ -195,5 +280,47 @@ impl Engine {
         let hash = batch.put_blob(&blob)?;
         batch.commit()?;
         Ok(hash)
+    }
+}
+
+/// Signs a slot's or ring's combined update and sends it to the aggregator above (through the
+/// engine's queue if that is this node).
+pub(super) async fn send_partial(
+    engine: &mut Engine,
+    id: JobId,
+    (round, base_model, opened_at_ms, group): PartOf,
+    to: MemberId,
+    mean: &[f32],
+    total_weight: f64,
+    contributions: Vec<Contribution>,
+) {
+    let payload = match encode_model(mean) {
+        Ok(payload) => payload,
+        Err(error) => {
+            return tracing::error!(job = %id, %error, "cannot encode a partial aggregate");
+        }
+    };
+    let body = PartialAggregate {
+        job: id,
+        round,
+        base_model,
+        opened_at_ms,
+        group,
+        aggregator: engine.identity.member_id(),
+        mean: PayloadRef::describe(&payload, TensorEncoding::F32Le, mean.len()),
+        total_weight,
+        contributions,
+    };
+    let signed = match Signed::sign(&engine.identity, body) {
+        Ok(signed) => signed,
+        Err(error) => return tracing::error!(job = %id, %error, "cannot sign a partial aggregate"),
+    };
+    if to == engine.identity.member_id() {
+        let internal = engine.internal.clone();
+        tokio::spawn(async move {
+            let _ = internal.send(Internal::OwnPartial { partial: signed, payload }).await;
+        });
+    } else {
+        send_request(&engine.network, to, Request::Partial(signed), payload, id);
     }
 }

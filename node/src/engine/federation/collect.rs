@@ -1,51 +1,175 @@
-//! The aggregator's side of a round: checking each signed delta against the round (member,
-//! selection, round, base model, layout) and folding it into the job's strategy.
+//! One aggregation slot while its aggregator collects: checking each signed delta (member,
+//! selection, round, base model, layout) and each lower tier's partial aggregate against the
+//! round's plan, folding them into the job's strategy, and combining the slot's result.
 
 use crate::engine::federation::membership::Membership;
-use fedmesh_aggregation::Aggregator;
+use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{Contribution, ModelDelta};
+use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
+use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::tensor::decode_params;
-use std::collections::BTreeSet;
+use fedmesh_topologies::{Input, RoundPlan};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// A round this node aggregates, while it collects updates.
+/// One slot this node aggregates in the round it follows (one opening of it).
 pub struct Collecting {
     pub round: Round,
     pub base: ContentHash,
     pub base_params: Arc<Vec<f32>>,
-    pub aggregator: Aggregator,
-    /// The trainers the plan selected.
-    pub expected: BTreeSet<MemberId>,
-    /// Updates that close the round at its deadline.
-    pub required: usize,
-    pub contributions: Vec<Contribution>,
+    /// The opening it belongs to.
     pub opened_at_ms: u64,
+    /// The slot's index in the plan, and its group label.
+    pub slot: usize,
+    pub label: String,
+    /// The aggregator of the slot above, which gets this slot's partial aggregate; none for the
+    /// top slot, whose result is the round's model.
+    pub parent: Option<MemberId>,
+    /// Takes the trainers' deltas sent here directly.
+    pub aggregator: Aggregator,
+    /// The partial aggregates of the slots and rings below, combined.
+    pub lower: Option<Sum>,
+    /// The trainers whose deltas come here directly.
+    pub direct: BTreeSet<MemberId>,
+    /// The senders of lower partial aggregates (aggregator and group label), with the trainers
+    /// each may include.
+    pub lower_senders: BTreeMap<(MemberId, String), BTreeSet<MemberId>>,
+    /// The lower senders heard from.
+    pub lower_received: BTreeSet<(MemberId, String)>,
+    /// Every update folded in, directly or through a partial aggregate.
+    pub contributions: Vec<Contribution>,
+    /// When a lower slot sends what it has up (the top slot's is the round's deadline).
     pub deadline_ms: u64,
-    /// How many times the round was re-opened for lack of quorum.
-    pub retries: u32,
 }
 
-/// Why a delta was refused: a metrics label and a sentence.
+/// Why a delta or partial aggregate was refused: a metrics label and a sentence.
 #[derive(Debug)]
 pub struct Refused {
     pub reason: &'static str,
     pub detail: String,
 }
 
-fn refuse(reason: &'static str, detail: impl Into<String>) -> Refused {
+pub fn refuse(reason: &'static str, detail: impl Into<String>) -> Refused {
     Refused { reason, detail: detail.into() }
 }
 
+/// The round and opening a collecting slot belongs to.
+pub struct Opening<'a> {
+    pub round: Round,
+    pub base: ContentHash,
+    pub base_params: &'a Arc<Vec<f32>>,
+    pub opened_at_ms: u64,
+    pub deadline_ms: u64,
+}
+
 impl Collecting {
-    /// Every expected trainer has sent its update.
-    pub fn complete(&self) -> bool {
-        self.contributions.len() >= self.expected.len()
+    /// The collecting state of `slot` of `plan`, for `opening`.
+    pub fn new(
+        spec: &JobSpec,
+        plan: &RoundPlan,
+        slot: usize,
+        opening: &Opening<'_>,
+    ) -> Result<Self, AggregationError> {
+        let planned = &plan.slots[slot];
+        let mut direct = BTreeSet::new();
+        let mut lower_senders = BTreeMap::new();
+        for input in &planned.inputs {
+            match input {
+                Input::Trainer(member) => {
+                    direct.insert(*member);
+                }
+                lower => {
+                    let trainers = plan.trainers_in(*lower).into_iter().collect();
+                    lower_senders.insert(plan.sender_of(*lower), trainers);
+                }
+            }
+        }
+        // A lower slot sends up at its share of the round's time: tier t of d at t/d of it.
+        let span = opening.deadline_ms.saturating_sub(opening.opened_at_ms);
+        let depth = plan.depth().max(1) as u64;
+        let deadline_ms = match planned.parent {
+            None => opening.deadline_ms,
+            Some(_) => opening.opened_at_ms + span * planned.tier as u64 / depth,
+        };
+        Ok(Self {
+            round: opening.round,
+            base: opening.base,
+            base_params: opening.base_params.clone(),
+            opened_at_ms: opening.opened_at_ms,
+            slot,
+            label: planned.id.label.clone(),
+            parent: planned.parent.map(|parent| plan.slots[parent].aggregator()),
+            aggregator: Aggregator::from_spec(
+                &spec.strategy,
+                opening.base_params.len(),
+                opening.round,
+            )?,
+            lower: None,
+            direct,
+            lower_senders,
+            lower_received: BTreeSet::new(),
+            contributions: Vec::new(),
+            deadline_ms,
+        })
     }
 
-    /// Verifies a delta and folds it in; the payload is the encoded update.
-    pub fn accept(
+    /// Every input of the slot has arrived.
+    pub fn complete(&self) -> bool {
+        let direct_in =
+            self.contributions.iter().filter(|c| self.direct.contains(&c.member)).count();
+        direct_in >= self.direct.len() && self.lower_received.len() >= self.lower_senders.len()
+    }
+
+    /// Checks that a message is for this slot's round and base model.
+    fn check_round(
+        &self,
+        what: &str,
+        signer: &MemberId,
+        round: Round,
+        base: &ContentHash,
+    ) -> Result<(), Refused> {
+        if round != self.round {
+            return Err(refuse(
+                "wrong_round",
+                format!("{what} from {signer} is for round {round}, round {} is open", self.round),
+            ));
+        }
+        if *base != self.base {
+            return Err(refuse(
+                "wrong_base",
+                format!(
+                    "{what} from {signer} builds on {base}, the round's model is {}",
+                    self.base
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        what: &str,
+        payload: &[u8],
+        reference: &fedmesh_protocol::tensor::PayloadRef,
+        signer: &MemberId,
+    ) -> Result<Vec<f32>, Refused> {
+        let params = self.base_params.len();
+        if reference.params != params as u64 {
+            return Err(refuse(
+                "wrong_layout",
+                format!(
+                    "{what} from {signer} has {} parameters, the model {params}",
+                    reference.params
+                ),
+            ));
+        }
+        decode_params(payload, reference.encoding, params)
+            .map_err(|e| refuse("malformed_payload", e.to_string()))
+    }
+
+    /// Verifies a trainer's delta and folds it in; the payload is the encoded update.
+    pub fn accept_delta(
         &mut self,
         delta: Signed<ModelDelta>,
         payload: &[u8],
@@ -58,26 +182,12 @@ impl Collecting {
         if !members.contains(&signer) {
             return Err(refuse("not_a_member", format!("{signer} is not a member of the job")));
         }
-        if body.round != self.round {
+        self.check_round("delta", &signer, body.round, &body.base_model)?;
+        if !self.direct.contains(&signer) {
             return Err(refuse(
-                "wrong_round",
-                format!(
-                    "delta from {signer} is for round {}, round {} is open",
-                    body.round, self.round
-                ),
+                "not_selected",
+                format!("{signer} was not selected to send its update to this slot this round"),
             ));
-        }
-        if body.base_model != self.base {
-            return Err(refuse(
-                "wrong_base",
-                format!(
-                    "delta from {signer} builds on {}, the round's model is {}",
-                    body.base_model, self.base
-                ),
-            ));
-        }
-        if !self.expected.contains(&signer) {
-            return Err(refuse("not_selected", format!("{signer} was not selected this round")));
         }
         if let Some(counted) = self.contributions.iter().find(|c| c.member == signer) {
             if counted.delta == body.payload.hash {
@@ -86,18 +196,7 @@ impl Collecting {
             }
             return Err(refuse("duplicate", format!("{signer} already sent another update")));
         }
-        let params = self.base_params.len();
-        if body.payload.params != params as u64 {
-            return Err(refuse(
-                "wrong_layout",
-                format!(
-                    "delta from {signer} has {} parameters, the model {params}",
-                    body.payload.params
-                ),
-            ));
-        }
-        let update = decode_params(payload, body.payload.encoding, params)
-            .map_err(|e| refuse("malformed_payload", e.to_string()))?;
+        let update = self.decode("delta", payload, &body.payload, &signer)?;
         self.aggregator
             .add(&signer.to_peer_id_string(), body.samples as f64, &update)
             .map_err(|e| refuse("rejected_update", e.to_string()))?;
@@ -108,4 +207,118 @@ impl Collecting {
         });
         Ok(signer)
     }
+
+    /// Verifies a lower slot's or ring's partial aggregate and folds it in.
+    pub fn accept_partial(
+        &mut self,
+        partial: Signed<PartialAggregate>,
+        payload: &[u8],
+        members: &Membership,
+    ) -> Result<MemberId, Refused> {
+        let verified = partial
+            .verify_with_payload(payload, |_, _| Ok(()))
+            .map_err(|e| refuse("bad_signature", e.to_string()))?;
+        let (signer, body) = (verified.signer(), verified.body());
+        if !members.contains(&signer) {
+            return Err(refuse("not_a_member", format!("{signer} is not a member of the job")));
+        }
+        self.check_round("partial aggregate", &signer, body.round, &body.base_model)?;
+        if body.opened_at_ms != self.opened_at_ms {
+            return Err(refuse(
+                "stale_opening",
+                format!("partial aggregate from {signer} answers an earlier opening of the round"),
+            ));
+        }
+        let key = (signer, body.group.clone());
+        let Some(allowed) = self.lower_senders.get(&key) else {
+            return Err(refuse(
+                "not_selected",
+                format!("{signer} does not send group `{}` to this slot this round", body.group),
+            ));
+        };
+        if self.lower_received.contains(&key) {
+            return Err(refuse(
+                "duplicate",
+                format!("{signer} already sent group `{}`", body.group),
+            ));
+        }
+        check_included(&signer, body, allowed, &self.contributions)?;
+        let mean = self.decode("partial aggregate", payload, &body.mean, &signer)?;
+        let weights =
+            body.contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
+        let part = Sum::from_mean(&mean, weights.collect())
+            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+        match &mut self.lower {
+            Some(lower) => {
+                lower.merge(&part).map_err(|e| refuse("rejected_update", e.to_string()))?
+            }
+            None => self.lower = Some(part),
+        }
+        self.lower_received.insert(key);
+        self.contributions.extend(body.contributions.iter().copied());
+        Ok(signer)
+    }
+
+    /// Combines everything folded in: the slot's partial aggregate and the contributions it
+    /// includes.
+    pub fn finish(self) -> Result<(Sum, Vec<Contribution>), AggregationError> {
+        let direct = match self.aggregator.count() {
+            0 => None,
+            _ => Some(self.aggregator.finish_partial()?),
+        };
+        let combined = match (direct, self.lower) {
+            (Some(mut direct), Some(lower)) => {
+                direct.merge(&lower)?;
+                direct
+            }
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => return Err(AggregationError::Empty),
+        };
+        let included: BTreeSet<&str> =
+            combined.contributors.iter().map(|(name, _)| name.as_str()).collect();
+        let contributions = self
+            .contributions
+            .into_iter()
+            .filter(|c| included.contains(c.member.to_peer_id_string().as_str()))
+            .collect();
+        Ok((combined, contributions))
+    }
+}
+
+/// A partial aggregate may include only the trainers its sender serves, none counted already,
+/// and its total weight must be their samples.
+fn check_included(
+    signer: &MemberId,
+    body: &PartialAggregate,
+    allowed: &BTreeSet<MemberId>,
+    counted: &[Contribution],
+) -> Result<(), Refused> {
+    if body.contributions.is_empty() {
+        return Err(refuse("rejected_update", format!("partial aggregate from {signer} is empty")));
+    }
+    if let Some(outsider) = body.contributions.iter().find(|c| !allowed.contains(&c.member)) {
+        return Err(refuse(
+            "not_selected",
+            format!(
+                "partial aggregate from {signer} includes {}, not of its group",
+                outsider.member
+            ),
+        ));
+    }
+    if let Some(again) =
+        body.contributions.iter().find(|c| counted.iter().any(|k| k.member == c.member))
+    {
+        return Err(refuse("duplicate", format!("{} is already counted this round", again.member)));
+    }
+    let samples: f64 = body.contributions.iter().map(|c| c.samples as f64).sum();
+    if (samples - body.total_weight).abs() > 1e-6 * samples.max(1.0) {
+        return Err(refuse(
+            "rejected_update",
+            format!(
+                "partial aggregate from {signer} weighs {}, its contributions {samples}",
+                body.total_weight
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -80,6 +80,15 @@ impl Engine {
                 detail: format!("{signer} is not a member (yet); kept until its join arrives"),
             });
         }
+        if let Pending::Open(open) = &message
+            && let Err(unknown) = run.named_members(open)
+        {
+            run.hold(signer, message);
+            return Err(Refused {
+                reason: "unknown_member",
+                detail: format!("the opening names {unknown}, whose join has not arrived; kept"),
+            });
+        }
         let round = match &message {
             Pending::Open(open) => open.round,
             Pending::Ready(ready) => ready.round,
@@ -87,7 +96,7 @@ impl Engine {
         // Only the round's aggregator may open it or announce its model: the member this node's
         // own plan elects, or the one whose opening it follows. A member whose view differs for
         // a moment is refused and heard again when it re-opens the round at its deadline.
-        let followed = run.open.is_some_and(|o| o.round == round && o.opener == signer);
+        let followed = run.open.as_ref().is_some_and(|o| o.round == round && o.opener == signer);
         let elected = run.is_elected(round, &signer, unix_millis());
         let allowed = match &message {
             Pending::Open(_) => elected,

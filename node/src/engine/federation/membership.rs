@@ -47,6 +47,11 @@ impl Membership {
         }
     }
 
+    /// What a member declared when it joined.
+    pub fn info(&self, member: &MemberId) -> Option<MemberInfo> {
+        self.members.get(member).map(|m| m.info.clone())
+    }
+
     pub fn contains(&self, member: &MemberId) -> bool {
         self.members.contains_key(member)
     }

@@ -10,6 +10,7 @@ mod membership;
 mod misbehave;
 mod models;
 mod records;
+mod ring;
 mod store;
 mod train;
 
@@ -18,18 +19,22 @@ pub use misbehave::KINDS as MISBEHAVIOURS;
 pub use records::{RoundView, RunView};
 
 use super::{Engine, EngineError};
+use aggregate::send_partial;
 use collect::{Collecting, Refused};
 use fedmesh_protocol::codec::encode_gossip;
 use fedmesh_protocol::envelope::{Signed, SignedBody};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, GossipMessage, Heartbeat, Join, Leave, ModelDelta, RoundOpen, unix_millis,
+    AggregateReady, GossipMessage, Heartbeat, Join, Leave, ModelDelta, RingChunk, RoundOpen,
+    unix_millis,
 };
 use fedmesh_protocol::spec::JobSpec;
+use fedmesh_protocol::strategy::AggregationRule;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
-use fedmesh_topologies::{RoundPlan, Selection, Tag};
+use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
 use membership::Membership;
 use records::{MemberView, RoundRecord, RunState, RunStatus};
+use ring::RingRun;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -41,6 +46,9 @@ const REJOIN_MS: u64 = 5_000;
 const JOIN_ECHO_DELAY_MS: u64 = 300;
 /// A member not heard from for this long is left out of plans.
 const LIVENESS_MS: u64 = 10_000;
+/// How long past a round's deadline its leader has to open it again before members elect
+/// another.
+const REOPEN_GRACE_MS: u64 = 2_000;
 
 /// The gossip topic of one job.
 pub fn job_topic(job: &JobId) -> String {
@@ -56,13 +64,32 @@ enum Pending {
     Ready(AggregateReady),
 }
 
-/// A round that is open, as this member follows it.
-#[derive(Debug, Clone, Copy)]
+/// A round that is open, as this member follows it (one opening of it).
+#[derive(Debug, Clone)]
 struct OpenRound {
     round: Round,
     opener: MemberId,
     base: ContentHash,
     deadline_ms: u64,
+    opened_at_ms: u64,
+    /// The round's plan over the members its opening names.
+    plan: Arc<RoundPlan>,
+}
+
+/// A round this node leads: it opened it, watches its deadline and opens it again when it
+/// stalls.
+#[derive(Debug, Clone)]
+struct Leading {
+    round: Round,
+    base: ContentHash,
+    /// Updates the top slot needs to close at the deadline.
+    required: usize,
+    /// The live members the opening names.
+    members: Vec<MemberId>,
+    opened_at_ms: u64,
+    deadline_ms: u64,
+    /// How many times the round was opened again.
+    retries: u32,
 }
 
 /// A job this node takes part in.
@@ -76,11 +103,18 @@ pub struct JobRun {
     params: Arc<Vec<f32>>,
     rounds: BTreeMap<Round, RoundRecord>,
     open: Option<OpenRound>,
-    collecting: Option<Collecting>,
+    /// The round this node leads, if any.
+    leading: Option<Leading>,
+    /// The slots this node aggregates in the round it follows.
+    slots: Vec<Collecting>,
+    /// This node's ring all-reduce in the round it follows.
+    ring: Option<RingRun>,
+    /// Ring chunks that arrived before the opening they belong to.
+    early_chunks: Vec<(Signed<RingChunk>, Vec<u8>)>,
     /// The round and base this member trained on, so it trains once per round.
     trained: Option<(Round, ContentHash)>,
-    /// This member's last update, its payload, and the opening it answered (aggregator and
-    /// deadline): re-sent when the round is opened again (retried, taken over by another member,
+    /// This member's last update, its payload, and the opening it answered (opener and opening
+    /// time): sent again when the round is opened again (retried, taken over by another member,
     /// or re-opened by a restarted aggregator).
     last_update: Option<(ModelDelta, Vec<u8>, (MemberId, u64))>,
     heartbeat_sequence: u64,
@@ -110,7 +144,10 @@ impl JobRun {
             params: Arc::new(params),
             rounds,
             open: None,
-            collecting: None,
+            leading: None,
+            slots: Vec::new(),
+            ring: None,
+            early_chunks: Vec::new(),
             trained: None,
             last_update: None,
             heartbeat_sequence: 0,
@@ -125,18 +162,37 @@ impl JobRun {
     }
 
     fn live_plan(&self, round: Round, now_ms: u64) -> Option<RoundPlan> {
+        self.live_plan_with_members(round, now_ms).map(|(plan, _)| plan)
+    }
+
+    /// The plan over the members live now, and who they are.
+    fn live_plan_with_members(
+        &self,
+        round: Round,
+        now_ms: u64,
+    ) -> Option<(RoundPlan, Vec<MemberId>)> {
         let live = self.state.members.live(now_ms, LIVENESS_MS);
         if live.len() < self.spec.participation.min_participants as usize {
             return None;
         }
+        let plan = self.plan_over(round, &live)?;
+        Some((plan, live.into_iter().map(|m| m.id).collect()))
+    }
+
+    fn plan_over(&self, round: Round, members: &[MemberInfo]) -> Option<RoundPlan> {
         let selection = Selection::from_participation(&self.spec.participation);
-        match RoundPlan::compute(&self.tag, &self.id, round, &live, &selection) {
+        match RoundPlan::compute(&self.tag, &self.id, round, members, &selection) {
             Ok(plan) => Some(plan),
             Err(error) => {
                 tracing::warn!(job = %self.id, round, %error, "no plan for the round");
                 None
             }
         }
+    }
+
+    /// The members an opening names, as this node knows them; the first unknown one otherwise.
+    fn named_members(&self, open: &RoundOpen) -> Result<Vec<MemberInfo>, MemberId> {
+        open.members.iter().map(|id| self.state.members.info(id).ok_or(*id)).collect()
     }
 
     /// Keeps a round message this node cannot accept yet, to judge it again after the next join
@@ -150,7 +206,7 @@ impl JobRun {
 
     /// Whether this node's live plan for `round` elects `member` as its aggregator.
     fn is_elected(&self, round: Round, member: &MemberId, now_ms: u64) -> bool {
-        self.live_plan(round, now_ms).is_some_and(|plan| plan.fetch_from() == Some(*member))
+        self.live_plan(round, now_ms).is_some_and(|plan| plan.leader() == Some(*member))
     }
 
     pub fn view(&self) -> RunView {
@@ -183,12 +239,14 @@ impl JobRun {
 /// Checks that this node can run a job's topology and strategy.
 fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
     let tag = Tag::from_spec(&spec.tag).map_err(|e| EngineError::Invalid(e.to_string()))?;
-    if tag.tiers.len() != 2 || tag.ring.is_some() {
+    let plain_mean = spec.strategy.rule == AggregationRule::FedAvg
+        && spec.strategy.clip_norm.is_none()
+        && spec.strategy.noise_multiplier.is_none();
+    if tag.ring.is_some() && !plain_mean {
         return Err(EngineError::Invalid(format!(
-            "job `{}` uses a {}-tier{} topology; this node runs central (two-tier) rounds only",
-            spec.name,
-            tag.tiers.len(),
-            if tag.ring.is_some() { " ring" } else { "" }
+            "job `{}`: a ring all-reduce computes the plain weighted mean of its members' updates; \
+             strategy.rule must be fedavg, without clip_norm or noise_multiplier",
+            spec.name
         )));
     }
     if spec.strategy.server.is_some() {
@@ -289,7 +347,9 @@ impl Engine {
             return Err(EngineError::NotFound(format!("this node is not in job {id}")));
         };
         run.state.status = RunStatus::Left;
-        run.collecting = None;
+        run.leading = None;
+        run.slots.clear();
+        run.ring = None;
         store::save_state(&self.store, run)?;
         let leave = Leave {
             job: id,
@@ -370,22 +430,29 @@ impl Engine {
             self.publish_join(id).await;
         }
         self.check_deadline(id, now).await;
+        self.check_slot_deadlines(id, now).await;
         self.forget_lost_opener(id, now);
         let Some(run) = self.runs.get(&id) else { return };
-        if run.is_active() && run.open.is_none() && run.collecting.is_none() {
+        if run.is_active() && run.open.is_none() && run.leading.is_none() {
             let next = run.state.completed_round + 1;
             self.maybe_open(id, next).await;
         }
     }
 
-    /// A round opened by a member that has since gone silent is forgotten after its deadline, so
-    /// that the next plan (without that member) elects a new aggregator.
+    /// A round whose opening is past its deadline (and the grace its leader has to open it
+    /// again) is forgotten when its leader went silent or no longer leads it in this node's live
+    /// plan, so that the member the plan elects now opens it.
     fn forget_lost_opener(&mut self, id: JobId, now: u64) {
         let Some(run) = self.runs.get_mut(&id) else { return };
-        let Some(open) = run.open else { return };
-        let alive = run.state.members.live(now, LIVENESS_MS).iter().any(|m| m.id == open.opener);
-        if now > open.deadline_ms && !alive {
-            tracing::warn!(job = %id, round = open.round, opener = %open.opener, "the round's aggregator went silent; electing another");
+        let Some(open) = run.open.as_ref() else { return };
+        if now <= open.deadline_ms + REOPEN_GRACE_MS || run.leading.is_some() {
+            return;
+        }
+        let (round, opener) = (open.round, open.opener);
+        let alive = run.state.members.live(now, LIVENESS_MS).iter().any(|m| m.id == opener);
+        let still_leads = run.is_elected(round, &opener, now);
+        if !alive || !still_leads {
+            tracing::warn!(job = %id, round, %opener, alive, "the round's leader went silent or no longer leads it; electing another");
             run.open = None;
         }
     }

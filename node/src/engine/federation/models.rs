@@ -32,8 +32,13 @@ impl Engine {
         record.model = Some(ready.model);
         record.participants = ready.contributions.len();
         record.closed_at_ms = Some(ready.sent_at_ms);
-        if run.open.is_some_and(|open| open.round <= ready.round) {
+        if run.open.as_ref().is_some_and(|open| open.round <= ready.round) {
             run.open = None;
+        }
+        // The round is over: whatever this node still collected or led for it is moot.
+        run.slots.retain(|slot| slot.round > ready.round);
+        if run.leading.as_ref().is_some_and(|leading| leading.round <= ready.round) {
+            run.leading = None;
         }
         match self.store.blob(&ready.model) {
             Ok(Some(bytes)) => self.adopt_model(id, ready.round, ready.model, &bytes).await,

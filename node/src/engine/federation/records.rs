@@ -48,6 +48,9 @@ pub struct RoundRecord {
     pub train_seconds: Option<f64>,
     /// Each member's evaluation of the round's model.
     pub evaluations: BTreeMap<MemberId, EvalMetrics>,
+    /// The plan of the round's latest opening: each slot's aggregator, each ring's order.
+    pub slots: BTreeMap<String, MemberId>,
+    pub rings: BTreeMap<String, Vec<MemberId>>,
 }
 
 impl RoundRecord {
@@ -67,6 +70,8 @@ impl RoundRecord {
             closed_at_ms: None,
             train_seconds: None,
             evaluations: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            rings: BTreeMap::new(),
         }
     }
 
@@ -101,6 +106,18 @@ impl RoundRecord {
                 .closed_at_ms
                 .map(|closed| closed.saturating_sub(self.opened_at_ms) as f64 / 1e3),
             train_seconds: self.train_seconds,
+            slots: self
+                .slots
+                .iter()
+                .map(|(slot, m)| (slot.clone(), m.to_peer_id_string()))
+                .collect(),
+            rings: self
+                .rings
+                .iter()
+                .map(|(ring, order)| {
+                    (ring.clone(), order.iter().map(MemberId::to_peer_id_string).collect())
+                })
+                .collect(),
         }
     }
 }
@@ -133,6 +150,11 @@ pub struct RoundView {
     pub seconds: Option<f64>,
     /// This node's local training time in the round.
     pub train_seconds: Option<f64>,
+    /// Each aggregation slot (`role/group`) and its aggregator, as the round's latest opening
+    /// planned it.
+    pub slots: BTreeMap<String, String>,
+    /// Each ring (by group label) and its members in ring order.
+    pub rings: BTreeMap<String, Vec<String>>,
 }
 
 /// A member as the admin API shows it.

@@ -1,5 +1,5 @@
 //! A trainer's side of a round: following a round's opening, training on the local data off the
-//! engine's task, and sending the signed delta to the round's aggregator.
+//! engine's task, and delivering the signed update where the round's plan sends it.
 
 use super::records::{RoundRecord, RunStatus};
 use super::{OpenRound, encode_model, local};
@@ -10,76 +10,98 @@ use fedmesh_protocol::codec::{decode_response, encode_request};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    ModelDelta, Request, Response, RoundOpen, TrainMetrics, unix_millis,
+    Contribution, ModelDelta, Request, Response, RoundOpen, TrainMetrics,
 };
-use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding};
+use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, decode_params};
+use fedmesh_topologies::Destination;
+use std::sync::Arc;
 
 impl Engine {
-    /// Follows a round's opening: records it and trains if this member is selected.
+    /// Follows a round's opening: records it, plans the round over the members it names, sets
+    /// up the slots and ring this member serves, and trains if it is selected (or sends its
+    /// update again when the round was opened again).
     pub(super) async fn on_round_open(&mut self, id: JobId, opener: MemberId, open: RoundOpen) {
         let me = self.identity.member_id();
-        let now = unix_millis();
         let Some(run) = self.runs.get_mut(&id) else { return };
         if open.round <= run.state.completed_round || !run.is_active() {
             return;
         }
+        let same_opening = run
+            .open
+            .as_ref()
+            .is_some_and(|o| (o.round, o.opened_at_ms) == (open.round, open.opened_at_ms));
+        if same_opening {
+            return;
+        }
+        let plan = match run.named_members(&open) {
+            Ok(members) => run.plan_over(open.round, &members),
+            Err(unknown) => {
+                return tracing::warn!(job = %id, round = open.round, %unknown, "an opening names a member this node does not know");
+            }
+        };
+        let Some(plan) = plan.filter(|plan| plan.leader() == Some(opener)) else {
+            return tracing::warn!(job = %id, round = open.round, %opener, "an opening whose plan another member leads; ignored");
+        };
+        let plan = Arc::new(plan);
         run.state.status = RunStatus::Running;
         run.open = Some(OpenRound {
             round: open.round,
             opener,
             base: open.base_model,
             deadline_ms: open.deadline_ms,
+            opened_at_ms: open.opened_at_ms,
+            plan: plan.clone(),
         });
         let record = run.rounds.entry(open.round).or_insert_with(|| {
             RoundRecord::new(open.round, opener, open.base_model, open.opened_at_ms)
         });
         record.aggregator = opener;
         record.opened_at_ms = open.opened_at_ms;
-        let selected =
-            run.live_plan(open.round, now).is_none_or(|plan| plan.trainers.contains(&me));
-        if !selected {
+        record.slots = plan.slots.iter().map(|s| (s.id.to_string(), s.aggregator())).collect();
+        record.rings = plan.rings.iter().map(|r| (r.label.clone(), r.order.clone())).collect();
+        self.collect_slots(id, &plan);
+        self.form_ring(id, &plan).await;
+        if !plan.trainers.contains(&me) {
             return tracing::debug!(job = %id, round = open.round, "not selected this round");
         }
-        let opening = (opener, open.deadline_ms);
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let opening = (opener, open.opened_at_ms);
         let reopened = run.last_update.as_ref().filter(|(update, _, answered)| {
             update.round == open.round
                 && update.base_model == open.base_model
                 && *answered != opening
         });
         if let Some((update, payload, _)) = reopened.cloned() {
-            tracing::info!(job = %id, round = open.round, aggregator = %opener, "round opened again; re-sending the update");
+            tracing::info!(job = %id, round = open.round, leader = %opener, "round opened again; sending the update again");
             run.last_update = Some((update.clone(), payload.clone(), opening));
-            return self.send_delta(id, opener, update, payload).await;
+            return self.deliver_update(id, update, payload).await;
         }
         if open.base_model == run.state.model {
             self.start_training(id);
         } else {
-            // Behind: fetch the round's base model from its aggregator first.
+            // Behind: fetch the round's base model from its leader first.
             self.fetch_model(id, open.round - 1, open.base_model, opener);
         }
     }
 
     pub(super) fn start_training(&mut self, id: JobId) {
         let Some(run) = self.runs.get_mut(&id) else { return };
-        let Some(open) = run.open else { return };
-        if run.trained == Some((open.round, open.base)) || run.state.model != open.base {
+        let Some((round, base)) = run.open.as_ref().map(|open| (open.round, open.base)) else {
+            return;
+        };
+        if run.trained == Some((round, base)) || run.state.model != base {
             return;
         }
-        run.trained = Some((open.round, open.base));
+        run.trained = Some((round, base));
         let (local, params, internal) =
             (run.local.clone(), run.params.clone(), self.internal.clone());
         tokio::task::spawn_blocking(move || {
-            let result = local.train(&params, open.round).map_err(|e| format!("{e:#}"));
-            let _ = internal.blocking_send(Internal::Trained {
-                job: id,
-                round: open.round,
-                base: open.base,
-                result,
-            });
+            let result = local.train(&params, round).map_err(|e| format!("{e:#}"));
+            let _ = internal.blocking_send(Internal::Trained { job: id, round, base, result });
         });
     }
 
-    /// Sends a finished local update to the round's aggregator (or folds it in, if that is us).
+    /// Sends a finished local update where the round's plan says (or folds it in, if that is us).
     pub(in crate::engine) async fn on_trained(
         &mut self,
         id: JobId,
@@ -96,9 +118,10 @@ impl Engine {
         if let Some(record) = run.rounds.get_mut(&round) {
             record.train_seconds = Some(trained.seconds);
         }
-        let Some(open) = run.open.filter(|o| o.round == round && o.base == base) else {
+        let Some(open) = run.open.as_ref().filter(|o| o.round == round && o.base == base) else {
             return tracing::info!(job = %id, round, "round moved on while training; update dropped");
         };
+        let opening = (open.opener, open.opened_at_ms);
         let payload = match encode_model(&delta) {
             Ok(payload) => payload,
             Err(error) => return tracing::error!(job = %id, %error, "cannot encode the update"),
@@ -113,9 +136,40 @@ impl Engine {
             payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, delta.len()),
         };
         tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
-        run.last_update = Some((body.clone(), payload.clone(), (open.opener, open.deadline_ms)));
-        self.misbehave_before_delta(id, open.opener, &body, &payload).await;
-        self.send_delta(id, open.opener, body, payload).await;
+        run.last_update = Some((body.clone(), payload.clone(), opening));
+        self.deliver_update(id, body, payload).await;
+    }
+
+    /// Delivers this member's update where the followed round's plan sends it: to its slot's
+    /// aggregator, or into its ring.
+    async fn deliver_update(&mut self, id: JobId, body: ModelDelta, payload: Vec<u8>) {
+        let me = self.identity.member_id();
+        let Some(open) = self.runs.get(&id).and_then(|run| run.open.clone()) else { return };
+        match open.plan.destination(&me) {
+            Some(Destination::Slot(slot)) => {
+                let aggregator = open.plan.slots[slot].aggregator();
+                self.misbehave_before_delta(id, aggregator, &body, &payload).await;
+                self.send_delta(id, aggregator, body, payload).await;
+            }
+            Some(Destination::Ring(_)) => {
+                let delta = match decode_params(
+                    &payload,
+                    body.payload.encoding,
+                    body.payload.params as usize,
+                ) {
+                    Ok(delta) => delta,
+                    Err(error) => {
+                        return tracing::error!(job = %id, %error, "cannot decode own update");
+                    }
+                };
+                let own =
+                    Contribution { member: me, delta: body.payload.hash, samples: body.samples };
+                self.contribute_to_ring(id, &delta, own).await;
+            }
+            None => {
+                tracing::warn!(job = %id, round = body.round, "the plan has no destination for this member's update")
+            }
+        }
     }
 
     /// Signs a delta and delivers it to `aggregator`.

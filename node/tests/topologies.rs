@@ -1,0 +1,154 @@
+//! Every topology the TAG can express, run by real `fedmesh` processes: hierarchical (group
+//! aggregators send signed partial aggregates to a top aggregator), ring (all-reduce, no
+//! aggregator), hybrid (rings inside groups, one aggregator across them), a Flame schema file as
+//! the TAG, and failures mid-round (a ring member, a group aggregator) that the round survives.
+
+mod common;
+
+use common::{
+    Job, accuracy, assert_every_round_once, assert_same_model, federation, participants, refusals,
+    wait_completed, wait_completed_on, wait_for,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// node.toml lines giving node `i` the group `groups[i]`.
+fn grouped(groups: &'static [&'static str]) -> impl Fn(usize) -> Vec<String> {
+    move |i| vec![format!("group = {:?}", groups[i])]
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/../topologies/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The last round's plan as node `observer` recorded it.
+fn last_round(run: &Value) -> Value {
+    run["rounds"].as_array().and_then(|r| r.last()).cloned().unwrap_or_default()
+}
+
+/// Checks a completed job: same model everywhere, every round once with every member's
+/// update, and a model that learned.
+fn assert_learned_with_everyone(runs: &[Value], rounds: u64, members: u64) {
+    assert_same_model(runs);
+    assert_every_round_once(&runs[0], rounds);
+    let counts = participants(&runs[0]);
+    assert!(counts.iter().all(|&c| c == members), "every member in every round: {counts:?}");
+    let last = accuracy(&runs[0], rounds as usize - 1);
+    assert!(last > 0.8, "softmax on mnist5k learns: {last} in {:#?}", runs[0]["rounds"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hierarchical_group_aggregates_compose_into_one_global_model() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = federation(root.path(), 5, grouped(&["eu", "eu", "na", "na", "na"])).await;
+    let job = Job { tag: json!("hierarchical"), ..Job::new(4, 5) }.announce(&cluster).await;
+    let runs = wait_completed(&cluster, &job, LIMIT).await;
+    assert_learned_with_everyone(&runs, 4, 5);
+    let plan = last_round(&runs[0]);
+    let slots = plan["slots"].as_object().cloned().unwrap_or_default();
+    assert_eq!(slots.len(), 3, "a slot per group and a top: {plan:#?}");
+    // Group aggregators sent partial aggregates up, and the top took them all.
+    let refused = refusals(&cluster, &[0, 1, 2, 3, 4], "partial", "not_selected").await;
+    assert_eq!(refused, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ring_all_reduces_every_round_without_an_aggregator() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let job = Job { tag: json!("ring"), ..Job::new(4, 4) }.announce(&cluster).await;
+    let runs = wait_completed(&cluster, &job, LIMIT).await;
+    assert_learned_with_everyone(&runs, 4, 4);
+    let plan = last_round(&runs[0]);
+    assert!(plan["slots"].as_object().is_some_and(|s| s.is_empty()), "no aggregator: {plan:#?}");
+    let ring = plan["rings"].as_object().and_then(|r| r.values().next().cloned());
+    assert_eq!(ring.and_then(|r| r.as_array().map(Vec::len)), Some(4), "{plan:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hybrid_rings_inside_groups_feed_one_aggregator() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = federation(root.path(), 4, grouped(&["eu", "eu", "na", "na"])).await;
+    let job = Job { tag: json!("hybrid"), ..Job::new(3, 4) }.announce(&cluster).await;
+    let runs = wait_completed(&cluster, &job, LIMIT).await;
+    assert_learned_with_everyone(&runs, 3, 4);
+    let plan = last_round(&runs[0]);
+    assert_eq!(plan["rings"].as_object().map(|r| r.len()), Some(2), "{plan:#?}");
+    assert_eq!(plan["slots"].as_object().map(|s| s.len()), Some(1), "{plan:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flame_schema_is_the_jobs_tag() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = federation(root.path(), 4, grouped(&["eu", "eu", "na", "na"])).await;
+    let job = Job { tag: fixture("hier_mnist.json"), ..Job::new(3, 4) }.announce(&cluster).await;
+    let runs = wait_completed(&cluster, &job, LIMIT).await;
+    assert_learned_with_everyone(&runs, 3, 4);
+    let plan = last_round(&runs[0]);
+    let slots: Vec<String> =
+        plan["slots"].as_object().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+    assert_eq!(
+        slots,
+        ["middle-aggregator/eu", "middle-aggregator/na", "top-aggregator/default"],
+        "{plan:#?}"
+    );
+}
+
+/// Waits for a round from round 2 on whose opening is planned but not closed; returns it.
+async fn open_round(cluster: &fedmesh_testnet::cluster::Cluster, job: &str) -> Value {
+    let open = |run: &Value| {
+        let round = last_round(run);
+        round["round"].as_u64() >= Some(2) && round["model"].is_null()
+    };
+    last_round(&wait_for(cluster, 0, job, "an open round", open).await)
+}
+
+fn node_of(cluster: &fedmesh_testnet::cluster::Cluster, peer: &Value) -> usize {
+    cluster.nodes.iter().position(|n| json!(n.peer_id) == *peer).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ring_member_killed_mid_round_makes_the_ring_re_form() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let job =
+        Job { tag: json!("ring"), deadline_secs: 3, ..Job::new(5, 3) }.announce(&cluster).await;
+    let round = open_round(&cluster, &job).await;
+    // A member of the ring that does not lead the round (nor is node0, the observer).
+    let leader = node_of(&cluster, &round["aggregator"]);
+    let victim = (1..4).find(|&i| i != leader).unwrap();
+    cluster.nodes[victim].kill();
+    let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    let runs = wait_completed_on(&cluster, &survivors, &job, LIMIT).await;
+    assert_same_model(&runs);
+    assert_every_round_once(&runs[0], 5);
+    assert_eq!(*participants(&runs[0]).last().unwrap(), 3, "the ring re-formed without it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_aggregator_killed_mid_round_is_replaced_by_the_next_in_its_failover_order() {
+    let root = tempfile::tempdir().unwrap();
+    let groups = &["eu", "eu", "eu", "na", "na", "na"];
+    let mut cluster = federation(root.path(), 6, grouped(groups)).await;
+    let job = Job { tag: json!("hierarchical"), deadline_secs: 3, ..Job::new(5, 4) }
+        .announce(&cluster)
+        .await;
+    let round = open_round(&cluster, &job).await;
+    let leader = node_of(&cluster, &round["aggregator"]);
+    let slots = round["slots"].as_object().cloned().unwrap_or_default();
+    let victim = slots
+        .iter()
+        .filter(|(slot, _)| slot.ends_with("/eu") || slot.ends_with("/na"))
+        .map(|(_, peer)| node_of(&cluster, peer))
+        .find(|&node| node != leader && node != 0)
+        .expect("a group aggregator that does not lead the round");
+    cluster.nodes[victim].kill();
+    let survivors: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
+    let runs = wait_completed_on(&cluster, &survivors, &job, LIMIT).await;
+    assert_same_model(&runs);
+    assert_every_round_once(&runs[0], 5);
+    assert_eq!(*participants(&runs[0]).last().unwrap(), 5, "{:#?}", runs[0]["rounds"]);
+}
