@@ -17,9 +17,14 @@ struct Args {
     /// Federated rounds.
     #[arg(long, default_value_t = 10)]
     rounds: u64,
-    /// The job's topology (TAG): central (this node runs central jobs).
+    /// The job's topology (TAG): central, hierarchical, ring, hybrid, or a Flame-style TAG
+    /// schema file (.json; see topologies/tests/fixtures/).
     #[arg(long, default_value = "central")]
     topology: String,
+    /// Group labels, comma-separated, handed to the nodes in turn (node i gets label i mod n):
+    /// hierarchical and hybrid TAGs aggregate per group; a schema file's labels must match.
+    #[arg(long, default_value = "eu,na", value_delimiter = ',')]
+    groups: Vec<String>,
     /// An embedded data set (mnist5k, digits, breast-cancer) or a data file (.csv, .npy, IDX).
     #[arg(long, default_value = "mnist5k")]
     dataset: String,
@@ -68,10 +73,15 @@ impl Args {
         );
         anyhow::ensure!(self.nodes >= 1, "--nodes must be at least 1");
         anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
+        anyhow::ensure!(
+            self.groups.iter().all(|g| !g.trim().is_empty()),
+            "--groups: every group label must be non-empty (for example --groups eu,na)"
+        );
         Ok(Scenario {
             nodes: self.nodes,
             rounds: self.rounds,
             topology: self.topology,
+            groups: self.groups,
             dataset: self.dataset,
             model: self.model,
             partition: self.partition,

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 pub struct Scenario {
     pub nodes: usize,
     pub rounds: u64,
+    /// A built-in TAG's name or a Flame-style TAG schema file.
     pub topology: String,
+    /// Group labels handed to the nodes in turn.
+    pub groups: Vec<String>,
     /// An embedded data set name or a data file.
     pub dataset: String,
     /// `softmax` or `mlp:H1,H2,...`.
@@ -74,13 +77,30 @@ impl Scenario {
             .collect()
     }
 
+    /// The job's TAG: a built-in's name, or the schema in the file `topology` names.
+    fn tag(&self) -> anyhow::Result<Value> {
+        let path = Path::new(&self.topology);
+        if path.extension().is_none_or(|ext| ext != "json") {
+            return Ok(Value::String(self.topology.clone()));
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the TAG schema {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON TAG schema", path.display()))
+    }
+
+    /// The group label of node `index`.
+    fn group_of(&self, index: usize) -> Option<String> {
+        (!self.groups.is_empty()).then(|| self.groups[index % self.groups.len()].clone())
+    }
+
     /// The job spec node0 announces.
     fn job_spec(&self, owner: &str) -> anyhow::Result<Value> {
         let model = serde_json::to_value(Model::parse_spec(&self.model)?)?;
         Ok(json!({
             "name": format!("testnet-{}", self.dataset_name()),
             "owner": owner,
-            "tag": self.topology,
+            "tag": self.tag()?,
             "model": model,
             "dataset": self.dataset_name(),
             "hyperparameters": {
@@ -106,6 +126,7 @@ impl Scenario {
             let spec = NodeSpec {
                 datasets: vec![(self.dataset_name(), partition.path.display().to_string())],
                 trust: vec![owner.clone()],
+                group: self.group_of(partition.node),
                 ..NodeSpec::default()
             };
             if partition.node == 0 {

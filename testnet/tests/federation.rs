@@ -25,6 +25,7 @@ fn four_nodes_train_mnist_and_the_report_is_written() {
         nodes: 4,
         rounds: 3,
         topology: "central".into(),
+        groups: vec!["eu".into(), "na".into()],
         dataset: "mnist5k".into(),
         model: "softmax".into(),
         partition: "iid".into(),
