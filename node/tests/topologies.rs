@@ -1,7 +1,8 @@
 //! Every topology the TAG can express, run by real `fedmesh` processes: hierarchical (group
 //! aggregators send signed partial aggregates to a top aggregator), ring (all-reduce, no
-//! aggregator), hybrid (rings inside groups, one aggregator across them), a Flame schema file as
-//! the TAG, and failures mid-round (a ring member, a group aggregator) that the round survives.
+//! aggregator), hybrid (rings inside groups, one aggregator across them), Flame schema files as
+//! the TAG (three and four tiers), and failures mid-round (a ring member, a group aggregator)
+//! that the round survives.
 
 mod common;
 
@@ -95,6 +96,18 @@ async fn a_flame_schema_is_the_jobs_tag() {
         ["middle-aggregator/eu", "middle-aggregator/na", "top-aggregator/default"],
         "{plan:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_four_tier_schema_sends_partial_aggregates_up_two_levels() {
+    let root = tempfile::tempdir().unwrap();
+    let groups = &["paris", "paris", "lyon", "lyon", "berlin", "berlin"];
+    let cluster = federation(root.path(), 6, grouped(groups)).await;
+    let job = Job { tag: fixture("four_tier.json"), ..Job::new(3, 6) }.announce(&cluster).await;
+    let runs = wait_completed(&cluster, &job, LIMIT).await;
+    assert_learned_with_everyone(&runs, 3, 6);
+    let plan = last_round(&runs[0]);
+    assert_eq!(plan["slots"].as_object().map(|s| s.len()), Some(6), "{plan:#?}");
 }
 
 /// Waits for a round from round 2 on whose opening is planned but not closed; returns it.

@@ -59,6 +59,32 @@ fn hier_mnist_has_a_middle_aggregator_per_group_and_one_top() {
 }
 
 #[test]
+fn four_tiers_nest_cities_in_regions_under_one_top() {
+    let tag = fixture("four_tier");
+    assert_eq!(tag.tiers.len(), 4);
+    let cities = ["paris", "lyon", "berlin"];
+    let members: Vec<MemberInfo> = (0..9).map(|i| member(i, cities[i as usize % 3])).collect();
+    let plan = plan(&tag, &members);
+    let slots: Vec<String> = plan.slots.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(
+        slots,
+        [
+            "city-aggregator/berlin",
+            "city-aggregator/lyon",
+            "city-aggregator/paris",
+            "region-aggregator/de",
+            "region-aggregator/fr",
+            "top-aggregator/default"
+        ]
+    );
+    assert_eq!(plan.depth(), 3);
+    assert_eq!(plan.slots[4].inputs, [Input::Slot(1), Input::Slot(2)], "fr has lyon and paris");
+    assert_eq!(plan.trainers_under(4), 6);
+    assert_eq!(plan.trainers_under(5), 9);
+    assert_eq!(plan.leader(), Some(plan.slots[5].aggregator()));
+}
+
+#[test]
 fn distributed_ring_puts_every_trainer_in_one_ring_and_has_no_aggregator() {
     let tag = fixture("distributed_ring");
     let members: Vec<MemberInfo> = (0..6).map(|i| member(i, "default")).collect();
