@@ -24,6 +24,7 @@ use crate::message::MAX_MEMBERS;
 use crate::model::{ExternalInit, ModelSpec};
 use crate::strategy::{AggregationRule, ServerOptimizerSpec, StrategySpec};
 use crate::tag::{BuiltinTopology, TagSchema, TagSpec};
+use crate::tensor::TensorEncoding;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -65,6 +66,33 @@ pub struct JobSpec {
     /// Seed of model initialization, client selection and data shuffling.
     #[serde(default)]
     pub seed: u64,
+    /// How trainers encode their deltas on the wire (default `f32`, exact).
+    #[serde(default)]
+    pub delta_encoding: DeltaEncoding,
+}
+
+/// How trainers encode their deltas: exact, or compacted at some cost in precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaEncoding {
+    /// 4 bytes per parameter, exact.
+    #[default]
+    F32,
+    /// 2 bytes per parameter (half precision).
+    F16,
+    /// 1 byte per parameter and one scale per tensor.
+    Int8,
+}
+
+impl DeltaEncoding {
+    /// The payload encoding it stands for.
+    pub fn tensor_encoding(self) -> TensorEncoding {
+        match self {
+            Self::F32 => TensorEncoding::F32Le,
+            Self::F16 => TensorEncoding::F16Le,
+            Self::Int8 => TensorEncoding::Int8,
+        }
+    }
 }
 
 fn default_tag() -> TagSpec {
@@ -270,6 +298,7 @@ const TOP_FIELDS: &[&str] = &[
     "round_deadline_secs",
     "coordinator",
     "seed",
+    "delta_encoding",
 ];
 
 impl JobSpec {
@@ -389,6 +418,7 @@ struct Fields {
     round_deadline_secs: Option<u64>,
     coordinator: Option<Option<MemberId>>,
     seed: Option<u64>,
+    delta_encoding: Option<DeltaEncoding>,
 }
 
 impl Fields {
@@ -406,6 +436,7 @@ impl Fields {
             round_deadline_secs: p.field(map, "round_deadline_secs", Some(default_deadline)),
             coordinator: p.field(map, "coordinator", Some(|| None)),
             seed: p.field(map, "seed", Some(|| 0)),
+            delta_encoding: p.field(map, "delta_encoding", Some(DeltaEncoding::default)),
         }
     }
 
@@ -452,6 +483,7 @@ impl Fields {
             round_deadline_secs: self.round_deadline_secs?,
             coordinator: self.coordinator?,
             seed: self.seed?,
+            delta_encoding: self.delta_encoding?,
         })
     }
 }
@@ -471,6 +503,7 @@ impl From<JobSpec> for Fields {
             round_deadline_secs: Some(spec.round_deadline_secs),
             coordinator: Some(spec.coordinator),
             seed: Some(spec.seed),
+            delta_encoding: Some(spec.delta_encoding),
         }
     }
 }

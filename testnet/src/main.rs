@@ -44,6 +44,9 @@ struct Args {
     /// `fedmesh train-local --lr 0.3`).
     #[arg(long, default_value_t = 0.3)]
     lr: f32,
+    /// How trainers encode their deltas: f32 (exact), f16 or int8 (one scale per tensor).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "int8"])]
+    delta_encoding: String,
     /// Seed of the partition, the model's initialization and the local shuffling.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -82,6 +85,7 @@ impl Args {
             rounds: self.rounds,
             topology: self.topology,
             groups: self.groups,
+            delta_encoding: self.delta_encoding,
             dataset: self.dataset,
             model: self.model,
             partition: self.partition,

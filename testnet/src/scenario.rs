@@ -19,6 +19,8 @@ pub struct Scenario {
     pub topology: String,
     /// Group labels handed to the nodes in turn.
     pub groups: Vec<String>,
+    /// `f32`, `f16` or `int8`: how trainers encode their deltas.
+    pub delta_encoding: String,
     /// An embedded data set name or a data file.
     pub dataset: String,
     /// `softmax` or `mlp:H1,H2,...`.
@@ -112,6 +114,7 @@ impl Scenario {
             "participation": {"min_participants": self.nodes},
             "round_deadline_secs": self.round_deadline_secs,
             "seed": self.seed,
+            "delta_encoding": self.delta_encoding,
         }))
     }
 

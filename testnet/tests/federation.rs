@@ -26,6 +26,7 @@ fn four_nodes_train_mnist_and_the_report_is_written() {
         rounds: 3,
         topology: "central".into(),
         groups: vec!["eu".into(), "na".into()],
+        delta_encoding: "f32".into(),
         dataset: "mnist5k".into(),
         model: "softmax".into(),
         partition: "iid".into(),

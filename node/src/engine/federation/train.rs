@@ -2,7 +2,7 @@
 //! engine's task, and delivering the signed update where the round's plan sends it.
 
 use super::records::{RoundRecord, RunStatus};
-use super::{OpenRound, encode_model, local};
+use super::{OpenRound, local};
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
 use crate::network::Network;
@@ -12,7 +12,7 @@ use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     Contribution, ModelDelta, Request, Response, RoundOpen, TrainMetrics,
 };
-use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, decode_params};
+use fedmesh_protocol::tensor::{PayloadRef, decode_params, encode_params};
 use fedmesh_topologies::Destination;
 use std::sync::Arc;
 
@@ -122,7 +122,8 @@ impl Engine {
             return tracing::info!(job = %id, round, "round moved on while training; update dropped");
         };
         let opening = (open.opener, open.opened_at_ms);
-        let payload = match encode_model(&delta) {
+        let encoding = run.spec.delta_encoding.tensor_encoding();
+        let payload = match encode_params(&delta, encoding, Some(&run.local.model.layout())) {
             Ok(payload) => payload,
             Err(error) => return tracing::error!(job = %id, %error, "cannot encode the update"),
         };
@@ -133,7 +134,7 @@ impl Engine {
             member: self.identity.member_id(),
             samples: trained.samples as u64,
             metrics: TrainMetrics { loss: trained.loss, accuracy: None },
-            payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, delta.len()),
+            payload: PayloadRef::describe(&payload, encoding, delta.len()),
         };
         tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
         run.last_update = Some((body.clone(), payload.clone(), opening));
