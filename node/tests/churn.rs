@@ -4,45 +4,12 @@
 
 mod common;
 
-use common::{Job, assert_same_model, federation, member_spec, run_view, wait_completed_on};
+use common::{
+    Job, assert_every_round_once, assert_same_model, completed_round, federation, member_spec,
+    participants, wait_completed_on, wait_for,
+};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
-
-/// Polls node `observer` until `ready` holds for its run view.
-async fn wait_for(
-    cluster: &fedmesh_testnet::cluster::Cluster,
-    observer: usize,
-    job: &str,
-    what: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = run_view(cluster, observer, job).await;
-        if ready(&run) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "{what}: {run:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn completed_round(run: &Value) -> u64 {
-    run["completed_round"].as_u64().unwrap_or(0)
-}
-
-fn participants(run: &Value) -> Vec<u64> {
-    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-    rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()
-}
-
-/// Every round 1..=n recorded once, each with a model.
-fn assert_every_round_once(run: &Value, n: u64) {
-    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-    let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
-    assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "{run:#?}");
-    assert!(rounds.iter().all(|r| r["model"].is_string()), "{run:#?}");
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round() {

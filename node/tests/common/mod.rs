@@ -106,16 +106,22 @@ pub async fn wait_completed_on(
             return runs;
         }
         if Instant::now() > deadline {
-            for node in &cluster.nodes {
-                eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), 30));
-            }
+            print_log_tails(cluster, 30);
             panic!("job not completed within {limit:?}: {runs:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+/// Prints the last `lines` lines of every node's log (for a failing test).
+pub fn print_log_tails(cluster: &Cluster, lines: usize) {
+    for node in &cluster.nodes {
+        eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), lines));
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -157,4 +163,42 @@ pub fn cli(data_dir: &std::path::Path, args: &[&str]) {
         .output()
         .unwrap();
     assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Polls node `observer` until `ready` holds for its run view (at most a minute).
+pub async fn wait_for(
+    cluster: &Cluster,
+    observer: usize,
+    job: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = run_view(cluster, observer, job).await;
+        if ready(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "{what}: {run:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The last round whose model a run holds (0 if none or no run).
+pub fn completed_round(run: &Value) -> u64 {
+    run["completed_round"].as_u64().unwrap_or(0)
+}
+
+/// How many updates each recorded round's model includes.
+pub fn participants(run: &Value) -> Vec<u64> {
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()
+}
+
+/// Every round 1..=n recorded once, each with a model.
+pub fn assert_every_round_once(run: &Value, n: u64) {
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+    assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "{run:#?}");
+    assert!(rounds.iter().all(|r| r["model"].is_string()), "{run:#?}");
 }
