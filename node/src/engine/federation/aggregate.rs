@@ -1,9 +1,10 @@
 //! The aggregator's side of a round: opening it when this node is elected, taking and checking
-//! deltas, the deadline (close at quorum or re-open), closing it and storing the new model.
+//! deltas, the deadline (close at quorum or re-open), closing it and storing the new model, and
+//! announcing the result again to a member that missed it.
 
 use super::collect::{Collecting, Refused};
-use super::encode_model;
 use super::records::RunStatus;
+use super::{ANNOUNCE_AGAIN_MS, encode_model, store};
 use crate::engine::{Engine, EngineError};
 use fedmesh_aggregation::Aggregator;
 use fedmesh_protocol::envelope::Signed;
@@ -185,8 +186,33 @@ impl Engine {
             sent_at_ms: unix_millis(),
         };
         tracing::info!(job = %id, round, model = %model, updates = ready.contributions.len(), "round closed");
+        // Kept before it goes out: killed after announcing, this node still knows the result
+        // (it takes it at restart) and can announce it again to members that missed it.
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.announced = Some(ready.clone());
+            run.announced_ms = ready.sent_at_ms;
+            if let Err(error) = store::save_announced(&self.store, run) {
+                return tracing::error!(job = %id, round, %error, "cannot record the round's result");
+            }
+        }
         self.publish_signed(id, ready.clone(), GossipMessage::AggregateReady).await;
         self.on_aggregate_ready(id, self.identity.member_id(), ready).await;
+    }
+
+    /// A member whose heartbeat says it is still in a round this node closed missed the
+    /// round's result (it was down, or restarted): the result goes out again, newly signed, at
+    /// most once every `ANNOUNCE_AGAIN_MS`.
+    pub(super) async fn announce_again(&mut self, id: JobId, their_round: Round, now: u64) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let Some(ready) = run.announced.as_mut() else { return };
+        if their_round > ready.round || now.saturating_sub(run.announced_ms) < ANNOUNCE_AGAIN_MS {
+            return;
+        }
+        run.announced_ms = now;
+        ready.sent_at_ms = now;
+        let ready = ready.clone();
+        tracing::info!(job = %id, round = ready.round, "a member missed the round's result; announcing it again");
+        self.publish_signed(id, ready, GossipMessage::AggregateReady).await;
     }
 
     pub(super) fn store_model(&self, params: &[f32]) -> Result<ContentHash, EngineError> {

@@ -41,6 +41,8 @@ const REJOIN_MS: u64 = 5_000;
 const JOIN_ECHO_DELAY_MS: u64 = 300;
 /// A member not heard from for this long is left out of plans.
 const LIVENESS_MS: u64 = 10_000;
+/// How long after announcing a round's result it may go out again for a member that missed it.
+const ANNOUNCE_AGAIN_MS: u64 = 1_000;
 
 /// The gossip topic of one job.
 pub fn job_topic(job: &JobId) -> String {
@@ -88,6 +90,11 @@ pub struct JobRun {
     last_join_ms: u64,
     /// Round messages held until the next join.
     pending: Vec<(MemberId, Pending)>,
+    /// The result of the last round this node aggregated, as it announced it (also in the
+    /// store): announced again, newly signed, when a member's heartbeat shows it missed it.
+    announced: Option<AggregateReady>,
+    /// When `announced` last went out.
+    announced_ms: u64,
 }
 
 impl JobRun {
@@ -117,6 +124,8 @@ impl JobRun {
             last_heartbeat_ms: 0,
             last_join_ms: 0,
             pending: Vec::new(),
+            announced: None,
+            announced_ms: 0,
         }
     }
 
@@ -405,8 +414,14 @@ impl Engine {
             let Some(spec) = self.jobs.spec(&id) else { continue };
             match self.resume(id, spec, state) {
                 Ok(run) if run.is_active() => {
+                    // A round this node closed and announced, but was stopped before taking.
+                    let unfinished =
+                        run.announced.clone().filter(|r| r.round > run.state.completed_round);
                     if let Err(error) = self.start_run(run).await {
                         tracing::warn!(job = %id, %error, "cannot rejoin");
+                    }
+                    if let Some(ready) = unfinished {
+                        self.on_aggregate_ready(id, self.identity.member_id(), ready).await;
                     }
                 }
                 Ok(run) => {
@@ -430,7 +445,8 @@ impl Engine {
         let params = decode_params(&bytes, TensorEncoding::F32Le, local.model.num_params())
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let rounds = store::load_rounds(&self.store, &id)?;
+        let announced = store::load_announced(&self.store, &id)?;
         tracing::info!(job = %id, round = state.completed_round, status = %state.status.label(), "resumed job from the store");
-        Ok(JobRun::new(id, spec, tag, local, state, params, rounds))
+        Ok(JobRun { announced, ..JobRun::new(id, spec, tag, local, state, params, rounds) })
     }
 }
