@@ -154,10 +154,12 @@ impl Cluster {
             })
     }
 
-    /// Restarts a stopped node from its data directory.
+    /// Restarts a stopped node from its data directory, on the port it listened on before (as a
+    /// node with a configured port would: peers know it by that address).
     pub async fn restart(&mut self, index: usize) -> Result<(), ClusterError> {
         let node = &self.nodes[index];
         let _ = std::fs::remove_file(node.data_dir().join("admin.json"));
+        keep_listen_address(&node.dir, &node.address)?;
         let mut child = self.spawn(&node.dir)?;
         let up = wait_until_up(&node.name, &node.dir, &mut child).await?;
         let node = &mut self.nodes[index];
@@ -250,6 +252,28 @@ async fn wait_until_up(name: &str, dir: &Path, child: &mut Child) -> Result<Up, 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(ClusterError::NotUp { name: name.to_owned(), seconds: START_LIMIT.as_secs(), log })
+}
+
+/// Rewrites node.toml in `dir` to listen on the TCP address `address` names again.
+fn keep_listen_address(dir: &Path, address: &str) -> Result<(), ClusterError> {
+    let Some(listen) = address.split("/p2p/").next().filter(|a| a.contains("/tcp/")) else {
+        return Ok(());
+    };
+    let path = dir.join("node.toml");
+    let config = std::fs::read_to_string(&path)
+        .map_err(|source| ClusterError::Write { path: path.clone(), source })?;
+    let lines: Vec<String> = config
+        .lines()
+        .map(|line| {
+            if line.starts_with("listen = ") {
+                format!("listen = [{listen:?}]")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .map_err(|source| ClusterError::Write { path, source })
 }
 
 fn toml_list(items: &[String]) -> String {

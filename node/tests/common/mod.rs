@@ -110,16 +110,22 @@ pub async fn wait_completed_on(
             return runs;
         }
         if Instant::now() > deadline {
-            for node in &cluster.nodes {
-                eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), 30));
-            }
+            print_log_tails(cluster, 30);
             panic!("job not completed within {limit:?}: {runs:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+/// Prints the last `lines` lines of every node's log (for a failing test).
+pub fn print_log_tails(cluster: &Cluster, lines: usize) {
+    for node in &cluster.nodes {
+        eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), lines));
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -163,7 +169,7 @@ pub fn cli(data_dir: &std::path::Path, args: &[&str]) {
     assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// Polls node `observer` until `ready` holds for its run view.
+/// Polls node `observer` until `ready` holds for its run view (at most a minute).
 pub async fn wait_for(
     cluster: &Cluster,
     observer: usize,
@@ -182,10 +188,12 @@ pub async fn wait_for(
     }
 }
 
+/// The last round whose model a run holds (0 if none or no run).
 pub fn completed_round(run: &Value) -> u64 {
     run["completed_round"].as_u64().unwrap_or(0)
 }
 
+/// How many updates each recorded round's model includes.
 pub fn participants(run: &Value) -> Vec<u64> {
     let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
     rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()

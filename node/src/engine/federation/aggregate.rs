@@ -1,10 +1,11 @@
 //! The aggregating side of a round: opening it when this node leads it, the slots this node
 //! aggregates (taking deltas and lower partial aggregates, sending its own partial up), the
-//! round's deadline (close at quorum or open again over the live members) and closing it.
+//! round's deadline (close at quorum or open again over the live members), closing it, and
+//! announcing the result again to a member that missed it.
 
 use super::collect::{Collecting, Opening, Refused, refuse};
 use super::records::RunStatus;
-use super::{Leading, encode_model};
+use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
 use crate::engine::federation::train::send_request;
 use crate::engine::{Engine, EngineError, Internal};
 use fedmesh_protocol::envelope::Signed;
@@ -272,6 +273,22 @@ impl Engine {
             Ok(model) => self.announce_model(id, round, base, model, contributions).await,
             Err(error) => tracing::error!(job = %id, round, %error, "cannot store the model"),
         }
+    }
+
+    /// A member whose heartbeat says it is still in a round this node closed missed the
+    /// round's result (it was down, or restarted): the result goes out again, newly signed, at
+    /// most once every `ANNOUNCE_AGAIN_MS`.
+    pub(super) async fn announce_again(&mut self, id: JobId, their_round: Round, now: u64) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let Some(ready) = run.announced.as_mut() else { return };
+        if their_round > ready.round || now.saturating_sub(run.announced_ms) < ANNOUNCE_AGAIN_MS {
+            return;
+        }
+        run.announced_ms = now;
+        ready.sent_at_ms = now;
+        let ready = ready.clone();
+        tracing::info!(job = %id, round = ready.round, "a member missed the round's result; announcing it again");
+        self.publish_signed(id, ready, GossipMessage::AggregateReady).await;
     }
 
     pub(super) fn store_model(&self, params: &[f32]) -> Result<ContentHash, EngineError> {

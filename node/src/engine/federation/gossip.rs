@@ -39,6 +39,7 @@ impl Engine {
                 if let Some(run) = self.runs.get_mut(&id) {
                     run.state.members.seen(&heartbeat.member, now);
                 }
+                self.announce_again(id, heartbeat.round, now).await;
             }
             GossipMessage::RoundOpen(m) => {
                 let open = verify(m, |_, body| scope.admits(body))?;

@@ -49,6 +49,8 @@ const LIVENESS_MS: u64 = 10_000;
 /// How long past a round's deadline its leader has to open it again before members elect
 /// another.
 const REOPEN_GRACE_MS: u64 = 2_000;
+/// How long after announcing a round's result it may go out again for a member that missed it.
+const ANNOUNCE_AGAIN_MS: u64 = 1_000;
 
 /// The gossip topic of one job.
 pub fn job_topic(job: &JobId) -> String {
@@ -122,6 +124,11 @@ pub struct JobRun {
     last_join_ms: u64,
     /// Round messages held until the next join.
     pending: Vec<(MemberId, Pending)>,
+    /// The result of the last round this node aggregated, as it announced it (also in the
+    /// store): announced again, newly signed, when a member's heartbeat shows it missed it.
+    announced: Option<AggregateReady>,
+    /// When `announced` last went out.
+    announced_ms: u64,
 }
 
 impl JobRun {
@@ -154,6 +161,8 @@ impl JobRun {
             last_heartbeat_ms: 0,
             last_join_ms: 0,
             pending: Vec::new(),
+            announced: None,
+            announced_ms: 0,
         }
     }
 
@@ -472,8 +481,14 @@ impl Engine {
             let Some(spec) = self.jobs.spec(&id) else { continue };
             match self.resume(id, spec, state) {
                 Ok(run) if run.is_active() => {
+                    // A round this node closed and announced, but was stopped before taking.
+                    let unfinished =
+                        run.announced.clone().filter(|r| r.round > run.state.completed_round);
                     if let Err(error) = self.start_run(run).await {
                         tracing::warn!(job = %id, %error, "cannot rejoin");
+                    }
+                    if let Some(ready) = unfinished {
+                        self.on_aggregate_ready(id, self.identity.member_id(), ready).await;
                     }
                 }
                 Ok(run) => {
@@ -497,7 +512,8 @@ impl Engine {
         let params = decode_params(&bytes, TensorEncoding::F32Le, local.model.num_params())
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let rounds = store::load_rounds(&self.store, &id)?;
+        let announced = store::load_announced(&self.store, &id)?;
         tracing::info!(job = %id, round = state.completed_round, status = %state.status.label(), "resumed job from the store");
-        Ok(JobRun::new(id, spec, tag, local, state, params, rounds))
+        Ok(JobRun { announced, ..JobRun::new(id, spec, tag, local, state, params, rounds) })
     }
 }

@@ -135,16 +135,16 @@ impl Engine {
             }
         };
         if round > 0 {
-            run.rounds
+            // A member that caught up by fetching a round's model has no record of the round yet.
+            let record = run
+                .rounds
                 .entry(round)
-                .or_insert_with(|| RoundRecord::new(round, me, model, unix_millis()))
-                .evaluations
-                .insert(me, metrics);
+                .or_insert_with(|| RoundRecord::new(round, me, model, unix_millis()));
+            record.model = Some(model);
+            record.evaluations.insert(me, metrics);
             tracing::info!(job = %id, round, accuracy = ?metrics.accuracy, loss = ?metrics.loss, "evaluated global model");
         }
-        if let Err(error) = store::save_state(&self.store, run)
-            .and_then(|()| store::save_round(&self.store, run, round))
-        {
+        if let Err(error) = store::save_progress(&self.store, run, round) {
             tracing::error!(job = %id, %error, "cannot record the round");
         }
         if round > 0 {

@@ -4,7 +4,7 @@
 //! the same one) or a partial aggregate its uploader sends up (hybrid).
 
 use super::collect::{Refused, refuse};
-use super::{OpenRound, encode_model, send_partial};
+use super::{OpenRound, encode_model, send_partial, store};
 use crate::engine::Engine;
 use crate::engine::federation::train::send_request;
 use fedmesh_protocol::envelope::Signed;
@@ -405,6 +405,15 @@ impl Engine {
             sent_at_ms: unix_millis(),
         };
         tracing::info!(job = %id, round, model = %model, updates = ready.contributions.len(), "round closed");
+        // Kept before it goes out: killed after announcing, this node still knows the result
+        // (it takes it at restart) and can announce it again to members that missed it.
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.announced = Some(ready.clone());
+            run.announced_ms = ready.sent_at_ms;
+            if let Err(error) = store::save_announced(&self.store, run) {
+                return tracing::error!(job = %id, round, %error, "cannot record the round's result");
+            }
+        }
         self.publish_signed(id, ready.clone(), GossipMessage::AggregateReady).await;
         // Boxed: taking the model may open the next round, which may finish a ring again.
         Box::pin(self.on_aggregate_ready(id, self.identity.member_id(), ready)).await;

@@ -1,14 +1,20 @@
-//! How a job run is kept in RocksDB: its state and membership under `s` + job id in the members
-//! table, each round record under `r` + job id + round in the rounds table.
+//! How a job run is kept in RocksDB: its state and membership under `s` + job id and the last
+//! round result it announced as aggregator under `a` + job id in the members table, each round
+//! record under `r` + job id + round in the rounds table.
 
 use super::JobRun;
 use super::records::{RoundRecord, RunState};
 use crate::store::{Store, StoreError, Table};
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
+use fedmesh_protocol::message::AggregateReady;
 use std::collections::BTreeMap;
 
 fn state_key(job: &JobId) -> Vec<u8> {
     [b"s".as_slice(), &job.0.0].concat()
+}
+
+fn announced_key(job: &JobId) -> Vec<u8> {
+    [b"a".as_slice(), &job.0.0].concat()
 }
 
 fn round_prefix(job: &JobId) -> Vec<u8> {
@@ -32,6 +38,29 @@ pub fn save_round(store: &Store, run: &JobRun, round: Round) -> Result<(), Store
     let mut batch = store.batch();
     batch.put(Table::Rounds, &round_key(&run.id, round), record)?;
     batch.commit()
+}
+
+/// Saves the run's state together with the record of the round it has just taken (one write:
+/// a node killed in between must not hold a round's model without the round's record).
+pub fn save_progress(store: &Store, run: &JobRun, round: Round) -> Result<(), StoreError> {
+    let mut batch = store.batch();
+    batch.put(Table::Members, &state_key(&run.id), &run.state)?;
+    if let Some(record) = run.rounds.get(&round) {
+        batch.put(Table::Rounds, &round_key(&run.id, round), record)?;
+    }
+    batch.commit()
+}
+
+/// Saves the last round result this node announced as its aggregator (one write).
+pub fn save_announced(store: &Store, run: &JobRun) -> Result<(), StoreError> {
+    let mut batch = store.batch();
+    batch.put(Table::Members, &announced_key(&run.id), &run.announced)?;
+    batch.commit()
+}
+
+/// The last round result this node announced in a job, if any.
+pub fn load_announced(store: &Store, job: &JobId) -> Result<Option<AggregateReady>, StoreError> {
+    Ok(store.get::<Option<AggregateReady>>(Table::Members, &announced_key(job))?.flatten())
 }
 
 /// Every stored run state; a record that cannot be read is skipped with a warning.
