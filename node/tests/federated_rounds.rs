@@ -2,7 +2,8 @@
 //! ends with the same final model, accuracy rises, the model exports as safetensors, forged
 //! deltas are refused, counted, and do not stop the rounds, a member killed mid-job resumes from
 //! its data directory, a robust strategy withstands a member that poisons its updates, and a
-//! member that opens rounds and announces models it was not elected for is ignored.
+//! member that opens rounds and announces models it was not elected for is ignored, and deltas
+//! sent as f16 or int8 are taken like exact ones.
 
 mod common;
 
@@ -41,6 +42,20 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
     cli(&cluster.nodes[3].data_dir(), &["job", "leave", &job]);
     let view: Value = cluster.nodes[3].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
     assert_eq!(view["run"]["status"], "left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compact_deltas_are_decoded_by_the_aggregator_and_the_job_learns() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    for encoding in ["f16", "int8"] {
+        let job = Job { delta_encoding: encoding, ..Job::new(3, 3) }.announce(&cluster).await;
+        let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
+        assert_same_model(&runs);
+        let rounds = runs[0]["rounds"].as_array().unwrap();
+        assert!(rounds.iter().all(|r| r["participants"] == 3), "{encoding}: {rounds:#?}");
+        assert!(accuracy(&runs[0], 2) > 0.8, "{encoding}: {rounds:#?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

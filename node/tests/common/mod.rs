@@ -47,6 +47,8 @@ pub struct Job {
     pub quorum: Value,
     /// The TAG: a built-in's name or a Flame schema.
     pub tag: Value,
+    /// `f32`, `f16` or `int8`.
+    pub delta_encoding: &'static str,
 }
 
 impl Job {
@@ -58,6 +60,7 @@ impl Job {
             strategy: json!({"rule": "fedavg"}),
             quorum: json!({"fraction": 1.0}),
             tag: json!("central"),
+            delta_encoding: "f32",
         }
     }
 
@@ -67,6 +70,7 @@ impl Job {
             "name": format!("rounds-test-{}", self.strategy["rule"]),
             "strategy": self.strategy,
             "tag": self.tag,
+            "delta_encoding": self.delta_encoding,
             "owner": cluster.nodes[0].peer_id,
             "model": "softmax",
             "dataset": "mnist5k",
