@@ -6,7 +6,10 @@ use crate::events::{Action, Event, FiredEvent, Target};
 use crate::follow::{completed_round, open_round};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a joining node may take to learn the job and join it.
+const JOIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// The events still to fire, and what the fired ones did to the cluster.
 pub struct EventRunner {
@@ -196,8 +199,20 @@ impl EventRunner {
             return Err(format!("would be node{}", cluster.nodes.len()));
         }
         let spec = self.specs.get(node).ok_or("has no share of the data")?;
-        cluster.start_node(spec).await.map_err(|e| e.to_string())?;
-        Ok("started on its own share of the data; it joins the job by itself".into())
+        let process = cluster.start_node(spec).await.map_err(|e| e.to_string())?;
+        let path = format!("/v1/jobs/{}", self.job);
+        let up = Instant::now();
+        while up.elapsed() < JOIN_LIMIT {
+            let view: Value = process.api.get(&path).await.unwrap_or_default();
+            if !view["run"].is_null() {
+                let later = up.elapsed().as_secs_f64();
+                return Ok(format!(
+                    "started on its own share of the data; it joined the job {later:.1} s later"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("started, but had not joined the job after {} s", JOIN_LIMIT.as_secs()))
     }
 
     /// What every event did, for the checks: the events that never fired or failed.

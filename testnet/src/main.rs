@@ -174,7 +174,9 @@ fn summary_line(report: &Report) -> String {
         if report.passed { "passed" } else { "FAILED" },
         report.status,
         figure(report.final_accuracy),
-        report.target.map_or_else(|| "none".to_owned(), |t| format!("{t} {:?}", report.expect)),
+        report
+            .target
+            .map_or_else(|| "none".to_owned(), |t| format!("{t}, {}", report.expect.name())),
         figure(report.final_loss),
         figure(report.mean_round_seconds),
         figure(report.mean_train_seconds),

@@ -72,7 +72,7 @@ impl Progress<'_> {
 /// How often the followed node is asked about the job.
 const POLL: Duration = Duration::from_millis(100);
 /// How often while an event waits for its round (a fast round could pass unseen).
-const EVENT_POLL: Duration = Duration::from_millis(25);
+const EVENT_POLL: Duration = Duration::from_millis(10);
 
 impl Scenario {
     /// The defaults of a scenario file, with the `fedmesh` binary and the output folder.

@@ -49,6 +49,16 @@ pub struct ScenarioFile {
     pub events: Vec<Event>,
 }
 
+impl Expect {
+    /// As a scenario file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReachTarget => "reach-target",
+            Self::BelowTarget => "below-target",
+        }
+    }
+}
+
 impl Default for ScenarioFile {
     fn default() -> Self {
         Self {
