@@ -45,6 +45,8 @@ pub struct NodeProcess {
     /// The address others bootstrap from, with `/p2p/PEERID`.
     pub address: String,
     pub api: ApiClient,
+    /// How it was started (kept to write its node.toml again for a restart).
+    spec: NodeSpec,
     child: Option<Child>,
 }
 
@@ -119,8 +121,7 @@ impl Cluster {
         spec: &NodeSpec,
     ) -> Result<&NodeProcess, ClusterError> {
         let name = format!("node{}", self.nodes.len());
-        let bootstrap: Vec<String> = self.nodes.iter().map(|n| n.address.clone()).collect();
-        write_config(&dir, spec, &bootstrap)?;
+        write_config(&dir, spec, &self.running_addresses(None))?;
         let mut child = self.spawn(&dir)?;
         let up = wait_until_up(&name, &dir, &mut child).await?;
         self.nodes.push(NodeProcess {
@@ -129,13 +130,18 @@ impl Cluster {
             peer_id: up.peer_id,
             address: up.address,
             api: up.api,
+            spec: spec.clone(),
             child: Some(child),
         });
         Ok(&self.nodes[self.nodes.len() - 1])
     }
 
     fn spawn(&self, dir: &Path) -> Result<Child, ClusterError> {
-        let log = std::fs::File::create(dir.join("node.log"))
+        // Appended to, so that a restarted node's log keeps what it logged before.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
             .map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
         let log_err = log
             .try_clone()
@@ -169,6 +175,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Restarts a stopped node from its data directory with `extra` lines added to its node.toml
+    /// (for good: a later restart keeps them); it bootstraps from every node running now.
+    pub async fn restart_with(
+        &mut self,
+        index: usize,
+        extra: &[String],
+    ) -> Result<(), ClusterError> {
+        let bootstrap = self.running_addresses(Some(index));
+        let node = &mut self.nodes[index];
+        node.spec.extra_config.extend(extra.iter().cloned());
+        write_config(&node.dir, &node.spec, &bootstrap)?;
+        self.restart(index).await
+    }
+
+    /// The bootstrap addresses of the running nodes, but `except`.
+    fn running_addresses(&self, except: Option<usize>) -> Vec<String> {
+        let running =
+            self.nodes.iter().enumerate().filter(|(i, n)| n.is_running() && Some(*i) != except);
+        running.map(|(_, n)| n.address.clone()).collect()
+    }
+
     /// Stops every node.
     pub fn stop_all(&mut self) {
         for node in &mut self.nodes {
@@ -187,6 +214,11 @@ impl NodeProcess {
     /// The node's data directory (database, admin endpoint).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// Whether its process was started and not stopped or killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The node's log so far.

@@ -1,57 +1,84 @@
-//! `testnet`: runs a federated job on N real `fedmesh` nodes on this machine and reports on it.
+//! `testnet`: runs a federated job on N real `fedmesh` nodes on this machine, or one scenario
+//! file after another, and reports on each.
 
 use anyhow::Context;
 use clap::Parser;
+use fedmesh_testnet::report::Report;
 use fedmesh_testnet::scenario::Scenario;
-use std::path::PathBuf;
+use fedmesh_testnet::scenario_file::ScenarioFile;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// The flags a scenario file sets instead.
+const JOB_FLAGS: [&str; 13] = [
+    "nodes",
+    "rounds",
+    "topology",
+    "groups",
+    "delta_encoding",
+    "dataset",
+    "model",
+    "partition",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "round_deadline_secs",
+];
 
 /// Runs one federated job on N `fedmesh` nodes on 127.0.0.1: partitions the data set among them,
 /// starts them, announces the job, prints a line per round, stops them, and writes report.json
-/// and report.png into --out. Exits non-zero when the job does not complete.
+/// and report.png into --out. With --scenario, runs each scenario file's job with its events
+/// instead (into --out/NAME, with summary.json over all of them). Exits non-zero when a job does
+/// not complete or a check fails.
 #[derive(Debug, Parser)]
 #[command(name = "testnet", version)]
 struct Args {
+    /// A scenario file (TOML: the job's settings, its events by round, its target accuracy);
+    /// repeat it to run several one after another. See testnet/scenarios/.
+    #[arg(long, value_name = "FILE", conflicts_with_all = JOB_FLAGS)]
+    scenario: Vec<PathBuf>,
     /// How many nodes to run.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ScenarioFile::default().nodes)]
     nodes: usize,
     /// Federated rounds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = ScenarioFile::default().rounds)]
     rounds: u64,
     /// The job's topology (TAG): central, hierarchical, ring, hybrid, or a Flame-style TAG
     /// schema file (.json; see topologies/tests/fixtures/).
-    #[arg(long, default_value = "central")]
+    #[arg(long, default_value_t = ScenarioFile::default().topology)]
     topology: String,
     /// Group labels, comma-separated, handed to the nodes in turn (node i gets label i mod n):
     /// hierarchical and hybrid TAGs aggregate per group; a schema file's labels must match.
     #[arg(long, default_value = "eu,na", value_delimiter = ',')]
     groups: Vec<String>,
+    /// How trainers encode their deltas: f32 (exact), f16 or int8 (one scale per tensor).
+    #[arg(long, default_value_t = ScenarioFile::default().delta_encoding)]
+    delta_encoding: String,
     /// An embedded data set (mnist5k, digits, breast-cancer) or a data file (.csv, .npy, IDX).
-    #[arg(long, default_value = "mnist5k")]
+    #[arg(long, default_value_t = ScenarioFile::default().dataset)]
     dataset: String,
     /// The model: softmax or mlp:H1,H2,... (hidden layer sizes).
-    #[arg(long, default_value = "mlp:200,200")]
+    #[arg(long, default_value_t = ScenarioFile::default().model)]
     model: String,
     /// How the data is split among nodes: iid, dirichlet:ALPHA (label skew; smaller is more
     /// skewed) or shards:K (K labels per node).
-    #[arg(long, default_value = "iid")]
+    #[arg(long, default_value_t = ScenarioFile::default().partition)]
     partition: String,
     /// Passes over its local data each node makes per round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = ScenarioFile::default().local_epochs)]
     local_epochs: u32,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = ScenarioFile::default().batch_size)]
     batch_size: u32,
     /// Learning rate of local SGD (0.3 suits FedAvg over 8 IID shares of mnist5k: compare with
     /// `fedmesh train-local --lr 0.3`).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = ScenarioFile::default().lr)]
     lr: f32,
-    /// How trainers encode their deltas: f32 (exact), f16 or int8 (one scale per tensor).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "int8"])]
-    delta_encoding: String,
     /// Seed of the partition, the model's initialization and the local shuffling.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = ScenarioFile::default().seed)]
     seed: u64,
     /// A round closes at this deadline if its quorum is met (and is retried if not).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = ScenarioFile::default().round_deadline_secs)]
     round_deadline_secs: u64,
     /// The fedmesh binary (default: `fedmesh` next to this program).
     #[arg(long)]
@@ -62,9 +89,9 @@ struct Args {
 }
 
 impl Args {
-    fn scenario(self) -> anyhow::Result<Scenario> {
-        let binary = match self.binary {
-            Some(binary) => binary,
+    fn binary(&self) -> anyhow::Result<PathBuf> {
+        let binary = match &self.binary {
+            Some(binary) => binary.clone(),
             None => std::env::current_exe()
                 .context("cannot find this program's path")?
                 .with_file_name("fedmesh"),
@@ -74,34 +101,51 @@ impl Args {
             "no fedmesh binary at {} (build it with `cargo build -p fedmesh-node`, or pass --binary)",
             binary.display()
         );
-        anyhow::ensure!(self.nodes >= 1, "--nodes must be at least 1");
-        anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
-        anyhow::ensure!(
-            self.groups.iter().all(|g| !g.trim().is_empty()),
-            "--groups: every group label must be non-empty (for example --groups eu,na)"
-        );
-        Ok(Scenario {
+        Ok(binary)
+    }
+
+    /// The run the flags describe.
+    fn flags_scenario(&self, binary: PathBuf) -> anyhow::Result<Scenario> {
+        let file = ScenarioFile {
             nodes: self.nodes,
             rounds: self.rounds,
-            topology: self.topology,
-            groups: self.groups,
-            delta_encoding: self.delta_encoding,
-            dataset: self.dataset,
-            model: self.model,
-            partition: self.partition,
+            topology: self.topology.clone(),
+            groups: self.groups.clone(),
+            delta_encoding: self.delta_encoding.clone(),
+            dataset: self.dataset.clone(),
+            model: self.model.clone(),
+            partition: self.partition.clone(),
             local_epochs: self.local_epochs,
             batch_size: self.batch_size,
             lr: self.lr,
             seed: self.seed,
             round_deadline_secs: self.round_deadline_secs,
-            binary,
-            out: self.out,
-        })
+            ..ScenarioFile::default()
+        };
+        let problems = file.problems();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+        Ok(file.into_scenario(binary, self.out.clone()))
+    }
+
+    /// The runs asked for: each scenario file (into --out/NAME), or the one the flags describe.
+    fn scenarios(&self) -> anyhow::Result<Vec<Scenario>> {
+        let binary = self.binary()?;
+        if self.scenario.is_empty() {
+            return Ok(vec![self.flags_scenario(binary)?]);
+        }
+        self.scenario
+            .iter()
+            .map(|path| {
+                let file = ScenarioFile::load(path)?;
+                let out = self.out.join(file.name.as_deref().unwrap_or("scenario"));
+                Ok(file.into_scenario(binary.clone(), out))
+            })
+            .collect()
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let scenario = Args::parse().scenario()?;
+/// Runs one scenario, printing as it goes; its report.
+fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&scenario.out)
         .with_context(|| format!("cannot create {}", scenario.out.display()))?;
     let partitions = scenario.write_partitions()?;
@@ -109,26 +153,88 @@ fn main() -> anyhow::Result<()> {
         println!("node{}: {} samples, per label {:?}", p.node, p.samples, p.labels);
     }
     println!(
-        "starting {} nodes; job: {} on {} for {} rounds",
-        scenario.nodes, scenario.model, scenario.dataset, scenario.rounds
+        "{}: starting {} nodes; job: {} on {} for {} rounds; {} event(s)",
+        scenario.name,
+        scenario.nodes,
+        scenario.model,
+        scenario.dataset,
+        scenario.rounds,
+        scenario.events.len()
     );
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let rounds = scenario.rounds;
-    let report =
-        runtime.block_on(scenario.run(partitions, |round| println!("{}", round.line(rounds))))?;
+    let report = runtime
+        .block_on(scenario.run(partitions, |progress| println!("{}", progress.line(rounds))))?;
+    for check in &report.checks {
+        println!("{}", check.line());
+    }
     let json = report.write_json(&scenario.out)?;
     let plot = report.write_plot(&scenario.out)?;
-    let figure = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
-    println!(
-        "{}: final accuracy {}, loss {}, mean round {} s (local training {} s), {:.1} s in all",
+    println!("{}", summary_line(&report));
+    println!("report: {}\nplot:   {}", json.display(), plot.display());
+    Ok(report)
+}
+
+fn figure(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
+}
+
+/// `NAME: passed | FAILED, status, final accuracy, mean round, total time`.
+fn summary_line(report: &Report) -> String {
+    format!(
+        "{}: {}; {}: final accuracy {} (target {}), loss {}, mean round {} s (local training {} s), {:.1} s in all",
+        report.name,
+        if report.passed { "passed" } else { "FAILED" },
         report.status,
         figure(report.final_accuracy),
+        report
+            .target
+            .map_or_else(|| "none".to_owned(), |t| format!("{t}, {}", report.expect.name())),
         figure(report.final_loss),
         figure(report.mean_round_seconds),
         figure(report.mean_train_seconds),
         report.total_seconds
-    );
-    println!("report: {}\nplot:   {}", json.display(), plot.display());
-    anyhow::ensure!(report.completed(), "the job did not complete: {}", report.status);
+    )
+}
+
+/// Writes `summary.json` over several scenario runs into `out`.
+fn write_summary(out: &Path, reports: &[Report]) -> anyhow::Result<PathBuf> {
+    let rows: Vec<_> = reports
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name, "passed": r.passed, "status": r.status,
+                "final_accuracy": r.final_accuracy, "target": r.target, "expect": r.expect,
+                "mean_round_seconds": r.mean_round_seconds, "total_seconds": r.total_seconds,
+                "failures": r.failures(),
+            })
+        })
+        .collect();
+    let path = out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let scenarios = args.scenarios()?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut reports = Vec::new();
+    for scenario in &scenarios {
+        reports.push(run(&runtime, scenario)?);
+    }
+    if !args.scenario.is_empty() {
+        println!("\nsummary:");
+        for report in &reports {
+            println!("  {}", summary_line(report));
+        }
+        println!("summary: {}", write_summary(&args.out, &reports)?.display());
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.name, r.failures().join("; ")))
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "the run failed:\n  {}", failed.join("\n  "));
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! A testnet run's report: `report.json` with every round's figures, and `report.png`, accuracy
 //! and loss per round.
 
+use crate::checks::Check;
+use crate::events::FiredEvent;
 use crate::scenario::Scenario;
+use crate::scenario_file::Expect;
 use anyhow::Context;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,9 @@ pub struct PartitionSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundFigures {
     pub round: u64,
+    /// The node that aggregated it.
+    #[serde(default)]
+    pub aggregator: Option<String>,
     /// Updates included in the round's model.
     pub participants: usize,
     /// Members whose evaluation is in the figures.
@@ -45,20 +51,36 @@ impl RoundFigures {
             value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
         };
         format!(
-            "round {:>3}/{rounds_total}  participants {}  accuracy {}  loss {}  {} s  (local training {} s)",
+            "round {:>3}/{rounds_total}  participants {}  accuracy {}  loss {}  {} s  (local training {} s)  aggregator {}",
             self.round,
             self.participants,
             number(self.accuracy, 4),
             number(self.loss, 4),
             number(self.seconds, 2),
             number(self.train_seconds, 2),
+            self.aggregator.as_deref().unwrap_or("-"),
         )
     }
+}
+
+/// How a run went, as the report tells it.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// `completed`, or why not.
+    pub status: String,
+    pub rounds: Vec<RoundFigures>,
+    pub events: Vec<FiredEvent>,
+    pub checks: Vec<Check>,
+    pub elapsed: Duration,
 }
 
 /// What `report.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// The scenario's name.
+    pub name: String,
+    /// Whether every check passed.
+    pub passed: bool,
     /// `completed`, or why not.
     pub status: String,
     pub nodes: usize,
@@ -70,6 +92,11 @@ pub struct Report {
     pub mean_round_seconds: Option<f64>,
     pub mean_train_seconds: Option<f64>,
     pub total_seconds: f64,
+    pub target: Option<f64>,
+    pub expect: Expect,
+    pub checks: Vec<Check>,
+    /// Each scenario event as it fired.
+    pub events: Vec<FiredEvent>,
     pub rounds: Vec<RoundFigures>,
     pub partitions: Vec<PartitionSummary>,
     pub job_spec: serde_json::Value,
@@ -85,14 +112,15 @@ impl Report {
         scenario: &Scenario,
         job_spec: serde_json::Value,
         partitions: Vec<PartitionSummary>,
-        status: String,
-        rounds: Vec<RoundFigures>,
-        elapsed: Duration,
+        outcome: RunOutcome,
     ) -> Self {
+        let RunOutcome { status, rounds, events, checks, elapsed } = outcome;
         let last = rounds.last();
         Self {
+            name: scenario.name.clone(),
+            passed: checks.iter().all(|c| c.passed),
             status,
-            nodes: scenario.nodes,
+            nodes: scenario.total_nodes,
             dataset: scenario.dataset.clone(),
             model: scenario.model.clone(),
             partition: scenario.partition.clone(),
@@ -101,6 +129,10 @@ impl Report {
             mean_round_seconds: mean(rounds.iter().map(|r| r.seconds)),
             mean_train_seconds: mean(rounds.iter().map(|r| r.train_seconds)),
             total_seconds: elapsed.as_secs_f64(),
+            target: scenario.target,
+            expect: scenario.expect,
+            checks,
+            events,
             rounds,
             partitions,
             job_spec,
@@ -109,6 +141,15 @@ impl Report {
 
     pub fn completed(&self) -> bool {
         self.status == "completed"
+    }
+
+    /// The checks that failed, one line each.
+    pub fn failures(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect()
     }
 
     /// Writes `report.json` into `dir`.
@@ -133,8 +174,8 @@ impl Report {
         let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let title = format!(
-            "fedmesh testnet: {} nodes, {} ({} partition), {}",
-            self.nodes, self.dataset, self.partition, self.model
+            "fedmesh testnet {}: {} nodes, {} ({} partition), {}",
+            self.name, self.nodes, self.dataset, self.partition, self.model
         );
         let titled = root.titled(&title, ("sans-serif", 22)).map_err(plot_error)?;
         let (left, right) = titled.split_horizontally(600);

@@ -1,19 +1,29 @@
-//! One federated job on a local testnet: partition a data set among N nodes, start them, announce
-//! the job, follow its rounds, and collect the figures of every round.
+//! One federated job on a local testnet: partition a data set among every node that will ever
+//! exist, start the first ones, announce the job, follow its rounds while the scenario's events
+//! fire, and check the outcome.
 
+use crate::checks::check_run;
 use crate::cluster::{Cluster, NodeSpec};
-use crate::report::{PartitionSummary, Report, RoundFigures};
+use crate::events::{Event, FiredEvent};
+use crate::firing::EventRunner;
+use crate::follow::Follower;
+use crate::report::{PartitionSummary, Report, RoundFigures, RunOutcome};
+use crate::scenario_file::{Expect, ScenarioFile};
 use anyhow::{Context, bail};
 use fedmesh_learning::{DataSource, Embedded, Model, Partitioner, formats};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Everything a testnet run is asked to do.
+/// Everything a testnet run is asked to do (a [`ScenarioFile`] with its defaults filled in).
 #[derive(Debug, Clone)]
 pub struct Scenario {
+    /// Names the run in its report.
+    pub name: String,
+    /// Nodes running when the job is announced.
     pub nodes: usize,
+    /// Nodes that will ever exist (`nodes` and every joiner): the data set is split among them.
+    pub total_nodes: usize,
     pub rounds: u64,
     /// A built-in TAG's name or a Flame-style TAG schema file.
     pub topology: String,
@@ -32,18 +42,49 @@ pub struct Scenario {
     pub lr: f32,
     pub seed: u64,
     pub round_deadline_secs: u64,
+    pub min_participants: usize,
+    /// The job spec's `quorum` (none: the node's default).
+    pub quorum: Option<Value>,
+    /// The job spec's `strategy` (none: FedAvg).
+    pub strategy: Option<Value>,
+    /// The final accuracy checked against `expect`.
+    pub target: Option<f64>,
+    pub expect: Expect,
+    /// In firing order.
+    pub events: Vec<Event>,
     /// The `fedmesh` binary.
     pub binary: PathBuf,
     /// Where node folders, partitions and the report go.
     pub out: PathBuf,
 }
 
-/// How often the owner's node is asked about the job.
+/// What a run reports as it goes.
+pub enum Progress<'a> {
+    Round(&'a RoundFigures),
+    Event(&'a FiredEvent),
+}
+
+impl Progress<'_> {
+    /// The line printed for it.
+    pub fn line(&self, rounds_total: u64) -> String {
+        match self {
+            Self::Round(round) => round.line(rounds_total),
+            Self::Event(event) => event.line(),
+        }
+    }
+}
+
+/// How often the followed node is asked about the job.
 const POLL: Duration = Duration::from_millis(100);
-/// How long a closed round waits for every member's evaluation before it is reported anyway.
-const EVALUATION_GRACE: Duration = Duration::from_secs(3);
+/// How often while an event waits for its round (a fast round could pass unseen).
+const EVENT_POLL: Duration = Duration::from_millis(10);
 
 impl Scenario {
+    /// The defaults of a scenario file, with the `fedmesh` binary and the output folder.
+    pub fn new(binary: PathBuf, out: PathBuf) -> Self {
+        ScenarioFile::default().into_scenario(binary, out)
+    }
+
     /// The name nodes know the data set by in the job spec: the embedded name, or the file stem.
     fn dataset_name(&self) -> String {
         if Embedded::from_name(&self.dataset).is_some() {
@@ -54,11 +95,12 @@ impl Scenario {
             .map_or_else(|| "data".to_owned(), |stem| stem.to_string_lossy().into_owned())
     }
 
-    /// Splits the data set among the nodes and writes each share as a CSV file.
+    /// Splits the data set among every node that will ever exist and writes each share as a CSV
+    /// file.
     pub fn write_partitions(&self) -> anyhow::Result<Vec<PartitionSummary>> {
         let data = DataSource::parse(&self.dataset, None)?.load()?;
         let partitioner: Partitioner = self.partition.parse()?;
-        let parts = partitioner.partition(&data.labels, self.nodes, self.seed)?;
+        let parts = partitioner.partition(&data.labels, self.total_nodes, self.seed)?;
         let dir = self.out.join("partitions");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -99,7 +141,7 @@ impl Scenario {
     /// The job spec node0 announces.
     fn job_spec(&self, owner: &str) -> anyhow::Result<Value> {
         let model = serde_json::to_value(Model::parse_spec(&self.model)?)?;
-        Ok(json!({
+        let mut spec = json!({
             "name": format!("testnet-{}", self.dataset_name()),
             "owner": owner,
             "tag": self.tag()?,
@@ -111,164 +153,112 @@ impl Scenario {
                 "batch_size": self.batch_size,
                 "lr": self.lr,
             },
-            "participation": {"min_participants": self.nodes},
+            "participation": {"min_participants": self.min_participants},
             "round_deadline_secs": self.round_deadline_secs,
             "seed": self.seed,
             "delta_encoding": self.delta_encoding,
-        }))
+        });
+        if let Some(strategy) = &self.strategy {
+            spec["strategy"] = strategy.clone();
+        }
+        if let Some(quorum) = &self.quorum {
+            spec["quorum"] = quorum.clone();
+        }
+        Ok(spec)
     }
 
-    /// Starts the nodes (node0 holds the job owner's key; every node trusts it).
-    async fn start(&self, partitions: &[PartitionSummary]) -> anyhow::Result<Cluster> {
+    /// A node holding `partition` that trusts `owner`.
+    fn node_spec(&self, owner: &str, partition: &PartitionSummary) -> NodeSpec {
+        NodeSpec {
+            datasets: vec![(self.dataset_name(), partition.path.display().to_string())],
+            trust: vec![owner.to_owned()],
+            group: self.group_of(partition.node),
+            ..NodeSpec::default()
+        }
+    }
+
+    /// Starts the first nodes (node0 holds the job owner's key; every node trusts it); returns
+    /// them and the owner's PeerId.
+    async fn start(&self, partitions: &[PartitionSummary]) -> anyhow::Result<(Cluster, String)> {
         let mut cluster = Cluster::new(&self.binary, &self.out.join("nodes"));
         std::fs::create_dir_all(self.out.join("nodes"))?;
         let owner_key = self.out.join("owner.key");
         let _ = std::fs::remove_file(&owner_key);
         let owner = cluster.keygen(&owner_key)?;
-        for partition in partitions {
-            let spec = NodeSpec {
-                datasets: vec![(self.dataset_name(), partition.path.display().to_string())],
-                trust: vec![owner.clone()],
-                group: self.group_of(partition.node),
-                ..NodeSpec::default()
-            };
+        for partition in partitions.iter().take(self.nodes) {
+            let spec = self.node_spec(&owner, partition);
             if partition.node == 0 {
                 cluster.start_node_with_key(&spec, &owner_key).await?;
             } else {
                 cluster.start_node(&spec).await?;
             }
         }
-        Ok(cluster)
+        Ok((cluster, owner))
     }
 
     /// Runs the job on nodes holding `partitions` (from [`write_partitions`](Self::write_partitions))
-    /// to its end, calling `on_round` with each round's figures as they are final.
+    /// to its end while the events fire, calling `on_progress` with each round's figures as they
+    /// are final and each event as it fires; then checks the outcome.
     pub async fn run(
         &self,
         partitions: Vec<PartitionSummary>,
-        mut on_round: impl FnMut(&RoundFigures),
+        mut on_progress: impl FnMut(Progress<'_>),
     ) -> anyhow::Result<Report> {
-        if self.out.join("nodes").exists() {
-            std::fs::remove_dir_all(self.out.join("nodes"))
-                .with_context(|| format!("cannot clear {}", self.out.join("nodes").display()))?;
+        let nodes_dir = self.out.join("nodes");
+        if nodes_dir.exists() {
+            std::fs::remove_dir_all(&nodes_dir)
+                .with_context(|| format!("cannot clear {}", nodes_dir.display()))?;
         }
         let started = Instant::now();
-        let mut cluster = self.start(&partitions).await?;
-        let spec = self.job_spec(&cluster.nodes[0].peer_id)?;
+        let (mut cluster, owner) = self.start(&partitions).await?;
+        let spec = self.job_spec(&owner)?;
         let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await?;
         let Some(job) = answer["id"].as_str().map(str::to_owned) else {
             bail!("node0 did not answer a job id: {answer}");
         };
-        let mut follower = Follower::new(self, job);
-        let status = follower.follow(&cluster, &mut on_round).await;
+        let specs = partitions.iter().map(|p| self.node_spec(&owner, p)).collect();
+        let mut events = EventRunner::new(job.clone(), &self.events, specs, started);
+        let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs);
+        let status = drive(&mut cluster, &mut follower, &mut events, &mut on_progress).await;
+        let checks = check_run(self, &cluster, &job, &events, &status, &follower.rounds).await;
         cluster.stop_all();
-        Ok(Report::new(self, spec, partitions, status, follower.rounds, started.elapsed()))
+        let outcome = RunOutcome {
+            status,
+            rounds: follower.rounds,
+            events: events.fired,
+            checks,
+            elapsed: started.elapsed(),
+        };
+        Ok(Report::new(self, spec, partitions, outcome))
     }
 }
 
-/// Follows a job on node0 and gathers each round's figures once they are final.
-struct Follower {
-    job: String,
-    nodes: usize,
-    rounds_total: u64,
-    stall_limit: Duration,
-    rounds: Vec<RoundFigures>,
-    /// When each closed but not yet reported round was first seen closed.
-    closed_at: BTreeMap<u64, Instant>,
-}
-
-impl Follower {
-    fn new(scenario: &Scenario, job: String) -> Self {
-        Self {
-            job,
-            nodes: scenario.nodes,
-            rounds_total: scenario.rounds,
-            stall_limit: Duration::from_secs(2 * scenario.round_deadline_secs + 30),
-            rounds: Vec::new(),
-            closed_at: BTreeMap::new(),
+/// Follows the job until it ends, firing events as their rounds come; the job's end status.
+async fn drive(
+    cluster: &mut Cluster,
+    follower: &mut Follower,
+    events: &mut EventRunner,
+    on_progress: &mut impl FnMut(Progress<'_>),
+) -> String {
+    loop {
+        let Some(observer) = events.observer(cluster) else {
+            return "no node is left that no event touched, to follow the job on".to_owned();
+        };
+        let node = &cluster.nodes[observer];
+        let view: Value =
+            node.api.get(&format!("/v1/jobs/{}", follower.job)).await.unwrap_or_default();
+        let name = node.name.clone();
+        let members = events.members(cluster).len();
+        for round in follower.take_rounds(cluster, &view, members).await {
+            on_progress(Progress::Round(&round));
         }
-    }
-
-    /// Polls until the job completes (`"completed"`), fails or stalls (the reason).
-    async fn follow(
-        &mut self,
-        cluster: &Cluster,
-        on_round: &mut impl FnMut(&RoundFigures),
-    ) -> String {
-        let mut last_progress = Instant::now();
-        loop {
-            let view: Value = cluster.nodes[0]
-                .api
-                .get(&format!("/v1/jobs/{}", self.job))
-                .await
-                .unwrap_or_default();
-            let run = &view["run"];
-            let before = self.rounds.len();
-            for round in run["rounds"].as_array().into_iter().flatten() {
-                if let Some(figures) = self.final_figures(cluster, round).await {
-                    on_round(&figures);
-                    self.rounds.push(figures);
-                }
-            }
-            if self.rounds.len() > before {
-                last_progress = Instant::now();
-            }
-            if let Some(error) = view["join_error"].as_str() {
-                return format!("node0 cannot take part: {error}");
-            }
-            let status = run["status"].as_str().unwrap_or("not joined yet");
-            if status.starts_with("failed") || status == "left" {
-                return status.to_owned();
-            }
-            if self.rounds.len() as u64 >= self.rounds_total {
-                return "completed".to_owned();
-            }
-            if last_progress.elapsed() > self.stall_limit {
-                let at = self.rounds.len() + 1;
-                return format!(
-                    "stalled at round {at}: no round completed for {} s (see the node logs)",
-                    self.stall_limit.as_secs()
-                );
-            }
-            tokio::time::sleep(POLL).await;
+        for fired in events.fire_due(cluster, &view["run"]).await {
+            on_progress(Progress::Event(&fired));
         }
-    }
-
-    /// A round's figures, if it is the next to report and its evaluations are in (or late).
-    async fn final_figures(&mut self, cluster: &Cluster, round: &Value) -> Option<RoundFigures> {
-        let number = round["round"].as_u64()?;
-        if number != self.rounds.len() as u64 + 1 || round["model"].is_null() {
-            return None;
+        if let Some(end) = follower.end(&view, &name) {
+            return end;
         }
-        let first_seen = *self.closed_at.entry(number).or_insert_with(Instant::now);
-        let evaluations = round["evaluations"].as_u64().unwrap_or(0) as usize;
-        if evaluations < self.nodes && first_seen.elapsed() < EVALUATION_GRACE {
-            return None;
-        }
-        Some(RoundFigures {
-            round: number,
-            participants: round["participants"].as_u64().unwrap_or(0) as usize,
-            evaluations,
-            accuracy: round["accuracy"].as_f64(),
-            loss: round["loss"].as_f64(),
-            seconds: round["seconds"].as_f64(),
-            train_seconds: self.mean_training(cluster, number).await,
-        })
-    }
-
-    /// The mean local training time of a round over every node that trained in it.
-    async fn mean_training(&self, cluster: &Cluster, round: u64) -> Option<f64> {
-        let mut times = Vec::new();
-        for node in &cluster.nodes {
-            let view: Value =
-                node.api.get(&format!("/v1/jobs/{}", self.job)).await.unwrap_or_default();
-            let rounds = view["run"]["rounds"].as_array().cloned().unwrap_or_default();
-            let time = rounds
-                .iter()
-                .find(|r| r["round"] == round)
-                .and_then(|r| r["train_seconds"].as_f64());
-            times.extend(time);
-        }
-        (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64)
+        let waiting = events.pending().next().is_some();
+        tokio::time::sleep(if waiting { EVENT_POLL } else { POLL }).await;
     }
 }

@@ -1,49 +1,33 @@
 //! A small federation end to end through the testnet's own code: 4 real `fedmesh` processes, 3
 //! rounds on mnist5k; the job completes, accuracy rises, and the report and plot are written.
 
+mod common;
+
+use common::fedmesh_binary;
 use fedmesh_testnet::report::Report;
 use fedmesh_testnet::scenario::Scenario;
-use std::path::PathBuf;
-
-/// The `fedmesh` binary of this build (`cargo test --workspace` builds it before any test runs).
-fn fedmesh_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/federation-HASH -> target/debug/fedmesh
-    let binary = exe.parent().and_then(|deps| deps.parent()).unwrap().join("fedmesh");
-    assert!(
-        binary.is_file(),
-        "no fedmesh binary at {}: run `cargo build -p fedmesh-node` (or `cargo test --workspace`)",
-        binary.display()
-    );
-    binary
-}
 
 #[test]
 fn four_nodes_train_mnist_and_the_report_is_written() {
     let out = tempfile::tempdir().unwrap();
     let scenario = Scenario {
         nodes: 4,
+        total_nodes: 4,
         rounds: 3,
-        topology: "central".into(),
-        groups: vec!["eu".into(), "na".into()],
-        delta_encoding: "f32".into(),
-        dataset: "mnist5k".into(),
         model: "softmax".into(),
-        partition: "iid".into(),
-        local_epochs: 1,
-        batch_size: 32,
         lr: 0.1,
         seed: 7,
         round_deadline_secs: 20,
-        binary: fedmesh_binary(),
-        out: out.path().to_owned(),
+        min_participants: 4,
+        ..Scenario::new(fedmesh_binary(), out.path().to_owned())
     };
     let partitions = scenario.write_partitions().unwrap();
     assert_eq!(partitions.iter().map(|p| p.samples).sum::<usize>(), 5000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut lines = Vec::new();
-    let report = runtime.block_on(scenario.run(partitions, |r| lines.push(r.line(3)))).unwrap();
+    let report = runtime.block_on(scenario.run(partitions, |p| lines.push(p.line(3)))).unwrap();
     assert_eq!(report.status, "completed", "{lines:#?}");
+    assert!(report.passed, "{:#?}", report.checks);
     assert_eq!(lines.len(), 3);
     assert!(report.rounds.iter().all(|r| r.participants == 4), "{lines:#?}");
     let first = report.rounds[0].accuracy.unwrap();

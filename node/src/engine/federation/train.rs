@@ -113,6 +113,9 @@ impl Engine {
             Ok(trained) => trained,
             Err(error) => return tracing::error!(job = %id, round, %error, "local training failed"),
         };
+        if trained.delta.iter().any(|v| !v.is_finite()) || !trained.loss.is_finite() {
+            return self.fail_diverged(id, round);
+        }
         let delta = self.maybe_poison(std::mem::take(&mut trained.delta), round);
         let Some(run) = self.runs.get_mut(&id) else { return };
         if let Some(record) = run.rounds.get_mut(&round) {
@@ -139,6 +142,27 @@ impl Engine {
         tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
         run.last_update = Some((body.clone(), payload.clone(), opening));
         self.deliver_update(id, body, payload).await;
+    }
+
+    /// Local training on the round's base model gave non-finite values: the global model has
+    /// diverged (poisoned updates under plain FedAvg, or a learning rate far too high), and no
+    /// honest update can be made from it. The job ends for this node with that reason, rather
+    /// than its rounds being retried for ever.
+    fn fail_diverged(&mut self, id: JobId, round: Round) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let reason = format!(
+            "the global model diverged: local training on round {round}'s base model gives \
+             non-finite values (a robust strategy resists poisoned updates; a smaller lr helps a \
+             model that overshoots)"
+        );
+        tracing::error!(job = %id, round, "{reason}");
+        run.state.status = RunStatus::Failed(reason);
+        run.leading = None;
+        run.slots.clear();
+        run.ring = None;
+        if let Err(error) = super::store::save_state(&self.store, run) {
+            tracing::error!(job = %id, %error, "cannot record the job's failure");
+        }
     }
 
     /// Delivers this member's update where the followed round's plan sends it: to its slot's

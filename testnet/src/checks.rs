@@ -1,0 +1,180 @@
+//! What a run is checked for once its job has ended: it completed, every round is recorded once,
+//! every member ends with the same model, every event fired, and the final accuracy is where the
+//! scenario expects it.
+
+use crate::cluster::Cluster;
+use crate::firing::EventRunner;
+use crate::report::RoundFigures;
+use crate::scenario::Scenario;
+use crate::scenario_file::Expect;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// One check and its result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &str, result: Result<String, String>) -> Self {
+        let passed = result.is_ok();
+        let detail = result.unwrap_or_else(|problem| problem);
+        Self { name: name.to_owned(), passed, detail }
+    }
+
+    /// The line printed for it.
+    pub fn line(&self) -> String {
+        let mark = if self.passed { "ok  " } else { "FAIL" };
+        format!("check  {mark} {}: {}", self.name, self.detail)
+    }
+}
+
+/// A member's run view by its name.
+type MemberRun = (String, Value);
+
+/// Every check of a run whose follower ended with `status`, having reported `rounds`.
+pub async fn check_run(
+    scenario: &Scenario,
+    cluster: &Cluster,
+    job: &str,
+    events: &EventRunner,
+    status: &str,
+    rounds: &[RoundFigures],
+) -> Vec<Check> {
+    let completed = status == "completed";
+    // A scenario that expects the job to miss its target (plain FedAvg under poisoned updates)
+    // also sees that outcome when the model diverges and the members end the job for it.
+    let diverged = scenario.expect == Expect::BelowTarget && status.contains("diverged");
+    let outcome = match (completed, diverged) {
+        (true, _) => Ok(format!("{} rounds", rounds.len())),
+        (false, true) => Ok(format!("ended after {} rounds as expected: {status}", rounds.len())),
+        (false, false) => Err(status.to_owned()),
+    };
+    let mut checks = vec![Check::new("completed", outcome)];
+    if completed {
+        let limit = Duration::from_secs(scenario.round_deadline_secs + 30);
+        let runs = member_runs(cluster, &events.members(cluster), job, limit).await;
+        checks.push(Check::new("every round once", rounds_once(scenario, &runs)));
+        checks.push(Check::new("same final model", same_model(&runs)));
+    }
+    checks.push(Check::new("events", fired(events)));
+    if let Some(target) = scenario.target {
+        let last = rounds.last().and_then(|r| r.accuracy);
+        checks.push(Check::new("accuracy", accuracy(target, scenario.expect, last)));
+    }
+    checks
+}
+
+/// The members' run views, once all of them report the job completed or `limit` passed.
+async fn member_runs(
+    cluster: &Cluster,
+    members: &[usize],
+    job: &str,
+    limit: Duration,
+) -> Vec<MemberRun> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut runs = Vec::new();
+        for &i in members {
+            let view: Value =
+                cluster.nodes[i].api.get(&format!("/v1/jobs/{job}")).await.unwrap_or_default();
+            runs.push((cluster.nodes[i].name.clone(), view["run"].clone()));
+        }
+        if runs.iter().all(|(_, run)| run["status"] == "completed") || Instant::now() > deadline {
+            return runs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each member records rounds in order without a repeat, each with a model and no more updates
+/// than there are nodes; at least one (a member since the start) records every round.
+fn rounds_once(scenario: &Scenario, runs: &[MemberRun]) -> Result<String, String> {
+    let all: Vec<u64> = (1..=scenario.rounds).collect();
+    let mut complete = Vec::new();
+    let mut notes = Vec::new();
+    for (name, run) in runs {
+        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+        let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+        if numbers.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(format!("{name} records rounds {numbers:?}"));
+        }
+        // A member that joined or resumed mid-round may keep that round open in its records
+        // although it went on (a node bookkeeping gap, reported but not a lost round).
+        if let Some(r) = rounds.iter().find(|r| r["model"].is_null()) {
+            notes.push(format!("{name} still shows round {} open without its model", r["round"]));
+        }
+        let most = rounds.iter().filter_map(|r| r["participants"].as_u64()).max().unwrap_or(0);
+        if most as usize > scenario.total_nodes {
+            return Err(format!(
+                "{name} counts {most} updates in a round of {} nodes",
+                scenario.total_nodes
+            ));
+        }
+        if numbers == all {
+            complete.push(name.as_str());
+        }
+    }
+    if complete.is_empty() {
+        return Err(format!("no member records every round 1..={}", scenario.rounds));
+    }
+    let mut found = format!(
+        "rounds 1..={} on {}; no round repeated on any member",
+        scenario.rounds,
+        complete.join(", ")
+    );
+    if !notes.is_empty() {
+        found += &format!(" (note: {})", notes.join("; "));
+    }
+    Ok(found)
+}
+
+/// Every member completed the job with the same global model.
+fn same_model(runs: &[MemberRun]) -> Result<String, String> {
+    let unfinished: Vec<String> = runs
+        .iter()
+        .filter(|(_, run)| run["status"] != "completed")
+        .map(|(name, run)| {
+            format!("{name} is {}", run["status"].as_str().unwrap_or("not in the job"))
+        })
+        .collect();
+    if !unfinished.is_empty() {
+        return Err(unfinished.join(", "));
+    }
+    let first = runs.first().map(|(_, run)| &run["model"]);
+    match runs.iter().find(|(_, run)| Some(&run["model"]) != first) {
+        Some((name, _)) => Err(format!("{name} ends with another model than {}", runs[0].0)),
+        None => Ok(format!("{} members completed with one model", runs.len())),
+    }
+}
+
+fn fired(events: &EventRunner) -> Result<String, String> {
+    let problems = events.problems();
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok(format!("{} fired", events.fired.len()))
+}
+
+fn accuracy(target: f64, expect: Expect, last: Option<f64>) -> Result<String, String> {
+    let Some(last) = last else {
+        return Err("no final accuracy".into());
+    };
+    match expect {
+        Expect::ReachTarget if last >= target => {
+            Ok(format!("{last:.4} reaches the target {target}"))
+        }
+        Expect::ReachTarget => Err(format!("{last:.4} is below the target {target}")),
+        Expect::BelowTarget if last < target => {
+            Ok(format!("{last:.4} stays below {target}, as this scenario expects"))
+        }
+        Expect::BelowTarget => {
+            Err(format!("{last:.4} reaches {target}, which this scenario expects it not to"))
+        }
+    }
+}

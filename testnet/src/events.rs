@@ -1,0 +1,197 @@
+//! Scenario events: what happens to which nodes when the job reaches a round (kill, restart,
+//! join, leave, turn Byzantine), and the record of each one as it fired.
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What an event does to its nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// SIGKILL, as a crash would.
+    Kill,
+    /// Starts a killed node again from its data directory.
+    Restart,
+    /// Starts new nodes (each with its own share of the data) that join the running job.
+    Join,
+    /// The node's operator leaves the job through the admin API (a signed leave).
+    Leave,
+    /// The node is stopped and restarted from its data directory with `misbehave` set.
+    Byzantine,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Restart => "restart",
+            Self::Join => "join",
+            Self::Leave => "leave",
+            Self::Byzantine => "byzantine",
+        }
+    }
+}
+
+/// How a Byzantine node poisons its updates (the node's `misbehave` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Misbehaviour {
+    /// Its update negated and scaled by 10.
+    #[default]
+    SignFlip,
+    /// Gaussian noise instead of its update.
+    Noise,
+}
+
+impl Misbehaviour {
+    /// The node.toml line that turns it on.
+    pub fn config_line(self) -> String {
+        let kind = match self {
+            Self::SignFlip => "sign-flip",
+            Self::Noise => "noise",
+        };
+        format!("misbehave = [{kind:?}]")
+    }
+}
+
+/// Whom an event is for: nodes by index, or the member aggregating the round in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Target {
+    Nodes(Vec<usize>),
+    #[serde(serialize_with = "aggregator_name")]
+    Aggregator,
+}
+
+fn aggregator_name<S: serde::Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("aggregator")
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Aggregator => f.write_str("the aggregator"),
+            Self::Nodes(nodes) => {
+                let names: Vec<String> = nodes.iter().map(|n| format!("node{n}")).collect();
+                f.write_str(&names.join(", "))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TargetVisitor)
+    }
+}
+
+struct TargetVisitor;
+
+impl<'de> Visitor<'de> for TargetVisitor {
+    type Value = Target;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a node index, a list of node indices, or \"aggregator\"")
+    }
+
+    fn visit_u64<E: de::Error>(self, index: u64) -> Result<Target, E> {
+        let index = usize::try_from(index).map_err(|_| E::custom("node index out of range"))?;
+        Ok(Target::Nodes(vec![index]))
+    }
+
+    fn visit_i64<E: de::Error>(self, index: i64) -> Result<Target, E> {
+        let index =
+            u64::try_from(index).map_err(|_| E::custom("a node index is never negative"))?;
+        self.visit_u64(index)
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Target, E> {
+        if name == "aggregator" {
+            return Ok(Target::Aggregator);
+        }
+        Err(E::custom(format!("unknown target {name:?}: the only name is \"aggregator\"")))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Target, A::Error> {
+        let mut nodes = Vec::new();
+        while let Some(index) = seq.next_element::<usize>()? {
+            nodes.push(index);
+        }
+        if nodes.is_empty() {
+            return Err(de::Error::custom("an empty list of nodes"));
+        }
+        Ok(Target::Nodes(nodes))
+    }
+}
+
+/// One event of a scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Fires while this round is in progress (right after the round before it closed).
+    pub round: u64,
+    pub action: Action,
+    /// Required for every action but `join`.
+    #[serde(default)]
+    pub target: Option<Target>,
+    /// `join`: how many nodes join (default 1).
+    #[serde(default)]
+    pub count: Option<usize>,
+    /// `byzantine`: how the node misbehaves (default `sign-flip`).
+    #[serde(default)]
+    pub misbehave: Option<Misbehaviour>,
+}
+
+impl Event {
+    /// `round 3: kill the aggregator`.
+    pub fn describe(&self) -> String {
+        let whom = match (&self.target, self.action) {
+            (_, Action::Join) => format!("{} new node(s)", self.count.unwrap_or(1)),
+            (Some(target), _) => target.to_string(),
+            (None, _) => "nobody".to_owned(),
+        };
+        let how = match (self.action, self.misbehave) {
+            (Action::Byzantine, kind) => format!(" ({})", kind.unwrap_or_default().config_line()),
+            _ => String::new(),
+        };
+        format!("round {}: {} {whom}{how}", self.round, self.action.name())
+    }
+}
+
+/// An event as it fired, for the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FiredEvent {
+    /// The event as the scenario names it.
+    pub event: String,
+    /// The round the event was for.
+    pub round: u64,
+    /// The round in progress when it fired (later than `round` if the job moved on before the
+    /// event could fire).
+    pub fired_in_round: u64,
+    /// Seconds since the testnet started.
+    pub at_seconds: f64,
+    /// The nodes it was carried out on.
+    pub nodes: Vec<String>,
+    /// What happened, or why it could not be carried out.
+    pub outcome: String,
+    pub ok: bool,
+}
+
+impl FiredEvent {
+    /// The line printed when the event fires.
+    pub fn line(&self) -> String {
+        let late = if self.fired_in_round > self.round {
+            format!(" (late: fired in round {})", self.fired_in_round)
+        } else {
+            String::new()
+        };
+        format!(
+            "event  {} -> {} at {:.1} s{late}: {}",
+            self.event,
+            self.nodes.join(", "),
+            self.at_seconds,
+            self.outcome
+        )
+    }
+}

@@ -1,0 +1,142 @@
+//! Following a job through one node's run view: each round's figures once they are final, and
+//! when the job has ended (completed, failed, or stalled).
+
+use crate::cluster::Cluster;
+use crate::report::RoundFigures;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long a closed round waits for every member's evaluation before it is reported anyway.
+const EVALUATION_GRACE: Duration = Duration::from_secs(3);
+
+/// The last round whose global model a run view holds (0 before the first).
+pub fn completed_round(run: &Value) -> u64 {
+    run["completed_round"].as_u64().unwrap_or(0)
+}
+
+/// The round a run view shows open (no model yet), with its aggregator's PeerId.
+pub fn open_round(run: &Value) -> Option<(u64, String)> {
+    let rounds = run["rounds"].as_array()?;
+    let open = rounds.iter().rev().find(|round| round["model"].is_null())?;
+    Some((open["round"].as_u64()?, open["aggregator"].as_str()?.to_owned()))
+}
+
+/// Gathers a job's rounds in order, as the followed node records them.
+pub struct Follower {
+    pub job: String,
+    rounds_total: u64,
+    stall_limit: Duration,
+    pub rounds: Vec<RoundFigures>,
+    /// When each closed but not yet reported round was first seen closed.
+    closed_at: BTreeMap<u64, Instant>,
+    last_progress: Instant,
+}
+
+impl Follower {
+    pub fn new(job: String, rounds_total: u64, round_deadline_secs: u64) -> Self {
+        Self {
+            job,
+            rounds_total,
+            stall_limit: Duration::from_secs(2 * round_deadline_secs + 30),
+            rounds: Vec::new(),
+            closed_at: BTreeMap::new(),
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Takes the rounds of `view` (a job view from node `observer`) that are final, in order;
+    /// `members` is how many evaluations a round should get.
+    pub async fn take_rounds(
+        &mut self,
+        cluster: &Cluster,
+        view: &Value,
+        members: usize,
+    ) -> Vec<RoundFigures> {
+        let mut taken = Vec::new();
+        for round in view["run"]["rounds"].as_array().into_iter().flatten() {
+            if let Some(figures) = self.final_figures(cluster, round, members).await {
+                self.rounds.push(figures.clone());
+                taken.push(figures);
+            }
+        }
+        if !taken.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        taken
+    }
+
+    /// `Some(status)` once the job has ended: `"completed"`, or why not.
+    pub fn end(&self, view: &Value, observer: &str) -> Option<String> {
+        if let Some(error) = view["join_error"].as_str() {
+            return Some(format!("{observer} cannot take part: {error}"));
+        }
+        let status = view["run"]["status"].as_str().unwrap_or("not joined yet");
+        if status.starts_with("failed") || status == "left" {
+            return Some(format!("{observer}: {status}"));
+        }
+        if self.rounds.len() as u64 >= self.rounds_total {
+            return Some("completed".to_owned());
+        }
+        (self.last_progress.elapsed() > self.stall_limit).then(|| {
+            format!(
+                "stalled at round {}: no round completed for {} s (see the node logs)",
+                self.rounds.len() + 1,
+                self.stall_limit.as_secs()
+            )
+        })
+    }
+
+    /// A round's figures, if it is the next to report and its evaluations are in (or late).
+    async fn final_figures(
+        &mut self,
+        cluster: &Cluster,
+        round: &Value,
+        members: usize,
+    ) -> Option<RoundFigures> {
+        let number = round["round"].as_u64()?;
+        if number != self.rounds.len() as u64 + 1 || round["model"].is_null() {
+            return None;
+        }
+        let first_seen = *self.closed_at.entry(number).or_insert_with(Instant::now);
+        let evaluations = round["evaluations"].as_u64().unwrap_or(0) as usize;
+        if evaluations < members && first_seen.elapsed() < EVALUATION_GRACE {
+            return None;
+        }
+        Some(RoundFigures {
+            round: number,
+            aggregator: round["aggregator"].as_str().map(|peer| node_name(cluster, peer)),
+            participants: round["participants"].as_u64().unwrap_or(0) as usize,
+            evaluations,
+            accuracy: round["accuracy"].as_f64(),
+            loss: round["loss"].as_f64(),
+            seconds: round["seconds"].as_f64(),
+            train_seconds: self.mean_training(cluster, number).await,
+        })
+    }
+
+    /// The mean local training time of a round over every running node that trained in it.
+    async fn mean_training(&self, cluster: &Cluster, round: u64) -> Option<f64> {
+        let mut times = Vec::new();
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            let view: Value =
+                node.api.get(&format!("/v1/jobs/{}", self.job)).await.unwrap_or_default();
+            let rounds = view["run"]["rounds"].as_array().cloned().unwrap_or_default();
+            let time = rounds
+                .iter()
+                .find(|r| r["round"] == round)
+                .and_then(|r| r["train_seconds"].as_f64());
+            times.extend(time);
+        }
+        (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64)
+    }
+}
+
+/// The testnet's name for the node with PeerId `peer` (`node3`), or the PeerId.
+pub fn node_name(cluster: &Cluster, peer: &str) -> String {
+    cluster
+        .nodes
+        .iter()
+        .find(|node| node.peer_id == peer)
+        .map_or_else(|| peer.to_owned(), |node| node.name.clone())
+}

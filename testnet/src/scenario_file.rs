@@ -1,0 +1,412 @@
+//! The scenario file (TOML): the job's settings, what the run expects of it, and its events by
+//! round; loading it and refusing a bad one with every problem named.
+
+use crate::events::{Action, Event, Target};
+use crate::scenario::Scenario;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What the run expects of the final accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    /// The final accuracy reaches `target`.
+    #[default]
+    ReachTarget,
+    /// The final accuracy stays below `target` (a demonstration that an attack works against an
+    /// undefended strategy).
+    BelowTarget,
+}
+
+/// A scenario file; every field has a default (those of the `testnet` flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// Names the run in its report (default: the file's stem).
+    pub name: Option<String>,
+    /// Nodes running when the job is announced (`join` events add more).
+    pub nodes: usize,
+    pub rounds: u64,
+    /// A built-in TAG's name or a Flame-style TAG schema file (.json).
+    pub topology: String,
+    /// Group labels handed to the nodes in turn (hierarchical and hybrid TAGs group by them).
+    pub groups: Vec<String>,
+    /// How trainers encode their deltas: `f32`, `f16` or `int8`.
+    pub delta_encoding: String,
+    pub dataset: String,
+    pub model: String,
+    pub partition: String,
+    pub local_epochs: u32,
+    pub batch_size: u32,
+    pub lr: f32,
+    pub seed: u64,
+    pub round_deadline_secs: u64,
+    /// Members needed before a round opens (default: the fewest members the events leave).
+    pub min_participants: Option<usize>,
+    /// The job spec's `quorum`, e.g. `{ fraction = 0.7 }` (default: every selected trainer).
+    pub quorum: Option<serde_json::Value>,
+    /// The job spec's `strategy`, e.g. `{ rule = "trimmed_mean", beta = 0.3 }` (default FedAvg).
+    pub strategy: Option<serde_json::Value>,
+    /// The final accuracy the run checks against.
+    pub target: Option<f64>,
+    pub expect: Expect,
+    pub events: Vec<Event>,
+}
+
+impl Expect {
+    /// As a scenario file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReachTarget => "reach-target",
+            Self::BelowTarget => "below-target",
+        }
+    }
+}
+
+impl Default for ScenarioFile {
+    fn default() -> Self {
+        Self {
+            name: None,
+            nodes: 4,
+            rounds: 10,
+            topology: "central".into(),
+            groups: vec!["eu".into(), "na".into()],
+            delta_encoding: "f32".into(),
+            dataset: "mnist5k".into(),
+            model: "mlp:200,200".into(),
+            partition: "iid".into(),
+            local_epochs: 1,
+            batch_size: 32,
+            lr: 0.3,
+            seed: 1,
+            round_deadline_secs: 30,
+            min_participants: None,
+            quorum: None,
+            strategy: None,
+            target: None,
+            expect: Expect::ReachTarget,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl ScenarioFile {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the scenario file {}", path.display()))?;
+        let stem = path.file_stem().map(|stem| stem.to_string_lossy().into_owned());
+        Self::parse(&text, stem.as_deref().unwrap_or("scenario"))
+            .with_context(|| format!("{} is not a valid scenario file", path.display()))
+    }
+
+    /// Parses and checks the text of a scenario file; `name` unless it names itself.
+    pub fn parse(text: &str, name: &str) -> anyhow::Result<Self> {
+        let mut file: Self = toml::from_str(text)?;
+        file.name.get_or_insert_with(|| name.to_owned());
+        let problems = file.problems();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+        Ok(file)
+    }
+
+    /// Every problem with the settings and the events, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+        require(self.nodes >= 1, "nodes: must be at least 1".into());
+        require(self.rounds >= 1, "rounds: must be at least 1".into());
+        require(self.round_deadline_secs >= 1, "round_deadline_secs: must be at least 1".into());
+        require(
+            self.groups.iter().all(|g| !g.trim().is_empty()),
+            "groups: every group label must be non-empty (for example [\"eu\", \"na\"])".into(),
+        );
+        require(
+            ["f32", "f16", "int8"].contains(&self.delta_encoding.as_str()),
+            format!("delta_encoding: `{}` is not f32, f16 or int8", self.delta_encoding),
+        );
+        require(
+            self.target.is_none_or(|t| (0.0..=1.0).contains(&t)),
+            "target: an accuracy, in [0, 1]".into(),
+        );
+        require(
+            self.expect == Expect::ReachTarget || self.target.is_some(),
+            "expect = \"below-target\" needs a target".into(),
+        );
+        require(
+            self.min_participants.is_none_or(|m| m >= 1),
+            "min_participants: must be at least 1".into(),
+        );
+        problems.extend(self.event_problems());
+        problems
+    }
+
+    /// Events in the order they fire (by round, then as written).
+    fn ordered_events(&self) -> Vec<(usize, &Event)> {
+        let mut events: Vec<(usize, &Event)> = self.events.iter().enumerate().collect();
+        events.sort_by_key(|(_, event)| event.round);
+        events
+    }
+
+    /// Checks each event on its own, then plays the events with named nodes through, so that
+    /// for example a node is only restarted once it was killed.
+    fn event_problems(&self) -> Vec<String> {
+        let mut lives = Lives::new(self.nodes);
+        let mut problems = Vec::new();
+        for (index, event) in self.ordered_events() {
+            let at = format!("events[{index}] ({})", event.describe());
+            let found = self.event_shape(event).or_else(|| lives.apply(event).err());
+            problems.extend(found.map(|problem| format!("{at}: {problem}")));
+        }
+        problems
+    }
+
+    /// What is wrong with one event taken on its own, if anything.
+    fn event_shape(&self, event: &Event) -> Option<String> {
+        if !(1..=self.rounds).contains(&event.round) {
+            return Some(format!("round must be between 1 and rounds ({})", self.rounds));
+        }
+        let join = event.action == Action::Join;
+        if join == event.target.is_some() {
+            return Some(
+                if join { "join takes no target (use count)" } else { "needs a target" }.into(),
+            );
+        }
+        if !join && event.count.is_some() {
+            return Some("only join takes a count".into());
+        }
+        if join && event.count == Some(0) {
+            return Some("count must be at least 1".into());
+        }
+        if event.action != Action::Byzantine && event.misbehave.is_some() {
+            return Some("only byzantine takes misbehave".into());
+        }
+        if event.action == Action::Restart && event.target == Some(Target::Aggregator) {
+            return Some("restart needs node indices (the aggregator is never stopped)".into());
+        }
+        None
+    }
+
+    /// Nodes that ever exist: the first ones and every joiner.
+    pub fn total_nodes(&self) -> usize {
+        self.nodes + self.joiners()
+    }
+
+    fn joiners(&self) -> usize {
+        let joins = self.events.iter().filter(|e| e.action == Action::Join);
+        joins.map(|e| e.count.unwrap_or(1)).sum()
+    }
+
+    /// The fewest members taking part at any time, as the events go (each event on the
+    /// aggregator takes one away).
+    fn fewest_members(&self) -> usize {
+        let (mut live, mut fewest) = (self.nodes as i64, self.nodes as i64);
+        for (_, event) in self.ordered_events() {
+            let size = match &event.target {
+                Some(Target::Nodes(nodes)) => nodes.len() as i64,
+                _ => 1,
+            };
+            live += match event.action {
+                Action::Kill | Action::Leave => -size,
+                Action::Restart => size,
+                Action::Join => event.count.unwrap_or(1) as i64,
+                Action::Byzantine => 0,
+            };
+            fewest = fewest.min(live);
+        }
+        fewest.max(1) as usize
+    }
+
+    /// The run this file describes, with the `fedmesh` binary and the output folder.
+    pub fn into_scenario(self, binary: PathBuf, out: PathBuf) -> Scenario {
+        let min_participants = self.min_participants.unwrap_or_else(|| self.fewest_members());
+        let total_nodes = self.total_nodes();
+        let events = self.ordered_events().into_iter().map(|(_, e)| e.clone()).collect();
+        Scenario {
+            name: self.name.unwrap_or_else(|| "testnet".into()),
+            nodes: self.nodes,
+            total_nodes,
+            rounds: self.rounds,
+            topology: self.topology,
+            groups: self.groups,
+            delta_encoding: self.delta_encoding,
+            dataset: self.dataset,
+            model: self.model,
+            partition: self.partition,
+            local_epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            round_deadline_secs: self.round_deadline_secs,
+            min_participants,
+            quorum: self.quorum,
+            strategy: self.strategy,
+            target: self.target,
+            expect: self.expect,
+            events,
+            binary,
+            out,
+        }
+    }
+}
+
+/// Where each named node stands as the events are played through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Running,
+    Killed,
+    Left,
+}
+
+struct Lives(Vec<Life>);
+
+impl Lives {
+    fn new(nodes: usize) -> Self {
+        Self(vec![Life::Running; nodes])
+    }
+
+    /// Plays one event; an error says why it cannot happen to a node it names.
+    fn apply(&mut self, event: &Event) -> Result<(), String> {
+        if event.action == Action::Join {
+            let count = event.count.unwrap_or(1);
+            self.0.extend(std::iter::repeat_n(Life::Running, count));
+            return Ok(());
+        }
+        let Some(Target::Nodes(nodes)) = &event.target else {
+            return Ok(());
+        };
+        let (needs, becomes) = match event.action {
+            Action::Restart => (Life::Killed, Life::Running),
+            Action::Kill => (Life::Running, Life::Killed),
+            Action::Leave => (Life::Running, Life::Left),
+            Action::Byzantine | Action::Join => (Life::Running, Life::Running),
+        };
+        for &node in nodes {
+            match self.0.get(node) {
+                None => {
+                    return Err(format!("there is no node{node} by then ({} nodes)", self.0.len()));
+                }
+                Some(&life) if life != needs => {
+                    return Err(
+                        format!("node{node} is {life:?} by then, not {needs:?}").to_lowercase()
+                    );
+                }
+                Some(_) => self.0[node] = becomes,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ScenarioFile, String> {
+        ScenarioFile::parse(text, "test").map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn a_full_file_parses_with_its_events_in_round_order() {
+        let file = parse(
+            r#"
+            nodes = 8
+            rounds = 10
+            strategy = { rule = "trimmed_mean", beta = 0.3 }
+            target = 0.9
+            [[events]]
+            round = 5
+            action = "join"
+            [[events]]
+            round = 3
+            action = "kill"
+            target = "aggregator"
+            [[events]]
+            round = 4
+            action = "byzantine"
+            target = [1, 2]
+            misbehave = "noise"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.total_nodes(), 9);
+        assert_eq!(file.strategy.as_ref().unwrap()["beta"], 0.3);
+        let scenario = file.into_scenario(PathBuf::new(), PathBuf::new());
+        let rounds: Vec<u64> = scenario.events.iter().map(|e| e.round).collect();
+        assert_eq!(rounds, [3, 4, 5]);
+        assert_eq!(scenario.min_participants, 7, "the killed aggregator is one fewer");
+        assert_eq!(scenario.events[1].target, Some(Target::Nodes(vec![1, 2])));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_problem_named() {
+        let cases = [
+            ("bogus = 1", "unknown field `bogus`"),
+            (
+                "[[events]]\nround = 1\naction = \"explode\"\ntarget = 1",
+                "unknown variant `explode`",
+            ),
+            ("[[events]]\nround = 1\naction = \"kill\"\ntarget = \"leader\"", "only name is"),
+            ("[[events]]\nround = 1\naction = \"kill\"\ntarget = -1", "never negative"),
+            ("[[events]]\nround = 11\naction = \"kill\"\ntarget = 1", "between 1 and rounds"),
+            ("[[events]]\nround = 2\naction = \"kill\"", "needs a target"),
+            ("[[events]]\nround = 2\naction = \"join\"\ntarget = 1", "join takes no target"),
+            ("[[events]]\nround = 2\naction = \"kill\"\ntarget = 9", "no node9"),
+            ("[[events]]\nround = 2\naction = \"restart\"\ntarget = 1", "node1 is running"),
+            ("[[events]]\nround = 2\naction = \"restart\"\ntarget = \"aggregator\"", "indices"),
+            (
+                "[[events]]\nround = 2\naction = \"leave\"\ntarget = 1\nmisbehave = \"noise\"",
+                "only byzantine",
+            ),
+            ("expect = \"below-target\"", "needs a target"),
+            ("target = 1.5", "in [0, 1]"),
+        ];
+        for (text, problem) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(error.contains(problem), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_killed_node_can_be_restarted_and_a_joiner_named() {
+        let text = r#"
+            nodes = 3
+            [[events]]
+            round = 2
+            action = "kill"
+            target = 1
+            [[events]]
+            round = 4
+            action = "restart"
+            target = 1
+            [[events]]
+            round = 3
+            action = "join"
+            [[events]]
+            round = 5
+            action = "leave"
+            target = 3
+            "#;
+        let file = parse(text).unwrap();
+        assert_eq!(file.fewest_members(), 2);
+    }
+
+    #[test]
+    fn every_shipped_scenario_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let file = ScenarioFile::load(&entry.unwrap().path()).unwrap();
+            assert_eq!(file.nodes, 8);
+            assert_eq!(file.dataset, "mnist5k");
+            assert!(file.target.is_some() && !file.events.is_empty());
+            names.push(file.name.unwrap());
+        }
+        names.sort();
+        assert_eq!(names.len(), 6, "{names:?}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Small versions of the shipped scenarios (testnet/scenarios/), each on real `fedmesh`
+//! processes with softmax on mnist5k and short deadlines: the aggregator killed mid-round, two
+//! trainers leaving, a node joining, a node killed and restarted, and Byzantine members under
+//! trimmed mean and under FedAvg. Each checks completion, every round once, one final model on
+//! every member, and its accuracy.
+
+mod common;
+
+use common::{FLOOR, run_scenario};
+
+#[test]
+fn the_aggregator_killed_mid_round_is_taken_over() {
+    let run = run_scenario(
+        "aggregator-killed",
+        r#"
+        nodes = 4
+        rounds = 4
+        quorum = { fraction = 0.7 }
+        # Rounds slow enough (about 0.2 s of training) that the kill lands while the round is open.
+        local_epochs = 20
+        batch_size = 16
+        [[events]]
+        round = 2
+        action = "kill"
+        target = "aggregator"
+        "#,
+    );
+    run.assert_passed();
+    let event = &run.report.events[0];
+    assert_eq!(event.fired_in_round, 2, "{:#?}", run.lines);
+    let round2 = &run.report.rounds[1];
+    assert_ne!(round2.aggregator.as_deref(), Some(event.nodes[0].as_str()), "{:#?}", run.lines);
+    assert_eq!(*run.participants().last().unwrap(), 3, "{:#?}", run.lines);
+}
+
+#[test]
+fn two_trainers_leave_and_the_rest_finish() {
+    let run = run_scenario(
+        "trainers-leave",
+        r#"
+        nodes = 5
+        rounds = 4
+        quorum = { fraction = 0.7 }
+        [[events]]
+        round = 2
+        action = "leave"
+        target = 3
+        [[events]]
+        round = 3
+        action = "leave"
+        target = 4
+        "#,
+    );
+    run.assert_passed();
+    // Round 1 may open before all five joined (min_participants is the three that stay).
+    let participants = run.participants();
+    assert_eq!(participants.iter().max(), Some(&5), "{:#?}", run.lines);
+    assert_eq!(*participants.last().unwrap(), 3, "{:#?}", run.lines);
+}
+
+#[test]
+fn a_node_joining_mid_job_trains_from_the_next_round() {
+    let run = run_scenario(
+        "node-joins",
+        r#"
+        nodes = 3
+        rounds = 20
+        [[events]]
+        round = 2
+        action = "join"
+        "#,
+    );
+    run.assert_passed();
+    assert_eq!(run.report.partitions.len(), 4, "the data is split for the joiner too");
+    let participants = run.participants();
+    assert_eq!(participants[0], 3, "{:#?}", run.lines);
+    assert_eq!(*participants.last().unwrap(), 4, "{:#?}", run.lines);
+}
+
+#[test]
+fn a_node_killed_and_restarted_catches_up() {
+    let run = run_scenario(
+        "kill-restart",
+        r#"
+        nodes = 4
+        rounds = 5
+        quorum = { fraction = 0.7 }
+        [[events]]
+        round = 2
+        action = "kill"
+        target = 2
+        [[events]]
+        round = 3
+        action = "restart"
+        target = 2
+        "#,
+    );
+    // The check "same final model" covers the restarted node: it completed the job too.
+    run.assert_passed();
+    assert_eq!(*run.participants().last().unwrap(), 4, "{:#?}", run.lines);
+}
+
+/// Byzantine members under trimmed mean reach the target; the same under FedAvg does not.
+#[test]
+fn byzantine_members_are_withstood_by_trimmed_mean_and_ruin_fedavg() {
+    let byzantine = |strategy: &str, expect: &str| {
+        let text = format!(
+            r#"
+            nodes = 5
+            rounds = 4
+            expect = "{expect}"
+            strategy = {strategy}
+            [[events]]
+            round = 1
+            action = "byzantine"
+            target = 4
+            misbehave = "sign-flip"
+            "#
+        );
+        run_scenario(&format!("byzantine-{expect}"), &text)
+    };
+    let trimmed = byzantine(r#"{ rule = "trimmed_mean", beta = 0.3 }"#, "reach-target");
+    let fedavg = byzantine(r#"{ rule = "fedavg" }"#, "below-target");
+    trimmed.assert_passed();
+    fedavg.assert_passed();
+    let (robust, plain) = (trimmed.final_accuracy(), fedavg.final_accuracy());
+    assert!(robust >= FLOOR && plain < robust - 0.2, "trimmed mean {robust}, FedAvg {plain}");
+}
