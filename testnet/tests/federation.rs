@@ -33,6 +33,7 @@ fn four_nodes_train_mnist_and_the_report_is_written() {
         lr: 0.1,
         seed: 7,
         round_deadline_secs: 20,
+        trainer: Vec::new(),
         binary: fedmesh_binary(),
         out: out.path().to_owned(),
     };
