@@ -75,7 +75,8 @@ mod tests {
 
     fn entry_for(store: &Store, job: JobId, round: Round) -> ModelEntry {
         let mut batch = store.batch();
-        let model = batch.put_blob(format!("weights of job {job} round {round}").as_bytes()).unwrap();
+        let model =
+            batch.put_blob(format!("weights of job {job} round {round}").as_bytes()).unwrap();
         batch.commit().unwrap();
         ModelEntry {
             job,
