@@ -56,7 +56,7 @@ pub fn from_safetensors(layout: &TensorLayout, bytes: &[u8]) -> Result<Vec<f32>>
     let file =
         SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     if let Some(extra) =
-        file.names().into_iter().find(|name| !layout.tensors.iter().any(|s| &s.name == *name))
+        file.names().into_iter().find(|name| !layout.tensors.iter().any(|s| s.name == **name))
     {
         return Err(bad(format!("tensor `{extra}` is not in the job's layout")));
     }
@@ -205,7 +205,7 @@ mod tests {
         assert_eq!((shape, values), (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
         std::fs::write(&path, npy_bytes(&[3], NpyData::I64(&[7, 8, 9]))).unwrap();
         assert_eq!(crate::formats::read_npy(&path).unwrap(), (vec![3], vec![7.0, 8.0, 9.0]));
-        assert_eq!(npy_bytes(&[3], NpyData::I64(&[1, 2, 3])).len() % 64, 24 % 64);
+        assert_eq!(npy_bytes(&[3], NpyData::I64(&[1, 2, 3])).len() % 64, 24, "the header pads to 64 bytes");
     }
 
     #[test]
