@@ -205,7 +205,11 @@ mod tests {
         assert_eq!((shape, values), (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
         std::fs::write(&path, npy_bytes(&[3], NpyData::I64(&[7, 8, 9]))).unwrap();
         assert_eq!(crate::formats::read_npy(&path).unwrap(), (vec![3], vec![7.0, 8.0, 9.0]));
-        assert_eq!(npy_bytes(&[3], NpyData::I64(&[1, 2, 3])).len() % 64, 24, "the header pads to 64 bytes");
+        assert_eq!(
+            npy_bytes(&[3], NpyData::I64(&[1, 2, 3])).len() % 64,
+            24,
+            "the header pads to 64 bytes"
+        );
     }
 
     #[test]
