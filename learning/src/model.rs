@@ -14,10 +14,11 @@ pub struct Model {
     widths: Vec<usize>,
 }
 
-/// How weights are initialized.
+/// How weights are initialized (tensors of one dimension start at zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
-    /// He-normal for layers followed by ReLU, Glorot-uniform for the output layer.
+    /// He-normal for every matrix but the last (those followed by ReLU), Glorot-uniform for the
+    /// last.
     Auto,
     He,
     Glorot,
@@ -110,33 +111,9 @@ impl Model {
         }))
     }
 
-    /// Seeded initial parameters; biases start at zero.
+    /// Seeded initial parameters; biases start at zero (see [`init_layout`]).
     pub fn init(&self, init: Init, seed: u64) -> Vec<f32> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut params = vec![0.0f32; self.num_params()];
-        for layer in 0..self.num_layers() {
-            let (input, output) = self.layer_shape(layer);
-            let (weight_at, _) = self.layer_offsets(layer);
-            let weights = &mut params[weight_at..weight_at + input * output];
-            let is_output = layer + 1 == self.num_layers();
-            let he = match init {
-                Init::Auto => !is_output,
-                Init::He => true,
-                Init::Glorot => false,
-            };
-            if he {
-                let std = (2.0 / input as f32).sqrt();
-                if let Ok(normal) = Normal::new(0.0, std) {
-                    weights.iter_mut().for_each(|w| *w = normal.sample(&mut rng));
-                }
-            } else {
-                let limit = (6.0 / (input + output) as f32).sqrt();
-                if let Ok(uniform) = Uniform::new_inclusive(-limit, limit) {
-                    weights.iter_mut().for_each(|w| *w = uniform.sample(&mut rng));
-                }
-            }
-        }
-        params
+        init_layout(&self.layout(), init, seed)
     }
 
     /// Checks a parameter vector's length.
@@ -160,4 +137,37 @@ impl Model {
             })
             .sum()
     }
+}
+
+/// Seeded initial parameters for `layout`. A tensor of shape `[out, in, ...]` has fan-in
+/// `in * ...` and fan-out `out`; the draws come from one generator in layout order, so the
+/// built-in MLP and an external model with the same layout and seed start from the same weights.
+pub fn init_layout(layout: &TensorLayout, init: Init, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut params = vec![0.0f32; layout.num_params()];
+    let last_matrix = layout.tensors.iter().rposition(|slot| slot.shape.len() >= 2);
+    for (index, slot) in layout.tensors.iter().enumerate() {
+        if slot.shape.len() < 2 {
+            continue;
+        }
+        let fan_out = slot.shape[0];
+        let fan_in = slot.len() / fan_out.max(1);
+        let he = match init {
+            Init::Auto => Some(index) != last_matrix,
+            Init::He => true,
+            Init::Glorot => false,
+        };
+        let values = &mut params[slot.offset..slot.offset + slot.len()];
+        if he {
+            if let Ok(normal) = Normal::new(0.0, (2.0 / fan_in as f32).sqrt()) {
+                values.iter_mut().for_each(|w| *w = normal.sample(&mut rng));
+            }
+        } else {
+            let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
+            if let Ok(uniform) = Uniform::new_inclusive(-limit, limit) {
+                values.iter_mut().for_each(|w| *w = uniform.sample(&mut rng));
+            }
+        }
+    }
+    params
 }

@@ -40,18 +40,43 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
-    /// Write a job's current global model (the final one once the job is complete) as a
-    /// safetensors file, with the model's tensor names (fc1.weight, fc1.bias, ...).
+    /// List the model registry: every round's global model of the jobs the local node takes part
+    /// in, with its hash, accuracy and loss, and whether its weights are still kept.
+    List {
+        /// Only this job (an id or a unique prefix of it).
+        #[arg(long)]
+        job: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Write a job's current global model (the final one once the job is complete), or one
+    /// round's, as a safetensors file with the model's tensor names (fc1.weight, fc1.bias, ...),
+    /// or as one `.npy` file per tensor.
     Export {
         /// The job id (or a unique prefix of it).
         #[arg(long)]
         job: String,
-        /// The safetensors file to write.
+        /// A round's model from the registry instead of the current one.
+        #[arg(long)]
+        round: Option<u64>,
+        /// The file to write (for `--format npy`: a directory, one NAME.npy per tensor).
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
+        format: ExportFormat,
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+/// How `fedmesh model export` writes a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Safetensors,
+    Npy,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +135,10 @@ pub enum JobCommand {
     Announce {
         /// The job spec file.
         spec: PathBuf,
+        /// The initial weights of an external model (safetensors): stored on the local node, which
+        /// serves it to the members by hash, and named in the spec's `model.external.init`.
+        #[arg(long)]
+        init: Option<PathBuf>,
         #[command(flatten)]
         api: ApiArgs,
     },

@@ -57,6 +57,20 @@ pub struct NodeConfig {
     /// gossipsub heartbeat, in milliseconds.
     #[serde(default = "defaults::gossip_heartbeat_ms")]
     pub gossip_heartbeat_ms: u64,
+    /// The command that trains jobs whose model is `external`, e.g. `["python3", "train.py"]`
+    /// (empty: this node does not take part in such jobs). Never taken from a job spec.
+    #[serde(default)]
+    pub trainer: Vec<String>,
+    /// The command that evaluates external models (empty: the trainer, `FEDMESH_MODE=evaluate`).
+    #[serde(default)]
+    pub evaluator: Vec<String>,
+    /// An external trainer or evaluator still running after this many seconds is killed.
+    #[serde(default = "defaults::trainer_timeout_secs")]
+    pub trainer_timeout_secs: u64,
+    /// Keep the weights of only the last N rounds of each job in the model registry (0: all);
+    /// older rounds keep their hash and metrics.
+    #[serde(default)]
+    pub model_retention_rounds: u64,
 }
 
 mod defaults {
@@ -85,6 +99,9 @@ mod defaults {
     }
     pub fn gossip_heartbeat_ms() -> u64 {
         1000
+    }
+    pub fn trainer_timeout_secs() -> u64 {
+        600
     }
 }
 
@@ -128,6 +145,17 @@ impl NodeConfig {
         }
         if self.gossip_heartbeat_ms < 10 {
             return invalid("gossip_heartbeat_ms", "must be at least 10".to_owned());
+        }
+        if self.trainer_timeout_secs == 0 {
+            return invalid("trainer_timeout_secs", "must be at least 1".to_owned());
+        }
+        if self.model_retention_rounds == 1 {
+            return invalid(
+                "model_retention_rounds",
+                "must be 0 (keep all) or at least 2 (a member one round behind fetches the \
+                 previous model)"
+                    .to_owned(),
+            );
         }
         if self.group.is_empty() {
             return invalid("group", "must not be empty".to_owned());
@@ -184,6 +212,20 @@ impl NodeConfig {
             reannounce_secs: defaults::reannounce_secs(),
             gossip_heartbeat_ms: defaults::gossip_heartbeat_ms(),
             misbehave: Vec::new(),
+            trainer: Vec::new(),
+            evaluator: Vec::new(),
+            trainer_timeout_secs: defaults::trainer_timeout_secs(),
+            model_retention_rounds: 0,
+        }
+    }
+
+    /// The external-trainer settings; each job's work directory is under `DATA_DIR/trainers`.
+    pub fn trainer_settings(&self) -> crate::external::TrainerSettings {
+        crate::external::TrainerSettings {
+            trainer: self.trainer.clone(),
+            evaluator: self.evaluator.clone(),
+            timeout: std::time::Duration::from_secs(self.trainer_timeout_secs),
+            root: self.data_dir.join("trainers"),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The node's RocksDB store: jobs, memberships, rounds, model blobs by content hash and node
-//! metadata, in column families. Every state change is one atomic write batch.
+//! The node's RocksDB store: jobs, memberships, rounds, model blobs by content hash, the model
+//! registry and node metadata, in column families. Every state change is one atomic write batch.
 
 use fedmesh_protocol::ids::ContentHash;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
@@ -27,10 +27,13 @@ pub enum Table {
     Rounds,
     /// Content hash to bytes (models, deltas, announcements).
     Blobs,
+    /// Job id ++ big-endian round to a model registry entry.
+    Models,
 }
 
 impl Table {
-    const ALL: [Table; 5] = [Table::Meta, Table::Jobs, Table::Members, Table::Rounds, Table::Blobs];
+    const ALL: [Table; 6] =
+        [Table::Meta, Table::Jobs, Table::Members, Table::Rounds, Table::Blobs, Table::Models];
 
     fn name(self) -> &'static str {
         match self {
@@ -39,6 +42,7 @@ impl Table {
             Table::Members => "members",
             Table::Rounds => "rounds",
             Table::Blobs => "blobs",
+            Table::Models => "models",
         }
     }
 }
@@ -68,6 +72,8 @@ pub enum StoreError {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// How many recent rounds' model weights the registry keeps per job (0: all).
+    model_retention: u64,
 }
 
 impl Store {
@@ -83,9 +89,20 @@ impl Store {
             .map(|t| ColumnFamilyDescriptor::new(t.name(), Self::table_options(*t)));
         let db = DB::open_cf_descriptors(&options, &path, descriptors)
             .map_err(|e| Self::classify_open_error(&path, e))?;
-        let store = Self { db, path };
+        let store = Self { db, path, model_retention: 0 };
         store.check_schema()?;
         Ok(store)
+    }
+
+    /// Keeps only the last `rounds` rounds' model weights of each job (0: all).
+    pub fn with_model_retention(mut self, rounds: u64) -> Self {
+        self.model_retention = rounds;
+        self
+    }
+
+    /// How many recent rounds' model weights are kept per job (0: all).
+    pub fn model_retention(&self) -> u64 {
+        self.model_retention
     }
 
     /// The directory RocksDB keeps its files in.

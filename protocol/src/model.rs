@@ -20,9 +20,17 @@ pub enum ModelSpec {
 /// A model whose training code is outside fedmesh: only its layout and initial weights are known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalModelSpec {
+    /// The tensors, in the order of the flat parameter vector (all f32).
     pub tensors: Vec<TensorSpec>,
     /// Initial weights: a safetensors blob by content hash, or a seed for a built-in initializer.
     pub init: ExternalInit,
+}
+
+impl ExternalModelSpec {
+    /// The flat-vector layout of the tensors.
+    pub fn layout(&self) -> TensorLayout {
+        TensorLayout::packed(self.tensors.iter().cloned())
+    }
 }
 
 /// How an external model's first global weights are made.
@@ -31,7 +39,8 @@ pub struct ExternalModelSpec {
 pub enum ExternalInit {
     /// A safetensors file shipped with the announcement, by its BLAKE3 hash (hex).
     Safetensors(String),
-    /// Glorot-uniform initialization with this seed.
+    /// The built-in initializer with this seed: He-normal for every matrix but the last,
+    /// Glorot-uniform for the last, zeros for vectors (as the built-in MLP starts).
     Seed(u64),
 }
 

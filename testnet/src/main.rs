@@ -80,6 +80,10 @@ struct Args {
     /// A round closes at this deadline if its quorum is met (and is retried if not).
     #[arg(long, default_value_t = ScenarioFile::default().round_deadline_secs)]
     round_deadline_secs: u64,
+    /// An external trainer command for every node, e.g. "python3 examples/numpy-trainer/train.py"
+    /// (split on spaces); the job's model is then `external` with the layout of --model.
+    #[arg(long)]
+    trainer: Option<String>,
     /// The fedmesh binary (default: `fedmesh` next to this program).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -120,6 +124,7 @@ impl Args {
             lr: self.lr,
             seed: self.seed,
             round_deadline_secs: self.round_deadline_secs,
+            trainer: trainer_command(self.trainer.as_deref())?,
             ..ScenarioFile::default()
         };
         let problems = file.problems();
@@ -142,6 +147,24 @@ impl Args {
             })
             .collect()
     }
+}
+
+/// The trainer command's words; a relative script path is made absolute, since nodes run in their
+/// own folders.
+fn trainer_command(text: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let Some(text) = text else { return Ok(Vec::new()) };
+    text.split_whitespace()
+        .map(|word| {
+            let path = std::path::Path::new(word);
+            if path.is_file() && path.is_relative() {
+                let absolute = std::fs::canonicalize(path)
+                    .with_context(|| format!("cannot resolve {word}"))?;
+                Ok(absolute.display().to_string())
+            } else {
+                Ok(word.to_owned())
+            }
+        })
+        .collect()
 }
 
 /// Runs one scenario, printing as it goes; its report.

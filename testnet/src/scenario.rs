@@ -52,6 +52,9 @@ pub struct Scenario {
     pub expect: Expect,
     /// In firing order.
     pub events: Vec<Event>,
+    /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
+    /// job's model is then `external` with the layout and initial weights of `model`.
+    pub trainer: Vec<String>,
     /// The `fedmesh` binary.
     pub binary: PathBuf,
     /// Where node folders, partitions and the report go.
@@ -138,9 +141,28 @@ impl Scenario {
         (!self.groups.is_empty()).then(|| self.groups[index % self.groups.len()].clone())
     }
 
+    /// The job's model: the built-in one, or with a trainer the same layout and initial weights
+    /// as an external model.
+    fn model_spec(&self) -> anyhow::Result<Value> {
+        let spec = Model::parse_spec(&self.model)?;
+        if self.trainer.is_empty() {
+            return Ok(serde_json::to_value(spec)?);
+        }
+        let data = DataSource::parse(&self.dataset, None)?.load()?;
+        let known = Embedded::from_name(&self.dataset).map_or(0, Embedded::num_classes);
+        let model = Model::from_spec(&spec, data.num_features(), data.num_classes.max(known))?;
+        let tensors: Vec<Value> = model
+            .layout()
+            .tensors
+            .iter()
+            .map(|slot| json!({"name": slot.name, "shape": slot.shape}))
+            .collect();
+        Ok(json!({"external": {"tensors": tensors, "init": {"seed": self.seed}}}))
+    }
+
     /// The job spec node0 announces.
     fn job_spec(&self, owner: &str) -> anyhow::Result<Value> {
-        let model = serde_json::to_value(Model::parse_spec(&self.model)?)?;
+        let model = self.model_spec()?;
         let mut spec = json!({
             "name": format!("testnet-{}", self.dataset_name()),
             "owner": owner,
@@ -167,12 +189,22 @@ impl Scenario {
         Ok(spec)
     }
 
+    /// The node.toml lines that set the external trainer, if there is one.
+    fn trainer_config(&self) -> Vec<String> {
+        if self.trainer.is_empty() {
+            return Vec::new();
+        }
+        let words: Vec<String> = self.trainer.iter().map(|word| format!("{word:?}")).collect();
+        vec![format!("trainer = [{}]", words.join(", "))]
+    }
+
     /// A node holding `partition` that trusts `owner`.
     fn node_spec(&self, owner: &str, partition: &PartitionSummary) -> NodeSpec {
         NodeSpec {
             datasets: vec![(self.dataset_name(), partition.path.display().to_string())],
             trust: vec![owner.to_owned()],
             group: self.group_of(partition.node),
+            extra_config: self.trainer_config(),
             ..NodeSpec::default()
         }
     }

@@ -34,6 +34,8 @@ pub struct ScenarioFile {
     pub groups: Vec<String>,
     /// How trainers encode their deltas: `f32`, `f16` or `int8`.
     pub delta_encoding: String,
+    /// An external trainer command every node runs (empty: fedmesh's built-in learner).
+    pub trainer: Vec<String>,
     pub dataset: String,
     pub model: String,
     pub partition: String,
@@ -73,6 +75,7 @@ impl Default for ScenarioFile {
             topology: "central".into(),
             groups: vec!["eu".into(), "na".into()],
             delta_encoding: "f32".into(),
+            trainer: Vec::new(),
             dataset: "mnist5k".into(),
             model: "mlp:200,200".into(),
             partition: "iid".into(),
@@ -234,6 +237,7 @@ impl ScenarioFile {
             topology: self.topology,
             groups: self.groups,
             delta_encoding: self.delta_encoding,
+            trainer: self.trainer,
             dataset: self.dataset,
             model: self.model,
             partition: self.partition,

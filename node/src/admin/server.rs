@@ -1,9 +1,9 @@
-//! The admin API's routes: node status, jobs (announce, join, leave, model), and `/metrics`,
-//! behind the bearer token.
+//! The admin API's routes: node status, jobs (announce, join, leave, model), the model registry,
+//! blobs (a job's initial weights), and `/metrics`, behind the bearer token.
 
 use super::Endpoint;
 use crate::engine::{EngineError, EngineHandle};
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// Largest request body (a job's initial weights can be large).
+const MAX_BODY_BYTES: usize = 512 << 20;
 
 #[derive(Clone)]
 struct AdminState {
@@ -33,7 +36,10 @@ pub async fn serve(
         .route("/v1/jobs/{id}/join", post(join_job))
         .route("/v1/jobs/{id}/leave", post(leave_job))
         .route("/v1/jobs/{id}/model", get(job_model))
+        .route("/v1/models", get(list_models))
+        .route("/v1/blobs", post(put_blob))
         .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(Arc::new(state));
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
@@ -115,11 +121,39 @@ async fn leave_job(
     Ok(Json(serde_json::json!({ "id": id.to_string(), "left": true })))
 }
 
+/// `?round=N` picks one round's model from the registry; without it, the current model.
+#[derive(serde::Deserialize)]
+struct RoundQuery {
+    round: Option<u64>,
+}
+
 async fn job_model(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
+    Query(query): Query<RoundQuery>,
 ) -> ApiResult<crate::engine::ModelExport> {
-    Ok(Json(state.engine.model(&id).await?))
+    Ok(Json(state.engine.model(&id, query.round).await?))
+}
+
+/// `?job=ID` (or a prefix) limits the list to one job.
+#[derive(serde::Deserialize)]
+struct JobQuery {
+    job: Option<String>,
+}
+
+async fn list_models(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<JobQuery>,
+) -> ApiResult<Vec<crate::registry::ModelEntry>> {
+    Ok(Json(state.engine.models(query.job).await?))
+}
+
+async fn put_blob(
+    State(state): State<Arc<AdminState>>,
+    body: axum::body::Bytes,
+) -> ApiResult<serde_json::Value> {
+    let hash = state.engine.put_blob(body.to_vec()).await?;
+    Ok(Json(serde_json::json!({ "hash": hash.to_hex() })))
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

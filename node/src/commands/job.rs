@@ -14,10 +14,13 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         match command {
-            JobCommand::Announce { spec, api } => {
-                let bytes = std::fs::read(&spec)
+            JobCommand::Announce { spec, init, api } => {
+                let mut bytes = std::fs::read(&spec)
                     .with_context(|| format!("cannot read job spec {}", spec.display()))?;
                 let client = AdminClient::for_data_dir(&api.data_dir)?;
+                if let Some(init) = init {
+                    bytes = with_initial_weights(&client, &bytes, &init).await?;
+                }
                 let answer: serde_json::Value = client.post("/v1/jobs", bytes).await?;
                 let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or_default();
                 println!("{id}");
@@ -41,6 +44,26 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
             JobCommand::Watch { id, api } => watch(&api.data_dir, &id).await,
         }
     })
+}
+
+/// Uploads an external model's initial weights and names their hash in the spec.
+async fn with_initial_weights(
+    client: &AdminClient,
+    spec: &[u8],
+    init: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    let weights = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
+    safetensors::SafeTensors::deserialize(&weights)
+        .with_context(|| format!("{} is not a safetensors file", init.display()))?;
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(spec).context("the job spec is not JSON")?;
+    let Some(external) = spec.pointer_mut("/model/external").and_then(|e| e.as_object_mut()) else {
+        anyhow::bail!("--init is for an external model: the spec has no `model.external`");
+    };
+    let answer: serde_json::Value = client.post("/v1/blobs", weights).await?;
+    let hash = answer.get("hash").cloned().context("the node answered no hash")?;
+    external.insert("init".to_owned(), serde_json::json!({ "safetensors": hash }));
+    Ok(serde_json::to_vec(&spec)?)
 }
 
 async fn membership_change(data_dir: &Path, id: &str, action: &str) -> anyhow::Result<()> {

@@ -39,7 +39,9 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let key = crate::identity::load_node_key(&config.key)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = Arc::new(Store::open(&config.data_dir)?);
+    let store = Arc::new(
+        Store::open(&config.data_dir)?.with_model_retention(config.model_retention_rounds),
+    );
     let metrics = Arc::new(Metrics::new());
     let settings = BehaviourSettings {
         max_message_bytes: config.max_message_bytes,

@@ -3,6 +3,7 @@
 
 mod federation;
 mod jobs;
+mod registry;
 mod requests;
 
 use crate::config::NodeConfig;
@@ -69,6 +70,13 @@ pub struct JobView {
 pub struct ModelExport {
     pub job: String,
     pub round: u64,
+    /// The model's hash and its test-size-weighted accuracy and loss (from the registry).
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub accuracy: Option<f64>,
+    #[serde(default)]
+    pub loss: Option<f64>,
     pub layout: fedmesh_protocol::model::TensorLayout,
     pub params: Vec<f32>,
 }
@@ -79,7 +87,9 @@ enum Query {
     Announce(Vec<u8>, oneshot::Sender<Result<JobId, EngineError>>),
     Join(String, oneshot::Sender<Result<JobId, EngineError>>),
     Leave(String, oneshot::Sender<Result<JobId, EngineError>>),
-    Model(String, oneshot::Sender<Result<ModelExport, EngineError>>),
+    Model(String, Option<u64>, oneshot::Sender<Result<ModelExport, EngineError>>),
+    Models(Option<String>, oneshot::Sender<Result<Vec<crate::registry::ModelEntry>, EngineError>>),
+    PutBlob(Vec<u8>, oneshot::Sender<Result<fedmesh_protocol::ids::ContentHash, EngineError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -166,9 +176,25 @@ impl EngineHandle {
         self.ask(|reply| Query::Leave(id.to_owned(), reply)).await?
     }
 
-    /// The current global model of a job this node is in.
-    pub async fn model(&self, id: &str) -> Result<ModelExport, EngineError> {
-        self.ask(|reply| Query::Model(id.to_owned(), reply)).await?
+    /// The current global model of a job this node is in, or the model of one `round`.
+    pub async fn model(&self, id: &str, round: Option<u64>) -> Result<ModelExport, EngineError> {
+        self.ask(|reply| Query::Model(id.to_owned(), round, reply)).await?
+    }
+
+    /// The model registry: every round's model of one job (id prefix) or of all.
+    pub async fn models(
+        &self,
+        job: Option<String>,
+    ) -> Result<Vec<crate::registry::ModelEntry>, EngineError> {
+        self.ask(|reply| Query::Models(job, reply)).await?
+    }
+
+    /// Stores a blob (for example a job's initial weights) and returns its hash.
+    pub async fn put_blob(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<fedmesh_protocol::ids::ContentHash, EngineError> {
+        self.ask(|reply| Query::PutBlob(bytes, reply)).await?
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -290,8 +316,14 @@ impl Engine {
                 };
                 let _ = reply.send(result);
             }
-            Query::Model(id, reply) => {
-                let _ = reply.send(self.model_export(&id));
+            Query::Model(id, round, reply) => {
+                let _ = reply.send(self.model_export(&id, round));
+            }
+            Query::Models(job, reply) => {
+                let _ = reply.send(self.model_entries(job.as_deref()));
+            }
+            Query::PutBlob(bytes, reply) => {
+                let _ = reply.send(self.put_blob(&bytes));
             }
             Query::Shutdown(_) => {}
         }
@@ -326,15 +358,6 @@ impl Engine {
             view.join_error = self.join_errors.get(&id).cloned();
         }
         view
-    }
-
-    fn model_export(&self, id: &str) -> Result<ModelExport, EngineError> {
-        let job = self.jobs.id_by_prefix(id)?;
-        let run = self
-            .job_run(&job)
-            .ok_or_else(|| EngineError::NotFound(format!("this node is not in job {job}")))?;
-        let (layout, params, round) = run.model();
-        Ok(ModelExport { job: job.to_string(), round, layout, params: params.to_vec() })
     }
 }
 

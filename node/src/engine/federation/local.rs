@@ -1,16 +1,44 @@
 //! A member's own side of a job: its data set (split, scaled), the job's model, and local training
-//! and evaluation, run off the engine's task.
+//! and evaluation, run off the engine's task: by the built-in learner, or by the node's external
+//! trainer when the job's model is `external`.
 
-use fedmesh_learning::{DataSource, Dataset, Embedded, Init, Model, Scaler, TrainConfig};
+use crate::external::{ExternalBridge, TrainerSettings};
+use fedmesh_learning::{
+    DataSource, Dataset, Embedded, Evaluation, Init, Model, Scaler, TrainConfig,
+};
+use fedmesh_protocol::ids::JobId;
+use fedmesh_protocol::model::{ExternalInit, ModelSpec, TensorLayout};
 use fedmesh_protocol::spec::JobSpec;
 use std::time::Instant;
 
 /// Share of a member's data kept aside to evaluate global models.
 const TEST_FRACTION: f32 = 0.2;
 
+/// Who trains the job's model on this node.
+pub enum LocalModel {
+    BuiltIn(Model),
+    External(Box<ExternalBridge>),
+}
+
+impl LocalModel {
+    pub fn layout(&self) -> TensorLayout {
+        match self {
+            Self::BuiltIn(model) => model.layout(),
+            Self::External(bridge) => bridge.layout().clone(),
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        match self {
+            Self::BuiltIn(model) => model.num_params(),
+            Self::External(bridge) => bridge.layout().num_params(),
+        }
+    }
+}
+
 /// A member's data for one job and the model the job trains.
 pub struct LocalData {
-    pub model: Model,
+    pub model: LocalModel,
     pub train: Dataset,
     pub test: Dataset,
     pub config: TrainConfig,
@@ -27,21 +55,37 @@ pub struct Trained {
 impl LocalData {
     /// Loads the node's file for the job's data set (`source` is the node's setting), splits it
     /// with the job's seed, scales both splits with the training split's statistics, and builds
-    /// the job's model. The class count is the data set's when it is a known one, so that every
-    /// member builds the same model from a partition that lacks some classes.
-    pub fn load(spec: &JobSpec, source: &str) -> anyhow::Result<Self> {
-        let source = DataSource::parse(source, None)?;
-        let data = source.load()?;
+    /// the job's model (or, for an external model, its bridge, which gets the splits as `.npy`).
+    /// The class count is the data set's when it is a known one, so that every member builds the
+    /// same model from a partition that lacks some classes.
+    pub fn load(
+        id: JobId,
+        spec: &JobSpec,
+        source: &str,
+        trainers: &TrainerSettings,
+    ) -> anyhow::Result<Self> {
+        let parsed = DataSource::parse(source, None)?;
+        let data = parsed.load()?;
         let (mut train, mut test) = data.split(TEST_FRACTION, spec.seed)?;
         // A share of a known data set is scaled as that data set prefers, so that every member
         // scales alike.
         let known = Embedded::from_name(&spec.dataset);
-        let scaling = known.map_or_else(|| source.preferred_scaling(), Embedded::preferred_scaling);
+        let scaling = known.map_or_else(|| parsed.preferred_scaling(), Embedded::preferred_scaling);
         let scaler = Scaler::fit(scaling, &train);
         scaler.apply(&mut train);
         scaler.apply(&mut test);
-        let classes = data.num_classes.max(known.map_or(0, Embedded::num_classes));
-        let model = Model::from_spec(&spec.model, data.num_features(), classes)?;
+        let model = match &spec.model {
+            ModelSpec::External(external) => {
+                let mut bridge =
+                    ExternalBridge::new(trainers, external.layout(), id, spec, source)?;
+                bridge.write_splits(&train, &test)?;
+                LocalModel::External(Box::new(bridge))
+            }
+            builtin => {
+                let classes = data.num_classes.max(known.map_or(0, Embedded::num_classes));
+                LocalModel::BuiltIn(Model::from_spec(builtin, data.num_features(), classes)?)
+            }
+        };
         let h = &spec.hyperparameters;
         let config = TrainConfig {
             epochs: h.local_epochs as usize,
@@ -55,29 +99,73 @@ impl LocalData {
         Ok(Self { model, train, test, config })
     }
 
-    /// The job's first global model: every member computes the same one from the job's seed.
-    pub fn initial_params(&self, seed: u64) -> Vec<f32> {
-        self.model.init(Init::Auto, seed)
+    /// The job's first global model: every member computes the same one from the job's seed, or
+    /// (an external model's `init.safetensors`) reads it from the blob the job names.
+    pub fn initial_params(&self, spec: &JobSpec, blob: Option<&[u8]>) -> anyhow::Result<Vec<f32>> {
+        let layout = self.model.layout();
+        let ModelSpec::External(external) = &spec.model else {
+            return Ok(fedmesh_learning::init_layout(&layout, Init::Auto, spec.seed));
+        };
+        match (&external.init, blob) {
+            (ExternalInit::Seed(seed), _) => {
+                Ok(fedmesh_learning::init_layout(&layout, Init::Auto, *seed))
+            }
+            (ExternalInit::Safetensors(_), Some(bytes)) => {
+                Ok(fedmesh_learning::external::from_safetensors(&layout, bytes)?)
+            }
+            (ExternalInit::Safetensors(hash), None) => {
+                anyhow::bail!("the job's initial weights {hash} are not in this node's store")
+            }
+        }
     }
 
-    /// Trains `epochs` local epochs from `base`; the shuffling seed varies with the round.
+    /// Trains from `base` (local epochs, or one run of the external trainer); the shuffling seed
+    /// varies with the round.
     pub fn train(&self, base: &[f32], round: u64) -> anyhow::Result<Trained> {
         let started = Instant::now();
-        let config = TrainConfig {
-            seed: self.config.seed ^ round.wrapping_mul(0x9E37),
-            ..self.config.clone()
+        let (params, samples, loss) = match &self.model {
+            LocalModel::BuiltIn(model) => {
+                let config = TrainConfig {
+                    seed: self.config.seed ^ round.wrapping_mul(0x9E37),
+                    ..self.config.clone()
+                };
+                let outcome = fedmesh_learning::train(model, base, &self.train, &config)?;
+                (outcome.params, outcome.samples, outcome.loss)
+            }
+            LocalModel::External(bridge) => {
+                let trained = bridge.train(base, round)?;
+                (trained.params, trained.metrics.samples as usize, trained.metrics.loss)
+            }
         };
-        let outcome = fedmesh_learning::train(&self.model, base, &self.train, &config)?;
-        Ok(Trained {
-            delta: outcome.delta,
-            samples: outcome.samples,
-            loss: outcome.loss,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        let delta = params.iter().zip(base).map(|(new, old)| new - old).collect();
+        Ok(Trained { delta, samples, loss, seconds: started.elapsed().as_secs_f64() })
     }
 
-    /// Loss and accuracy of `params` on the local test split.
-    pub fn evaluate(&self, params: &[f32]) -> anyhow::Result<fedmesh_learning::Evaluation> {
-        Ok(fedmesh_learning::evaluate(&self.model, params, &self.test)?)
+    /// Loss and accuracy of `params` (the global model of `round`) on the local test split. An
+    /// external evaluation runs a process: the engine's worker thread is handed off meanwhile.
+    pub fn evaluate(&self, params: &[f32], round: u64) -> anyhow::Result<Evaluation> {
+        match &self.model {
+            LocalModel::BuiltIn(model) => {
+                Ok(fedmesh_learning::evaluate(model, params, &self.test)?)
+            }
+            LocalModel::External(bridge) => {
+                let metrics = tokio::task::block_in_place(|| bridge.evaluate(params, round))?;
+                Ok(Evaluation {
+                    samples: metrics.samples as usize,
+                    loss: metrics.loss,
+                    accuracy: metrics.accuracy.unwrap_or_default(),
+                    per_class_accuracy: Vec::new(),
+                    confusion: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// The external trainer's last failure, if the job has one and it failed.
+    pub fn trainer_failure(&self) -> Option<String> {
+        match &self.model {
+            LocalModel::BuiltIn(_) => None,
+            LocalModel::External(bridge) => bridge.last_failure(),
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 mod aggregate;
 mod collect;
+mod external_init;
 mod gossip;
 mod local;
 mod membership;
@@ -236,6 +237,7 @@ impl JobRun {
                 })
                 .collect(),
             rounds: self.rounds.values().map(RoundRecord::view).collect(),
+            trainer_error: self.local.trainer_failure(),
         }
     }
 
@@ -288,9 +290,11 @@ impl Engine {
                 spec.dataset
             ))
         })?;
-        let local = tokio::task::block_in_place(|| LocalData::load(&spec, source))
-            .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))?;
-        let params = local.initial_params(spec.seed);
+        let trainers = self.config.trainer_settings();
+        let local =
+            tokio::task::block_in_place(|| LocalData::load(id, &spec, source, &trainers))
+                .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))?;
+        let params = self.initial_model(&spec, &local).await?;
         let blob = encode_model(&params)?;
         let mut batch = self.store.batch();
         let model = batch.put_blob(&blob)?;
@@ -504,7 +508,7 @@ impl Engine {
         let source = self.config.datasets.get(&spec.dataset).ok_or_else(|| {
             EngineError::Invalid(format!("data set `{}` is no longer configured", spec.dataset))
         })?;
-        let local = LocalData::load(&spec, source)
+        let local = LocalData::load(id, &spec, source, &self.config.trainer_settings())
             .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))?;
         let bytes = self.store.blob(&state.model)?.ok_or_else(|| {
             EngineError::NotFound(format!("model {} of job {id} is not in the store", state.model))

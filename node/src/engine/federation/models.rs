@@ -122,7 +122,7 @@ impl Engine {
             run.state.status = RunStatus::Completed;
             tracing::info!(job = %id, rounds = round, %model, "job complete");
         }
-        let evaluation = run.local.evaluate(&run.params);
+        let evaluation = run.local.evaluate(&run.params, round);
         let metrics = match evaluation {
             Ok(e) => EvalMetrics {
                 loss: Some(e.loss),

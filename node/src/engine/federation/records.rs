@@ -175,4 +175,7 @@ pub struct RunView {
     pub model: String,
     pub members: Vec<MemberView>,
     pub rounds: Vec<RoundView>,
+    /// The external trainer's last failure on this node (round, mode, stderr tail), if any.
+    #[serde(default)]
+    pub trainer_error: Option<String>,
 }

@@ -1,9 +1,10 @@
 //! How a job run is kept in RocksDB: its state and membership under `s` + job id and the last
 //! round result it announced as aggregator under `a` + job id in the members table, each round
-//! record under `r` + job id + round in the rounds table.
+//! record under `r` + job id + round in the rounds table (with the round's model registry entry).
 
 use super::JobRun;
 use super::records::{RoundRecord, RunState};
+use crate::registry::{self, ModelEntry};
 use crate::store::{Store, StoreError, Table};
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
 use fedmesh_protocol::message::AggregateReady;
@@ -32,11 +33,28 @@ pub fn save_state(store: &Store, run: &JobRun) -> Result<(), StoreError> {
     batch.commit()
 }
 
-/// Saves one round's record (one write).
+/// Saves one round's record and, once the round has its model, its model registry entry (one
+/// write).
 pub fn save_round(store: &Store, run: &JobRun, round: Round) -> Result<(), StoreError> {
     let Some(record) = run.rounds.get(&round) else { return Ok(()) };
     let mut batch = store.batch();
     batch.put(Table::Rounds, &round_key(&run.id, round), record)?;
+    if let Some(model) = record.model {
+        let (loss, accuracy, eval_samples) = record.weighted_metrics();
+        let entry = ModelEntry {
+            job: run.id,
+            round,
+            model,
+            params: run.local.model.num_params() as u64,
+            accuracy,
+            loss,
+            eval_samples,
+            evaluations: record.evaluations.len(),
+            closed_at_ms: record.closed_at_ms,
+            weights_kept: true,
+        };
+        registry::record(store, &mut batch, &entry)?;
+    }
     batch.commit()
 }
 
