@@ -30,19 +30,14 @@ fn require_python_packages() {
 fn scenario(out: &Path, trainer: Vec<String>) -> Scenario {
     Scenario {
         nodes: 4,
+        total_nodes: 4,
         rounds: 4,
-        topology: "central".into(),
-        dataset: "mnist5k".into(),
         model: "mlp:200,200".into(),
-        partition: "iid".into(),
-        local_epochs: 1,
-        batch_size: 32,
         lr: 0.1,
         seed: 5,
-        round_deadline_secs: 30,
+        min_participants: 4,
         trainer,
-        binary: fedmesh_binary(),
-        out: out.to_owned(),
+        ..Scenario::new(fedmesh_binary(), out.to_owned())
     }
 }
 
