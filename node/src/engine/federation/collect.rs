@@ -4,7 +4,7 @@
 
 use crate::engine::federation::membership::Membership;
 use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum};
-use fedmesh_protocol::envelope::Signed;
+use fedmesh_protocol::envelope::{CarriesPayload, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
 use fedmesh_protocol::spec::JobSpec;
@@ -175,13 +175,8 @@ impl Collecting {
         payload: &[u8],
         members: &Membership,
     ) -> Result<MemberId, Refused> {
-        let verified = delta
-            .verify_with_payload(payload, |_, _| Ok(()))
-            .map_err(|e| refuse("bad_signature", e.to_string()))?;
+        let verified = verify_member(delta, payload, members)?;
         let (signer, body) = (verified.signer(), verified.body());
-        if !members.contains(&signer) {
-            return Err(refuse("not_a_member", format!("{signer} is not a member of the job")));
-        }
         self.check_round("delta", &signer, body.round, &body.base_model)?;
         if !self.direct.contains(&signer) {
             return Err(refuse(
@@ -215,13 +210,8 @@ impl Collecting {
         payload: &[u8],
         members: &Membership,
     ) -> Result<MemberId, Refused> {
-        let verified = partial
-            .verify_with_payload(payload, |_, _| Ok(()))
-            .map_err(|e| refuse("bad_signature", e.to_string()))?;
+        let verified = verify_member(partial, payload, members)?;
         let (signer, body) = (verified.signer(), verified.body());
-        if !members.contains(&signer) {
-            return Err(refuse("not_a_member", format!("{signer} is not a member of the job")));
-        }
         self.check_round("partial aggregate", &signer, body.round, &body.base_model)?;
         if body.opened_at_ms != self.opened_at_ms {
             return Err(refuse(
@@ -283,6 +273,22 @@ impl Collecting {
             .collect();
         Ok((combined, contributions))
     }
+}
+
+/// Verifies a signed body and the payload beside it, and that its signer is a member of the job.
+pub fn verify_member<T: SignedBody + CarriesPayload>(
+    signed: Signed<T>,
+    payload: &[u8],
+    members: &Membership,
+) -> Result<Verified<T>, Refused> {
+    let verified = signed
+        .verify_with_payload(payload, |_, _| Ok(()))
+        .map_err(|e| refuse("bad_signature", e.to_string()))?;
+    let signer = verified.signer();
+    if !members.contains(&signer) {
+        return Err(refuse("not_a_member", format!("{signer} is not a member of the job")));
+    }
+    Ok(verified)
 }
 
 /// A partial aggregate may include only the trainers its sender serves, none counted already,

@@ -3,7 +3,7 @@
 //! schedule order, and the ring's result: the round's model (a pure ring, every member computes
 //! the same one) or a partial aggregate its uploader sends up (hybrid).
 
-use super::collect::{Refused, refuse};
+use super::collect::{Refused, refuse, verify_member};
 use super::{OpenRound, encode_model, send_partial, store};
 use crate::engine::Engine;
 use crate::engine::federation::train::send_request;
@@ -265,18 +265,12 @@ impl Engine {
         chunk: Signed<RingChunk>,
         payload: &[u8],
     ) -> Result<(), Refused> {
-        let verified = chunk
-            .clone()
-            .verify_with_payload(payload, |_, _| Ok(()))
-            .map_err(|e| refuse("bad_signature", e.to_string()))?;
-        let (signer, body) = (verified.signer(), verified.body());
         let run = self
             .runs
             .get_mut(&id)
             .ok_or_else(|| refuse("not_joined", format!("this node is not in job {id}")))?;
-        if !run.state.members.contains(&signer) {
-            return Err(refuse("not_a_member", format!("{signer} is not a member of the job")));
-        }
+        let verified = verify_member(chunk.clone(), payload, &run.state.members)?;
+        let (signer, body) = (verified.signer(), verified.body());
         let current = run.ring.as_ref().map(|ring| (ring.round, ring.opened_at_ms));
         let chunk_opening = (body.round, body.opened_at_ms);
         if current != Some(chunk_opening) {
