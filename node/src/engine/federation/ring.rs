@@ -30,6 +30,9 @@ pub enum RingResult {
     Up { uploader: bool, to: MemberId },
 }
 
+/// A finished ring's weighted sum and the contributions it includes.
+pub type RingSum<'a> = (&'a [f32], Vec<Contribution>);
+
 /// A chunk to send at one step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
@@ -190,7 +193,7 @@ impl RingRun {
 
     /// The ring's sum and the contributions it includes, once every step is done and every
     /// chunk includes the same updates.
-    pub fn finished(&self) -> Option<Result<(&[f32], Vec<Contribution>), Refused>> {
+    pub fn finished(&self) -> Option<Result<RingSum<'_>, Refused>> {
         let values = self.values.as_ref()?;
         if self.next < self.steps.len() {
             return None;
