@@ -205,7 +205,6 @@ impl Scenario {
             trust: vec![owner.to_owned()],
             group: self.group_of(partition.node),
             extra_config: self.trainer_config(),
-            ..NodeSpec::default()
         }
     }
 
