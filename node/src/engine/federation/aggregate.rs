@@ -20,6 +20,15 @@ use fedmesh_topologies::RoundPlan;
 /// A partial aggregate's round, base model, opening and group label.
 pub type PartOf = (Round, ContentHash, u64, String);
 
+/// Most inputs kept for a round whose opening has not arrived.
+const MAX_EARLY_INPUTS: usize = 64;
+
+/// An input that arrived before the opening of its round (its sender heard the opening first).
+pub enum EarlyInput {
+    Delta(Signed<ModelDelta>, Vec<u8>),
+    Partial(Signed<PartialAggregate>, Vec<u8>),
+}
+
 impl Engine {
     /// Opens `round` if the live plan makes this node its leader.
     pub(super) async fn maybe_open(&mut self, id: JobId, round: Round) {
@@ -152,13 +161,56 @@ impl Engine {
         }
     }
 
+    /// Keeps an input for the round after this node's last one while this node collects
+    /// nothing and has not seen that round open: a slot aggregator may hear a round's opening
+    /// after its trainers did. Says whether it was kept.
+    fn keep_early(
+        &mut self,
+        id: JobId,
+        round: Round,
+        base: ContentHash,
+        input: EarlyInput,
+    ) -> bool {
+        let Some(run) = self.runs.get_mut(&id) else { return false };
+        let next_round = round == run.state.completed_round + 1 && base == run.state.model;
+        let unseen = run.open.as_ref().is_none_or(|open| open.round < round);
+        if !(run.slots.is_empty() && next_round && unseen) {
+            return false;
+        }
+        if run.early_inputs.len() >= MAX_EARLY_INPUTS {
+            run.early_inputs.remove(0);
+        }
+        run.early_inputs.push(input);
+        true
+    }
+
+    /// Judges the inputs kept for the round that just opened.
+    pub(super) async fn take_early_inputs(&mut self, id: JobId) {
+        let early = self.runs.get_mut(&id).map(|run| std::mem::take(&mut run.early_inputs));
+        for input in early.unwrap_or_default() {
+            match input {
+                EarlyInput::Delta(delta, payload) => {
+                    Box::pin(self.on_delta_request(delta, &payload)).await;
+                }
+                EarlyInput::Partial(partial, payload) => {
+                    Box::pin(self.on_partial_request(partial, &payload)).await;
+                }
+            }
+        }
+    }
+
     /// Verifies a delta from a peer and folds it in; a refusal is counted by reason.
     pub(in crate::engine) async fn on_delta_request(
         &mut self,
         delta: Signed<ModelDelta>,
         payload: &[u8],
     ) -> Response {
-        let id = delta.unverified_body().job;
+        let body = delta.unverified_body();
+        let (round, base) = (body.round, body.base_model);
+        let id = body.job;
+        if self.keep_early(id, round, base, EarlyInput::Delta(delta.clone(), payload.to_vec())) {
+            return Response::Accepted;
+        }
         let member = delta.unverified_body().member;
         let result =
             self.slot_for(id, |slot| slot.direct.contains(&member)).and_then(|(run, index)| {
@@ -176,6 +228,10 @@ impl Engine {
     ) -> Response {
         let body = partial.unverified_body();
         let (id, key) = (body.job, (body.aggregator, body.group.clone()));
+        let early = EarlyInput::Partial(partial.clone(), payload.to_vec());
+        if self.keep_early(id, body.round, body.base_model, early) {
+            return Response::Accepted;
+        }
         let result = self.slot_for(id, |slot| slot.lower_senders.contains_key(&key)).and_then(
             |(run, index)| {
                 let members = &run.state.members;

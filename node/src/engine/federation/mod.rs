@@ -114,6 +114,8 @@ pub struct JobRun {
     ring: Option<RingRun>,
     /// Ring chunks that arrived before the opening they belong to.
     early_chunks: Vec<(Signed<RingChunk>, Vec<u8>)>,
+    /// Deltas and partial aggregates for the next round that arrived before its opening.
+    early_inputs: Vec<aggregate::EarlyInput>,
     /// The round and base this member trained on, so it trains once per round.
     trained: Option<(Round, ContentHash)>,
     /// This member's last update, its payload, and the opening it answered (opener and opening
@@ -156,6 +158,7 @@ impl JobRun {
             slots: Vec::new(),
             ring: None,
             early_chunks: Vec::new(),
+            early_inputs: Vec::new(),
             trained: None,
             last_update: None,
             heartbeat_sequence: 0,

@@ -60,6 +60,7 @@ impl Engine {
         record.slots = plan.slots.iter().map(|s| (s.id.to_string(), s.aggregator())).collect();
         record.rings = plan.rings.iter().map(|r| (r.label.clone(), r.order.clone())).collect();
         self.collect_slots(id, &plan);
+        self.take_early_inputs(id).await;
         self.form_ring(id, &plan).await;
         if !plan.trainers.contains(&me) {
             return tracing::debug!(job = %id, round = open.round, "not selected this round");
