@@ -104,16 +104,8 @@ enum Internal {
         base: fedmesh_protocol::ids::ContentHash,
         result: Result<federation::Trained, String>,
     },
-    /// This node's own delta for a round it aggregates.
-    OwnDelta {
-        delta: fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::ModelDelta>,
-        payload: Vec<u8>,
-    },
-    /// This node's own partial aggregate for a slot it also aggregates.
-    OwnPartial {
-        partial: fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::PartialAggregate>,
-        payload: Vec<u8>,
-    },
+    /// This node's own delta or partial aggregate for a slot it also aggregates.
+    OwnRequest { request: fedmesh_protocol::message::Request, payload: Vec<u8> },
     /// A model blob asked of a peer arrived (or could not be had).
     ModelFetched {
         job: JobId,
@@ -339,12 +331,15 @@ impl Engine {
             Internal::Trained { job, round, base, result } => {
                 self.on_trained(job, round, base, result).await
             }
-            Internal::OwnDelta { delta, payload } => {
-                self.on_delta_request(delta, &payload).await;
-            }
-            Internal::OwnPartial { partial, payload } => {
-                self.on_partial_request(partial, &payload).await;
-            }
+            Internal::OwnRequest { request, payload } => match request {
+                fedmesh_protocol::message::Request::Delta(delta) => {
+                    self.on_delta_request(delta, &payload).await;
+                }
+                fedmesh_protocol::message::Request::Partial(partial) => {
+                    self.on_partial_request(partial, &payload).await;
+                }
+                other => tracing::error!(?other, "not an update this node sends itself"),
+            },
             Internal::ModelFetched { job, round, model, result } => {
                 self.on_model_fetched(job, round, model, result).await
             }

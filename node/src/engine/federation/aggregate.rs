@@ -6,8 +6,7 @@
 use super::collect::{Collecting, Opening, Refused, refuse};
 use super::records::RunStatus;
 use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
-use crate::engine::federation::train::send_request;
-use crate::engine::{Engine, EngineError, Internal};
+use crate::engine::{Engine, EngineError};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
@@ -388,12 +387,5 @@ pub(super) async fn send_partial(
         Ok(signed) => signed,
         Err(error) => return tracing::error!(job = %id, %error, "cannot sign a partial aggregate"),
     };
-    if to == engine.identity.member_id() {
-        let internal = engine.internal.clone();
-        tokio::spawn(async move {
-            let _ = internal.send(Internal::OwnPartial { partial: signed, payload }).await;
-        });
-    } else {
-        send_request(&engine.network, to, Request::Partial(signed), payload, id);
-    }
+    engine.deliver_request(id, to, Request::Partial(signed), payload);
 }

@@ -210,15 +210,26 @@ impl Engine {
             Ok(signed) => signed,
             Err(error) => return tracing::error!(job = %id, %error, "cannot sign the update"),
         };
-        if aggregator == self.identity.member_id() {
-            // Through the engine's queue, like a peer's delta (and not recursively from here).
-            // Sent from a task: the engine must never wait on its own full queue.
+        self.deliver_request(id, aggregator, Request::Delta(signed), payload);
+    }
+
+    /// Sends an update request to `to`: over the network, or through the engine's queue when
+    /// that is this node (like a peer's, and not recursively from here; from a task, since the
+    /// engine must never wait on its own full queue).
+    pub(super) fn deliver_request(
+        &self,
+        id: JobId,
+        to: MemberId,
+        request: Request,
+        payload: Vec<u8>,
+    ) {
+        if to == self.identity.member_id() {
             let internal = self.internal.clone();
             tokio::spawn(async move {
-                let _ = internal.send(Internal::OwnDelta { delta: signed, payload }).await;
+                let _ = internal.send(Internal::OwnRequest { request, payload }).await;
             });
         } else {
-            send_request(&self.network, aggregator, Request::Delta(signed), payload, id);
+            send_request(&self.network, to, request, payload, id);
         }
     }
 }
