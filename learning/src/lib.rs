@@ -3,6 +3,7 @@
 //! evaluation, the centralized baseline, and the pure half of the external-trainer bridge. Pure: no sockets, no async, no database.
 
 pub mod baseline;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod external;
@@ -12,6 +13,7 @@ pub mod partition;
 pub mod scale;
 pub mod train;
 
+pub use bench::BenchModel;
 pub use data::{DataSource, Dataset, Embedded};
 pub use error::LearningError;
 pub use model::{Init, Model, init_layout};

@@ -33,6 +33,9 @@ impl Model {
             ModelSpec::External(_) => {
                 return Err(LearningError::Invalid("an external model is trained by the node's external trainer, not by fedmesh-learning".to_owned()));
             }
+            ModelSpec::Bench { .. } => {
+                return Err(LearningError::Invalid("a bench model has no data to learn from (see `BenchModel`)".to_owned()));
+            }
         };
         if features == 0 || classes < 2 || hidden.contains(&0) {
             return Err(LearningError::Invalid(format!(

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// The model of a job.
 ///
-/// JSON: `"softmax"`, `{"mlp": [200, 200]}`, or `{"external": {"tensors": [...], "init": ...}}`.
+/// JSON: `"softmax"`, `{"mlp": [200, 200]}`, `{"external": {"tensors": [...], "init": ...}}`, or
+/// `{"bench": {"params": 25000000}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelSpec {
@@ -15,6 +16,9 @@ pub enum ModelSpec {
     Mlp(Vec<usize>),
     /// A model trained by the node's configured external command.
     External(ExternalModelSpec),
+    /// A communication benchmark: `params` f32 parameters that no data trains; each member's
+    /// "training" is a cheap deterministic delta, so rounds measure the network path alone.
+    Bench { params: u64 },
 }
 
 /// A model whose training code is outside fedmesh: only its layout and initial weights are known.

@@ -33,6 +33,8 @@ use std::fmt;
 
 /// Largest job spec JSON, in bytes (it travels inside a gossip message).
 pub const MAX_JOB_SPEC_BYTES: usize = 48 * 1024;
+/// Most parameters a job's model may have.
+pub const MAX_MODEL_PARAMS: u64 = 1 << 31;
 /// Longest round deadline: a week.
 pub const MAX_ROUND_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 
@@ -595,6 +597,10 @@ fn positive(value: f32) -> bool {
 fn check_model(p: &mut Problems, model: &ModelSpec) {
     match model {
         ModelSpec::Softmax => {}
+        ModelSpec::Bench { params } => {
+            let ok = (1..=MAX_MODEL_PARAMS).contains(params);
+            p.require(ok, "model.bench.params", "must be between 1 and 2^31");
+        }
         ModelSpec::Mlp(hidden) => {
             p.require(hidden.len() <= 64, "model.mlp", "at most 64 hidden layers");
             for (index, width) in hidden.iter().enumerate() {
@@ -616,7 +622,7 @@ fn check_model(p: &mut Problems, model: &ModelSpec) {
                 let size = tensor.shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d as u64))?;
                 total.checked_add(size)
             });
-            let ok = total.is_some_and(|total| total <= 1 << 31);
+            let ok = total.is_some_and(|total| total <= MAX_MODEL_PARAMS);
             p.require(ok, "model.external.tensors", "at most 2^31 parameters in all");
             if let ExternalInit::Safetensors(hash) = &external.init {
                 let ok = ContentHash::from_hex(hash).is_ok();

@@ -1,10 +1,11 @@
 //! A member's own side of a job: its data set (split, scaled), the job's model, and local training
 //! and evaluation, run off the engine's task: by the built-in learner, or by the node's external
-//! trainer when the job's model is `external`.
+//! trainer when the job's model is `external`, or as a cheap deterministic delta for a `bench`
+//! model.
 
 use crate::external::{ExternalBridge, TrainerSettings};
 use fedmesh_learning::{
-    DataSource, Dataset, Embedded, Evaluation, Init, Model, Scaler, TrainConfig,
+    BenchModel, DataSource, Dataset, Embedded, Evaluation, Init, Model, Scaler, TrainConfig,
 };
 use fedmesh_protocol::ids::JobId;
 use fedmesh_protocol::model::{ExternalInit, ModelSpec, TensorLayout};
@@ -18,6 +19,7 @@ const TEST_FRACTION: f32 = 0.2;
 pub enum LocalModel {
     BuiltIn(Model),
     External(Box<ExternalBridge>),
+    Bench(BenchModel),
 }
 
 impl LocalModel {
@@ -25,6 +27,7 @@ impl LocalModel {
         match self {
             Self::BuiltIn(model) => model.layout(),
             Self::External(bridge) => bridge.layout().clone(),
+            Self::Bench(bench) => bench.layout(),
         }
     }
 
@@ -32,6 +35,7 @@ impl LocalModel {
         match self {
             Self::BuiltIn(model) => model.num_params(),
             Self::External(bridge) => bridge.layout().num_params(),
+            Self::Bench(bench) => bench.params,
         }
     }
 }
@@ -80,6 +84,9 @@ impl LocalData {
                     ExternalBridge::new(trainers, external.layout(), id, spec, source)?;
                 bridge.write_splits(&train, &test)?;
                 LocalModel::External(Box::new(bridge))
+            }
+            ModelSpec::Bench { params } => {
+                LocalModel::Bench(BenchModel { params: usize::try_from(*params)? })
             }
             builtin => {
                 let classes = data.num_classes.max(known.map_or(0, Embedded::num_classes));
@@ -136,6 +143,13 @@ impl LocalData {
                 let trained = bridge.train(base, round)?;
                 (trained.params, trained.metrics.samples as usize, trained.metrics.loss)
             }
+            LocalModel::Bench(bench) => {
+                // Already a delta: no copy of the model is made.
+                let seed = self.config.seed ^ round.wrapping_mul(0x9E37) ^ self.train.len() as u64;
+                let delta = bench.delta(seed);
+                let seconds = started.elapsed().as_secs_f64();
+                return Ok(Trained { delta, samples: self.train.len(), loss: 0.0, seconds });
+            }
         };
         let delta = params.iter().zip(base).map(|(new, old)| new - old).collect();
         Ok(Trained { delta, samples, loss, seconds: started.elapsed().as_secs_f64() })
@@ -158,13 +172,20 @@ impl LocalData {
                     confusion: Vec::new(),
                 })
             }
+            LocalModel::Bench(_) => Ok(Evaluation {
+                samples: self.test.len(),
+                loss: BenchModel::rms(params),
+                accuracy: 0.0,
+                per_class_accuracy: Vec::new(),
+                confusion: Vec::new(),
+            }),
         }
     }
 
     /// The external trainer's last failure, if the job has one and it failed.
     pub fn trainer_failure(&self) -> Option<String> {
         match &self.model {
-            LocalModel::BuiltIn(_) => None,
+            LocalModel::BuiltIn(_) | LocalModel::Bench(_) => None,
             LocalModel::External(bridge) => bridge.last_failure(),
         }
     }
