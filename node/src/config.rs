@@ -47,6 +47,11 @@ pub struct NodeConfig {
     /// Request-response timeout for a small message, in seconds (it grows with the payload).
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Bytes of large request-response frames (deltas, models) held in memory at once, received
+    /// or being served: more wait for their turn, and a model asked for beyond it is fetched
+    /// from another peer.
+    #[serde(default = "defaults::bulk_buffer_bytes")]
+    pub bulk_buffer_bytes: u64,
     /// How often open jobs are announced again, in seconds.
     #[serde(default = "defaults::reannounce_secs")]
     pub reannounce_secs: u64,
@@ -90,6 +95,9 @@ mod defaults {
     }
     pub fn max_message_bytes() -> u64 {
         512 << 20
+    }
+    pub fn bulk_buffer_bytes() -> u64 {
+        192 << 20
     }
     pub fn request_timeout_secs() -> u64 {
         30
@@ -136,6 +144,9 @@ impl NodeConfig {
         }
         if self.max_message_bytes < (1 << 20) {
             return invalid("max_message_bytes", "must be at least 1 MiB".to_owned());
+        }
+        if self.bulk_buffer_bytes < (1 << 20) {
+            return invalid("bulk_buffer_bytes", "must be at least 1 MiB".to_owned());
         }
         if self.request_timeout_secs == 0 {
             return invalid("request_timeout_secs", "must be at least 1".to_owned());
@@ -209,6 +220,7 @@ impl NodeConfig {
             admin: defaults::admin(),
             max_message_bytes: defaults::max_message_bytes(),
             request_timeout_secs: defaults::request_timeout_secs(),
+            bulk_buffer_bytes: defaults::bulk_buffer_bytes(),
             reannounce_secs: defaults::reannounce_secs(),
             gossip_heartbeat_ms: defaults::gossip_heartbeat_ms(),
             misbehave: Vec::new(),

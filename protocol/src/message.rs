@@ -564,6 +564,9 @@ pub enum Response {
     Jobs { ids: Vec<JobId> },
     /// A job's signed announcement (verify it with `verify_announcement`).
     Announcement(Signed<JobAnnouncement>),
+    /// This peer holds that blob but is busy sending large frames: ask another peer that holds
+    /// it, or this one again shortly.
+    Busy { hash: ContentHash },
 }
 
 impl Response {

@@ -105,7 +105,7 @@ enum Internal {
         result: Result<federation::Trained, String>,
     },
     /// This node's own delta or partial aggregate for a slot it also aggregates.
-    OwnRequest { request: fedmesh_protocol::message::Request, payload: Vec<u8> },
+    OwnRequest { request: fedmesh_protocol::message::Request, payload: Arc<Vec<u8>> },
     /// A model blob asked of a peer arrived (or could not be had).
     ModelFetched {
         job: JobId,
@@ -333,10 +333,10 @@ impl Engine {
             }
             Internal::OwnRequest { request, payload } => match request {
                 fedmesh_protocol::message::Request::Delta(delta) => {
-                    self.on_delta_request(delta, &payload).await;
+                    self.on_delta_request(delta, &payload[..]).await;
                 }
                 fedmesh_protocol::message::Request::Partial(partial) => {
-                    self.on_partial_request(partial, &payload).await;
+                    self.on_partial_request(partial, &payload[..]).await;
                 }
                 other => tracing::error!(?other, "not an update this node sends itself"),
             },

@@ -2,11 +2,15 @@
 //! connected peer for its jobs, so a node that was offline at an announcement still learns it.
 
 use super::{Engine, Internal};
-use crate::network::{Network, NetworkEvent};
-use fedmesh_protocol::codec::{decode_request, decode_response, encode_request, encode_response};
+use crate::network::{Frame, Held, Network, NetworkEvent};
+use fedmesh_protocol::codec::{
+    decode_request, decode_response, encode_request, encode_response_header,
+};
+use fedmesh_protocol::ids::ContentHash;
 use fedmesh_protocol::message::{MAX_JOB_IDS, Request, Response};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
+use std::sync::Arc;
 
 impl Engine {
     pub(super) async fn on_network_event(&mut self, event: NetworkEvent) {
@@ -24,43 +28,63 @@ impl Engine {
         }
     }
 
-    async fn on_request(&mut self, peer: PeerId, data: Vec<u8>, channel: ResponseChannel<Vec<u8>>) {
-        let (response, payload) = match decode_request(data) {
+    /// Answers a request. A received frame keeps its share of the bulk budget until it is
+    /// answered; a blob served takes one until it is written, or is answered `Busy` when that
+    /// would exceed the budget (the asker then tries another peer that holds it).
+    async fn on_request(&mut self, peer: PeerId, data: Frame, channel: ResponseChannel<Frame>) {
+        let (data, _held) = data.into_received();
+        let none = || (Vec::new(), None);
+        let (response, (payload, held)) = match decode_request(data) {
             Err(error) => {
                 tracing::warn!(%peer, %error, "refused a malformed request");
                 self.metrics.rejected("request", "malformed");
-                (Response::Refused { reason: error.to_string() }, Vec::new())
+                (Response::Refused { reason: error.to_string() }, none())
             }
-            Ok((Request::Jobs, _)) => {
-                (Response::Jobs { ids: self.jobs.ids(MAX_JOB_IDS) }, Vec::new())
-            }
+            Ok((Request::Jobs, _)) => (Response::Jobs { ids: self.jobs.ids(MAX_JOB_IDS) }, none()),
             Ok((Request::Announcement { job }, _)) => match self.jobs.announcement(&job) {
-                Some(announcement) => (Response::Announcement(announcement.clone()), Vec::new()),
-                None => (Response::NotFound { hash: job.0 }, Vec::new()),
+                Some(announcement) => (Response::Announcement(announcement.clone()), none()),
+                None => (Response::NotFound { hash: job.0 }, none()),
             },
-            Ok((Request::Blob { hash }, _)) => match self.store.blob(&hash) {
-                Ok(Some(bytes)) => (Response::Blob { hash }, bytes),
-                Ok(None) => (Response::NotFound { hash }, Vec::new()),
-                Err(error) => {
-                    tracing::error!(%error, "cannot read blob");
-                    (Response::NotFound { hash }, Vec::new())
-                }
-            },
+            Ok((Request::Blob { hash }, _)) => self.serve_blob(hash),
             Ok((Request::Delta(delta), payload)) => {
-                (self.on_delta_request(delta, &payload).await, Vec::new())
+                (self.on_delta_request(delta, &payload).await, none())
             }
             Ok((Request::Partial(partial), payload)) => {
-                (self.on_partial_request(partial, &payload).await, Vec::new())
+                (self.on_partial_request(partial, &payload).await, none())
             }
             Ok((Request::RingChunk(chunk), payload)) => {
-                (self.on_ring_chunk(chunk, &payload).await, Vec::new())
+                (self.on_ring_chunk(chunk, &payload).await, none())
             }
         };
-        match encode_response(&response, &payload) {
-            Ok(bytes) => {
-                let _ = self.network.respond(channel, bytes).await;
+        match encode_response_header(&response, payload.len()) {
+            Ok(head) => {
+                let frame = Frame::new(head, Arc::new(payload));
+                let frame = match held {
+                    Some(held) => frame.holding(held),
+                    None => frame,
+                };
+                let _ = self.network.respond(channel, frame).await;
             }
             Err(error) => tracing::error!(%error, "cannot encode a response"),
+        }
+    }
+
+    /// A stored blob with the budget share it holds while it is sent, `Busy` when it does not
+    /// fit the budget now, or `NotFound`.
+    fn serve_blob(&self, hash: ContentHash) -> (Response, (Vec<u8>, Option<Held>)) {
+        match self.store.blob(&hash) {
+            Ok(Some(bytes)) => match self.network.try_reserve(bytes.len()) {
+                Some(held) => (Response::Blob { hash }, (bytes, Some(held))),
+                None => {
+                    self.metrics.rejected("blob", "busy");
+                    (Response::Busy { hash }, (Vec::new(), None))
+                }
+            },
+            Ok(None) => (Response::NotFound { hash }, (Vec::new(), None)),
+            Err(error) => {
+                tracing::error!(%error, "cannot read blob");
+                (Response::NotFound { hash }, (Vec::new(), None))
+            }
         }
     }
 
@@ -96,6 +120,7 @@ impl Engine {
 /// Sends a request without payload and decodes the response.
 async fn ask(network: &Network, peer: PeerId, request: &Request) -> anyhow::Result<Response> {
     let bytes = encode_request(request, &[])?;
-    let (response, _) = decode_response(network.request(peer, bytes).await?)?;
+    let (frame, _) = network.request(peer, bytes.into()).await?.into_received();
+    let (response, _) = decode_response(frame)?;
     Ok(response)
 }

@@ -1,6 +1,7 @@
 //! The libp2p behaviours a fedmesh node runs, and how each is configured: gossipsub for control
 //! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN.
 
+use super::budget::BulkBudget;
 use super::codec::{FrameCodec, PROTOCOL};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -17,6 +18,22 @@ pub struct BehaviourSettings {
     pub request_timeout: Duration,
     pub gossip_heartbeat: Duration,
     pub mdns: bool,
+    /// Bytes of large frames held at once (see [`BulkBudget`]).
+    pub bulk_buffer_bytes: u64,
+}
+
+/// The slowest transfer rate a timeout allows for, in bytes per second: a loaded machine moves
+/// tens of MB/s per stream, so a frame this slow is stuck rather than slow.
+const SLOWEST_BYTES_PER_SEC: u64 = 8 << 20;
+
+impl BehaviourSettings {
+    /// The request-response timeout: the configured one for a small message, plus the time the
+    /// largest allowed message takes at the slowest rate allowed, and the time it may wait for
+    /// the receiver's budget behind as many frames again.
+    pub fn transfer_timeout(&self) -> Duration {
+        let transfer = Duration::from_secs(self.max_message_bytes.div_ceil(SLOWEST_BYTES_PER_SEC));
+        self.request_timeout + transfer * 2
+    }
 }
 
 /// Every protocol a fedmesh node speaks.
@@ -43,6 +60,7 @@ impl Behaviour {
     pub fn new(
         key: &identity::Keypair,
         settings: &BehaviourSettings,
+        budget: BulkBudget,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let mut kademlia = kad::Behaviour::with_config(
@@ -62,10 +80,10 @@ impl Behaviour {
         Ok(Self {
             gossipsub: gossipsub_behaviour(key, settings)?,
             request_response: request_response::Behaviour::with_codec(
-                FrameCodec::new(settings.max_message_bytes),
+                FrameCodec::new(settings.max_message_bytes, budget),
                 [(PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default()
-                    .with_request_timeout(settings.request_timeout)
+                    .with_request_timeout(settings.transfer_timeout())
                     .with_max_concurrent_streams(256),
             ),
             identify: identify::Behaviour::new(

@@ -1,46 +1,90 @@
 //! The request-response wire framing: a u64 little-endian length, then that many bytes. The length
 //! is checked against the node's maximum before anything is allocated; the bytes themselves are a
-//! `fedmesh-protocol` frame, decoded and verified off the event loop.
+//! `fedmesh-protocol` frame, decoded and verified off the event loop. A frame to send is a header
+//! and a shared payload written one after the other, never joined into one buffer; a large frame
+//! received waits for its share of the node's [`BulkBudget`] before it is read.
 
+use super::budget::{BulkBudget, Held};
 use fedmesh_protocol::codec::check_frame_length;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use std::io;
+use std::sync::Arc;
 
 /// The request-response protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fedmesh/req/1");
+
+/// One request or response: a head and a shared tail (the payload), and the share of the bulk
+/// budget it holds while it is in memory. A received frame is all head.
+#[derive(Debug)]
+pub struct Frame {
+    head: Vec<u8>,
+    tail: Arc<Vec<u8>>,
+    held: Option<Held>,
+}
+
+impl Frame {
+    /// A frame to send: `head`, then `tail`.
+    pub fn new(head: Vec<u8>, tail: Arc<Vec<u8>>) -> Self {
+        Self { head, tail, held: None }
+    }
+
+    /// The same frame, holding `held` until it is dropped (sent, or done with).
+    pub fn holding(self, held: Held) -> Self {
+        Self { held: Some(held), ..self }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// The received bytes (a received frame has no tail), and its share of the budget, which
+    /// the caller keeps while it uses them.
+    pub fn into_received(self) -> (Vec<u8>, Option<Held>) {
+        (self.head, self.held)
+    }
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(head: Vec<u8>) -> Self {
+        Self::new(head, Arc::default())
+    }
+}
 
 /// Length-prefixed frames of at most `max_bytes`.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
     max_bytes: u64,
+    budget: BulkBudget,
 }
 
 impl FrameCodec {
-    pub fn new(max_bytes: u64) -> Self {
-        Self { max_bytes }
+    pub fn new(max_bytes: u64, budget: BulkBudget) -> Self {
+        Self { max_bytes, budget }
     }
 
-    async fn read_frame<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_frame<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Frame> {
         let mut prefix = [0u8; 8];
         io.read_exact(&mut prefix).await?;
         let length = check_frame_length(u64::from_le_bytes(prefix), self.max_bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let held = self.budget.reserve(length).await;
         let mut bytes = vec![0u8; length];
         io.read_exact(&mut bytes).await?;
-        Ok(bytes)
+        Ok(Frame::from(bytes).holding(held))
     }
 
     async fn write_frame<T: AsyncWrite + Unpin + Send>(
         &self,
         io: &mut T,
-        bytes: &[u8],
+        frame: Frame,
     ) -> io::Result<()> {
-        let length = bytes.len() as u64;
+        let length = frame.len() as u64;
         check_frame_length(length, self.max_bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         io.write_all(&length.to_le_bytes()).await?;
-        io.write_all(bytes).await?;
+        io.write_all(&frame.head).await?;
+        io.write_all(&frame.tail).await?;
         io.flush().await?;
         io.close().await
     }
@@ -48,17 +92,17 @@ impl FrameCodec {
 
 impl libp2p::request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
+    type Request = Frame;
+    type Response = Frame;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
     where
         T: AsyncRead + Unpin + Send,
     {
         self.read_frame(io).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
     where
         T: AsyncRead + Unpin + Send,
     {
@@ -69,24 +113,24 @@ impl libp2p::request_response::Codec for FrameCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: Vec<u8>,
+        request: Frame,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        self.write_frame(io, &request).await
+        self.write_frame(io, request).await
     }
 
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        response: Vec<u8>,
+        response: Frame,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        self.write_frame(io, &response).await
+        self.write_frame(io, response).await
     }
 }
 
@@ -95,18 +139,24 @@ mod tests {
     use super::*;
     use futures::io::Cursor;
 
+    fn codec(max_bytes: u64) -> FrameCodec {
+        FrameCodec::new(max_bytes, BulkBudget::new(1 << 30))
+    }
+
     #[tokio::test]
     async fn frames_round_trip() {
-        let codec = FrameCodec::new(1024);
+        let codec = codec(1024);
         let mut buffer = Cursor::new(Vec::new());
-        codec.write_frame(&mut buffer, b"hello").await.unwrap();
+        let frame = Frame::new(b"hel".to_vec(), Arc::new(b"lo".to_vec()));
+        codec.write_frame(&mut buffer, frame).await.unwrap();
         let mut reader = Cursor::new(buffer.into_inner());
-        assert_eq!(codec.read_frame(&mut reader).await.unwrap(), b"hello");
+        let (bytes, _) = codec.read_frame(&mut reader).await.unwrap().into_received();
+        assert_eq!(bytes, b"hello");
     }
 
     #[tokio::test]
     async fn an_oversized_length_is_refused_before_allocating() {
-        let codec = FrameCodec::new(1024);
+        let codec = codec(1024);
         let mut bytes = u64::MAX.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"tiny");
         let error = codec.read_frame(&mut Cursor::new(bytes)).await.unwrap_err();
@@ -115,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_truncated_frame_is_an_error() {
-        let codec = FrameCodec::new(1024);
+        let codec = codec(1024);
         let mut bytes = 10u64.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"abc");
         assert!(codec.read_frame(&mut Cursor::new(bytes)).await.is_err());

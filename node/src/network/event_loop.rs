@@ -3,7 +3,7 @@
 //! happen in the receiver of the events.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::{Command, NetworkError, NetworkEvent, NetworkStatus};
+use super::{Command, Frame, NetworkError, NetworkEvent, NetworkStatus};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 type PendingRequests =
-    HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetworkError>>>;
+    HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Frame, NetworkError>>>;
 
 /// Owns the swarm; see the module doc.
 pub struct EventLoop {
@@ -198,7 +198,7 @@ impl EventLoop {
         }
     }
 
-    async fn on_request_response(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    async fn on_request_response(&mut self, event: request_response::Event<Frame, Frame>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {

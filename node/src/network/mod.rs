@@ -2,14 +2,18 @@
 //! owns the libp2p swarm, and the stream of `NetworkEvent`s it produces.
 
 mod behaviour;
+mod budget;
 mod codec;
 mod event_loop;
 
 pub use behaviour::{BehaviourSettings, MAX_GOSSIP_BYTES};
+pub use budget::Held;
+pub use codec::Frame;
 pub use event_loop::peer_of;
 
 use crate::metrics::Metrics;
 use behaviour::Behaviour;
+use budget::BulkBudget;
 use event_loop::EventLoop;
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::request_response::ResponseChannel;
@@ -46,8 +50,8 @@ pub enum NetworkEvent {
     /// A request to answer through `Network::respond`.
     Request {
         peer: PeerId,
-        data: Vec<u8>,
-        channel: ResponseChannel<Vec<u8>>,
+        data: Frame,
+        channel: ResponseChannel<Frame>,
     },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
@@ -70,8 +74,8 @@ pub(crate) enum Command {
     Publish { topic: String, data: Vec<u8>, reply: oneshot::Sender<Result<(), NetworkError>> },
     Subscribe { topic: String },
     Unsubscribe { topic: String },
-    Request { peer: PeerId, data: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, NetworkError>> },
-    Respond { channel: ResponseChannel<Vec<u8>>, data: Vec<u8> },
+    Request { peer: PeerId, data: Frame, reply: oneshot::Sender<Result<Frame, NetworkError>> },
+    Respond { channel: ResponseChannel<Frame>, data: Frame },
     Validate { message_id: MessageId, source: PeerId, acceptance: MessageAcceptance },
     Dial { address: Multiaddr },
     Status { reply: oneshot::Sender<NetworkStatus> },
@@ -81,6 +85,7 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct Network {
     commands: mpsc::Sender<Command>,
+    budget: BulkBudget,
 }
 
 /// Builds the swarm, starts listening and spawns the event loop.
@@ -91,7 +96,8 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> Result<(Network, mpsc::Receiver<NetworkEvent>), NetworkError> {
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
-    let behaviour = Behaviour::new(&key, settings).map_err(|e| setup(&e))?;
+    let budget = BulkBudget::new(settings.bulk_buffer_bytes);
+    let behaviour = Behaviour::new(&key, settings, budget.clone()).map_err(|e| setup(&e))?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -110,7 +116,7 @@ pub fn start(
     let (command_tx, command_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
     tokio::spawn(EventLoop::new(swarm, command_rx, event_tx, metrics).run());
-    Ok((Network { commands: command_tx }, event_rx))
+    Ok((Network { commands: command_tx, budget }, event_rx))
 }
 
 impl Network {
@@ -134,7 +140,7 @@ impl Network {
     }
 
     /// Sends a request and waits for its response.
-    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetworkError> {
+    pub async fn request(&self, peer: PeerId, data: Frame) -> Result<Frame, NetworkError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Request { peer, data, reply }).await?;
         answer.await.map_err(|_| NetworkError::Stopped)?
@@ -143,8 +149,8 @@ impl Network {
     /// Answers a request received as `NetworkEvent::Request`.
     pub async fn respond(
         &self,
-        channel: ResponseChannel<Vec<u8>>,
-        data: Vec<u8>,
+        channel: ResponseChannel<Frame>,
+        data: Frame,
     ) -> Result<(), NetworkError> {
         self.send(Command::Respond { channel, data }).await
     }
@@ -157,6 +163,12 @@ impl Network {
         acceptance: MessageAcceptance,
     ) -> Result<(), NetworkError> {
         self.send(Command::Validate { message_id, source, acceptance }).await
+    }
+
+    /// A share of the bulk budget for `bytes` about to be sent, if it fits now (a node serving
+    /// a blob holds it until the response is written).
+    pub fn try_reserve(&self, bytes: usize) -> Option<Held> {
+        self.budget.try_reserve(bytes)
     }
 
     pub async fn dial(&self, address: Multiaddr) -> Result<(), NetworkError> {

@@ -387,5 +387,5 @@ pub(super) async fn send_partial(
         Ok(signed) => signed,
         Err(error) => return tracing::error!(job = %id, %error, "cannot sign a partial aggregate"),
     };
-    engine.deliver_request(id, to, Request::Partial(signed), payload);
+    engine.deliver_request(id, to, Request::Partial(signed), std::sync::Arc::new(payload));
 }

@@ -74,7 +74,7 @@ impl Engine {
         id: JobId,
         aggregator: MemberId,
         honest: &ModelDelta,
-        payload: &[u8],
+        payload: &std::sync::Arc<Vec<u8>>,
     ) {
         if !self.misbehaves(FORGED_DELTAS) {
             return;

@@ -121,7 +121,7 @@ pub struct JobRun {
     /// This member's last update, its payload, and the opening it answered (opener and opening
     /// time): sent again when the round is opened again (retried, taken over by another member,
     /// or re-opened by a restarted aggregator).
-    last_update: Option<(ModelDelta, Vec<u8>, (MemberId, u64))>,
+    last_update: Option<(ModelDelta, Arc<Vec<u8>>, (MemberId, u64))>,
     heartbeat_sequence: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,

@@ -171,8 +171,8 @@ pub(super) async fn fetch_blob(
 ) -> Result<Vec<u8>, String> {
     let fetch = async {
         let bytes = encode_request(&Request::Blob { hash }, &[])?;
-        let (response, payload) =
-            decode_response(network.request(peer_of_member(&peer)?, bytes).await?)?;
+        let (frame, _) = network.request(peer_of_member(&peer)?, bytes.into()).await?.into_received();
+        let (response, payload) = decode_response(frame)?;
         match response {
             Response::Blob { hash: got } if got == hash => {
                 let payload = payload.into_vec();

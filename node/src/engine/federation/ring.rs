@@ -332,6 +332,7 @@ impl Engine {
             };
             match Signed::sign(&self.identity, body) {
                 Ok(signed) => {
+                    let payload = std::sync::Arc::new(payload);
                     send_request(&self.network, out.to, Request::RingChunk(signed), payload, id)
                 }
                 Err(error) => tracing::error!(job = %id, %error, "cannot sign a chunk"),

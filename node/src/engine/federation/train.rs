@@ -5,8 +5,8 @@ use super::records::{RoundRecord, RunStatus};
 use super::{OpenRound, local};
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
-use crate::network::Network;
-use fedmesh_protocol::codec::{decode_response, encode_request};
+use crate::network::{Frame, Network};
+use fedmesh_protocol::codec::{decode_response, encode_request_header};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
@@ -128,7 +128,7 @@ impl Engine {
         let opening = (open.opener, open.opened_at_ms);
         let encoding = run.spec.delta_encoding.tensor_encoding();
         let payload = match encode_params(&delta, encoding, Some(&run.local.model.layout())) {
-            Ok(payload) => payload,
+            Ok(payload) => Arc::new(payload),
             Err(error) => return tracing::error!(job = %id, %error, "cannot encode the update"),
         };
         let body = ModelDelta {
@@ -168,7 +168,7 @@ impl Engine {
 
     /// Delivers this member's update where the followed round's plan sends it: to its slot's
     /// aggregator, or into its ring.
-    async fn deliver_update(&mut self, id: JobId, body: ModelDelta, payload: Vec<u8>) {
+    async fn deliver_update(&mut self, id: JobId, body: ModelDelta, payload: Arc<Vec<u8>>) {
         let me = self.identity.member_id();
         let Some(open) = self.runs.get(&id).and_then(|run| run.open.clone()) else { return };
         match open.plan.destination(&me) {
@@ -204,7 +204,7 @@ impl Engine {
         id: JobId,
         aggregator: MemberId,
         body: ModelDelta,
-        payload: Vec<u8>,
+        payload: Arc<Vec<u8>>,
     ) {
         let signed = match Signed::sign(&self.identity, body) {
             Ok(signed) => signed,
@@ -221,7 +221,7 @@ impl Engine {
         id: JobId,
         to: MemberId,
         request: Request,
-        payload: Vec<u8>,
+        payload: Arc<Vec<u8>>,
     ) {
         if to == self.identity.member_id() {
             let internal = self.internal.clone();
@@ -239,10 +239,11 @@ pub(super) async fn request_with_payload(
     network: &Network,
     to: MemberId,
     request: &Request,
-    payload: &[u8],
+    payload: &Arc<Vec<u8>>,
 ) -> anyhow::Result<Response> {
-    let bytes = encode_request(request, payload)?;
-    let (response, _) = decode_response(network.request(peer_of_member(&to)?, bytes).await?)?;
+    let frame = Frame::new(encode_request_header(request, payload.len())?, payload.clone());
+    let (bytes, _) = network.request(peer_of_member(&to)?, frame).await?.into_received();
+    let (response, _) = decode_response(bytes)?;
     Ok(response)
 }
 
@@ -251,7 +252,7 @@ pub(super) fn send_request(
     network: &Network,
     to: MemberId,
     request: Request,
-    payload: Vec<u8>,
+    payload: Arc<Vec<u8>>,
     id: JobId,
 ) {
     let network = network.clone();
