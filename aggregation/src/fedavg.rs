@@ -2,6 +2,7 @@
 //! memory is O(parameters), and partial sums from groups compose exactly into the flat average.
 
 use crate::AggregationError;
+use fedmesh_protocol::tensor::Decoder;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +117,53 @@ impl PartialAggregate {
             }
         }
         results
+    }
+
+    /// Folds in one encoded update a chunk at a time, never decoding a copy of it: the payload is
+    /// checked whole first (a non-finite value refuses it), then each chunk of the sum gets its
+    /// chunk of the update decoded into scratch and folded, in parallel.
+    pub fn add_decoded(
+        &mut self,
+        contributor: &str,
+        weight: f64,
+        update: &Decoder<'_>,
+    ) -> Result<(), AggregationError> {
+        self.admit(contributor, weight, update.len())?;
+        if update.check_finite().is_err() {
+            return Err(AggregationError::NotFinite { contributor: contributor.to_owned() });
+        }
+        self.weighted_sum.par_chunks_mut(FOLD_CHUNK).enumerate().for_each_init(
+            || vec![0.0f32; FOLD_CHUNK],
+            |scratch, (chunk, sum)| {
+                let values = &mut scratch[..sum.len()];
+                update.decode_range(chunk * FOLD_CHUNK, values);
+                fold_group(sum, [(weight, &*values)]);
+            },
+        );
+        self.total_weight += weight;
+        self.contributors.push((contributor.to_owned(), weight));
+        Ok(())
+    }
+
+    /// `base` plus the weighted mean, the new global model, made in one pass (the mean is not
+    /// kept aside).
+    pub fn mean_added_to(&self, base: &[f32]) -> Result<Vec<f32>, AggregationError> {
+        if self.contributors.is_empty() {
+            return Err(AggregationError::Empty);
+        }
+        if base.len() != self.num_params() {
+            return Err(AggregationError::WrongLength {
+                contributor: "the base model".to_owned(),
+                expected: self.num_params(),
+                found: base.len(),
+            });
+        }
+        let scale = 1.0 / self.total_weight;
+        let mut out = Vec::with_capacity(base.len());
+        out.par_extend(
+            self.weighted_sum.par_iter().zip(base).map(|(&s, &b)| b + (s * scale) as f32),
+        );
+        Ok(out)
     }
 
     /// [`admit`](Self::admit) for each update of a batch, also refusing a contributor admitted

@@ -7,6 +7,7 @@ use crate::fedavg::PartialAggregate;
 use crate::privacy::{add_gaussian_noise, clip, noise_std};
 use crate::robust::{median, multi_krum_selection, trimmed_count, trimmed_mean};
 use fedmesh_protocol::strategy::{AggregationRule, StrategySpec};
+use fedmesh_protocol::tensor::Decoder;
 
 /// The round's result.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +86,22 @@ impl Aggregator {
             return self.streaming.add_many(updates);
         }
         updates.iter().map(|(name, weight, values)| self.add_one(name, *weight, values)).collect()
+    }
+
+    /// [`add`](Self::add) for an encoded update: plain FedAvg folds it a chunk at a time (see
+    /// [`PartialAggregate::add_decoded`]); other rules need it whole and decode it.
+    pub fn add_decoded(
+        &mut self,
+        contributor: &str,
+        weight: f64,
+        update: &Decoder<'_>,
+    ) -> Result<(), AggregationError> {
+        if self.spec.rule == AggregationRule::FedAvg && self.spec.clip_norm.is_none() {
+            return self.streaming.add_decoded(contributor, weight, update);
+        }
+        let mut values = vec![0.0f32; update.len()];
+        update.decode_range(0, &mut values);
+        self.add_one(contributor, weight, &values)
     }
 
     fn add_one(

@@ -21,10 +21,10 @@
 
 use crate::ids::{ContentHash, MemberId};
 use crate::message::MAX_MEMBERS;
-use crate::model::{ExternalInit, ModelSpec};
+use crate::model::{ExternalInit, ModelSpec, TensorLayout};
 use crate::strategy::{AggregationRule, ServerOptimizerSpec, StrategySpec};
 use crate::tag::{BuiltinTopology, TagSchema, TagSpec};
-use crate::tensor::TensorEncoding;
+use crate::tensor::{TensorEncoding, TensorError, encode_params, encode_top_k};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -74,7 +74,9 @@ pub struct JobSpec {
 }
 
 /// How trainers encode their deltas: exact, or compacted at some cost in precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// JSON: `"f32"`, `"f16"`, `"int8"`, or `{"top_k": 0.01}` (the fraction of parameters kept).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaEncoding {
     /// 4 bytes per parameter, exact.
@@ -84,6 +86,10 @@ pub enum DeltaEncoding {
     F16,
     /// 1 byte per parameter and one scale per tensor.
     Int8,
+    /// Top-k sparsification: only this fraction of the parameters, those of largest magnitude,
+    /// as (index, value) pairs (8 bytes each); a trainer carries what it did not send over to
+    /// its next round's delta (error feedback).
+    TopK(f32),
 }
 
 impl DeltaEncoding {
@@ -93,8 +99,27 @@ impl DeltaEncoding {
             Self::F32 => TensorEncoding::F32Le,
             Self::F16 => TensorEncoding::F16Le,
             Self::Int8 => TensorEncoding::Int8,
+            Self::TopK(_) => TensorEncoding::Sparse,
         }
     }
+
+    /// Encodes a delta; for int8 the layout gives a scale per tensor.
+    pub fn encode(self, delta: &[f32], layout: &TensorLayout) -> Result<Vec<u8>, TensorError> {
+        match self {
+            Self::TopK(fraction) => encode_top_k(delta, top_k_count(fraction, delta.len())),
+            other => encode_params(delta, other.tensor_encoding(), Some(layout)),
+        }
+    }
+
+    /// Whether what a delta's encoding drops is carried over to the next delta.
+    pub fn carries_residual(self) -> bool {
+        matches!(self, Self::TopK(_))
+    }
+}
+
+/// How many of `params` parameters a top-k `fraction` keeps: at least one.
+fn top_k_count(fraction: f32, params: usize) -> usize {
+    ((f64::from(fraction) * params as f64).ceil() as usize).clamp(1, params.max(1))
 }
 
 fn default_tag() -> TagSpec {
@@ -464,6 +489,10 @@ impl Fields {
         }
         if let Some(quorum) = &self.quorum {
             check_quorum(p, quorum);
+        }
+        if let Some(DeltaEncoding::TopK(fraction)) = self.delta_encoding {
+            let ok = fraction > 0.0 && fraction <= 1.0;
+            p.require(ok, "delta_encoding.top_k", "must be in (0, 1]");
         }
         if let Some(deadline) = self.round_deadline_secs {
             let ok = (1..=MAX_ROUND_DEADLINE_SECS).contains(&deadline);

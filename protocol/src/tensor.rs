@@ -3,7 +3,14 @@
 //!
 //! Int8 layout: `u32` segment count `k`, then `k` times (`u64` element count, `f32` scale), then one
 //! `i8` per parameter; value = `q * scale`. One segment is a global scale, one per tensor of a
-//! [`TensorLayout`] is a per-tensor scale. All integers and floats are little-endian.
+//! [`TensorLayout`] is a per-tensor scale.
+//!
+//! Sparse layout (top-k sparsification): `u64` count `k`, then `k` strictly ascending `u32`
+//! indices, then their `k` `f32` values; every other parameter is zero. All integers and floats
+//! are little-endian.
+//!
+//! A [`Decoder`] checks a payload's structure once and then decodes any range of it, so an
+//! aggregator folds a large update a chunk at a time instead of decoding a copy of it.
 
 use crate::ids::ContentHash;
 use crate::model::TensorLayout;
@@ -19,21 +26,29 @@ pub enum TensorEncoding {
     F16Le,
     /// 1 byte per parameter plus scales (see the module docs).
     Int8,
+    /// The non-zero parameters only, as (index, value) pairs (see the module docs).
+    Sparse,
 }
 
 impl TensorEncoding {
-    /// The encoded size of `params` parameters in `segments` int8 segments (ignored otherwise).
+    /// The encoded size of `params` parameters in `segments` int8 segments (ignored otherwise);
+    /// for `Sparse`, `params` is the number of entries sent.
     pub fn encoded_len(self, params: usize, segments: usize) -> usize {
         match self {
             Self::F32Le => params * 4,
             Self::F16Le => params * 2,
             Self::Int8 => INT8_HEADER + segments * INT8_SEGMENT + params,
+            Self::Sparse => SPARSE_HEADER + params * SPARSE_ENTRY,
         }
     }
 }
 
 const INT8_HEADER: usize = 4;
 const INT8_SEGMENT: usize = 12;
+const SPARSE_HEADER: usize = 8;
+const SPARSE_ENTRY: usize = 8;
+/// Parameters decoded at a time when a whole payload is checked.
+const DECODE_CHUNK: usize = 1 << 14;
 
 /// What a payload beside a signed message must be: its hash, encoding, size and parameter count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,6 +90,10 @@ impl PayloadRef {
             TensorEncoding::F32Le => self.params.checked_mul(4) == Some(self.bytes),
             TensorEncoding::F16Le => self.params.checked_mul(2) == Some(self.bytes),
             TensorEncoding::Int8 => self.bytes >= self.params.saturating_add(16),
+            TensorEncoding::Sparse => {
+                let entries = self.bytes.checked_sub(SPARSE_HEADER as u64);
+                entries.is_some_and(|e| e % 8 == 0 && e / 8 <= self.params)
+            }
         };
         if consistent {
             Ok(())
@@ -115,6 +134,10 @@ pub enum TensorError {
     F16Range { index: usize },
     #[error("malformed int8 payload: {0}")]
     Int8(String),
+    #[error("malformed sparse payload: {0}")]
+    Sparse(String),
+    #[error("top-k must keep between 1 and {params} of {params} parameters, not {k}")]
+    TopK { k: usize, params: usize },
     #[error("the layout has {layout} parameters but {values} values were given")]
     Layout { layout: usize, values: usize },
 }
@@ -157,7 +180,50 @@ pub fn encode_params_into(
             };
             encode_int8(values, &segments, out)
         }
+        TensorEncoding::Sparse => {
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(TensorError::NonFinite { index });
+            }
+            let nonzero: Vec<u32> = (0..values.len() as u32).filter(|i| values[*i as usize] != 0.0).collect();
+            encode_sparse(values, &nonzero, out)
+        }
     }
+}
+
+/// Top-k sparsification: the `k` parameters of largest magnitude as a [`TensorEncoding::Sparse`]
+/// payload (ties broken by index; the rest are sent as zero).
+pub fn encode_top_k(values: &[f32], k: usize) -> Result<Vec<u8>, TensorError> {
+    if k == 0 || k > values.len() || values.len() > u32::MAX as usize {
+        return Err(TensorError::TopK { k, params: values.len() });
+    }
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(TensorError::NonFinite { index });
+    }
+    let mut order: Vec<u32> = (0..values.len() as u32).collect();
+    let magnitude = |i: &u32| values[*i as usize].abs();
+    order.select_nth_unstable_by(k - 1, |a, b| magnitude(b).total_cmp(&magnitude(a)).then(a.cmp(b)));
+    order.truncate(k);
+    order.sort_unstable();
+    let mut out = Vec::new();
+    encode_sparse(values, &order, &mut out)?;
+    Ok(out)
+}
+
+/// The sparse layout of `values` at the ascending `indices`.
+fn encode_sparse(values: &[f32], indices: &[u32], out: &mut Vec<u8>) -> Result<(), TensorError> {
+    if values.len() > u32::MAX as usize {
+        return Err(TensorError::Sparse("more than 2^32 parameters".to_owned()));
+    }
+    out.clear();
+    out.reserve(TensorEncoding::Sparse.encoded_len(indices.len(), 0));
+    out.extend_from_slice(&(indices.len() as u64).to_le_bytes());
+    for index in indices {
+        out.extend_from_slice(&index.to_le_bytes());
+    }
+    for index in indices {
+        out.extend_from_slice(&values[*index as usize].to_le_bytes());
+    }
+    Ok(())
 }
 
 /// Decodes parameters, refusing a wrong length, a wrong count or a non-finite value.
@@ -178,18 +244,193 @@ pub fn decode_params_into(
     expected_params: usize,
     out: &mut Vec<f32>,
 ) -> Result<(), TensorError> {
-    match encoding {
-        TensorEncoding::F32Le => decode_fixed(bytes, encoding, 4, expected_params, out, |c| {
-            f32::from_le_bytes([c[0], c[1], c[2], c[3]])
-        })?,
-        TensorEncoding::F16Le => decode_fixed(bytes, encoding, 2, expected_params, out, |c| {
-            f16::from_le_bytes([c[0], c[1]]).to_f32()
-        })?,
-        TensorEncoding::Int8 => decode_int8(bytes, expected_params, out)?,
-    }
+    let decoder = Decoder::new(bytes, encoding, expected_params)?;
+    out.clear();
+    out.resize(decoder.len(), 0.0);
+    decoder.decode_range(0, out);
     match out.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(TensorError::NonFinite { index }),
         None => Ok(()),
+    }
+}
+
+/// A payload whose structure is checked (its length, count, int8 table, sparse indices), decoded
+/// a range of parameters at a time (see the module docs).
+#[derive(Debug)]
+pub struct Decoder<'a> {
+    params: usize,
+    form: Form<'a>,
+}
+
+#[derive(Debug)]
+enum Form<'a> {
+    F32(&'a [u8]),
+    F16(&'a [u8]),
+    /// Each segment's end (exclusive) and scale, and one byte per parameter.
+    Int8 { segments: Vec<(usize, f32)>, values: &'a [u8] },
+    /// `k` ascending indices and their `k` values.
+    Sparse { indices: &'a [u8], values: &'a [u8] },
+}
+
+impl<'a> Decoder<'a> {
+    /// Checks `bytes` as an `encoding` payload of `expected` parameters.
+    pub fn new(
+        bytes: &'a [u8],
+        encoding: TensorEncoding,
+        expected: usize,
+    ) -> Result<Self, TensorError> {
+        let form = match encoding {
+            TensorEncoding::F32Le => Form::F32(check_fixed(bytes, encoding, 4, expected)?),
+            TensorEncoding::F16Le => Form::F16(check_fixed(bytes, encoding, 2, expected)?),
+            TensorEncoding::Int8 => int8_form(bytes, expected)?,
+            TensorEncoding::Sparse => sparse_form(bytes, expected)?,
+        };
+        Ok(Self { params: expected, form })
+    }
+
+    /// How many parameters it decodes to.
+    pub fn len(&self) -> usize {
+        self.params
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params == 0
+    }
+
+    /// Writes parameters `start..start + out.len()` into `out` (positions past the end are left
+    /// as they are).
+    pub fn decode_range(&self, start: usize, out: &mut [f32]) {
+        let end = start.saturating_add(out.len()).min(self.params);
+        let Some(out) = out.get_mut(..end.saturating_sub(start)) else { return };
+        match &self.form {
+            Form::F32(bytes) => {
+                let chunks = bytes[start * 4..end * 4].chunks_exact(4);
+                for (value, c) in out.iter_mut().zip(chunks) {
+                    *value = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Form::F16(bytes) => {
+                let chunks = bytes[start * 2..end * 2].chunks_exact(2);
+                for (value, c) in out.iter_mut().zip(chunks) {
+                    *value = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Form::Int8 { segments, values } => decode_int8_range(segments, values, start, out),
+            Form::Sparse { indices, values } => {
+                decode_sparse_range(indices, values, start, out)
+            }
+        }
+    }
+
+    /// Checks that every parameter is finite.
+    pub fn check_finite(&self) -> Result<(), TensorError> {
+        let mut chunk = vec![0.0f32; DECODE_CHUNK.min(self.params)];
+        for start in (0..self.params).step_by(DECODE_CHUNK.max(1)) {
+            let len = DECODE_CHUNK.min(self.params - start);
+            self.decode_range(start, &mut chunk[..len]);
+            if let Some(offset) = chunk[..len].iter().position(|v| !v.is_finite()) {
+                return Err(TensorError::NonFinite { index: start + offset });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fixed-size encoding's bytes, if they hold exactly `expected` elements.
+fn check_fixed(
+    bytes: &[u8],
+    encoding: TensorEncoding,
+    size: usize,
+    expected: usize,
+) -> Result<&[u8], TensorError> {
+    if !bytes.len().is_multiple_of(size) {
+        return Err(TensorError::Ragged { len: bytes.len(), size, encoding });
+    }
+    let found = bytes.len() / size;
+    if found != expected {
+        return Err(TensorError::Count { expected, found });
+    }
+    Ok(bytes)
+}
+
+fn int8_form(bytes: &[u8], expected: usize) -> Result<Form<'_>, TensorError> {
+    let malformed = |what: &str| TensorError::Int8(what.to_owned());
+    let (count, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| malformed("no header"))?;
+    let count = u32::from_le_bytes(*count) as usize;
+    let table_len = count.checked_mul(INT8_SEGMENT).filter(|len| *len <= rest.len());
+    let table_len = table_len.ok_or_else(|| malformed("segment table is truncated"))?;
+    let (table, values) = rest.split_at(table_len);
+    if values.len() != expected {
+        return Err(TensorError::Count { expected, found: values.len() });
+    }
+    let mut segments = Vec::with_capacity(count);
+    let mut end = 0usize;
+    for entry in table.chunks_exact(INT8_SEGMENT) {
+        let (len, scale) = entry.split_at(8);
+        let len = u64::from_le_bytes(len.try_into().map_err(|_| malformed("segment length"))?);
+        let scale = f32::from_le_bytes(scale.try_into().map_err(|_| malformed("segment scale"))?);
+        if !scale.is_finite() || scale < 0.0 {
+            return Err(malformed("a scale is negative or not finite"));
+        }
+        let next = usize::try_from(len).ok().and_then(|len| end.checked_add(len));
+        end = next.filter(|next| *next <= values.len()).ok_or_else(|| malformed("segments overrun the values"))?;
+        segments.push((end, scale));
+    }
+    if end != values.len() {
+        return Err(malformed("segments do not cover every value"));
+    }
+    Ok(Form::Int8 { segments, values })
+}
+
+fn decode_int8_range(segments: &[(usize, f32)], values: &[u8], start: usize, out: &mut [f32]) {
+    let mut segment = segments.partition_point(|(end, _)| *end <= start);
+    for (offset, value) in out.iter_mut().enumerate() {
+        let index = start + offset;
+        while segments.get(segment).is_some_and(|(end, _)| *end <= index) {
+            segment += 1;
+        }
+        let scale = segments.get(segment).map_or(0.0, |(_, scale)| *scale);
+        *value = f32::from(values[index] as i8) * scale;
+    }
+}
+
+fn sparse_form(bytes: &[u8], expected: usize) -> Result<Form<'_>, TensorError> {
+    let malformed = |what: String| TensorError::Sparse(what);
+    let (count, rest) =
+        bytes.split_first_chunk::<8>().ok_or_else(|| malformed("no header".to_owned()))?;
+    let count = u64::from_le_bytes(*count);
+    let entries = usize::try_from(count).ok().filter(|k| *k <= expected);
+    let k = entries.ok_or_else(|| malformed(format!("{count} entries for {expected} parameters")))?;
+    if k.checked_mul(SPARSE_ENTRY) != Some(rest.len()) {
+        return Err(malformed(format!("{k} entries cannot be {} bytes", rest.len())));
+    }
+    let (indices, values) = rest.split_at(k * 4);
+    let mut previous: Option<u32> = None;
+    for index in indices.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])) {
+        if index as usize >= expected || previous.is_some_and(|p| p >= index) {
+            return Err(malformed(format!("index {index} is out of order or past the end")));
+        }
+        previous = Some(index);
+    }
+    Ok(Form::Sparse { indices, values })
+}
+
+fn decode_sparse_range(indices: &[u8], values: &[u8], start: usize, out: &mut [f32]) {
+    let index_at = |p: usize| {
+        let c = &indices[p * 4..p * 4 + 4];
+        u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize
+    };
+    let k = indices.len() / 4;
+    out.fill(0.0);
+    let (mut low, mut high) = (0, k);
+    while low < high {
+        let mid = (low + high) / 2;
+        if index_at(mid) < start { low = mid + 1 } else { high = mid }
+    }
+    for p in low..k {
+        let Some(slot) = out.get_mut(index_at(p) - start) else { break };
+        let c = &values[p * 4..p * 4 + 4];
+        *slot = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
 }
 
@@ -237,59 +478,6 @@ fn encode_int8(values: &[f32], segments: &[usize], out: &mut Vec<u8>) -> Result<
         body.extend(segment.iter().map(|v| (v * inverse).round().clamp(-127.0, 127.0) as i8 as u8));
     }
     out.extend_from_slice(&body);
-    Ok(())
-}
-
-fn decode_fixed(
-    bytes: &[u8],
-    encoding: TensorEncoding,
-    size: usize,
-    expected: usize,
-    out: &mut Vec<f32>,
-    element: impl Fn(&[u8]) -> f32,
-) -> Result<(), TensorError> {
-    if !bytes.len().is_multiple_of(size) {
-        return Err(TensorError::Ragged { len: bytes.len(), size, encoding });
-    }
-    let found = bytes.len() / size;
-    if found != expected {
-        return Err(TensorError::Count { expected, found });
-    }
-    out.resize(found, 0.0);
-    for (value, chunk) in out.iter_mut().zip(bytes.chunks_exact(size)) {
-        *value = element(chunk);
-    }
-    Ok(())
-}
-
-fn decode_int8(bytes: &[u8], expected: usize, out: &mut Vec<f32>) -> Result<(), TensorError> {
-    let malformed = |what: &str| TensorError::Int8(what.to_owned());
-    let (count, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| malformed("no header"))?;
-    let count = u32::from_le_bytes(*count) as usize;
-    let table_len = count.checked_mul(INT8_SEGMENT).filter(|len| *len <= rest.len());
-    let table_len = table_len.ok_or_else(|| malformed("segment table is truncated"))?;
-    let (table, values) = rest.split_at(table_len);
-    if values.len() != expected {
-        return Err(TensorError::Count { expected, found: values.len() });
-    }
-    out.clear();
-    out.reserve(values.len());
-    for entry in table.chunks_exact(INT8_SEGMENT) {
-        let (len, scale) = entry.split_at(8);
-        let len = u64::from_le_bytes(len.try_into().map_err(|_| malformed("segment length"))?);
-        let scale = f32::from_le_bytes(scale.try_into().map_err(|_| malformed("segment scale"))?);
-        if !scale.is_finite() || scale < 0.0 {
-            return Err(malformed("a scale is negative or not finite"));
-        }
-        let start = out.len();
-        let end = usize::try_from(len).ok().and_then(|len| start.checked_add(len));
-        let segment = end.and_then(|end| values.get(start..end));
-        let segment = segment.ok_or_else(|| malformed("segments overrun the values"))?;
-        out.extend(segment.iter().map(|q| f32::from(*q as i8) * scale));
-    }
-    if out.len() != values.len() {
-        return Err(malformed("segments do not cover every value"));
-    }
     Ok(())
 }
 

@@ -71,15 +71,15 @@ impl Engine {
 
     /// A stored blob with the budget share it holds while it is sent, `Busy` when it does not
     /// fit the budget now, or `NotFound`.
+    /// The share is taken before the blob is read (for the largest model of this node's jobs,
+    /// which is what peers ask for), so a busy node reads nothing.
     fn serve_blob(&self, hash: ContentHash) -> (Response, (Vec<u8>, Option<Held>)) {
+        let Some(held) = self.network.try_reserve(self.largest_model_bytes()) else {
+            self.metrics.rejected("blob", "busy");
+            return (Response::Busy { hash }, (Vec::new(), None));
+        };
         match self.store.blob(&hash) {
-            Ok(Some(bytes)) => match self.network.try_reserve(bytes.len()) {
-                Some(held) => (Response::Blob { hash }, (bytes, Some(held))),
-                None => {
-                    self.metrics.rejected("blob", "busy");
-                    (Response::Busy { hash }, (Vec::new(), None))
-                }
-            },
+            Ok(Some(bytes)) => (Response::Blob { hash }, (bytes, Some(held))),
             Ok(None) => (Response::NotFound { hash }, (Vec::new(), None)),
             Err(error) => {
                 tracing::error!(%error, "cannot read blob");

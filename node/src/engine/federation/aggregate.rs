@@ -163,12 +163,13 @@ impl Engine {
     /// Keeps an input for the round after this node's last one while this node collects
     /// nothing and has not seen that round open: a slot aggregator may hear a round's opening
     /// after its trainers did. Says whether it was kept.
+    /// The input is made (its payload copied) only when it is kept.
     fn keep_early(
         &mut self,
         id: JobId,
         round: Round,
         base: ContentHash,
-        input: EarlyInput,
+        input: impl FnOnce() -> EarlyInput,
     ) -> bool {
         let Some(run) = self.runs.get_mut(&id) else { return false };
         let next_round = round == run.state.completed_round + 1 && base == run.state.model;
@@ -179,7 +180,7 @@ impl Engine {
         if run.early_inputs.len() >= MAX_EARLY_INPUTS {
             run.early_inputs.remove(0);
         }
-        run.early_inputs.push(input);
+        run.early_inputs.push(input());
         true
     }
 
@@ -207,7 +208,8 @@ impl Engine {
         let body = delta.unverified_body();
         let (round, base) = (body.round, body.base_model);
         let id = body.job;
-        if self.keep_early(id, round, base, EarlyInput::Delta(delta.clone(), payload.to_vec())) {
+        let early = || EarlyInput::Delta(delta.clone(), payload.to_vec());
+        if self.keep_early(id, round, base, early) {
             return Response::Accepted;
         }
         let member = delta.unverified_body().member;
@@ -227,7 +229,7 @@ impl Engine {
     ) -> Response {
         let body = partial.unverified_body();
         let (id, key) = (body.job, (body.aggregator, body.group.clone()));
-        let early = EarlyInput::Partial(partial.clone(), payload.to_vec());
+        let early = || EarlyInput::Partial(partial.clone(), payload.to_vec());
         if self.keep_early(id, body.round, body.base_model, early) {
             return Response::Accepted;
         }
@@ -318,13 +320,19 @@ impl Engine {
         let Some(position) = run.slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = run.slots.remove(position);
         let (round, base, base_params) = (top.round, top.base, top.base_params.clone());
-        let mean = top.finish().and_then(|(sum, contributions)| Ok((sum.mean()?, contributions)));
-        let (delta, contributions) = match mean {
+        // The sum is dropped as soon as the new model is made from it, and the model as soon
+        // as it is stored: a large model's aggregator holds few copies of it at once.
+        let made = top.finish().and_then(|(sum, contributions)| {
+            Ok((sum.mean_added_to(&base_params)?, contributions))
+        });
+        drop(base_params);
+        let (params, contributions) = match made {
             Ok(done) => done,
             Err(error) => return tracing::error!(job = %id, round, %error, "cannot aggregate"),
         };
-        let params: Vec<f32> = base_params.iter().zip(&delta).map(|(p, d)| p + d).collect();
-        match self.store_model(&params) {
+        let stored = self.store_model(&params);
+        drop(params);
+        match stored {
             Ok(model) => self.announce_model(id, round, base, model, contributions).await,
             Err(error) => tracing::error!(job = %id, round, %error, "cannot store the model"),
         }

@@ -8,7 +8,7 @@ use fedmesh_protocol::envelope::{CarriesPayload, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
 use fedmesh_protocol::spec::JobSpec;
-use fedmesh_protocol::tensor::decode_params;
+use fedmesh_protocol::tensor::{Decoder, decode_params};
 use fedmesh_topologies::{Input, RoundPlan};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -147,13 +147,14 @@ impl Collecting {
         Ok(())
     }
 
-    fn decode(
+    /// Checks a payload's parameter count and structure; decoding is left to the fold.
+    fn decoder<'p>(
         &self,
         what: &str,
-        payload: &[u8],
+        payload: &'p [u8],
         reference: &fedmesh_protocol::tensor::PayloadRef,
         signer: &MemberId,
-    ) -> Result<Vec<f32>, Refused> {
+    ) -> Result<Decoder<'p>, Refused> {
         let params = self.base_params.len();
         if reference.params != params as u64 {
             return Err(refuse(
@@ -164,7 +165,19 @@ impl Collecting {
                 ),
             ));
         }
-        decode_params(payload, reference.encoding, params)
+        Decoder::new(payload, reference.encoding, params)
+            .map_err(|e| refuse("malformed_payload", e.to_string()))
+    }
+
+    fn decode(
+        &self,
+        what: &str,
+        payload: &[u8],
+        reference: &fedmesh_protocol::tensor::PayloadRef,
+        signer: &MemberId,
+    ) -> Result<Vec<f32>, Refused> {
+        self.decoder(what, payload, reference, signer)?;
+        decode_params(payload, reference.encoding, self.base_params.len())
             .map_err(|e| refuse("malformed_payload", e.to_string()))
     }
 
@@ -191,9 +204,9 @@ impl Collecting {
             }
             return Err(refuse("duplicate", format!("{signer} already sent another update")));
         }
-        let update = self.decode("delta", payload, &body.payload, &signer)?;
+        let update = self.decoder("delta", payload, &body.payload, &signer)?;
         self.aggregator
-            .add(&signer.to_peer_id_string(), body.samples as f64, &update)
+            .add_decoded(&signer.to_peer_id_string(), body.samples as f64, &update)
             .map_err(|e| refuse("rejected_update", e.to_string()))?;
         self.contributions.push(Contribution {
             member: signer,

@@ -122,6 +122,8 @@ pub struct JobRun {
     /// time): sent again when the round is opened again (retried, taken over by another member,
     /// or re-opened by a restarted aggregator).
     last_update: Option<(ModelDelta, Arc<Vec<u8>>, (MemberId, u64))>,
+    /// What this member's deltas have not sent yet (top-k error feedback).
+    residual: Option<Vec<f32>>,
     heartbeat_sequence: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,
@@ -161,6 +163,7 @@ impl JobRun {
             early_inputs: Vec::new(),
             trained: None,
             last_update: None,
+            residual: None,
             heartbeat_sequence: 0,
             last_heartbeat_ms: 0,
             last_join_ms: 0,

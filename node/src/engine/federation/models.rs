@@ -1,5 +1,7 @@
-//! Global models: a round's announced model is fetched by hash (from the announcer, then any live
-//! member), adopted as the job's current model, evaluated on the local test split and reported.
+//! Global models: a round's announced model is fetched by hash from any live member that holds
+//! it (each fetcher tries them in its own random order, so the announcer serves a few and the
+//! model spreads from those), adopted as the job's current model, evaluated on the local test
+//! split and reported.
 
 use super::records::{RoundRecord, RunStatus};
 use super::{LIVENESS_MS, store};
@@ -12,7 +14,9 @@ use fedmesh_protocol::message::{
     AggregateReady, EvalMetrics, EvalReport, GossipMessage, Request, Response, unix_millis,
 };
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
+use rand::seq::SliceRandom;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 impl Engine {
     /// Records a round's result and takes its model (fetching it first if needed).
@@ -46,29 +50,34 @@ impl Engine {
         }
     }
 
-    /// Fetches a model blob from `peer` in the background.
-    /// Fetches a model blob in the background: from `peer` first, then from the other live
-    /// members (any member that took the model holds it), until one has it.
-    pub(super) fn fetch_model(&self, id: JobId, round: Round, model: ContentHash, peer: MemberId) {
+    /// Fetches a model blob in the background from the live members: `announcer` (which holds
+    /// it) and every other (which hold it once they fetched it), in a random order, again and
+    /// again with a short pause until one sends it. A busy announcer or a member that does not
+    /// hold it yet costs one small answer, so N fetchers do not all download from the announcer.
+    pub(super) fn fetch_model(
+        &self,
+        id: JobId,
+        round: Round,
+        model: ContentHash,
+        announcer: MemberId,
+    ) {
         let me = self.identity.member_id();
-        let others: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
+        let mut sources: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
             let live = run.state.members.live(unix_millis(), LIVENESS_MS);
-            live.into_iter().map(|m| m.id).filter(|m| *m != peer && *m != me).collect()
+            live.into_iter().map(|m| m.id).filter(|m| *m != announcer && *m != me).collect()
         });
+        sources.push(announcer);
         let (network, internal) = (self.network.clone(), self.internal.clone());
         tokio::spawn(async move {
-            let mut result = Err("no member to fetch it from".to_owned());
-            for source in std::iter::once(peer).chain(others) {
-                result = fetch_blob(&network, source, model).await;
-                match &result {
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::debug!(%source, %model, %error, "model not fetched; trying another member")
-                    }
-                }
-            }
+            let result = fetch_from_any(&network, &mut sources, model).await;
             let _ = internal.send(Internal::ModelFetched { job: id, round, model, result }).await;
         });
+    }
+
+    /// The encoded size of the largest model of this node's jobs: what a blob served is sized
+    /// by before it is read.
+    pub(in crate::engine) fn largest_model_bytes(&self) -> usize {
+        self.runs.values().map(|run| run.params.len() * 4).max().unwrap_or(0)
     }
 
     pub(in crate::engine) async fn on_model_fetched(
@@ -161,6 +170,35 @@ impl Engine {
         self.start_training(id);
         self.maybe_open(id, round + 1).await;
     }
+}
+
+/// How long a model is looked for among the members before the fetch gives up.
+const FETCH_GIVE_UP: Duration = Duration::from_secs(300);
+/// The pause after asking every source in vain, before asking them again.
+const FETCH_PAUSE: Duration = Duration::from_millis(100);
+
+/// Asks `sources` (shuffled, then again and again) for a blob until one sends it.
+async fn fetch_from_any(
+    network: &Network,
+    sources: &mut [MemberId],
+    hash: ContentHash,
+) -> Result<Vec<u8>, String> {
+    let started = Instant::now();
+    let mut last = "no member to fetch it from".to_owned();
+    while started.elapsed() < FETCH_GIVE_UP && !sources.is_empty() {
+        sources.shuffle(&mut rand::rng());
+        for source in sources.iter() {
+            match fetch_blob(network, *source, hash).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(error) => {
+                    tracing::trace!(%source, %hash, %error, "model not fetched; trying another member");
+                    last = error;
+                }
+            }
+        }
+        tokio::time::sleep(FETCH_PAUSE).await;
+    }
+    Err(last)
 }
 
 /// Asks `peer` for a blob and checks it is the one asked for.

@@ -12,7 +12,7 @@ use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     Contribution, ModelDelta, Request, Response, RoundOpen, TrainMetrics,
 };
-use fedmesh_protocol::tensor::{PayloadRef, decode_params, encode_params};
+use fedmesh_protocol::tensor::{PayloadRef, TensorError, decode_params};
 use fedmesh_topologies::Destination;
 use std::sync::Arc;
 
@@ -126,11 +126,11 @@ impl Engine {
             return tracing::info!(job = %id, round, "round moved on while training; update dropped");
         };
         let opening = (open.opener, open.opened_at_ms);
-        let encoding = run.spec.delta_encoding.tensor_encoding();
-        let payload = match encode_params(&delta, encoding, Some(&run.local.model.layout())) {
-            Ok(payload) => Arc::new(payload),
+        let (payload, encoding) = match encode_delta(run, delta) {
+            Ok(payload) => (Arc::new(payload), run.spec.delta_encoding.tensor_encoding()),
             Err(error) => return tracing::error!(job = %id, %error, "cannot encode the update"),
         };
+        let params = run.params.len();
         let body = ModelDelta {
             job: id,
             round,
@@ -138,7 +138,7 @@ impl Engine {
             member: self.identity.member_id(),
             samples: trained.samples as u64,
             metrics: TrainMetrics { loss: trained.loss, accuracy: None },
-            payload: PayloadRef::describe(&payload, encoding, delta.len()),
+            payload: PayloadRef::describe(&payload, encoding, params),
         };
         tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
         run.last_update = Some((body.clone(), payload.clone(), opening));
@@ -232,6 +232,24 @@ impl Engine {
             send_request(&self.network, to, request, payload, id);
         }
     }
+}
+
+/// Encodes a delta as the job says; with error feedback (top-k), what the last delta did not
+/// send is added to this one first, and what this one does not send is kept for the next.
+fn encode_delta(run: &mut super::JobRun, mut delta: Vec<f32>) -> Result<Vec<u8>, TensorError> {
+    let encoding = run.spec.delta_encoding;
+    let layout = run.local.model.layout();
+    if !encoding.carries_residual() {
+        return encoding.encode(&delta, &layout);
+    }
+    if let Some(residual) = run.residual.take().filter(|r| r.len() == delta.len()) {
+        delta.iter_mut().zip(&residual).for_each(|(d, r)| *d += r);
+    }
+    let payload = encoding.encode(&delta, &layout)?;
+    let sent = decode_params(&payload, encoding.tensor_encoding(), delta.len())?;
+    delta.iter_mut().zip(&sent).for_each(|(d, s)| *d -= s);
+    run.residual = Some(delta);
+    Ok(payload)
 }
 
 /// Sends a request with a payload and waits for the answer.
