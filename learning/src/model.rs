@@ -48,7 +48,8 @@ impl Model {
         Ok(Self { widths })
     }
 
-    /// Parses `softmax` or `mlp:200,200`.
+    /// Parses `softmax`, `mlp:200,200` or `bench:P` (the communication benchmark's model of P
+    /// parameters).
     pub fn parse_spec(text: &str) -> Result<ModelSpec> {
         let bad = || LearningError::BadModelName(text.to_owned());
         match text.split_once(':') {
@@ -60,6 +61,10 @@ impl Model {
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(bad)?;
                 Ok(ModelSpec::Mlp(hidden))
+            }
+            Some(("bench", params)) => {
+                let params = params.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+                Ok(ModelSpec::Bench { params })
             }
             _ => Err(bad()),
         }

@@ -2,7 +2,7 @@
 //! node.toml, started one after another so that each bootstraps from the one before.
 
 use crate::api::ApiClient;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,6 +54,16 @@ pub struct NodeProcess {
 struct Status {
     peer_id: String,
     listen_addresses: Vec<String>,
+}
+
+/// What one node used over a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeUsage {
+    pub node: String,
+    /// Peak resident memory of its process, in MB (10^6 bytes).
+    pub peak_rss_mb: Option<f64>,
+    /// Bytes it sent in messages (gossip, requests, responses).
+    pub bytes_sent: u64,
 }
 
 /// The `fedmesh` binary and a root directory under which every node gets a folder.
@@ -196,6 +206,15 @@ impl Cluster {
         running.map(|(_, n)| n.address.clone()).collect()
     }
 
+    /// What every running node used so far.
+    pub async fn usage(&self) -> Vec<NodeUsage> {
+        let mut usage = Vec::new();
+        for node in self.nodes.iter().filter(|node| node.is_running()) {
+            usage.push(node.usage().await);
+        }
+        usage
+    }
+
     /// Stops every node.
     pub fn stop_all(&mut self) {
         for node in &mut self.nodes {
@@ -239,6 +258,25 @@ impl NodeProcess {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// The peak resident memory of its process so far (`VmHWM`), in bytes; none once stopped.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+        let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// What it used: peak memory and the bytes it sent (from its metrics).
+    pub async fn usage(&self) -> NodeUsage {
+        let metrics = self.api.metrics().await.unwrap_or_default();
+        NodeUsage {
+            node: self.name.clone(),
+            peak_rss_mb: self.peak_rss_bytes().map(|bytes| bytes as f64 / 1e6),
+            bytes_sent: crate::api::metric_value(&metrics, "fedmesh_bytes_sent_total") as u64,
         }
     }
 

@@ -3,6 +3,7 @@
 //! and reports on what they did.
 
 pub mod api;
+pub mod bench;
 pub mod checks;
 pub mod cluster;
 pub mod events;

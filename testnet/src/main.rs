@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use fedmesh_testnet::bench::{self, BenchCase, BenchRow};
 use fedmesh_testnet::report::Report;
 use fedmesh_testnet::scenario::Scenario;
 use fedmesh_testnet::scenario_file::ScenarioFile;
@@ -38,6 +39,21 @@ struct Args {
     /// repeat it to run several one after another. See testnet/scenarios/.
     #[arg(long, value_name = "FILE", conflicts_with_all = JOB_FLAGS)]
     scenario: Vec<PathBuf>,
+    /// The communication benchmark: for every --bench-params and --bench-nodes, a job whose
+    /// model is P f32 parameters with no training (a cheap deterministic delta), over real
+    /// nodes; prints seconds per round, bytes moved, the ratio to a raw loopback TCP transfer of
+    /// the same bytes, and the nodes' peak memory (into --out/bench.json).
+    #[arg(long, conflicts_with = "scenario")]
+    bench: bool,
+    /// Model sizes (parameters) the benchmark runs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000,25000000")]
+    bench_params: Vec<u64>,
+    /// Node counts the benchmark runs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    bench_nodes: Vec<usize>,
+    /// Rounds of each benchmark case.
+    #[arg(long, default_value_t = 5)]
+    bench_rounds: u64,
     /// How many nodes to run.
     #[arg(long, default_value_t = ScenarioFile::default().nodes)]
     nodes: usize,
@@ -204,7 +220,7 @@ fn figure(value: Option<f64>) -> String {
 /// `NAME: passed | FAILED, status, final accuracy, mean round, total time`.
 fn summary_line(report: &Report) -> String {
     format!(
-        "{}: {}; {}: final accuracy {} (target {}), loss {}, mean round {} s (local training {} s), {:.1} s in all",
+        "{}: {}; {}: final accuracy {} (target {}), loss {}, mean round {} s (local training {} s), node peak memory {} MB (mean {}), {:.1} s in all",
         report.name,
         if report.passed { "passed" } else { "FAILED" },
         report.status,
@@ -215,6 +231,8 @@ fn summary_line(report: &Report) -> String {
         figure(report.final_loss),
         figure(report.mean_round_seconds),
         figure(report.mean_train_seconds),
+        report.peak_rss_mb_max.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+        report.peak_rss_mb_mean.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
         report.total_seconds
     )
 }
@@ -238,8 +256,44 @@ fn write_summary(out: &Path, reports: &[Report]) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs every benchmark case, prints the table and writes bench.json.
+fn run_bench(runtime: &tokio::runtime::Runtime, args: &Args) -> anyhow::Result<()> {
+    let base = Scenario { rounds: args.bench_rounds, ..args.flags_scenario(args.binary()?)? };
+    let mut rows = Vec::new();
+    for &params in &args.bench_params {
+        for &nodes in &args.bench_nodes {
+            let case = BenchCase { params, nodes };
+            let scenario = bench::case_scenario(&base, case);
+            let report = run(runtime, &scenario)?;
+            let row = runtime.block_on(bench::row(case, &report))?;
+            bench::remove_node_data(&scenario.out)?;
+            println!("{}\n{}", BenchRow::header(), row.line());
+            rows.push(row);
+        }
+    }
+    println!("\nbench ({} rounds each):\n{}", args.bench_rounds, BenchRow::header());
+    for row in &rows {
+        println!("{}", row.line());
+    }
+    let path = args.out.join("bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("bench: {}", path.display());
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.status != "completed")
+        .map(|r| format!("P={} on {} nodes: {}", r.params, r.nodes, r.status))
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "benchmark cases failed:\n  {}", failed.join("\n  "));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.bench {
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        return run_bench(&runtime, &args);
+    }
     let scenarios = args.scenarios()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let mut reports = Vec::new();

@@ -2,6 +2,7 @@
 //! and loss per round.
 
 use crate::checks::Check;
+use crate::cluster::NodeUsage;
 use crate::events::FiredEvent;
 use crate::scenario::Scenario;
 use crate::scenario_file::Expect;
@@ -71,6 +72,8 @@ pub struct RunOutcome {
     pub rounds: Vec<RoundFigures>,
     pub events: Vec<FiredEvent>,
     pub checks: Vec<Check>,
+    /// What each node used, read just before the nodes were stopped.
+    pub usage: Vec<NodeUsage>,
     pub elapsed: Duration,
 }
 
@@ -100,6 +103,14 @@ pub struct Report {
     pub rounds: Vec<RoundFigures>,
     pub partitions: Vec<PartitionSummary>,
     pub job_spec: serde_json::Value,
+    /// The largest and the mean peak resident memory of a node, in MB.
+    #[serde(default)]
+    pub peak_rss_mb_max: Option<f64>,
+    #[serde(default)]
+    pub peak_rss_mb_mean: Option<f64>,
+    /// What each node used (peak memory, bytes sent).
+    #[serde(default)]
+    pub usage: Vec<NodeUsage>,
 }
 
 fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -114,7 +125,8 @@ impl Report {
         partitions: Vec<PartitionSummary>,
         outcome: RunOutcome,
     ) -> Self {
-        let RunOutcome { status, rounds, events, checks, elapsed } = outcome;
+        let RunOutcome { status, rounds, events, checks, usage, elapsed } = outcome;
+        let peaks = || usage.iter().filter_map(|u| u.peak_rss_mb);
         let last = rounds.last();
         Self {
             name: scenario.name.clone(),
@@ -136,6 +148,9 @@ impl Report {
             rounds,
             partitions,
             job_spec,
+            peak_rss_mb_max: peaks().reduce(f64::max),
+            peak_rss_mb_mean: mean(peaks().map(Some)),
+            usage,
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Scenario {
     /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
     /// job's model is then `external` with the layout and initial weights of `model`.
     pub trainer: Vec<String>,
+    /// Extra node.toml lines for every node (e.g. `model_retention_rounds = 1`).
+    pub node_config: Vec<String>,
     /// The `fedmesh` binary.
     pub binary: PathBuf,
     /// Where node folders, partitions and the report go.
@@ -189,13 +191,14 @@ impl Scenario {
         Ok(spec)
     }
 
-    /// The node.toml lines that set the external trainer, if there is one.
-    fn trainer_config(&self) -> Vec<String> {
-        if self.trainer.is_empty() {
-            return Vec::new();
+    /// The node.toml lines of the scenario's own settings and the external trainer, if any.
+    fn extra_config(&self) -> Vec<String> {
+        let mut lines = self.node_config.clone();
+        if !self.trainer.is_empty() {
+            let words: Vec<String> = self.trainer.iter().map(|word| format!("{word:?}")).collect();
+            lines.push(format!("trainer = [{}]", words.join(", ")));
         }
-        let words: Vec<String> = self.trainer.iter().map(|word| format!("{word:?}")).collect();
-        vec![format!("trainer = [{}]", words.join(", "))]
+        lines
     }
 
     /// A node holding `partition` that trusts `owner`.
@@ -204,7 +207,7 @@ impl Scenario {
             datasets: vec![(self.dataset_name(), partition.path.display().to_string())],
             trust: vec![owner.to_owned()],
             group: self.group_of(partition.node),
-            extra_config: self.trainer_config(),
+            extra_config: self.extra_config(),
         }
     }
 
@@ -252,12 +255,14 @@ impl Scenario {
         let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs);
         let status = drive(&mut cluster, &mut follower, &mut events, &mut on_progress).await;
         let checks = check_run(self, &cluster, &job, &events, &status, &follower.rounds).await;
+        let usage = cluster.usage().await;
         cluster.stop_all();
         let outcome = RunOutcome {
             status,
             rounds: follower.rounds,
             events: events.fired,
             checks,
+            usage,
             elapsed: started.elapsed(),
         };
         Ok(Report::new(self, spec, partitions, outcome))

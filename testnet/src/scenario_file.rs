@@ -238,6 +238,7 @@ impl ScenarioFile {
             groups: self.groups,
             delta_encoding: self.delta_encoding,
             trainer: self.trainer,
+            node_config: Vec::new(),
             dataset: self.dataset,
             model: self.model,
             partition: self.partition,
