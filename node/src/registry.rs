@@ -51,7 +51,7 @@ pub fn record(
         if old.round > cutoff || !old.weights_kept || old.model == entry.model {
             continue;
         }
-        batch.delete(Table::Blobs, &old.model.0)?;
+        batch.delete_blob(&old.model)?;
         old.weights_kept = false;
         batch.put(Table::Models, &key(&old.job, old.round), &old)?;
     }

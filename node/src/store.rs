@@ -1,5 +1,8 @@
 //! The node's RocksDB store: jobs, memberships, rounds, model blobs by content hash, the model
 //! registry and node metadata, in column families. Every state change is one atomic write batch.
+//! A large blob (a model of many MB) is a file under `DATA_DIR/blobs/` named by its hash, written
+//! and synced before the batch that names it commits, with a marker in the blob column family:
+//! so storing one costs no copies in RocksDB's write batch, memtable and log.
 
 use fedmesh_protocol::ids::ContentHash;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
@@ -8,6 +11,11 @@ use std::path::{Path, PathBuf};
 
 /// The on-disk schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Blobs from this size on are files beside the database.
+const FILE_BLOB_BYTES: usize = 1 << 20;
+/// What the blob column family holds for a blob kept as a file.
+const FILE_BLOB_MARKER: &[u8] = b"fedmesh: blob in a file";
 
 /// Largest record (not blob) the store will decode, a guard against a corrupt value.
 const MAX_RECORD_BYTES: usize = 64 << 20;
@@ -64,6 +72,8 @@ pub enum StoreError {
     Rocks { path: PathBuf, source: rocksdb::Error },
     #[error("record in column family `{table}` under key {key} cannot be decoded: {detail}")]
     BadRecord { table: &'static str, key: String, detail: String },
+    #[error("blob file {path}: {source}")]
+    BlobFile { path: PathBuf, source: std::io::Error },
     #[error("record for column family `{table}` cannot be encoded: {detail}")]
     Encode { table: &'static str, detail: String },
 }
@@ -72,6 +82,8 @@ pub enum StoreError {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// Where large blobs are kept as files.
+    blob_dir: PathBuf,
     /// How many recent rounds' model weights the registry keeps per job (0: all).
     model_retention: u64,
 }
@@ -89,7 +101,10 @@ impl Store {
             .map(|t| ColumnFamilyDescriptor::new(t.name(), Self::table_options(*t)));
         let db = DB::open_cf_descriptors(&options, &path, descriptors)
             .map_err(|e| Self::classify_open_error(&path, e))?;
-        let store = Self { db, path, model_retention: 0 };
+        let blob_dir = dir.join("blobs");
+        std::fs::create_dir_all(&blob_dir)
+            .map_err(|source| StoreError::BlobFile { path: blob_dir.clone(), source })?;
+        let store = Self { db, path, blob_dir, model_retention: 0 };
         store.check_schema()?;
         Ok(store)
     }
@@ -189,7 +204,33 @@ impl Store {
 
     /// The bytes stored under `hash`, if any.
     pub fn blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))
+        let value = self.db.get_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))?;
+        match value {
+            Some(value) if is_file_marker(hash, &value) => {
+                let path = self.blob_file(hash);
+                std::fs::read(&path).map(Some).map_err(|source| StoreError::BlobFile { path, source })
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn blob_file(&self, hash: &ContentHash) -> PathBuf {
+        self.blob_dir.join(hash.to_hex())
+    }
+
+    /// Writes a large blob's file and syncs it (a temporary name first, so a crash leaves no
+    /// partial file under the hash).
+    fn write_blob_file(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.blob_file(hash);
+        let temporary = path.with_extension("partial");
+        let error = |source| StoreError::BlobFile { path: path.clone(), source };
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)
+        };
+        write().map_err(error)
     }
 
     /// Whether a blob is stored.
@@ -203,7 +244,7 @@ impl Store {
 
     /// Starts an atomic change.
     pub fn batch(&self) -> StoreBatch<'_> {
-        StoreBatch { store: self, batch: WriteBatch::default() }
+        StoreBatch { store: self, batch: WriteBatch::default(), unlink: Vec::new() }
     }
 }
 
@@ -211,6 +252,14 @@ impl Store {
 pub struct StoreBatch<'a> {
     store: &'a Store,
     batch: WriteBatch,
+    /// Blob files to remove once the batch is committed.
+    unlink: Vec<PathBuf>,
+}
+
+/// Whether a blob column family value is the marker of a blob kept as a file (a small blob whose
+/// bytes happen to be the marker has the marker's own hash).
+fn is_file_marker(hash: &ContentHash, value: &[u8]) -> bool {
+    value == FILE_BLOB_MARKER && *hash != ContentHash::of(FILE_BLOB_MARKER)
 }
 
 impl StoreBatch<'_> {
@@ -230,8 +279,21 @@ impl StoreBatch<'_> {
     /// Stores bytes under their content hash and returns the hash.
     pub fn put_blob(&mut self, bytes: &[u8]) -> Result<ContentHash, StoreError> {
         let hash = ContentHash::of(bytes);
-        self.batch.put_cf(self.store.handle(Table::Blobs)?, hash.0, bytes);
+        let table = self.store.handle(Table::Blobs)?;
+        if bytes.len() >= FILE_BLOB_BYTES {
+            self.store.write_blob_file(&hash, bytes)?;
+            self.batch.put_cf(table, hash.0, FILE_BLOB_MARKER);
+        } else {
+            self.batch.put_cf(table, hash.0, bytes);
+        }
         Ok(hash)
+    }
+
+    /// Deletes a blob (its file too, if it has one, once the batch is committed).
+    pub fn delete_blob(&mut self, hash: &ContentHash) -> Result<(), StoreError> {
+        self.batch.delete_cf(self.store.handle(Table::Blobs)?, hash.0);
+        self.unlink.push(self.store.blob_file(hash));
+        Ok(())
     }
 
     /// Deletes one record.
@@ -244,7 +306,15 @@ impl StoreBatch<'_> {
     pub fn commit(self) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        self.store.db.write_opt(self.batch, &options).map_err(|e| self.store.rocks(e))
+        self.store.db.write_opt(self.batch, &options).map_err(|e| self.store.rocks(e))?;
+        for path in self.unlink {
+            if let Err(error) = std::fs::remove_file(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a blob file");
+            }
+        }
+        Ok(())
     }
 }
 
