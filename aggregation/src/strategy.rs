@@ -54,7 +54,9 @@ impl Aggregator {
         Ok(Self {
             spec: spec.clone(),
             num_params,
-            streaming: PartialAggregate::new(num_params),
+            // The sum is made when the first update arrives: an aggregator opened for a large
+            // model holds no zeros while it waits.
+            streaming: PartialAggregate::new(0),
             buffered: Vec::new(),
             round_seed: spec.noise_seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         })
@@ -83,7 +85,7 @@ impl Aggregator {
         updates: &[(&str, f64, &[f32])],
     ) -> Vec<Result<(), AggregationError>> {
         if self.spec.rule == AggregationRule::FedAvg && self.spec.clip_norm.is_none() {
-            return self.streaming.add_many(updates);
+            return self.streaming().add_many(updates);
         }
         updates.iter().map(|(name, weight, values)| self.add_one(name, *weight, values)).collect()
     }
@@ -97,11 +99,19 @@ impl Aggregator {
         update: &Decoder<'_>,
     ) -> Result<(), AggregationError> {
         if self.spec.rule == AggregationRule::FedAvg && self.spec.clip_norm.is_none() {
-            return self.streaming.add_decoded(contributor, weight, update);
+            return self.streaming().add_decoded(contributor, weight, update);
         }
         let mut values = vec![0.0f32; update.len()];
         update.decode_range(0, &mut values);
         self.add_one(contributor, weight, &values)
+    }
+
+    /// The streaming sum, made on first use.
+    fn streaming(&mut self) -> &mut PartialAggregate {
+        if self.streaming.num_params() != self.num_params {
+            self.streaming = PartialAggregate::new(self.num_params);
+        }
+        &mut self.streaming
     }
 
     fn add_one(
@@ -131,7 +141,7 @@ impl Aggregator {
             None => update,
         };
         match self.spec.rule {
-            AggregationRule::FedAvg => self.streaming.add(contributor, weight, update),
+            AggregationRule::FedAvg => self.streaming().add(contributor, weight, update),
             _ => {
                 if self.buffered.iter().any(|(name, _, _)| name == contributor) {
                     return Err(AggregationError::Duplicate {

@@ -88,9 +88,17 @@ pub fn case_scenario(base: &Scenario, case: BenchCase) -> Scenario {
         events: Vec::new(),
         trainer: Vec::new(),
         node_config: vec!["model_retention_rounds = 2".to_owned()],
+        round_deadline_secs: base.round_deadline_secs.max(deadline_secs(case)),
         out: base.out.join(name),
         ..base.clone()
     }
+}
+
+/// A round deadline the case's traffic fits in on a loaded machine (a model and a delta per
+/// node at 4 MB/s, and 30 s): a round reopened at its deadline makes every trainer send its
+/// delta again, which a slow round can least afford.
+fn deadline_secs(case: BenchCase) -> u64 {
+    30 + case.params * 4 * 2 * case.nodes as u64 / 4_000_000
 }
 
 /// A case's row from its report, timing raw TCP for the same bytes now.

@@ -39,8 +39,12 @@ impl Engine {
         if run.open.as_ref().is_some_and(|open| open.round <= ready.round) {
             run.open = None;
         }
-        // The round is over: whatever this node still collected or led for it is moot.
+        // The round is over: whatever this node still collected or led for it is moot, and its
+        // own update for it will not be sent again.
         run.slots.retain(|slot| slot.round > ready.round);
+        if run.last_update.as_ref().is_some_and(|(update, _, _)| update.round <= ready.round) {
+            run.last_update = None;
+        }
         if run.leading.as_ref().is_some_and(|leading| leading.round <= ready.round) {
             run.leading = None;
         }
