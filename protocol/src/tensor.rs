@@ -602,4 +602,79 @@ mod tests {
         let lying = PayloadRef { params: 17, ..reference };
         assert!(lying.check_shape().is_err());
     }
+
+    #[test]
+    fn top_k_keeps_the_largest_magnitudes_and_zeros_the_rest() {
+        let values = [0.1, -5.0, 0.0, 3.0, -0.2, 4.0];
+        let bytes = encode_top_k(&values, 3).unwrap();
+        assert_eq!(bytes.len(), TensorEncoding::Sparse.encoded_len(3, 0));
+        let back = decode_params(&bytes, TensorEncoding::Sparse, 6).unwrap();
+        assert_eq!(back, [0.0, -5.0, 0.0, 3.0, 0.0, 4.0]);
+        let reference = PayloadRef::describe(&bytes, TensorEncoding::Sparse, 6);
+        assert_eq!(reference.check_shape(), Ok(()));
+        let all = encode_top_k(&values, 6).unwrap();
+        assert_eq!(decode_params(&all, TensorEncoding::Sparse, 6).unwrap(), values);
+        let lossless = encode_params(&values, TensorEncoding::Sparse, None).unwrap();
+        assert_eq!(decode_params(&lossless, TensorEncoding::Sparse, 6).unwrap(), values);
+    }
+
+    #[test]
+    fn top_k_refuses_a_bad_count_and_non_finite_values() {
+        assert_eq!(encode_top_k(&[1.0, 2.0], 0), Err(TensorError::TopK { k: 0, params: 2 }));
+        assert_eq!(encode_top_k(&[1.0, 2.0], 3), Err(TensorError::TopK { k: 3, params: 2 }));
+        assert_eq!(encode_top_k(&[1.0, f32::NAN], 1), Err(TensorError::NonFinite { index: 1 }));
+    }
+
+    /// A sparse payload of `entries` (index, value) pairs as given, unchecked.
+    fn sparse(count: u64, entries: &[(u32, f32)]) -> Vec<u8> {
+        let mut bytes = count.to_le_bytes().to_vec();
+        entries.iter().for_each(|(index, _)| bytes.extend_from_slice(&index.to_le_bytes()));
+        entries.iter().for_each(|(_, value)| bytes.extend_from_slice(&value.to_le_bytes()));
+        bytes
+    }
+
+    #[test]
+    fn malformed_sparse_payloads_are_refused() {
+        let decode = |bytes: &[u8]| decode_params(bytes, TensorEncoding::Sparse, 4);
+        assert_eq!(decode(&sparse(2, &[(0, 1.0), (3, 2.0)])).unwrap(), [1.0, 0.0, 0.0, 2.0]);
+        let unsorted = sparse(2, &[(3, 1.0), (0, 2.0)]);
+        let repeated = sparse(2, &[(1, 1.0), (1, 2.0)]);
+        let past_the_end = sparse(1, &[(4, 1.0)]);
+        let too_many = sparse(5, &[(0, 1.0); 5]);
+        let lying_count = sparse(3, &[(0, 1.0), (1, 1.0)]);
+        let truncated = &sparse(2, &[(0, 1.0), (1, 1.0)])[..20];
+        for bad in [&unsorted[..], &repeated, &past_the_end, &too_many, &lying_count, truncated, &[1, 2]] {
+            assert!(matches!(decode(bad), Err(TensorError::Sparse(_))), "{bad:?}");
+        }
+        let error = decode(&sparse(1, &[(2, f32::INFINITY)])).unwrap_err();
+        assert_eq!(error, TensorError::NonFinite { index: 2 });
+        let huge = sparse(u64::MAX, &[]);
+        assert!(matches!(decode(&huge), Err(TensorError::Sparse(_))));
+    }
+
+    #[test]
+    fn a_decoder_gives_any_range_as_the_whole_decode_does() {
+        let values = sample(1000);
+        let layout = TensorLayout::packed([
+            TensorSpec { name: "a".into(), shape: vec![300] },
+            TensorSpec { name: "b".into(), shape: vec![700] },
+        ]);
+        for encoding in [TensorEncoding::F32Le, TensorEncoding::F16Le, TensorEncoding::Int8] {
+            let bytes = encode_params(&values, encoding, Some(&layout)).unwrap();
+            check_ranges(&bytes, encoding);
+        }
+        check_ranges(&encode_top_k(&values, 100).unwrap(), TensorEncoding::Sparse);
+    }
+
+    fn check_ranges(bytes: &[u8], encoding: TensorEncoding) {
+        let whole = decode_params(bytes, encoding, 1000).unwrap();
+        let decoder = Decoder::new(bytes, encoding, 1000).unwrap();
+        assert_eq!(decoder.check_finite(), Ok(()));
+        for (start, len) in [(0, 1000), (0, 7), (295, 10), (999, 1), (512, 488), (990, 50)] {
+            let mut out = vec![-1.0; len];
+            decoder.decode_range(start, &mut out);
+            let end = (start + len).min(1000);
+            assert_eq!(out[..end - start], whole[start..end], "{encoding:?} at {start}");
+        }
+    }
 }

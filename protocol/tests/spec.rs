@@ -251,3 +251,18 @@ fn canonical_json_round_trips_and_is_required_by_from_canonical_json() {
     let error = JobSpec::from_canonical_json(&pretty).unwrap_err().to_string();
     assert!(error.contains("not in canonical form"), "{error}");
 }
+
+#[test]
+fn top_k_delta_encoding_and_bench_models_are_checked() {
+    use fedmesh_protocol::spec::DeltaEncoding;
+    let spec = parse(&with(minimal(), "delta_encoding", json!({"top_k": 0.1}))).unwrap();
+    assert_eq!(spec.delta_encoding, DeltaEncoding::TopK(0.1));
+    for bad in [json!({"top_k": 0.0}), json!({"top_k": 1.5})] {
+        let found = problems(&with(minimal(), "delta_encoding", bad));
+        assert!(found.iter().any(|p| p.starts_with("delta_encoding.top_k")), "{found:?}");
+    }
+    let spec = parse(&with(minimal(), "model", json!({"bench": {"params": 1000}}))).unwrap();
+    assert_eq!(spec.model, ModelSpec::Bench { params: 1000 });
+    let found = problems(&with(minimal(), "model", json!({"bench": {"params": 0}})));
+    assert!(found.iter().any(|p| p.starts_with("model.bench.params")), "{found:?}");
+}

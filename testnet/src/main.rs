@@ -68,7 +68,8 @@ struct Args {
     /// hierarchical and hybrid TAGs aggregate per group; a schema file's labels must match.
     #[arg(long, default_value = "eu,na", value_delimiter = ',')]
     groups: Vec<String>,
-    /// How trainers encode their deltas: f32 (exact), f16 or int8 (one scale per tensor).
+    /// How trainers encode their deltas: f32 (exact), f16, int8 (one scale per tensor) or
+    /// top_k:FRACTION (that share of the parameters, the largest, with error feedback).
     #[arg(long, default_value_t = ScenarioFile::default().delta_encoding)]
     delta_encoding: String,
     /// An embedded data set (mnist5k, digits, breast-cancer) or a data file (.csv, .npy, IDX).

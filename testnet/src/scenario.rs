@@ -29,7 +29,7 @@ pub struct Scenario {
     pub topology: String,
     /// Group labels handed to the nodes in turn.
     pub groups: Vec<String>,
-    /// `f32`, `f16` or `int8`: how trainers encode their deltas.
+    /// `f32`, `f16`, `int8` or `top_k:FRACTION`: how trainers encode their deltas.
     pub delta_encoding: String,
     /// An embedded data set name or a data file.
     pub dataset: String,
@@ -61,6 +61,18 @@ pub struct Scenario {
     pub binary: PathBuf,
     /// Where node folders, partitions and the report go.
     pub out: PathBuf,
+}
+
+/// The job spec's `delta_encoding` for `f32`, `f16`, `int8` or `top_k:FRACTION`.
+pub fn delta_encoding_json(text: &str) -> Option<Value> {
+    match text.split_once(':') {
+        None => ["f32", "f16", "int8"].contains(&text).then(|| Value::String(text.to_owned())),
+        Some(("top_k", fraction)) => {
+            let fraction: f64 = fraction.parse().ok()?;
+            (fraction > 0.0 && fraction <= 1.0).then(|| json!({ "top_k": fraction }))
+        }
+        Some(_) => None,
+    }
 }
 
 /// What a run reports as it goes.
@@ -180,7 +192,7 @@ impl Scenario {
             "participation": {"min_participants": self.min_participants},
             "round_deadline_secs": self.round_deadline_secs,
             "seed": self.seed,
-            "delta_encoding": self.delta_encoding,
+            "delta_encoding": delta_encoding_json(&self.delta_encoding),
         });
         if let Some(strategy) = &self.strategy {
             spec["strategy"] = strategy.clone();

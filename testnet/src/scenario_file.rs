@@ -129,8 +129,11 @@ impl ScenarioFile {
             "groups: every group label must be non-empty (for example [\"eu\", \"na\"])".into(),
         );
         require(
-            ["f32", "f16", "int8"].contains(&self.delta_encoding.as_str()),
-            format!("delta_encoding: `{}` is not f32, f16 or int8", self.delta_encoding),
+            crate::scenario::delta_encoding_json(&self.delta_encoding).is_some(),
+            format!(
+                "delta_encoding: `{}` is not f32, f16, int8 or top_k:FRACTION (in (0, 1])",
+                self.delta_encoding
+            ),
         );
         require(
             self.target.is_none_or(|t| (0.0..=1.0).contains(&t)),

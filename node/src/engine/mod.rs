@@ -211,6 +211,9 @@ pub struct Engine {
     runs: std::collections::BTreeMap<JobId, JobRun>,
     /// Why auto-joining a job failed, for the admin API.
     join_errors: std::collections::BTreeMap<JobId, String>,
+    /// The models being fetched, so that a result announced again does not start another
+    /// download of the same model.
+    fetching: BTreeSet<(JobId, fedmesh_protocol::ids::ContentHash)>,
     queries: mpsc::Receiver<Query>,
     internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
@@ -242,6 +245,7 @@ impl Engine {
             jobs,
             runs: std::collections::BTreeMap::new(),
             join_errors: std::collections::BTreeMap::new(),
+            fetching: BTreeSet::new(),
             queries: query_rx,
             internal,
             internal_rx,

@@ -58,13 +58,17 @@ impl Engine {
     /// it) and every other (which hold it once they fetched it), in a random order, again and
     /// again with a short pause until one sends it. A busy announcer or a member that does not
     /// hold it yet costs one small answer, so N fetchers do not all download from the announcer.
+    /// A model already being fetched is not fetched twice.
     pub(super) fn fetch_model(
-        &self,
+        &mut self,
         id: JobId,
         round: Round,
         model: ContentHash,
         announcer: MemberId,
     ) {
+        if !self.fetching.insert((id, model)) {
+            return;
+        }
         let me = self.identity.member_id();
         let mut sources: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
             let live = run.state.members.live(unix_millis(), LIVENESS_MS);
@@ -91,6 +95,7 @@ impl Engine {
         model: ContentHash,
         result: Result<Vec<u8>, String>,
     ) {
+        self.fetching.remove(&(id, model));
         match result {
             Ok(bytes) => {
                 let mut batch = self.store.batch();
