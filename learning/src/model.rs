@@ -34,7 +34,9 @@ impl Model {
                 return Err(LearningError::Invalid("an external model is trained by the node's external trainer, not by fedmesh-learning".to_owned()));
             }
             ModelSpec::Bench { .. } => {
-                return Err(LearningError::Invalid("a bench model has no data to learn from (see `BenchModel`)".to_owned()));
+                return Err(LearningError::Invalid(
+                    "a bench model has no data to learn from (see `BenchModel`)".to_owned(),
+                ));
             }
         };
         if features == 0 || classes < 2 || hidden.contains(&0) {
@@ -63,7 +65,8 @@ impl Model {
                 Ok(ModelSpec::Mlp(hidden))
             }
             Some(("bench", params)) => {
-                let params = params.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+                let params =
+                    params.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(bad)?;
                 Ok(ModelSpec::Bench { params })
             }
             _ => Err(bad()),

@@ -204,11 +204,14 @@ impl Store {
 
     /// The bytes stored under `hash`, if any.
     pub fn blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = self.db.get_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))?;
+        let value =
+            self.db.get_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))?;
         match value {
             Some(value) if is_file_marker(hash, &value) => {
                 let path = self.blob_file(hash);
-                std::fs::read(&path).map(Some).map_err(|source| StoreError::BlobFile { path, source })
+                std::fs::read(&path)
+                    .map(Some)
+                    .map_err(|source| StoreError::BlobFile { path, source })
             }
             other => Ok(other),
         }

@@ -184,7 +184,8 @@ pub fn encode_params_into(
             if let Some(index) = values.iter().position(|v| !v.is_finite()) {
                 return Err(TensorError::NonFinite { index });
             }
-            let nonzero: Vec<u32> = (0..values.len() as u32).filter(|i| values[*i as usize] != 0.0).collect();
+            let nonzero: Vec<u32> =
+                (0..values.len() as u32).filter(|i| values[*i as usize] != 0.0).collect();
             encode_sparse(values, &nonzero, out)
         }
     }
@@ -201,7 +202,8 @@ pub fn encode_top_k(values: &[f32], k: usize) -> Result<Vec<u8>, TensorError> {
     }
     let mut order: Vec<u32> = (0..values.len() as u32).collect();
     let magnitude = |i: &u32| values[*i as usize].abs();
-    order.select_nth_unstable_by(k - 1, |a, b| magnitude(b).total_cmp(&magnitude(a)).then(a.cmp(b)));
+    order
+        .select_nth_unstable_by(k - 1, |a, b| magnitude(b).total_cmp(&magnitude(a)).then(a.cmp(b)));
     order.truncate(k);
     order.sort_unstable();
     let mut out = Vec::new();
@@ -267,9 +269,15 @@ enum Form<'a> {
     F32(&'a [u8]),
     F16(&'a [u8]),
     /// Each segment's end (exclusive) and scale, and one byte per parameter.
-    Int8 { segments: Vec<(usize, f32)>, values: &'a [u8] },
+    Int8 {
+        segments: Vec<(usize, f32)>,
+        values: &'a [u8],
+    },
     /// `k` ascending indices and their `k` values.
-    Sparse { indices: &'a [u8], values: &'a [u8] },
+    Sparse {
+        indices: &'a [u8],
+        values: &'a [u8],
+    },
 }
 
 impl<'a> Decoder<'a> {
@@ -316,9 +324,7 @@ impl<'a> Decoder<'a> {
                 }
             }
             Form::Int8 { segments, values } => decode_int8_range(segments, values, start, out),
-            Form::Sparse { indices, values } => {
-                decode_sparse_range(indices, values, start, out)
-            }
+            Form::Sparse { indices, values } => decode_sparse_range(indices, values, start, out),
         }
     }
 
@@ -373,7 +379,9 @@ fn int8_form(bytes: &[u8], expected: usize) -> Result<Form<'_>, TensorError> {
             return Err(malformed("a scale is negative or not finite"));
         }
         let next = usize::try_from(len).ok().and_then(|len| end.checked_add(len));
-        end = next.filter(|next| *next <= values.len()).ok_or_else(|| malformed("segments overrun the values"))?;
+        end = next
+            .filter(|next| *next <= values.len())
+            .ok_or_else(|| malformed("segments overrun the values"))?;
         segments.push((end, scale));
     }
     if end != values.len() {
@@ -400,7 +408,8 @@ fn sparse_form(bytes: &[u8], expected: usize) -> Result<Form<'_>, TensorError> {
         bytes.split_first_chunk::<8>().ok_or_else(|| malformed("no header".to_owned()))?;
     let count = u64::from_le_bytes(*count);
     let entries = usize::try_from(count).ok().filter(|k| *k <= expected);
-    let k = entries.ok_or_else(|| malformed(format!("{count} entries for {expected} parameters")))?;
+    let k =
+        entries.ok_or_else(|| malformed(format!("{count} entries for {expected} parameters")))?;
     if k.checked_mul(SPARSE_ENTRY) != Some(rest.len()) {
         return Err(malformed(format!("{k} entries cannot be {} bytes", rest.len())));
     }
@@ -643,7 +652,9 @@ mod tests {
         let too_many = sparse(5, &[(0, 1.0); 5]);
         let lying_count = sparse(3, &[(0, 1.0), (1, 1.0)]);
         let truncated = &sparse(2, &[(0, 1.0), (1, 1.0)])[..20];
-        for bad in [&unsorted[..], &repeated, &past_the_end, &too_many, &lying_count, truncated, &[1, 2]] {
+        for bad in
+            [&unsorted[..], &repeated, &past_the_end, &too_many, &lying_count, truncated, &[1, 2]]
+        {
             assert!(matches!(decode(bad), Err(TensorError::Sparse(_))), "{bad:?}");
         }
         let error = decode(&sparse(1, &[(2, f32::INFINITY)])).unwrap_err();

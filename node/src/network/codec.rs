@@ -34,7 +34,7 @@ impl Frame {
         Self { held: Some(held), ..self }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.head.len() + self.tail.len()
     }
 

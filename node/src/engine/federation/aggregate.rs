@@ -322,9 +322,9 @@ impl Engine {
         let (round, base, base_params) = (top.round, top.base, top.base_params.clone());
         // The sum is dropped as soon as the new model is made from it, and the model as soon
         // as it is stored: a large model's aggregator holds few copies of it at once.
-        let made = top.finish().and_then(|(sum, contributions)| {
-            Ok((sum.mean_added_to(&base_params)?, contributions))
-        });
+        let made = top
+            .finish()
+            .and_then(|(sum, contributions)| Ok((sum.mean_added_to(&base_params)?, contributions)));
         drop(base_params);
         let (params, contributions) = match made {
             Ok(done) => done,

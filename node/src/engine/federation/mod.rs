@@ -95,6 +95,9 @@ struct Leading {
     retries: u32,
 }
 
+/// A member's last update, its shared payload, and the opening it answered (opener, time).
+type LastUpdate = (ModelDelta, Arc<Vec<u8>>, (MemberId, u64));
+
 /// A job this node takes part in.
 pub struct JobRun {
     id: JobId,
@@ -121,7 +124,7 @@ pub struct JobRun {
     /// This member's last update, its payload, and the opening it answered (opener and opening
     /// time): sent again when the round is opened again (retried, taken over by another member,
     /// or re-opened by a restarted aggregator).
-    last_update: Option<(ModelDelta, Arc<Vec<u8>>, (MemberId, u64))>,
+    last_update: Option<LastUpdate>,
     /// What this member's deltas have not sent yet (top-k error feedback).
     residual: Option<Vec<f32>>,
     heartbeat_sequence: u64,

@@ -218,7 +218,8 @@ pub(super) async fn fetch_blob(
 ) -> Result<Vec<u8>, String> {
     let fetch = async {
         let bytes = encode_request(&Request::Blob { hash }, &[])?;
-        let (frame, _) = network.request(peer_of_member(&peer)?, bytes.into()).await?.into_received();
+        let (frame, _) =
+            network.request(peer_of_member(&peer)?, bytes.into()).await?.into_received();
         let (response, payload) = decode_response(frame)?;
         match response {
             Response::Blob { hash: got } if got == hash => {
