@@ -31,9 +31,15 @@ impl BehaviourSettings {
     /// largest allowed message takes at the slowest rate allowed, and the time it may wait for
     /// the receiver's budget behind as many frames again.
     pub fn transfer_timeout(&self) -> Duration {
-        let transfer = Duration::from_secs(self.max_message_bytes.div_ceil(SLOWEST_BYTES_PER_SEC));
-        self.request_timeout + transfer * 2
+        timeout_for(self.request_timeout, self.max_message_bytes)
     }
+}
+
+/// How long a request that moves `bytes` (request and response) may take: `base` for a small
+/// message, plus twice their time at the slowest rate allowed (the transfer, and the wait for
+/// the receiver's budget behind as many bytes again).
+pub fn timeout_for(base: Duration, bytes: u64) -> Duration {
+    base + Duration::from_secs(bytes.div_ceil(SLOWEST_BYTES_PER_SEC)) * 2
 }
 
 /// Every protocol a fedmesh node speaks.

@@ -86,6 +86,8 @@ pub(crate) enum Command {
 pub struct Network {
     commands: mpsc::Sender<Command>,
     budget: BulkBudget,
+    /// The timeout of a small request (it grows with the bytes a request moves).
+    base_timeout: Duration,
 }
 
 /// Builds the swarm, starts listening and spawns the event loop.
@@ -116,7 +118,8 @@ pub fn start(
     let (command_tx, command_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
     tokio::spawn(EventLoop::new(swarm, command_rx, event_tx, metrics).run());
-    Ok((Network { commands: command_tx, budget }, event_rx))
+    let base_timeout = settings.request_timeout;
+    Ok((Network { commands: command_tx, budget, base_timeout }, event_rx))
 }
 
 impl Network {
@@ -139,11 +142,27 @@ impl Network {
         self.send(Command::Unsubscribe { topic: topic.to_owned() }).await
     }
 
-    /// Sends a request and waits for its response.
+    /// Sends a request and waits for its response, within a timeout for the request's size
+    /// (a peer that is gone costs a small request's timeout, not a large model's).
     pub async fn request(&self, peer: PeerId, data: Frame) -> Result<Frame, NetworkError> {
+        self.request_expecting(peer, data, 0).await
+    }
+
+    /// [`request`](Self::request) for an answer of up to `response_bytes` (a blob).
+    pub async fn request_expecting(
+        &self,
+        peer: PeerId,
+        data: Frame,
+        response_bytes: usize,
+    ) -> Result<Frame, NetworkError> {
+        let moved = (data.len() + response_bytes) as u64;
+        let limit = behaviour::timeout_for(self.base_timeout, moved);
         let (reply, answer) = oneshot::channel();
         self.send(Command::Request { peer, data, reply }).await?;
-        answer.await.map_err(|_| NetworkError::Stopped)?
+        match tokio::time::timeout(limit, answer).await {
+            Ok(answer) => answer.map_err(|_| NetworkError::Stopped)?,
+            Err(_) => Err(NetworkError::Request(format!("no answer within {limit:?}"))),
+        }
     }
 
     /// Answers a request received as `NetworkEvent::Request`.

@@ -9,6 +9,15 @@ use fedmesh_protocol::ids::{ContentHash, MemberId};
 use fedmesh_protocol::model::{ExternalInit, ModelSpec};
 use fedmesh_protocol::spec::JobSpec;
 
+/// The f32 bytes of an external model's layout: what its initial weights weigh (bar the
+/// safetensors header), for the fetch's timeout.
+fn layout_bytes(spec: &JobSpec) -> usize {
+    match &spec.model {
+        ModelSpec::External(external) => external.layout().num_params() * 4,
+        _ => 0,
+    }
+}
+
 impl Engine {
     /// The job's initial parameters for `local`'s model.
     pub(super) async fn initial_model(
@@ -45,7 +54,7 @@ impl Engine {
             if source == self.identity.member_id() {
                 continue;
             }
-            match fetch_blob(&self.network, source, hash).await {
+            match fetch_blob(&self.network, source, hash, layout_bytes(spec)).await {
                 Ok(bytes) => {
                     let mut batch = self.store.batch();
                     batch.put_blob(&bytes)?;

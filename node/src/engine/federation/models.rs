@@ -76,8 +76,9 @@ impl Engine {
         });
         sources.push(announcer);
         let (network, internal) = (self.network.clone(), self.internal.clone());
+        let size = self.largest_model_bytes();
         tokio::spawn(async move {
-            let result = fetch_from_any(&network, &mut sources, model).await;
+            let result = fetch_from_any(&network, &mut sources, model, size).await;
             let _ = internal.send(Internal::ModelFetched { job: id, round, model, result }).await;
         });
     }
@@ -191,13 +192,14 @@ async fn fetch_from_any(
     network: &Network,
     sources: &mut [MemberId],
     hash: ContentHash,
+    size: usize,
 ) -> Result<Vec<u8>, String> {
     let started = Instant::now();
     let mut last = "no member to fetch it from".to_owned();
     while started.elapsed() < FETCH_GIVE_UP && !sources.is_empty() {
         sources.shuffle(&mut rand::rng());
         for source in sources.iter() {
-            match fetch_blob(network, *source, hash).await {
+            match fetch_blob(network, *source, hash, size).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) => {
                     tracing::trace!(%source, %hash, %error, "model not fetched; trying another member");
@@ -215,11 +217,13 @@ pub(super) async fn fetch_blob(
     network: &Network,
     peer: MemberId,
     hash: ContentHash,
+    size: usize,
 ) -> Result<Vec<u8>, String> {
     let fetch = async {
         let bytes = encode_request(&Request::Blob { hash }, &[])?;
-        let (frame, _) =
-            network.request(peer_of_member(&peer)?, bytes.into()).await?.into_received();
+        let peer = peer_of_member(&peer)?;
+        let answer = network.request_expecting(peer, bytes.into(), size).await?;
+        let (frame, _) = answer.into_received();
         let (response, payload) = decode_response(frame)?;
         match response {
             Response::Blob { hash: got } if got == hash => {
