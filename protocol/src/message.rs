@@ -140,6 +140,9 @@ pub struct AggregateReady {
     pub model: ContentHash,
     pub contributions: Vec<Contribution>,
     pub metrics: EvalMetrics,
+    /// The members the round was planned over (its opening's): a member that missed the round
+    /// checks that their plan elects the signer before it takes the result.
+    pub members: Vec<MemberId>,
     pub sent_at_ms: u64,
 }
 

@@ -167,6 +167,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     model: hash(j + 1),
                     contributions,
                     metrics: EvalMetrics { loss, accuracy, samples },
+                    members: vec![MemberId([j as u8; 32])],
                     sent_at_ms: 3,
                 };
                 GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap())
@@ -473,6 +474,7 @@ fn gossip_size_limits_hold_both_ways() {
             .map(|i| Contribution { member: MemberId([i as u8; 32]), delta: hash(i), samples: i })
             .collect(),
         metrics: EvalMetrics::default(),
+        members: Vec::new(),
         sent_at_ms: 0,
     };
     let message = GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap());

@@ -73,6 +73,7 @@ impl Engine {
         signer: MemberId,
         message: Pending,
     ) -> Result<(), Refused> {
+        let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
         if !run.state.members.contains(&signer) {
             run.hold(signer, message);
@@ -101,7 +102,7 @@ impl Engine {
         let elected = run.is_elected(round, &signer, unix_millis());
         let allowed = match &message {
             Pending::Open(_) => elected,
-            Pending::Ready(_) => elected || followed,
+            Pending::Ready(ready) => elected || followed || run.vouches_for(ready, &signer, &me),
         };
         if !allowed && round > run.state.completed_round {
             // Kept: a join this node has not heard yet may make the signer the aggregator.

@@ -63,6 +63,7 @@ impl Engine {
             model: ContentHash::of(b"a model no honest aggregator made"),
             contributions: Vec::new(),
             metrics: EvalMetrics::default(),
+            members: open.members.clone(),
             sent_at_ms: now,
         };
         self.publish_signed(id, made_up, GossipMessage::AggregateReady).await;

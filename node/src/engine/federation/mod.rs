@@ -75,7 +75,8 @@ struct OpenRound {
     base: ContentHash,
     deadline_ms: u64,
     opened_at_ms: u64,
-    /// The round's plan over the members its opening names.
+    /// The members its opening names, and the round's plan over them.
+    members: Vec<MemberId>,
     plan: Arc<RoundPlan>,
 }
 
@@ -215,6 +216,32 @@ impl JobRun {
             self.pending.remove(0);
         }
         self.pending.push((signer, message));
+    }
+
+    /// The members `round` was planned over: those of the opening this node leads or follows.
+    fn planned_members(&self, round: Round) -> Vec<MemberId> {
+        match (&self.leading, &self.open) {
+            (Some(leading), _) if leading.round == round => leading.members.clone(),
+            (_, Some(open)) if open.round == round => open.members.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a round's result comes from the aggregator of the plan over the members it
+    /// names, and leaves out no member this node sees live but itself: how a member that missed
+    /// the round (it was down, or the job ended while it restarted) takes the result of a round
+    /// whose opening it never followed.
+    fn vouches_for(&self, ready: &AggregateReady, signer: &MemberId, me: &MemberId) -> bool {
+        let named: Option<Vec<MemberInfo>> =
+            ready.members.iter().map(|id| self.state.members.info(id)).collect();
+        let Some(named) = named else { return false };
+        let live = self.state.members.live(unix_millis(), LIVENESS_MS);
+        let leaves_out_a_live_member =
+            live.iter().any(|m| m.id != *me && !ready.members.contains(&m.id));
+        !leaves_out_a_live_member
+            && self
+                .plan_over(ready.round, &named)
+                .is_some_and(|plan| plan.leader() == Some(*signer))
     }
 
     /// Whether this node's live plan for `round` elects `member` as its aggregator.

@@ -50,6 +50,7 @@ impl Engine {
             base: open.base_model,
             deadline_ms: open.deadline_ms,
             opened_at_ms: open.opened_at_ms,
+            members: open.members.clone(),
             plan: plan.clone(),
         });
         let record = run.rounds.entry(open.round).or_insert_with(|| {
