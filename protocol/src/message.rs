@@ -70,8 +70,9 @@ pub struct Leave {
 pub struct Heartbeat {
     pub job: JobId,
     pub member: MemberId,
-    /// The round it is in.
+    /// The round it is in, and the global model it holds (that round's base).
     pub round: Round,
+    pub model: ContentHash,
     pub sequence: u64,
     pub sent_at_ms: u64,
 }
@@ -100,9 +101,22 @@ pub struct Assignment {
     pub roles: BTreeMap<MemberId, Vec<String>>,
     /// The trainers selected this round.
     pub trainers: Vec<MemberId>,
-    /// The aggregator of each slot (a group label, or `"top"`).
+    /// The aggregator of each slot: `"top"` for the top slot, `role/label` for the others (as
+    /// `fedmesh_topologies::SlotId` prints them).
     pub aggregators: BTreeMap<String, MemberId>,
+    /// The round closes at its quorum or at this time.
+    pub deadline_ms: u64,
+    /// Identifies this assignment of the round: a reassignment (a lost aggregator replaced, a
+    /// lost trainer dropped) has a later one. Members take it as the round's opening time.
     pub issued_at_ms: u64,
+}
+
+/// The coordinator (or, for a self-organizing job, its owner) stops a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStop {
+    pub job: JobId,
+    pub reason: String,
+    pub sent_at_ms: u64,
 }
 
 /// One member's update as an aggregate counts it.
@@ -337,6 +351,17 @@ impl SignedBody for Assignment {
     }
 }
 
+impl SignedBody for JobStop {
+    const DOMAIN: Domain = Domain::JobStop;
+
+    fn check(&self) -> Result<(), String> {
+        if self.reason.len() > 1024 {
+            return Err("a stop reason of at most 1024 bytes".into());
+        }
+        Ok(())
+    }
+}
+
 impl SignedBody for AggregateReady {
     const DOMAIN: Domain = Domain::AggregateReady;
 
@@ -463,6 +488,7 @@ macro_rules! scoped {
 
 scoped!(Join);
 scoped!(Leave);
+scoped!(JobStop);
 scoped!(Heartbeat, round);
 scoped!(RoundOpen, round, base_model);
 scoped!(Assignment, round, base_model);
@@ -509,6 +535,7 @@ pub enum GossipMessage {
     Assignment(Signed<Assignment>),
     AggregateReady(Signed<AggregateReady>),
     EvalReport(Signed<EvalReport>),
+    Stop(Signed<JobStop>),
 }
 
 impl GossipMessage {
@@ -524,6 +551,7 @@ impl GossipMessage {
             Self::Assignment(m) => Some(m.unverified_body().job),
             Self::AggregateReady(m) => Some(m.unverified_body().job),
             Self::EvalReport(m) => Some(m.unverified_body().job),
+            Self::Stop(m) => Some(m.unverified_body().job),
         }
     }
 }

@@ -104,6 +104,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     job: job(j),
                     member: id.member_id(),
                     round,
+                    model: hash(j),
                     sequence,
                     sent_at_ms: at,
                 };
@@ -141,6 +142,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                         .into_iter()
                         .map(|(s, m)| (s, identity(m).member_id()))
                         .collect::<BTreeMap<_, _>>(),
+                    deadline_ms: 9,
                     issued_at_ms: 7,
                 };
                 GossipMessage::Assignment(Signed::sign(&id, body).unwrap())
@@ -158,7 +160,15 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                 GossipMessage::EvalReport(Signed::sign(&id, body).unwrap())
             }
         ),
-        (signer, any::<u64>(), any::<u64>(), contributions(), metric(), metric(), any::<u64>())
+        (
+            signer.clone(),
+            any::<u64>(),
+            any::<u64>(),
+            contributions(),
+            metric(),
+            metric(),
+            any::<u64>()
+        )
             .prop_map(|(id, j, round, contributions, loss, accuracy, samples)| {
                 let body = AggregateReady {
                     job: job(j),
@@ -172,6 +182,10 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                 };
                 GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap())
             }),
+        (signer, any::<u64>(), "[a-z ]{0,40}").prop_map(|(id, j, reason)| {
+            let body = JobStop { job: job(j), reason, sent_at_ms: 11 };
+            GossipMessage::Stop(Signed::sign(&id, body).unwrap())
+        }),
     ]
 }
 
@@ -186,6 +200,7 @@ fn verify_any(message: GossipMessage) -> Result<(), VerifyError> {
         GossipMessage::Assignment(m) => m.verify(allow_all).map(drop),
         GossipMessage::AggregateReady(m) => m.verify(allow_all).map(drop),
         GossipMessage::EvalReport(m) => m.verify(allow_all).map(drop),
+        GossipMessage::Stop(m) => m.verify(allow_all).map(drop),
     }
 }
 
@@ -369,6 +384,7 @@ fn sender_rights_are_enforced() {
         roles: BTreeMap::new(),
         trainers: vec![],
         aggregators: BTreeMap::new(),
+        deadline_ms: 0,
         issued_at_ms: 0,
     };
     let coordinator = alice.member_id();
@@ -455,8 +471,14 @@ fn nonsense_bodies_are_refused_even_when_signed() {
 fn identical_heartbeats_differ_by_sequence() {
     let id = identity(7);
     let beat = |sequence| {
-        let body =
-            Heartbeat { job: job(1), member: id.member_id(), round: 2, sequence, sent_at_ms: 9 };
+        let body = Heartbeat {
+            job: job(1),
+            member: id.member_id(),
+            round: 2,
+            model: hash(2),
+            sequence,
+            sent_at_ms: 9,
+        };
         codec::encode_gossip(&GossipMessage::Heartbeat(Signed::sign(&id, body).unwrap())).unwrap()
     };
     assert_ne!(beat(1), beat(2));
@@ -481,8 +503,14 @@ fn gossip_size_limits_hold_both_ways() {
     let error = codec::encode_gossip(&message).unwrap_err();
     assert!(matches!(error, EncodeError::TooLarge { max: MAX_GOSSIP_BYTES, .. }), "{error}");
 
-    let beat =
-        Heartbeat { job: job(1), member: id.member_id(), round: 1, sequence: 1, sent_at_ms: 0 };
+    let beat = Heartbeat {
+        job: job(1),
+        member: id.member_id(),
+        round: 1,
+        model: hash(1),
+        sequence: 1,
+        sent_at_ms: 0,
+    };
     let mut frame =
         codec::encode_gossip(&GossipMessage::Heartbeat(Signed::sign(&id, beat).unwrap())).unwrap();
     frame.push(0);

@@ -10,6 +10,7 @@ mod local;
 mod membership;
 mod misbehave;
 mod models;
+mod orchestrated;
 mod records;
 mod ring;
 mod store;
@@ -21,18 +22,20 @@ pub use records::{RoundView, RunView};
 
 use super::{Engine, EngineError};
 use aggregate::send_partial;
-use collect::{Collecting, Refused};
+use collect::Collecting;
+pub(in crate::engine) use collect::Refused;
 use fedmesh_protocol::codec::encode_gossip;
 use fedmesh_protocol::envelope::{Signed, SignedBody};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, GossipMessage, Heartbeat, Join, Leave, ModelDelta, RingChunk, RoundOpen,
-    unix_millis,
+    AggregateReady, Assignment, GossipMessage, Heartbeat, Join, Leave, ModelDelta, RingChunk,
+    RoundOpen, unix_millis,
 };
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::strategy::AggregationRule;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
+pub(in crate::engine) use gossip::verify;
 use membership::Membership;
 use records::{MemberView, RoundRecord, RunState, RunStatus};
 use ring::RingRun;
@@ -65,6 +68,7 @@ const MAX_PENDING: usize = 16;
 enum Pending {
     Open(RoundOpen),
     Ready(AggregateReady),
+    Assign(Assignment),
 }
 
 /// A round that is open, as this member follows it (one opening of it).
@@ -133,6 +137,10 @@ pub struct JobRun {
     announced: Option<AggregateReady>,
     /// When `announced` last went out.
     announced_ms: u64,
+    /// In orchestration mode: the coordinator's latest assignment, and when it was last heard
+    /// from (an assignment or a heartbeat).
+    assigned: Option<orchestrated::Assigned>,
+    coordinator_seen_ms: u64,
 }
 
 impl JobRun {
@@ -168,6 +176,8 @@ impl JobRun {
             pending: Vec::new(),
             announced: None,
             announced_ms: 0,
+            assigned: None,
+            coordinator_seen_ms: unix_millis(),
         }
     }
 
@@ -409,6 +419,12 @@ impl Engine {
     /// Joins a job just learned when the node's policy says so.
     pub(super) async fn maybe_auto_join(&mut self, id: JobId) {
         let Some(spec) = self.jobs.spec(&id) else { return };
+        if self.coordinates(&spec) {
+            if let Err(error) = self.coordinate(id).await {
+                tracing::error!(job = %id, %error, "cannot coordinate job");
+            }
+            return;
+        }
         if !self.config.auto_join || !self.config.datasets.contains_key(&spec.dataset) {
             return;
         }
@@ -424,7 +440,7 @@ impl Engine {
     }
 
     /// Signs `body` and publishes it on the job's topic.
-    async fn publish_signed<T: SignedBody>(
+    pub(in crate::engine) async fn publish_signed<T: SignedBody>(
         &self,
         id: JobId,
         body: T,
@@ -464,6 +480,7 @@ impl Engine {
                 job: id,
                 member: me,
                 round: run.state.completed_round + 1,
+                model: run.state.model,
                 sequence: run.heartbeat_sequence,
                 sent_at_ms: now,
             };
@@ -490,6 +507,9 @@ impl Engine {
         let Some(open) = run.open.as_ref() else { return };
         if now <= open.deadline_ms + REOPEN_GRACE_MS || run.leading.is_some() {
             return;
+        }
+        if run.orchestrated(now) {
+            return; // the coordinator assigns the round again
         }
         let (round, opener) = (open.round, open.opener);
         let alive = run.state.members.live(now, LIVENESS_MS).iter().any(|m| m.id == opener);
