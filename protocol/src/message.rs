@@ -109,6 +109,8 @@ pub struct Assignment {
     /// Identifies this assignment of the round: a reassignment (a lost aggregator replaced, a
     /// lost trainer dropped) has a later one. Members take it as the round's opening time.
     pub issued_at_ms: u64,
+    /// When this copy went out (the same assignment goes out again for members that missed it).
+    pub sent_at_ms: u64,
 }
 
 /// The coordinator (or, for a self-organizing job, its owner) stops a job.

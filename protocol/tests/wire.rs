@@ -144,6 +144,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                         .collect::<BTreeMap<_, _>>(),
                     deadline_ms: 9,
                     issued_at_ms: 7,
+                    sent_at_ms: 8,
                 };
                 GossipMessage::Assignment(Signed::sign(&id, body).unwrap())
             }),
@@ -386,6 +387,7 @@ fn sender_rights_are_enforced() {
         aggregators: BTreeMap::new(),
         deadline_ms: 0,
         issued_at_ms: 0,
+        sent_at_ms: 0,
     };
     let coordinator = alice.member_id();
     let only_coordinator = |signer: &MemberId, _: &Assignment| {

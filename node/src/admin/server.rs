@@ -141,7 +141,9 @@ async fn stop_job(
         StopBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError(EngineError::Invalid(format!("the stop request is not {{\"reason\": …}}: {e}")))
+            ApiError(EngineError::Invalid(format!(
+                "the stop request is not {{\"reason\": …}}: {e}"
+            )))
         })?
     };
     let reason = body.reason.unwrap_or_else(|| "stopped by its operator".to_owned());
@@ -170,7 +172,9 @@ async fn coordinated_job(
     let views = state.engine.coordinated(Some(id.clone())).await?;
     match <[_; 1]>::try_from(views) {
         Ok([view]) => Ok(Json(view)),
-        Err(_) => Err(ApiError(EngineError::Invalid(format!("`{id}` names several jobs; give more of the id")))),
+        Err(_) => Err(ApiError(EngineError::Invalid(format!(
+            "`{id}` names several jobs; give more of the id"
+        )))),
     }
 }
 

@@ -15,7 +15,10 @@ pub async fn submit(spec: &Path, coordinator: &Path) -> anyhow::Result<()> {
     let answer: serde_json::Value = client.post("/v1/coordinator/jobs", bytes).await?;
     let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or_default();
     println!("{id}");
-    eprintln!("submitted job {id} from {}; it runs orchestrated by this coordinator", spec.display());
+    eprintln!(
+        "submitted job {id} from {}; it runs orchestrated by this coordinator",
+        spec.display()
+    );
     Ok(())
 }
 

@@ -260,6 +260,7 @@ impl CoordinatedJob {
             aggregators,
             deadline_ms: now_ms + self.spec.round_deadline_secs * 1000,
             issued_at_ms: now_ms,
+            sent_at_ms: now_ms,
         };
         Ok((assignment, leader))
     }

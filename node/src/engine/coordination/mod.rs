@@ -14,7 +14,7 @@ use super::{Engine, EngineError};
 use crate::store::{Store, StoreError, Table};
 use fedmesh_protocol::envelope::Scope;
 use fedmesh_protocol::ids::{ContentHash, JobId};
-use fedmesh_protocol::message::{GossipMessage, Heartbeat, JobStop, unix_millis};
+use fedmesh_protocol::message::{Assignment, GossipMessage, Heartbeat, JobStop, unix_millis};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::Tag;
 
@@ -212,7 +212,7 @@ impl Engine {
             Some(assignment) => match job.needs_reassignment(now, DEADLINE_GRACE_MS) {
                 Some(why) => Some(why),
                 None if now.saturating_sub(job.published_ms) >= REPUBLISH_MS => {
-                    let again = assignment.clone();
+                    let again = Assignment { sent_at_ms: now, ..assignment.clone() };
                     job.published_ms = now;
                     return self.publish_signed(id, again, GossipMessage::Assignment).await;
                 }

@@ -100,7 +100,9 @@ impl Engine {
     ) -> Result<(), Refused> {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
-        if !run.state.members.contains(&signer) {
+        // An assignment is signed by the coordinator, which is no member.
+        let from_coordinator = matches!(message, Pending::Assign(_));
+        if !from_coordinator && !run.state.members.contains(&signer) {
             run.hold(signer, message);
             return Err(Refused {
                 reason: "not_a_member_yet",

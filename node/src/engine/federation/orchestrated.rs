@@ -84,6 +84,8 @@ impl Engine {
         };
         let Some(leader) = plan.leader() else { return };
         tracing::info!(job = %id, round = assignment.round, %leader, trainers = assignment.trainers.len(), "assigned by the coordinator");
+        self.maybe_forge_assignment(id, &assignment).await;
+        let Some(run) = self.runs.get_mut(&id) else { return };
         run.assigned = Some(Assigned { assignment, leader, base_asked_ms: 0 });
         let round = run.state.completed_round + 1;
         self.follow_assignment(id, round).await;
