@@ -28,6 +28,10 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Run a node: the long-running daemon an organization runs beside its data.
     Node(Box<NodeArgs>),
+    /// Run a coordinator: a node that is the control plane of orchestrated jobs (it selects
+    /// each round's trainers, assigns its aggregators with signed assignments, replaces lost
+    /// ones and reports status); the data and the training stay on the members' nodes.
+    Coordinator(Box<NodeArgs>),
     /// Announce, list and inspect jobs through the local node.
     #[command(subcommand)]
     Job(JobCommand),
@@ -129,6 +133,14 @@ pub struct ApiArgs {
     pub data_dir: PathBuf,
 }
 
+/// Where the CLI finds a coordinator's admin API.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// The coordinator's data directory; the CLI reads its API address and token from it.
+    #[arg(long = "coordinator", value_name = "DIR", env = "FEDMESH_COORDINATOR")]
+    pub data_dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
     /// Sign a job spec (JSON) with the node's key and publish it.
@@ -139,6 +151,33 @@ pub enum JobCommand {
         /// serves it to the members by hash, and named in the spec's `model.external.init`.
         #[arg(long)]
         init: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Submit a job spec to a coordinator, which owns, announces and runs it in orchestration
+    /// mode (members must trust the coordinator's PeerId).
+    Submit {
+        /// The job spec file (its `owner` and `coordinator` become the coordinator's key).
+        spec: PathBuf,
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+    },
+    /// Show an orchestrated job's state, its members' states and its rounds' progress, as its
+    /// coordinator sees them.
+    Status {
+        /// The job id (or a unique prefix of it).
+        id: String,
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+    },
+    /// Stop a job: through its coordinator, or for a self-organizing job through its owner's
+    /// node (a signed stop; members keep their data and models).
+    Stop {
+        /// The job id (or a unique prefix of it).
+        id: String,
+        /// Why, as members will log it.
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },

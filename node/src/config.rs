@@ -72,6 +72,10 @@ pub struct NodeConfig {
     /// An external trainer or evaluator still running after this many seconds is killed.
     #[serde(default = "defaults::trainer_timeout_secs")]
     pub trainer_timeout_secs: u64,
+    /// Coordinate the orchestrated jobs that name this node's key as their coordinator (what
+    /// `fedmesh coordinator` sets).
+    #[serde(default)]
+    pub coordinate: bool,
     /// Keep the weights of only the last N rounds of each job in the model registry (0: all);
     /// older rounds keep their hash and metrics.
     #[serde(default)]
@@ -224,6 +228,7 @@ impl NodeConfig {
             reannounce_secs: defaults::reannounce_secs(),
             gossip_heartbeat_ms: defaults::gossip_heartbeat_ms(),
             misbehave: Vec::new(),
+            coordinate: false,
             trainer: Vec::new(),
             evaluator: Vec::new(),
             trainer_timeout_secs: defaults::trainer_timeout_secs(),

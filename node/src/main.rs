@@ -11,7 +11,8 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Keygen(args) => commands::keygen::run(&args),
-        Command::Node(args) => commands::node::run(&args),
+        Command::Node(args) => commands::node::run(&args, false),
+        Command::Coordinator(args) => commands::node::run(&args, true),
         Command::Job(command) => commands::job::run(command),
         Command::Model(command) => commands::model::run(command),
         Command::TrainLocal(args) => commands::train_local::run(&args),

@@ -1,6 +1,7 @@
 //! Peers come and go during a job (central topology, real processes): a late joiner catches up
-//! and trains, a trainer killed mid-job is left behind at the quorum, and when the round's
-//! aggregator is killed another member takes the round over; no round is lost or counted twice.
+//! and trains, a trainer killed mid-job is left behind at the quorum (and, restarted after the
+//! job ended, takes its final model), and when the round's aggregator is killed another member
+//! takes the round over; no round is lost or counted twice.
 
 mod common;
 
@@ -28,7 +29,8 @@ async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trainer_killed_mid_job_is_left_behind_at_the_quorum() {
+async fn a_trainer_killed_mid_job_is_left_behind_and_restarted_after_the_end_takes_the_final_model()
+{
     let root = tempfile::tempdir().unwrap();
     let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
     let job = Job { deadline_secs: 3, quorum: json!({"fraction": 0.7}), ..Job::new(6, 3) }
@@ -46,6 +48,11 @@ async fn a_trainer_killed_mid_job_is_left_behind_at_the_quorum() {
     let counts = participants(&runs[0]);
     assert!(counts.iter().all(|&c| c >= 3), "every round met the quorum of 3: {counts:?}");
     assert_eq!(*counts.last().unwrap(), 3, "the killed trainer is out: {counts:?}");
+    // Restarted once the job is over, it hears no more rounds: the last round's aggregator
+    // announces the result again for it, and it takes it although it followed none of them.
+    cluster.restart(victim).await.unwrap();
+    let runs = wait_completed_on(&cluster, &[0, 1, 2, 3], &job, Duration::from_secs(60)).await;
+    assert_same_model(&runs);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,7 @@ pub enum Domain {
     PartialAggregate,
     EvalReport,
     RingChunk,
+    JobStop,
 }
 
 impl Domain {
@@ -42,6 +43,7 @@ impl Domain {
             Self::PartialAggregate => "fedmesh/v1/partial-aggregate",
             Self::EvalReport => "fedmesh/v1/eval-report",
             Self::RingChunk => "fedmesh/v1/ring-chunk",
+            Self::JobStop => "fedmesh/v1/job-stop",
         }
     }
 }

@@ -70,8 +70,9 @@ pub struct Leave {
 pub struct Heartbeat {
     pub job: JobId,
     pub member: MemberId,
-    /// The round it is in.
+    /// The round it is in, and the global model it holds (that round's base).
     pub round: Round,
+    pub model: ContentHash,
     pub sequence: u64,
     pub sent_at_ms: u64,
 }
@@ -100,9 +101,24 @@ pub struct Assignment {
     pub roles: BTreeMap<MemberId, Vec<String>>,
     /// The trainers selected this round.
     pub trainers: Vec<MemberId>,
-    /// The aggregator of each slot (a group label, or `"top"`).
+    /// The aggregator of each slot: `"top"` for the top slot, `role/label` for the others (as
+    /// `fedmesh_topologies::SlotId` prints them).
     pub aggregators: BTreeMap<String, MemberId>,
+    /// The round closes at its quorum or at this time.
+    pub deadline_ms: u64,
+    /// Identifies this assignment of the round: a reassignment (a lost aggregator replaced, a
+    /// lost trainer dropped) has a later one. Members take it as the round's opening time.
     pub issued_at_ms: u64,
+    /// When this copy went out (the same assignment goes out again for members that missed it).
+    pub sent_at_ms: u64,
+}
+
+/// The coordinator (or, for a self-organizing job, its owner) stops a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStop {
+    pub job: JobId,
+    pub reason: String,
+    pub sent_at_ms: u64,
 }
 
 /// One member's update as an aggregate counts it.
@@ -140,6 +156,9 @@ pub struct AggregateReady {
     pub model: ContentHash,
     pub contributions: Vec<Contribution>,
     pub metrics: EvalMetrics,
+    /// The members the round was planned over (its opening's): a member that missed the round
+    /// checks that their plan elects the signer before it takes the result.
+    pub members: Vec<MemberId>,
     pub sent_at_ms: u64,
 }
 
@@ -334,6 +353,17 @@ impl SignedBody for Assignment {
     }
 }
 
+impl SignedBody for JobStop {
+    const DOMAIN: Domain = Domain::JobStop;
+
+    fn check(&self) -> Result<(), String> {
+        if self.reason.len() > 1024 {
+            return Err("a stop reason of at most 1024 bytes".into());
+        }
+        Ok(())
+    }
+}
+
 impl SignedBody for AggregateReady {
     const DOMAIN: Domain = Domain::AggregateReady;
 
@@ -460,6 +490,7 @@ macro_rules! scoped {
 
 scoped!(Join);
 scoped!(Leave);
+scoped!(JobStop);
 scoped!(Heartbeat, round);
 scoped!(RoundOpen, round, base_model);
 scoped!(Assignment, round, base_model);
@@ -506,6 +537,7 @@ pub enum GossipMessage {
     Assignment(Signed<Assignment>),
     AggregateReady(Signed<AggregateReady>),
     EvalReport(Signed<EvalReport>),
+    Stop(Signed<JobStop>),
 }
 
 impl GossipMessage {
@@ -521,6 +553,7 @@ impl GossipMessage {
             Self::Assignment(m) => Some(m.unverified_body().job),
             Self::AggregateReady(m) => Some(m.unverified_body().job),
             Self::EvalReport(m) => Some(m.unverified_body().job),
+            Self::Stop(m) => Some(m.unverified_body().job),
         }
     }
 }

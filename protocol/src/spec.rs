@@ -65,6 +65,10 @@ pub struct JobSpec {
     /// The coordinator of an orchestrated job; none for a self-organizing one.
     #[serde(default)]
     pub coordinator: Option<MemberId>,
+    /// In an orchestrated job: members that hear nothing from the coordinator for this many
+    /// seconds elect aggregators themselves until it is back (none: they wait for it).
+    #[serde(default)]
+    pub coordinator_fallback_secs: Option<u64>,
     /// Seed of model initialization, client selection and data shuffling.
     #[serde(default)]
     pub seed: u64,
@@ -324,6 +328,7 @@ const TOP_FIELDS: &[&str] = &[
     "quorum",
     "round_deadline_secs",
     "coordinator",
+    "coordinator_fallback_secs",
     "seed",
     "delta_encoding",
 ];
@@ -444,6 +449,7 @@ struct Fields {
     quorum: Option<Quorum>,
     round_deadline_secs: Option<u64>,
     coordinator: Option<Option<MemberId>>,
+    coordinator_fallback_secs: Option<Option<u64>>,
     seed: Option<u64>,
     delta_encoding: Option<DeltaEncoding>,
 }
@@ -462,6 +468,7 @@ impl Fields {
             quorum: p.field(map, "quorum", Some(Quorum::default)),
             round_deadline_secs: p.field(map, "round_deadline_secs", Some(default_deadline)),
             coordinator: p.field(map, "coordinator", Some(|| None)),
+            coordinator_fallback_secs: p.field(map, "coordinator_fallback_secs", Some(|| None)),
             seed: p.field(map, "seed", Some(|| 0)),
             delta_encoding: p.field(map, "delta_encoding", Some(DeltaEncoding::default)),
         }
@@ -494,6 +501,16 @@ impl Fields {
             let ok = fraction > 0.0 && fraction <= 1.0;
             p.require(ok, "delta_encoding.top_k", "must be in (0, 1]");
         }
+        if let (Some(None), Some(Some(_))) = (&self.coordinator, self.coordinator_fallback_secs) {
+            p.push(
+                "coordinator_fallback_secs",
+                "only an orchestrated job (with a `coordinator`) falls back",
+            );
+        }
+        if let Some(Some(secs)) = self.coordinator_fallback_secs {
+            let ok = (1..=MAX_ROUND_DEADLINE_SECS).contains(&secs);
+            p.require(ok, "coordinator_fallback_secs", "must be between 1 and 604800 (a week)");
+        }
         if let Some(deadline) = self.round_deadline_secs {
             let ok = (1..=MAX_ROUND_DEADLINE_SECS).contains(&deadline);
             p.require(ok, "round_deadline_secs", "must be between 1 and 604800 (a week)");
@@ -513,6 +530,7 @@ impl Fields {
             quorum: self.quorum?,
             round_deadline_secs: self.round_deadline_secs?,
             coordinator: self.coordinator?,
+            coordinator_fallback_secs: self.coordinator_fallback_secs?,
             seed: self.seed?,
             delta_encoding: self.delta_encoding?,
         })
@@ -533,6 +551,7 @@ impl From<JobSpec> for Fields {
             quorum: Some(spec.quorum),
             round_deadline_secs: Some(spec.round_deadline_secs),
             coordinator: Some(spec.coordinator),
+            coordinator_fallback_secs: Some(spec.coordinator_fallback_secs),
             seed: Some(spec.seed),
             delta_encoding: Some(spec.delta_encoding),
         }

@@ -104,6 +104,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     job: job(j),
                     member: id.member_id(),
                     round,
+                    model: hash(j),
                     sequence,
                     sent_at_ms: at,
                 };
@@ -141,7 +142,9 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                         .into_iter()
                         .map(|(s, m)| (s, identity(m).member_id()))
                         .collect::<BTreeMap<_, _>>(),
+                    deadline_ms: 9,
                     issued_at_ms: 7,
+                    sent_at_ms: 8,
                 };
                 GossipMessage::Assignment(Signed::sign(&id, body).unwrap())
             }),
@@ -158,7 +161,15 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                 GossipMessage::EvalReport(Signed::sign(&id, body).unwrap())
             }
         ),
-        (signer, any::<u64>(), any::<u64>(), contributions(), metric(), metric(), any::<u64>())
+        (
+            signer.clone(),
+            any::<u64>(),
+            any::<u64>(),
+            contributions(),
+            metric(),
+            metric(),
+            any::<u64>()
+        )
             .prop_map(|(id, j, round, contributions, loss, accuracy, samples)| {
                 let body = AggregateReady {
                     job: job(j),
@@ -167,10 +178,15 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     model: hash(j + 1),
                     contributions,
                     metrics: EvalMetrics { loss, accuracy, samples },
+                    members: vec![MemberId([j as u8; 32])],
                     sent_at_ms: 3,
                 };
                 GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap())
             }),
+        (signer, any::<u64>(), "[a-z ]{0,40}").prop_map(|(id, j, reason)| {
+            let body = JobStop { job: job(j), reason, sent_at_ms: 11 };
+            GossipMessage::Stop(Signed::sign(&id, body).unwrap())
+        }),
     ]
 }
 
@@ -185,6 +201,7 @@ fn verify_any(message: GossipMessage) -> Result<(), VerifyError> {
         GossipMessage::Assignment(m) => m.verify(allow_all).map(drop),
         GossipMessage::AggregateReady(m) => m.verify(allow_all).map(drop),
         GossipMessage::EvalReport(m) => m.verify(allow_all).map(drop),
+        GossipMessage::Stop(m) => m.verify(allow_all).map(drop),
     }
 }
 
@@ -368,7 +385,9 @@ fn sender_rights_are_enforced() {
         roles: BTreeMap::new(),
         trainers: vec![],
         aggregators: BTreeMap::new(),
+        deadline_ms: 0,
         issued_at_ms: 0,
+        sent_at_ms: 0,
     };
     let coordinator = alice.member_id();
     let only_coordinator = |signer: &MemberId, _: &Assignment| {
@@ -454,8 +473,14 @@ fn nonsense_bodies_are_refused_even_when_signed() {
 fn identical_heartbeats_differ_by_sequence() {
     let id = identity(7);
     let beat = |sequence| {
-        let body =
-            Heartbeat { job: job(1), member: id.member_id(), round: 2, sequence, sent_at_ms: 9 };
+        let body = Heartbeat {
+            job: job(1),
+            member: id.member_id(),
+            round: 2,
+            model: hash(2),
+            sequence,
+            sent_at_ms: 9,
+        };
         codec::encode_gossip(&GossipMessage::Heartbeat(Signed::sign(&id, body).unwrap())).unwrap()
     };
     assert_ne!(beat(1), beat(2));
@@ -473,14 +498,21 @@ fn gossip_size_limits_hold_both_ways() {
             .map(|i| Contribution { member: MemberId([i as u8; 32]), delta: hash(i), samples: i })
             .collect(),
         metrics: EvalMetrics::default(),
+        members: Vec::new(),
         sent_at_ms: 0,
     };
     let message = GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap());
     let error = codec::encode_gossip(&message).unwrap_err();
     assert!(matches!(error, EncodeError::TooLarge { max: MAX_GOSSIP_BYTES, .. }), "{error}");
 
-    let beat =
-        Heartbeat { job: job(1), member: id.member_id(), round: 1, sequence: 1, sent_at_ms: 0 };
+    let beat = Heartbeat {
+        job: job(1),
+        member: id.member_id(),
+        round: 1,
+        model: hash(1),
+        sequence: 1,
+        sent_at_ms: 0,
+    };
     let mut frame =
         codec::encode_gossip(&GossipMessage::Heartbeat(Signed::sign(&id, beat).unwrap())).unwrap();
     frame.push(0);

@@ -95,9 +95,10 @@ fn a_node_killed_and_restarted_catches_up() {
         target = 2
         "#,
     );
-    // The check "same final model" covers the restarted node: it completed the job too.
+    // The check "same final model" covers the restarted node: it completed the job too, whether
+    // it came back while rounds were still running (and trained in them) or after the job ended
+    // (the last round's aggregator announces the result again when it hears its heartbeat).
     run.assert_passed();
-    assert_eq!(*run.participants().last().unwrap(), 4, "{:#?}", run.lines);
 }
 
 /// Byzantine members under trimmed mean reach the target; the same under FedAvg does not.

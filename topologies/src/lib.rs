@@ -8,5 +8,7 @@ pub mod ring;
 pub mod selection;
 
 pub use graph::{Tag, TagError, TagErrors};
-pub use plan::{Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId};
+pub use plan::{
+    Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId, TOP_SLOT,
+};
 pub use selection::Selection;

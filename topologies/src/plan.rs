@@ -103,6 +103,9 @@ impl Ring {
     }
 }
 
+/// How an assignment names the top slot.
+pub const TOP_SLOT: &str = "top";
+
 /// Why no plan can be made for a round.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
@@ -110,6 +113,10 @@ pub enum PlanError {
     NoTrainers { role: String },
     #[error("no member accepts role `{role}`, so slot `{slot}` has no aggregator")]
     NoAggregator { role: String, slot: String },
+    #[error("the assignment names {member} for slot `{slot}`, which it may not aggregate")]
+    NotEligible { slot: String, member: MemberId },
+    #[error("the assignment names no aggregator for slot `{slot}`")]
+    Unassigned { slot: String },
 }
 
 /// Everything every member needs to know about one round.
@@ -247,6 +254,38 @@ impl RoundPlan {
             Input::Slot(child) => self.slots[child].parent = Some(slot),
             Input::Ring(ring) => self.rings[ring].parent = Some(slot),
         }
+    }
+
+    /// How an assignment names slot `index`: `top` for the top slot, `role/label` otherwise.
+    pub fn slot_key(&self, index: usize) -> String {
+        let slot = &self.slots[index];
+        if slot.parent.is_none() { TOP_SLOT.to_owned() } else { slot.id.to_string() }
+    }
+
+    /// Each slot's aggregator by its key, as a coordinator assigns them.
+    pub fn aggregators(&self) -> BTreeMap<String, MemberId> {
+        (0..self.slots.len()).map(|i| (self.slot_key(i), self.slots[i].aggregator())).collect()
+    }
+
+    /// Makes the members a coordinator assigned the aggregators of their slots (the elected
+    /// order stays behind them); every slot must be assigned an eligible member.
+    pub fn assign_aggregators(
+        &mut self,
+        assigned: &BTreeMap<String, MemberId>,
+    ) -> Result<(), PlanError> {
+        for index in 0..self.slots.len() {
+            let key = self.slot_key(index);
+            let Some(member) = assigned.get(&key).copied() else {
+                return Err(PlanError::Unassigned { slot: key });
+            };
+            let ranking = &mut self.slots[index].ranking;
+            let Some(position) = ranking.iter().position(|m| *m == member) else {
+                return Err(PlanError::NotEligible { slot: key, member });
+            };
+            let chosen = ranking.remove(position);
+            ranking.insert(0, chosen);
+        }
+        Ok(())
     }
 
     /// The top slot, whose aggregator announces the round's model; none for a pure ring.

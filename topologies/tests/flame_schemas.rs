@@ -192,3 +192,32 @@ fn several_problems_are_reported_together_one_per_line() {
         "channels": [link("c", "a", "ghost", &["default"])]}));
     assert_eq!(text.lines().count(), 3, "{text}");
 }
+
+#[test]
+fn a_coordinator_assigns_each_slot_an_eligible_aggregator() {
+    let tag = fixture("hier_mnist");
+    let members: Vec<MemberInfo> =
+        (0..6).map(|i| member(i, if i % 2 == 0 { "eu" } else { "na" })).collect();
+    let elected = plan(&tag, &members);
+    let mut assigned = elected.aggregators();
+    assert_eq!(
+        assigned.keys().collect::<Vec<_>>(),
+        ["middle-aggregator/eu", "middle-aggregator/na", "top"]
+    );
+    // Another eu member aggregates the eu slot; the rest of the election stays behind it.
+    let eu = &elected.slots[0];
+    assigned.insert("middle-aggregator/eu".into(), eu.ranking[1]);
+    let mut planned = elected.clone();
+    planned.assign_aggregators(&assigned).unwrap();
+    assert_eq!(planned.slots[0].aggregator(), eu.ranking[1]);
+    assert_eq!(planned.slots[0].ranking[1], eu.ranking[0]);
+    assert_eq!(planned.slots[2].aggregator(), elected.slots[2].aggregator());
+    // A na member may not aggregate the eu slot, and every slot must be assigned.
+    assigned.insert("middle-aggregator/eu".into(), elected.slots[1].aggregator());
+    let error = elected.clone().assign_aggregators(&assigned).unwrap_err();
+    assert!(error.to_string().contains("may not aggregate"), "{error}");
+    assigned.insert("middle-aggregator/eu".into(), eu.ranking[0]);
+    assigned.remove("top");
+    let error = elected.clone().assign_aggregators(&assigned).unwrap_err();
+    assert!(error.to_string().contains("no aggregator for slot `top`"), "{error}");
+}

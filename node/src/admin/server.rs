@@ -1,5 +1,6 @@
-//! The admin API's routes: node status, jobs (announce, join, leave, model), the model registry,
-//! blobs (a job's initial weights), and `/metrics`, behind the bearer token.
+//! The admin API's routes: node status, jobs (announce, join, leave, stop, model), the model
+//! registry, blobs (a job's initial weights), a coordinator's jobs (submit, status), and
+//! `/metrics`, behind the bearer token.
 
 use super::Endpoint;
 use crate::engine::{EngineError, EngineHandle};
@@ -35,6 +36,9 @@ pub async fn serve(
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/join", post(join_job))
         .route("/v1/jobs/{id}/leave", post(leave_job))
+        .route("/v1/jobs/{id}/stop", post(stop_job))
+        .route("/v1/coordinator/jobs", get(coordinated_jobs).post(submit_job))
+        .route("/v1/coordinator/jobs/{id}", get(coordinated_job))
         .route("/v1/jobs/{id}/model", get(job_model))
         .route("/v1/models", get(list_models))
         .route("/v1/blobs", post(put_blob))
@@ -119,6 +123,59 @@ async fn leave_job(
 ) -> ApiResult<serde_json::Value> {
     let id = state.engine.leave(&id).await?;
     Ok(Json(serde_json::json!({ "id": id.to_string(), "left": true })))
+}
+
+/// Why a job is stopped, as `POST /v1/jobs/{id}/stop` takes it (`{"reason": "…"}`, optional).
+#[derive(serde::Deserialize, Default)]
+struct StopBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn stop_job(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<serde_json::Value> {
+    let body: StopBody = if body.is_empty() {
+        StopBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(EngineError::Invalid(format!(
+                "the stop request is not {{\"reason\": …}}: {e}"
+            )))
+        })?
+    };
+    let reason = body.reason.unwrap_or_else(|| "stopped by its operator".to_owned());
+    let id = state.engine.stop(&id, &reason).await?;
+    Ok(Json(serde_json::json!({ "id": id.to_string(), "stopped": true })))
+}
+
+async fn submit_job(
+    State(state): State<Arc<AdminState>>,
+    body: axum::body::Bytes,
+) -> ApiResult<serde_json::Value> {
+    let id = state.engine.submit(body.to_vec()).await?;
+    Ok(Json(serde_json::json!({ "id": id.to_string() })))
+}
+
+async fn coordinated_jobs(
+    State(state): State<Arc<AdminState>>,
+) -> ApiResult<Vec<crate::engine::CoordinationView>> {
+    Ok(Json(state.engine.coordinated(None).await?))
+}
+
+async fn coordinated_job(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<crate::engine::CoordinationView> {
+    let views = state.engine.coordinated(Some(id.clone())).await?;
+    match <[_; 1]>::try_from(views) {
+        Ok([view]) => Ok(Json(view)),
+        Err(_) => Err(ApiError(EngineError::Invalid(format!(
+            "`{id}` names several jobs; give more of the id"
+        )))),
+    }
 }
 
 /// `?round=N` picks one round's model from the registry; without it, the current model.

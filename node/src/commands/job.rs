@@ -1,5 +1,5 @@
 //! `fedmesh job ...`: announce, list, show, join, leave and watch jobs through the local node's
-//! admin API.
+//! admin API (submit, status and stop are in `coordinated`).
 
 use crate::admin::AdminClient;
 use crate::cli::JobCommand;
@@ -38,6 +38,15 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
                 let job: serde_json::Value = client.get(&format!("/v1/jobs/{id}")).await?;
                 println!("{}", serde_json::to_string_pretty(&job)?);
                 Ok(())
+            }
+            JobCommand::Submit { spec, coordinator } => {
+                super::coordinated::submit(&spec, &coordinator.data_dir).await
+            }
+            JobCommand::Status { id, coordinator } => {
+                super::coordinated::status(&id, &coordinator.data_dir).await
+            }
+            JobCommand::Stop { id, reason, api } => {
+                super::coordinated::stop(&id, reason.as_deref(), &api.data_dir).await
             }
             JobCommand::Join { id, api } => membership_change(&api.data_dir, &id, "join").await,
             JobCommand::Leave { id, api } => membership_change(&api.data_dir, &id, "leave").await,

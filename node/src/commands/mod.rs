@@ -1,6 +1,7 @@
 //! One module per `fedmesh` subcommand; each takes its parsed arguments and returns `anyhow`
 //! errors that the binary prints.
 
+pub mod coordinated;
 pub mod job;
 pub mod keygen;
 pub mod model;

@@ -1,5 +1,5 @@
-//! `fedmesh node`: loads the settings and the key, opens the store, starts the network, the job
-//! engine and the admin API, and runs until SIGINT or SIGTERM.
+//! `fedmesh node` and `fedmesh coordinator`: loads the settings and the key, opens the store,
+//! starts the network, the job engine and the admin API, and runs until SIGINT or SIGTERM.
 
 use crate::admin::{self, Endpoint};
 use crate::cli::NodeArgs;
@@ -13,8 +13,10 @@ use libp2p::Multiaddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
-    let config = NodeConfig::from_args(args)?;
+/// Runs a node; `coordinator` makes it coordinate the orchestrated jobs that name its key.
+pub fn run(args: &NodeArgs, coordinator: bool) -> anyhow::Result<()> {
+    let mut config = NodeConfig::from_args(args)?;
+    config.coordinate |= coordinator;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

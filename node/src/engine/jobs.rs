@@ -225,7 +225,9 @@ impl Engine {
             }
             Ok(message) => {
                 self.on_job_gossip(message).await.map_err(|refused| match refused.reason {
-                    "bad_message" => Refusal::Invalid(refused.reason, refused.detail),
+                    "bad_message" | "not_the_coordinator" => {
+                        Refusal::Invalid(refused.reason, refused.detail)
+                    }
                     _ => Refusal::Ignored(refused.reason, refused.detail),
                 })
             }

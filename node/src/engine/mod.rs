@@ -1,6 +1,7 @@
 //! The job engine: the one task that owns the node's state. It handles verified network messages,
 //! announces and re-announces jobs, answers peers' requests, and serves the admin API's queries.
 
+mod coordination;
 mod federation;
 mod jobs;
 mod registry;
@@ -10,6 +11,7 @@ use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::network::{Network, NetworkEvent};
 use crate::store::{Store, StoreError};
+pub use coordination::CoordinationView;
 use federation::JobRun;
 pub use federation::{MISBEHAVIOURS, RoundView, RunView};
 use fedmesh_protocol::identity::Identity;
@@ -90,6 +92,9 @@ enum Query {
     Model(String, Option<u64>, oneshot::Sender<Result<ModelExport, EngineError>>),
     Models(Option<String>, oneshot::Sender<Result<Vec<crate::registry::ModelEntry>, EngineError>>),
     PutBlob(Vec<u8>, oneshot::Sender<Result<fedmesh_protocol::ids::ContentHash, EngineError>>),
+    Submit(Vec<u8>, oneshot::Sender<Result<JobId, EngineError>>),
+    Stop(String, String, oneshot::Sender<Result<JobId, EngineError>>),
+    Coordinated(Option<String>, oneshot::Sender<Result<Vec<CoordinationView>, EngineError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -189,6 +194,24 @@ impl EngineHandle {
         self.ask(|reply| Query::PutBlob(bytes, reply)).await?
     }
 
+    /// Submits a job spec to this coordinator: it owns, announces and coordinates the job.
+    pub async fn submit(&self, spec_json: Vec<u8>) -> Result<JobId, EngineError> {
+        self.ask(|reply| Query::Submit(spec_json, reply)).await?
+    }
+
+    /// Stops a job this node coordinates (or owns, if it is self-organizing).
+    pub async fn stop(&self, id: &str, reason: &str) -> Result<JobId, EngineError> {
+        self.ask(|reply| Query::Stop(id.to_owned(), reason.to_owned(), reply)).await?
+    }
+
+    /// The jobs this node coordinates, or the one `id` names (by prefix).
+    pub async fn coordinated(
+        &self,
+        id: Option<String>,
+    ) -> Result<Vec<CoordinationView>, EngineError> {
+        self.ask(|reply| Query::Coordinated(id, reply)).await?
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -209,6 +232,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     jobs: JobBook,
     runs: std::collections::BTreeMap<JobId, JobRun>,
+    /// The jobs this node coordinates (when run as a coordinator).
+    coordinated: std::collections::BTreeMap<JobId, coordination::CoordinatedJob>,
     /// Why auto-joining a job failed, for the admin API.
     join_errors: std::collections::BTreeMap<JobId, String>,
     /// The models being fetched, so that a result announced again does not start another
@@ -244,6 +269,7 @@ impl Engine {
             metrics,
             jobs,
             runs: std::collections::BTreeMap::new(),
+            coordinated: std::collections::BTreeMap::new(),
             join_errors: std::collections::BTreeMap::new(),
             fetching: BTreeSet::new(),
             queries: query_rx,
@@ -263,6 +289,7 @@ impl Engine {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.resume_runs().await;
+        self.resume_coordination().await;
         loop {
             tokio::select! {
                 Some(event) = events.recv() => self.on_network_event(event).await,
@@ -276,7 +303,10 @@ impl Engine {
                 },
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
                 _ = reannounce.tick() => self.reannounce().await,
-                _ = tick.tick() => self.tick_runs().await,
+                _ = tick.tick() => {
+                    self.tick_runs().await;
+                    self.tick_coordination().await;
+                }
             }
         }
     }
@@ -320,6 +350,19 @@ impl Engine {
             }
             Query::PutBlob(bytes, reply) => {
                 let _ = reply.send(self.put_blob(&bytes));
+            }
+            Query::Submit(spec_json, reply) => {
+                let _ = reply.send(self.submit_job(&spec_json).await);
+            }
+            Query::Stop(id, reason, reply) => {
+                let result = match self.jobs.id_by_prefix(&id) {
+                    Ok(job) => self.stop_job(job, &reason).await.map(|()| job),
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            Query::Coordinated(id, reply) => {
+                let _ = reply.send(self.coordination_views(id.as_deref()));
             }
             Query::Shutdown(_) => {}
         }

@@ -37,6 +37,9 @@ impl Engine {
         if round > run.spec.hyperparameters.rounds || run.state.completed_round + 1 != round {
             return;
         }
+        if run.orchestrated(now) {
+            return self.follow_assignment(id, round).await;
+        }
         let Some((plan, members)) = run.live_plan_with_members(round, now) else { return };
         if plan.leader() != Some(me) {
             return;
@@ -121,6 +124,9 @@ impl Engine {
         let has_top = run.slots.iter().any(|slot| slot.parent.is_none() && slot.round == round);
         if has_top && received >= leading.required && received > 0 {
             return self.close_round(id).await;
+        }
+        if run.orchestrated(now) {
+            return; // short of its quorum: the coordinator assigns the round again
         }
         let replanned = run.live_plan_with_members(round, now);
         let Some((plan, members)) = replanned.filter(|(plan, _)| plan.leader() == Some(me)) else {

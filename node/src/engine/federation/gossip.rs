@@ -4,7 +4,7 @@
 
 use super::{Pending, Refused, store};
 use crate::engine::Engine;
-use fedmesh_protocol::envelope::{Denied, Scope, Signed, SignedBody, Verified};
+use fedmesh_protocol::envelope::{Denied, Scope, Scoped, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{JobId, MemberId};
 use fedmesh_protocol::message::{EvalReport, GossipMessage, Join, unix_millis};
 
@@ -17,6 +17,9 @@ impl Engine {
         let Some(id) = message.claimed_job() else {
             return Err(Refused { reason: "unexpected_kind", detail: "not a job message".into() });
         };
+        if self.coordinated.contains_key(&id) {
+            return self.on_coordinated_gossip(id, message).await;
+        }
         if !self.runs.contains_key(&id) {
             return Err(Refused { reason: "not_joined", detail: format!("not in job {id}") });
         }
@@ -38,11 +41,20 @@ impl Engine {
                 let heartbeat = verify(m, |_, body| scope.admits(body))?.into_body();
                 if let Some(run) = self.runs.get_mut(&id) {
                     run.state.members.seen(&heartbeat.member, now);
+                    if run.spec.coordinator == Some(heartbeat.member) {
+                        run.coordinator_seen_ms = now;
+                    }
                 }
                 self.announce_again(id, heartbeat.round, now).await;
             }
             GossipMessage::RoundOpen(m) => {
                 let open = verify(m, |_, body| scope.admits(body))?;
+                if self.runs.get(&id).is_some_and(|run| run.orchestrated(now)) {
+                    return Err(Refused {
+                        reason: "orchestrated",
+                        detail: "the job's coordinator opens its rounds with assignments".into(),
+                    });
+                }
                 self.on_member_round_message(id, open.signer(), Pending::Open(open.into_body()))
                     .await?;
             }
@@ -55,7 +67,20 @@ impl Engine {
                 let report = verify(m, |_, body| scope.admits(body))?.into_body();
                 self.on_eval_report(id, report);
             }
-            GossipMessage::Announce(_) | GossipMessage::Assignment(_) => {
+            GossipMessage::Assignment(m) => {
+                let coordinator = self.runs.get(&id).and_then(|run| run.spec.coordinator);
+                let assignment = verify_from(m, coordinator, &scope)?;
+                let signer = assignment.signer();
+                self.on_member_round_message(id, signer, Pending::Assign(assignment.into_body()))
+                    .await?;
+            }
+            GossipMessage::Stop(m) => {
+                let Some(run) = self.runs.get(&id) else { return Ok(()) };
+                let controller = run.spec.coordinator.unwrap_or(run.spec.owner);
+                let stop = verify_from(m, Some(controller), &scope)?;
+                self.on_stop(id, stop.into_body());
+            }
+            GossipMessage::Announce(_) => {
                 return Err(Refused {
                     reason: "unexpected_kind",
                     detail: "not expected on a job topic".into(),
@@ -73,17 +98,23 @@ impl Engine {
         signer: MemberId,
         message: Pending,
     ) -> Result<(), Refused> {
+        let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
-        if !run.state.members.contains(&signer) {
+        // An assignment is signed by the coordinator, which is no member.
+        let from_coordinator = matches!(message, Pending::Assign(_));
+        if !from_coordinator && !run.state.members.contains(&signer) {
             run.hold(signer, message);
             return Err(Refused {
                 reason: "not_a_member_yet",
                 detail: format!("{signer} is not a member (yet); kept until its join arrives"),
             });
         }
-        if let Pending::Open(open) = &message
-            && let Err(unknown) = run.named_members(open)
-        {
+        let unknown = match &message {
+            Pending::Open(open) => run.named_members(open).err(),
+            Pending::Assign(assignment) => run.names_unknown_member(assignment),
+            Pending::Ready(_) => None,
+        };
+        if let Some(unknown) = unknown {
             run.hold(signer, message);
             return Err(Refused {
                 reason: "unknown_member",
@@ -93,6 +124,7 @@ impl Engine {
         let round = match &message {
             Pending::Open(open) => open.round,
             Pending::Ready(ready) => ready.round,
+            Pending::Assign(assignment) => assignment.round,
         };
         // Only the round's aggregator may open it or announce its model: the member this node's
         // own plan elects, or the one whose opening it follows. A member whose view differs for
@@ -101,7 +133,11 @@ impl Engine {
         let elected = run.is_elected(round, &signer, unix_millis());
         let allowed = match &message {
             Pending::Open(_) => elected,
-            Pending::Ready(_) => elected || followed,
+            Pending::Ready(_) if run.spec.coordinator.is_some() => {
+                followed || run.assigned_leader(round) == Some(signer) || elected
+            }
+            Pending::Ready(ready) => elected || followed || run.vouches_for(ready, &signer, &me),
+            Pending::Assign(_) => true, // verified as the coordinator's
         };
         if !allowed && round > run.state.completed_round {
             // Kept: a join this node has not heard yet may make the signer the aggregator.
@@ -117,6 +153,7 @@ impl Engine {
                 self.on_round_open(id, signer, open).await
             }
             Pending::Ready(ready) => self.on_aggregate_ready(id, signer, ready).await,
+            Pending::Assign(assignment) => self.on_assignment(id, assignment).await,
         }
         Ok(())
     }
@@ -157,9 +194,35 @@ impl Engine {
 }
 
 /// Verifies a signed message with `may_send`, as a refusal on failure.
-fn verify<T: SignedBody>(
+pub(in crate::engine) fn verify<T: SignedBody>(
     message: Signed<T>,
     may_send: impl FnOnce(&MemberId, &T) -> Result<(), Denied>,
 ) -> Result<Verified<T>, Refused> {
     message.verify(may_send).map_err(|e| Refused { reason: "bad_message", detail: e.to_string() })
+}
+
+/// Verifies a signed message that only `allowed` (the job's coordinator, or its owner) may
+/// send: from anyone else it is refused as `not_the_coordinator`, and counted.
+fn verify_from<T: SignedBody + Scoped>(
+    message: Signed<T>,
+    allowed: Option<MemberId>,
+    scope: &Scope,
+) -> Result<Verified<T>, Refused> {
+    let Some(allowed) = allowed else {
+        return Err(Refused {
+            reason: "not_orchestrated",
+            detail: "the job has no coordinator".into(),
+        });
+    };
+    let verified = verify(message, |_, body| scope.admits(body))?;
+    if verified.signer() != allowed {
+        return Err(Refused {
+            reason: "not_the_coordinator",
+            detail: format!(
+                "signed by {}, not by the job's coordinator {allowed}",
+                verified.signer()
+            ),
+        });
+    }
+    Ok(verified)
 }

@@ -8,7 +8,8 @@ use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, EvalMetrics, GossipMessage, ModelDelta, Request, RoundOpen, unix_millis,
+    AggregateReady, Assignment, EvalMetrics, GossipMessage, ModelDelta, Request, RoundOpen,
+    unix_millis,
 };
 
 /// `forged-deltas`: before each honest delta, the same update signed by a key that is not a
@@ -25,8 +26,12 @@ pub const NOISE: &str = "noise";
 /// model for it, as a member trying to take the federation's model over would.
 pub const HIJACK_ROUNDS: &str = "hijack-rounds";
 
+/// `forge-assignments`: in an orchestrated job, answers each of the coordinator's assignments
+/// with one of its own (itself the aggregator of every slot), signed by its own key.
+pub const FORGE_ASSIGNMENTS: &str = "forge-assignments";
+
 /// Every kind of misbehaviour the setting accepts.
-pub const KINDS: &[&str] = &[FORGED_DELTAS, SIGN_FLIP, NOISE, HIJACK_ROUNDS];
+pub const KINDS: &[&str] = &[FORGED_DELTAS, SIGN_FLIP, NOISE, HIJACK_ROUNDS, FORGE_ASSIGNMENTS];
 
 impl Engine {
     fn misbehaves(&self, kind: &str) -> bool {
@@ -63,9 +68,25 @@ impl Engine {
             model: ContentHash::of(b"a model no honest aggregator made"),
             contributions: Vec::new(),
             metrics: EvalMetrics::default(),
+            members: open.members.clone(),
             sent_at_ms: now,
         };
         self.publish_signed(id, made_up, GossipMessage::AggregateReady).await;
+    }
+
+    /// Publishes an assignment of its own for the coordinator's `honest` one, if this node is
+    /// configured to.
+    pub(super) async fn maybe_forge_assignment(&mut self, id: JobId, honest: &Assignment) {
+        if !self.misbehaves(FORGE_ASSIGNMENTS) {
+            return;
+        }
+        tracing::warn!(job = %id, round = honest.round, "misbehaving on purpose: forging an assignment");
+        let me = self.identity.member_id();
+        let mut forged = honest.clone();
+        forged.aggregators.values_mut().for_each(|aggregator| *aggregator = me);
+        forged.issued_at_ms = unix_millis();
+        forged.sent_at_ms = forged.issued_at_ms;
+        self.publish_signed(id, forged, GossipMessage::Assignment).await;
     }
 
     /// Sends the forged copies of `honest` if this node is configured to.

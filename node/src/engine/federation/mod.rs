@@ -10,6 +10,7 @@ mod local;
 mod membership;
 mod misbehave;
 mod models;
+mod orchestrated;
 mod records;
 mod ring;
 mod store;
@@ -21,18 +22,20 @@ pub use records::{RoundView, RunView};
 
 use super::{Engine, EngineError};
 use aggregate::send_partial;
-use collect::{Collecting, Refused};
+use collect::Collecting;
+pub(in crate::engine) use collect::Refused;
 use fedmesh_protocol::codec::encode_gossip;
 use fedmesh_protocol::envelope::{Signed, SignedBody};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, GossipMessage, Heartbeat, Join, Leave, ModelDelta, RingChunk, RoundOpen,
-    unix_millis,
+    AggregateReady, Assignment, GossipMessage, Heartbeat, Join, Leave, ModelDelta, RingChunk,
+    RoundOpen, unix_millis,
 };
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::strategy::AggregationRule;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
+pub(in crate::engine) use gossip::verify;
 use membership::Membership;
 use records::{MemberView, RoundRecord, RunState, RunStatus};
 use ring::RingRun;
@@ -65,6 +68,7 @@ const MAX_PENDING: usize = 16;
 enum Pending {
     Open(RoundOpen),
     Ready(AggregateReady),
+    Assign(Assignment),
 }
 
 /// A round that is open, as this member follows it (one opening of it).
@@ -75,7 +79,8 @@ struct OpenRound {
     base: ContentHash,
     deadline_ms: u64,
     opened_at_ms: u64,
-    /// The round's plan over the members its opening names.
+    /// The members its opening names, and the round's plan over them.
+    members: Vec<MemberId>,
     plan: Arc<RoundPlan>,
 }
 
@@ -137,6 +142,10 @@ pub struct JobRun {
     announced: Option<AggregateReady>,
     /// When `announced` last went out.
     announced_ms: u64,
+    /// In orchestration mode: the coordinator's latest assignment, and when it was last heard
+    /// from (an assignment or a heartbeat).
+    assigned: Option<orchestrated::Assigned>,
+    coordinator_seen_ms: u64,
 }
 
 impl JobRun {
@@ -173,6 +182,8 @@ impl JobRun {
             pending: Vec::new(),
             announced: None,
             announced_ms: 0,
+            assigned: None,
+            coordinator_seen_ms: unix_millis(),
         }
     }
 
@@ -221,6 +232,32 @@ impl JobRun {
             self.pending.remove(0);
         }
         self.pending.push((signer, message));
+    }
+
+    /// The members `round` was planned over: those of the opening this node leads or follows.
+    fn planned_members(&self, round: Round) -> Vec<MemberId> {
+        match (&self.leading, &self.open) {
+            (Some(leading), _) if leading.round == round => leading.members.clone(),
+            (_, Some(open)) if open.round == round => open.members.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a round's result comes from the aggregator of the plan over the members it
+    /// names, and leaves out no member this node sees live but itself: how a member that missed
+    /// the round (it was down, or the job ended while it restarted) takes the result of a round
+    /// whose opening it never followed.
+    fn vouches_for(&self, ready: &AggregateReady, signer: &MemberId, me: &MemberId) -> bool {
+        let named: Option<Vec<MemberInfo>> =
+            ready.members.iter().map(|id| self.state.members.info(id)).collect();
+        let Some(named) = named else { return false };
+        let live = self.state.members.live(unix_millis(), LIVENESS_MS);
+        let leaves_out_a_live_member =
+            live.iter().any(|m| m.id != *me && !ready.members.contains(&m.id));
+        !leaves_out_a_live_member
+            && self
+                .plan_over(ready.round, &named)
+                .is_some_and(|plan| plan.leader() == Some(*signer))
     }
 
     /// Whether this node's live plan for `round` elects `member` as its aggregator.
@@ -388,6 +425,12 @@ impl Engine {
     /// Joins a job just learned when the node's policy says so.
     pub(super) async fn maybe_auto_join(&mut self, id: JobId) {
         let Some(spec) = self.jobs.spec(&id) else { return };
+        if self.coordinates(&spec) {
+            if let Err(error) = self.coordinate(id).await {
+                tracing::error!(job = %id, %error, "cannot coordinate job");
+            }
+            return;
+        }
         if !self.config.auto_join || !self.config.datasets.contains_key(&spec.dataset) {
             return;
         }
@@ -403,7 +446,7 @@ impl Engine {
     }
 
     /// Signs `body` and publishes it on the job's topic.
-    async fn publish_signed<T: SignedBody>(
+    pub(in crate::engine) async fn publish_signed<T: SignedBody>(
         &self,
         id: JobId,
         body: T,
@@ -443,6 +486,7 @@ impl Engine {
                 job: id,
                 member: me,
                 round: run.state.completed_round + 1,
+                model: run.state.model,
                 sequence: run.heartbeat_sequence,
                 sent_at_ms: now,
             };
@@ -469,6 +513,9 @@ impl Engine {
         let Some(open) = run.open.as_ref() else { return };
         if now <= open.deadline_ms + REOPEN_GRACE_MS || run.leading.is_some() {
             return;
+        }
+        if run.orchestrated(now) {
+            return; // the coordinator assigns the round again
         }
         let (round, opener) = (open.round, open.opener);
         let alive = run.state.members.live(now, LIVENESS_MS).iter().any(|m| m.id == opener);

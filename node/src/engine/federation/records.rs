@@ -19,6 +19,8 @@ pub enum RunStatus {
     Left,
     /// This node cannot take part (for example its data does not fit the model).
     Failed(String),
+    /// The job's coordinator stopped it, for this reason.
+    Stopped(String),
 }
 
 impl RunStatus {
@@ -29,6 +31,7 @@ impl RunStatus {
             Self::Completed => "completed".into(),
             Self::Left => "left".into(),
             Self::Failed(reason) => format!("failed: {reason}"),
+            Self::Stopped(reason) => format!("stopped: {reason}"),
         }
     }
 }

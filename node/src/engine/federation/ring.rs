@@ -389,7 +389,9 @@ impl Engine {
         model: ContentHash,
         contributions: Vec<Contribution>,
     ) {
+        let mut members = Vec::new();
         if let Some(run) = self.runs.get_mut(&id) {
+            members = run.planned_members(round);
             run.leading = None;
             run.slots.clear();
         }
@@ -400,6 +402,7 @@ impl Engine {
             model,
             contributions,
             metrics: EvalMetrics::default(),
+            members,
             sent_at_ms: unix_millis(),
         };
         tracing::info!(job = %id, round, model = %model, updates = ready.contributions.len(), "round closed");

@@ -13,7 +13,7 @@ use fedmesh_protocol::message::{
     Contribution, ModelDelta, Request, Response, RoundOpen, TrainMetrics,
 };
 use fedmesh_protocol::tensor::{PayloadRef, TensorError, decode_params};
-use fedmesh_topologies::Destination;
+use fedmesh_topologies::{Destination, RoundPlan};
 use std::sync::Arc;
 
 impl Engine {
@@ -21,6 +21,28 @@ impl Engine {
     /// up the slots and ring this member serves, and trains if it is selected (or sends its
     /// update again when the round was opened again).
     pub(super) async fn on_round_open(&mut self, id: JobId, opener: MemberId, open: RoundOpen) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let plan = match run.named_members(&open) {
+            Ok(members) => run.plan_over(open.round, &members),
+            Err(unknown) => {
+                return tracing::warn!(job = %id, round = open.round, %unknown, "an opening names a member this node does not know");
+            }
+        };
+        let Some(plan) = plan.filter(|plan| plan.leader() == Some(opener)) else {
+            return tracing::warn!(job = %id, round = open.round, %opener, "an opening whose plan another member leads; ignored");
+        };
+        self.follow_round(id, opener, open, plan).await;
+    }
+
+    /// Follows one opening of a round with its plan (elected over the members the opening
+    /// names, or assigned by the job's coordinator).
+    pub(super) async fn follow_round(
+        &mut self,
+        id: JobId,
+        opener: MemberId,
+        open: RoundOpen,
+        plan: RoundPlan,
+    ) {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
         if open.round <= run.state.completed_round || !run.is_active() {
@@ -33,15 +55,6 @@ impl Engine {
         if same_opening {
             return;
         }
-        let plan = match run.named_members(&open) {
-            Ok(members) => run.plan_over(open.round, &members),
-            Err(unknown) => {
-                return tracing::warn!(job = %id, round = open.round, %unknown, "an opening names a member this node does not know");
-            }
-        };
-        let Some(plan) = plan.filter(|plan| plan.leader() == Some(opener)) else {
-            return tracing::warn!(job = %id, round = open.round, %opener, "an opening whose plan another member leads; ignored");
-        };
         let plan = Arc::new(plan);
         run.state.status = RunStatus::Running;
         run.open = Some(OpenRound {
@@ -50,6 +63,7 @@ impl Engine {
             base: open.base_model,
             deadline_ms: open.deadline_ms,
             opened_at_ms: open.opened_at_ms,
+            members: open.members.clone(),
             plan: plan.clone(),
         });
         let record = run.rounds.entry(open.round).or_insert_with(|| {

@@ -1,0 +1,468 @@
+//! One coordinated job as the coordinator keeps it (in memory and in RocksDB): the members it
+//! hears and how responsive each has been, the round in progress and its assignment, and each
+//! round's progress; and the decisions made from them (whom to select, who aggregates, when to
+//! reassign).
+
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
+use fedmesh_protocol::message::{AggregateReady, Assignment, EvalMetrics, Heartbeat, Join};
+use fedmesh_protocol::spec::JobSpec;
+use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag, election::rank};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A member not heard from for this long is lost: it is left out of the next assignment, and
+/// a round it aggregates or trains in is assigned again without it.
+pub const LOST_MS: u64 = 4_000;
+
+/// A coordinated job's state, in Flame's terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Known, no member yet.
+    Ready,
+    /// Members are joining; too few for a round, or no round assigned yet.
+    Starting,
+    Running,
+    Completed,
+    Failed(String),
+    Stopped(String),
+}
+
+impl JobState {
+    pub fn label(&self) -> String {
+        match self {
+            Self::Ready => "ready".into(),
+            Self::Starting => "starting".into(),
+            Self::Running => "running".into(),
+            Self::Completed => "completed".into(),
+            Self::Failed(reason) => format!("failed: {reason}"),
+            Self::Stopped(reason) => format!("stopped: {reason}"),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        matches!(self, Self::Ready | Self::Starting | Self::Running)
+    }
+}
+
+/// What the coordinator knows of one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberHealth {
+    pub info: MemberInfo,
+    pub samples: u64,
+    pub last_seen_ms: u64,
+    /// The round its last heartbeat said it is in, and the model it holds.
+    pub round: Round,
+    pub model: Option<ContentHash>,
+    /// Rounds it was selected to train in, and rounds whose result counts its update.
+    pub selected: u32,
+    pub contributed: u32,
+    pub left: bool,
+}
+
+impl MemberHealth {
+    fn is_live(&self, now_ms: u64) -> bool {
+        !self.left && now_ms.saturating_sub(self.last_seen_ms) <= LOST_MS
+    }
+
+    /// How reliably it delivered when selected, from 0 to 1 (1/2 with no history).
+    pub fn responsiveness(&self) -> f64 {
+        (f64::from(self.contributed) + 1.0) / (f64::from(self.selected) + 2.0)
+    }
+}
+
+/// One round as the coordinator ran it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundProgress {
+    pub round: Round,
+    /// Every leader the round was assigned to, in order (more than one after a reassignment).
+    pub leaders: Vec<MemberId>,
+    pub aggregators: BTreeMap<String, MemberId>,
+    pub trainers: Vec<MemberId>,
+    /// Why the round was assigned again, each time it was.
+    pub reassigned: Vec<String>,
+    pub assigned_at_ms: u64,
+    pub closed_at_ms: Option<u64>,
+    pub model: Option<ContentHash>,
+    pub contributions: usize,
+    /// Members' evaluations of the round's model: accuracy and test samples.
+    pub evaluations: BTreeMap<MemberId, (f64, u64)>,
+}
+
+impl RoundProgress {
+    /// The test-size-weighted accuracy of the round's model over the members that evaluated it.
+    pub fn accuracy(&self) -> Option<f64> {
+        let samples: u64 = self.evaluations.values().map(|(_, n)| n).sum();
+        let weighted: f64 = self.evaluations.values().map(|(a, n)| a * *n as f64).sum();
+        (samples > 0).then(|| weighted / samples as f64)
+    }
+}
+
+/// A coordinated job's state as it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatedState {
+    pub status: JobState,
+    pub completed_round: Round,
+    /// The global model the next round starts from (none until the members report the
+    /// initial one).
+    pub model: Option<ContentHash>,
+    pub members: BTreeMap<MemberId, MemberHealth>,
+    /// The round in progress.
+    pub assignment: Option<Assignment>,
+    pub rounds: BTreeMap<Round, RoundProgress>,
+}
+
+impl CoordinatedState {
+    pub fn new() -> Self {
+        Self {
+            status: JobState::Ready,
+            completed_round: 0,
+            model: None,
+            members: BTreeMap::new(),
+            assignment: None,
+            rounds: BTreeMap::new(),
+        }
+    }
+}
+
+/// A job this node coordinates.
+pub struct CoordinatedJob {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub tag: Tag,
+    pub state: CoordinatedState,
+    /// When the current assignment last went out.
+    pub published_ms: u64,
+    pub last_heartbeat_ms: u64,
+    pub heartbeat_sequence: u64,
+}
+
+impl CoordinatedJob {
+    pub fn new(id: JobId, spec: JobSpec, tag: Tag, state: CoordinatedState) -> Self {
+        Self { id, spec, tag, state, published_ms: 0, last_heartbeat_ms: 0, heartbeat_sequence: 0 }
+    }
+
+    pub fn on_join(&mut self, join: &Join, now_ms: u64) {
+        let info =
+            MemberInfo { id: join.member, group: join.group.clone(), roles: join.roles.clone() };
+        let member = self.state.members.entry(join.member).or_insert_with(|| MemberHealth {
+            info: info.clone(),
+            samples: join.samples,
+            last_seen_ms: now_ms,
+            round: 0,
+            model: None,
+            selected: 0,
+            contributed: 0,
+            left: false,
+        });
+        member.info = info;
+        member.samples = join.samples;
+        member.last_seen_ms = now_ms;
+        member.left = false;
+        if self.state.status == JobState::Ready {
+            self.state.status = JobState::Starting;
+        }
+    }
+
+    pub fn on_leave(&mut self, member: &MemberId) {
+        if let Some(member) = self.state.members.get_mut(member) {
+            member.left = true;
+        }
+    }
+
+    pub fn on_heartbeat(&mut self, heartbeat: &Heartbeat, now_ms: u64) {
+        if let Some(member) = self.state.members.get_mut(&heartbeat.member) {
+            member.last_seen_ms = member.last_seen_ms.max(now_ms);
+            member.round = heartbeat.round;
+            member.model = Some(heartbeat.model);
+        }
+    }
+
+    pub fn on_evaluation(&mut self, round: Round, member: MemberId, metrics: &EvalMetrics) {
+        let (Some(progress), Some(accuracy)) =
+            (self.state.rounds.get_mut(&round), metrics.accuracy)
+        else {
+            return;
+        };
+        progress.evaluations.insert(member, (f64::from(accuracy), metrics.samples));
+    }
+
+    fn live(&self, now_ms: u64) -> Vec<&MemberHealth> {
+        self.state.members.values().filter(|m| m.is_live(now_ms)).collect()
+    }
+
+    /// The model the first round starts from: the one most live members hold before round 1
+    /// (every member computes it from the job's seed).
+    fn initial_model(&self, now_ms: u64) -> Option<ContentHash> {
+        let mut votes: BTreeMap<ContentHash, usize> = BTreeMap::new();
+        for member in self.live(now_ms).into_iter().filter(|m| m.round <= 1) {
+            if let Some(model) = member.model {
+                *votes.entry(model).or_default() += 1;
+            }
+        }
+        votes.into_iter().max_by_key(|(_, count)| *count).map(|(model, _)| model)
+    }
+
+    /// The trainers of `round`: the fraction (at most k) of `eligible` the job asks for, the
+    /// most responsive first, ties in a random order seeded by job and round.
+    fn select(&self, round: Round, eligible: &[MemberId]) -> Vec<MemberId> {
+        let participation = &self.spec.participation;
+        let wanted = (f64::from(participation.fraction) * eligible.len() as f64 - 1e-6).ceil();
+        let wanted = (wanted.max(1.0) as usize)
+            .min(participation.max_participants.map_or(usize::MAX, |k| k as usize))
+            .min(eligible.len());
+        let mut ranked = rank(&self.id, round, "coordinator-selection", eligible);
+        let score =
+            |id: &MemberId| self.state.members.get(id).map_or(0.0, MemberHealth::responsiveness);
+        ranked.sort_by(|a, b| score(b).total_cmp(&score(a)));
+        ranked.truncate(wanted);
+        ranked.sort();
+        ranked
+    }
+
+    /// The next assignment of the round in progress (or of the next round): the live members,
+    /// the trainers selected among them, and for each slot the first member of its election
+    /// order that is live and holds the round's base model; with the round's leader. An error
+    /// says why no round can start yet (too few members, the base model unknown).
+    pub fn assign(&self, now_ms: u64) -> Result<(Assignment, MemberId), String> {
+        let round = self.state.completed_round + 1;
+        let base = match self.state.model {
+            Some(model) => model,
+            None => self.initial_model(now_ms).ok_or("no member has reported the initial model")?,
+        };
+        let live: Vec<MemberInfo> = self.live(now_ms).into_iter().map(|m| m.info.clone()).collect();
+        let minimum = self.spec.participation.min_participants as usize;
+        if live.len() < minimum {
+            return Err(format!("{} live members, the job needs {minimum}", live.len()));
+        }
+        let eligible: Vec<MemberId> = live.iter().map(|m| m.id).collect();
+        let trainers = self.select(round, &eligible);
+        let selection = Selection::Explicit(trainers);
+        let mut plan = RoundPlan::compute(&self.tag, &self.id, round, &live, &selection)
+            .map_err(|e| e.to_string())?;
+        let up_to_date = |id: &MemberId| {
+            self.state.members.get(id).is_some_and(|m| m.round == round && m.model == Some(base))
+        };
+        let mut aggregators = plan.aggregators();
+        for index in 0..plan.slots.len() {
+            let ranking = &plan.slots[index].ranking;
+            if let Some(best) = ranking.iter().find(|id| up_to_date(id)) {
+                aggregators.insert(plan.slot_key(index), *best);
+            }
+        }
+        plan.assign_aggregators(&aggregators).map_err(|e| e.to_string())?;
+        let leader = plan.leader().ok_or("the plan has no leader")?;
+        let assignment = Assignment {
+            job: self.id,
+            round,
+            base_model: base,
+            roles: live.iter().map(|m| (m.id, m.roles.clone())).collect(),
+            trainers: plan.trainers.clone(),
+            aggregators,
+            deadline_ms: now_ms + self.spec.round_deadline_secs * 1000,
+            issued_at_ms: now_ms,
+            sent_at_ms: now_ms,
+        };
+        Ok((assignment, leader))
+    }
+
+    /// Why the round in progress must be assigned again now, if it must: an aggregator or a
+    /// trainer it names is lost, or its deadline passed with no result.
+    pub fn needs_reassignment(&self, now_ms: u64, grace_ms: u64) -> Option<String> {
+        let assignment = self.state.assignment.as_ref()?;
+        let lost = |id: &MemberId| !self.state.members.get(id).is_some_and(|m| m.is_live(now_ms));
+        if let Some((slot, member)) = assignment.aggregators.iter().find(|(_, id)| lost(id)) {
+            return Some(format!("aggregator {member} of slot {slot} lost"));
+        }
+        if let Some(member) = assignment.trainers.iter().find(|id| lost(id)) {
+            return Some(format!("trainer {member} lost"));
+        }
+        (now_ms > assignment.deadline_ms + grace_ms)
+            .then(|| "deadline passed without a result".to_owned())
+    }
+
+    /// Records an assignment as the round in progress.
+    pub fn record_assignment(
+        &mut self,
+        assignment: &Assignment,
+        leader: MemberId,
+        why: Option<String>,
+    ) {
+        let progress = self.state.rounds.entry(assignment.round).or_insert_with(|| RoundProgress {
+            round: assignment.round,
+            assigned_at_ms: assignment.issued_at_ms,
+            ..RoundProgress::default()
+        });
+        if progress.leaders.last() != Some(&leader) {
+            progress.leaders.push(leader);
+        }
+        progress.aggregators = assignment.aggregators.clone();
+        progress.trainers = assignment.trainers.clone();
+        progress.reassigned.extend(why);
+        if progress.leaders.len() == 1 && progress.reassigned.is_empty() {
+            for trainer in &assignment.trainers {
+                if let Some(member) = self.state.members.get_mut(trainer) {
+                    member.selected += 1;
+                }
+            }
+        }
+        self.state.assignment = Some(assignment.clone());
+        self.state.status = JobState::Running;
+    }
+
+    /// Takes a round's result from `signer` if it is a leader the round was assigned to;
+    /// says whether it was taken.
+    pub fn on_result(&mut self, signer: MemberId, ready: &AggregateReady) -> bool {
+        if ready.round != self.state.completed_round + 1 {
+            return false;
+        }
+        let Some(progress) = self.state.rounds.get_mut(&ready.round) else { return false };
+        if !progress.leaders.contains(&signer) {
+            return false;
+        }
+        progress.model = Some(ready.model);
+        progress.closed_at_ms = Some(ready.sent_at_ms);
+        progress.contributions = ready.contributions.len();
+        for contribution in &ready.contributions {
+            if let Some(member) = self.state.members.get_mut(&contribution.member) {
+                member.contributed += 1;
+            }
+        }
+        self.state.completed_round = ready.round;
+        self.state.model = Some(ready.model);
+        self.state.assignment = None;
+        if ready.round >= self.spec.hyperparameters.rounds {
+            self.state.status = JobState::Completed;
+        }
+        true
+    }
+
+    /// What one member is doing now, in Flame's terms.
+    pub fn member_state(&self, member: &MemberHealth, now_ms: u64) -> &'static str {
+        if self.state.status == JobState::Completed {
+            return "done";
+        }
+        if member.left {
+            return "left";
+        }
+        if !member.is_live(now_ms) {
+            return "lost";
+        }
+        let Some(assignment) = &self.state.assignment else { return "joined" };
+        if assignment.aggregators.values().any(|id| *id == member.info.id) {
+            "aggregating"
+        } else if assignment.trainers.contains(&member.info.id) {
+            "training"
+        } else {
+            "joined"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(fraction: f32, max: Option<u32>) -> CoordinatedJob {
+        let json = serde_json::json!({"name": "job", "owner": MemberId([0; 32]).to_string(),
+                                      "model": "softmax", "dataset": "mnist5k"});
+        let mut spec = JobSpec::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+        spec.participation.fraction = fraction;
+        spec.participation.max_participants = max;
+        spec.participation.min_participants = 2;
+        let tag = Tag::from_spec(&spec.tag).unwrap();
+        let id = JobId(ContentHash::of(b"coordinated"));
+        CoordinatedJob::new(id, spec, tag, CoordinatedState::new())
+    }
+
+    fn join(job: &mut CoordinatedJob, member: u8, now: u64) {
+        let join = Join {
+            job: job.id,
+            member: MemberId([member; 32]),
+            group: "default".into(),
+            roles: vec![],
+            samples: 100,
+            sent_at_ms: now,
+        };
+        job.on_join(&join, now);
+        let heartbeat = Heartbeat {
+            job: job.id,
+            member: MemberId([member; 32]),
+            round: 1,
+            model: ContentHash::of(b"initial"),
+            sequence: 1,
+            sent_at_ms: now,
+        };
+        job.on_heartbeat(&heartbeat, now);
+    }
+
+    #[test]
+    fn selection_takes_the_fraction_or_at_most_k_preferring_responsive_members() {
+        let mut coordinated = job(0.5, None);
+        (1..=6).for_each(|m| join(&mut coordinated, m, 1_000));
+        let (assignment, _) = coordinated.assign(1_000).unwrap();
+        assert_eq!(assignment.trainers.len(), 3, "half of 6");
+        assert_eq!(assignment.base_model, ContentHash::of(b"initial"));
+        // Members 1 and 2 never delivered in ten rounds: the others are preferred.
+        for slow in [1, 2] {
+            let member = coordinated.state.members.get_mut(&MemberId([slow; 32])).unwrap();
+            member.selected = 10;
+        }
+        let mut capped = job(1.0, Some(4));
+        capped.state = coordinated.state.clone();
+        let trainers = capped.assign(1_000).unwrap().0.trainers;
+        assert_eq!(trainers.len(), 4, "at most k");
+        assert!(!trainers.contains(&MemberId([1; 32])) && !trainers.contains(&MemberId([2; 32])));
+    }
+
+    #[test]
+    fn a_lost_aggregator_or_trainer_or_a_passed_deadline_calls_for_a_new_assignment() {
+        let mut coordinated = job(1.0, None);
+        (1..=4).for_each(|m| join(&mut coordinated, m, 1_000));
+        let (assignment, leader) = coordinated.assign(1_000).unwrap();
+        assert_eq!(leader, assignment.aggregators["top"], "the top aggregator leads");
+        coordinated.record_assignment(&assignment, leader, None);
+        assert_eq!(coordinated.needs_reassignment(2_000, 0), None);
+        // Everyone but the leader keeps beating.
+        for member in (1..=4).map(|m| MemberId([m; 32])).filter(|m| *m != leader) {
+            coordinated.state.members.get_mut(&member).unwrap().last_seen_ms = 6_000;
+        }
+        let why = coordinated.needs_reassignment(6_000, 0).unwrap();
+        assert!(why.contains("aggregator"), "{why}");
+        let (again, new_leader) = coordinated.assign(6_000).unwrap();
+        assert_ne!(new_leader, leader, "the lost aggregator is replaced");
+        assert!(!again.trainers.contains(&leader), "and no longer trains");
+        coordinated.record_assignment(&again, new_leader, Some(why));
+        let deadline = again.deadline_ms;
+        assert_eq!(coordinated.needs_reassignment(deadline, 1_000), None);
+        for member in coordinated.state.members.values_mut() {
+            member.last_seen_ms = deadline + 2_000;
+        }
+        coordinated.state.members.get_mut(&leader).unwrap().left = true;
+        let why = coordinated.needs_reassignment(deadline + 2_000, 1_000).unwrap();
+        assert!(why.contains("deadline"), "{why}");
+    }
+
+    #[test]
+    fn only_an_assigned_leader_closes_the_round() {
+        let mut coordinated = job(1.0, None);
+        (1..=3).for_each(|m| join(&mut coordinated, m, 1_000));
+        let (assignment, leader) = coordinated.assign(1_000).unwrap();
+        coordinated.record_assignment(&assignment, leader, None);
+        let ready = AggregateReady {
+            job: coordinated.id,
+            round: 1,
+            base_model: assignment.base_model,
+            model: ContentHash::of(b"round 1"),
+            contributions: vec![],
+            metrics: EvalMetrics::default(),
+            members: vec![],
+            sent_at_ms: 2_000,
+        };
+        let other = (1..=3).map(|m| MemberId([m; 32])).find(|m| *m != leader).unwrap();
+        assert!(!coordinated.on_result(other, &ready));
+        assert!(coordinated.on_result(leader, &ready));
+        assert_eq!(coordinated.state.completed_round, 1);
+        assert_eq!(coordinated.state.model, Some(ContentHash::of(b"round 1")));
+        assert!(!coordinated.on_result(leader, &ready), "a round closes once");
+    }
+}
