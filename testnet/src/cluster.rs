@@ -71,11 +71,13 @@ pub struct Cluster {
     binary: PathBuf,
     root: PathBuf,
     pub nodes: Vec<NodeProcess>,
+    /// The coordinator of an orchestrated run (`coordinate = true`, no data; not a member).
+    pub coordinator: Option<NodeProcess>,
 }
 
 impl Cluster {
     pub fn new(binary: &Path, root: &Path) -> Self {
-        Self { binary: binary.to_owned(), root: root.to_owned(), nodes: Vec::new() }
+        Self { binary: binary.to_owned(), root: root.to_owned(), nodes: Vec::new(), coordinator: None }
     }
 
     /// Creates a key with `fedmesh keygen` and returns its PeerId.
@@ -118,6 +120,20 @@ impl Cluster {
         self.launch(dir, spec).await
     }
 
+    /// Starts the coordinator under an existing key file: a node that coordinates the
+    /// orchestrated jobs naming that key, and holds no data. Nodes started later bootstrap from it.
+    pub async fn start_coordinator(&mut self, key: &Path) -> Result<&NodeProcess, ClusterError> {
+        let dir = self.root.join("coordinator");
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| ClusterError::Write { path: dir.clone(), source })?;
+        let target = dir.join("node.key");
+        std::fs::copy(key, &target)
+            .map_err(|source| ClusterError::Write { path: target, source })?;
+        let spec = NodeSpec { extra_config: vec!["coordinate = true".into()], ..NodeSpec::default() };
+        let process = self.start_process("coordinator".into(), dir, &spec).await?;
+        Ok(self.coordinator.insert(process))
+    }
+
     fn next_node_dir(&self) -> Result<PathBuf, ClusterError> {
         let dir = self.root.join(format!("node{}", self.nodes.len()));
         std::fs::create_dir_all(&dir)
@@ -131,10 +147,23 @@ impl Cluster {
         spec: &NodeSpec,
     ) -> Result<&NodeProcess, ClusterError> {
         let name = format!("node{}", self.nodes.len());
+        let process = self.start_process(name, dir, spec).await?;
+        self.nodes.push(process);
+        Ok(&self.nodes[self.nodes.len() - 1])
+    }
+
+    /// Writes a node's config (bootstrapping from every node running), starts it and waits
+    /// until its admin API answers.
+    async fn start_process(
+        &self,
+        name: String,
+        dir: PathBuf,
+        spec: &NodeSpec,
+    ) -> Result<NodeProcess, ClusterError> {
         write_config(&dir, spec, &self.running_addresses(None))?;
         let mut child = self.spawn(&dir)?;
         let up = wait_until_up(&name, &dir, &mut child).await?;
-        self.nodes.push(NodeProcess {
+        Ok(NodeProcess {
             name,
             dir,
             peer_id: up.peer_id,
@@ -142,8 +171,7 @@ impl Cluster {
             api: up.api,
             spec: spec.clone(),
             child: Some(child),
-        });
-        Ok(&self.nodes[self.nodes.len() - 1])
+        })
     }
 
     fn spawn(&self, dir: &Path) -> Result<Child, ClusterError> {
@@ -203,7 +231,8 @@ impl Cluster {
     fn running_addresses(&self, except: Option<usize>) -> Vec<String> {
         let running =
             self.nodes.iter().enumerate().filter(|(i, n)| n.is_running() && Some(*i) != except);
-        running.map(|(_, n)| n.address.clone()).collect()
+        let coordinator = self.coordinator.iter().filter(|c| c.is_running());
+        running.map(|(_, n)| n.address.clone()).chain(coordinator.map(|c| c.address.clone())).collect()
     }
 
     /// What every running node used so far.
@@ -217,7 +246,7 @@ impl Cluster {
 
     /// Stops every node.
     pub fn stop_all(&mut self) {
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().chain(self.coordinator.as_mut()) {
             node.stop();
         }
     }

@@ -101,6 +101,10 @@ struct Args {
     /// (split on spaces); the job's model is then `external` with the layout of --model.
     #[arg(long)]
     trainer: Option<String>,
+    /// Run the jobs orchestrated: a coordinator node (not a member) owns each job, selects its
+    /// trainers and assigns its aggregators every round.
+    #[arg(long)]
+    orchestrated: bool,
     /// The fedmesh binary (default: `fedmesh` next to this program).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -142,6 +146,7 @@ impl Args {
             seed: self.seed,
             round_deadline_secs: self.round_deadline_secs,
             trainer: trainer_command(self.trainer.as_deref())?,
+            orchestrated: self.orchestrated,
             ..ScenarioFile::default()
         };
         let problems = file.problems();
@@ -158,7 +163,8 @@ impl Args {
         self.scenario
             .iter()
             .map(|path| {
-                let file = ScenarioFile::load(path)?;
+                let mut file = ScenarioFile::load(path)?;
+                file.orchestrated |= self.orchestrated;
                 let out = self.out.join(file.name.as_deref().unwrap_or("scenario"));
                 Ok(file.into_scenario(binary.clone(), out))
             })

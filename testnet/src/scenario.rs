@@ -52,6 +52,8 @@ pub struct Scenario {
     pub expect: Expect,
     /// In firing order.
     pub events: Vec<Event>,
+    /// Run the job orchestrated: a coordinator (not a member) owns it and assigns its rounds.
+    pub orchestrated: bool,
     /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
     /// job's model is then `external` with the layout and initial weights of `model`.
     pub trainer: Vec<String>,
@@ -231,9 +233,12 @@ impl Scenario {
         let owner_key = self.out.join("owner.key");
         let _ = std::fs::remove_file(&owner_key);
         let owner = cluster.keygen(&owner_key)?;
+        if self.orchestrated {
+            cluster.start_coordinator(&owner_key).await?;
+        }
         for partition in partitions.iter().take(self.nodes) {
             let spec = self.node_spec(&owner, partition);
-            if partition.node == 0 {
+            if partition.node == 0 && !self.orchestrated {
                 cluster.start_node_with_key(&spec, &owner_key).await?;
             } else {
                 cluster.start_node(&spec).await?;
@@ -258,9 +263,12 @@ impl Scenario {
         let started = Instant::now();
         let (mut cluster, owner) = self.start(&partitions).await?;
         let spec = self.job_spec(&owner)?;
-        let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await?;
+        let answer: Value = match &cluster.coordinator {
+            Some(coordinator) => coordinator.api.post("/v1/coordinator/jobs", &spec).await?,
+            None => cluster.nodes[0].api.post("/v1/jobs", &spec).await?,
+        };
         let Some(job) = answer["id"].as_str().map(str::to_owned) else {
-            bail!("node0 did not answer a job id: {answer}");
+            bail!("the job's owner did not answer a job id: {answer}");
         };
         let specs = partitions.iter().map(|p| self.node_spec(&owner, p)).collect();
         let mut events = EventRunner::new(job.clone(), &self.events, specs, started);

@@ -54,6 +54,8 @@ pub struct ScenarioFile {
     pub target: Option<f64>,
     pub expect: Expect,
     pub events: Vec<Event>,
+    /// Run the job orchestrated by a coordinator (also `testnet --orchestrated`).
+    pub orchestrated: bool,
 }
 
 impl Expect {
@@ -90,6 +92,7 @@ impl Default for ScenarioFile {
             target: None,
             expect: Expect::ReachTarget,
             events: Vec::new(),
+            orchestrated: false,
         }
     }
 }
@@ -242,6 +245,7 @@ impl ScenarioFile {
             delta_encoding: self.delta_encoding,
             trainer: self.trainer,
             node_config: Vec::new(),
+            orchestrated: self.orchestrated,
             dataset: self.dataset,
             model: self.model,
             partition: self.partition,

@@ -1,5 +1,6 @@
-//! A small federation end to end through the testnet's own code: 4 real `fedmesh` processes, 3
-//! rounds on mnist5k; the job completes, accuracy rises, and the report and plot are written.
+//! Small federations end to end through the testnet's own code: 4 real `fedmesh` processes, 3
+//! rounds on mnist5k (the job completes, accuracy rises, the report and plot are written), and
+//! 8 nodes self-organized and orchestrated (the same accuracy).
 
 mod common;
 
@@ -43,4 +44,37 @@ fn four_nodes_train_mnist_and_the_report_is_written() {
     let plot = report.write_plot(out.path()).unwrap();
     let png = std::fs::read(plot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+}
+
+/// The same 8-node job self-organized and orchestrated by a coordinator: both complete, every
+/// check passes, and their final accuracies are within 1.5 points.
+#[test]
+fn an_orchestrated_run_matches_the_self_organized_one() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let accuracy = |orchestrated: bool| {
+        let out = tempfile::tempdir().unwrap();
+        let scenario = Scenario {
+            nodes: 8,
+            total_nodes: 8,
+            rounds: 5,
+            model: "softmax".into(),
+            lr: 0.1,
+            seed: 11,
+            round_deadline_secs: 20,
+            min_participants: 8,
+            orchestrated,
+            ..Scenario::new(fedmesh_binary(), out.path().to_owned())
+        };
+        let partitions = scenario.write_partitions().unwrap();
+        let mut lines = Vec::new();
+        let report = runtime.block_on(scenario.run(partitions, |p| lines.push(p.line(5)))).unwrap();
+        assert!(report.passed, "orchestrated {orchestrated}: {:#?} {lines:#?}", report.checks);
+        assert!(report.rounds.iter().all(|r| r.participants == 8), "{lines:#?}");
+        report.final_accuracy.unwrap()
+    };
+    let (organized, orchestrated) = (accuracy(false), accuracy(true));
+    assert!(
+        (organized - orchestrated).abs() <= 0.015,
+        "self-organized {organized:.4}, orchestrated {orchestrated:.4}"
+    );
 }
