@@ -142,8 +142,7 @@ async fn a_killed_aggregator_is_replaced_by_a_new_assignment_within_the_deadline
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_mid_job_resumes_from_its_store_and_no_round_is_lost() {
-    let root = tempfile::Builder::new().disable_cleanup(true).tempdir().unwrap();
-    eprintln!("KEPT {}", root.path().display());
+    let root = tempfile::tempdir().unwrap();
     let mut cluster = orchestrated(root.path(), 3, |_| Vec::new()).await;
     let job = submit(&cluster, 6, json!({})).await;
     wait_for(&cluster, 1, &job, "two rounds", |run| completed_round(run) >= 2).await;

@@ -77,7 +77,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(binary: &Path, root: &Path) -> Self {
-        Self { binary: binary.to_owned(), root: root.to_owned(), nodes: Vec::new(), coordinator: None }
+        Self {
+            binary: binary.to_owned(),
+            root: root.to_owned(),
+            nodes: Vec::new(),
+            coordinator: None,
+        }
     }
 
     /// Creates a key with `fedmesh keygen` and returns its PeerId.
@@ -129,7 +134,8 @@ impl Cluster {
         let target = dir.join("node.key");
         std::fs::copy(key, &target)
             .map_err(|source| ClusterError::Write { path: target, source })?;
-        let spec = NodeSpec { extra_config: vec!["coordinate = true".into()], ..NodeSpec::default() };
+        let spec =
+            NodeSpec { extra_config: vec!["coordinate = true".into()], ..NodeSpec::default() };
         let process = self.start_process("coordinator".into(), dir, &spec).await?;
         Ok(self.coordinator.insert(process))
     }
@@ -232,7 +238,10 @@ impl Cluster {
         let running =
             self.nodes.iter().enumerate().filter(|(i, n)| n.is_running() && Some(*i) != except);
         let coordinator = self.coordinator.iter().filter(|c| c.is_running());
-        running.map(|(_, n)| n.address.clone()).chain(coordinator.map(|c| c.address.clone())).collect()
+        running
+            .map(|(_, n)| n.address.clone())
+            .chain(coordinator.map(|c| c.address.clone()))
+            .collect()
     }
 
     /// What every running node used so far.

@@ -433,6 +433,9 @@ mod tests {
         assert!(!again.trainers.contains(&leader), "and no longer trains");
         coordinated.record_assignment(&again, new_leader, Some(why));
         let deadline = again.deadline_ms;
+        for member in coordinated.state.members.values_mut().filter(|m| m.info.id != leader) {
+            member.last_seen_ms = deadline;
+        }
         assert_eq!(coordinated.needs_reassignment(deadline, 1_000), None);
         for member in coordinated.state.members.values_mut() {
             member.last_seen_ms = deadline + 2_000;
