@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    BINARY, assert_every_round_once, assert_same_model, completed_round, member_spec, refusals,
-    wait_completed_on, wait_for,
+    BINARY, assert_every_round_once, assert_same_model, cluster_under_owner, completed_round,
+    refusals, wait_completed_on, wait_for,
 };
 use fedmesh_testnet::cluster::{Cluster, NodeSpec};
 use serde_json::{Value, json};
@@ -19,15 +19,11 @@ async fn orchestrated(
     members: usize,
     extra: impl Fn(usize) -> Vec<String>,
 ) -> Cluster {
-    let mut cluster = Cluster::new(BINARY.as_ref(), root);
-    let key = root.join("coordinator.key");
-    let coordinator = cluster.keygen(&key).unwrap();
-    let spec = NodeSpec { extra_config: vec!["coordinate = true".into()], ..NodeSpec::default() };
-    cluster.start_node_with_key(&spec, &key).await.unwrap();
-    for i in 1..=members {
-        cluster.start_node(&member_spec(&coordinator, extra(i))).await.unwrap();
-    }
-    cluster
+    let coordinator = |_: &str| NodeSpec {
+        extra_config: vec!["coordinate = true".into()],
+        ..NodeSpec::default()
+    };
+    cluster_under_owner(root, coordinator, 1..=members, extra).await
 }
 
 /// Submits a softmax job on mnist5k to the coordinator; returns its id.

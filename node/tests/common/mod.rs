@@ -15,15 +15,24 @@ pub async fn federation(
     n: usize,
     extra: impl Fn(usize) -> Vec<String>,
 ) -> Cluster {
+    let first = |owner: &str| member_spec(owner, extra(0));
+    cluster_under_owner(root, first, 1..n, &extra).await
+}
+
+/// Starts node0 as `first(owner)` under a new owner key, then the `members` nodes, which trust
+/// that key and hold mnist5k (node i with `extra(i)` in its node.toml).
+pub async fn cluster_under_owner(
+    root: &std::path::Path,
+    first: impl FnOnce(&str) -> NodeSpec,
+    members: impl Iterator<Item = usize>,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Cluster {
     let mut cluster = Cluster::new(BINARY.as_ref(), root);
     let owner_key = root.join("owner.key");
     let owner = cluster.keygen(&owner_key).unwrap();
-    for i in 0..n {
-        if i == 0 {
-            cluster.start_node_with_key(&member_spec(&owner, extra(i)), &owner_key).await.unwrap();
-        } else {
-            cluster.start_node(&member_spec(&owner, extra(i))).await.unwrap();
-        }
+    cluster.start_node_with_key(&first(&owner), &owner_key).await.unwrap();
+    for i in members {
+        cluster.start_node(&member_spec(&owner, extra(i))).await.unwrap();
     }
     cluster
 }
