@@ -1,6 +1,8 @@
 //! The one task that owns the libp2p `Swarm`: it runs commands from the `Network` handle and turns
 //! swarm events into `NetworkEvent`s for the node. It never blocks: decoding and verification
-//! happen in the receiver of the events.
+//! happen in the receiver of the events, and events the node has not taken yet wait in an outbox
+//! while commands keep being served (the node may be waiting on one). Only the swarm waits while
+//! the outbox is full, which holds back peers through their connections' flow control.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{Command, Frame, NetworkError, NetworkEvent, NetworkStatus};
@@ -8,18 +10,23 @@ use crate::metrics::Metrics;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, request_response};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 type PendingRequests =
     HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Frame, NetworkError>>>;
 
+/// How many events may wait for the node before the swarm is no longer polled.
+const OUTBOX_LIMIT: usize = 1024;
+
 /// Owns the swarm; see the module doc.
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetworkEvent>,
+    /// Events made and not yet taken by the node, oldest first.
+    outbox: VecDeque<NetworkEvent>,
     pending_requests: PendingRequests,
     metrics: Arc<Metrics>,
 }
@@ -31,17 +38,31 @@ impl EventLoop {
         events: mpsc::Sender<NetworkEvent>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { swarm, commands, events, pending_requests: HashMap::new(), metrics }
+        let (outbox, pending_requests) = (VecDeque::new(), HashMap::new());
+        Self { swarm, commands, events, outbox, pending_requests, metrics }
     }
 
     /// Runs until every `Network` handle is dropped.
     pub async fn run(mut self) {
         loop {
+            let swarm_polled = self.outbox.len() < OUTBOX_LIMIT;
+            let has_events = !self.outbox.is_empty();
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
+                event = self.swarm.select_next_some(), if swarm_polled => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => return,
+                },
+                permit = self.events.clone().reserve_owned(), if has_events => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = self.outbox.pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    Err(_) => {
+                        tracing::debug!("network events dropped: the node is shutting down");
+                        self.outbox.clear();
+                    }
                 },
             }
         }
@@ -119,13 +140,11 @@ impl EventLoop {
         }
     }
 
-    async fn emit(&mut self, event: NetworkEvent) {
-        if self.events.send(event).await.is_err() {
-            tracing::debug!("network event dropped: the node is shutting down");
-        }
+    fn emit(&mut self, event: NetworkEvent) {
+        self.outbox.push_back(event);
     }
 
-    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
@@ -134,28 +153,28 @@ impl EventLoop {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
-                    self.emit(NetworkEvent::PeerConnected(peer_id)).await;
+                    self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "disconnected");
-                    self.emit(NetworkEvent::PeerDisconnected(peer_id)).await;
+                    self.emit(NetworkEvent::PeerDisconnected(peer_id));
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
             }
-            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await,
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
     }
 
-    async fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Gossipsub(event) => self.on_gossip(event).await,
-            BehaviourEvent::RequestResponse(event) => self.on_request_response(event).await,
+            BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
+            BehaviourEvent::RequestResponse(event) => self.on_request_response(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for address in info.listen_addrs {
                     self.swarm.behaviour_mut().kademlia.add_address(&peer_id, address);
@@ -178,7 +197,7 @@ impl EventLoop {
         }
     }
 
-    async fn on_gossip(&mut self, event: gossipsub::Event) {
+    fn on_gossip(&mut self, event: gossipsub::Event) {
         match event {
             gossipsub::Event::Message { propagation_source, message_id, message } => {
                 self.metrics.received("gossip", message.data.len());
@@ -187,23 +206,21 @@ impl EventLoop {
                     message_id,
                     topic: message.topic.into_string(),
                     data: message.data,
-                })
-                .await;
+                });
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 self.emit(NetworkEvent::Subscribed { peer: peer_id, topic: topic.into_string() })
-                    .await;
             }
             _ => {}
         }
     }
 
-    async fn on_request_response(&mut self, event: request_response::Event<Frame, Frame>) {
+    fn on_request_response(&mut self, event: request_response::Event<Frame, Frame>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     self.metrics.received("request", request.len());
-                    self.emit(NetworkEvent::Request { peer, data: request, channel }).await;
+                    self.emit(NetworkEvent::Request { peer, data: request, channel });
                 }
                 request_response::Message::Response { request_id, response } => {
                     self.metrics.received("response", response.len());
