@@ -1,6 +1,7 @@
 //! The job engine: the one task that owns the node's state. It handles verified network messages,
 //! announces and re-announces jobs, answers peers' requests, and serves the admin API's queries.
 
+mod cadence;
 mod coordination;
 mod federation;
 mod jobs;
@@ -239,6 +240,8 @@ pub struct Engine {
     /// The models being fetched, so that a result announced again does not start another
     /// download of the same model.
     fetching: BTreeSet<(JobId, fedmesh_protocol::ids::ContentHash)>,
+    /// Who holds which model: fetches ask them first.
+    holders: federation::Holders,
     queries: mpsc::Receiver<Query>,
     internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
@@ -272,6 +275,7 @@ impl Engine {
             coordinated: std::collections::BTreeMap::new(),
             join_errors: std::collections::BTreeMap::new(),
             fetching: BTreeSet::new(),
+            holders: federation::Holders::default(),
             queries: query_rx,
             internal,
             internal_rx,

@@ -3,16 +3,13 @@
 //! round's progress; and the decisions made from them (whom to select, who aggregates, when to
 //! reassign).
 
+use crate::engine::cadence::Cadence;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Assignment, EvalMetrics, Heartbeat, Join};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag, election::rank};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// A member not heard from for this long is lost: it is left out of the next assignment, and
-/// a round it aggregates or trains in is assigned again without it.
-pub const LOST_MS: u64 = 4_000;
 
 /// A coordinated job's state, in Flame's terms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,8 +57,8 @@ pub struct MemberHealth {
 }
 
 impl MemberHealth {
-    fn is_live(&self, now_ms: u64) -> bool {
-        !self.left && now_ms.saturating_sub(self.last_seen_ms) <= LOST_MS
+    fn is_live(&self, now_ms: u64, lost_ms: u64) -> bool {
+        !self.left && now_ms.saturating_sub(self.last_seen_ms) <= lost_ms
     }
 
     /// How reliably it delivered when selected, from 0 to 1 (1/2 with no history).
@@ -187,7 +184,14 @@ impl CoordinatedJob {
     }
 
     fn live(&self, now_ms: u64) -> Vec<&MemberHealth> {
-        self.state.members.values().filter(|m| m.is_live(now_ms)).collect()
+        self.state.members.values().filter(|m| self.is_live(m, now_ms)).collect()
+    }
+
+    /// Whether `member` was heard from recently enough, at the cadence of a job this size. A
+    /// lost member is left out of the next assignment, and a round it aggregates or trains in
+    /// is assigned again without it.
+    fn is_live(&self, member: &MemberHealth, now_ms: u64) -> bool {
+        member.is_live(now_ms, Cadence::for_members(self.state.members.len()).lost_ms())
     }
 
     /// The model the first round starts from: the one most live members hold before round 1
@@ -269,7 +273,8 @@ impl CoordinatedJob {
     /// trainer it names is lost, or its deadline passed with no result.
     pub fn needs_reassignment(&self, now_ms: u64, grace_ms: u64) -> Option<String> {
         let assignment = self.state.assignment.as_ref()?;
-        let lost = |id: &MemberId| !self.state.members.get(id).is_some_and(|m| m.is_live(now_ms));
+        let lost =
+            |id: &MemberId| !self.state.members.get(id).is_some_and(|m| self.is_live(m, now_ms));
         if let Some((slot, member)) = assignment.aggregators.iter().find(|(_, id)| lost(id)) {
             return Some(format!("aggregator {member} of slot {slot} lost"));
         }
@@ -344,7 +349,7 @@ impl CoordinatedJob {
         if member.left {
             return "left";
         }
-        if !member.is_live(now_ms) {
+        if !self.is_live(member, now_ms) {
             return "lost";
         }
         let Some(assignment) = &self.state.assignment else { return "joined" };

@@ -91,15 +91,37 @@ impl Engine {
             opened_at_ms: open.opened_at_ms,
             deadline_ms: open.deadline_ms,
         };
-        run.slots.clear();
+        let mut earlier = std::mem::take(&mut run.slots);
         for (index, slot) in plan.slots.iter().enumerate() {
             if slot.aggregator() != me {
                 continue;
             }
-            match Collecting::new(&run.spec, plan, index, &opening) {
-                Ok(collecting) => run.slots.push(collecting),
-                Err(error) => tracing::error!(job = %id, %error, "cannot aggregate a slot"),
+            let mut collecting = match Collecting::new(&run.spec, plan, index, &opening) {
+                Ok(collecting) => collecting,
+                Err(error) => {
+                    tracing::error!(job = %id, %error, "cannot aggregate a slot");
+                    continue;
+                }
+            };
+            if let Some(position) = earlier.iter().position(|e| e.label == collecting.label) {
+                let label = collecting.label.clone();
+                if collecting.carry_over(earlier.swap_remove(position)) {
+                    let kept = collecting.contributions.len();
+                    tracing::info!(job = %id, round = open.round, slot = %label, kept, "round opened again; keeping the updates already in");
+                }
             }
+            run.slots.push(collecting);
+        }
+    }
+
+    /// Finishes the slots that have every input already (kept from an earlier opening).
+    pub(super) async fn finish_complete_slots(&mut self, id: JobId) {
+        let complete: Vec<usize> = self.runs.get(&id).map_or_else(Vec::new, |run| {
+            let done = |slot: &&Collecting| slot.complete() && !slot.contributions.is_empty();
+            run.slots.iter().filter(done).map(|slot| slot.slot).collect()
+        });
+        for slot in complete {
+            self.finish_slot(id, slot).await;
         }
     }
 

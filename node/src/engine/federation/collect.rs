@@ -114,6 +114,36 @@ impl Collecting {
         })
     }
 
+    /// Takes over what `earlier` (this slot in an earlier opening of the same round) collected,
+    /// when every input it holds is one this opening still expects from the same sender; says
+    /// whether it did. A round opened again then keeps the updates already in, rather than
+    /// waiting for every trainer to send again.
+    pub fn carry_over(&mut self, earlier: Collecting) -> bool {
+        let same_slot =
+            (earlier.round, earlier.base, &earlier.label) == (self.round, self.base, &self.label);
+        let still_expected = earlier.contributions.iter().all(|c| {
+            self.direct.contains(&c.member)
+                || earlier.lower_received.iter().any(|key| {
+                    earlier
+                        .lower_senders
+                        .get(key)
+                        .is_some_and(|trainers| trainers.contains(&c.member))
+                })
+        });
+        let same_lower = earlier
+            .lower_received
+            .iter()
+            .all(|key| self.lower_senders.get(key) == earlier.lower_senders.get(key));
+        if !(same_slot && still_expected && same_lower) || earlier.contributions.is_empty() {
+            return false;
+        }
+        self.aggregator = earlier.aggregator;
+        self.lower = earlier.lower;
+        self.lower_received = earlier.lower_received;
+        self.contributions = earlier.contributions;
+        true
+    }
+
     /// Every input of the slot has arrived.
     pub fn complete(&self) -> bool {
         let direct_in =
@@ -216,6 +246,11 @@ impl Collecting {
         Ok(signer)
     }
 
+    /// `contribution` is folded in already.
+    fn counted(&self, contribution: &Contribution) -> bool {
+        self.contributions.contains(contribution)
+    }
+
     /// Verifies a lower slot's or ring's partial aggregate and folds it in.
     pub fn accept_partial(
         &mut self,
@@ -240,6 +275,10 @@ impl Collecting {
             ));
         };
         if self.lower_received.contains(&key) {
+            if body.contributions.iter().all(|c| self.counted(c)) {
+                // The same partial again (the round was re-opened): already counted.
+                return Ok(signer);
+            }
             return Err(refuse(
                 "duplicate",
                 format!("{signer} already sent group `{}`", body.group),

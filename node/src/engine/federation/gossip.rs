@@ -39,6 +39,7 @@ impl Engine {
             }
             GossipMessage::Heartbeat(m) => {
                 let heartbeat = verify(m, |_, body| scope.admits(body))?.into_body();
+                self.holders.add(heartbeat.model, heartbeat.member);
                 if let Some(run) = self.runs.get_mut(&id) {
                     run.state.members.seen(&heartbeat.member, now);
                     if run.spec.coordinator == Some(heartbeat.member) {
@@ -163,6 +164,7 @@ impl Engine {
         if !run.state.members.contains(&report.member) {
             return;
         }
+        self.holders.add(report.model, report.member);
         let record = run.rounds.get_mut(&report.round);
         if let Some(record) = record.filter(|r| r.model == Some(report.model)) {
             record.evaluations.insert(report.member, report.metrics);

@@ -52,6 +52,11 @@ impl Membership {
         self.members.get(member).map(|m| m.info.clone())
     }
 
+    /// How many members there are.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
     pub fn contains(&self, member: &MemberId) -> bool {
         self.members.contains_key(member)
     }

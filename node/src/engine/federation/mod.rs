@@ -6,6 +6,7 @@ mod aggregate;
 mod collect;
 mod external_init;
 mod gossip;
+mod holders;
 mod local;
 mod membership;
 mod misbehave;
@@ -21,6 +22,7 @@ pub use misbehave::KINDS as MISBEHAVIOURS;
 pub use records::{RoundView, RunView};
 
 use super::{Engine, EngineError};
+use crate::engine::cadence::Cadence;
 use aggregate::send_partial;
 use collect::Collecting;
 pub(in crate::engine) use collect::Refused;
@@ -36,25 +38,22 @@ use fedmesh_protocol::strategy::AggregationRule;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
 pub(in crate::engine) use gossip::verify;
+pub(in crate::engine) use holders::Holders;
 use membership::Membership;
 use records::{MemberView, RoundRecord, RunState, RunStatus};
 use ring::RingRun;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// How often a member says it is alive, in milliseconds.
-const HEARTBEAT_MS: u64 = 1_000;
-/// How often a member repeats its join, so members that started later learn of it.
-const REJOIN_MS: u64 = 5_000;
 /// How long after a peer subscribes to a job's topic the join is repeated for it.
 const JOIN_ECHO_DELAY_MS: u64 = 300;
-/// A member not heard from for this long is left out of plans.
-const LIVENESS_MS: u64 = 10_000;
 /// How long past a round's deadline its leader has to open it again before members elect
 /// another.
 const REOPEN_GRACE_MS: u64 = 2_000;
-/// How long after announcing a round's result it may go out again for a member that missed it.
-const ANNOUNCE_AGAIN_MS: u64 = 1_000;
+/// How long after announcing a round's result it may go out again for a member that missed it
+/// (long enough for members that heard it to fetch the model: their heartbeats still name the
+/// round until they have it).
+const ANNOUNCE_AGAIN_MS: u64 = 5_000;
 
 /// The gossip topic of one job.
 pub fn job_topic(job: &JobId) -> String {
@@ -191,6 +190,11 @@ impl JobRun {
         matches!(self.state.status, RunStatus::Waiting | RunStatus::Running)
     }
 
+    /// How often this job's members speak, and how long silence is tolerated.
+    fn cadence(&self) -> Cadence {
+        Cadence::for_members(self.state.members.len())
+    }
+
     fn live_plan(&self, round: Round, now_ms: u64) -> Option<RoundPlan> {
         self.live_plan_with_members(round, now_ms).map(|(plan, _)| plan)
     }
@@ -201,7 +205,7 @@ impl JobRun {
         round: Round,
         now_ms: u64,
     ) -> Option<(RoundPlan, Vec<MemberId>)> {
-        let live = self.state.members.live(now_ms, LIVENESS_MS);
+        let live = self.state.members.live(now_ms, self.cadence().liveness_ms());
         if live.len() < self.spec.participation.min_participants as usize {
             return None;
         }
@@ -251,7 +255,7 @@ impl JobRun {
         let named: Option<Vec<MemberInfo>> =
             ready.members.iter().map(|id| self.state.members.info(id)).collect();
         let Some(named) = named else { return false };
-        let live = self.state.members.live(unix_millis(), LIVENESS_MS);
+        let live = self.state.members.live(unix_millis(), self.cadence().liveness_ms());
         let leaves_out_a_live_member =
             live.iter().any(|m| m.id != *me && !ready.members.contains(&m.id));
         !leaves_out_a_live_member
@@ -392,9 +396,10 @@ impl Engine {
     /// before the topic's mesh formed reaches nobody), so the join goes out again shortly (a
     /// burst of subscriptions gets one join).
     pub(super) fn on_peer_subscribed(&mut self, topic: &str) {
-        let soon = unix_millis().saturating_sub(REJOIN_MS) + JOIN_ECHO_DELAY_MS;
+        let now = unix_millis();
         for run in self.runs.values_mut().filter(|run| run.is_active()) {
             if job_topic(&run.id) == topic {
+                let soon = now.saturating_sub(run.cadence().rejoin_ms()) + JOIN_ECHO_DELAY_MS;
                 run.last_join_ms = run.last_join_ms.min(soon);
             }
         }
@@ -477,8 +482,9 @@ impl Engine {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
         run.state.members.seen(&me, now);
-        let heartbeat_due = now.saturating_sub(run.last_heartbeat_ms) >= HEARTBEAT_MS;
-        let join_due = now.saturating_sub(run.last_join_ms) >= REJOIN_MS;
+        let cadence = run.cadence();
+        let heartbeat_due = now.saturating_sub(run.last_heartbeat_ms) >= cadence.heartbeat_ms();
+        let join_due = now.saturating_sub(run.last_join_ms) >= cadence.rejoin_ms();
         if heartbeat_due {
             run.last_heartbeat_ms = now;
             run.heartbeat_sequence += 1;
@@ -518,7 +524,8 @@ impl Engine {
             return; // the coordinator assigns the round again
         }
         let (round, opener) = (open.round, open.opener);
-        let alive = run.state.members.live(now, LIVENESS_MS).iter().any(|m| m.id == opener);
+        let alive =
+            run.state.members.live(now, run.cadence().liveness_ms()).iter().any(|m| m.id == opener);
         let still_leads = run.is_elected(round, &opener, now);
         if !alive || !still_leads {
             tracing::warn!(job = %id, round, %opener, alive, "the round's leader went silent or no longer leads it; electing another");

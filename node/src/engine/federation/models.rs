@@ -4,7 +4,7 @@
 //! split and reported.
 
 use super::records::{RoundRecord, RunStatus};
-use super::{LIVENESS_MS, store};
+use super::{Holders, store};
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
 use crate::network::Network;
@@ -15,6 +15,7 @@ use fedmesh_protocol::message::{
 };
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
 use rand::seq::SliceRandom;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,17 +49,19 @@ impl Engine {
         if run.leading.as_ref().is_some_and(|leading| leading.round <= ready.round) {
             run.leading = None;
         }
+        self.holders.add(ready.model, aggregator);
         match self.store.blob(&ready.model) {
             Ok(Some(bytes)) => self.adopt_model(id, ready.round, ready.model, &bytes).await,
             _ => self.fetch_model(id, ready.round, ready.model, aggregator),
         }
     }
 
-    /// Fetches a model blob in the background from the live members: `announcer` (which holds
-    /// it) and every other (which hold it once they fetched it), in a random order, again and
-    /// again with a short pause until one sends it. A busy announcer or a member that does not
-    /// hold it yet costs one small answer, so N fetchers do not all download from the announcer.
-    /// A model already being fetched is not fetched twice.
+    /// Fetches a model blob in the background from the live members: first those known to hold
+    /// it (`announcer`, and every member whose heartbeat or evaluation report names it), then the
+    /// others, each group in a random order, again and again with a short pause until one sends
+    /// it. A busy holder or a member that does not hold it yet costs one small answer, so N
+    /// fetchers do not all download from the announcer. A model already being fetched is not
+    /// fetched twice.
     pub(super) fn fetch_model(
         &mut self,
         id: JobId,
@@ -69,16 +72,18 @@ impl Engine {
         if !self.fetching.insert((id, model)) {
             return;
         }
+        self.holders.add(model, announcer);
         let me = self.identity.member_id();
-        let mut sources: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
-            let live = run.state.members.live(unix_millis(), LIVENESS_MS);
-            live.into_iter().map(|m| m.id).filter(|m| *m != announcer && *m != me).collect()
+        let mut members: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
+            let live = run.state.members.live(unix_millis(), run.cadence().liveness_ms());
+            live.into_iter().map(|m| m.id).collect()
         });
-        sources.push(announcer);
+        members.push(announcer);
+        let source = Sources { members, holders: self.holders.clone(), me };
         let (network, internal) = (self.network.clone(), self.internal.clone());
         let size = self.largest_model_bytes();
         tokio::spawn(async move {
-            let result = fetch_from_any(&network, &mut sources, model, size).await;
+            let result = fetch_from_any(&network, &source, model, size).await;
             let _ = internal.send(Internal::ModelFetched { job: id, round, model, result }).await;
         });
     }
@@ -187,19 +192,50 @@ const FETCH_GIVE_UP: Duration = Duration::from_secs(300);
 /// The pause after asking every source in vain, before asking them again.
 const FETCH_PAUSE: Duration = Duration::from_millis(100);
 
-/// Asks `sources` (shuffled, then again and again) for a blob until one sends it.
+/// Where a model may be fetched from.
+struct Sources {
+    /// The job's live members when the fetch began.
+    members: Vec<MemberId>,
+    /// Who is known to hold which model, as it is learned during the fetch.
+    holders: Holders,
+    /// This node, which is never asked.
+    me: MemberId,
+}
+
+impl Sources {
+    /// The order of one pass over the sources of `model`: its known holders, then the other
+    /// members, each shuffled.
+    fn ask_order(&self, model: &ContentHash) -> Vec<MemberId> {
+        let rng = &mut rand::rng();
+        let mut holders = self.holders.of(model);
+        holders.remove(&self.me);
+        let others: BTreeSet<MemberId> = self.members.iter().copied().collect();
+        let mut others: Vec<MemberId> =
+            others.into_iter().filter(|m| *m != self.me && !holders.contains(m)).collect();
+        let mut order: Vec<MemberId> = holders.into_iter().collect();
+        order.shuffle(rng);
+        others.shuffle(rng);
+        order.extend(others);
+        order
+    }
+}
+
+/// Asks the sources, one pass after another, for a blob until one sends it.
 async fn fetch_from_any(
     network: &Network,
-    sources: &mut [MemberId],
+    sources: &Sources,
     hash: ContentHash,
     size: usize,
 ) -> Result<Vec<u8>, String> {
     let started = Instant::now();
     let mut last = "no member to fetch it from".to_owned();
-    while started.elapsed() < FETCH_GIVE_UP && !sources.is_empty() {
-        sources.shuffle(&mut rand::rng());
-        for source in sources.iter() {
-            match fetch_blob(network, *source, hash, size).await {
+    while started.elapsed() < FETCH_GIVE_UP {
+        let order = sources.ask_order(&hash);
+        if order.is_empty() {
+            break;
+        }
+        for source in order {
+            match fetch_blob(network, source, hash, size).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) => {
                     tracing::trace!(%source, %hash, %error, "model not fetched; trying another member");
@@ -235,4 +271,34 @@ pub(super) async fn fetch_blob(
         }
     };
     fetch.await.map_err(|e: anyhow::Error| format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(byte: u8) -> MemberId {
+        MemberId([byte; 32])
+    }
+
+    #[test]
+    fn known_holders_are_asked_first_and_this_node_never() {
+        let model = ContentHash::of(b"model");
+        let holders = Holders::default();
+        let sources = Sources {
+            members: (0..10).map(member).chain([member(3)]).collect(),
+            holders: holders.clone(),
+            me: member(0),
+        };
+        holders.add(model, member(7));
+        holders.add(model, member(0));
+        holders.add(ContentHash::of(b"another model"), member(5));
+        for _ in 0..20 {
+            let order = sources.ask_order(&model);
+            assert_eq!(order[0], member(7), "the one holder first: {order:?}");
+            let asked: BTreeSet<MemberId> = order.iter().copied().collect();
+            assert_eq!(asked.len(), order.len(), "nobody twice: {order:?}");
+            assert_eq!(asked, (1..10).map(member).collect(), "every member but this node");
+        }
+    }
 }

@@ -333,7 +333,8 @@ impl Engine {
             match Signed::sign(&self.identity, body) {
                 Ok(signed) => {
                     let payload = std::sync::Arc::new(payload);
-                    send_request(&self.network, out.to, Request::RingChunk(signed), payload, id)
+                    let retry = (id, self.round_deadline(id));
+                    send_request(&self.network, out.to, Request::RingChunk(signed), payload, retry)
                 }
                 Err(error) => tracing::error!(job = %id, %error, "cannot sign a chunk"),
             }

@@ -10,7 +10,7 @@ use fedmesh_protocol::codec::{decode_response, encode_request_header};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    Contribution, ModelDelta, Request, Response, RoundOpen, TrainMetrics,
+    Contribution, ModelDelta, Request, Response, RoundOpen, TrainMetrics, unix_millis,
 };
 use fedmesh_protocol::tensor::{PayloadRef, TensorError, decode_params};
 use fedmesh_topologies::{Destination, RoundPlan};
@@ -74,6 +74,7 @@ impl Engine {
         record.slots = plan.slots.iter().map(|s| (s.id.to_string(), s.aggregator())).collect();
         record.rings = plan.rings.iter().map(|r| (r.label.clone(), r.order.clone())).collect();
         self.collect_slots(id, &plan);
+        self.finish_complete_slots(id).await;
         self.take_early_inputs(id).await;
         self.form_ring(id, &plan).await;
         if !plan.trainers.contains(&me) {
@@ -243,10 +244,20 @@ impl Engine {
                 let _ = internal.send(Internal::OwnRequest { request, payload }).await;
             });
         } else {
-            send_request(&self.network, to, request, payload, id);
+            send_request(&self.network, to, request, payload, (id, self.round_deadline(id)));
         }
     }
+
+    /// The deadline of the round this node follows in job `id` (0 when it follows none): an
+    /// update that cannot be sent is tried again until then.
+    pub(super) fn round_deadline(&self, id: JobId) -> u64 {
+        let open = self.runs.get(&id).and_then(|run| run.open.as_ref());
+        open.map_or(0, |open| open.deadline_ms)
+    }
 }
+
+/// The first wait before an update that could not be sent is sent again; it doubles each time.
+const FIRST_RETRY_MS: u64 = 1_000;
 
 /// Encodes a delta as the job says; with error feedback (top-k), what the last delta did not
 /// send is added to this one first, and what this one does not send is kept for the next.
@@ -279,23 +290,38 @@ pub(super) async fn request_with_payload(
     Ok(response)
 }
 
-/// Sends a request with a payload in the background and logs the answer.
+/// Sends a request with a payload in the background and logs the answer. A request that
+/// fails (the peer is unreachable, or too loaded to answer in time) is sent again, after a wait
+/// that doubles, while the round's deadline allows; the receiver counts an update it already has
+/// once.
 pub(super) fn send_request(
     network: &Network,
     to: MemberId,
     request: Request,
     payload: Arc<Vec<u8>>,
-    id: JobId,
+    (id, until_ms): (JobId, u64),
 ) {
     let network = network.clone();
     tokio::spawn(async move {
-        match request_with_payload(&network, to, &request, &payload).await {
-            Ok(Response::Accepted) => tracing::debug!(job = %id, %to, "update accepted"),
-            Ok(Response::Refused { reason }) => {
-                tracing::warn!(job = %id, %to, %reason, "update refused")
+        let mut wait_ms = FIRST_RETRY_MS + rand::random_range(0..FIRST_RETRY_MS);
+        loop {
+            match request_with_payload(&network, to, &request, &payload).await {
+                Ok(Response::Accepted) => return tracing::debug!(job = %id, %to, "update accepted"),
+                Ok(Response::Refused { reason }) => {
+                    return tracing::warn!(job = %id, %to, %reason, "update refused");
+                }
+                Ok(other) => {
+                    return tracing::warn!(job = %id, %to, ?other, "unexpected answer to an update");
+                }
+                Err(error) if unix_millis() + wait_ms < until_ms => {
+                    tracing::warn!(job = %id, %to, %error, retry_in_ms = wait_ms, "cannot send the update; trying again");
+                }
+                Err(error) => {
+                    return tracing::warn!(job = %id, %to, %error, "cannot send the update");
+                }
             }
-            Ok(other) => tracing::warn!(job = %id, %to, ?other, "unexpected answer to an update"),
-            Err(error) => tracing::warn!(job = %id, %to, %error, "cannot send the update"),
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            wait_ms *= 2;
         }
     });
 }
