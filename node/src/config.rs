@@ -100,8 +100,9 @@ mod defaults {
     pub fn max_message_bytes() -> u64 {
         512 << 20
     }
+    /// One 100 MB model's frame at a time (two would not fit), smaller ones several at once.
     pub fn bulk_buffer_bytes() -> u64 {
-        192 << 20
+        128 << 20
     }
     pub fn request_timeout_secs() -> u64 {
         30

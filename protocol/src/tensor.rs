@@ -191,6 +191,22 @@ pub fn encode_params_into(
     }
 }
 
+/// Values hashed per step by [`hash_f32`] (256 KiB of bytes).
+const HASH_CHUNK: usize = 64 << 10;
+
+/// The content hash of `values` encoded as [`TensorEncoding::F32Le`], without making the payload
+/// (a chunk at a time).
+pub fn hash_f32(values: &[f32]) -> ContentHash {
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = Vec::with_capacity(HASH_CHUNK * 4);
+    for chunk in values.chunks(HASH_CHUNK) {
+        bytes.clear();
+        bytes.extend(chunk.iter().flat_map(|value| value.to_le_bytes()));
+        hasher.update(&bytes);
+    }
+    ContentHash(*hasher.finalize().as_bytes())
+}
+
 /// Top-k sparsification: the `k` parameters of largest magnitude as a [`TensorEncoding::Sparse`]
 /// payload (ties broken by index; the rest are sent as zero).
 pub fn encode_top_k(values: &[f32], k: usize) -> Result<Vec<u8>, TensorError> {
@@ -497,6 +513,15 @@ mod tests {
 
     fn sample(n: usize) -> Vec<f32> {
         (0..n).map(|i| ((i as f32) * 0.37).sin() * (1.0 + (i % 7) as f32)).collect()
+    }
+
+    #[test]
+    fn hashing_values_equals_hashing_their_f32_payload() {
+        for n in [0, 1, HASH_CHUNK - 1, HASH_CHUNK, 3 * HASH_CHUNK + 5] {
+            let values = sample(n);
+            let payload = encode_params(&values, TensorEncoding::F32Le, None).unwrap();
+            assert_eq!(hash_f32(&values), ContentHash::of(&payload), "{n} values");
+        }
     }
 
     #[test]

@@ -109,7 +109,11 @@ enum Internal {
         round: u64,
         base: fedmesh_protocol::ids::ContentHash,
         result: Result<federation::Trained, String>,
+        /// The delta's share of the bulk budget, given back once it is folded in or encoded.
+        held: crate::network::Held,
     },
+    /// A slot this node aggregates has every input (it is finished once the last is let go).
+    SlotComplete { job: JobId, round: u64, slot: usize },
     /// This node's own delta or partial aggregate for a slot it also aggregates.
     OwnRequest { request: fedmesh_protocol::message::Request, payload: Arc<Vec<u8>> },
     /// A model blob asked of a peer arrived (or could not be had).
@@ -379,8 +383,12 @@ impl Engine {
                     self.maybe_auto_join(job).await;
                 }
             }
-            Internal::Trained { job, round, base, result } => {
-                self.on_trained(job, round, base, result).await
+            Internal::Trained { job, round, base, result, held } => {
+                self.on_trained(job, round, base, result).await;
+                drop(held);
+            }
+            Internal::SlotComplete { job, round, slot } => {
+                self.finish_if_complete(job, round, slot).await
             }
             Internal::OwnRequest { request, payload } => match request {
                 fedmesh_protocol::message::Request::Delta(delta) => {

@@ -7,7 +7,7 @@ mod codec;
 mod event_loop;
 
 pub use behaviour::{BehaviourSettings, MAX_GOSSIP_BYTES};
-pub use budget::Held;
+pub use budget::{COUNTED_FROM_BYTES as LARGE_FRAME_BYTES, Held};
 pub use codec::Frame;
 pub use event_loop::peer_of;
 
@@ -182,6 +182,12 @@ impl Network {
         acceptance: MessageAcceptance,
     ) -> Result<(), NetworkError> {
         self.send(Command::Validate { message_id, source, acceptance }).await
+    }
+
+    /// A share of the bulk budget for `bytes` of a large buffer this node makes (its own
+    /// update), once it fits: the buffer then never adds to the frames the budget bounds.
+    pub async fn reserve(&self, bytes: usize) -> Held {
+        self.budget.reserve(bytes).await
     }
 
     /// A share of the bulk budget for `bytes` about to be sent, if it fits now (a node serving

@@ -6,7 +6,7 @@
 use super::collect::{Collecting, Opening, Refused, refuse};
 use super::records::RunStatus;
 use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, Internal};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
@@ -249,6 +249,24 @@ impl Engine {
         self.answer_input(id, "delta", result).await
     }
 
+    /// Folds this node's own update into the slot it aggregates.
+    pub(super) async fn fold_own_update(&mut self, id: JobId, samples: u64, delta: Vec<f32>) {
+        let me = self.identity.member_id();
+        let result =
+            self.slot_for(id, |slot| slot.direct.contains(&me)).and_then(|(run, index)| {
+                run.slots[index].accept_own(me, samples, &delta).map(|_| index)
+            });
+        drop(delta);
+        self.answer_input(id, "delta", result).await;
+    }
+
+    /// Whether a slot this node aggregates holds this node's own update.
+    pub(super) fn holds_own_update(&self, id: JobId) -> bool {
+        let me = self.identity.member_id();
+        let slots = self.runs.get(&id).map(|run| run.slots.as_slice()).unwrap_or_default();
+        slots.iter().any(|slot| slot.contributions.iter().any(|c| c.member == me))
+    }
+
     /// Verifies a lower slot's or ring's partial aggregate and folds it in.
     pub(in crate::engine) async fn on_partial_request(
         &mut self,
@@ -298,8 +316,13 @@ impl Engine {
             Ok(index) => {
                 let slot = self.runs.get(&id).and_then(|run| run.slots.get(index));
                 if let Some(slot) = slot.filter(|slot| slot.complete()) {
-                    let slot = slot.slot;
-                    self.finish_slot(id, slot).await;
+                    // Finished from the engine's queue, once the input that completed it (a
+                    // large frame, maybe) is let go: a closing round then holds no update.
+                    let (internal, round, slot) = (self.internal.clone(), slot.round, slot.slot);
+                    tokio::spawn(async move {
+                        let _ =
+                            internal.send(Internal::SlotComplete { job: id, round, slot }).await;
+                    });
                 }
                 Response::Accepted
             }
@@ -308,6 +331,19 @@ impl Engine {
                 self.metrics.rejected(kind, refused.reason);
                 Response::Refused { reason: refused.detail }
             }
+        }
+    }
+
+    /// Finishes slot `slot` of `round` if it is still collecting and has every input.
+    pub(in crate::engine) async fn finish_if_complete(
+        &mut self,
+        id: JobId,
+        round: Round,
+        slot: usize,
+    ) {
+        let slots = self.runs.get(&id).map(|run| run.slots.as_slice()).unwrap_or_default();
+        if slots.iter().any(|s| (s.round, s.slot) == (round, slot) && s.complete()) {
+            self.finish_slot(id, slot).await;
         }
     }
 

@@ -8,7 +8,7 @@ use fedmesh_protocol::envelope::{CarriesPayload, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
 use fedmesh_protocol::spec::JobSpec;
-use fedmesh_protocol::tensor::{Decoder, decode_params};
+use fedmesh_protocol::tensor::{Decoder, decode_params, hash_f32};
 use fedmesh_topologies::{Input, RoundPlan};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -244,6 +244,34 @@ impl Collecting {
             samples: body.samples,
         });
         Ok(signer)
+    }
+
+    /// Folds in this node's own update (`member` is this node: no signature to check, and the
+    /// update was never encoded).
+    pub fn accept_own(
+        &mut self,
+        member: MemberId,
+        samples: u64,
+        delta: &[f32],
+    ) -> Result<MemberId, Refused> {
+        if self.contributions.iter().any(|c| c.member == member) {
+            return Ok(member); // kept from an earlier opening of the round
+        }
+        if delta.len() != self.base_params.len() {
+            return Err(refuse(
+                "wrong_layout",
+                format!(
+                    "own update has {} parameters, the model {}",
+                    delta.len(),
+                    self.base_params.len()
+                ),
+            ));
+        }
+        self.aggregator
+            .add(&member.to_peer_id_string(), samples as f64, delta)
+            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+        self.contributions.push(Contribution { member, delta: hash_f32(delta), samples });
+        Ok(member)
     }
 
     /// `contribution` is folded in already.

@@ -34,7 +34,7 @@ pub const FORGE_ASSIGNMENTS: &str = "forge-assignments";
 pub const KINDS: &[&str] = &[FORGED_DELTAS, SIGN_FLIP, NOISE, HIJACK_ROUNDS, FORGE_ASSIGNMENTS];
 
 impl Engine {
-    fn misbehaves(&self, kind: &str) -> bool {
+    pub(super) fn misbehaves(&self, kind: &str) -> bool {
         self.config.misbehave.iter().any(|configured| configured == kind)
     }
 

@@ -99,8 +99,35 @@ struct Leading {
     retries: u32,
 }
 
-/// A member's last update, its shared payload, and the opening it answered (opener, time).
-type LastUpdate = (ModelDelta, Arc<Vec<u8>>, (MemberId, u64));
+/// A member's last update, its payload as kept, and the opening it answered (opener, time).
+type LastUpdate = (ModelDelta, KeptPayload, (MemberId, u64));
+
+/// A sent update's payload, kept to send it again if its round is opened again: a small one in
+/// memory, a large one only while a send holds it (once delivered, the aggregator keeps it over
+/// a re-opening; a member whose update is gone trains again).
+#[derive(Debug, Clone)]
+enum KeptPayload {
+    InMemory(Arc<Vec<u8>>),
+    WhileSending(std::sync::Weak<Vec<u8>>),
+}
+
+impl KeptPayload {
+    fn keep(payload: &Arc<Vec<u8>>) -> Self {
+        if payload.len() >= crate::network::LARGE_FRAME_BYTES {
+            Self::WhileSending(Arc::downgrade(payload))
+        } else {
+            Self::InMemory(payload.clone())
+        }
+    }
+
+    /// The payload, if it is still held.
+    fn get(&self) -> Option<Arc<Vec<u8>>> {
+        match self {
+            Self::InMemory(payload) => Some(payload.clone()),
+            Self::WhileSending(payload) => payload.upgrade(),
+        }
+    }
+}
 
 /// A job this node takes part in.
 pub struct JobRun {

@@ -1,8 +1,9 @@
 //! A trainer's side of a round: following a round's opening, training on the local data off the
 //! engine's task, and delivering the signed update where the round's plan sends it.
 
+use super::misbehave::FORGED_DELTAS;
 use super::records::{RoundRecord, RunStatus};
-use super::{OpenRound, local};
+use super::{KeptPayload, OpenRound, local};
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
 use crate::network::{Frame, Network};
@@ -80,6 +81,7 @@ impl Engine {
         if !plan.trainers.contains(&me) {
             return tracing::debug!(job = %id, round = open.round, "not selected this round");
         }
+        let own_update_in = self.holds_own_update(id);
         let Some(run) = self.runs.get_mut(&id) else { return };
         let opening = (opener, open.opened_at_ms);
         let reopened = run.last_update.as_ref().filter(|(update, _, answered)| {
@@ -87,10 +89,18 @@ impl Engine {
                 && update.base_model == open.base_model
                 && *answered != opening
         });
-        if let Some((update, payload, _)) = reopened.cloned() {
+        let resend = reopened.and_then(|(update, kept, _)| Some((update.clone(), kept.get()?)));
+        if let Some((update, payload)) = resend {
             tracing::info!(job = %id, round = open.round, leader = %opener, "round opened again; sending the update again");
-            run.last_update = Some((update.clone(), payload.clone(), opening));
+            run.last_update = Some((update.clone(), KeptPayload::keep(&payload), opening));
             return self.deliver_update(id, update, payload).await;
+        }
+        if run.trained == Some((open.round, open.base_model)) && !own_update_in {
+            // Opened again, and this member's update is neither kept here nor in a slot this
+            // node aggregates: it trains again.
+            tracing::info!(job = %id, round = open.round, "round opened again without this member's update; training again");
+            run.trained = None;
+            run.last_update = None;
         }
         if open.base_model == run.state.model {
             self.start_training(id);
@@ -111,9 +121,18 @@ impl Engine {
         run.trained = Some((round, base));
         let (local, params, internal) =
             (run.local.clone(), run.params.clone(), self.internal.clone());
-        tokio::task::spawn_blocking(move || {
-            let result = local.train(&params, round).map_err(|e| format!("{e:#}"));
-            let _ = internal.blocking_send(Internal::Trained { job: id, round, base, result });
+        let (network, delta_bytes) = (self.network.clone(), params.len() * 4);
+        tokio::spawn(async move {
+            // The delta is a large buffer like a frame being received: it waits for its share
+            // of the bulk budget, so an aggregator never holds its own delta and a trainer's
+            // at once (for a 100 MB model, the model, the sum and one of those).
+            let held = network.reserve(delta_bytes).await;
+            let trained = tokio::task::spawn_blocking(move || local.train(&params, round)).await;
+            let result = match trained {
+                Ok(result) => result.map_err(|e| format!("{e:#}")),
+                Err(error) => Err(format!("the training task failed: {error}")),
+            };
+            let _ = internal.send(Internal::Trained { job: id, round, base, result, held }).await;
         });
     }
 
@@ -133,6 +152,8 @@ impl Engine {
             return self.fail_diverged(id, round);
         }
         let delta = self.maybe_poison(std::mem::take(&mut trained.delta), round);
+        let forges = self.misbehaves(FORGED_DELTAS);
+        let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
         if let Some(record) = run.rounds.get_mut(&round) {
             record.train_seconds = Some(trained.seconds);
@@ -141,6 +162,13 @@ impl Engine {
             return tracing::info!(job = %id, round, "round moved on while training; update dropped");
         };
         let opening = (open.opener, open.opened_at_ms);
+        tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
+        if aggregates_own_update(&open.plan, &me) && !forges {
+            // Not sent, so neither encoded nor copied: folded in exactly, then dropped.
+            let delta = with_residual(run, delta);
+            run.last_update = None;
+            return self.fold_own_update(id, trained.samples as u64, delta).await;
+        }
         let (payload, encoding) = match encode_delta(run, delta) {
             Ok(payload) => (Arc::new(payload), run.spec.delta_encoding.tensor_encoding()),
             Err(error) => return tracing::error!(job = %id, %error, "cannot encode the update"),
@@ -155,8 +183,7 @@ impl Engine {
             metrics: TrainMetrics { loss: trained.loss, accuracy: None },
             payload: PayloadRef::describe(&payload, encoding, params),
         };
-        tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
-        run.last_update = Some((body.clone(), payload.clone(), opening));
+        run.last_update = Some((body.clone(), KeptPayload::keep(&payload), opening));
         self.deliver_update(id, body, payload).await;
     }
 
@@ -259,17 +286,32 @@ impl Engine {
 /// The first wait before an update that could not be sent is sent again; it doubles each time.
 const FIRST_RETRY_MS: u64 = 1_000;
 
+/// Whether this member's update goes to a slot this node aggregates itself.
+fn aggregates_own_update(plan: &RoundPlan, me: &MemberId) -> bool {
+    match plan.destination(me) {
+        Some(Destination::Slot(slot)) => plan.slots[slot].aggregator() == *me,
+        _ => false,
+    }
+}
+
+/// `delta` plus what earlier deltas did not send (top-k's error feedback), which is then owed
+/// no more.
+fn with_residual(run: &mut super::JobRun, mut delta: Vec<f32>) -> Vec<f32> {
+    if let Some(residual) = run.residual.take().filter(|r| r.len() == delta.len()) {
+        delta.iter_mut().zip(&residual).for_each(|(d, r)| *d += r);
+    }
+    delta
+}
+
 /// Encodes a delta as the job says; with error feedback (top-k), what the last delta did not
 /// send is added to this one first, and what this one does not send is kept for the next.
-fn encode_delta(run: &mut super::JobRun, mut delta: Vec<f32>) -> Result<Vec<u8>, TensorError> {
+fn encode_delta(run: &mut super::JobRun, delta: Vec<f32>) -> Result<Vec<u8>, TensorError> {
     let encoding = run.spec.delta_encoding;
     let layout = run.local.model.layout();
     if !encoding.carries_residual() {
         return encoding.encode(&delta, &layout);
     }
-    if let Some(residual) = run.residual.take().filter(|r| r.len() == delta.len()) {
-        delta.iter_mut().zip(&residual).for_each(|(d, r)| *d += r);
-    }
+    let mut delta = with_residual(run, delta);
     let payload = encoding.encode(&delta, &layout)?;
     let sent = decode_params(&payload, encoding.tensor_encoding(), delta.len())?;
     delta.iter_mut().zip(&sent).for_each(|(d, s)| *d -= s);
