@@ -305,11 +305,12 @@ async fn drive(
             node.api.get(&format!("/v1/jobs/{}", follower.job)).await.unwrap_or_default();
         let name = node.name.clone();
         let members = events.members(cluster).len();
-        for round in follower.take_rounds(cluster, &view, members).await {
-            on_progress(Progress::Round(&round));
-        }
+        // Events first: gathering a round's figures asks every node, which takes a while at 50.
         for fired in events.fire_due(cluster, &view["run"]).await {
             on_progress(Progress::Event(&fired));
+        }
+        for round in follower.take_rounds(cluster, &view, members).await {
+            on_progress(Progress::Round(&round));
         }
         if let Some(end) = follower.end(&view, &name) {
             return end;

@@ -408,3 +408,118 @@ fn check_included(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_protocol::identity::Identity;
+    use fedmesh_protocol::ids::JobId;
+    use fedmesh_protocol::message::{Join, TrainMetrics};
+    use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, encode_params};
+    use fedmesh_topologies::{MemberInfo, Selection, Tag};
+
+    /// A central job of three members, each with the key its deltas are signed with.
+    struct Job {
+        id: JobId,
+        spec: JobSpec,
+        tag: Tag,
+        keys: Vec<Identity>,
+        members: Membership,
+        base: Arc<Vec<f32>>,
+    }
+
+    impl Job {
+        fn new() -> Self {
+            let owner = MemberId([0; 32]).to_string();
+            let json = serde_json::json!({"name": "job", "owner": owner, "model": "softmax",
+                                          "dataset": "mnist5k"});
+            let spec = JobSpec::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+            let tag = Tag::from_spec(&spec.tag).unwrap();
+            let id = JobId(ContentHash::of(b"carry over"));
+            let keys: Vec<Identity> = (0..3).map(|_| Identity::generate()).collect();
+            let mut members = Membership::default();
+            for key in &keys {
+                let join = Join {
+                    job: id,
+                    member: key.member_id(),
+                    group: "default".into(),
+                    roles: vec![],
+                    samples: 10,
+                    sent_at_ms: 0,
+                };
+                members.join(&join, 0);
+            }
+            Self { id, spec, tag, keys, members, base: Arc::new(vec![0.0; 4]) }
+        }
+
+        /// The top slot of round 1 planned over the members `present`, opened at `opened_at_ms`.
+        fn slot(&self, present: &[usize], opened_at_ms: u64) -> Collecting {
+            let infos: Vec<MemberInfo> = present
+                .iter()
+                .map(|&i| self.members.info(&self.keys[i].member_id()).unwrap())
+                .collect();
+            let selection = Selection::from_participation(&self.spec.participation);
+            let plan = RoundPlan::compute(&self.tag, &self.id, 1, &infos, &selection).unwrap();
+            let opening = Opening {
+                round: 1,
+                base: ContentHash::of(b"base"),
+                base_params: &self.base,
+                opened_at_ms,
+                deadline_ms: opened_at_ms + 30_000,
+            };
+            Collecting::new(&self.spec, &plan, 0, &opening).unwrap()
+        }
+
+        /// Member `i`'s signed delta (every value `value`) and its payload.
+        fn delta(&self, i: usize, value: f32) -> (Signed<ModelDelta>, Vec<u8>) {
+            let payload = encode_params(&[value; 4], TensorEncoding::F32Le, None).unwrap();
+            let body = ModelDelta {
+                job: self.id,
+                round: 1,
+                base_model: ContentHash::of(b"base"),
+                member: self.keys[i].member_id(),
+                samples: 10,
+                metrics: TrainMetrics { loss: 0.0, accuracy: None },
+                payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, 4),
+            };
+            (Signed::sign(&self.keys[i], body).unwrap(), payload)
+        }
+    }
+
+    #[test]
+    fn a_round_opened_again_over_the_same_members_keeps_the_updates_in() {
+        let job = Job::new();
+        let mut first = job.slot(&[0, 1, 2], 1_000);
+        for (i, value) in [(0, 1.0), (1, 3.0)] {
+            let (delta, payload) = job.delta(i, value);
+            first.accept_delta(delta, &payload, &job.members).unwrap();
+        }
+        let mut again = job.slot(&[0, 1, 2], 31_000);
+        assert!(again.carry_over(first), "the same plan keeps what it collected");
+        assert_eq!(again.contributions.len(), 2);
+        // A trainer that sends its update again is counted once; the missing one completes it.
+        let (delta, payload) = job.delta(0, 1.0);
+        again.accept_delta(delta, &payload, &job.members).unwrap();
+        let (delta, payload) = job.delta(2, 5.0);
+        again.accept_delta(delta, &payload, &job.members).unwrap();
+        assert!(again.complete());
+        let (sum, contributions) = again.finish().unwrap();
+        assert_eq!(contributions.len(), 3);
+        assert_eq!(sum.mean().unwrap(), vec![3.0; 4], "(1 + 3 + 5) / 3, each counted once");
+    }
+
+    #[test]
+    fn a_round_opened_again_without_a_contributor_starts_over() {
+        let job = Job::new();
+        let mut first = job.slot(&[0, 1, 2], 1_000);
+        let contributor = (0..3)
+            .find(|&i| first.direct.contains(&job.keys[i].member_id()))
+            .expect("a trainer of the slot");
+        let (delta, payload) = job.delta(contributor, 1.0);
+        first.accept_delta(delta, &payload, &job.members).unwrap();
+        let rest: Vec<usize> = (0..3).filter(|&i| i != contributor).collect();
+        let mut again = job.slot(&rest, 31_000);
+        assert!(!again.carry_over(first), "its update is no longer expected");
+        assert!(again.contributions.is_empty());
+    }
+}
