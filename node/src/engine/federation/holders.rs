@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// How many models' holders are remembered (the newest; a job moves on by one per round).
 const MODELS_REMEMBERED: usize = 8;
 
+/// The newest models, oldest first, each with the members known to hold it.
+type ModelHolders = VecDeque<(ContentHash, BTreeSet<MemberId>)>;
+
 /// The holders of the newest models, shared between the engine (which learns them) and its
 /// fetch tasks (which read them on every pass over the members).
 #[derive(Debug, Clone, Default)]
-pub struct Holders(Arc<Mutex<VecDeque<(ContentHash, BTreeSet<MemberId>)>>>);
+pub struct Holders(Arc<Mutex<ModelHolders>>);
 
 impl Holders {
     /// Records that `member` holds `model`.
@@ -37,7 +40,7 @@ impl Holders {
 
     /// The lock; the sets stay consistent if a holder of the lock panicked, so a poisoned lock is
     /// used as it is.
-    fn lock(&self) -> MutexGuard<'_, VecDeque<(ContentHash, BTreeSet<MemberId>)>> {
+    fn lock(&self) -> MutexGuard<'_, ModelHolders> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
