@@ -77,7 +77,9 @@ async fn members_follow_the_coordinators_assignments_and_refuse_forged_ones() {
         if i == forger { vec!["misbehave = [\"forge-assignments\"]".into()] } else { Vec::new() }
     })
     .await;
-    let job = submit(&cluster, 4, json!({})).await;
+    // Every round is to count all four members: the first is assigned once all four are heard
+    // (on a loaded machine a member may still be starting when three already are).
+    let job = submit(&cluster, 4, json!({"participation": {"min_participants": 4}})).await;
     let members: Vec<usize> = (1..=4).collect();
     let runs = wait_completed_on(&cluster, &members, &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
