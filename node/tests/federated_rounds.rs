@@ -2,8 +2,9 @@
 //! ends with the same final model, accuracy rises, the model exports as safetensors, forged
 //! deltas are refused, counted, and do not stop the rounds, a member killed mid-job resumes from
 //! its data directory, a robust strategy withstands a member that poisons its updates, and a
-//! member that opens rounds and announces models it was not elected for is ignored, and deltas
-//! sent as f16 or int8 are taken like exact ones.
+//! member that opens rounds and announces models it was not elected for is ignored, deltas sent
+//! as f16 or int8 are taken like exact ones, and members that miss a round's result ask for it
+//! rather than run the round again.
 
 mod common;
 
@@ -133,4 +134,31 @@ async fn a_member_that_hijacks_rounds_is_ignored_and_the_job_completes() {
     assert!(accuracy(&runs[0], 3) > 0.8, "{rounds:#?}");
     let ignored = refusals(&cluster, &[0, 1, 2], "gossip", "not_the_aggregator").await;
     assert!(ignored >= 3.0, "honest members refused {ignored} hijacking messages");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_that_miss_a_rounds_result_ask_for_it_and_no_round_runs_twice() {
+    let root = tempfile::tempdir().unwrap();
+    // Every round's result reaches nobody by gossip, as if each aggregator died right after
+    // closing its round: the members must ask for it once the round's deadline passes.
+    let withhold = |_| vec!["misbehave = [\"withhold-results\"]".to_owned()];
+    let cluster = federation(root.path(), 4, withhold).await;
+    let job = Job { deadline_secs: 2, ..Job::new(4, 4) }.announce(&cluster).await;
+    let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
+    assert_same_model(&runs);
+    // No round ran twice: every member holds one model per round, the same as every other's
+    // (one that took a round's model from the next round's opening records no participants).
+    let rounds: Vec<&Vec<Value>> =
+        runs.iter().map(|run| run["rounds"].as_array().unwrap()).collect();
+    for round in 0..4 {
+        let models: Vec<&Value> = rounds.iter().map(|rounds| &rounds[round]["model"]).collect();
+        assert!(
+            models.iter().all(|m| *m == models[0] && m.is_string()),
+            "round {}: {models:?}",
+            round + 1
+        );
+        let counted =
+            rounds.iter().map(|rounds| rounds[round]["participants"].as_u64().unwrap_or(0));
+        assert_eq!(counted.max(), Some(4), "round {}: {:#?}", round + 1, runs[0]["rounds"]);
+    }
 }

@@ -573,6 +573,9 @@ pub enum Request {
     Jobs,
     /// Asks for one job's signed announcement.
     Announcement { job: JobId },
+    /// Asks for the signed result of a job's round (a member that missed its announcement asks
+    /// before it gives up on the round's aggregator).
+    RoundResult { job: JobId, round: Round },
 }
 
 impl Request {
@@ -600,6 +603,8 @@ pub enum Response {
     /// This peer holds that blob but is busy sending large frames: ask another peer that holds
     /// it, or this one again shortly.
     Busy { hash: ContentHash },
+    /// A round's signed result, as its aggregator signed it (judge it like the gossip message).
+    RoundResult(Signed<AggregateReady>),
 }
 
 impl Response {

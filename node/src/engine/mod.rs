@@ -112,6 +112,8 @@ enum Internal {
         /// The delta's share of the bulk budget, given back once it is folded in or encoded.
         held: crate::network::Held,
     },
+    /// A round's result a member passed on after this node missed its announcement.
+    MissedResult(fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::AggregateReady>),
     /// A slot this node aggregates has every input (it is finished once the last is let go).
     SlotComplete { job: JobId, round: u64, slot: usize },
     /// This node's own delta or partial aggregate for a slot it also aggregates.
@@ -387,6 +389,7 @@ impl Engine {
                 self.on_trained(job, round, base, result).await;
                 drop(held);
             }
+            Internal::MissedResult(signed) => self.on_missed_result(signed).await,
             Internal::SlotComplete { job, round, slot } => {
                 self.finish_if_complete(job, round, slot).await
             }

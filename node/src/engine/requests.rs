@@ -46,6 +46,7 @@ impl Engine {
                 None => (Response::NotFound { hash: job.0 }, none()),
             },
             Ok((Request::Blob { hash }, _)) => self.serve_blob(hash),
+            Ok((Request::RoundResult { job, round }, _)) => (self.round_result(job, round), none()),
             Ok((Request::Delta(delta), payload)) => {
                 (self.on_delta_request(delta, &payload).await, none())
             }
@@ -118,7 +119,11 @@ impl Engine {
 }
 
 /// Sends a request without payload and decodes the response.
-async fn ask(network: &Network, peer: PeerId, request: &Request) -> anyhow::Result<Response> {
+pub(super) async fn ask(
+    network: &Network,
+    peer: PeerId,
+    request: &Request,
+) -> anyhow::Result<Response> {
     let bytes = encode_request(request, &[])?;
     let (frame, _) = network.request(peer, bytes.into()).await?.into_received();
     let (response, _) = decode_response(frame)?;

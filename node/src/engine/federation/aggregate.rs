@@ -4,6 +4,7 @@
 //! announcing the result again to a member that missed it.
 
 use super::collect::{Collecting, Opening, Refused, refuse};
+use super::misbehave::WITHHOLD_RESULTS;
 use super::records::RunStatus;
 use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
 use crate::engine::{Engine, EngineError, Internal};
@@ -406,6 +407,9 @@ impl Engine {
     /// round's result (it was down, or restarted): the result goes out again, newly signed, at
     /// most once every `ANNOUNCE_AGAIN_MS`.
     pub(super) async fn announce_again(&mut self, id: JobId, their_round: Round, now: u64) {
+        if self.misbehaves(WITHHOLD_RESULTS) {
+            return;
+        }
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(ready) = run.announced.as_mut() else { return };
         if their_round > ready.round || now.saturating_sub(run.announced_ms) < ANNOUNCE_AGAIN_MS {

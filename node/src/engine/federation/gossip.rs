@@ -42,6 +42,7 @@ impl Engine {
                 self.holders.add(heartbeat.model, heartbeat.member);
                 if let Some(run) = self.runs.get_mut(&id) {
                     run.state.members.seen(&heartbeat.member, now);
+                    run.rounds_heard.insert(heartbeat.member, heartbeat.round);
                     if run.spec.coordinator == Some(heartbeat.member) {
                         run.coordinator_seen_ms = now;
                     }
@@ -60,9 +61,11 @@ impl Engine {
                     .await?;
             }
             GossipMessage::AggregateReady(m) => {
+                let signed = m.clone();
                 let ready = verify(m, |_, body| scope.admits(body))?;
                 self.on_member_round_message(id, ready.signer(), Pending::Ready(ready.into_body()))
                     .await?;
+                self.keep_taken_result(id, signed);
             }
             GossipMessage::EvalReport(m) => {
                 let report = verify(m, |_, body| scope.admits(body))?.into_body();

@@ -30,8 +30,14 @@ pub const HIJACK_ROUNDS: &str = "hijack-rounds";
 /// with one of its own (itself the aggregator of every slot), signed by its own key.
 pub const FORGE_ASSIGNMENTS: &str = "forge-assignments";
 
+/// `withhold-results`: announces the result of a round it aggregates to nobody, at the close or
+/// later, as an aggregator killed right after closing a round would (it still answers a member
+/// that asks for it).
+pub const WITHHOLD_RESULTS: &str = "withhold-results";
+
 /// Every kind of misbehaviour the setting accepts.
-pub const KINDS: &[&str] = &[FORGED_DELTAS, SIGN_FLIP, NOISE, HIJACK_ROUNDS, FORGE_ASSIGNMENTS];
+pub const KINDS: &[&str] =
+    &[FORGED_DELTAS, SIGN_FLIP, NOISE, HIJACK_ROUNDS, FORGE_ASSIGNMENTS, WITHHOLD_RESULTS];
 
 impl Engine {
     pub(super) fn misbehaves(&self, kind: &str) -> bool {

@@ -10,6 +10,7 @@ mod holders;
 mod local;
 mod membership;
 mod misbehave;
+mod missed;
 mod models;
 mod orchestrated;
 mod records;
@@ -168,6 +169,13 @@ pub struct JobRun {
     announced: Option<AggregateReady>,
     /// When `announced` last went out.
     announced_ms: u64,
+    /// The newest round result this node took from another member, as that member signed it:
+    /// passed on to a member that asks for it (see `missed`).
+    taken_result: Option<Signed<AggregateReady>>,
+    /// The round each member's last heartbeat said it is in.
+    rounds_heard: BTreeMap<MemberId, Round>,
+    /// The opening (round, time) whose missed result this node last asked for.
+    result_asked: Option<(Round, u64)>,
     /// In orchestration mode: the coordinator's latest assignment, and when it was last heard
     /// from (an assignment or a heartbeat).
     assigned: Option<orchestrated::Assigned>,
@@ -208,6 +216,9 @@ impl JobRun {
             pending: Vec::new(),
             announced: None,
             announced_ms: 0,
+            taken_result: None,
+            rounds_heard: BTreeMap::new(),
+            result_asked: None,
             assigned: None,
             coordinator_seen_ms: unix_millis(),
         }
@@ -530,6 +541,7 @@ impl Engine {
         }
         self.check_deadline(id, now).await;
         self.check_slot_deadlines(id, now).await;
+        self.ask_for_missed_result(id, now);
         self.forget_lost_opener(id, now);
         let Some(run) = self.runs.get(&id) else { return };
         if run.is_active() && run.open.is_none() && run.leading.is_none() {

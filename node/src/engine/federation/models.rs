@@ -142,6 +142,9 @@ impl Engine {
         run.params = Arc::new(params);
         run.state.model = model;
         run.state.completed_round = round;
+        if run.open.as_ref().is_some_and(|open| open.round <= round) {
+            run.open = None; // an opening of a round whose model this is (heard while fetching)
+        }
         if round >= run.spec.hyperparameters.rounds {
             run.state.status = RunStatus::Completed;
             tracing::info!(job = %id, rounds = round, %model, "job complete");

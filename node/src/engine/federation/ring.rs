@@ -4,6 +4,7 @@
 //! the same one) or a partial aggregate its uploader sends up (hybrid).
 
 use super::collect::{Refused, refuse, verify_member};
+use super::misbehave::WITHHOLD_RESULTS;
 use super::{OpenRound, encode_model, send_partial, store};
 use crate::engine::Engine;
 use crate::engine::federation::train::send_request;
@@ -416,7 +417,11 @@ impl Engine {
                 return tracing::error!(job = %id, round, %error, "cannot record the round's result");
             }
         }
-        self.publish_signed(id, ready.clone(), GossipMessage::AggregateReady).await;
+        if self.misbehaves(WITHHOLD_RESULTS) {
+            tracing::warn!(job = %id, round, "misbehaving on purpose: withholding the round's result");
+        } else {
+            self.publish_signed(id, ready.clone(), GossipMessage::AggregateReady).await;
+        }
         // Boxed: taking the model may open the next round, which may finish a ring again.
         Box::pin(self.on_aggregate_ready(id, self.identity.member_id(), ready)).await;
     }

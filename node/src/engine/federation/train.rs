@@ -46,8 +46,9 @@ impl Engine {
     ) {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
-        if open.round <= run.state.completed_round || !run.is_active() {
-            return;
+        let result_heard = run.rounds.get(&open.round).is_some_and(|r| r.model.is_some());
+        if open.round <= run.state.completed_round || !run.is_active() || result_heard {
+            return; // over, or its model is being fetched
         }
         let same_opening = run
             .open
