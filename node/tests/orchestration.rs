@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     BINARY, assert_every_round_once, assert_same_model, cluster_under_owner, completed_round,
-    refusals, wait_completed_on, wait_for,
+    poll_until, refusals, wait_completed_on, wait_for,
 };
 use fedmesh_testnet::cluster::{Cluster, NodeSpec};
 use serde_json::{Value, json};
@@ -54,15 +54,7 @@ async fn wait_status(
     what: &str,
     ready: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let view = status(cluster, job).await;
-        if ready(&view) {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "{what}: {view:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(what, || status(cluster, job), ready).await
 }
 
 fn node_of(cluster: &Cluster, peer: &Value) -> usize {

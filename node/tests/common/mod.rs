@@ -190,13 +190,23 @@ pub async fn wait_for(
     what: &str,
     ready: impl Fn(&Value) -> bool,
 ) -> Value {
+    poll_until(what, || run_view(cluster, observer, job), ready).await
+}
+
+/// Fetches a view again and again until `ready` holds for it (at most a minute; the test fails
+/// with `what` and the last view after that).
+pub async fn poll_until<F: std::future::Future<Output = Value>>(
+    what: &str,
+    mut fetch: impl FnMut() -> F,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let run = run_view(cluster, observer, job).await;
-        if ready(&run) {
-            return run;
+        let view = fetch().await;
+        if ready(&view) {
+            return view;
         }
-        assert!(Instant::now() < deadline, "{what}: {run:#?}");
+        assert!(Instant::now() < deadline, "{what}: {view:#?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
