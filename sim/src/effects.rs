@@ -1,0 +1,158 @@
+//! Carrying out a machine's effects as the node's executor would: publishing, sending, asking,
+//! fetching, local work (training, storing, evaluating) in simulated time, persisting, wake-ups
+//! and log notices; with the adversaries' twists on publishing.
+
+use crate::adversary;
+use crate::config::AdversaryKind;
+use crate::network::Index;
+use crate::world::{Action, World};
+use fedmesh_federation::member::{Effect, Event, Gossip, Level, Notice, Publish};
+use fedmesh_protocol::ids::Round;
+use fedmesh_protocol::message::RoundOpen;
+use fedmesh_protocol::tensor::hash_f32;
+use std::sync::Arc;
+
+/// Simulated time to store a model: a fixed cost plus this many bytes a millisecond.
+const STORE_BASE_MS: u64 = 5;
+const STORE_BYTES_PER_MS: u64 = 1_000_000;
+
+/// The gossip message a publication goes out as.
+fn as_gossip(publish: Publish) -> Gossip {
+    match publish {
+        Publish::Join(join) => Gossip::Join(join),
+        Publish::Leave(leave) => Gossip::Leave(leave),
+        Publish::Heartbeat(beat) => Gossip::Heartbeat(beat),
+        Publish::Open(open) => Gossip::Open(open),
+        Publish::Result(ready) => Gossip::Result(ready),
+        Publish::Eval(report) => Gossip::Eval(report),
+    }
+}
+
+impl World {
+    /// Carries out `member`'s effects, in order.
+    pub fn carry_out(&mut self, member: Index, effects: Vec<Effect>) {
+        for effect in effects {
+            self.carry_out_one(member, effect);
+        }
+    }
+
+    fn carry_out_one(&mut self, member: Index, effect: Effect) {
+        match effect {
+            Effect::Publish(publish) => self.publish_effect(member, publish),
+            Effect::SendDelta { to, delta, until_ms } => {
+                self.send_delta(member, to, delta, until_ms)
+            }
+            Effect::SendPartial { to, partial, until_ms } => {
+                self.send_partial(member, to, partial, until_ms)
+            }
+            Effect::Answer { outcome, .. } => match outcome {
+                Ok(()) => self.counters.accepted += 1,
+                Err(refusal) => {
+                    *self.counters.refused.entry(refusal.reason.to_owned()).or_insert(0) += 1
+                }
+            },
+            Effect::ServeResult { request, result, .. } => self.serve(member, request, result),
+            Effect::AskResult { round, from } => self.ask(member, round, &from),
+            Effect::Train { round, base, params } => {
+                let incarnation = self.nodes[member].incarnation;
+                let delay = self.learner.train_ms(member, round);
+                let action = Action::Train { member, incarnation, round, base, params };
+                self.queue.after(delay, action);
+            }
+            Effect::Fetch { model, from, .. } => self.fetch(member, model, &from),
+            Effect::StoreModel { round, params } => self.store(member, round, params),
+            Effect::Evaluate { round, model, params } => {
+                let metrics = self.learner.evaluate(member, &params);
+                let delay = self.learner.evaluate_ms(member);
+                self.later(member, delay, Event::Evaluated { round, model, metrics });
+            }
+            Effect::Persist(snapshot) => self.nodes[member].snapshot = Some(snapshot),
+            Effect::WakeAt(at) => self.wake(member, at),
+            Effect::Log(notice) => self.log(member, &notice),
+        }
+    }
+
+    /// Feeds `event` to this incarnation of `member` after `delay_ms`.
+    pub fn later(&mut self, member: Index, delay_ms: u64, event: Event) {
+        let incarnation = self.nodes[member].incarnation;
+        self.queue.after(delay_ms, Action::Done { member, incarnation, event: Box::new(event) });
+    }
+
+    /// Keeps the earliest wake-up a member asked for.
+    fn wake(&mut self, member: Index, at: u64) {
+        let at = at.max(self.queue.now());
+        let node = &mut self.nodes[member];
+        if node.wake.is_some_and(|pending| pending <= at) {
+            return;
+        }
+        node.wake = Some(at);
+        let incarnation = node.incarnation;
+        self.queue.at(at, Action::Tick { member, incarnation, at });
+    }
+
+    fn store(&mut self, member: Index, round: Round, params: Arc<Vec<f32>>) {
+        let model = hash_f32(&params);
+        let delay = STORE_BASE_MS + params.len() as u64 * 4 / STORE_BYTES_PER_MS;
+        self.blobs.put(model, params, member);
+        self.later(member, delay, Event::Stored { round, model });
+    }
+
+    fn log(&mut self, member: Index, notice: &Notice) {
+        match notice.level {
+            Level::Info => self.counters.notices_info += 1,
+            Level::Warn => self.counters.notices_warn += 1,
+        }
+        if self.config.verbose {
+            eprintln!(
+                "{:>9.3} s member {member} round {}: {:?}: {}",
+                self.sim_seconds(),
+                notice.round,
+                notice.level,
+                notice.text
+            );
+        }
+    }
+
+    /// Publishes for `member`, unless it withholds results; notes openings.
+    fn publish_effect(&mut self, member: Index, publish: Publish) {
+        let adversary = self.nodes[member].adversary;
+        match &publish {
+            Publish::Result(_) if adversary == Some(AdversaryKind::WithholdResults) => {
+                self.counters.withheld += 1;
+                return;
+            }
+            Publish::Open(open) if adversary.is_none() => self.note_opening(member, open),
+            _ => {}
+        }
+        self.publish(member, as_gossip(publish));
+    }
+
+    /// Counts an honest opening; the first of a round sets off that round's faults.
+    fn note_opening(&mut self, member: Index, open: &RoundOpen) {
+        let openings = self.openings.entry(open.round).or_default();
+        let first = openings.is_empty();
+        openings.insert((member, open.opened_at_ms));
+        if first {
+            for (delay, fault) in self.faults.on_first_opening(open.round) {
+                self.queue.after(delay, Action::Fault(fault));
+            }
+        }
+    }
+
+    /// A hijacker that just saw another member's opening answers with its own opening and a
+    /// made-up result (once per round).
+    pub fn maybe_hijack(&mut self, member: Index, signer: Index, message: &Gossip) {
+        let Gossip::Open(open) = message else { return };
+        let node = &mut self.nodes[member];
+        if node.adversary != Some(AdversaryKind::HijackRounds)
+            || signer == member
+            || !node.hijacked.insert(open.round)
+        {
+            return;
+        }
+        let (competing, made_up) = adversary::hijack(open, self.queue.now());
+        self.counters.hijacks += 1;
+        self.publish(member, Gossip::Open(competing));
+        self.publish(member, Gossip::Result(made_up));
+    }
+}
