@@ -1,0 +1,352 @@
+//! One aggregation slot while its aggregator collects: checking each update (sender, selection,
+//! round, base model, opening, layout) against the round's plan, folding it into the job's
+//! strategy, carrying what is in over a re-opening, and combining the slot's result.
+
+use crate::member::Refusal;
+use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum};
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
+use fedmesh_protocol::spec::JobSpec;
+use fedmesh_protocol::tensor::hash_f32;
+use fedmesh_topologies::{Input, RoundPlan};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One slot a member aggregates in the round it follows (one opening of it).
+pub struct Collecting {
+    pub round: Round,
+    pub base: ContentHash,
+    pub num_params: usize,
+    /// The opening it belongs to.
+    pub opened_at_ms: u64,
+    /// The slot's index in the plan, and its group label.
+    pub slot: usize,
+    pub label: String,
+    /// The aggregator of the slot above, which gets this slot's partial aggregate; none for the
+    /// top slot, whose result is the round's model.
+    pub parent: Option<MemberId>,
+    /// Takes the trainers' deltas sent here directly.
+    aggregator: Aggregator,
+    /// The partial aggregates of the slots below, combined.
+    lower: Option<Sum>,
+    /// The trainers whose deltas come here directly.
+    pub direct: BTreeSet<MemberId>,
+    /// The senders of lower partial aggregates (aggregator and group label), with the trainers
+    /// each may include.
+    pub lower_senders: BTreeMap<(MemberId, String), BTreeSet<MemberId>>,
+    /// The lower senders heard from.
+    lower_received: BTreeSet<(MemberId, String)>,
+    /// Every update folded in, directly or through a partial aggregate.
+    pub contributions: Vec<Contribution>,
+    /// When a lower slot sends what it has up (the top slot's is the round's deadline).
+    pub deadline_ms: u64,
+}
+
+/// The round and opening a collecting slot belongs to.
+pub struct Opening {
+    pub round: Round,
+    pub base: ContentHash,
+    pub num_params: usize,
+    pub opened_at_ms: u64,
+    pub deadline_ms: u64,
+}
+
+fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal::new(reason, detail)
+}
+
+impl Collecting {
+    /// The collecting state of `slot` of `plan`, for `opening`.
+    pub fn new(
+        spec: &JobSpec,
+        plan: &RoundPlan,
+        slot: usize,
+        opening: &Opening,
+    ) -> Result<Self, AggregationError> {
+        let planned = &plan.slots[slot];
+        let mut direct = BTreeSet::new();
+        let mut lower_senders = BTreeMap::new();
+        for input in &planned.inputs {
+            match input {
+                Input::Trainer(member) => {
+                    direct.insert(*member);
+                }
+                lower => {
+                    let trainers = plan.trainers_in(*lower).into_iter().collect();
+                    lower_senders.insert(plan.sender_of(*lower), trainers);
+                }
+            }
+        }
+        // A lower slot sends up at its share of the round's time: tier t of d at t/d of it.
+        let span = opening.deadline_ms.saturating_sub(opening.opened_at_ms);
+        let depth = plan.depth().max(1) as u64;
+        let deadline_ms = match planned.parent {
+            None => opening.deadline_ms,
+            Some(_) => opening.opened_at_ms + span * planned.tier as u64 / depth,
+        };
+        Ok(Self {
+            round: opening.round,
+            base: opening.base,
+            num_params: opening.num_params,
+            opened_at_ms: opening.opened_at_ms,
+            slot,
+            label: planned.id.label.clone(),
+            parent: planned.parent.map(|parent| plan.slots[parent].aggregator()),
+            aggregator: Aggregator::from_spec(&spec.strategy, opening.num_params, opening.round)?,
+            lower: None,
+            direct,
+            lower_senders,
+            lower_received: BTreeSet::new(),
+            contributions: Vec::new(),
+            deadline_ms,
+        })
+    }
+
+    /// Takes over what `earlier` (this slot in an earlier opening of the same round) collected,
+    /// when every input it holds is one this opening still expects from the same sender; says
+    /// whether it did. A round opened again then keeps the updates already in, rather than
+    /// waiting for every trainer to send again.
+    pub fn carry_over(&mut self, earlier: Collecting) -> bool {
+        let same_slot =
+            (earlier.round, earlier.base, &earlier.label) == (self.round, self.base, &self.label);
+        let still_expected = earlier.contributions.iter().all(|c| {
+            self.direct.contains(&c.member)
+                || earlier.lower_received.iter().any(|key| {
+                    earlier
+                        .lower_senders
+                        .get(key)
+                        .is_some_and(|trainers| trainers.contains(&c.member))
+                })
+        });
+        let same_lower = earlier
+            .lower_received
+            .iter()
+            .all(|key| self.lower_senders.get(key) == earlier.lower_senders.get(key));
+        if !(same_slot && still_expected && same_lower) || earlier.contributions.is_empty() {
+            return false;
+        }
+        self.aggregator = earlier.aggregator;
+        self.lower = earlier.lower;
+        self.lower_received = earlier.lower_received;
+        self.contributions = earlier.contributions;
+        true
+    }
+
+    /// Every input of the slot has arrived.
+    pub fn complete(&self) -> bool {
+        let direct_in =
+            self.contributions.iter().filter(|c| self.direct.contains(&c.member)).count();
+        direct_in >= self.direct.len() && self.lower_received.len() >= self.lower_senders.len()
+    }
+
+    /// Whether `member`'s update is folded in here (directly or through a partial aggregate).
+    pub fn holds(&self, member: &MemberId) -> bool {
+        self.contributions.iter().any(|c| c.member == *member)
+    }
+
+    /// Whether this slot takes `update` from `signer` (the one an input names goes there).
+    pub fn expects(&self, signer: &MemberId, update: &crate::member::Update) -> bool {
+        match update {
+            crate::member::Update::Delta(_) => self.direct.contains(signer),
+            crate::member::Update::Partial(partial) => {
+                self.lower_senders.contains_key(&(*signer, partial.group.clone()))
+            }
+        }
+    }
+
+    /// Checks that an update is for this slot's round and base model, with the model's layout.
+    fn check_round(
+        &self,
+        what: &str,
+        signer: &MemberId,
+        (round, base): (Round, &ContentHash),
+        values: &[f32],
+    ) -> Result<(), Refusal> {
+        if round != self.round {
+            return Err(refuse(
+                "wrong_round",
+                format!("{what} from {signer} is for round {round}, round {} is open", self.round),
+            ));
+        }
+        if *base != self.base {
+            return Err(refuse(
+                "wrong_base",
+                format!(
+                    "{what} from {signer} builds on {base}, the round's model is {}",
+                    self.base
+                ),
+            ));
+        }
+        if values.len() != self.num_params {
+            return Err(refuse(
+                "wrong_layout",
+                format!(
+                    "{what} from {signer} has {} parameters, the model {}",
+                    values.len(),
+                    self.num_params
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Folds in a trainer's verified delta (`values` decoded from its payload).
+    pub fn accept_delta(
+        &mut self,
+        signer: MemberId,
+        delta: &ModelDelta,
+        values: &[f32],
+    ) -> Result<(), Refusal> {
+        self.check_round("delta", &signer, (delta.round, &delta.base_model), values)?;
+        if !self.direct.contains(&signer) {
+            return Err(refuse(
+                "not_selected",
+                format!("{signer} was not selected to send its update to this slot this round"),
+            ));
+        }
+        if let Some(counted) = self.contributions.iter().find(|c| c.member == signer) {
+            if counted.delta == delta.payload.hash {
+                // The same update again (the round was re-opened): already counted, not an error.
+                return Ok(());
+            }
+            return Err(refuse("duplicate", format!("{signer} already sent another update")));
+        }
+        self.aggregator
+            .add(&signer.to_peer_id_string(), delta.samples as f64, values)
+            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+        self.contributions.push(Contribution {
+            member: signer,
+            delta: delta.payload.hash,
+            samples: delta.samples,
+        });
+        Ok(())
+    }
+
+    /// Folds in the aggregator's own update (never encoded: its hash is of its values).
+    pub fn accept_own(
+        &mut self,
+        member: MemberId,
+        samples: u64,
+        values: &[f32],
+    ) -> Result<(), Refusal> {
+        if self.holds(&member) {
+            return Ok(()); // kept from an earlier opening of the round
+        }
+        self.check_round("own update", &member, (self.round, &self.base.clone()), values)?;
+        self.aggregator
+            .add(&member.to_peer_id_string(), samples as f64, values)
+            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+        self.contributions.push(Contribution { member, delta: hash_f32(values), samples });
+        Ok(())
+    }
+
+    /// Folds in a lower slot's verified partial aggregate (`mean` decoded from its payload).
+    pub fn accept_partial(
+        &mut self,
+        signer: MemberId,
+        partial: &PartialAggregate,
+        mean: &[f32],
+    ) -> Result<(), Refusal> {
+        let what = "partial aggregate";
+        self.check_round(what, &signer, (partial.round, &partial.base_model), mean)?;
+        if partial.opened_at_ms != self.opened_at_ms {
+            return Err(refuse(
+                "stale_opening",
+                format!("partial aggregate from {signer} answers an earlier opening of the round"),
+            ));
+        }
+        let key = (signer, partial.group.clone());
+        let Some(allowed) = self.lower_senders.get(&key) else {
+            return Err(refuse(
+                "not_selected",
+                format!("{signer} does not send group `{}` to this slot this round", partial.group),
+            ));
+        };
+        if self.lower_received.contains(&key) {
+            if partial.contributions.iter().all(|c| self.contributions.contains(c)) {
+                // The same partial again (the round was re-opened): already counted.
+                return Ok(());
+            }
+            return Err(refuse(
+                "duplicate",
+                format!("{signer} already sent group `{}`", partial.group),
+            ));
+        }
+        check_included(&signer, partial, allowed, &self.contributions)?;
+        let weights =
+            partial.contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
+        let part = Sum::from_mean(mean, weights.collect())
+            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+        match &mut self.lower {
+            Some(lower) => {
+                lower.merge(&part).map_err(|e| refuse("rejected_update", e.to_string()))?
+            }
+            None => self.lower = Some(part),
+        }
+        self.lower_received.insert(key);
+        self.contributions.extend(partial.contributions.iter().copied());
+        Ok(())
+    }
+
+    /// Combines everything folded in: the slot's partial aggregate and the contributions it
+    /// includes.
+    pub fn finish(self) -> Result<(Sum, Vec<Contribution>), AggregationError> {
+        let direct = match self.aggregator.count() {
+            0 => None,
+            _ => Some(self.aggregator.finish_partial()?),
+        };
+        let combined = match (direct, self.lower) {
+            (Some(mut direct), Some(lower)) => {
+                direct.merge(&lower)?;
+                direct
+            }
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => return Err(AggregationError::Empty),
+        };
+        let included: BTreeSet<&str> =
+            combined.contributors.iter().map(|(name, _)| name.as_str()).collect();
+        let contributions = self
+            .contributions
+            .into_iter()
+            .filter(|c| included.contains(c.member.to_peer_id_string().as_str()))
+            .collect();
+        Ok((combined, contributions))
+    }
+}
+
+/// A partial aggregate may include only the trainers its sender serves, none counted already,
+/// and its total weight must be their samples.
+fn check_included(
+    signer: &MemberId,
+    body: &PartialAggregate,
+    allowed: &BTreeSet<MemberId>,
+    counted: &[Contribution],
+) -> Result<(), Refusal> {
+    if body.contributions.is_empty() {
+        return Err(refuse("rejected_update", format!("partial aggregate from {signer} is empty")));
+    }
+    if let Some(outsider) = body.contributions.iter().find(|c| !allowed.contains(&c.member)) {
+        return Err(refuse(
+            "not_selected",
+            format!(
+                "partial aggregate from {signer} includes {}, not of its group",
+                outsider.member
+            ),
+        ));
+    }
+    if let Some(again) =
+        body.contributions.iter().find(|c| counted.iter().any(|k| k.member == c.member))
+    {
+        return Err(refuse("duplicate", format!("{} is already counted this round", again.member)));
+    }
+    let samples: f64 = body.contributions.iter().map(|c| c.samples as f64).sum();
+    if (samples - body.total_weight).abs() > 1e-6 * samples.max(1.0) {
+        return Err(refuse(
+            "rejected_update",
+            format!(
+                "partial aggregate from {signer} weighs {}, its contributions {samples}",
+                body.total_weight
+            ),
+        ));
+    }
+    Ok(())
+}

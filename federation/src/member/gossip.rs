@@ -1,0 +1,147 @@
+//! The job's gossip as a member judges it: joins (with the job's allow-list), leaves,
+//! heartbeats, evaluation reports, a stop, and who may open a round or announce its result,
+//! holding round messages its view of the membership cannot judge yet.
+
+use super::{Effect, Gossip, Held, JOIN_ECHO_MS, Level, MAX_HELD, Member};
+use crate::records::RunStatus;
+use fedmesh_protocol::ids::{MemberId, Round};
+use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
+
+/// How long after announcing a round's result it may go out again for a member that missed it.
+const ANNOUNCE_AGAIN_MS: u64 = 5_000;
+
+impl Member {
+    pub(super) fn on_gossip(&mut self, signer: MemberId, message: Gossip, now: u64) {
+        if !self.is_active() {
+            return;
+        }
+        match message {
+            Gossip::Join(join) if join.member == signer => self.on_join(join, now),
+            Gossip::Leave(leave) if leave.member == signer => {
+                if self.state.members.leave(&leave.member) {
+                    self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
+                    self.persist();
+                }
+            }
+            Gossip::Heartbeat(beat) if beat.member == signer => {
+                self.record_holder(beat.model, beat.member);
+                if self.state.members.seen(&beat.member, now) {
+                    self.rounds_heard.insert(beat.member, beat.round);
+                    self.announce_again(beat.round, now);
+                }
+            }
+            Gossip::Eval(report) if report.member == signer => self.on_eval(report),
+            Gossip::Open(open) => self.judge(signer, Held::Open(open), now),
+            Gossip::Result(ready) => self.judge(signer, Held::Result(ready), now),
+            Gossip::Stop(stop) => {
+                let controller = self.setup.spec.coordinator.unwrap_or(self.setup.spec.owner);
+                if signer == controller {
+                    self.log(Level::Warn, 0, format!("the job was stopped: {}", stop.reason));
+                    self.end(RunStatus::Stopped(stop.reason));
+                }
+            }
+            _ => self.log(Level::Warn, 0, format!("{signer} signed a message for another member")),
+        }
+    }
+
+    fn on_join(&mut self, join: Join, now: u64) {
+        let allow = &self.setup.spec.participation.allow;
+        if !allow.is_empty() && !allow.contains(&join.member) {
+            return self.log(Level::Info, 0, format!("{}: not on the allow-list", join.member));
+        }
+        if !self.state.members.join(&join, now) {
+            return;
+        }
+        self.log(Level::Info, 0, format!("{} joined (group {})", join.member, join.group));
+        self.persist();
+        if now.saturating_sub(self.last_join_ms) > JOIN_ECHO_MS {
+            self.publish_join(now);
+        }
+        // Held round messages are judged again with the new membership.
+        for (signer, held) in std::mem::take(&mut self.held) {
+            self.judge(signer, held, now);
+        }
+    }
+
+    fn on_eval(&mut self, report: EvalReport) {
+        if !self.state.members.contains(&report.member) {
+            return;
+        }
+        self.record_holder(report.model, report.member);
+        let Some(record) = self.rounds.get_mut(&report.round) else { return };
+        if record.model == Some(report.model) {
+            record.evaluations.insert(report.member, report.metrics);
+        }
+    }
+
+    /// Keeps a round message to judge again after the next join (the oldest goes beyond
+    /// `MAX_HELD`).
+    fn hold(&mut self, signer: MemberId, held: Held) {
+        if self.held.len() >= MAX_HELD {
+            self.held.pop_front();
+        }
+        self.held.push_back((signer, held));
+    }
+
+    /// Acts on a round's opening or result if its signer may send it: only the round's
+    /// aggregator may, as this member's live plan elects it, or as the opening it follows names
+    /// it; a result may also come from the aggregator of the plan over the members it names,
+    /// when that leaves out no member live here (a member that missed the round takes it so).
+    fn judge(&mut self, signer: MemberId, held: Held, now: u64) {
+        if !self.state.members.contains(&signer) {
+            return self.hold(signer, held);
+        }
+        let unknown = match &held {
+            Held::Open(open) => self.named(&open.members).err(),
+            Held::Result(_) => None,
+        };
+        if unknown.is_some() {
+            return self.hold(signer, held);
+        }
+        let round = match &held {
+            Held::Open(open) => open.round,
+            Held::Result(ready) => ready.round,
+        };
+        let followed = self.phase.open().is_some_and(|o| o.round == round && o.opener == signer);
+        let elected = self.elected_leader(round, now) == Some(signer);
+        let allowed = match &held {
+            Held::Open(_) => elected,
+            Held::Result(ready) => elected || followed || self.vouches_for(ready, &signer, now),
+        };
+        if !allowed && round > self.state.completed_round {
+            // A join this member has not heard yet may make the signer the aggregator.
+            self.log(Level::Info, round, format!("{signer} does not aggregate round {round} here"));
+            return self.hold(signer, held);
+        }
+        match held {
+            Held::Open(open) => self.on_open(signer, open, now),
+            Held::Result(ready) => self.take_result(signer, ready, now),
+        }
+    }
+
+    /// Whether a result comes from the aggregator of the plan over the members it names, and
+    /// leaves out no member this member sees live but itself.
+    fn vouches_for(&self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
+        let Ok(named) = self.named(&ready.members) else { return false };
+        let me = self.me();
+        let leaves_out_a_live_member =
+            self.live(now).iter().any(|m| m.id != me && !ready.members.contains(&m.id));
+        !leaves_out_a_live_member
+            && self
+                .plan_over(ready.round, &named)
+                .is_some_and(|plan| plan.leader() == Some(*signer))
+    }
+
+    /// A member whose heartbeat says it is still in a round this member closed missed the
+    /// round's result: it goes out again, at most once every `ANNOUNCE_AGAIN_MS`.
+    fn announce_again(&mut self, their_round: Round, now: u64) {
+        let Some(ready) = self.announced.as_mut() else { return };
+        if their_round > ready.round || now.saturating_sub(self.announced_ms) < ANNOUNCE_AGAIN_MS {
+            return;
+        }
+        self.announced_ms = now;
+        ready.sent_at_ms = now;
+        let ready = ready.clone();
+        self.effects.push(Effect::Publish(super::Publish::Result(ready)));
+    }
+}

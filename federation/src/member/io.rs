@@ -1,0 +1,187 @@
+//! What a member's machine is fed (events: verified messages, the clock, the results of work it
+//! asked for) and what it asks its driver to do (effects: plain data, carried out by the node's
+//! executor or by the simulator).
+
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::{
+    AggregateReady, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join, Leave,
+    ModelDelta, PartialAggregate, RoundOpen, TrainMetrics,
+};
+use std::sync::Arc;
+
+/// A gossip message on the job's topic whose signature the driver verified; `signer` is the key
+/// that signed it (for joins, leaves, heartbeats and evaluation reports, the body's member).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gossip {
+    Join(Join),
+    Leave(Leave),
+    Heartbeat(Heartbeat),
+    Open(RoundOpen),
+    Result(AggregateReady),
+    Eval(EvalReport),
+    Stop(JobStop),
+}
+
+/// An update sent to this member as a slot's aggregator, its signature and payload hash
+/// verified by the driver and its values decoded (off the engine's task: both are heavy).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A trainer's delta.
+    Delta(ModelDelta),
+    /// A lower slot's partial aggregate (its weighted mean).
+    Partial(PartialAggregate),
+}
+
+impl Update {
+    pub fn round(&self) -> Round {
+        match self {
+            Self::Delta(delta) => delta.round,
+            Self::Partial(partial) => partial.round,
+        }
+    }
+
+    pub fn base_model(&self) -> ContentHash {
+        match self {
+            Self::Delta(delta) => delta.base_model,
+            Self::Partial(partial) => partial.base_model,
+        }
+    }
+}
+
+/// This member's local training on a round's base model, as the driver ran it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalUpdate {
+    /// The new parameters minus the base.
+    pub delta: Arc<Vec<f32>>,
+    pub samples: u64,
+    pub metrics: TrainMetrics,
+    pub seconds: f64,
+}
+
+/// Everything that happens to a member's machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Time passed (the driver calls this at least as often as the machine's last
+    /// [`Effect::WakeAt`] asks).
+    Tick,
+    /// A verified gossip message.
+    Gossip { signer: MemberId, message: Gossip },
+    /// A verified update request with its decoded values; answered by [`Effect::Answer`].
+    Update { signer: MemberId, update: Update, values: Arc<Vec<f32>>, request: u64 },
+    /// A member asks for the signed result of `round` it missed; answered by
+    /// [`Effect::ServeResult`] when this member holds one.
+    ResultAsked { from: MemberId, round: Round, request: u64 },
+    /// Local training finished (or failed, with the reason).
+    Trained { round: Round, base: ContentHash, outcome: Result<LocalUpdate, String> },
+    /// A global model asked for with [`Effect::Fetch`] arrived, hash-checked and decoded (or
+    /// could not be had).
+    Fetched { model: ContentHash, outcome: Result<Arc<Vec<f32>>, String> },
+    /// A model made with [`Effect::StoreModel`] is stored under its content hash.
+    Stored { round: Round, model: ContentHash },
+    /// An evaluation asked with [`Effect::Evaluate`] finished.
+    Evaluated { round: Round, model: ContentHash, metrics: EvalMetrics },
+    /// This member's operator leaves the job.
+    LeaveRequested { reason: String },
+}
+
+/// A message this member publishes on the job's topic (the driver signs it with its key).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Publish {
+    Join(Join),
+    Leave(Leave),
+    Heartbeat(Heartbeat),
+    Open(RoundOpen),
+    Result(AggregateReady),
+    Eval(EvalReport),
+}
+
+/// Why an update was refused: a label for metrics and a sentence for the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}
+
+/// What a member's machine asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Sign and publish on the job's topic.
+    Publish(Publish),
+    /// Encode (as the job's delta encoding), sign and send this member's update to the slot
+    /// aggregator `to`; sent again while `until_ms` allows if the peer cannot be reached.
+    SendDelta { to: MemberId, delta: DeltaToSend, until_ms: u64 },
+    /// Encode (f32), sign and send a slot's partial aggregate to the aggregator above.
+    SendPartial { to: MemberId, partial: PartialToSend, until_ms: u64 },
+    /// Answer the update request `request`: accepted, or refused.
+    Answer { request: u64, outcome: Result<(), Refusal> },
+    /// Answer a member that asked for a round's result with the signed one this member holds.
+    ServeResult { request: u64, to: MemberId, result: Served },
+    /// Ask these members (in order) for the signed result of `round`.
+    AskResult { round: Round, from: Vec<MemberId> },
+    /// Train locally on `base` (whose parameters are `params`) for `round`.
+    Train { round: Round, base: ContentHash, params: Arc<Vec<f32>> },
+    /// Fetch a global model by hash: the driver's own copy if it holds one, else from `from`
+    /// in order (known holders first), then from any live member.
+    Fetch { round: Round, model: ContentHash, from: Vec<MemberId> },
+    /// Encode and store a model this member made (a round's result), then report its hash
+    /// with [`Event::Stored`].
+    StoreModel { round: Round, params: Arc<Vec<f32>> },
+    /// Evaluate a global model on the local test split, then report with [`Event::Evaluated`].
+    Evaluate { round: Round, model: ContentHash, params: Arc<Vec<f32>> },
+    /// Persist the run's state (atomically with the round records that changed).
+    Persist(crate::member::Snapshot),
+    /// Call [`Event::Tick`] at this time (or earlier).
+    WakeAt(u64),
+    /// Something an operator should see in the log.
+    Log(Notice),
+}
+
+/// A result a member serves: the aggregator's own announcement (which it signs anew), or the
+/// one it took from another member, as that member signed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Served {
+    Own(AggregateReady),
+    Taken { signer: MemberId, ready: AggregateReady },
+}
+
+/// This member's update, before encoding and signing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaToSend {
+    pub round: Round,
+    pub base: ContentHash,
+    pub samples: u64,
+    pub metrics: TrainMetrics,
+    pub values: Arc<Vec<f32>>,
+}
+
+/// A slot's partial aggregate, before encoding and signing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartialToSend {
+    pub round: Round,
+    pub base: ContentHash,
+    pub opened_at_ms: u64,
+    pub group: String,
+    pub mean: Arc<Vec<f32>>,
+    pub total_weight: f64,
+    pub contributions: Vec<Contribution>,
+}
+
+/// A line for the operator's log: how serious, and what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub level: Level,
+    pub round: Round,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}

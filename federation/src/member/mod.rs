@@ -1,0 +1,401 @@
+//! A member's side of one job as a sans-IO state machine: it is fed verified messages, the
+//! clock and the results of the work it asked for ([`Event`]), and answers with what its driver
+//! must do ([`Effect`]). Every rule of a round lives in this module and its children.
+
+mod gossip;
+mod io;
+mod phase;
+mod results;
+mod rounds;
+
+pub use io::*;
+pub use phase::{Closing, Leading, OpenRound, Own, Phase};
+
+use crate::cadence::Cadence;
+use crate::records::{RoundRecord, RunState, RunStatus};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
+use fedmesh_protocol::message::{AggregateReady, Heartbeat, Join, RoundOpen};
+use fedmesh_protocol::spec::JobSpec;
+use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// How often the machine wants a tick while it waits for nothing in particular.
+const IDLE_WAKE_MS: u64 = 200;
+/// How long after a peer's join this member answers with its own (a newcomer learns of it).
+const JOIN_ECHO_MS: u64 = 500;
+/// Most round messages held until the next join.
+const MAX_HELD: usize = 16;
+/// Most updates kept for a round whose opening has not arrived.
+const MAX_EARLY_UPDATES: usize = 64;
+/// How many models' holders are remembered (the newest).
+const MODELS_REMEMBERED: usize = 8;
+
+/// Who this member is and what job it runs.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub me: MemberId,
+    pub job: JobId,
+    pub spec: JobSpec,
+    pub tag: Tag,
+    /// Its `groupBy` label and the roles it accepts.
+    pub group: String,
+    pub roles: Vec<String>,
+    /// How many samples its local training data has.
+    pub samples: u64,
+}
+
+/// What a member persists: its state, every round it recorded, and the last result it
+/// announced (a round it closed but was stopped before taking is taken on restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub state: RunState,
+    pub rounds: Vec<RoundRecord>,
+    pub announced: Option<AggregateReady>,
+}
+
+/// A round message this member's view of the membership cannot judge yet.
+#[derive(Debug, Clone)]
+enum Held {
+    Open(RoundOpen),
+    Result(AggregateReady),
+}
+
+/// An update that arrived before the opening of its round.
+struct EarlyUpdate {
+    signer: MemberId,
+    update: Update,
+    values: Arc<Vec<f32>>,
+}
+
+/// A member's side of one job.
+pub struct Member {
+    setup: Setup,
+    state: RunState,
+    /// The decoded global model `state.model`.
+    params: Arc<Vec<f32>>,
+    phase: Phase,
+    rounds: BTreeMap<Round, RoundRecord>,
+    heartbeat_sequence: u64,
+    /// When this member joined (or rejoined after a restart).
+    joined_ms: u64,
+    last_heartbeat_ms: u64,
+    last_join_ms: u64,
+    held: VecDeque<(MemberId, Held)>,
+    early: VecDeque<EarlyUpdate>,
+    /// The round and base this member trained on, so it trains once per round.
+    trained: Option<(Round, ContentHash)>,
+    /// This member's last update, where it went and the opening it answered (opener, time):
+    /// sent again when the round is opened again by another opening.
+    last_update: Option<(DeltaToSend, MemberId, (MemberId, u64))>,
+    /// The result of the last round this member closed, and when it last went out.
+    announced: Option<AggregateReady>,
+    announced_ms: u64,
+    /// The newest result taken from another member, with its signer, to pass on.
+    taken: Option<(MemberId, AggregateReady)>,
+    /// The round each member's last heartbeat said it is in.
+    rounds_heard: BTreeMap<MemberId, Round>,
+    /// Who holds which of the newest models (oldest first).
+    holders: VecDeque<(ContentHash, BTreeSet<MemberId>)>,
+    /// Models being fetched, with the round each is the result of.
+    fetching: BTreeMap<ContentHash, Round>,
+    /// The leader of the last live plan computed, by round and live members (plans are costly
+    /// in large jobs, and ticks ask often).
+    leader_cache: Option<(Round, Vec<MemberId>, Option<MemberId>)>,
+    effects: Vec<Effect>,
+}
+
+impl Member {
+    /// A member that joins the job now, holding its initial model.
+    pub fn join(
+        setup: Setup,
+        model: ContentHash,
+        params: Arc<Vec<f32>>,
+        now: u64,
+    ) -> (Self, Vec<Effect>) {
+        let state = RunState {
+            status: RunStatus::Waiting,
+            completed_round: 0,
+            model,
+            members: Default::default(),
+        };
+        let snapshot = Snapshot { state, rounds: Vec::new(), announced: None };
+        Self::restore(setup, snapshot, params, now)
+    }
+
+    /// A member rebuilt from what it persisted, with the parameters of its model: it joins
+    /// again if the job is still on, and takes a result it announced but never took.
+    pub fn restore(
+        setup: Setup,
+        snapshot: Snapshot,
+        params: Arc<Vec<f32>>,
+        now: u64,
+    ) -> (Self, Vec<Effect>) {
+        let rounds = snapshot.rounds.into_iter().map(|r| (r.round, r)).collect();
+        let mut member = Self {
+            setup,
+            state: snapshot.state,
+            params,
+            phase: Phase::Waiting,
+            rounds,
+            heartbeat_sequence: 0,
+            joined_ms: now,
+            last_heartbeat_ms: 0,
+            last_join_ms: 0,
+            held: VecDeque::new(),
+            early: VecDeque::new(),
+            trained: None,
+            last_update: None,
+            announced: snapshot.announced,
+            announced_ms: 0,
+            taken: None,
+            rounds_heard: BTreeMap::new(),
+            holders: VecDeque::new(),
+            fetching: BTreeMap::new(),
+            leader_cache: None,
+            effects: Vec::new(),
+        };
+        if member.is_active() {
+            member.publish_join(now);
+            member.persist();
+            let unfinished =
+                member.announced.clone().filter(|r| r.round > member.completed_round());
+            if let Some(ready) = unfinished {
+                let me = member.me();
+                member.take_result(me, ready, now);
+            }
+        } else {
+            member.phase = Phase::Ended;
+        }
+        member.wake_at(now + IDLE_WAKE_MS);
+        let effects = std::mem::take(&mut member.effects);
+        (member, effects)
+    }
+
+    /// Feeds one event to the machine and returns what its driver must do.
+    pub fn handle(&mut self, event: Event, now: u64) -> Vec<Effect> {
+        match event {
+            Event::Tick => self.on_tick(now),
+            Event::Gossip { signer, message } => self.on_gossip(signer, message, now),
+            Event::Update { signer, update, values, request } => {
+                let outcome = self.on_update(signer, update, values, now);
+                self.effects.push(Effect::Answer { request, outcome });
+            }
+            Event::ResultAsked { from, round, request } => self.serve_result(from, round, request),
+            Event::Trained { round, base, outcome } => self.on_trained(round, base, outcome, now),
+            Event::Fetched { model, outcome } => self.on_fetched(model, outcome, now),
+            Event::Stored { round, model } => self.on_stored(round, model, now),
+            Event::Evaluated { round, model, metrics } => {
+                self.on_evaluated(round, model, metrics, now)
+            }
+            Event::LeaveRequested { reason } => self.leave(reason, now),
+        }
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn me(&self) -> MemberId {
+        self.setup.me
+    }
+
+    pub fn job(&self) -> JobId {
+        self.setup.job
+    }
+
+    pub fn spec(&self) -> &JobSpec {
+        &self.setup.spec
+    }
+
+    pub fn status(&self) -> &RunStatus {
+        &self.state.status
+    }
+
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    pub fn completed_round(&self) -> Round {
+        self.state.completed_round
+    }
+
+    pub fn model(&self) -> ContentHash {
+        self.state.model
+    }
+
+    pub fn params(&self) -> &Arc<Vec<f32>> {
+        &self.params
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn rounds(&self) -> &BTreeMap<Round, RoundRecord> {
+        &self.rounds
+    }
+
+    /// Whether the member still takes part in the job.
+    pub fn is_active(&self) -> bool {
+        matches!(self.state.status, RunStatus::Waiting | RunStatus::Running)
+    }
+
+    /// What it would persist now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            state: self.state.clone(),
+            rounds: self.rounds.values().cloned().collect(),
+            announced: self.announced.clone(),
+        }
+    }
+
+    /// How often this job's members speak, and how long silence is tolerated.
+    fn cadence(&self) -> Cadence {
+        Cadence::for_members(self.state.members.len())
+    }
+
+    /// The members heard from recently enough to be planned with.
+    fn live(&self, now: u64) -> Vec<MemberInfo> {
+        self.state.members.live(now, self.cadence().liveness_ms())
+    }
+
+    fn is_live(&self, member: &MemberId, now: u64) -> bool {
+        let liveness = self.cadence().liveness_ms();
+        self.state
+            .members
+            .all()
+            .any(|m| m.info.id == *member && now.saturating_sub(m.last_seen_ms) <= liveness)
+    }
+
+    /// The plan of `round` over `members`, as every member computes it.
+    fn plan_over(&self, round: Round, members: &[MemberInfo]) -> Option<RoundPlan> {
+        let selection = Selection::from_participation(&self.setup.spec.participation);
+        RoundPlan::compute(&self.setup.tag, &self.setup.job, round, members, &selection).ok()
+    }
+
+    /// The plan of `round` over the members live now, if there are enough of them.
+    fn live_plan(&self, round: Round, now: u64) -> Option<(RoundPlan, Vec<MemberId>)> {
+        let live = self.live(now);
+        if live.len() < self.setup.spec.participation.min_participants as usize {
+            return None;
+        }
+        let plan = self.plan_over(round, &live)?;
+        Some((plan, live.into_iter().map(|m| m.id).collect()))
+    }
+
+    /// The aggregator this member's live plan elects for `round`.
+    fn elected_leader(&mut self, round: Round, now: u64) -> Option<MemberId> {
+        let live: Vec<MemberId> = self.live(now).into_iter().map(|m| m.id).collect();
+        if let Some((cached_round, members, leader)) = &self.leader_cache
+            && *cached_round == round
+            && *members == live
+        {
+            return *leader;
+        }
+        let leader = self.live_plan(round, now).and_then(|(plan, _)| plan.leader());
+        self.leader_cache = Some((round, live, leader));
+        leader
+    }
+
+    /// The members a list names, as this member knows them; the first unknown one otherwise.
+    fn named(&self, members: &[MemberId]) -> Result<Vec<MemberInfo>, MemberId> {
+        members.iter().map(|id| self.state.members.info(id).ok_or(*id)).collect()
+    }
+
+    fn record_holder(&mut self, model: ContentHash, member: MemberId) {
+        if let Some((_, holders)) = self.holders.iter_mut().find(|(hash, _)| *hash == model) {
+            holders.insert(member);
+            return;
+        }
+        if self.holders.len() >= MODELS_REMEMBERED {
+            self.holders.pop_front();
+        }
+        self.holders.push_back((model, BTreeSet::from([member])));
+    }
+
+    fn holders_of(&self, model: &ContentHash) -> BTreeSet<MemberId> {
+        let found = self.holders.iter().find(|(hash, _)| hash == model);
+        found.map(|(_, holders)| holders.clone()).unwrap_or_default()
+    }
+
+    fn persist(&mut self) {
+        self.effects.push(Effect::Persist(self.snapshot()));
+    }
+
+    fn wake_at(&mut self, at: u64) {
+        self.effects.push(Effect::WakeAt(at));
+    }
+
+    fn log(&mut self, level: Level, round: Round, text: impl Into<String>) {
+        self.effects.push(Effect::Log(Notice { level, round, text: text.into() }));
+    }
+
+    fn publish_join(&mut self, now: u64) {
+        self.last_join_ms = now;
+        let join = Join {
+            job: self.setup.job,
+            member: self.setup.me,
+            group: self.setup.group.clone(),
+            roles: self.setup.roles.clone(),
+            samples: self.setup.samples,
+            sent_at_ms: now,
+        };
+        self.state.members.join(&join, now);
+        self.effects.push(Effect::Publish(Publish::Join(join)));
+    }
+
+    /// Periodic work: heartbeats, repeated joins, deadlines, opening the next round.
+    fn on_tick(&mut self, now: u64) {
+        if !self.is_active() {
+            return;
+        }
+        let me = self.me();
+        self.state.members.seen(&me, now);
+        let cadence = self.cadence();
+        if now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms() {
+            self.last_heartbeat_ms = now;
+            self.heartbeat_sequence += 1;
+            let heartbeat = Heartbeat {
+                job: self.setup.job,
+                member: me,
+                round: self.state.completed_round + 1,
+                model: self.state.model,
+                sequence: self.heartbeat_sequence,
+                sent_at_ms: now,
+            };
+            self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
+        }
+        if now.saturating_sub(self.last_join_ms) >= cadence.rejoin_ms() {
+            self.publish_join(now);
+        }
+        self.tick_round(now);
+        let next_beat = (self.last_heartbeat_ms + cadence.heartbeat_ms())
+            .min(self.last_join_ms + cadence.rejoin_ms());
+        self.wake_at(next_beat.min(now + IDLE_WAKE_MS));
+    }
+
+    /// This member's operator leaves the job: a signed leave, and nothing more of the round.
+    fn leave(&mut self, reason: String, now: u64) {
+        if !self.is_active() {
+            return;
+        }
+        self.end(RunStatus::Left);
+        let leave = fedmesh_protocol::message::Leave {
+            job: self.setup.job,
+            member: self.setup.me,
+            reason,
+            sent_at_ms: now,
+        };
+        self.effects.push(Effect::Publish(Publish::Leave(leave)));
+    }
+
+    /// The job is over for this member, with `status`.
+    fn end(&mut self, status: RunStatus) {
+        self.state.status = status;
+        self.phase = Phase::Ended;
+        self.early.clear();
+        self.held.clear();
+        self.persist();
+    }
+}
+
+#[cfg(test)]
+mod tests;

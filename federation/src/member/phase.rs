@@ -1,0 +1,125 @@
+//! Where a member stands in the job's current round: one explicit phase, and the state each
+//! phase carries.
+
+use crate::collect::Collecting;
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::Contribution;
+use fedmesh_topologies::RoundPlan;
+use std::sync::Arc;
+
+/// The round phase of a member's machine.
+///
+/// ```text
+///            tick: elected ──► open ─┐
+///  Waiting ──────────────────────────┴─► Open ──result──► Fetching ──fetched──► Waiting
+///     ▲                                   │ (leader: top slot done)                 │
+///     │                                   └──► Closing ──stored──► (adopts) ─────────┤
+///     └──────────────── deadline, leader lost ◄──── Open                             │
+///                                                     last round adopted ──► Ended ◄─┘
+/// ```
+#[derive(Default)]
+pub enum Phase {
+    /// Waiting for the next round's opening, or to open it as the member the plan elects.
+    #[default]
+    Waiting,
+    /// Following one opening of the next round: training, sending, collecting.
+    Open(Box<OpenRound>),
+    /// This member closed the round it led; the new model is being stored.
+    Closing(Box<Closing>),
+    /// A round's result is known; its model is being fetched.
+    Fetching { round: Round, model: ContentHash },
+    /// The job is over for this member (see the run's status for why).
+    Ended,
+}
+
+impl Phase {
+    /// A short name, for logs and views.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Open(_) => "open",
+            Self::Closing(_) => "closing",
+            Self::Fetching { .. } => "fetching",
+            Self::Ended => "ended",
+        }
+    }
+
+    /// The round this phase is about, if any.
+    pub fn round(&self) -> Option<Round> {
+        match self {
+            Self::Open(open) => Some(open.round),
+            Self::Closing(closing) => Some(closing.round),
+            Self::Fetching { round, .. } => Some(*round),
+            Self::Waiting | Self::Ended => None,
+        }
+    }
+
+    pub fn open(&self) -> Option<&OpenRound> {
+        match self {
+            Self::Open(open) => Some(open),
+            _ => None,
+        }
+    }
+
+    pub fn open_mut(&mut self) -> Option<&mut OpenRound> {
+        match self {
+            Self::Open(open) => Some(open),
+            _ => None,
+        }
+    }
+}
+
+/// One opening of a round, as this member follows it.
+pub struct OpenRound {
+    pub round: Round,
+    pub opener: MemberId,
+    pub base: ContentHash,
+    pub deadline_ms: u64,
+    /// Identifies the opening: a round opened again has a later one.
+    pub opened_at_ms: u64,
+    /// The members the opening names, and the round's plan over them.
+    pub members: Vec<MemberId>,
+    pub plan: Arc<RoundPlan>,
+    /// This member's own part as a trainer.
+    pub own: Own,
+    /// The slots this member aggregates.
+    pub slots: Vec<Collecting>,
+    /// Set when this member leads the round: it watches the deadline and opens it again.
+    pub leading: Option<Leading>,
+    /// Whether this member asked others for the round's result (once per opening).
+    pub result_asked: bool,
+}
+
+/// A trainer's own part in a round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Own {
+    /// Not selected to train.
+    NotSelected,
+    /// Behind: the round's base model is being fetched first.
+    FetchingBase,
+    Training,
+    /// The update went to the slot's aggregator (another member).
+    Sent,
+    /// The update is folded into a slot this member aggregates.
+    Folded,
+    /// Training failed; the round goes on without this member.
+    Failed,
+}
+
+/// What the leader of a round keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leading {
+    /// Updates the top slot needs to close at the deadline.
+    pub required: usize,
+    /// How many times the round was opened again.
+    pub retries: u32,
+}
+
+/// A closed round whose model is being stored before it is announced.
+pub struct Closing {
+    pub round: Round,
+    pub base: ContentHash,
+    pub params: Arc<Vec<f32>>,
+    pub contributions: Vec<Contribution>,
+    pub members: Vec<MemberId>,
+}

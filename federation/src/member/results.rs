@@ -1,0 +1,209 @@
+//! A round's result: announcing a model this member made, taking a result (fetching its model
+//! from the members that hold it first), adopting and evaluating each global model, and the
+//! results a member missed (asked of members past the round, served to those that ask).
+
+use super::phase::Phase;
+use super::{Effect, Level, Member, Publish, Served};
+use crate::records::{RoundRecord, RunStatus};
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::{AggregateReady, EvalMetrics, EvalReport};
+use fedmesh_topologies::election::rank;
+use std::sync::Arc;
+
+/// How many members a member that missed a result asks for it.
+const MEMBERS_ASKED: usize = 3;
+
+impl Member {
+    /// The model of a round this member closed is stored: it announces the result and takes it.
+    pub(super) fn on_stored(&mut self, round: Round, model: ContentHash, now: u64) {
+        let closing = match &self.phase {
+            Phase::Closing(closing) if closing.round == round => closing,
+            _ => return,
+        };
+        let ready = AggregateReady {
+            job: self.setup.job,
+            round,
+            base_model: closing.base,
+            model,
+            contributions: closing.contributions.clone(),
+            metrics: EvalMetrics::default(),
+            members: closing.members.clone(),
+            sent_at_ms: now,
+        };
+        self.announced = Some(ready.clone());
+        self.announced_ms = now;
+        self.log(Level::Info, round, format!("announcing model {model}"));
+        self.effects.push(Effect::Publish(Publish::Result(ready.clone())));
+        self.take_result(self.me(), ready, now);
+    }
+
+    /// Takes a round's result from the member that may announce it: records it, ends whatever
+    /// this member still did for the round, and adopts its model (fetched first if needed).
+    pub(super) fn take_result(&mut self, signer: MemberId, ready: AggregateReady, now: u64) {
+        if ready.round <= self.state.completed_round || !self.is_active() {
+            return;
+        }
+        let record = self.rounds.entry(ready.round).or_insert_with(|| {
+            RoundRecord::new(ready.round, signer, ready.base_model, ready.sent_at_ms)
+        });
+        record.model = Some(ready.model);
+        record.participants = ready.contributions.len();
+        record.closed_at_ms = Some(ready.sent_at_ms);
+        if signer != self.me() {
+            let newer = self.taken.as_ref().is_none_or(|(_, kept)| kept.round < ready.round);
+            if newer {
+                self.taken = Some((signer, ready.clone()));
+            }
+        }
+        if self.last_update.as_ref().is_some_and(|(update, _, _)| update.round <= ready.round) {
+            self.last_update = None;
+        }
+        self.record_holder(ready.model, signer);
+        let made_here = match &self.phase {
+            Phase::Closing(closing) if closing.round == ready.round => Some(closing.params.clone()),
+            _ => None,
+        };
+        if let Some(params) = made_here {
+            return self.adopt(ready.round, ready.model, params, now);
+        }
+        if self.phase.round().is_some_and(|round| round <= ready.round) {
+            self.phase = Phase::Waiting;
+        }
+        if matches!(self.phase, Phase::Waiting) {
+            self.phase = Phase::Fetching { round: ready.round, model: ready.model };
+        }
+        self.fetch(ready.round, ready.model, signer);
+    }
+
+    /// Asks for a model by hash: its known holders first (`announcer` among them), then any
+    /// live member. A model already being fetched is not asked for twice.
+    pub(super) fn fetch(&mut self, round: Round, model: ContentHash, announcer: MemberId) {
+        self.record_holder(model, announcer);
+        if self.fetching.insert(model, round).is_some() {
+            return;
+        }
+        let me = self.me();
+        let mut from: Vec<MemberId> =
+            self.holders_of(&model).into_iter().filter(|m| *m != me).collect();
+        let ranked = rank(&self.setup.job, round, &format!("fetch/{me}"), &from);
+        from = ranked;
+        self.effects.push(Effect::Fetch { round, model, from });
+    }
+
+    /// A model asked for arrived (or could not be had).
+    pub(super) fn on_fetched(
+        &mut self,
+        model: ContentHash,
+        outcome: Result<Arc<Vec<f32>>, String>,
+        now: u64,
+    ) {
+        let Some(round) = self.fetching.remove(&model) else { return };
+        match outcome {
+            Ok(params) if params.len() == self.params.len() => {
+                self.adopt(round, model, params, now)
+            }
+            Ok(params) => self.log(
+                Level::Warn,
+                round,
+                format!(
+                    "model {model} has {} parameters, the job {}",
+                    params.len(),
+                    self.params.len()
+                ),
+            ),
+            Err(error) => {
+                self.log(Level::Warn, round, format!("cannot fetch model {model}: {error}"));
+                if matches!(self.phase, Phase::Fetching { model: m, .. } if m == model) {
+                    self.phase = Phase::Waiting;
+                }
+            }
+        }
+    }
+
+    /// Makes `model` (the result of `round`) the current global model, asks for its
+    /// evaluation, and moves on: training if the next round is open on it, else waiting for it.
+    fn adopt(&mut self, round: Round, model: ContentHash, params: Arc<Vec<f32>>, now: u64) {
+        let (held_round, held_model) = (self.state.completed_round, self.state.model);
+        if round < held_round || (round == held_round && model == held_model) || !self.is_active() {
+            return;
+        }
+        self.params = params;
+        self.state.model = model;
+        self.state.completed_round = round;
+        let me = self.me();
+        let record =
+            self.rounds.entry(round).or_insert_with(|| RoundRecord::new(round, me, model, now));
+        record.model = Some(model);
+        self.effects.push(Effect::Evaluate { round, model, params: self.params.clone() });
+        match &self.phase {
+            Phase::Open(open) if open.round > round => {}
+            _ => self.phase = Phase::Waiting,
+        }
+        if round >= self.setup.spec.hyperparameters.rounds {
+            self.log(Level::Info, round, format!("job complete with model {model}"));
+            return self.end(RunStatus::Completed);
+        }
+        self.persist();
+        if self.phase.open().is_some() {
+            // The opening this member fetched the base of.
+            self.start_training();
+        } else {
+            self.wake_at(now);
+        }
+    }
+
+    /// A model's evaluation on the local test split: recorded and reported.
+    pub(super) fn on_evaluated(
+        &mut self,
+        round: Round,
+        model: ContentHash,
+        metrics: EvalMetrics,
+        now: u64,
+    ) {
+        let me = self.me();
+        let Some(record) = self.rounds.get_mut(&round).filter(|r| r.model == Some(model)) else {
+            return;
+        };
+        record.evaluations.insert(me, metrics);
+        self.persist();
+        if round == 0 || matches!(self.state.status, RunStatus::Left) {
+            return;
+        }
+        let report =
+            EvalReport { job: self.setup.job, round, model, member: me, metrics, sent_at_ms: now };
+        self.effects.push(Effect::Publish(Publish::Eval(report)));
+    }
+
+    /// Past the deadline of a round it follows and does not lead, a member asks a few members
+    /// for the round's result once per opening (those heard to be past the round first): the
+    /// announcement may have reached only some members before its aggregator died.
+    pub(super) fn ask_for_missed_result(&mut self, now: u64) {
+        let me = self.me();
+        let Some(open) = self.phase.open() else { return };
+        if now <= open.deadline_ms || open.leading.is_some() || open.result_asked {
+            return;
+        }
+        let round = open.round;
+        let others: Vec<MemberId> =
+            self.live(now).into_iter().map(|m| m.id).filter(|m| *m != me).collect();
+        let mut from = rank(&self.setup.job, round, &format!("ask/{me}"), &others);
+        from.sort_by_key(|m| self.rounds_heard.get(m).is_none_or(|heard| *heard <= round));
+        from.truncate(MEMBERS_ASKED);
+        if let Some(open) = self.phase.open_mut() {
+            open.result_asked = true;
+        }
+        if !from.is_empty() {
+            self.effects.push(Effect::AskResult { round, from });
+        }
+    }
+
+    /// Serves the result of `round` to a member that missed it, if this member has one.
+    pub(super) fn serve_result(&mut self, to: MemberId, round: Round, request: u64) {
+        let own = self.announced.clone().filter(|ready| ready.round == round).map(Served::Own);
+        let taken = self.taken.clone().filter(|(_, ready)| ready.round == round);
+        let served = own.or(taken.map(|(signer, ready)| Served::Taken { signer, ready }));
+        if let Some(result) = served {
+            self.effects.push(Effect::ServeResult { request, to, result });
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! A round from its opening to its close: who opens it, following an opening (the plan over
+//! the members it names, the slots this member aggregates, training or sending again), taking
+//! updates, the deadlines (a lower slot sends up, the leader closes at quorum or opens again,
+//! a follower gives up on a silent leader) and closing the round.
+
+use super::phase::{Closing, Leading, OpenRound, Own, Phase};
+use super::{
+    DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, PartialToSend,
+    Refusal, Update,
+};
+use crate::collect::{Collecting, Opening};
+use crate::records::{RoundRecord, RunStatus};
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::RoundOpen;
+use fedmesh_topologies::{Destination, RoundPlan};
+use std::sync::Arc;
+
+/// How long past a round's deadline its leader has to open it again before members elect
+/// another.
+pub(super) const REOPEN_GRACE_MS: u64 = 2_000;
+
+impl Member {
+    /// The round's part of a tick: deadlines, then opening the next round when elected.
+    pub(super) fn tick_round(&mut self, now: u64) {
+        self.check_slot_deadlines(now);
+        self.check_leader_deadline(now);
+        self.ask_for_missed_result(now);
+        self.forget_lost_opener(now);
+        if matches!(self.phase, Phase::Waiting) {
+            self.maybe_open(self.state.completed_round + 1, now);
+        }
+        if let Some(open) = self.phase.open() {
+            let next = open.slots.iter().map(|s| s.deadline_ms).chain([open.deadline_ms]).min();
+            if let Some(next) = next.filter(|at| *at > now) {
+                self.wake_at(next);
+            }
+        }
+    }
+
+    /// Opens `round` if the live plan makes this member its leader.
+    fn maybe_open(&mut self, round: Round, now: u64) {
+        if round > self.setup.spec.hyperparameters.rounds || !self.is_active() {
+            return;
+        }
+        if self.settling(now) || self.others_are_past(round, now) {
+            return;
+        }
+        if self.elected_leader(round, now) != Some(self.me()) {
+            return;
+        }
+        let Some((plan, members)) = self.live_plan(round, now) else { return };
+        let required = self.setup.spec.quorum.required(plan.trainers.len());
+        self.log(
+            Level::Info,
+            round,
+            format!("opening round {round} as its leader: {} trainers", plan.trainers.len()),
+        );
+        self.announce_opening(round, members, plan, Leading { required, retries: 0 }, now);
+    }
+
+    /// Whether this member joined too recently to know where the job stands: for one heartbeat
+    /// interval it hears the others before it opens a round they may be past.
+    fn settling(&self, now: u64) -> bool {
+        now < self.joined_ms + self.cadence().heartbeat_ms()
+    }
+
+    /// Whether a live member's heartbeat says it is past `round`: this member is behind, and
+    /// catches up from the result it is sent again (see `announce_again`) instead of running a
+    /// round the others finished.
+    fn others_are_past(&self, round: Round, now: u64) -> bool {
+        self.rounds_heard.iter().any(|(member, heard)| *heard > round && self.is_live(member, now))
+    }
+
+    /// Publishes an opening this member leads, and follows it itself.
+    fn announce_opening(
+        &mut self,
+        round: Round,
+        members: Vec<MemberId>,
+        plan: RoundPlan,
+        leading: Leading,
+        now: u64,
+    ) {
+        let open = RoundOpen {
+            job: self.setup.job,
+            round,
+            base_model: self.state.model,
+            deadline_ms: now + self.setup.spec.round_deadline_secs * 1000,
+            opened_at_ms: now,
+            members,
+        };
+        self.effects.push(Effect::Publish(super::Publish::Open(open.clone())));
+        self.follow(self.me(), open, plan, Some(leading), now);
+    }
+
+    /// A verified opening from the member that may send it: followed when its plan, over the
+    /// members it names, is led by its opener.
+    pub(super) fn on_open(&mut self, opener: MemberId, open: RoundOpen, now: u64) {
+        let Ok(named) = self.named(&open.members) else { return };
+        let Some(plan) = self.plan_over(open.round, &named) else { return };
+        if plan.leader() != Some(opener) {
+            return self.log(Level::Warn, open.round, format!("an opening {opener} does not lead"));
+        }
+        if opener == self.me() {
+            return; // its own opening, heard back: followed when it was made
+        }
+        self.follow(opener, open, plan, None, now);
+    }
+
+    /// Follows one opening of the next round with its plan.
+    fn follow(
+        &mut self,
+        opener: MemberId,
+        open: RoundOpen,
+        plan: RoundPlan,
+        leading: Option<Leading>,
+        now: u64,
+    ) {
+        let result_heard = self.rounds.get(&open.round).is_some_and(|r| r.model.is_some());
+        if open.round <= self.state.completed_round || !self.is_active() || result_heard {
+            return; // over, or its model is being fetched
+        }
+        let same_opening = self
+            .phase
+            .open()
+            .is_some_and(|o| (o.round, o.opened_at_ms) == (open.round, open.opened_at_ms));
+        if same_opening {
+            return;
+        }
+        let plan = Arc::new(plan);
+        self.state.status = RunStatus::Running;
+        let record = self.rounds.entry(open.round).or_insert_with(|| {
+            RoundRecord::new(open.round, opener, open.base_model, open.opened_at_ms)
+        });
+        record.aggregator = opener;
+        record.opened_at_ms = open.opened_at_ms;
+        record.slots = plan.slots.iter().map(|s| (s.id.to_string(), s.aggregator())).collect();
+        record.rings = plan.rings.iter().map(|r| (r.label.clone(), r.order.clone())).collect();
+        let earlier = match std::mem::take(&mut self.phase) {
+            Phase::Open(earlier) if earlier.round == open.round => earlier.slots,
+            _ => Vec::new(),
+        };
+        let slots = self.collect_slots(&open, &plan, earlier);
+        self.phase = Phase::Open(Box::new(OpenRound {
+            round: open.round,
+            opener,
+            base: open.base_model,
+            deadline_ms: open.deadline_ms,
+            opened_at_ms: open.opened_at_ms,
+            members: open.members.clone(),
+            plan: plan.clone(),
+            own: Own::NotSelected,
+            slots,
+            leading,
+            result_asked: false,
+        }));
+        self.wake_at(open.deadline_ms);
+        for early in std::mem::take(&mut self.early) {
+            if let Err(refused) = self.fold(early.signer, early.update, &early.values, now) {
+                self.log(Level::Warn, open.round, refused.detail);
+            }
+        }
+        self.finish_complete_slots(now);
+        if plan.trainers.contains(&self.me()) {
+            self.take_part(opener, &open, now);
+        }
+    }
+
+    /// The slots `plan` makes this member aggregate, keeping what an earlier opening of the
+    /// round collected where the new plan still expects it.
+    fn collect_slots(
+        &mut self,
+        open: &RoundOpen,
+        plan: &RoundPlan,
+        mut earlier: Vec<Collecting>,
+    ) -> Vec<Collecting> {
+        let opening = Opening {
+            round: open.round,
+            base: open.base_model,
+            num_params: self.params.len(),
+            opened_at_ms: open.opened_at_ms,
+            deadline_ms: open.deadline_ms,
+        };
+        let me = self.me();
+        let mut slots = Vec::new();
+        for index in (0..plan.slots.len()).filter(|i| plan.slots[*i].aggregator() == me) {
+            let mut slot = match Collecting::new(&self.setup.spec, plan, index, &opening) {
+                Ok(slot) => slot,
+                Err(error) => {
+                    self.log(Level::Warn, open.round, format!("cannot aggregate: {error}"));
+                    continue;
+                }
+            };
+            if let Some(position) = earlier.iter().position(|e| e.label == slot.label)
+                && slot.carry_over(earlier.swap_remove(position))
+            {
+                let kept = slot.contributions.len();
+                self.log(Level::Info, open.round, format!("opened again; {kept} updates kept"));
+            }
+            slots.push(slot);
+        }
+        slots
+    }
+
+    /// A selected trainer's part in an opening: its update sent again if the round was opened
+    /// again, training again if its update is lost, else training (once it holds the base).
+    fn take_part(&mut self, opener: MemberId, open: &RoundOpen, now: u64) {
+        let opening = (opener, open.opened_at_ms);
+        let resend = self.last_update.as_ref().filter(|(update, _, answered)| {
+            update.round == open.round && update.base == open.base_model && *answered != opening
+        });
+        if let Some((update, _, _)) = resend.cloned() {
+            self.log(Level::Info, open.round, "opened again; sending the update again");
+            return self.deliver(update, now);
+        }
+        let own_in = self.phase.open().is_some_and(|o| o.slots.iter().any(|s| s.holds(&self.me())));
+        if own_in {
+            return self.set_own(Own::Folded);
+        }
+        if self.trained == Some((open.round, open.base_model)) {
+            // Opened again, and this member's update is gone: it trains again.
+            self.trained = None;
+            self.last_update = None;
+        }
+        if open.base_model == self.state.model {
+            self.start_training();
+        } else {
+            // Behind: the round's base (the previous round's result) first.
+            self.set_own(Own::FetchingBase);
+            self.fetch(open.round - 1, open.base_model, opener);
+        }
+    }
+
+    fn set_own(&mut self, own: Own) {
+        if let Some(open) = self.phase.open_mut() {
+            open.own = own;
+        }
+    }
+
+    /// Trains on the open round's base, once per round and base.
+    pub(super) fn start_training(&mut self) {
+        let Some(open) = self.phase.open() else { return };
+        let (round, base) = (open.round, open.base);
+        if !open.plan.trainers.contains(&self.me())
+            || self.state.model != base
+            || self.trained == Some((round, base))
+        {
+            return;
+        }
+        self.trained = Some((round, base));
+        self.set_own(Own::Training);
+        self.effects.push(Effect::Train { round, base, params: self.params.clone() });
+    }
+
+    /// Local training finished: the update goes where the plan sends it.
+    pub(super) fn on_trained(
+        &mut self,
+        round: Round,
+        base: ContentHash,
+        outcome: Result<LocalUpdate, String>,
+        now: u64,
+    ) {
+        let trained = match outcome {
+            Ok(trained) => trained,
+            Err(error) => {
+                self.set_own(Own::Failed);
+                return self.log(Level::Warn, round, format!("local training failed: {error}"));
+            }
+        };
+        if trained.delta.iter().any(|v| !v.is_finite()) || !trained.metrics.loss.is_finite() {
+            return self.fail_diverged(round);
+        }
+        if let Some(record) = self.rounds.get_mut(&round) {
+            record.train_seconds = Some(trained.seconds);
+        }
+        let Some(open) = self.phase.open().filter(|o| (o.round, o.base) == (round, base)) else {
+            return self.log(Level::Info, round, "the round moved on while training");
+        };
+        let (opener, opened_at) = (open.opener, open.opened_at_ms);
+        let update = DeltaToSend {
+            round,
+            base,
+            samples: trained.samples,
+            metrics: trained.metrics,
+            values: trained.delta,
+        };
+        let Some(to) = self.destination_of_own() else {
+            return self.log(Level::Warn, round, "the plan sends this member's update nowhere");
+        };
+        self.last_update = Some((update.clone(), to, (opener, opened_at)));
+        self.deliver(update, now);
+    }
+
+    /// The aggregator this member's update goes to in the open round.
+    fn destination_of_own(&self) -> Option<MemberId> {
+        let open = self.phase.open()?;
+        match open.plan.destination(&self.me())? {
+            Destination::Slot(slot) => Some(open.plan.slots[slot].aggregator()),
+            Destination::Ring(_) => None,
+        }
+    }
+
+    /// Delivers this member's update: folded in here when it aggregates its own slot, else
+    /// sent to the slot's aggregator.
+    fn deliver(&mut self, update: DeltaToSend, now: u64) {
+        let Some(to) = self.destination_of_own() else { return };
+        let me = self.me();
+        if to != me {
+            let until_ms = self.phase.open().map_or(now, |o| o.deadline_ms);
+            self.set_own(Own::Sent);
+            return self.effects.push(Effect::SendDelta { to, delta: update, until_ms });
+        }
+        let folded = self.phase.open_mut().and_then(|open| {
+            let slot = open.slots.iter_mut().find(|s| s.direct.contains(&me))?;
+            Some(slot.accept_own(me, update.samples, &update.values))
+        });
+        match folded {
+            Some(Ok(())) => {
+                self.last_update = None;
+                self.set_own(Own::Folded);
+                self.finish_complete_slots(now);
+            }
+            Some(Err(refused)) => self.log(Level::Warn, update.round, refused.detail),
+            None => self.log(Level::Warn, update.round, "no slot here takes this member's update"),
+        }
+    }
+
+    /// Training on the round's base gave non-finite values: the global model diverged, and no
+    /// honest update can be made from it, so the job ends here with that reason.
+    fn fail_diverged(&mut self, round: Round) {
+        let reason = format!(
+            "the global model diverged: local training on round {round}'s base model gives \
+             non-finite values (a robust strategy resists poisoned updates; a smaller lr helps a \
+             model that overshoots)"
+        );
+        self.log(Level::Warn, round, reason.clone());
+        self.end(RunStatus::Failed(reason));
+    }
+
+    /// A verified update for a slot this member aggregates (or for the next round, kept until
+    /// its opening arrives).
+    pub(super) fn on_update(
+        &mut self,
+        signer: MemberId,
+        update: Update,
+        values: Arc<Vec<f32>>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        if !self.state.members.contains(&signer) {
+            return Err(Refusal::new("not_a_member", format!("{signer} is not a member")));
+        }
+        if self.keeps_early(&update) {
+            if self.early.len() >= MAX_EARLY_UPDATES {
+                self.early.pop_front();
+            }
+            self.early.push_back(EarlyUpdate { signer, update, values });
+            return Ok(());
+        }
+        self.fold(signer, update, &values, now)
+    }
+
+    /// Whether an update is for the next round, whose opening this member has not seen while
+    /// it collects nothing (a slot's aggregator may hear an opening after its trainers).
+    fn keeps_early(&self, update: &Update) -> bool {
+        let next = update.round() == self.state.completed_round + 1
+            && update.base_model() == self.state.model;
+        let collecting = self.phase.open().is_some_and(|o| !o.slots.is_empty());
+        let unseen = self.phase.open().is_none_or(|o| o.round < update.round());
+        next && unseen && !collecting && self.is_active()
+    }
+
+    /// Folds an update into the slot expecting it, finishing the slot once complete.
+    fn fold(
+        &mut self,
+        signer: MemberId,
+        update: Update,
+        values: &[f32],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let job = self.setup.job;
+        let Some(open) = self.phase.open_mut().filter(|o| !o.slots.is_empty()) else {
+            let detail = format!("this member collects no updates for job {job} now");
+            return Err(Refusal::new("not_aggregating", detail));
+        };
+        let index = open.slots.iter().position(|s| s.expects(&signer, &update)).unwrap_or(0);
+        let slot = &mut open.slots[index];
+        match &update {
+            Update::Delta(delta) => slot.accept_delta(signer, delta, values)?,
+            Update::Partial(partial) => slot.accept_partial(signer, partial, values)?,
+        }
+        self.finish_complete_slots(now);
+        Ok(())
+    }
+
+    /// Finishes the slots that have every input.
+    fn finish_complete_slots(&mut self, now: u64) {
+        loop {
+            let Some(open) = self.phase.open() else { return };
+            let done = open.slots.iter().find(|s| s.complete() && !s.contributions.is_empty());
+            let Some(slot) = done.map(|s| s.slot) else { return };
+            self.finish_slot(slot, now);
+        }
+    }
+
+    /// Lower slots whose time is up send what they have.
+    fn check_slot_deadlines(&mut self, now: u64) {
+        let Some(open) = self.phase.open() else { return };
+        let due: Vec<usize> = open
+            .slots
+            .iter()
+            .filter(|s| s.parent.is_some() && now >= s.deadline_ms)
+            .map(|s| s.slot)
+            .collect();
+        for slot in due {
+            self.finish_slot(slot, now);
+        }
+    }
+
+    /// A slot is done: the top closes the round, a lower slot sends its partial aggregate up.
+    fn finish_slot(&mut self, slot: usize, now: u64) {
+        let Some(open) = self.phase.open_mut() else { return };
+        let Some(position) = open.slots.iter().position(|s| s.slot == slot) else { return };
+        if open.slots[position].parent.is_none() {
+            return self.close_round(now);
+        }
+        let (round, deadline_ms) = (open.round, open.deadline_ms);
+        let collecting = open.slots.remove(position);
+        if collecting.contributions.is_empty() {
+            return self.log(Level::Warn, round, format!("no update reached slot {}", slot));
+        }
+        let (base, opened_at_ms, group) =
+            (collecting.base, collecting.opened_at_ms, collecting.label.clone());
+        let Some(to) = collecting.parent else { return };
+        let finished = collecting
+            .finish()
+            .and_then(|(sum, contributions)| Ok((sum.mean()?, sum.total_weight, contributions)));
+        let (mean, total_weight, contributions) = match finished {
+            Ok(finished) => finished,
+            Err(error) => return self.log(Level::Warn, round, format!("cannot combine: {error}")),
+        };
+        let partial = PartialToSend {
+            round,
+            base,
+            opened_at_ms,
+            group,
+            mean: Arc::new(mean),
+            total_weight,
+            contributions,
+        };
+        if to == self.me() {
+            return self.fold_own_partial(partial, now);
+        }
+        self.effects.push(Effect::SendPartial { to, partial, until_ms: deadline_ms });
+    }
+
+    /// A partial aggregate for a slot this member also aggregates, folded in directly.
+    fn fold_own_partial(&mut self, partial: PartialToSend, now: u64) {
+        let body = fedmesh_protocol::message::PartialAggregate {
+            job: self.setup.job,
+            round: partial.round,
+            base_model: partial.base,
+            opened_at_ms: partial.opened_at_ms,
+            group: partial.group.clone(),
+            aggregator: self.me(),
+            mean: fedmesh_protocol::tensor::PayloadRef {
+                hash: fedmesh_protocol::tensor::hash_f32(&partial.mean),
+                encoding: fedmesh_protocol::tensor::TensorEncoding::F32Le,
+                params: partial.mean.len() as u64,
+                bytes: partial.mean.len() as u64 * 4,
+            },
+            total_weight: partial.total_weight,
+            contributions: partial.contributions,
+        };
+        if let Err(refused) = self.fold(self.me(), Update::Partial(body), &partial.mean, now) {
+            self.log(Level::Warn, partial.round, refused.detail);
+        }
+    }
+
+    /// At the led round's deadline: close it at quorum, else open it again over the members
+    /// live now (a lost aggregator is replaced; trainers send again), or let go of it when this
+    /// member no longer leads it.
+    fn check_leader_deadline(&mut self, now: u64) {
+        let Some(open) = self.phase.open() else { return };
+        let Some(leading) = open.leading.as_ref() else { return };
+        if now < open.deadline_ms {
+            return;
+        }
+        let round = open.round;
+        let top = open.slots.iter().find(|s| s.parent.is_none());
+        let received = top.map_or(0, |top| top.contributions.len());
+        if top.is_some() && received >= leading.required && received > 0 {
+            return self.close_round(now);
+        }
+        let Some((plan, members)) = self.live_plan(round, now) else {
+            return self.let_go(round, "too few live members");
+        };
+        if plan.leader() != Some(self.me()) {
+            return self.let_go(round, "this member no longer leads it");
+        }
+        let required = self.setup.spec.quorum.required(plan.trainers.len());
+        let central = plan.slots.len() == 1 && plan.rings.is_empty();
+        if top.is_some() && central && received >= required && received > 0 {
+            // The updates in are a quorum of the trainers still live.
+            return self.close_round(now);
+        }
+        let retries = leading.retries + 1;
+        self.log(
+            Level::Warn,
+            round,
+            format!("incomplete at its deadline ({received} of {required}); opening it again"),
+        );
+        self.announce_opening(round, members, plan, Leading { required, retries }, now);
+    }
+
+    fn let_go(&mut self, round: Round, why: &str) {
+        self.log(Level::Warn, round, format!("round incomplete at its deadline; {why}"));
+        self.phase = Phase::Waiting;
+    }
+
+    /// A round followed past its deadline and the grace its leader has to open it again is
+    /// forgotten when its leader went silent or no longer leads it here, so that the member the
+    /// plan elects now opens it.
+    fn forget_lost_opener(&mut self, now: u64) {
+        let Some(open) = self.phase.open() else { return };
+        if now <= open.deadline_ms + REOPEN_GRACE_MS || open.leading.is_some() {
+            return;
+        }
+        let (round, opener) = (open.round, open.opener);
+        let alive = self.is_live(&opener, now);
+        if !alive || self.elected_leader(round, now) != Some(opener) {
+            self.log(Level::Warn, round, format!("leader {opener} lost; electing another"));
+            self.phase = Phase::Waiting;
+        }
+    }
+
+    /// Finishes the top slot: the new model is made and handed over to be stored.
+    fn close_round(&mut self, now: u64) {
+        let Phase::Open(open) = std::mem::take(&mut self.phase) else { return };
+        let OpenRound { round, base, mut slots, members, .. } = *open;
+        let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };
+        let top = slots.swap_remove(position);
+        let made = top
+            .finish()
+            .and_then(|(sum, contributions)| Ok((sum.mean_added_to(&self.params)?, contributions)));
+        match made {
+            Ok((params, contributions)) => {
+                let params = Arc::new(params);
+                self.effects.push(Effect::StoreModel { round, params: params.clone() });
+                self.phase = Phase::Closing(Box::new(Closing {
+                    round,
+                    base,
+                    params,
+                    contributions,
+                    members,
+                }));
+                self.log(Level::Info, round, "closed; storing the new model");
+            }
+            Err(error) => {
+                self.log(Level::Warn, round, format!("cannot aggregate: {error}"));
+                self.phase = Phase::Waiting;
+                self.wake_at(now);
+            }
+        }
+    }
+}

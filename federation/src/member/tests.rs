@@ -1,0 +1,526 @@
+//! The round rules on the machines themselves: a few members wired to each other by a queue,
+//! with a manual clock, instant delivery, and faults chosen per test.
+
+use super::*;
+use fedmesh_protocol::message::{ModelDelta, PartialAggregate};
+use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
+use std::collections::BTreeSet;
+
+const PARAMS: usize = 8;
+/// The clock's step between ticks.
+const STEP_MS: u64 = 100;
+
+fn member_id(byte: u8) -> MemberId {
+    MemberId([byte; 32])
+}
+
+fn spec(topology: &str, rounds: u64, deadline_secs: u64) -> JobSpec {
+    let json = serde_json::json!({
+        "name": "rules", "owner": member_id(1).to_string(), "model": "softmax",
+        "dataset": "mnist5k", "tag": topology,
+        "hyperparameters": {"rounds": rounds}, "round_deadline_secs": deadline_secs,
+    });
+    let bytes = serde_json::to_vec(&json).expect("json");
+    JobSpec::from_json(&bytes).expect("a valid spec")
+}
+
+fn payload_ref(values: &[f32]) -> PayloadRef {
+    PayloadRef {
+        hash: hash_f32(values),
+        encoding: TensorEncoding::F32Le,
+        bytes: values.len() as u64 * 4,
+        params: values.len() as u64,
+    }
+}
+
+/// A filter on deliveries: (from, to, effect) -> deliver?
+type Drop = Box<dyn Fn(MemberId, MemberId, &Event) -> bool>;
+
+/// Members wired to each other through one queue.
+struct Net {
+    spec: JobSpec,
+    job: JobId,
+    now: u64,
+    members: BTreeMap<MemberId, Member>,
+    down: BTreeSet<MemberId>,
+    queue: VecDeque<(MemberId, MemberId, Event)>,
+    blobs: BTreeMap<ContentHash, Arc<Vec<f32>>>,
+    snapshots: BTreeMap<MemberId, Snapshot>,
+    groups: BTreeMap<MemberId, String>,
+    drop: Option<Drop>,
+    refusals: Vec<Refusal>,
+    opened: BTreeMap<(Round, u64), MemberId>,
+    next_request: u64,
+    /// Members added late or restarted: they record only the rounds they saw.
+    may_miss_rounds: BTreeSet<MemberId>,
+}
+
+impl Net {
+    /// A job of `members`, who all know each other before the first tick.
+    fn new(spec: JobSpec, members: &[(u8, &str)]) -> Self {
+        let job = JobId(ContentHash::of(b"rules"));
+        let initial = Arc::new(vec![0.0f32; PARAMS]);
+        let model = hash_f32(&initial);
+        let mut net = Self {
+            spec,
+            job,
+            now: 1_000,
+            members: BTreeMap::new(),
+            down: BTreeSet::new(),
+            queue: VecDeque::new(),
+            blobs: BTreeMap::from([(model, initial)]),
+            snapshots: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            drop: None,
+            refusals: Vec::new(),
+            opened: BTreeMap::new(),
+            next_request: 0,
+            may_miss_rounds: BTreeSet::new(),
+        };
+        for (byte, group) in members {
+            net.add(*byte, group);
+        }
+        net.introduce();
+        net
+    }
+
+    /// Every member's join reaches every other (those added later missed the first ones).
+    fn introduce(&mut self) {
+        let joins: Vec<(MemberId, Join)> = self
+            .members
+            .values()
+            .map(|m| {
+                let info = m.state().members.info(&m.me()).expect("itself");
+                let join = Join {
+                    job: self.job,
+                    member: m.me(),
+                    group: info.group,
+                    roles: info.roles,
+                    samples: 10,
+                    sent_at_ms: self.now,
+                };
+                (m.me(), join)
+            })
+            .collect();
+        for (id, join) in joins {
+            self.publish(id, Publish::Join(join));
+        }
+    }
+
+    fn setup(&self, id: MemberId) -> Setup {
+        Setup {
+            me: id,
+            job: self.job,
+            spec: self.spec.clone(),
+            tag: fedmesh_topologies::Tag::from_spec(&self.spec.tag).expect("tag"),
+            group: self.groups[&id].clone(),
+            roles: Vec::new(),
+            samples: 10 + u64::from(id.0[0]),
+        }
+    }
+
+    fn add(&mut self, byte: u8, group: &str) {
+        let id = member_id(byte);
+        self.groups.insert(id, group.to_owned());
+        let initial = Arc::new(vec![0.0f32; PARAMS]);
+        let (member, effects) = Member::join(self.setup(id), hash_f32(&initial), initial, self.now);
+        self.members.insert(id, member);
+        self.route(id, effects);
+    }
+
+    fn kill(&mut self, byte: u8) {
+        self.down.insert(member_id(byte));
+    }
+
+    /// Rebuilds a killed member from its last snapshot.
+    fn restart(&mut self, byte: u8) {
+        let id = member_id(byte);
+        self.down.remove(&id);
+        self.may_miss_rounds.insert(id);
+        let snapshot = self.snapshots[&id].clone();
+        let params = self.blobs[&snapshot.state.model].clone();
+        let (member, effects) = Member::restore(self.setup(id), snapshot, params, self.now);
+        self.members.insert(id, member);
+        self.route(id, effects);
+    }
+
+    fn send(&mut self, from: MemberId, to: MemberId, event: Event) {
+        let dropped = self.drop.as_ref().is_some_and(|drop| drop(from, to, &event));
+        if !self.down.contains(&to) && !dropped {
+            self.queue.push_back((from, to, event));
+        }
+    }
+
+    fn request(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    /// Carries out what a member asked for.
+    fn route(&mut self, from: MemberId, effects: Vec<Effect>) {
+        for effect in effects {
+            self.carry_out(from, effect);
+        }
+    }
+
+    fn carry_out(&mut self, from: MemberId, effect: Effect) {
+        match effect {
+            Effect::Publish(publish) => self.publish(from, publish),
+            Effect::SendDelta { to, delta, .. } => {
+                let body = ModelDelta {
+                    job: self.job,
+                    round: delta.round,
+                    base_model: delta.base,
+                    member: from,
+                    samples: delta.samples,
+                    metrics: delta.metrics,
+                    payload: payload_ref(&delta.values),
+                };
+                let request = self.request();
+                let update = Update::Delta(body);
+                self.send(
+                    from,
+                    to,
+                    Event::Update { signer: from, update, values: delta.values, request },
+                );
+            }
+            Effect::SendPartial { to, partial, .. } => {
+                let body = PartialAggregate {
+                    job: self.job,
+                    round: partial.round,
+                    base_model: partial.base,
+                    opened_at_ms: partial.opened_at_ms,
+                    group: partial.group,
+                    aggregator: from,
+                    mean: payload_ref(&partial.mean),
+                    total_weight: partial.total_weight,
+                    contributions: partial.contributions,
+                };
+                let request = self.request();
+                let update = Update::Partial(body);
+                self.send(
+                    from,
+                    to,
+                    Event::Update { signer: from, update, values: partial.mean, request },
+                );
+            }
+            Effect::Answer { outcome: Err(refusal), .. } => self.refusals.push(refusal),
+            Effect::ServeResult { to, result, .. } => {
+                let (signer, ready) = match result {
+                    Served::Own(ready) => (from, ready),
+                    Served::Taken { signer, ready } => (signer, ready),
+                };
+                self.send(from, to, Event::Gossip { signer, message: Gossip::Result(ready) });
+            }
+            Effect::AskResult { round, from: asked } => {
+                for member in asked {
+                    let request = self.request();
+                    self.send(from, member, Event::ResultAsked { from, round, request });
+                }
+            }
+            Effect::Train { round, base, params } => {
+                let step = f32::from(from.0[0]) / 100.0;
+                let delta: Vec<f32> = params.iter().map(|p| step - p / 10.0).collect();
+                let update = LocalUpdate {
+                    delta: Arc::new(delta),
+                    samples: 10 + u64::from(from.0[0]),
+                    metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
+                    seconds: 0.1,
+                };
+                self.send(from, from, Event::Trained { round, base, outcome: Ok(update) });
+            }
+            Effect::Fetch { model, .. } => {
+                let outcome = self.blobs.get(&model).cloned().ok_or_else(|| "nowhere".to_owned());
+                self.send(from, from, Event::Fetched { model, outcome });
+            }
+            Effect::StoreModel { round, params } => {
+                let model = hash_f32(&params);
+                self.blobs.insert(model, params);
+                self.send(from, from, Event::Stored { round, model });
+            }
+            Effect::Evaluate { round, model, .. } => {
+                let metrics = fedmesh_protocol::message::EvalMetrics::default();
+                self.send(from, from, Event::Evaluated { round, model, metrics });
+            }
+            Effect::Persist(snapshot) => {
+                self.snapshots.insert(from, snapshot);
+            }
+            Effect::Log(notice) => {
+                if std::env::var_os("RULES_LOG").is_some() {
+                    eprintln!("{} {} {:?}", self.now, from.0[0], notice);
+                }
+            }
+            Effect::Answer { .. } | Effect::WakeAt(_) => {}
+        }
+    }
+
+    fn publish(&mut self, from: MemberId, publish: Publish) {
+        let message = match publish {
+            Publish::Join(join) => Gossip::Join(join),
+            Publish::Leave(leave) => Gossip::Leave(leave),
+            Publish::Heartbeat(beat) => Gossip::Heartbeat(beat),
+            Publish::Open(open) => {
+                self.opened.insert((open.round, open.opened_at_ms), from);
+                Gossip::Open(open)
+            }
+            Publish::Result(ready) => Gossip::Result(ready),
+            Publish::Eval(report) => Gossip::Eval(report),
+        };
+        let others: Vec<MemberId> = self.members.keys().filter(|m| **m != from).copied().collect();
+        for to in others {
+            self.send(from, to, Event::Gossip { signer: from, message: message.clone() });
+        }
+    }
+
+    /// Delivers everything queued, then moves the clock one step and ticks every live member.
+    fn step(&mut self) {
+        while let Some((_, to, event)) = self.queue.pop_front() {
+            if self.down.contains(&to) {
+                continue;
+            }
+            let Some(member) = self.members.get_mut(&to) else { continue };
+            let effects = member.handle(event, self.now);
+            self.route(to, effects);
+        }
+        self.now += STEP_MS;
+        let live: Vec<MemberId> =
+            self.members.keys().filter(|m| !self.down.contains(m)).copied().collect();
+        for id in live {
+            let effects = self.members.get_mut(&id).map(|m| m.handle(Event::Tick, self.now));
+            self.route(id, effects.unwrap_or_default());
+        }
+    }
+
+    /// Steps until every live member is done, or `limit_ms` of clock passed.
+    fn run(&mut self, limit_ms: u64) {
+        let until = self.now + limit_ms;
+        while self.now < until && !self.all_done() {
+            self.step();
+        }
+    }
+
+    fn run_until(&mut self, limit_ms: u64, done: impl Fn(&Net) -> bool) {
+        let until = self.now + limit_ms;
+        while self.now < until && !done(self) {
+            self.step();
+        }
+    }
+
+    fn live_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(|m| !self.down.contains(&m.me()))
+    }
+
+    fn all_done(&self) -> bool {
+        self.live_members().all(|m| !m.is_active())
+    }
+
+    fn member(&self, byte: u8) -> &Member {
+        &self.members[&member_id(byte)]
+    }
+
+    /// Every live member completed the job with one model, and recorded every round once with
+    /// the same model.
+    fn assert_agree(&self) {
+        let rounds = self.spec.hyperparameters.rounds;
+        let first = self.live_members().next().expect("a live member");
+        for member in self.live_members() {
+            assert_eq!(member.status(), &RunStatus::Completed, "{} did not complete", member.me());
+            assert_eq!(member.completed_round(), rounds);
+            assert_eq!(member.model(), first.model(), "{} holds another model", member.me());
+            for round in 1..=rounds {
+                let theirs = member.rounds().get(&round).and_then(|r| r.model);
+                let ours = self.round_model(round);
+                if theirs.is_some() || !self.may_miss_rounds.contains(&member.me()) {
+                    assert_eq!(theirs, ours, "round {round} differs on {}", member.me());
+                }
+            }
+        }
+    }
+
+    /// The model of `round` as the members that recorded one agree on it.
+    fn round_model(&self, round: Round) -> Option<ContentHash> {
+        let models: BTreeSet<ContentHash> = self
+            .live_members()
+            .filter_map(|m| m.rounds().get(&round).and_then(|r| r.model))
+            .collect();
+        assert!(models.len() <= 1, "round {round} has several models: {models:?}");
+        models.into_iter().next()
+    }
+
+    fn openings_of(&self, round: Round) -> usize {
+        self.opened.keys().filter(|(r, _)| *r == round).count()
+    }
+}
+
+fn four_central(rounds: u64) -> Net {
+    Net::new(spec("central", rounds, 5), &[(1, "a"), (2, "a"), (3, "a"), (4, "a")])
+}
+
+#[test]
+fn a_central_job_completes_with_one_model_on_every_member() {
+    let mut net = four_central(3);
+    net.run(60_000);
+    net.assert_agree();
+    for round in 1..=3 {
+        assert_eq!(net.openings_of(round), 1, "round {round} opened once");
+        let record = &net.member(2).rounds()[&round];
+        assert_eq!(record.participants, 4, "every member's update is in round {round}");
+    }
+    assert!(net.refusals.is_empty(), "{:?}", net.refusals);
+}
+
+#[test]
+fn a_hierarchical_job_sends_partial_aggregates_up_and_completes() {
+    let members = [(1, "eu"), (2, "eu"), (3, "eu"), (4, "na"), (5, "na"), (6, "na")];
+    let mut net = Net::new(spec("hierarchical", 2, 5), &members);
+    net.run(60_000);
+    net.assert_agree();
+    let record = &net.member(1).rounds()[&2];
+    assert_eq!(record.participants, 6);
+    assert!(record.slots.len() >= 3, "two group slots and a top: {:?}", record.slots);
+}
+
+#[test]
+fn the_model_is_the_sample_weighted_mean_of_the_updates() {
+    let mut net = four_central(1);
+    net.run(30_000);
+    net.assert_agree();
+    // Member b trains to b/100 with 10 + b samples.
+    let weights: Vec<(f32, f32)> =
+        (1..=4u8).map(|b| (f32::from(b) / 100.0, 10.0 + f32::from(b))).collect();
+    let total: f32 = weights.iter().map(|(_, w)| w).sum();
+    let mean: f32 = weights.iter().map(|(v, w)| v * w).sum::<f32>() / total;
+    let params = net.member(3).params();
+    assert!(params.iter().all(|p| (p - mean).abs() < 1e-6), "{params:?} vs {mean}");
+}
+
+#[test]
+fn a_leader_lost_after_opening_is_replaced_once_it_falls_silent() {
+    let mut net = four_central(2);
+    // Round 1's leader dies right after opening it.
+    net.run_until(10_000, |net| net.openings_of(1) == 1);
+    let leader = net.opened.values().next().copied().expect("an opener");
+    net.down.insert(leader);
+    net.run(120_000);
+    net.assert_agree();
+    let record = &net.live_members().next().expect("live").rounds()[&1];
+    assert_ne!(record.aggregator, leader, "another member aggregated round 1");
+}
+
+#[test]
+fn a_member_that_missed_a_result_asks_for_it_after_the_deadline() {
+    let mut net = four_central(2);
+    // Member 4 hears no result by gossip, ever: it must ask.
+    net.drop = Some(Box::new(|from, to, event| {
+        to == member_id(4)
+            && from != to
+            && matches!(event, Event::Gossip { message: Gossip::Result(_), signer } if *signer == from)
+    }));
+    net.run(120_000);
+    net.assert_agree();
+    assert_eq!(net.openings_of(1), 1, "nobody ran round 1 again");
+}
+
+#[test]
+fn a_dead_trainer_makes_the_leader_open_the_round_again_keeping_the_updates_in() {
+    let mut net = four_central(2);
+    net.run_until(10_000, |net| net.openings_of(1) == 1);
+    let leader = net.opened.values().next().copied().expect("an opener");
+    let trainer = net.members.keys().copied().find(|m| *m != leader).expect("a trainer");
+    net.down.insert(trainer);
+    net.run(120_000);
+    net.assert_agree();
+    assert!(net.openings_of(1) >= 2, "round 1 was opened again");
+    let record = &net.member(leader.0[0]).rounds()[&1];
+    assert_eq!(record.participants, 3, "the three live members' updates");
+}
+
+#[test]
+fn a_restarted_member_rebuilds_from_its_snapshot_and_catches_up() {
+    let mut net = four_central(4);
+    net.run_until(30_000, |net| net.member(4).completed_round() >= 1);
+    net.kill(4);
+    net.run_until(120_000, |net| net.member(1).completed_round() >= 3);
+    net.restart(4);
+    net.run(120_000);
+    net.assert_agree();
+}
+
+#[test]
+fn a_late_joiner_takes_part_in_later_rounds() {
+    let mut net = Net::new(spec("central", 4, 5), &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+    net.add(9, "a");
+    net.may_miss_rounds.insert(member_id(9));
+    net.run(120_000);
+    net.assert_agree();
+    let last = &net.member(1).rounds()[&4];
+    assert_eq!(last.participants, 4, "the newcomer trained in the last round");
+}
+
+#[test]
+fn a_member_that_leaves_is_planned_without_and_the_job_goes_on() {
+    let mut net = four_central(3);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let effects = net
+        .members
+        .get_mut(&member_id(4))
+        .map(|m| m.handle(Event::LeaveRequested { reason: "operator".into() }, net.now));
+    net.route(member_id(4), effects.unwrap_or_default());
+    assert_eq!(net.member(4).status(), &RunStatus::Left);
+    net.down.insert(member_id(4));
+    net.run(120_000);
+    net.assert_agree();
+    assert_eq!(net.member(1).rounds()[&3].participants, 3);
+}
+
+#[test]
+fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
+    let mut net = four_central(1);
+    net.run_until(10_000, |net| net.openings_of(1) == 1);
+    let leader = net.opened.values().next().copied().expect("an opener");
+    let hijacker = net.members.keys().copied().find(|m| *m != leader).expect("another");
+    let forged = AggregateReady {
+        job: net.job,
+        round: 1,
+        base_model: net.member(1).model(),
+        model: ContentHash::of(b"a made-up model"),
+        contributions: Vec::new(),
+        metrics: Default::default(),
+        members: vec![hijacker],
+        sent_at_ms: net.now,
+    };
+    net.carry_out(hijacker, Effect::Publish(Publish::Result(forged)));
+    net.run(60_000);
+    net.assert_agree();
+    let record = &net.member(1).rounds()[&1];
+    assert_ne!(record.model, Some(ContentHash::of(b"a made-up model")));
+}
+
+#[test]
+fn updates_for_the_wrong_round_or_base_are_refused_with_a_reason() {
+    let mut net = four_central(1);
+    net.run_until(10_000, |net| net.openings_of(1) == 1);
+    let leader = net.opened.values().next().copied().expect("an opener");
+    let sender = net.members.keys().copied().find(|m| *m != leader).expect("a trainer");
+    let values = Arc::new(vec![0.5f32; PARAMS]);
+    for (round, base) in [(7, net.member(1).model()), (1, ContentHash::of(b"another base"))] {
+        let body = ModelDelta {
+            job: net.job,
+            round,
+            base_model: base,
+            member: sender,
+            samples: 5,
+            metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
+            payload: payload_ref(&values),
+        };
+        let update = Update::Delta(body);
+        let event = Event::Update { signer: sender, update, values: values.clone(), request: 99 };
+        let effects = net.members.get_mut(&leader).map(|m| m.handle(event, net.now));
+        net.route(leader, effects.unwrap_or_default());
+    }
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["wrong_round", "wrong_base"]);
+    net.run(60_000);
+    net.assert_agree();
+}

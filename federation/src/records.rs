@@ -1,0 +1,184 @@
+//! What a node records of a job it takes part in (its state, members and rounds, as RocksDB
+//! keeps them) and how the admin API shows it.
+
+use crate::membership::Membership;
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::EvalMetrics;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a job stands for this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Joined; waiting for the minimum of participants.
+    Waiting,
+    Running,
+    Completed,
+    /// This node left the job.
+    Left,
+    /// This node cannot take part (for example its data does not fit the model).
+    Failed(String),
+    /// The job's coordinator stopped it, for this reason.
+    Stopped(String),
+}
+
+impl RunStatus {
+    pub fn label(&self) -> String {
+        match self {
+            Self::Waiting => "waiting".into(),
+            Self::Running => "running".into(),
+            Self::Completed => "completed".into(),
+            Self::Left => "left".into(),
+            Self::Failed(reason) => format!("failed: {reason}"),
+            Self::Stopped(reason) => format!("stopped: {reason}"),
+        }
+    }
+}
+
+/// One round as this node saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: Round,
+    pub aggregator: MemberId,
+    pub base_model: ContentHash,
+    /// The round's global model, once announced.
+    pub model: Option<ContentHash>,
+    pub participants: usize,
+    pub opened_at_ms: u64,
+    pub closed_at_ms: Option<u64>,
+    /// This node's local training time, if it trained.
+    pub train_seconds: Option<f64>,
+    /// Each member's evaluation of the round's model.
+    pub evaluations: BTreeMap<MemberId, EvalMetrics>,
+    /// The plan of the round's latest opening: each slot's aggregator, each ring's order.
+    pub slots: BTreeMap<String, MemberId>,
+    pub rings: BTreeMap<String, Vec<MemberId>>,
+}
+
+impl RoundRecord {
+    pub fn new(
+        round: Round,
+        aggregator: MemberId,
+        base_model: ContentHash,
+        opened_at_ms: u64,
+    ) -> Self {
+        Self {
+            round,
+            aggregator,
+            base_model,
+            model: None,
+            participants: 0,
+            opened_at_ms,
+            closed_at_ms: None,
+            train_seconds: None,
+            evaluations: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            rings: BTreeMap::new(),
+        }
+    }
+
+    /// Test-size-weighted loss and accuracy over the members' evaluations, and their samples.
+    pub fn weighted_metrics(&self) -> (Option<f64>, Option<f64>, u64) {
+        let weighted = |pick: fn(&EvalMetrics) -> Option<f32>| {
+            let (sum, weight) = self
+                .evaluations
+                .values()
+                .filter_map(|m| {
+                    pick(m).map(|v| (f64::from(v) * m.samples as f64, m.samples as f64))
+                })
+                .fold((0.0, 0.0), |(s, w), (v, n)| (s + v, w + n));
+            (weight > 0.0).then(|| sum / weight)
+        };
+        let samples = self.evaluations.values().map(|m| m.samples).sum();
+        (weighted(|m| m.loss), weighted(|m| m.accuracy), samples)
+    }
+
+    pub fn view(&self) -> RoundView {
+        let (loss, accuracy, eval_samples) = self.weighted_metrics();
+        RoundView {
+            round: self.round,
+            aggregator: self.aggregator.to_peer_id_string(),
+            model: self.model.map(|m| m.to_hex()),
+            participants: self.participants,
+            accuracy,
+            loss,
+            eval_samples,
+            evaluations: self.evaluations.len(),
+            seconds: self
+                .closed_at_ms
+                .map(|closed| closed.saturating_sub(self.opened_at_ms) as f64 / 1e3),
+            train_seconds: self.train_seconds,
+            slots: self
+                .slots
+                .iter()
+                .map(|(slot, m)| (slot.clone(), m.to_peer_id_string()))
+                .collect(),
+            rings: self
+                .rings
+                .iter()
+                .map(|(ring, order)| {
+                    (ring.clone(), order.iter().map(MemberId::to_peer_id_string).collect())
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What RocksDB keeps of a job this node takes part in (the rounds are kept one record each).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub status: RunStatus,
+    /// The last round whose global model this node holds (0: the initial model).
+    pub completed_round: Round,
+    pub model: ContentHash,
+    pub members: Membership,
+}
+
+/// A round as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundView {
+    pub round: Round,
+    pub aggregator: String,
+    pub model: Option<String>,
+    /// Updates included in the round's model.
+    pub participants: usize,
+    /// Test-size-weighted over the members' evaluations received so far.
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub eval_samples: u64,
+    /// How many members' evaluations are in.
+    pub evaluations: usize,
+    /// From the round's opening to its model's announcement.
+    pub seconds: Option<f64>,
+    /// This node's local training time in the round.
+    pub train_seconds: Option<f64>,
+    /// Each aggregation slot (`role/group`) and its aggregator, as the round's latest opening
+    /// planned it.
+    pub slots: BTreeMap<String, String>,
+    /// Each ring (by group label) and its members in ring order.
+    pub rings: BTreeMap<String, Vec<String>>,
+}
+
+/// A member as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: String,
+    pub group: String,
+    pub samples: u64,
+    pub last_seen_ms: u64,
+}
+
+/// A job this node takes part in, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunView {
+    pub status: String,
+    pub completed_round: Round,
+    pub rounds_total: Round,
+    pub model: String,
+    pub members: Vec<MemberView>,
+    pub rounds: Vec<RoundView>,
+    /// The external trainer's last failure on this node (round, mode, stderr tail), if any.
+    #[serde(default)]
+    pub trainer_error: Option<String>,
+}
