@@ -150,6 +150,7 @@ impl Collecting {
             crate::member::Update::Partial(partial) => {
                 self.lower_senders.contains_key(&(*signer, partial.group.clone()))
             }
+            crate::member::Update::Chunk(_) => false,
         }
     }
 

@@ -9,3 +9,4 @@ pub mod collect;
 pub mod member;
 pub mod membership;
 pub mod records;
+pub mod ring;

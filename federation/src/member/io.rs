@@ -5,7 +5,7 @@
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join, Leave,
-    ModelDelta, PartialAggregate, RoundOpen, TrainMetrics,
+    ModelDelta, PartialAggregate, RingChunk, RoundOpen, TrainMetrics,
 };
 use std::sync::Arc;
 
@@ -30,6 +30,8 @@ pub enum Update {
     Delta(ModelDelta),
     /// A lower slot's partial aggregate (its weighted mean).
     Partial(PartialAggregate),
+    /// A ring all-reduce step's chunk from the ring's previous member.
+    Chunk(RingChunk),
 }
 
 impl Update {
@@ -37,6 +39,7 @@ impl Update {
         match self {
             Self::Delta(delta) => delta.round,
             Self::Partial(partial) => partial.round,
+            Self::Chunk(chunk) => chunk.round,
         }
     }
 
@@ -44,6 +47,7 @@ impl Update {
         match self {
             Self::Delta(delta) => delta.base_model,
             Self::Partial(partial) => partial.base_model,
+            Self::Chunk(chunk) => chunk.base_model,
         }
     }
 }
@@ -118,6 +122,8 @@ pub enum Effect {
     SendDelta { to: MemberId, delta: DeltaToSend, until_ms: u64 },
     /// Encode (f32), sign and send a slot's partial aggregate to the aggregator above.
     SendPartial { to: MemberId, partial: PartialToSend, until_ms: u64 },
+    /// Encode (f32), sign and send one ring all-reduce chunk to the ring's next member.
+    SendChunk { to: MemberId, chunk: ChunkToSend, until_ms: u64 },
     /// Answer the update request `request`: accepted, or refused.
     Answer { request: u64, outcome: Result<(), Refusal> },
     /// Answer a member that asked for a round's result with the signed one this member holds.
@@ -170,6 +176,18 @@ pub struct PartialToSend {
     pub mean: Arc<Vec<f32>>,
     pub total_weight: f64,
     pub contributions: Vec<Contribution>,
+}
+
+/// One step's chunk of a ring all-reduce, before encoding and signing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkToSend {
+    pub round: Round,
+    pub base: ContentHash,
+    pub opened_at_ms: u64,
+    pub step: u32,
+    pub chunk: u32,
+    pub contributions: Vec<Contribution>,
+    pub values: Arc<Vec<f32>>,
 }
 
 /// A line for the operator's log: how serious, and what happened.

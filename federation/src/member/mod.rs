@@ -6,6 +6,7 @@ mod gossip;
 mod io;
 mod phase;
 mod results;
+mod ring;
 mod rounds;
 
 pub use io::*;
@@ -85,9 +86,9 @@ pub struct Member {
     early: VecDeque<EarlyUpdate>,
     /// The round and base this member trained on, so it trains once per round.
     trained: Option<(Round, ContentHash)>,
-    /// This member's last update, where it went and the opening it answered (opener, time):
-    /// sent again when the round is opened again by another opening.
-    last_update: Option<(DeltaToSend, MemberId, (MemberId, u64))>,
+    /// This member's last update and the opening it answered (opener, time): sent again when
+    /// the round is opened again by another opening.
+    last_update: Option<(DeltaToSend, (MemberId, u64))>,
     /// The result of the last round this member closed, and when it last went out.
     announced: Option<AggregateReady>,
     announced_ms: u64,

@@ -2,6 +2,7 @@
 //! phase carries.
 
 use crate::collect::Collecting;
+use crate::ring::RingRun;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::Contribution;
 use fedmesh_topologies::RoundPlan;
@@ -84,6 +85,8 @@ pub struct OpenRound {
     pub own: Own,
     /// The slots this member aggregates.
     pub slots: Vec<Collecting>,
+    /// This member's ring all-reduce, when the plan puts it in a ring.
+    pub ring: Option<RingRun>,
     /// Set when this member leads the round: it watches the deadline and opens it again.
     pub leading: Option<Leading>,
     /// Whether this member asked others for the round's result (once per opening).
@@ -98,7 +101,7 @@ pub enum Own {
     /// Behind: the round's base model is being fetched first.
     FetchingBase,
     Training,
-    /// The update went to the slot's aggregator (another member).
+    /// The update went to the slot's aggregator (another member), or into its ring.
     Sent,
     /// The update is folded into a slot this member aggregates.
     Folded,

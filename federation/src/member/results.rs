@@ -55,7 +55,7 @@ impl Member {
                 self.taken = Some((signer, ready.clone()));
             }
         }
-        if self.last_update.as_ref().is_some_and(|(update, _, _)| update.round <= ready.round) {
+        if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {
             self.last_update = None;
         }
         self.record_holder(ready.model, signer);

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
+use crate::ring::RingRun;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::RoundOpen;
 use fedmesh_topologies::{Destination, RoundPlan};
@@ -140,6 +141,8 @@ impl Member {
             _ => Vec::new(),
         };
         let slots = self.collect_slots(&open, &plan, earlier);
+        let opening = (open.round, open.base_model, open.opened_at_ms);
+        let ring = RingRun::for_member(&plan, opening, self.me(), self.params.len());
         self.phase = Phase::Open(Box::new(OpenRound {
             round: open.round,
             opener,
@@ -150,12 +153,13 @@ impl Member {
             plan: plan.clone(),
             own: Own::NotSelected,
             slots,
+            ring,
             leading,
             result_asked: false,
         }));
         self.wake_at(open.deadline_ms);
         for early in std::mem::take(&mut self.early) {
-            if let Err(refused) = self.fold(early.signer, early.update, &early.values, now) {
+            if let Err(refused) = self.on_update(early.signer, early.update, early.values, now) {
                 self.log(Level::Warn, open.round, refused.detail);
             }
         }
@@ -205,10 +209,10 @@ impl Member {
     /// again, training again if its update is lost, else training (once it holds the base).
     fn take_part(&mut self, opener: MemberId, open: &RoundOpen, now: u64) {
         let opening = (opener, open.opened_at_ms);
-        let resend = self.last_update.as_ref().filter(|(update, _, answered)| {
+        let resend = self.last_update.as_ref().filter(|(update, answered)| {
             update.round == open.round && update.base == open.base_model && *answered != opening
         });
-        if let Some((update, _, _)) = resend.cloned() {
+        if let Some((update, _)) = resend.cloned() {
             self.log(Level::Info, open.round, "opened again; sending the update again");
             return self.deliver(update, now);
         }
@@ -230,7 +234,7 @@ impl Member {
         }
     }
 
-    fn set_own(&mut self, own: Own) {
+    pub(super) fn set_own(&mut self, own: Own) {
         if let Some(open) = self.phase.open_mut() {
             open.own = own;
         }
@@ -283,27 +287,22 @@ impl Member {
             metrics: trained.metrics,
             values: trained.delta,
         };
-        let Some(to) = self.destination_of_own() else {
-            return self.log(Level::Warn, round, "the plan sends this member's update nowhere");
-        };
-        self.last_update = Some((update.clone(), to, (opener, opened_at)));
+        self.last_update = Some((update.clone(), (opener, opened_at)));
         self.deliver(update, now);
     }
 
-    /// The aggregator this member's update goes to in the open round.
-    fn destination_of_own(&self) -> Option<MemberId> {
-        let open = self.phase.open()?;
-        match open.plan.destination(&self.me())? {
-            Destination::Slot(slot) => Some(open.plan.slots[slot].aggregator()),
-            Destination::Ring(_) => None,
-        }
-    }
-
-    /// Delivers this member's update: folded in here when it aggregates its own slot, else
-    /// sent to the slot's aggregator.
+    /// Delivers this member's update where the open round's plan sends it: into its ring,
+    /// folded in here when it aggregates its own slot, else to the slot's aggregator.
     fn deliver(&mut self, update: DeltaToSend, now: u64) {
-        let Some(to) = self.destination_of_own() else { return };
         let me = self.me();
+        let Some(open) = self.phase.open() else { return };
+        let to = match open.plan.destination(&me) {
+            Some(Destination::Slot(slot)) => open.plan.slots[slot].aggregator(),
+            Some(Destination::Ring(_)) => return self.contribute_to_ring(update, now),
+            None => {
+                return self.log(Level::Warn, update.round, "the plan sends this update nowhere");
+            }
+        };
         if to != me {
             let until_ms = self.phase.open().map_or(now, |o| o.deadline_ms);
             self.set_own(Own::Sent);
@@ -348,6 +347,9 @@ impl Member {
         if !self.state.members.contains(&signer) {
             return Err(Refusal::new("not_a_member", format!("{signer} is not a member")));
         }
+        if let Update::Chunk(chunk) = &update {
+            return self.on_chunk(signer, chunk.clone(), values, now);
+        }
         if self.keeps_early(&update) {
             if self.early.len() >= MAX_EARLY_UPDATES {
                 self.early.pop_front();
@@ -386,6 +388,7 @@ impl Member {
         match &update {
             Update::Delta(delta) => slot.accept_delta(signer, delta, values)?,
             Update::Partial(partial) => slot.accept_partial(signer, partial, values)?,
+            Update::Chunk(_) => return Err(Refusal::new("wrong_kind", "a ring chunk for a slot")),
         }
         self.finish_complete_slots(now);
         Ok(())
@@ -453,7 +456,7 @@ impl Member {
     }
 
     /// A partial aggregate for a slot this member also aggregates, folded in directly.
-    fn fold_own_partial(&mut self, partial: PartialToSend, now: u64) {
+    pub(super) fn fold_own_partial(&mut self, partial: PartialToSend, now: u64) {
         let body = fedmesh_protocol::message::PartialAggregate {
             job: self.setup.job,
             round: partial.round,

@@ -204,6 +204,26 @@ impl Net {
                     Event::Update { signer: from, update, values: partial.mean, request },
                 );
             }
+            Effect::SendChunk { to, chunk, .. } => {
+                let body = fedmesh_protocol::message::RingChunk {
+                    job: self.job,
+                    round: chunk.round,
+                    base_model: chunk.base,
+                    opened_at_ms: chunk.opened_at_ms,
+                    member: from,
+                    step: chunk.step,
+                    chunk: chunk.chunk,
+                    contributions: chunk.contributions,
+                    values: payload_ref(&chunk.values),
+                };
+                let request = self.request();
+                let update = Update::Chunk(body);
+                self.send(
+                    from,
+                    to,
+                    Event::Update { signer: from, update, values: chunk.values, request },
+                );
+            }
             Effect::Answer { outcome: Err(refusal), .. } => self.refusals.push(refusal),
             Effect::ServeResult { to, result, .. } => {
                 let (signer, ready) = match result {
@@ -378,6 +398,27 @@ fn a_hierarchical_job_sends_partial_aggregates_up_and_completes() {
     let record = &net.member(1).rounds()[&2];
     assert_eq!(record.participants, 6);
     assert!(record.slots.len() >= 3, "two group slots and a top: {:?}", record.slots);
+}
+
+#[test]
+fn a_ring_all_reduces_and_every_member_computes_the_model_its_leader_announces() {
+    let members = [(1, "a"), (2, "a"), (3, "a"), (4, "a"), (5, "a")];
+    let mut net = Net::new(spec("ring", 3, 5), &members);
+    net.run(60_000);
+    net.assert_agree();
+    assert_eq!(net.member(2).rounds()[&3].participants, 5);
+    assert!(net.refusals.is_empty(), "{:?}", net.refusals);
+}
+
+#[test]
+fn a_hybrid_job_reduces_each_group_in_a_ring_and_sends_the_sums_up() {
+    let members = [(1, "eu"), (2, "eu"), (3, "eu"), (4, "na"), (5, "na"), (6, "na")];
+    let mut net = Net::new(spec("hybrid", 2, 5), &members);
+    net.run(60_000);
+    net.assert_agree();
+    let record = &net.member(4).rounds()[&2];
+    assert_eq!(record.participants, 6);
+    assert_eq!(record.rings.len(), 2, "a ring per group: {:?}", record.rings);
 }
 
 #[test]
