@@ -13,6 +13,14 @@ const ANNOUNCE_AGAIN_MS: u64 = 5_000;
 impl Member {
     pub(super) fn on_gossip(&mut self, signer: MemberId, message: Gossip, now: u64) {
         if !self.is_active() {
+            // A member that completed the job still sends its last result again to a member
+            // whose heartbeat shows it missed it.
+            if let (RunStatus::Completed, Gossip::Heartbeat(beat)) = (&self.state.status, &message)
+                && beat.member == signer
+                && self.state.members.contains(&signer)
+            {
+                self.announce_again(beat.round, now);
+            }
             return;
         }
         match message {
@@ -20,7 +28,7 @@ impl Member {
             Gossip::Leave(leave) if leave.member == signer => {
                 if self.state.members.leave(&leave.member) {
                     self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
-                    self.persist();
+                    self.persist_lazily();
                 }
             }
             Gossip::Heartbeat(beat) if beat.member == signer => {
@@ -53,7 +61,7 @@ impl Member {
             return;
         }
         self.log(Level::Info, 0, format!("{} joined (group {})", join.member, join.group));
-        self.persist();
+        self.persist_lazily();
         if now.saturating_sub(self.last_join_ms) > JOIN_ECHO_MS {
             self.publish_join(now);
         }

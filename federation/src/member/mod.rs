@@ -96,6 +96,8 @@ pub struct Member {
     taken: Option<(MemberId, AggregateReady)>,
     /// The round each member's last heartbeat said it is in.
     rounds_heard: BTreeMap<MemberId, Round>,
+    /// When this member, behind the others, last asked for their newest result.
+    caught_up_asked_ms: u64,
     /// Who holds which of the newest models (oldest first).
     holders: VecDeque<(ContentHash, BTreeSet<MemberId>)>,
     /// Models being fetched, with the round each is the result of.
@@ -103,7 +105,22 @@ pub struct Member {
     /// The leader of the last live plan computed, by round and live members (plans are costly
     /// in large jobs, and ticks ask often).
     leader_cache: Option<(Round, Vec<MemberId>, Option<MemberId>)>,
+    /// What changed and is not persisted yet: the state now (persisted when the event is
+    /// handled), or only the membership and evaluations (persisted at the next tick, so a join
+    /// burst in a large job costs one snapshot per member, not one per join).
+    unsaved: Unsaved,
     effects: Vec<Effect>,
+}
+
+/// What a member has not persisted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Unsaved {
+    Nothing,
+    /// Changes a crash may lose: members are heard again from their repeated joins, and
+    /// evaluations are reported again by their members.
+    Minor,
+    /// Changes that must be persisted before their effects are carried out.
+    State,
 }
 
 impl Member {
@@ -151,9 +168,11 @@ impl Member {
             announced_ms: 0,
             taken: None,
             rounds_heard: BTreeMap::new(),
+            caught_up_asked_ms: 0,
             holders: VecDeque::new(),
             fetching: BTreeMap::new(),
             leader_cache: None,
+            unsaved: Unsaved::Nothing,
             effects: Vec::new(),
         };
         if member.is_active() {
@@ -169,8 +188,18 @@ impl Member {
             member.phase = Phase::Ended;
         }
         member.wake_at(now + IDLE_WAKE_MS);
-        let effects = std::mem::take(&mut member.effects);
+        let effects = member.take_effects();
         (member, effects)
+    }
+
+    /// The effects of the event just handled, a snapshot first if the state changed.
+    fn take_effects(&mut self) -> Vec<Effect> {
+        if self.unsaved == Unsaved::State {
+            self.unsaved = Unsaved::Nothing;
+            let snapshot = self.snapshot();
+            self.effects.insert(0, Effect::Persist(snapshot));
+        }
+        std::mem::take(&mut self.effects)
     }
 
     /// Feeds one event to the machine and returns what its driver must do.
@@ -191,7 +220,7 @@ impl Member {
             }
             Event::LeaveRequested { reason } => self.leave(reason, now),
         }
-        std::mem::take(&mut self.effects)
+        self.take_effects()
     }
 
     pub fn me(&self) -> MemberId {
@@ -317,8 +346,17 @@ impl Member {
         found.map(|(_, holders)| holders.clone()).unwrap_or_default()
     }
 
+    /// The state changed: it is persisted before the event's other effects are carried out.
     fn persist(&mut self) {
-        self.effects.push(Effect::Persist(self.snapshot()));
+        self.unsaved = Unsaved::State;
+    }
+
+    /// The membership or the evaluations changed: persisted at the next tick.
+    fn persist_lazily(&mut self) {
+        self.unsaved = self.unsaved.max(Unsaved::Minor);
+        if !self.is_active() {
+            self.persist(); // no tick comes any more
+        }
     }
 
     fn wake_at(&mut self, at: u64) {
@@ -350,6 +388,9 @@ impl Member {
         }
         let me = self.me();
         self.state.members.seen(&me, now);
+        if self.unsaved == Unsaved::Minor {
+            self.persist();
+        }
         let cadence = self.cadence();
         if now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms() {
             self.last_heartbeat_ms = now;

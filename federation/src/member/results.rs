@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 /// How many members a member that missed a result asks for it.
 const MEMBERS_ASKED: usize = 3;
+/// How long a member that is behind waits before it asks for a result again.
+const ASK_AGAIN_MS: u64 = 5_000;
 
 impl Member {
     /// The model of a round this member closed is stored: it announces the result and takes it.
@@ -165,7 +167,7 @@ impl Member {
             return;
         };
         record.evaluations.insert(me, metrics);
-        self.persist();
+        self.persist_lazily();
         if round == 0 || matches!(self.state.status, RunStatus::Left) {
             return;
         }
@@ -178,20 +180,40 @@ impl Member {
     /// for the round's result once per opening (those heard to be past the round first): the
     /// announcement may have reached only some members before its aggregator died.
     pub(super) fn ask_for_missed_result(&mut self, now: u64) {
-        let me = self.me();
         let Some(open) = self.phase.open() else { return };
         if now <= open.deadline_ms || open.leading.is_some() || open.result_asked {
             return;
         }
         let round = open.round;
-        let others: Vec<MemberId> =
-            self.live(now).into_iter().map(|m| m.id).filter(|m| *m != me).collect();
-        let mut from = rank(&self.setup.job, round, &format!("ask/{me}"), &others);
-        from.sort_by_key(|m| self.rounds_heard.get(m).is_none_or(|heard| *heard <= round));
-        from.truncate(MEMBERS_ASKED);
         if let Some(open) = self.phase.open_mut() {
             open.result_asked = true;
         }
+        self.ask_for_result(round, now);
+    }
+
+    /// A member whose peers' heartbeats say they are past `round` while it waits for it missed
+    /// results (it was down, cut off, or joined late): it asks for the newest result they hold,
+    /// at most once every `ASK_AGAIN_MS`, instead of running a round they finished.
+    pub(super) fn catch_up(&mut self, heard: Round, now: u64) {
+        if now.saturating_sub(self.caught_up_asked_ms) < ASK_AGAIN_MS {
+            return;
+        }
+        self.caught_up_asked_ms = now;
+        self.ask_for_result(heard - 1, now);
+    }
+
+    /// Asks a few members for the signed result of `round`: those heard to be past it first,
+    /// else live ones, else any (members that completed the job fall silent).
+    fn ask_for_result(&mut self, round: Round, now: u64) {
+        let me = self.me();
+        let mut others: Vec<MemberId> =
+            self.live(now).into_iter().map(|m| m.id).filter(|m| *m != me).collect();
+        if others.is_empty() {
+            others = self.state.members.all().map(|m| m.info.id).filter(|m| *m != me).collect();
+        }
+        let mut from = rank(&self.setup.job, round, &format!("ask/{me}"), &others);
+        from.sort_by_key(|m| self.rounds_heard.get(m).is_none_or(|heard| *heard <= round));
+        from.truncate(MEMBERS_ASKED);
         if !from.is_empty() {
             self.effects.push(Effect::AskResult { round, from });
         }

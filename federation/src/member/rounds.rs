@@ -43,7 +43,10 @@ impl Member {
         if round > self.setup.spec.hyperparameters.rounds || !self.is_active() {
             return;
         }
-        if self.settling(now) || self.others_are_past(round, now) {
+        if let Some(heard) = self.heard_past(round) {
+            return self.catch_up(heard, now);
+        }
+        if self.settling(now) {
             return;
         }
         if self.elected_leader(round, now) != Some(self.me()) {
@@ -59,17 +62,17 @@ impl Member {
         self.announce_opening(round, members, plan, Leading { required, retries: 0 }, now);
     }
 
-    /// Whether this member joined too recently to know where the job stands: for one heartbeat
-    /// interval it hears the others before it opens a round they may be past.
+    /// Whether this member joined too recently to know where the job stands: for two heartbeat
+    /// intervals it hears the others before it opens a round they may be past.
     fn settling(&self, now: u64) -> bool {
-        now < self.joined_ms + self.cadence().heartbeat_ms()
+        now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
     }
 
-    /// Whether a live member's heartbeat says it is past `round`: this member is behind, and
-    /// catches up from the result it is sent again (see `announce_again`) instead of running a
-    /// round the others finished.
-    fn others_are_past(&self, round: Round, now: u64) -> bool {
-        self.rounds_heard.iter().any(|(member, heard)| *heard > round && self.is_live(member, now))
+    /// The furthest round a member's heartbeat named, when it is past `round`: this member is
+    /// behind, and catches up from the others' results instead of running a round they
+    /// finished (a silent member's word counts too: it was past the round when it spoke).
+    fn heard_past(&self, round: Round) -> Option<Round> {
+        self.rounds_heard.values().copied().filter(|heard| *heard > round).max()
     }
 
     /// Publishes an opening this member leads, and follows it itself.
