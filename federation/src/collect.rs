@@ -7,7 +7,7 @@ use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum}
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
 use fedmesh_protocol::spec::JobSpec;
-use fedmesh_protocol::tensor::hash_f32;
+use fedmesh_protocol::tensor::{Decoder, hash_f32};
 use fedmesh_topologies::{Input, RoundPlan};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -154,13 +154,14 @@ impl Collecting {
         }
     }
 
-    /// Checks that an update is for this slot's round and base model, with the model's layout.
+    /// Checks that an update is for this slot's round and base model, with the model's layout
+    /// (`params` values).
     fn check_round(
         &self,
         what: &str,
         signer: &MemberId,
         (round, base): (Round, &ContentHash),
-        values: &[f32],
+        params: usize,
     ) -> Result<(), Refusal> {
         if round != self.round {
             return Err(refuse(
@@ -177,12 +178,11 @@ impl Collecting {
                 ),
             ));
         }
-        if values.len() != self.num_params {
+        if params != self.num_params {
             return Err(refuse(
                 "wrong_layout",
                 format!(
-                    "{what} from {signer} has {} parameters, the model {}",
-                    values.len(),
+                    "{what} from {signer} has {params} parameters, the model {}",
                     self.num_params
                 ),
             ));
@@ -197,29 +197,63 @@ impl Collecting {
         delta: &ModelDelta,
         values: &[f32],
     ) -> Result<(), Refusal> {
-        self.check_round("delta", &signer, (delta.round, &delta.base_model), values)?;
+        if self.admits_delta(signer, delta, values.len())? {
+            let name = signer.to_peer_id_string();
+            self.aggregator
+                .add(&name, delta.samples as f64, values)
+                .map_err(|e| refuse("rejected_update", e.to_string()))?;
+            self.count_delta(signer, delta);
+        }
+        Ok(())
+    }
+
+    /// [`accept_delta`](Self::accept_delta) for a delta still encoded: plain FedAvg folds it a
+    /// chunk at a time, without a decoded copy (a large model's aggregator holds one less).
+    pub fn accept_encoded_delta(
+        &mut self,
+        signer: MemberId,
+        delta: &ModelDelta,
+        update: &Decoder<'_>,
+    ) -> Result<(), Refusal> {
+        if self.admits_delta(signer, delta, update.len())? {
+            let name = signer.to_peer_id_string();
+            self.aggregator
+                .add_decoded(&name, delta.samples as f64, update)
+                .map_err(|e| refuse("rejected_update", e.to_string()))?;
+            self.count_delta(signer, delta);
+        }
+        Ok(())
+    }
+
+    /// Checks a trainer's delta of `params` values against the round and the plan; says
+    /// whether it is new (the same update again, sent over a re-opening, is counted once and is
+    /// no error).
+    fn admits_delta(
+        &self,
+        signer: MemberId,
+        delta: &ModelDelta,
+        params: usize,
+    ) -> Result<bool, Refusal> {
+        self.check_round("delta", &signer, (delta.round, &delta.base_model), params)?;
         if !self.direct.contains(&signer) {
             return Err(refuse(
                 "not_selected",
                 format!("{signer} was not selected to send its update to this slot this round"),
             ));
         }
-        if let Some(counted) = self.contributions.iter().find(|c| c.member == signer) {
-            if counted.delta == delta.payload.hash {
-                // The same update again (the round was re-opened): already counted, not an error.
-                return Ok(());
-            }
-            return Err(refuse("duplicate", format!("{signer} already sent another update")));
+        match self.contributions.iter().find(|c| c.member == signer) {
+            None => Ok(true),
+            Some(counted) if counted.delta == delta.payload.hash => Ok(false),
+            Some(_) => Err(refuse("duplicate", format!("{signer} already sent another update"))),
         }
-        self.aggregator
-            .add(&signer.to_peer_id_string(), delta.samples as f64, values)
-            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+    }
+
+    fn count_delta(&mut self, signer: MemberId, delta: &ModelDelta) {
         self.contributions.push(Contribution {
             member: signer,
             delta: delta.payload.hash,
             samples: delta.samples,
         });
-        Ok(())
     }
 
     /// Folds in the aggregator's own update (never encoded: its hash is of its values).
@@ -232,7 +266,7 @@ impl Collecting {
         if self.holds(&member) {
             return Ok(()); // kept from an earlier opening of the round
         }
-        self.check_round("own update", &member, (self.round, &self.base.clone()), values)?;
+        self.check_round("own update", &member, (self.round, &self.base.clone()), values.len())?;
         self.aggregator
             .add(&member.to_peer_id_string(), samples as f64, values)
             .map_err(|e| refuse("rejected_update", e.to_string()))?;
@@ -248,7 +282,7 @@ impl Collecting {
         mean: &[f32],
     ) -> Result<(), Refusal> {
         let what = "partial aggregate";
-        self.check_round(what, &signer, (partial.round, &partial.base_model), mean)?;
+        self.check_round(what, &signer, (partial.round, &partial.base_model), mean.len())?;
         if partial.opened_at_ms != self.opened_at_ms {
             return Err(refuse(
                 "stale_opening",
@@ -350,4 +384,119 @@ fn check_included(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_protocol::ids::JobId;
+    use fedmesh_protocol::message::TrainMetrics;
+    use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, encode_params};
+    use fedmesh_topologies::{MemberInfo, Selection, Tag};
+
+    /// A central job of three members.
+    struct Job {
+        id: JobId,
+        spec: JobSpec,
+        tag: Tag,
+        members: Vec<MemberInfo>,
+    }
+
+    impl Job {
+        fn new() -> Self {
+            let owner = MemberId([0; 32]).to_string();
+            let json = serde_json::json!({"name": "job", "owner": owner, "model": "softmax",
+                                          "dataset": "mnist5k"});
+            let bytes = serde_json::to_vec(&json).expect("json");
+            let spec = JobSpec::from_json(&bytes).expect("a valid spec");
+            let tag = Tag::from_spec(&spec.tag).expect("a valid tag");
+            let members = (1..=3u8)
+                .map(|b| MemberInfo {
+                    id: MemberId([b; 32]),
+                    group: "default".into(),
+                    roles: vec![],
+                })
+                .collect();
+            Self { id: JobId(ContentHash::of(b"carry over")), spec, tag, members }
+        }
+
+        /// The top slot of round 1 planned over the members `present`, opened at `opened_at_ms`.
+        fn slot(&self, present: &[usize], opened_at_ms: u64) -> Collecting {
+            let infos: Vec<MemberInfo> = present.iter().map(|&i| self.members[i].clone()).collect();
+            let selection = Selection::from_participation(&self.spec.participation);
+            let plan =
+                RoundPlan::compute(&self.tag, &self.id, 1, &infos, &selection).expect("plan");
+            let opening = Opening {
+                round: 1,
+                base: ContentHash::of(b"base"),
+                num_params: 4,
+                opened_at_ms,
+                deadline_ms: opened_at_ms + 30_000,
+            };
+            Collecting::new(&self.spec, &plan, 0, &opening).expect("a slot")
+        }
+
+        /// Member `i`'s delta (every value `value`), its payload encoded.
+        fn delta(&self, i: usize, value: f32) -> (MemberId, ModelDelta, Vec<u8>) {
+            let payload = encode_params(&[value; 4], TensorEncoding::F32Le, None).expect("encode");
+            let member = self.members[i].id;
+            let body = ModelDelta {
+                job: self.id,
+                round: 1,
+                base_model: ContentHash::of(b"base"),
+                member,
+                samples: 10,
+                metrics: TrainMetrics { loss: 0.0, accuracy: None },
+                payload: PayloadRef::describe(&payload, TensorEncoding::F32Le, 4),
+            };
+            (member, body, payload)
+        }
+
+        fn send(&self, slot: &mut Collecting, i: usize, value: f32) -> Result<(), Refusal> {
+            let (member, body, payload) = self.delta(i, value);
+            let decoder = Decoder::new(&payload, TensorEncoding::F32Le, 4).expect("decoder");
+            slot.accept_encoded_delta(member, &body, &decoder)
+        }
+    }
+
+    #[test]
+    fn a_round_opened_again_over_the_same_members_keeps_the_updates_in() {
+        let job = Job::new();
+        let mut first = job.slot(&[0, 1, 2], 1_000);
+        job.send(&mut first, 0, 1.0).expect("accepted");
+        job.send(&mut first, 1, 3.0).expect("accepted");
+        let mut again = job.slot(&[0, 1, 2], 31_000);
+        assert!(again.carry_over(first), "the same plan keeps what it collected");
+        assert_eq!(again.contributions.len(), 2);
+        // A trainer that sends its update again is counted once; the missing one completes it.
+        job.send(&mut again, 0, 1.0).expect("the same update again");
+        job.send(&mut again, 2, 5.0).expect("accepted");
+        assert!(again.complete());
+        let (sum, contributions) = again.finish().expect("finished");
+        assert_eq!(contributions.len(), 3);
+        assert_eq!(sum.mean().expect("mean"), vec![3.0; 4], "(1 + 3 + 5) / 3, each counted once");
+    }
+
+    #[test]
+    fn a_round_opened_again_without_a_contributor_starts_over() {
+        let job = Job::new();
+        let mut first = job.slot(&[0, 1, 2], 1_000);
+        let contributor = (0..3)
+            .find(|&i| first.direct.contains(&job.members[i].id))
+            .expect("a trainer of the slot");
+        job.send(&mut first, contributor, 1.0).expect("accepted");
+        let rest: Vec<usize> = (0..3).filter(|&i| i != contributor).collect();
+        let mut again = job.slot(&rest, 31_000);
+        assert!(!again.carry_over(first), "its update is no longer expected");
+        assert!(again.contributions.is_empty());
+    }
+
+    #[test]
+    fn another_update_from_a_counted_trainer_is_a_duplicate() {
+        let job = Job::new();
+        let mut slot = job.slot(&[0, 1, 2], 1_000);
+        job.send(&mut slot, 0, 1.0).expect("accepted");
+        let refused = job.send(&mut slot, 0, 2.0).expect_err("a second, different update");
+        assert_eq!(refused.reason, "duplicate");
+    }
 }
