@@ -225,6 +225,9 @@ pub struct Config {
     pub model: ModelSpec,
     pub dataset: Embedded,
     pub strategy: StrategySpec,
+    /// Local training: passes over a member's data per round, and the learning rate.
+    pub local_epochs: u32,
+    pub lr: f32,
     pub deadline_secs: u64,
     pub quorum: f64,
     pub min_participants: u32,
@@ -257,6 +260,8 @@ impl Config {
             model: ModelSpec::Bench { params: 1_000 },
             dataset: Embedded::Mnist5k,
             strategy: StrategySpec::default(),
+            local_epochs: 1,
+            lr: 0.05,
             deadline_secs: 30,
             quorum: 0.8,
             min_participants: 1,
@@ -306,6 +311,9 @@ impl Config {
         }
         if !(self.bandwidth_mbps > 0.0 && self.bandwidth_mbps.is_finite()) {
             return invalid("--bandwidth-mbps must be a positive number".into());
+        }
+        if self.local_epochs == 0 || !(self.lr > 0.0 && self.lr.is_finite()) {
+            return invalid("--local-epochs must be at least 1 and --lr a positive number".into());
         }
         if self.deadline_secs == 0 || self.groups == 0 {
             return invalid("--deadline-secs and --groups must be at least 1".into());

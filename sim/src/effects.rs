@@ -45,6 +45,9 @@ impl World {
             Effect::SendPartial { to, partial, until_ms } => {
                 self.send_partial(member, to, partial, until_ms)
             }
+            Effect::SendChunk { to, chunk, until_ms } => {
+                self.send_chunk(member, to, chunk, until_ms)
+            }
             Effect::Answer { outcome, .. } => match outcome {
                 Ok(()) => self.counters.accepted += 1,
                 Err(refusal) => {

@@ -41,7 +41,12 @@ pub fn spec(config: &Config) -> Result<JobSpec, JobError> {
         tag: TagSpec::Builtin(config.topology),
         model: config.model.clone(),
         dataset: config.dataset.name().to_owned(),
-        hyperparameters: Hyperparameters { rounds: config.rounds, ..Hyperparameters::default() },
+        hyperparameters: Hyperparameters {
+            rounds: config.rounds,
+            local_epochs: config.local_epochs,
+            lr: config.lr,
+            ..Hyperparameters::default()
+        },
         strategy: config.strategy.clone(),
         participation: Participation {
             min_participants: config.min_participants,

@@ -61,6 +61,12 @@ struct Args {
     /// fedavg, median or trimmed-mean:BETA.
     #[arg(long, default_value = "fedavg")]
     strategy: Strategy,
+    /// Passes over a member's data per round (softmax and mlp models).
+    #[arg(long, default_value_t = 1)]
+    local_epochs: u32,
+    /// The local learning rate (softmax and mlp models).
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
     /// A round closes at its quorum or after this many seconds.
     #[arg(long, default_value_t = 30)]
     deadline_secs: u64,
@@ -109,6 +115,8 @@ impl Args {
             model: self.model.0,
             dataset: self.dataset.0,
             strategy: StrategySpec { rule: self.strategy.0, ..StrategySpec::default() },
+            local_epochs: self.local_epochs,
+            lr: self.lr,
             deadline_secs: self.deadline_secs,
             quorum: self.quorum,
             min_participants: self.min_participants,

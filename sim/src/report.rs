@@ -68,6 +68,8 @@ pub struct Report {
     /// Events fed to machines.
     pub events: u64,
     pub live_members: usize,
+    /// Live honest members whose job is complete.
+    pub members_completed: usize,
     pub adversaries: BTreeMap<String, usize>,
     /// The model every live honest member ends with (if they agree).
     pub final_model: Option<String>,
@@ -87,12 +89,13 @@ impl fmt::Display for Report {
         let c = &self.counters;
         writeln!(
             f,
-            "{:?}: {} of {} rounds, {} members ({} live), {} topology, seed {}",
+            "{:?}: {} of {} rounds, {} members ({} live, {} completed), {} topology, seed {}",
             self.status,
             self.rounds_completed,
             self.rounds,
             self.members,
             self.live_members,
+            self.members_completed,
             self.topology,
             self.seed
         )?;

@@ -66,6 +66,9 @@ fn fingerprint(event: &Event) -> Fingerprint {
         Event::Update { signer, update: Update::Partial(partial), .. } => {
             Fingerprint::new(11, partial.round, Some(partial.mean.hash), Some(signer.0))
         }
+        Event::Update { signer, update: Update::Chunk(chunk), .. } => {
+            Fingerprint::new(20, chunk.round, Some(chunk.values.hash), Some(signer.0))
+        }
         Event::ResultAsked { from, round, .. } => Fingerprint::new(12, *round, None, Some(from.0)),
         Event::Trained { round, base, outcome } => {
             Fingerprint::new(13 + u8::from(outcome.is_err()), *round, Some(*base), None)

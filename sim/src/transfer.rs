@@ -6,9 +6,11 @@ use crate::adversary;
 use crate::config::AdversaryKind;
 use crate::network::Index;
 use crate::world::{Action, World};
-use fedmesh_federation::member::{DeltaToSend, Event, Gossip, PartialToSend, Served, Update};
+use fedmesh_federation::member::{
+    ChunkToSend, DeltaToSend, Event, Gossip, PartialToSend, Served, Update,
+};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{ModelDelta, PartialAggregate};
+use fedmesh_protocol::message::{ModelDelta, PartialAggregate, RingChunk};
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::sync::Arc;
 
@@ -184,6 +186,22 @@ impl World {
             contributions: partial.contributions,
         };
         self.send(from, to, Update::Partial(body), partial.mean, until_ms, false);
+    }
+
+    /// Sends one ring all-reduce chunk to the ring's next member.
+    pub fn send_chunk(&mut self, from: Index, to: MemberId, chunk: ChunkToSend, until_ms: u64) {
+        let body = RingChunk {
+            job: self.nodes[from].setup.job,
+            round: chunk.round,
+            base_model: chunk.base,
+            opened_at_ms: chunk.opened_at_ms,
+            member: self.id_of(from),
+            step: chunk.step,
+            chunk: chunk.chunk,
+            contributions: chunk.contributions,
+            values: payload_of(&chunk.values),
+        };
+        self.send(from, to, Update::Chunk(body), chunk.values, until_ms, false);
     }
 
     fn send(

@@ -15,6 +15,7 @@ use crate::report::{Counters, Report, Status};
 use crate::trace::Trace;
 use crate::transfer::{AskJob, FetchJob, Transfer};
 use fedmesh_federation::member::{Event, Gossip, Member, Setup, Snapshot};
+use fedmesh_federation::records::RunStatus;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::tensor::hash_f32;
 use rand::{Rng, SeedableRng};
@@ -133,8 +134,8 @@ pub struct World {
     pub counters: Counters,
     pub trace: Trace,
     pub checker: Checker,
-    /// Members killed and not yet restarted, when they will be.
-    pub restarts_pending: usize,
+    /// Members that will run but do not yet: not started, or killed and not yet restarted.
+    pub awaited: usize,
     started: Instant,
 }
 
@@ -171,8 +172,9 @@ impl World {
         for member in 0..config.members {
             queue.after(rng.random_range(0..JOIN_SPREAD_MS), Action::Start(member));
         }
+        let members = config.members;
         Ok(Self {
-            checker: Checker::new(config.members),
+            checker: Checker::new(members),
             config,
             queue,
             rng,
@@ -188,7 +190,7 @@ impl World {
             openings: BTreeMap::new(),
             counters: Counters::default(),
             trace: Trace::default(),
-            restarts_pending: 0,
+            awaited: members,
             started: Instant::now(),
         })
     }
@@ -293,9 +295,20 @@ impl World {
 
     fn start(&mut self, member: Index) {
         let now = self.queue.now();
+        if self.config.verbose {
+            let node = &self.nodes[member];
+            let adversary = node.adversary.map_or(String::new(), |kind| format!(" ({kind})"));
+            eprintln!(
+                "{:>9.3} s member {member} starts as {}{adversary}, group {}",
+                self.sim_seconds(),
+                node.setup.me,
+                node.setup.group
+            );
+        }
         let (model, params) = self.initial.clone();
         let setup = self.nodes[member].setup.clone();
         let (machine, effects) = Member::join(setup, model, params, now);
+        self.awaited -= 1;
         self.nodes[member].machine = Some(machine);
         self.carry_out(member, effects);
     }
@@ -339,7 +352,7 @@ impl World {
         node.wake = None;
         self.counters.members_killed += 1;
         if let Some(after) = self.config.restart_after_ms() {
-            self.restarts_pending += 1;
+            self.awaited += 1;
             self.queue.after(after, Action::Fault(Fault::Restart(member)));
         }
     }
@@ -347,7 +360,7 @@ impl World {
     /// Rebuilds a killed member from its last snapshot and its model's blob (or joins it anew
     /// if it never persisted).
     fn restart(&mut self, member: Index) {
-        self.restarts_pending -= 1;
+        self.awaited -= 1;
         self.counters.members_restarted += 1;
         let now = self.queue.now();
         let node = &self.nodes[member];
@@ -369,7 +382,7 @@ impl World {
 
     /// Whether every honest member is done: ended (its job over), or dead for good.
     fn finished(&self) -> bool {
-        self.restarts_pending == 0
+        self.awaited == 0
             && self
                 .nodes
                 .iter()
@@ -392,7 +405,27 @@ impl World {
         }
     }
 
+    /// Prints where every live member stands (for `--verbose`).
+    fn print_members(&self) {
+        for (index, node) in self.nodes.iter().enumerate() {
+            if let Some(machine) = &node.machine {
+                let phase = machine.phase();
+                eprintln!(
+                    "member {index}: {}, completed round {}, phase {} {:?}, model {:?}",
+                    machine.status().label(),
+                    machine.completed_round(),
+                    phase.label(),
+                    phase.round(),
+                    machine.model()
+                );
+            }
+        }
+    }
+
     fn report(mut self, finished: bool) -> Report {
+        if self.config.verbose {
+            self.print_members();
+        }
         self.check_records();
         let live: Vec<(Index, &Node)> =
             self.nodes.iter().enumerate().filter(|(_, node)| node.is_alive()).collect();
@@ -404,13 +437,10 @@ impl World {
         let honest_models: BTreeSet<ContentHash> = machines(true).map(|(_, m)| m.model()).collect();
         let models_agree = honest_models.len() == 1;
         let failed = machines(true).any(|(_, m)| {
-            !matches!(
-                m.status(),
-                fedmesh_federation::records::RunStatus::Completed
-                    | fedmesh_federation::records::RunStatus::Running
-                    | fedmesh_federation::records::RunStatus::Waiting
-            )
+            !matches!(m.status(), RunStatus::Completed | RunStatus::Running | RunStatus::Waiting)
         });
+        let members_completed =
+            machines(true).filter(|(_, m)| *m.status() == RunStatus::Completed).count();
         let status = match (finished, failed) {
             (_, true) => Status::Failed,
             (true, false) => Status::Completed,
@@ -440,6 +470,7 @@ impl World {
             trace_digest: self.trace.digest(),
             events: self.trace.events(),
             live_members,
+            members_completed,
             adversaries,
             final_model: final_model.map(|m| m.to_hex()),
             final_loss,
