@@ -6,9 +6,15 @@ use fedmesh_protocol::tag::BuiltinTopology;
 use fedmesh_sim::config::{Config, LatencyRange, PartitionSpec};
 use fedmesh_sim::{Report, Status, run};
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 
 fn topology() -> impl Strategy<Value = BuiltinTopology> {
-    prop_oneof![Just(BuiltinTopology::Central), Just(BuiltinTopology::Hierarchical)]
+    prop_oneof![
+        Just(BuiltinTopology::Central),
+        Just(BuiltinTopology::Hierarchical),
+        Just(BuiltinTopology::Ring),
+        Just(BuiltinTopology::Hybrid),
+    ]
 }
 
 fn partition() -> impl Strategy<Value = Option<PartitionSpec>> {
@@ -52,6 +58,18 @@ prop_compose! {
     }
 }
 
+/// A fixed set of cases, so that the suite is the same on every run (set `PROPTEST_CASES`
+/// higher to explore further).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24);
+    ProptestConfig {
+        cases,
+        rng_seed: RngSeed::Fixed(20_261_201),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 /// The run completed every round on one model path.
 fn check(report: &Report, rounds: u64) -> Result<(), TestCaseError> {
     prop_assert!(report.violations.is_empty(), "{}", report);
@@ -63,7 +81,7 @@ fn check(report: &Report, rounds: u64) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn live_members_agree_on_every_round_and_complete(config in world(false)) {
