@@ -69,7 +69,12 @@ impl World {
                 let delay = self.learner.evaluate_ms(member);
                 self.later(member, delay, Event::Evaluated { round, model, metrics });
             }
-            Effect::Persist(snapshot) => self.nodes[member].snapshot = Some(snapshot),
+            Effect::Persist(snapshot) => {
+                let node = &mut self.nodes[member];
+                if node.restarts {
+                    node.snapshot = Some(snapshot);
+                }
+            }
             Effect::WakeAt(at) => self.wake(member, at),
             Effect::Log(notice) => self.log(member, &notice),
         }

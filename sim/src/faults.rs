@@ -8,7 +8,7 @@ use fedmesh_protocol::ids::Round;
 use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Something that happens to the world.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +53,17 @@ impl Faults {
         Self { due }
     }
 
+    /// Every member the schedule kills.
+    pub fn victims(&self) -> BTreeSet<Index> {
+        let faults = self.due.values().flatten();
+        faults
+            .filter_map(|(_, fault)| match fault {
+                Fault::Kill(member) => Some(*member),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The faults due when `round` is opened for the first time, with their delays (each
     /// round's only once).
     pub fn on_first_opening(&mut self, round: Round) -> Vec<(u64, Fault)> {
@@ -74,6 +85,7 @@ mod tests {
             ..Config::new(20, 6, 1)
         };
         let mut faults = Faults::plan(&config, |i| i < 5, &mut ChaCha8Rng::seed_from_u64(1));
+        let victims = faults.victims();
         let mut kills = Vec::new();
         for round in 1..=6 {
             for (delay, fault) in faults.on_first_opening(round) {
@@ -90,6 +102,8 @@ mod tests {
             }
         }
         assert_eq!(kills.len(), 6);
+        kills.sort_unstable();
+        assert_eq!(kills, victims.into_iter().collect::<Vec<_>>());
         assert!(faults.on_first_opening(2).is_empty(), "once per round");
     }
 }

@@ -98,7 +98,9 @@ pub struct Node {
     pub incarnation: u32,
     /// The pending wake-up, if any (the earliest asked for).
     pub wake: Option<u64>,
+    /// The last snapshot it persisted, kept only for a member that will restart.
     pub snapshot: Option<Snapshot>,
+    pub restarts: bool,
     pub adversary: Option<AdversaryKind>,
     /// Rounds a hijacker already answered.
     pub hijacked: BTreeSet<Round>,
@@ -149,6 +151,10 @@ impl World {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let adversaries = adversary::assign(&config.adversaries, config.members, &mut rng);
         let faults = Faults::plan(&config, |i| adversaries.contains_key(&i), &mut rng);
+        let restarting = match config.restart_after_secs {
+            Some(_) => faults.victims(),
+            None => BTreeSet::new(),
+        };
         let params = Arc::new(learner.initial_params(spec.seed));
         let model = hash_f32(&params);
         let mut blobs = Blobs::default();
@@ -163,6 +169,7 @@ impl World {
                 incarnation: 0,
                 wake: None,
                 snapshot: None,
+                restarts: restarting.contains(&index),
                 adversary: adversaries.get(&index).copied(),
                 hijacked: BTreeSet::new(),
             })
