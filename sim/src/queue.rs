@@ -4,28 +4,22 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-/// One scheduled item.
-struct Entry<T> {
+/// One scheduled item's place in the order; the item itself waits in the queue's slab, so the
+/// heap moves small entries.
+#[derive(PartialEq, Eq)]
+struct Entry {
     at_ms: u64,
     sequence: u64,
-    item: T,
+    slot: usize,
 }
 
-impl<T> PartialEq for Entry<T> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at_ms, self.sequence) == (other.at_ms, other.sequence)
-    }
-}
-
-impl<T> Eq for Entry<T> {}
-
-impl<T> PartialOrd for Entry<T> {
+impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<T> Ord for Entry<T> {
+impl Ord for Entry {
     /// Reversed: the heap's greatest entry is the earliest.
     fn cmp(&self, other: &Self) -> Ordering {
         (other.at_ms, other.sequence).cmp(&(self.at_ms, self.sequence))
@@ -36,13 +30,22 @@ impl<T> Ord for Entry<T> {
 pub struct Queue<T> {
     now_ms: u64,
     next_sequence: u64,
-    heap: BinaryHeap<Entry<T>>,
+    heap: BinaryHeap<Entry>,
+    /// The scheduled items, and the free places among them.
+    items: Vec<Option<T>>,
+    free: Vec<usize>,
 }
 
 impl<T> Queue<T> {
     /// A queue whose clock starts at `start_ms`.
     pub fn new(start_ms: u64) -> Self {
-        Self { now_ms: start_ms, next_sequence: 0, heap: BinaryHeap::new() }
+        Self {
+            now_ms: start_ms,
+            next_sequence: 0,
+            heap: BinaryHeap::new(),
+            items: Vec::new(),
+            free: Vec::new(),
+        }
     }
 
     /// The current virtual time.
@@ -52,9 +55,18 @@ impl<T> Queue<T> {
 
     /// Schedules `item` at `at_ms` (never before now).
     pub fn at(&mut self, at_ms: u64, item: T) {
-        let entry = Entry { at_ms: at_ms.max(self.now_ms), sequence: self.next_sequence, item };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.items[slot] = Some(item);
+                slot
+            }
+            None => {
+                self.items.push(Some(item));
+                self.items.len() - 1
+            }
+        };
+        self.heap.push(Entry { at_ms: at_ms.max(self.now_ms), sequence: self.next_sequence, slot });
         self.next_sequence += 1;
-        self.heap.push(entry);
     }
 
     /// Schedules `item` `delay_ms` from now.
@@ -69,7 +81,8 @@ impl<T> Queue<T> {
             Some(next) if next.at_ms <= until_ms => {
                 let entry = self.heap.pop()?;
                 self.now_ms = entry.at_ms;
-                Some(entry.item)
+                self.free.push(entry.slot);
+                self.items[entry.slot].take()
             }
             Some(_) => {
                 self.now_ms = self.now_ms.max(until_ms);

@@ -30,6 +30,8 @@ pub const START_MS: u64 = 1_700_000_000_000;
 const JOIN_SPREAD_MS: u64 = 1_000;
 /// How often the run checks whether every member is done.
 const CHECK_EVERY_MS: u64 = 100;
+/// How often a progress line is printed (simulated time).
+const PROGRESS_EVERY_MS: u64 = 60_000;
 
 /// Why a run cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -206,11 +208,16 @@ impl World {
     pub fn run(mut self) -> Report {
         let limit = START_MS + (self.config.max_sim_secs * 1_000.0) as u64;
         let mut next_check = START_MS;
+        let mut next_progress = START_MS + PROGRESS_EVERY_MS;
         let mut finished = false;
         while let Some(action) = self.queue.pop_until(limit) {
             self.act(action);
             if self.queue.now() >= next_check {
                 next_check = self.queue.now() + CHECK_EVERY_MS;
+                if self.config.progress && self.queue.now() >= next_progress {
+                    next_progress += PROGRESS_EVERY_MS;
+                    self.print_progress();
+                }
                 finished = self.finished();
                 if finished {
                     break;
@@ -395,6 +402,17 @@ impl World {
                 .iter()
                 .filter(|node| node.is_honest())
                 .all(|node| node.machine.as_ref().is_none_or(|m| !m.is_active()))
+    }
+
+    fn print_progress(&self) {
+        eprintln!(
+            "{:.0} s simulated (wall {:.1} s): {} events, {} queued, {} rounds agreed",
+            self.sim_seconds(),
+            self.started.elapsed().as_secs_f64(),
+            self.trace.events(),
+            self.queue.len(),
+            self.checker.agreed().len()
+        );
     }
 
     /// Simulated seconds since the start.
