@@ -45,7 +45,7 @@ pub enum SimError {
 }
 
 /// Something scheduled on the queue.
-pub enum Action {
+pub(crate) enum Action {
     /// Member `member` starts and joins the job.
     Start(Index),
     /// A gossip copy from `from` arrives at `to`.
@@ -93,53 +93,53 @@ pub enum Action {
 }
 
 /// One member: its machine while it runs, and what outlives a kill.
-pub struct Node {
-    pub setup: Setup,
-    pub machine: Option<Member>,
+pub(crate) struct Node {
+    pub(crate) setup: Setup,
+    pub(crate) machine: Option<Member>,
     /// Bumped at every kill: work asked by an earlier incarnation is dropped.
-    pub incarnation: u32,
+    pub(crate) incarnation: u32,
     /// The pending wake-up, if any (the earliest asked for).
-    pub wake: Option<u64>,
+    pub(crate) wake: Option<u64>,
     /// The last snapshot it persisted, kept only for a member that will restart.
-    pub snapshot: Option<Snapshot>,
-    pub restarts: bool,
-    pub adversary: Option<AdversaryKind>,
+    pub(crate) snapshot: Option<Snapshot>,
+    pub(crate) restarts: bool,
+    pub(crate) adversary: Option<AdversaryKind>,
     /// Rounds a hijacker already answered.
-    pub hijacked: BTreeSet<Round>,
+    pub(crate) hijacked: BTreeSet<Round>,
 }
 
 impl Node {
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         self.machine.is_some()
     }
 
-    pub fn is_honest(&self) -> bool {
+    pub(crate) fn is_honest(&self) -> bool {
         self.adversary.is_none()
     }
 }
 
 /// The whole simulation.
 pub struct World {
-    pub config: Config,
-    pub queue: Queue<Action>,
-    pub rng: ChaCha8Rng,
-    pub network: Network,
-    pub learner: Learner,
-    pub nodes: Vec<Node>,
-    pub ids: BTreeMap<MemberId, Index>,
-    pub blobs: Blobs,
-    pub initial: (ContentHash, Arc<Vec<f32>>),
-    pub faults: Faults,
+    pub(crate) config: Config,
+    pub(crate) queue: Queue<Action>,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) network: Network,
+    pub(crate) learner: Learner,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) ids: BTreeMap<MemberId, Index>,
+    pub(crate) blobs: Blobs,
+    pub(crate) initial: (ContentHash, Arc<Vec<f32>>),
+    pub(crate) faults: Faults,
     /// Requests for missed results waiting for their answer.
-    pub asks: BTreeMap<u64, AskJob>,
-    pub next_request: u64,
+    pub(crate) asks: BTreeMap<u64, AskJob>,
+    pub(crate) next_request: u64,
     /// Each round's openings by honest members: (opener, opening time).
-    pub openings: BTreeMap<Round, BTreeSet<(Index, u64)>>,
-    pub counters: Counters,
-    pub trace: Trace,
-    pub checker: Checker,
+    pub(crate) openings: BTreeMap<Round, BTreeSet<(Index, u64)>>,
+    pub(crate) counters: Counters,
+    pub(crate) trace: Trace,
+    pub(crate) checker: Checker,
     /// Members that will run but do not yet: not started, or killed and not yet restarted.
-    pub awaited: usize,
+    pub(crate) awaited: usize,
     started: Instant,
 }
 
@@ -229,22 +229,22 @@ impl World {
     }
 
     /// The index of a member id, if it is one of the simulation's.
-    pub fn index_of(&self, id: &MemberId) -> Option<Index> {
+    pub(crate) fn index_of(&self, id: &MemberId) -> Option<Index> {
         self.ids.get(id).copied()
     }
 
-    pub fn is_alive(&self, member: Index) -> bool {
+    pub(crate) fn is_alive(&self, member: Index) -> bool {
         self.nodes[member].is_alive()
     }
 
     /// Whether `member` is alive in `incarnation`.
-    pub fn is_current(&self, member: Index, incarnation: u32) -> bool {
+    pub(crate) fn is_current(&self, member: Index, incarnation: u32) -> bool {
         let node = &self.nodes[member];
         node.is_alive() && node.incarnation == incarnation
     }
 
     /// A fresh request id.
-    pub fn request_id(&mut self) -> u64 {
+    pub(crate) fn request_id(&mut self) -> u64 {
         self.next_request += 1;
         self.next_request
     }
@@ -281,7 +281,7 @@ impl World {
     }
 
     /// Feeds one event to a live member's machine and carries out what it asks.
-    pub fn feed(&mut self, member: Index, event: Event) {
+    pub(crate) fn feed(&mut self, member: Index, event: Event) {
         let now = self.queue.now();
         let Some(machine) = self.nodes[member].machine.as_mut() else { return };
         self.trace.record(now, member, &event);
@@ -416,7 +416,7 @@ impl World {
     }
 
     /// Simulated seconds since the start.
-    pub fn sim_seconds(&self) -> f64 {
+    pub(crate) fn sim_seconds(&self) -> f64 {
         (self.queue.now() - START_MS) as f64 / 1_000.0
     }
 
