@@ -214,3 +214,115 @@ pub fn ring_mean(sum: &[f32], contributions: &[Contribution]) -> (Vec<f32>, f64)
     let scale = (1.0 / weight) as f32;
     (sum.iter().map(|s| s * scale).collect(), weight)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_protocol::ids::ContentHash;
+
+    fn member(i: u8) -> MemberId {
+        MemberId([i; 32])
+    }
+
+    fn contribution(i: u8) -> Contribution {
+        Contribution { member: member(i), delta: ContentHash::of(&[i]), samples: u64::from(i) }
+    }
+
+    fn rings(n: u8, params: usize) -> Vec<RingRun> {
+        let order: Vec<MemberId> = (1..=n).map(member).collect();
+        (0..n as usize)
+            .map(|position| RingRun {
+                round: 1,
+                base: ContentHash::of(b"base"),
+                opened_at_ms: 1,
+                label: "*".into(),
+                order: order.clone(),
+                result: RingResult::Model { leader: position == 0 },
+                steps: fedmesh_topologies::ring::schedule(&order, position),
+                num_params: params,
+                values: None,
+                contributions: vec![Vec::new(); order.len()],
+                received: BTreeMap::new(),
+                next: 0,
+            })
+            .collect()
+    }
+
+    /// Delivers every queued chunk (latest first) until the ring is quiet; rings are indexed by
+    /// their member's position.
+    fn deliver(rings: &mut [RingRun], mut queue: Vec<(usize, Outgoing)>) {
+        while let Some((from, out)) = queue.pop() {
+            let to = rings[from].order.iter().position(|m| *m == out.to).unwrap();
+            let sender = rings[from].order[from];
+            let more = rings[to]
+                .receive(sender, out.step, out.chunk, out.values, out.contributions)
+                .unwrap();
+            queue.extend(more.into_iter().map(|o| (to, o)));
+        }
+    }
+
+    #[test]
+    fn every_member_ends_with_the_same_weighted_sum_whatever_the_arrival_order() {
+        for n in 1..=5u8 {
+            let params = 11;
+            let mut rings = rings(n, params);
+            let updates: Vec<Vec<f32>> = (0..n)
+                .map(|i| (0..params).map(|p| (i as f32 + 1.0) * p as f32).collect())
+                .collect();
+            let mut queue = Vec::new();
+            // Members contribute in reverse order: chunks arrive before their receiver trained.
+            for i in (0..n as usize).rev() {
+                let out = rings[i].contribute(updates[i].clone(), contribution(i as u8 + 1));
+                queue.extend(out.into_iter().map(|o| (i, o)));
+                if i % 2 == 0 {
+                    deliver(&mut rings, std::mem::take(&mut queue));
+                }
+            }
+            deliver(&mut rings, queue);
+            let expected: Vec<f32> =
+                (0..params).map(|p| updates.iter().map(|u| u[p]).sum()).collect();
+            for ring in &rings {
+                let (sum, contributions) = ring.finished().unwrap().unwrap();
+                assert_eq!(sum, &expected[..], "ring of {n}");
+                assert_eq!(contributions.len(), n as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_from_the_wrong_member_or_step_are_refused() {
+        let mut rings = rings(3, 9);
+        let out = rings[0].contribute(vec![1.0; 9], contribution(1));
+        let first = out[0].clone();
+        let wrong_sender = rings[1].receive(
+            member(3),
+            first.step,
+            first.chunk,
+            first.values.clone(),
+            first.contributions.clone(),
+        );
+        assert_eq!(wrong_sender.unwrap_err().reason, "wrong_step");
+        let short = rings[1].receive(
+            member(1),
+            first.step,
+            first.chunk,
+            vec![1.0],
+            first.contributions.clone(),
+        );
+        assert_eq!(short.unwrap_err().reason, "wrong_layout");
+        assert!(
+            rings[1]
+                .receive(
+                    member(1),
+                    first.step,
+                    first.chunk,
+                    first.values.clone(),
+                    first.contributions.clone()
+                )
+                .is_ok()
+        );
+        let again =
+            rings[1].receive(member(1), first.step, first.chunk, first.values, first.contributions);
+        assert_eq!(again.unwrap_err().reason, "duplicate");
+    }
+}
