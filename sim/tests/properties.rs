@@ -114,3 +114,20 @@ fn a_lone_restarted_member_does_not_adopt_its_own_model_for_a_round() {
     assert!(report.violations.is_empty(), "{report}");
     assert_eq!(report.status, Status::Completed, "{report}");
 }
+
+/// A member restarted as the job completes hears nobody (completed members are silent) and
+/// must not close the last round alone with a model of its own.
+#[test]
+#[ignore = "machine bug: a member restarted as the job completes closes the last round alone"]
+fn a_member_restarted_as_the_job_completes_does_not_close_the_last_round_alone() {
+    let config = Config {
+        topology: BuiltinTopology::Hierarchical,
+        kill: 0.05,
+        loss: 0.01,
+        restart_after_secs: Some(60.0),
+        ..Config::new(100, 6, 7)
+    };
+    let report = run(config).expect("the run starts");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.models_agree, "{report}");
+}
