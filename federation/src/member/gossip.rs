@@ -35,6 +35,7 @@ impl Member {
                 self.record_holder(beat.model, beat.member);
                 if self.state.members.seen(&beat.member, now) {
                     self.rounds_heard.insert(beat.member, beat.round);
+                    self.furthest_heard = self.furthest_heard.max(beat.round);
                     self.announce_again(beat.round, now);
                 }
             }
@@ -64,6 +65,8 @@ impl Member {
         self.persist_lazily();
         if now.saturating_sub(self.last_join_ms) > JOIN_ECHO_MS {
             self.publish_join(now);
+        } else {
+            self.echo_due = true;
         }
         // Held round messages are judged again with the new membership.
         for (signer, held) in std::mem::take(&mut self.held) {
@@ -129,7 +132,7 @@ impl Member {
 
     /// Whether a result comes from the aggregator of the plan over the members it names, and
     /// leaves out no member this member sees live but itself.
-    fn vouches_for(&self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
+    fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
         let Ok(named) = self.named(&ready.members) else { return false };
         let me = self.me();
         let leaves_out_a_live_member =

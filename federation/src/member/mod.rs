@@ -31,6 +31,11 @@ const MAX_HELD: usize = 16;
 const MAX_EARLY_UPDATES: usize = 64;
 /// How many models' holders are remembered (the newest).
 const MODELS_REMEMBERED: usize = 8;
+/// How many round plans are kept (the newest): a plan over a thousand members costs
+/// milliseconds, and one round's plan is asked for at every opening, result and deadline.
+const PLANS_KEPT: usize = 4;
+/// How often a waiting member checks whether the plan elects it to open the next round.
+const OPEN_CHECK_MS: u64 = 1_000;
 
 /// Who this member is and what job it runs.
 #[derive(Debug, Clone)]
@@ -102,9 +107,15 @@ pub struct Member {
     holders: VecDeque<(ContentHash, BTreeSet<MemberId>)>,
     /// Models being fetched, with the round each is the result of.
     fetching: BTreeMap<ContentHash, Round>,
-    /// The leader of the last live plan computed, by round and live members (plans are costly
-    /// in large jobs, and ticks ask often).
-    leader_cache: Option<(Round, Vec<MemberId>, Option<MemberId>)>,
+    /// The newest round plans, by round and the members planned over (sorted by key).
+    plans: VecDeque<(Round, Vec<MemberInfo>, Arc<RoundPlan>)>,
+    /// The furthest round any member's heartbeat named.
+    furthest_heard: Round,
+    /// A join arrived while this member's own join was too recent to repeat: it goes out
+    /// again once `JOIN_ECHO_MS` passed, so every newcomer hears of every member.
+    echo_due: bool,
+    /// When a waiting member next checks whether it opens the next round.
+    next_open_check_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
     /// handled), or only the membership and evaluations (persisted at the next tick, so a join
     /// burst in a large job costs one snapshot per member, not one per join).
@@ -171,7 +182,10 @@ impl Member {
             caught_up_asked_ms: 0,
             holders: VecDeque::new(),
             fetching: BTreeMap::new(),
-            leader_cache: None,
+            plans: VecDeque::new(),
+            furthest_heard: 0,
+            echo_due: false,
+            next_open_check_ms: 0,
             unsaved: Unsaved::Nothing,
             effects: Vec::new(),
         };
@@ -295,14 +309,26 @@ impl Member {
             .any(|m| m.info.id == *member && now.saturating_sub(m.last_seen_ms) <= liveness)
     }
 
-    /// The plan of `round` over `members`, as every member computes it.
-    fn plan_over(&self, round: Round, members: &[MemberInfo]) -> Option<RoundPlan> {
+    /// The plan of `round` over `members`, as every member computes it (kept for reuse).
+    fn plan_over(&mut self, round: Round, members: &[MemberInfo]) -> Option<Arc<RoundPlan>> {
+        let mut key = members.to_vec();
+        key.sort_by_key(|m| m.id);
+        let kept = self.plans.iter().find(|(r, planned, _)| *r == round && *planned == key);
+        if let Some((_, _, plan)) = kept {
+            return Some(plan.clone());
+        }
         let selection = Selection::from_participation(&self.setup.spec.participation);
-        RoundPlan::compute(&self.setup.tag, &self.setup.job, round, members, &selection).ok()
+        let plan = RoundPlan::compute(&self.setup.tag, &self.setup.job, round, &key, &selection);
+        let plan = Arc::new(plan.ok()?);
+        if self.plans.len() >= PLANS_KEPT {
+            self.plans.pop_front();
+        }
+        self.plans.push_back((round, key, plan.clone()));
+        Some(plan)
     }
 
     /// The plan of `round` over the members live now, if there are enough of them.
-    fn live_plan(&self, round: Round, now: u64) -> Option<(RoundPlan, Vec<MemberId>)> {
+    fn live_plan(&mut self, round: Round, now: u64) -> Option<(Arc<RoundPlan>, Vec<MemberId>)> {
         let live = self.live(now);
         if live.len() < self.setup.spec.participation.min_participants as usize {
             return None;
@@ -313,16 +339,7 @@ impl Member {
 
     /// The aggregator this member's live plan elects for `round`.
     fn elected_leader(&mut self, round: Round, now: u64) -> Option<MemberId> {
-        let live: Vec<MemberId> = self.live(now).into_iter().map(|m| m.id).collect();
-        if let Some((cached_round, members, leader)) = &self.leader_cache
-            && *cached_round == round
-            && *members == live
-        {
-            return *leader;
-        }
-        let leader = self.live_plan(round, now).and_then(|(plan, _)| plan.leader());
-        self.leader_cache = Some((round, live, leader));
-        leader
+        self.live_plan(round, now).and_then(|(plan, _)| plan.leader())
     }
 
     /// The members a list names, as this member knows them; the first unknown one otherwise.
@@ -369,6 +386,7 @@ impl Member {
 
     fn publish_join(&mut self, now: u64) {
         self.last_join_ms = now;
+        self.echo_due = false;
         let join = Join {
             job: self.setup.job,
             member: self.setup.me,
@@ -405,7 +423,8 @@ impl Member {
             };
             self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
         }
-        if now.saturating_sub(self.last_join_ms) >= cadence.rejoin_ms() {
+        let since_join = now.saturating_sub(self.last_join_ms);
+        if since_join >= cadence.rejoin_ms() || (self.echo_due && since_join >= JOIN_ECHO_MS) {
             self.publish_join(now);
         }
         self.tick_round(now);

@@ -141,6 +141,7 @@ impl Member {
             Phase::Open(open) if open.round > round => {}
             _ => self.phase = Phase::Waiting,
         }
+        self.next_open_check_ms = now;
         if round >= self.setup.spec.hyperparameters.rounds {
             self.log(Level::Info, round, format!("job complete with model {model}"));
             return self.end(RunStatus::Completed);

@@ -5,8 +5,8 @@
 
 use super::phase::{Closing, Leading, OpenRound, Own, Phase};
 use super::{
-    DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, PartialToSend,
-    Refusal, Update,
+    DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, OPEN_CHECK_MS,
+    PartialToSend, Refusal, Update,
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
@@ -27,7 +27,8 @@ impl Member {
         self.check_leader_deadline(now);
         self.ask_for_missed_result(now);
         self.forget_lost_opener(now);
-        if matches!(self.phase, Phase::Waiting) {
+        if matches!(self.phase, Phase::Waiting) && now >= self.next_open_check_ms {
+            self.next_open_check_ms = now + OPEN_CHECK_MS;
             self.maybe_open(self.state.completed_round + 1, now);
         }
         if let Some(open) = self.phase.open() {
@@ -72,7 +73,7 @@ impl Member {
     /// behind, and catches up from the others' results instead of running a round they
     /// finished (a silent member's word counts too: it was past the round when it spoke).
     fn heard_past(&self, round: Round) -> Option<Round> {
-        self.rounds_heard.values().copied().filter(|heard| *heard > round).max()
+        (self.furthest_heard > round).then_some(self.furthest_heard)
     }
 
     /// Publishes an opening this member leads, and follows it itself.
@@ -80,7 +81,7 @@ impl Member {
         &mut self,
         round: Round,
         members: Vec<MemberId>,
-        plan: RoundPlan,
+        plan: Arc<RoundPlan>,
         leading: Leading,
         now: u64,
     ) {
@@ -115,7 +116,7 @@ impl Member {
         &mut self,
         opener: MemberId,
         open: RoundOpen,
-        plan: RoundPlan,
+        plan: Arc<RoundPlan>,
         leading: Option<Leading>,
         now: u64,
     ) {
@@ -130,7 +131,6 @@ impl Member {
         if same_opening {
             return;
         }
-        let plan = Arc::new(plan);
         self.state.status = RunStatus::Running;
         let record = self.rounds.entry(open.round).or_insert_with(|| {
             RoundRecord::new(open.round, opener, open.base_model, open.opened_at_ms)
@@ -490,10 +490,10 @@ impl Member {
         if now < open.deadline_ms {
             return;
         }
-        let round = open.round;
+        let (round, retries) = (open.round, leading.retries + 1);
         let top = open.slots.iter().find(|s| s.parent.is_none());
-        let received = top.map_or(0, |top| top.contributions.len());
-        if top.is_some() && received >= leading.required && received > 0 {
+        let (has_top, received) = (top.is_some(), top.map_or(0, |top| top.contributions.len()));
+        if has_top && received >= leading.required && received > 0 {
             return self.close_round(now);
         }
         let Some((plan, members)) = self.live_plan(round, now) else {
@@ -504,11 +504,10 @@ impl Member {
         }
         let required = self.setup.spec.quorum.required(plan.trainers.len());
         let central = plan.slots.len() == 1 && plan.rings.is_empty();
-        if top.is_some() && central && received >= required && received > 0 {
+        if has_top && central && received >= required && received > 0 {
             // The updates in are a quorum of the trainers still live.
             return self.close_round(now);
         }
-        let retries = leading.retries + 1;
         self.log(
             Level::Warn,
             round,
