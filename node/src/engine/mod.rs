@@ -50,6 +50,12 @@ pub struct StatusView {
     pub listen_addresses: Vec<String>,
     pub connected_peers: Vec<String>,
     pub jobs: usize,
+    /// Where Prometheus scrapes the node's metrics.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
+    /// The node's latest warnings and errors, oldest first.
+    #[serde(default)]
+    pub recent_errors: Vec<crate::recent::LogLine>,
 }
 
 /// A job as the admin API shows it.
@@ -154,6 +160,8 @@ impl EngineHandle {
             listen_addresses: network.listen_addresses.iter().map(ToString::to_string).collect(),
             connected_peers: network.connected_peers.iter().map(ToString::to_string).collect(),
             jobs,
+            metrics_address: None,
+            recent_errors: crate::recent::lines(),
         })
     }
 

@@ -237,6 +237,7 @@ impl Engine {
         let body = delta.unverified_body();
         let (round, base) = (body.round, body.base_model);
         let id = body.job;
+        self.metrics.job_received(&id.to_string(), payload.len());
         let early = || EarlyInput::Delta(delta.clone(), payload.to_vec());
         if self.keep_early(id, round, base, early) {
             return Response::Accepted;
@@ -276,6 +277,7 @@ impl Engine {
     ) -> Response {
         let body = partial.unverified_body();
         let (id, key) = (body.job, (body.aggregator, body.group.clone()));
+        self.metrics.job_received(&id.to_string(), payload.len());
         let early = || EarlyInput::Partial(partial.clone(), payload.to_vec());
         if self.keep_early(id, body.round, body.base_model, early) {
             return Response::Accepted;
@@ -313,6 +315,8 @@ impl Engine {
         kind: &'static str,
         result: Result<usize, Refused>,
     ) -> Response {
+        let refused = result.as_ref().err().map(|refused| refused.reason);
+        self.metrics.update(&id.to_string(), refused);
         match result {
             Ok(index) => {
                 let slot = self.runs.get(&id).and_then(|run| run.slots.get(index));
