@@ -42,9 +42,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentLayer {
         }
         let mut text = Text::default();
         event.record(&mut text);
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
+        let at_ms = fedmesh_protocol::message::unix_millis();
         let line = LogLine { at_ms, level: level.to_string(), message: text.0 };
         if let Ok(mut recent) = RECENT.lock() {
             if recent.len() == KEPT {

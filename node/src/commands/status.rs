@@ -73,8 +73,6 @@ fn job_line(job: &JobView) -> String {
 
 /// How long ago a time (ms since the epoch) was: `12 s ago`.
 fn format_age(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
+    let now = fedmesh_protocol::message::unix_millis();
     format!("{} s ago", now.saturating_sub(at_ms) / 1000)
 }
