@@ -215,9 +215,8 @@ impl Dataset {
     /// class's name is its number).
     pub fn relabel(self, classes: &Classes, origin: &Path) -> Result<Self> {
         let cells: Vec<String> = self.labels.iter().map(usize::to_string).collect();
-        let assigned = crate::labels::assign(&cells, Some(classes)).map_err(|problem| {
-            LearningError::BadFile { path: origin.to_owned(), problem }
-        })?;
+        let assigned = crate::labels::assign(&cells, Some(classes))
+            .map_err(|problem| LearningError::BadFile { path: origin.to_owned(), problem })?;
         Self::labelled(self.features, assigned, origin)
     }
 

@@ -63,7 +63,11 @@ pub fn parse_csv(
             }
             let value: f64 = cell.parse().map_err(|_| {
                 let name = column_name(header.as_ref(), column);
-                bad_line(path, *line, format!("column {}{name}: `{cell}` is not a number", column + 1))
+                bad_line(
+                    path,
+                    *line,
+                    format!("column {}{name}: `{cell}` is not a number", column + 1),
+                )
             })?;
             values.push(value as f32);
         }

@@ -30,16 +30,13 @@ pub fn assign(cells: &[String], classes: Option<&Classes>) -> Result<Assigned, S
                 )
             })?;
             match labels.iter().find(|&&label| label >= count) {
-                Some(label) => {
-                    Err(format!("label {label} is not below the job's {count} classes"))
-                }
+                Some(label) => Err(format!("label {label} is not below the job's {count} classes")),
                 None => Ok(Assigned { labels, num_classes: count, names: Vec::new() }),
             }
         }
         None if cells.iter().all(|cell| cell.parse::<f64>().is_ok()) => {
-            let labels = numbers(cells).map_err(|cell| {
-                format!("label {cell} is not a class number (0, 1, 2, ...)")
-            })?;
+            let labels = numbers(cells)
+                .map_err(|cell| format!("label {cell} is not a class number (0, 1, 2, ...)"))?;
             let num_classes = labels.iter().max().map_or(0, |max| max + 1);
             Ok(Assigned { labels, num_classes, names: Vec::new() })
         }

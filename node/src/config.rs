@@ -315,9 +315,11 @@ impl NodeConfig {
         }
         for (name, setting) in &self.datasets {
             match fedmesh_learning::DataSource::from_setting(setting) {
-                Ok(source) => warnings.extend(source.missing_files().iter().map(|path| {
-                    format!("data set `{name}`: {} does not exist", path.display())
-                })),
+                Ok(source) => {
+                    warnings.extend(source.missing_files().iter().map(|path| {
+                        format!("data set `{name}`: {} does not exist", path.display())
+                    }))
+                }
                 Err(error) => warnings.push(format!("data set `{name}`: {error}")),
             }
         }

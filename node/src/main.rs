@@ -33,9 +33,8 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(fedmesh_node::recent::RecentLayer);
+    let registry =
+        tracing_subscriber::registry().with(filter).with(fedmesh_node::recent::RecentLayer);
     let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         LogFormat::Text => registry.with(text).init(),

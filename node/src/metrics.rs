@@ -3,13 +3,13 @@
 //! refused and update bytes received (counted as they happen), and rounds completed, round
 //! seconds, accuracy, loss and members (read from the job views at each scrape).
 
+use crate::engine::JobView;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use crate::engine::JobView;
 use std::sync::atomic::AtomicU64;
 
 /// A message kind, as a label.
@@ -119,10 +119,11 @@ impl Metrics {
 
     /// Counts an update for `job` accepted, or refused for `reason`.
     pub fn update(&self, job: &str, refused: Option<&str>) {
+        let job = job.to_owned();
         match refused {
-            None => self.updates_accepted.get_or_create(&JobLabel { job: job.to_owned() }).inc(),
+            None => self.updates_accepted.get_or_create(&JobLabel { job }).inc(),
             Some(reason) => {
-                let label = JobRefusalLabel { job: job.to_owned(), reason: reason.to_owned() };
+                let label = JobRefusalLabel { job, reason: reason.to_owned() };
                 self.updates_refused.get_or_create(&label).inc()
             }
         };
@@ -130,7 +131,9 @@ impl Metrics {
 
     /// Counts an update payload received for `job`.
     pub fn job_received(&self, job: &str, bytes: usize) {
-        self.job_bytes_received.get_or_create(&JobLabel { job: job.to_owned() }).inc_by(bytes as u64);
+        self.job_bytes_received
+            .get_or_create(&JobLabel { job: job.to_owned() })
+            .inc_by(bytes as u64);
     }
 
     /// Counts a message received.
@@ -182,7 +185,8 @@ impl RoundMetrics {
         let members = Family::<JobLabel, Gauge>::default();
         let accuracy = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
         let loss = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
-        let seconds = Family::<JobLabel, Histogram>::new_with_constructor(round_buckets as fn() -> _);
+        let seconds =
+            Family::<JobLabel, Histogram>::new_with_constructor(round_buckets as fn() -> _);
         for (job, run) in jobs.iter().filter_map(|job| Some((&job.id, job.run.as_ref()?))) {
             let label = JobLabel { job: job.clone() };
             completed.get_or_create(&label).inc_by(run.completed_round);
@@ -216,7 +220,14 @@ mod tests {
         metrics.received("announce", 100);
         metrics.rejected("announce", "bad_signature");
         metrics.connected_peers.set(3);
+        metrics.update("job1", None);
+        metrics.update("job1", Some("stale"));
+        metrics.job_received("job1", 4096);
         let text = metrics.render(&[]);
+        assert!(text.contains("fedmesh_job_updates_accepted_total{job=\"job1\"} 1"), "{text}");
+        assert!(text.contains("reason=\"stale\""), "{text}");
+        assert!(text.contains("fedmesh_job_bytes_received_total{job=\"job1\"} 4096"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("fedmesh_messages_in_total{kind=\"announce\"} 1"), "{text}");
         assert!(text.contains("reason=\"bad_signature\""), "{text}");
         assert!(text.contains("fedmesh_bytes_received_total 100"), "{text}");

@@ -156,10 +156,11 @@ fn flags_override_variables_which_override_the_file() {
 #[test]
 fn train_local_reads_iris_by_its_species_column() {
     let iris = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/iris.csv");
-    let args = ["--dataset", iris, "--label-column", "species", "--model", "mlp:16"];
-    let output = fedmesh(
-        &[&["train-local"], &args[..], &["--epochs", "50", "--lr", "0.3", "--json"]].concat(),
-    );
+    let train = |more: &[&str]| {
+        let args = ["train-local", "--dataset", iris, "--label-column", "species"];
+        fedmesh(&[&args[..], &["--model", "mlp:16"], more].concat())
+    };
+    let output = train(&["--epochs", "50", "--lr", "0.3", "--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["dataset"], iris);
@@ -168,7 +169,7 @@ fn train_local_reads_iris_by_its_species_column() {
     assert_eq!(report["model"], serde_json::json!({"mlp": [16]}));
     let accuracy = report["test_accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.9, "iris: {accuracy}");
-    let text = fedmesh(&[&["train-local"], &args[..], &["--epochs", "2"]].concat());
+    let text = train(&["--epochs", "2"]);
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(stdout.contains("classes: 0 = setosa, 1 = versicolor, 2 = virginica"), "{stdout}");
 }

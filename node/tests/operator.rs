@@ -6,8 +6,8 @@
 mod common;
 
 use common::{BINARY, federation, wait_completed};
-use fedmesh_testnet::cluster::NodeSpec;
 use fedmesh_node::admin::Endpoint;
+use fedmesh_testnet::cluster::NodeSpec;
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -65,7 +65,10 @@ async fn an_announced_job_is_owned_by_the_node_and_seen_in_status_and_metrics() 
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .unwrap_or_else(|e| panic!("not parseable: {e}\n{text}"));
     let of_job = |name: &str| {
-        scrape.samples.iter().find(|s| s.metric == name && s.labels.get("job") == Some(&job))
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("job") == Some(job.as_str()))
     };
     let value = |name: &str| match of_job(name).map(|s| &s.value) {
         Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) => *v,

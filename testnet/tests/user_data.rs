@@ -41,10 +41,8 @@ fn iris_by_its_species_column_trains_across_three_nodes() {
 
 #[test]
 fn run_sh_help_is_the_testnet_help() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_testnet"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_testnet")).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     let kept = include_str!("../help.txt");

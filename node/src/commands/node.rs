@@ -81,9 +81,10 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(address = %endpoint.address, "admin API and web page listening");
     tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening (GET /metrics)");
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_task = tokio::spawn(admin::serve_metrics(metrics_listener, handle.clone(), async {
-        let _ = metrics_stopped.await;
-    }));
+    let metrics_task =
+        tokio::spawn(admin::serve_metrics(metrics_listener, handle.clone(), async {
+            let _ = metrics_stopped.await;
+        }));
     admin::serve(listener, endpoint, handle.clone(), shutdown_signal()).await?;
     let _ = stop_metrics.send(());
     let _ = metrics_task.await;
@@ -96,7 +97,10 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
 }
 
 /// Listens on the address of setting `setting`.
-async fn bind(setting: &str, address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+async fn bind(
+    setting: &str,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("setting `{setting}`: cannot listen on {address}"))

@@ -36,9 +36,12 @@ fn render(status: &StatusView, jobs: &[JobView]) -> String {
     lines.extend(jobs.iter().map(job_line));
     let errors = &status.recent_errors;
     lines.push(format!("recent warnings and errors: {}", errors.len()));
-    lines.extend(errors.iter().skip(errors.len().saturating_sub(SHOWN_ERRORS)).map(|line| {
-        format!("  {} {} {}", format_age(line.at_ms), line.level, line.message)
-    }));
+    lines.extend(
+        errors
+            .iter()
+            .skip(errors.len().saturating_sub(SHOWN_ERRORS))
+            .map(|line| format!("  {} {} {}", format_age(line.at_ms), line.level, line.message)),
+    );
     lines.join("\n") + "\n"
 }
 

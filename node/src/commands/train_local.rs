@@ -38,8 +38,12 @@ pub fn run(args: &TrainLocalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         if !report.classes.is_empty() {
-            let mapping: Vec<String> =
-                report.classes.iter().enumerate().map(|(i, name)| format!("{i} = {name}")).collect();
+            let mapping: Vec<String> = report
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!("{i} = {name}"))
+                .collect();
             println!("classes: {}", mapping.join(", "));
         }
         println!(

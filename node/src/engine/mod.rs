@@ -56,6 +56,9 @@ pub struct StatusView {
     /// The node's latest warnings and errors, oldest first.
     #[serde(default)]
     pub recent_errors: Vec<crate::recent::LogLine>,
+    /// The node's clock (ms since the Unix epoch), to tell how long ago a member was heard.
+    #[serde(default)]
+    pub now_ms: u64,
 }
 
 /// A job as the admin API shows it.
@@ -162,6 +165,7 @@ impl EngineHandle {
             jobs,
             metrics_address: None,
             recent_errors: crate::recent::lines(),
+            now_ms: fedmesh_protocol::message::unix_millis(),
         })
     }
 

@@ -127,7 +127,8 @@ fn wait_with_timeout(
 fn kill_group(child: &mut std::process::Child) {
     use nix::sys::signal::{Signal, killpg};
     let group = i32::try_from(child.id()).map(nix::unistd::Pid::from_raw);
-    if group.map_or(true, |group| killpg(group, Signal::SIGKILL).is_err()) {
+    let signalled = group.is_ok_and(|group| killpg(group, Signal::SIGKILL).is_ok());
+    if !signalled {
         let _ = child.kill();
     }
 }
@@ -194,7 +195,9 @@ mod tests {
     fn gone(pid: &str) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => true,
-            Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            Ok(stat) => {
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            }
         }
     }
 

@@ -237,7 +237,6 @@ impl Engine {
         let body = delta.unverified_body();
         let (round, base) = (body.round, body.base_model);
         let id = body.job;
-        self.metrics.job_received(&id.to_string(), payload.len());
         let early = || EarlyInput::Delta(delta.clone(), payload.to_vec());
         if self.keep_early(id, round, base, early) {
             return Response::Accepted;
@@ -277,7 +276,6 @@ impl Engine {
     ) -> Response {
         let body = partial.unverified_body();
         let (id, key) = (body.job, (body.aggregator, body.group.clone()));
-        self.metrics.job_received(&id.to_string(), payload.len());
         let early = || EarlyInput::Partial(partial.clone(), payload.to_vec());
         if self.keep_early(id, body.round, body.base_model, early) {
             return Response::Accepted;

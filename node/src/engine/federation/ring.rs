@@ -253,7 +253,6 @@ impl Engine {
         payload: &[u8],
     ) -> Response {
         let id = chunk.unverified_body().job;
-        self.metrics.job_received(&id.to_string(), payload.len());
         match self.accept_ring_chunk(id, chunk, payload).await {
             Ok(()) => {
                 self.metrics.update(&id.to_string(), None);
