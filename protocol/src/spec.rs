@@ -357,6 +357,7 @@ const TOP_FIELDS: &[&str] = &[
     "coordinator_fallback_secs",
     "seed",
     "delta_encoding",
+    "classes",
 ];
 
 impl JobSpec {
