@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Runs a federated job on N real fedmesh nodes on this machine and reports on it: builds
-# `fedmesh` and `testnet` in release mode, then runs `testnet` with every argument given here.
+# Runs a federated job on N real fedmesh nodes on this machine and reports on it: checks (and
+# installs, when it can) what the build needs, builds `fedmesh` and `testnet` in release mode,
+# then runs `testnet` with every argument given here.
 #
 #   testnet/run.sh --nodes 8 --rounds 20 --topology central --partition iid
-#   testnet/run.sh --help        # every flag
+#   testnet/run.sh --help        # every flag, at once (no build)
 #
 # The report (report.json, report.png) and each node's folder and log go to --out
 # (default ./testnet-out). The first build compiles RocksDB's C++: 20 to 40 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) exec cat testnet/help.txt ;;
+  esac
+done
+testnet/prerequisites.sh
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p fedmesh-node --bin fedmesh -p fedmesh-testnet --bin testnet
 exec "$target/release/testnet" --binary "$target/release/fedmesh" "$@"

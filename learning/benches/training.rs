@@ -27,8 +27,9 @@ fn matmul_gflops(n: usize) -> f64 {
 }
 
 fn main() {
-    let mut data =
-        DataSource::parse("mnist5k", None).and_then(|s| s.load()).unwrap_or_else(|e| panic!("{e}"));
+    let mut data = DataSource::parse("mnist5k", None)
+        .and_then(|s| s.load(None))
+        .unwrap_or_else(|e| panic!("{e}"));
     Scaler::fit(Scaling::MinMax, &data).apply(&mut data);
     let baseline = matmul_gflops(1024);
     println!("baseline: one 1024x1024 f32 matrix product: {baseline:.1} GFLOP/s");

@@ -34,8 +34,14 @@ pub struct EpochReport {
 /// The whole run's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BaselineReport {
+    /// The data set as the user named it: an embedded name or its file(s).
     pub dataset: String,
-    pub model: String,
+    /// A CSV file's label column, when one was named.
+    pub label_column: Option<String>,
+    /// Class i's name is `classes[i]` (labels that were names, in sorted order); empty when the
+    /// labels were class numbers.
+    pub classes: Vec<String>,
+    pub model: ModelSpec,
     pub train_samples: usize,
     pub test_samples: usize,
     pub parameters: usize,
@@ -53,7 +59,7 @@ pub fn run_baseline(
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<BaselineReport> {
     let started = Instant::now();
-    let data = config.source.load()?;
+    let data = config.source.load(None)?;
     let (mut train, mut test) = data.split(config.test_fraction, config.train.seed)?;
     let scaler =
         Scaler::fit(config.scaling.unwrap_or_else(|| config.source.preferred_scaling()), &train);
@@ -79,8 +85,10 @@ pub fn run_baseline(
         per_epoch.push(report);
     }
     Ok(BaselineReport {
-        dataset: format!("{:?}", config.source),
-        model: format!("{:?}", config.model),
+        dataset: config.source.name(),
+        label_column: config.source.label_column().map(str::to_owned),
+        classes: data.classes.clone(),
+        model: config.model.clone(),
         train_samples: train.len(),
         test_samples: test.len(),
         parameters: model.num_params(),

@@ -3,6 +3,8 @@
 
 use crate::error::{LearningError, Result};
 use crate::formats;
+use crate::labels::Assigned;
+use fedmesh_protocol::spec::Classes;
 use ndarray::{Array2, Axis};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -14,6 +16,8 @@ pub struct Dataset {
     pub features: Array2<f32>,
     pub labels: Vec<usize>,
     pub num_classes: usize,
+    /// Each class's name when the labels were names (class i is `classes[i]`), else empty.
+    pub classes: Vec<String>,
 }
 
 /// Where a data set comes from, as a user names it.
@@ -80,9 +84,11 @@ impl Embedded {
     fn load(self) -> Result<Dataset> {
         let path = PathBuf::from(format!("<embedded {}>", self.name()));
         match self {
-            Self::Mnist5k => formats::parse_csv(&path, &formats::gunzip(&path, MNIST5K)?, None),
-            Self::Digits => formats::parse_csv(&path, &formats::gunzip(&path, DIGITS)?, None),
-            Self::BreastCancer => formats::parse_csv(&path, BREAST_CANCER, None),
+            Self::Mnist5k => {
+                formats::parse_csv(&path, &formats::gunzip(&path, MNIST5K)?, None, None)
+            }
+            Self::Digits => formats::parse_csv(&path, &formats::gunzip(&path, DIGITS)?, None, None),
+            Self::BreastCancer => formats::parse_csv(&path, BREAST_CANCER, None, None),
         }
     }
 }
@@ -110,16 +116,62 @@ impl DataSource {
         Ok(Self::Csv { path, label_column: label_column.map(str::to_owned) })
     }
 
-    /// Reads the whole data set.
-    pub fn load(&self) -> Result<Dataset> {
-        match self {
-            Self::Embedded(embedded) => embedded.load(),
+    /// Parses a node's `[datasets]` value: as [`parse`](Self::parse), where `PATH#COLUMN` names
+    /// a CSV file's label column.
+    pub fn from_setting(text: &str) -> Result<Self> {
+        match text.rsplit_once('#') {
+            Some((path, column)) if !column.is_empty() => Self::parse(path, Some(column)),
+            _ => Self::parse(text, None),
+        }
+    }
+
+    /// Reads the whole data set, its labels mapped to classes as [`crate::labels::assign`]
+    /// says (by `classes`, a job's, when given).
+    pub fn load(&self, classes: Option<&Classes>) -> Result<Dataset> {
+        let numeric = match self {
             Self::Csv { path, label_column } => {
                 let bytes = formats::read_maybe_gz(path)?;
-                formats::parse_csv(path, &bytes, label_column.as_deref())
+                return formats::parse_csv(path, &bytes, label_column.as_deref(), classes);
             }
-            Self::Idx { images, labels } => formats::load_idx(images, labels),
-            Self::Npy { features, labels } => formats::load_npy_pair(features, labels),
+            Self::Embedded(embedded) => embedded.load()?,
+            Self::Idx { images, labels } => formats::load_idx(images, labels)?,
+            Self::Npy { features, labels } => formats::load_npy_pair(features, labels)?,
+        };
+        match classes {
+            Some(classes) => numeric.relabel(classes, &self.files()[0]),
+            None => Ok(numeric),
+        }
+    }
+
+    /// The files it reads (an embedded set's name for one that has none).
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            Self::Embedded(embedded) => vec![PathBuf::from(embedded.name())],
+            Self::Csv { path, .. } => vec![path.clone()],
+            Self::Idx { images, labels } => vec![images.clone(), labels.clone()],
+            Self::Npy { features, labels } => vec![features.clone(), labels.clone()],
+        }
+    }
+
+    /// Its files that do not exist (none for an embedded set).
+    pub fn missing_files(&self) -> Vec<PathBuf> {
+        match self {
+            Self::Embedded(_) => Vec::new(),
+            _ => self.files().into_iter().filter(|path| !path.exists()).collect(),
+        }
+    }
+
+    /// How a user would name it: the embedded name, or the files (comma-separated).
+    pub fn name(&self) -> String {
+        let files: Vec<String> = self.files().iter().map(|f| f.display().to_string()).collect();
+        files.join(",")
+    }
+
+    /// A CSV file's label column, if one was named.
+    pub fn label_column(&self) -> Option<&str> {
+        match self {
+            Self::Csv { label_column, .. } => label_column.as_deref(),
+            _ => None,
         }
     }
 
@@ -150,7 +202,22 @@ impl Dataset {
             return Err(bad("a feature is not a finite number".to_owned()));
         }
         let num_classes = labels.iter().max().map_or(0, |m| m + 1);
-        Ok(Self { features, labels, num_classes })
+        Ok(Self { features, labels, num_classes, classes: Vec::new() })
+    }
+
+    /// Builds a data set whose labels were mapped to classes (checked as [`Dataset::new`]).
+    pub fn labelled(features: Array2<f32>, assigned: Assigned, origin: &Path) -> Result<Self> {
+        let dataset = Self::new(features, assigned.labels, origin)?;
+        Ok(Self { num_classes: assigned.num_classes, classes: assigned.names, ..dataset })
+    }
+
+    /// The same samples with their class numbers mapped to a job's `classes` (a numbered
+    /// class's name is its number).
+    pub fn relabel(self, classes: &Classes, origin: &Path) -> Result<Self> {
+        let cells: Vec<String> = self.labels.iter().map(usize::to_string).collect();
+        let assigned = crate::labels::assign(&cells, Some(classes))
+            .map_err(|problem| LearningError::BadFile { path: origin.to_owned(), problem })?;
+        Self::labelled(self.features, assigned, origin)
     }
 
     pub fn len(&self) -> usize {
@@ -171,6 +238,7 @@ impl Dataset {
             features: self.features.select(Axis(0), indices),
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             num_classes: self.num_classes,
+            classes: self.classes.clone(),
         }
     }
 

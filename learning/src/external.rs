@@ -201,10 +201,11 @@ mod tests {
         let path = dir.path().join("x.npy");
         std::fs::write(&path, npy_bytes(&[2, 3], NpyData::F32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])))
             .unwrap();
-        let (shape, values) = crate::formats::read_npy(&path).unwrap();
-        assert_eq!((shape, values), (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let read = crate::formats::read_npy::<ndarray::Ix2>(&path, "2-D").unwrap();
+        assert_eq!(read, ndarray::array![[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
         std::fs::write(&path, npy_bytes(&[3], NpyData::I64(&[7, 8, 9]))).unwrap();
-        assert_eq!(crate::formats::read_npy(&path).unwrap(), (vec![3], vec![7.0, 8.0, 9.0]));
+        let read = crate::formats::read_npy::<ndarray::Ix1>(&path, "1-D").unwrap();
+        assert_eq!(read, ndarray::array![7.0, 8.0, 9.0]);
         assert_eq!(
             npy_bytes(&[3], NpyData::I64(&[1, 2, 3])).len() % 64,
             24,

@@ -3,9 +3,12 @@
 
 use crate::data::Dataset;
 use crate::error::{LearningError, Result};
+use crate::labels;
+use fedmesh_protocol::spec::Classes;
 use flate2::read::GzDecoder;
-use ndarray::Array2;
-use std::io::{Read, Write};
+use ndarray::{Array, Array2, Dimension, Ix1, Ix2};
+use ndarray_npy::{ReadNpyError, ReadNpyExt, ReadableElement};
+use std::io::Read;
 use std::path::Path;
 
 fn bad_file(path: &Path, problem: impl Into<String>) -> LearningError {
@@ -28,71 +31,110 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     if path.extension().is_some_and(|e| e == "gz") { gunzip(path, &bytes) } else { Ok(bytes) }
 }
 
-/// Parses CSV: a first row with any non-numeric cell is a header; the label column is
-/// `label_column` (0-based index or header name) or the last.
-pub fn parse_csv(path: &Path, bytes: &[u8], label_column: Option<&str>) -> Result<Dataset> {
-    let text = std::str::from_utf8(bytes).map_err(|_| bad_file(path, "not UTF-8 text"))?;
-    let mut lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).peekable();
-    let header: Option<Vec<&str>> = match lines.peek() {
-        Some((_, first)) if first.split(',').any(|cell| cell.trim().parse::<f64>().is_err()) => {
-            let cells = first.split(',').map(str::trim).collect();
-            lines.next();
-            Some(cells)
+/// Parses CSV (RFC 4180 quoting, blank lines skipped). The first row is a header when it names
+/// the label column or has text where the next row has a number; the label column is
+/// `label_column` (0-based index or header name) or the last. Labels become classes as
+/// [`labels::assign`] says, by the job's `classes` when given.
+pub fn parse_csv(
+    path: &Path,
+    bytes: &[u8],
+    label_column: Option<&str>,
+    classes: Option<&Classes>,
+) -> Result<Dataset> {
+    let mut rows = read_rows(path, bytes)?;
+    let header = is_header(&rows, label_column).then(|| rows.remove(0).1);
+    let (first_line, first) = rows.first().ok_or_else(|| bad_file(path, "no data rows"))?;
+    let width = first.len();
+    if width < 2 {
+        return Err(bad_line(path, *first_line, "a row needs at least one feature and a label"));
+    }
+    let label_at = resolve_label_column(path, label_column, header.as_ref(), width)?;
+    let mut values = Vec::with_capacity(rows.len() * (width - 1));
+    let mut label_cells = Vec::with_capacity(rows.len());
+    for (line, row) in &rows {
+        if row.len() != width {
+            let problem = format!("{} columns, but earlier rows have {width}", row.len());
+            return Err(bad_line(path, *line, problem));
         }
-        _ => None,
-    };
-    let mut width = None;
-    let mut label_index = None;
-    let mut values = Vec::new();
-    let mut labels = Vec::new();
-    for (number, line) in lines {
-        let line_number = number + 1;
-        let bad_line = |problem: String| LearningError::BadLine {
-            path: path.to_owned(),
-            line: line_number,
-            problem,
-        };
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let expected = *width.get_or_insert(cells.len());
-        if cells.len() != expected {
-            return Err(bad_line(format!(
-                "{} columns, but earlier rows have {expected}",
-                cells.len()
-            )));
-        }
-        let label_at = match label_index {
-            Some(index) => index,
-            None => *label_index.insert(resolve_label_column(
-                path,
-                label_column,
-                header.as_deref(),
-                expected,
-            )?),
-        };
-        for (column, cell) in cells.iter().enumerate() {
-            let value: f64 = cell.parse().map_err(|_| {
-                bad_line(format!("column {}: `{cell}` is not a number", column + 1))
-            })?;
+        for (column, cell) in row.iter().enumerate() {
             if column == label_at {
-                labels.push(parse_label(value).map_err(bad_line)?);
-            } else {
-                values.push(value as f32);
+                label_cells.push(cell.to_owned());
+                continue;
             }
+            let value: f64 = cell.parse().map_err(|_| {
+                let name = column_name(header.as_ref(), column);
+                bad_line(
+                    path,
+                    *line,
+                    format!("column {}{name}: `{cell}` is not a number", column + 1),
+                )
+            })?;
+            values.push(value as f32);
         }
     }
-    let columns = width.ok_or_else(|| bad_file(path, "no data rows"))?;
-    if columns < 2 {
-        return Err(bad_file(path, "a row needs at least one feature and a label"));
-    }
-    let features = Array2::from_shape_vec((labels.len(), columns - 1), values)
+    let assigned = labels::assign(&label_cells, classes).map_err(|problem| {
+        let name = column_name(header.as_ref(), label_at);
+        bad_file(path, format!("label column {}{name}: {problem}", label_at + 1))
+    })?;
+    let features = Array2::from_shape_vec((label_cells.len(), width - 1), values)
         .map_err(|e| bad_file(path, e.to_string()))?;
-    Dataset::new(features, labels, path)
+    Dataset::labelled(features, assigned, path)
+}
+
+fn bad_line(path: &Path, line: u64, problem: impl Into<String>) -> LearningError {
+    LearningError::BadLine { path: path.to_owned(), line: line as usize, problem: problem.into() }
+}
+
+/// Every non-blank record with its line number, cells trimmed.
+fn read_rows(path: &Path, bytes: &[u8]) -> Result<Vec<(u64, csv::StringRecord)>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|error| {
+            let line = error.position().map_or(0, csv::Position::line);
+            match error.kind() {
+                csv::ErrorKind::Utf8 { .. } => bad_line(path, line, "not UTF-8 text"),
+                _ => bad_line(path, line, error.to_string()),
+            }
+        })?;
+        let line = record.position().map_or(0, csv::Position::line);
+        if record.iter().any(|cell| !cell.is_empty()) {
+            rows.push((line, record));
+        }
+    }
+    Ok(rows)
+}
+
+/// Whether the first row is a header: it holds the named label column, or a column holds text in
+/// the first row and a number in the second (labels may be text in every row).
+fn is_header(rows: &[(u64, csv::StringRecord)], label_column: Option<&str>) -> bool {
+    let Some((_, first)) = rows.first() else { return false };
+    let is_number = |cell: &str| cell.parse::<f64>().is_ok();
+    let named = label_column
+        .filter(|name| name.parse::<usize>().is_err())
+        .is_some_and(|name| first.iter().any(|cell| cell == name));
+    match rows.get(1) {
+        _ if named => true,
+        Some((_, second)) => {
+            first.iter().zip(second.iter()).any(|(a, b)| !is_number(a) && is_number(b))
+        }
+        None => first.iter().all(|cell| !is_number(cell)),
+    }
+}
+
+/// ` (`name`)` for a column the header names, else nothing.
+fn column_name(header: Option<&csv::StringRecord>, column: usize) -> String {
+    header.and_then(|h| h.get(column)).map_or_else(String::new, |name| format!(" (`{name}`)"))
 }
 
 fn resolve_label_column(
     path: &Path,
     wanted: Option<&str>,
-    header: Option<&[&str]>,
+    header: Option<&csv::StringRecord>,
     width: usize,
 ) -> Result<usize> {
     let Some(wanted) = wanted else { return Ok(width - 1) };
@@ -106,17 +148,16 @@ fn resolve_label_column(
             ))
         };
     }
-    header
-        .and_then(|names| names.iter().position(|name| *name == wanted))
-        .ok_or_else(|| bad_file(path, format!("no column named `{wanted}` in the header")))
-}
-
-fn parse_label(value: f64) -> std::result::Result<usize, String> {
-    if value < 0.0 || value.fract() != 0.0 || value > 1e6 {
-        Err(format!("label {value} is not a class number (0, 1, 2, ...)"))
-    } else {
-        Ok(value as usize)
-    }
+    let Some(names) = header else {
+        return Err(bad_file(
+            path,
+            format!("no header row names a column `{wanted}`; give the label column's index"),
+        ));
+    };
+    names.iter().position(|name| name == wanted).ok_or_else(|| {
+        let known: Vec<&str> = names.iter().collect();
+        bad_file(path, format!("no column named `{wanted}` in the header ({})", known.join(", ")))
+    })
 }
 
 /// Reads an MNIST IDX pair: `idx3` unsigned-byte images and `idx1` labels.
@@ -175,136 +216,66 @@ fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     Ok((dims, data.to_vec()))
 }
 
-/// Reads a NumPy pair: 2-D features (float or integer) and 1-D integer labels.
+/// Reads a NumPy pair: 2-D features and 1-D whole-number labels (float or integer arrays).
 pub fn load_npy_pair(features: &Path, labels: &Path) -> Result<Dataset> {
-    let (feature_shape, feature_values) = read_npy(features)?;
-    let (label_shape, label_values) = read_npy(labels)?;
-    if feature_shape.len() != 2 {
-        return Err(bad_file(
-            features,
-            format!("features must be 2-D, this array has shape {feature_shape:?}"),
-        ));
-    }
-    if label_shape.len() != 1 {
-        return Err(bad_file(
-            labels,
-            format!("labels must be 1-D, this array has shape {label_shape:?}"),
-        ));
-    }
+    let matrix = read_npy::<Ix2>(features, "features must be a 2-D array")?;
+    let label_values = read_npy::<Ix1>(labels, "labels must be a 1-D array")?;
     let label_list = label_values
         .iter()
-        .map(|&v| parse_label(v))
-        .collect::<std::result::Result<Vec<usize>, String>>()
-        .map_err(|problem| bad_file(labels, problem))?;
-    let matrix = Array2::from_shape_vec(
-        (feature_shape[0], feature_shape[1]),
-        feature_values.iter().map(|&v| v as f32).collect(),
-    )
-    .map_err(|e| bad_file(features, e.to_string()))?;
-    Dataset::new(matrix, label_list, features)
+        .map(|&value| {
+            labels::whole_class(value).ok_or_else(|| {
+                bad_file(labels, format!("label {value} is not a class number (0, 1, 2, ...)"))
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    Dataset::new(matrix.mapv(|v| v as f32), label_list, features)
 }
 
-/// Reads a `.npy` file (C order; f4, f8, u1, i1, i4, i8, u4, u8, little-endian) as f64 values.
-pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+/// Reads a `.npy` file (any byte order and memory order) of floats or integers as f64; `what`
+/// says what shape is expected when the file has another.
+pub fn read_npy<D: Dimension>(path: &Path, what: &str) -> Result<Array<f64, D>> {
     let bytes = std::fs::read(path)
         .map_err(|source| LearningError::Io { path: path.to_owned(), source })?;
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad_file(path, "not a .npy file (wrong magic string)"));
+    type Reader<D> = fn(&[u8]) -> std::result::Result<Array<f64, D>, ReadNpyError>;
+    let readers: [Reader<D>; 8] = [
+        |b| read_as::<f32, D>(b, f64::from),
+        |b| read_as::<f64, D>(b, |v| v),
+        |b| read_as::<u8, D>(b, f64::from),
+        |b| read_as::<i8, D>(b, f64::from),
+        |b| read_as::<i32, D>(b, f64::from),
+        |b| read_as::<u32, D>(b, f64::from),
+        |b| read_as::<i64, D>(b, |v| v as f64),
+        |b| read_as::<u64, D>(b, |v| v as f64),
+    ];
+    for reader in readers {
+        match reader(&bytes) {
+            Err(ReadNpyError::WrongDescriptor(_)) => continue,
+            Err(error @ ReadNpyError::WrongNdim(..)) => {
+                return Err(bad_file(path, format!("{what}: {error}")));
+            }
+            Err(error) => return Err(bad_file(path, format!("not a readable .npy file: {error}"))),
+            Ok(array) => return Ok(array),
+        }
     }
-    let (header_len, header_start): (usize, usize) = match bytes[6] {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 if bytes.len() >= 12 => {
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
-        version => {
-            return Err(bad_file(path, format!(".npy format version {version} is not supported")));
-        }
-    };
-    let header_end = header_start
-        .checked_add(header_len)
-        .filter(|&end| end <= bytes.len())
-        .ok_or_else(|| bad_file(path, "truncated .npy header"))?;
-    let header = std::str::from_utf8(&bytes[header_start..header_end])
-        .map_err(|_| bad_file(path, ".npy header is not text"))?;
-    let descr =
-        header_value(header, "descr").ok_or_else(|| bad_file(path, ".npy header has no descr"))?;
-    if header_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
-        return Err(bad_file(
-            path,
-            "Fortran-order arrays are not supported; save with np.ascontiguousarray",
-        ));
-    }
-    let shape =
-        parse_shape(header).ok_or_else(|| bad_file(path, ".npy header has no readable shape"))?;
-    let descr = quoted(descr).ok_or_else(|| bad_file(path, ".npy descr is not a quoted string"))?;
-    let (size, decode): (usize, fn(&[u8]) -> f64) = match descr {
-        "<f4" => (4, |b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        "<f8" => (8, |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
-        "|u1" | "<u1" => (1, |b| f64::from(b[0])),
-        "|i1" | "<i1" => (1, |b| f64::from(b[0] as i8)),
-        "<i4" => (4, |b| f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        "<u4" => (4, |b| f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        "<i8" => {
-            (8, |b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64)
-        }
-        "<u8" => {
-            (8, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64)
-        }
-        other => {
-            return Err(bad_file(
-                path,
-                format!("dtype {other} is not supported (use float32, float64 or an integer type)"),
-            ));
-        }
-    };
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| bad_file(path, "shape overflows"))?;
-    let data = &bytes[header_end..];
-    if Some(data.len()) != count.checked_mul(size) {
-        return Err(bad_file(
-            path,
-            format!(
-                "shape {shape:?} needs {} bytes of data, the file has {}",
-                count.saturating_mul(size),
-                data.len()
-            ),
-        ));
-    }
-    Ok((shape, data.chunks_exact(size).map(decode).collect()))
+    Err(bad_file(path, "the array's dtype is not supported (use a float or integer type)"))
 }
 
-/// The text after `'key':` in a .npy header dict, up to the next comma outside parentheses.
-fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let start = header.find(&format!("'{key}'"))? + key.len() + 2;
-    let rest = header[start..].trim_start().strip_prefix(':')?.trim_start();
-    Some(rest)
+fn read_as<T: ReadableElement + Copy, D: Dimension>(
+    bytes: &[u8],
+    to_f64: fn(T) -> f64,
+) -> std::result::Result<Array<f64, D>, ReadNpyError> {
+    Ok(Array::<T, D>::read_npy(bytes)?.mapv(to_f64))
 }
 
-/// The text between the quotes that open `text`.
-fn quoted(text: &str) -> Option<&str> {
-    let quote = text.chars().next().filter(|c| *c == '\'' || *c == '"')?;
-    let rest = &text[1..];
-    Some(&rest[..rest.find(quote)?])
-}
-
-fn parse_shape(header: &str) -> Option<Vec<usize>> {
-    let rest = header_value(header, "shape")?.strip_prefix('(')?;
-    let inside = &rest[..rest.find(')')?];
-    inside.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect()
-}
-
-/// Writes a data set as CSV (features, then the label; no header), readable by [`parse_csv`].
+/// Writes a data set as CSV (features, then the label: its class name when the data set has
+/// names, else its number; no header), readable by [`parse_csv`].
 pub fn write_csv(dataset: &Dataset, path: &Path) -> Result<()> {
     let write_error = |source| LearningError::Write { path: path.to_owned(), source };
-    let file = std::fs::File::create(path).map_err(write_error)?;
-    let mut out = std::io::BufWriter::new(file);
-    for (row, label) in dataset.features.rows().into_iter().zip(&dataset.labels) {
-        for value in row {
-            write!(out, "{value},").map_err(write_error)?;
-        }
-        writeln!(out, "{label}").map_err(write_error)?;
+    let mut writer = csv::Writer::from_path(path).map_err(|e| write_error(e.into()))?;
+    for (row, &label) in dataset.features.rows().into_iter().zip(&dataset.labels) {
+        let mut cells: Vec<String> = row.iter().map(f32::to_string).collect();
+        cells.push(dataset.classes.get(label).cloned().unwrap_or_else(|| label.to_string()));
+        writer.write_record(&cells).map_err(|e| write_error(e.into()))?;
     }
-    out.flush().map_err(write_error)
+    writer.flush().map_err(write_error)
 }

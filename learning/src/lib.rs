@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod external;
 pub mod formats;
+pub mod labels;
 pub mod model;
 pub mod partition;
 pub mod scale;

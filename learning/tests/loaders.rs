@@ -13,7 +13,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn load(text: &str, label: Option<&str>) -> Result<Dataset, String> {
-    DataSource::parse(text, label).and_then(|s| s.load()).map_err(|e| e.to_string())
+    DataSource::parse(text, label).and_then(|s| s.load(None)).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -80,7 +80,13 @@ fn idx_pairs_load_and_bad_idx_files_are_named() {
 }
 
 fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    npy_in_order(descr, "False", shape, data)
+}
+
+/// A `.npy` file; `fortran` is `True` for column-major data.
+fn npy_in_order(descr: &str, fortran: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -109,16 +115,19 @@ fn npy_pairs_load_and_bad_npy_files_are_named() {
     assert!(error.contains("c.npy") && error.contains("not supported"), "{error}");
     let short = write(dir.path(), "s.npy", &npy("<f4", "(3, 2)", &values[..8]));
     let error = load(&format!("{},{}", short.display(), labels.display()), None).unwrap_err();
-    assert!(error.contains("s.npy") && error.contains("needs 24 bytes"), "{error}");
+    assert!(error.contains("s.npy") && error.contains("before reading all data"), "{error}");
     let flat = write(dir.path(), "flat.npy", &npy("<f4", "(6,)", &values));
     let error = load(&format!("{},{}", flat.display(), labels.display()), None).unwrap_err();
-    assert!(error.contains("must be 2-D"), "{error}");
+    assert!(error.contains("flat.npy: features must be a 2-D array"), "{error}");
     let not_npy = write(dir.path(), "n.npy", b"hello world, not numpy");
-    assert!(
-        load(&format!("{},{}", not_npy.display(), labels.display()), None)
-            .unwrap_err()
-            .contains("magic")
-    );
+    let error = load(&format!("{},{}", not_npy.display(), labels.display()), None).unwrap_err();
+    assert!(error.contains("n.npy: not a readable .npy file"), "{error}");
+    // A Fortran-order array (as NumPy writes a transposed view) reads in its logical order.
+    let fortran: Vec<u8> = [1.0f64, 3.0, 2.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f_order = write(dir.path(), "f.npy", &npy_in_order("<f8", "True", "(2, 2)", &fortran));
+    let two = write(dir.path(), "y2.npy", &npy("<i8", "(2,)", &labels_bytes[..16]));
+    let data = load(&format!("{},{}", f_order.display(), two.display()), None).unwrap();
+    assert_eq!(data.features.row(0).to_vec(), vec![1.0, 2.0]);
 }
 
 #[test]
@@ -151,4 +160,58 @@ fn each_kind_of_bad_csv_gets_a_clear_error() {
     encoder.write_all(b"1,2,1\n3,4,0\n").unwrap();
     let good_gz = write(dir.path(), "good.csv.gz", &encoder.finish().unwrap());
     assert_eq!(load(good_gz.to_str().unwrap(), None).unwrap().labels, vec![1, 0]);
+}
+
+#[test]
+fn csv_quoting_text_labels_and_header_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\"sepal, length\",width,species\n5.1,3.5,setosa\n\"6.3\",2.9,\"virginica\"\n\n\
+                5.9,3.0,versicolor\n4.9,3.1,setosa\n";
+    let path = write(dir.path(), "iris.csv", text.as_bytes());
+    let data = load(path.to_str().unwrap(), Some("species")).unwrap();
+    assert_eq!(data.classes, vec!["setosa", "versicolor", "virginica"]);
+    assert_eq!(data.labels, vec![0, 2, 1, 0]);
+    assert_eq!(data.features.row(1).to_vec(), vec![6.3, 2.9]);
+    // Without a header, text labels in the last column are not mistaken for one.
+    let headless = write(dir.path(), "headless.csv", b"5.1,3.5,setosa\n6.3,2.9,virginica\n");
+    let data = load(headless.to_str().unwrap(), None).unwrap();
+    assert_eq!((data.len(), data.labels.clone()), (2, vec![0, 1]));
+    let error = load(path.to_str().unwrap(), Some("width")).unwrap_err();
+    assert!(error.contains("column 3 (`species`): `setosa` is not a number"), "{error}");
+}
+
+#[test]
+fn a_jobs_classes_fix_the_mapping_of_a_share_that_lacks_some() {
+    use fedmesh_learning::labels::class_number;
+    use fedmesh_protocol::spec::Classes;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "share.csv", b"1,2,virginica\n3,4,virginica\n");
+    let names = Classes::Names(["setosa", "versicolor", "virginica"].map(String::from).to_vec());
+    let source = DataSource::parse(path.to_str().unwrap(), None).unwrap();
+    let data = source.load(Some(&names)).unwrap();
+    assert_eq!((data.labels.clone(), data.num_classes), (vec![2, 2], 3));
+    let error = source.load(Some(&Classes::Count(3))).unwrap_err().to_string();
+    assert!(error.contains("`virginica` is not a class number"), "{error}");
+    let digits = DataSource::parse("breast-cancer", None).unwrap();
+    assert_eq!(digits.load(Some(&Classes::Count(5))).unwrap().num_classes, 5);
+    assert_eq!(class_number("2.0"), Some(2));
+}
+
+#[test]
+fn a_named_label_column_comes_from_a_datasets_setting() {
+    let source = DataSource::from_setting("/srv/iris.csv#species").unwrap();
+    assert_eq!(source.label_column(), Some("species"));
+    assert_eq!(source.name(), "/srv/iris.csv");
+    assert_eq!(source.missing_files(), vec![PathBuf::from("/srv/iris.csv")]);
+    assert!(DataSource::from_setting("digits").unwrap().missing_files().is_empty());
+}
+
+#[test]
+fn a_partition_with_class_names_reads_back_with_its_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write(dir.path(), "s.csv", b"a,b,kind\n1,2,\"x, y\"\n3,4,z\n");
+    let data = load(source.to_str().unwrap(), Some("kind")).unwrap();
+    let path = dir.path().join("part.csv");
+    write_csv(&data, &path).unwrap();
+    assert_eq!(load(path.to_str().unwrap(), None).unwrap(), data);
 }

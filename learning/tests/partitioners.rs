@@ -5,7 +5,7 @@ use fedmesh_learning::partition::histograms;
 use fedmesh_learning::{DataSource, Partitioner};
 
 fn mnist_labels() -> Vec<usize> {
-    DataSource::parse("mnist5k", None).unwrap().load().unwrap().labels
+    DataSource::parse("mnist5k", None).unwrap().load(None).unwrap().labels
 }
 
 fn assert_exact_cover(parts: &[Vec<usize>], len: usize) {

@@ -20,7 +20,7 @@ fn config(seed: u64) -> TrainConfig {
 }
 
 fn digits() -> Dataset {
-    let mut data = DataSource::parse("digits", None).unwrap().load().unwrap();
+    let mut data = DataSource::parse("digits", None).unwrap().load(None).unwrap();
     let scaler = Scaler::fit(Scaling::MinMax, &data);
     scaler.apply(&mut data);
     data

@@ -1,5 +1,6 @@
 //! The `fedmesh` command line: every subcommand and flag, with the help text a user reads.
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -40,6 +41,9 @@ pub enum Command {
     Model(ModelCommand),
     /// Train centrally on one data set: the baseline a federated job is compared with.
     TrainLocal(TrainLocalArgs),
+    /// Show the local node at a glance: its peers, its jobs, the rounds in progress and its
+    /// recent warnings and errors.
+    Status(ApiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,39 +94,91 @@ pub struct KeygenArgs {
     pub out: PathBuf,
 }
 
-/// Settings for `fedmesh node`; each overrides the same setting of `--config`.
+/// Settings for `fedmesh node`: every node.toml setting has a flag of the same name (dashes
+/// for underscores) and a `FEDMESH_*` variable (the name in capitals); a flag overrides its
+/// variable, which overrides the file. Lists take repeated flags or commas; booleans take
+/// `true` or `false` (a bare `--mdns` is `true`).
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// A node.toml with the node's settings (see README).
-    #[arg(long)]
+    #[arg(long, env = "FEDMESH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The node's key file.
+    /// Print the effective settings (the file, the variables and the flags) as TOML, and exit.
     #[arg(long)]
+    pub print_config: bool,
+    /// The node's key file.
+    #[arg(long, env = "FEDMESH_KEY")]
     pub key: Option<PathBuf>,
     /// The node's data directory (database, admin token).
-    #[arg(long)]
+    #[arg(long, env = "FEDMESH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// An address to listen on (repeatable), e.g. /ip4/127.0.0.1/tcp/4001.
-    #[arg(long = "listen")]
-    pub listen: Vec<String>,
-    /// A peer to dial at start (repeatable), e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...
-    #[arg(long = "bootstrap")]
-    pub bootstrap: Vec<String>,
-    /// A data set this node offers, NAME=PATH or NAME=EMBEDDED-NAME (repeatable).
-    #[arg(long = "dataset")]
-    pub datasets: Vec<String>,
-    /// The PeerId of a job owner whose jobs this node accepts (repeatable).
-    #[arg(long = "trust")]
-    pub trust: Vec<String>,
+    /// Addresses to listen on, e.g. /ip4/0.0.0.0/tcp/4001.
+    #[arg(long, env = "FEDMESH_LISTEN", value_delimiter = ',')]
+    pub listen: Option<Vec<String>>,
+    /// Peers to dial at start, e.g. /ip4/10.0.0.7/tcp/4001/p2p/12D3KooW...
+    #[arg(long, env = "FEDMESH_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Option<Vec<String>>,
     /// Discover peers with mDNS (LAN only; it does not see loopback).
-    #[arg(long)]
-    pub mdns: bool,
+    #[arg(long, env = "FEDMESH_MDNS", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub mdns: Option<bool>,
+    /// PeerIds of the job owners whose jobs this node accepts.
+    #[arg(long, env = "FEDMESH_TRUST", value_delimiter = ',')]
+    pub trust: Option<Vec<String>>,
+    /// Join trusted jobs whose data set this node has by itself.
+    #[arg(long, env = "FEDMESH_AUTO_JOIN", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub auto_join: Option<bool>,
     /// The node's group label for hierarchical topologies.
-    #[arg(long)]
+    #[arg(long, env = "FEDMESH_GROUP")]
     pub group: Option<String>,
+    /// The TAG roles this node accepts (none: any).
+    #[arg(long, env = "FEDMESH_ROLES", value_delimiter = ',')]
+    pub roles: Option<Vec<String>>,
     /// The admin API address (loopback only), e.g. 127.0.0.1:7070.
-    #[arg(long)]
+    #[arg(long, env = "FEDMESH_ADMIN")]
     pub admin: Option<std::net::SocketAddr>,
+    /// Where Prometheus scrapes the metrics (no token), e.g. 127.0.0.1:9464.
+    #[arg(long, env = "FEDMESH_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The largest request-response message, in bytes.
+    #[arg(long, env = "FEDMESH_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<u64>,
+    /// The request-response timeout of a small message, in seconds.
+    #[arg(long, env = "FEDMESH_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Bytes of large buffers (deltas, models) held in memory at once.
+    #[arg(long, env = "FEDMESH_BULK_BUFFER_BYTES")]
+    pub bulk_buffer_bytes: Option<u64>,
+    /// How often known jobs are published again, in seconds.
+    #[arg(long, env = "FEDMESH_REANNOUNCE_SECS")]
+    pub reannounce_secs: Option<u64>,
+    /// The gossipsub heartbeat, in milliseconds.
+    #[arg(long, env = "FEDMESH_GOSSIP_HEARTBEAT_MS")]
+    pub gossip_heartbeat_ms: Option<u64>,
+    /// Testing only: misbehave (forged-deltas, sign-flip, noise).
+    #[arg(long, env = "FEDMESH_MISBEHAVE", value_delimiter = ',')]
+    pub misbehave: Option<Vec<String>>,
+    /// The command that trains external models, e.g. "python3 train.py" (split at spaces).
+    #[arg(long, env = "FEDMESH_TRAINER")]
+    pub trainer: Option<String>,
+    /// The command that evaluates external models (default: the trainer).
+    #[arg(long, env = "FEDMESH_EVALUATOR")]
+    pub evaluator: Option<String>,
+    /// A trainer or evaluator still running after this many seconds is killed.
+    #[arg(long, env = "FEDMESH_TRAINER_TIMEOUT_SECS")]
+    pub trainer_timeout_secs: Option<u64>,
+    /// Coordinate the orchestrated jobs that name this node's key (`fedmesh coordinator`).
+    #[arg(long, env = "FEDMESH_COORDINATE", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub coordinate: Option<bool>,
+    /// Keep only the last N rounds' weights of each job (0: all).
+    #[arg(long, env = "FEDMESH_MODEL_RETENTION_ROUNDS")]
+    pub model_retention_rounds: Option<u64>,
+    /// Data sets this node offers, NAME=PATH (PATH#COLUMN names a CSV label column) or
+    /// NAME=EMBEDDED-NAME; added to the file's `[datasets]`. The variable separates them with `;`.
+    #[arg(long, visible_alias = "dataset", env = "FEDMESH_DATASETS", value_delimiter = ';')]
+    pub datasets: Option<Vec<String>>,
 }
 
 /// Where the CLI finds the local node's admin API.
@@ -143,7 +199,8 @@ pub struct CoordinatorArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
-    /// Sign a job spec (JSON) with the node's key and publish it.
+    /// Sign a job spec (JSON) with the node's key and publish it; a spec without `owner` gets
+    /// the node's own PeerId.
     Announce {
         /// The job spec file.
         spec: PathBuf,

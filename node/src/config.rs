@@ -1,13 +1,14 @@
-//! The node's settings: read from `node.toml`, overridden by command-line flags, and checked with
-//! an error that names the offending setting.
+//! The node's settings: read from `node.toml`, overridden by command-line flags and `FEDMESH_*`
+//! variables, checked with an error that names the offending setting, printed as TOML, and the
+//! warnings an operator should see at start.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Everything `fedmesh node` needs to run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The node's ed25519 key file (`fedmesh keygen --out`).
@@ -23,9 +24,6 @@ pub struct NodeConfig {
     /// Discover peers on the LAN with mDNS (it does not see loopback).
     #[serde(default)]
     pub mdns: bool,
-    /// Data set name (as job specs name them) to a local file, or to an embedded data set name.
-    #[serde(default)]
-    pub datasets: BTreeMap<String, String>,
     /// PeerIds of the job owners whose jobs this node accepts.
     #[serde(default)]
     pub trust: Vec<String>,
@@ -41,6 +39,9 @@ pub struct NodeConfig {
     /// The admin API's address; loopback only.
     #[serde(default = "defaults::admin")]
     pub admin: SocketAddr,
+    /// Where Prometheus scrapes the node's metrics (no token; port 0: any free port).
+    #[serde(default = "defaults::metrics")]
+    pub metrics: SocketAddr,
     /// Largest request-response message, in bytes.
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: u64,
@@ -80,6 +81,10 @@ pub struct NodeConfig {
     /// older rounds keep their hash and metrics.
     #[serde(default)]
     pub model_retention_rounds: u64,
+    /// Data set name (as job specs name them) to a local file (`PATH#COLUMN` names a CSV file's
+    /// label column), or to an embedded data set name. Serialized last: it is a TOML table.
+    #[serde(default)]
+    pub datasets: BTreeMap<String, String>,
 }
 
 mod defaults {
@@ -95,6 +100,9 @@ mod defaults {
         "default".to_owned()
     }
     pub fn admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+    pub fn metrics() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 0))
     }
     pub fn max_message_bytes() -> u64 {
@@ -223,6 +231,7 @@ impl NodeConfig {
             group: defaults::group(),
             roles: Vec::new(),
             admin: defaults::admin(),
+            metrics: defaults::metrics(),
             max_message_bytes: defaults::max_message_bytes(),
             request_timeout_secs: defaults::request_timeout_secs(),
             bulk_buffer_bytes: defaults::bulk_buffer_bytes(),
@@ -247,32 +256,154 @@ impl NodeConfig {
         }
     }
 
+    /// Lays every flag (or `FEDMESH_*` variable) that was set over the settings.
     fn apply_flags(&mut self, args: &crate::cli::NodeArgs) -> Result<(), ConfigError> {
-        if let Some(key) = &args.key {
-            self.key = key.clone();
+        set(&mut self.key, &args.key);
+        set(&mut self.data_dir, &args.data_dir);
+        set(&mut self.listen, &args.listen);
+        set(&mut self.bootstrap, &args.bootstrap);
+        set(&mut self.mdns, &args.mdns);
+        set(&mut self.trust, &args.trust);
+        set(&mut self.auto_join, &args.auto_join);
+        set(&mut self.group, &args.group);
+        set(&mut self.roles, &args.roles);
+        set(&mut self.admin, &args.admin);
+        set(&mut self.metrics, &args.metrics);
+        set(&mut self.max_message_bytes, &args.max_message_bytes);
+        set(&mut self.request_timeout_secs, &args.request_timeout_secs);
+        set(&mut self.bulk_buffer_bytes, &args.bulk_buffer_bytes);
+        set(&mut self.reannounce_secs, &args.reannounce_secs);
+        set(&mut self.gossip_heartbeat_ms, &args.gossip_heartbeat_ms);
+        set(&mut self.misbehave, &args.misbehave);
+        set(&mut self.trainer_timeout_secs, &args.trainer_timeout_secs);
+        set(&mut self.coordinate, &args.coordinate);
+        set(&mut self.model_retention_rounds, &args.model_retention_rounds);
+        if let Some(trainer) = &args.trainer {
+            self.trainer = trainer.split_whitespace().map(str::to_owned).collect();
         }
-        if let Some(data_dir) = &args.data_dir {
-            self.data_dir = data_dir.clone();
+        if let Some(evaluator) = &args.evaluator {
+            self.evaluator = evaluator.split_whitespace().map(str::to_owned).collect();
         }
-        if !args.listen.is_empty() {
-            self.listen = args.listen.clone();
-        }
-        self.bootstrap.extend(args.bootstrap.iter().cloned());
-        self.trust.extend(args.trust.iter().cloned());
-        for entry in &args.datasets {
+        for entry in args.datasets.iter().flatten() {
             let (name, source) = entry.split_once('=').ok_or_else(|| ConfigError::Invalid {
                 setting: "datasets",
                 problem: format!("`{entry}` is not NAME=PATH"),
             })?;
             self.datasets.insert(name.to_owned(), source.to_owned());
         }
-        self.mdns |= args.mdns;
-        if let Some(group) = &args.group {
-            self.group = group.clone();
-        }
-        if let Some(admin) = args.admin {
-            self.admin = admin;
-        }
         Ok(())
+    }
+
+    /// The settings as a node.toml would state them.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            setting: "(all)",
+            problem: format!("cannot be written as TOML: {e}"),
+        })
+    }
+
+    /// What an operator should fix or know before the node runs: an empty trust list, data set
+    /// files that do not exist, listen addresses other machines cannot reach.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.trust.is_empty() && !self.coordinate {
+            warnings.push(
+                "`trust` is empty: this node takes part in no job announced by another node \
+                 (add the job owners' PeerIds to `trust`)"
+                    .to_owned(),
+            );
+        }
+        for (name, setting) in &self.datasets {
+            match fedmesh_learning::DataSource::from_setting(setting) {
+                Ok(source) => {
+                    warnings.extend(source.missing_files().iter().map(|path| {
+                        format!("data set `{name}`: {} does not exist", path.display())
+                    }))
+                }
+                Err(error) => warnings.push(format!("data set `{name}`: {error}")),
+            }
+        }
+        warnings.extend(self.unreachable_listen_warning());
+        warnings
+    }
+
+    /// A warning when every listen address is loopback but peers are expected from elsewhere
+    /// (a bootstrap peer on another machine, or mDNS).
+    fn unreachable_listen_warning(&self) -> Option<String> {
+        let loopback_only = self.listen.iter().all(|address| is_loopback_multiaddr(address));
+        let remote_peers =
+            self.bootstrap.iter().filter(|address| !is_loopback_multiaddr(address)).count();
+        (loopback_only && (remote_peers > 0 || self.mdns)).then(|| {
+            format!(
+                "`listen` has only loopback addresses ({}): peers on other machines ({} \
+                 bootstrap peer(s) elsewhere{}) cannot reach this node; listen on \
+                 /ip4/0.0.0.0/tcp/PORT or a LAN address",
+                self.listen.join(", "),
+                remote_peers,
+                if self.mdns { ", those mDNS finds" } else { "" }
+            )
+        })
+    }
+}
+
+/// Whether a multiaddress starts with a loopback IP (`/ip4/127.x`, `/ip6/::1`).
+fn is_loopback_multiaddr(address: &str) -> bool {
+    let mut parts = address.split('/').skip(1);
+    let (protocol, ip) = (parts.next(), parts.next().map(str::parse::<std::net::IpAddr>));
+    matches!((protocol, ip), (Some("ip4" | "ip6"), Some(Ok(ip))) if ip.is_loopback())
+}
+
+/// Overwrites `target` with a flag's value when the flag was given.
+fn set<T: Clone>(target: &mut T, flag: &Option<T>) {
+    if let Some(value) = flag {
+        *target = value.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig::with_defaults("k".into(), "d".into())
+    }
+
+    #[test]
+    fn an_empty_trust_list_and_a_missing_data_file_are_warned_of() {
+        let mut config = config();
+        config.datasets.insert("iris".into(), "/nonexistent/iris.csv#species".into());
+        config.datasets.insert("digits".into(), "digits".into());
+        let warnings = config.warnings();
+        assert!(warnings.iter().any(|w| w.contains("`trust` is empty")), "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.contains("data set `iris`: /nonexistent/iris.csv does")),
+            "{warnings:?}"
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+    }
+
+    #[test]
+    fn loopback_listening_with_remote_bootstrap_peers_is_warned_of() {
+        let mut config = config();
+        config.trust = vec!["12D3KooW".into()];
+        config.listen = vec!["/ip4/127.0.0.1/tcp/4001".into()];
+        config.bootstrap = vec!["/ip4/127.0.0.1/tcp/4002/p2p/x".into()];
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        config.bootstrap.push("/ip4/10.0.0.7/tcp/4001/p2p/x".into());
+        let warnings = config.warnings();
+        assert!(warnings[0].contains("only loopback addresses"), "{warnings:?}");
+        config.listen.push("/ip4/0.0.0.0/tcp/4001".into());
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn printed_settings_read_back_the_same() {
+        let mut config = config();
+        config.datasets.insert("iris".into(), "iris.csv#species".into());
+        config.trainer = vec!["python3".into(), "train.py".into()];
+        let text = config.to_toml().unwrap();
+        let back: NodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.to_toml().unwrap(), text);
+        assert!(text.contains("[datasets]"), "{text}");
     }
 }

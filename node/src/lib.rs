@@ -10,5 +10,6 @@ pub mod external;
 pub mod identity;
 pub mod metrics;
 pub mod network;
+pub mod recent;
 pub mod registry;
 pub mod store;

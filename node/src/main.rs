@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Job(command) => commands::job::run(command),
         Command::Model(command) => commands::model::run(command),
         Command::TrainLocal(args) => commands::train_local::run(&args),
+        Command::Status(api) => commands::status::run(&api),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,12 +27,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr, and keeps the latest warnings and errors for `fedmesh status`.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let registry =
+        tracing_subscriber::registry().with(filter).with(fedmesh_node::recent::RecentLayer);
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(text).init(),
+        LogFormat::Json => registry.with(text.json()).init(),
     }
 }

@@ -1,11 +1,16 @@
-//! The node's Prometheus metrics: peers, messages in and out by kind, rejected messages by
-//! reason, and bytes sent and received.
+//! The node's Prometheus metrics in the OpenMetrics text format: peers, messages in and out by
+//! kind, rejected messages by reason, bytes sent and received; per job, updates accepted and
+//! refused and update bytes received (counted as they happen), and rounds completed, round
+//! seconds, accuracy, loss and members (read from the job views at each scrape).
 
+use crate::engine::JobView;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// A message kind, as a label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,6 +25,22 @@ pub struct RejectLabel {
     pub reason: String,
 }
 
+/// A job, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    pub job: String,
+}
+
+/// A job and why an update for it was refused, as labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobRefusalLabel {
+    pub job: String,
+    pub reason: String,
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Every metric the node exports; cheap to update from any task.
 pub struct Metrics {
     registry: Registry,
@@ -29,6 +50,9 @@ pub struct Metrics {
     pub messages_rejected: Family<RejectLabel, Counter>,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    pub updates_accepted: Family<JobLabel, Counter>,
+    pub updates_refused: Family<JobRefusalLabel, Counter>,
+    pub job_bytes_received: Family<JobLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,6 +85,24 @@ impl Metrics {
         );
         registry.register("bytes_received", "Bytes received in messages", bytes_received.clone());
         registry.register("bytes_sent", "Bytes sent in messages", bytes_sent.clone());
+        let updates_accepted = Family::default();
+        let updates_refused = Family::default();
+        let job_bytes_received = Family::default();
+        registry.register(
+            "job_updates_accepted",
+            "Updates (deltas, partial aggregates, ring chunks) this node accepted, by job",
+            updates_accepted.clone(),
+        );
+        registry.register(
+            "job_updates_refused",
+            "Updates this node refused, by job and reason",
+            updates_refused.clone(),
+        );
+        registry.register(
+            "job_bytes_received",
+            "Update payload bytes received, by job",
+            job_bytes_received.clone(),
+        );
         Self {
             registry,
             connected_peers,
@@ -69,7 +111,29 @@ impl Metrics {
             messages_rejected,
             bytes_received,
             bytes_sent,
+            updates_accepted,
+            updates_refused,
+            job_bytes_received,
         }
+    }
+
+    /// Counts an update for `job` accepted, or refused for `reason`.
+    pub fn update(&self, job: &str, refused: Option<&str>) {
+        let job = job.to_owned();
+        match refused {
+            None => self.updates_accepted.get_or_create(&JobLabel { job }).inc(),
+            Some(reason) => {
+                let label = JobRefusalLabel { job, reason: reason.to_owned() };
+                self.updates_refused.get_or_create(&label).inc()
+            }
+        };
+    }
+
+    /// Counts an update payload received for `job`.
+    pub fn job_received(&self, job: &str, bytes: usize) {
+        self.job_bytes_received
+            .get_or_create(&JobLabel { job: job.to_owned() })
+            .inc_by(bytes as u64);
     }
 
     /// Counts a message received.
@@ -90,12 +154,59 @@ impl Metrics {
         self.messages_rejected.get_or_create(&label).inc();
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text of every metric, with the round metrics of `jobs` (the jobs this
+    /// node knows; those it takes part in have rounds).
+    pub fn render(&self, jobs: &[JobView]) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &RoundMetrics::from_jobs(jobs).registry);
+        let _ = encode_eof(&mut text);
         text
+    }
+}
+
+/// The round buckets of the round-seconds histogram: 0.1 s to about 30 minutes.
+fn round_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 15))
+}
+
+/// The round metrics of the jobs, read from their views (a fresh registry at each scrape).
+struct RoundMetrics {
+    registry: Registry,
+}
+
+impl RoundMetrics {
+    fn from_jobs(jobs: &[JobView]) -> Self {
+        let mut registry = Registry::with_prefix("fedmesh_job");
+        let completed = Family::<JobLabel, Counter>::default();
+        let total = Family::<JobLabel, Gauge>::default();
+        let members = Family::<JobLabel, Gauge>::default();
+        let accuracy = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
+        let loss = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
+        let seconds =
+            Family::<JobLabel, Histogram>::new_with_constructor(round_buckets as fn() -> _);
+        for (job, run) in jobs.iter().filter_map(|job| Some((&job.id, job.run.as_ref()?))) {
+            let label = JobLabel { job: job.clone() };
+            completed.get_or_create(&label).inc_by(run.completed_round);
+            total.get_or_create(&label).set(run.rounds_total as i64);
+            members.get_or_create(&label).set(run.members.len() as i64);
+            let histogram = seconds.get_or_create(&label);
+            run.rounds.iter().filter_map(|round| round.seconds).for_each(|s| histogram.observe(s));
+            let evaluated = run.rounds.iter().rev().find(|round| round.accuracy.is_some());
+            if let Some(round) = evaluated {
+                accuracy.get_or_create(&label).set(round.accuracy.unwrap_or_default());
+                loss.get_or_create(&label).set(round.loss.unwrap_or_default());
+            }
+        }
+        registry.register("rounds_completed", "Rounds whose model this node holds", completed);
+        registry.register("rounds", "Rounds the job runs", total);
+        registry.register("members", "Members this node knows in the job", members);
+        registry.register("accuracy", "Test accuracy of the latest evaluated round", accuracy);
+        registry.register("loss", "Test loss of the latest evaluated round", loss);
+        registry.register("round_seconds", "Seconds from a round's opening to its model", seconds);
+        Self { registry }
     }
 }
 
@@ -109,7 +220,14 @@ mod tests {
         metrics.received("announce", 100);
         metrics.rejected("announce", "bad_signature");
         metrics.connected_peers.set(3);
-        let text = metrics.render();
+        metrics.update("job1", None);
+        metrics.update("job1", Some("stale"));
+        metrics.job_received("job1", 4096);
+        let text = metrics.render(&[]);
+        assert!(text.contains("fedmesh_job_updates_accepted_total{job=\"job1\"} 1"), "{text}");
+        assert!(text.contains("reason=\"stale\""), "{text}");
+        assert!(text.contains("fedmesh_job_bytes_received_total{job=\"job1\"} 4096"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("fedmesh_messages_in_total{kind=\"announce\"} 1"), "{text}");
         assert!(text.contains("reason=\"bad_signature\""), "{text}");
         assert!(text.contains("fedmesh_bytes_received_total 100"), "{text}");

@@ -1,5 +1,6 @@
-//! The `fedmesh` command line as a user meets it: help, train-local's JSON report, and clear
-//! errors for wrong flags, bad files and missing nodes.
+//! The `fedmesh` command line as a user meets it: help, train-local's JSON report (iris by its
+//! `species` column too), clear errors for wrong flags, bad files and missing nodes, a flag and a
+//! variable for every setting of the README's node.toml, and their precedence.
 
 use std::process::{Command, Output};
 
@@ -92,4 +93,83 @@ fn node_refuses_bad_settings_naming_them() {
     std::fs::write(&config, "key = 'k'\ndata_dir = 'd'\nlisten_on = []\n").unwrap();
     let output = fedmesh(&["node", "--config", config.to_str().unwrap()]);
     assert!(stderr(&output).contains("listen_on"), "{}", stderr(&output));
+}
+
+/// The README's node.toml example: its text and its top-level keys (`datasets` is a table).
+fn readme_node_toml() -> (String, Vec<String>) {
+    let readme = include_str!("../../README.md");
+    let after = readme.split("`node.toml` (only").nth(1).expect("the README shows a node.toml");
+    let block = after.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next());
+    let text = block.expect("a toml block follows").to_owned();
+    let table: toml::Table = toml::from_str(&text).expect("the README's node.toml parses");
+    (text, table.keys().cloned().collect())
+}
+
+#[test]
+fn every_setting_of_the_readme_node_toml_has_a_flag_and_a_variable() {
+    let (text, keys) = readme_node_toml();
+    assert!(keys.len() >= 23, "{keys:?}");
+    let help = fedmesh(&["node", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for key in &keys {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let variable = format!("FEDMESH_{}", key.to_uppercase());
+        assert!(help.contains(&format!("{flag} ")), "no flag {flag} in:\n{help}");
+        assert!(help.contains(&variable), "no variable {variable} in:\n{help}");
+    }
+    // And the example is a valid node.toml.
+    let config: fedmesh_node::config::NodeConfig = toml::from_str(&text).unwrap();
+    assert_eq!(config.datasets["iris"], "/srv/data/iris.csv#species");
+}
+
+#[test]
+fn flags_override_variables_which_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "key = 'file.key'\ndata_dir = 'file-data'\nmdns = true\ngroup = 'file'\n\
+         trust = ['12D3KooWfile']\nreannounce_secs = 7\n[datasets]\nmnist = 'mnist5k'\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fedmesh"))
+        .args(["node", "--config", config.to_str().unwrap(), "--print-config"])
+        .args(["--mdns", "false", "--group", "flag", "--dataset", "iris=iris.csv#species"])
+        .env("FEDMESH_GROUP", "variable")
+        .env("FEDMESH_AUTO_JOIN", "false")
+        .env("FEDMESH_LISTEN", "/ip4/127.0.0.1/tcp/4001,/ip4/127.0.0.1/tcp/4002")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed: fedmesh_node::config::NodeConfig =
+        toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    assert!(!printed.mdns && !printed.auto_join);
+    assert_eq!(printed.group, "flag");
+    assert_eq!(printed.listen.len(), 2);
+    assert_eq!((printed.reannounce_secs, printed.trust.len()), (7, 1));
+    assert_eq!(printed.key, std::path::PathBuf::from("file.key"));
+    assert_eq!(printed.datasets.len(), 2);
+    let bare = fedmesh(&["node", "--key", "k", "--data-dir", "d", "--mdns", "--print-config"]);
+    assert!(String::from_utf8_lossy(&bare.stdout).contains("mdns = true"), "{}", stderr(&bare));
+}
+
+#[test]
+fn train_local_reads_iris_by_its_species_column() {
+    let iris = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/iris.csv");
+    let train = |more: &[&str]| {
+        let args = ["train-local", "--dataset", iris, "--label-column", "species"];
+        fedmesh(&[&args[..], &["--model", "mlp:16"], more].concat())
+    };
+    let output = train(&["--epochs", "50", "--lr", "0.3", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["dataset"], iris);
+    assert_eq!(report["label_column"], "species");
+    assert_eq!(report["classes"], serde_json::json!(["setosa", "versicolor", "virginica"]));
+    assert_eq!(report["model"], serde_json::json!({"mlp": [16]}));
+    let accuracy = report["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "iris: {accuracy}");
+    let text = train(&["--epochs", "2"]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("classes: 0 = setosa, 1 = versicolor, 2 = virginica"), "{stdout}");
 }

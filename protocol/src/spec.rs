@@ -75,7 +75,33 @@ pub struct JobSpec {
     /// How trainers encode their deltas on the wire (default `f32`, exact).
     #[serde(default)]
     pub delta_encoding: DeltaEncoding,
+    /// The classes every member's labels map to, so that every member builds the same model
+    /// layout whatever classes its own data holds (none: each member counts its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Classes>,
 }
+
+/// A job's classes: `3` (labels are the numbers 0, 1, 2) or `["setosa", "versicolor"]` (labels
+/// are these names, class i being the i-th).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Classes {
+    Count(u32),
+    Names(Vec<String>),
+}
+
+impl Classes {
+    /// How many classes.
+    pub fn count(&self) -> usize {
+        match self {
+            Self::Count(count) => *count as usize,
+            Self::Names(names) => names.len(),
+        }
+    }
+}
+
+/// Most classes a job may name.
+pub const MAX_CLASSES: usize = 10_000;
 
 /// How trainers encode their deltas: exact, or compacted at some cost in precision.
 ///
@@ -331,6 +357,7 @@ const TOP_FIELDS: &[&str] = &[
     "coordinator_fallback_secs",
     "seed",
     "delta_encoding",
+    "classes",
 ];
 
 impl JobSpec {
@@ -452,6 +479,7 @@ struct Fields {
     coordinator_fallback_secs: Option<Option<u64>>,
     seed: Option<u64>,
     delta_encoding: Option<DeltaEncoding>,
+    classes: Option<Option<Classes>>,
 }
 
 impl Fields {
@@ -471,6 +499,7 @@ impl Fields {
             coordinator_fallback_secs: p.field(map, "coordinator_fallback_secs", Some(|| None)),
             seed: p.field(map, "seed", Some(|| 0)),
             delta_encoding: p.field(map, "delta_encoding", Some(DeltaEncoding::default)),
+            classes: p.field(map, "classes", Some(|| None)),
         }
     }
 
@@ -500,6 +529,9 @@ impl Fields {
         if let Some(DeltaEncoding::TopK(fraction)) = self.delta_encoding {
             let ok = fraction > 0.0 && fraction <= 1.0;
             p.require(ok, "delta_encoding.top_k", "must be in (0, 1]");
+        }
+        if let Some(Some(classes)) = &self.classes {
+            check_classes(p, classes);
         }
         if let (Some(None), Some(Some(_))) = (&self.coordinator, self.coordinator_fallback_secs) {
             p.push(
@@ -533,6 +565,7 @@ impl Fields {
             coordinator_fallback_secs: self.coordinator_fallback_secs?,
             seed: self.seed?,
             delta_encoding: self.delta_encoding?,
+            classes: self.classes?,
         })
     }
 }
@@ -554,6 +587,7 @@ impl From<JobSpec> for Fields {
             coordinator_fallback_secs: Some(spec.coordinator_fallback_secs),
             seed: Some(spec.seed),
             delta_encoding: Some(spec.delta_encoding),
+            classes: Some(spec.classes),
         }
     }
 }
@@ -748,6 +782,19 @@ fn check_participation(p: &mut Problems, part: &Participation) {
     if !part.allow.is_empty() && seen.len() < min as usize {
         let message = format!("lists {} members, fewer than min_participants ({min})", seen.len());
         p.push("participation.allow", message);
+    }
+}
+
+fn check_classes(p: &mut Problems, classes: &Classes) {
+    let count = classes.count();
+    p.require(count >= 2, "classes", "a job needs at least 2 classes");
+    p.require(count <= MAX_CLASSES, "classes", &format!("at most {MAX_CLASSES} classes"));
+    if let Classes::Names(names) = classes {
+        for (index, name) in names.iter().enumerate() {
+            check_text(p, &format!("classes[{index}]"), name, 128);
+        }
+        let distinct: BTreeSet<&String> = names.iter().collect();
+        p.require(distinct.len() == names.len(), "classes", "names a class twice");
     }
 }
 

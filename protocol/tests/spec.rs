@@ -266,3 +266,27 @@ fn top_k_delta_encoding_and_bench_models_are_checked() {
     let found = problems(&with(minimal(), "model", json!({"bench": {"params": 0}})));
     assert!(found.iter().any(|p| p.starts_with("model.bench.params")), "{found:?}");
 }
+
+#[test]
+fn classes_are_a_count_or_distinct_names() {
+    use fedmesh_protocol::spec::Classes;
+    let spec = parse(&minimal()).unwrap();
+    assert_eq!(spec.classes, None);
+    let canonical = String::from_utf8(spec.to_canonical_json().unwrap()).unwrap();
+    assert!(!canonical.contains("classes"), "{canonical}");
+    let spec = parse(&with(minimal(), "classes", json!(3))).unwrap();
+    assert_eq!(spec.classes, Some(Classes::Count(3)));
+    let names = json!(["setosa", "versicolor", "virginica"]);
+    let spec = parse(&with(minimal(), "classes", names)).unwrap();
+    assert_eq!(spec.classes.as_ref().map(Classes::count), Some(3));
+    let canonical = spec.to_canonical_json().unwrap();
+    assert_eq!(JobSpec::from_canonical_json(&canonical).unwrap(), spec);
+    for (bad, expected) in [
+        (json!(1), "at least 2 classes"),
+        (json!(["a", "a"]), "names a class twice"),
+        (json!(["a", ""]), "classes[1]: must not be empty"),
+    ] {
+        let found = problems(&with(minimal(), "classes", bad.clone()));
+        assert!(found.iter().any(|p| p.contains(expected)), "{bad}: {found:?}");
+    }
+}

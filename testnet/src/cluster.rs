@@ -190,7 +190,14 @@ impl Cluster {
         let log_err = log
             .try_clone()
             .map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
-        Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        // The node's settings are its node.toml alone, whatever FEDMESH_* this process has.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("FEDMESH_") {
+                command.env_remove(name);
+            }
+        }
+        command
             .args(["node", "--config"])
             .arg(dir.join("node.toml"))
             .env("RUST_LOG", std::env::var("FEDMESH_TESTNET_LOG").unwrap_or_else(|_| "info".into()))

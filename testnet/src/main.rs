@@ -11,13 +11,14 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The flags a scenario file sets instead.
-const JOB_FLAGS: [&str; 13] = [
+const JOB_FLAGS: [&str; 14] = [
     "nodes",
     "rounds",
     "topology",
     "groups",
     "delta_encoding",
     "dataset",
+    "label_column",
     "model",
     "partition",
     "local_epochs",
@@ -75,6 +76,10 @@ struct Args {
     /// An embedded data set (mnist5k, digits, breast-cancer) or a data file (.csv, .npy, IDX).
     #[arg(long, default_value_t = ScenarioFile::default().dataset)]
     dataset: String,
+    /// A CSV data set's label column, by header name or 0-based index (default: the last);
+    /// labels that are names become classes in sorted order, named in the job spec.
+    #[arg(long)]
+    label_column: Option<String>,
     /// The model: softmax or mlp:H1,H2,... (hidden layer sizes).
     #[arg(long, default_value_t = ScenarioFile::default().model)]
     model: String,
@@ -138,6 +143,7 @@ impl Args {
             groups: self.groups.clone(),
             delta_encoding: self.delta_encoding.clone(),
             dataset: self.dataset.clone(),
+            label_column: self.label_column.clone(),
             model: self.model.clone(),
             partition: self.partition.clone(),
             local_epochs: self.local_epochs,

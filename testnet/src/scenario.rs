@@ -10,7 +10,7 @@ use crate::follow::Follower;
 use crate::report::{PartitionSummary, Report, RoundFigures, RunOutcome};
 use crate::scenario_file::{Expect, ScenarioFile};
 use anyhow::{Context, bail};
-use fedmesh_learning::{DataSource, Embedded, Model, Partitioner, formats};
+use fedmesh_learning::{DataSource, Dataset, Embedded, Model, Partitioner, formats};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ pub struct Scenario {
     pub delta_encoding: String,
     /// An embedded data set name or a data file.
     pub dataset: String,
+    /// A CSV data set's label column, by name or 0-based index (none: the last).
+    pub label_column: Option<String>,
     /// `softmax` or `mlp:H1,H2,...`.
     pub model: String,
     /// `iid`, `dirichlet:ALPHA` or `shards:K`.
@@ -114,10 +116,15 @@ impl Scenario {
             .map_or_else(|| "data".to_owned(), |stem| stem.to_string_lossy().into_owned())
     }
 
+    /// The whole data set, labels mapped to classes (names in sorted order).
+    fn load_data(&self) -> anyhow::Result<Dataset> {
+        Ok(DataSource::parse(&self.dataset, self.label_column.as_deref())?.load(None)?)
+    }
+
     /// Splits the data set among every node that will ever exist and writes each share as a CSV
-    /// file.
+    /// file (labels last, as class names when the data set's labels are names).
     pub fn write_partitions(&self) -> anyhow::Result<Vec<PartitionSummary>> {
-        let data = DataSource::parse(&self.dataset, None)?.load()?;
+        let data = self.load_data()?;
         let partitioner: Partitioner = self.partition.parse()?;
         let parts = partitioner.partition(&data.labels, self.total_nodes, self.seed)?;
         let dir = self.out.join("partitions");
@@ -164,7 +171,7 @@ impl Scenario {
         if self.trainer.is_empty() {
             return Ok(serde_json::to_value(spec)?);
         }
-        let data = DataSource::parse(&self.dataset, None)?.load()?;
+        let data = self.load_data()?;
         let known = Embedded::from_name(&self.dataset).map_or(0, Embedded::num_classes);
         let model = Model::from_spec(&spec, data.num_features(), data.num_classes.max(known))?;
         let tensors: Vec<Value> = model
@@ -201,6 +208,13 @@ impl Scenario {
         }
         if let Some(quorum) = &self.quorum {
             spec["quorum"] = quorum.clone();
+        }
+        if Embedded::from_name(&self.dataset).is_none() {
+            let classes = self.load_data()?.classes;
+            if !classes.is_empty() {
+                // Every member maps its share's labels to these, whichever it holds.
+                spec["classes"] = json!(classes);
+            }
         }
         Ok(spec)
     }

@@ -37,6 +37,8 @@ pub struct ScenarioFile {
     /// An external trainer command every node runs (empty: fedmesh's built-in learner).
     pub trainer: Vec<String>,
     pub dataset: String,
+    /// A CSV data set's label column, by name or 0-based index (default: the last).
+    pub label_column: Option<String>,
     pub model: String,
     pub partition: String,
     pub local_epochs: u32,
@@ -79,6 +81,7 @@ impl Default for ScenarioFile {
             delta_encoding: "f32".into(),
             trainer: Vec::new(),
             dataset: "mnist5k".into(),
+            label_column: None,
             model: "mlp:200,200".into(),
             partition: "iid".into(),
             local_epochs: 1,
@@ -247,6 +250,7 @@ impl ScenarioFile {
             node_config: Vec::new(),
             orchestrated: self.orchestrated,
             dataset: self.dataset,
+            label_column: self.label_column,
             model: self.model,
             partition: self.partition,
             local_epochs: self.local_epochs,

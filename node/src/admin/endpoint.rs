@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 const ENDPOINT_FILE: &str = "admin.json";
 
-/// The admin API's address and token.
+/// The admin API's address and token, and where the metrics are served (without a token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
     pub token: String,
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the endpoint file cannot be written or read.
@@ -28,9 +30,9 @@ pub enum EndpointError {
 
 impl Endpoint {
     /// A new endpoint with a random 256-bit token.
-    pub fn with_random_token(address: SocketAddr) -> Self {
+    pub fn with_random_token(address: SocketAddr, metrics: Option<SocketAddr>) -> Self {
         let token: [u8; 32] = rand::random();
-        Self { address, token: token.iter().map(|b| format!("{b:02x}")).collect() }
+        Self { address, token: token.iter().map(|b| format!("{b:02x}")).collect(), metrics }
     }
 
     /// The file under `data_dir` that holds the endpoint.
@@ -70,7 +72,10 @@ mod tests {
     #[test]
     fn the_endpoint_file_round_trips_and_is_owner_only() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::with_random_token("127.0.0.1:7070".parse().unwrap());
+        let endpoint = Endpoint::with_random_token(
+            "127.0.0.1:7070".parse().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap()),
+        );
         endpoint.write(dir.path()).unwrap();
         assert_eq!(Endpoint::read(dir.path()).unwrap(), endpoint);
         #[cfg(unix)]

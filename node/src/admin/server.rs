@@ -1,6 +1,7 @@
 //! The admin API's routes: node status, jobs (announce, join, leave, stop, model), the model
 //! registry, blobs (a job's initial weights), a coordinator's jobs (submit, status), and
-//! `/metrics`, behind the bearer token.
+//! `/metrics`, behind the bearer token; the web page at `/` (which asks for the token); and the
+//! metrics address's own server, without a token.
 
 use super::Endpoint;
 use crate::engine::{EngineError, EngineHandle};
@@ -20,6 +21,7 @@ const MAX_BODY_BYTES: usize = 512 << 20;
 struct AdminState {
     engine: EngineHandle,
     token_hash: blake3::Hash,
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -29,8 +31,12 @@ pub async fn serve(
     engine: EngineHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = AdminState { engine, token_hash: blake3::hash(endpoint.token.as_bytes()) };
-    let router = Router::new()
+    let state = AdminState {
+        engine,
+        token_hash: blake3::hash(endpoint.token.as_bytes()),
+        metrics_address: endpoint.metrics,
+    };
+    let api = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/jobs", get(list_jobs).post(announce_job))
         .route("/v1/jobs/{id}", get(show_job))
@@ -46,7 +52,23 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(Arc::new(state));
+    // The page holds no data: it asks for the token and calls the API above with it.
+    let router = Router::new().route("/", get(super::page::page)).merge(api);
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves `GET /metrics` on `listener` without a token, as Prometheus scrapes, until `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    engine: EngineHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new().route("/metrics", get(open_metrics)).with_state(engine);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn open_metrics(State(engine): State<EngineHandle>) -> Response {
+    render_metrics(&engine).await
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -87,7 +109,9 @@ impl From<EngineError> for ApiError {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 async fn status(State(state): State<Arc<AdminState>>) -> ApiResult<crate::engine::StatusView> {
-    Ok(Json(state.engine.status().await?))
+    let mut status = state.engine.status().await?;
+    status.metrics_address = state.metrics_address.map(|address| address.to_string());
+    Ok(Json(status))
 }
 
 async fn list_jobs(State(state): State<Arc<AdminState>>) -> ApiResult<Vec<crate::engine::JobView>> {
@@ -213,6 +237,17 @@ async fn put_blob(
     Ok(Json(serde_json::json!({ "hash": hash.to_hex() })))
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.engine.metrics().render())
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    render_metrics(&state.engine).await
+}
+
+/// The node's metrics with its jobs' round metrics, as OpenMetrics text.
+async fn render_metrics(engine: &EngineHandle) -> Response {
+    match engine.jobs().await {
+        Ok(jobs) => {
+            let text = engine.metrics().render(&jobs);
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+        }
+        Err(error) => ApiError(error).into_response(),
+    }
 }

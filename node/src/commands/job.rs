@@ -18,6 +18,7 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
                 let mut bytes = std::fs::read(&spec)
                     .with_context(|| format!("cannot read job spec {}", spec.display()))?;
                 let client = AdminClient::for_data_dir(&api.data_dir)?;
+                bytes = with_owner(&client, &bytes).await?;
                 if let Some(init) = init {
                     bytes = with_initial_weights(&client, &bytes, &init).await?;
                 }
@@ -53,6 +54,22 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
             JobCommand::Watch { id, api } => watch(&api.data_dir, &id).await,
         }
     })
+}
+
+/// The spec with `owner` set to the local node's PeerId when it names none.
+async fn with_owner(client: &AdminClient, spec: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(spec).context("the job spec is not JSON")?;
+    let Some(fields) = spec.as_object_mut() else {
+        anyhow::bail!("the job spec is not a JSON object");
+    };
+    if fields.contains_key("owner") {
+        return Ok(serde_json::to_vec(&spec)?);
+    }
+    let status: crate::engine::StatusView = client.get("/v1/status").await?;
+    eprintln!("owner: this node, {}", status.peer_id);
+    fields.insert("owner".to_owned(), serde_json::Value::String(status.peer_id));
+    Ok(serde_json::to_vec(&spec)?)
 }
 
 /// Uploads an external model's initial weights and names their hash in the spec.

@@ -6,4 +6,5 @@ pub mod job;
 pub mod keygen;
 pub mod model;
 pub mod node;
+pub mod status;
 pub mod train_local;

@@ -1,5 +1,6 @@
-//! `fedmesh node` and `fedmesh coordinator`: loads the settings and the key, opens the store,
-//! starts the network, the job engine and the admin API, and runs until SIGINT or SIGTERM.
+//! `fedmesh node` and `fedmesh coordinator`: loads the settings (or prints them), warns of what an
+//! operator should fix, loads the key, opens the store, starts the network, the job engine, the
+//! admin API and the metrics server, and runs until SIGINT or SIGTERM.
 
 use crate::admin::{self, Endpoint};
 use crate::cli::NodeArgs;
@@ -17,6 +18,13 @@ use std::time::Duration;
 pub fn run(args: &NodeArgs, coordinator: bool) -> anyhow::Result<()> {
     let mut config = NodeConfig::from_args(args)?;
     config.coordinate |= coordinator;
+    if args.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,19 +73,37 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let (engine, handle) = Engine::new(key, config.clone(), store, network, metrics)?;
     let engine_task = tokio::spawn(engine.run(events));
 
-    let listener = tokio::net::TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("setting `admin`: cannot listen on {}", config.admin))?;
-    let endpoint = Endpoint::with_random_token(listener.local_addr()?);
+    let listener = bind("admin", config.admin).await?;
+    let metrics_listener = bind("metrics", config.metrics).await?;
+    let endpoint =
+        Endpoint::with_random_token(listener.local_addr()?, Some(metrics_listener.local_addr()?));
     endpoint.write(&config.data_dir)?;
-    tracing::info!(address = %endpoint.address, "admin API listening");
+    tracing::info!(address = %endpoint.address, "admin API and web page listening");
+    tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening (GET /metrics)");
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task =
+        tokio::spawn(admin::serve_metrics(metrics_listener, handle.clone(), async {
+            let _ = metrics_stopped.await;
+        }));
     admin::serve(listener, endpoint, handle.clone(), shutdown_signal()).await?;
+    let _ = stop_metrics.send(());
+    let _ = metrics_task.await;
 
     tracing::info!("shutting down");
     handle.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), engine_task).await;
     let _ = std::fs::remove_file(Endpoint::path_in(&config.data_dir));
     Ok(())
+}
+
+/// Listens on the address of setting `setting`.
+async fn bind(
+    setting: &str,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("setting `{setting}`: cannot listen on {address}"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -37,6 +37,15 @@ pub fn run(args: &TrainLocalArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if !report.classes.is_empty() {
+            let mapping: Vec<String> = report
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!("{i} = {name}"))
+                .collect();
+            println!("classes: {}", mapping.join(", "));
+        }
         println!(
             "final test accuracy {:.4} ({} train / {} test samples, {} parameters, {:.1} s)",
             report.test_accuracy,

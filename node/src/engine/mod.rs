@@ -50,6 +50,15 @@ pub struct StatusView {
     pub listen_addresses: Vec<String>,
     pub connected_peers: Vec<String>,
     pub jobs: usize,
+    /// Where Prometheus scrapes the node's metrics.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
+    /// The node's latest warnings and errors, oldest first.
+    #[serde(default)]
+    pub recent_errors: Vec<crate::recent::LogLine>,
+    /// The node's clock (ms since the Unix epoch), to tell how long ago a member was heard.
+    #[serde(default)]
+    pub now_ms: u64,
 }
 
 /// A job as the admin API shows it.
@@ -154,6 +163,9 @@ impl EngineHandle {
             listen_addresses: network.listen_addresses.iter().map(ToString::to_string).collect(),
             connected_peers: network.connected_peers.iter().map(ToString::to_string).collect(),
             jobs,
+            metrics_address: None,
+            recent_errors: crate::recent::lines(),
+            now_ms: fedmesh_protocol::message::unix_millis(),
         })
     }
 

@@ -48,12 +48,15 @@ impl Engine {
             Ok((Request::Blob { hash }, _)) => self.serve_blob(hash),
             Ok((Request::RoundResult { job, round }, _)) => (self.round_result(job, round), none()),
             Ok((Request::Delta(delta), payload)) => {
+                self.count_update(delta.unverified_body().job, &payload);
                 (self.on_delta_request(delta, &payload).await, none())
             }
             Ok((Request::Partial(partial), payload)) => {
+                self.count_update(partial.unverified_body().job, &payload);
                 (self.on_partial_request(partial, &payload).await, none())
             }
             Ok((Request::RingChunk(chunk), payload)) => {
+                self.count_update(chunk.unverified_body().job, &payload);
                 (self.on_ring_chunk(chunk, &payload).await, none())
             }
         };
@@ -68,6 +71,11 @@ impl Engine {
             }
             Err(error) => tracing::error!(%error, "cannot encode a response"),
         }
+    }
+
+    /// Counts an update's payload bytes for its job, whatever is made of the update.
+    fn count_update(&self, job: fedmesh_protocol::ids::JobId, payload: &[u8]) {
+        self.metrics.job_received(&job.to_string(), payload.len());
     }
 
     /// A stored blob with the budget share it holds while it is sent, `Busy` when it does not

@@ -1,6 +1,9 @@
 //! Runs one trainer or evaluator process: the configured command with its environment, stdout and
-//! stderr into files, killed at the timeout; the tail of its stderr for the log and the API.
+//! stderr into files, in a process group of its own that is killed whole at the timeout (a shell
+//! wrapper's children and a data loader's workers too); the tail of its stderr for the log and
+//! the API.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -74,6 +77,7 @@ impl Run<'_> {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
+            .process_group(0)
             .spawn()
             .map_err(|source| TrainerError::Spawn { command: command.clone(), source })?;
         let status = wait_with_timeout(&mut child, self.timeout);
@@ -98,7 +102,8 @@ impl Run<'_> {
     }
 }
 
-/// Waits for `child`; `None` when the timeout passed first (the child is then killed and reaped).
+/// Waits for `child`; `None` when the timeout passed first (its process group is then killed and
+/// the child reaped).
 fn wait_with_timeout(
     child: &mut std::process::Child,
     timeout: Duration,
@@ -108,13 +113,23 @@ fn wait_with_timeout(
         match child.try_wait() {
             Ok(Some(status)) => return Some(Ok(status)),
             Ok(None) if started.elapsed() >= timeout => {
-                let _ = child.kill();
+                kill_group(child);
                 let _ = child.wait();
                 return None;
             }
             Ok(None) => std::thread::sleep(POLL),
             Err(error) => return Some(Err(error)),
         }
+    }
+}
+
+/// Kills the process group `child` leads (the child itself if the group cannot be signalled).
+fn kill_group(child: &mut std::process::Child) {
+    use nix::sys::signal::{Signal, killpg};
+    let group = i32::try_from(child.id()).map(nix::unistd::Pid::from_raw);
+    let signalled = group.is_ok_and(|group| killpg(group, Signal::SIGKILL).is_ok());
+    if !signalled {
+        let _ = child.kill();
     }
 }
 
@@ -174,6 +189,31 @@ mod tests {
         assert!(matches!(error, TrainerError::Timeout { .. }), "{error}");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(error.to_string().contains("started"), "{error}");
+    }
+
+    /// Whether process `pid` is gone (or a zombie about to be reaped).
+    fn gone(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => {
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            }
+        }
+    }
+
+    #[test]
+    fn a_timeout_kills_the_wrappers_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let error = run(&script, Duration::from_millis(500)).err().unwrap();
+        assert!(matches!(error, TrainerError::Timeout { .. }), "{error}");
+        let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone(&pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone(&pid), "the wrapper's child {pid} outlived the timeout");
     }
 
     #[test]

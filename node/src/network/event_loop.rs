@@ -149,6 +149,12 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
             }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "a listener failed");
+            }
+            SwarmEvent::ListenerClosed { addresses, reason: Err(error), .. } => {
+                tracing::warn!(?addresses, %error, "a listener closed: peers cannot reach these addresses");
+            }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
                 if num_established.get() == 1 {

@@ -313,6 +313,8 @@ impl Engine {
         kind: &'static str,
         result: Result<usize, Refused>,
     ) -> Response {
+        let refused = result.as_ref().err().map(|refused| refused.reason);
+        self.metrics.update(&id.to_string(), refused);
         match result {
             Ok(index) => {
                 let slot = self.runs.get(&id).and_then(|run| run.slots.get(index));

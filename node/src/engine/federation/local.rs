@@ -60,16 +60,17 @@ impl LocalData {
     /// Loads the node's file for the job's data set (`source` is the node's setting), splits it
     /// with the job's seed, scales both splits with the training split's statistics, and builds
     /// the job's model (or, for an external model, its bridge, which gets the splits as `.npy`).
-    /// The class count is the data set's when it is a known one, so that every member builds the
-    /// same model from a partition that lacks some classes.
+    /// The class count is the job's `classes` when the spec names them (labels are then mapped to
+    /// the job's classes), else the data set's when it is a known one, so that every member
+    /// builds the same model from a partition that lacks some classes.
     pub fn load(
         id: JobId,
         spec: &JobSpec,
         source: &str,
         trainers: &TrainerSettings,
     ) -> anyhow::Result<Self> {
-        let parsed = DataSource::parse(source, None)?;
-        let data = parsed.load()?;
+        let parsed = DataSource::from_setting(source)?;
+        let data = parsed.load(spec.classes.as_ref())?;
         let (mut train, mut test) = data.split(TEST_FRACTION, spec.seed)?;
         // A share of a known data set is scaled as that data set prefers, so that every member
         // scales alike.

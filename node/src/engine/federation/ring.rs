@@ -254,10 +254,14 @@ impl Engine {
     ) -> Response {
         let id = chunk.unverified_body().job;
         match self.accept_ring_chunk(id, chunk, payload).await {
-            Ok(()) => Response::Accepted,
+            Ok(()) => {
+                self.metrics.update(&id.to_string(), None);
+                Response::Accepted
+            }
             Err(refused) => {
                 tracing::warn!(job = %id, reason = refused.reason, detail = %refused.detail, "refused a ring chunk");
                 self.metrics.rejected("ring_chunk", refused.reason);
+                self.metrics.update(&id.to_string(), Some(refused.reason));
                 Response::Refused { reason: refused.detail }
             }
         }
