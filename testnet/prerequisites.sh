@@ -18,7 +18,8 @@ done
 
 apt_packages=()
 if ! { ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; } &&
-   ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+   ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1; then
+  # (libclang-cpp, which other packages bring, is not the libclang that bindgen loads)
   apt_packages+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || apt_packages+=(g++)

@@ -58,6 +58,7 @@ pub fn spec(config: &Config) -> Result<JobSpec, JobError> {
         coordinator_fallback_secs: None,
         seed: config.seed,
         delta_encoding: Default::default(),
+        classes: None,
     };
     spec.validate()?;
     Ok(spec)

@@ -139,7 +139,7 @@ impl DataLearner {
         members: usize,
         spec: &JobSpec,
     ) -> Result<Self, LocalError> {
-        let data = fedmesh_learning::DataSource::Embedded(dataset).load()?;
+        let data = fedmesh_learning::DataSource::Embedded(dataset).load(spec.classes.as_ref())?;
         let (mut train_split, mut test_split) = data.split(TEST_FRACTION, spec.seed)?;
         if train_split.len() < members {
             return Err(LocalError::TooFewSamples { samples: train_split.len(), members });
