@@ -32,8 +32,10 @@ impl Member {
                 }
             }
             Gossip::Heartbeat(beat) if beat.member == signer => {
-                self.record_holder(beat.model, beat.member);
-                if self.state.members.seen(&beat.member, now) {
+                // Only a member's word counts, and never for a round past the job's last one.
+                let last = self.setup.spec.hyperparameters.rounds + 1;
+                if beat.round <= last && self.state.members.seen(&beat.member, now) {
+                    self.record_holder(beat.model, beat.member);
                     self.rounds_heard.insert(beat.member, beat.round);
                     self.furthest_heard = self.furthest_heard.max(beat.round);
                     self.announce_again(beat.round, now);

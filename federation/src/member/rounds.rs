@@ -233,7 +233,7 @@ impl Member {
         } else {
             // Behind: the round's base (the previous round's result) first.
             self.set_own(Own::FetchingBase);
-            self.fetch(open.round - 1, open.base_model, opener);
+            self.fetch(open.round.saturating_sub(1), open.base_model, opener);
         }
     }
 

@@ -69,6 +69,9 @@ pub struct ExternalBridge {
     hyperparameters: String,
     /// The last failure of each mode (train, evaluate), for the API.
     failures: Mutex<[Option<String>; 2]>,
+    /// Held from a run's start until its output is read: a mode's work directory holds one run's
+    /// files at a time (a second training of the same job would clear the first one's output).
+    runs: [Mutex<()>; 2],
 }
 
 impl ExternalBridge {
@@ -96,6 +99,7 @@ impl ExternalBridge {
             data_dir: None,
             hyperparameters: hyperparameters.to_string(),
             failures: Mutex::new([None, None]),
+            runs: [Mutex::new(()), Mutex::new(())],
         })
     }
 
@@ -127,6 +131,7 @@ impl ExternalBridge {
     /// Trains from `base` for `round`: the trainer's weights, checked against the layout, and its
     /// metrics (at least one sample).
     pub fn train(&self, base: &[f32], round: Round) -> Result<TrainedWeights, TrainerError> {
+        let _run = self.runs[Mode::Train as usize].lock().unwrap_or_else(|p| p.into_inner());
         let result = self.invoke(Mode::Train, base, round).and_then(|(finished, dir)| {
             let bytes = std::fs::read(dir.join("output.safetensors"))
                 .map_err(|e| finished.bad_output(format!("no output.safetensors ({e})")))?;
@@ -143,6 +148,7 @@ impl ExternalBridge {
 
     /// Evaluates `params` (the global model of `round`) on the trainer's test data.
     pub fn evaluate(&self, params: &[f32], round: Round) -> Result<TrainerMetrics, TrainerError> {
+        let _run = self.runs[Mode::Evaluate as usize].lock().unwrap_or_else(|p| p.into_inner());
         let result = self.invoke(Mode::Evaluate, params, round).and_then(|(finished, dir)| {
             let metrics = read_metrics(&finished, &dir)?;
             if metrics.accuracy.is_none() {
@@ -304,5 +310,24 @@ mod tests {
         assert!(error.contains("no output.safetensors"), "{error}");
         let failure = lazy.last_failure().unwrap();
         assert!(failure.starts_with("round 2 (train): "), "{failure}");
+    }
+
+    #[test]
+    fn trainings_of_one_job_at_the_same_time_each_read_their_own_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow_copy = format!("sleep 0.2; {COPY}");
+        let bridge = bridge(dir.path(), &slow_copy);
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..3)
+                .map(|round| {
+                    let bridge = &bridge;
+                    scope.spawn(move || bridge.train(&[round as f32; 6], round))
+                })
+                .collect();
+            for (round, run) in runs.into_iter().enumerate() {
+                let trained = run.join().unwrap().unwrap();
+                assert_eq!(trained.params, [round as f32; 6]);
+            }
+        });
     }
 }
