@@ -14,9 +14,12 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round() {
+    const ROUNDS: u64 = 40;
     let root = tempfile::tempdir().unwrap();
     let mut cluster = federation(root.path(), 3, |_| Vec::new()).await;
-    let job = Job::new(10, 3).announce(&cluster).await;
+    // Rounds of this job take a tenth of a second: enough of them that the joiner, which starts
+    // once two are done, has rounds left to train in.
+    let job = Job::new(ROUNDS, 3).announce(&cluster).await;
     wait_for(&cluster, 0, &job, "two rounds", |run| completed_round(run) >= 2).await;
     let owner = cluster.nodes[0].peer_id.clone();
     cluster.start_node(&member_spec(&owner, Vec::new())).await.unwrap();
@@ -25,7 +28,7 @@ async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round(
     let counts = participants(&runs[0]);
     assert_eq!(counts[0], 3);
     assert_eq!(*counts.last().unwrap(), 4, "the late joiner trains in the last rounds: {counts:?}");
-    assert_every_round_once(&runs[0], 10);
+    assert_every_round_once(&runs[0], ROUNDS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
