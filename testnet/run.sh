@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a federated job on N real fedmesh nodes on this machine and reports on it: checks (and
-# installs, when it can) what the build needs, builds `fedmesh` and `testnet` in release mode,
-# then runs `testnet` with every argument given here.
+# installs, when it can) what the build needs, builds `fedmesh` and `testnet` (the dev profile,
+# whose dependencies and training crates are optimized: the build `cargo test` makes too, so a
+# fresh machine compiles RocksDB once), then runs `testnet` with every argument given here.
 #
 #   testnet/run.sh --nodes 8 --rounds 20 --topology central --partition iid
 #   testnet/run.sh --help        # every flag, at once (no build)
@@ -17,5 +18,5 @@ for arg in "$@"; do
 done
 testnet/prerequisites.sh
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p fedmesh-node --bin fedmesh -p fedmesh-testnet --bin testnet
-exec "$target/release/testnet" --binary "$target/release/fedmesh" "$@"
+cargo build -p fedmesh-node --bin fedmesh -p fedmesh-testnet --bin testnet
+exec "$target/debug/testnet" --binary "$target/debug/fedmesh" "$@"
