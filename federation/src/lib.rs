@@ -5,6 +5,7 @@
 
 pub mod cadence;
 pub mod collect;
+pub mod coordinator;
 pub mod member;
 pub mod membership;
 pub mod records;

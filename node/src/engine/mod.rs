@@ -1,7 +1,6 @@
 //! The job engine: the one task that owns the node's state. It handles verified network messages,
 //! announces and re-announces jobs, answers peers' requests, and serves the admin API's queries.
 
-mod cadence;
 mod coordination;
 mod federation;
 mod jobs;

@@ -3,10 +3,9 @@
 //! assignment, assigns a round again when an aggregator or trainer is lost or its deadline
 //! passes, stops jobs, keeps all of it in RocksDB (resuming after a crash) and reports status.
 
-mod job;
 mod view;
 
-pub use job::{CoordinatedJob, CoordinatedState, JobState};
+pub use fedmesh_federation::coordinator::{CoordinatedJob, CoordinatedState, JobState};
 pub use view::CoordinationView;
 
 use super::federation::{Refused, job_topic, verify};

@@ -1,7 +1,7 @@
 //! A coordinated job as the admin API and `fedmesh job status` show it: the job's state, each
 //! member's state, and each round's progress.
 
-use super::job::CoordinatedJob;
+use fedmesh_federation::coordinator::CoordinatedJob;
 use fedmesh_protocol::ids::{MemberId, Round};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

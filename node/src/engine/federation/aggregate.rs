@@ -3,11 +3,11 @@
 //! round's deadline (close at quorum or open again over the live members), closing it, and
 //! announcing the result again to a member that missed it.
 
-use super::collect::{Collecting, Opening, Refused, refuse};
+use super::collect::{self, Collecting, Opening, Refused, refuse};
 use super::misbehave::WITHHOLD_RESULTS;
-use super::records::RunStatus;
 use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
 use crate::engine::{Engine, EngineError, Internal};
+use fedmesh_federation::records::RunStatus;
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
@@ -88,7 +88,7 @@ impl Engine {
         let opening = Opening {
             round: open.round,
             base: open.base,
-            base_params: &run.params,
+            num_params: run.params.len(),
             opened_at_ms: open.opened_at_ms,
             deadline_ms: open.deadline_ms,
         };
@@ -245,7 +245,7 @@ impl Engine {
         let result =
             self.slot_for(id, |slot| slot.direct.contains(&member)).and_then(|(run, index)| {
                 let members = &run.state.members;
-                run.slots[index].accept_delta(delta, payload, members).map(|_| index)
+                collect::accept_delta(&mut run.slots[index], delta, payload, members).map(|_| index)
             });
         self.answer_input(id, "delta", result).await
     }
@@ -255,7 +255,7 @@ impl Engine {
         let me = self.identity.member_id();
         let result =
             self.slot_for(id, |slot| slot.direct.contains(&me)).and_then(|(run, index)| {
-                run.slots[index].accept_own(me, samples, &delta).map(|_| index)
+                run.slots[index].accept_own(me, samples, &delta).map(|()| index)
             });
         drop(delta);
         self.answer_input(id, "delta", result).await;
@@ -283,7 +283,8 @@ impl Engine {
         let result = self.slot_for(id, |slot| slot.lower_senders.contains_key(&key)).and_then(
             |(run, index)| {
                 let members = &run.state.members;
-                run.slots[index].accept_partial(partial, payload, members).map(|_| index)
+                collect::accept_partial(&mut run.slots[index], partial, payload, members)
+                    .map(|_| index)
             },
         );
         self.answer_input(id, "partial", result).await
@@ -386,7 +387,7 @@ impl Engine {
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(position) = run.slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = run.slots.remove(position);
-        let (round, base, base_params) = (top.round, top.base, top.base_params.clone());
+        let (round, base, base_params) = (top.round, top.base, run.params.clone());
         // The sum is dropped as soon as the new model is made from it, and the model as soon
         // as it is stored: a large model's aggregator holds few copies of it at once.
         let made = top

@@ -3,11 +3,11 @@
 //! model spreads from those), adopted as the job's current model, evaluated on the local test
 //! split and reported.
 
-use super::records::{RoundRecord, RunStatus};
 use super::{Holders, store};
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
 use crate::network::Network;
+use fedmesh_federation::records::{RoundRecord, RunStatus};
 use fedmesh_protocol::codec::{decode_response, encode_request};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{

@@ -3,9 +3,9 @@
 //! coordinator's heartbeats tell whether it is there (a job may let members fall back to the
 //! election while it is not), and its signed stop ends the job.
 
-use super::records::RunStatus;
 use super::{JobRun, Leading, store};
 use crate::engine::Engine;
+use fedmesh_federation::records::RunStatus;
 use fedmesh_protocol::ids::{JobId, MemberId, Round};
 use fedmesh_protocol::message::{Assignment, JobStop, RoundOpen, unix_millis};
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection};

@@ -3,9 +3,9 @@
 //! record under `r` + job id + round in the rounds table (with the round's model registry entry).
 
 use super::JobRun;
-use super::records::{RoundRecord, RunState};
 use crate::registry::{self, ModelEntry};
 use crate::store::{Store, StoreError, Table};
+use fedmesh_federation::records::{RoundRecord, RunState};
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
 use fedmesh_protocol::message::AggregateReady;
 use std::collections::BTreeMap;

@@ -2,11 +2,11 @@
 //! engine's task, and delivering the signed update where the round's plan sends it.
 
 use super::misbehave::FORGED_DELTAS;
-use super::records::{RoundRecord, RunStatus};
 use super::{KeptPayload, OpenRound, local};
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
 use crate::network::{Frame, Network};
+use fedmesh_federation::records::{RoundRecord, RunStatus};
 use fedmesh_protocol::codec::{decode_response, encode_request_header};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};

@@ -1,9 +1,10 @@
-//! One coordinated job as the coordinator keeps it (in memory and in RocksDB): the members it
+//! The coordinator's side of one coordinated job, as a pure state object (the node keeps it in
+//! RocksDB): the members it
 //! hears and how responsive each has been, the round in progress and its assignment, and each
 //! round's progress; and the decisions made from them (whom to select, who aggregates, when to
 //! reassign).
 
-use crate::engine::cadence::Cadence;
+use crate::cadence::Cadence;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Assignment, EvalMetrics, Heartbeat, Join};
 use fedmesh_protocol::spec::JobSpec;
@@ -108,7 +109,14 @@ pub struct CoordinatedState {
     pub rounds: BTreeMap<Round, RoundProgress>,
 }
 
+impl Default for CoordinatedState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CoordinatedState {
+    /// A job no member joined yet.
     pub fn new() -> Self {
         Self {
             status: JobState::Ready,
