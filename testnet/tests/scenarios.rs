@@ -52,9 +52,16 @@ fn two_trainers_leave_and_the_rest_finish() {
         "#,
     );
     run.assert_passed();
-    // Round 1 may open before all five joined (min_participants is the three that stay).
+    for node in ["node3", "node4"] {
+        let left = format!("leave {node} -> {node}");
+        let line = run.lines.iter().find(|line| line.contains(&left));
+        assert!(line.is_some_and(|l| l.contains("left the job")), "{:#?}", run.lines);
+    }
+    // Rounds open once the three that stay have joined (min_participants), so how many of the
+    // leavers' joins the first rounds saw depends on timing; the rounds after both leaves have
+    // the three.
     let participants = run.participants();
-    assert_eq!(participants.iter().max(), Some(&5), "{:#?}", run.lines);
+    assert!(participants.iter().all(|&p| (3..=5).contains(&p)), "{:#?}", run.lines);
     assert_eq!(*participants.last().unwrap(), 3, "{:#?}", run.lines);
 }
 
