@@ -26,6 +26,20 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The local training a job's spec asks every member for (its hyperparameters and seed).
+    pub fn for_job(spec: &fedmesh_protocol::spec::JobSpec) -> Self {
+        let h = &spec.hyperparameters;
+        Self {
+            epochs: h.local_epochs as usize,
+            batch_size: h.batch_size as usize,
+            lr: h.lr,
+            momentum: h.momentum,
+            weight_decay: h.weight_decay,
+            prox_mu: h.fedprox_mu,
+            seed: spec.seed,
+        }
+    }
+
     fn check(&self) -> Result<()> {
         let problem = if self.batch_size == 0 {
             "batch size must be at least 1"

@@ -153,16 +153,7 @@ impl DataLearner {
             let parts = Partitioner::Iid.partition(&split.labels, members, spec.seed ^ salt)?;
             Ok(parts.iter().map(|indices| split.select(indices)).collect())
         };
-        let h = &spec.hyperparameters;
-        let config = TrainConfig {
-            epochs: h.local_epochs as usize,
-            batch_size: h.batch_size as usize,
-            lr: h.lr,
-            momentum: h.momentum,
-            weight_decay: h.weight_decay,
-            prox_mu: h.fedprox_mu,
-            seed: spec.seed,
-        };
+        let config = TrainConfig::for_job(spec);
         Ok(Self {
             train: deal(&train_split, 1)?,
             test: deal(&test_split, 2)?,

@@ -94,16 +94,7 @@ impl LocalData {
                 LocalModel::BuiltIn(Model::from_spec(builtin, data.num_features(), classes)?)
             }
         };
-        let h = &spec.hyperparameters;
-        let config = TrainConfig {
-            epochs: h.local_epochs as usize,
-            batch_size: h.batch_size as usize,
-            lr: h.lr,
-            momentum: h.momentum,
-            weight_decay: h.weight_decay,
-            prox_mu: h.fedprox_mu,
-            seed: spec.seed,
-        };
+        let config = TrainConfig::for_job(spec);
         Ok(Self { model, train, test, config })
     }
 
