@@ -161,7 +161,7 @@ impl RoundPlan {
         if trainers.is_empty() {
             return Err(PlanError::NoTrainers { role: trainer_tier.role.clone() });
         }
-        let by_id: BTreeMap<MemberId, &MemberInfo> = members.iter().map(|m| (m.id, m)).collect();
+        let by_id: BTreeMap<MemberId, &MemberInfo> = members.iter().map(|m| (m.id, *m)).collect();
         let mut plan = Self {
             job: *job,
             round,
@@ -218,7 +218,7 @@ impl RoundPlan {
         tier_index: usize,
         tier: &Tier,
         pending: Vec<(Input, String)>,
-        members: &[MemberInfo],
+        members: &[&MemberInfo],
         elected: &mut BTreeSet<MemberId>,
     ) -> Result<Vec<(Input, String)>, PlanError> {
         let mut by_label: BTreeMap<String, Vec<Input>> = BTreeMap::new();
@@ -353,8 +353,10 @@ impl RoundPlan {
     }
 }
 
-fn sorted_unique(members: &[MemberInfo]) -> Vec<MemberInfo> {
-    let mut sorted = members.to_vec();
+/// The members sorted by key, each once (borrowed: a plan over thousands of members is asked
+/// for every round by every member, and copying their labels was much of its cost).
+fn sorted_unique(members: &[MemberInfo]) -> Vec<&MemberInfo> {
+    let mut sorted: Vec<&MemberInfo> = members.iter().collect();
     sorted.sort_by_key(|member| member.id);
     sorted.dedup_by(|a, b| a.id == b.id);
     sorted
@@ -399,10 +401,11 @@ fn elect(
     id: &SlotId,
     tier: &Tier,
     per_group: bool,
-    members: &[MemberInfo],
+    members: &[&MemberInfo],
     elected: &mut BTreeSet<MemberId>,
 ) -> Result<Vec<MemberId>, PlanError> {
-    let accepting: Vec<&MemberInfo> = members.iter().filter(|m| m.accepts(&tier.role)).collect();
+    let accepting: Vec<&MemberInfo> =
+        members.iter().copied().filter(|m| m.accepts(&tier.role)).collect();
     let in_group: Vec<MemberId> =
         accepting.iter().filter(|m| m.group == id.label).map(|m| m.id).collect();
     let eligible = if per_group && !in_group.is_empty() {
