@@ -7,6 +7,8 @@ use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
 
+/// How many members' evaluations of a round a member keeps: four times the reporting sample.
+const MAX_EVALUATIONS: usize = 4 * super::results::EVAL_REPORTERS;
 /// How long after announcing a round's result it may go out again for a member that missed it.
 const ANNOUNCE_AGAIN_MS: u64 = 5_000;
 
@@ -82,7 +84,11 @@ impl Member {
         }
         self.record_holder(report.model, report.member);
         let Some(record) = self.rounds.get_mut(&report.round) else { return };
-        if record.model == Some(report.model) {
+        // At most a bounded number kept per round: members outside the reporting sample (or
+        // many at once) cannot grow every member's records without bound.
+        let room = record.evaluations.len() < MAX_EVALUATIONS
+            || record.evaluations.contains_key(&report.member);
+        if record.model == Some(report.model) && room {
             record.evaluations.insert(report.member, report.metrics);
         }
     }
@@ -137,11 +143,13 @@ impl Member {
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
         let Ok(named) = self.named(&ready.members) else { return false };
         let me = self.me();
+        let mut listed = ready.members.clone();
+        listed.sort_unstable();
         let leaves_out_a_live_member =
-            self.live(now).iter().any(|m| m.id != me && !ready.members.contains(&m.id));
+            self.live(now).iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err());
         !leaves_out_a_live_member
             && self
-                .plan_over(ready.round, &named)
+                .plan_named(ready.round, named)
                 .is_some_and(|plan| plan.leader() == Some(*signer))
     }
 

@@ -108,7 +108,7 @@ pub struct Member {
     /// Models being fetched, with the round each is the result of.
     fetching: BTreeMap<ContentHash, Round>,
     /// The newest round plans, by round and the members planned over (sorted by key).
-    plans: VecDeque<(Round, Vec<MemberInfo>, Arc<RoundPlan>)>,
+    plans: VecDeque<(Round, Arc<[MemberInfo]>, Arc<RoundPlan>)>,
     /// The furthest round any member's heartbeat named.
     furthest_heard: Round,
     /// A join arrived while this member's own join was too recent to repeat: it goes out
@@ -296,45 +296,50 @@ impl Member {
         Cadence::for_members(self.state.members.len())
     }
 
-    /// The members heard from recently enough to be planned with.
-    fn live(&self, now: u64) -> Vec<MemberInfo> {
-        self.state.members.live(now, self.cadence().liveness_ms())
+    /// The members heard from recently enough to be planned with, sorted by key.
+    fn live(&mut self, now: u64) -> Arc<[MemberInfo]> {
+        self.state.members.live(now)
     }
 
     fn is_live(&self, member: &MemberId, now: u64) -> bool {
-        let liveness = self.cadence().liveness_ms();
-        self.state
-            .members
-            .all()
-            .any(|m| m.info.id == *member && now.saturating_sub(m.last_seen_ms) <= liveness)
+        self.state.members.is_live(member, now)
     }
 
-    /// The plan of `round` over `members`, as every member computes it (kept for reuse).
-    fn plan_over(&mut self, round: Round, members: &[MemberInfo]) -> Option<Arc<RoundPlan>> {
-        let mut key = members.to_vec();
-        key.sort_by_key(|m| m.id);
-        let kept = self.plans.iter().find(|(r, planned, _)| *r == round && *planned == key);
+    /// The plan of `round` over `members` (sorted by key), as every member computes it (kept for
+    /// reuse: the live members' view is shared, so asking again while it holds is one pointer
+    /// comparison).
+    fn plan_over(&mut self, round: Round, members: Arc<[MemberInfo]>) -> Option<Arc<RoundPlan>> {
+        let kept = self.plans.iter().find(|(r, planned, _)| {
+            *r == round && (Arc::ptr_eq(planned, &members) || **planned == *members)
+        });
         if let Some((_, _, plan)) = kept {
             return Some(plan.clone());
         }
         let selection = Selection::from_participation(&self.setup.spec.participation);
-        let plan = RoundPlan::compute(&self.setup.tag, &self.setup.job, round, &key, &selection);
+        let plan =
+            RoundPlan::compute(&self.setup.tag, &self.setup.job, round, &members, &selection);
         let plan = Arc::new(plan.ok()?);
         if self.plans.len() >= PLANS_KEPT {
             self.plans.pop_front();
         }
-        self.plans.push_back((round, key, plan.clone()));
+        self.plans.push_back((round, members, plan.clone()));
         Some(plan)
     }
 
-    /// The plan of `round` over the members live now, if there are enough of them.
-    fn live_plan(&mut self, round: Round, now: u64) -> Option<(Arc<RoundPlan>, Vec<MemberId>)> {
+    /// The plan of `round` over the members a message names.
+    fn plan_named(&mut self, round: Round, mut named: Vec<MemberInfo>) -> Option<Arc<RoundPlan>> {
+        named.sort_by_key(|m| m.id);
+        self.plan_over(round, named.into())
+    }
+
+    /// The plan of `round` over the members live now, if there are enough of them, with them.
+    fn live_plan(&mut self, round: Round, now: u64) -> Option<(Arc<RoundPlan>, Arc<[MemberInfo]>)> {
         let live = self.live(now);
         if live.len() < self.setup.spec.participation.min_participants as usize {
             return None;
         }
-        let plan = self.plan_over(round, &live)?;
-        Some((plan, live.into_iter().map(|m| m.id).collect()))
+        let plan = self.plan_over(round, live.clone())?;
+        Some((plan, live))
     }
 
     /// The aggregator this member's live plan elects for `round`.

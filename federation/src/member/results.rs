@@ -5,11 +5,13 @@
 use super::phase::Phase;
 use super::{Effect, Level, Member, Publish, Served};
 use crate::records::{RoundRecord, RunStatus};
-use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalMetrics, EvalReport};
-use fedmesh_topologies::election::rank;
+use fedmesh_topologies::election::{rank, score};
 use std::sync::Arc;
 
+/// About how many members of a large job report their evaluation of each round's model.
+pub(super) const EVAL_REPORTERS: usize = 32;
 /// How many members a member that missed a result asks for it.
 const MEMBERS_ASKED: usize = 3;
 /// How long a member that is behind waits before it asks for a result again.
@@ -169,12 +171,21 @@ impl Member {
         };
         record.evaluations.insert(me, metrics);
         self.persist_lazily();
-        if round == 0 || matches!(self.state.status, RunStatus::Left) {
+        if round == 0 || matches!(self.state.status, RunStatus::Left) || !self.reports(round) {
             return;
         }
         let report =
             EvalReport { job: self.setup.job, round, model, member: me, metrics, sent_at_ms: now };
         self.effects.push(Effect::Publish(Publish::Eval(report)));
+    }
+
+    /// Whether this member reports its evaluation of `round`'s model to the job: every member
+    /// of a small job does; in a larger one a seeded sample of about `EVAL_REPORTERS` members
+    /// (each in by its own rendezvous score, so choosing costs nothing and nobody can pick who),
+    /// since every member hears every report and a thousand members' reports each round were
+    /// most of a large job's gossip while a sample gives the same weighted metrics.
+    fn reports(&self, round: Round) -> bool {
+        reports_evaluation(&self.setup.job, round, &self.me(), self.state.members.len())
     }
 
     /// Past the deadline of a round it follows and does not lead, a member asks a few members
@@ -208,7 +219,7 @@ impl Member {
     fn ask_for_result(&mut self, round: Round, now: u64) {
         let me = self.me();
         let mut others: Vec<MemberId> =
-            self.live(now).into_iter().map(|m| m.id).filter(|m| *m != me).collect();
+            self.live(now).iter().map(|m| m.id).filter(|m| *m != me).collect();
         if others.is_empty() {
             others = self.state.members.all().map(|m| m.info.id).filter(|m| *m != me).collect();
         }
@@ -229,4 +240,18 @@ impl Member {
             self.effects.push(Effect::ServeResult { request, to, result });
         }
     }
+}
+
+/// Whether `member`, in a job of `members` members, is in the sample that reports its
+/// evaluation of `round`: its rendezvous score falls in the lowest `EVAL_REPORTERS / members`
+/// of the range (all of it in a job of at most `EVAL_REPORTERS` members).
+pub(super) fn reports_evaluation(
+    job: &JobId,
+    round: Round,
+    member: &MemberId,
+    members: usize,
+) -> bool {
+    let score = u128::from(score(job, round, "evaluation-report", member));
+    let range = u128::from(u64::MAX) + 1;
+    score * (members as u128) < range * (EVAL_REPORTERS as u128)
 }
