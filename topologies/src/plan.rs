@@ -151,10 +151,12 @@ impl RoundPlan {
         selection: &Selection,
     ) -> Result<Self, PlanError> {
         let members = sorted_unique(members);
+        let labels = labels_by_group(tag, &members);
+        let labelled = |m: &MemberInfo| labels.get(m.group.as_str()).is_some_and(Option::is_some);
         let trainer_tier = tag.trainers();
         let eligible: Vec<MemberId> = members
             .iter()
-            .filter(|m| m.accepts(&trainer_tier.role) && trainer_labels(tag, m).is_some())
+            .filter(|m| m.accepts(&trainer_tier.role) && labelled(m))
             .map(|m| m.id)
             .collect();
         let trainers = selection.select(job, round, &eligible);
@@ -170,7 +172,7 @@ impl RoundPlan {
             rings: Vec::new(),
             destinations: BTreeMap::new(),
         };
-        let mut pending = plan.bottom_inputs(tag, &by_id);
+        let mut pending = plan.bottom_inputs(tag, &by_id, &labels);
         let mut elected = BTreeSet::new();
         for (tier_index, tier) in tag.tiers.iter().enumerate().skip(1) {
             pending = plan.fill_tier(tier_index, tier, pending, &members, &mut elected)?;
@@ -184,12 +186,11 @@ impl RoundPlan {
         &mut self,
         tag: &Tag,
         by_id: &BTreeMap<MemberId, &MemberInfo>,
+        labels: &GroupLabels,
     ) -> Vec<(Input, String)> {
-        let labelled: Vec<(MemberId, (Option<String>, String))> = self
-            .trainers
-            .iter()
-            .filter_map(|id| Some((*id, trainer_labels(tag, by_id.get(id)?)?)))
-            .collect();
+        let labels_of = |id: &MemberId| labels.get(by_id.get(id)?.group.as_str())?.clone();
+        let labelled: Vec<(MemberId, (Option<String>, String))> =
+            self.trainers.iter().filter_map(|id| Some((*id, labels_of(id)?))).collect();
         if tag.ring.is_none() {
             return labelled.into_iter().map(|(id, (_, up))| (Input::Trainer(id), up)).collect();
         }
@@ -362,17 +363,32 @@ fn sorted_unique(members: &[MemberInfo]) -> Vec<&MemberInfo> {
     sorted
 }
 
+/// Each group's trainer labels (see [`trainer_labels`]), worked out once per group.
+type GroupLabels<'a> = BTreeMap<&'a str, Option<(Option<String>, String)>>;
+
+/// The trainer labels of every group among `members`: they depend on the group alone, and
+/// working them out for each of thousands of members was much of a plan's cost.
+fn labels_by_group<'a>(tag: &Tag, members: &[&'a MemberInfo]) -> GroupLabels<'a> {
+    let mut labels = GroupLabels::new();
+    for member in members {
+        if !labels.contains_key(member.group.as_str()) {
+            labels.insert(member.group.as_str(), trainer_labels(tag, &member.group));
+        }
+    }
+    labels
+}
+
 /// A trainer's label on the ring channel (if any) and on the channel up (its group when there is
 /// no tier above); none if the TAG serves neither for its group.
-fn trainer_labels(tag: &Tag, member: &MemberInfo) -> Option<(Option<String>, String)> {
+fn trainer_labels(tag: &Tag, group: &str) -> Option<(Option<String>, String)> {
     let tier = tag.trainers();
     let ring = match &tag.ring {
-        Some(channel) => Some(tier.label_for(channel, &member.group)?),
+        Some(channel) => Some(tier.label_for(channel, group)?),
         None => None,
     };
     let up = match &tier.up {
-        Some(channel) => tier.label_for(channel, &member.group)?,
-        None => ring.clone().unwrap_or_else(|| member.group.clone()),
+        Some(channel) => tier.label_for(channel, group)?,
+        None => ring.clone().unwrap_or_else(|| group.to_owned()),
     };
     Some((ring, up))
 }
