@@ -3,7 +3,7 @@
 //! or the first expiry changes it, so asking for it on every tick costs nothing).
 
 use crate::cadence::Cadence;
-use fedmesh_protocol::ids::MemberId;
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::Join;
 use fedmesh_topologies::MemberInfo;
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,23 @@ pub struct Member {
     pub info: MemberInfo,
     pub samples: u64,
     pub last_seen_ms: u64,
+    /// The round its last heartbeat said it is in (0 before one).
+    #[serde(default)]
+    pub round_heard: Round,
+    /// The newest global model it is known to hold, with the round that made it: where a model
+    /// is fetched first (kept here, beside what a heartbeat already looks up, rather than in a
+    /// set of holders per model that every heartbeat grew).
+    #[serde(default)]
+    pub holds: Option<(Round, ContentHash)>,
+}
+
+impl Member {
+    /// Notes that it holds `model`, made by `round`, unless it is known to hold a newer one.
+    fn hold(&mut self, round: Round, model: ContentHash) {
+        if self.holds.is_none_or(|(newest, _)| round >= newest) {
+            self.holds = Some((round, model));
+        }
+    }
 }
 
 /// Every member a node has heard join a job and not leave.
@@ -65,7 +82,14 @@ impl Membership {
         if !unchanged {
             self.live = None;
         }
-        let member = Member { info, samples: join.samples, last_seen_ms: now_ms };
+        let known = self.members.get(&join.member);
+        let member = Member {
+            info,
+            samples: join.samples,
+            last_seen_ms: now_ms,
+            round_heard: known.map_or(0, |m| m.round_heard),
+            holds: known.and_then(|m| m.holds),
+        };
         self.members.insert(join.member, member).is_none()
     }
 
@@ -78,13 +102,51 @@ impl Membership {
     /// Records a sign of life; says whether the member is known (a heartbeat from a member whose
     /// join was missed does not make it one: its group and roles are unknown).
     pub fn seen(&mut self, member: &MemberId, now_ms: u64) -> bool {
+        self.touch(member, now_ms).is_some()
+    }
+
+    /// Records a member's heartbeat: a sign of life, the round it is in and the model it holds
+    /// (the previous round's result); says whether the member is known.
+    pub fn heartbeat(
+        &mut self,
+        member: &MemberId,
+        round: Round,
+        model: ContentHash,
+        now_ms: u64,
+    ) -> bool {
+        let Some(known) = self.touch(member, now_ms) else { return false };
+        known.round_heard = round;
+        known.hold(round.saturating_sub(1), model);
+        true
+    }
+
+    /// A known member's sign of life, and the member for more of what it said.
+    fn touch(&mut self, member: &MemberId, now_ms: u64) -> Option<&mut Member> {
         let liveness = self.liveness_ms();
-        let Some(known) = self.members.get_mut(member) else { return false };
+        let known = self.members.get_mut(member)?;
         if now_ms.saturating_sub(known.last_seen_ms) > liveness {
             self.live = None; // silent until now: it comes back to life
         }
         known.last_seen_ms = known.last_seen_ms.max(now_ms);
-        true
+        Some(known)
+    }
+
+    /// Notes that a known member holds `model`, the result of `round`.
+    pub fn holds(&mut self, member: &MemberId, round: Round, model: ContentHash) {
+        if let Some(known) = self.members.get_mut(member) {
+            known.hold(round, model);
+        }
+    }
+
+    /// The members known to hold `model` as their newest model, by key.
+    pub fn holders_of(&self, model: &ContentHash) -> impl Iterator<Item = MemberId> {
+        let holds = |m: &&Member| m.holds.is_some_and(|(_, held)| held == *model);
+        self.members.values().filter(holds).map(|m| m.info.id)
+    }
+
+    /// The round a known member's last heartbeat said it is in.
+    pub fn round_heard(&self, member: &MemberId) -> Option<Round> {
+        self.members.get(member).map(|m| m.round_heard)
     }
 
     /// What a member declared when it joined.
@@ -142,7 +204,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedmesh_protocol::ids::{ContentHash, JobId};
+    use fedmesh_protocol::ids::JobId;
 
     fn join(member: u8) -> Join {
         Join {
@@ -191,5 +253,23 @@ mod tests {
         moved.group = "us".into();
         members.join(&moved, 12_600);
         assert_eq!(members.live(12_600)[2].group, "us", "a member's new declaration");
+    }
+
+    #[test]
+    fn a_member_holds_the_newest_model_it_was_heard_with() {
+        let (old, new) = (ContentHash::of(b"round 1"), ContentHash::of(b"round 2"));
+        let mut members = Membership::default();
+        members.join(&join(1), 0);
+        members.join(&join(2), 0);
+        assert!(members.heartbeat(&MemberId([1; 32]), 3, new, 100), "in round 3, holds round 2's");
+        members.holds(&MemberId([1; 32]), 1, old);
+        members.holds(&MemberId([2; 32]), 1, old);
+        members.holds(&MemberId([9; 32]), 1, old);
+        assert_eq!(members.holders_of(&new).collect::<Vec<_>>(), [MemberId([1; 32])]);
+        assert_eq!(members.holders_of(&old).collect::<Vec<_>>(), [MemberId([2; 32])]);
+        assert_eq!(members.round_heard(&MemberId([1; 32])), Some(3));
+        members.join(&join(1), 200);
+        assert_eq!(members.round_heard(&MemberId([1; 32])), Some(3), "a repeated join keeps it");
+        assert!(!members.heartbeat(&MemberId([9; 32]), 3, new, 100), "not a member");
     }
 }

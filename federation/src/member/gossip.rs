@@ -36,9 +36,10 @@ impl Member {
             Gossip::Heartbeat(beat) if beat.member == signer => {
                 // Only a member's word counts, and never for a round past the job's last one.
                 let last = self.setup.spec.hyperparameters.rounds + 1;
-                if beat.round <= last && self.state.members.seen(&beat.member, now) {
-                    self.record_holder(beat.model, beat.member);
-                    self.rounds_heard.insert(beat.member, beat.round);
+                let members = &mut self.state.members;
+                if beat.round <= last
+                    && members.heartbeat(&beat.member, beat.round, beat.model, now)
+                {
                     self.furthest_heard = self.furthest_heard.max(beat.round);
                     self.announce_again(beat.round, now);
                 }
@@ -82,7 +83,7 @@ impl Member {
         if !self.state.members.contains(&report.member) {
             return;
         }
-        self.record_holder(report.model, report.member);
+        self.record_holder(report.member, report.round, report.model);
         let Some(record) = self.rounds.get_mut(&report.round) else { return };
         // At most a bounded number kept per round: members outside the reporting sample (or
         // many at once) cannot grow every member's records without bound.
@@ -111,7 +112,7 @@ impl Member {
             return self.hold(signer, held);
         }
         let unknown = match &held {
-            Held::Open(open) => self.named(&open.members).err(),
+            Held::Open(open) => self.unknown_among(&open.members),
             Held::Result(_) => None,
         };
         if unknown.is_some() {
@@ -121,13 +122,19 @@ impl Member {
             Held::Open(open) => open.round,
             Held::Result(ready) => ready.round,
         };
+        if round <= self.state.completed_round {
+            return; // a round this member completed: nothing of it is followed or taken now
+        }
         let followed = self.phase.open().is_some_and(|o| o.round == round && o.opener == signer);
-        let elected = self.elected_leader(round, now) == Some(signer);
         let allowed = match &held {
-            Held::Open(_) => elected,
-            Held::Result(ready) => elected || followed || self.vouches_for(ready, &signer, now),
+            Held::Open(_) => self.elected_leader(round, now) == Some(signer),
+            Held::Result(ready) => {
+                followed
+                    || self.elected_leader(round, now) == Some(signer)
+                    || self.vouches_for(ready, &signer, now)
+            }
         };
-        if !allowed && round > self.state.completed_round {
+        if !allowed {
             // A join this member has not heard yet may make the signer the aggregator.
             self.log(Level::Info, round, format!("{signer} does not aggregate round {round} here"));
             return self.hold(signer, held);
@@ -141,16 +148,14 @@ impl Member {
     /// Whether a result comes from the aggregator of the plan over the members it names, and
     /// leaves out no member this member sees live but itself.
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
-        let Ok(named) = self.named(&ready.members) else { return false };
+        let Ok(named) = self.named(&ready.members, now) else { return false };
         let me = self.me();
         let mut listed = ready.members.clone();
         listed.sort_unstable();
         let leaves_out_a_live_member =
             self.live(now).iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err());
         !leaves_out_a_live_member
-            && self
-                .plan_named(ready.round, named)
-                .is_some_and(|plan| plan.leader() == Some(*signer))
+            && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
     }
 
     /// A member whose heartbeat says it is still in a round this member closed missed the

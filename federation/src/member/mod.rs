@@ -18,7 +18,7 @@ use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Heartbeat, Join, RoundOpen};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// How often the machine wants a tick while it waits for nothing in particular.
@@ -29,8 +29,6 @@ const JOIN_ECHO_MS: u64 = 500;
 const MAX_HELD: usize = 16;
 /// Most updates kept for a round whose opening has not arrived.
 const MAX_EARLY_UPDATES: usize = 64;
-/// How many models' holders are remembered (the newest).
-const MODELS_REMEMBERED: usize = 8;
 /// How many round plans are kept (the newest): a plan over a thousand members costs
 /// milliseconds, and one round's plan is asked for at every opening, result and deadline.
 const PLANS_KEPT: usize = 4;
@@ -99,12 +97,8 @@ pub struct Member {
     announced_ms: u64,
     /// The newest result taken from another member, with its signer, to pass on.
     taken: Option<(MemberId, AggregateReady)>,
-    /// The round each member's last heartbeat said it is in.
-    rounds_heard: BTreeMap<MemberId, Round>,
     /// When this member, behind the others, last asked for their newest result.
     caught_up_asked_ms: u64,
-    /// Who holds which of the newest models (oldest first).
-    holders: VecDeque<(ContentHash, BTreeSet<MemberId>)>,
     /// Models being fetched, with the round each is the result of.
     fetching: BTreeMap<ContentHash, Round>,
     /// The newest round plans, by round and the members planned over (sorted by key).
@@ -117,8 +111,9 @@ pub struct Member {
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
-    /// handled), or only the membership and evaluations (persisted at the next tick, so a join
-    /// burst in a large job costs one snapshot per member, not one per join).
+    /// handled), or only the membership and evaluations (persisted with the next heartbeat or
+    /// state change: a snapshot copies the whole membership, and a thousand-member job's
+    /// members each took one every few ticks).
     unsaved: Unsaved,
     effects: Vec<Effect>,
 }
@@ -178,9 +173,7 @@ impl Member {
             announced: snapshot.announced,
             announced_ms: 0,
             taken: None,
-            rounds_heard: BTreeMap::new(),
             caught_up_asked_ms: 0,
-            holders: VecDeque::new(),
             fetching: BTreeMap::new(),
             plans: VecDeque::new(),
             furthest_heard: 0,
@@ -326,12 +319,6 @@ impl Member {
         Some(plan)
     }
 
-    /// The plan of `round` over the members a message names.
-    fn plan_named(&mut self, round: Round, mut named: Vec<MemberInfo>) -> Option<Arc<RoundPlan>> {
-        named.sort_by_key(|m| m.id);
-        self.plan_over(round, named.into())
-    }
-
     /// The plan of `round` over the members live now, if there are enough of them, with them.
     fn live_plan(&mut self, round: Round, now: u64) -> Option<(Arc<RoundPlan>, Arc<[MemberInfo]>)> {
         let live = self.live(now);
@@ -348,24 +335,30 @@ impl Member {
     }
 
     /// The members a list names, as this member knows them; the first unknown one otherwise.
-    fn named(&self, members: &[MemberId]) -> Result<Vec<MemberInfo>, MemberId> {
-        members.iter().map(|id| self.state.members.info(id).ok_or(*id)).collect()
+    /// (Sorted by key: the live members' own view when the list names exactly them, as an
+    /// opening or a result made while every member agrees does, so nothing is copied.)
+    fn named(&mut self, members: &[MemberId], now: u64) -> Result<Arc<[MemberInfo]>, MemberId> {
+        if let Some(unknown) = self.unknown_among(members) {
+            return Err(unknown);
+        }
+        let mut ids = members.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let live = self.live(now);
+        if live.iter().map(|m| m.id).eq(ids.iter().copied()) {
+            return Ok(live);
+        }
+        Ok(ids.iter().filter_map(|id| self.state.members.info(id)).collect())
     }
 
-    fn record_holder(&mut self, model: ContentHash, member: MemberId) {
-        if let Some((_, holders)) = self.holders.iter_mut().find(|(hash, _)| *hash == model) {
-            holders.insert(member);
-            return;
-        }
-        if self.holders.len() >= MODELS_REMEMBERED {
-            self.holders.pop_front();
-        }
-        self.holders.push_back((model, BTreeSet::from([member])));
+    /// The first member of a list this member does not know.
+    fn unknown_among(&self, members: &[MemberId]) -> Option<MemberId> {
+        members.iter().find(|id| !self.state.members.contains(id)).copied()
     }
 
-    fn holders_of(&self, model: &ContentHash) -> BTreeSet<MemberId> {
-        let found = self.holders.iter().find(|(hash, _)| hash == model);
-        found.map(|(_, holders)| holders.clone()).unwrap_or_default()
+    /// Notes that `member` holds `model`, the result of `round`.
+    fn record_holder(&mut self, member: MemberId, round: Round, model: ContentHash) {
+        self.state.members.holds(&member, round, model);
     }
 
     /// The state changed: it is persisted before the event's other effects are carried out.
@@ -373,7 +366,7 @@ impl Member {
         self.unsaved = Unsaved::State;
     }
 
-    /// The membership or the evaluations changed: persisted at the next tick.
+    /// The membership or the evaluations changed: persisted with the next heartbeat.
     fn persist_lazily(&mut self) {
         self.unsaved = self.unsaved.max(Unsaved::Minor);
         if !self.is_active() {
@@ -411,11 +404,11 @@ impl Member {
         }
         let me = self.me();
         self.state.members.seen(&me, now);
-        if self.unsaved == Unsaved::Minor {
-            self.persist();
-        }
         let cadence = self.cadence();
         if now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms() {
+            if self.unsaved == Unsaved::Minor {
+                self.persist();
+            }
             self.last_heartbeat_ms = now;
             self.heartbeat_sequence += 1;
             let heartbeat = Heartbeat {

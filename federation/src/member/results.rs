@@ -62,7 +62,7 @@ impl Member {
         if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {
             self.last_update = None;
         }
-        self.record_holder(ready.model, signer);
+        self.record_holder(signer, ready.round, ready.model);
         let made_here = match &self.phase {
             Phase::Closing(closing) if closing.round == ready.round => Some(closing.params.clone()),
             _ => None,
@@ -82,13 +82,13 @@ impl Member {
     /// Asks for a model by hash: its known holders first (`announcer` among them), then any
     /// live member. A model already being fetched is not asked for twice.
     pub(super) fn fetch(&mut self, round: Round, model: ContentHash, announcer: MemberId) {
-        self.record_holder(model, announcer);
+        self.record_holder(announcer, round, model);
         if self.fetching.insert(model, round).is_some() {
             return;
         }
         let me = self.me();
         let mut from: Vec<MemberId> =
-            self.holders_of(&model).into_iter().filter(|m| *m != me).collect();
+            self.state.members.holders_of(&model).filter(|m| *m != me).collect();
         let ranked = rank(&self.setup.job, round, &format!("fetch/{me}"), &from);
         from = ranked;
         self.effects.push(Effect::Fetch { round, model, from });
@@ -224,7 +224,8 @@ impl Member {
             others = self.state.members.all().map(|m| m.info.id).filter(|m| *m != me).collect();
         }
         let mut from = rank(&self.setup.job, round, &format!("ask/{me}"), &others);
-        from.sort_by_key(|m| self.rounds_heard.get(m).is_none_or(|heard| *heard <= round));
+        let members = &self.state.members;
+        from.sort_by_key(|m| members.round_heard(m).is_none_or(|heard| heard <= round));
         from.truncate(MEMBERS_ASKED);
         if !from.is_empty() {
             self.effects.push(Effect::AskResult { round, from });

@@ -101,8 +101,8 @@ impl Member {
     /// A verified opening from the member that may send it: followed when its plan, over the
     /// members it names, is led by its opener.
     pub(super) fn on_open(&mut self, opener: MemberId, open: RoundOpen, now: u64) {
-        let Ok(named) = self.named(&open.members) else { return };
-        let Some(plan) = self.plan_named(open.round, named) else { return };
+        let Ok(named) = self.named(&open.members, now) else { return };
+        let Some(plan) = self.plan_over(open.round, named) else { return };
         if plan.leader() != Some(opener) {
             return self.log(Level::Warn, open.round, format!("an opening {opener} does not lead"));
         }
