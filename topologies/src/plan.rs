@@ -163,7 +163,6 @@ impl RoundPlan {
         if trainers.is_empty() {
             return Err(PlanError::NoTrainers { role: trainer_tier.role.clone() });
         }
-        let by_id: BTreeMap<MemberId, &MemberInfo> = members.iter().map(|m| (m.id, *m)).collect();
         let mut plan = Self {
             job: *job,
             round,
@@ -172,7 +171,7 @@ impl RoundPlan {
             rings: Vec::new(),
             destinations: BTreeMap::new(),
         };
-        let mut pending = plan.bottom_inputs(tag, &by_id, &labels);
+        let mut pending = plan.bottom_inputs(tag, &members, &labels);
         let mut elected = BTreeSet::new();
         for (tier_index, tier) in tag.tiers.iter().enumerate().skip(1) {
             pending = plan.fill_tier(tier_index, tier, pending, &members, &mut elected)?;
@@ -185,10 +184,13 @@ impl RoundPlan {
     fn bottom_inputs(
         &mut self,
         tag: &Tag,
-        by_id: &BTreeMap<MemberId, &MemberInfo>,
+        members: &[&MemberInfo],
         labels: &GroupLabels,
     ) -> Vec<(Input, String)> {
-        let labels_of = |id: &MemberId| labels.get(by_id.get(id)?.group.as_str())?.clone();
+        let labels_of = |id: &MemberId| {
+            let member = members[members.binary_search_by_key(id, |m| m.id).ok()?];
+            labels.get(member.group.as_str())?.clone()
+        };
         let labelled: Vec<(MemberId, (Option<String>, String))> =
             self.trainers.iter().filter_map(|id| Some((*id, labels_of(id)?))).collect();
         if tag.ring.is_none() {
@@ -230,10 +232,12 @@ impl RoundPlan {
             let labels = tier.labels_on(down);
             labels.len() > 1 || labels.contains(&ANY_GROUP)
         });
+        let candidates = Candidates::for_tier(tier, members);
         let mut next = Vec::new();
         for (label, inputs) in by_label {
             let id = SlotId { role: tier.role.clone(), label: label.clone() };
-            let ranking = elect(self, &id, tier, per_group, members, elected)?;
+            let eligible = candidates.for_slot(&label, per_group);
+            let ranking = elect(self, &id, tier, eligible, elected)?;
             let index = self.slots.len();
             for input in &inputs {
                 self.connect(*input, index);
@@ -410,26 +414,48 @@ fn up_label(tier: &Tier, label: &str, up: &str) -> String {
     }
 }
 
+/// The members that accept a tier's role, all of them and by group (sorted by key), sorted out
+/// once per tier rather than once per slot.
+struct Candidates {
+    accepting: Vec<MemberId>,
+    by_group: BTreeMap<String, Vec<MemberId>>,
+}
+
+impl Candidates {
+    fn for_tier(tier: &Tier, members: &[&MemberInfo]) -> Self {
+        let mut candidates = Self { accepting: Vec::new(), by_group: BTreeMap::new() };
+        for member in members.iter().filter(|m| m.accepts(&tier.role)) {
+            candidates.accepting.push(member.id);
+            match candidates.by_group.get_mut(&member.group) {
+                Some(group) => group.push(member.id),
+                None => {
+                    candidates.by_group.insert(member.group.clone(), vec![member.id]);
+                }
+            }
+        }
+        candidates
+    }
+
+    /// Who may aggregate the slot serving `label`: its group's members when the tier serves
+    /// groups apart and the group has any, else every member accepting the role.
+    fn for_slot(&self, label: &str, per_group: bool) -> &[MemberId] {
+        match self.by_group.get(label) {
+            Some(group) if per_group => group,
+            _ => &self.accepting,
+        }
+    }
+}
+
 /// Ranks the members eligible for a slot and moves the first one not already elected elsewhere
 /// this round to the front, so duties spread when members allow it.
 fn elect(
     plan: &RoundPlan,
     id: &SlotId,
     tier: &Tier,
-    per_group: bool,
-    members: &[&MemberInfo],
+    eligible: &[MemberId],
     elected: &mut BTreeSet<MemberId>,
 ) -> Result<Vec<MemberId>, PlanError> {
-    let accepting: Vec<&MemberInfo> =
-        members.iter().copied().filter(|m| m.accepts(&tier.role)).collect();
-    let in_group: Vec<MemberId> =
-        accepting.iter().filter(|m| m.group == id.label).map(|m| m.id).collect();
-    let eligible = if per_group && !in_group.is_empty() {
-        in_group
-    } else {
-        accepting.iter().map(|m| m.id).collect()
-    };
-    let mut ranking = rank(&plan.job, plan.round, &id.to_string(), &eligible);
+    let mut ranking = rank(&plan.job, plan.round, &id.to_string(), eligible);
     let Some(first_free) = ranking.iter().position(|m| !elected.contains(m)).or(
         // Everyone eligible already aggregates another slot: the top-ranked doubles up.
         if ranking.is_empty() { None } else { Some(0) },
