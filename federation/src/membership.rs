@@ -73,24 +73,33 @@ impl Membership {
 
     /// Records a join (again); says whether the member is new.
     pub fn join(&mut self, join: &Join, now_ms: u64) -> bool {
+        let liveness = self.liveness_ms();
+        if let Some(known) = self.members.get_mut(&join.member) {
+            // A repeated join (most joins in a large job) changes nothing but the times.
+            let same = known.info.group == join.group && known.info.roles == join.roles;
+            if !same || now_ms.saturating_sub(known.last_seen_ms) > liveness {
+                self.live = None;
+            }
+            if !same {
+                known.info.group.clone_from(&join.group);
+                known.info.roles.clone_from(&join.roles);
+            }
+            known.samples = join.samples;
+            known.last_seen_ms = now_ms;
+            return false;
+        }
+        self.live = None;
         let info =
             MemberInfo { id: join.member, group: join.group.clone(), roles: join.roles.clone() };
-        let unchanged = self
-            .members
-            .get(&join.member)
-            .is_some_and(|known| known.info == info && self.is_fresh(known.last_seen_ms, now_ms));
-        if !unchanged {
-            self.live = None;
-        }
-        let known = self.members.get(&join.member);
         let member = Member {
             info,
             samples: join.samples,
             last_seen_ms: now_ms,
-            round_heard: known.map_or(0, |m| m.round_heard),
-            holds: known.and_then(|m| m.holds),
+            round_heard: 0,
+            holds: None,
         };
-        self.members.insert(join.member, member).is_none()
+        self.members.insert(join.member, member);
+        true
     }
 
     /// Records a leave; says whether the member was known.

@@ -403,9 +403,11 @@ impl Member {
             return;
         }
         let me = self.me();
-        self.state.members.seen(&me, now);
         let cadence = self.cadence();
         if now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms() {
+            // Its own sign of life as others see it: it stays live here as long as there (every
+            // tick did it before, a lookup in the membership a thousand times a second).
+            self.state.members.seen(&me, now);
             if self.unsaved == Unsaved::Minor {
                 self.persist();
             }
