@@ -13,7 +13,9 @@ use std::sync::Arc;
 /// One member of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
-    pub info: MemberInfo,
+    /// Shared, so that a snapshot of the membership copies no labels.
+    #[serde(with = "shared")]
+    pub info: Arc<MemberInfo>,
     pub samples: u64,
     pub last_seen_ms: u64,
     /// The round its last heartbeat said it is in (0 before one).
@@ -81,16 +83,20 @@ impl Membership {
                 self.live = None;
             }
             if !same {
-                known.info.group.clone_from(&join.group);
-                known.info.roles.clone_from(&join.roles);
+                let info = Arc::make_mut(&mut known.info);
+                info.group.clone_from(&join.group);
+                info.roles.clone_from(&join.roles);
             }
             known.samples = join.samples;
             known.last_seen_ms = now_ms;
             return false;
         }
         self.live = None;
-        let info =
-            MemberInfo { id: join.member, group: join.group.clone(), roles: join.roles.clone() };
+        let info = Arc::new(MemberInfo {
+            id: join.member,
+            group: join.group.clone(),
+            roles: join.roles.clone(),
+        });
         let member = Member {
             info,
             samples: join.samples,
@@ -160,7 +166,7 @@ impl Membership {
 
     /// What a member declared when it joined.
     pub fn info(&self, member: &MemberId) -> Option<MemberInfo> {
-        self.members.get(member).map(|m| m.info.clone())
+        self.members.get(member).map(|m| MemberInfo::clone(&m.info))
     }
 
     /// How many members there are.
@@ -200,13 +206,28 @@ impl Membership {
             self.members.values().filter(|m| self.is_fresh(m.last_seen_ms, now_ms)).collect();
         let first_expiry = live.iter().map(|m| m.last_seen_ms.saturating_add(liveness)).min();
         LiveView {
-            members: live.into_iter().map(|m| m.info.clone()).collect(),
+            members: live.into_iter().map(|m| MemberInfo::clone(&m.info)).collect(),
             valid_until_ms: first_expiry.unwrap_or(u64::MAX),
         }
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Member> {
         self.members.values()
+    }
+}
+
+/// A shared declaration, persisted as the declaration itself.
+mod shared {
+    use fedmesh_topologies::MemberInfo;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(info: &Arc<MemberInfo>, to: S) -> Result<S::Ok, S::Error> {
+        info.as_ref().serialize(to)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<Arc<MemberInfo>, D::Error> {
+        MemberInfo::deserialize(from).map(Arc::new)
     }
 }
 
