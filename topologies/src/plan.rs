@@ -179,29 +179,33 @@ impl RoundPlan {
         Ok(plan)
     }
 
-    /// The trainers' inputs to the first aggregating tier, with their labels on the channel up:
+    /// The trainers' inputs to the first aggregating tier, by their labels on the channel up:
     /// one per trainer, or one per ring.
     fn bottom_inputs(
         &mut self,
         tag: &Tag,
         members: &[&MemberInfo],
         labels: &GroupLabels,
-    ) -> Vec<(Input, String)> {
+    ) -> Pending {
         let labels_of = |id: &MemberId| {
             let member = members[members.binary_search_by_key(id, |m| m.id).ok()?];
-            labels.get(member.group.as_str())?.clone()
+            labels.get(member.group.as_str())?.as_ref()
         };
-        let labelled: Vec<(MemberId, (Option<String>, String))> =
-            self.trainers.iter().filter_map(|id| Some((*id, labels_of(id)?))).collect();
+        let mut pending = Pending::new();
         if tag.ring.is_none() {
-            return labelled.into_iter().map(|(id, (_, up))| (Input::Trainer(id), up)).collect();
+            for id in &self.trainers {
+                if let Some((_, up)) = labels_of(id) {
+                    add_input(&mut pending, up, Input::Trainer(*id));
+                }
+            }
+            return pending;
         }
         let mut rings: BTreeMap<String, (Vec<MemberId>, String)> = BTreeMap::new();
-        for (id, (ring_label, up)) in labelled {
-            let label = ring_label.unwrap_or_default();
-            rings.entry(label).or_insert_with(|| (Vec::new(), up)).0.push(id);
+        for id in &self.trainers {
+            let Some((ring_label, up)) = labels_of(id) else { continue };
+            let label = ring_label.clone().unwrap_or_default();
+            rings.entry(label).or_insert_with(|| (Vec::new(), up.clone())).0.push(*id);
         }
-        let mut inputs = Vec::new();
         for (label, (ring_members, up)) in rings {
             let order = rank(&self.job, self.round, &format!("ring/{label}"), &ring_members);
             let index = self.rings.len();
@@ -209,9 +213,9 @@ impl RoundPlan {
                 self.destinations.insert(*member, Destination::Ring(index));
             }
             self.rings.push(Ring { label, order, parent: None });
-            inputs.push((Input::Ring(index), up));
+            add_input(&mut pending, &up, Input::Ring(index));
         }
-        inputs
+        pending
     }
 
     /// Creates the slots of one aggregating tier for the labels its inputs carry, elects their
@@ -220,20 +224,16 @@ impl RoundPlan {
         &mut self,
         tier_index: usize,
         tier: &Tier,
-        pending: Vec<(Input, String)>,
+        by_label: Pending,
         members: &[&MemberInfo],
         elected: &mut BTreeSet<MemberId>,
-    ) -> Result<Vec<(Input, String)>, PlanError> {
-        let mut by_label: BTreeMap<String, Vec<Input>> = BTreeMap::new();
-        for (input, label) in pending {
-            by_label.entry(label).or_default().push(input);
-        }
+    ) -> Result<Pending, PlanError> {
         let per_group = tier.down.as_ref().is_some_and(|down| {
             let labels = tier.labels_on(down);
             labels.len() > 1 || labels.contains(&ANY_GROUP)
         });
         let candidates = Candidates::for_tier(tier, members);
-        let mut next = Vec::new();
+        let mut next = Pending::new();
         for (label, inputs) in by_label {
             let id = SlotId { role: tier.role.clone(), label: label.clone() };
             let eligible = candidates.for_slot(&label, per_group);
@@ -244,8 +244,7 @@ impl RoundPlan {
             }
             self.slots.push(Slot { id, tier: tier_index, ranking, parent: None, inputs });
             if let Some(up) = &tier.up {
-                let up_label = up_label(tier, &label, up);
-                next.push((Input::Slot(index), up_label));
+                add_input(&mut next, &up_label(tier, &label, up), Input::Slot(index));
             }
         }
         Ok(next)
@@ -365,6 +364,20 @@ fn sorted_unique(members: &[MemberInfo]) -> Vec<&MemberInfo> {
     sorted.sort_by_key(|member| member.id);
     sorted.dedup_by(|a, b| a.id == b.id);
     sorted
+}
+
+/// A tier's inputs by the label they carry up, each label's in the order they were made.
+type Pending = BTreeMap<String, Vec<Input>>;
+
+/// Adds an input carrying `label` (the label is copied only the first time it is seen: a tier
+/// of thousands of trainers carries a handful of labels).
+fn add_input(pending: &mut Pending, label: &str, input: Input) {
+    match pending.get_mut(label) {
+        Some(inputs) => inputs.push(input),
+        None => {
+            pending.insert(label.to_owned(), vec![input]);
+        }
+    }
 }
 
 /// Each group's trainer labels (see [`trainer_labels`]), worked out once per group.
