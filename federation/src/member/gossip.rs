@@ -2,7 +2,7 @@
 //! heartbeats, evaluation reports, a stop, and who may open a round or announce its result,
 //! holding round messages its view of the membership cannot judge yet.
 
-use super::{Effect, Gossip, Held, JOIN_ECHO_MS, Level, MAX_HELD, Member};
+use super::{Effect, Gossip, Held, Level, MAX_HELD, Member};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
@@ -68,7 +68,7 @@ impl Member {
         }
         self.log(Level::Info, 0, format!("{} joined (group {})", join.member, join.group));
         self.persist_lazily();
-        if now.saturating_sub(self.last_join_ms) > JOIN_ECHO_MS {
+        if now.saturating_sub(self.last_join_ms) > self.cadence().join_echo_ms() {
             self.publish_join(now);
         } else {
             self.echo_due = true;

@@ -23,8 +23,6 @@ use std::sync::Arc;
 
 /// How often the machine wants a tick while it waits for nothing in particular.
 const IDLE_WAKE_MS: u64 = 200;
-/// How long after a peer's join this member answers with its own (a newcomer learns of it).
-const JOIN_ECHO_MS: u64 = 500;
 /// Most round messages held until the next join.
 const MAX_HELD: usize = 16;
 /// Most updates kept for a round whose opening has not arrived.
@@ -106,7 +104,7 @@ pub struct Member {
     /// The furthest round any member's heartbeat named.
     furthest_heard: Round,
     /// A join arrived while this member's own join was too recent to repeat: it goes out
-    /// again once `JOIN_ECHO_MS` passed, so every newcomer hears of every member.
+    /// again once the cadence's echo interval passed, so every newcomer hears of every member.
     echo_due: bool,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
@@ -424,7 +422,8 @@ impl Member {
             self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
         }
         let since_join = now.saturating_sub(self.last_join_ms);
-        if since_join >= cadence.rejoin_ms() || (self.echo_due && since_join >= JOIN_ECHO_MS) {
+        let echo = self.echo_due && since_join >= cadence.join_echo_ms();
+        if since_join >= cadence.rejoin_ms() || echo {
             self.publish_join(now);
         }
         self.tick_round(now);
