@@ -7,6 +7,10 @@
 const JOB_HEARTBEATS_PER_SEC: u64 = 10;
 /// The heartbeat interval of a small job.
 const MIN_HEARTBEAT_MS: u64 = 1_000;
+/// The shortest wait before a member answers newcomers' joins with its own again.
+const MIN_JOIN_ECHO_MS: u64 = 500;
+/// How many join echoes fit in a heartbeat interval, at most.
+const JOIN_ECHOES_PER_HEARTBEAT: u64 = 10;
 /// How many heartbeat intervals apart a member repeats its join.
 const HEARTBEATS_PER_JOIN: u64 = 5;
 /// How long a silent member still counts as live in a small job.
@@ -38,6 +42,15 @@ impl Cadence {
         HEARTBEATS_PER_JOIN * self.heartbeat_ms
     }
 
+    /// How long after its last join a member answers a newcomer's join with its own again.
+    /// In a join burst every member repeats its join once per such wait, to every member: at
+    /// half a second, a thousand members joining within a second sent three or four joins
+    /// each. A newcomer opens no round for two heartbeat intervals, so a tenth of one costs
+    /// nothing.
+    pub fn join_echo_ms(self) -> u64 {
+        (self.heartbeat_ms / JOIN_ECHOES_PER_HEARTBEAT).max(MIN_JOIN_ECHO_MS)
+    }
+
     /// How long a member not heard from is still planned with (self-organized rounds).
     pub fn liveness_ms(self) -> u64 {
         (HEARTBEATS_TO_LOSE * self.heartbeat_ms).max(MIN_LIVENESS_MS)
@@ -63,6 +76,7 @@ mod tests {
                 (cadence.rejoin_ms(), cadence.liveness_ms(), cadence.lost_ms()),
                 (5_000, 10_000, 4_000)
             );
+            assert_eq!(cadence.join_echo_ms(), 500);
         }
         let large = Cadence::for_members(50);
         assert_eq!(large.heartbeat_ms(), 5_000, "50 members at 10 heartbeats a second");
@@ -74,5 +88,13 @@ mod tests {
             large.liveness_ms() >= 3 * large.heartbeat_ms(),
             "two lost heartbeats are not silence"
         );
+    }
+
+    #[test]
+    fn joins_are_echoed_a_tenth_of_a_heartbeat_interval_apart_in_large_jobs() {
+        assert_eq!(Cadence::for_members(50).join_echo_ms(), 500);
+        assert_eq!(Cadence::for_members(1_000).join_echo_ms(), 10_000);
+        let large = Cadence::for_members(10_000);
+        assert!(2 * large.heartbeat_ms() > large.join_echo_ms(), "echoed before a newcomer opens");
     }
 }

@@ -36,13 +36,19 @@ impl Trace {
     pub fn record(&mut self, now_ms: u64, member: Index, event: &Event) {
         let print = fingerprint(event);
         self.events += 1;
-        self.hasher.update(&now_ms.to_le_bytes());
-        self.hasher.update(&(member as u64).to_le_bytes());
-        self.hasher.update(&[print.kind]);
-        self.hasher.update(&print.round.to_le_bytes());
+        // The same bytes as before, laid out first and hashed in one call (one call per field
+        // was a measurable share of a run of millions of events).
+        let mut bytes = [0u8; 8 + 8 + 1 + 8 + 2 * 32];
+        bytes[..8].copy_from_slice(&now_ms.to_le_bytes());
+        bytes[8..16].copy_from_slice(&(member as u64).to_le_bytes());
+        bytes[16] = print.kind;
+        bytes[17..25].copy_from_slice(&print.round.to_le_bytes());
+        let mut end = 25;
         for hash in print.hashes.iter().flatten() {
-            self.hasher.update(hash);
+            bytes[end..end + 32].copy_from_slice(hash);
+            end += 32;
         }
+        self.hasher.update(&bytes[..end]);
     }
 
     /// How many events were recorded.

@@ -151,17 +151,18 @@ impl RoundPlan {
         selection: &Selection,
     ) -> Result<Self, PlanError> {
         let members = sorted_unique(members);
+        let labels = labels_by_group(tag, &members);
+        let labelled = |m: &MemberInfo| labels.get(m.group.as_str()).is_some_and(Option::is_some);
         let trainer_tier = tag.trainers();
         let eligible: Vec<MemberId> = members
             .iter()
-            .filter(|m| m.accepts(&trainer_tier.role) && trainer_labels(tag, m).is_some())
+            .filter(|m| m.accepts(&trainer_tier.role) && labelled(m))
             .map(|m| m.id)
             .collect();
         let trainers = selection.select(job, round, &eligible);
         if trainers.is_empty() {
             return Err(PlanError::NoTrainers { role: trainer_tier.role.clone() });
         }
-        let by_id: BTreeMap<MemberId, &MemberInfo> = members.iter().map(|m| (m.id, m)).collect();
         let mut plan = Self {
             job: *job,
             round,
@@ -170,7 +171,7 @@ impl RoundPlan {
             rings: Vec::new(),
             destinations: BTreeMap::new(),
         };
-        let mut pending = plan.bottom_inputs(tag, &by_id);
+        let mut pending = plan.bottom_inputs(tag, &members, &labels);
         let mut elected = BTreeSet::new();
         for (tier_index, tier) in tag.tiers.iter().enumerate().skip(1) {
             pending = plan.fill_tier(tier_index, tier, pending, &members, &mut elected)?;
@@ -178,27 +179,33 @@ impl RoundPlan {
         Ok(plan)
     }
 
-    /// The trainers' inputs to the first aggregating tier, with their labels on the channel up:
+    /// The trainers' inputs to the first aggregating tier, by their labels on the channel up:
     /// one per trainer, or one per ring.
     fn bottom_inputs(
         &mut self,
         tag: &Tag,
-        by_id: &BTreeMap<MemberId, &MemberInfo>,
-    ) -> Vec<(Input, String)> {
-        let labelled: Vec<(MemberId, (Option<String>, String))> = self
-            .trainers
-            .iter()
-            .filter_map(|id| Some((*id, trainer_labels(tag, by_id.get(id)?)?)))
-            .collect();
+        members: &[&MemberInfo],
+        labels: &GroupLabels,
+    ) -> Pending {
+        let labels_of = |id: &MemberId| {
+            let member = members[members.binary_search_by_key(id, |m| m.id).ok()?];
+            labels.get(member.group.as_str())?.as_ref()
+        };
+        let mut pending = Pending::new();
         if tag.ring.is_none() {
-            return labelled.into_iter().map(|(id, (_, up))| (Input::Trainer(id), up)).collect();
+            for id in &self.trainers {
+                if let Some((_, up)) = labels_of(id) {
+                    add_input(&mut pending, up, Input::Trainer(*id));
+                }
+            }
+            return pending;
         }
         let mut rings: BTreeMap<String, (Vec<MemberId>, String)> = BTreeMap::new();
-        for (id, (ring_label, up)) in labelled {
-            let label = ring_label.unwrap_or_default();
-            rings.entry(label).or_insert_with(|| (Vec::new(), up)).0.push(id);
+        for id in &self.trainers {
+            let Some((ring_label, up)) = labels_of(id) else { continue };
+            let label = ring_label.clone().unwrap_or_default();
+            rings.entry(label).or_insert_with(|| (Vec::new(), up.clone())).0.push(*id);
         }
-        let mut inputs = Vec::new();
         for (label, (ring_members, up)) in rings {
             let order = rank(&self.job, self.round, &format!("ring/{label}"), &ring_members);
             let index = self.rings.len();
@@ -206,9 +213,9 @@ impl RoundPlan {
                 self.destinations.insert(*member, Destination::Ring(index));
             }
             self.rings.push(Ring { label, order, parent: None });
-            inputs.push((Input::Ring(index), up));
+            add_input(&mut pending, &up, Input::Ring(index));
         }
-        inputs
+        pending
     }
 
     /// Creates the slots of one aggregating tier for the labels its inputs carry, elects their
@@ -217,30 +224,27 @@ impl RoundPlan {
         &mut self,
         tier_index: usize,
         tier: &Tier,
-        pending: Vec<(Input, String)>,
-        members: &[MemberInfo],
+        by_label: Pending,
+        members: &[&MemberInfo],
         elected: &mut BTreeSet<MemberId>,
-    ) -> Result<Vec<(Input, String)>, PlanError> {
-        let mut by_label: BTreeMap<String, Vec<Input>> = BTreeMap::new();
-        for (input, label) in pending {
-            by_label.entry(label).or_default().push(input);
-        }
+    ) -> Result<Pending, PlanError> {
         let per_group = tier.down.as_ref().is_some_and(|down| {
             let labels = tier.labels_on(down);
             labels.len() > 1 || labels.contains(&ANY_GROUP)
         });
-        let mut next = Vec::new();
+        let candidates = Candidates::for_tier(tier, members);
+        let mut next = Pending::new();
         for (label, inputs) in by_label {
             let id = SlotId { role: tier.role.clone(), label: label.clone() };
-            let ranking = elect(self, &id, tier, per_group, members, elected)?;
+            let eligible = candidates.for_slot(&label, per_group);
+            let ranking = elect(self, &id, tier, eligible, elected)?;
             let index = self.slots.len();
             for input in &inputs {
                 self.connect(*input, index);
             }
             self.slots.push(Slot { id, tier: tier_index, ranking, parent: None, inputs });
             if let Some(up) = &tier.up {
-                let up_label = up_label(tier, &label, up);
-                next.push((Input::Slot(index), up_label));
+                add_input(&mut next, &up_label(tier, &label, up), Input::Slot(index));
             }
         }
         Ok(next)
@@ -353,24 +357,55 @@ impl RoundPlan {
     }
 }
 
-fn sorted_unique(members: &[MemberInfo]) -> Vec<MemberInfo> {
-    let mut sorted = members.to_vec();
+/// The members sorted by key, each once (borrowed: a plan over thousands of members is asked
+/// for every round by every member, and copying their labels was much of its cost).
+fn sorted_unique(members: &[MemberInfo]) -> Vec<&MemberInfo> {
+    let mut sorted: Vec<&MemberInfo> = members.iter().collect();
     sorted.sort_by_key(|member| member.id);
     sorted.dedup_by(|a, b| a.id == b.id);
     sorted
 }
 
+/// A tier's inputs by the label they carry up, each label's in the order they were made.
+type Pending = BTreeMap<String, Vec<Input>>;
+
+/// Adds an input carrying `label` (the label is copied only the first time it is seen: a tier
+/// of thousands of trainers carries a handful of labels).
+fn add_input(pending: &mut Pending, label: &str, input: Input) {
+    match pending.get_mut(label) {
+        Some(inputs) => inputs.push(input),
+        None => {
+            pending.insert(label.to_owned(), vec![input]);
+        }
+    }
+}
+
+/// Each group's trainer labels (see [`trainer_labels`]), worked out once per group.
+type GroupLabels<'a> = BTreeMap<&'a str, Option<(Option<String>, String)>>;
+
+/// The trainer labels of every group among `members`: they depend on the group alone, and
+/// working them out for each of thousands of members was much of a plan's cost.
+fn labels_by_group<'a>(tag: &Tag, members: &[&'a MemberInfo]) -> GroupLabels<'a> {
+    let mut labels = GroupLabels::new();
+    for member in members {
+        if !labels.contains_key(member.group.as_str()) {
+            labels.insert(member.group.as_str(), trainer_labels(tag, &member.group));
+        }
+    }
+    labels
+}
+
 /// A trainer's label on the ring channel (if any) and on the channel up (its group when there is
 /// no tier above); none if the TAG serves neither for its group.
-fn trainer_labels(tag: &Tag, member: &MemberInfo) -> Option<(Option<String>, String)> {
+fn trainer_labels(tag: &Tag, group: &str) -> Option<(Option<String>, String)> {
     let tier = tag.trainers();
     let ring = match &tag.ring {
-        Some(channel) => Some(tier.label_for(channel, &member.group)?),
+        Some(channel) => Some(tier.label_for(channel, group)?),
         None => None,
     };
     let up = match &tier.up {
-        Some(channel) => tier.label_for(channel, &member.group)?,
-        None => ring.clone().unwrap_or_else(|| member.group.clone()),
+        Some(channel) => tier.label_for(channel, group)?,
+        None => ring.clone().unwrap_or_else(|| group.to_owned()),
     };
     Some((ring, up))
 }
@@ -392,25 +427,48 @@ fn up_label(tier: &Tier, label: &str, up: &str) -> String {
     }
 }
 
+/// The members that accept a tier's role, all of them and by group (sorted by key), sorted out
+/// once per tier rather than once per slot.
+struct Candidates {
+    accepting: Vec<MemberId>,
+    by_group: BTreeMap<String, Vec<MemberId>>,
+}
+
+impl Candidates {
+    fn for_tier(tier: &Tier, members: &[&MemberInfo]) -> Self {
+        let mut candidates = Self { accepting: Vec::new(), by_group: BTreeMap::new() };
+        for member in members.iter().filter(|m| m.accepts(&tier.role)) {
+            candidates.accepting.push(member.id);
+            match candidates.by_group.get_mut(&member.group) {
+                Some(group) => group.push(member.id),
+                None => {
+                    candidates.by_group.insert(member.group.clone(), vec![member.id]);
+                }
+            }
+        }
+        candidates
+    }
+
+    /// Who may aggregate the slot serving `label`: its group's members when the tier serves
+    /// groups apart and the group has any, else every member accepting the role.
+    fn for_slot(&self, label: &str, per_group: bool) -> &[MemberId] {
+        match self.by_group.get(label) {
+            Some(group) if per_group => group,
+            _ => &self.accepting,
+        }
+    }
+}
+
 /// Ranks the members eligible for a slot and moves the first one not already elected elsewhere
 /// this round to the front, so duties spread when members allow it.
 fn elect(
     plan: &RoundPlan,
     id: &SlotId,
     tier: &Tier,
-    per_group: bool,
-    members: &[MemberInfo],
+    eligible: &[MemberId],
     elected: &mut BTreeSet<MemberId>,
 ) -> Result<Vec<MemberId>, PlanError> {
-    let accepting: Vec<&MemberInfo> = members.iter().filter(|m| m.accepts(&tier.role)).collect();
-    let in_group: Vec<MemberId> =
-        accepting.iter().filter(|m| m.group == id.label).map(|m| m.id).collect();
-    let eligible = if per_group && !in_group.is_empty() {
-        in_group
-    } else {
-        accepting.iter().map(|m| m.id).collect()
-    };
-    let mut ranking = rank(&plan.job, plan.round, &id.to_string(), &eligible);
+    let mut ranking = rank(&plan.job, plan.round, &id.to_string(), eligible);
     let Some(first_free) = ranking.iter().position(|m| !elected.contains(m)).or(
         // Everyone eligible already aggregates another slot: the top-ranked doubles up.
         if ranking.is_empty() { None } else { Some(0) },

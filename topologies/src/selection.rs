@@ -34,9 +34,14 @@ impl Selection {
             Self::Sample { fraction, max } => {
                 let wanted = fraction_of(*fraction, eligible.len());
                 let wanted = wanted.clamp(1, eligible.len().max(1)).min(max.unwrap_or(usize::MAX));
-                let mut ranked = rank(job, round, "selection", eligible);
-                ranked.truncate(wanted);
-                ranked
+                if wanted >= eligible.len() {
+                    // Everyone is chosen: the ranking would only be sorted away below.
+                    eligible.to_vec()
+                } else {
+                    let mut ranked = rank(job, round, "selection", eligible);
+                    ranked.truncate(wanted);
+                    ranked
+                }
             }
             Self::Explicit(named) => {
                 named.iter().filter(|member| eligible.contains(member)).copied().collect()

@@ -2,11 +2,13 @@
 //! heartbeats, evaluation reports, a stop, and who may open a round or announce its result,
 //! holding round messages its view of the membership cannot judge yet.
 
-use super::{Effect, Gossip, Held, JOIN_ECHO_MS, Level, MAX_HELD, Member};
+use super::{Effect, Gossip, Held, Level, MAX_HELD, Member};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
 
+/// How many members' evaluations of a round a member keeps: four times the reporting sample.
+const MAX_EVALUATIONS: usize = 4 * super::results::EVAL_REPORTERS;
 /// How long after announcing a round's result it may go out again for a member that missed it.
 const ANNOUNCE_AGAIN_MS: u64 = 5_000;
 
@@ -34,9 +36,10 @@ impl Member {
             Gossip::Heartbeat(beat) if beat.member == signer => {
                 // Only a member's word counts, and never for a round past the job's last one.
                 let last = self.setup.spec.hyperparameters.rounds + 1;
-                if beat.round <= last && self.state.members.seen(&beat.member, now) {
-                    self.record_holder(beat.model, beat.member);
-                    self.rounds_heard.insert(beat.member, beat.round);
+                let members = &mut self.state.members;
+                if beat.round <= last
+                    && members.heartbeat(&beat.member, beat.round, beat.model, now)
+                {
                     self.furthest_heard = self.furthest_heard.max(beat.round);
                     self.announce_again(beat.round, now);
                 }
@@ -65,7 +68,7 @@ impl Member {
         }
         self.log(Level::Info, 0, format!("{} joined (group {})", join.member, join.group));
         self.persist_lazily();
-        if now.saturating_sub(self.last_join_ms) > JOIN_ECHO_MS {
+        if now.saturating_sub(self.last_join_ms) > self.cadence().join_echo_ms() {
             self.publish_join(now);
         } else {
             self.echo_due = true;
@@ -80,9 +83,13 @@ impl Member {
         if !self.state.members.contains(&report.member) {
             return;
         }
-        self.record_holder(report.model, report.member);
+        self.record_holder(report.member, report.round, report.model);
         let Some(record) = self.rounds.get_mut(&report.round) else { return };
-        if record.model == Some(report.model) {
+        // At most a bounded number kept per round: members outside the reporting sample (or
+        // many at once) cannot grow every member's records without bound.
+        let room = record.evaluations.len() < MAX_EVALUATIONS
+            || record.evaluations.contains_key(&report.member);
+        if record.model == Some(report.model) && room {
             record.evaluations.insert(report.member, report.metrics);
         }
     }
@@ -105,7 +112,7 @@ impl Member {
             return self.hold(signer, held);
         }
         let unknown = match &held {
-            Held::Open(open) => self.named(&open.members).err(),
+            Held::Open(open) => self.unknown_among(&open.members),
             Held::Result(_) => None,
         };
         if unknown.is_some() {
@@ -115,13 +122,19 @@ impl Member {
             Held::Open(open) => open.round,
             Held::Result(ready) => ready.round,
         };
+        if round <= self.state.completed_round {
+            return; // a round this member completed: nothing of it is followed or taken now
+        }
         let followed = self.phase.open().is_some_and(|o| o.round == round && o.opener == signer);
-        let elected = self.elected_leader(round, now) == Some(signer);
         let allowed = match &held {
-            Held::Open(_) => elected,
-            Held::Result(ready) => elected || followed || self.vouches_for(ready, &signer, now),
+            Held::Open(_) => self.elected_leader(round, now) == Some(signer),
+            Held::Result(ready) => {
+                followed
+                    || self.elected_leader(round, now) == Some(signer)
+                    || self.vouches_for(ready, &signer, now)
+            }
         };
-        if !allowed && round > self.state.completed_round {
+        if !allowed {
             // A join this member has not heard yet may make the signer the aggregator.
             self.log(Level::Info, round, format!("{signer} does not aggregate round {round} here"));
             return self.hold(signer, held);
@@ -135,14 +148,14 @@ impl Member {
     /// Whether a result comes from the aggregator of the plan over the members it names, and
     /// leaves out no member this member sees live but itself.
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
-        let Ok(named) = self.named(&ready.members) else { return false };
+        let Ok(named) = self.named(&ready.members, now) else { return false };
         let me = self.me();
+        let mut listed = ready.members.clone();
+        listed.sort_unstable();
         let leaves_out_a_live_member =
-            self.live(now).iter().any(|m| m.id != me && !ready.members.contains(&m.id));
+            self.live(now).iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err());
         !leaves_out_a_live_member
-            && self
-                .plan_over(ready.round, &named)
-                .is_some_and(|plan| plan.leader() == Some(*signer))
+            && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
     }
 
     /// A member whose heartbeat says it is still in a round this member closed missed the

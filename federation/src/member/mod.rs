@@ -18,19 +18,15 @@ use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Heartbeat, Join, RoundOpen};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// How often the machine wants a tick while it waits for nothing in particular.
 const IDLE_WAKE_MS: u64 = 200;
-/// How long after a peer's join this member answers with its own (a newcomer learns of it).
-const JOIN_ECHO_MS: u64 = 500;
 /// Most round messages held until the next join.
 const MAX_HELD: usize = 16;
 /// Most updates kept for a round whose opening has not arrived.
 const MAX_EARLY_UPDATES: usize = 64;
-/// How many models' holders are remembered (the newest).
-const MODELS_REMEMBERED: usize = 8;
 /// How many round plans are kept (the newest): a plan over a thousand members costs
 /// milliseconds, and one round's plan is asked for at every opening, result and deadline.
 const PLANS_KEPT: usize = 4;
@@ -99,26 +95,23 @@ pub struct Member {
     announced_ms: u64,
     /// The newest result taken from another member, with its signer, to pass on.
     taken: Option<(MemberId, AggregateReady)>,
-    /// The round each member's last heartbeat said it is in.
-    rounds_heard: BTreeMap<MemberId, Round>,
     /// When this member, behind the others, last asked for their newest result.
     caught_up_asked_ms: u64,
-    /// Who holds which of the newest models (oldest first).
-    holders: VecDeque<(ContentHash, BTreeSet<MemberId>)>,
     /// Models being fetched, with the round each is the result of.
     fetching: BTreeMap<ContentHash, Round>,
     /// The newest round plans, by round and the members planned over (sorted by key).
-    plans: VecDeque<(Round, Vec<MemberInfo>, Arc<RoundPlan>)>,
+    plans: VecDeque<(Round, Arc<[MemberInfo]>, Arc<RoundPlan>)>,
     /// The furthest round any member's heartbeat named.
     furthest_heard: Round,
     /// A join arrived while this member's own join was too recent to repeat: it goes out
-    /// again once `JOIN_ECHO_MS` passed, so every newcomer hears of every member.
+    /// again once the cadence's echo interval passed, so every newcomer hears of every member.
     echo_due: bool,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
-    /// handled), or only the membership and evaluations (persisted at the next tick, so a join
-    /// burst in a large job costs one snapshot per member, not one per join).
+    /// handled), or only the membership and evaluations (persisted with the next heartbeat or
+    /// state change: a snapshot copies the whole membership, and a thousand-member job's
+    /// members each took one every few ticks).
     unsaved: Unsaved,
     effects: Vec<Effect>,
 }
@@ -178,9 +171,7 @@ impl Member {
             announced: snapshot.announced,
             announced_ms: 0,
             taken: None,
-            rounds_heard: BTreeMap::new(),
             caught_up_asked_ms: 0,
-            holders: VecDeque::new(),
             fetching: BTreeMap::new(),
             plans: VecDeque::new(),
             furthest_heard: 0,
@@ -296,45 +287,44 @@ impl Member {
         Cadence::for_members(self.state.members.len())
     }
 
-    /// The members heard from recently enough to be planned with.
-    fn live(&self, now: u64) -> Vec<MemberInfo> {
-        self.state.members.live(now, self.cadence().liveness_ms())
+    /// The members heard from recently enough to be planned with, sorted by key.
+    fn live(&mut self, now: u64) -> Arc<[MemberInfo]> {
+        self.state.members.live(now)
     }
 
     fn is_live(&self, member: &MemberId, now: u64) -> bool {
-        let liveness = self.cadence().liveness_ms();
-        self.state
-            .members
-            .all()
-            .any(|m| m.info.id == *member && now.saturating_sub(m.last_seen_ms) <= liveness)
+        self.state.members.is_live(member, now)
     }
 
-    /// The plan of `round` over `members`, as every member computes it (kept for reuse).
-    fn plan_over(&mut self, round: Round, members: &[MemberInfo]) -> Option<Arc<RoundPlan>> {
-        let mut key = members.to_vec();
-        key.sort_by_key(|m| m.id);
-        let kept = self.plans.iter().find(|(r, planned, _)| *r == round && *planned == key);
+    /// The plan of `round` over `members` (sorted by key), as every member computes it (kept for
+    /// reuse: the live members' view is shared, so asking again while it holds is one pointer
+    /// comparison).
+    fn plan_over(&mut self, round: Round, members: Arc<[MemberInfo]>) -> Option<Arc<RoundPlan>> {
+        let kept = self.plans.iter().find(|(r, planned, _)| {
+            *r == round && (Arc::ptr_eq(planned, &members) || **planned == *members)
+        });
         if let Some((_, _, plan)) = kept {
             return Some(plan.clone());
         }
         let selection = Selection::from_participation(&self.setup.spec.participation);
-        let plan = RoundPlan::compute(&self.setup.tag, &self.setup.job, round, &key, &selection);
+        let plan =
+            RoundPlan::compute(&self.setup.tag, &self.setup.job, round, &members, &selection);
         let plan = Arc::new(plan.ok()?);
         if self.plans.len() >= PLANS_KEPT {
             self.plans.pop_front();
         }
-        self.plans.push_back((round, key, plan.clone()));
+        self.plans.push_back((round, members, plan.clone()));
         Some(plan)
     }
 
-    /// The plan of `round` over the members live now, if there are enough of them.
-    fn live_plan(&mut self, round: Round, now: u64) -> Option<(Arc<RoundPlan>, Vec<MemberId>)> {
+    /// The plan of `round` over the members live now, if there are enough of them, with them.
+    fn live_plan(&mut self, round: Round, now: u64) -> Option<(Arc<RoundPlan>, Arc<[MemberInfo]>)> {
         let live = self.live(now);
         if live.len() < self.setup.spec.participation.min_participants as usize {
             return None;
         }
-        let plan = self.plan_over(round, &live)?;
-        Some((plan, live.into_iter().map(|m| m.id).collect()))
+        let plan = self.plan_over(round, live.clone())?;
+        Some((plan, live))
     }
 
     /// The aggregator this member's live plan elects for `round`.
@@ -343,24 +333,30 @@ impl Member {
     }
 
     /// The members a list names, as this member knows them; the first unknown one otherwise.
-    fn named(&self, members: &[MemberId]) -> Result<Vec<MemberInfo>, MemberId> {
-        members.iter().map(|id| self.state.members.info(id).ok_or(*id)).collect()
+    /// (Sorted by key: the live members' own view when the list names exactly them, as an
+    /// opening or a result made while every member agrees does, so nothing is copied.)
+    fn named(&mut self, members: &[MemberId], now: u64) -> Result<Arc<[MemberInfo]>, MemberId> {
+        if let Some(unknown) = self.unknown_among(members) {
+            return Err(unknown);
+        }
+        let mut ids = members.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let live = self.live(now);
+        if live.iter().map(|m| m.id).eq(ids.iter().copied()) {
+            return Ok(live);
+        }
+        Ok(ids.iter().filter_map(|id| self.state.members.info(id)).collect())
     }
 
-    fn record_holder(&mut self, model: ContentHash, member: MemberId) {
-        if let Some((_, holders)) = self.holders.iter_mut().find(|(hash, _)| *hash == model) {
-            holders.insert(member);
-            return;
-        }
-        if self.holders.len() >= MODELS_REMEMBERED {
-            self.holders.pop_front();
-        }
-        self.holders.push_back((model, BTreeSet::from([member])));
+    /// The first member of a list this member does not know.
+    fn unknown_among(&self, members: &[MemberId]) -> Option<MemberId> {
+        members.iter().find(|id| !self.state.members.contains(id)).copied()
     }
 
-    fn holders_of(&self, model: &ContentHash) -> BTreeSet<MemberId> {
-        let found = self.holders.iter().find(|(hash, _)| hash == model);
-        found.map(|(_, holders)| holders.clone()).unwrap_or_default()
+    /// Notes that `member` holds `model`, the result of `round`.
+    fn record_holder(&mut self, member: MemberId, round: Round, model: ContentHash) {
+        self.state.members.holds(&member, round, model);
     }
 
     /// The state changed: it is persisted before the event's other effects are carried out.
@@ -368,7 +364,7 @@ impl Member {
         self.unsaved = Unsaved::State;
     }
 
-    /// The membership or the evaluations changed: persisted at the next tick.
+    /// The membership or the evaluations changed: persisted with the next heartbeat.
     fn persist_lazily(&mut self) {
         self.unsaved = self.unsaved.max(Unsaved::Minor);
         if !self.is_active() {
@@ -405,12 +401,14 @@ impl Member {
             return;
         }
         let me = self.me();
-        self.state.members.seen(&me, now);
-        if self.unsaved == Unsaved::Minor {
-            self.persist();
-        }
         let cadence = self.cadence();
         if now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms() {
+            // Its own sign of life as others see it: it stays live here as long as there (every
+            // tick did it before, a lookup in the membership a thousand times a second).
+            self.state.members.seen(&me, now);
+            if self.unsaved == Unsaved::Minor {
+                self.persist();
+            }
             self.last_heartbeat_ms = now;
             self.heartbeat_sequence += 1;
             let heartbeat = Heartbeat {
@@ -424,7 +422,8 @@ impl Member {
             self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
         }
         let since_join = now.saturating_sub(self.last_join_ms);
-        if since_join >= cadence.rejoin_ms() || (self.echo_due && since_join >= JOIN_ECHO_MS) {
+        let echo = self.echo_due && since_join >= cadence.join_echo_ms();
+        if since_join >= cadence.rejoin_ms() || echo {
             self.publish_join(now);
         }
         self.tick_round(now);

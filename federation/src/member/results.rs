@@ -5,11 +5,13 @@
 use super::phase::Phase;
 use super::{Effect, Level, Member, Publish, Served};
 use crate::records::{RoundRecord, RunStatus};
-use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalMetrics, EvalReport};
-use fedmesh_topologies::election::rank;
+use fedmesh_topologies::election::{rank, score};
 use std::sync::Arc;
 
+/// About how many members of a large job report their evaluation of each round's model.
+pub(super) const EVAL_REPORTERS: usize = 32;
 /// How many members a member that missed a result asks for it.
 const MEMBERS_ASKED: usize = 3;
 /// How long a member that is behind waits before it asks for a result again.
@@ -60,7 +62,7 @@ impl Member {
         if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {
             self.last_update = None;
         }
-        self.record_holder(ready.model, signer);
+        self.record_holder(signer, ready.round, ready.model);
         let made_here = match &self.phase {
             Phase::Closing(closing) if closing.round == ready.round => Some(closing.params.clone()),
             _ => None,
@@ -80,13 +82,13 @@ impl Member {
     /// Asks for a model by hash: its known holders first (`announcer` among them), then any
     /// live member. A model already being fetched is not asked for twice.
     pub(super) fn fetch(&mut self, round: Round, model: ContentHash, announcer: MemberId) {
-        self.record_holder(model, announcer);
+        self.record_holder(announcer, round, model);
         if self.fetching.insert(model, round).is_some() {
             return;
         }
         let me = self.me();
         let mut from: Vec<MemberId> =
-            self.holders_of(&model).into_iter().filter(|m| *m != me).collect();
+            self.state.members.holders_of(&model).filter(|m| *m != me).collect();
         let ranked = rank(&self.setup.job, round, &format!("fetch/{me}"), &from);
         from = ranked;
         self.effects.push(Effect::Fetch { round, model, from });
@@ -169,12 +171,21 @@ impl Member {
         };
         record.evaluations.insert(me, metrics);
         self.persist_lazily();
-        if round == 0 || matches!(self.state.status, RunStatus::Left) {
+        if round == 0 || matches!(self.state.status, RunStatus::Left) || !self.reports(round) {
             return;
         }
         let report =
             EvalReport { job: self.setup.job, round, model, member: me, metrics, sent_at_ms: now };
         self.effects.push(Effect::Publish(Publish::Eval(report)));
+    }
+
+    /// Whether this member reports its evaluation of `round`'s model to the job: every member
+    /// of a small job does; in a larger one a seeded sample of about `EVAL_REPORTERS` members
+    /// (each in by its own rendezvous score, so choosing costs nothing and nobody can pick who),
+    /// since every member hears every report and a thousand members' reports each round were
+    /// most of a large job's gossip while a sample gives the same weighted metrics.
+    fn reports(&self, round: Round) -> bool {
+        reports_evaluation(&self.setup.job, round, &self.me(), self.state.members.len())
     }
 
     /// Past the deadline of a round it follows and does not lead, a member asks a few members
@@ -208,12 +219,13 @@ impl Member {
     fn ask_for_result(&mut self, round: Round, now: u64) {
         let me = self.me();
         let mut others: Vec<MemberId> =
-            self.live(now).into_iter().map(|m| m.id).filter(|m| *m != me).collect();
+            self.live(now).iter().map(|m| m.id).filter(|m| *m != me).collect();
         if others.is_empty() {
             others = self.state.members.all().map(|m| m.info.id).filter(|m| *m != me).collect();
         }
         let mut from = rank(&self.setup.job, round, &format!("ask/{me}"), &others);
-        from.sort_by_key(|m| self.rounds_heard.get(m).is_none_or(|heard| *heard <= round));
+        let members = &self.state.members;
+        from.sort_by_key(|m| members.round_heard(m).is_none_or(|heard| heard <= round));
         from.truncate(MEMBERS_ASKED);
         if !from.is_empty() {
             self.effects.push(Effect::AskResult { round, from });
@@ -229,4 +241,18 @@ impl Member {
             self.effects.push(Effect::ServeResult { request, to, result });
         }
     }
+}
+
+/// Whether `member`, in a job of `members` members, is in the sample that reports its
+/// evaluation of `round`: its rendezvous score falls in the lowest `EVAL_REPORTERS / members`
+/// of the range (all of it in a job of at most `EVAL_REPORTERS` members).
+pub(super) fn reports_evaluation(
+    job: &JobId,
+    round: Round,
+    member: &MemberId,
+    members: usize,
+) -> bool {
+    let score = u128::from(score(job, round, "evaluation-report", member));
+    let range = u128::from(u64::MAX) + 1;
+    score * (members as u128) < range * (EVAL_REPORTERS as u128)
 }

@@ -53,7 +53,8 @@ impl Member {
         if self.elected_leader(round, now) != Some(self.me()) {
             return;
         }
-        let Some((plan, members)) = self.live_plan(round, now) else { return };
+        let Some((plan, live)) = self.live_plan(round, now) else { return };
+        let members = live.iter().map(|m| m.id).collect();
         let required = self.setup.spec.quorum.required(plan.trainers.len());
         self.log(
             Level::Info,
@@ -100,8 +101,8 @@ impl Member {
     /// A verified opening from the member that may send it: followed when its plan, over the
     /// members it names, is led by its opener.
     pub(super) fn on_open(&mut self, opener: MemberId, open: RoundOpen, now: u64) {
-        let Ok(named) = self.named(&open.members) else { return };
-        let Some(plan) = self.plan_over(open.round, &named) else { return };
+        let Ok(named) = self.named(&open.members, now) else { return };
+        let Some(plan) = self.plan_over(open.round, named) else { return };
         if plan.leader() != Some(opener) {
             return self.log(Level::Warn, open.round, format!("an opening {opener} does not lead"));
         }
@@ -167,7 +168,7 @@ impl Member {
             }
         }
         self.finish_complete_slots(now);
-        if plan.trainers.contains(&self.me()) {
+        if plan.trainers.binary_search(&self.me()).is_ok() {
             self.take_part(opener, &open, now);
         }
     }
@@ -247,7 +248,7 @@ impl Member {
     pub(super) fn start_training(&mut self) {
         let Some(open) = self.phase.open() else { return };
         let (round, base) = (open.round, open.base);
-        if !open.plan.trainers.contains(&self.me())
+        if open.plan.trainers.binary_search(&self.me()).is_err()
             || self.state.model != base
             || self.trained == Some((round, base))
         {
@@ -496,9 +497,10 @@ impl Member {
         if has_top && received >= leading.required && received > 0 {
             return self.close_round(now);
         }
-        let Some((plan, members)) = self.live_plan(round, now) else {
+        let Some((plan, live)) = self.live_plan(round, now) else {
             return self.let_go(round, "too few live members");
         };
+        let members = live.iter().map(|m| m.id).collect();
         if plan.leader() != Some(self.me()) {
             return self.let_go(round, "this member no longer leads it");
         }

@@ -565,3 +565,20 @@ fn updates_for_the_wrong_round_or_base_are_refused_with_a_reason() {
     net.run(60_000);
     net.assert_agree();
 }
+
+#[test]
+fn every_member_of_a_small_job_reports_its_evaluation_and_a_sample_of_a_large_one_does() {
+    let job = JobId(ContentHash::of(b"eval sample"));
+    let ids = |n: u32| (0..n).map(|i| MemberId(ContentHash::of(&i.to_le_bytes()).0));
+    let reporting = |n: u32, round: Round| {
+        ids(n)
+            .filter(|m| results::reports_evaluation(&job, round, m, n as usize))
+            .collect::<BTreeSet<MemberId>>()
+    };
+    assert_eq!(reporting(results::EVAL_REPORTERS as u32, 3).len(), results::EVAL_REPORTERS);
+    for members in [1_000, 10_000] {
+        let sampled = reporting(members, 3).len();
+        assert!((16..=48).contains(&sampled), "{sampled} of {members} report, about 32");
+    }
+    assert_ne!(reporting(1_000, 3), reporting(1_000, 4), "the sample changes every round");
+}
