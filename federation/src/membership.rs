@@ -200,6 +200,15 @@ impl Membership {
         }
     }
 
+    /// The same members as `live`, for a reader that holds the membership shared: the kept view
+    /// when it still holds, else computed afresh and not kept.
+    pub fn live_at(&self, now_ms: u64) -> Arc<[MemberInfo]> {
+        match &self.live {
+            Some(view) if now_ms <= view.valid_until_ms => view.members.clone(),
+            _ => self.compute_live(now_ms).members,
+        }
+    }
+
     fn compute_live(&self, now_ms: u64) -> LiveView {
         let liveness = self.liveness_ms();
         let live: Vec<&Member> =

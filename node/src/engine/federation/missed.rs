@@ -61,9 +61,8 @@ impl Engine {
             return;
         }
         run.result_asked = Some(opening);
-        let live = run.state.members.live(now, run.cadence().liveness_ms());
-        let mut others: Vec<MemberId> =
-            live.into_iter().map(|m| m.id).filter(|m| *m != me).collect();
+        let live = run.state.members.live_at(now);
+        let mut others: Vec<MemberId> = live.iter().map(|m| m.id).filter(|m| *m != me).collect();
         others.shuffle(&mut rand::rng());
         // Those heard to be past the round hold its result: they go first.
         others.sort_by_key(|m| run.rounds_heard.get(m).is_none_or(|heard| *heard <= open.round));

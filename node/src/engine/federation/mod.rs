@@ -241,12 +241,12 @@ impl JobRun {
         round: Round,
         now_ms: u64,
     ) -> Option<(RoundPlan, Vec<MemberId>)> {
-        let live = self.state.members.live(now_ms, self.cadence().liveness_ms());
+        let live = self.state.members.live_at(now_ms);
         if live.len() < self.spec.participation.min_participants as usize {
             return None;
         }
         let plan = self.plan_over(round, &live)?;
-        Some((plan, live.into_iter().map(|m| m.id).collect()))
+        Some((plan, live.iter().map(|m| m.id).collect()))
     }
 
     fn plan_over(&self, round: Round, members: &[MemberInfo]) -> Option<RoundPlan> {
@@ -291,7 +291,7 @@ impl JobRun {
         let named: Option<Vec<MemberInfo>> =
             ready.members.iter().map(|id| self.state.members.info(id)).collect();
         let Some(named) = named else { return false };
-        let live = self.state.members.live(unix_millis(), self.cadence().liveness_ms());
+        let live = self.state.members.live_at(unix_millis());
         let leaves_out_a_live_member =
             live.iter().any(|m| m.id != *me && !ready.members.contains(&m.id));
         !leaves_out_a_live_member
@@ -561,8 +561,7 @@ impl Engine {
             return; // the coordinator assigns the round again
         }
         let (round, opener) = (open.round, open.opener);
-        let alive =
-            run.state.members.live(now, run.cadence().liveness_ms()).iter().any(|m| m.id == opener);
+        let alive = run.state.members.live_at(now).iter().any(|m| m.id == opener);
         let still_leads = run.is_elected(round, &opener, now);
         if !alive || !still_leads {
             tracing::warn!(job = %id, round, %opener, alive, "the round's leader went silent or no longer leads it; electing another");

@@ -75,8 +75,8 @@ impl Engine {
         self.holders.add(model, announcer);
         let me = self.identity.member_id();
         let mut members: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
-            let live = run.state.members.live(unix_millis(), run.cadence().liveness_ms());
-            live.into_iter().map(|m| m.id).collect()
+            let live = run.state.members.live_at(unix_millis());
+            live.iter().map(|m| m.id).collect()
         });
         members.push(announcer);
         let source = Sources { members, holders: self.holders.clone(), me };
