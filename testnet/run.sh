@@ -8,7 +8,7 @@
 #   testnet/run.sh --help        # every flag, at once (no build)
 #
 # The report (report.json, report.png) and each node's folder and log go to --out
-# (default ./testnet-out). The first build compiles RocksDB's C++: 20 to 40 minutes on 2 cores.
+# (default ./testnet-out). The first build compiles RocksDB's C++: 20 minutes to over an hour on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for arg in "$@"; do
