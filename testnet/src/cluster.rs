@@ -18,8 +18,8 @@ pub enum ClusterError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("node {name} did not come up within {seconds} s; its log is {log}")]
     NotUp { name: String, seconds: u64, log: String },
-    #[error("node {name} exited early ({status}); its log is {log}")]
-    Exited { name: String, status: String, log: String },
+    #[error("node {name} exited early ({status}); its log is {log}, which ends:\n{tail}")]
+    Exited { name: String, status: String, log: String, tail: String },
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
 }
@@ -269,8 +269,31 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Stops every node; when a test is failing, first prints the end of each node's log, which
+    /// goes with the test's temporary directory.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in self.nodes.iter().chain(self.coordinator.as_ref()) {
+                let log = node.dir.join("node.log");
+                eprintln!("---- the end of {}'s log ({})", node.name, log.display());
+                eprintln!("{}", log_tail(&log));
+            }
+        }
         self.stop_all();
+    }
+}
+
+/// How many of a node's last log lines a failure shows.
+const LOG_TAIL_LINES: usize = 40;
+
+/// The last lines of a log file (or why it cannot be read).
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        }
+        Err(error) => format!("(cannot read it: {error})"),
     }
 }
 
@@ -354,6 +377,7 @@ async fn wait_until_up(name: &str, dir: &Path, child: &mut Child) -> Result<Up, 
             return Err(ClusterError::Exited {
                 name: name.to_owned(),
                 status: status.to_string(),
+                tail: log_tail(&dir.join("node.log")),
                 log,
             });
         }
