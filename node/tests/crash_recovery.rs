@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    Job, assert_every_round_once, assert_same_model, completed_round, federation, print_log_tails,
+    Job, assert_every_round_once, assert_same_model, completed_round, federation,
     run_view, tail, wait_completed, wait_for,
 };
 use fedmesh_testnet::cluster::Cluster;
@@ -123,7 +123,6 @@ async fn wait_takes_part(cluster: &Cluster, node: usize, job: &str, round: u64, 
             return;
         }
         if Instant::now() > deadline {
-            print_log_tails(cluster, 40);
             panic!(
                 "trial {trial}: node{node} did not take part again within {RESUME_LIMIT:?}: {run:#?}"
             );

@@ -133,6 +133,10 @@ enum Internal {
         model: fedmesh_protocol::ids::ContentHash,
         result: Result<Vec<u8>, String>,
     },
+    /// A round's model was made and stored off the engine's task.
+    RoundModel { job: JobId, made: federation::RoundModel },
+    /// A model to adopt was read (or stored after a fetch) off the engine's task.
+    ModelLoad { job: JobId, load: federation::ModelLoad },
 }
 
 /// A cloneable handle the admin API uses to ask the engine.
@@ -414,8 +418,10 @@ impl Engine {
                 other => tracing::error!(?other, "not an update this node sends itself"),
             },
             Internal::ModelFetched { job, round, model, result } => {
-                self.on_model_fetched(job, round, model, result).await
+                self.on_model_fetched(job, round, model, result)
             }
+            Internal::RoundModel { job, made } => self.on_round_model(job, made).await,
+            Internal::ModelLoad { job, load } => self.on_model_load(job, load).await,
         }
     }
 

@@ -45,7 +45,7 @@ impl Engine {
                 Some(announcement) => (Response::Announcement(announcement.clone()), none()),
                 None => (Response::NotFound { hash: job.0 }, none()),
             },
-            Ok((Request::Blob { hash }, _)) => self.serve_blob(hash),
+            Ok((Request::Blob { hash }, _)) => return self.serve_blob(hash, channel).await,
             Ok((Request::RoundResult { job, round }, _)) => (self.round_result(job, round), none()),
             Ok((Request::Delta(delta), payload)) => {
                 self.count_update(delta.unverified_body().job, &payload);
@@ -60,17 +60,7 @@ impl Engine {
                 (self.on_ring_chunk(chunk, &payload).await, none())
             }
         };
-        match encode_response_header(&response, payload.len()) {
-            Ok(head) => {
-                let frame = Frame::new(head, Arc::new(payload));
-                let frame = match held {
-                    Some(held) => frame.holding(held),
-                    None => frame,
-                };
-                let _ = self.network.respond(channel, frame).await;
-            }
-            Err(error) => tracing::error!(%error, "cannot encode a response"),
-        }
+        respond(&self.network, channel, response, payload, held).await;
     }
 
     /// Counts an update's payload bytes for its job, whatever is made of the update.
@@ -78,23 +68,33 @@ impl Engine {
         self.metrics.job_received(&job.to_string(), payload.len());
     }
 
-    /// A stored blob with the budget share it holds while it is sent, `Busy` when it does not
-    /// fit the budget now, or `NotFound`.
-    /// The share is taken before the blob is read (for the largest model of this node's jobs,
-    /// which is what peers ask for), so a busy node reads nothing.
-    fn serve_blob(&self, hash: ContentHash) -> (Response, (Vec<u8>, Option<Held>)) {
+    /// Answers with a stored blob, which holds a budget share while it is sent, or `Busy` when
+    /// it does not fit the budget now, or `NotFound`. The share is taken before the blob is read
+    /// (for the largest model of this node's jobs, which is what peers ask for), so a busy node
+    /// reads nothing; the blob is read and sent off the engine's task.
+    async fn serve_blob(&self, hash: ContentHash, channel: ResponseChannel<Frame>) {
         let Some(held) = self.network.try_reserve(self.largest_model_bytes()) else {
             self.metrics.rejected("blob", "busy");
-            return (Response::Busy { hash }, (Vec::new(), None));
+            let busy = Response::Busy { hash };
+            return respond(&self.network, channel, busy, Vec::new(), None).await;
         };
-        match self.store.blob(&hash) {
-            Ok(Some(bytes)) => (Response::Blob { hash }, (bytes, Some(held))),
-            Ok(None) => (Response::NotFound { hash }, (Vec::new(), None)),
-            Err(error) => {
-                tracing::error!(%error, "cannot read blob");
-                (Response::NotFound { hash }, (Vec::new(), None))
-            }
-        }
+        let (network, store) = (self.network.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || store.blob(&hash)).await;
+            let (response, payload, held) = match read {
+                Ok(Ok(Some(bytes))) => (Response::Blob { hash }, bytes, Some(held)),
+                Ok(Ok(None)) => (Response::NotFound { hash }, Vec::new(), None),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "cannot read blob");
+                    (Response::NotFound { hash }, Vec::new(), None)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the blob read failed");
+                    (Response::NotFound { hash }, Vec::new(), None)
+                }
+            };
+            respond(&network, channel, response, payload, held).await;
+        });
     }
 
     /// Asks `peer` for its job list in the background, then for each announcement this node lacks;
@@ -123,6 +123,28 @@ impl Engine {
                 }
             }
         });
+    }
+}
+
+/// Answers a request with `response` and its payload (which holds `held`, a budget share,
+/// until it is written).
+async fn respond(
+    network: &Network,
+    channel: ResponseChannel<Frame>,
+    response: Response,
+    payload: Vec<u8>,
+    held: Option<Held>,
+) {
+    match encode_response_header(&response, payload.len()) {
+        Ok(head) => {
+            let frame = Frame::new(head, Arc::new(payload));
+            let frame = match held {
+                Some(held) => frame.holding(held),
+                None => frame,
+            };
+            let _ = network.respond(channel, frame).await;
+        }
+        Err(error) => tracing::error!(%error, "cannot encode a response"),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Job {
     pub tag: Value,
     /// `f32`, `f16` or `int8`.
     pub delta_encoding: &'static str,
+    /// The model: `softmax`, or another model spec.
+    pub model: Value,
 }
 
 impl Job {
@@ -70,6 +72,7 @@ impl Job {
             quorum: json!({"fraction": 1.0}),
             tag: json!("central"),
             delta_encoding: "f32",
+            model: json!("softmax"),
         }
     }
 
@@ -81,7 +84,7 @@ impl Job {
             "tag": self.tag,
             "delta_encoding": self.delta_encoding,
             "owner": cluster.nodes[0].peer_id,
-            "model": "softmax",
+            "model": self.model,
             "dataset": "mnist5k",
             "hyperparameters": {"rounds": self.rounds, "local_epochs": 1, "lr": 0.1},
             "participation": {"min_participants": self.min_participants},
@@ -123,17 +126,9 @@ pub async fn wait_completed_on(
             return runs;
         }
         if Instant::now() > deadline {
-            print_log_tails(cluster, 30);
             panic!("job not completed within {limit:?}: {runs:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Prints the last `lines` lines of every node's log (for a failing test).
-pub fn print_log_tails(cluster: &Cluster, lines: usize) {
-    for node in &cluster.nodes {
-        eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), lines));
     }
 }
 

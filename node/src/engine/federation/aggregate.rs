@@ -6,7 +6,7 @@
 use super::collect::{self, Collecting, Opening, Refused, refuse};
 use super::misbehave::WITHHOLD_RESULTS;
 use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
-use crate::engine::{Engine, EngineError, Internal};
+use crate::engine::{Engine, Internal};
 use fedmesh_federation::records::RunStatus;
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
@@ -140,13 +140,13 @@ impl Engine {
         let received = self.top_received(&id);
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(leading) = run.leading.as_ref() else { return };
-        if now < leading.deadline_ms {
-            return;
+        if now < leading.deadline_ms || run.closing == Some(leading.round) {
+            return; // not yet, or its model is being made
         }
         let round = leading.round;
         let has_top = run.slots.iter().any(|slot| slot.parent.is_none() && slot.round == round);
         if has_top && received >= leading.required && received > 0 {
-            return self.close_round(id).await;
+            return self.close_round(id);
         }
         if run.orchestrated(now) {
             return; // short of its quorum: the coordinator assigns the round again
@@ -163,7 +163,7 @@ impl Engine {
         let unchanged_top = plan.slots.len() == 1 && plan.rings.is_empty();
         if has_top && unchanged_top && received >= required && received > 0 {
             // Central: the updates in are a quorum of the trainers still live.
-            return self.close_round(id).await;
+            return self.close_round(id);
         }
         let Some(leading) = run.leading.as_mut() else { return };
         leading.retries += 1;
@@ -356,7 +356,7 @@ impl Engine {
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(position) = run.slots.iter().position(|s| s.slot == slot) else { return };
         if run.slots[position].parent.is_none() {
-            return self.close_round(id).await;
+            return self.close_round(id);
         }
         let collecting = run.slots.remove(position);
         if collecting.contributions.is_empty() {
@@ -382,28 +382,19 @@ impl Engine {
         send_partial(self, id, part, to, &mean, sum.total_weight, contributions).await;
     }
 
-    /// Finishes the top slot, stores the new global model and announces it.
-    pub(super) async fn close_round(&mut self, id: JobId) {
+    /// Finishes the top slot: the new global model is made from it and stored off the engine's
+    /// task, then announced.
+    pub(super) fn close_round(&mut self, id: JobId) {
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(position) = run.slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = run.slots.remove(position);
         let (round, base, base_params) = (top.round, top.base, run.params.clone());
-        // The sum is dropped as soon as the new model is made from it, and the model as soon
-        // as it is stored: a large model's aggregator holds few copies of it at once.
-        let made = top
-            .finish()
-            .and_then(|(sum, contributions)| Ok((sum.mean_added_to(&base_params)?, contributions)));
-        drop(base_params);
-        let (params, contributions) = match made {
-            Ok(done) => done,
-            Err(error) => return tracing::error!(job = %id, round, %error, "cannot aggregate"),
-        };
-        let stored = self.store_model(&params);
-        drop(params);
-        match stored {
-            Ok(model) => self.announce_model(id, round, base, model, contributions).await,
-            Err(error) => tracing::error!(job = %id, round, %error, "cannot store the model"),
-        }
+        self.store_round_model(id, (round, base), true, move || {
+            // The sum is dropped as soon as the new model is made from it.
+            let (sum, contributions) = top.finish().map_err(|e| e.to_string())?;
+            let params = sum.mean_added_to(&base_params).map_err(|e| e.to_string())?;
+            Ok((params, contributions))
+        });
     }
 
     /// A member whose heartbeat says it is still in a round this node closed missed the
@@ -425,13 +416,6 @@ impl Engine {
         self.publish_signed(id, ready, GossipMessage::AggregateReady).await;
     }
 
-    pub(super) fn store_model(&self, params: &[f32]) -> Result<ContentHash, EngineError> {
-        let blob = encode_model(params)?;
-        let mut batch = self.store.batch();
-        let hash = batch.put_blob(&blob)?;
-        batch.commit()?;
-        Ok(hash)
-    }
 }
 
 /// Signs a slot's or ring's combined update and sends it to the aggregator above (through the

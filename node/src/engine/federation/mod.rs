@@ -15,6 +15,7 @@ mod orchestrated;
 mod ring;
 mod store;
 mod train;
+mod work;
 
 pub use fedmesh_federation::records::{RoundView, RunView};
 pub use local::{LocalData, Trained};
@@ -41,6 +42,7 @@ use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
 pub(in crate::engine) use gossip::verify;
 pub(in crate::engine) use holders::Holders;
+pub(in crate::engine) use work::{ModelLoad, RoundModel};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -141,6 +143,8 @@ pub struct JobRun {
     open: Option<OpenRound>,
     /// The round this node leads, if any.
     leading: Option<Leading>,
+    /// The round whose model this node is making and storing off the engine's task.
+    closing: Option<Round>,
     /// The slots this node aggregates in the round it follows.
     slots: Vec<Collecting>,
     /// This node's ring all-reduce in the round it follows.
@@ -201,6 +205,7 @@ impl JobRun {
             rounds,
             open: None,
             leading: None,
+            closing: None,
             slots: Vec::new(),
             ring: None,
             early_chunks: Vec::new(),

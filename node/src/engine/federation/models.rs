@@ -13,7 +13,6 @@ use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, EvalMetrics, EvalReport, GossipMessage, Request, Response, unix_millis,
 };
-use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
 use rand::seq::SliceRandom;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -50,10 +49,7 @@ impl Engine {
             run.leading = None;
         }
         self.holders.add(ready.model, aggregator);
-        match self.store.blob(&ready.model) {
-            Ok(Some(bytes)) => self.adopt_model(id, ready.round, ready.model, &bytes).await,
-            _ => self.fetch_model(id, ready.round, ready.model, aggregator),
-        }
+        self.load_model(id, (ready.round, ready.model), aggregator);
     }
 
     /// Fetches a model blob in the background from the live members: first those known to hold
@@ -69,10 +65,11 @@ impl Engine {
         model: ContentHash,
         announcer: MemberId,
     ) {
+        // Known to hold it even when a fetch is under way: that fetch asks it on its next pass.
+        self.holders.add(model, announcer);
         if !self.fetching.insert((id, model)) {
             return;
         }
-        self.holders.add(model, announcer);
         let me = self.identity.member_id();
         let mut members: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
             let live = run.state.members.live_at(unix_millis());
@@ -94,7 +91,8 @@ impl Engine {
         self.runs.values().map(|run| run.params.len() * 4).max().unwrap_or(0)
     }
 
-    pub(in crate::engine) async fn on_model_fetched(
+    /// A model fetched is stored and adopted (off the engine's task).
+    pub(in crate::engine) fn on_model_fetched(
         &mut self,
         id: JobId,
         round: Round,
@@ -103,14 +101,7 @@ impl Engine {
     ) {
         self.fetching.remove(&(id, model));
         match result {
-            Ok(bytes) => {
-                let mut batch = self.store.batch();
-                let stored = batch.put_blob(&bytes).and_then(|_| batch.commit());
-                if let Err(error) = stored {
-                    return tracing::error!(job = %id, %error, "cannot store a fetched model");
-                }
-                self.adopt_model(id, round, model, &bytes).await;
-            }
+            Ok(bytes) => self.store_fetched_model(id, (round, model), bytes),
             Err(error) => {
                 tracing::warn!(job = %id, round, %model, %error, "cannot fetch the model")
             }
@@ -124,7 +115,7 @@ impl Engine {
         id: JobId,
         round: Round,
         model: ContentHash,
-        bytes: &[u8],
+        params: Arc<Vec<f32>>,
     ) {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
@@ -133,13 +124,7 @@ impl Engine {
         {
             return;
         }
-        let params = match decode_params(bytes, TensorEncoding::F32Le, run.params.len()) {
-            Ok(params) => params,
-            Err(error) => {
-                return tracing::warn!(job = %id, round, %error, "model does not fit the job's layout");
-            }
-        };
-        run.params = Arc::new(params);
+        run.params = params;
         run.state.model = model;
         run.state.completed_round = round;
         if run.open.as_ref().is_some_and(|open| open.round <= round) {

@@ -1,0 +1,203 @@
+//! A job's heavy steps on the blocking pool, never on the engine's task: making and storing a
+//! round's model, storing a fetched model, and reading and decoding a model to adopt. Each comes
+//! back to the engine as an `Internal` event, so no other job, admin request or gossip message
+//! waits behind a large model's work.
+
+use super::encode_model;
+use super::misbehave::{SLOW_DISK, SLOW_DISK_DELAY};
+use crate::engine::{Engine, Internal};
+use crate::store::Store;
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
+use fedmesh_protocol::message::Contribution;
+use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A round's model as it was made and stored off the engine's task.
+pub struct RoundModel {
+    pub round: Round,
+    pub base: ContentHash,
+    /// Whether this node announces it (the round's leader) or only keeps it (a ring member).
+    pub announce: bool,
+    /// The model's hash and the updates in it.
+    pub stored: Result<(ContentHash, Vec<Contribution>), String>,
+}
+
+/// A global model to adopt, read from the store (or stored after a fetch) and decoded.
+pub struct ModelLoad {
+    pub round: Round,
+    pub model: ContentHash,
+    /// Who announced it: where to fetch it from when this node does not hold it (none for a
+    /// model just fetched and stored).
+    pub announcer: Option<MemberId>,
+    pub loaded: Loaded,
+}
+
+/// What reading a model to adopt found.
+pub enum Loaded {
+    Params(Vec<f32>),
+    /// Not in this node's store: it is fetched.
+    NotStored,
+    Failed(String),
+}
+
+/// Runs `work` on the blocking pool and hands its result (or why the work died) to the engine
+/// as `wrap(result)`.
+fn off_task<T: Send + 'static>(
+    internal: mpsc::Sender<Internal>,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    wrap: impl FnOnce(Result<T, String>) -> Internal + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let result = match tokio::task::spawn_blocking(work).await {
+            Ok(result) => result,
+            Err(error) => Err(format!("the work on the blocking pool failed: {error}")),
+        };
+        let _ = internal.send(wrap(result)).await;
+    });
+}
+
+/// Stores a model blob in one committed write; returns its hash. A `slow` disk makes a large
+/// blob's write take `SLOW_DISK_DELAY` longer.
+fn store_blob(store: &Store, blob: &[u8], slow: bool) -> Result<ContentHash, String> {
+    if slow && blob.len() >= crate::network::LARGE_FRAME_BYTES {
+        std::thread::sleep(SLOW_DISK_DELAY);
+    }
+    let mut batch = store.batch();
+    let hash = batch.put_blob(blob).map_err(|e| e.to_string())?;
+    batch.commit().map_err(|e| e.to_string())?;
+    Ok(hash)
+}
+
+/// Decodes a stored model blob of `params` parameters.
+fn decode_model(bytes: &[u8], params: usize) -> Loaded {
+    match decode_params(bytes, TensorEncoding::F32Le, params) {
+        Ok(params) => Loaded::Params(params),
+        Err(error) => Loaded::Failed(format!("the model does not fit the job's layout: {error}")),
+    }
+}
+
+/// What making a round's model gives: its parameters and the updates in it.
+pub type Made = Result<(Vec<f32>, Vec<Contribution>), String>;
+
+impl Engine {
+    /// Makes round `round`'s model with `make` and stores it off the engine's task; the engine
+    /// takes it back in `on_round_model`. Until then the round counts as closing: its deadline
+    /// does not open it again.
+    pub(super) fn store_round_model(
+        &mut self,
+        id: JobId,
+        (round, base): (Round, ContentHash),
+        announce: bool,
+        make: impl FnOnce() -> Made + Send + 'static,
+    ) {
+        if let Some(run) = self.runs.get_mut(&id) {
+            run.closing = Some(round);
+        }
+        tracing::info!(job = %id, round, "making and storing the round's model");
+        let (store, slow) = (self.store.clone(), self.misbehaves(SLOW_DISK));
+        let work = move || {
+            let (params, contributions) = make()?;
+            let blob = encode_model(&params).map_err(|e| e.to_string())?;
+            // The model goes as soon as it is encoded: a large model's aggregator holds few
+            // copies of it at once.
+            drop(params);
+            Ok((store_blob(&store, &blob, slow)?, contributions))
+        };
+        let wrap = move |stored| Internal::RoundModel {
+            job: id,
+            made: RoundModel { round, base, announce, stored },
+        };
+        off_task(self.internal.clone(), work, wrap);
+    }
+
+    /// A round's model is stored: its leader announces it, unless the round's result was taken
+    /// from another member meanwhile.
+    pub(in crate::engine) async fn on_round_model(&mut self, id: JobId, made: RoundModel) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        if run.closing == Some(made.round) {
+            run.closing = None;
+        }
+        let round = made.round;
+        let (model, contributions) = match made.stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                return tracing::error!(job = %id, round, %error, "cannot make or store the round's model");
+            }
+        };
+        if run.state.completed_round >= round {
+            return tracing::info!(job = %id, round, "the round's result came from another member while its model was stored here");
+        }
+        if made.announce {
+            self.announce_model(id, round, made.base, model, contributions).await;
+        }
+    }
+
+    /// Reads and decodes a round's model off the engine's task, to adopt it (`on_model_load`
+    /// fetches it when this node does not hold it).
+    pub(super) fn load_model(
+        &self,
+        id: JobId,
+        (round, model): (Round, ContentHash),
+        announcer: MemberId,
+    ) {
+        let Some(params) = self.runs.get(&id).map(|run| run.params.len()) else { return };
+        let store = self.store.clone();
+        let work = move || match store.blob(&model) {
+            Ok(Some(bytes)) => Ok(decode_model(&bytes, params)),
+            Ok(None) => Ok(Loaded::NotStored),
+            Err(error) => Err(error.to_string()),
+        };
+        self.hand_back_model(id, (round, model), Some(announcer), work);
+    }
+
+    /// Stores a fetched model and decodes it off the engine's task, to adopt it.
+    pub(super) fn store_fetched_model(
+        &self,
+        id: JobId,
+        (round, model): (Round, ContentHash),
+        bytes: Vec<u8>,
+    ) {
+        let Some(params) = self.runs.get(&id).map(|run| run.params.len()) else { return };
+        let (store, slow) = (self.store.clone(), self.misbehaves(SLOW_DISK));
+        let work = move || {
+            store_blob(&store, &bytes, slow).map_err(|e| format!("cannot store a fetched model: {e}"))?;
+            Ok(decode_model(&bytes, params))
+        };
+        self.hand_back_model(id, (round, model), None, work);
+    }
+
+    fn hand_back_model(
+        &self,
+        id: JobId,
+        (round, model): (Round, ContentHash),
+        announcer: Option<MemberId>,
+        work: impl FnOnce() -> Result<Loaded, String> + Send + 'static,
+    ) {
+        let wrap = move |loaded: Result<Loaded, String>| Internal::ModelLoad {
+            job: id,
+            load: ModelLoad {
+                round,
+                model,
+                announcer,
+                loaded: loaded.unwrap_or_else(Loaded::Failed),
+            },
+        };
+        off_task(self.internal.clone(), work, wrap);
+    }
+
+    /// A model to adopt was read: adopted, or fetched when this node does not hold it.
+    pub(in crate::engine) async fn on_model_load(&mut self, id: JobId, load: ModelLoad) {
+        let ModelLoad { round, model, announcer, loaded } = load;
+        match loaded {
+            Loaded::Params(params) => self.adopt_model(id, round, model, Arc::new(params)).await,
+            Loaded::NotStored => match announcer {
+                Some(announcer) => self.fetch_model(id, round, model, announcer),
+                None => tracing::warn!(job = %id, round, %model, "a stored model is gone"),
+            },
+            Loaded::Failed(error) => {
+                tracing::warn!(job = %id, round, %model, %error, "cannot take the round's model")
+            }
+        }
+    }
+}
