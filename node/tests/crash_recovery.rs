@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    Job, assert_every_round_once, assert_same_model, completed_round, federation,
-    run_view, tail, wait_completed, wait_for,
+    Job, assert_every_round_once, assert_same_model, completed_round, federation, run_view, tail,
+    wait_completed, wait_for,
 };
 use fedmesh_testnet::cluster::Cluster;
 use rand::rngs::StdRng;

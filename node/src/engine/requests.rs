@@ -1,6 +1,7 @@
 //! Peer-to-peer requests: answering peers (blobs by hash, our job list) and asking a newly
 //! connected peer for its jobs, so a node that was offline at an announcement still learns it.
 
+use super::federation::{Unverified, UpdatePayload};
 use super::{Engine, Internal};
 use crate::network::{Frame, Held, Network, NetworkEvent};
 use fedmesh_protocol::codec::{
@@ -32,7 +33,7 @@ impl Engine {
     /// answered; a blob served takes one until it is written, or is answered `Busy` when that
     /// would exceed the budget (the asker then tries another peer that holds it).
     async fn on_request(&mut self, peer: PeerId, data: Frame, channel: ResponseChannel<Frame>) {
-        let (data, _held) = data.into_received();
+        let (data, held) = data.into_received();
         let none = || (Vec::new(), None);
         let (response, (payload, held)) = match decode_request(data) {
             Err(error) => {
@@ -49,11 +50,15 @@ impl Engine {
             Ok((Request::RoundResult { job, round }, _)) => (self.round_result(job, round), none()),
             Ok((Request::Delta(delta), payload)) => {
                 self.count_update(delta.unverified_body().job, &payload);
-                (self.on_delta_request(delta, &payload).await, none())
+                let (update, payload) =
+                    (Unverified::Delta(delta), UpdatePayload::Received(payload));
+                return self.verify_update(update, payload, Some((channel, held)));
             }
             Ok((Request::Partial(partial), payload)) => {
                 self.count_update(partial.unverified_body().job, &payload);
-                (self.on_partial_request(partial, &payload).await, none())
+                let update = Unverified::Partial(partial);
+                let payload = UpdatePayload::Received(payload);
+                return self.verify_update(update, payload, Some((channel, held)));
             }
             Ok((Request::RingChunk(chunk), payload)) => {
                 self.count_update(chunk.unverified_body().job, &payload);
@@ -128,7 +133,7 @@ impl Engine {
 
 /// Answers a request with `response` and its payload (which holds `held`, a budget share,
 /// until it is written).
-async fn respond(
+pub(super) async fn respond(
     network: &Network,
     channel: ResponseChannel<Frame>,
     response: Response,

@@ -8,7 +8,7 @@ use super::misbehave::WITHHOLD_RESULTS;
 use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
 use crate::engine::{Engine, Internal};
 use fedmesh_federation::records::RunStatus;
-use fedmesh_protocol::envelope::Signed;
+use fedmesh_protocol::envelope::{Signed, Verified};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     Contribution, GossipMessage, ModelDelta, PartialAggregate, Request, Response, RoundOpen,
@@ -25,8 +25,8 @@ const MAX_EARLY_INPUTS: usize = 64;
 
 /// An input that arrived before the opening of its round (its sender heard the opening first).
 pub enum EarlyInput {
-    Delta(Signed<ModelDelta>, Vec<u8>),
-    Partial(Signed<PartialAggregate>, Vec<u8>),
+    Delta(Verified<ModelDelta>, Vec<u8>),
+    Partial(Verified<PartialAggregate>, Vec<u8>),
 }
 
 impl Engine {
@@ -228,20 +228,20 @@ impl Engine {
         }
     }
 
-    /// Verifies a delta from a peer and folds it in; a refusal is counted by reason.
+    /// Folds in a delta whose signature was verified; a refusal is counted by reason.
     pub(in crate::engine) async fn on_delta_request(
         &mut self,
-        delta: Signed<ModelDelta>,
+        delta: Verified<ModelDelta>,
         payload: &[u8],
     ) -> Response {
-        let body = delta.unverified_body();
+        let body = delta.body();
         let (round, base) = (body.round, body.base_model);
         let id = body.job;
         let early = || EarlyInput::Delta(delta.clone(), payload.to_vec());
         if self.keep_early(id, round, base, early) {
             return Response::Accepted;
         }
-        let member = delta.unverified_body().member;
+        let member = delta.body().member;
         let result =
             self.slot_for(id, |slot| slot.direct.contains(&member)).and_then(|(run, index)| {
                 let members = &run.state.members;
@@ -268,13 +268,13 @@ impl Engine {
         slots.iter().any(|slot| slot.contributions.iter().any(|c| c.member == me))
     }
 
-    /// Verifies a lower slot's or ring's partial aggregate and folds it in.
+    /// Folds in a lower slot's or ring's partial aggregate whose signature was verified.
     pub(in crate::engine) async fn on_partial_request(
         &mut self,
-        partial: Signed<PartialAggregate>,
+        partial: Verified<PartialAggregate>,
         payload: &[u8],
     ) -> Response {
-        let body = partial.unverified_body();
+        let body = partial.body();
         let (id, key) = (body.job, (body.aggregator, body.group.clone()));
         let early = || EarlyInput::Partial(partial.clone(), payload.to_vec());
         if self.keep_early(id, body.round, body.base_model, early) {
@@ -308,7 +308,7 @@ impl Engine {
     }
 
     /// Answers an input: accepted (finishing its slot when complete) or refused and counted.
-    async fn answer_input(
+    pub(in crate::engine) async fn answer_input(
         &mut self,
         id: JobId,
         kind: &'static str,
@@ -415,7 +415,6 @@ impl Engine {
         tracing::info!(job = %id, round = ready.round, "a member missed the round's result; announcing it again");
         self.publish_signed(id, ready, GossipMessage::AggregateReady).await;
     }
-
 }
 
 /// Signs a slot's or ring's combined update and sends it to the aggregator above (through the

@@ -139,7 +139,11 @@ impl Engine {
             // Each forgery is answered before the honest update goes, so that it reaches the
             // aggregator while the round is still open.
             if aggregator == self.identity.member_id() {
-                Box::pin(self.on_delta_request(signed, payload)).await;
+                // Verified here, on the engine's task: judged before the honest update goes.
+                match super::collect::verify_payload(signed, payload) {
+                    Ok(delta) => Box::pin(self.on_delta_request(delta, payload)).await,
+                    Err(refused) => self.answer_input(id, "delta", Err(refused)).await,
+                };
             } else {
                 let request = Request::Delta(signed);
                 let answer =

@@ -25,6 +25,7 @@ use super::{Engine, EngineError};
 use aggregate::send_partial;
 use collect::Collecting;
 pub(in crate::engine) use collect::Refused;
+pub(in crate::engine) use collect::Unverified;
 use fedmesh_federation::cadence::Cadence;
 use fedmesh_federation::membership::Membership;
 use fedmesh_federation::records::{MemberView, RoundRecord, RunState, RunStatus};
@@ -42,9 +43,9 @@ use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
 pub(in crate::engine) use gossip::verify;
 pub(in crate::engine) use holders::Holders;
-pub(in crate::engine) use work::{ModelLoad, RoundModel};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+pub(in crate::engine) use work::{CheckedUpdate, ModelLoad, RoundModel, UpdatePayload};
 
 /// How long after a peer subscribes to a job's topic the join is repeated for it.
 const JOIN_ECHO_DELAY_MS: u64 = 300;

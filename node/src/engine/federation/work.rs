@@ -1,17 +1,54 @@
-//! A job's heavy steps on the blocking pool, never on the engine's task: making and storing a
-//! round's model, storing a fetched model, and reading and decoding a model to adopt. Each comes
-//! back to the engine as an `Internal` event, so no other job, admin request or gossip message
-//! waits behind a large model's work.
+//! A job's heavy steps on the blocking pool, never on the engine's task: verifying an update's
+//! signature over its payload, making and storing a round's model, storing a fetched model, and
+//! reading and decoding a model to adopt. Each comes back to the engine as an `Internal` event,
+//! so no other job, admin request or gossip message waits behind a large model's work.
 
+use super::collect::{Checked, Refused, Unverified};
 use super::encode_model;
 use super::misbehave::{SLOW_DISK, SLOW_DISK_DELAY};
+use crate::engine::requests::respond;
 use crate::engine::{Engine, Internal};
+use crate::network::{Frame, Held};
 use crate::store::Store;
+use fedmesh_protocol::codec::Payload;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::Contribution;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
+use libp2p::request_response::ResponseChannel;
+use std::ops::Deref;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// An update's payload: as it came in a peer's request, or this node's own.
+pub enum UpdatePayload {
+    Received(Payload),
+    Own(Arc<Vec<u8>>),
+}
+
+impl Deref for UpdatePayload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Received(payload) => payload,
+            Self::Own(payload) => payload,
+        }
+    }
+}
+
+/// Where a peer's update is answered: its request's channel, with the budget share its frame
+/// holds until then.
+pub type Reply = (ResponseChannel<Frame>, Option<Held>);
+
+/// An update whose signature was checked off the engine's task.
+pub struct CheckedUpdate {
+    job: JobId,
+    kind: &'static str,
+    checked: Result<Checked, Refused>,
+    payload: UpdatePayload,
+    /// None for this node's own update.
+    reply: Option<Reply>,
+}
 
 /// A round's model as it was made and stored off the engine's task.
 pub struct RoundModel {
@@ -81,6 +118,41 @@ fn decode_model(bytes: &[u8], params: usize) -> Loaded {
 pub type Made = Result<(Vec<f32>, Vec<Contribution>), String>;
 
 impl Engine {
+    /// Verifies an update's signature over its payload off the engine's task; the engine takes
+    /// it back in `on_checked_update`.
+    pub(in crate::engine) fn verify_update(
+        &self,
+        update: Unverified,
+        payload: UpdatePayload,
+        reply: Option<Reply>,
+    ) {
+        let (job, kind, internal) = (update.job(), update.kind(), self.internal.clone());
+        tokio::spawn(async move {
+            let verify = move || (update.verify(&payload), payload);
+            let (checked, payload) = match tokio::task::spawn_blocking(verify).await {
+                Ok(done) => done,
+                Err(error) => return tracing::error!(%job, %error, "verifying an update failed"),
+            };
+            let update = CheckedUpdate { job, kind, checked, payload, reply };
+            let _ = internal.send(Internal::UpdateChecked(update)).await;
+        });
+    }
+
+    /// Folds a verified update in (or refuses it) and answers its sender.
+    pub(in crate::engine) async fn on_checked_update(&mut self, update: CheckedUpdate) {
+        let CheckedUpdate { job, kind, checked, payload, reply } = update;
+        let response = match checked {
+            Ok(Checked::Delta(delta)) => self.on_delta_request(delta, &payload).await,
+            Ok(Checked::Partial(partial)) => self.on_partial_request(partial, &payload).await,
+            Err(refused) => self.answer_input(job, kind, Err(refused)).await,
+        };
+        // Let go before the answer: the slot it completed is then finished holding no update.
+        drop(payload);
+        if let Some((channel, _held)) = reply {
+            respond(&self.network, channel, response, Vec::new(), None).await;
+        }
+    }
+
     /// Makes round `round`'s model with `make` and stores it off the engine's task; the engine
     /// takes it back in `on_round_model`. Until then the round counts as closing: its deadline
     /// does not open it again.
@@ -161,7 +233,8 @@ impl Engine {
         let Some(params) = self.runs.get(&id).map(|run| run.params.len()) else { return };
         let (store, slow) = (self.store.clone(), self.misbehaves(SLOW_DISK));
         let work = move || {
-            store_blob(&store, &bytes, slow).map_err(|e| format!("cannot store a fetched model: {e}"))?;
+            store_blob(&store, &bytes, slow)
+                .map_err(|e| format!("cannot store a fetched model: {e}"))?;
             Ok(decode_model(&bytes, params))
         };
         self.hand_back_model(id, (round, model), None, work);
