@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    Job, assert_every_round_once, assert_same_model, completed_round, federation, run_view, tail,
+    Job, assert_rounds_once, assert_same_model, completed_round, federation, run_view, tail,
     wait_completed, wait_for,
 };
 use fedmesh_testnet::cluster::Cluster;
@@ -197,7 +197,7 @@ async fn members_killed_at_random_moments_reopen_their_store_and_resume() {
     let runs = wait_completed(&cluster, &job, Duration::from_secs(120)).await;
     eprintln!("crash_recovery: job complete at {:.1} s", started.elapsed().as_secs_f64());
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], ROUNDS);
+    assert_rounds_once(&runs, ROUNDS);
     for (node, run) in runs.iter().enumerate() {
         for round in run["rounds"].as_array().cloned().unwrap_or_default() {
             let number = round["round"].as_u64().unwrap_or(0);

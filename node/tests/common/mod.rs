@@ -217,6 +217,21 @@ pub fn participants(run: &Value) -> Vec<u64> {
     rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()
 }
 
+/// Every round 1..=n recorded once, each with a model, by the member that took part longest;
+/// and no member records a round twice (one that joined late, under load after the first rounds
+/// closed, starts from the round it joined in).
+pub fn assert_rounds_once(runs: &[Value], n: u64) {
+    let recorded = |run: &Value| run["rounds"].as_array().map_or(0, Vec::len);
+    let Some(fullest) = runs.iter().max_by_key(|run| recorded(run)) else { return };
+    assert_every_round_once(fullest, n);
+    for run in runs {
+        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+        let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+        let first = numbers.first().copied().unwrap_or(1);
+        assert_eq!(numbers, (first..=n).collect::<Vec<_>>(), "{run:#?}");
+    }
+}
+
 /// Every round 1..=n recorded once, each with a model.
 pub fn assert_every_round_once(run: &Value, n: u64) {
     let rounds = run["rounds"].as_array().cloned().unwrap_or_default();

@@ -122,6 +122,11 @@ impl Engine {
         if round < run.state.completed_round
             || (round == run.state.completed_round && model == run.state.model)
         {
+            // Already past it (a later round's model was read sooner): its result is still
+            // recorded for good.
+            if let Err(error) = store::save_progress(&self.store, run, round) {
+                tracing::error!(job = %id, %error, "cannot record the round");
+            }
             return;
         }
         run.params = params;
