@@ -38,6 +38,9 @@ impl Engine {
         if round > run.spec.hyperparameters.rounds || run.state.completed_round + 1 != round {
             return;
         }
+        if run.rounds.get(&round).is_some_and(|record| record.model.is_some()) {
+            return; // its result is heard: its model is being taken
+        }
         if run.orchestrated(now) {
             return self.follow_assignment(id, round).await;
         }

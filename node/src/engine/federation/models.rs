@@ -49,7 +49,12 @@ impl Engine {
             run.leading = None;
         }
         self.holders.add(ready.model, aggregator);
-        self.load_model(id, (ready.round, ready.model), aggregator);
+        // Fetched at once when this node lacks it (the only holder may not last); read off the
+        // engine's task when it has it.
+        match self.store.has_blob(&ready.model) {
+            Ok(true) => self.load_model(id, (ready.round, ready.model), aggregator),
+            _ => self.fetch_model(id, ready.round, ready.model, aggregator),
+        }
     }
 
     /// Fetches a model blob in the background from the live members: first those known to hold
