@@ -135,8 +135,6 @@ enum Internal {
     },
     /// A round's model was made and stored off the engine's task.
     RoundModel { job: JobId, made: federation::RoundModel },
-    /// A model to adopt was read (or stored after a fetch) off the engine's task.
-    ModelLoad { job: JobId, load: federation::ModelLoad },
     /// An update's signature over its payload was checked off the engine's task.
     UpdateChecked(federation::CheckedUpdate),
 }
@@ -424,10 +422,9 @@ impl Engine {
             }
             Internal::UpdateChecked(update) => self.on_checked_update(update).await,
             Internal::ModelFetched { job, round, model, result } => {
-                self.on_model_fetched(job, round, model, result)
+                self.on_model_fetched(job, round, model, result).await
             }
             Internal::RoundModel { job, made } => self.on_round_model(job, made).await,
-            Internal::ModelLoad { job, load } => self.on_model_load(job, load).await,
         }
     }
 

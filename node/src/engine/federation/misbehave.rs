@@ -36,9 +36,9 @@ pub const FORGE_ASSIGNMENTS: &str = "forge-assignments";
 /// that asks for it).
 pub const WITHHOLD_RESULTS: &str = "withhold-results";
 
-/// `slow-disk`: a fault rather than an attack: every large model (a large frame's size or more)
-/// this node stores takes `SLOW_DISK_DELAY` longer to write, as on a slow or overloaded disk. It
-/// shows that nothing else waits behind a job's heavy work.
+/// `slow-disk`: a fault rather than an attack: every large round model (a large frame's size or
+/// more) this node makes and stores takes `SLOW_DISK_DELAY` longer to write, as on a slow or
+/// overloaded disk. It shows that nothing else waits behind a job's heavy work.
 pub const SLOW_DISK: &str = "slow-disk";
 
 /// How much longer `slow-disk` makes a large model's write.

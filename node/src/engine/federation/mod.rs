@@ -45,7 +45,7 @@ pub(in crate::engine) use gossip::verify;
 pub(in crate::engine) use holders::Holders;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-pub(in crate::engine) use work::{CheckedUpdate, ModelLoad, RoundModel, UpdatePayload};
+pub(in crate::engine) use work::{CheckedUpdate, RoundModel, UpdatePayload};
 
 /// How long after a peer subscribes to a job's topic the join is repeated for it.
 const JOIN_ECHO_DELAY_MS: u64 = 300;

@@ -13,6 +13,7 @@ use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, EvalMetrics, EvalReport, GossipMessage, Request, Response, unix_millis,
 };
+use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
 use rand::seq::SliceRandom;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -49,10 +50,8 @@ impl Engine {
             run.leading = None;
         }
         self.holders.add(ready.model, aggregator);
-        // Fetched at once when this node lacks it (the only holder may not last); read off the
-        // engine's task when it has it.
-        match self.store.has_blob(&ready.model) {
-            Ok(true) => self.load_model(id, (ready.round, ready.model), aggregator),
+        match self.store.blob(&ready.model) {
+            Ok(Some(bytes)) => self.adopt_model(id, ready.round, ready.model, &bytes).await,
             _ => self.fetch_model(id, ready.round, ready.model, aggregator),
         }
     }
@@ -96,8 +95,7 @@ impl Engine {
         self.runs.values().map(|run| run.params.len() * 4).max().unwrap_or(0)
     }
 
-    /// A model fetched is stored and adopted (off the engine's task).
-    pub(in crate::engine) fn on_model_fetched(
+    pub(in crate::engine) async fn on_model_fetched(
         &mut self,
         id: JobId,
         round: Round,
@@ -106,7 +104,14 @@ impl Engine {
     ) {
         self.fetching.remove(&(id, model));
         match result {
-            Ok(bytes) => self.store_fetched_model(id, (round, model), bytes),
+            Ok(bytes) => {
+                let mut batch = self.store.batch();
+                let stored = batch.put_blob(&bytes).and_then(|_| batch.commit());
+                if let Err(error) = stored {
+                    return tracing::error!(job = %id, %error, "cannot store a fetched model");
+                }
+                self.adopt_model(id, round, model, &bytes).await;
+            }
             Err(error) => {
                 tracing::warn!(job = %id, round, %model, %error, "cannot fetch the model")
             }
@@ -120,21 +125,27 @@ impl Engine {
         id: JobId,
         round: Round,
         model: ContentHash,
-        params: Arc<Vec<f32>>,
+        bytes: &[u8],
     ) {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
         if round < run.state.completed_round
             || (round == run.state.completed_round && model == run.state.model)
         {
-            // Already past it (a later round's model was read sooner): its result is still
+            // Already past it (a later round's model arrived sooner): its result is still
             // recorded for good.
             if let Err(error) = store::save_progress(&self.store, run, round) {
                 tracing::error!(job = %id, %error, "cannot record the round");
             }
             return;
         }
-        run.params = params;
+        let params = match decode_params(bytes, TensorEncoding::F32Le, run.params.len()) {
+            Ok(params) => params,
+            Err(error) => {
+                return tracing::warn!(job = %id, round, %error, "model does not fit the job's layout");
+            }
+        };
+        run.params = Arc::new(params);
         run.state.model = model;
         run.state.completed_round = round;
         if run.open.as_ref().is_some_and(|open| open.round <= round) {

@@ -1,7 +1,7 @@
 //! A job's heavy steps on the blocking pool, never on the engine's task: verifying an update's
-//! signature over its payload, making and storing a round's model, storing a fetched model, and
-//! reading and decoding a model to adopt. Each comes back to the engine as an `Internal` event,
-//! so no other job, admin request or gossip message waits behind a large model's work.
+//! signature over its payload, and making and storing a round's model. Each comes back to the
+//! engine as an `Internal` event, so no other job, admin request or gossip message waits behind
+//! a large model's work.
 
 use super::collect::{Checked, Refused, Unverified};
 use super::encode_model;
@@ -11,9 +11,8 @@ use crate::engine::{Engine, Internal};
 use crate::network::{Frame, Held};
 use crate::store::Store;
 use fedmesh_protocol::codec::Payload;
-use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
+use fedmesh_protocol::ids::{ContentHash, JobId, Round};
 use fedmesh_protocol::message::Contribution;
-use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
 use libp2p::request_response::ResponseChannel;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -60,24 +59,6 @@ pub struct RoundModel {
     pub stored: Result<(ContentHash, Vec<Contribution>), String>,
 }
 
-/// A global model to adopt, read from the store (or stored after a fetch) and decoded.
-pub struct ModelLoad {
-    pub round: Round,
-    pub model: ContentHash,
-    /// Who announced it: where to fetch it from when this node does not hold it (none for a
-    /// model just fetched and stored).
-    pub announcer: Option<MemberId>,
-    pub loaded: Loaded,
-}
-
-/// What reading a model to adopt found.
-pub enum Loaded {
-    Params(Vec<f32>),
-    /// Not in this node's store: it is fetched.
-    NotStored,
-    Failed(String),
-}
-
 /// Runs `work` on the blocking pool and hands its result (or why the work died) to the engine
 /// as `wrap(result)`.
 fn off_task<T: Send + 'static>(
@@ -104,14 +85,6 @@ fn store_blob(store: &Store, blob: &[u8], slow: bool) -> Result<ContentHash, Str
     let hash = batch.put_blob(blob).map_err(|e| e.to_string())?;
     batch.commit().map_err(|e| e.to_string())?;
     Ok(hash)
-}
-
-/// Decodes a stored model blob of `params` parameters.
-fn decode_model(bytes: &[u8], params: usize) -> Loaded {
-    match decode_params(bytes, TensorEncoding::F32Le, params) {
-        Ok(params) => Loaded::Params(params),
-        Err(error) => Loaded::Failed(format!("the model does not fit the job's layout: {error}")),
-    }
 }
 
 /// What making a round's model gives: its parameters and the updates in it.
@@ -202,75 +175,6 @@ impl Engine {
         }
         if made.announce {
             self.announce_model(id, round, made.base, model, contributions).await;
-        }
-    }
-
-    /// Reads and decodes a round's model off the engine's task, to adopt it (`on_model_load`
-    /// fetches it when this node does not hold it).
-    pub(super) fn load_model(
-        &self,
-        id: JobId,
-        (round, model): (Round, ContentHash),
-        announcer: MemberId,
-    ) {
-        let Some(params) = self.runs.get(&id).map(|run| run.params.len()) else { return };
-        let store = self.store.clone();
-        let work = move || match store.blob(&model) {
-            Ok(Some(bytes)) => Ok(decode_model(&bytes, params)),
-            Ok(None) => Ok(Loaded::NotStored),
-            Err(error) => Err(error.to_string()),
-        };
-        self.hand_back_model(id, (round, model), Some(announcer), work);
-    }
-
-    /// Stores a fetched model and decodes it off the engine's task, to adopt it.
-    pub(super) fn store_fetched_model(
-        &self,
-        id: JobId,
-        (round, model): (Round, ContentHash),
-        bytes: Vec<u8>,
-    ) {
-        let Some(params) = self.runs.get(&id).map(|run| run.params.len()) else { return };
-        let (store, slow) = (self.store.clone(), self.misbehaves(SLOW_DISK));
-        let work = move || {
-            store_blob(&store, &bytes, slow)
-                .map_err(|e| format!("cannot store a fetched model: {e}"))?;
-            Ok(decode_model(&bytes, params))
-        };
-        self.hand_back_model(id, (round, model), None, work);
-    }
-
-    fn hand_back_model(
-        &self,
-        id: JobId,
-        (round, model): (Round, ContentHash),
-        announcer: Option<MemberId>,
-        work: impl FnOnce() -> Result<Loaded, String> + Send + 'static,
-    ) {
-        let wrap = move |loaded: Result<Loaded, String>| Internal::ModelLoad {
-            job: id,
-            load: ModelLoad {
-                round,
-                model,
-                announcer,
-                loaded: loaded.unwrap_or_else(Loaded::Failed),
-            },
-        };
-        off_task(self.internal.clone(), work, wrap);
-    }
-
-    /// A model to adopt was read: adopted, or fetched when this node does not hold it.
-    pub(in crate::engine) async fn on_model_load(&mut self, id: JobId, load: ModelLoad) {
-        let ModelLoad { round, model, announcer, loaded } = load;
-        match loaded {
-            Loaded::Params(params) => self.adopt_model(id, round, model, Arc::new(params)).await,
-            Loaded::NotStored => match announcer {
-                Some(announcer) => self.fetch_model(id, round, model, announcer),
-                None => tracing::warn!(job = %id, round, %model, "a stored model is gone"),
-            },
-            Loaded::Failed(error) => {
-                tracing::warn!(job = %id, round, %model, %error, "cannot take the round's model")
-            }
         }
     }
 }
