@@ -34,7 +34,7 @@ fn last_round(run: &Value) -> Value {
 /// update, and a model that learned.
 fn assert_learned_with_everyone(runs: &[Value], rounds: u64, members: u64) {
     assert_same_model(runs);
-    assert_rounds_once(&runs, rounds);
+    assert_rounds_once(runs, rounds);
     let counts = participants(&runs[0]);
     assert!(counts.iter().all(|&c| c == members), "every member in every round: {counts:?}");
     let last = accuracy(&runs[0], rounds as usize - 1);
