@@ -17,7 +17,9 @@ pub enum Action {
     Join,
     /// The node's operator leaves the job through the admin API (a signed leave).
     Leave,
-    /// The node is stopped and restarted from its data directory with `misbehave` set.
+    /// The node is stopped and restarted from its data directory with `misbehave` set (for
+    /// round 1 and nodes by index, the node starts with it: the first round may be over before
+    /// a restart).
     Byzantine,
 }
 
@@ -144,6 +146,17 @@ pub struct Event {
 }
 
 impl Event {
+    /// A `byzantine` event for round 1 and nodes by index: those nodes start misbehaving, since
+    /// the job could run past its first round while a node restarts.
+    pub fn misbehaves_from_start(&self) -> Option<(&[usize], String)> {
+        match (&self.target, self.action) {
+            (Some(Target::Nodes(nodes)), Action::Byzantine) if self.round <= 1 => {
+                Some((nodes, self.misbehave.unwrap_or_default().config_line()))
+            }
+            _ => None,
+        }
+    }
+
     /// `round 3: kill the aggregator`.
     pub fn describe(&self) -> String {
         let whom = match (&self.target, self.action) {

@@ -27,16 +27,38 @@ pub struct EventRunner {
 
 impl EventRunner {
     /// `events` in firing order; `specs` for every node that will ever exist.
+    /// The events that make nodes misbehave from the start count as fired when the nodes started
+    /// (their specs carry the `misbehave` line).
     pub fn new(job: String, events: &[Event], specs: Vec<NodeSpec>, started: Instant) -> Self {
-        Self {
+        let (at_start, pending): (Vec<&Event>, Vec<&Event>) =
+            events.iter().partition(|event| event.misbehaves_from_start().is_some());
+        let mut runner = Self {
             job,
-            pending: events.iter().cloned().collect(),
+            pending: pending.into_iter().cloned().collect(),
             fired: Vec::new(),
             touched: BTreeSet::new(),
             left: BTreeSet::new(),
             specs,
             started,
+        };
+        for event in at_start {
+            runner.record_started_misbehaving(event);
         }
+        runner
+    }
+
+    fn record_started_misbehaving(&mut self, event: &Event) {
+        let Some((nodes, line)) = event.misbehaves_from_start() else { return };
+        self.touched.extend(nodes);
+        self.fired.push(FiredEvent {
+            event: event.describe(),
+            round: event.round,
+            fired_in_round: event.round,
+            at_seconds: 0.0,
+            nodes: nodes.iter().map(|node| format!("node{node}")).collect(),
+            outcome: format!("started with {line}"),
+            ok: true,
+        });
     }
 
     pub fn pending(&self) -> impl Iterator<Item = &Event> {

@@ -235,8 +235,21 @@ impl Scenario {
             datasets: vec![(self.dataset_name(), partition.path.display().to_string())],
             trust: vec![owner.to_owned()],
             group: self.group_of(partition.node),
-            extra_config: self.extra_config(),
+            extra_config: self
+                .extra_config()
+                .into_iter()
+                .chain(self.misbehaving_from_start(partition.node))
+                .collect(),
         }
+    }
+
+    /// The `misbehave` line node `node` starts with, if a round-1 `byzantine` event names it.
+    fn misbehaving_from_start(&self, node: usize) -> Option<String> {
+        self.events
+            .iter()
+            .filter_map(Event::misbehaves_from_start)
+            .find(|(nodes, _)| nodes.contains(&node))
+            .map(|(_, line)| line)
     }
 
     /// Starts the first nodes (node0 holds the job owner's key; every node trusts it); returns
@@ -286,6 +299,7 @@ impl Scenario {
         };
         let specs = partitions.iter().map(|p| self.node_spec(&owner, p)).collect();
         let mut events = EventRunner::new(job.clone(), &self.events, specs, started);
+        events.fired.iter().for_each(|fired| on_progress(Progress::Event(fired)));
         let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs);
         let status = drive(&mut cluster, &mut follower, &mut events, &mut on_progress).await;
         let checks = check_run(self, &cluster, &job, &events, &status, &follower.rounds).await;

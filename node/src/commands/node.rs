@@ -85,12 +85,17 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         tokio::spawn(admin::serve_metrics(metrics_listener, handle.clone(), async {
             let _ = metrics_stopped.await;
         }));
-    admin::serve(listener, endpoint, handle.clone(), shutdown_signal()).await?;
+    // On a signal the engine stops at once: the admin API's graceful shutdown may wait on its
+    // clients' open connections, and the node must not take part in rounds meanwhile.
+    let engine = handle.clone();
+    let stop_engine_first = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        engine.shutdown().await;
+    };
+    admin::serve(listener, endpoint, handle.clone(), stop_engine_first).await?;
     let _ = stop_metrics.send(());
     let _ = metrics_task.await;
-
-    tracing::info!("shutting down");
-    handle.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), engine_task).await;
     let _ = std::fs::remove_file(Endpoint::path_in(&config.data_dir));
     Ok(())
