@@ -316,7 +316,9 @@ impl NodeProcess {
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            // A signal by system call: a minimal machine may have no `kill` program.
+            let pid = i32::try_from(child.id()).map(nix::unistd::Pid::from_raw);
+            let _ = pid.map(|pid| nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM));
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

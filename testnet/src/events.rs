@@ -208,3 +208,24 @@ impl FiredEvent {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn byzantine(round: u64, target: Target) -> Event {
+        let (action, count) = (Action::Byzantine, None);
+        Event { round, action, target: Some(target), count, misbehave: Some(Misbehaviour::Noise) }
+    }
+
+    #[test]
+    fn only_a_round_one_byzantine_event_by_node_index_starts_its_nodes_misbehaving() {
+        let first = byzantine(1, Target::Nodes(vec![2, 4]));
+        let (nodes, line) = first.misbehaves_from_start().unwrap();
+        assert_eq!((nodes, line.as_str()), (&[2, 4][..], r#"misbehave = ["noise"]"#));
+        assert_eq!(byzantine(2, Target::Nodes(vec![2])).misbehaves_from_start(), None);
+        assert_eq!(byzantine(1, Target::Aggregator).misbehaves_from_start(), None);
+        let kill = Event { action: Action::Kill, ..first };
+        assert_eq!(kill.misbehaves_from_start(), None);
+    }
+}

@@ -10,7 +10,7 @@ mod ring;
 mod rounds;
 
 pub use io::*;
-pub use phase::{Closing, Leading, OpenRound, Own, Phase};
+pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 
 use crate::cadence::Cadence;
 use crate::records::{RoundRecord, RunState, RunStatus};
@@ -85,8 +85,8 @@ pub struct Member {
     last_join_ms: u64,
     held: VecDeque<(MemberId, Held)>,
     early: VecDeque<EarlyUpdate>,
-    /// The round and base this member trained on, so it trains once per round.
-    trained: Option<(Round, ContentHash)>,
+    /// This member's local training in the round it follows, so it trains once per round.
+    training: Option<LocalTraining>,
     /// This member's last update and the opening it answered (opener, time): sent again when
     /// the round is opened again by another opening.
     last_update: Option<(DeltaToSend, (MemberId, u64))>,
@@ -166,7 +166,7 @@ impl Member {
             last_join_ms: 0,
             held: VecDeque::new(),
             early: VecDeque::new(),
-            trained: None,
+            training: None,
             last_update: None,
             announced: snapshot.announced,
             announced_ms: 0,

@@ -109,6 +109,22 @@ pub enum Own {
     Failed,
 }
 
+/// This member's local training on a round's base model: running, or finished (its update
+/// sent, folded in, or lost with a failure). A round opened again while it runs waits for it
+/// rather than starting another: a trainer slower than the deadline would otherwise pile up
+/// copies of itself, each slower than the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalTraining {
+    Running(Round, ContentHash),
+    Finished(Round, ContentHash),
+}
+
+impl LocalTraining {
+    pub fn is_for(self, round: Round, base: ContentHash) -> bool {
+        matches!(self, Self::Running(r, b) | Self::Finished(r, b) if r == round && b == base)
+    }
+}
+
 /// What the leader of a round keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leading {

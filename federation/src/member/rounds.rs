@@ -3,7 +3,7 @@
 //! updates, the deadlines (a lower slot sends up, the leader closes at quorum or opens again,
 //! a follower gives up on a silent leader) and closing the round.
 
-use super::phase::{Closing, Leading, OpenRound, Own, Phase};
+use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
     DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, OPEN_CHECK_MS,
     PartialToSend, Refusal, Update,
@@ -224,9 +224,9 @@ impl Member {
         if own_in {
             return self.set_own(Own::Folded);
         }
-        if self.trained == Some((open.round, open.base_model)) {
+        if self.training == Some(LocalTraining::Finished(open.round, open.base_model)) {
             // Opened again, and this member's update is gone: it trains again.
-            self.trained = None;
+            self.training = None;
             self.last_update = None;
         }
         if open.base_model == self.state.model {
@@ -250,11 +250,11 @@ impl Member {
         let (round, base) = (open.round, open.base);
         if open.plan.trainers.binary_search(&self.me()).is_err()
             || self.state.model != base
-            || self.trained == Some((round, base))
+            || self.training.is_some_and(|training| training.is_for(round, base))
         {
             return;
         }
-        self.trained = Some((round, base));
+        self.training = Some(LocalTraining::Running(round, base));
         self.set_own(Own::Training);
         self.effects.push(Effect::Train { round, base, params: self.params.clone() });
     }
@@ -267,6 +267,9 @@ impl Member {
         outcome: Result<LocalUpdate, String>,
         now: u64,
     ) {
+        if self.training == Some(LocalTraining::Running(round, base)) {
+            self.training = Some(LocalTraining::Finished(round, base));
+        }
         let trained = match outcome {
             Ok(trained) => trained,
             Err(error) => {

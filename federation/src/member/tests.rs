@@ -53,6 +53,12 @@ struct Net {
     next_request: u64,
     /// Members added late or restarted: they record only the rounds they saw.
     may_miss_rounds: BTreeSet<MemberId>,
+    /// How long a member's local training takes (instant for the others).
+    train_ms: BTreeMap<MemberId, u64>,
+    /// Events held until their time: (due, member, event).
+    later: Vec<(u64, MemberId, Event)>,
+    /// How many times each member was asked to train for each round.
+    trainings: BTreeMap<(MemberId, Round), usize>,
 }
 
 impl Net {
@@ -76,6 +82,9 @@ impl Net {
             opened: BTreeMap::new(),
             next_request: 0,
             may_miss_rounds: BTreeSet::new(),
+            train_ms: BTreeMap::new(),
+            later: Vec::new(),
+            trainings: BTreeMap::new(),
         };
         for (byte, group) in members {
             net.add(*byte, group);
@@ -247,7 +256,12 @@ impl Net {
                     metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
                     seconds: 0.1,
                 };
-                self.send(from, from, Event::Trained { round, base, outcome: Ok(update) });
+                *self.trainings.entry((from, round)).or_default() += 1;
+                let trained = Event::Trained { round, base, outcome: Ok(update) };
+                match self.train_ms.get(&from) {
+                    Some(ms) => self.later.push((self.now + ms, from, trained)),
+                    None => self.send(from, from, trained),
+                }
             }
             Effect::Fetch { model, .. } => {
                 let outcome = self.blobs.get(&model).cloned().ok_or_else(|| "nowhere".to_owned());
@@ -294,6 +308,12 @@ impl Net {
 
     /// Delivers everything queued, then moves the clock one step and ticks every live member.
     fn step(&mut self) {
+        let (due, later) =
+            std::mem::take(&mut self.later).into_iter().partition(|(at, ..)| *at <= self.now);
+        self.later = later;
+        for (_, member, event) in due {
+            self.send(member, member, event);
+        }
         while let Some((_, to, event)) = self.queue.pop_front() {
             if self.down.contains(&to) {
                 continue;
@@ -474,6 +494,21 @@ fn a_dead_trainer_makes_the_leader_open_the_round_again_keeping_the_updates_in()
     assert!(net.openings_of(1) >= 2, "round 1 was opened again");
     let record = &net.member(leader.0[0]).rounds()[&1];
     assert_eq!(record.participants, 3, "the three live members' updates");
+}
+
+#[test]
+fn a_trainer_slower_than_the_deadline_trains_once_and_its_update_reaches_the_round_opened_again() {
+    let mut net = four_central(2);
+    let slow = member_id(3);
+    // Member 3's training takes over two deadlines (5 s each): round 1 is opened again while
+    // it runs, and it must not start another training each time.
+    net.train_ms.insert(slow, 12_000);
+    net.run(180_000);
+    net.assert_agree();
+    assert!(net.openings_of(1) >= 2, "round 1 was opened again while member 3 trained");
+    assert_eq!(net.trainings[&(slow, 1)], 1, "member 3 trained for round 1 once");
+    let record = &net.member(1).rounds()[&1];
+    assert_eq!(record.participants, 4, "member 3's update is in round 1");
 }
 
 #[test]

@@ -27,6 +27,7 @@ use collect::Collecting;
 pub(in crate::engine) use collect::Refused;
 pub(in crate::engine) use collect::Unverified;
 use fedmesh_federation::cadence::Cadence;
+use fedmesh_federation::member::LocalTraining;
 use fedmesh_federation::membership::Membership;
 use fedmesh_federation::records::{MemberView, RoundRecord, RunState, RunStatus};
 use fedmesh_federation::ring::RingRun;
@@ -154,8 +155,8 @@ pub struct JobRun {
     early_chunks: Vec<(Signed<RingChunk>, Vec<u8>)>,
     /// Deltas and partial aggregates for the next round that arrived before its opening.
     early_inputs: Vec<aggregate::EarlyInput>,
-    /// The round and base this member trained on, so it trains once per round.
-    trained: Option<(Round, ContentHash)>,
+    /// This member's local training in the round it follows, so it trains once per round.
+    training: Option<LocalTraining>,
     /// This member's last update, its payload, and the opening it answered (opener and opening
     /// time): sent again when the round is opened again (retried, taken over by another member,
     /// or re-opened by a restarted aggregator).
@@ -211,7 +212,7 @@ impl JobRun {
             ring: None,
             early_chunks: Vec::new(),
             early_inputs: Vec::new(),
-            trained: None,
+            training: None,
             last_update: None,
             residual: None,
             heartbeat_sequence: 0,

@@ -6,6 +6,7 @@ use super::{KeptPayload, OpenRound, local};
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
 use crate::network::{Frame, Network};
+use fedmesh_federation::member::LocalTraining;
 use fedmesh_federation::records::{RoundRecord, RunStatus};
 use fedmesh_protocol::codec::{decode_response, encode_request_header};
 use fedmesh_protocol::envelope::Signed;
@@ -96,11 +97,12 @@ impl Engine {
             run.last_update = Some((update.clone(), KeptPayload::keep(&payload), opening));
             return self.deliver_update(id, update, payload).await;
         }
-        if run.trained == Some((open.round, open.base_model)) && !own_update_in {
+        let finished = LocalTraining::Finished(open.round, open.base_model);
+        if run.training == Some(finished) && !own_update_in {
             // Opened again, and this member's update is neither kept here nor in a slot this
             // node aggregates: it trains again.
             tracing::info!(job = %id, round = open.round, "round opened again without this member's update; training again");
-            run.trained = None;
+            run.training = None;
             run.last_update = None;
         }
         if open.base_model == run.state.model {
@@ -116,10 +118,12 @@ impl Engine {
         let Some((round, base)) = run.open.as_ref().map(|open| (open.round, open.base)) else {
             return;
         };
-        if run.trained == Some((round, base)) || run.state.model != base {
+        if run.training.is_some_and(|training| training.is_for(round, base))
+            || run.state.model != base
+        {
             return;
         }
-        run.trained = Some((round, base));
+        run.training = Some(LocalTraining::Running(round, base));
         let (local, params, internal) =
             (run.local.clone(), run.params.clone(), self.internal.clone());
         let (network, delta_bytes) = (self.network.clone(), params.len() * 4);
@@ -145,6 +149,11 @@ impl Engine {
         base: ContentHash,
         result: Result<local::Trained, String>,
     ) {
+        if let Some(run) = self.runs.get_mut(&id)
+            && run.training == Some(LocalTraining::Running(round, base))
+        {
+            run.training = Some(LocalTraining::Finished(round, base));
+        }
         let mut trained = match result {
             Ok(trained) => trained,
             Err(error) => return tracing::error!(job = %id, round, %error, "local training failed"),
