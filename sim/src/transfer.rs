@@ -69,8 +69,8 @@ fn gossip_bytes(message: &Gossip) -> u64 {
         Gossip::Join(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Leave(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Heartbeat(body) => bincode::serde::encode_to_vec(body, config),
-        Gossip::Open(body) => bincode::serde::encode_to_vec(body, config),
-        Gossip::Result(body) => bincode::serde::encode_to_vec(body, config),
+        Gossip::Open(body) => bincode::serde::encode_to_vec(&**body, config),
+        Gossip::Result(body) => bincode::serde::encode_to_vec(&**body, config),
         Gossip::Eval(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Stop(body) => bincode::serde::encode_to_vec(body, config),
     };
@@ -405,7 +405,7 @@ impl World {
                 None => return,
             },
         };
-        let message = Gossip::Result(ready);
+        let message = Gossip::Result(Arc::new(ready));
         self.count(gossip_bytes(&message));
         if self.gets_through(member, job.asker) {
             let delay = self.network.latency_ms(member, job.asker);

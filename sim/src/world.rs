@@ -66,14 +66,10 @@ pub(crate) enum Action {
         incarnation: u32,
         event: Box<Event>,
     },
-    /// A member's training finishes (the update is computed then).
-    Train {
-        member: Index,
-        incarnation: u32,
-        round: Round,
-        base: ContentHash,
-        params: Arc<Vec<f32>>,
-    },
+    /// A member's training finishes (the update is computed then). Boxed, as the other large
+    /// actions: the queue holds millions of small ones (a broadcast to ten thousand members is
+    /// ten thousand copies), each as large as the largest variant.
+    Train(Box<Training>),
     /// An attempt to send an update, and its arrival.
     Send(Box<Transfer>),
     Arrive(Box<Transfer>),
@@ -90,6 +86,15 @@ pub(crate) enum Action {
         request: u64,
     },
     Fault(Fault),
+}
+
+/// A member's training, due when it finishes.
+pub(crate) struct Training {
+    pub(crate) member: Index,
+    pub(crate) incarnation: u32,
+    pub(crate) round: Round,
+    pub(crate) base: ContentHash,
+    pub(crate) params: Arc<Vec<f32>>,
 }
 
 /// One member: its machine while it runs, and what outlives a kill.
@@ -264,7 +269,8 @@ impl World {
                     self.feed(member, *event);
                 }
             }
-            Action::Train { member, incarnation, round, base, params } => {
+            Action::Train(training) => {
+                let Training { member, incarnation, round, base, params } = *training;
                 if self.is_current(member, incarnation) {
                     let event = self.trained(member, round, base, &params);
                     self.feed(member, event);

@@ -2,10 +2,11 @@
 //! heartbeats, evaluation reports, a stop, and who may open a round or announce its result,
 //! holding round messages its view of the membership cannot judge yet.
 
-use super::{Effect, Gossip, Held, Level, MAX_HELD, Member};
+use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Text};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
+use std::sync::Arc;
 
 /// How many members' evaluations of a round a member keeps: four times the reporting sample.
 const MAX_EVALUATIONS: usize = 4 * super::results::EVAL_REPORTERS;
@@ -66,7 +67,8 @@ impl Member {
         if !self.state.members.join(&join, now) {
             return;
         }
-        self.log(Level::Info, 0, format!("{} joined (group {})", join.member, join.group));
+        let text = Text::Joined { member: join.member, group: join.group.clone() };
+        self.log(Level::Info, 0, text);
         self.persist_lazily();
         if now.saturating_sub(self.last_join_ms) > self.cadence().join_echo_ms() {
             self.publish_join(now);
@@ -112,7 +114,7 @@ impl Member {
             return self.hold(signer, held);
         }
         let unknown = match &held {
-            Held::Open(open) => self.unknown_among(&open.members),
+            Held::Open(open) => self.unknown_among(&open.members, now),
             Held::Result(_) => None,
         };
         if unknown.is_some() {
@@ -150,10 +152,12 @@ impl Member {
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
         let Ok(named) = self.named(&ready.members, now) else { return false };
         let me = self.me();
-        let mut listed = ready.members.clone();
-        listed.sort_unstable();
-        let leaves_out_a_live_member =
-            self.live(now).iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err());
+        let live = self.live(now);
+        let leaves_out_a_live_member = !Arc::ptr_eq(&named, &live) && {
+            let mut listed = ready.members.clone();
+            listed.sort_unstable();
+            live.iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err())
+        };
         !leaves_out_a_live_member
             && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
     }

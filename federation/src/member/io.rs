@@ -16,8 +16,11 @@ pub enum Gossip {
     Join(Join),
     Leave(Leave),
     Heartbeat(Heartbeat),
-    Open(RoundOpen),
-    Result(AggregateReady),
+    /// Shared: every member that follows an opening keeps it, so a driver that hands one
+    /// message to many machines (the simulator) copies none of its member list.
+    Open(Arc<RoundOpen>),
+    /// Shared like an opening: every member keeps the newest result it took, to pass on.
+    Result(Arc<AggregateReady>),
     Eval(EvalReport),
     Stop(JobStop),
 }
@@ -195,7 +198,36 @@ pub struct ChunkToSend {
 pub struct Notice {
     pub level: Level,
     pub round: Round,
-    pub text: String,
+    pub text: Text,
+}
+
+/// A notice's text. A member's join is written out only when read: every machine of a large
+/// job notes every member's join, and printing a member's key takes a base58 encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Plain(String),
+    Joined { member: MemberId, group: String },
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Self::Plain(text)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Self {
+        Self::Plain(text.to_owned())
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain(text) => f.write_str(text),
+            Self::Joined { member, group } => write!(f, "{member} joined (group {group})"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

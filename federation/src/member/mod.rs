@@ -14,6 +14,7 @@ pub use phase::{Closing, Leading, OpenRound, Own, Phase};
 
 use crate::cadence::Cadence;
 use crate::records::{RoundRecord, RunState, RunStatus};
+use crate::shared;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Heartbeat, Join, RoundOpen};
 use fedmesh_protocol::spec::JobSpec;
@@ -59,8 +60,8 @@ pub struct Snapshot {
 /// A round message this member's view of the membership cannot judge yet.
 #[derive(Debug, Clone)]
 enum Held {
-    Open(RoundOpen),
-    Result(AggregateReady),
+    Open(Arc<RoundOpen>),
+    Result(Arc<AggregateReady>),
 }
 
 /// An update that arrived before the opening of its round.
@@ -94,7 +95,7 @@ pub struct Member {
     announced: Option<AggregateReady>,
     announced_ms: u64,
     /// The newest result taken from another member, with its signer, to pass on.
-    taken: Option<(MemberId, AggregateReady)>,
+    taken: Option<(MemberId, Arc<AggregateReady>)>,
     /// When this member, behind the others, last asked for their newest result.
     caught_up_asked_ms: u64,
     /// Models being fetched, with the round each is the result of.
@@ -187,7 +188,7 @@ impl Member {
                 member.announced.clone().filter(|r| r.round > member.completed_round());
             if let Some(ready) = unfinished {
                 let me = member.me();
-                member.take_result(me, ready, now);
+                member.take_result(me, Arc::new(ready), now);
             }
         } else {
             member.phase = Phase::Ended;
@@ -296,9 +297,9 @@ impl Member {
         self.state.members.is_live(member, now)
     }
 
-    /// The plan of `round` over `members` (sorted by key), as every member computes it (kept for
-    /// reuse: the live members' view is shared, so asking again while it holds is one pointer
-    /// comparison).
+    /// The plan of `round` over `members` (a shared list sorted by key), as every member
+    /// computes it (kept for reuse: the live members' view is shared, so asking again while it
+    /// holds is one pointer comparison; and shared process-wide with other members' machines).
     fn plan_over(&mut self, round: Round, members: Arc<[MemberInfo]>) -> Option<Arc<RoundPlan>> {
         let kept = self.plans.iter().find(|(r, planned, _)| {
             *r == round && (Arc::ptr_eq(planned, &members) || **planned == *members)
@@ -307,9 +308,8 @@ impl Member {
             return Some(plan.clone());
         }
         let selection = Selection::from_participation(&self.setup.spec.participation);
-        let plan =
-            RoundPlan::compute(&self.setup.tag, &self.setup.job, round, &members, &selection);
-        let plan = Arc::new(plan.ok()?);
+        let (tag, job) = (&self.setup.tag, &self.setup.job);
+        let plan = shared::plan(tag, job, round, &members, &selection).ok()?;
         if self.plans.len() >= PLANS_KEPT {
             self.plans.pop_front();
         }
@@ -336,21 +336,29 @@ impl Member {
     /// (Sorted by key: the live members' own view when the list names exactly them, as an
     /// opening or a result made while every member agrees does, so nothing is copied.)
     fn named(&mut self, members: &[MemberId], now: u64) -> Result<Arc<[MemberInfo]>, MemberId> {
-        if let Some(unknown) = self.unknown_among(members) {
+        let live = self.live(now);
+        if names_exactly(members, &live) {
+            return Ok(live);
+        }
+        if let Some(unknown) = self.unknown_among(members, now) {
             return Err(unknown);
         }
         let mut ids = members.to_vec();
         ids.sort_unstable();
         ids.dedup();
-        let live = self.live(now);
-        if live.iter().map(|m| m.id).eq(ids.iter().copied()) {
+        if names_exactly(&ids, &live) {
             return Ok(live);
         }
-        Ok(ids.iter().filter_map(|id| self.state.members.info(id)).collect())
+        let infos = ids.iter().filter_map(|id| self.state.members.info(id)).collect();
+        Ok(shared::member_list(infos))
     }
 
-    /// The first member of a list this member does not know.
-    fn unknown_among(&self, members: &[MemberId]) -> Option<MemberId> {
+    /// The first member of a list this member does not know (none when the list names the live
+    /// members in order, as an opening made while every member agrees does: no lookups then).
+    fn unknown_among(&mut self, members: &[MemberId], now: u64) -> Option<MemberId> {
+        if names_exactly(members, &self.live(now)) {
+            return None;
+        }
         members.iter().find(|id| !self.state.members.contains(id)).copied()
     }
 
@@ -376,7 +384,7 @@ impl Member {
         self.effects.push(Effect::WakeAt(at));
     }
 
-    fn log(&mut self, level: Level, round: Round, text: impl Into<String>) {
+    fn log(&mut self, level: Level, round: Round, text: impl Into<Text>) {
         self.effects.push(Effect::Log(Notice { level, round, text: text.into() }));
     }
 
@@ -455,6 +463,11 @@ impl Member {
         self.held.clear();
         self.persist();
     }
+}
+
+/// Whether a list of members is exactly `members`' keys, in their order.
+fn names_exactly(list: &[MemberId], members: &[MemberInfo]) -> bool {
+    list.len() == members.len() && members.iter().map(|m| m.id).eq(list.iter().copied())
 }
 
 #[cfg(test)]

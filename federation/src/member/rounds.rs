@@ -95,12 +95,12 @@ impl Member {
             members,
         };
         self.effects.push(Effect::Publish(super::Publish::Open(open.clone())));
-        self.follow(self.me(), open, plan, Some(leading), now);
+        self.follow(self.me(), Arc::new(open), plan, Some(leading), now);
     }
 
     /// A verified opening from the member that may send it: followed when its plan, over the
     /// members it names, is led by its opener.
-    pub(super) fn on_open(&mut self, opener: MemberId, open: RoundOpen, now: u64) {
+    pub(super) fn on_open(&mut self, opener: MemberId, open: Arc<RoundOpen>, now: u64) {
         let Ok(named) = self.named(&open.members, now) else { return };
         let Some(plan) = self.plan_over(open.round, named) else { return };
         if plan.leader() != Some(opener) {
@@ -116,7 +116,7 @@ impl Member {
     fn follow(
         &mut self,
         opener: MemberId,
-        open: RoundOpen,
+        open: Arc<RoundOpen>,
         plan: Arc<RoundPlan>,
         leading: Option<Leading>,
         now: u64,
@@ -153,7 +153,7 @@ impl Member {
             base: open.base_model,
             deadline_ms: open.deadline_ms,
             opened_at_ms: open.opened_at_ms,
-            members: open.members.clone(),
+            opening: open.clone(),
             plan: plan.clone(),
             own: Own::NotSelected,
             slots,
@@ -542,7 +542,7 @@ impl Member {
     /// Finishes the top slot: the new model is made and handed over to be stored.
     fn close_round(&mut self, now: u64) {
         let Phase::Open(open) = std::mem::take(&mut self.phase) else { return };
-        let OpenRound { round, base, mut slots, members, .. } = *open;
+        let OpenRound { round, base, mut slots, opening, .. } = *open;
         let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = slots.swap_remove(position);
         let made = top
@@ -557,7 +557,7 @@ impl Member {
                     base,
                     params,
                     contributions,
-                    members,
+                    members: opening.members.clone(),
                 }));
                 self.log(Level::Info, round, "closed; storing the new model");
             }

@@ -230,7 +230,11 @@ impl Net {
                     Served::Own(ready) => (from, ready),
                     Served::Taken { signer, ready } => (signer, ready),
                 };
-                self.send(from, to, Event::Gossip { signer, message: Gossip::Result(ready) });
+                self.send(
+                    from,
+                    to,
+                    Event::Gossip { signer, message: Gossip::Result(Arc::new(ready)) },
+                );
             }
             Effect::AskResult { round, from: asked } => {
                 for member in asked {
@@ -281,9 +285,9 @@ impl Net {
             Publish::Heartbeat(beat) => Gossip::Heartbeat(beat),
             Publish::Open(open) => {
                 self.opened.insert((open.round, open.opened_at_ms), from);
-                Gossip::Open(open)
+                Gossip::Open(Arc::new(open))
             }
-            Publish::Result(ready) => Gossip::Result(ready),
+            Publish::Result(ready) => Gossip::Result(Arc::new(ready)),
             Publish::Eval(report) => Gossip::Eval(report),
         };
         let others: Vec<MemberId> = self.members.keys().filter(|m| **m != from).copied().collect();
