@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs a federated job on N real fedmesh nodes on this machine and reports on it: checks (and
 # installs, when it can) what the build needs, builds `fedmesh` and `testnet` (the dev profile,
-# whose dependencies and training crates are optimized: the build `cargo test` makes too, so a
-# fresh machine compiles RocksDB once), then runs `testnet` with every argument given here.
+# whose dependencies and training crates are optimized) as `cargo test --workspace` builds them,
+# then runs `testnet` with every argument given here.
 #
 #   testnet/run.sh --nodes 8 --rounds 20 --topology central --partition iid
 #   testnet/run.sh --help        # every flag, at once (no build)
@@ -18,5 +18,7 @@ for arg in "$@"; do
 done
 testnet/prerequisites.sh
 target="${CARGO_TARGET_DIR:-target}"
-cargo build -p fedmesh-node --bin fedmesh -p fedmesh-testnet --bin testnet
+# Exactly the test command's build: a narrower one (`cargo build -p ...`) resolves the build
+# tools' features differently, and a fresh machine would then compile RocksDB's C++ twice.
+cargo test --workspace --no-run
 exec "$target/debug/testnet" --binary "$target/debug/fedmesh" "$@"

@@ -56,8 +56,9 @@ pub struct NodeConfig {
     /// How often open jobs are announced again, in seconds.
     #[serde(default = "defaults::reannounce_secs")]
     pub reannounce_secs: u64,
-    /// Deliberate misbehaviour, to test a federation's defenses: `forged-deltas`, `sign-flip`,
-    /// `noise` (see `engine::federation::misbehave`). Never set this on a production node.
+    /// Deliberate misbehaviour or faults, to test a federation's defenses: `forged-deltas`,
+    /// `sign-flip`, `noise`, `slow-disk`... (see `engine::federation::misbehave`). Never set this
+    /// on a production node.
     #[serde(default)]
     pub misbehave: Vec<String>,
     /// gossipsub heartbeat, in milliseconds.

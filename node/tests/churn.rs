@@ -6,7 +6,7 @@
 mod common;
 
 use common::{
-    Job, assert_every_round_once, assert_same_model, completed_round, federation, member_spec,
+    Job, assert_rounds_once, assert_same_model, completed_round, federation, member_spec,
     participants, wait_completed_on, wait_for,
 };
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round(
     let counts = participants(&runs[0]);
     assert_eq!(counts[0], 3);
     assert_eq!(*counts.last().unwrap(), 4, "the late joiner trains in the last rounds: {counts:?}");
-    assert_every_round_once(&runs[0], ROUNDS);
+    assert_rounds_once(&runs, ROUNDS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,7 +47,7 @@ async fn a_trainer_killed_mid_job_is_left_behind_and_restarted_after_the_end_tak
     cluster.nodes[victim].kill();
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
-    assert_every_round_once(&runs[0], 6);
+    assert_rounds_once(&runs, 6);
     let counts = participants(&runs[0]);
     assert!(counts.iter().all(|&c| c >= 3), "every round met the quorum of 3: {counts:?}");
     assert_eq!(*counts.last().unwrap(), 3, "the killed trainer is out: {counts:?}");
@@ -81,7 +81,7 @@ async fn when_the_aggregator_is_killed_mid_round_another_member_takes_the_round_
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], 6);
+    assert_rounds_once(&runs, 6);
     let taken_over = &runs[0]["rounds"][open["round"].as_u64().unwrap() as usize - 1];
     assert_ne!(taken_over["aggregator"], open["aggregator"], "{taken_over:#?}");
 }

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    Job, assert_every_round_once, assert_same_model, completed_round, federation, print_log_tails,
-    run_view, tail, wait_completed, wait_for,
+    Job, assert_rounds_once, assert_same_model, completed_round, federation, run_view, tail,
+    wait_completed, wait_for,
 };
 use fedmesh_testnet::cluster::Cluster;
 use rand::rngs::StdRng;
@@ -123,7 +123,6 @@ async fn wait_takes_part(cluster: &Cluster, node: usize, job: &str, round: u64, 
             return;
         }
         if Instant::now() > deadline {
-            print_log_tails(cluster, 40);
             panic!(
                 "trial {trial}: node{node} did not take part again within {RESUME_LIMIT:?}: {run:#?}"
             );
@@ -198,7 +197,7 @@ async fn members_killed_at_random_moments_reopen_their_store_and_resume() {
     let runs = wait_completed(&cluster, &job, Duration::from_secs(120)).await;
     eprintln!("crash_recovery: job complete at {:.1} s", started.elapsed().as_secs_f64());
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], ROUNDS);
+    assert_rounds_once(&runs, ROUNDS);
     for (node, run) in runs.iter().enumerate() {
         for round in run["rounds"].as_array().cloned().unwrap_or_default() {
             let number = round["round"].as_u64().unwrap_or(0);

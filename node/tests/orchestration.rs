@@ -1,13 +1,14 @@
 //! Orchestration mode with real processes: a coordinator (`coordinate = true`, no data) runs
 //! jobs submitted to it; members follow its signed assignments and refuse (and count) forged
-//! ones; a killed aggregator is replaced by a new assignment; a coordinator killed mid-job
-//! resumes from its store and no round is lost.
+//! ones; a killed aggregator is replaced by a new assignment; a member that joins mid-job catches
+//! up from its first assignment; a coordinator killed mid-job resumes from its store and no round
+//! is lost.
 
 mod common;
 
 use common::{
-    BINARY, assert_every_round_once, assert_same_model, cluster_under_owner, completed_round,
-    poll_until, refusals, wait_completed_on, wait_for,
+    BINARY, assert_every_round_once, assert_rounds_once, assert_same_model, cluster_under_owner,
+    completed_round, member_spec, poll_until, refusals, wait_completed_on, wait_for,
 };
 use fedmesh_testnet::cluster::{Cluster, NodeSpec};
 use serde_json::{Value, json};
@@ -75,7 +76,7 @@ async fn members_follow_the_coordinators_assignments_and_refuse_forged_ones() {
     let members: Vec<usize> = (1..=4).collect();
     let runs = wait_completed_on(&cluster, &members, &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], 4);
+    assert_rounds_once(&runs, 4);
     let view = wait_status(&cluster, &job, "completed", |v| v["state"] == "completed").await;
     let rounds = view["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 4, "{view:#?}");
@@ -118,7 +119,7 @@ async fn a_killed_aggregator_is_replaced_by_a_new_assignment_within_the_deadline
     let survivors: Vec<usize> = (1..=4).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], 5);
+    assert_rounds_once(&runs, 5);
     let view = status(&cluster, &job).await;
     let round = &view["rounds"][open["round"].as_u64().unwrap() as usize - 1];
     let why = round["reassigned"].as_array().unwrap();
@@ -128,6 +129,23 @@ async fn a_killed_aggregator_is_replaced_by_a_new_assignment_within_the_deadline
     let members = view["members"].as_array().unwrap();
     let lost = members.iter().find(|m| node_of(&cluster, &m["peer_id"]) == victim).unwrap();
     assert_eq!(lost["state"], "done", "the job is over for every member: {lost:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_joins_mid_job_fetches_its_first_assignments_base_model_and_trains() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = orchestrated(root.path(), 2, |_| Vec::new()).await;
+    let job = submit(&cluster, 40, json!({"participation": {"min_participants": 2}})).await;
+    wait_for(&cluster, 1, &job, "two rounds", |run| completed_round(run) >= 2).await;
+    // It missed every result so far; the rounds it is assigned cannot close without its update
+    // (the quorum is every trainer), so the job completes only if it catches up.
+    let owner = cluster.nodes[0].peer_id.clone();
+    cluster.start_node(&member_spec(&owner, Vec::new())).await.unwrap();
+    let runs = wait_completed_on(&cluster, &[1, 2, 3], &job, Duration::from_secs(120)).await;
+    assert_same_model(&runs);
+    let rounds = runs[2]["rounds"].as_array().cloned().unwrap_or_default();
+    let trained = rounds.iter().filter(|r| r["train_seconds"].is_number()).count();
+    assert!(trained >= 1, "the late member trained: {:#?}", runs[2]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,5 +182,5 @@ async fn members_of_a_job_that_allows_it_fall_back_to_the_election_without_their
     cluster.nodes[0].kill();
     let runs = wait_completed_on(&cluster, &[1, 2, 3], &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], 5);
+    assert_rounds_once(&runs, 5);
 }

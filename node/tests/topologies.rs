@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    Job, accuracy, assert_every_round_once, assert_same_model, federation, participants, refusals,
+    Job, accuracy, assert_rounds_once, assert_same_model, federation, participants, refusals,
     wait_completed, wait_completed_on, wait_for,
 };
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ fn last_round(run: &Value) -> Value {
 /// update, and a model that learned.
 fn assert_learned_with_everyone(runs: &[Value], rounds: u64, members: u64) {
     assert_same_model(runs);
-    assert_every_round_once(&runs[0], rounds);
+    assert_rounds_once(runs, rounds);
     let counts = participants(&runs[0]);
     assert!(counts.iter().all(|&c| c == members), "every member in every round: {counts:?}");
     let last = accuracy(&runs[0], rounds as usize - 1);
@@ -137,7 +137,7 @@ async fn a_ring_member_killed_mid_round_makes_the_ring_re_form() {
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, LIMIT).await;
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], 5);
+    assert_rounds_once(&runs, 5);
     assert_eq!(*participants(&runs[0]).last().unwrap(), 3, "the ring re-formed without it");
 }
 
@@ -162,6 +162,6 @@ async fn a_group_aggregator_killed_mid_round_is_replaced_by_the_next_in_its_fail
     let survivors: Vec<usize> = (0..6).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, LIMIT).await;
     assert_same_model(&runs);
-    assert_every_round_once(&runs[0], 5);
+    assert_rounds_once(&runs, 5);
     assert_eq!(*participants(&runs[0]).last().unwrap(), 5, "{:#?}", runs[0]["rounds"]);
 }

@@ -133,6 +133,10 @@ enum Internal {
         model: fedmesh_protocol::ids::ContentHash,
         result: Result<Vec<u8>, String>,
     },
+    /// A round's model was made and stored off the engine's task.
+    RoundModel { job: JobId, made: federation::RoundModel },
+    /// An update's signature over its payload was checked off the engine's task.
+    UpdateChecked(federation::CheckedUpdate),
 }
 
 /// A cloneable handle the admin API uses to ask the engine.
@@ -404,18 +408,23 @@ impl Engine {
             Internal::SlotComplete { job, round, slot } => {
                 self.finish_if_complete(job, round, slot).await
             }
-            Internal::OwnRequest { request, payload } => match request {
-                fedmesh_protocol::message::Request::Delta(delta) => {
-                    self.on_delta_request(delta, &payload[..]).await;
+            Internal::OwnRequest { request, payload } => {
+                let payload = federation::UpdatePayload::Own(payload);
+                match request {
+                    fedmesh_protocol::message::Request::Delta(delta) => {
+                        self.verify_update(federation::Unverified::Delta(delta), payload, None);
+                    }
+                    fedmesh_protocol::message::Request::Partial(partial) => {
+                        self.verify_update(federation::Unverified::Partial(partial), payload, None);
+                    }
+                    other => tracing::error!(?other, "not an update this node sends itself"),
                 }
-                fedmesh_protocol::message::Request::Partial(partial) => {
-                    self.on_partial_request(partial, &payload[..]).await;
-                }
-                other => tracing::error!(?other, "not an update this node sends itself"),
-            },
+            }
+            Internal::UpdateChecked(update) => self.on_checked_update(update).await,
             Internal::ModelFetched { job, round, model, result } => {
                 self.on_model_fetched(job, round, model, result).await
             }
+            Internal::RoundModel { job, made } => self.on_round_model(job, made).await,
         }
     }
 

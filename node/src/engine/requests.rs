@@ -1,6 +1,7 @@
 //! Peer-to-peer requests: answering peers (blobs by hash, our job list) and asking a newly
 //! connected peer for its jobs, so a node that was offline at an announcement still learns it.
 
+use super::federation::{Unverified, UpdatePayload};
 use super::{Engine, Internal};
 use crate::network::{Frame, Held, Network, NetworkEvent};
 use fedmesh_protocol::codec::{
@@ -32,7 +33,7 @@ impl Engine {
     /// answered; a blob served takes one until it is written, or is answered `Busy` when that
     /// would exceed the budget (the asker then tries another peer that holds it).
     async fn on_request(&mut self, peer: PeerId, data: Frame, channel: ResponseChannel<Frame>) {
-        let (data, _held) = data.into_received();
+        let (data, held) = data.into_received();
         let none = || (Vec::new(), None);
         let (response, (payload, held)) = match decode_request(data) {
             Err(error) => {
@@ -45,32 +46,26 @@ impl Engine {
                 Some(announcement) => (Response::Announcement(announcement.clone()), none()),
                 None => (Response::NotFound { hash: job.0 }, none()),
             },
-            Ok((Request::Blob { hash }, _)) => self.serve_blob(hash),
+            Ok((Request::Blob { hash }, _)) => return self.serve_blob(hash, channel).await,
             Ok((Request::RoundResult { job, round }, _)) => (self.round_result(job, round), none()),
             Ok((Request::Delta(delta), payload)) => {
                 self.count_update(delta.unverified_body().job, &payload);
-                (self.on_delta_request(delta, &payload).await, none())
+                let (update, payload) =
+                    (Unverified::Delta(delta), UpdatePayload::Received(payload));
+                return self.verify_update(update, payload, Some((channel, held)));
             }
             Ok((Request::Partial(partial), payload)) => {
                 self.count_update(partial.unverified_body().job, &payload);
-                (self.on_partial_request(partial, &payload).await, none())
+                let update = Unverified::Partial(partial);
+                let payload = UpdatePayload::Received(payload);
+                return self.verify_update(update, payload, Some((channel, held)));
             }
             Ok((Request::RingChunk(chunk), payload)) => {
                 self.count_update(chunk.unverified_body().job, &payload);
                 (self.on_ring_chunk(chunk, &payload).await, none())
             }
         };
-        match encode_response_header(&response, payload.len()) {
-            Ok(head) => {
-                let frame = Frame::new(head, Arc::new(payload));
-                let frame = match held {
-                    Some(held) => frame.holding(held),
-                    None => frame,
-                };
-                let _ = self.network.respond(channel, frame).await;
-            }
-            Err(error) => tracing::error!(%error, "cannot encode a response"),
-        }
+        respond(&self.network, channel, response, payload, held).await;
     }
 
     /// Counts an update's payload bytes for its job, whatever is made of the update.
@@ -78,23 +73,33 @@ impl Engine {
         self.metrics.job_received(&job.to_string(), payload.len());
     }
 
-    /// A stored blob with the budget share it holds while it is sent, `Busy` when it does not
-    /// fit the budget now, or `NotFound`.
-    /// The share is taken before the blob is read (for the largest model of this node's jobs,
-    /// which is what peers ask for), so a busy node reads nothing.
-    fn serve_blob(&self, hash: ContentHash) -> (Response, (Vec<u8>, Option<Held>)) {
+    /// Answers with a stored blob, which holds a budget share while it is sent, or `Busy` when
+    /// it does not fit the budget now, or `NotFound`. The share is taken before the blob is read
+    /// (for the largest model of this node's jobs, which is what peers ask for), so a busy node
+    /// reads nothing; the blob is read and sent off the engine's task.
+    async fn serve_blob(&self, hash: ContentHash, channel: ResponseChannel<Frame>) {
         let Some(held) = self.network.try_reserve(self.largest_model_bytes()) else {
             self.metrics.rejected("blob", "busy");
-            return (Response::Busy { hash }, (Vec::new(), None));
+            let busy = Response::Busy { hash };
+            return respond(&self.network, channel, busy, Vec::new(), None).await;
         };
-        match self.store.blob(&hash) {
-            Ok(Some(bytes)) => (Response::Blob { hash }, (bytes, Some(held))),
-            Ok(None) => (Response::NotFound { hash }, (Vec::new(), None)),
-            Err(error) => {
-                tracing::error!(%error, "cannot read blob");
-                (Response::NotFound { hash }, (Vec::new(), None))
-            }
-        }
+        let (network, store) = (self.network.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || store.blob(&hash)).await;
+            let (response, payload, held) = match read {
+                Ok(Ok(Some(bytes))) => (Response::Blob { hash }, bytes, Some(held)),
+                Ok(Ok(None)) => (Response::NotFound { hash }, Vec::new(), None),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "cannot read blob");
+                    (Response::NotFound { hash }, Vec::new(), None)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the blob read failed");
+                    (Response::NotFound { hash }, Vec::new(), None)
+                }
+            };
+            respond(&network, channel, response, payload, held).await;
+        });
     }
 
     /// Asks `peer` for its job list in the background, then for each announcement this node lacks;
@@ -123,6 +128,28 @@ impl Engine {
                 }
             }
         });
+    }
+}
+
+/// Answers a request with `response` and its payload (which holds `held`, a budget share,
+/// until it is written).
+pub(super) async fn respond(
+    network: &Network,
+    channel: ResponseChannel<Frame>,
+    response: Response,
+    payload: Vec<u8>,
+    held: Option<Held>,
+) {
+    match encode_response_header(&response, payload.len()) {
+        Ok(head) => {
+            let frame = Frame::new(head, Arc::new(payload));
+            let frame = match held {
+                Some(held) => frame.holding(held),
+                None => frame,
+            };
+            let _ = network.respond(channel, frame).await;
+        }
+        Err(error) => tracing::error!(%error, "cannot encode a response"),
     }
 }
 

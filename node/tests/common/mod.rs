@@ -58,6 +58,8 @@ pub struct Job {
     pub tag: Value,
     /// `f32`, `f16` or `int8`.
     pub delta_encoding: &'static str,
+    /// The model: `softmax`, or another model spec.
+    pub model: Value,
 }
 
 impl Job {
@@ -70,6 +72,7 @@ impl Job {
             quorum: json!({"fraction": 1.0}),
             tag: json!("central"),
             delta_encoding: "f32",
+            model: json!("softmax"),
         }
     }
 
@@ -81,7 +84,7 @@ impl Job {
             "tag": self.tag,
             "delta_encoding": self.delta_encoding,
             "owner": cluster.nodes[0].peer_id,
-            "model": "softmax",
+            "model": self.model,
             "dataset": "mnist5k",
             "hyperparameters": {"rounds": self.rounds, "local_epochs": 1, "lr": 0.1},
             "participation": {"min_participants": self.min_participants},
@@ -123,17 +126,9 @@ pub async fn wait_completed_on(
             return runs;
         }
         if Instant::now() > deadline {
-            print_log_tails(cluster, 30);
             panic!("job not completed within {limit:?}: {runs:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Prints the last `lines` lines of every node's log (for a failing test).
-pub fn print_log_tails(cluster: &Cluster, lines: usize) {
-    for node in &cluster.nodes {
-        eprintln!("--- {} log tail:\n{}", node.name, tail(&node.log(), lines));
     }
 }
 
@@ -220,6 +215,22 @@ pub fn completed_round(run: &Value) -> u64 {
 pub fn participants(run: &Value) -> Vec<u64> {
     let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
     rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()
+}
+
+/// Every round 1..=n recorded once, each with a model, by the member that took part longest;
+/// and no member records a round twice or out of order, and each ends at round n. (A member that
+/// joined late, as under load after the first rounds closed, or caught up by taking the newest
+/// model, has no record of the rounds it skipped.)
+pub fn assert_rounds_once(runs: &[Value], n: u64) {
+    let recorded = |run: &Value| run["rounds"].as_array().map_or(0, Vec::len);
+    let Some(fullest) = runs.iter().max_by_key(|run| recorded(run)) else { return };
+    assert_every_round_once(fullest, n);
+    for run in runs {
+        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+        let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+        assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "{run:#?}");
+        assert_eq!(numbers.last(), Some(&n), "{run:#?}");
+    }
 }
 
 /// Every round 1..=n recorded once, each with a model.

@@ -6,9 +6,9 @@
 use super::collect::{self, Collecting, Opening, Refused, refuse};
 use super::misbehave::WITHHOLD_RESULTS;
 use super::{ANNOUNCE_AGAIN_MS, Leading, encode_model};
-use crate::engine::{Engine, EngineError, Internal};
+use crate::engine::{Engine, Internal};
 use fedmesh_federation::records::RunStatus;
-use fedmesh_protocol::envelope::Signed;
+use fedmesh_protocol::envelope::{Signed, Verified};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     Contribution, GossipMessage, ModelDelta, PartialAggregate, Request, Response, RoundOpen,
@@ -25,8 +25,8 @@ const MAX_EARLY_INPUTS: usize = 64;
 
 /// An input that arrived before the opening of its round (its sender heard the opening first).
 pub enum EarlyInput {
-    Delta(Signed<ModelDelta>, Vec<u8>),
-    Partial(Signed<PartialAggregate>, Vec<u8>),
+    Delta(Verified<ModelDelta>, Vec<u8>),
+    Partial(Verified<PartialAggregate>, Vec<u8>),
 }
 
 impl Engine {
@@ -37,6 +37,9 @@ impl Engine {
         let Some(run) = self.runs.get_mut(&id) else { return };
         if round > run.spec.hyperparameters.rounds || run.state.completed_round + 1 != round {
             return;
+        }
+        if run.rounds.get(&round).is_some_and(|record| record.model.is_some()) {
+            return; // its result is heard: its model is being taken
         }
         if run.orchestrated(now) {
             return self.follow_assignment(id, round).await;
@@ -140,13 +143,13 @@ impl Engine {
         let received = self.top_received(&id);
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(leading) = run.leading.as_ref() else { return };
-        if now < leading.deadline_ms {
-            return;
+        if now < leading.deadline_ms || run.closing == Some(leading.round) {
+            return; // not yet, or its model is being made
         }
         let round = leading.round;
         let has_top = run.slots.iter().any(|slot| slot.parent.is_none() && slot.round == round);
         if has_top && received >= leading.required && received > 0 {
-            return self.close_round(id).await;
+            return self.close_round(id);
         }
         if run.orchestrated(now) {
             return; // short of its quorum: the coordinator assigns the round again
@@ -163,7 +166,7 @@ impl Engine {
         let unchanged_top = plan.slots.len() == 1 && plan.rings.is_empty();
         if has_top && unchanged_top && received >= required && received > 0 {
             // Central: the updates in are a quorum of the trainers still live.
-            return self.close_round(id).await;
+            return self.close_round(id);
         }
         let Some(leading) = run.leading.as_mut() else { return };
         leading.retries += 1;
@@ -228,20 +231,20 @@ impl Engine {
         }
     }
 
-    /// Verifies a delta from a peer and folds it in; a refusal is counted by reason.
+    /// Folds in a delta whose signature was verified; a refusal is counted by reason.
     pub(in crate::engine) async fn on_delta_request(
         &mut self,
-        delta: Signed<ModelDelta>,
+        delta: Verified<ModelDelta>,
         payload: &[u8],
     ) -> Response {
-        let body = delta.unverified_body();
+        let body = delta.body();
         let (round, base) = (body.round, body.base_model);
         let id = body.job;
         let early = || EarlyInput::Delta(delta.clone(), payload.to_vec());
         if self.keep_early(id, round, base, early) {
             return Response::Accepted;
         }
-        let member = delta.unverified_body().member;
+        let member = delta.body().member;
         let result =
             self.slot_for(id, |slot| slot.direct.contains(&member)).and_then(|(run, index)| {
                 let members = &run.state.members;
@@ -268,13 +271,13 @@ impl Engine {
         slots.iter().any(|slot| slot.contributions.iter().any(|c| c.member == me))
     }
 
-    /// Verifies a lower slot's or ring's partial aggregate and folds it in.
+    /// Folds in a lower slot's or ring's partial aggregate whose signature was verified.
     pub(in crate::engine) async fn on_partial_request(
         &mut self,
-        partial: Signed<PartialAggregate>,
+        partial: Verified<PartialAggregate>,
         payload: &[u8],
     ) -> Response {
-        let body = partial.unverified_body();
+        let body = partial.body();
         let (id, key) = (body.job, (body.aggregator, body.group.clone()));
         let early = || EarlyInput::Partial(partial.clone(), payload.to_vec());
         if self.keep_early(id, body.round, body.base_model, early) {
@@ -308,7 +311,7 @@ impl Engine {
     }
 
     /// Answers an input: accepted (finishing its slot when complete) or refused and counted.
-    async fn answer_input(
+    pub(in crate::engine) async fn answer_input(
         &mut self,
         id: JobId,
         kind: &'static str,
@@ -356,7 +359,7 @@ impl Engine {
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(position) = run.slots.iter().position(|s| s.slot == slot) else { return };
         if run.slots[position].parent.is_none() {
-            return self.close_round(id).await;
+            return self.close_round(id);
         }
         let collecting = run.slots.remove(position);
         if collecting.contributions.is_empty() {
@@ -382,28 +385,19 @@ impl Engine {
         send_partial(self, id, part, to, &mean, sum.total_weight, contributions).await;
     }
 
-    /// Finishes the top slot, stores the new global model and announces it.
-    pub(super) async fn close_round(&mut self, id: JobId) {
+    /// Finishes the top slot: the new global model is made from it and stored off the engine's
+    /// task, then announced.
+    pub(super) fn close_round(&mut self, id: JobId) {
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(position) = run.slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = run.slots.remove(position);
         let (round, base, base_params) = (top.round, top.base, run.params.clone());
-        // The sum is dropped as soon as the new model is made from it, and the model as soon
-        // as it is stored: a large model's aggregator holds few copies of it at once.
-        let made = top
-            .finish()
-            .and_then(|(sum, contributions)| Ok((sum.mean_added_to(&base_params)?, contributions)));
-        drop(base_params);
-        let (params, contributions) = match made {
-            Ok(done) => done,
-            Err(error) => return tracing::error!(job = %id, round, %error, "cannot aggregate"),
-        };
-        let stored = self.store_model(&params);
-        drop(params);
-        match stored {
-            Ok(model) => self.announce_model(id, round, base, model, contributions).await,
-            Err(error) => tracing::error!(job = %id, round, %error, "cannot store the model"),
-        }
+        self.store_round_model(id, (round, base), true, move || {
+            // The sum is dropped as soon as the new model is made from it.
+            let (sum, contributions) = top.finish().map_err(|e| e.to_string())?;
+            let params = sum.mean_added_to(&base_params).map_err(|e| e.to_string())?;
+            Ok((params, contributions))
+        });
     }
 
     /// A member whose heartbeat says it is still in a round this node closed missed the
@@ -423,14 +417,6 @@ impl Engine {
         let ready = ready.clone();
         tracing::info!(job = %id, round = ready.round, "a member missed the round's result; announcing it again");
         self.publish_signed(id, ready, GossipMessage::AggregateReady).await;
-    }
-
-    pub(super) fn store_model(&self, params: &[f32]) -> Result<ContentHash, EngineError> {
-        let blob = encode_model(params)?;
-        let mut batch = self.store.batch();
-        let hash = batch.put_blob(&blob)?;
-        batch.commit()?;
-        Ok(hash)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Deliberate misbehaviour for testing a federation's defenses (the `misbehave` setting): a node
 //! so configured sends deltas that an honest aggregator must refuse (forged), validly signed but
-//! poisoned ones that only a robust strategy withstands, or tries to take rounds over.
+//! poisoned ones that only a robust strategy withstands, or tries to take rounds over; or it
+//! suffers a fault (a slow disk).
 
 use super::Engine;
 use super::train::request_with_payload;
@@ -35,9 +36,24 @@ pub const FORGE_ASSIGNMENTS: &str = "forge-assignments";
 /// that asks for it).
 pub const WITHHOLD_RESULTS: &str = "withhold-results";
 
+/// `slow-disk`: a fault rather than an attack: every large round model (a large frame's size or
+/// more) this node makes and stores takes `SLOW_DISK_DELAY` longer to write, as on a slow or
+/// overloaded disk. It shows that nothing else waits behind a job's heavy work.
+pub const SLOW_DISK: &str = "slow-disk";
+
+/// How much longer `slow-disk` makes a large model's write.
+pub const SLOW_DISK_DELAY: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// Every kind of misbehaviour the setting accepts.
-pub const KINDS: &[&str] =
-    &[FORGED_DELTAS, SIGN_FLIP, NOISE, HIJACK_ROUNDS, FORGE_ASSIGNMENTS, WITHHOLD_RESULTS];
+pub const KINDS: &[&str] = &[
+    FORGED_DELTAS,
+    SIGN_FLIP,
+    NOISE,
+    HIJACK_ROUNDS,
+    FORGE_ASSIGNMENTS,
+    WITHHOLD_RESULTS,
+    SLOW_DISK,
+];
 
 impl Engine {
     pub(super) fn misbehaves(&self, kind: &str) -> bool {
@@ -123,7 +139,11 @@ impl Engine {
             // Each forgery is answered before the honest update goes, so that it reaches the
             // aggregator while the round is still open.
             if aggregator == self.identity.member_id() {
-                Box::pin(self.on_delta_request(signed, payload)).await;
+                // Verified here, on the engine's task: judged before the honest update goes.
+                match super::collect::verify_payload(signed, payload) {
+                    Ok(delta) => Box::pin(self.on_delta_request(delta, payload)).await,
+                    Err(refused) => self.answer_input(id, "delta", Err(refused)).await,
+                };
             } else {
                 let request = Request::Delta(signed);
                 let answer =

@@ -15,6 +15,7 @@ mod orchestrated;
 mod ring;
 mod store;
 mod train;
+mod work;
 
 pub use fedmesh_federation::records::{RoundView, RunView};
 pub use local::{LocalData, Trained};
@@ -24,6 +25,7 @@ use super::{Engine, EngineError};
 use aggregate::send_partial;
 use collect::Collecting;
 pub(in crate::engine) use collect::Refused;
+pub(in crate::engine) use collect::Unverified;
 use fedmesh_federation::cadence::Cadence;
 use fedmesh_federation::membership::Membership;
 use fedmesh_federation::records::{MemberView, RoundRecord, RunState, RunStatus};
@@ -43,6 +45,7 @@ pub(in crate::engine) use gossip::verify;
 pub(in crate::engine) use holders::Holders;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+pub(in crate::engine) use work::{CheckedUpdate, RoundModel, UpdatePayload};
 
 /// How long after a peer subscribes to a job's topic the join is repeated for it.
 const JOIN_ECHO_DELAY_MS: u64 = 300;
@@ -141,6 +144,8 @@ pub struct JobRun {
     open: Option<OpenRound>,
     /// The round this node leads, if any.
     leading: Option<Leading>,
+    /// The round whose model this node is making and storing off the engine's task.
+    closing: Option<Round>,
     /// The slots this node aggregates in the round it follows.
     slots: Vec<Collecting>,
     /// This node's ring all-reduce in the round it follows.
@@ -201,6 +206,7 @@ impl JobRun {
             rounds,
             open: None,
             leading: None,
+            closing: None,
             slots: Vec::new(),
             ring: None,
             early_chunks: Vec::new(),

@@ -69,10 +69,11 @@ impl Engine {
         model: ContentHash,
         announcer: MemberId,
     ) {
+        // Known to hold it even when a fetch is under way: that fetch asks it on its next pass.
+        self.holders.add(model, announcer);
         if !self.fetching.insert((id, model)) {
             return;
         }
-        self.holders.add(model, announcer);
         let me = self.identity.member_id();
         let mut members: Vec<MemberId> = self.runs.get(&id).map_or_else(Vec::new, |run| {
             let live = run.state.members.live_at(unix_millis());
@@ -131,6 +132,11 @@ impl Engine {
         if round < run.state.completed_round
             || (round == run.state.completed_round && model == run.state.model)
         {
+            // Already past it (a later round's model arrived sooner): its result is still
+            // recorded for good.
+            if let Err(error) = store::save_progress(&self.store, run, round) {
+                tracing::error!(job = %id, %error, "cannot record the round");
+            }
             return;
         }
         let params = match decode_params(bytes, TensorEncoding::F32Le, run.params.len()) {

@@ -92,17 +92,19 @@ impl Engine {
     }
 
     /// Follows the held assignment of `round` as its opening, once this member holds the
-    /// round's base model (it fetches it from the assigned leader first if not).
+    /// round's base model. A member without it (behind, or joined after the rounds before
+    /// closed) fetches it as the result of the round before the assigned one: the coordinator
+    /// signed the assignment that names it.
     pub(super) async fn follow_assignment(&mut self, id: JobId, round: Round) {
         let me = self.identity.member_id();
         let Some(run) = self.runs.get_mut(&id) else { return };
         let Some(Assigned { assignment, leader, base_asked_ms }) = run.assigned.clone() else {
             return;
         };
-        if assignment.round != round || !run.is_active() {
+        if assignment.round < round || !run.is_active() {
             return;
         }
-        if assignment.base_model != run.state.model {
+        if assignment.base_model != run.state.model || assignment.round > round {
             let now = unix_millis();
             if now.saturating_sub(base_asked_ms) < BASE_ASK_AGAIN_MS {
                 return;
@@ -110,7 +112,7 @@ impl Engine {
             if let Some(held) = run.assigned.as_mut() {
                 held.base_asked_ms = now;
             }
-            return self.fetch_model(id, round - 1, assignment.base_model, leader);
+            return self.fetch_model(id, assignment.round - 1, assignment.base_model, leader);
         }
         let Ok(plan) = run.assigned_plan(&assignment) else { return };
         let open = RoundOpen {

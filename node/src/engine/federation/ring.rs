@@ -167,16 +167,11 @@ impl Engine {
         tracing::info!(job = %id, round, members = contributions.len(), "ring all-reduce done");
         match result {
             RingResult::Model { leader } => {
-                let params: Vec<f32> = run.params.iter().zip(&mean).map(|(p, d)| p + d).collect();
-                let model = match self.store_model(&params) {
-                    Ok(model) => model,
-                    Err(error) => {
-                        return tracing::error!(job = %id, %error, "cannot store the model");
-                    }
-                };
-                if leader {
-                    self.announce_model(id, round, base, model, contributions).await;
-                }
+                let base_params = run.params.clone();
+                self.store_round_model(id, (round, base), leader, move || {
+                    let params = base_params.iter().zip(&mean).map(|(p, d)| p + d).collect();
+                    Ok((params, contributions))
+                });
             }
             RingResult::Up { uploader: true, to } => {
                 let part = (round, base, opened_at_ms, label);
