@@ -39,6 +39,7 @@ impl World {
     fn carry_out_one(&mut self, member: Index, effect: Effect) {
         match effect {
             Effect::Publish(publish) => self.publish_effect(member, publish),
+            Effect::SendJoin { to, join, asks } => self.send_join(member, to, join, asks),
             Effect::SendDelta { to, delta, until_ms } => {
                 self.send_delta(member, to, delta, until_ms)
             }

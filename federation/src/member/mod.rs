@@ -33,6 +33,15 @@ const MAX_EARLY_UPDATES: usize = 64;
 const PLANS_KEPT: usize = 4;
 /// How often a waiting member checks whether the plan elects it to open the next round.
 const OPEN_CHECK_MS: u64 = 1_000;
+/// How long held round messages wait for the joins of the members asked about before they are
+/// judged again without them.
+const ANSWER_WAIT_MS: u64 = 5_000;
+/// How often at most a member that does not answer is asked for its join again.
+const ASK_AGAIN_MS: u64 = 30_000;
+/// A newcomer settles at least this long (its join's answers come back within a round trip)
+/// and until it heard this many heartbeats (see `Member::settling`).
+const SETTLE_MIN_MS: u64 = 5_000;
+const SETTLE_HEARTBEATS: u32 = 8;
 
 /// Who this member is and what job it runs.
 #[derive(Debug, Clone)]
@@ -84,6 +93,12 @@ pub struct Member {
     joined_ms: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,
+    /// Heartbeats heard from other members since this member joined (or restarted).
+    heartbeats_heard: u32,
+    /// Members heard from but not known, asked for their joins, with when.
+    asked: BTreeMap<MemberId, u64>,
+    /// When held round messages are judged again if the answers asked for are not all in.
+    judge_held_at: Option<u64>,
     held: VecDeque<(MemberId, Held)>,
     early: VecDeque<EarlyUpdate>,
     /// The round and base this member trained on, so it trains once per round.
@@ -104,9 +119,6 @@ pub struct Member {
     plans: VecDeque<(Round, Arc<[MemberInfo]>, Arc<RoundPlan>)>,
     /// The furthest round any member's heartbeat named.
     furthest_heard: Round,
-    /// A join arrived while this member's own join was too recent to repeat: it goes out
-    /// again once the cadence's echo interval passed, so every newcomer hears of every member.
-    echo_due: bool,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
@@ -165,6 +177,9 @@ impl Member {
             joined_ms: now,
             last_heartbeat_ms: 0,
             last_join_ms: 0,
+            heartbeats_heard: 0,
+            asked: BTreeMap::new(),
+            judge_held_at: None,
             held: VecDeque::new(),
             early: VecDeque::new(),
             trained: None,
@@ -176,7 +191,6 @@ impl Member {
             fetching: BTreeMap::new(),
             plans: VecDeque::new(),
             furthest_heard: 0,
-            echo_due: false,
             next_open_check_ms: 0,
             unsaved: Unsaved::Nothing,
             effects: Vec::new(),
@@ -213,6 +227,7 @@ impl Member {
         match event {
             Event::Tick => self.on_tick(now),
             Event::Gossip { signer, message } => self.on_gossip(signer, message, now),
+            Event::JoinSent { signer, join, asks } => self.on_join_sent(signer, join, asks, now),
             Event::Update { signer, update, values, request } => {
                 let outcome = self.on_update(signer, update, values, now);
                 self.effects.push(Effect::Answer { request, outcome });
@@ -388,19 +403,62 @@ impl Member {
         self.effects.push(Effect::Log(Notice { level, round, text: text.into() }));
     }
 
-    fn publish_join(&mut self, now: u64) {
-        self.last_join_ms = now;
-        self.echo_due = false;
-        let join = Join {
+    /// This member's join as sent now.
+    fn own_join(&self, now: u64) -> Join {
+        Join {
             job: self.setup.job,
             member: self.setup.me,
             group: self.setup.group.clone(),
             roles: self.setup.roles.clone(),
             samples: self.setup.samples,
             sent_at_ms: now,
-        };
+        }
+    }
+
+    fn publish_join(&mut self, now: u64) {
+        self.last_join_ms = now;
+        let join = self.own_join(now);
         self.state.members.join(&join, now);
         self.effects.push(Effect::Publish(Publish::Join(join)));
+    }
+
+    /// Sends this member's join to `to` alone: an answer, or (`asks`) a question.
+    fn send_join(&mut self, to: MemberId, asks: bool, now: u64) {
+        let join = self.own_join(now);
+        self.effects.push(Effect::SendJoin { to, join, asks });
+    }
+
+    /// Asks a member this one heard from but does not know for its join (its group, roles and
+    /// samples, which only a join declares), at most once every `ASK_AGAIN_MS`. The question
+    /// is this member's own join, so the two learn of each other at once. (Before, a member
+    /// that learned of a member it did not know repeated its own join to the whole job: with
+    /// 1% of copies lost, every member of a 10,000-member job missed about a hundred joins and
+    /// learned of them from such repeats, which made it repeat its own, in waves of 10⁸
+    /// deliveries that only one or two members needed each.)
+    fn ask_for_join(&mut self, member: MemberId, now: u64) {
+        if member == self.me() || self.state.members.contains(&member) {
+            return;
+        }
+        if self.asked.get(&member).is_some_and(|at| now < at + ASK_AGAIN_MS) {
+            return;
+        }
+        self.asked.insert(member, now);
+        self.judge_held_at = Some(now + ANSWER_WAIT_MS);
+        self.send_join(member, true, now);
+    }
+
+    /// Whether some member asked for its join may still answer.
+    fn awaits_answers(&self, now: u64) -> bool {
+        self.asked.values().any(|at| now < at + ANSWER_WAIT_MS)
+    }
+
+    /// The first heartbeat of this incarnation goes out this long after it joined: a fraction
+    /// of the heartbeat interval drawn from its key. Members of a job that starts at once (or
+    /// a simulator's thousands) otherwise beat in step, every member's heartbeat reaching
+    /// every member within a second once an interval rather than the job's rate evenly.
+    fn first_heartbeat_after_ms(&self, cadence: Cadence) -> u64 {
+        let phase = u64::from(u16::from_le_bytes([self.setup.me.0[0], self.setup.me.0[1]]));
+        cadence.heartbeat_ms() * phase / 65_536
     }
 
     /// Periodic work: heartbeats, repeated joins, deadlines, opening the next round.
@@ -410,7 +468,12 @@ impl Member {
         }
         let me = self.me();
         let cadence = self.cadence();
-        if now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms() {
+        let heartbeat_due = if self.heartbeat_sequence == 0 {
+            now.saturating_sub(self.joined_ms) >= self.first_heartbeat_after_ms(cadence)
+        } else {
+            now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms()
+        };
+        if heartbeat_due {
             // Its own sign of life as others see it: it stays live here as long as there (every
             // tick did it before, a lookup in the membership a thousand times a second).
             self.state.members.seen(&me, now);
@@ -429,15 +492,24 @@ impl Member {
             };
             self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
         }
-        let since_join = now.saturating_sub(self.last_join_ms);
-        let echo = self.echo_due && since_join >= cadence.join_echo_ms();
-        if since_join >= cadence.rejoin_ms() || echo {
+        if now.saturating_sub(self.last_join_ms) >= cadence.rejoin_ms() {
             self.publish_join(now);
         }
+        if self.judge_held_at.is_some_and(|at| now >= at) {
+            // Some members asked about did not answer: what waits on them is judged again (and
+            // they are asked again, `ASK_AGAIN_MS` after the last time).
+            self.judge_held_at = None;
+            self.asked.retain(|_, at| now < *at + ASK_AGAIN_MS);
+            self.judge_held(now);
+        }
         self.tick_round(now);
-        let next_beat = (self.last_heartbeat_ms + cadence.heartbeat_ms())
-            .min(self.last_join_ms + cadence.rejoin_ms());
-        self.wake_at(next_beat.min(now + IDLE_WAKE_MS));
+        let next_heartbeat = if self.heartbeat_sequence == 0 {
+            self.joined_ms + self.first_heartbeat_after_ms(cadence)
+        } else {
+            self.last_heartbeat_ms + cadence.heartbeat_ms()
+        };
+        let next_beat = next_heartbeat.min(self.last_join_ms + cadence.rejoin_ms());
+        self.wake_at(next_beat.clamp(now + 1, now + IDLE_WAKE_MS));
     }
 
     /// This member's operator leaves the job: a signed leave, and nothing more of the round.

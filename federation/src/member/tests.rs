@@ -224,6 +224,9 @@ impl Net {
                     Event::Update { signer: from, update, values: chunk.values, request },
                 );
             }
+            Effect::SendJoin { to, join, asks } => {
+                self.send(from, to, Event::JoinSent { signer: from, join, asks });
+            }
             Effect::Answer { outcome: Err(refusal), .. } => self.refusals.push(refusal),
             Effect::ServeResult { to, result, .. } => {
                 let (signer, ready) = match result {
