@@ -10,3 +10,4 @@ pub mod member;
 pub mod membership;
 pub mod records;
 pub mod ring;
+pub mod shared;

@@ -1,49 +1,209 @@
 //! Who is in a job: members as their signed joins declare them, when each was last heard from,
 //! and the live view that round plans are computed over (kept until a join, a leave, a revival
 //! or the first expiry changes it, so asking for it on every tick costs nothing).
+//!
+//! A simulator runs thousands of members' machines in one process, each knowing every member
+//! and hearing every heartbeat, so an entry is small and found in one hash lookup: the
+//! declaration is shared process-wide ([`crate::shared`]), the model a member holds is an index
+//! into a short table of models, and the whole map is shared with the snapshots taken of it
+//! until it next changes. Whatever is listed is sorted by key.
 
 use crate::cadence::Cadence;
+use crate::shared::{self, Declared};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::Join;
 use fedmesh_topologies::MemberInfo;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-/// One member of a job.
+/// How many distinct models the table of held models grows to before the models no member
+/// holds any more are dropped from it.
+const MODELS_KEPT: usize = 64;
+/// The table index that stands for no model.
+const NO_MODEL: u32 = u32::MAX;
+
+/// One member of a job, as listed and persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
-    /// Shared, so that a snapshot of the membership copies no labels.
-    #[serde(with = "shared")]
-    pub info: Arc<MemberInfo>,
+    pub info: MemberInfo,
     pub samples: u64,
     pub last_seen_ms: u64,
     /// The round its last heartbeat said it is in (0 before one).
     #[serde(default)]
     pub round_heard: Round,
     /// The newest global model it is known to hold, with the round that made it: where a model
-    /// is fetched first (kept here, beside what a heartbeat already looks up, rather than in a
-    /// set of holders per model that every heartbeat grew).
+    /// is fetched first.
     #[serde(default)]
     pub holds: Option<(Round, ContentHash)>,
 }
 
-impl Member {
-    /// Notes that it holds `model`, made by `round`, unless it is known to hold a newer one.
-    fn hold(&mut self, round: Round, model: ContentHash) {
-        if self.holds.is_none_or(|(newest, _)| round >= newest) {
-            self.holds = Some((round, model));
+/// A member's declaration as the key of its entry: ordered by the member's key.
+#[derive(Debug, Clone)]
+struct Key(Arc<Declared>);
+
+impl Borrow<MemberId> for Key {
+    fn borrow(&self) -> &MemberId {
+        &self.0.info.id
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.info.id == other.0.info.id
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.info.id.hash(state);
+    }
+}
+
+impl Key {
+    fn id(&self) -> &MemberId {
+        &self.0.info.id
+    }
+}
+
+/// What is known of a member beside its declaration (rounds saturate at `u32::MAX`, past any
+/// job's last round).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Entry {
+    last_seen_ms: u64,
+    round_heard: u32,
+    held_round: u32,
+    /// An index into the table of models, or `NO_MODEL`.
+    held_model: u32,
+}
+
+impl Entry {
+    /// Notes that the member holds model `index`, made by `round`, unless it is known to hold a
+    /// newer one.
+    fn hold(&mut self, round: Round, index: u32) {
+        let round = narrow(round);
+        if self.held_model == NO_MODEL || round >= self.held_round {
+            (self.held_round, self.held_model) = (round, index);
+        }
+    }
+}
+
+fn narrow(round: Round) -> u32 {
+    u32::try_from(round).unwrap_or(u32::MAX)
+}
+
+/// The members and the models they hold (shared with snapshots until it changes).
+#[derive(Debug, Clone, Default)]
+struct Known {
+    members: HashMap<Key, Entry>,
+    models: Vec<ContentHash>,
+}
+
+impl Known {
+    /// The index of `model` in the table, added if new (after dropping unheld models when the
+    /// table is full).
+    fn model_index(&mut self, model: ContentHash) -> u32 {
+        if let Some(index) = self.models.iter().rposition(|m| *m == model) {
+            return index as u32;
+        }
+        if self.models.len() >= MODELS_KEPT {
+            self.drop_unheld_models();
+        }
+        self.models.push(model);
+        (self.models.len() - 1) as u32
+    }
+
+    /// Keeps only the models some member holds, in their order.
+    fn drop_unheld_models(&mut self) {
+        let mut held = vec![false; self.models.len()];
+        for entry in self.members.values().filter(|e| e.held_model != NO_MODEL) {
+            held[entry.held_model as usize] = true;
+        }
+        let mut renumbered = vec![NO_MODEL; self.models.len()];
+        let mut kept = Vec::new();
+        for (index, model) in self.models.iter().enumerate().filter(|(i, _)| held[*i]) {
+            renumbered[index] = kept.len() as u32;
+            kept.push(*model);
+        }
+        for entry in self.members.values_mut().filter(|e| e.held_model != NO_MODEL) {
+            entry.held_model = renumbered[entry.held_model as usize];
+        }
+        self.models = kept;
+    }
+
+    /// Notes that a member holds `model`, made by `round`, unless it is known to hold a newer
+    /// one.
+    fn hold(&mut self, member: &MemberId, round: Round, model: ContentHash) {
+        let index = self.model_index(model);
+        if let Some(entry) = self.members.get_mut(member) {
+            entry.hold(round, index);
+        }
+    }
+
+    /// The members in key order.
+    fn sorted(&self) -> Vec<(&Key, &Entry)> {
+        let mut members: Vec<(&Key, &Entry)> = self.members.iter().collect();
+        members.sort_unstable_by(|(a, _), (b, _)| a.id().cmp(b.id()));
+        members
+    }
+
+    /// The listed form of one entry.
+    fn member(&self, key: &Key, entry: &Entry) -> Member {
+        let holds = self.models.get(entry.held_model as usize);
+        Member {
+            info: key.0.info.clone(),
+            samples: key.0.samples,
+            last_seen_ms: entry.last_seen_ms,
+            round_heard: Round::from(entry.round_heard),
+            holds: holds.map(|model| (Round::from(entry.held_round), *model)),
         }
     }
 }
 
 /// Every member a node has heard join a job and not leave.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "Persisted", into = "Persisted")]
 pub struct Membership {
-    members: BTreeMap<MemberId, Member>,
+    known: Arc<Known>,
     /// The live members as last computed, until something but time passing changes them.
-    #[serde(skip)]
     live: Option<LiveView>,
+}
+
+/// A membership as persisted: its members by key.
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    members: BTreeMap<MemberId, Member>,
+}
+
+impl From<Membership> for Persisted {
+    fn from(membership: Membership) -> Self {
+        Self { members: membership.all().map(|m| (m.info.id, m)).collect() }
+    }
+}
+
+impl From<Persisted> for Membership {
+    fn from(persisted: Persisted) -> Self {
+        let mut known = Known::default();
+        for member in persisted.members.into_values() {
+            let id = member.info.id;
+            let entry = Entry {
+                last_seen_ms: member.last_seen_ms,
+                round_heard: narrow(member.round_heard),
+                held_round: 0,
+                held_model: NO_MODEL,
+            };
+            let declared = Declared { info: member.info, samples: member.samples };
+            known.members.insert(Key(shared::declaration(declared)), entry);
+            if let Some((round, model)) = member.holds {
+                known.hold(&id, round, model);
+            }
+        }
+        Self { known: Arc::new(known), live: None }
+    }
 }
 
 /// The live members at some time, sorted by key, and until when they stay the live ones if
@@ -58,14 +218,14 @@ struct LiveView {
 /// Two memberships are equal when their members are (the live view is derived).
 impl PartialEq for Membership {
     fn eq(&self, other: &Self) -> bool {
-        self.members == other.members
+        self.all().eq(other.all())
     }
 }
 
 impl Membership {
     /// How long a silent member still counts as live, in a job of this size.
     pub fn liveness_ms(&self) -> u64 {
-        Cadence::for_members(self.members.len()).liveness_ms()
+        Cadence::for_members(self.len()).liveness_ms()
     }
 
     /// Whether a member last heard at `last_seen_ms` counts as live at `now_ms`.
@@ -76,42 +236,42 @@ impl Membership {
     /// Records a join (again); says whether the member is new.
     pub fn join(&mut self, join: &Join, now_ms: u64) -> bool {
         let liveness = self.liveness_ms();
-        if let Some(known) = self.members.get_mut(&join.member) {
-            // A repeated join (most joins in a large job) changes nothing but the times.
-            let same = known.info.group == join.group && known.info.roles == join.roles;
-            if !same || now_ms.saturating_sub(known.last_seen_ms) > liveness {
-                self.live = None;
-            }
-            if !same {
-                let info = Arc::make_mut(&mut known.info);
-                info.group.clone_from(&join.group);
-                info.roles.clone_from(&join.roles);
-            }
-            known.samples = join.samples;
-            known.last_seen_ms = now_ms;
-            return false;
-        }
-        self.live = None;
-        let info = Arc::new(MemberInfo {
-            id: join.member,
-            group: join.group.clone(),
-            roles: join.roles.clone(),
-        });
-        let member = Member {
-            info,
+        let known = Arc::make_mut(&mut self.known);
+        let declared = Declared {
+            info: MemberInfo {
+                id: join.member,
+                group: join.group.clone(),
+                roles: join.roles.clone(),
+            },
             samples: join.samples,
-            last_seen_ms: now_ms,
-            round_heard: 0,
-            holds: None,
         };
-        self.members.insert(join.member, member);
-        true
+        let Some((key, entry)) = known.members.get_key_value(&join.member) else {
+            self.live = None;
+            let entry =
+                Entry { last_seen_ms: now_ms, round_heard: 0, held_round: 0, held_model: NO_MODEL };
+            known.members.insert(Key(shared::declaration(declared)), entry);
+            return true;
+        };
+        // A repeated join (most joins in a large job) changes nothing but the times.
+        let silent = now_ms.saturating_sub(entry.last_seen_ms) > liveness;
+        if key.0.info != declared.info || silent {
+            self.live = None;
+        }
+        let redeclared = *key.0 != declared;
+        let entry = Entry { last_seen_ms: now_ms, ..*entry };
+        if redeclared {
+            known.members.remove(&join.member);
+            known.members.insert(Key(shared::declaration(declared)), entry);
+        } else if let Some(kept) = known.members.get_mut(&join.member) {
+            *kept = entry;
+        }
+        false
     }
 
     /// Records a leave; says whether the member was known.
     pub fn leave(&mut self, member: &MemberId) -> bool {
         self.live = None;
-        self.members.remove(member).is_some()
+        Arc::make_mut(&mut self.known).members.remove(member).is_some()
     }
 
     /// Records a sign of life; says whether the member is known (a heartbeat from a member whose
@@ -129,65 +289,71 @@ impl Membership {
         model: ContentHash,
         now_ms: u64,
     ) -> bool {
-        let Some(known) = self.touch(member, now_ms) else { return false };
-        known.round_heard = round;
-        known.hold(round.saturating_sub(1), model);
+        let index = Arc::make_mut(&mut self.known).model_index(model);
+        let Some(entry) = self.touch(member, now_ms) else { return false };
+        entry.round_heard = narrow(round);
+        entry.hold(round.saturating_sub(1), index);
         true
     }
 
-    /// A known member's sign of life, and the member for more of what it said.
-    fn touch(&mut self, member: &MemberId, now_ms: u64) -> Option<&mut Member> {
+    /// A known member's sign of life, and its entry for more of what it said.
+    fn touch(&mut self, member: &MemberId, now_ms: u64) -> Option<&mut Entry> {
         let liveness = self.liveness_ms();
-        let known = self.members.get_mut(member)?;
-        if now_ms.saturating_sub(known.last_seen_ms) > liveness {
+        let entry = Arc::make_mut(&mut self.known).members.get_mut(member)?;
+        if now_ms.saturating_sub(entry.last_seen_ms) > liveness {
             self.live = None; // silent until now: it comes back to life
         }
-        known.last_seen_ms = known.last_seen_ms.max(now_ms);
-        Some(known)
+        entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+        Some(entry)
     }
 
     /// Notes that a known member holds `model`, the result of `round`.
     pub fn holds(&mut self, member: &MemberId, round: Round, model: ContentHash) {
-        if let Some(known) = self.members.get_mut(member) {
-            known.hold(round, model);
+        if self.contains(member) {
+            Arc::make_mut(&mut self.known).hold(member, round, model);
         }
     }
 
     /// The members known to hold `model` as their newest model, by key.
-    pub fn holders_of(&self, model: &ContentHash) -> impl Iterator<Item = MemberId> {
-        let holds = |m: &&Member| m.holds.is_some_and(|(_, held)| held == *model);
-        self.members.values().filter(holds).map(|m| m.info.id)
+    pub fn holders_of(&self, model: &ContentHash) -> impl Iterator<Item = MemberId> + use<> {
+        let index = self.known.models.iter().position(|m| m == model).map(|i| i as u32);
+        let holds = |(_, entry): &(&Key, &Entry)| Some(entry.held_model) == index;
+        let mut holders: Vec<MemberId> =
+            self.known.members.iter().filter(holds).map(|(key, _)| *key.id()).collect();
+        holders.sort_unstable();
+        holders.into_iter()
     }
 
     /// The round a known member's last heartbeat said it is in.
     pub fn round_heard(&self, member: &MemberId) -> Option<Round> {
-        self.members.get(member).map(|m| m.round_heard)
+        self.known.members.get(member).map(|m| Round::from(m.round_heard))
     }
 
     /// What a member declared when it joined.
     pub fn info(&self, member: &MemberId) -> Option<MemberInfo> {
-        self.members.get(member).map(|m| MemberInfo::clone(&m.info))
+        self.known.members.get_key_value(member).map(|(key, _)| key.0.info.clone())
     }
 
     /// How many members there are.
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.known.members.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.known.members.is_empty()
     }
 
     pub fn contains(&self, member: &MemberId) -> bool {
-        self.members.contains_key(member)
+        self.known.members.contains_key(member)
     }
 
     /// Whether `member` is known and heard from within the liveness window of `now_ms`.
     pub fn is_live(&self, member: &MemberId, now_ms: u64) -> bool {
-        self.members.get(member).is_some_and(|m| self.is_fresh(m.last_seen_ms, now_ms))
+        self.known.members.get(member).is_some_and(|m| self.is_fresh(m.last_seen_ms, now_ms))
     }
 
-    /// The members heard from within the liveness window of `now_ms`, sorted by key.
+    /// The members heard from within the liveness window of `now_ms`, sorted by key (a list
+    /// shared with every equal one in the process).
     pub fn live(&mut self, now_ms: u64) -> Arc<[MemberInfo]> {
         match &self.live {
             Some(view) if now_ms <= view.valid_until_ms => view.members.clone(),
@@ -211,32 +377,31 @@ impl Membership {
 
     fn compute_live(&self, now_ms: u64) -> LiveView {
         let liveness = self.liveness_ms();
-        let live: Vec<&Member> =
-            self.members.values().filter(|m| self.is_fresh(m.last_seen_ms, now_ms)).collect();
-        let first_expiry = live.iter().map(|m| m.last_seen_ms.saturating_add(liveness)).min();
+        let mut live: Vec<(&Key, &Entry)> = self
+            .known
+            .members
+            .iter()
+            .filter(|(_, entry)| self.is_fresh(entry.last_seen_ms, now_ms))
+            .collect();
+        live.sort_unstable_by(|(a, _), (b, _)| a.id().cmp(b.id()));
+        let first_expiry = live.iter().map(|(_, e)| e.last_seen_ms.saturating_add(liveness)).min();
+        let members = live.into_iter().map(|(key, _)| key.0.info.clone()).collect();
         LiveView {
-            members: live.into_iter().map(|m| MemberInfo::clone(&m.info)).collect(),
+            members: shared::member_list(members),
             valid_until_ms: first_expiry.unwrap_or(u64::MAX),
         }
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Member> {
-        self.members.values()
-    }
-}
-
-/// A shared declaration, persisted as the declaration itself.
-mod shared {
-    use fedmesh_topologies::MemberInfo;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::sync::Arc;
-
-    pub fn serialize<S: Serializer>(info: &Arc<MemberInfo>, to: S) -> Result<S::Ok, S::Error> {
-        info.as_ref().serialize(to)
+    /// Every member, by key.
+    pub fn all(&self) -> impl Iterator<Item = Member> + '_ {
+        self.known.sorted().into_iter().map(|(key, entry)| self.known.member(key, entry))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<Arc<MemberInfo>, D::Error> {
-        MemberInfo::deserialize(from).map(Arc::new)
+    /// Every member's key, in order.
+    pub fn ids(&self) -> impl Iterator<Item = MemberId> + use<> {
+        let mut ids: Vec<MemberId> = self.known.members.keys().map(|key| *key.id()).collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 }
 

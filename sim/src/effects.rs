@@ -5,7 +5,7 @@
 use crate::adversary;
 use crate::config::AdversaryKind;
 use crate::network::Index;
-use crate::world::{Action, World};
+use crate::world::{Action, Training, World};
 use fedmesh_federation::member::{Effect, Event, Gossip, Level, Notice, Publish};
 use fedmesh_protocol::ids::Round;
 use fedmesh_protocol::message::RoundOpen;
@@ -22,8 +22,8 @@ fn as_gossip(publish: Publish) -> Gossip {
         Publish::Join(join) => Gossip::Join(join),
         Publish::Leave(leave) => Gossip::Leave(leave),
         Publish::Heartbeat(beat) => Gossip::Heartbeat(beat),
-        Publish::Open(open) => Gossip::Open(open),
-        Publish::Result(ready) => Gossip::Result(ready),
+        Publish::Open(open) => Gossip::Open(Arc::new(open)),
+        Publish::Result(ready) => Gossip::Result(Arc::new(ready)),
         Publish::Eval(report) => Gossip::Eval(report),
     }
 }
@@ -39,6 +39,7 @@ impl World {
     fn carry_out_one(&mut self, member: Index, effect: Effect) {
         match effect {
             Effect::Publish(publish) => self.publish_effect(member, publish),
+            Effect::SendJoin { to, join, asks } => self.send_join(member, to, join, asks),
             Effect::SendDelta { to, delta, until_ms } => {
                 self.send_delta(member, to, delta, until_ms)
             }
@@ -59,7 +60,8 @@ impl World {
             Effect::Train { round, base, params } => {
                 let incarnation = self.nodes[member].incarnation;
                 let delay = self.learner.train_ms(member, round);
-                let action = Action::Train { member, incarnation, round, base, params };
+                let training = Training { member, incarnation, round, base, params };
+                let action = Action::Train(Box::new(training));
                 self.queue.after(delay, action);
             }
             Effect::Fetch { model, from, .. } => self.fetch(member, model, &from),
@@ -160,7 +162,7 @@ impl World {
         }
         let (competing, made_up) = adversary::hijack(open, self.queue.now());
         self.counters.hijacks += 1;
-        self.publish(member, Gossip::Open(competing));
-        self.publish(member, Gossip::Result(made_up));
+        self.publish(member, Gossip::Open(Arc::new(competing)));
+        self.publish(member, Gossip::Result(Arc::new(made_up)));
     }
 }

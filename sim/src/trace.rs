@@ -85,6 +85,9 @@ fn fingerprint(event: &Event) -> Fingerprint {
         Event::Stored { round, model } => Fingerprint::new(17, *round, Some(*model), None),
         Event::Evaluated { round, model, .. } => Fingerprint::new(18, *round, Some(*model), None),
         Event::LeaveRequested { .. } => Fingerprint::new(19, 0, None, None),
+        Event::JoinSent { signer, asks, .. } => {
+            Fingerprint::new(21 + u8::from(*asks), 0, None, Some(signer.0))
+        }
     }
 }
 

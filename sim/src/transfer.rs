@@ -10,7 +10,7 @@ use fedmesh_federation::member::{
     ChunkToSend, DeltaToSend, Event, Gossip, PartialToSend, Served, Update,
 };
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{ModelDelta, PartialAggregate, RingChunk};
+use fedmesh_protocol::message::{Join, ModelDelta, PartialAggregate, RingChunk};
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::sync::Arc;
 
@@ -25,6 +25,9 @@ const FETCH_TIMEOUT_MS: u64 = 300_000;
 const ASK_TIMEOUT_MS: u64 = 2_000;
 /// The size of a small request or a "not held" answer.
 const SMALL_BYTES: u64 = 128;
+/// How many copies of a join sent to one member go out, at most (a request sent again while
+/// it gets no answer).
+const JOIN_ATTEMPTS: u32 = 5;
 
 /// An update on its way to an aggregator.
 pub struct Transfer {
@@ -69,11 +72,17 @@ fn gossip_bytes(message: &Gossip) -> u64 {
         Gossip::Join(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Leave(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Heartbeat(body) => bincode::serde::encode_to_vec(body, config),
-        Gossip::Open(body) => bincode::serde::encode_to_vec(body, config),
-        Gossip::Result(body) => bincode::serde::encode_to_vec(body, config),
+        Gossip::Open(body) => bincode::serde::encode_to_vec(&**body, config),
+        Gossip::Result(body) => bincode::serde::encode_to_vec(&**body, config),
         Gossip::Eval(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Stop(body) => bincode::serde::encode_to_vec(body, config),
     };
+    encoded.map_or(0, |bytes| bytes.len() as u64) + ENVELOPE_BYTES
+}
+
+/// The bytes a join sent to one member takes on the wire.
+fn gossip_bytes_of(join: &Join) -> u64 {
+    let encoded = bincode::serde::encode_to_vec(join, bincode::config::standard());
     encoded.map_or(0, |bytes| bytes.len() as u64) + ENVELOPE_BYTES
 }
 
@@ -132,6 +141,38 @@ impl World {
                 self.queue.after(delay, Action::Gossip { to, from, message: message.clone() });
             }
         }
+    }
+
+    /// Sends `from`'s join to one member as a request: a lost copy is sent again after a
+    /// doubling backoff (1 s first), as an unanswered request is, up to `JOIN_ATTEMPTS` copies.
+    pub fn send_join(&mut self, from: Index, to: MemberId, join: Join, asks: bool) {
+        let Some(to) = self.index_of(&to) else { return };
+        let bytes = gossip_bytes_of(&join);
+        let (mut wait, mut backoff) = (0, FIRST_BACKOFF_MS);
+        for _ in 0..JOIN_ATTEMPTS {
+            self.count(bytes);
+            if self.gets_through(from, to) {
+                let delay = wait + self.network.latency_ms(from, to);
+                let join = Box::new(join);
+                self.queue.after(delay, Action::JoinSent { to, from, join, asks });
+                return;
+            }
+            if !self.is_alive(to) || !self.network.reachable(from, to) {
+                return; // no answer will come: the request fails
+            }
+            wait += backoff;
+            backoff *= 2;
+        }
+    }
+
+    /// A join sent to one member arrives (if its link is still up and its receiver alive).
+    pub fn deliver_join(&mut self, to: Index, from: Index, join: Join, asks: bool) {
+        if !self.is_alive(to) || !self.network.reachable(from, to) {
+            self.counters.undeliverable += 1;
+            return;
+        }
+        let signer = self.id_of(from);
+        self.feed(to, Event::JoinSent { signer, join, asks });
     }
 
     /// A gossip copy arrives (if its link is still up and its receiver alive).
@@ -405,7 +446,7 @@ impl World {
                 None => return,
             },
         };
-        let message = Gossip::Result(ready);
+        let message = Gossip::Result(Arc::new(ready));
         self.count(gossip_bytes(&message));
         if self.gets_through(member, job.asker) {
             let delay = self.network.latency_ms(member, job.asker);

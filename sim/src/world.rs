@@ -17,6 +17,7 @@ use crate::transfer::{AskJob, FetchJob, Transfer};
 use fedmesh_federation::member::{Event, Gossip, Member, Setup, Snapshot};
 use fedmesh_federation::records::RunStatus;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::Join;
 use fedmesh_protocol::tensor::hash_f32;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -54,6 +55,13 @@ pub(crate) enum Action {
         from: Index,
         message: Arc<Gossip>,
     },
+    /// A join sent from `from` to `to` alone arrives (`asks`: it wants `to`'s join back).
+    JoinSent {
+        to: Index,
+        from: Index,
+        join: Box<Join>,
+        asks: bool,
+    },
     /// A member's wake-up (stale unless it is the member's pending one).
     Tick {
         member: Index,
@@ -66,14 +74,10 @@ pub(crate) enum Action {
         incarnation: u32,
         event: Box<Event>,
     },
-    /// A member's training finishes (the update is computed then).
-    Train {
-        member: Index,
-        incarnation: u32,
-        round: Round,
-        base: ContentHash,
-        params: Arc<Vec<f32>>,
-    },
+    /// A member's training finishes (the update is computed then). Boxed, as the other large
+    /// actions: the queue holds millions of small ones (a broadcast to ten thousand members is
+    /// ten thousand copies), each as large as the largest variant.
+    Train(Box<Training>),
     /// An attempt to send an update, and its arrival.
     Send(Box<Transfer>),
     Arrive(Box<Transfer>),
@@ -90,6 +94,15 @@ pub(crate) enum Action {
         request: u64,
     },
     Fault(Fault),
+}
+
+/// A member's training, due when it finishes.
+pub(crate) struct Training {
+    pub(crate) member: Index,
+    pub(crate) incarnation: u32,
+    pub(crate) round: Round,
+    pub(crate) base: ContentHash,
+    pub(crate) params: Arc<Vec<f32>>,
 }
 
 /// One member: its machine while it runs, and what outlives a kill.
@@ -253,6 +266,7 @@ impl World {
         match action {
             Action::Start(member) => self.start(member),
             Action::Gossip { to, from, message } => self.deliver_gossip(to, from, &message),
+            Action::JoinSent { to, from, join, asks } => self.deliver_join(to, from, *join, asks),
             Action::Tick { member, incarnation, at } => {
                 if self.is_current(member, incarnation) && self.nodes[member].wake == Some(at) {
                     self.nodes[member].wake = None;
@@ -264,7 +278,8 @@ impl World {
                     self.feed(member, *event);
                 }
             }
-            Action::Train { member, incarnation, round, base, params } => {
+            Action::Train(training) => {
+                let Training { member, incarnation, round, base, params } = *training;
                 if self.is_current(member, incarnation) {
                     let event = self.trained(member, round, base, &params);
                     self.feed(member, event);

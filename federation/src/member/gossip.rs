@@ -2,15 +2,27 @@
 //! heartbeats, evaluation reports, a stop, and who may open a round or announce its result,
 //! holding round messages its view of the membership cannot judge yet.
 
-use super::{Effect, Gossip, Held, Level, MAX_HELD, Member};
+use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Text};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
+use std::sync::Arc;
 
 /// How many members' evaluations of a round a member keeps: four times the reporting sample.
 const MAX_EVALUATIONS: usize = 4 * super::results::EVAL_REPORTERS;
 /// How long after announcing a round's result it may go out again for a member that missed it.
 const ANNOUNCE_AGAIN_MS: u64 = 5_000;
+
+/// How a join reached this member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// On the job's topic: its member's own announcement, to every member.
+    Topic,
+    /// Sent to this member alone by a member that does not know it.
+    Asked,
+    /// Sent to this member alone as an answer.
+    Answer,
+}
 
 impl Member {
     pub(super) fn on_gossip(&mut self, signer: MemberId, message: Gossip, now: u64) {
@@ -26,7 +38,7 @@ impl Member {
             return;
         }
         match message {
-            Gossip::Join(join) if join.member == signer => self.on_join(join, now),
+            Gossip::Join(join) if join.member == signer => self.on_join(join, Heard::Topic, now),
             Gossip::Leave(leave) if leave.member == signer => {
                 if self.state.members.leave(&leave.member) {
                     self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
@@ -40,8 +52,12 @@ impl Member {
                 if beat.round <= last
                     && members.heartbeat(&beat.member, beat.round, beat.model, now)
                 {
+                    self.heartbeats_heard = self.heartbeats_heard.saturating_add(1);
                     self.furthest_heard = self.furthest_heard.max(beat.round);
                     self.announce_again(beat.round, now);
+                } else {
+                    // A member whose join this member missed: it asks for it.
+                    self.ask_for_join(beat.member, now);
                 }
             }
             Gossip::Eval(report) if report.member == signer => self.on_eval(report),
@@ -58,22 +74,52 @@ impl Member {
         }
     }
 
-    fn on_join(&mut self, join: Join, now: u64) {
+    /// A join sent to this member alone (an answer, or a question: answered with its own).
+    pub(super) fn on_join_sent(&mut self, signer: MemberId, join: Join, asks: bool, now: u64) {
+        if join.member != signer || join.job != self.setup.job || !self.is_active() {
+            return;
+        }
+        self.on_join(join, if asks { Heard::Asked } else { Heard::Answer }, now);
+    }
+
+    /// A member's join, heard on the topic or sent to this member alone.
+    ///
+    /// A newcomer must hear of every member that joined before it. Those that hear its join
+    /// answer it with their own, sent to it alone: the topic would carry each answer to every
+    /// member, when only the newcomer lacks it. A join sent before this member's own last join
+    /// went out needs no answer: its member was running then and heard that one (or, if that
+    /// copy was lost, asks for it when it hears from this member; `ask_for_join`).
+    fn on_join(&mut self, join: Join, heard: Heard, now: u64) {
         let allow = &self.setup.spec.participation.allow;
         if !allow.is_empty() && !allow.contains(&join.member) {
             return self.log(Level::Info, 0, format!("{}: not on the allow-list", join.member));
         }
-        if !self.state.members.join(&join, now) {
+        let member = join.member;
+        let new = self.state.members.join(&join, now);
+        let asked = self.asked.remove(&member).is_some();
+        let answer = match heard {
+            Heard::Asked => true,
+            Heard::Topic => new && join.sent_at_ms >= self.last_join_ms,
+            Heard::Answer => false,
+        };
+        if answer {
+            self.send_join(member, false, now);
+        }
+        if !new {
             return;
         }
-        self.log(Level::Info, 0, format!("{} joined (group {})", join.member, join.group));
+        let text = Text::Joined { member, group: join.group.clone() };
+        self.log(Level::Info, 0, text);
         self.persist_lazily();
-        if now.saturating_sub(self.last_join_ms) > self.cadence().join_echo_ms() {
-            self.publish_join(now);
-        } else {
-            self.echo_due = true;
+        // Held round messages are judged again with the new membership, once no member asked
+        // about is still awaited (an opening can name a hundred members this one missed).
+        if !asked || !self.awaits_answers(now) {
+            self.judge_held(now);
         }
-        // Held round messages are judged again with the new membership.
+    }
+
+    /// Judges the held round messages again.
+    pub(super) fn judge_held(&mut self, now: u64) {
         for (signer, held) in std::mem::take(&mut self.held) {
             self.judge(signer, held, now);
         }
@@ -109,13 +155,24 @@ impl Member {
     /// when that leaves out no member live here (a member that missed the round takes it so).
     fn judge(&mut self, signer: MemberId, held: Held, now: u64) {
         if !self.state.members.contains(&signer) {
+            self.ask_for_join(signer, now);
             return self.hold(signer, held);
         }
         let unknown = match &held {
-            Held::Open(open) => self.unknown_among(&open.members),
+            Held::Open(open) => self.unknown_among(&open.members, now),
             Held::Result(_) => None,
         };
         if unknown.is_some() {
+            // Every member it names that this member missed is asked for its join.
+            if let Held::Open(open) = &held {
+                let missed: Vec<MemberId> = open
+                    .members
+                    .iter()
+                    .filter(|id| !self.state.members.contains(id))
+                    .copied()
+                    .collect();
+                missed.into_iter().for_each(|id| self.ask_for_join(id, now));
+            }
             return self.hold(signer, held);
         }
         let round = match &held {
@@ -150,10 +207,12 @@ impl Member {
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
         let Ok(named) = self.named(&ready.members, now) else { return false };
         let me = self.me();
-        let mut listed = ready.members.clone();
-        listed.sort_unstable();
-        let leaves_out_a_live_member =
-            self.live(now).iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err());
+        let live = self.live(now);
+        let leaves_out_a_live_member = !Arc::ptr_eq(&named, &live) && {
+            let mut listed = ready.members.clone();
+            listed.sort_unstable();
+            live.iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err())
+        };
         !leaves_out_a_live_member
             && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
     }

@@ -16,8 +16,11 @@ pub enum Gossip {
     Join(Join),
     Leave(Leave),
     Heartbeat(Heartbeat),
-    Open(RoundOpen),
-    Result(AggregateReady),
+    /// Shared: every member that follows an opening keeps it, so a driver that hands one
+    /// message to many machines (the simulator) copies none of its member list.
+    Open(Arc<RoundOpen>),
+    /// Shared like an opening: every member keeps the newest result it took, to pass on.
+    Result(Arc<AggregateReady>),
     Eval(EvalReport),
     Stop(JobStop),
 }
@@ -70,6 +73,10 @@ pub enum Event {
     Tick,
     /// A verified gossip message.
     Gossip { signer: MemberId, message: Gossip },
+    /// A member's verified join sent to this member alone, not on the topic (see
+    /// [`Effect::SendJoin`]): the answer to this member's own join or question, or, with
+    /// `asks`, a question from a member that does not know this one and wants its join back.
+    JoinSent { signer: MemberId, join: Join, asks: bool },
     /// A verified update request with its decoded values; answered by [`Effect::Answer`].
     Update { signer: MemberId, update: Update, values: Arc<Vec<f32>>, request: u64 },
     /// A member asks for the signed result of `round` it missed; answered by
@@ -117,6 +124,11 @@ impl Refusal {
 pub enum Effect {
     /// Sign and publish on the job's topic.
     Publish(Publish),
+    /// Sign and send this member's join to one member directly, as a request (sent again while
+    /// it gets no answer, as any request): the answer to a newcomer, which the topic would
+    /// carry to every member when only the newcomer lacks it; with `asks`, a question to a
+    /// member this one heard from but does not know, which answers with its own join.
+    SendJoin { to: MemberId, join: Join, asks: bool },
     /// Encode (as the job's delta encoding), sign and send this member's update to the slot
     /// aggregator `to`; sent again while `until_ms` allows if the peer cannot be reached.
     SendDelta { to: MemberId, delta: DeltaToSend, until_ms: u64 },
@@ -195,7 +207,36 @@ pub struct ChunkToSend {
 pub struct Notice {
     pub level: Level,
     pub round: Round,
-    pub text: String,
+    pub text: Text,
+}
+
+/// A notice's text. A member's join is written out only when read: every machine of a large
+/// job notes every member's join, and printing a member's key takes a base58 encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Plain(String),
+    Joined { member: MemberId, group: String },
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Self::Plain(text)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Self {
+        Self::Plain(text.to_owned())
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain(text) => f.write_str(text),
+            Self::Joined { member, group } => write!(f, "{member} joined (group {group})"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

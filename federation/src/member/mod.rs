@@ -14,6 +14,7 @@ pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 
 use crate::cadence::Cadence;
 use crate::records::{RoundRecord, RunState, RunStatus};
+use crate::shared;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Heartbeat, Join, RoundOpen};
 use fedmesh_protocol::spec::JobSpec;
@@ -32,6 +33,15 @@ const MAX_EARLY_UPDATES: usize = 64;
 const PLANS_KEPT: usize = 4;
 /// How often a waiting member checks whether the plan elects it to open the next round.
 const OPEN_CHECK_MS: u64 = 1_000;
+/// How long held round messages wait for the joins of the members asked about before they are
+/// judged again without them.
+const ANSWER_WAIT_MS: u64 = 5_000;
+/// How often at most a member that does not answer is asked for its join again.
+const ASK_AGAIN_MS: u64 = 30_000;
+/// A newcomer settles at least this long (its join's answers come back within a round trip)
+/// and until it heard this many heartbeats (see `Member::settling`).
+const SETTLE_MIN_MS: u64 = 5_000;
+const SETTLE_HEARTBEATS: u32 = 8;
 
 /// Who this member is and what job it runs.
 #[derive(Debug, Clone)]
@@ -59,8 +69,8 @@ pub struct Snapshot {
 /// A round message this member's view of the membership cannot judge yet.
 #[derive(Debug, Clone)]
 enum Held {
-    Open(RoundOpen),
-    Result(AggregateReady),
+    Open(Arc<RoundOpen>),
+    Result(Arc<AggregateReady>),
 }
 
 /// An update that arrived before the opening of its round.
@@ -83,6 +93,12 @@ pub struct Member {
     joined_ms: u64,
     last_heartbeat_ms: u64,
     last_join_ms: u64,
+    /// Heartbeats heard from other members since this member joined (or restarted).
+    heartbeats_heard: u32,
+    /// Members heard from but not known, asked for their joins, with when.
+    asked: BTreeMap<MemberId, u64>,
+    /// When held round messages are judged again if the answers asked for are not all in.
+    judge_held_at: Option<u64>,
     held: VecDeque<(MemberId, Held)>,
     early: VecDeque<EarlyUpdate>,
     /// This member's local training in the round it follows, so it trains once per round.
@@ -94,7 +110,7 @@ pub struct Member {
     announced: Option<AggregateReady>,
     announced_ms: u64,
     /// The newest result taken from another member, with its signer, to pass on.
-    taken: Option<(MemberId, AggregateReady)>,
+    taken: Option<(MemberId, Arc<AggregateReady>)>,
     /// When this member, behind the others, last asked for their newest result.
     caught_up_asked_ms: u64,
     /// Models being fetched, with the round each is the result of.
@@ -103,9 +119,6 @@ pub struct Member {
     plans: VecDeque<(Round, Arc<[MemberInfo]>, Arc<RoundPlan>)>,
     /// The furthest round any member's heartbeat named.
     furthest_heard: Round,
-    /// A join arrived while this member's own join was too recent to repeat: it goes out
-    /// again once the cadence's echo interval passed, so every newcomer hears of every member.
-    echo_due: bool,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
@@ -164,6 +177,9 @@ impl Member {
             joined_ms: now,
             last_heartbeat_ms: 0,
             last_join_ms: 0,
+            heartbeats_heard: 0,
+            asked: BTreeMap::new(),
+            judge_held_at: None,
             held: VecDeque::new(),
             early: VecDeque::new(),
             training: None,
@@ -175,7 +191,6 @@ impl Member {
             fetching: BTreeMap::new(),
             plans: VecDeque::new(),
             furthest_heard: 0,
-            echo_due: false,
             next_open_check_ms: 0,
             unsaved: Unsaved::Nothing,
             effects: Vec::new(),
@@ -187,7 +202,7 @@ impl Member {
                 member.announced.clone().filter(|r| r.round > member.completed_round());
             if let Some(ready) = unfinished {
                 let me = member.me();
-                member.take_result(me, ready, now);
+                member.take_result(me, Arc::new(ready), now);
             }
         } else {
             member.phase = Phase::Ended;
@@ -212,6 +227,7 @@ impl Member {
         match event {
             Event::Tick => self.on_tick(now),
             Event::Gossip { signer, message } => self.on_gossip(signer, message, now),
+            Event::JoinSent { signer, join, asks } => self.on_join_sent(signer, join, asks, now),
             Event::Update { signer, update, values, request } => {
                 let outcome = self.on_update(signer, update, values, now);
                 self.effects.push(Effect::Answer { request, outcome });
@@ -296,9 +312,9 @@ impl Member {
         self.state.members.is_live(member, now)
     }
 
-    /// The plan of `round` over `members` (sorted by key), as every member computes it (kept for
-    /// reuse: the live members' view is shared, so asking again while it holds is one pointer
-    /// comparison).
+    /// The plan of `round` over `members` (a shared list sorted by key), as every member
+    /// computes it (kept for reuse: the live members' view is shared, so asking again while it
+    /// holds is one pointer comparison; and shared process-wide with other members' machines).
     fn plan_over(&mut self, round: Round, members: Arc<[MemberInfo]>) -> Option<Arc<RoundPlan>> {
         let kept = self.plans.iter().find(|(r, planned, _)| {
             *r == round && (Arc::ptr_eq(planned, &members) || **planned == *members)
@@ -307,9 +323,8 @@ impl Member {
             return Some(plan.clone());
         }
         let selection = Selection::from_participation(&self.setup.spec.participation);
-        let plan =
-            RoundPlan::compute(&self.setup.tag, &self.setup.job, round, &members, &selection);
-        let plan = Arc::new(plan.ok()?);
+        let (tag, job) = (&self.setup.tag, &self.setup.job);
+        let plan = shared::plan(tag, job, round, &members, &selection).ok()?;
         if self.plans.len() >= PLANS_KEPT {
             self.plans.pop_front();
         }
@@ -336,21 +351,29 @@ impl Member {
     /// (Sorted by key: the live members' own view when the list names exactly them, as an
     /// opening or a result made while every member agrees does, so nothing is copied.)
     fn named(&mut self, members: &[MemberId], now: u64) -> Result<Arc<[MemberInfo]>, MemberId> {
-        if let Some(unknown) = self.unknown_among(members) {
+        let live = self.live(now);
+        if names_exactly(members, &live) {
+            return Ok(live);
+        }
+        if let Some(unknown) = self.unknown_among(members, now) {
             return Err(unknown);
         }
         let mut ids = members.to_vec();
         ids.sort_unstable();
         ids.dedup();
-        let live = self.live(now);
-        if live.iter().map(|m| m.id).eq(ids.iter().copied()) {
+        if names_exactly(&ids, &live) {
             return Ok(live);
         }
-        Ok(ids.iter().filter_map(|id| self.state.members.info(id)).collect())
+        let infos = ids.iter().filter_map(|id| self.state.members.info(id)).collect();
+        Ok(shared::member_list(infos))
     }
 
-    /// The first member of a list this member does not know.
-    fn unknown_among(&self, members: &[MemberId]) -> Option<MemberId> {
+    /// The first member of a list this member does not know (none when the list names the live
+    /// members in order, as an opening made while every member agrees does: no lookups then).
+    fn unknown_among(&mut self, members: &[MemberId], now: u64) -> Option<MemberId> {
+        if names_exactly(members, &self.live(now)) {
+            return None;
+        }
         members.iter().find(|id| !self.state.members.contains(id)).copied()
     }
 
@@ -376,23 +399,66 @@ impl Member {
         self.effects.push(Effect::WakeAt(at));
     }
 
-    fn log(&mut self, level: Level, round: Round, text: impl Into<String>) {
+    fn log(&mut self, level: Level, round: Round, text: impl Into<Text>) {
         self.effects.push(Effect::Log(Notice { level, round, text: text.into() }));
     }
 
-    fn publish_join(&mut self, now: u64) {
-        self.last_join_ms = now;
-        self.echo_due = false;
-        let join = Join {
+    /// This member's join as sent now.
+    fn own_join(&self, now: u64) -> Join {
+        Join {
             job: self.setup.job,
             member: self.setup.me,
             group: self.setup.group.clone(),
             roles: self.setup.roles.clone(),
             samples: self.setup.samples,
             sent_at_ms: now,
-        };
+        }
+    }
+
+    fn publish_join(&mut self, now: u64) {
+        self.last_join_ms = now;
+        let join = self.own_join(now);
         self.state.members.join(&join, now);
         self.effects.push(Effect::Publish(Publish::Join(join)));
+    }
+
+    /// Sends this member's join to `to` alone: an answer, or (`asks`) a question.
+    fn send_join(&mut self, to: MemberId, asks: bool, now: u64) {
+        let join = self.own_join(now);
+        self.effects.push(Effect::SendJoin { to, join, asks });
+    }
+
+    /// Asks a member this one heard from but does not know for its join (its group, roles and
+    /// samples, which only a join declares), at most once every `ASK_AGAIN_MS`. The question
+    /// is this member's own join, so the two learn of each other at once. (Before, a member
+    /// that learned of a member it did not know repeated its own join to the whole job: with
+    /// 1% of copies lost, every member of a 10,000-member job missed about a hundred joins and
+    /// learned of them from such repeats, which made it repeat its own, in waves of 10⁸
+    /// deliveries that only one or two members needed each.)
+    fn ask_for_join(&mut self, member: MemberId, now: u64) {
+        if member == self.me() || self.state.members.contains(&member) {
+            return;
+        }
+        if self.asked.get(&member).is_some_and(|at| now < at + ASK_AGAIN_MS) {
+            return;
+        }
+        self.asked.insert(member, now);
+        self.judge_held_at = Some(now + ANSWER_WAIT_MS);
+        self.send_join(member, true, now);
+    }
+
+    /// Whether some member asked for its join may still answer.
+    fn awaits_answers(&self, now: u64) -> bool {
+        self.asked.values().any(|at| now < at + ANSWER_WAIT_MS)
+    }
+
+    /// The first heartbeat of this incarnation goes out this long after it joined: a fraction
+    /// of the heartbeat interval drawn from its key. Members of a job that starts at once (or
+    /// a simulator's thousands) otherwise beat in step, every member's heartbeat reaching
+    /// every member within a second once an interval rather than the job's rate evenly.
+    fn first_heartbeat_after_ms(&self, cadence: Cadence) -> u64 {
+        let phase = u64::from(u16::from_le_bytes([self.setup.me.0[0], self.setup.me.0[1]]));
+        cadence.heartbeat_ms() * phase / 65_536
     }
 
     /// Periodic work: heartbeats, repeated joins, deadlines, opening the next round.
@@ -402,7 +468,12 @@ impl Member {
         }
         let me = self.me();
         let cadence = self.cadence();
-        if now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms() {
+        let heartbeat_due = if self.heartbeat_sequence == 0 {
+            now.saturating_sub(self.joined_ms) >= self.first_heartbeat_after_ms(cadence)
+        } else {
+            now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms()
+        };
+        if heartbeat_due {
             // Its own sign of life as others see it: it stays live here as long as there (every
             // tick did it before, a lookup in the membership a thousand times a second).
             self.state.members.seen(&me, now);
@@ -421,15 +492,24 @@ impl Member {
             };
             self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
         }
-        let since_join = now.saturating_sub(self.last_join_ms);
-        let echo = self.echo_due && since_join >= cadence.join_echo_ms();
-        if since_join >= cadence.rejoin_ms() || echo {
+        if now.saturating_sub(self.last_join_ms) >= cadence.rejoin_ms() {
             self.publish_join(now);
         }
+        if self.judge_held_at.is_some_and(|at| now >= at) {
+            // Some members asked about did not answer: what waits on them is judged again (and
+            // they are asked again, `ASK_AGAIN_MS` after the last time).
+            self.judge_held_at = None;
+            self.asked.retain(|_, at| now < *at + ASK_AGAIN_MS);
+            self.judge_held(now);
+        }
         self.tick_round(now);
-        let next_beat = (self.last_heartbeat_ms + cadence.heartbeat_ms())
-            .min(self.last_join_ms + cadence.rejoin_ms());
-        self.wake_at(next_beat.min(now + IDLE_WAKE_MS));
+        let next_heartbeat = if self.heartbeat_sequence == 0 {
+            self.joined_ms + self.first_heartbeat_after_ms(cadence)
+        } else {
+            self.last_heartbeat_ms + cadence.heartbeat_ms()
+        };
+        let next_beat = next_heartbeat.min(self.last_join_ms + cadence.rejoin_ms());
+        self.wake_at(next_beat.clamp(now + 1, now + IDLE_WAKE_MS));
     }
 
     /// This member's operator leaves the job: a signed leave, and nothing more of the round.
@@ -455,6 +535,11 @@ impl Member {
         self.held.clear();
         self.persist();
     }
+}
+
+/// Whether a list of members is exactly `members`' keys, in their order.
+fn names_exactly(list: &[MemberId], members: &[MemberInfo]) -> bool {
+    list.len() == members.len() && members.iter().map(|m| m.id).eq(list.iter().copied())
 }
 
 #[cfg(test)]

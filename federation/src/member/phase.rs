@@ -4,7 +4,7 @@
 use crate::collect::Collecting;
 use crate::ring::RingRun;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::Contribution;
+use fedmesh_protocol::message::{Contribution, RoundOpen};
 use fedmesh_topologies::RoundPlan;
 use std::sync::Arc;
 
@@ -78,8 +78,8 @@ pub struct OpenRound {
     pub deadline_ms: u64,
     /// Identifies the opening: a round opened again has a later one.
     pub opened_at_ms: u64,
-    /// The members the opening names, and the round's plan over them.
-    pub members: Vec<MemberId>,
+    /// The opening followed (with the members it names), and the round's plan over them.
+    pub opening: Arc<RoundOpen>,
     pub plan: Arc<RoundPlan>,
     /// This member's own part as a trainer.
     pub own: Own,

@@ -38,12 +38,12 @@ impl Member {
         self.announced_ms = now;
         self.log(Level::Info, round, format!("announcing model {model}"));
         self.effects.push(Effect::Publish(Publish::Result(ready.clone())));
-        self.take_result(self.me(), ready, now);
+        self.take_result(self.me(), Arc::new(ready), now);
     }
 
     /// Takes a round's result from the member that may announce it: records it, ends whatever
     /// this member still did for the round, and adopts its model (fetched first if needed).
-    pub(super) fn take_result(&mut self, signer: MemberId, ready: AggregateReady, now: u64) {
+    pub(super) fn take_result(&mut self, signer: MemberId, ready: Arc<AggregateReady>, now: u64) {
         if ready.round <= self.state.completed_round || !self.is_active() {
             return;
         }
@@ -221,7 +221,7 @@ impl Member {
         let mut others: Vec<MemberId> =
             self.live(now).iter().map(|m| m.id).filter(|m| *m != me).collect();
         if others.is_empty() {
-            others = self.state.members.all().map(|m| m.info.id).filter(|m| *m != me).collect();
+            others = self.state.members.ids().filter(|m| *m != me).collect();
         }
         let mut from = rank(&self.setup.job, round, &format!("ask/{me}"), &others);
         let members = &self.state.members;
@@ -236,7 +236,8 @@ impl Member {
     pub(super) fn serve_result(&mut self, to: MemberId, round: Round, request: u64) {
         let own = self.announced.clone().filter(|ready| ready.round == round).map(Served::Own);
         let taken = self.taken.clone().filter(|(_, ready)| ready.round == round);
-        let served = own.or(taken.map(|(signer, ready)| Served::Taken { signer, ready }));
+        let served = own.or(taken
+            .map(|(signer, ready)| Served::Taken { signer, ready: AggregateReady::clone(&ready) }));
         if let Some(result) = served {
             self.effects.push(Effect::ServeResult { request, to, result });
         }

@@ -99,7 +99,7 @@ impl Member {
         let (mean, total_weight) = ring_mean(sum, &contributions);
         let (base, opened_at_ms, group, result) =
             (ring.base, ring.opened_at_ms, ring.label.clone(), ring.result);
-        let members = open.members.clone();
+        let members = open.opening.members.clone();
         open.ring = None;
         match result {
             RingResult::Model { leader } => {

@@ -6,7 +6,7 @@
 use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
     DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, OPEN_CHECK_MS,
-    PartialToSend, Refusal, Update,
+    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, Update,
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
@@ -64,10 +64,18 @@ impl Member {
         self.announce_opening(round, members, plan, Leading { required, retries: 0 }, now);
     }
 
-    /// Whether this member joined too recently to know where the job stands: for two heartbeat
-    /// intervals it hears the others before it opens a round they may be past.
+    /// Whether this member joined too recently to know where the job stands, and so opens no
+    /// round the others may be past: until it heard `SETTLE_HEARTBEATS` heartbeats of other
+    /// members (each names its member's round, and one past this member's makes it catch up
+    /// instead: `heard_past`) and at least `SETTLE_MIN_MS` passed (the answers to its join
+    /// come back within a round trip); at most two heartbeat intervals, in which it heard
+    /// every live member. (Two intervals alone were 2,000 s in a 10,000-member job, whose
+    /// members beat ten times a second between them: a newcomer knows where the job stands
+    /// within a second or two.)
     fn settling(&self, now: u64) -> bool {
-        now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
+        let heard =
+            self.heartbeats_heard >= SETTLE_HEARTBEATS && now >= self.joined_ms + SETTLE_MIN_MS;
+        !heard && now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
     }
 
     /// The furthest round a member's heartbeat named, when it is past `round`: this member is
@@ -95,12 +103,12 @@ impl Member {
             members,
         };
         self.effects.push(Effect::Publish(super::Publish::Open(open.clone())));
-        self.follow(self.me(), open, plan, Some(leading), now);
+        self.follow(self.me(), Arc::new(open), plan, Some(leading), now);
     }
 
     /// A verified opening from the member that may send it: followed when its plan, over the
     /// members it names, is led by its opener.
-    pub(super) fn on_open(&mut self, opener: MemberId, open: RoundOpen, now: u64) {
+    pub(super) fn on_open(&mut self, opener: MemberId, open: Arc<RoundOpen>, now: u64) {
         let Ok(named) = self.named(&open.members, now) else { return };
         let Some(plan) = self.plan_over(open.round, named) else { return };
         if plan.leader() != Some(opener) {
@@ -116,7 +124,7 @@ impl Member {
     fn follow(
         &mut self,
         opener: MemberId,
-        open: RoundOpen,
+        open: Arc<RoundOpen>,
         plan: Arc<RoundPlan>,
         leading: Option<Leading>,
         now: u64,
@@ -153,7 +161,7 @@ impl Member {
             base: open.base_model,
             deadline_ms: open.deadline_ms,
             opened_at_ms: open.opened_at_ms,
-            members: open.members.clone(),
+            opening: open.clone(),
             plan: plan.clone(),
             own: Own::NotSelected,
             slots,
@@ -545,7 +553,7 @@ impl Member {
     /// Finishes the top slot: the new model is made and handed over to be stored.
     fn close_round(&mut self, now: u64) {
         let Phase::Open(open) = std::mem::take(&mut self.phase) else { return };
-        let OpenRound { round, base, mut slots, members, .. } = *open;
+        let OpenRound { round, base, mut slots, opening, .. } = *open;
         let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = slots.swap_remove(position);
         let made = top
@@ -560,7 +568,7 @@ impl Member {
                     base,
                     params,
                     contributions,
-                    members,
+                    members: opening.members.clone(),
                 }));
                 self.log(Level::Info, round, "closed; storing the new model");
             }

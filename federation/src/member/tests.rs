@@ -233,13 +233,20 @@ impl Net {
                     Event::Update { signer: from, update, values: chunk.values, request },
                 );
             }
+            Effect::SendJoin { to, join, asks } => {
+                self.send(from, to, Event::JoinSent { signer: from, join, asks });
+            }
             Effect::Answer { outcome: Err(refusal), .. } => self.refusals.push(refusal),
             Effect::ServeResult { to, result, .. } => {
                 let (signer, ready) = match result {
                     Served::Own(ready) => (from, ready),
                     Served::Taken { signer, ready } => (signer, ready),
                 };
-                self.send(from, to, Event::Gossip { signer, message: Gossip::Result(ready) });
+                self.send(
+                    from,
+                    to,
+                    Event::Gossip { signer, message: Gossip::Result(Arc::new(ready)) },
+                );
             }
             Effect::AskResult { round, from: asked } => {
                 for member in asked {
@@ -295,9 +302,9 @@ impl Net {
             Publish::Heartbeat(beat) => Gossip::Heartbeat(beat),
             Publish::Open(open) => {
                 self.opened.insert((open.round, open.opened_at_ms), from);
-                Gossip::Open(open)
+                Gossip::Open(Arc::new(open))
             }
-            Publish::Result(ready) => Gossip::Result(ready),
+            Publish::Result(ready) => Gossip::Result(Arc::new(ready)),
             Publish::Eval(report) => Gossip::Eval(report),
         };
         let others: Vec<MemberId> = self.members.keys().filter(|m| **m != from).copied().collect();
