@@ -35,7 +35,10 @@ fn run(source: DataSource, model: &str, epochs: usize, lr: f32) -> BaselineRepor
 
 #[test]
 fn iris_by_its_species_column_reaches_90_percent() {
-    let iris = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/iris.csv");
+    let iris = &format!(
+        "{}/../data/iris.csv",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+    );
     let report = run(DataSource::parse(iris, Some("species")).unwrap(), "mlp:16", 50, 0.3);
     assert_eq!(report.classes, ["setosa", "versicolor", "virginica"]);
     assert_eq!(report.label_column.as_deref(), Some("species"));

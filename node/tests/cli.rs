@@ -155,7 +155,10 @@ fn flags_override_variables_which_override_the_file() {
 
 #[test]
 fn train_local_reads_iris_by_its_species_column() {
-    let iris = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/iris.csv");
+    let iris = &format!(
+        "{}/../data/iris.csv",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+    );
     let train = |more: &[&str]| {
         let args = ["train-local", "--dataset", iris, "--label-column", "species"];
         fedmesh(&[&args[..], &["--model", "mlp:16"], more].concat())

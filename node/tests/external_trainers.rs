@@ -21,7 +21,10 @@ print('wrote a 2x2 fc1.weight', file=__import__('sys').stderr)";
 
 /// Node i's trainer: 0 and 1 the NumPy example, then the broken ones.
 fn trainer(i: usize) -> Vec<String> {
-    let numpy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/numpy-trainer/train.py");
+    let numpy = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../examples/numpy-trainer/train.py");
     let command = |words: &[&str]| {
         let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
         format!("trainer = [{}]", quoted.join(", "))

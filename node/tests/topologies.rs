@@ -21,7 +21,10 @@ fn grouped(groups: &'static [&'static str]) -> impl Fn(usize) -> Vec<String> {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/../topologies/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../topologies/tests/fixtures/{name}",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -413,7 +413,10 @@ mod tests {
 
     #[test]
     fn every_shipped_scenario_file_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let dir = Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+        )
+        .join("scenarios");
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let file = ScenarioFile::load(&entry.unwrap().path()).unwrap();

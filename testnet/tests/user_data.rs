@@ -15,7 +15,11 @@ fn iris_by_its_species_column_trains_across_three_nodes() {
         nodes: 3,
         total_nodes: 3,
         rounds: 20,
-        dataset: concat!(env!("CARGO_MANIFEST_DIR"), "/../data/iris.csv").into(),
+        dataset: format!(
+            "{}/../data/iris.csv",
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+        )
+        .into(),
         label_column: Some("species".into()),
         model: "mlp:16".into(),
         local_epochs: 5,
@@ -50,10 +54,13 @@ fn run_sh_help_is_the_testnet_help() {
         kept, help,
         "testnet/help.txt is stale: write it again with `testnet --help > testnet/help.txt`"
     );
-    let script = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/run.sh"))
-        .arg("--help")
-        .env("PATH", "/usr/bin:/bin") // no cargo: the script must not build
-        .output()
-        .unwrap();
+    let script = std::process::Command::new(format!(
+        "{}/run.sh",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+    ))
+    .arg("--help")
+    .env("PATH", "/usr/bin:/bin") // no cargo: the script must not build
+    .output()
+    .unwrap();
     assert_eq!(String::from_utf8_lossy(&script.stdout), help);
 }

@@ -7,7 +7,10 @@ use fedmesh_protocol::tag::{BuiltinTopology, TagSchema, TagSpec};
 use fedmesh_topologies::{Destination, Input, MemberInfo, RoundPlan, Selection, Tag};
 
 fn fixture(name: &str) -> Tag {
-    let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{name}.json",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let spec: TagSpec = serde_json::from_str(&text).unwrap();
     assert!(matches!(spec, TagSpec::Schema(_)), "{name} parses as a schema");
