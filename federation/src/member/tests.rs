@@ -59,6 +59,8 @@ struct Net {
     later: Vec<(u64, MemberId, Event)>,
     /// How many times each member was asked to train for each round.
     trainings: BTreeMap<(MemberId, Round), usize>,
+    /// Every join sent: (from, to one member or `None` for the topic, asks).
+    joins: Vec<(MemberId, Option<MemberId>, bool)>,
 }
 
 impl Net {
@@ -85,6 +87,7 @@ impl Net {
             train_ms: BTreeMap::new(),
             later: Vec::new(),
             trainings: BTreeMap::new(),
+            joins: Vec::new(),
         };
         for (byte, group) in members {
             net.add(*byte, group);
@@ -234,6 +237,7 @@ impl Net {
                 );
             }
             Effect::SendJoin { to, join, asks } => {
+                self.joins.push((from, Some(to), asks));
                 self.send(from, to, Event::JoinSent { signer: from, join, asks });
             }
             Effect::Answer { outcome: Err(refusal), .. } => self.refusals.push(refusal),
@@ -297,7 +301,10 @@ impl Net {
 
     fn publish(&mut self, from: MemberId, publish: Publish) {
         let message = match publish {
-            Publish::Join(join) => Gossip::Join(join),
+            Publish::Join(join) => {
+                self.joins.push((from, None, false));
+                Gossip::Join(join)
+            }
             Publish::Leave(leave) => Gossip::Leave(leave),
             Publish::Heartbeat(beat) => Gossip::Heartbeat(beat),
             Publish::Open(open) => {
@@ -539,6 +546,53 @@ fn a_late_joiner_takes_part_in_later_rounds() {
     net.assert_agree();
     let last = &net.member(1).rounds()[&4];
     assert_eq!(last.participants, 4, "the newcomer trained in the last round");
+}
+
+/// Whether member `who` knows every member in `of`.
+fn knows_all(net: &Net, who: u8, of: &[u8]) -> bool {
+    of.iter().all(|b| net.member(who).state().members.contains(&member_id(*b)))
+}
+
+#[test]
+fn a_newcomer_is_answered_by_each_member_alone_and_nobody_repeats_its_join_to_the_job() {
+    let mut net = Net::new(spec("central", 4, 5), &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    net.joins.clear();
+    net.add(9, "a");
+    net.run_until(10_000, |net| knows_all(net, 9, &[1, 2, 3]) && knows_all(net, 1, &[9]));
+    assert!(knows_all(&net, 9, &[1, 2, 3]), "the newcomer learned every member");
+    let newcomer = member_id(9);
+    let on_topic: Vec<MemberId> =
+        net.joins.iter().filter(|(_, to, _)| to.is_none()).map(|(from, ..)| *from).collect();
+    assert_eq!(on_topic, [newcomer], "only the newcomer's own join went to the whole job");
+    let answered: BTreeSet<MemberId> = net
+        .joins
+        .iter()
+        .filter(|(_, to, asks)| *to == Some(newcomer) && !asks)
+        .map(|(from, ..)| *from)
+        .collect();
+    assert_eq!(answered, [1, 2, 3].map(member_id).into(), "each member answered it alone");
+}
+
+#[test]
+fn a_member_heard_from_but_unknown_is_asked_for_its_join() {
+    let mut net = Net::new(spec("central", 4, 5), &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    // Member 1 never hears the newcomer's join on the topic.
+    net.drop = Some(Box::new(|from, to, event| {
+        from == member_id(9)
+            && to == member_id(1)
+            && matches!(event, Event::Gossip { message: Gossip::Join(_), .. })
+    }));
+    net.add(9, "a");
+    net.may_miss_rounds.insert(member_id(9));
+    net.run_until(30_000, |net| knows_all(net, 1, &[9]));
+    assert!(knows_all(&net, 1, &[9]), "member 1 learned the newcomer from its question");
+    let asked = net.joins.iter().any(|j| *j == (member_id(1), Some(member_id(9)), true));
+    assert!(asked, "member 1 asked the newcomer for its join: {:?}", net.joins);
+    net.drop = None;
+    net.run(120_000);
+    net.assert_agree();
 }
 
 #[test]
