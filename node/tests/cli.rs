@@ -155,7 +155,7 @@ fn flags_override_variables_which_override_the_file() {
 
 #[test]
 fn train_local_reads_iris_by_its_species_column() {
-    let iris = &format!(
+    let iris: &str = &format!(
         "{}/../data/iris.csv",
         std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
     );
