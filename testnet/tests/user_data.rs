@@ -18,8 +18,7 @@ fn iris_by_its_species_column_trains_across_three_nodes() {
         dataset: format!(
             "{}/../data/iris.csv",
             std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
-        )
-        .into(),
+        ),
         label_column: Some("species".into()),
         model: "mlp:16".into(),
         local_epochs: 5,
