@@ -596,6 +596,34 @@ fn a_member_heard_from_but_unknown_is_asked_for_its_join() {
 }
 
 #[test]
+fn heartbeats_signed_by_made_up_keys_make_a_member_ask_a_bounded_number_of_them() {
+    let mut net = four_central(2);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    net.joins.clear();
+    let job = net.job;
+    for n in 0..3 * MAX_ASKED as u32 {
+        let mut key = [0xee; 32];
+        key[..4].copy_from_slice(&n.to_le_bytes());
+        let fake = MemberId(key);
+        let beat = Heartbeat {
+            job,
+            member: fake,
+            round: 1,
+            model: ContentHash::of(b"x"),
+            sequence: 1,
+            sent_at_ms: net.now,
+        };
+        let event = Event::Gossip { signer: fake, message: Gossip::Heartbeat(beat) };
+        net.send(fake, member_id(1), event);
+    }
+    net.step();
+    let asked = net.joins.iter().filter(|(from, _, asks)| *from == member_id(1) && *asks).count();
+    assert_eq!(asked, MAX_ASKED, "member 1 asked at most MAX_ASKED unknown signers");
+    net.run(120_000);
+    net.assert_agree();
+}
+
+#[test]
 fn a_member_that_leaves_is_planned_without_and_the_job_goes_on() {
     let mut net = four_central(3);
     net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
