@@ -3,7 +3,7 @@
 
 use crate::membership::Membership;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::EvalMetrics;
+use fedmesh_protocol::message::{AggregateReady, EvalMetrics};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -75,6 +75,21 @@ impl RoundRecord {
             evaluations: BTreeMap::new(),
             slots: BTreeMap::new(),
             rings: BTreeMap::new(),
+        }
+    }
+
+    /// Records the round's announced result.
+    pub fn close(&mut self, ready: &AggregateReady) {
+        self.model = Some(ready.model);
+        self.participants = ready.contributions.len();
+        self.closed_at_ms = Some(ready.sent_at_ms);
+    }
+
+    /// A result heard after the member caught up past its round (by fetching the round's model
+    /// as the next round's base before the result's gossip arrived) completes the round's record.
+    pub fn complete_late(&mut self, ready: &AggregateReady) {
+        if self.model == Some(ready.model) && self.closed_at_ms.is_none() {
+            self.close(ready);
         }
     }
 
@@ -181,4 +196,53 @@ pub struct RunView {
     /// The external trainer's last failure on this node (round, mode, stderr tail), if any.
     #[serde(default)]
     pub trainer_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_protocol::ids::JobId;
+    use fedmesh_protocol::message::Contribution;
+
+    fn result(round: Round, model: &[u8], trainers: u8) -> AggregateReady {
+        let contribution = |byte| Contribution {
+            member: MemberId([byte; 32]),
+            delta: ContentHash::of(&[byte]),
+            samples: 10,
+        };
+        AggregateReady {
+            job: JobId(ContentHash::of(b"job")),
+            round,
+            base_model: ContentHash::of(b"base"),
+            model: ContentHash::of(model),
+            contributions: (1..=trainers).map(contribution).collect(),
+            metrics: EvalMetrics::default(),
+            members: Vec::new(),
+            sent_at_ms: 5_000,
+        }
+    }
+
+    /// A record made when the member caught up (it holds the model, not the result).
+    fn caught_up(round: Round, model: &[u8]) -> RoundRecord {
+        let mut record = RoundRecord::new(round, MemberId([9; 32]), ContentHash::of(model), 4_000);
+        record.model = Some(ContentHash::of(model));
+        record
+    }
+
+    #[test]
+    fn a_late_result_completes_the_record_of_a_round_caught_up_past() {
+        let mut record = caught_up(7, b"model");
+        record.complete_late(&result(7, b"model", 3));
+        assert_eq!((record.participants, record.closed_at_ms), (3, Some(5_000)));
+    }
+
+    #[test]
+    fn a_late_result_naming_another_model_or_a_closed_round_changes_nothing() {
+        let mut record = caught_up(7, b"model");
+        record.complete_late(&result(7, b"forged", 3));
+        assert_eq!((record.participants, record.closed_at_ms), (0, None));
+        record.close(&result(7, b"model", 4));
+        record.complete_late(&result(7, b"model", 2));
+        assert_eq!((record.participants, record.closed_at_ms), (4, Some(5_000)));
+    }
 }

@@ -45,14 +45,15 @@ impl Member {
     /// this member still did for the round, and adopts its model (fetched first if needed).
     pub(super) fn take_result(&mut self, signer: MemberId, ready: Arc<AggregateReady>, now: u64) {
         if ready.round <= self.state.completed_round || !self.is_active() {
+            if let Some(record) = self.rounds.get_mut(&ready.round) {
+                record.complete_late(&ready);
+            }
             return;
         }
         let record = self.rounds.entry(ready.round).or_insert_with(|| {
             RoundRecord::new(ready.round, signer, ready.base_model, ready.sent_at_ms)
         });
-        record.model = Some(ready.model);
-        record.participants = ready.contributions.len();
-        record.closed_at_ms = Some(ready.sent_at_ms);
+        record.close(&ready);
         if signer != self.me() {
             let newer = self.taken.as_ref().is_none_or(|(_, kept)| kept.round < ready.round);
             if newer {

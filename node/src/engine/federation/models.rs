@@ -29,14 +29,15 @@ impl Engine {
     ) {
         let Some(run) = self.runs.get_mut(&id) else { return };
         if ready.round <= run.state.completed_round {
+            if let Some(record) = run.rounds.get_mut(&ready.round) {
+                record.complete_late(&ready);
+            }
             return;
         }
         let record = run.rounds.entry(ready.round).or_insert_with(|| {
             RoundRecord::new(ready.round, aggregator, ready.base_model, ready.sent_at_ms)
         });
-        record.model = Some(ready.model);
-        record.participants = ready.contributions.len();
-        record.closed_at_ms = Some(ready.sent_at_ms);
+        record.close(&ready);
         if run.open.as_ref().is_some_and(|open| open.round <= ready.round) {
             run.open = None;
         }
