@@ -87,12 +87,13 @@ async fn an_announced_job_is_owned_by_the_node_and_seen_in_status_and_metrics() 
         }
         other => panic!("no round-seconds histogram: {other:?}\n{text}"),
     }
-    // Every trainer's update reached some aggregator: accepted ones are counted per job.
+    // Every trainer's update reached its aggregator: accepted ones are counted per job (each
+    // round's aggregator folds its own update in without a request, so 2 of 3 are counted).
     let mut accepted = 0.0;
     for node in &cluster.nodes {
         let text = node.api.metrics().await.unwrap();
         let sample = format!("fedmesh_job_updates_accepted_total{{job=\"{job}\"}}");
         accepted += fedmesh_testnet::api::metric_value(&text, &sample);
     }
-    assert!(accepted >= 9.0, "3 rounds of 3 updates, {accepted} counted");
+    assert!(accepted >= 6.0, "3 rounds of 2 updates sent, {accepted} counted");
 }

@@ -576,6 +576,10 @@ pub enum Request {
     /// Asks for the signed result of a job's round (a member that missed its announcement asks
     /// before it gives up on the round's aggregator).
     RoundResult { job: JobId, round: Round },
+    /// A member's signed join sent to one member alone, answered `Accepted`: the answer to a
+    /// newcomer's join, or (`asks`) a question from a member that does not know the receiver,
+    /// which answers with its own join the same way.
+    Join { join: Signed<Join>, asks: bool },
 }
 
 impl Request {

@@ -79,6 +79,7 @@ impl World {
             }
             Effect::WakeAt(at) => self.wake(member, at),
             Effect::Log(notice) => self.log(member, &notice),
+            Effect::Rejected(_) => {} // a refused round message is held and judged again
         }
     }
 

@@ -88,6 +88,7 @@ fn fingerprint(event: &Event) -> Fingerprint {
         Event::JoinSent { signer, asks, .. } => {
             Fingerprint::new(21 + u8::from(*asks), 0, None, Some(signer.0))
         }
+        Event::PeerSubscribed => Fingerprint::new(23, 0, None, None),
     }
 }
 
@@ -101,6 +102,9 @@ fn gossip_fingerprint(message: &Gossip, signer: [u8; 32]) -> Fingerprint {
         Gossip::Result(ready) => Fingerprint::new(5, ready.round, Some(ready.model), signer),
         Gossip::Eval(report) => Fingerprint::new(6, report.round, Some(report.model), signer),
         Gossip::Stop(_) => Fingerprint::new(7, 0, None, signer),
+        Gossip::Assign(assignment) => {
+            Fingerprint::new(8, assignment.round, Some(assignment.base_model), signer)
+        }
     }
 }
 

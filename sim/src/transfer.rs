@@ -76,6 +76,7 @@ fn gossip_bytes(message: &Gossip) -> u64 {
         Gossip::Result(body) => bincode::serde::encode_to_vec(&**body, config),
         Gossip::Eval(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Stop(body) => bincode::serde::encode_to_vec(body, config),
+        Gossip::Assign(body) => bincode::serde::encode_to_vec(&**body, config),
     };
     encoded.map_or(0, |bytes| bytes.len() as u64) + ENVELOPE_BYTES
 }

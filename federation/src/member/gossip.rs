@@ -1,6 +1,7 @@
 //! The job's gossip as a member judges it: joins (with the job's allow-list), leaves,
-//! heartbeats, evaluation reports, a stop, and who may open a round or announce its result,
-//! holding round messages its view of the membership cannot judge yet.
+//! heartbeats (the coordinator's too), evaluation reports, a stop, and who may open a round or
+//! announce its result, holding round messages (and the coordinator's assignments) its view of
+//! the membership cannot judge yet.
 
 use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Text};
 use crate::records::RunStatus;
@@ -28,12 +29,19 @@ impl Member {
     pub(super) fn on_gossip(&mut self, signer: MemberId, message: Gossip, now: u64) {
         if !self.is_active() {
             // A member that completed the job still sends its last result again to a member
-            // whose heartbeat shows it missed it.
-            if let (RunStatus::Completed, Gossip::Heartbeat(beat)) = (&self.state.status, &message)
-                && beat.member == signer
-                && self.state.members.contains(&signer)
-            {
-                self.announce_again(beat.round, now);
+            // whose heartbeat shows it missed it, and records the others' evaluations of the
+            // last model (most arrive after it completed).
+            let known = self.state.members.contains(&signer) || self.is_coordinator(&signer);
+            match (&self.state.status, message) {
+                (RunStatus::Completed, Gossip::Heartbeat(beat))
+                    if beat.member == signer && known =>
+                {
+                    self.announce_again(beat.round, now)
+                }
+                (RunStatus::Completed, Gossip::Eval(report)) if report.member == signer => {
+                    self.on_eval(report)
+                }
+                _ => {}
             }
             return;
         }
@@ -44,6 +52,12 @@ impl Member {
                     self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
                     self.persist_lazily();
                 }
+            }
+            Gossip::Heartbeat(beat) if beat.member == signer && self.is_coordinator(&signer) => {
+                // The coordinator is no member: its heartbeat says it is there, and the round it
+                // names tells the last round's aggregator whether it missed the result.
+                self.coordinator_seen_ms = now;
+                self.announce_again(beat.round, now);
             }
             Gossip::Heartbeat(beat) if beat.member == signer => {
                 // Only a member's word counts, and never for a round past the job's last one.
@@ -63,14 +77,21 @@ impl Member {
             Gossip::Eval(report) if report.member == signer => self.on_eval(report),
             Gossip::Open(open) => self.judge(signer, Held::Open(open), now),
             Gossip::Result(ready) => self.judge(signer, Held::Result(ready), now),
+            Gossip::Assign(assignment) => self.on_assignment_gossip(signer, assignment, now),
             Gossip::Stop(stop) => {
                 let controller = self.setup.spec.coordinator.unwrap_or(self.setup.spec.owner);
-                if signer == controller {
-                    self.log(Level::Warn, 0, format!("the job was stopped: {}", stop.reason));
-                    self.end(RunStatus::Stopped(stop.reason));
+                if signer != controller {
+                    let role =
+                        if self.setup.spec.coordinator.is_some() { "coordinator" } else { "owner" };
+                    let text = format!("a stop signed by {signer}, not by the job's {role}");
+                    return self.reject("not_the_coordinator", text);
                 }
+                self.log(Level::Warn, 0, format!("the job was stopped: {}", stop.reason));
+                self.end(RunStatus::Stopped(stop.reason));
             }
-            _ => self.log(Level::Warn, 0, format!("{signer} signed a message for another member")),
+            _ => {
+                self.reject("wrong_signer", format!("{signer} signed a message for another member"))
+            }
         }
     }
 
@@ -130,13 +151,28 @@ impl Member {
             return;
         }
         self.record_holder(report.member, report.round, report.model);
+        let taken = self.rounds.get(&report.round).and_then(|record| record.model);
+        if taken.is_none() && report.round > self.state.completed_round {
+            // Heard before this member took the round's result (it is still fetching the
+            // model, or missed the announcement): kept until it does (`adopt`).
+            if self.early_evals.len() >= MAX_EVALUATIONS {
+                self.early_evals.pop_front();
+            }
+            return self.early_evals.push_back(report);
+        }
+        self.record_evaluation(report);
+    }
+
+    /// Records a member's evaluation of a round's model, if it is the model this member took.
+    /// At most a bounded number are kept per round: members outside the reporting sample (or
+    /// many at once) cannot grow every member's records without bound.
+    pub(super) fn record_evaluation(&mut self, report: EvalReport) {
         let Some(record) = self.rounds.get_mut(&report.round) else { return };
-        // At most a bounded number kept per round: members outside the reporting sample (or
-        // many at once) cannot grow every member's records without bound.
         let room = record.evaluations.len() < MAX_EVALUATIONS
             || record.evaluations.contains_key(&report.member);
         if record.model == Some(report.model) && room {
             record.evaluations.insert(report.member, report.metrics);
+            self.persist_lazily();
         }
     }
 
@@ -153,31 +189,30 @@ impl Member {
     /// aggregator may, as this member's live plan elects it, or as the opening it follows names
     /// it; a result may also come from the aggregator of the plan over the members it names,
     /// when that leaves out no member live here (a member that missed the round takes it so).
-    fn judge(&mut self, signer: MemberId, held: Held, now: u64) {
-        if !self.state.members.contains(&signer) {
+    /// In an orchestrated job the coordinator's assignment names the aggregator instead, and
+    /// members' own openings are refused while the coordinator is there.
+    pub(super) fn judge(&mut self, signer: MemberId, held: Held, now: u64) {
+        if let Held::Open(_) = &held
+            && self.orchestrated(now)
+        {
+            let text = format!("{signer}'s opening: the job's coordinator assigns its rounds");
+            return self.reject("orchestrated", text);
+        }
+        // An assignment is signed by the coordinator, which is no member.
+        if !matches!(held, Held::Assign(_)) && !self.state.members.contains(&signer) {
             self.ask_for_join(signer, now);
             return self.hold(signer, held);
         }
-        let unknown = match &held {
-            Held::Open(open) => self.unknown_among(&open.members, now),
-            Held::Result(_) => None,
-        };
-        if unknown.is_some() {
+        let missed = self.missed_members(&held, now);
+        if !missed.is_empty() {
             // Every member it names that this member missed is asked for its join.
-            if let Held::Open(open) = &held {
-                let missed: Vec<MemberId> = open
-                    .members
-                    .iter()
-                    .filter(|id| !self.state.members.contains(id))
-                    .copied()
-                    .collect();
-                missed.into_iter().for_each(|id| self.ask_for_join(id, now));
-            }
+            missed.into_iter().for_each(|id| self.ask_for_join(id, now));
             return self.hold(signer, held);
         }
         let round = match &held {
             Held::Open(open) => open.round,
             Held::Result(ready) => ready.round,
+            Held::Assign(assignment) => assignment.round,
         };
         if round <= self.state.completed_round {
             return; // a round this member completed: nothing of it is followed or taken now
@@ -185,21 +220,41 @@ impl Member {
         let followed = self.phase.open().is_some_and(|o| o.round == round && o.opener == signer);
         let allowed = match &held {
             Held::Open(_) => self.elected_leader(round, now) == Some(signer),
+            Held::Result(_) if self.setup.spec.coordinator.is_some() => {
+                followed
+                    || self.assigned_leader(round) == Some(signer)
+                    || self.elected_leader(round, now) == Some(signer)
+            }
             Held::Result(ready) => {
                 followed
                     || self.elected_leader(round, now) == Some(signer)
                     || self.vouches_for(ready, &signer, now)
             }
+            Held::Assign(_) => true, // signed by the coordinator (`on_assignment_gossip`)
         };
         if !allowed {
             // A join this member has not heard yet may make the signer the aggregator.
-            self.log(Level::Info, round, format!("{signer} does not aggregate round {round} here"));
+            let detail = format!("{signer} does not aggregate round {round} here");
+            self.reject("not_the_aggregator", detail);
             return self.hold(signer, held);
         }
         match held {
             Held::Open(open) => self.on_open(signer, open, now),
             Held::Result(ready) => self.take_result(signer, ready, now),
+            Held::Assign(assignment) => self.on_assignment(assignment, now),
         }
+    }
+
+    /// The members a round message names whose joins this member has not heard.
+    fn missed_members(&mut self, held: &Held, now: u64) -> Vec<MemberId> {
+        let named: Vec<&MemberId> = match held {
+            Held::Open(open) if self.unknown_among(&open.members, now).is_some() => {
+                open.members.iter().collect()
+            }
+            Held::Assign(assignment) => assignment.roles.keys().collect(),
+            Held::Open(_) | Held::Result(_) => return Vec::new(),
+        };
+        named.into_iter().filter(|id| !self.state.members.contains(id)).copied().collect()
     }
 
     /// Whether a result comes from the aggregator of the plan over the members it names, and

@@ -4,8 +4,8 @@
 
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join, Leave,
-    ModelDelta, PartialAggregate, RingChunk, RoundOpen, TrainMetrics,
+    AggregateReady, Assignment, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join,
+    Leave, ModelDelta, PartialAggregate, RingChunk, RoundOpen, TrainMetrics,
 };
 use std::sync::Arc;
 
@@ -22,6 +22,11 @@ pub enum Gossip {
     /// Shared like an opening: every member keeps the newest result it took, to pass on.
     Result(Arc<AggregateReady>),
     Eval(EvalReport),
+    /// The coordinator's assignment of a round (orchestration mode), shared like an opening;
+    /// the machine refuses one whose signer is not the job's coordinator.
+    Assign(Arc<Assignment>),
+    /// Ends the job when its controller signed it: the coordinator, or the owner when there is
+    /// none.
     Stop(JobStop),
 }
 
@@ -38,6 +43,15 @@ pub enum Update {
 }
 
 impl Update {
+    /// What kind of update it is, as refusals are counted.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Delta(_) => "delta",
+            Self::Partial(_) => "partial",
+            Self::Chunk(_) => "ring_chunk",
+        }
+    }
+
     pub fn round(&self) -> Round {
         match self {
             Self::Delta(delta) => delta.round,
@@ -93,6 +107,10 @@ pub enum Event {
     Evaluated { round: Round, model: ContentHash, metrics: EvalMetrics },
     /// This member's operator leaves the job.
     LeaveRequested { reason: String },
+    /// A peer subscribed to the job's topic: it has not heard this member's join (a join
+    /// published before the topic's mesh formed reaches nobody), so the join goes out again
+    /// shortly (a burst of subscriptions gets one join).
+    PeerSubscribed,
 }
 
 /// A message this member publishes on the job's topic (the driver signs it with its key).
@@ -158,6 +176,9 @@ pub enum Effect {
     WakeAt(u64),
     /// Something an operator should see in the log.
     Log(Notice),
+    /// The gossip message just handled was refused, and why (its driver counts it and does not
+    /// pass it on).
+    Rejected(Refusal),
 }
 
 /// A result a member serves: the aggregator's own announcement (which it signs anew), or the

@@ -4,6 +4,7 @@
 
 mod gossip;
 mod io;
+mod orchestrated;
 mod phase;
 mod results;
 mod ring;
@@ -16,7 +17,9 @@ use crate::cadence::Cadence;
 use crate::records::{RoundRecord, RunState, RunStatus};
 use crate::shared;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
-use fedmesh_protocol::message::{AggregateReady, Heartbeat, Join, RoundOpen};
+use fedmesh_protocol::message::{
+    AggregateReady, Assignment, EvalReport, Heartbeat, Join, RoundOpen,
+};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
 use std::collections::{BTreeMap, VecDeque};
@@ -46,6 +49,8 @@ const MAX_ASKED: usize = 1_024;
 /// and until it heard this many heartbeats (see `Member::settling`).
 const SETTLE_MIN_MS: u64 = 5_000;
 const SETTLE_HEARTBEATS: u32 = 8;
+/// How long after a peer subscribes to the job's topic this member's join goes out again.
+const JOIN_ECHO_DELAY_MS: u64 = 300;
 
 /// Who this member is and what job it runs.
 #[derive(Debug, Clone)]
@@ -75,6 +80,8 @@ pub struct Snapshot {
 enum Held {
     Open(Arc<RoundOpen>),
     Result(Arc<AggregateReady>),
+    /// The coordinator's assignment (it is no member: only the members it names must be known).
+    Assign(Arc<Assignment>),
 }
 
 /// An update that arrived before the opening of its round.
@@ -105,6 +112,8 @@ pub struct Member {
     judge_held_at: Option<u64>,
     held: VecDeque<(MemberId, Held)>,
     early: VecDeque<EarlyUpdate>,
+    /// Evaluation reports of rounds whose result this member has not taken yet.
+    early_evals: VecDeque<EvalReport>,
     /// This member's local training in the round it follows, so it trains once per round.
     training: Option<LocalTraining>,
     /// This member's last update and the opening it answered (opener, time): sent again when
@@ -125,6 +134,10 @@ pub struct Member {
     furthest_heard: Round,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
+    /// In orchestration mode: the coordinator's newest assignment, and when the coordinator was
+    /// last heard (an assignment or its heartbeat; this member's start counts as one).
+    assigned: Option<orchestrated::Assigned>,
+    coordinator_seen_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
     /// handled), or only the membership and evaluations (persisted with the next heartbeat or
     /// state change: a snapshot copies the whole membership, and a thousand-member job's
@@ -186,6 +199,7 @@ impl Member {
             judge_held_at: None,
             held: VecDeque::new(),
             early: VecDeque::new(),
+            early_evals: VecDeque::new(),
             training: None,
             last_update: None,
             announced: snapshot.announced,
@@ -196,10 +210,17 @@ impl Member {
             plans: VecDeque::new(),
             furthest_heard: 0,
             next_open_check_ms: 0,
+            assigned: None,
+            coordinator_seen_ms: now,
             unsaved: Unsaved::Nothing,
             effects: Vec::new(),
         };
-        if member.is_active() {
+        if member.is_active() && member.completed_round() >= member.last_round() {
+            // Stopped between taking the job's last model and recording its evaluation.
+            let (round, model) = (member.completed_round(), member.model());
+            let params = member.params.clone();
+            member.effects.push(Effect::Evaluate { round, model, params });
+        } else if member.is_active() {
             member.publish_join(now);
             member.persist();
             let unfinished =
@@ -244,6 +265,7 @@ impl Member {
                 self.on_evaluated(round, model, metrics, now)
             }
             Event::LeaveRequested { reason } => self.leave(reason, now),
+            Event::PeerSubscribed => self.join_again_soon(now),
         }
         self.take_effects()
     }
@@ -286,6 +308,11 @@ impl Member {
 
     pub fn rounds(&self) -> &BTreeMap<Round, RoundRecord> {
         &self.rounds
+    }
+
+    /// The job's last round.
+    pub fn last_round(&self) -> Round {
+        self.setup.spec.hyperparameters.rounds
     }
 
     /// Whether the member still takes part in the job.
@@ -397,6 +424,11 @@ impl Member {
         if !self.is_active() {
             self.persist(); // no tick comes any more
         }
+    }
+
+    /// Refuses the gossip message being handled: the driver counts it and does not pass it on.
+    fn reject(&mut self, reason: &'static str, detail: String) {
+        self.effects.push(Effect::Rejected(Refusal::new(reason, detail)));
     }
 
     fn wake_at(&mut self, at: u64) {
@@ -526,12 +558,25 @@ impl Member {
         self.wake_at(next_beat.clamp(now + 1, now + IDLE_WAKE_MS));
     }
 
-    /// This member's operator leaves the job: a signed leave, and nothing more of the round.
+    /// A peer subscribed to the job's topic: this member's join goes out `JOIN_ECHO_DELAY_MS`
+    /// from now, unless it is due sooner.
+    fn join_again_soon(&mut self, now: u64) {
+        let soon = now.saturating_sub(self.cadence().rejoin_ms()) + JOIN_ECHO_DELAY_MS;
+        self.last_join_ms = self.last_join_ms.min(soon);
+        self.wake_at(now + JOIN_ECHO_DELAY_MS);
+    }
+
+    /// This member's operator leaves the job: a signed leave, and nothing more of the round. A
+    /// job over for this member (completed, stopped, failed) is marked left with no message.
     fn leave(&mut self, reason: String, now: u64) {
-        if !self.is_active() {
+        let active = self.is_active();
+        if self.state.status == RunStatus::Left {
             return;
         }
         self.end(RunStatus::Left);
+        if !active {
+            return;
+        }
         let leave = fedmesh_protocol::message::Leave {
             job: self.setup.job,
             member: self.setup.me,

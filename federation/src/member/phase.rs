@@ -20,7 +20,8 @@ use std::sync::Arc;
 /// ```
 #[derive(Default)]
 pub enum Phase {
-    /// Waiting for the next round's opening, or to open it as the member the plan elects.
+    /// Waiting for the next round's opening, or to open it as the member the plan elects (in an
+    /// orchestrated job, for the coordinator's assignment of it).
     #[default]
     Waiting,
     /// Following one opening of the next round: training, sending, collecting.

@@ -139,23 +139,34 @@ impl Member {
         let record =
             self.rounds.entry(round).or_insert_with(|| RoundRecord::new(round, me, model, now));
         record.model = Some(model);
+        self.take_early_evaluations(round);
         self.effects.push(Effect::Evaluate { round, model, params: self.params.clone() });
         match &self.phase {
             Phase::Open(open) if open.round > round => {}
             _ => self.phase = Phase::Waiting,
         }
         self.next_open_check_ms = now;
-        if round >= self.setup.spec.hyperparameters.rounds {
-            self.log(Level::Info, round, format!("job complete with model {model}"));
-            return self.end(RunStatus::Completed);
-        }
         self.persist();
+        if round >= self.last_round() {
+            // Complete once its evaluation is recorded (`on_evaluated`): whoever reads the
+            // completed job finds the final model's metrics.
+            return;
+        }
         if self.phase.open().is_some() {
             // The opening this member fetched the base of.
             self.start_training();
         } else {
             self.wake_at(now);
         }
+    }
+
+    /// Records the evaluations of `round`'s model heard before this member took it; those of
+    /// earlier rounds are dropped.
+    fn take_early_evaluations(&mut self, round: Round) {
+        let (now_due, later): (Vec<EvalReport>, Vec<EvalReport>) =
+            self.early_evals.drain(..).filter(|r| r.round >= round).partition(|r| r.round == round);
+        self.early_evals = later.into();
+        now_due.into_iter().for_each(|report| self.record_evaluation(report));
     }
 
     /// A model's evaluation on the local test split: recorded and reported.
@@ -172,6 +183,10 @@ impl Member {
         };
         record.evaluations.insert(me, metrics);
         self.persist_lazily();
+        if round >= self.last_round() && round == self.state.completed_round && self.is_active() {
+            self.log(Level::Info, round, format!("job complete with model {model}"));
+            self.end(RunStatus::Completed);
+        }
         if round == 0 || matches!(self.state.status, RunStatus::Left) || !self.reports(round) {
             return;
         }

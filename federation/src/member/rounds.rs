@@ -39,10 +39,14 @@ impl Member {
         }
     }
 
-    /// Opens `round` if the live plan makes this member its leader.
+    /// Opens `round` if the live plan makes this member its leader (in an orchestrated job,
+    /// follows the coordinator's assignment of it instead).
     fn maybe_open(&mut self, round: Round, now: u64) {
         if round > self.setup.spec.hyperparameters.rounds || !self.is_active() {
             return;
+        }
+        if self.orchestrated(now) {
+            return self.follow_assignment(round, now);
         }
         if let Some(heard) = self.heard_past(round) {
             return self.catch_up(heard, now);
@@ -120,8 +124,9 @@ impl Member {
         self.follow(opener, open, plan, None, now);
     }
 
-    /// Follows one opening of the next round with its plan.
-    fn follow(
+    /// Follows one opening of the next round with its plan (elected over the members the
+    /// opening names, or assigned by the job's coordinator).
+    pub(super) fn follow(
         &mut self,
         opener: MemberId,
         open: Arc<RoundOpen>,
@@ -495,7 +500,7 @@ impl Member {
 
     /// At the led round's deadline: close it at quorum, else open it again over the members
     /// live now (a lost aggregator is replaced; trainers send again), or let go of it when this
-    /// member no longer leads it.
+    /// member no longer leads it. In an orchestrated job the coordinator assigns it again.
     fn check_leader_deadline(&mut self, now: u64) {
         let Some(open) = self.phase.open() else { return };
         let Some(leading) = open.leading.as_ref() else { return };
@@ -507,6 +512,9 @@ impl Member {
         let (has_top, received) = (top.is_some(), top.map_or(0, |top| top.contributions.len()));
         if has_top && received >= leading.required && received > 0 {
             return self.close_round(now);
+        }
+        if self.orchestrated(now) {
+            return; // short of its quorum: the coordinator assigns the round again
         }
         let Some((plan, live)) = self.live_plan(round, now) else {
             return self.let_go(round, "too few live members");
@@ -541,6 +549,9 @@ impl Member {
         let Some(open) = self.phase.open() else { return };
         if now <= open.deadline_ms + REOPEN_GRACE_MS || open.leading.is_some() {
             return;
+        }
+        if self.orchestrated(now) {
+            return; // the coordinator assigns the round again
         }
         let (round, opener) = (open.round, open.opener);
         let alive = self.is_live(&opener, now);

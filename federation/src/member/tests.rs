@@ -2,7 +2,8 @@
 //! with a manual clock, instant delivery, and faults chosen per test.
 
 use super::*;
-use fedmesh_protocol::message::{ModelDelta, PartialAggregate};
+use crate::coordinator::{CoordinatedJob, CoordinatedState};
+use fedmesh_protocol::message::{Assignment, JobStop, ModelDelta, PartialAggregate};
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::collections::BTreeSet;
 
@@ -36,6 +37,118 @@ fn payload_ref(values: &[f32]) -> PayloadRef {
 /// A filter on deliveries: (from, to, effect) -> deliver?
 type Drop = Box<dyn Fn(MemberId, MemberId, &Event) -> bool>;
 
+/// The key the coordinator of an orchestrated job signs with.
+fn coordinator_id() -> MemberId {
+    member_id(100)
+}
+
+/// A job its coordinator orchestrates; with `fallback_secs`, members elect leaders themselves
+/// once they have not heard it for that long.
+fn orchestrated_spec(rounds: u64, fallback_secs: Option<u64>) -> JobSpec {
+    let mut spec = spec("central", rounds, 5);
+    spec.coordinator = Some(coordinator_id());
+    spec.coordinator_fallback_secs = fallback_secs;
+    spec
+}
+
+/// The job's coordinator as the node runs it (`CoordinatedJob`): it hears the members' gossip,
+/// says it is there every second, assigns each round (again when it must) and repeats the
+/// assignment every 3 s for members that missed it.
+struct Coordinator {
+    job: CoordinatedJob,
+    /// Says nothing while set (it still hears the members).
+    silent: bool,
+    /// Assigns each round's top slot to another member than the one the election picks.
+    overrides: bool,
+    /// The leader of each round's last assignment, and the member the election picked.
+    assigned: BTreeMap<Round, MemberId>,
+    elected: BTreeMap<Round, MemberId>,
+}
+
+impl Coordinator {
+    fn new(job: JobId, spec: JobSpec) -> Self {
+        let tag = fedmesh_topologies::Tag::from_spec(&spec.tag).expect("tag");
+        let job = CoordinatedJob::new(job, spec, tag, CoordinatedState::new());
+        Self {
+            job,
+            silent: false,
+            overrides: false,
+            assigned: BTreeMap::new(),
+            elected: BTreeMap::new(),
+        }
+    }
+
+    /// A member's gossip, as the node's coordinator hears it.
+    fn hear(&mut self, signer: MemberId, message: &Gossip, now: u64) {
+        match message {
+            Gossip::Join(join) => self.job.on_join(join, now),
+            Gossip::Leave(leave) => self.job.on_leave(&leave.member),
+            Gossip::Heartbeat(beat) => self.job.on_heartbeat(beat, now),
+            Gossip::Result(ready) => {
+                self.job.on_result(signer, ready);
+            }
+            _ => {}
+        }
+    }
+
+    /// The next assignment of the round in progress (or of the next round), its top slot
+    /// given to another member than the elected one when `overrides` is set.
+    fn assignment(&mut self, now: u64) -> Option<(Assignment, MemberId)> {
+        let (mut assignment, elected) = self.job.assign(now).ok()?;
+        self.elected.insert(assignment.round, elected);
+        if !self.overrides {
+            return Some((assignment, elected));
+        }
+        let other = assignment.roles.keys().copied().find(|m| *m != elected)?;
+        assignment.aggregators.insert("top".into(), other);
+        Some((assignment, other))
+    }
+
+    /// What it publishes now (as `tick_coordinated` in the node).
+    fn tick(&mut self, now: u64) -> Vec<Gossip> {
+        if self.silent {
+            return Vec::new();
+        }
+        let mut said = Vec::new();
+        if now.saturating_sub(self.job.last_heartbeat_ms) >= 1_000 {
+            self.job.last_heartbeat_ms = now;
+            self.job.heartbeat_sequence += 1;
+            let state = &self.job.state;
+            said.push(Gossip::Heartbeat(Heartbeat {
+                job: self.job.id,
+                member: coordinator_id(),
+                round: state.completed_round + 1,
+                model: state.model.unwrap_or(ContentHash([0; 32])),
+                sequence: self.job.heartbeat_sequence,
+                sent_at_ms: now,
+            }));
+        }
+        if self.job.state.completed_round >= self.job.spec.hyperparameters.rounds {
+            return said;
+        }
+        let why = match &self.job.state.assignment {
+            None => None,
+            Some(assignment) => match self.job.needs_reassignment(now, 2_000) {
+                Some(why) => Some(why),
+                None if now.saturating_sub(self.job.published_ms) >= 3_000 => {
+                    self.job.published_ms = now;
+                    let again = Assignment { sent_at_ms: now, ..assignment.clone() };
+                    said.push(Gossip::Assign(Arc::new(again)));
+                    return said;
+                }
+                None => return said,
+            },
+        };
+        if let Some((assignment, leader)) = self.assignment(now) {
+            self.job.record_assignment(&assignment, leader, why);
+            self.job.published_ms = now;
+            self.assigned.insert(assignment.round, leader);
+            said.push(Gossip::Assign(Arc::new(assignment)));
+        }
+        said
+    }
+}
+
 /// Members wired to each other through one queue.
 struct Net {
     spec: JobSpec,
@@ -61,6 +174,14 @@ struct Net {
     trainings: BTreeMap<(MemberId, Round), usize>,
     /// Every join sent: (from, to one member or `None` for the topic, asks).
     joins: Vec<(MemberId, Option<MemberId>, bool)>,
+    /// The job's coordinator, when its spec names one.
+    coordinator: Option<Coordinator>,
+    /// Every gossip message a member refused, and why.
+    rejections: Vec<(MemberId, Refusal)>,
+    /// Every model a member asked for: (member, round, model, when).
+    fetches: Vec<(MemberId, Round, ContentHash, u64)>,
+    /// Members whose fetches fail.
+    cannot_fetch: BTreeSet<MemberId>,
 }
 
 impl Net {
@@ -69,6 +190,7 @@ impl Net {
         let job = JobId(ContentHash::of(b"rules"));
         let initial = Arc::new(vec![0.0f32; PARAMS]);
         let model = hash_f32(&initial);
+        let coordinator = spec.coordinator.map(|_| Coordinator::new(job, spec.clone()));
         let mut net = Self {
             spec,
             job,
@@ -88,6 +210,10 @@ impl Net {
             later: Vec::new(),
             trainings: BTreeMap::new(),
             joins: Vec::new(),
+            coordinator,
+            rejections: Vec::new(),
+            fetches: Vec::new(),
+            cannot_fetch: BTreeSet::new(),
         };
         for (byte, group) in members {
             net.add(*byte, group);
@@ -274,8 +400,10 @@ impl Net {
                     None => self.send(from, from, trained),
                 }
             }
-            Effect::Fetch { model, .. } => {
-                let outcome = self.blobs.get(&model).cloned().ok_or_else(|| "nowhere".to_owned());
+            Effect::Fetch { round, model, .. } => {
+                self.fetches.push((from, round, model, self.now));
+                let found = self.blobs.get(&model).filter(|_| !self.cannot_fetch.contains(&from));
+                let outcome = found.cloned().ok_or_else(|| "nowhere".to_owned());
                 self.send(from, from, Event::Fetched { model, outcome });
             }
             Effect::StoreModel { round, params } => {
@@ -295,6 +423,7 @@ impl Net {
                     eprintln!("{} {} {:?}", self.now, from.0[0], notice);
                 }
             }
+            Effect::Rejected(refusal) => self.rejections.push((from, refusal)),
             Effect::Answer { .. } | Effect::WakeAt(_) => {}
         }
     }
@@ -314,6 +443,14 @@ impl Net {
             Publish::Result(ready) => Gossip::Result(Arc::new(ready)),
             Publish::Eval(report) => Gossip::Eval(report),
         };
+        if let Some(coordinator) = self.coordinator.as_mut() {
+            coordinator.hear(from, &message, self.now);
+        }
+        self.gossip(from, message);
+    }
+
+    /// Delivers a gossip message signed by `from` to every member but itself.
+    fn gossip(&mut self, from: MemberId, message: Gossip) {
         let others: Vec<MemberId> = self.members.keys().filter(|m| **m != from).copied().collect();
         for to in others {
             self.send(from, to, Event::Gossip { signer: from, message: message.clone() });
@@ -337,6 +474,10 @@ impl Net {
             self.route(to, effects);
         }
         self.now += STEP_MS;
+        let said = self.coordinator.as_mut().map(|c| c.tick(self.now)).unwrap_or_default();
+        for message in said {
+            self.gossip(coordinator_id(), message);
+        }
         let live: Vec<MemberId> =
             self.members.keys().filter(|m| !self.down.contains(m)).copied().collect();
         for id in live {
@@ -403,6 +544,15 @@ impl Net {
 
     fn openings_of(&self, round: Round) -> usize {
         self.opened.keys().filter(|(r, _)| *r == round).count()
+    }
+
+    fn coordinator(&mut self) -> &mut Coordinator {
+        self.coordinator.as_mut().expect("an orchestrated job")
+    }
+
+    /// Whether some member refused a gossip message for `reason`.
+    fn rejected(&self, reason: &str) -> bool {
+        self.rejections.iter().any(|(_, refusal)| refusal.reason == reason)
     }
 }
 
@@ -497,6 +647,24 @@ fn a_member_that_missed_a_result_asks_for_it_after_the_deadline() {
 }
 
 #[test]
+fn evaluations_heard_before_a_member_takes_the_result_are_recorded_when_it_does() {
+    let mut net = four_central(2);
+    // Member 4 takes each result late (it asks for it past the deadline), after the others'
+    // evaluation reports of its model reached it.
+    net.drop = Some(Box::new(|from, to, event| {
+        to == member_id(4)
+            && from != to
+            && matches!(event, Event::Gossip { message: Gossip::Result(_), signer } if *signer == from)
+    }));
+    net.run(120_000);
+    net.assert_agree();
+    for round in [1, 2] {
+        let record = &net.member(4).rounds()[&round];
+        assert_eq!(record.evaluations.len(), 4, "round {round}: {record:?}");
+    }
+}
+
+#[test]
 fn a_dead_trainer_makes_the_leader_open_the_round_again_keeping_the_updates_in() {
     let mut net = four_central(2);
     net.run_until(10_000, |net| net.openings_of(1) == 1);
@@ -574,11 +742,8 @@ fn a_newcomer_is_answered_by_each_member_alone_and_nobody_repeats_its_join_to_th
     assert_eq!(answered, [1, 2, 3].map(member_id).into(), "each member answered it alone");
 }
 
-#[test]
-fn a_member_heard_from_but_unknown_is_asked_for_its_join() {
-    let mut net = Net::new(spec("central", 4, 5), &[(1, "a"), (2, "a"), (3, "a")]);
-    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
-    // Member 1 never hears the newcomer's join on the topic.
+/// Adds member 9, whose join on the topic member 1 never hears.
+fn add_newcomer_member_1_does_not_hear(net: &mut Net) {
     net.drop = Some(Box::new(|from, to, event| {
         from == member_id(9)
             && to == member_id(1)
@@ -586,6 +751,13 @@ fn a_member_heard_from_but_unknown_is_asked_for_its_join() {
     }));
     net.add(9, "a");
     net.may_miss_rounds.insert(member_id(9));
+}
+
+#[test]
+fn a_member_heard_from_but_unknown_is_asked_for_its_join() {
+    let mut net = Net::new(spec("central", 4, 5), &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    add_newcomer_member_1_does_not_hear(&mut net);
     net.run_until(30_000, |net| knows_all(net, 1, &[9]));
     assert!(knows_all(&net, 1, &[9]), "member 1 learned the newcomer from its question");
     let asked = net.joins.iter().any(|j| *j == (member_id(1), Some(member_id(9)), true));
@@ -705,4 +877,193 @@ fn every_member_of_a_small_job_reports_its_evaluation_and_a_sample_of_a_large_on
         assert!((16..=48).contains(&sampled), "{sampled} of {members} report, about 32");
     }
     assert_ne!(reporting(1_000, 3), reporting(1_000, 4), "the sample changes every round");
+}
+
+/// An orchestrated job of four members, `rounds` rounds, its coordinator assigning each round's
+/// top slot to another member than the election would.
+fn four_orchestrated(rounds: u64, fallback_secs: Option<u64>) -> Net {
+    let spec = orchestrated_spec(rounds, fallback_secs);
+    let mut net = Net::new(spec, &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+    net.coordinator().overrides = true;
+    net
+}
+
+/// Whether every member follows an opening of `round`.
+fn all_follow(net: &Net, round: Round) -> bool {
+    net.live_members().all(|m| m.phase().open().is_some_and(|open| open.round == round))
+}
+
+#[test]
+fn an_orchestrated_job_completes_with_the_coordinators_aggregator_leading_each_round() {
+    let mut net = four_orchestrated(3, None);
+    net.run(60_000);
+    net.assert_agree();
+    assert!(net.opened.is_empty(), "no member opened a round: {:?}", net.opened);
+    let (assigned, elected) =
+        (net.coordinator().assigned.clone(), net.coordinator().elected.clone());
+    for round in 1..=3 {
+        let record = &net.member(2).rounds()[&round];
+        assert_eq!(record.aggregator, assigned[&round], "round {round} led by its assignee");
+        assert_ne!(record.aggregator, elected[&round], "not by the member the election picks");
+        assert_eq!(record.participants, 4, "every member's update is in round {round}");
+    }
+    assert_eq!(net.coordinator().job.state.completed_round, 3, "the coordinator took each result");
+    assert!(net.refusals.is_empty(), "{:?}", net.refusals);
+}
+
+#[test]
+fn members_own_openings_are_refused_while_the_coordinator_is_heard() {
+    let mut net = four_orchestrated(2, None);
+    // Training takes two seconds: round 1 is open when the opening below comes.
+    for id in net.members.keys().copied().collect::<Vec<_>>() {
+        net.train_ms.insert(id, 2_000);
+    }
+    net.run_until(10_000, |net| all_follow(net, 1));
+    let assigned = net.coordinator().assigned[&1];
+    // The member the election picks opens round 1 itself: under the election it would lead.
+    let elected = net.coordinator().elected[&1];
+    let open = RoundOpen {
+        job: net.job,
+        round: 1,
+        base_model: net.member(1).model(),
+        deadline_ms: net.now + 5_000,
+        opened_at_ms: net.now + 1,
+        members: net.members.keys().copied().collect(),
+    };
+    net.carry_out(elected, Effect::Publish(Publish::Open(open)));
+    net.step();
+    assert!(net.rejected("orchestrated"), "the opening was refused as orchestrated");
+    for member in net.live_members() {
+        let opener = member.phase().open().map(|open| open.opener);
+        assert!(opener.is_none_or(|o| o == assigned), "{} follows {opener:?}", member.me());
+    }
+    net.run(60_000);
+    net.assert_agree();
+    assert_eq!(net.member(3).rounds()[&1].aggregator, assigned);
+}
+
+#[test]
+fn with_a_fallback_members_elect_leaders_once_the_coordinator_falls_silent() {
+    let mut net = four_orchestrated(3, Some(5));
+    net.run_until(30_000, |net| net.live_members().all(|m| m.completed_round() >= 1));
+    assert!(net.opened.is_empty(), "no member opened a round while the coordinator spoke");
+    let assigned = net.coordinator().assigned[&1];
+    net.coordinator().silent = true;
+    net.run(120_000);
+    net.assert_agree();
+    assert_eq!(net.member(1).rounds()[&1].aggregator, assigned, "round 1 as assigned");
+    assert_eq!(net.openings_of(3), 1, "an elected member opened round 3");
+    let opener = net.opened.iter().find(|((round, _), _)| *round == 3).map(|(_, m)| *m);
+    assert_eq!(net.member(1).rounds()[&3].aggregator, opener.expect("an opener"));
+}
+
+#[test]
+fn without_a_fallback_members_wait_for_a_silent_coordinator() {
+    let mut net = four_orchestrated(2, None);
+    net.coordinator().silent = true;
+    net.run(30_000);
+    assert!(net.opened.is_empty(), "no member opened a round");
+    assert!(net.live_members().all(|m| m.completed_round() == 0 && m.is_active()));
+    net.coordinator().silent = false;
+    net.run(60_000);
+    net.assert_agree();
+}
+
+#[test]
+fn an_assignment_not_signed_by_the_coordinator_is_refused() {
+    let mut net = four_orchestrated(2, None);
+    // The coordinator hears the members but says nothing yet.
+    net.coordinator().silent = true;
+    net.run(2_000);
+    let now = net.now;
+    let (forged, _) = net.coordinator().assignment(now).expect("an assignment");
+    // Even the job's owner may not assign its rounds.
+    let owner = member_id(1);
+    assert_eq!(net.spec.owner, owner);
+    net.gossip(owner, Gossip::Assign(Arc::new(forged)));
+    net.step();
+    assert!(net.rejected("not_the_coordinator"), "the forged assignment was refused");
+    assert!(net.live_members().all(|m| m.phase().open().is_none()), "and nobody follows it");
+    net.coordinator().silent = false;
+    net.run(60_000);
+    net.assert_agree();
+}
+
+#[test]
+fn a_member_behind_fetches_the_assignments_base_model_before_following_it() {
+    let mut net = four_orchestrated(3, None);
+    let behind = member_id(4);
+    // Member 4 hears no result of rounds 1 and 2: it learns each from the next assignment.
+    net.drop = Some(Box::new(move |_, to, event| {
+        to == behind
+            && matches!(event, Event::Gossip { message: Gossip::Result(ready), .. } if ready.round < 3)
+    }));
+    net.run(90_000);
+    net.assert_agree();
+    for round in 1..=2 {
+        let model = net.round_model(round).expect("a model");
+        assert!(
+            net.fetches.iter().any(|f| (f.0, f.1, f.2) == (behind, round, model)),
+            "member 4 fetched round {round}'s model as round {}'s base: {:?}",
+            round + 1,
+            net.fetches
+        );
+        assert_eq!(net.trainings.get(&(behind, round + 1)), Some(&1), "and trained on it");
+        assert_eq!(net.member(1).rounds()[&(round + 1)].participants, 4);
+    }
+}
+
+#[test]
+fn a_member_behind_whose_base_cannot_be_had_asks_for_it_again_at_most_every_five_seconds() {
+    let mut spec = orchestrated_spec(2, None);
+    spec.round_deadline_secs = 60;
+    let mut net = Net::new(spec, &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+    net.coordinator().overrides = true;
+    let behind = member_id(4);
+    net.drop = Some(Box::new(move |_, to, event| {
+        to == behind
+            && matches!(event, Event::Gossip { message: Gossip::Result(ready), .. } if ready.round == 1)
+    }));
+    net.cannot_fetch.insert(behind);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let base = net.round_model(1).expect("round 1's model");
+    // The coordinator repeats round 2's assignment every 3 s; member 4 cannot have its base.
+    net.run(16_000);
+    let asked: Vec<u64> =
+        net.fetches.iter().filter(|f| (f.0, f.2) == (behind, base)).map(|f| f.3).collect();
+    assert!(asked.len() >= 2, "member 4 asked for the base again: {asked:?}");
+    assert!(asked.windows(2).all(|w| w[1] >= w[0] + 5_000), "at most every 5 s: {asked:?}");
+    net.cannot_fetch.clear();
+    net.run(60_000);
+    net.assert_agree();
+    assert_eq!(net.member(1).rounds()[&2].participants, 4, "member 4 trained in round 2");
+}
+
+#[test]
+fn an_assignment_naming_a_member_not_known_yet_is_held_until_its_join_arrives() {
+    let spec = orchestrated_spec(4, None);
+    let mut net = Net::new(spec, &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    add_newcomer_member_1_does_not_hear(&mut net);
+    net.run(120_000);
+    net.assert_agree();
+    let asked = net.joins.iter().any(|j| *j == (member_id(1), Some(member_id(9)), true));
+    assert!(asked, "member 1 asked the newcomer for its join");
+    let last = &net.member(1).rounds()[&4];
+    assert_eq!(last.participants, 4, "member 1 followed the assignments naming the newcomer");
+}
+
+#[test]
+fn a_stop_counts_only_from_the_coordinator_of_an_orchestrated_job() {
+    let mut net = four_orchestrated(5, None);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let stop = JobStop { job: net.job, reason: "enough".into(), sent_at_ms: net.now };
+    net.gossip(member_id(1), Gossip::Stop(stop.clone()));
+    net.step();
+    assert!(net.rejected("not_the_coordinator"), "the owner's stop was refused");
+    assert!(net.live_members().filter(|m| m.me() != member_id(1)).all(Member::is_active));
+    net.gossip(coordinator_id(), Gossip::Stop(stop));
+    net.step();
+    let stopped = RunStatus::Stopped("enough".into());
+    assert!(net.live_members().all(|m| *m.status() == stopped), "the coordinator's stop ends it");
 }

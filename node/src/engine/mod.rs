@@ -111,32 +111,28 @@ enum Query {
 enum Internal {
     /// A peer sent the announcement of a job this node asked for.
     PeerJob(JobId, fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::JobAnnouncement>),
-    /// Local training for a round finished.
-    Trained {
+    /// Work a job's machine asked for is done (training, fetching, storing, evaluating): its
+    /// event, and the share of the bulk budget its result holds until the machine took it.
+    Machine {
         job: JobId,
-        round: u64,
-        base: fedmesh_protocol::ids::ContentHash,
-        result: Result<federation::Trained, String>,
-        /// The delta's share of the bulk budget, given back once it is folded in or encoded.
-        held: crate::network::Held,
+        event: fedmesh_federation::member::Event,
+        held: Option<crate::network::Held>,
     },
-    /// A round's result a member passed on after this node missed its announcement.
-    MissedResult(fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::AggregateReady>),
-    /// A slot this node aggregates has every input (it is finished once the last is let go).
-    SlotComplete { job: JobId, round: u64, slot: usize },
-    /// This node's own delta or partial aggregate for a slot it also aggregates.
-    OwnRequest { request: fedmesh_protocol::message::Request, payload: Arc<Vec<u8>> },
-    /// A model blob asked of a peer arrived (or could not be had).
-    ModelFetched {
+    /// A peer's update, verified and decoded off the engine's task, for its job's machine to
+    /// judge and answer.
+    Update {
         job: JobId,
-        round: u64,
-        model: fedmesh_protocol::ids::ContentHash,
-        result: Result<Vec<u8>, String>,
+        signer: MemberId,
+        update: fedmesh_federation::member::Update,
+        values: Arc<Vec<f32>>,
+        reply: federation::Reply,
     },
-    /// A round's model was made and stored off the engine's task.
-    RoundModel { job: JobId, made: federation::RoundModel },
-    /// An update's signature over its payload was checked off the engine's task.
-    UpdateChecked(federation::CheckedUpdate),
+    /// A round's result a member passed on after this node missed its announcement, verified.
+    MissedResult {
+        job: JobId,
+        signed: Box<fedmesh_protocol::envelope::Signed<fedmesh_protocol::message::AggregateReady>>,
+        event: Box<fedmesh_federation::member::Event>,
+    },
 }
 
 /// A cloneable handle the admin API uses to ask the engine.
@@ -246,7 +242,8 @@ impl EngineHandle {
 
 /// The engine task's state.
 pub struct Engine {
-    identity: Identity,
+    /// The node's key (shared with the tasks that sign updates off the engine's task).
+    identity: Arc<Identity>,
     config: NodeConfig,
     trusted: BTreeSet<MemberId>,
     store: Arc<Store>,
@@ -258,11 +255,6 @@ pub struct Engine {
     coordinated: std::collections::BTreeMap<JobId, coordination::CoordinatedJob>,
     /// Why auto-joining a job failed, for the admin API.
     join_errors: std::collections::BTreeMap<JobId, String>,
-    /// The models being fetched, so that a result announced again does not start another
-    /// download of the same model.
-    fetching: BTreeSet<(JobId, fedmesh_protocol::ids::ContentHash)>,
-    /// Who holds which model: fetches ask them first.
-    holders: federation::Holders,
     queries: mpsc::Receiver<Query>,
     internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
@@ -285,7 +277,7 @@ impl Engine {
             EngineHandle { queries: query_tx, network: network.clone(), metrics: metrics.clone() };
         let (internal, internal_rx) = mpsc::channel(64);
         let engine = Self {
-            identity,
+            identity: Arc::new(identity),
             config,
             trusted,
             store,
@@ -295,8 +287,6 @@ impl Engine {
             runs: std::collections::BTreeMap::new(),
             coordinated: std::collections::BTreeMap::new(),
             join_errors: std::collections::BTreeMap::new(),
-            fetching: BTreeSet::new(),
-            holders: federation::Holders::default(),
             queries: query_rx,
             internal,
             internal_rx,
@@ -400,31 +390,20 @@ impl Engine {
                     self.maybe_auto_join(job).await;
                 }
             }
-            Internal::Trained { job, round, base, result, held } => {
-                self.on_trained(job, round, base, result).await;
+            Internal::Machine { job, event, held } => {
+                self.handle(job, event).await;
                 drop(held);
             }
-            Internal::MissedResult(signed) => self.on_missed_result(signed).await,
-            Internal::SlotComplete { job, round, slot } => {
-                self.finish_if_complete(job, round, slot).await
+            Internal::Update { job, signer, update, values, reply } => {
+                let Some(run) = self.runs.get_mut(&job) else { return };
+                let request = run.keep_reply(reply, update.kind());
+                let event =
+                    fedmesh_federation::member::Event::Update { signer, update, values, request };
+                self.handle(job, event).await;
             }
-            Internal::OwnRequest { request, payload } => {
-                let payload = federation::UpdatePayload::Own(payload);
-                match request {
-                    fedmesh_protocol::message::Request::Delta(delta) => {
-                        self.verify_update(federation::Unverified::Delta(delta), payload, None);
-                    }
-                    fedmesh_protocol::message::Request::Partial(partial) => {
-                        self.verify_update(federation::Unverified::Partial(partial), payload, None);
-                    }
-                    other => tracing::error!(?other, "not an update this node sends itself"),
-                }
+            Internal::MissedResult { job, signed, event } => {
+                self.on_missed_result(job, *signed, *event).await
             }
-            Internal::UpdateChecked(update) => self.on_checked_update(update).await,
-            Internal::ModelFetched { job, round, model, result } => {
-                self.on_model_fetched(job, round, model, result).await
-            }
-            Internal::RoundModel { job, made } => self.on_round_model(job, made).await,
         }
     }
 

@@ -1,13 +1,14 @@
 //! Peer-to-peer requests: answering peers (blobs by hash, our job list) and asking a newly
 //! connected peer for its jobs, so a node that was offline at an announcement still learns it.
 
-use super::federation::{Unverified, UpdatePayload};
+use super::federation::Unverified;
 use super::{Engine, Internal};
 use crate::network::{Frame, Held, Network, NetworkEvent};
+use fedmesh_protocol::codec::Payload;
 use fedmesh_protocol::codec::{
     decode_request, decode_response, encode_request, encode_response_header,
 };
-use fedmesh_protocol::ids::ContentHash;
+use fedmesh_protocol::ids::{ContentHash, MemberId};
 use fedmesh_protocol::message::{MAX_JOB_IDS, Request, Response};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
@@ -24,7 +25,7 @@ impl Engine {
                 self.on_request(peer, data, channel).await
             }
             NetworkEvent::PeerConnected(peer) => self.ask_for_jobs(peer),
-            NetworkEvent::Subscribed { topic, .. } => self.on_peer_subscribed(&topic),
+            NetworkEvent::Subscribed { topic, .. } => self.on_peer_subscribed(&topic).await,
             NetworkEvent::PeerDisconnected(_) => {}
         }
     }
@@ -47,30 +48,31 @@ impl Engine {
                 None => (Response::NotFound { hash: job.0 }, none()),
             },
             Ok((Request::Blob { hash }, _)) => return self.serve_blob(hash, channel).await,
-            Ok((Request::RoundResult { job, round }, _)) => (self.round_result(job, round), none()),
+            Ok((Request::RoundResult { job, round }, _)) => {
+                let Ok(from) = MemberId::from_peer_id_string(&peer.to_string()) else { return };
+                return self.on_result_request(job, round, from, channel).await;
+            }
+            Ok((Request::Join { join, asks }, _)) => {
+                (self.on_join_request(join, asks).await, none())
+            }
             Ok((Request::Delta(delta), payload)) => {
-                self.count_update(delta.unverified_body().job, &payload);
-                let (update, payload) =
-                    (Unverified::Delta(delta), UpdatePayload::Received(payload));
-                return self.verify_update(update, payload, Some((channel, held)));
+                return self.receive(Unverified::Delta(delta), payload, (channel, held));
             }
             Ok((Request::Partial(partial), payload)) => {
-                self.count_update(partial.unverified_body().job, &payload);
-                let update = Unverified::Partial(partial);
-                let payload = UpdatePayload::Received(payload);
-                return self.verify_update(update, payload, Some((channel, held)));
+                return self.receive(Unverified::Partial(partial), payload, (channel, held));
             }
             Ok((Request::RingChunk(chunk), payload)) => {
-                self.count_update(chunk.unverified_body().job, &payload);
-                (self.on_ring_chunk(chunk, &payload).await, none())
+                return self.receive(Unverified::Chunk(chunk), payload, (channel, held));
             }
         };
         respond(&self.network, channel, response, payload, held).await;
     }
 
-    /// Counts an update's payload bytes for its job, whatever is made of the update.
-    fn count_update(&self, job: fedmesh_protocol::ids::JobId, payload: &[u8]) {
-        self.metrics.job_received(&job.to_string(), payload.len());
+    /// Counts an update's payload bytes for its job, whatever is made of the update, and has it
+    /// verified for its job's machine.
+    fn receive(&self, update: Unverified, payload: Payload, reply: super::federation::Reply) {
+        self.metrics.job_received(&update.job().to_string(), payload.len());
+        self.receive_update(update, payload, reply);
     }
 
     /// Answers with a stored blob, which holds a budget share while it is sent, or `Busy` when

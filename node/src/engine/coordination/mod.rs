@@ -108,7 +108,7 @@ impl Engine {
         }
         let stop = JobStop { job: id, reason: reason.to_owned(), sent_at_ms: unix_millis() };
         self.publish_signed(id, stop.clone(), GossipMessage::Stop).await;
-        self.on_stop(id, stop);
+        self.on_stop(id, stop).await;
         tracing::warn!(job = %id, %reason, "stopped job");
         Ok(())
     }

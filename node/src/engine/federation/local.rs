@@ -147,15 +147,15 @@ impl LocalData {
         Ok(Trained { delta, samples, loss, seconds: started.elapsed().as_secs_f64() })
     }
 
-    /// Loss and accuracy of `params` (the global model of `round`) on the local test split. An
-    /// external evaluation runs a process: the engine's worker thread is handed off meanwhile.
+    /// Loss and accuracy of `params` (the global model of `round`) on the local test split (an
+    /// external evaluation runs a process; called on the blocking pool).
     pub fn evaluate(&self, params: &[f32], round: u64) -> anyhow::Result<Evaluation> {
         match &self.model {
             LocalModel::BuiltIn(model) => {
                 Ok(fedmesh_learning::evaluate(model, params, &self.test)?)
             }
             LocalModel::External(bridge) => {
-                let metrics = tokio::task::block_in_place(|| bridge.evaluate(params, round))?;
+                let metrics = bridge.evaluate(params, round)?;
                 Ok(Evaluation {
                     samples: metrics.samples as usize,
                     loss: metrics.loss,

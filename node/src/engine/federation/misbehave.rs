@@ -3,8 +3,7 @@
 //! poisoned ones that only a robust strategy withstands, or tries to take rounds over; or it
 //! suffers a fault (a slow disk).
 
-use super::Engine;
-use super::train::request_with_payload;
+use crate::engine::Engine;
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
@@ -55,22 +54,65 @@ pub const KINDS: &[&str] = &[
     SLOW_DISK,
 ];
 
-impl Engine {
-    pub(super) fn misbehaves(&self, kind: &str) -> bool {
-        self.config.misbehave.iter().any(|configured| configured == kind)
-    }
+/// What a node misbehaving on purpose does to the updates it sends (a copy of its settings,
+/// for the blocking task that makes them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Misbehaviour {
+    sign_flip: bool,
+    noise: bool,
+    forged_deltas: bool,
+}
 
+impl Misbehaviour {
     /// The update this node sends for its honest `delta`: poisoned if it is configured to.
-    pub(super) fn maybe_poison(&self, mut delta: Vec<f32>, round: Round) -> Vec<f32> {
-        if self.misbehaves(SIGN_FLIP) {
+    pub fn poison(self, mut delta: Vec<f32>, round: Round) -> Vec<f32> {
+        if self.sign_flip {
             tracing::warn!(round, "misbehaving on purpose: sending a sign-flipped update");
             delta.iter_mut().for_each(|d| *d *= -10.0);
-        } else if self.misbehaves(NOISE) {
+        } else if self.noise {
             tracing::warn!(round, "misbehaving on purpose: sending noise as the update");
             delta.fill(0.0);
             fedmesh_aggregation::privacy::add_gaussian_noise(&mut delta, 1.0, round);
         }
         delta
+    }
+
+    pub fn forges_deltas(self) -> bool {
+        self.forged_deltas
+    }
+}
+
+/// The forged copies of `honest` a `forged-deltas` node sends before it: signed by a key that
+/// is not a member, for the wrong round, and on the wrong base model.
+pub fn forged_deltas(identity: &Identity, honest: &ModelDelta) -> Vec<Request> {
+    let outsider = Identity::generate();
+    let forgeries: [(Option<&Identity>, Round, ContentHash); 3] = [
+        (Some(&outsider), honest.round, honest.base_model),
+        (None, honest.round + 1, honest.base_model),
+        (None, honest.round, ContentHash::of(b"not the round's model")),
+    ];
+    forgeries
+        .into_iter()
+        .filter_map(|(signer, round, base_model)| {
+            let member = signer.map_or(honest.member, Identity::member_id);
+            let body = ModelDelta { round, base_model, member, ..honest.clone() };
+            Signed::sign(signer.unwrap_or(identity), body).ok().map(Request::Delta)
+        })
+        .collect()
+}
+
+impl Engine {
+    pub(super) fn misbehaves(&self, kind: &str) -> bool {
+        self.config.misbehave.iter().any(|configured| configured == kind)
+    }
+
+    /// What this node does to the updates it sends.
+    pub(super) fn misbehaviour(&self) -> Misbehaviour {
+        Misbehaviour {
+            sign_flip: self.misbehaves(SIGN_FLIP),
+            noise: self.misbehaves(NOISE),
+            forged_deltas: self.misbehaves(FORGED_DELTAS),
+        }
     }
 
     /// Answers another member's opening of a round with a competing opening and a made-up
@@ -109,47 +151,5 @@ impl Engine {
         forged.issued_at_ms = unix_millis();
         forged.sent_at_ms = forged.issued_at_ms;
         self.publish_signed(id, forged, GossipMessage::Assignment).await;
-    }
-
-    /// Sends the forged copies of `honest` if this node is configured to.
-    pub(super) async fn misbehave_before_delta(
-        &mut self,
-        id: JobId,
-        aggregator: MemberId,
-        honest: &ModelDelta,
-        payload: &std::sync::Arc<Vec<u8>>,
-    ) {
-        if !self.misbehaves(FORGED_DELTAS) {
-            return;
-        }
-        let outsider = Identity::generate();
-        let forgeries: [(Option<&Identity>, Round, ContentHash); 3] = [
-            (Some(&outsider), honest.round, honest.base_model),
-            (None, honest.round + 1, honest.base_model),
-            (None, honest.round, ContentHash::of(b"not the round's model")),
-        ];
-        for (signer, round, base_model) in forgeries {
-            let member = signer.map_or(honest.member, Identity::member_id);
-            let body = ModelDelta { round, base_model, member, ..honest.clone() };
-            tracing::warn!(job = %id, round, "misbehaving on purpose: sending a forged delta");
-            let signed = match Signed::sign(signer.unwrap_or(&self.identity), body) {
-                Ok(signed) => signed,
-                Err(error) => return tracing::error!(%error, "cannot sign a forged delta"),
-            };
-            // Each forgery is answered before the honest update goes, so that it reaches the
-            // aggregator while the round is still open.
-            if aggregator == self.identity.member_id() {
-                // Verified here, on the engine's task: judged before the honest update goes.
-                match super::collect::verify_payload(signed, payload) {
-                    Ok(delta) => Box::pin(self.on_delta_request(delta, payload)).await,
-                    Err(refused) => self.answer_input(id, "delta", Err(refused)).await,
-                };
-            } else {
-                let request = Request::Delta(signed);
-                let answer =
-                    request_with_payload(&self.network, aggregator, &request, payload).await.ok();
-                tracing::info!(?answer, "forged delta answered");
-            }
-        }
     }
 }

@@ -1,325 +1,118 @@
-//! Federated rounds: joining and leaving jobs, heartbeats and membership, opening a round as its
-//! elected aggregator, training and sending signed deltas, verifying and folding them, closing the
-//! round, and fetching and evaluating every global model.
+//! A member's part in each job it joined, carried out for the job's state machine
+//! (`fedmesh_federation::member::Member`, where every rule of a round lives): the node verifies
+//! what arrives (gossip, updates, results, fetched models), hands it to the job's machine as an
+//! event, and carries out the effects the machine answers with, the heavy ones off the engine's
+//! task.
 
-mod aggregate;
-mod collect;
+mod effects;
 mod external_init;
 mod gossip;
-mod holders;
 mod local;
 mod misbehave;
-mod missed;
 mod models;
-mod orchestrated;
-mod ring;
+mod results;
 mod store;
-mod train;
+mod updates;
 mod work;
 
 pub use fedmesh_federation::records::{RoundView, RunView};
 pub use local::{LocalData, Trained};
 pub use misbehave::KINDS as MISBEHAVIOURS;
+pub(in crate::engine) use updates::{Reply, Residual, Unverified};
 
 use super::{Engine, EngineError};
-use aggregate::send_partial;
-use collect::Collecting;
-pub(in crate::engine) use collect::Refused;
-pub(in crate::engine) use collect::Unverified;
-use fedmesh_federation::cadence::Cadence;
-use fedmesh_federation::member::LocalTraining;
-use fedmesh_federation::membership::Membership;
-use fedmesh_federation::records::{MemberView, RoundRecord, RunState, RunStatus};
-use fedmesh_federation::ring::RingRun;
-use fedmesh_protocol::codec::encode_gossip;
-use fedmesh_protocol::envelope::{Signed, SignedBody};
-use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
-use fedmesh_protocol::message::{
-    AggregateReady, Assignment, GossipMessage, Heartbeat, Join, Leave, ModelDelta, RingChunk,
-    RoundOpen, unix_millis,
-};
+use fedmesh_federation::member::{Effect, Event, Member, Refusal, Setup, Snapshot};
+use fedmesh_federation::records::{MemberView, RoundRecord, RunState};
+use fedmesh_protocol::envelope::Signed;
+use fedmesh_protocol::ids::{ContentHash, JobId, Round};
+use fedmesh_protocol::message::{AggregateReady, unix_millis};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::strategy::AggregationRule;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
-use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
-pub(in crate::engine) use gossip::verify;
-pub(in crate::engine) use holders::Holders;
-use std::collections::BTreeMap;
+use fedmesh_topologies::Tag;
+pub(in crate::engine) use gossip::{Refused, verify};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-pub(in crate::engine) use work::{CheckedUpdate, RoundModel, UpdatePayload};
-
-/// How long after a peer subscribes to a job's topic the join is repeated for it.
-const JOIN_ECHO_DELAY_MS: u64 = 300;
-/// How long past a round's deadline its leader has to open it again before members elect
-/// another.
-const REOPEN_GRACE_MS: u64 = 2_000;
-/// How long after announcing a round's result it may go out again for a member that missed it
-/// (long enough for members that heard it to fetch the model: their heartbeats still name the
-/// round until they have it).
-const ANNOUNCE_AGAIN_MS: u64 = 5_000;
 
 /// The gossip topic of one job.
 pub fn job_topic(job: &JobId) -> String {
     format!("fedmesh/job/{job}/1")
 }
 
-/// Most round messages held until the next join.
-const MAX_PENDING: usize = 16;
+/// How many signed results taken from other members are kept, to serve to members that missed
+/// them.
+const TAKEN_KEPT: usize = 4;
+/// Most ticks handed to a machine in a row because it asked to be woken at once.
+const MAX_IMMEDIATE_TICKS: usize = 4;
 
-/// A round message this node's view of the membership cannot accept yet.
-enum Pending {
-    Open(RoundOpen),
-    Ready(AggregateReady),
-    Assign(Assignment),
-}
-
-/// A round that is open, as this member follows it (one opening of it).
-#[derive(Debug, Clone)]
-struct OpenRound {
-    round: Round,
-    opener: MemberId,
-    base: ContentHash,
-    deadline_ms: u64,
-    opened_at_ms: u64,
-    /// The members its opening names, and the round's plan over them.
-    members: Vec<MemberId>,
-    plan: Arc<RoundPlan>,
-}
-
-/// A round this node leads: it opened it, watches its deadline and opens it again when it
-/// stalls.
-#[derive(Debug, Clone)]
-struct Leading {
-    round: Round,
-    base: ContentHash,
-    /// Updates the top slot needs to close at the deadline.
-    required: usize,
-    /// The live members the opening names.
-    members: Vec<MemberId>,
-    opened_at_ms: u64,
-    deadline_ms: u64,
-    /// How many times the round was opened again.
-    retries: u32,
-}
-
-/// A member's last update, its payload as kept, and the opening it answered (opener, time).
-type LastUpdate = (ModelDelta, KeptPayload, (MemberId, u64));
-
-/// A sent update's payload, kept to send it again if its round is opened again: a small one in
-/// memory, a large one only while a send holds it (once delivered, the aggregator keeps it over
-/// a re-opening; a member whose update is gone trains again).
-#[derive(Debug, Clone)]
-enum KeptPayload {
-    InMemory(Arc<Vec<u8>>),
-    WhileSending(std::sync::Weak<Vec<u8>>),
-}
-
-impl KeptPayload {
-    fn keep(payload: &Arc<Vec<u8>>) -> Self {
-        if payload.len() >= crate::network::LARGE_FRAME_BYTES {
-            Self::WhileSending(Arc::downgrade(payload))
-        } else {
-            Self::InMemory(payload.clone())
-        }
-    }
-
-    /// The payload, if it is still held.
-    fn get(&self) -> Option<Arc<Vec<u8>>> {
-        match self {
-            Self::InMemory(payload) => Some(payload.clone()),
-            Self::WhileSending(payload) => payload.upgrade(),
-        }
-    }
-}
-
-/// A job this node takes part in.
+/// A job this node takes part in: its machine, and what carrying out the machine's effects
+/// needs.
 pub struct JobRun {
-    id: JobId,
-    spec: JobSpec,
-    tag: Tag,
+    machine: Member,
     local: Arc<LocalData>,
-    state: RunState,
-    /// The decoded global model `state.model`.
-    params: Arc<Vec<f32>>,
-    rounds: BTreeMap<Round, RoundRecord>,
-    open: Option<OpenRound>,
-    /// The round this node leads, if any.
-    leading: Option<Leading>,
-    /// The round whose model this node is making and storing off the engine's task.
-    closing: Option<Round>,
-    /// The slots this node aggregates in the round it follows.
-    slots: Vec<Collecting>,
-    /// This node's ring all-reduce in the round it follows.
-    ring: Option<RingRun>,
-    /// Ring chunks that arrived before the opening they belong to.
-    early_chunks: Vec<(Signed<RingChunk>, Vec<u8>)>,
-    /// Deltas and partial aggregates for the next round that arrived before its opening.
-    early_inputs: Vec<aggregate::EarlyInput>,
-    /// This member's local training in the round it follows, so it trains once per round.
-    training: Option<LocalTraining>,
-    /// This member's last update, its payload, and the opening it answered (opener and opening
-    /// time): sent again when the round is opened again (retried, taken over by another member,
-    /// or re-opened by a restarted aggregator).
-    last_update: Option<LastUpdate>,
+    /// When the machine next wants a tick.
+    wake_at: u64,
+    /// Update requests waiting for the machine's answer, by the number the machine was given.
+    replies: BTreeMap<u64, (Reply, &'static str)>,
+    next_request: u64,
     /// What this member's deltas have not sent yet (top-k error feedback).
-    residual: Option<Vec<f32>>,
-    heartbeat_sequence: u64,
-    last_heartbeat_ms: u64,
-    last_join_ms: u64,
-    /// Round messages held until the next join.
-    pending: Vec<(MemberId, Pending)>,
-    /// The result of the last round this node aggregated, as it announced it (also in the
-    /// store): announced again, newly signed, when a member's heartbeat shows it missed it.
-    announced: Option<AggregateReady>,
-    /// When `announced` last went out.
-    announced_ms: u64,
-    /// The newest round result this node took from another member, as that member signed it:
-    /// passed on to a member that asks for it (see `missed`).
-    taken_result: Option<Signed<AggregateReady>>,
-    /// The round each member's last heartbeat said it is in.
-    rounds_heard: BTreeMap<MemberId, Round>,
-    /// The opening (round, time) whose missed result this node last asked for.
-    result_asked: Option<(Round, u64)>,
-    /// In orchestration mode: the coordinator's latest assignment, and when it was last heard
-    /// from (an assignment or a heartbeat).
-    assigned: Option<orchestrated::Assigned>,
-    coordinator_seen_ms: u64,
+    residual: Residual,
+    /// The round records and announced result as last persisted: a snapshot writes only what
+    /// changed.
+    persisted: store::Persisted,
+    /// The newest signed results taken from other members, as they signed them.
+    taken: VecDeque<Signed<AggregateReady>>,
 }
 
 impl JobRun {
-    /// A run in `state`, with nothing in flight.
-    fn new(
-        id: JobId,
-        spec: JobSpec,
-        tag: Tag,
-        local: LocalData,
-        state: RunState,
-        params: Vec<f32>,
-        rounds: BTreeMap<Round, RoundRecord>,
-    ) -> Self {
+    fn new(machine: Member, local: LocalData, persisted: store::Persisted) -> Self {
         Self {
-            id,
-            spec,
-            tag,
+            machine,
             local: Arc::new(local),
-            state,
-            params: Arc::new(params),
-            rounds,
-            open: None,
-            leading: None,
-            closing: None,
-            slots: Vec::new(),
-            ring: None,
-            early_chunks: Vec::new(),
-            early_inputs: Vec::new(),
-            training: None,
-            last_update: None,
-            residual: None,
-            heartbeat_sequence: 0,
-            last_heartbeat_ms: 0,
-            last_join_ms: 0,
-            pending: Vec::new(),
-            announced: None,
-            announced_ms: 0,
-            taken_result: None,
-            rounds_heard: BTreeMap::new(),
-            result_asked: None,
-            assigned: None,
-            coordinator_seen_ms: unix_millis(),
+            wake_at: 0,
+            replies: BTreeMap::new(),
+            next_request: 0,
+            residual: Residual::default(),
+            persisted,
+            taken: VecDeque::new(),
         }
+    }
+
+    fn id(&self) -> JobId {
+        self.machine.job()
     }
 
     fn is_active(&self) -> bool {
-        matches!(self.state.status, RunStatus::Waiting | RunStatus::Running)
+        self.machine.is_active()
     }
 
-    /// How often this job's members speak, and how long silence is tolerated.
-    fn cadence(&self) -> Cadence {
-        Cadence::for_members(self.state.members.len())
+    /// Keeps a request's reply (and what kind of request it is, for the refusal metrics) until
+    /// the machine answers it; returns the request's number.
+    pub(in crate::engine) fn keep_reply(&mut self, reply: Reply, kind: &'static str) -> u64 {
+        self.next_request += 1;
+        self.replies.insert(self.next_request, (reply, kind));
+        self.next_request
     }
 
-    fn live_plan(&self, round: Round, now_ms: u64) -> Option<RoundPlan> {
-        self.live_plan_with_members(round, now_ms).map(|(plan, _)| plan)
-    }
-
-    /// The plan over the members live now, and who they are.
-    fn live_plan_with_members(
-        &self,
-        round: Round,
-        now_ms: u64,
-    ) -> Option<(RoundPlan, Vec<MemberId>)> {
-        let live = self.state.members.live_at(now_ms);
-        if live.len() < self.spec.participation.min_participants as usize {
-            return None;
+    /// Keeps a signed result the machine accepted from another member (the newest few).
+    fn keep_taken(&mut self, signed: Signed<AggregateReady>) {
+        if self.taken.iter().any(|kept| kept.unverified_body() == signed.unverified_body()) {
+            return;
         }
-        let plan = self.plan_over(round, &live)?;
-        Some((plan, live.iter().map(|m| m.id).collect()))
-    }
-
-    fn plan_over(&self, round: Round, members: &[MemberInfo]) -> Option<RoundPlan> {
-        let selection = Selection::from_participation(&self.spec.participation);
-        match RoundPlan::compute(&self.tag, &self.id, round, members, &selection) {
-            Ok(plan) => Some(plan),
-            Err(error) => {
-                tracing::warn!(job = %self.id, round, %error, "no plan for the round");
-                None
-            }
+        if self.taken.len() >= TAKEN_KEPT {
+            self.taken.pop_front();
         }
-    }
-
-    /// The members an opening names, as this node knows them; the first unknown one otherwise.
-    fn named_members(&self, open: &RoundOpen) -> Result<Vec<MemberInfo>, MemberId> {
-        open.members.iter().map(|id| self.state.members.info(id).ok_or(*id)).collect()
-    }
-
-    /// Keeps a round message this node cannot accept yet, to judge it again after the next join
-    /// (the oldest is dropped beyond `MAX_PENDING`).
-    fn hold(&mut self, signer: MemberId, message: Pending) {
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.remove(0);
-        }
-        self.pending.push((signer, message));
-    }
-
-    /// The members `round` was planned over: those of the opening this node leads or follows.
-    fn planned_members(&self, round: Round) -> Vec<MemberId> {
-        match (&self.leading, &self.open) {
-            (Some(leading), _) if leading.round == round => leading.members.clone(),
-            (_, Some(open)) if open.round == round => open.members.clone(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Whether a round's result comes from the aggregator of the plan over the members it
-    /// names, and leaves out no member this node sees live but itself: how a member that missed
-    /// the round (it was down, or the job ended while it restarted) takes the result of a round
-    /// whose opening it never followed.
-    fn vouches_for(&self, ready: &AggregateReady, signer: &MemberId, me: &MemberId) -> bool {
-        let named: Option<Vec<MemberInfo>> =
-            ready.members.iter().map(|id| self.state.members.info(id)).collect();
-        let Some(named) = named else { return false };
-        let live = self.state.members.live_at(unix_millis());
-        let leaves_out_a_live_member =
-            live.iter().any(|m| m.id != *me && !ready.members.contains(&m.id));
-        !leaves_out_a_live_member
-            && self
-                .plan_over(ready.round, &named)
-                .is_some_and(|plan| plan.leader() == Some(*signer))
-    }
-
-    /// Whether this node's live plan for `round` elects `member` as its aggregator.
-    fn is_elected(&self, round: Round, member: &MemberId, now_ms: u64) -> bool {
-        self.live_plan(round, now_ms).is_some_and(|plan| plan.leader() == Some(*member))
+        self.taken.push_back(signed);
     }
 
     pub fn view(&self) -> RunView {
+        let state = self.machine.state();
         RunView {
-            status: self.state.status.label(),
-            completed_round: self.state.completed_round,
-            rounds_total: self.spec.hyperparameters.rounds,
-            model: self.state.model.to_hex(),
-            members: self
-                .state
+            status: state.status.label(),
+            completed_round: state.completed_round,
+            rounds_total: self.machine.spec().hyperparameters.rounds,
+            model: state.model.to_hex(),
+            members: state
                 .members
                 .all()
                 .map(|m| MemberView {
@@ -329,14 +122,15 @@ impl JobRun {
                     last_seen_ms: m.last_seen_ms,
                 })
                 .collect(),
-            rounds: self.rounds.values().map(RoundRecord::view).collect(),
+            rounds: self.machine.rounds().values().map(RoundRecord::view).collect(),
             trainer_error: self.local.trainer_failure(),
         }
     }
 
     /// The final (or latest) global model with its tensor layout, for export.
     pub fn model(&self) -> (fedmesh_protocol::model::TensorLayout, Arc<Vec<f32>>, Round) {
-        (self.local.model.layout(), self.params.clone(), self.state.completed_round)
+        let layout = self.local.model.layout();
+        (layout, self.machine.params().clone(), self.machine.completed_round())
     }
 }
 
@@ -360,6 +154,9 @@ fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
                 .to_owned(),
         ));
     }
+    if let Err(error) = fedmesh_aggregation::Aggregator::from_spec(&spec.strategy, 1, 1) {
+        return Err(EngineError::Invalid(format!("job `{}`: {error}", spec.name)));
+    }
     Ok(tag)
 }
 
@@ -369,102 +166,66 @@ fn encode_model(params: &[f32]) -> Result<Vec<u8>, EngineError> {
 }
 
 impl Engine {
-    /// Joins a known job: loads this node's data for it, subscribes to its topic and announces
-    /// the join.
+    /// Joins a known job: loads this node's data for it, stores its initial model, subscribes
+    /// to its topic and starts its machine (which announces the join).
     pub(super) async fn join_job(&mut self, id: JobId) -> Result<(), EngineError> {
         if self.runs.get(&id).is_some_and(JobRun::is_active) {
             return Ok(());
         }
         let spec = self.jobs.spec(&id).ok_or_else(|| EngineError::NotFound(format!("job {id}")))?;
         let tag = supported(&spec)?;
-        let source = self.config.datasets.get(&spec.dataset).ok_or_else(|| {
-            EngineError::Invalid(format!(
-                "this node has no data set `{}` (add it to the `datasets` setting)",
-                spec.dataset
-            ))
-        })?;
-        let trainers = self.config.trainer_settings();
-        let local =
-            tokio::task::block_in_place(|| LocalData::load(id, &spec, source, &trainers))
-                .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))?;
+        let local = self.load_local(id, &spec, "add it to the `datasets` setting")?;
         let params = self.initial_model(&spec, &local).await?;
         let blob = encode_model(&params)?;
         let mut batch = self.store.batch();
         let model = batch.put_blob(&blob)?;
         batch.commit()?;
-        let state = RunState {
-            status: RunStatus::Waiting,
-            completed_round: 0,
-            model,
-            members: Membership::default(),
-        };
-        let run = JobRun::new(id, spec, tag, local, state, params, BTreeMap::new());
-        self.start_run(run).await
+        let setup = self.setup(id, spec, tag, &local);
+        let now = unix_millis();
+        let (machine, effects) = Member::join(setup, model, Arc::new(params), now);
+        tracing::info!(job = %id, name = %machine.spec().name, samples = local.train.len(), "joined job");
+        self.start_run(JobRun::new(machine, local, store::Persisted::default()), effects).await
     }
 
-    /// Subscribes to a run's topic, announces the join and keeps the run.
-    async fn start_run(&mut self, mut run: JobRun) -> Result<(), EngineError> {
-        let id = run.id;
+    /// This node's data for a job, loaded from the data set its spec names.
+    fn load_local(&self, id: JobId, spec: &JobSpec, hint: &str) -> Result<LocalData, EngineError> {
+        let source = self.config.datasets.get(&spec.dataset).ok_or_else(|| {
+            EngineError::Invalid(format!("this node has no data set `{}` ({hint})", spec.dataset))
+        })?;
+        let trainers = self.config.trainer_settings();
+        tokio::task::block_in_place(|| LocalData::load(id, spec, source, &trainers))
+            .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))
+    }
+
+    /// Who this member is in a job.
+    fn setup(&self, job: JobId, spec: JobSpec, tag: Tag, local: &LocalData) -> Setup {
+        Setup {
+            me: self.identity.member_id(),
+            job,
+            spec,
+            tag,
+            group: self.config.group.clone(),
+            roles: self.config.roles.clone(),
+            samples: local.train.len() as u64,
+        }
+    }
+
+    /// Subscribes to a run's topic, keeps the run and carries out its machine's first effects.
+    async fn start_run(&mut self, run: JobRun, effects: Vec<Effect>) -> Result<(), EngineError> {
+        let id = run.id();
         self.network.subscribe(&job_topic(&id)).await?;
-        let join = self.own_join(&run);
-        run.state.members.join(&join, unix_millis());
-        store::save_state(&self.store, &run)?;
-        tracing::info!(job = %id, name = %run.spec.name, samples = run.local.train.len(), "joined job");
         self.runs.insert(id, run);
-        self.publish_join(id).await;
+        self.carry_out(id, effects).await;
         Ok(())
     }
 
-    fn own_join(&self, run: &JobRun) -> Join {
-        Join {
-            job: run.id,
-            member: self.identity.member_id(),
-            group: self.config.group.clone(),
-            roles: self.config.roles.clone(),
-            samples: run.local.train.len() as u64,
-            sent_at_ms: unix_millis(),
-        }
-    }
-
-    async fn publish_join(&mut self, id: JobId) {
-        let Some(run) = self.runs.get(&id) else { return };
-        let join = self.own_join(run);
-        if let Some(run) = self.runs.get_mut(&id) {
-            run.last_join_ms = join.sent_at_ms;
-        }
-        self.publish_signed(id, join, GossipMessage::Join).await;
-    }
-
-    /// A peer subscribed to a job's topic: it has not heard this member's join (a join published
-    /// before the topic's mesh formed reaches nobody), so the join goes out again shortly (a
-    /// burst of subscriptions gets one join).
-    pub(super) fn on_peer_subscribed(&mut self, topic: &str) {
-        let now = unix_millis();
-        for run in self.runs.values_mut().filter(|run| run.is_active()) {
-            if job_topic(&run.id) == topic {
-                let soon = now.saturating_sub(run.cadence().rejoin_ms()) + JOIN_ECHO_DELAY_MS;
-                run.last_join_ms = run.last_join_ms.min(soon);
-            }
-        }
-    }
-
-    /// Leaves a job: a signed leave on its topic; the run is kept as `left`.
+    /// Leaves a job: its machine publishes a signed leave; the run is kept as `left`.
     pub(super) async fn leave_job(&mut self, id: JobId) -> Result<(), EngineError> {
-        let Some(run) = self.runs.get_mut(&id) else {
+        if !self.runs.contains_key(&id) {
             return Err(EngineError::NotFound(format!("this node is not in job {id}")));
-        };
-        run.state.status = RunStatus::Left;
-        run.leading = None;
-        run.slots.clear();
-        run.ring = None;
-        store::save_state(&self.store, run)?;
-        let leave = Leave {
-            job: id,
-            member: self.identity.member_id(),
-            reason: "left by its operator".to_owned(),
-            sent_at_ms: unix_millis(),
-        };
-        self.publish_signed(id, leave, GossipMessage::Leave).await;
+        }
+        let reason = "left by its operator".to_owned();
+        self.handle(id, Event::LeaveRequested { reason }).await;
         self.network.unsubscribe(&job_topic(&id)).await?;
         tracing::info!(job = %id, "left job");
         Ok(())
@@ -493,86 +254,52 @@ impl Engine {
         }
     }
 
-    /// Signs `body` and publishes it on the job's topic.
-    pub(in crate::engine) async fn publish_signed<T: SignedBody>(
-        &self,
-        id: JobId,
-        body: T,
-        wrap: fn(Signed<T>) -> GossipMessage,
-    ) {
-        let encoded = Signed::sign(&self.identity, body).map(wrap).and_then(|m| encode_gossip(&m));
-        match encoded {
-            Ok(bytes) => {
-                if let Err(error) = self.network.publish(&job_topic(&id), bytes).await {
-                    tracing::debug!(job = %id, %error, "not published");
-                }
-            }
-            Err(error) => tracing::error!(job = %id, %error, "cannot encode a message"),
-        }
+    /// Feeds one event to a job's machine and carries out what it answers; then the ticks it
+    /// asks for at once. Returns why the machine refused the event's message, if it did.
+    pub(in crate::engine) async fn handle(&mut self, id: JobId, event: Event) -> Option<Refusal> {
+        let run = self.runs.get_mut(&id)?;
+        let effects = run.machine.handle(event, unix_millis());
+        let rejected = effects.iter().find_map(|effect| match effect {
+            Effect::Rejected(refusal) => Some(refusal.clone()),
+            _ => None,
+        });
+        self.carry_out(id, effects).await;
+        self.tick_if_due(id).await;
+        rejected
     }
 
-    /// Periodic work: heartbeats, re-joins, starting rounds, deadlines.
-    pub(super) async fn tick_runs(&mut self) {
-        let ids: Vec<JobId> =
-            self.runs.iter().filter(|(_, run)| run.is_active()).map(|(id, _)| *id).collect();
-        for id in ids {
-            self.tick_run(id).await;
-        }
-    }
-
-    async fn tick_run(&mut self, id: JobId) {
-        let now = unix_millis();
-        let me = self.identity.member_id();
-        let Some(run) = self.runs.get_mut(&id) else { return };
-        run.state.members.seen(&me, now);
-        let cadence = run.cadence();
-        let heartbeat_due = now.saturating_sub(run.last_heartbeat_ms) >= cadence.heartbeat_ms();
-        let join_due = now.saturating_sub(run.last_join_ms) >= cadence.rejoin_ms();
-        if heartbeat_due {
-            run.last_heartbeat_ms = now;
-            run.heartbeat_sequence += 1;
-            let heartbeat = Heartbeat {
-                job: id,
-                member: me,
-                round: run.state.completed_round + 1,
-                model: run.state.model,
-                sequence: run.heartbeat_sequence,
-                sent_at_ms: now,
+    /// Hands a job's machine the ticks it asked for by now (a few in a row at most).
+    async fn tick_if_due(&mut self, id: JobId) {
+        for _ in 0..MAX_IMMEDIATE_TICKS {
+            let now = unix_millis();
+            let Some(run) = self.runs.get_mut(&id).filter(|run| run.wake_at <= now) else {
+                return;
             };
-            self.publish_signed(id, heartbeat, GossipMessage::Heartbeat).await;
-        }
-        if join_due {
-            self.publish_join(id).await;
-        }
-        self.check_deadline(id, now).await;
-        self.check_slot_deadlines(id, now).await;
-        self.ask_for_missed_result(id, now);
-        self.forget_lost_opener(id, now);
-        let Some(run) = self.runs.get(&id) else { return };
-        if run.is_active() && run.open.is_none() && run.leading.is_none() {
-            let next = run.state.completed_round + 1;
-            self.maybe_open(id, next).await;
+            run.wake_at = u64::MAX;
+            let effects = run.machine.handle(Event::Tick, now);
+            self.carry_out(id, effects).await;
         }
     }
 
-    /// A round whose opening is past its deadline (and the grace its leader has to open it
-    /// again) is forgotten when its leader went silent or no longer leads it in this node's live
-    /// plan, so that the member the plan elects now opens it.
-    fn forget_lost_opener(&mut self, id: JobId, now: u64) {
-        let Some(run) = self.runs.get_mut(&id) else { return };
-        let Some(open) = run.open.as_ref() else { return };
-        if now <= open.deadline_ms + REOPEN_GRACE_MS || run.leading.is_some() {
-            return;
+    /// Ticks every active run whose machine asked to be woken by now.
+    pub(super) async fn tick_runs(&mut self) {
+        let now = unix_millis();
+        let due: Vec<JobId> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| run.is_active() && run.wake_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.tick_if_due(id).await;
         }
-        if run.orchestrated(now) {
-            return; // the coordinator assigns the round again
-        }
-        let (round, opener) = (open.round, open.opener);
-        let alive = run.state.members.live_at(now).iter().any(|m| m.id == opener);
-        let still_leads = run.is_elected(round, &opener, now);
-        if !alive || !still_leads {
-            tracing::warn!(job = %id, round, %opener, alive, "the round's leader went silent or no longer leads it; electing another");
-            run.open = None;
+    }
+
+    /// A peer subscribed to a job's topic: the job's machine repeats its join for it.
+    pub(super) async fn on_peer_subscribed(&mut self, topic: &str) {
+        let id = self.runs.values().find(|run| job_topic(&run.id()) == topic).map(JobRun::id);
+        if let Some(id) = id.filter(|id| self.runs.get(id).is_some_and(JobRun::is_active)) {
+            self.handle(id, Event::PeerSubscribed).await;
         }
     }
 
@@ -585,23 +312,24 @@ impl Engine {
         self.runs.get(id)
     }
 
-    /// Loads the runs this node took part in before a restart and rejoins the active ones.
+    /// The encoded size of the largest model of this node's jobs: what a blob served is sized
+    /// by before it is read.
+    pub(in crate::engine) fn largest_model_bytes(&self) -> usize {
+        self.runs.values().map(|run| run.machine.params().len() * 4).max().unwrap_or(0)
+    }
+
+    /// Loads the runs this node took part in before a restart: each machine is rebuilt from
+    /// what it persisted, and the active ones join again.
     pub(super) async fn resume_runs(&mut self) {
         for (id, state) in store::load_states(&self.store) {
             let Some(spec) = self.jobs.spec(&id) else { continue };
             match self.resume(id, spec, state) {
-                Ok(run) if run.is_active() => {
-                    // A round this node closed and announced, but was stopped before taking.
-                    let unfinished =
-                        run.announced.clone().filter(|r| r.round > run.state.completed_round);
-                    if let Err(error) = self.start_run(run).await {
+                Ok((run, effects)) if run.is_active() => {
+                    if let Err(error) = self.start_run(run, effects).await {
                         tracing::warn!(job = %id, %error, "cannot rejoin");
                     }
-                    if let Some(ready) = unfinished {
-                        self.on_aggregate_ready(id, self.identity.member_id(), ready).await;
-                    }
                 }
-                Ok(run) => {
+                Ok((run, _)) => {
                     self.runs.insert(id, run);
                 }
                 Err(error) => tracing::warn!(job = %id, %error, "cannot resume job"),
@@ -609,21 +337,48 @@ impl Engine {
         }
     }
 
-    fn resume(&self, id: JobId, spec: JobSpec, state: RunState) -> Result<JobRun, EngineError> {
+    fn resume(
+        &self,
+        id: JobId,
+        spec: JobSpec,
+        state: RunState,
+    ) -> Result<(JobRun, Vec<Effect>), EngineError> {
         let tag = supported(&spec)?;
-        let source = self.config.datasets.get(&spec.dataset).ok_or_else(|| {
-            EngineError::Invalid(format!("data set `{}` is no longer configured", spec.dataset))
-        })?;
-        let local = LocalData::load(id, &spec, source, &self.config.trainer_settings())
-            .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))?;
-        let bytes = self.store.blob(&state.model)?.ok_or_else(|| {
-            EngineError::NotFound(format!("model {} of job {id} is not in the store", state.model))
-        })?;
-        let params = decode_params(&bytes, TensorEncoding::F32Le, local.model.num_params())
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let local = self.load_local(id, &spec, "it is no longer configured")?;
+        let params = self.stored_model(&id, &state.model, local.model.num_params())?;
         let rounds = store::load_rounds(&self.store, &id)?;
         let announced = store::load_announced(&self.store, &id)?;
         tracing::info!(job = %id, round = state.completed_round, status = %state.status.label(), "resumed job from the store");
-        Ok(JobRun { announced, ..JobRun::new(id, spec, tag, local, state, params, rounds) })
+        let persisted = store::Persisted::of(&rounds, &announced);
+        let rounds = rounds.into_values().collect();
+        let snapshot = Snapshot { state, rounds, announced };
+        let setup = self.setup(id, spec, tag, &local);
+        let (machine, effects) = Member::restore(setup, snapshot, Arc::new(params), unix_millis());
+        Ok((JobRun::new(machine, local, persisted), effects))
+    }
+
+    /// A stored model's parameters.
+    fn stored_model(
+        &self,
+        id: &JobId,
+        model: &ContentHash,
+        params: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let bytes = self.store.blob(model)?.ok_or_else(|| {
+            EngineError::NotFound(format!("model {model} of job {id} is not in the store"))
+        })?;
+        decode_params(&bytes, TensorEncoding::F32Le, params)
+            .map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    /// The job's coordinator (or owner) stopped it, as the engine's coordination heard.
+    pub(in crate::engine) async fn on_stop(
+        &mut self,
+        id: JobId,
+        stop: fedmesh_protocol::message::JobStop,
+    ) {
+        let signer = self.identity.member_id();
+        let message = fedmesh_federation::member::Gossip::Stop(stop);
+        self.handle(id, Event::Gossip { signer, message }).await;
     }
 }

@@ -2,9 +2,9 @@
 //! round result it announced as aggregator under `a` + job id in the members table, each round
 //! record under `r` + job id + round in the rounds table (with the round's model registry entry).
 
-use super::JobRun;
 use crate::registry::{self, ModelEntry};
 use crate::store::{Store, StoreError, Table};
+use fedmesh_federation::member::Snapshot;
 use fedmesh_federation::records::{RoundRecord, RunState};
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
 use fedmesh_protocol::message::AggregateReady;
@@ -26,54 +26,66 @@ fn round_key(job: &JobId, round: Round) -> Vec<u8> {
     [round_prefix(job).as_slice(), &round.to_be_bytes()].concat()
 }
 
-/// Saves the run's state and membership (one write).
-pub fn save_state(store: &Store, run: &JobRun) -> Result<(), StoreError> {
-    let mut batch = store.batch();
-    batch.put(Table::Members, &state_key(&run.id), &run.state)?;
-    batch.commit()
+/// The round records and announced result a run last persisted.
+#[derive(Debug, Default)]
+pub struct Persisted {
+    rounds: BTreeMap<Round, RoundRecord>,
+    announced: Option<AggregateReady>,
 }
 
-/// Saves one round's record and, once the round has its model, its model registry entry (one
-/// write).
-pub fn save_round(store: &Store, run: &JobRun, round: Round) -> Result<(), StoreError> {
-    let Some(record) = run.rounds.get(&round) else { return Ok(()) };
-    let mut batch = store.batch();
-    batch.put(Table::Rounds, &round_key(&run.id, round), record)?;
-    if let Some(model) = record.model {
-        let (loss, accuracy, eval_samples) = record.weighted_metrics();
-        let entry = ModelEntry {
-            job: run.id,
-            round,
-            model,
-            params: run.local.model.num_params() as u64,
-            accuracy,
-            loss,
-            eval_samples,
-            evaluations: record.evaluations.len(),
-            closed_at_ms: record.closed_at_ms,
-            weights_kept: true,
-        };
-        registry::record(store, &mut batch, &entry)?;
+impl Persisted {
+    pub fn of(rounds: &BTreeMap<Round, RoundRecord>, announced: &Option<AggregateReady>) -> Self {
+        Self { rounds: rounds.clone(), announced: announced.clone() }
     }
-    batch.commit()
 }
 
-/// Saves the run's state together with the record of the round it has just taken (one write:
-/// a node killed in between must not hold a round's model without the round's record).
-pub fn save_progress(store: &Store, run: &JobRun, round: Round) -> Result<(), StoreError> {
+/// Persists a machine's snapshot in one write: its state and membership, the round records that
+/// changed since the last one (with each round's model registry entry once it has a model), and
+/// the last result it announced if that changed. A node killed in between never holds a round's
+/// model without the round's record.
+pub fn save_snapshot(
+    store: &Store,
+    job: &JobId,
+    params: usize,
+    snapshot: Snapshot,
+    persisted: &mut Persisted,
+) -> Result<(), StoreError> {
     let mut batch = store.batch();
-    batch.put(Table::Members, &state_key(&run.id), &run.state)?;
-    if let Some(record) = run.rounds.get(&round) {
-        batch.put(Table::Rounds, &round_key(&run.id, round), record)?;
+    batch.put(Table::Members, &state_key(job), &snapshot.state)?;
+    let changed: Vec<RoundRecord> = snapshot
+        .rounds
+        .into_iter()
+        .filter(|record| persisted.rounds.get(&record.round) != Some(record))
+        .collect();
+    for record in &changed {
+        batch.put(Table::Rounds, &round_key(job, record.round), record)?;
+        if let Some(model) = record.model {
+            let (loss, accuracy, eval_samples) = record.weighted_metrics();
+            let entry = ModelEntry {
+                job: *job,
+                round: record.round,
+                model,
+                params: params as u64,
+                accuracy,
+                loss,
+                eval_samples,
+                evaluations: record.evaluations.len(),
+                closed_at_ms: record.closed_at_ms,
+                weights_kept: true,
+            };
+            registry::record(store, &mut batch, &entry)?;
+        }
     }
-    batch.commit()
-}
-
-/// Saves the last round result this node announced as its aggregator (one write).
-pub fn save_announced(store: &Store, run: &JobRun) -> Result<(), StoreError> {
-    let mut batch = store.batch();
-    batch.put(Table::Members, &announced_key(&run.id), &run.announced)?;
-    batch.commit()
+    let announced_changed = persisted.announced != snapshot.announced;
+    if announced_changed {
+        batch.put(Table::Members, &announced_key(job), &snapshot.announced)?;
+    }
+    batch.commit()?;
+    persisted.rounds.extend(changed.into_iter().map(|record| (record.round, record)));
+    if announced_changed {
+        persisted.announced = snapshot.announced;
+    }
+    Ok(())
 }
 
 /// The last round result this node announced in a job, if any.

@@ -1,78 +1,121 @@
-//! A job's heavy steps on the blocking pool, never on the engine's task: verifying an update's
-//! signature over its payload, and making and storing a round's model. Each comes back to the
-//! engine as an `Internal` event, so no other job, admin request or gossip message waits behind
-//! a large model's work.
+//! A job's local work on the blocking pool, never on the engine's task: training on a round's
+//! base model, making and storing a round's model, and evaluating each global model. Each comes
+//! back to the job's machine as its event, so no other job, admin request or gossip message
+//! waits behind a large model's work.
 
-use super::collect::{Checked, Refused, Unverified};
 use super::encode_model;
 use super::misbehave::{SLOW_DISK, SLOW_DISK_DELAY};
-use crate::engine::requests::respond;
 use crate::engine::{Engine, Internal};
-use crate::network::{Frame, Held};
+use crate::network::Held;
 use crate::store::Store;
-use fedmesh_protocol::codec::Payload;
+use fedmesh_federation::member::{Event, LocalUpdate};
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
-use fedmesh_protocol::message::Contribution;
-use libp2p::request_response::ResponseChannel;
-use std::ops::Deref;
+use fedmesh_protocol::message::{EvalMetrics, TrainMetrics};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// An update's payload: as it came in a peer's request, or this node's own.
-pub enum UpdatePayload {
-    Received(Payload),
-    Own(Arc<Vec<u8>>),
-}
-
-impl Deref for UpdatePayload {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Self::Received(payload) => payload,
-            Self::Own(payload) => payload,
-        }
-    }
-}
-
-/// Where a peer's update is answered: its request's channel, with the budget share its frame
-/// holds until then.
-pub type Reply = (ResponseChannel<Frame>, Option<Held>);
-
-/// An update whose signature was checked off the engine's task.
-pub struct CheckedUpdate {
-    job: JobId,
-    kind: &'static str,
-    checked: Result<Checked, Refused>,
-    payload: UpdatePayload,
-    /// None for this node's own update.
-    reply: Option<Reply>,
-}
-
-/// A round's model as it was made and stored off the engine's task.
-pub struct RoundModel {
-    pub round: Round,
-    pub base: ContentHash,
-    /// Whether this node announces it (the round's leader) or only keeps it (a ring member).
-    pub announce: bool,
-    /// The model's hash and the updates in it.
-    pub stored: Result<(ContentHash, Vec<Contribution>), String>,
-}
-
-/// Runs `work` on the blocking pool and hands its result (or why the work died) to the engine
-/// as `wrap(result)`.
+/// Runs `work` on the blocking pool and hands the job's machine the event `wrap` makes of its
+/// result (or of why the work died); `held` (a share of the bulk budget) is let go once the
+/// machine took the event.
 fn off_task<T: Send + 'static>(
     internal: mpsc::Sender<Internal>,
+    job: JobId,
+    held: Option<Held>,
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
-    wrap: impl FnOnce(Result<T, String>) -> Internal + Send + 'static,
+    wrap: impl FnOnce(Result<T, String>) -> Option<Event> + Send + 'static,
 ) {
     tokio::spawn(async move {
         let result = match tokio::task::spawn_blocking(work).await {
             Ok(result) => result,
             Err(error) => Err(format!("the work on the blocking pool failed: {error}")),
         };
-        let _ = internal.send(wrap(result)).await;
+        if let Some(event) = wrap(result) {
+            let _ = internal.send(Internal::Machine { job, event, held }).await;
+        }
     });
+}
+
+impl Engine {
+    /// Trains locally on `base` for `round`. The delta is a large buffer like a frame being
+    /// received: it waits for its share of the bulk budget, so an aggregator never holds its own
+    /// delta and a trainer's at once (for a 100 MB model: the model, the sum and one of those).
+    pub(super) fn train(&self, id: JobId, round: Round, base: ContentHash, params: Arc<Vec<f32>>) {
+        let Some(run) = self.runs.get(&id) else { return };
+        let (local, network, internal) =
+            (run.local.clone(), self.network.clone(), self.internal.clone());
+        let misbehaviour = self.misbehaviour();
+        tokio::spawn(async move {
+            let held = network.reserve(params.len() * 4).await;
+            let work = move || {
+                let mut trained = local.train(&params, round).map_err(|e| format!("{e:#}"))?;
+                trained.delta = misbehaviour.poison(trained.delta, round);
+                Ok(trained)
+            };
+            let wrap = move |trained: Result<super::Trained, String>| {
+                let outcome = trained.map(|trained| {
+                    tracing::info!(job = %id, round, loss = trained.loss, seconds = trained.seconds, "trained locally");
+                    LocalUpdate {
+                        delta: Arc::new(trained.delta),
+                        samples: trained.samples as u64,
+                        metrics: TrainMetrics { loss: trained.loss, accuracy: None },
+                        seconds: trained.seconds,
+                    }
+                });
+                Some(Event::Trained { round, base, outcome })
+            };
+            off_task(internal, id, Some(held), work, wrap);
+        });
+    }
+
+    /// Encodes and stores a round's model this member made; the machine hears its hash.
+    pub(super) fn store_model(&self, id: JobId, round: Round, params: Arc<Vec<f32>>) {
+        tracing::info!(job = %id, round, "making and storing the round's model");
+        let (store, slow) = (self.store.clone(), self.misbehaves(SLOW_DISK));
+        let work = move || {
+            let blob = encode_model(&params).map_err(|e| e.to_string())?;
+            // The model goes as soon as it is encoded: a large model's aggregator holds few
+            // copies of it at once.
+            drop(params);
+            store_blob(&store, &blob, slow)
+        };
+        let wrap = move |stored: Result<ContentHash, String>| match stored {
+            Ok(model) => Some(Event::Stored { round, model }),
+            Err(error) => {
+                tracing::error!(job = %id, round, %error, "cannot make or store the round's model");
+                None
+            }
+        };
+        off_task(self.internal.clone(), id, None, work, wrap);
+    }
+
+    /// Evaluates a global model on the local test split (an external evaluator runs here too).
+    pub(super) fn evaluate(
+        &self,
+        id: JobId,
+        round: Round,
+        model: ContentHash,
+        params: Arc<Vec<f32>>,
+    ) {
+        let Some(run) = self.runs.get(&id) else { return };
+        let local = run.local.clone();
+        let work = move || local.evaluate(&params, round).map_err(|e| format!("{e:#}"));
+        let wrap = move |evaluated: Result<fedmesh_learning::Evaluation, String>| {
+            let metrics = match evaluated {
+                Ok(e) => EvalMetrics {
+                    loss: Some(e.loss),
+                    accuracy: Some(e.accuracy),
+                    samples: e.samples as u64,
+                },
+                Err(error) => {
+                    tracing::warn!(job = %id, round, %error, "cannot evaluate the model");
+                    EvalMetrics::default()
+                }
+            };
+            tracing::info!(job = %id, round, accuracy = ?metrics.accuracy, loss = ?metrics.loss, "evaluated global model");
+            Some(Event::Evaluated { round, model, metrics })
+        };
+        off_task(self.internal.clone(), id, None, work, wrap);
+    }
 }
 
 /// Stores a model blob in one committed write; returns its hash. A `slow` disk makes a large
@@ -85,96 +128,4 @@ fn store_blob(store: &Store, blob: &[u8], slow: bool) -> Result<ContentHash, Str
     let hash = batch.put_blob(blob).map_err(|e| e.to_string())?;
     batch.commit().map_err(|e| e.to_string())?;
     Ok(hash)
-}
-
-/// What making a round's model gives: its parameters and the updates in it.
-pub type Made = Result<(Vec<f32>, Vec<Contribution>), String>;
-
-impl Engine {
-    /// Verifies an update's signature over its payload off the engine's task; the engine takes
-    /// it back in `on_checked_update`.
-    pub(in crate::engine) fn verify_update(
-        &self,
-        update: Unverified,
-        payload: UpdatePayload,
-        reply: Option<Reply>,
-    ) {
-        let (job, kind, internal) = (update.job(), update.kind(), self.internal.clone());
-        tokio::spawn(async move {
-            let verify = move || (update.verify(&payload), payload);
-            let (checked, payload) = match tokio::task::spawn_blocking(verify).await {
-                Ok(done) => done,
-                Err(error) => return tracing::error!(%job, %error, "verifying an update failed"),
-            };
-            let update = CheckedUpdate { job, kind, checked, payload, reply };
-            let _ = internal.send(Internal::UpdateChecked(update)).await;
-        });
-    }
-
-    /// Folds a verified update in (or refuses it) and answers its sender.
-    pub(in crate::engine) async fn on_checked_update(&mut self, update: CheckedUpdate) {
-        let CheckedUpdate { job, kind, checked, payload, reply } = update;
-        let response = match checked {
-            Ok(Checked::Delta(delta)) => self.on_delta_request(delta, &payload).await,
-            Ok(Checked::Partial(partial)) => self.on_partial_request(partial, &payload).await,
-            Err(refused) => self.answer_input(job, kind, Err(refused)).await,
-        };
-        // Let go before the answer: the slot it completed is then finished holding no update.
-        drop(payload);
-        if let Some((channel, _held)) = reply {
-            respond(&self.network, channel, response, Vec::new(), None).await;
-        }
-    }
-
-    /// Makes round `round`'s model with `make` and stores it off the engine's task; the engine
-    /// takes it back in `on_round_model`. Until then the round counts as closing: its deadline
-    /// does not open it again.
-    pub(super) fn store_round_model(
-        &mut self,
-        id: JobId,
-        (round, base): (Round, ContentHash),
-        announce: bool,
-        make: impl FnOnce() -> Made + Send + 'static,
-    ) {
-        if let Some(run) = self.runs.get_mut(&id) {
-            run.closing = Some(round);
-        }
-        tracing::info!(job = %id, round, "making and storing the round's model");
-        let (store, slow) = (self.store.clone(), self.misbehaves(SLOW_DISK));
-        let work = move || {
-            let (params, contributions) = make()?;
-            let blob = encode_model(&params).map_err(|e| e.to_string())?;
-            // The model goes as soon as it is encoded: a large model's aggregator holds few
-            // copies of it at once.
-            drop(params);
-            Ok((store_blob(&store, &blob, slow)?, contributions))
-        };
-        let wrap = move |stored| Internal::RoundModel {
-            job: id,
-            made: RoundModel { round, base, announce, stored },
-        };
-        off_task(self.internal.clone(), work, wrap);
-    }
-
-    /// A round's model is stored: its leader announces it, unless the round's result was taken
-    /// from another member meanwhile.
-    pub(in crate::engine) async fn on_round_model(&mut self, id: JobId, made: RoundModel) {
-        let Some(run) = self.runs.get_mut(&id) else { return };
-        if run.closing == Some(made.round) {
-            run.closing = None;
-        }
-        let round = made.round;
-        let (model, contributions) = match made.stored {
-            Ok(stored) => stored,
-            Err(error) => {
-                return tracing::error!(job = %id, round, %error, "cannot make or store the round's model");
-            }
-        };
-        if run.state.completed_round >= round {
-            return tracing::info!(job = %id, round, "the round's result came from another member while its model was stored here");
-        }
-        if made.announce {
-            self.announce_model(id, round, made.base, model, contributions).await;
-        }
-    }
 }

@@ -1,0 +1,144 @@
+//! A member's side of orchestration mode: the coordinator's signed assignments replace the
+//! election (an assignment is the round's opening, its aggregators the plan's), and its
+//! heartbeats tell whether it is there (a job may let members fall back to the election while it
+//! is not).
+
+use super::phase::{Leading, Phase};
+use super::{Held, Level, Member};
+use fedmesh_protocol::ids::{MemberId, Round};
+use fedmesh_protocol::message::{Assignment, RoundOpen};
+use fedmesh_topologies::{MemberInfo, RoundPlan, Selection};
+use std::sync::Arc;
+
+/// How long a member waits for a base model it asked for before asking again.
+const BASE_ASK_AGAIN_MS: u64 = 5_000;
+
+/// The newest assignment a member holds, with its plan and the leader the plan names.
+pub(super) struct Assigned {
+    assignment: Arc<Assignment>,
+    plan: Arc<RoundPlan>,
+    leader: MemberId,
+    /// When this member last asked for the round's base model.
+    base_asked_ms: Option<u64>,
+}
+
+impl Member {
+    /// Whether `member` is the job's coordinator.
+    pub(super) fn is_coordinator(&self, member: &MemberId) -> bool {
+        self.setup.spec.coordinator == Some(*member)
+    }
+
+    /// Whether the job's rounds come from its coordinator now: it names one, and the job does
+    /// not let members fall back to the election or the coordinator was heard from lately.
+    pub(super) fn orchestrated(&self, now: u64) -> bool {
+        if self.setup.spec.coordinator.is_none() {
+            return false;
+        }
+        match self.setup.spec.coordinator_fallback_secs {
+            None => true,
+            Some(secs) => now.saturating_sub(self.coordinator_seen_ms) <= secs * 1000,
+        }
+    }
+
+    /// An assignment on the job's topic: judged like any round message (held until the joins
+    /// of the members it names arrive) if the job's coordinator signed it, refused otherwise.
+    pub(super) fn on_assignment_gossip(
+        &mut self,
+        signer: MemberId,
+        assignment: Arc<Assignment>,
+        now: u64,
+    ) {
+        if !self.is_coordinator(&signer) {
+            let text = format!("an assignment signed by {signer}, not by the coordinator");
+            return self.reject("not_the_coordinator", text);
+        }
+        self.coordinator_seen_ms = now;
+        self.judge(signer, Held::Assign(assignment), now);
+    }
+
+    /// The leader the coordinator assigned `round`, if this member holds its assignment.
+    pub(super) fn assigned_leader(&self, round: Round) -> Option<MemberId> {
+        let assigned = self.assigned.as_ref()?;
+        (assigned.assignment.round == round).then_some(assigned.leader)
+    }
+
+    /// Takes the coordinator's assignment whose members are all known: kept when newer than
+    /// the one held (by round, then issue time), and followed as the round's opening. A copy of
+    /// one held (the coordinator repeats it) has the held one followed again: a member whose
+    /// base model could not be had asks for it again.
+    pub(super) fn on_assignment(&mut self, assignment: Arc<Assignment>, now: u64) {
+        let newer = self.assigned.as_ref().is_none_or(|held| {
+            let held = &held.assignment;
+            (held.round, held.issued_at_ms) < (assignment.round, assignment.issued_at_ms)
+        });
+        if newer {
+            let plan = match self.assigned_plan(&assignment) {
+                Ok(plan) => plan,
+                Err(error) => {
+                    let text = format!("an assignment this member cannot plan ({error}); ignored");
+                    return self.log(Level::Warn, assignment.round, text);
+                }
+            };
+            let Some(leader) = plan.leader() else { return };
+            let text = format!("assigned by the coordinator: {leader} leads");
+            self.log(Level::Info, assignment.round, text);
+            let plan = Arc::new(plan);
+            self.assigned = Some(Assigned { assignment, plan, leader, base_asked_ms: None });
+        }
+        self.follow_assignment(self.state.completed_round + 1, now);
+    }
+
+    /// The plan an assignment makes: its members with the roles it gives them, its trainers,
+    /// and its aggregators in place of the elected ones.
+    fn assigned_plan(&self, assignment: &Assignment) -> Result<RoundPlan, String> {
+        let members: Vec<MemberInfo> = assignment
+            .roles
+            .iter()
+            .map(|(id, roles)| {
+                let info = self.state.members.info(id).ok_or_else(|| format!("{id} unknown"))?;
+                Ok(MemberInfo { roles: roles.clone(), ..info })
+            })
+            .collect::<Result<_, String>>()?;
+        let selection = Selection::Explicit(assignment.trainers.clone());
+        let (tag, job) = (&self.setup.tag, &self.setup.job);
+        let mut plan = RoundPlan::compute(tag, job, assignment.round, &members, &selection)
+            .map_err(|e| e.to_string())?;
+        plan.assign_aggregators(&assignment.aggregators).map_err(|e| e.to_string())?;
+        Ok(plan)
+    }
+
+    /// Follows the held assignment of `round` as its opening, once this member holds the
+    /// round's base model. A member without it (behind, or joined after the rounds before
+    /// closed) fetches it as the result of the round before the assigned one from its leader,
+    /// at most once every `BASE_ASK_AGAIN_MS`: the coordinator signed the assignment naming it.
+    pub(super) fn follow_assignment(&mut self, round: Round, now: u64) {
+        let model = self.state.model;
+        let busy = !self.is_active() || matches!(self.phase, Phase::Closing(_));
+        let Some(assigned) = self.assigned.as_mut() else { return };
+        let assignment = assigned.assignment.clone();
+        if assignment.round < round || busy {
+            return; // over, or the model this member made of a round is being stored
+        }
+        let leader = assigned.leader;
+        if assignment.base_model != model || assignment.round > round {
+            if assigned.base_asked_ms.is_some_and(|at| now < at + BASE_ASK_AGAIN_MS) {
+                return;
+            }
+            assigned.base_asked_ms = Some(now);
+            let before = assignment.round.saturating_sub(1);
+            return self.fetch(before, assignment.base_model, leader);
+        }
+        let plan = assigned.plan.clone();
+        let open = RoundOpen {
+            job: self.setup.job,
+            round,
+            base_model: assignment.base_model,
+            deadline_ms: assignment.deadline_ms,
+            opened_at_ms: assignment.issued_at_ms,
+            members: assignment.roles.keys().copied().collect(),
+        };
+        let required = self.setup.spec.quorum.required(plan.trainers.len());
+        let leading = (leader == self.me()).then_some(Leading { required, retries: 0 });
+        self.follow(leader, Arc::new(open), plan, leading, now);
+    }
+}

@@ -1,0 +1,187 @@
+//! Carrying out a job machine's effects, in the order it gave them: publishing (signed, on the
+//! job's topic), direct joins, answers to update requests, wake-ups, log lines and refusals here;
+//! updates, results, training, fetching, storing, evaluating and persisting in their modules.
+
+use super::job_topic;
+use super::misbehave::WITHHOLD_RESULTS;
+use crate::engine::Engine;
+use crate::engine::requests::{ask, respond};
+use crate::identity::peer_of_member;
+use fedmesh_federation::member::{Effect, Event, Level, Notice, Publish, Refusal};
+use fedmesh_protocol::codec::encode_gossip;
+use fedmesh_protocol::envelope::{Signed, SignedBody};
+use fedmesh_protocol::ids::{JobId, MemberId};
+use fedmesh_protocol::message::{GossipMessage, Join, Request, Response};
+
+impl Engine {
+    /// Carries out a job machine's effects, in order.
+    pub(super) async fn carry_out(&mut self, id: JobId, effects: Vec<Effect>) {
+        for effect in effects {
+            self.carry_out_one(id, effect).await;
+        }
+    }
+
+    async fn carry_out_one(&mut self, id: JobId, effect: Effect) {
+        match effect {
+            Effect::Publish(publish) => self.publish(id, publish).await,
+            Effect::SendJoin { to, join, asks } => self.send_join(id, to, join, asks),
+            Effect::SendDelta { to, delta, until_ms } => self.send_delta(id, to, delta, until_ms),
+            Effect::SendPartial { to, partial, until_ms } => {
+                self.send_partial(id, to, partial, until_ms)
+            }
+            Effect::SendChunk { to, chunk, until_ms } => self.send_chunk(id, to, chunk, until_ms),
+            Effect::Answer { request, outcome } => self.answer(id, request, outcome).await,
+            Effect::ServeResult { request, result, .. } => {
+                self.serve_result(id, request, result).await
+            }
+            Effect::AskResult { round, from } => self.ask_result(id, round, from),
+            Effect::Train { round, base, params } => self.train(id, round, base, params),
+            Effect::Fetch { round, model, from } => self.fetch(id, round, model, from),
+            Effect::StoreModel { round, params } => self.store_model(id, round, params),
+            Effect::Evaluate { round, model, params } => self.evaluate(id, round, model, params),
+            Effect::Persist(snapshot) => self.persist(id, snapshot),
+            Effect::WakeAt(at) => {
+                if let Some(run) = self.runs.get_mut(&id) {
+                    run.wake_at = run.wake_at.min(at);
+                }
+            }
+            Effect::Log(notice) => log(id, &notice),
+            // Counted by the gossip handler, which `handle` tells of it.
+            Effect::Rejected(_) => {}
+        }
+    }
+
+    /// Signs a machine's message and publishes it on the job's topic (a node that withholds
+    /// results on purpose publishes none of its own).
+    async fn publish(&mut self, id: JobId, publish: Publish) {
+        match publish {
+            Publish::Join(join) => self.publish_signed(id, join, GossipMessage::Join).await,
+            Publish::Leave(leave) => self.publish_signed(id, leave, GossipMessage::Leave).await,
+            Publish::Heartbeat(beat) => {
+                self.publish_signed(id, beat, GossipMessage::Heartbeat).await
+            }
+            Publish::Open(open) => self.publish_signed(id, open, GossipMessage::RoundOpen).await,
+            Publish::Result(ready) if self.misbehaves(WITHHOLD_RESULTS) => {
+                tracing::warn!(job = %id, round = ready.round, "misbehaving on purpose: withholding the round's result");
+            }
+            Publish::Result(ready) => {
+                tracing::info!(job = %id, round = ready.round, model = %ready.model, updates = ready.contributions.len(), "round closed");
+                self.publish_signed(id, ready, GossipMessage::AggregateReady).await
+            }
+            Publish::Eval(report) => {
+                self.publish_signed(id, report, GossipMessage::EvalReport).await
+            }
+        }
+    }
+
+    /// Signs `body` and publishes it on the job's topic.
+    pub(in crate::engine) async fn publish_signed<T: SignedBody>(
+        &self,
+        id: JobId,
+        body: T,
+        wrap: fn(Signed<T>) -> GossipMessage,
+    ) {
+        let encoded = Signed::sign(&self.identity, body).map(wrap).and_then(|m| encode_gossip(&m));
+        match encoded {
+            Ok(bytes) => {
+                if let Err(error) = self.network.publish(&job_topic(&id), bytes).await {
+                    tracing::debug!(job = %id, %error, "not published");
+                }
+            }
+            Err(error) => tracing::error!(job = %id, %error, "cannot encode a message"),
+        }
+    }
+
+    /// Sends this member's join to one member alone, in the background, again after a pause
+    /// while it cannot be delivered (a few times).
+    fn send_join(&self, id: JobId, to: MemberId, join: Join, asks: bool) {
+        let signed = match Signed::sign(&self.identity, join) {
+            Ok(signed) => signed,
+            Err(error) => return tracing::error!(job = %id, %error, "cannot sign a join"),
+        };
+        let network = self.network.clone();
+        tokio::spawn(async move {
+            let Ok(peer) = peer_of_member(&to) else { return };
+            let request = Request::Join { join: signed, asks };
+            for attempt in 0..JOIN_ATTEMPTS {
+                match ask(&network, peer, &request).await {
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::debug!(job = %id, %to, attempt, %error, "join not delivered")
+                    }
+                }
+                tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+            }
+        });
+    }
+
+    /// A member's join sent to this node alone: for its job's machine.
+    pub(in crate::engine) async fn on_join_request(
+        &mut self,
+        signed: Signed<Join>,
+        asks: bool,
+    ) -> Response {
+        let id = signed.unverified_body().job;
+        if !self.runs.contains_key(&id) {
+            return Response::Refused { reason: format!("not in job {id}") };
+        }
+        let scope = fedmesh_protocol::envelope::Scope::job(id);
+        let join = match super::verify(signed, |_, body| scope.admits(body)) {
+            Ok(verified) => verified,
+            Err(refused) => {
+                self.metrics.rejected("join", refused.reason);
+                return Response::Refused { reason: refused.detail };
+            }
+        };
+        let signer = join.signer();
+        self.handle(id, Event::JoinSent { signer, join: join.into_body(), asks }).await;
+        Response::Accepted
+    }
+
+    /// Answers an update request with the machine's verdict.
+    async fn answer(&mut self, id: JobId, request: u64, outcome: Result<(), Refusal>) {
+        let replies = self.runs.get_mut(&id).map(|run| &mut run.replies);
+        let Some(((channel, held), kind)) = replies.and_then(|r| r.remove(&request)) else {
+            return;
+        };
+        let job = id.to_string();
+        let response = match outcome {
+            Ok(()) => {
+                self.metrics.update(&job, None);
+                Response::Accepted
+            }
+            Err(refusal) => {
+                tracing::info!(job = %id, kind, reason = refusal.reason, detail = %refusal.detail, "refused an update");
+                self.metrics.rejected(kind, refusal.reason);
+                self.metrics.update(&job, Some(refusal.reason));
+                Response::Refused { reason: refusal.detail }
+            }
+        };
+        drop(held);
+        respond(&self.network, channel, response, Vec::new(), None).await;
+    }
+
+    /// Persists a machine's snapshot before its other effects are carried out.
+    fn persist(&mut self, id: JobId, snapshot: fedmesh_federation::member::Snapshot) {
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let params = run.machine.params().len();
+        if let Err(error) =
+            super::store::save_snapshot(&self.store, &id, params, snapshot, &mut run.persisted)
+        {
+            tracing::error!(job = %id, %error, "cannot record the job's progress");
+        }
+    }
+}
+
+/// How often a direct join is tried, and the pause between tries.
+const JOIN_ATTEMPTS: u32 = 3;
+const JOIN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Writes a machine's notice to the node's log.
+fn log(id: JobId, notice: &Notice) {
+    let Notice { level, round, text } = notice;
+    match level {
+        Level::Info => tracing::info!(job = %id, round, "{text}"),
+        Level::Warn => tracing::warn!(job = %id, round, "{text}"),
+    }
+}

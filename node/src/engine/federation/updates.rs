@@ -1,0 +1,361 @@
+//! Updates on the wire, the heavy steps on the blocking pool: this member's delta (encoded as
+//! the job says, with top-k's error feedback), a slot's partial aggregate and ring chunks are
+//! encoded, hashed, signed and sent (again while the round's time allows); those that arrive
+//! are verified and decoded before the job's machine judges and folds them.
+
+use super::misbehave::forged_deltas;
+use crate::engine::requests::respond;
+use crate::engine::{Engine, Internal};
+use crate::identity::peer_of_member;
+use crate::metrics::Metrics;
+use crate::network::{Frame, Held, Network};
+use fedmesh_federation::member::{ChunkToSend, DeltaToSend, PartialToSend, Refusal, Update};
+use fedmesh_protocol::codec::{Payload, decode_response, encode_request_header};
+use fedmesh_protocol::envelope::{CarriesPayload, Scope, Scoped, Signed, SignedBody};
+use fedmesh_protocol::identity::Identity;
+use fedmesh_protocol::ids::{JobId, MemberId};
+use fedmesh_protocol::message::{
+    ModelDelta, PartialAggregate, Request, Response, RingChunk, unix_millis,
+};
+use fedmesh_protocol::model::TensorLayout;
+use fedmesh_protocol::spec::DeltaEncoding;
+use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, TensorError, decode_params};
+use libp2p::request_response::ResponseChannel;
+use std::sync::{Arc, Mutex};
+
+/// Where a peer's update is answered: its request's channel, with the budget share its frame
+/// holds until then.
+pub type Reply = (ResponseChannel<Frame>, Option<Held>);
+
+/// What this member's deltas have not sent yet (top-k's error feedback), shared with the
+/// blocking task that encodes the next one.
+pub type Residual = Arc<Mutex<Option<Vec<f32>>>>;
+
+/// The first wait before an update that could not be sent is sent again; it doubles each time.
+const FIRST_RETRY_MS: u64 = 1_000;
+
+/// An update as it arrived, its signature not checked yet.
+pub enum Unverified {
+    Delta(Signed<ModelDelta>),
+    Partial(Signed<PartialAggregate>),
+    Chunk(Signed<RingChunk>),
+}
+
+impl Unverified {
+    /// The job it claims to be for.
+    pub fn job(&self) -> JobId {
+        match self {
+            Self::Delta(delta) => delta.unverified_body().job,
+            Self::Partial(partial) => partial.unverified_body().job,
+            Self::Chunk(chunk) => chunk.unverified_body().job,
+        }
+    }
+
+    /// What kind of update it is, as the refusal metrics count it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Delta(_) => "delta",
+            Self::Partial(_) => "partial",
+            Self::Chunk(_) => "ring_chunk",
+        }
+    }
+
+    /// Checks its signature, that it is for `job`, and that `payload` is the one it signs for
+    /// (a hash over all of it), then decodes the payload: the heavy part, off the engine's
+    /// task. A delta or partial aggregate must carry the model's `params`; a ring chunk at most
+    /// that many.
+    fn verify(
+        self,
+        payload: &[u8],
+        params: usize,
+    ) -> Result<(MemberId, Update, Vec<f32>), Refusal> {
+        match self {
+            Self::Delta(delta) => {
+                let (signer, body) = verify_payload(delta, payload)?;
+                let values = decode(payload, &body.payload, Some(params))?;
+                Ok((signer, Update::Delta(body), values))
+            }
+            Self::Partial(partial) => {
+                let (signer, body) = verify_payload(partial, payload)?;
+                let values = decode(payload, &body.mean, Some(params))?;
+                Ok((signer, Update::Partial(body), values))
+            }
+            Self::Chunk(chunk) => {
+                let (signer, body) = verify_payload(chunk, payload)?;
+                if body.values.params > params as u64 {
+                    return Err(wrong_layout(&body.values, params));
+                }
+                let values = decode(payload, &body.values, None)?;
+                Ok((signer, Update::Chunk(body), values))
+            }
+        }
+    }
+}
+
+/// Verifies a signed update for its job and the payload beside it.
+fn verify_payload<T: SignedBody + CarriesPayload + Scoped>(
+    signed: Signed<T>,
+    payload: &[u8],
+) -> Result<(MemberId, T), Refusal> {
+    let scope = Scope::job(signed.unverified_body().job());
+    let verified = signed
+        .verify_with_payload(payload, |_, body| scope.admits(body))
+        .map_err(|e| Refusal::new("bad_signature", e.to_string()))?;
+    Ok((verified.signer(), verified.into_body()))
+}
+
+/// Decodes a payload, which must carry `params` values when given.
+fn decode(
+    payload: &[u8],
+    reference: &PayloadRef,
+    params: Option<usize>,
+) -> Result<Vec<f32>, Refusal> {
+    let expected = params.unwrap_or(reference.params as usize);
+    if reference.params != expected as u64 {
+        return Err(wrong_layout(reference, expected));
+    }
+    decode_params(payload, reference.encoding, expected)
+        .map_err(|e| Refusal::new("malformed_payload", e.to_string()))
+}
+
+fn wrong_layout(reference: &PayloadRef, params: usize) -> Refusal {
+    let detail = format!("the update has {} parameters, the model {params}", reference.params);
+    Refusal::new("wrong_layout", detail)
+}
+
+impl Engine {
+    /// Verifies and decodes an update a peer sent, off the engine's task; it comes back as
+    /// `Internal::Update` for its job's machine, which answers it. One refused here is
+    /// answered at once.
+    pub(in crate::engine) fn receive_update(
+        &self,
+        update: Unverified,
+        payload: Payload,
+        reply: Reply,
+    ) {
+        let (job, kind) = (update.job(), update.kind());
+        let params = self.runs.get(&job).map(|run| run.machine.params().len());
+        let (network, internal, metrics) =
+            (self.network.clone(), self.internal.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let Some(params) = params else {
+                let refused = Refusal::new("not_joined", format!("this node is not in job {job}"));
+                return refuse(&network, &metrics, (job, kind), refused, reply).await;
+            };
+            let verify = move || update.verify(&payload, params);
+            let checked = match tokio::task::spawn_blocking(verify).await {
+                Ok(checked) => checked,
+                Err(error) => Err(Refusal::new("internal", format!("verifying failed: {error}"))),
+            };
+            match checked {
+                Ok((signer, update, values)) => {
+                    let values = Arc::new(values);
+                    let update = Internal::Update { job, signer, update, values, reply };
+                    let _ = internal.send(update).await;
+                }
+                Err(refused) => refuse(&network, &metrics, (job, kind), refused, reply).await,
+            }
+        });
+    }
+
+    /// Encodes, signs and sends this member's delta to its slot's aggregator (after the forged
+    /// copies a node misbehaving on purpose sends first).
+    pub(super) fn send_delta(&self, id: JobId, to: MemberId, delta: DeltaToSend, until_ms: u64) {
+        let Some(run) = self.runs.get(&id) else { return };
+        let encoding = run.machine.spec().delta_encoding;
+        let (layout, residual) = (run.local.model.layout(), run.residual.clone());
+        let forges = self.misbehaviour().forges_deltas();
+        let (identity, network) = (self.identity.clone(), self.network.clone());
+        tokio::spawn(async move {
+            let make = move || {
+                let payload = encode_delta(encoding, &layout, delta.values.to_vec(), &residual)?;
+                let body = ModelDelta {
+                    job: id,
+                    round: delta.round,
+                    base_model: delta.base,
+                    member: identity.member_id(),
+                    samples: delta.samples,
+                    metrics: delta.metrics,
+                    payload: PayloadRef::describe(
+                        &payload,
+                        encoding.tensor_encoding(),
+                        layout.num_params(),
+                    ),
+                };
+                let forged = forges.then(|| forged_deltas(&identity, &body));
+                let signed = Signed::sign(&identity, body).map_err(|e| e.to_string())?;
+                Ok::<_, String>((Request::Delta(signed), Arc::new(payload), forged))
+            };
+            let (request, payload, forged) = match tokio::task::spawn_blocking(make).await {
+                Ok(Ok(made)) => made,
+                Ok(Err(error)) => {
+                    return tracing::error!(job = %id, %error, "cannot make the update");
+                }
+                Err(error) => return tracing::error!(job = %id, %error, "making the update failed"),
+            };
+            for forgery in forged.into_iter().flatten() {
+                tracing::warn!(job = %id, "misbehaving on purpose: sending a forged delta");
+                let answer = request_with_payload(&network, to, &forgery, &payload).await.ok();
+                tracing::info!(?answer, "forged delta answered");
+            }
+            send_until(&network, to, request, payload, (id, until_ms)).await;
+        });
+    }
+
+    /// Encodes, signs and sends a slot's partial aggregate to the aggregator above.
+    pub(super) fn send_partial(
+        &self,
+        id: JobId,
+        to: MemberId,
+        partial: PartialToSend,
+        until_ms: u64,
+    ) {
+        let aggregator = self.identity.member_id();
+        self.send_encoded(id, to, until_ms, move |identity| {
+            let payload = encode_f32(&partial.mean)?;
+            let body = PartialAggregate {
+                job: id,
+                round: partial.round,
+                base_model: partial.base,
+                opened_at_ms: partial.opened_at_ms,
+                group: partial.group,
+                aggregator,
+                mean: PayloadRef::describe(&payload, TensorEncoding::F32Le, partial.mean.len()),
+                total_weight: partial.total_weight,
+                contributions: partial.contributions,
+            };
+            let signed = Signed::sign(identity, body).map_err(|e| e.to_string())?;
+            Ok((Request::Partial(signed), payload))
+        });
+    }
+
+    /// Encodes, signs and sends one ring all-reduce chunk to the ring's next member.
+    pub(super) fn send_chunk(&self, id: JobId, to: MemberId, chunk: ChunkToSend, until_ms: u64) {
+        let member = self.identity.member_id();
+        self.send_encoded(id, to, until_ms, move |identity| {
+            let payload = encode_f32(&chunk.values)?;
+            let body = RingChunk {
+                job: id,
+                round: chunk.round,
+                base_model: chunk.base,
+                opened_at_ms: chunk.opened_at_ms,
+                member,
+                step: chunk.step,
+                chunk: chunk.chunk,
+                contributions: chunk.contributions,
+                values: PayloadRef::describe(&payload, TensorEncoding::F32Le, chunk.values.len()),
+            };
+            let signed = Signed::sign(identity, body).map_err(|e| e.to_string())?;
+            Ok((Request::RingChunk(signed), payload))
+        });
+    }
+
+    /// Makes a request with `make` on the blocking pool and sends it to `to` until `until_ms`.
+    fn send_encoded(
+        &self,
+        id: JobId,
+        to: MemberId,
+        until_ms: u64,
+        make: impl FnOnce(&Identity) -> Result<(Request, Vec<u8>), String> + Send + 'static,
+    ) {
+        let (identity, network) = (self.identity.clone(), self.network.clone());
+        tokio::spawn(async move {
+            let (request, payload) = match tokio::task::spawn_blocking(move || make(&identity))
+                .await
+            {
+                Ok(Ok(made)) => made,
+                Ok(Err(error)) => {
+                    return tracing::error!(job = %id, %error, "cannot make an update");
+                }
+                Err(error) => return tracing::error!(job = %id, %error, "making an update failed"),
+            };
+            send_until(&network, to, request, Arc::new(payload), (id, until_ms)).await;
+        });
+    }
+}
+
+/// Answers a refused update at once, and counts it.
+async fn refuse(
+    network: &Network,
+    metrics: &Metrics,
+    (job, kind): (JobId, &'static str),
+    refused: Refusal,
+    (channel, _held): Reply,
+) {
+    tracing::warn!(%job, kind, reason = refused.reason, detail = %refused.detail, "refused an update");
+    metrics.rejected(kind, refused.reason);
+    metrics.update(&job.to_string(), Some(refused.reason));
+    let response = Response::Refused { reason: refused.detail };
+    respond(network, channel, response, Vec::new(), None).await;
+}
+
+fn encode_f32(values: &[f32]) -> Result<Vec<u8>, String> {
+    fedmesh_protocol::tensor::encode_params(values, TensorEncoding::F32Le, None)
+        .map_err(|e| e.to_string())
+}
+
+/// Encodes a delta as the job says; with error feedback (top-k), what the last delta did not
+/// send is added to this one first, and what this one does not send is kept for the next.
+fn encode_delta(
+    encoding: DeltaEncoding,
+    layout: &TensorLayout,
+    mut delta: Vec<f32>,
+    residual: &Residual,
+) -> Result<Vec<u8>, String> {
+    let error = |e: TensorError| e.to_string();
+    if !encoding.carries_residual() {
+        return encoding.encode(&delta, layout).map_err(error);
+    }
+    let mut owed = residual.lock().map_err(|_| "the residual's lock is poisoned".to_owned())?;
+    if let Some(owed) = owed.take().filter(|r| r.len() == delta.len()) {
+        delta.iter_mut().zip(&owed).for_each(|(d, r)| *d += r);
+    }
+    let payload = encoding.encode(&delta, layout).map_err(error)?;
+    let sent = decode_params(&payload, encoding.tensor_encoding(), delta.len()).map_err(error)?;
+    delta.iter_mut().zip(&sent).for_each(|(d, s)| *d -= s);
+    *owed = Some(delta);
+    Ok(payload)
+}
+
+/// Sends a request with a payload and waits for the answer.
+pub(super) async fn request_with_payload(
+    network: &Network,
+    to: MemberId,
+    request: &Request,
+    payload: &Arc<Vec<u8>>,
+) -> anyhow::Result<Response> {
+    let frame = Frame::new(encode_request_header(request, payload.len())?, payload.clone());
+    let (bytes, _) = network.request(peer_of_member(&to)?, frame).await?.into_received();
+    let (response, _) = decode_response(bytes)?;
+    Ok(response)
+}
+
+/// Sends a request with a payload and logs the answer. A request that fails (the peer is
+/// unreachable, or too loaded to answer in time) is sent again, after a wait that doubles, while
+/// `until_ms` allows; the receiver counts an update it already has once.
+async fn send_until(
+    network: &Network,
+    to: MemberId,
+    request: Request,
+    payload: Arc<Vec<u8>>,
+    (id, until_ms): (JobId, u64),
+) {
+    let mut wait_ms = FIRST_RETRY_MS + rand::random_range(0..FIRST_RETRY_MS);
+    loop {
+        match request_with_payload(network, to, &request, &payload).await {
+            Ok(Response::Accepted) => return tracing::debug!(job = %id, %to, "update accepted"),
+            Ok(Response::Refused { reason }) => {
+                return tracing::warn!(job = %id, %to, %reason, "update refused");
+            }
+            Ok(other) => {
+                return tracing::warn!(job = %id, %to, ?other, "unexpected answer to an update");
+            }
+            Err(error) if unix_millis() + wait_ms < until_ms => {
+                tracing::warn!(job = %id, %to, %error, retry_in_ms = wait_ms, "cannot send the update; trying again");
+            }
+            Err(error) => return tracing::warn!(job = %id, %to, %error, "cannot send the update"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        wait_ms *= 2;
+    }
+}
