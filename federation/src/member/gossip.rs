@@ -171,7 +171,9 @@ impl Member {
                     .filter(|id| !self.state.members.contains(id))
                     .copied()
                     .collect();
-                missed.into_iter().for_each(|id| self.ask_for_join(id, now));
+                for id in missed {
+                    self.ask_for_join(id, now);
+                }
             }
             return self.hold(signer, held);
         }

@@ -5,6 +5,7 @@
 mod gossip;
 mod io;
 mod phase;
+mod pull;
 mod results;
 mod ring;
 mod rounds;
@@ -103,6 +104,12 @@ pub struct Member {
     asked: BTreeMap<MemberId, u64>,
     /// When held round messages are judged again if the answers asked for are not all in.
     judge_held_at: Option<u64>,
+    /// How many times this incarnation pulled the member list, when it next does, the member
+    /// asked in the pull under way, and whether a pull found no member missed (see `pull`).
+    pulls: u64,
+    next_pull_ms: u64,
+    pulling: Option<MemberId>,
+    pulled_all: bool,
     held: VecDeque<(MemberId, Held)>,
     early: VecDeque<EarlyUpdate>,
     /// This member's local training in the round it follows, so it trains once per round.
@@ -184,6 +191,10 @@ impl Member {
             heartbeats_heard: 0,
             asked: BTreeMap::new(),
             judge_held_at: None,
+            pulls: 0,
+            next_pull_ms: now + pull::FIRST_PULL_MS,
+            pulling: None,
+            pulled_all: false,
             held: VecDeque::new(),
             early: VecDeque::new(),
             training: None,
@@ -244,6 +255,8 @@ impl Member {
                 self.on_evaluated(round, model, metrics, now)
             }
             Event::LeaveRequested { reason } => self.leave(reason, now),
+            Event::MembersAsked { from, digest } => self.on_members_asked(from, &digest, now),
+            Event::MembersSent { from, members } => self.on_members_sent(from, &members, now),
         }
         self.take_effects()
     }
@@ -438,27 +451,28 @@ impl Member {
     /// that learned of a member it did not know repeated its own join to the whole job: with
     /// 1% of copies lost, every member of a 10,000-member job missed about a hundred joins and
     /// learned of them from such repeats, which made it repeat its own, in waves of 10⁸
-    /// deliveries that only one or two members needed each.)
-    fn ask_for_join(&mut self, member: MemberId, now: u64) {
+    /// deliveries that only one or two members needed each.) Says whether it asked.
+    fn ask_for_join(&mut self, member: MemberId, now: u64) -> bool {
         let allow = &self.setup.spec.participation.allow;
         if member == self.me()
             || self.state.members.contains(&member)
             || (!allow.is_empty() && !allow.contains(&member))
         {
-            return;
+            return false;
         }
         if self.asked.get(&member).is_some_and(|at| now < at + ASK_AGAIN_MS) {
-            return;
+            return false;
         }
         if self.asked.len() >= MAX_ASKED {
             self.asked.retain(|_, at| now < *at + ASK_AGAIN_MS);
             if self.asked.len() >= MAX_ASKED {
-                return;
+                return false;
             }
         }
         self.asked.insert(member, now);
         self.judge_held_at = Some(now + ANSWER_WAIT_MS);
         self.send_join(member, true, now);
+        true
     }
 
     /// Whether some member asked for its join may still answer.
@@ -516,6 +530,7 @@ impl Member {
             self.asked.retain(|_, at| now < *at + ASK_AGAIN_MS);
             self.judge_held(now);
         }
+        self.maybe_pull(now);
         self.tick_round(now);
         let next_heartbeat = if self.heartbeat_sequence == 0 {
             self.joined_ms + self.first_heartbeat_after_ms(cadence)

@@ -71,11 +71,14 @@ impl Member {
     /// come back within a round trip); at most two heartbeat intervals, in which it heard
     /// every live member. (Two intervals alone were 2,000 s in a 10,000-member job, whose
     /// members beat ten times a second between them: a newcomer knows where the job stands
-    /// within a second or two.)
-    fn settling(&self, now: u64) -> bool {
+    /// within a second or two.) Nor until a pull of the member list found no member it missed
+    /// and the members it asked answered (or were waited for): its plan is then over the
+    /// members the others plan over (see `pull`).
+    pub(super) fn settling(&self, now: u64) -> bool {
         let heard =
             self.heartbeats_heard >= SETTLE_HEARTBEATS && now >= self.joined_ms + SETTLE_MIN_MS;
-        !heard && now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
+        let agrees = self.pulled_all && !self.awaits_answers(now);
+        !(heard && agrees) && now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
     }
 
     /// The furthest round a member's heartbeat named, when it is past `round`: this member is
