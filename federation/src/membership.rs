@@ -410,11 +410,25 @@ impl Membership {
             .collect();
         live.sort_unstable_by(|(a, _), (b, _)| a.id().cmp(b.id()));
         let first_expiry = live.iter().map(|(_, e)| e.last_seen_ms.saturating_add(liveness)).min();
-        let members = live.into_iter().map(|(key, _)| key.0.info.clone()).collect();
+        let members: Vec<&MemberInfo> = live.into_iter().map(|(key, _)| &key.0.info).collect();
         LiveView {
-            members: shared::member_list(members),
+            members: shared::member_list_of(&members),
             valid_until_ms: first_expiry.unwrap_or(u64::MAX),
         }
+    }
+
+    /// The live member other than `me` whose key comes first at or after `point` (wrapping
+    /// around the key space), found without listing the live members.
+    pub fn live_from(&self, point: &MemberId, me: &MemberId, now_ms: u64) -> Option<MemberId> {
+        let candidates = self
+            .known
+            .members
+            .iter()
+            .filter(|(key, entry)| key.id() != me && self.is_fresh(entry.last_seen_ms, now_ms))
+            .map(|(key, _)| *key.id());
+        // Ordered by whether the key falls before `point`, then by key: the first at or after
+        // it, else the first of all.
+        candidates.min_by_key(|id| (id < point, *id))
     }
 
     /// Every member, by key.
