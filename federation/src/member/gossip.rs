@@ -41,6 +41,7 @@ impl Member {
             Gossip::Join(join) if join.member == signer => self.on_join(join, Heard::Topic, now),
             Gossip::Leave(leave) if leave.member == signer => {
                 if self.state.members.leave(&leave.member) {
+                    self.view_changed_ms = now;
                     self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
                     self.persist_lazily();
                 }
@@ -108,6 +109,7 @@ impl Member {
         if !new {
             return;
         }
+        self.view_changed_ms = now;
         let text = Text::Joined { member, group: join.group.clone() };
         self.log(Level::Info, 0, text);
         self.persist_lazily();

@@ -34,6 +34,9 @@ const MAX_EARLY_UPDATES: usize = 64;
 const PLANS_KEPT: usize = 4;
 /// How often a waiting member checks whether the plan elects it to open the next round.
 const OPEN_CHECK_MS: u64 = 1_000;
+/// How long a member's view of the members must hold (no member learned or gone) before it
+/// opens a round (see `Member::maybe_open`).
+const VIEW_HOLD_MS: u64 = 2_000;
 /// How long held round messages wait for the joins of the members asked about before they are
 /// judged again without them.
 const ANSWER_WAIT_MS: u64 = 5_000;
@@ -132,6 +135,8 @@ pub struct Member {
     furthest_heard: Round,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
+    /// When this member last learned of a member, or of one leaving.
+    view_changed_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
     /// handled), or only the membership and evaluations (persisted with the next heartbeat or
     /// state change: a snapshot copies the whole membership, and a thousand-member job's
@@ -207,6 +212,7 @@ impl Member {
             plans: VecDeque::new(),
             furthest_heard: 0,
             next_open_check_ms: 0,
+            view_changed_ms: now,
             unsaved: Unsaved::Nothing,
             effects: Vec::new(),
         };

@@ -6,7 +6,7 @@
 use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
     DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, OPEN_CHECK_MS,
-    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, Update,
+    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, Update, VIEW_HOLD_MS,
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
@@ -39,7 +39,11 @@ impl Member {
         }
     }
 
-    /// Opens `round` if the live plan makes this member its leader.
+    /// Opens `round` if the live plan makes this member its leader, once its view of the members
+    /// held for `VIEW_HOLD_MS`: while it changes (members learning of each other after a join
+    /// burst), an opening over it names members the others have not all heard of yet, and every
+    /// check computed a new live view and plan (at 10,000 members, every member once a second:
+    /// nearly all of the time once the burst was over).
     fn maybe_open(&mut self, round: Round, now: u64) {
         if round > self.setup.spec.hyperparameters.rounds || !self.is_active() {
             return;
@@ -47,7 +51,7 @@ impl Member {
         if let Some(heard) = self.heard_past(round) {
             return self.catch_up(heard, now);
         }
-        if self.settling(now) {
+        if self.settling(now) || now < self.view_changed_ms + VIEW_HOLD_MS {
             return;
         }
         if self.elected_leader(round, now) != Some(self.me()) {

@@ -831,3 +831,19 @@ fn a_newcomer_settles_until_a_pull_of_the_member_list_finds_no_member_it_missed(
     member.handle(Event::MembersSent { from: peer, members: vec![member_id(41)] }, later);
     assert!(!member.settling(later), "a pull found nothing missed: its view agrees");
 }
+
+#[test]
+fn a_member_opens_no_round_until_its_view_of_the_members_held_for_a_while() {
+    let mut net = four_central(1);
+    // The members settle 2 s after joining (a small job's two heartbeat intervals).
+    net.run_until(10_000, |net| net.now >= 2_500);
+    assert_eq!(net.openings_of(1), 0, "nobody opened while settling");
+    net.add(9, "a");
+    net.may_miss_rounds.insert(member_id(9));
+    let learned = net.now;
+    net.run_until(20_000, |net| net.openings_of(1) >= 1);
+    let opened = net.opened.keys().map(|(_, at)| *at).min().expect("an opening");
+    assert!(opened >= learned + VIEW_HOLD_MS, "opened at {opened}, a member learned at {learned}");
+    net.run(60_000);
+    net.assert_agree();
+}
