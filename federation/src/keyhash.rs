@@ -18,7 +18,7 @@ pub struct KeyHasher {
 /// predictable from outside).
 fn secret() -> u64 {
     static SECRET: OnceLock<u64> = OnceLock::new();
-    *SECRET.get_or_init(|| RandomState::new().hash_one(0x6b65_7968_6173_68u64))
+    *SECRET.get_or_init(|| RandomState::new().hash_one(0x6b65_7968_6173_6821_u64))
 }
 
 fn mix(mut x: u64) -> u64 {

@@ -417,20 +417,6 @@ impl Membership {
         }
     }
 
-    /// The live member other than `me` whose key comes first at or after `point` (wrapping
-    /// around the key space), found without listing the live members.
-    pub fn live_from(&self, point: &MemberId, me: &MemberId, now_ms: u64) -> Option<MemberId> {
-        let candidates = self
-            .known
-            .members
-            .iter()
-            .filter(|(key, entry)| key.id() != me && self.is_fresh(entry.last_seen_ms, now_ms))
-            .map(|(key, _)| *key.id());
-        // Ordered by whether the key falls before `point`, then by key: the first at or after
-        // it, else the first of all.
-        candidates.min_by_key(|id| (id < point, *id))
-    }
-
     /// Every member, by key.
     pub fn all(&self) -> impl Iterator<Item = Member> + '_ {
         self.known.sorted().into_iter().map(|(key, entry)| self.known.member(key, entry))

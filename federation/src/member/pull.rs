@@ -16,7 +16,8 @@
 //! pulls.
 
 use super::{Effect, Member};
-use fedmesh_protocol::ids::{ContentHash, MemberId};
+use fedmesh_protocol::ids::MemberId;
+use fedmesh_topologies::election::score;
 
 /// How long after joining a member first pulls the member list (the answers to its join are in
 /// within a round trip).
@@ -44,13 +45,17 @@ impl Member {
         self.effects.push(Effect::AskMembers { to: peer, digest });
     }
 
-    /// The member the next pull goes to: the live member but this one whose key follows a
-    /// point of the key space drawn from this member's key and its count of pulls (the live
-    /// view is not listed: a newcomer's changes with every join it learns).
-    fn pull_peer(&self, now: u64) -> Option<MemberId> {
+    /// The member the next pull goes to: one of the live members but this one, drawn from this
+    /// member's key and its count of pulls.
+    fn pull_peer(&mut self, now: u64) -> Option<MemberId> {
         let me = self.me();
-        let point = ContentHash::of(&[&me.0[..], &self.pulls.to_le_bytes()].concat());
-        self.state.members.live_from(&MemberId(point.0), &me, now)
+        let live = self.live(now);
+        let others = live.len().checked_sub(usize::from(live.iter().any(|m| m.id == me)))?;
+        if others == 0 {
+            return None;
+        }
+        let drawn = score(&self.setup.job, self.pulls, "member-pull", &me) % others as u64;
+        live.iter().map(|m| m.id).filter(|id| *id != me).nth(drawn as usize)
     }
 
     /// A member pulls the member list: it is answered with the members this one knows where
