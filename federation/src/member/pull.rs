@@ -47,15 +47,10 @@ impl Member {
 
     /// The member the next pull goes to: one of the live members but this one, drawn from this
     /// member's key and its count of pulls.
-    fn pull_peer(&mut self, now: u64) -> Option<MemberId> {
+    fn pull_peer(&self, now: u64) -> Option<MemberId> {
         let me = self.me();
-        let live = self.live(now);
-        let others = live.len().checked_sub(usize::from(live.iter().any(|m| m.id == me)))?;
-        if others == 0 {
-            return None;
-        }
-        let drawn = score(&self.setup.job, self.pulls, "member-pull", &me) % others as u64;
-        live.iter().map(|m| m.id).filter(|id| *id != me).nth(drawn as usize)
+        let draw = score(&self.setup.job, self.pulls, "member-pull", &me);
+        self.state.members.drawn_live(draw, &me, now)
     }
 
     /// A member pulls the member list: it is answered with the members this one knows where
