@@ -6,6 +6,7 @@
 pub mod cadence;
 pub mod collect;
 pub mod coordinator;
+pub mod keyhash;
 pub mod member;
 pub mod membership;
 pub mod records;

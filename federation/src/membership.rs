@@ -9,6 +9,7 @@
 //! until it next changes. Whatever is listed is sorted by key.
 
 use crate::cadence::Cadence;
+use crate::keyhash::KeyHashing;
 use crate::shared::{self, Declared};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::Join;
@@ -24,6 +25,30 @@ use std::sync::Arc;
 const MODELS_KEPT: usize = 64;
 /// The table index that stands for no model.
 const NO_MODEL: u32 = u32::MAX;
+/// How many parts of the key space a membership's digest summarises separately (by the first
+/// ten bits of a key): two memberships that differ by a hundred members of ten thousand differ
+/// in about a hundred parts, and only those parts' members are sent.
+pub const DIGEST_PARTS: usize = 1_024;
+/// Most members listed in answer to a digest (the rest follow in the next pull).
+pub const MAX_LISTED: usize = 2_048;
+
+/// A summary of the members a node knows, to find where another node's membership differs
+/// without sending either: per part of the key space, the XOR of its members' keys' bytes 8 to
+/// 16 (keys are public keys, evenly spread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest(pub Vec<u64>);
+
+/// The part of the key space a key falls in.
+fn part_of(member: &MemberId) -> usize {
+    usize::from(u16::from_be_bytes([member.0[0], member.0[1]])) * DIGEST_PARTS / 65_536
+}
+
+/// A key's share of its part's digest.
+fn fold_of(member: &MemberId) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&member.0[8..16]);
+    u64::from_le_bytes(bytes)
+}
 
 /// One member of a job, as listed and persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,7 +124,7 @@ fn narrow(round: Round) -> u32 {
 /// The members and the models they hold (shared with snapshots until it changes).
 #[derive(Debug, Clone, Default)]
 struct Known {
-    members: HashMap<Key, Entry>,
+    members: HashMap<Key, Entry, KeyHashing>,
     models: Vec<ContentHash>,
 }
 
@@ -385,16 +410,59 @@ impl Membership {
             .collect();
         live.sort_unstable_by(|(a, _), (b, _)| a.id().cmp(b.id()));
         let first_expiry = live.iter().map(|(_, e)| e.last_seen_ms.saturating_add(liveness)).min();
-        let members = live.into_iter().map(|(key, _)| key.0.info.clone()).collect();
+        let members: Vec<&MemberInfo> = live.into_iter().map(|(key, _)| &key.0.info).collect();
         LiveView {
-            members: shared::member_list(members),
+            members: shared::member_list_of(&members),
             valid_until_ms: first_expiry.unwrap_or(u64::MAX),
         }
+    }
+
+    /// The live member but `except` at position `draw` modulo their number, in key order; found
+    /// without listing the live view (a newcomer's changes with every member it learns of, and
+    /// listing it again for every pull took most of a 10,000-member job's time).
+    pub fn drawn_live(&self, draw: u64, except: &MemberId, now_ms: u64) -> Option<MemberId> {
+        let mut live: Vec<&MemberId> = self
+            .known
+            .members
+            .iter()
+            .filter(|(key, entry)| key.id() != except && self.is_fresh(entry.last_seen_ms, now_ms))
+            .map(|(key, _)| key.id())
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let position = (draw % live.len() as u64) as usize;
+        let (_, drawn, _) = live.select_nth_unstable(position);
+        Some(**drawn)
     }
 
     /// Every member, by key.
     pub fn all(&self) -> impl Iterator<Item = Member> + '_ {
         self.known.sorted().into_iter().map(|(key, entry)| self.known.member(key, entry))
+    }
+
+    /// The digest of the members known (see [`Digest`]).
+    pub fn digest(&self) -> Digest {
+        let mut parts = vec![0u64; DIGEST_PARTS];
+        for key in self.known.members.keys() {
+            parts[part_of(key.id())] ^= fold_of(key.id());
+        }
+        Digest(parts)
+    }
+
+    /// The members known in the parts of the key space where `theirs` (another node's digest)
+    /// differs, by key, at most `MAX_LISTED`; none for a digest of another shape.
+    pub fn differing(&self, theirs: &Digest) -> Vec<MemberId> {
+        let ours = self.digest();
+        if theirs.0.len() != ours.0.len() {
+            return Vec::new();
+        }
+        let differs = |id: &MemberId| ours.0[part_of(id)] != theirs.0[part_of(id)];
+        let mut listed: Vec<MemberId> =
+            self.known.members.keys().map(Key::id).filter(|id| differs(id)).copied().collect();
+        listed.sort_unstable();
+        listed.truncate(MAX_LISTED);
+        listed
     }
 
     /// Every member's key, in order.
@@ -475,5 +543,27 @@ mod tests {
         members.join(&join(1), 200);
         assert_eq!(members.round_heard(&MemberId([1; 32])), Some(3), "a repeated join keeps it");
         assert!(!members.heartbeat(&MemberId([9; 32]), 3, new, 100), "not a member");
+    }
+
+    #[test]
+    fn a_digest_finds_the_parts_where_two_memberships_differ() {
+        let key = |first: u8, n: u8| {
+            let mut id = [n; 32];
+            id[..2].copy_from_slice(&[first, first]);
+            let mut join = join(0);
+            join.member = MemberId(id);
+            join
+        };
+        let (mut ours, mut theirs) = (Membership::default(), Membership::default());
+        for n in 0..8 {
+            ours.join(&key(n, n), 0);
+            theirs.join(&key(n, n), 0);
+        }
+        assert_eq!(ours.digest(), theirs.digest(), "the same members, in another order");
+        assert!(theirs.differing(&ours.digest()).is_empty());
+        theirs.join(&key(3, 100), 0);
+        let listed = theirs.differing(&ours.digest());
+        assert_eq!(listed, [key(3, 3).member, key(3, 100).member], "the differing part's members");
+        assert!(ours.differing(&Digest(vec![0; 3])).is_empty(), "a digest of another shape");
     }
 }

@@ -4,10 +4,11 @@
 //! shared (a simulator's ten thousand machines in one process each planned the same rounds over
 //! the same members).
 
+use crate::keyhash::KeyHashing;
 use fedmesh_protocol::ids::{JobId, MemberId, Round};
 use fedmesh_topologies::{MemberInfo, PlanError, RoundPlan, Selection, Tag};
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// What a member declared when it joined: its key, group and roles, and its sample count.
@@ -20,7 +21,7 @@ pub struct Declared {
 /// Entries by key, each alive only while someone holds what it hands out; emptied of dead
 /// entries whenever it doubles, so it stays proportional to what is in use.
 struct Pool<K, E> {
-    entries: HashMap<K, Vec<E>>,
+    entries: HashMap<K, Vec<E>, KeyHashing>,
     count: usize,
     sweep_at: usize,
 }
@@ -40,7 +41,7 @@ impl<K: Hash + Eq, E: Kept> Pool<K, E> {
     const FIRST_SWEEP: usize = 1_024;
 
     fn new() -> Self {
-        Self { entries: HashMap::new(), count: 0, sweep_at: Self::FIRST_SWEEP }
+        Self { entries: HashMap::default(), count: 0, sweep_at: Self::FIRST_SWEEP }
     }
 
     /// What the first entry under `key` that `found` accepts hands out.
@@ -114,13 +115,33 @@ pub fn declaration(declared: Declared) -> Arc<Declared> {
 
 /// A shared list equal to `members`.
 pub fn member_list(members: Vec<MemberInfo>) -> Arc<[MemberInfo]> {
-    let mut hasher = DefaultHasher::new();
-    for member in &members {
+    let listed: Vec<&MemberInfo> = members.iter().collect();
+    member_list_of(&listed)
+}
+
+/// A shared list equal to the members `listed`, copied only when no equal list is kept (every
+/// machine of a simulator computes the same live view after each change to its membership:
+/// copying ten thousand members' declarations each time, to find the list kept, was most of a
+/// 10,000-member job's time once the members' views agreed).
+pub fn member_list_of(listed: &[&MemberInfo]) -> Arc<[MemberInfo]> {
+    let mut hasher = KeyHashing.build_hasher();
+    for member in listed {
         (member.id, &member.group, &member.roles).hash(&mut hasher);
     }
+    let key = hasher.finish();
+    let same = |kept: &Weak<[MemberInfo]>| {
+        let kept = kept.upgrade()?;
+        let equal = kept.len() == listed.len() && kept.iter().zip(listed).all(|(a, b)| a == *b);
+        equal.then_some(kept)
+    };
     let mut pool = lock(&MEMBER_LISTS);
     let pool = pool.get_or_insert_with(Pool::new);
-    share(pool, hasher.finish(), members.into_boxed_slice())
+    if let Some(kept) = pool.find(&key, same) {
+        return kept;
+    }
+    let made: Arc<[MemberInfo]> = listed.iter().map(|member| (*member).clone()).collect();
+    pool.insert(key, Arc::downgrade(&made));
+    made
 }
 
 /// The plan of `round` over `members` (a shared list, see [`member_list`]), computed once per

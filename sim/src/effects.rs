@@ -40,6 +40,8 @@ impl World {
         match effect {
             Effect::Publish(publish) => self.publish_effect(member, publish),
             Effect::SendJoin { to, join, asks } => self.send_join(member, to, join, asks),
+            Effect::AskMembers { to, digest } => self.ask_members(member, to, digest),
+            Effect::SendMembers { to, members } => self.send_members(member, to, members),
             Effect::SendDelta { to, delta, until_ms } => {
                 self.send_delta(member, to, delta, until_ms)
             }

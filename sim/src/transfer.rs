@@ -7,7 +7,7 @@ use crate::config::AdversaryKind;
 use crate::network::Index;
 use crate::world::{Action, World};
 use fedmesh_federation::member::{
-    ChunkToSend, DeltaToSend, Event, Gossip, PartialToSend, Served, Update,
+    ChunkToSend, DeltaToSend, Digest, Event, Gossip, PartialToSend, Served, Update,
 };
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Join, ModelDelta, PartialAggregate, RingChunk};
@@ -25,9 +25,9 @@ const FETCH_TIMEOUT_MS: u64 = 300_000;
 const ASK_TIMEOUT_MS: u64 = 2_000;
 /// The size of a small request or a "not held" answer.
 const SMALL_BYTES: u64 = 128;
-/// How many copies of a join sent to one member go out, at most (a request sent again while
+/// How many copies of a message sent to one member go out, at most (a request sent again while
 /// it gets no answer).
-const JOIN_ATTEMPTS: u32 = 5;
+const DIRECT_ATTEMPTS: u32 = 5;
 
 /// An update on its way to an aggregator.
 pub struct Transfer {
@@ -144,18 +144,38 @@ impl World {
         }
     }
 
-    /// Sends `from`'s join to one member as a request: a lost copy is sent again after a
-    /// doubling backoff (1 s first), as an unanswered request is, up to `JOIN_ATTEMPTS` copies.
+    /// Sends `from`'s join to one member as a request.
     pub fn send_join(&mut self, from: Index, to: MemberId, join: Join, asks: bool) {
-        let Some(to) = self.index_of(&to) else { return };
         let bytes = gossip_bytes_of(&join);
+        let signer = self.id_of(from);
+        self.send_direct(from, to, bytes, Event::JoinSent { signer, join, asks });
+    }
+
+    /// Sends `from`'s pull of the member list (its membership's digest) to one member.
+    pub fn ask_members(&mut self, from: Index, to: MemberId, digest: Digest) {
+        let bytes = digest.0.len() as u64 * 8 + ENVELOPE_BYTES;
+        let signer = self.id_of(from);
+        self.send_direct(from, to, bytes, Event::MembersAsked { from: signer, digest });
+    }
+
+    /// Sends the members `from` lists in answer to a pull.
+    pub fn send_members(&mut self, from: Index, to: MemberId, members: Vec<MemberId>) {
+        let bytes = members.len() as u64 * 32 + ENVELOPE_BYTES;
+        let signer = self.id_of(from);
+        self.send_direct(from, to, bytes, Event::MembersSent { from: signer, members });
+    }
+
+    /// Sends a message to one member as a request: a lost copy is sent again after a doubling
+    /// backoff (1 s first), as an unanswered request is, up to `DIRECT_ATTEMPTS` copies.
+    fn send_direct(&mut self, from: Index, to: MemberId, bytes: u64, event: Event) {
+        let Some(to) = self.index_of(&to) else { return };
         let (mut wait, mut backoff) = (0, FIRST_BACKOFF_MS);
-        for _ in 0..JOIN_ATTEMPTS {
+        for _ in 0..DIRECT_ATTEMPTS {
             self.count(bytes);
             if self.gets_through(from, to) {
                 let delay = wait + self.network.latency_ms(from, to);
-                let join = Box::new(join);
-                self.queue.after(delay, Action::JoinSent { to, from, join, asks });
+                let event = Box::new(event);
+                self.queue.after(delay, Action::Direct { to, from, event });
                 return;
             }
             if !self.is_alive(to) || !self.network.reachable(from, to) {
@@ -166,14 +186,13 @@ impl World {
         }
     }
 
-    /// A join sent to one member arrives (if its link is still up and its receiver alive).
-    pub fn deliver_join(&mut self, to: Index, from: Index, join: Join, asks: bool) {
+    /// A message sent to one member arrives (if its link is still up and its receiver alive).
+    pub fn deliver_direct(&mut self, to: Index, from: Index, event: Event) {
         if !self.is_alive(to) || !self.network.reachable(from, to) {
             self.counters.undeliverable += 1;
             return;
         }
-        let signer = self.id_of(from);
-        self.feed(to, Event::JoinSent { signer, join, asks });
+        self.feed(to, event);
     }
 
     /// A gossip copy arrives (if its link is still up and its receiver alive).

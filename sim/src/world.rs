@@ -17,7 +17,6 @@ use crate::transfer::{AskJob, FetchJob, Transfer};
 use fedmesh_federation::member::{Event, Gossip, Member, Setup, Snapshot};
 use fedmesh_federation::records::RunStatus;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::Join;
 use fedmesh_protocol::tensor::hash_f32;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,12 +54,12 @@ pub(crate) enum Action {
         from: Index,
         message: Arc<Gossip>,
     },
-    /// A join sent from `from` to `to` alone arrives (`asks`: it wants `to`'s join back).
-    JoinSent {
+    /// A message sent from `from` to `to` alone arrives (a join, a pull of the member list or
+    /// its answer), as the event it is fed as.
+    Direct {
         to: Index,
         from: Index,
-        join: Box<Join>,
-        asks: bool,
+        event: Box<Event>,
     },
     /// A member's wake-up (stale unless it is the member's pending one).
     Tick {
@@ -266,7 +265,7 @@ impl World {
         match action {
             Action::Start(member) => self.start(member),
             Action::Gossip { to, from, message } => self.deliver_gossip(to, from, &message),
-            Action::JoinSent { to, from, join, asks } => self.deliver_join(to, from, *join, asks),
+            Action::Direct { to, from, event } => self.deliver_direct(to, from, *event),
             Action::Tick { member, incarnation, at } => {
                 if self.is_current(member, incarnation) && self.nodes[member].wake == Some(at) {
                     self.nodes[member].wake = None;

@@ -49,6 +49,7 @@ impl Member {
             Gossip::Join(join) if join.member == signer => self.on_join(join, Heard::Topic, now),
             Gossip::Leave(leave) if leave.member == signer => {
                 if self.state.members.leave(&leave.member) {
+                    self.view_changed_ms = now;
                     self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
                     self.persist_lazily();
                 }
@@ -129,6 +130,7 @@ impl Member {
         if !new {
             return;
         }
+        self.view_changed_ms = now;
         let text = Text::Joined { member, group: join.group.clone() };
         self.log(Level::Info, 0, text);
         self.persist_lazily();
@@ -206,7 +208,9 @@ impl Member {
         let missed = self.missed_members(&held, now);
         if !missed.is_empty() {
             // Every member it names that this member missed is asked for its join.
-            missed.into_iter().for_each(|id| self.ask_for_join(id, now));
+            for id in missed {
+                self.ask_for_join(id, now);
+            }
             return self.hold(signer, held);
         }
         let round = match &held {

@@ -9,6 +9,8 @@ use fedmesh_protocol::message::{
 };
 use std::sync::Arc;
 
+pub use crate::membership::Digest;
+
 /// A gossip message on the job's topic whose signature the driver verified; `signer` is the key
 /// that signed it (for joins, leaves, heartbeats and evaluation reports, the body's member).
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +113,13 @@ pub enum Event {
     /// published before the topic's mesh formed reaches nobody), so the join goes out again
     /// shortly (a burst of subscriptions gets one join).
     PeerSubscribed,
+    /// A member pulls the member list: it sent the digest of the members it knows, and wants
+    /// those this member knows where the two differ; answered by [`Effect::SendMembers`].
+    MembersAsked { from: MemberId, digest: Digest },
+    /// The answer to this member's [`Effect::AskMembers`]: the members `from` knows in the
+    /// parts of the key space where their memberships differ (keys only: each is asked for its
+    /// signed join before it counts).
+    MembersSent { from: MemberId, members: Vec<MemberId> },
 }
 
 /// A message this member publishes on the job's topic (the driver signs it with its key).
@@ -147,6 +156,11 @@ pub enum Effect {
     /// carry to every member when only the newcomer lacks it; with `asks`, a question to a
     /// member this one heard from but does not know, which answers with its own join.
     SendJoin { to: MemberId, join: Join, asks: bool },
+    /// Sign and send the digest of this member's membership to one member, as a request: it
+    /// answers with the members it knows where the two differ ([`Event::MembersSent`]).
+    AskMembers { to: MemberId, digest: Digest },
+    /// Answer a member's [`Event::MembersAsked`] with these members' keys.
+    SendMembers { to: MemberId, members: Vec<MemberId> },
     /// Encode (as the job's delta encoding), sign and send this member's update to the slot
     /// aggregator `to`; sent again while `until_ms` allows if the peer cannot be reached.
     SendDelta { to: MemberId, delta: DeltaToSend, until_ms: u64 },

@@ -6,6 +6,7 @@ mod gossip;
 mod io;
 mod orchestrated;
 mod phase;
+mod pull;
 mod results;
 mod ring;
 mod rounds;
@@ -36,6 +37,9 @@ const MAX_EARLY_UPDATES: usize = 64;
 const PLANS_KEPT: usize = 4;
 /// How often a waiting member checks whether the plan elects it to open the next round.
 const OPEN_CHECK_MS: u64 = 1_000;
+/// How long a member's view of the members must hold (no member learned or gone) before it
+/// opens a round (see `Member::maybe_open`).
+const VIEW_HOLD_MS: u64 = 2_000;
 /// How long held round messages wait for the joins of the members asked about before they are
 /// judged again without them.
 const ANSWER_WAIT_MS: u64 = 5_000;
@@ -110,6 +114,12 @@ pub struct Member {
     asked: BTreeMap<MemberId, u64>,
     /// When held round messages are judged again if the answers asked for are not all in.
     judge_held_at: Option<u64>,
+    /// How many times this incarnation pulled the member list, when it next does, the member
+    /// asked in the pull under way, and whether a pull found no member missed (see `pull`).
+    pulls: u64,
+    next_pull_ms: u64,
+    pulling: Option<MemberId>,
+    pulled_all: bool,
     held: VecDeque<(MemberId, Held)>,
     early: VecDeque<EarlyUpdate>,
     /// Evaluation reports of rounds whose result this member has not taken yet.
@@ -138,6 +148,8 @@ pub struct Member {
     /// last heard (an assignment or its heartbeat; this member's start counts as one).
     assigned: Option<orchestrated::Assigned>,
     coordinator_seen_ms: u64,
+    /// When this member last learned of a member, or of one leaving.
+    view_changed_ms: u64,
     /// What changed and is not persisted yet: the state now (persisted when the event is
     /// handled), or only the membership and evaluations (persisted with the next heartbeat or
     /// state change: a snapshot copies the whole membership, and a thousand-member job's
@@ -197,6 +209,10 @@ impl Member {
             heartbeats_heard: 0,
             asked: BTreeMap::new(),
             judge_held_at: None,
+            pulls: 0,
+            next_pull_ms: now + pull::FIRST_PULL_MS,
+            pulling: None,
+            pulled_all: false,
             held: VecDeque::new(),
             early: VecDeque::new(),
             early_evals: VecDeque::new(),
@@ -212,6 +228,7 @@ impl Member {
             next_open_check_ms: 0,
             assigned: None,
             coordinator_seen_ms: now,
+            view_changed_ms: now,
             unsaved: Unsaved::Nothing,
             effects: Vec::new(),
         };
@@ -266,6 +283,8 @@ impl Member {
             }
             Event::LeaveRequested { reason } => self.leave(reason, now),
             Event::PeerSubscribed => self.join_again_soon(now),
+            Event::MembersAsked { from, digest } => self.on_members_asked(from, &digest, now),
+            Event::MembersSent { from, members } => self.on_members_sent(from, &members, now),
         }
         self.take_effects()
     }
@@ -470,27 +489,28 @@ impl Member {
     /// that learned of a member it did not know repeated its own join to the whole job: with
     /// 1% of copies lost, every member of a 10,000-member job missed about a hundred joins and
     /// learned of them from such repeats, which made it repeat its own, in waves of 10⁸
-    /// deliveries that only one or two members needed each.)
-    fn ask_for_join(&mut self, member: MemberId, now: u64) {
+    /// deliveries that only one or two members needed each.) Says whether it asked.
+    fn ask_for_join(&mut self, member: MemberId, now: u64) -> bool {
         let allow = &self.setup.spec.participation.allow;
         if member == self.me()
             || self.state.members.contains(&member)
             || (!allow.is_empty() && !allow.contains(&member))
         {
-            return;
+            return false;
         }
         if self.asked.get(&member).is_some_and(|at| now < at + ASK_AGAIN_MS) {
-            return;
+            return false;
         }
         if self.asked.len() >= MAX_ASKED {
             self.asked.retain(|_, at| now < *at + ASK_AGAIN_MS);
             if self.asked.len() >= MAX_ASKED {
-                return;
+                return false;
             }
         }
         self.asked.insert(member, now);
         self.judge_held_at = Some(now + ANSWER_WAIT_MS);
         self.send_join(member, true, now);
+        true
     }
 
     /// Whether some member asked for its join may still answer.
@@ -548,6 +568,7 @@ impl Member {
             self.asked.retain(|_, at| now < *at + ASK_AGAIN_MS);
             self.judge_held(now);
         }
+        self.maybe_pull(now);
         self.tick_round(now);
         let next_heartbeat = if self.heartbeat_sequence == 0 {
             self.joined_ms + self.first_heartbeat_after_ms(cadence)

@@ -6,7 +6,7 @@
 use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
     DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, OPEN_CHECK_MS,
-    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, Update,
+    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, Update, VIEW_HOLD_MS,
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
@@ -40,7 +40,11 @@ impl Member {
     }
 
     /// Opens `round` if the live plan makes this member its leader (in an orchestrated job,
-    /// follows the coordinator's assignment of it instead).
+    /// follows the coordinator's assignment of it instead), once its view of the members held
+    /// for `VIEW_HOLD_MS`: while it changes (members learning of each other after a join burst),
+    /// an opening over it names members the others have not all heard of yet, and every check
+    /// computed a new live view and plan (at 10,000 members, every member once a second: nearly
+    /// all of the time once the burst was over).
     fn maybe_open(&mut self, round: Round, now: u64) {
         if round > self.setup.spec.hyperparameters.rounds || !self.is_active() {
             return;
@@ -51,7 +55,7 @@ impl Member {
         if let Some(heard) = self.heard_past(round) {
             return self.catch_up(heard, now);
         }
-        if self.settling(now) {
+        if self.settling(now) || now < self.view_changed_ms + VIEW_HOLD_MS {
             return;
         }
         if self.elected_leader(round, now) != Some(self.me()) {
@@ -75,11 +79,14 @@ impl Member {
     /// come back within a round trip); at most two heartbeat intervals, in which it heard
     /// every live member. (Two intervals alone were 2,000 s in a 10,000-member job, whose
     /// members beat ten times a second between them: a newcomer knows where the job stands
-    /// within a second or two.)
-    fn settling(&self, now: u64) -> bool {
+    /// within a second or two.) Nor until a pull of the member list found no member it missed
+    /// and the members it asked answered (or were waited for): its plan is then over the
+    /// members the others plan over (see `pull`).
+    pub(super) fn settling(&self, now: u64) -> bool {
         let heard =
             self.heartbeats_heard >= SETTLE_HEARTBEATS && now >= self.joined_ms + SETTLE_MIN_MS;
-        !heard && now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
+        let agrees = self.pulled_all && !self.awaits_answers(now);
+        !(heard && agrees) && now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
     }
 
     /// The furthest round a member's heartbeat named, when it is past `round`: this member is

@@ -366,6 +366,12 @@ impl Net {
                 self.joins.push((from, Some(to), asks));
                 self.send(from, to, Event::JoinSent { signer: from, join, asks });
             }
+            Effect::AskMembers { to, digest } => {
+                self.send(from, to, Event::MembersAsked { from, digest })
+            }
+            Effect::SendMembers { to, members } => {
+                self.send(from, to, Event::MembersSent { from, members })
+            }
             Effect::Answer { outcome: Err(refusal), .. } => self.refusals.push(refusal),
             Effect::ServeResult { to, result, .. } => {
                 let (signer, ready) = match result {
@@ -1066,4 +1072,139 @@ fn a_stop_counts_only_from_the_coordinator_of_an_orchestrated_job() {
     net.step();
     let stopped = RunStatus::Stopped("enough".into());
     assert!(net.live_members().all(|m| *m.status() == stopped), "the coordinator's stop ends it");
+}
+
+/// Member 1 of a job, alone on a manual clock, fed joins as answers from `others`.
+fn lone_member(others: impl IntoIterator<Item = u8>, now: u64) -> (Member, JobId) {
+    let net = Net::new(spec("central", 4, 5), &[(1, "a")]);
+    let initial = Arc::new(vec![0.0f32; PARAMS]);
+    let (mut member, _) = Member::join(net.setup(member_id(1)), hash_f32(&initial), initial, now);
+    for byte in others {
+        member.handle(answer_from(net.job, byte, now), now);
+    }
+    (member, net.job)
+}
+
+/// Member `byte`'s join, sent as an answer.
+fn answer_from(job: JobId, byte: u8, now: u64) -> Event {
+    let join = Join {
+        job,
+        member: member_id(byte),
+        group: "a".into(),
+        roles: Vec::new(),
+        samples: 10,
+        sent_at_ms: now,
+    };
+    Event::JoinSent { signer: member_id(byte), join, asks: false }
+}
+
+/// The members a machine asked for their joins among `effects`.
+fn asked_joins(effects: &[Effect]) -> Vec<MemberId> {
+    let asked = |effect: &Effect| match effect {
+        Effect::SendJoin { to, asks: true, .. } => Some(*to),
+        _ => None,
+    };
+    effects.iter().filter_map(asked).collect()
+}
+
+#[test]
+fn a_member_pulls_the_member_list_and_asks_the_members_it_missed_for_their_joins() {
+    let start = 1_000;
+    let (mut member, _) = lone_member([2, 3], start);
+    let now = start + pull::FIRST_PULL_MS;
+    let effects = member.handle(Event::Tick, now);
+    let pulled = effects.iter().find_map(|effect| match effect {
+        Effect::AskMembers { to, digest } => Some((*to, digest.clone())),
+        _ => None,
+    });
+    let (peer, digest) = pulled.expect("a pull once the first pull is due");
+    assert!([member_id(2), member_id(3)].contains(&peer), "a live member: {peer}");
+    assert_eq!(digest, member.state().members.digest(), "its own membership's digest");
+    let stranger = if peer == member_id(2) { member_id(3) } else { member_id(2) };
+    let listed = vec![member_id(8)];
+    let effects = member.handle(Event::MembersSent { from: stranger, members: listed }, now);
+    assert!(asked_joins(&effects).is_empty(), "a list from a member not pulled is ignored");
+    let listed = vec![member_id(2), member_id(3), member_id(7)];
+    let effects = member.handle(Event::MembersSent { from: peer, members: listed }, now);
+    assert_eq!(asked_joins(&effects), [member_id(7)], "only the member it missed is asked");
+}
+
+#[test]
+fn a_member_answers_a_pull_with_the_members_where_the_memberships_differ() {
+    let (mut member, job) = lone_member([2, 3, 4], 1_000);
+    let mut theirs = crate::membership::Membership::default();
+    for byte in [1, 2, 3] {
+        let Event::JoinSent { join, .. } = answer_from(job, byte, 1_000) else { continue };
+        theirs.join(&join, 1_000);
+    }
+    let listed = |effects: Vec<Effect>| {
+        effects.into_iter().find_map(|effect| match effect {
+            Effect::SendMembers { to, members } => Some((to, members)),
+            _ => None,
+        })
+    };
+    let asked = Event::MembersAsked { from: member_id(2), digest: theirs.digest() };
+    let answer = listed(member.handle(asked, 1_100)).expect("an answer");
+    assert_eq!(answer, (member_id(2), vec![member_id(4)]), "the part holding member 4");
+    let same = member.state().members.digest();
+    let asked = Event::MembersAsked { from: member_id(3), digest: same };
+    let answer = listed(member.handle(asked, 1_200)).expect("an answer");
+    assert_eq!(answer, (member_id(3), Vec::new()), "nothing where the memberships agree");
+}
+
+#[test]
+fn a_newcomer_settles_until_a_pull_of_the_member_list_finds_no_member_it_missed() {
+    // 40 members: a heartbeat interval of 4 s, so at most 8 s of settling.
+    let start = 1_000;
+    let others = 2..41;
+    let (mut member, job) = lone_member(others.clone(), start);
+    let effects = member.handle(Event::Tick, start + pull::FIRST_PULL_MS);
+    let peer = effects.iter().find_map(|effect| match effect {
+        Effect::AskMembers { to, .. } => Some(*to),
+        _ => None,
+    });
+    let peer = peer.expect("a pull");
+    let now = start + SETTLE_MIN_MS + 500;
+    for byte in others.take(SETTLE_HEARTBEATS as usize) {
+        let beat = Heartbeat {
+            job,
+            member: member_id(byte),
+            round: 1,
+            model: member.model(),
+            sequence: 1,
+            sent_at_ms: now,
+        };
+        let event = Event::Gossip { signer: member_id(byte), message: Gossip::Heartbeat(beat) };
+        member.handle(event, now);
+    }
+    assert!(member.settling(now), "heard enough heartbeats, but no pull answered");
+    member.handle(Event::MembersSent { from: peer, members: vec![member_id(41)] }, now);
+    assert!(member.settling(now), "the pull found member 41 missed: it waits for its join");
+    member.handle(answer_from(job, 41, now), now);
+    assert!(member.settling(now), "no pull found nothing missed yet");
+    let later = now + 1_000;
+    let effects = member.handle(Event::Tick, later);
+    let peer = effects.iter().find_map(|effect| match effect {
+        Effect::AskMembers { to, .. } => Some(*to),
+        _ => None,
+    });
+    let peer = peer.expect("another pull at once after one that found a member missed");
+    member.handle(Event::MembersSent { from: peer, members: vec![member_id(41)] }, later);
+    assert!(!member.settling(later), "a pull found nothing missed: its view agrees");
+}
+
+#[test]
+fn a_member_opens_no_round_until_its_view_of_the_members_held_for_a_while() {
+    let mut net = four_central(1);
+    // The members settle 2 s after joining (a small job's two heartbeat intervals).
+    net.run_until(10_000, |net| net.now >= 2_500);
+    assert_eq!(net.openings_of(1), 0, "nobody opened while settling");
+    net.add(9, "a");
+    net.may_miss_rounds.insert(member_id(9));
+    let learned = net.now;
+    net.run_until(20_000, |net| net.openings_of(1) >= 1);
+    let opened = net.opened.keys().map(|(_, at)| *at).min().expect("an opening");
+    assert!(opened >= learned + VIEW_HOLD_MS, "opened at {opened}, a member learned at {learned}");
+    net.run(60_000);
+    net.assert_agree();
 }
