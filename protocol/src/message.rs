@@ -580,6 +580,13 @@ pub enum Request {
     /// newcomer's join, or (`asks`) a question from a member that does not know the receiver,
     /// which answers with its own join the same way.
     Join { join: Signed<Join>, asks: bool },
+    /// A member pulls a job's member list: the digest of the members it knows (per part of the
+    /// key space, the XOR of a slice of each member's key), answered `Accepted` and later with
+    /// a `MemberList` request back. The sender is the peer the request came from.
+    Members { job: JobId, digest: Vec<u64> },
+    /// The answer to a pull: the members the sender knows where the two digests differ (keys
+    /// only: each is asked for its signed join before it counts).
+    MemberList { job: JobId, members: Vec<MemberId> },
 }
 
 impl Request {

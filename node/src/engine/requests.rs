@@ -2,6 +2,7 @@
 //! connected peer for its jobs, so a node that was offline at an announcement still learns it.
 
 use super::federation::Unverified;
+use fedmesh_federation::member::Digest;
 use super::{Engine, Internal};
 use crate::network::{Frame, Held, Network, NetworkEvent};
 use fedmesh_protocol::codec::Payload;
@@ -54,6 +55,12 @@ impl Engine {
             }
             Ok((Request::Join { join, asks }, _)) => {
                 (self.on_join_request(join, asks).await, none())
+            }
+            Ok((Request::Members { job, digest }, _)) => {
+                (self.on_members_request(peer, job, Digest(digest)).await, none())
+            }
+            Ok((Request::MemberList { job, members }, _)) => {
+                (self.on_member_list(peer, job, members).await, none())
             }
             Ok((Request::Delta(delta), payload)) => {
                 return self.receive(Unverified::Delta(delta), payload, (channel, held));

@@ -25,6 +25,8 @@ impl Engine {
         match effect {
             Effect::Publish(publish) => self.publish(id, publish).await,
             Effect::SendJoin { to, join, asks } => self.send_join(id, to, join, asks),
+            Effect::AskMembers { to, digest } => self.ask_members(id, to, digest),
+            Effect::SendMembers { to, members } => self.send_members(id, to, members),
             Effect::SendDelta { to, delta, until_ms } => self.send_delta(id, to, delta, until_ms),
             Effect::SendPartial { to, partial, until_ms } => {
                 self.send_partial(id, to, partial, until_ms)

@@ -10,6 +10,7 @@ mod gossip;
 mod local;
 mod misbehave;
 mod models;
+mod pulls;
 mod results;
 mod store;
 mod updates;
