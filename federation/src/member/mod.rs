@@ -36,6 +36,9 @@ const MAX_EARLY_UPDATES: usize = 64;
 const PLANS_KEPT: usize = 4;
 /// How often a waiting member checks whether the plan elects it to open the next round.
 const OPEN_CHECK_MS: u64 = 1_000;
+/// How long a leader waits at most for another member to hold the model it builds the next
+/// round on (see `Member::model_spread`).
+const SPREAD_WAIT_MS: u64 = 2_000;
 /// How long held round messages wait for the joins of the members asked about before they are
 /// judged again without them.
 const ANSWER_WAIT_MS: u64 = 5_000;
@@ -134,6 +137,8 @@ pub struct Member {
     furthest_heard: Round,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
+    /// When this member adopted its current model.
+    adopted_ms: u64,
     /// In orchestration mode: the coordinator's newest assignment, and when the coordinator was
     /// last heard (an assignment or its heartbeat; this member's start counts as one).
     assigned: Option<orchestrated::Assigned>,
@@ -210,6 +215,7 @@ impl Member {
             plans: VecDeque::new(),
             furthest_heard: 0,
             next_open_check_ms: 0,
+            adopted_ms: 0,
             assigned: None,
             coordinator_seen_ms: now,
             unsaved: Unsaved::Nothing,
