@@ -3,7 +3,7 @@
 //! announce its result, holding round messages (and the coordinator's assignments) its view of
 //! the membership cannot judge yet.
 
-use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Text};
+use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
@@ -39,7 +39,7 @@ impl Member {
                     self.announce_again(beat.round, now)
                 }
                 (RunStatus::Completed, Gossip::Eval(report)) if report.member == signer => {
-                    self.on_eval(report)
+                    self.on_eval(report, now)
                 }
                 _ => {}
             }
@@ -75,7 +75,7 @@ impl Member {
                     self.ask_for_join(beat.member, now);
                 }
             }
-            Gossip::Eval(report) if report.member == signer => self.on_eval(report),
+            Gossip::Eval(report) if report.member == signer => self.on_eval(report, now),
             Gossip::Open(open) => self.judge(signer, Held::Open(open), now),
             Gossip::Result(ready) => self.judge(signer, Held::Result(ready), now),
             Gossip::Assign(assignment) => self.on_assignment_gossip(signer, assignment, now),
@@ -148,11 +148,14 @@ impl Member {
         }
     }
 
-    fn on_eval(&mut self, report: EvalReport) {
+    fn on_eval(&mut self, report: EvalReport, now: u64) {
         if !self.state.members.contains(&report.member) {
             return;
         }
         self.record_holder(report.member, report.round, report.model);
+        if report.model == self.state.model && matches!(self.phase, Phase::Waiting) {
+            self.wake_at(now); // a leader waiting for its model to spread opens now
+        }
         let taken = self.rounds.get(&report.round).and_then(|record| record.model);
         if taken.is_none() && report.round > self.state.completed_round {
             // Heard before this member took the round's result (it is still fetching the

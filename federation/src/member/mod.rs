@@ -40,6 +40,9 @@ const OPEN_CHECK_MS: u64 = 1_000;
 /// How long a member's view of the members must hold (no member learned or gone) before it
 /// opens a round (see `Member::maybe_open`).
 const VIEW_HOLD_MS: u64 = 2_000;
+/// How long a leader waits at most for another member to hold the model it builds the next
+/// round on (see `Member::model_spread`).
+const SPREAD_WAIT_MS: u64 = 2_000;
 /// How long held round messages wait for the joins of the members asked about before they are
 /// judged again without them.
 const ANSWER_WAIT_MS: u64 = 5_000;
@@ -144,6 +147,8 @@ pub struct Member {
     furthest_heard: Round,
     /// When a waiting member next checks whether it opens the next round.
     next_open_check_ms: u64,
+    /// When this member adopted its current model.
+    adopted_ms: u64,
     /// In orchestration mode: the coordinator's newest assignment, and when the coordinator was
     /// last heard (an assignment or its heartbeat; this member's start counts as one).
     assigned: Option<orchestrated::Assigned>,
@@ -226,6 +231,7 @@ impl Member {
             plans: VecDeque::new(),
             furthest_heard: 0,
             next_open_check_ms: 0,
+            adopted_ms: 0,
             assigned: None,
             coordinator_seen_ms: now,
             view_changed_ms: now,

@@ -135,6 +135,7 @@ impl Member {
         self.params = params;
         self.state.model = model;
         self.state.completed_round = round;
+        self.adopted_ms = now;
         let me = self.me();
         let record =
             self.rounds.entry(round).or_insert_with(|| RoundRecord::new(round, me, model, now));

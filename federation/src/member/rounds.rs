@@ -6,7 +6,7 @@
 use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
     DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, OPEN_CHECK_MS,
-    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, Update, VIEW_HOLD_MS,
+    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, SPREAD_WAIT_MS, Update, VIEW_HOLD_MS,
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
@@ -61,6 +61,10 @@ impl Member {
         if self.elected_leader(round, now) != Some(self.me()) {
             return;
         }
+        if !self.model_spread(now) {
+            self.next_open_check_ms = now; // checked again at the next tick
+            return;
+        }
         let Some((plan, live)) = self.live_plan(round, now) else { return };
         let members = live.iter().map(|m| m.id).collect();
         let required = self.setup.spec.quorum.required(plan.trainers.len());
@@ -70,6 +74,17 @@ impl Member {
             format!("opening round {round} as its leader: {} trainers", plan.trainers.len()),
         );
         self.announce_opening(round, members, plan, Leading { required, retries: 0 }, now);
+    }
+
+    /// Whether the current model is safe to build on: another member holds it (its heartbeat or
+    /// evaluation report named it), or `SPREAD_WAIT_MS` passed since this member adopted it. A
+    /// leader that opened the next round the moment it adopted the model it made, and died then,
+    /// left a model nobody held: every member fetched it in vain, and the job stalled.
+    fn model_spread(&self, now: u64) -> bool {
+        let me = self.me();
+        self.state.completed_round == 0
+            || now >= self.adopted_ms + SPREAD_WAIT_MS
+            || self.state.members.holders_of(&self.state.model).any(|m| m != me)
     }
 
     /// Whether this member joined too recently to know where the job stands, and so opens no

@@ -671,6 +671,22 @@ fn evaluations_heard_before_a_member_takes_the_result_are_recorded_when_it_does(
 }
 
 #[test]
+fn a_leader_opens_the_next_round_only_once_another_member_holds_its_model() {
+    let mut net = four_central(2);
+    // No evaluation report says who holds a model: a leader learns it from heartbeats.
+    net.drop = Some(Box::new(|_, _, event| {
+        matches!(event, Event::Gossip { message: Gossip::Eval(_), .. })
+    }));
+    net.run(120_000);
+    net.assert_agree();
+    let closed = net.member(1).rounds()[&1].closed_at_ms.expect("round 1 closed");
+    let opened = net.opened.keys().filter(|(r, _)| *r == 2).map(|(_, at)| *at).min();
+    let opened = opened.expect("round 2 opened");
+    assert!(opened > closed, "round 2 opened at {opened}, when round 1's model was made");
+    assert!(opened <= closed + SPREAD_WAIT_MS + STEP_MS, "opened at {opened}, closed {closed}");
+}
+
+#[test]
 fn a_dead_trainer_makes_the_leader_open_the_round_again_keeping_the_updates_in() {
     let mut net = four_central(2);
     net.run_until(10_000, |net| net.openings_of(1) == 1);

@@ -2,9 +2,9 @@
 //! connected peer for its jobs, so a node that was offline at an announcement still learns it.
 
 use super::federation::Unverified;
-use fedmesh_federation::member::Digest;
 use super::{Engine, Internal};
 use crate::network::{Frame, Held, Network, NetworkEvent};
+use fedmesh_federation::member::Digest;
 use fedmesh_protocol::codec::Payload;
 use fedmesh_protocol::codec::{
     decode_request, decode_response, encode_request, encode_response_header,
