@@ -45,7 +45,7 @@ impl Engine {
     ) -> Response {
         let from = match self.pull_sender(peer, &id) {
             Ok(from) => from,
-            Err(refused) => return refused,
+            Err(reason) => return Response::Refused { reason },
         };
         self.handle(id, Event::MembersAsked { from, digest }).await;
         Response::Accepted
@@ -60,7 +60,7 @@ impl Engine {
     ) -> Response {
         let from = match self.pull_sender(peer, &id) {
             Ok(from) => from,
-            Err(refused) => return refused,
+            Err(reason) => return Response::Refused { reason },
         };
         if members.len() > MAX_LISTED {
             self.metrics.rejected("member_list", "too_long");
@@ -71,12 +71,11 @@ impl Engine {
         Response::Accepted
     }
 
-    /// The member a pull's request came from, if this node is in its job.
-    fn pull_sender(&self, peer: PeerId, id: &JobId) -> Result<MemberId, Response> {
+    /// The member a pull's request came from, if this node is in its job; why not otherwise.
+    fn pull_sender(&self, peer: PeerId, id: &JobId) -> Result<MemberId, String> {
         if !self.runs.contains_key(id) {
-            return Err(Response::Refused { reason: format!("not in job {id}") });
+            return Err(format!("not in job {id}"));
         }
-        MemberId::from_peer_id_string(&peer.to_string())
-            .map_err(|e| Response::Refused { reason: format!("peer {peer}: {e}") })
+        MemberId::from_peer_id_string(&peer.to_string()).map_err(|e| format!("peer {peer}: {e}"))
     }
 }
