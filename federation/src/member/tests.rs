@@ -638,15 +638,20 @@ fn a_leader_lost_after_opening_is_replaced_once_it_falls_silent() {
     assert_ne!(record.aggregator, leader, "another member aggregated round 1");
 }
 
-#[test]
-fn a_member_that_missed_a_result_asks_for_it_after_the_deadline() {
-    let mut net = four_central(2);
-    // Member 4 hears no result by gossip, ever: it must ask.
+/// A job of four whose member 4 hears no result by gossip, ever: it must ask for each.
+fn four_central_member_4_missing_results(rounds: u64) -> Net {
+    let mut net = four_central(rounds);
     net.drop = Some(Box::new(|from, to, event| {
         to == member_id(4)
             && from != to
             && matches!(event, Event::Gossip { message: Gossip::Result(_), signer } if *signer == from)
     }));
+    net
+}
+
+#[test]
+fn a_member_that_missed_a_result_asks_for_it_after_the_deadline() {
+    let mut net = four_central_member_4_missing_results(2);
     net.run(120_000);
     net.assert_agree();
     assert_eq!(net.openings_of(1), 1, "nobody ran round 1 again");
@@ -654,14 +659,9 @@ fn a_member_that_missed_a_result_asks_for_it_after_the_deadline() {
 
 #[test]
 fn evaluations_heard_before_a_member_takes_the_result_are_recorded_when_it_does() {
-    let mut net = four_central(2);
     // Member 4 takes each result late (it asks for it past the deadline), after the others'
     // evaluation reports of its model reached it.
-    net.drop = Some(Box::new(|from, to, event| {
-        to == member_id(4)
-            && from != to
-            && matches!(event, Event::Gossip { message: Gossip::Result(_), signer } if *signer == from)
-    }));
+    let mut net = four_central_member_4_missing_results(2);
     net.run(120_000);
     net.assert_agree();
     for round in [1, 2] {
