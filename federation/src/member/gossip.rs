@@ -3,10 +3,12 @@
 //! announce its result, holding round messages (and the coordinator's assignments) its view of
 //! the membership cannot judge yet.
 
-use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text};
+use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting};
+use crate::keyhash::KeyHashing;
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// How many members' evaluations of a round a member keeps: four times the reporting sample.
@@ -134,17 +136,34 @@ impl Member {
         let text = Text::Joined { member, group: join.group.clone() };
         self.log(Level::Info, 0, text);
         self.persist_lazily();
-        // Held round messages are judged again with the new membership, once no member asked
-        // about is still awaited (an opening can name a hundred members this one missed).
-        if !asked || !self.awaits_answers(now) {
-            self.judge_held(now);
-        }
+        self.strike_off(&member, asked, now);
     }
 
     /// Judges the held round messages again.
     pub(super) fn judge_held(&mut self, now: u64) {
-        for (signer, held) in std::mem::take(&mut self.held) {
+        for Waiting { signer, held, .. } in std::mem::take(&mut self.held) {
             self.judge(signer, held, now);
+        }
+    }
+
+    /// Strikes a member newly heard off what each held message waits for. A message that waited
+    /// for it and now waits for no one is judged at once; one that waited for no one (its
+    /// signer did not aggregate in this member's view) is judged again with the changed view,
+    /// unless this join answered a question and more answers are awaited.
+    fn strike_off(&mut self, member: &MemberId, asked: bool, now: u64) {
+        let mut completed = false;
+        for waiting in &mut self.held {
+            completed |= waiting.missing.remove(member) && waiting.missing.is_empty();
+        }
+        let view_bound = self.held.iter().any(|w| w.missing.is_empty());
+        if completed || (view_bound && (!asked || !self.awaits_answers(now))) {
+            let (ready, waiting) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition::<Vec<_>, _>(|w| w.missing.is_empty());
+            self.held = waiting.into();
+            for Waiting { signer, held, .. } in ready {
+                self.judge(signer, held, now);
+            }
         }
     }
 
@@ -181,13 +200,13 @@ impl Member {
         }
     }
 
-    /// Keeps a round message to judge again after the next join (the oldest goes beyond
-    /// `MAX_HELD`).
-    fn hold(&mut self, signer: MemberId, held: Held) {
+    /// Keeps a round message to judge again once the members it waits for joined, or after
+    /// the next join if it waits for none (the oldest goes beyond `MAX_HELD`).
+    fn hold(&mut self, waiting: Waiting) {
         if self.held.len() >= MAX_HELD {
             self.held.pop_front();
         }
-        self.held.push_back((signer, held));
+        self.held.push_back(waiting);
     }
 
     /// Acts on a round's opening or result if its signer may send it: only the round's
@@ -203,18 +222,13 @@ impl Member {
             let text = format!("{signer}'s opening: the job's coordinator assigns its rounds");
             return self.reject("orchestrated", text);
         }
-        // An assignment is signed by the coordinator, which is no member.
-        if !matches!(held, Held::Assign(_)) && !self.state.members.contains(&signer) {
-            self.ask_for_join(signer, now);
-            return self.hold(signer, held);
-        }
-        let missed = self.missed_members(&held, now);
-        if !missed.is_empty() {
+        let missing = self.missed_members(&signer, &held);
+        if !missing.is_empty() {
             // Every member it names that this member missed is asked for its join.
-            for id in missed {
-                self.ask_for_join(id, now);
+            for id in &missing {
+                self.ask_for_join(*id, now);
             }
-            return self.hold(signer, held);
+            return self.hold(Waiting { signer, held, missing });
         }
         let round = match &held {
             Held::Open(open) => open.round,
@@ -243,7 +257,7 @@ impl Member {
             // A join this member has not heard yet may make the signer the aggregator.
             let detail = format!("{signer} does not aggregate round {round} here");
             self.reject("not_the_aggregator", detail);
-            return self.hold(signer, held);
+            return self.hold(Waiting { signer, held, missing: HashSet::default() });
         }
         match held {
             Held::Open(open) => self.on_open(signer, open, now),
@@ -252,14 +266,13 @@ impl Member {
         }
     }
 
-    /// The members a round message names whose joins this member has not heard.
-    fn missed_members(&mut self, held: &Held, now: u64) -> Vec<MemberId> {
+    /// The members a round message names whose joins this member has not heard, its signer
+    /// among them (an assignment's is the coordinator, which is no member).
+    fn missed_members(&self, signer: &MemberId, held: &Held) -> HashSet<MemberId, KeyHashing> {
         let named: Vec<&MemberId> = match held {
-            Held::Open(open) if self.unknown_among(&open.members, now).is_some() => {
-                open.members.iter().collect()
-            }
+            Held::Open(open) => open.members.iter().chain([signer]).collect(),
+            Held::Result(_) => vec![signer],
             Held::Assign(assignment) => assignment.roles.keys().collect(),
-            Held::Open(_) | Held::Result(_) => return Vec::new(),
         };
         named.into_iter().filter(|id| !self.state.members.contains(id)).copied().collect()
     }

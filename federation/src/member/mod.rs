@@ -23,7 +23,8 @@ use fedmesh_protocol::message::{
 };
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
-use std::collections::{BTreeMap, VecDeque};
+use crate::keyhash::KeyHashing;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// How often the machine wants a tick while it waits for nothing in particular.
@@ -91,6 +92,15 @@ enum Held {
     Assign(Arc<Assignment>),
 }
 
+/// A held round message, with the members it waits for: those it names (its signer among them)
+/// whose joins this member has not heard. Each join heard is struck off, so a message naming
+/// ten thousand members costs one lookup per join, not a look at all of them.
+struct Waiting {
+    signer: MemberId,
+    held: Held,
+    missing: HashSet<MemberId, KeyHashing>,
+}
+
 /// An update that arrived before the opening of its round.
 struct EarlyUpdate {
     signer: MemberId,
@@ -123,7 +133,7 @@ pub struct Member {
     next_pull_ms: u64,
     pulling: Option<MemberId>,
     pulled_all: bool,
-    held: VecDeque<(MemberId, Held)>,
+    held: VecDeque<Waiting>,
     early: VecDeque<EarlyUpdate>,
     /// Evaluation reports of rounds whose result this member has not taken yet.
     early_evals: VecDeque<EvalReport>,
@@ -411,8 +421,8 @@ impl Member {
         if names_exactly(members, &live) {
             return Ok(live);
         }
-        if let Some(unknown) = self.unknown_among(members, now) {
-            return Err(unknown);
+        if let Some(unknown) = members.iter().find(|id| !self.state.members.contains(id)) {
+            return Err(*unknown);
         }
         let mut ids = members.to_vec();
         ids.sort_unstable();
@@ -422,15 +432,6 @@ impl Member {
         }
         let infos = ids.iter().filter_map(|id| self.state.members.info(id)).collect();
         Ok(shared::member_list(infos))
-    }
-
-    /// The first member of a list this member does not know (none when the list names the live
-    /// members in order, as an opening made while every member agrees does: no lookups then).
-    fn unknown_among(&mut self, members: &[MemberId], now: u64) -> Option<MemberId> {
-        if names_exactly(members, &self.live(now)) {
-            return None;
-        }
-        members.iter().find(|id| !self.state.members.contains(id)).copied()
     }
 
     /// Notes that `member` holds `model`, the result of `round`.
