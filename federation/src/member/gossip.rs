@@ -157,13 +157,17 @@ impl Member {
         }
         let view_bound = self.held.iter().any(|w| w.missing.is_empty());
         if completed || (view_bound && (!asked || !self.awaits_answers(now))) {
-            let (ready, waiting) = std::mem::take(&mut self.held)
-                .into_iter()
-                .partition::<Vec<_>, _>(|w| w.missing.is_empty());
-            self.held = waiting.into();
-            for Waiting { signer, held, .. } in ready {
-                self.judge(signer, held, now);
-            }
+            self.judge_unblocked(now);
+        }
+    }
+
+    /// Judges again the held round messages that wait for no member's join.
+    pub(super) fn judge_unblocked(&mut self, now: u64) {
+        let (ready, waiting) =
+            std::mem::take(&mut self.held).into_iter().partition::<Vec<_>, _>(|w| w.missing.is_empty());
+        self.held = waiting.into();
+        for Waiting { signer, held, .. } in ready {
+            self.judge(signer, held, now);
         }
     }
 
@@ -238,6 +242,11 @@ impl Member {
         if round <= self.state.completed_round {
             return; // a round this member completed: nothing of it is followed or taken now
         }
+        if round > self.last_round() {
+            let last = self.last_round();
+            let detail = format!("{signer}'s message for round {round}, past the job's last ({last})");
+            return self.reject("past_last_round", detail);
+        }
         let followed = self.phase.open().is_some_and(|o| o.round == round && o.opener == signer);
         let allowed = match &held {
             Held::Open(_) => self.elected_leader(round, now) == Some(signer),
@@ -257,6 +266,13 @@ impl Member {
             // A join this member has not heard yet may make the signer the aggregator.
             let detail = format!("{signer} does not aggregate round {round} here");
             self.reject("not_the_aggregator", detail);
+            return self.hold(Waiting { signer, held, missing: HashSet::default() });
+        }
+        if !self.continues(&held) && !self.vouched_ahead(&held, &signer, now) {
+            let head = self.head().0;
+            let detail = format!("{signer}'s round {round} does not build on round {head} here");
+            self.reject("ahead_of_round", detail);
+            self.catch_up(now);
             return self.hold(Waiting { signer, held, missing: HashSet::default() });
         }
         match held {
@@ -290,6 +306,34 @@ impl Member {
         };
         !leaves_out_a_live_member
             && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
+    }
+
+    /// Whether a round message continues the job from this member's head: the round after the
+    /// newest it took, over that round's model (a result it took already passes again). The
+    /// coordinator's assignments are trusted to (it fetches their base).
+    fn continues(&self, held: &Held) -> bool {
+        let (head_round, head_model) = self.head();
+        match held {
+            Held::Open(open) => open.round == head_round + 1 && open.base_model == head_model,
+            Held::Result(ready) => {
+                let taken = self.rounds.get(&ready.round).and_then(|record| record.model);
+                taken == Some(ready.model)
+                    || (ready.round == head_round + 1 && ready.base_model == head_model)
+            }
+            Held::Assign(_) => true,
+        }
+    }
+
+    /// Whether a result that does not continue from this member's head (it is ahead, or builds
+    /// on another model) is taken all the same: a member other than its signer was heard to
+    /// hold its model, or no other member is live to say so. One member alone cannot move
+    /// another to a model of its own making, at a round of its choosing.
+    fn vouched_ahead(&mut self, held: &Held, signer: &MemberId, now: u64) -> bool {
+        let Held::Result(ready) = held else { return false };
+        let me = self.me();
+        let others = |m: &MemberId| *m != me && m != signer;
+        let anyone_else_live = self.live(now).iter().any(|m| others(&m.id));
+        !anyone_else_live || self.state.members.holders_of(&ready.model).any(|m| others(&m))
     }
 
     /// A member whose heartbeat says it is still in a round this member closed missed the

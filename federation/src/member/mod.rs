@@ -29,6 +29,9 @@ use std::sync::Arc;
 
 /// How often the machine wants a tick while it waits for nothing in particular.
 const IDLE_WAKE_MS: u64 = 200;
+/// How many results taken from other members a member keeps to serve: a member that missed
+/// fewer rounds than this catches up one round at a time, each result building on the last.
+pub const RESULTS_KEPT: usize = 8;
 /// Most round messages held until the next join.
 const MAX_HELD: usize = 16;
 /// Most updates kept for a round whose opening has not arrived.
@@ -145,10 +148,11 @@ pub struct Member {
     /// The result of the last round this member closed, and when it last went out.
     announced: Option<AggregateReady>,
     announced_ms: u64,
-    /// The newest result taken from another member, with its signer, to pass on.
-    taken: Option<(MemberId, Arc<AggregateReady>)>,
-    /// When this member, behind the others, last asked for their newest result.
-    caught_up_asked_ms: u64,
+    /// The newest results taken from other members (`RESULTS_KEPT` at most), with their
+    /// signers, to pass on to members that missed them.
+    taken: VecDeque<(MemberId, Arc<AggregateReady>)>,
+    /// The round whose result this member, behind the others, last asked for, and when.
+    caught_up_asked: (Round, u64),
     /// Models being fetched, with the round each is the result of.
     fetching: BTreeMap<ContentHash, Round>,
     /// The newest round plans, by round and the members planned over (sorted by key).
@@ -235,8 +239,8 @@ impl Member {
             last_update: None,
             announced: snapshot.announced,
             announced_ms: 0,
-            taken: None,
-            caught_up_asked_ms: 0,
+            taken: VecDeque::new(),
+            caught_up_asked: (0, 0),
             fetching: BTreeMap::new(),
             plans: VecDeque::new(),
             furthest_heard: 0,

@@ -3,7 +3,7 @@
 //! results a member missed (asked of members past the round, served to those that ask).
 
 use super::phase::Phase;
-use super::{Effect, Level, Member, Publish, Served};
+use super::{Effect, Level, Member, Publish, RESULTS_KEPT, Served};
 use crate::records::{RoundRecord, RunStatus};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalMetrics, EvalReport};
@@ -54,11 +54,11 @@ impl Member {
             RoundRecord::new(ready.round, signer, ready.base_model, ready.sent_at_ms)
         });
         record.close(&ready);
-        if signer != self.me() {
-            let newer = self.taken.as_ref().is_none_or(|(_, kept)| kept.round < ready.round);
-            if newer {
-                self.taken = Some((signer, ready.clone()));
+        if !self.taken.iter().any(|(_, kept)| kept.round == ready.round) {
+            if self.taken.len() >= RESULTS_KEPT {
+                self.taken.pop_front();
             }
+            self.taken.push_back((signer, ready.clone()));
         }
         if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {
             self.last_update = None;
@@ -148,6 +148,7 @@ impl Member {
         }
         self.next_open_check_ms = now;
         self.persist();
+        self.judge_unblocked(now); // round messages ahead of this model may continue from it
         if round >= self.last_round() {
             // Complete once its evaluation is recorded (`on_evaluated`): whoever reads the
             // completed job finds the final model's metrics.
@@ -220,15 +221,31 @@ impl Member {
         self.ask_for_result(round, now);
     }
 
-    /// A member whose peers' heartbeats say they are past `round` while it waits for it missed
-    /// results (it was down, cut off, or joined late): it asks for the newest result they hold,
-    /// at most once every `ASK_AGAIN_MS`, instead of running a round they finished.
-    pub(super) fn catch_up(&mut self, heard: Round, now: u64) {
-        if now.saturating_sub(self.caught_up_asked_ms) < ASK_AGAIN_MS {
+    /// A member behind the others (their heartbeats, or a round message ahead of its own,
+    /// say so: it was down, cut off, or joined late) asks for the next result it lacks, one
+    /// round at a time, each building on the last (`RESULTS_KEPT` are kept to serve). If that
+    /// was asked for `ASK_AGAIN_MS` ago in vain (it is gone from every window), it asks for the
+    /// newest one members were heard to be past, taken only as `vouched_ahead` says.
+    pub(super) fn catch_up(&mut self, now: u64) {
+        let next = self.head().0 + 1;
+        let (asked_round, asked_ms) = self.caught_up_asked;
+        if asked_round == next && now.saturating_sub(asked_ms) < ASK_AGAIN_MS {
             return;
         }
-        self.caught_up_asked_ms = now;
-        self.ask_for_result(heard - 1, now);
+        self.caught_up_asked = (next, now);
+        let newest = self.furthest_heard.saturating_sub(1);
+        let round = if asked_round == next && newest > next { newest } else { next };
+        self.ask_for_result(round, now);
+    }
+
+    /// The newest round whose result this member took, with its model (adopted, or still
+    /// being fetched): a round message continues the job here only if it builds on it.
+    pub(super) fn head(&self) -> (Round, ContentHash) {
+        let completed = self.state.completed_round;
+        let mut taken = self.rounds.range(completed + 1..).rev();
+        taken
+            .find_map(|(round, record)| record.model.map(|model| (*round, model)))
+            .unwrap_or((completed, self.state.model))
     }
 
     /// Asks a few members for the signed result of `round`: those heard to be past it first,
@@ -249,12 +266,18 @@ impl Member {
         }
     }
 
-    /// Serves the result of `round` to a member that missed it, if this member has one.
+    /// Serves the result of `round` to a member that missed it, if this member has one: its
+    /// own (signed anew), or one it took (as its aggregator signed it).
     pub(super) fn serve_result(&mut self, to: MemberId, round: Round, request: u64) {
-        let own = self.announced.clone().filter(|ready| ready.round == round).map(Served::Own);
-        let taken = self.taken.clone().filter(|(_, ready)| ready.round == round);
-        let served = own.or(taken
-            .map(|(signer, ready)| Served::Taken { signer, ready: AggregateReady::clone(&ready) }));
+        let me = self.me();
+        let kept = self.taken.iter().find(|(_, ready)| ready.round == round);
+        let served = match kept {
+            Some((signer, ready)) if *signer == me => Some(Served::Own(AggregateReady::clone(ready))),
+            Some((signer, ready)) => {
+                Some(Served::Taken { signer: *signer, ready: AggregateReady::clone(ready) })
+            }
+            None => self.announced.clone().filter(|ready| ready.round == round).map(Served::Own),
+        };
         if let Some(result) = served {
             self.effects.push(Effect::ServeResult { request, to, result });
         }

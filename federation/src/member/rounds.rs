@@ -52,8 +52,8 @@ impl Member {
         if self.orchestrated(now) {
             return self.follow_assignment(round, now);
         }
-        if let Some(heard) = self.heard_past(round) {
-            return self.catch_up(heard, now);
+        if self.heard_past(round) {
+            return self.catch_up(now);
         }
         if self.settling(now) || now < self.view_changed_ms + VIEW_HOLD_MS {
             return;
@@ -104,11 +104,10 @@ impl Member {
         !(heard && agrees) && now < self.joined_ms + 2 * self.cadence().heartbeat_ms()
     }
 
-    /// The furthest round a member's heartbeat named, when it is past `round`: this member is
-    /// behind, and catches up from the others' results instead of running a round they
+    /// Whether a member's heartbeat named a round past `round`: this member is behind, and catches up from the others' results instead of running a round they
     /// finished (a silent member's word counts too: it was past the round when it spoke).
-    fn heard_past(&self, round: Round) -> Option<Round> {
-        (self.furthest_heard > round).then_some(self.furthest_heard)
+    fn heard_past(&self, round: Round) -> bool {
+        self.furthest_heard > round
     }
 
     /// Publishes an opening this member leads, and follows it itself.

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::coordinator::{CoordinatedJob, CoordinatedState};
-use fedmesh_protocol::message::{Assignment, JobStop, ModelDelta, PartialAggregate};
+use fedmesh_protocol::message::{Assignment, JobStop, ModelDelta, PartialAggregate, RoundOpen};
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::collections::BTreeSet;
 
@@ -764,12 +764,16 @@ fn a_newcomer_is_answered_by_each_member_alone_and_nobody_repeats_its_join_to_th
     assert_eq!(answered, [1, 2, 3].map(member_id).into(), "each member answered it alone");
 }
 
-/// Adds member 9, whose join on the topic member 1 never hears.
+/// Adds member 9, whose join member 1 hears only as an answer to its own question (not on the
+/// topic, nor when member 9 asks member 1 for its join).
 fn add_newcomer_member_1_does_not_hear(net: &mut Net) {
     net.drop = Some(Box::new(|from, to, event| {
         from == member_id(9)
             && to == member_id(1)
-            && matches!(event, Event::Gossip { message: Gossip::Join(_), .. })
+            && matches!(
+                event,
+                Event::Gossip { message: Gossip::Join(_), .. } | Event::JoinSent { asks: true, .. }
+            )
     }));
     net.add(9, "a");
     net.may_miss_rounds.insert(member_id(9));
@@ -854,6 +858,87 @@ fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
     net.assert_agree();
     let record = &net.member(1).rounds()[&1];
     assert_ne!(record.model, Some(ContentHash::of(b"a made-up model")));
+}
+
+/// The member that leads `round` of a four-member central job of `rounds` rounds: it would be
+/// elected over every member, so it may announce that round's result (the election is a public
+/// hash: a member finds such a round offline).
+fn elected_leader_of(rounds: u64, round: Round) -> MemberId {
+    let mut net = four_central(rounds);
+    net.run(600_000);
+    net.opened.iter().find(|((r, _), _)| *r == round).map(|(_, opener)| *opener).expect("opened")
+}
+
+/// A result for `round` over every member, naming a model of its forger's making (which it
+/// serves to whoever asks).
+fn forged_result(net: &mut Net, round: Round) -> AggregateReady {
+    let made_up = Arc::new(vec![0.0_f32; net.member(1).params().len()]);
+    let model = hash_f32(&made_up);
+    net.blobs.insert(model, made_up);
+    AggregateReady {
+        job: net.job,
+        round,
+        base_model: ContentHash::of(b"a base nobody holds"),
+        model,
+        contributions: Vec::new(),
+        metrics: Default::default(),
+        members: net.members.keys().copied().collect(),
+        sent_at_ms: net.now,
+    }
+}
+
+#[test]
+fn a_members_result_for_the_jobs_last_round_is_refused_and_the_job_goes_on() {
+    let rounds = 12;
+    let forger = elected_leader_of(rounds, rounds);
+    let mut net = four_central(rounds);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let forged = forged_result(&mut net, rounds);
+    let made_up = forged.model;
+    net.carry_out(forger, Effect::Publish(Publish::Result(forged)));
+    net.run(600_000);
+    net.assert_agree();
+    assert!(net.rejected("ahead_of_round"), "the forged result was refused: {:?}", net.rejections);
+    for member in net.live_members() {
+        assert_ne!(member.model(), made_up, "{} took the made-up model", member.me());
+        assert_eq!(member.rounds()[&rounds].aggregator, forger, "the forger led the last round");
+    }
+}
+
+#[test]
+fn an_opening_ahead_of_the_members_round_is_not_followed_until_the_rounds_between_arrive() {
+    let rounds = 12;
+    let forger = elected_leader_of(rounds, 8);
+    let mut net = four_central(rounds);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let open = RoundOpen {
+        job: net.job,
+        round: 8,
+        base_model: ContentHash::of(b"a base nobody holds"),
+        deadline_ms: net.now + 5_000,
+        opened_at_ms: net.now,
+        members: net.members.keys().copied().collect(),
+    };
+    net.carry_out(forger, Effect::Publish(Publish::Open(open)));
+    net.step();
+    assert!(net.rejected("ahead_of_round"), "the opening was refused: {:?}", net.rejections);
+    let trained_8 = net.trainings.keys().any(|(_, round)| *round == 8);
+    assert!(!trained_8, "nobody trained for round 8 ahead of round 2");
+    net.run(600_000);
+    net.assert_agree();
+}
+
+#[test]
+fn a_result_past_the_jobs_last_round_is_refused() {
+    let mut net = four_central(3);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let forger = member_id(2);
+    let forged = forged_result(&mut net, 4);
+    net.carry_out(forger, Effect::Publish(Publish::Result(forged)));
+    net.step();
+    assert!(net.rejected("past_last_round"), "refused: {:?}", net.rejections);
+    net.run(120_000);
+    net.assert_agree();
 }
 
 #[test]

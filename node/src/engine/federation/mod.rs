@@ -40,9 +40,6 @@ pub fn job_topic(job: &JobId) -> String {
     format!("fedmesh/job/{job}/1")
 }
 
-/// How many signed results taken from other members are kept, to serve to members that missed
-/// them.
-const TAKEN_KEPT: usize = 4;
 /// Most ticks handed to a machine in a row because it asked to be woken at once.
 const MAX_IMMEDIATE_TICKS: usize = 4;
 
@@ -61,7 +58,8 @@ pub struct JobRun {
     /// The round records and announced result as last persisted: a snapshot writes only what
     /// changed.
     persisted: store::Persisted,
-    /// The newest signed results taken from other members, as they signed them.
+    /// The newest signed results taken from other members, as they signed them (as many as
+    /// the machine keeps to serve).
     taken: VecDeque<Signed<AggregateReady>>,
 }
 
@@ -100,7 +98,7 @@ impl JobRun {
         if self.taken.iter().any(|kept| kept.unverified_body() == signed.unverified_body()) {
             return;
         }
-        if self.taken.len() >= TAKEN_KEPT {
+        if self.taken.len() >= fedmesh_federation::member::RESULTS_KEPT {
             self.taken.pop_front();
         }
         self.taken.push_back(signed);
