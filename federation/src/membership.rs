@@ -16,7 +16,7 @@ use fedmesh_protocol::message::Join;
 use fedmesh_topologies::MemberInfo;
 use serde::{Deserialize, Serialize};
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -96,10 +96,13 @@ impl Key {
 }
 
 /// What is known of a member beside its declaration (rounds saturate at `u32::MAX`, past any
-/// job's last round).
+/// job's last round), with the send times of its newest join and heartbeat: the high-water
+/// marks a replayed copy falls below.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Entry {
     last_seen_ms: u64,
+    join_sent_ms: u64,
+    beat_sent_ms: u64,
     round_heard: u32,
     held_round: u32,
     /// An index into the table of models, or `NO_MODEL`.
@@ -121,14 +124,41 @@ fn narrow(round: Round) -> u32 {
     u32::try_from(round).unwrap_or(u32::MAX)
 }
 
-/// The members and the models they hold (shared with snapshots until it changes).
+/// The members and the models they hold (shared with snapshots until it changes), and when
+/// the members that left the newest `LEAVES_KEPT` times sent their leaves.
 #[derive(Debug, Clone, Default)]
 struct Known {
     members: HashMap<Key, Entry, KeyHashing>,
     models: Vec<ContentHash>,
+    left: HashMap<MemberId, u64, KeyHashing>,
+    left_order: VecDeque<MemberId>,
+}
+
+/// How many members that left a membership remembers, so that their old joins replayed do not
+/// bring them back.
+const LEAVES_KEPT: usize = 1_024;
+
+/// A join, heartbeat or leave sent before the newest one heard from its member (or, for a
+/// heartbeat, at the same time): a copy replayed, refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub sent_at_ms: u64,
+    pub newest_ms: u64,
 }
 
 impl Known {
+    /// Remembers that `member` left with a leave sent at `sent_at_ms`.
+    fn remember_leave(&mut self, member: MemberId, sent_at_ms: u64) {
+        if self.left.insert(member, sent_at_ms).is_none() {
+            self.left_order.push_back(member);
+        }
+        while self.left_order.len() > LEAVES_KEPT {
+            if let Some(oldest) = self.left_order.pop_front() {
+                self.left.remove(&oldest);
+            }
+        }
+    }
+
     /// The index of `model` in the table, added if new (after dropping unheld models when the
     /// table is full).
     fn model_index(&mut self, model: ContentHash) -> u32 {
@@ -215,8 +245,11 @@ impl From<Persisted> for Membership {
         let mut known = Known::default();
         for member in persisted.members.into_values() {
             let id = member.info.id;
+            // The high-water marks are not persisted: the first message after a restart sets them.
             let entry = Entry {
                 last_seen_ms: member.last_seen_ms,
+                join_sent_ms: 0,
+                beat_sent_ms: 0,
                 round_heard: narrow(member.round_heard),
                 held_round: 0,
                 held_model: NO_MODEL,
@@ -258,8 +291,10 @@ impl Membership {
         now_ms.saturating_sub(last_seen_ms) <= self.liveness_ms()
     }
 
-    /// Records a join (again); says whether the member is new.
-    pub fn join(&mut self, join: &Join, now_ms: u64) -> bool {
+    /// Records a join (again); says whether the member is new. A join sent before the newest
+    /// one heard from its member, or before its leave, is a replay; a copy of the newest (it
+    /// came on the topic and as an answer) changes nothing.
+    pub fn join(&mut self, join: &Join, now_ms: u64) -> Result<bool, Replayed> {
         let liveness = self.liveness_ms();
         let known = Arc::make_mut(&mut self.known);
         let declared = Declared {
@@ -270,33 +305,57 @@ impl Membership {
             },
             samples: join.samples,
         };
+        let replayed = |newest_ms| Replayed { sent_at_ms: join.sent_at_ms, newest_ms };
         let Some((key, entry)) = known.members.get_key_value(&join.member) else {
+            if let Some(left_ms) = known.left.get(&join.member).filter(|l| join.sent_at_ms <= **l) {
+                return Err(replayed(*left_ms));
+            }
             self.live = None;
-            let entry =
-                Entry { last_seen_ms: now_ms, round_heard: 0, held_round: 0, held_model: NO_MODEL };
+            let entry = Entry {
+                last_seen_ms: now_ms,
+                join_sent_ms: join.sent_at_ms,
+                beat_sent_ms: 0,
+                round_heard: 0,
+                held_round: 0,
+                held_model: NO_MODEL,
+            };
             known.members.insert(Key(shared::declaration(declared)), entry);
-            return true;
+            return Ok(true);
         };
+        if join.sent_at_ms < entry.join_sent_ms {
+            return Err(replayed(entry.join_sent_ms));
+        }
+        if join.sent_at_ms == entry.join_sent_ms {
+            return Ok(false);
+        }
         // A repeated join (most joins in a large job) changes nothing but the times.
         let silent = now_ms.saturating_sub(entry.last_seen_ms) > liveness;
         if key.0.info != declared.info || silent {
             self.live = None;
         }
         let redeclared = *key.0 != declared;
-        let entry = Entry { last_seen_ms: now_ms, ..*entry };
+        let entry = Entry { last_seen_ms: now_ms, join_sent_ms: join.sent_at_ms, ..*entry };
         if redeclared {
             known.members.remove(&join.member);
             known.members.insert(Key(shared::declaration(declared)), entry);
         } else if let Some(kept) = known.members.get_mut(&join.member) {
             *kept = entry;
         }
-        false
+        Ok(false)
     }
 
-    /// Records a leave; says whether the member was known.
-    pub fn leave(&mut self, member: &MemberId) -> bool {
+    /// Records a leave sent at `sent_at_ms`; says whether the member was known. A leave sent
+    /// before the member's newest join is a replay (it left, then joined again).
+    pub fn leave(&mut self, member: &MemberId, sent_at_ms: u64) -> Result<bool, Replayed> {
+        let known = Arc::make_mut(&mut self.known);
+        let Some(entry) = known.members.get(member) else { return Ok(false) };
+        if sent_at_ms < entry.join_sent_ms {
+            return Err(Replayed { sent_at_ms, newest_ms: entry.join_sent_ms });
+        }
         self.live = None;
-        Arc::make_mut(&mut self.known).members.remove(member).is_some()
+        known.members.remove(member);
+        known.remember_leave(*member, sent_at_ms);
+        Ok(true)
     }
 
     /// Records a sign of life; says whether the member is known (a heartbeat from a member whose
@@ -305,20 +364,29 @@ impl Membership {
         self.touch(member, now_ms).is_some()
     }
 
-    /// Records a member's heartbeat: a sign of life, the round it is in and the model it holds
-    /// (the previous round's result); says whether the member is known.
+    /// Records a member's heartbeat sent at `sent_at_ms`: a sign of life, the round it is in
+    /// and the model it holds (the previous round's result); says whether the member is known.
+    /// One sent no later than the newest heard from it is a replay: it keeps no one live.
     pub fn heartbeat(
         &mut self,
         member: &MemberId,
-        round: Round,
-        model: ContentHash,
+        (round, model): (Round, ContentHash),
+        sent_at_ms: u64,
         now_ms: u64,
-    ) -> bool {
+    ) -> Result<bool, Replayed> {
+        let newest_ms = match self.known.members.get(member) {
+            None => return Ok(false),
+            Some(entry) => entry.beat_sent_ms,
+        };
+        if sent_at_ms <= newest_ms {
+            return Err(Replayed { sent_at_ms, newest_ms });
+        }
         let index = Arc::make_mut(&mut self.known).model_index(model);
-        let Some(entry) = self.touch(member, now_ms) else { return false };
+        let Some(entry) = self.touch(member, now_ms) else { return Ok(false) };
+        entry.beat_sent_ms = sent_at_ms;
         entry.round_heard = narrow(round);
         entry.hold(round.saturating_sub(1), index);
-        true
+        Ok(true)
     }
 
     /// A known member's sign of life, and its entry for more of what it said.
@@ -489,12 +557,18 @@ mod tests {
         }
     }
 
+    /// `join` as sent at `at`.
+    fn sent(join: Join, at: u64) -> Join {
+        Join { sent_at_ms: at, ..join }
+    }
+
     #[test]
     fn live_members_are_those_heard_from_recently() {
         let mut members = Membership::default();
-        assert!(members.join(&join(1), 1_000));
-        assert!(members.join(&join(2), 1_000));
-        assert!(!members.join(&join(2), 1_500), "a repeated join is not a new member");
+        assert_eq!(members.join(&join(1), 1_000), Ok(true));
+        assert_eq!(members.join(&join(2), 1_000), Ok(true));
+        let again = sent(join(2), 1_500);
+        assert_eq!(members.join(&again, 1_500), Ok(false), "a repeated join is not a new member");
         assert!(members.seen(&MemberId([1; 32]), 9_000));
         assert!(!members.seen(&MemberId([3; 32]), 9_000), "unknown members stay unknown");
         assert_eq!(members.liveness_ms(), 10_000, "a small job's window");
@@ -502,7 +576,7 @@ mod tests {
         assert_eq!(live, [MemberId([1; 32])]);
         assert!(members.is_live(&MemberId([1; 32]), 12_000));
         assert!(!members.is_live(&MemberId([2; 32]), 12_000));
-        assert!(members.leave(&MemberId([1; 32])));
+        assert_eq!(members.leave(&MemberId([1; 32]), 12_000), Ok(true));
         assert!(members.live(12_000).is_empty());
     }
 
@@ -510,8 +584,8 @@ mod tests {
     fn the_kept_live_view_follows_expiries_revivals_and_joins() {
         let ids = |live: Arc<[MemberInfo]>| live.iter().map(|m| m.id.0[0]).collect::<Vec<_>>();
         let mut members = Membership::default();
-        members.join(&join(1), 1_000);
-        members.join(&join(2), 5_000);
+        members.join(&join(1), 1_000).expect("a join");
+        members.join(&join(2), 5_000).expect("a join");
         let first = members.live(6_000);
         assert!(Arc::ptr_eq(&first, &members.live(10_000)), "nothing changed: kept");
         members.seen(&MemberId([2; 32]), 10_500);
@@ -519,11 +593,11 @@ mod tests {
         assert_eq!(ids(members.live(11_001)), [2], "member 1 fell silent at 11 s");
         members.seen(&MemberId([1; 32]), 12_000);
         assert_eq!(ids(members.live(12_000)), [1, 2], "member 1 came back");
-        members.join(&join(3), 12_500);
+        members.join(&join(3), 12_500).expect("a join");
         assert_eq!(ids(members.live(12_500)), [1, 2, 3], "a newcomer");
-        let mut moved = join(3);
+        let mut moved = sent(join(3), 12_600);
         moved.group = "us".into();
-        members.join(&moved, 12_600);
+        members.join(&moved, 12_600).expect("a join");
         assert_eq!(members.live(12_600)[2].group, "us", "a member's new declaration");
     }
 
@@ -531,18 +605,41 @@ mod tests {
     fn a_member_holds_the_newest_model_it_was_heard_with() {
         let (old, new) = (ContentHash::of(b"round 1"), ContentHash::of(b"round 2"));
         let mut members = Membership::default();
-        members.join(&join(1), 0);
-        members.join(&join(2), 0);
-        assert!(members.heartbeat(&MemberId([1; 32]), 3, new, 100), "in round 3, holds round 2's");
+        members.join(&join(1), 0).expect("a join");
+        members.join(&join(2), 0).expect("a join");
+        let beat = members.heartbeat(&MemberId([1; 32]), (3, new), 100, 100);
+        assert_eq!(beat, Ok(true), "in round 3, holds round 2's");
         members.holds(&MemberId([1; 32]), 1, old);
         members.holds(&MemberId([2; 32]), 1, old);
         members.holds(&MemberId([9; 32]), 1, old);
         assert_eq!(members.holders_of(&new).collect::<Vec<_>>(), [MemberId([1; 32])]);
         assert_eq!(members.holders_of(&old).collect::<Vec<_>>(), [MemberId([2; 32])]);
         assert_eq!(members.round_heard(&MemberId([1; 32])), Some(3));
-        members.join(&join(1), 200);
+        members.join(&sent(join(1), 200), 200).expect("a newer join");
         assert_eq!(members.round_heard(&MemberId([1; 32])), Some(3), "a repeated join keeps it");
-        assert!(!members.heartbeat(&MemberId([9; 32]), 3, new, 100), "not a member");
+        let stranger = members.heartbeat(&MemberId([9; 32]), (3, new), 100, 100);
+        assert_eq!(stranger, Ok(false), "not a member");
+    }
+
+    #[test]
+    fn replayed_joins_heartbeats_and_leaves_are_refused() {
+        let mut members = Membership::default();
+        let id = MemberId([1; 32]);
+        let model = ContentHash::of(b"round 1");
+        members.join(&sent(join(1), 1_000), 1_000).expect("a join");
+        assert_eq!(members.heartbeat(&id, (2, model), 5_000, 5_000), Ok(true));
+        let replay = members.heartbeat(&id, (2, model), 5_000, 30_000);
+        assert_eq!(replay, Err(Replayed { sent_at_ms: 5_000, newest_ms: 5_000 }));
+        assert!(!members.is_live(&id, 30_000), "a dead member's heartbeat replayed keeps it dead");
+        let older = members.join(&sent(join(1), 900), 30_000);
+        assert_eq!(older, Err(Replayed { sent_at_ms: 900, newest_ms: 1_000 }));
+        members.join(&sent(join(1), 31_000), 31_000).expect("it joins again");
+        let old_leave = members.leave(&id, 20_000);
+        assert_eq!(old_leave, Err(Replayed { sent_at_ms: 20_000, newest_ms: 31_000 }));
+        assert_eq!(members.leave(&id, 40_000), Ok(true), "it leaves");
+        let rejoin_replayed = members.join(&sent(join(1), 31_000), 41_000);
+        assert_eq!(rejoin_replayed, Err(Replayed { sent_at_ms: 31_000, newest_ms: 40_000 }));
+        assert!(!members.contains(&id), "its old join replayed does not bring it back");
     }
 
     #[test]
@@ -556,12 +653,12 @@ mod tests {
         };
         let (mut ours, mut theirs) = (Membership::default(), Membership::default());
         for n in 0..8 {
-            ours.join(&key(n, n), 0);
-            theirs.join(&key(n, n), 0);
+            ours.join(&key(n, n), 0).expect("a join");
+            theirs.join(&key(n, n), 0).expect("a join");
         }
         assert_eq!(ours.digest(), theirs.digest(), "the same members, in another order");
         assert!(theirs.differing(&ours.digest()).is_empty());
-        theirs.join(&key(3, 100), 0);
+        theirs.join(&key(3, 100), 0).expect("a join");
         let listed = theirs.differing(&ours.digest());
         assert_eq!(listed, [key(3, 3).member, key(3, 100).member], "the differing part's members");
         assert!(ours.differing(&Digest(vec![0; 3])).is_empty(), "a digest of another shape");

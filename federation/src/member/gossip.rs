@@ -5,9 +5,10 @@
 
 use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting};
 use crate::keyhash::KeyHashing;
+use crate::membership::Replayed;
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
-use fedmesh_protocol::message::{AggregateReady, EvalReport, Join};
+use fedmesh_protocol::message::{AggregateReady, EvalReport, Join, RoundOpen};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -50,10 +51,15 @@ impl Member {
         match message {
             Gossip::Join(join) if join.member == signer => self.on_join(join, Heard::Topic, now),
             Gossip::Leave(leave) if leave.member == signer => {
-                if self.state.members.leave(&leave.member) {
-                    self.view_changed_ms = now;
-                    self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
-                    self.persist_lazily();
+                match self.state.members.leave(&leave.member, leave.sent_at_ms) {
+                    Ok(true) => {
+                        self.view_changed_ms = now;
+                        let text = format!("{} left: {}", leave.member, leave.reason);
+                        self.log(Level::Info, 0, text);
+                        self.persist_lazily();
+                    }
+                    Ok(false) => {}
+                    Err(replayed) => self.refuse_replay("leave", signer, replayed),
                 }
             }
             Gossip::Heartbeat(beat) if beat.member == signer && self.is_coordinator(&signer) => {
@@ -64,17 +70,20 @@ impl Member {
             }
             Gossip::Heartbeat(beat) if beat.member == signer => {
                 // Only a member's word counts, and never for a round past the job's last one.
-                let last = self.setup.spec.hyperparameters.rounds + 1;
-                let members = &mut self.state.members;
-                if beat.round <= last
-                    && members.heartbeat(&beat.member, beat.round, beat.model, now)
-                {
-                    self.heartbeats_heard = self.heartbeats_heard.saturating_add(1);
-                    self.furthest_heard = self.furthest_heard.max(beat.round);
-                    self.announce_again(beat.round, now);
-                } else {
+                if beat.round > self.last_round() + 1 {
+                    let detail = format!("{signer}'s heartbeat names round {}", beat.round);
+                    return self.reject("past_last_round", detail);
+                }
+                let said = (beat.round, beat.model);
+                match self.state.members.heartbeat(&beat.member, said, beat.sent_at_ms, now) {
+                    Ok(true) => {
+                        self.heartbeats_heard = self.heartbeats_heard.saturating_add(1);
+                        self.furthest_heard = self.furthest_heard.max(beat.round);
+                        self.announce_again(beat.round, now);
+                    }
                     // A member whose join this member missed: it asks for it.
-                    self.ask_for_join(beat.member, now);
+                    Ok(false) => _ = self.ask_for_join(beat.member, now),
+                    Err(replayed) => self.refuse_replay("heartbeat", signer, replayed),
                 }
             }
             Gossip::Eval(report) if report.member == signer => self.on_eval(report, now),
@@ -119,7 +128,10 @@ impl Member {
             return self.log(Level::Info, 0, format!("{}: not on the allow-list", join.member));
         }
         let member = join.member;
-        let new = self.state.members.join(&join, now);
+        let new = match self.state.members.join(&join, now) {
+            Ok(new) => new,
+            Err(replayed) => return self.refuse_replay("join", member, replayed),
+        };
         let asked = self.asked.remove(&member).is_some();
         let answer = match heard {
             Heard::Asked => true,
@@ -137,6 +149,13 @@ impl Member {
         self.log(Level::Info, 0, text);
         self.persist_lazily();
         self.strike_off(&member, asked, now);
+    }
+
+    /// Refuses a message sent no later than the newest of its kind heard from its member.
+    fn refuse_replay(&mut self, kind: &str, signer: MemberId, replayed: Replayed) {
+        let Replayed { sent_at_ms, newest_ms } = replayed;
+        let detail = format!("{signer}'s {kind} sent at {sent_at_ms}, not after {newest_ms}");
+        self.reject("replayed", detail);
     }
 
     /// Judges the held round messages again.
@@ -268,6 +287,12 @@ impl Member {
             self.reject("not_the_aggregator", detail);
             return self.hold(Waiting { signer, held, missing: HashSet::default() });
         }
+        if let Held::Open(open) = &held
+            && let Some(newest_ms) = self.newer_opening_followed(open)
+        {
+            let replayed = Replayed { sent_at_ms: open.opened_at_ms, newest_ms };
+            return self.refuse_replay("opening", signer, replayed);
+        }
         if !self.continues(&held) && !self.vouched_ahead(&held, &signer, now) {
             let head = self.head().0;
             let detail = format!("{signer}'s round {round} does not build on round {head} here");
@@ -306,6 +331,13 @@ impl Member {
         };
         !leaves_out_a_live_member
             && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
+    }
+
+    /// When the opening of the same round this member follows was made, if after `open`: an
+    /// older opening of the round (replayed, or overtaken by a reopening) is not followed.
+    fn newer_opening_followed(&self, open: &RoundOpen) -> Option<u64> {
+        let followed = self.phase.open().filter(|o| o.round == open.round)?;
+        (followed.opened_at_ms > open.opened_at_ms).then_some(followed.opened_at_ms)
     }
 
     /// Whether a round message continues the job from this member's head: the round after the

@@ -484,7 +484,8 @@ impl Member {
     fn publish_join(&mut self, now: u64) {
         self.last_join_ms = now;
         let join = self.own_join(now);
-        self.state.members.join(&join, now);
+        // Its own join is never older than the last it sent (the clock only moves on).
+        let _ = self.state.members.join(&join, now);
         self.effects.push(Effect::Publish(Publish::Join(join)));
     }
 

@@ -182,6 +182,8 @@ struct Net {
     fetches: Vec<(MemberId, Round, ContentHash, u64)>,
     /// Members whose fetches fail.
     cannot_fetch: BTreeSet<MemberId>,
+    /// Every message published, with its signer (what a hostile peer could capture).
+    published: Vec<(MemberId, Gossip)>,
 }
 
 impl Net {
@@ -214,6 +216,7 @@ impl Net {
             rejections: Vec::new(),
             fetches: Vec::new(),
             cannot_fetch: BTreeSet::new(),
+            published: Vec::new(),
         };
         for (byte, group) in members {
             net.add(*byte, group);
@@ -452,6 +455,7 @@ impl Net {
         if let Some(coordinator) = self.coordinator.as_mut() {
             coordinator.hear(from, &message, self.now);
         }
+        self.published.push((from, message.clone()));
         self.gossip(from, message);
     }
 
@@ -942,6 +946,40 @@ fn a_result_past_the_jobs_last_round_is_refused() {
 }
 
 #[test]
+fn a_dead_members_joins_and_heartbeats_replayed_keep_it_out_of_the_rounds() {
+    let mut net = four_central(6);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let dead = member_id(4);
+    net.kill(4);
+    let captured: Vec<Gossip> = net
+        .published
+        .iter()
+        .filter(|(from, message)| {
+            *from == dead && matches!(message, Gossip::Heartbeat(_) | Gossip::Join(_))
+        })
+        .map(|(_, message)| message.clone())
+        .collect();
+    assert!(captured.len() >= 2, "member 4 joined and beat: {}", captured.len());
+    // A hostile peer replays everything member 4 said, every second, until the job ends.
+    while net.now < 600_000 && !net.all_done() {
+        for message in &captured {
+            net.gossip(dead, message.clone());
+        }
+        net.run(1_000);
+    }
+    net.assert_agree();
+    assert!(net.rejected("replayed"), "the replays were refused: {:?}", net.rejections);
+    let planned_over = |round: Round| {
+        net.published.iter().rev().find_map(|(_, message)| match message {
+            Gossip::Open(open) if open.round == round => Some(open.members.clone()),
+            _ => None,
+        })
+    };
+    let last = planned_over(6).expect("round 6 opened");
+    assert!(!last.contains(&dead), "member 4 was planned out of the last round: {last:?}");
+}
+
+#[test]
 fn updates_for_the_wrong_round_or_base_are_refused_with_a_reason() {
     let mut net = four_central(1);
     net.run_until(10_000, |net| net.openings_of(1) == 1);
@@ -1236,7 +1274,7 @@ fn a_member_answers_a_pull_with_the_members_where_the_memberships_differ() {
     let mut theirs = crate::membership::Membership::default();
     for byte in [1, 2, 3] {
         let Event::JoinSent { join, .. } = answer_from(job, byte, 1_000) else { continue };
-        theirs.join(&join, 1_000);
+        theirs.join(&join, 1_000).expect("a join");
     }
     let listed = |effects: Vec<Effect>| {
         effects.into_iter().find_map(|effect| match effect {
