@@ -422,6 +422,11 @@ impl Membership {
         self.known.members.get(member).map(|m| Round::from(m.round_heard))
     }
 
+    /// How many samples a member declared when it joined (its update weighs no more).
+    pub fn declared_samples(&self, member: &MemberId) -> Option<u64> {
+        self.known.members.get_key_value(member).map(|(key, _)| key.0.samples)
+    }
+
     /// What a member declared when it joined.
     pub fn info(&self, member: &MemberId) -> Option<MemberInfo> {
         self.known.members.get_key_value(member).map(|(key, _)| key.0.info.clone())

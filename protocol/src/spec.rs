@@ -206,11 +206,20 @@ pub struct Participation {
     pub fraction: f32,
     /// The keys allowed to join; empty means anyone the node's policy admits.
     pub allow: Vec<MemberId>,
+    /// The most samples one member's update may weigh in a round (default: no cap beyond the
+    /// count each member declared when it joined).
+    pub max_samples: Option<u64>,
 }
 
 impl Default for Participation {
     fn default() -> Self {
-        Self { min_participants: 1, max_participants: None, fraction: 1.0, allow: Vec::new() }
+        Self {
+            min_participants: 1,
+            max_participants: None,
+            fraction: 1.0,
+            allow: Vec::new(),
+            max_samples: None,
+        }
     }
 }
 
@@ -773,6 +782,9 @@ fn check_participation(p: &mut Problems, part: &Participation) {
     }
     let fraction = in_range(part.fraction, 0.0, 1.0, true) && part.fraction > 0.0;
     p.require(fraction, "participation.fraction", "must be in (0, 1]");
+    if let Some(cap) = part.max_samples {
+        p.require(cap >= 1, "participation.max_samples", "must be >= 1");
+    }
     p.require(part.allow.len() <= MAX_MEMBERS, "participation.allow", "too many members");
     let mut seen = BTreeSet::new();
     for (index, member) in part.allow.iter().enumerate() {

@@ -324,7 +324,7 @@ impl Member {
         let update = DeltaToSend {
             round,
             base,
-            samples: trained.samples,
+            samples: trained.samples.min(self.weight_bound(&self.me())),
             metrics: trained.metrics,
             values: trained.delta,
         };
@@ -420,6 +420,7 @@ impl Member {
         now: u64,
     ) -> Result<(), Refusal> {
         let job = self.setup.job;
+        let weight_bound = self.weight_bound(&signer);
         let Some(open) = self.phase.open_mut().filter(|o| !o.slots.is_empty()) else {
             let detail = format!("this member collects no updates for job {job} now");
             return Err(Refusal::new("not_aggregating", detail));
@@ -427,12 +428,27 @@ impl Member {
         let index = open.slots.iter().position(|s| s.expects(&signer, &update)).unwrap_or(0);
         let slot = &mut open.slots[index];
         match &update {
+            Update::Delta(delta) if delta.samples > weight_bound => {
+                let detail = format!(
+                    "{signer}'s update weighs {} samples, more than its {weight_bound}",
+                    delta.samples
+                );
+                return Err(Refusal::new("inflated_samples", detail));
+            }
             Update::Delta(delta) => slot.accept_delta(signer, delta, values)?,
             Update::Partial(partial) => slot.accept_partial(signer, partial, values)?,
             Update::Chunk(_) => return Err(Refusal::new("wrong_kind", "a ring chunk for a slot")),
         }
         self.finish_complete_slots(now);
         Ok(())
+    }
+
+    /// The most samples a member's update may weigh: what it declared when it joined, and the
+    /// job's cap (one member cannot make the global update its own by claiming more).
+    pub(super) fn weight_bound(&self, member: &MemberId) -> u64 {
+        let declared = self.state.members.declared_samples(member).unwrap_or(0);
+        let cap = self.setup.spec.participation.max_samples.unwrap_or(u64::MAX);
+        declared.min(cap)
     }
 
     /// Finishes the slots that have every input.

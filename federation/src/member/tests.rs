@@ -231,13 +231,14 @@ impl Net {
             .members
             .values()
             .map(|m| {
-                let info = m.state().members.info(&m.me()).expect("itself");
+                let members = &m.state().members;
+                let info = members.info(&m.me()).expect("itself");
                 let join = Join {
                     job: self.job,
                     member: m.me(),
                     group: info.group,
                     roles: info.roles,
-                    samples: 10,
+                    samples: members.declared_samples(&m.me()).expect("itself"),
                     sent_at_ms: self.now,
                 };
                 (m.me(), join)
@@ -1005,6 +1006,38 @@ fn updates_for_the_wrong_round_or_base_are_refused_with_a_reason() {
     assert_eq!(reasons, ["wrong_round", "wrong_base"]);
     net.run(60_000);
     net.assert_agree();
+}
+
+#[test]
+fn an_update_weighing_more_than_its_member_declared_or_the_job_caps_is_refused() {
+    let mut spec = spec("central", 2, 5);
+    spec.participation.max_samples = Some(12);
+    let mut net = Net::new(spec, &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+    net.run_until(10_000, |net| net.openings_of(1) == 1);
+    let leader = net.opened.values().next().copied().expect("an opener");
+    let sender = net.members.keys().copied().find(|m| *m != leader).expect("a trainer");
+    let values = Arc::new(vec![0.5f32; PARAMS]);
+    for samples in [u64::MAX, 13] {
+        let body = ModelDelta {
+            job: net.job,
+            round: 1,
+            base_model: net.member(1).model(),
+            member: sender,
+            samples,
+            metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
+            payload: payload_ref(&values),
+        };
+        let update = Update::Delta(body);
+        let event = Event::Update { signer: sender, update, values: values.clone(), request: 99 };
+        let effects = net.members.get_mut(&leader).map(|m| m.handle(event, net.now));
+        net.route(leader, effects.unwrap_or_default());
+    }
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["inflated_samples", "inflated_samples"]);
+    net.run(60_000);
+    net.assert_agree();
+    // Members 3 and 4 declared 13 and 14 samples: their own updates went out at the cap.
+    assert_eq!(net.member(1).rounds()[&1].participants, 4, "every honest update was taken");
 }
 
 #[test]
