@@ -1,8 +1,11 @@
 //! Update norm clipping and Gaussian noise for central differential privacy.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use rand::Rng;
 use rand_distr::{Distribution, Normal};
+
+/// The secret a round's DP noise is drawn from: the aggregator's own randomness (never a seed
+/// in the job spec, which every member could use to regenerate the noise and subtract it).
+pub type NoiseSeed = [u8; 32];
 
 /// The L2 norm of an update.
 pub fn l2_norm(update: &[f32]) -> f64 {
@@ -19,15 +22,17 @@ pub fn clip(update: &mut [f32], clip_norm: f32) -> f64 {
     norm
 }
 
-/// The noise standard deviation for a mean of `n` clipped updates: `multiplier * clip_norm / n`.
-pub fn noise_std(noise_multiplier: f32, clip_norm: f32, n: usize) -> f32 {
-    noise_multiplier * clip_norm / n.max(1) as f32
+/// The noise standard deviation for a combination of clipped updates in which one update
+/// weighs at most `largest_share` of the whole (the sensitivity: `1 / n` for an unweighted mean
+/// of `n`, the largest weight over the total for a weighted one): `multiplier * clip_norm *
+/// largest_share`.
+pub fn noise_std(noise_multiplier: f32, clip_norm: f32, largest_share: f64) -> f32 {
+    (f64::from(noise_multiplier) * f64::from(clip_norm) * largest_share) as f32
 }
 
-/// Adds seeded Gaussian noise of standard deviation `std` to every coordinate.
-pub fn add_gaussian_noise(values: &mut [f32], std: f32, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
+/// Adds Gaussian noise of standard deviation `std`, drawn from `rng`, to every coordinate.
+pub fn add_gaussian_noise(values: &mut [f32], std: f32, rng: &mut impl Rng) {
     if let Ok(normal) = Normal::new(0.0f32, std) {
-        values.iter_mut().for_each(|v| *v += normal.sample(&mut rng));
+        values.iter_mut().for_each(|v| *v += normal.sample(rng));
     }
 }

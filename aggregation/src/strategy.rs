@@ -4,10 +4,12 @@
 
 use crate::AggregationError;
 use crate::fedavg::PartialAggregate;
-use crate::privacy::{add_gaussian_noise, clip, noise_std};
+use crate::privacy::{NoiseSeed, add_gaussian_noise, clip, noise_std};
 use crate::robust::{median, multi_krum_selection, trimmed_count, trimmed_mean};
 use fedmesh_protocol::strategy::{AggregationRule, StrategySpec};
 use fedmesh_protocol::tensor::Decoder;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 /// The round's result.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,15 +31,16 @@ pub struct Aggregator {
     num_params: usize,
     streaming: PartialAggregate,
     buffered: Vec<(String, f64, Vec<f32>)>,
-    round_seed: u64,
+    noise_seed: NoiseSeed,
 }
 
 impl Aggregator {
-    /// An aggregator for a model of `num_params` parameters; `round` varies the DP noise seed.
+    /// An aggregator for a model of `num_params` parameters, drawing its DP noise (if the
+    /// strategy adds any) from `noise_seed`.
     pub fn from_spec(
         spec: &StrategySpec,
         num_params: usize,
-        round: u64,
+        noise_seed: NoiseSeed,
     ) -> Result<Self, AggregationError> {
         if let Some(clip_norm) = spec.clip_norm
             && !(clip_norm > 0.0 && clip_norm.is_finite())
@@ -58,7 +61,7 @@ impl Aggregator {
             // model holds no zeros while it waits.
             streaming: PartialAggregate::new(0),
             buffered: Vec::new(),
-            round_seed: spec.noise_seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            noise_seed,
         })
     }
 
@@ -160,9 +163,22 @@ impl Aggregator {
         }
     }
 
+    /// The most one update weighs in the combination: its weight over the total in a weighted
+    /// mean, one over their number under a robust rule (which weighs each update alike).
+    fn largest_share(&self) -> f64 {
+        let weights = &self.streaming.contributors;
+        let largest = weights.iter().map(|(_, weight)| *weight).fold(0.0, f64::max);
+        match self.spec.rule {
+            AggregationRule::FedAvg if self.streaming.total_weight > 0.0 => {
+                largest / self.streaming.total_weight
+            }
+            _ => 1.0 / self.count().max(1) as f64,
+        }
+    }
+
     /// Combines the updates by the strategy's rule and adds DP noise if configured.
     pub fn finish(self) -> Result<AggregateOutcome, AggregationError> {
-        let n = self.count();
+        let largest_share = self.largest_share();
         let (mut delta, included) = match self.spec.rule {
             AggregationRule::FedAvg => {
                 (self.streaming.mean()?, self.streaming.contributors.clone())
@@ -171,8 +187,8 @@ impl Aggregator {
         };
         let noise_std = match (self.spec.noise_multiplier, self.spec.clip_norm) {
             (Some(multiplier), Some(clip_norm)) => {
-                let std = noise_std(multiplier, clip_norm, n);
-                add_gaussian_noise(&mut delta, std, self.round_seed);
+                let std = noise_std(multiplier, clip_norm, largest_share);
+                add_gaussian_noise(&mut delta, std, &mut StdRng::from_seed(self.noise_seed));
                 Some(std)
             }
             _ => None,

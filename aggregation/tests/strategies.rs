@@ -17,7 +17,7 @@ fn aggregate(
     spec: &StrategySpec,
     updates: &[(&str, f64, Vec<f32>)],
 ) -> Result<Vec<f32>, AggregationError> {
-    let mut aggregator = Aggregator::from_spec(spec, updates[0].2.len(), 1)?;
+    let mut aggregator = Aggregator::from_spec(spec, updates[0].2.len(), [1; 32])?;
     for (name, weight, update) in updates {
         aggregator.add(name, *weight, update)?;
     }
@@ -103,7 +103,7 @@ fn rules_without_a_guarantee_are_refused_with_the_numbers() {
 
 #[test]
 fn updates_that_do_not_match_the_model_are_refused() {
-    let mut aggregator = Aggregator::from_spec(&StrategySpec::default(), 3, 1).unwrap();
+    let mut aggregator = Aggregator::from_spec(&StrategySpec::default(), 3, [1; 32]).unwrap();
     let error = aggregator.add("x", 1.0, &[1.0, 2.0]).unwrap_err();
     assert_eq!(error.to_string(), "update from x has 2 parameters, the model has 3");
     assert!(matches!(
@@ -120,7 +120,7 @@ fn updates_that_do_not_match_the_model_are_refused() {
         Err(AggregationError::Duplicate { .. })
     ));
     assert!(matches!(
-        Aggregator::from_spec(&StrategySpec::default(), 3, 1).unwrap().finish(),
+        Aggregator::from_spec(&StrategySpec::default(), 3, [1; 32]).unwrap().finish(),
         Err(AggregationError::Empty)
     ));
 }
@@ -130,14 +130,13 @@ fn clipping_and_noise_report_their_standard_deviation() {
     let strategy = StrategySpec {
         clip_norm: Some(1.0),
         noise_multiplier: Some(0.5),
-        noise_seed: 7,
         ..StrategySpec::default()
     };
-    let mut aggregator = Aggregator::from_spec(&strategy, 10_000, 3).unwrap();
+    let mut aggregator = Aggregator::from_spec(&strategy, 10_000, [7; 32]).unwrap();
     aggregator.add("a", 1.0, &vec![3.0; 10_000]).unwrap();
     aggregator.add("b", 1.0, &vec![0.0; 10_000]).unwrap();
     let outcome = aggregator.finish().unwrap();
-    // std = 0.5 * 1.0 / 2 updates.
+    // std = 0.5 * 1.0 * 1/2, each update weighing half.
     assert_eq!(outcome.noise_std, Some(0.25));
     // "a" was clipped to norm 1: each coordinate 0.01; the mean is 0.005 before noise.
     let mean: f64 = outcome.delta.iter().map(|&v| f64::from(v)).sum::<f64>() / 10_000.0;
@@ -147,7 +146,27 @@ fn clipping_and_noise_report_their_standard_deviation() {
     assert!((mean - 0.005).abs() < 0.01, "mean {mean}");
     assert!((std - 0.25).abs() < 0.01, "std {std}");
     let no_clip = StrategySpec { noise_multiplier: Some(1.0), ..StrategySpec::default() };
-    assert!(Aggregator::from_spec(&no_clip, 1, 1).is_err());
+    assert!(Aggregator::from_spec(&no_clip, 1, [1; 32]).is_err());
+}
+
+#[test]
+fn dp_noise_follows_the_largest_weight_share_and_the_aggregators_own_seed() {
+    let strategy = StrategySpec {
+        clip_norm: Some(1.0),
+        noise_multiplier: Some(1.0),
+        ..StrategySpec::default()
+    };
+    let noisy = |seed: [u8; 32]| {
+        let mut aggregator = Aggregator::from_spec(&strategy, 1_000, seed).unwrap();
+        aggregator.add("large", 300.0, &vec![0.0; 1_000]).unwrap();
+        aggregator.add("small", 100.0, &vec![0.0; 1_000]).unwrap();
+        aggregator.finish().unwrap()
+    };
+    let (one, again, other) = (noisy([1; 32]), noisy([1; 32]), noisy([2; 32]));
+    // The larger member weighs 300 of 400: the sensitivity is 0.75 * clip_norm, not 1/2.
+    assert_eq!(one.noise_std, Some(0.75));
+    assert_eq!(one.delta, again.delta, "the same secret draws the same noise");
+    assert_ne!(one.delta, other.delta, "another aggregator's secret draws other noise");
 }
 
 #[test]
@@ -371,8 +390,8 @@ fn an_aggregator_takes_a_batch_like_one_update_at_a_time() {
         updates.iter().map(|(name, weight, values)| (*name, *weight, values.as_slice())).collect();
     let clipped = StrategySpec { clip_norm: Some(1.0), ..StrategySpec::default() };
     for strategy in [spec(AggregationRule::FedAvg), spec(AggregationRule::Median), clipped] {
-        let mut batched = Aggregator::from_spec(&strategy, 2, 1).unwrap();
-        let mut single = Aggregator::from_spec(&strategy, 2, 1).unwrap();
+        let mut batched = Aggregator::from_spec(&strategy, 2, [1; 32]).unwrap();
+        let mut single = Aggregator::from_spec(&strategy, 2, [1; 32]).unwrap();
         let expected: Vec<Result<(), AggregationError>> =
             batch.iter().map(|(name, weight, values)| single.add(name, *weight, values)).collect();
         assert_eq!(batched.add_many(&batch), expected, "{:?}", strategy.rule);
@@ -384,8 +403,8 @@ fn an_aggregator_takes_a_batch_like_one_update_at_a_time() {
 #[test]
 fn a_slot_hands_up_fedavg_exactly_and_a_robust_rule_as_its_result_weighted_by_its_members() {
     let updates = [("a", 1.0, vec![1.0, 2.0]), ("b", 3.0, vec![5.0, -2.0])];
-    let mut fedavg = Aggregator::from_spec(&spec(AggregationRule::FedAvg), 2, 1).unwrap();
-    let mut median = Aggregator::from_spec(&spec(AggregationRule::Median), 2, 1).unwrap();
+    let mut fedavg = Aggregator::from_spec(&spec(AggregationRule::FedAvg), 2, [1; 32]).unwrap();
+    let mut median = Aggregator::from_spec(&spec(AggregationRule::Median), 2, [1; 32]).unwrap();
     for (name, weight, update) in &updates {
         fedavg.add(name, *weight, update).unwrap();
         median.add(name, *weight, update).unwrap();
@@ -403,6 +422,6 @@ fn a_slot_hands_up_fedavg_exactly_and_a_robust_rule_as_its_result_weighted_by_it
     let mut top = exact;
     top.merge(&PartialAggregate::from_mean(&[3.0, 0.0], vec![("c".into(), 4.0)]).unwrap()).unwrap();
     assert_close(&top.mean().unwrap(), &[3.5, -0.5]);
-    let empty = Aggregator::from_spec(&spec(AggregationRule::FedAvg), 2, 1).unwrap();
+    let empty = Aggregator::from_spec(&spec(AggregationRule::FedAvg), 2, [1; 32]).unwrap();
     assert!(matches!(empty.finish_partial(), Err(AggregationError::Empty)));
 }

@@ -3,6 +3,7 @@
 //! strategy, carrying what is in over a re-opening, and combining the slot's result.
 
 use crate::member::Refusal;
+use fedmesh_aggregation::privacy::NoiseSeed;
 use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
@@ -48,6 +49,20 @@ pub struct Opening {
     pub num_params: usize,
     pub opened_at_ms: u64,
     pub deadline_ms: u64,
+    /// The aggregating member's secret, each slot's DP noise is drawn from (with the round,
+    /// the opening and the slot).
+    pub noise_key: NoiseSeed,
+}
+
+impl Opening {
+    /// The seed of `slot`'s DP noise: nobody without this member's secret can regenerate it.
+    fn noise_seed(&self, slot: usize) -> NoiseSeed {
+        let mut material = self.noise_key.to_vec();
+        for word in [self.round, self.opened_at_ms, slot as u64] {
+            material.extend_from_slice(&word.to_le_bytes());
+        }
+        ContentHash::of(&material).0
+    }
 }
 
 fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
@@ -91,7 +106,11 @@ impl Collecting {
             slot,
             label: planned.id.label.clone(),
             parent: planned.parent.map(|parent| plan.slots[parent].aggregator()),
-            aggregator: Aggregator::from_spec(&spec.strategy, opening.num_params, opening.round)?,
+            aggregator: Aggregator::from_spec(
+                &spec.strategy,
+                opening.num_params,
+                opening.noise_seed(slot),
+            )?,
             lower: None,
             direct,
             lower_senders,
@@ -432,6 +451,7 @@ mod tests {
                 num_params: 4,
                 opened_at_ms,
                 deadline_ms: opened_at_ms + 30_000,
+                noise_key: [0; 32],
             };
             Collecting::new(&self.spec, &plan, 0, &opening).expect("a slot")
         }

@@ -658,7 +658,7 @@ fn check_strategy_keys(strategy: Option<&Value>, p: &mut Problems) {
         Some("multi_krum") => &["f", "m"],
         _ => &[],
     };
-    let mut allowed = vec!["rule", "server", "clip_norm", "noise_multiplier", "noise_seed"];
+    let mut allowed = vec!["rule", "server", "clip_norm", "noise_multiplier"];
     allowed.extend_from_slice(rule_keys);
     p.known_keys(strategy, "strategy", &allowed);
     let server = strategy.and_then(|s| s.get("server"));

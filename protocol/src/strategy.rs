@@ -18,12 +18,10 @@ pub struct StrategySpec {
     /// Clip each update to this L2 norm before combining.
     #[serde(default)]
     pub clip_norm: Option<f32>,
-    /// Central differential privacy: Gaussian noise with std `noise_multiplier * clip_norm / n`.
+    /// Central differential privacy: Gaussian noise with std `noise_multiplier * clip_norm *`
+    /// the largest share one update weighs (drawn from the aggregator's own randomness).
     #[serde(default)]
     pub noise_multiplier: Option<f32>,
-    /// Seed of the DP noise.
-    #[serde(default)]
-    pub noise_seed: u64,
 }
 
 impl Default for StrategySpec {
@@ -33,7 +31,6 @@ impl Default for StrategySpec {
             server: None,
             clip_norm: None,
             noise_multiplier: None,
-            noise_seed: 0,
         }
     }
 }

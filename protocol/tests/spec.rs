@@ -181,6 +181,20 @@ fn strategy_and_participation_must_be_consistent() {
 }
 
 #[test]
+fn dp_noise_takes_no_seed_from_the_spec_and_a_sample_cap_is_checked() {
+    let strategy =
+        json!({"rule": "fedavg", "clip_norm": 1.0, "noise_multiplier": 1.0, "noise_seed": 7});
+    let found = problems(&with(minimal(), "strategy", strategy)).join("\n");
+    assert!(found.contains("strategy.noise_seed: unknown field"), "{found}");
+    let capped = with(minimal(), "participation", json!({"max_samples": 0}));
+    let found = problems(&capped).join("\n");
+    assert!(found.contains("participation.max_samples: must be >= 1"), "{found}");
+    let capped = with(minimal(), "participation", json!({"max_samples": 500}));
+    let spec = parse(&capped).expect("a valid spec");
+    assert_eq!(spec.participation.max_samples, Some(500));
+}
+
+#[test]
 fn server_optimizer_ranges_are_checked() {
     let spec = with(
         minimal(),

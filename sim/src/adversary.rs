@@ -27,7 +27,8 @@ pub fn poison(kind: AdversaryKind, delta: &mut [f32], seed: u64) {
         AdversaryKind::SignFlip => delta.iter_mut().for_each(|d| *d *= -10.0),
         AdversaryKind::Noise => {
             delta.fill(0.0);
-            fedmesh_aggregation::privacy::add_gaussian_noise(delta, 1.0, seed);
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+            fedmesh_aggregation::privacy::add_gaussian_noise(delta, 1.0, &mut rng);
         }
         AdversaryKind::WithholdResults
         | AdversaryKind::HijackRounds

@@ -28,6 +28,16 @@ pub fn member_id(seed: u64, index: Index) -> MemberId {
     MemberId(*hasher.finalize().as_bytes())
 }
 
+/// Member `index`'s secret its DP noise is drawn from, in a run of `seed` (a node draws its own
+/// from the operating system; a run draws it from its seed, to replay bit for bit).
+fn noise_key(seed: u64, index: Index) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"fedmesh-sim noise");
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(&(index as u64).to_le_bytes());
+    *hasher.finalize().as_bytes()
+}
+
 /// The group label of member `index`: `g0`, `g1`, ... round-robin over `groups` labels.
 pub fn group_of(index: Index, groups: usize) -> String {
     format!("g{}", index % groups)
@@ -88,6 +98,7 @@ pub fn setups(
             group: group_of(index, config.groups),
             roles: Vec::new(),
             samples: samples(index),
+            noise_key: noise_key(config.seed, index),
         })
         .collect())
 }

@@ -182,8 +182,9 @@ impl Member {
 
     /// Judges again the held round messages that wait for no member's join.
     pub(super) fn judge_unblocked(&mut self, now: u64) {
-        let (ready, waiting) =
-            std::mem::take(&mut self.held).into_iter().partition::<Vec<_>, _>(|w| w.missing.is_empty());
+        let (ready, waiting) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition::<Vec<_>, _>(|w| w.missing.is_empty());
         self.held = waiting.into();
         for Waiting { signer, held, .. } in ready {
             self.judge(signer, held, now);
@@ -263,7 +264,8 @@ impl Member {
         }
         if round > self.last_round() {
             let last = self.last_round();
-            let detail = format!("{signer}'s message for round {round}, past the job's last ({last})");
+            let detail =
+                format!("{signer}'s message for round {round}, past the job's last ({last})");
             return self.reject("past_last_round", detail);
         }
         let followed = self.phase.open().is_some_and(|o| o.round == round && o.opener == signer);

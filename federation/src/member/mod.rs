@@ -15,15 +15,16 @@ pub use io::*;
 pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 
 use crate::cadence::Cadence;
+use crate::keyhash::KeyHashing;
 use crate::records::{RoundRecord, RunState, RunStatus};
 use crate::shared;
+use fedmesh_aggregation::privacy::NoiseSeed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, Assignment, EvalReport, Heartbeat, Join, RoundOpen,
 };
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
-use crate::keyhash::KeyHashing;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -75,6 +76,9 @@ pub struct Setup {
     pub roles: Vec<String>,
     /// How many samples its local training data has.
     pub samples: u64,
+    /// A secret of this member's, its DP noise is drawn from: the node draws it from the
+    /// operating system's randomness, a simulator from its seed.
+    pub noise_key: NoiseSeed,
 }
 
 /// What a member persists: its state, every round it recorded, and the last result it

@@ -272,7 +272,9 @@ impl Member {
         let me = self.me();
         let kept = self.taken.iter().find(|(_, ready)| ready.round == round);
         let served = match kept {
-            Some((signer, ready)) if *signer == me => Some(Served::Own(AggregateReady::clone(ready))),
+            Some((signer, ready)) if *signer == me => {
+                Some(Served::Own(AggregateReady::clone(ready)))
+            }
             Some((signer, ready)) => {
                 Some(Served::Taken { signer: *signer, ready: AggregateReady::clone(ready) })
             }

@@ -221,6 +221,7 @@ impl Member {
             num_params: self.params.len(),
             opened_at_ms: open.opened_at_ms,
             deadline_ms: open.deadline_ms,
+            noise_key: self.setup.noise_key,
         };
         let me = self.me();
         let mut slots = Vec::new();

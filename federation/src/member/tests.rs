@@ -258,6 +258,7 @@ impl Net {
             group: self.groups[&id].clone(),
             roles: Vec::new(),
             samples: 10 + u64::from(id.0[0]),
+            noise_key: [id.0[0]; 32],
         }
     }
 

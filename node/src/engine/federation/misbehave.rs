@@ -72,7 +72,7 @@ impl Misbehaviour {
         } else if self.noise {
             tracing::warn!(round, "misbehaving on purpose: sending noise as the update");
             delta.fill(0.0);
-            fedmesh_aggregation::privacy::add_gaussian_noise(&mut delta, 1.0, round);
+            fedmesh_aggregation::privacy::add_gaussian_noise(&mut delta, 1.0, &mut rand::rng());
         }
         delta
     }

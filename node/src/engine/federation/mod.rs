@@ -153,7 +153,7 @@ fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
                 .to_owned(),
         ));
     }
-    if let Err(error) = fedmesh_aggregation::Aggregator::from_spec(&spec.strategy, 1, 1) {
+    if let Err(error) = fedmesh_aggregation::Aggregator::from_spec(&spec.strategy, 1, [0; 32]) {
         return Err(EngineError::Invalid(format!("job `{}`: {error}", spec.name)));
     }
     Ok(tag)
@@ -206,6 +206,7 @@ impl Engine {
             group: self.config.group.clone(),
             roles: self.config.roles.clone(),
             samples: local.train.len() as u64,
+            noise_key: rand::random(),
         }
     }
 
