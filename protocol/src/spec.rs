@@ -705,6 +705,12 @@ fn check_model(p: &mut Problems, model: &ModelSpec) {
             for (index, tensor) in external.tensors.iter().enumerate() {
                 let path = format!("model.external.tensors[{index}]");
                 p.require(!tensor.name.is_empty(), &format!("{path}.name"), "must not be empty");
+                let plain = is_plain_tensor_name(&tensor.name);
+                p.require(
+                    plain,
+                    &format!("{path}.name"),
+                    "must be letters, digits, `.`, `_` or `-`, at most 128, not starting with `.`",
+                );
                 p.require(names.insert(&tensor.name), &format!("{path}.name"), "is used twice");
                 let ok = !tensor.shape.is_empty() && tensor.shape.iter().all(|d| *d >= 1);
                 p.require(ok, &format!("{path}.shape"), "dimensions must be >= 1");
@@ -721,6 +727,13 @@ fn check_model(p: &mut Problems, model: &ModelSpec) {
             }
         }
     }
+}
+
+/// Whether a tensor name is safe as a file name (an export writes `NAME.npy`): letters, digits,
+/// `.`, `_` and `-`, at most 128 of them, not starting with `.` (so never `..` or a path).
+pub fn is_plain_tensor_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    !name.is_empty() && name.len() <= 128 && !name.starts_with('.') && name.chars().all(allowed)
 }
 
 fn check_hyperparameters(p: &mut Problems, h: &Hyperparameters) {

@@ -195,6 +195,17 @@ fn dp_noise_takes_no_seed_from_the_spec_and_a_sample_cap_is_checked() {
 }
 
 #[test]
+fn tensor_names_cannot_leave_an_export_folder() {
+    for name in ["../x", "a/b", ".hidden", "c:\\d", ""] {
+        let tensors = json!([{"name": name, "shape": [2]}]);
+        let model = json!({"external": {"tensors": tensors, "init": {"seed": 1}}});
+        let found = problems(&with(minimal(), "model", model)).join("\n");
+        assert!(found.contains("model.external.tensors[0].name"), "{name}: {found}");
+    }
+    assert!(fedmesh_protocol::spec::is_plain_tensor_name("fc1.weight"));
+}
+
+#[test]
 fn server_optimizer_ranges_are_checked() {
     let spec = with(
         minimal(),

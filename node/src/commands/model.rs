@@ -100,6 +100,9 @@ pub fn write_npy(model: &ModelExport, out: &Path) -> anyhow::Result<()> {
             .params
             .get(slot.offset..slot.offset + slot.len())
             .with_context(|| format!("tensor {} lies outside the parameters", slot.name))?;
+        if !fedmesh_protocol::spec::is_plain_tensor_name(&slot.name) {
+            anyhow::bail!("tensor name {:?} is not a plain file name: not exported", slot.name);
+        }
         let path = out.join(format!("{}.npy", slot.name));
         std::fs::write(&path, npy_bytes(&slot.shape, NpyData::F32(values)))
             .with_context(|| format!("cannot write {}", path.display()))?;
