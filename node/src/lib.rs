@@ -10,6 +10,7 @@ pub mod external;
 pub mod identity;
 pub mod metrics;
 pub mod network;
+pub mod owner_only;
 pub mod recent;
 pub mod registry;
 pub mod store;

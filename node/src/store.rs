@@ -86,11 +86,16 @@ pub struct Store {
     blob_dir: PathBuf,
     /// How many recent rounds' model weights the registry keeps per job (0: all).
     model_retention: u64,
+    /// The blob files this process wrote or hashed since it opened the store: any other is
+    /// hashed again before its bytes are used (a disk or a hand may have changed it).
+    verified: std::sync::Mutex<std::collections::HashSet<ContentHash>>,
 }
 
 impl Store {
     /// Opens (creating if missing) the database under `dir`, checking its schema version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        crate::owner_only::create_dir(dir)
+            .map_err(|source| StoreError::BlobFile { path: dir.to_owned(), source })?;
         let path = dir.join("db");
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -102,11 +107,31 @@ impl Store {
         let db = DB::open_cf_descriptors(&options, &path, descriptors)
             .map_err(|e| Self::classify_open_error(&path, e))?;
         let blob_dir = dir.join("blobs");
-        std::fs::create_dir_all(&blob_dir)
+        crate::owner_only::create_dir(&blob_dir)
             .map_err(|source| StoreError::BlobFile { path: blob_dir.clone(), source })?;
-        let store = Self { db, path, blob_dir, model_retention: 0 };
+        let verified = Default::default();
+        let store = Self { db, path, blob_dir, model_retention: 0, verified };
         store.check_schema()?;
+        store.collect_partial_files()?;
         Ok(store)
+    }
+
+    /// Removes the `.partial` files a crash left mid-write (no record names them).
+    fn collect_partial_files(&self) -> Result<(), StoreError> {
+        let error = |source| StoreError::BlobFile { path: self.blob_dir.clone(), source };
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.blob_dir).map_err(error)? {
+            let path = entry.map_err(error)?.path();
+            if path.extension().is_some_and(|ext| ext == "partial") {
+                std::fs::remove_file(&path)
+                    .map_err(|source| StoreError::BlobFile { path: path.clone(), source })?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, dir = %self.blob_dir.display(), "removed blob files a crash left half-written");
+        }
+        Ok(())
     }
 
     /// Keeps only the last `rounds` rounds' model weights of each job (0: all).
@@ -207,18 +232,35 @@ impl Store {
         let value =
             self.db.get_cf(self.handle(Table::Blobs)?, hash.0).map_err(|e| self.rocks(e))?;
         match value {
-            Some(value) if is_file_marker(hash, &value) => {
-                let path = self.blob_file(hash);
-                std::fs::read(&path)
-                    .map(Some)
-                    .map_err(|source| StoreError::BlobFile { path, source })
-            }
+            Some(value) if is_file_marker(hash, &value) => self.read_blob_file(hash).map(Some),
             other => Ok(other),
         }
     }
 
     fn blob_file(&self, hash: &ContentHash) -> PathBuf {
         self.blob_dir.join(hash.to_hex())
+    }
+
+    /// A blob file's bytes, hashed again the first time this process reads it.
+    fn read_blob_file(&self, hash: &ContentHash) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_file(hash);
+        let bytes = std::fs::read(&path)
+            .map_err(|source| StoreError::BlobFile { path: path.clone(), source })?;
+        let verified = || self.verified.lock().map(|set| set.contains(hash)).unwrap_or(false);
+        if !verified() {
+            if ContentHash::of(&bytes) != *hash {
+                let detail = format!("blob file {} does not hash to its name", path.display());
+                return Err(StoreError::Corrupt { path: self.path.clone(), detail });
+            }
+            self.mark_verified(*hash);
+        }
+        Ok(bytes)
+    }
+
+    fn mark_verified(&self, hash: ContentHash) {
+        if let Ok(mut set) = self.verified.lock() {
+            set.insert(hash);
+        }
     }
 
     /// Writes a large blob's file and syncs it (a temporary name first, so a crash leaves no
@@ -228,12 +270,16 @@ impl Store {
         let temporary = path.with_extension("partial");
         let error = |source| StoreError::BlobFile { path: path.clone(), source };
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temporary)?;
+            let mut file = crate::owner_only::create_file(&temporary)?;
             std::io::Write::write_all(&mut file, bytes)?;
             file.sync_all()?;
-            std::fs::rename(&temporary, &path)
+            std::fs::rename(&temporary, &path)?;
+            // The rename is durable only once the directory naming the file is synced.
+            std::fs::File::open(&self.blob_dir)?.sync_all()
         };
-        write().map_err(error)
+        write().map_err(error)?;
+        self.mark_verified(*hash);
+        Ok(())
     }
 
     /// Whether a blob is stored.
@@ -398,6 +444,33 @@ mod tests {
         }
         let error = Store::open(dir.path()).err().unwrap();
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_blob_file_changed_on_disk_is_refused_and_half_written_files_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = store.batch();
+            hash = batch.put_blob(&vec![3u8; FILE_BLOB_BYTES]).unwrap();
+            batch.commit().unwrap();
+            assert_eq!(store.blob(&hash).unwrap().unwrap().len(), FILE_BLOB_BYTES);
+        }
+        let blobs = dir.path().join("blobs");
+        let mut changed = vec![3u8; FILE_BLOB_BYTES];
+        changed[17] = 4;
+        std::fs::write(blobs.join(hash.to_hex()), &changed).unwrap();
+        std::fs::write(blobs.join("abc.partial"), b"half a blob").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let error = store.blob(&hash).err().unwrap();
+        assert!(error.to_string().contains("does not hash to its name"), "{error}");
+        assert!(!blobs.join("abc.partial").exists(), "the half-written file was removed");
+        let mode = |path: &Path| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+        };
+        assert_eq!(mode(dir.path()) & 0o777, 0o700, "the data directory is owner-only");
+        assert_eq!(mode(&blobs) & 0o777, 0o700, "the blob directory is owner-only");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! announce its result, holding round messages (and the coordinator's assignments) its view of
 //! the membership cannot judge yet.
 
-use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting};
+use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting, names_exactly};
 use crate::keyhash::KeyHashing;
 use crate::membership::Replayed;
 use crate::records::RunStatus;
@@ -246,7 +246,7 @@ impl Member {
             let text = format!("{signer}'s opening: the job's coordinator assigns its rounds");
             return self.reject("orchestrated", text);
         }
-        let missing = self.missed_members(&signer, &held);
+        let missing = self.missed_members(&signer, &held, now);
         if !missing.is_empty() {
             // Every member it names that this member missed is asked for its join.
             for id in &missing {
@@ -310,9 +310,17 @@ impl Member {
     }
 
     /// The members a round message names whose joins this member has not heard, its signer
-    /// among them (an assignment's is the coordinator, which is no member).
-    fn missed_members(&self, signer: &MemberId, held: &Held) -> HashSet<MemberId, KeyHashing> {
+    /// among them (an assignment's is the coordinator, which is no member). An opening that
+    /// names exactly the live members, as one made while every member agrees does, is
+    /// recognised by one comparison with the kept live view: no lookup per member named.
+    fn missed_members(
+        &mut self,
+        signer: &MemberId,
+        held: &Held,
+        now: u64,
+    ) -> HashSet<MemberId, KeyHashing> {
         let named: Vec<&MemberId> = match held {
+            Held::Open(open) if names_exactly(&open.members, &self.live(now)) => vec![signer],
             Held::Open(open) => open.members.iter().chain([signer]).collect(),
             Held::Result(_) => vec![signer],
             Held::Assign(assignment) => assignment.roles.keys().collect(),

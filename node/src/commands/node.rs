@@ -47,7 +47,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let listen = parse_addresses("listen", &config.listen)?;
     let bootstrap = parse_addresses("bootstrap", &config.bootstrap)?;
     let key = crate::identity::load_node_key(&config.key)?;
-    std::fs::create_dir_all(&config.data_dir)
+    crate::owner_only::create_dir(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let store = Arc::new(
         Store::open(&config.data_dir)?.with_model_retention(config.model_retention_rounds),

@@ -244,12 +244,12 @@ fn read_metrics(finished: &Finished, dir: &Path) -> Result<TrainerMetrics, Train
 }
 
 fn create_dir(dir: &Path) -> Result<(), TrainerError> {
-    std::fs::create_dir_all(dir)
+    crate::owner_only::create_dir(dir)
         .map_err(|source| TrainerError::Files { path: dir.to_owned(), source })
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
-    std::fs::write(path, bytes)
+    crate::owner_only::write(path, bytes)
         .map_err(|source| TrainerError::Files { path: path.to_owned(), source })
 }
 

@@ -98,7 +98,7 @@ impl Run<'_> {
 
     fn log_file(&self, name: &str) -> Result<std::fs::File, TrainerError> {
         let path = self.dir.join(name);
-        std::fs::File::create(&path).map_err(|source| TrainerError::Files { path, source })
+        crate::owner_only::create_file(&path).map_err(|source| TrainerError::Files { path, source })
     }
 }
 
