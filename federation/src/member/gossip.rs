@@ -4,12 +4,11 @@
 //! the membership cannot judge yet.
 
 use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting, names_exactly};
-use crate::keyhash::KeyHashing;
 use crate::membership::Replayed;
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join, RoundOpen};
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// How many members' evaluations of a round a member keeps: four times the reporting sample.
@@ -287,7 +286,7 @@ impl Member {
             // A join this member has not heard yet may make the signer the aggregator.
             let detail = format!("{signer} does not aggregate round {round} here");
             self.reject("not_the_aggregator", detail);
-            return self.hold(Waiting { signer, held, missing: HashSet::default() });
+            return self.hold(Waiting { signer, held, missing: BTreeSet::new() });
         }
         if let Held::Open(open) = &held
             && let Some(newest_ms) = self.newer_opening_followed(open)
@@ -300,7 +299,7 @@ impl Member {
             let detail = format!("{signer}'s round {round} does not build on round {head} here");
             self.reject("ahead_of_round", detail);
             self.catch_up(now);
-            return self.hold(Waiting { signer, held, missing: HashSet::default() });
+            return self.hold(Waiting { signer, held, missing: BTreeSet::new() });
         }
         match held {
             Held::Open(open) => self.on_open(signer, open, now),
@@ -318,7 +317,7 @@ impl Member {
         signer: &MemberId,
         held: &Held,
         now: u64,
-    ) -> HashSet<MemberId, KeyHashing> {
+    ) -> BTreeSet<MemberId> {
         let named: Vec<&MemberId> = match held {
             Held::Open(open) if names_exactly(&open.members, &self.live(now)) => vec![signer],
             Held::Open(open) => open.members.iter().chain([signer]).collect(),

@@ -15,7 +15,6 @@ pub use io::*;
 pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 
 use crate::cadence::Cadence;
-use crate::keyhash::KeyHashing;
 use crate::records::{RoundRecord, RunState, RunStatus};
 use crate::shared;
 use fedmesh_aggregation::privacy::NoiseSeed;
@@ -25,7 +24,7 @@ use fedmesh_protocol::message::{
 };
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// How often the machine wants a tick while it waits for nothing in particular.
@@ -101,11 +100,12 @@ enum Held {
 
 /// A held round message, with the members it waits for: those it names (its signer among them)
 /// whose joins this member has not heard. Each join heard is struck off, so a message naming
-/// ten thousand members costs one lookup per join, not a look at all of them.
+/// ten thousand members costs one lookup per join, not a look at all of them (in key order:
+/// the members asked are asked in the same order in every run).
 struct Waiting {
     signer: MemberId,
     held: Held,
-    missing: HashSet<MemberId, KeyHashing>,
+    missing: BTreeSet<MemberId>,
 }
 
 /// An update that arrived before the opening of its round.
