@@ -312,12 +312,7 @@ impl Member {
     /// among them (an assignment's is the coordinator, which is no member). An opening that
     /// names exactly the live members, as one made while every member agrees does, is
     /// recognised by one comparison with the kept live view: no lookup per member named.
-    fn missed_members(
-        &mut self,
-        signer: &MemberId,
-        held: &Held,
-        now: u64,
-    ) -> BTreeSet<MemberId> {
+    fn missed_members(&mut self, signer: &MemberId, held: &Held, now: u64) -> BTreeSet<MemberId> {
         let named: Vec<&MemberId> = match held {
             Held::Open(open) if names_exactly(&open.members, &self.live(now)) => vec![signer],
             Held::Open(open) => open.members.iter().chain([signer]).collect(),
