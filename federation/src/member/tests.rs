@@ -981,28 +981,45 @@ fn a_dead_members_joins_and_heartbeats_replayed_keep_it_out_of_the_rounds() {
     assert!(!last.contains(&dead), "member 4 was planned out of the last round: {last:?}");
 }
 
-#[test]
-fn updates_for_the_wrong_round_or_base_are_refused_with_a_reason() {
-    let mut net = four_central(1);
+/// Round 1's leader and another member, once round 1 opened.
+fn leader_and_trainer_of_round_1(net: &mut Net) -> (MemberId, MemberId) {
     net.run_until(10_000, |net| net.openings_of(1) == 1);
     let leader = net.opened.values().next().copied().expect("an opener");
     let sender = net.members.keys().copied().find(|m| *m != leader).expect("a trainer");
+    (leader, sender)
+}
+
+/// Hands `leader` a delta from `sender` for `round` over `base`, weighing `samples`.
+fn send_delta(
+    net: &mut Net,
+    (leader, sender): (MemberId, MemberId),
+    round: Round,
+    base: ContentHash,
+    samples: u64,
+) {
     let values = Arc::new(vec![0.5f32; PARAMS]);
-    for (round, base) in [(7, net.member(1).model()), (1, ContentHash::of(b"another base"))] {
-        let body = ModelDelta {
-            job: net.job,
-            round,
-            base_model: base,
-            member: sender,
-            samples: 5,
-            metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
-            payload: payload_ref(&values),
-        };
-        let update = Update::Delta(body);
-        let event = Event::Update { signer: sender, update, values: values.clone(), request: 99 };
-        let effects = net.members.get_mut(&leader).map(|m| m.handle(event, net.now));
-        net.route(leader, effects.unwrap_or_default());
-    }
+    let body = ModelDelta {
+        job: net.job,
+        round,
+        base_model: base,
+        member: sender,
+        samples,
+        metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
+        payload: payload_ref(&values),
+    };
+    let update = Update::Delta(body);
+    let event = Event::Update { signer: sender, update, values, request: 99 };
+    let effects = net.members.get_mut(&leader).map(|m| m.handle(event, net.now));
+    net.route(leader, effects.unwrap_or_default());
+}
+
+#[test]
+fn updates_for_the_wrong_round_or_base_are_refused_with_a_reason() {
+    let mut net = four_central(1);
+    let pair = leader_and_trainer_of_round_1(&mut net);
+    let model = net.member(1).model();
+    send_delta(&mut net, pair, 7, model, 5);
+    send_delta(&mut net, pair, 1, ContentHash::of(b"another base"), 5);
     let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
     assert_eq!(reasons, ["wrong_round", "wrong_base"]);
     net.run(60_000);
@@ -1014,24 +1031,10 @@ fn an_update_weighing_more_than_its_member_declared_or_the_job_caps_is_refused()
     let mut spec = spec("central", 2, 5);
     spec.participation.max_samples = Some(12);
     let mut net = Net::new(spec, &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
-    net.run_until(10_000, |net| net.openings_of(1) == 1);
-    let leader = net.opened.values().next().copied().expect("an opener");
-    let sender = net.members.keys().copied().find(|m| *m != leader).expect("a trainer");
-    let values = Arc::new(vec![0.5f32; PARAMS]);
+    let pair = leader_and_trainer_of_round_1(&mut net);
+    let model = net.member(1).model();
     for samples in [u64::MAX, 13] {
-        let body = ModelDelta {
-            job: net.job,
-            round: 1,
-            base_model: net.member(1).model(),
-            member: sender,
-            samples,
-            metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
-            payload: payload_ref(&values),
-        };
-        let update = Update::Delta(body);
-        let event = Event::Update { signer: sender, update, values: values.clone(), request: 99 };
-        let effects = net.members.get_mut(&leader).map(|m| m.handle(event, net.now));
-        net.route(leader, effects.unwrap_or_default());
+        send_delta(&mut net, pair, 1, model, samples);
     }
     let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
     assert_eq!(reasons, ["inflated_samples", "inflated_samples"]);
