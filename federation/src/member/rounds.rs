@@ -421,7 +421,9 @@ impl Member {
         now: u64,
     ) -> Result<(), Refusal> {
         let job = self.setup.job;
-        let weight_bound = self.weight_bound(&signer);
+        if let Some(detail) = self.overweight(&signer, &update) {
+            return Err(Refusal::new("inflated_samples", detail));
+        }
         let Some(open) = self.phase.open_mut().filter(|o| !o.slots.is_empty()) else {
             let detail = format!("this member collects no updates for job {job} now");
             return Err(Refusal::new("not_aggregating", detail));
@@ -429,19 +431,33 @@ impl Member {
         let index = open.slots.iter().position(|s| s.expects(&signer, &update)).unwrap_or(0);
         let slot = &mut open.slots[index];
         match &update {
-            Update::Delta(delta) if delta.samples > weight_bound => {
-                let detail = format!(
-                    "{signer}'s update weighs {} samples, more than its {weight_bound}",
-                    delta.samples
-                );
-                return Err(Refusal::new("inflated_samples", detail));
-            }
             Update::Delta(delta) => slot.accept_delta(signer, delta, values)?,
             Update::Partial(partial) => slot.accept_partial(signer, partial, values)?,
             Update::Chunk(_) => return Err(Refusal::new("wrong_kind", "a ring chunk for a slot")),
         }
         self.finish_complete_slots(now);
         Ok(())
+    }
+
+    /// What an update claims beyond the weights its contributors may have: a delta weighing
+    /// more than its member's bound, or a partial aggregate giving one of its contributions
+    /// more than that member's (a group aggregator cannot reweigh honest members' updates).
+    fn overweight(&self, signer: &MemberId, update: &Update) -> Option<String> {
+        let claims: Vec<(MemberId, u64)> = match update {
+            Update::Delta(delta) => vec![(*signer, delta.samples)],
+            Update::Partial(partial) => {
+                partial.contributions.iter().map(|c| (c.member, c.samples)).collect()
+            }
+            Update::Chunk(_) => Vec::new(),
+        };
+        claims.into_iter().find_map(|(member, samples)| {
+            let bound = self.weight_bound(&member);
+            (samples > bound).then(|| {
+                format!(
+                    "{signer}'s update weighs {member} at {samples} samples, more than its {bound}"
+                )
+            })
+        })
     }
 
     /// The most samples a member's update may weigh: what it declared when it joined, and the

@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::coordinator::{CoordinatedJob, CoordinatedState};
-use fedmesh_protocol::message::{Assignment, JobStop, ModelDelta, PartialAggregate, RoundOpen};
+use fedmesh_protocol::message::{
+    Assignment, Contribution, JobStop, ModelDelta, PartialAggregate, RoundOpen,
+};
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::collections::BTreeSet;
 
@@ -1042,6 +1044,54 @@ fn an_update_weighing_more_than_its_member_declared_or_the_job_caps_is_refused()
     net.assert_agree();
     // Members 3 and 4 declared 13 and 14 samples: their own updates went out at the cap.
     assert_eq!(net.member(1).rounds()[&1].participants, 4, "every honest update was taken");
+}
+
+#[test]
+fn a_group_aggregator_cannot_reweigh_its_members_updates() {
+    let members = [(1, "eu"), (2, "eu"), (3, "eu"), (4, "na"), (5, "na"), (6, "na")];
+    let mut net = Net::new(spec("hierarchical", 2, 5), &members);
+    for byte in 1..=6 {
+        net.train_ms.insert(member_id(byte), 2_000); // round 1 stays open a while
+    }
+    net.run_until(10_000, |net| net.member(1).phase().open().is_some());
+    let open = net.member(1).phase().open().expect("round 1 open");
+    let (plan, round, base, opened_at) =
+        (open.plan.clone(), open.round, open.base, open.opened_at_ms);
+    let top = plan.leader().expect("a top aggregator");
+    let group = (0..plan.slots.len()).find(|i| plan.slots[*i].parent.is_some()).expect("a group");
+    let (sender, label) = plan.sender_of(fedmesh_topologies::Input::Slot(group));
+    let trainers = plan.trainers_in(fedmesh_topologies::Input::Slot(group));
+    let values = Arc::new(vec![0.5f32; PARAMS]);
+    // Its first member's update made to weigh a million samples: the group's mean is its own.
+    let contributions: Vec<Contribution> = trainers
+        .iter()
+        .enumerate()
+        .map(|(i, member)| Contribution {
+            member: *member,
+            delta: ContentHash::of(&[i as u8]),
+            samples: if i == 0 { 1_000_000 } else { 10 },
+        })
+        .collect();
+    let total_weight = contributions.iter().map(|c| c.samples as f64).sum();
+    let partial = PartialAggregate {
+        job: net.job,
+        round,
+        base_model: base,
+        opened_at_ms: opened_at,
+        group: label,
+        aggregator: sender,
+        mean: payload_ref(&values),
+        total_weight,
+        contributions,
+    };
+    let update = Update::Partial(partial);
+    let event = Event::Update { signer: sender, update, values, request: 99 };
+    let effects = net.members.get_mut(&top).map(|m| m.handle(event, net.now));
+    net.route(top, effects.unwrap_or_default());
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["inflated_samples"], "the reweighed partial was refused");
+    net.run(60_000);
+    net.assert_agree();
 }
 
 #[test]
