@@ -4,8 +4,8 @@
 //! little); the bytes themselves are a `fedmesh-protocol` frame, decoded and verified off the
 //! event loop. A frame to send is a header and a shared payload written one after the other, never
 //! joined into one buffer; a large frame received waits for its share of the node's
-//! [`BulkBudget`] before it is read, and must arrive at `MIN_BYTES_PER_SEC` at least, so a peer
-//! trickling bytes holds that share for seconds, not minutes.
+//! [`BulkBudget`] before it is read, and each `READ_STEP` of it must arrive within `STEP_TIMEOUT`,
+//! so a peer trickling bytes holds that share for seconds, not for the whole request timeout.
 
 use super::budget::{BulkBudget, Held};
 use fedmesh_protocol::codec::check_frame_length;
@@ -15,13 +15,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The slowest a received frame may arrive, on average: 256 KiB/s (a 100 MB model in under
-/// seven minutes), after `FRAME_GRACE`.
-const MIN_BYTES_PER_SEC: f64 = 256.0 * 1024.0;
-/// What every frame is allowed beyond its length at `MIN_BYTES_PER_SEC`.
-const FRAME_GRACE: Duration = Duration::from_secs(5);
 /// How much a received frame's buffer grows at a time.
 const READ_STEP: usize = 256 << 10;
+/// How long each `READ_STEP` of a frame may take to arrive (about 50 KiB/s: slower is a peer
+/// trickling bytes to hold this node's budget, not a slow link).
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The request-response protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fedmesh/req/1");
@@ -63,24 +61,18 @@ impl From<Vec<u8>> for Frame {
     }
 }
 
-/// Length-prefixed frames of at most `max_bytes`, received at `min_bytes_per_sec` at least
-/// (after `grace`).
+/// Length-prefixed frames of at most `max_bytes`, each `READ_STEP` received within
+/// `step_timeout`.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
     max_bytes: u64,
     budget: BulkBudget,
-    min_bytes_per_sec: f64,
-    grace: Duration,
+    step_timeout: Duration,
 }
 
 impl FrameCodec {
     pub fn new(max_bytes: u64, budget: BulkBudget) -> Self {
-        Self { max_bytes, budget, min_bytes_per_sec: MIN_BYTES_PER_SEC, grace: FRAME_GRACE }
-    }
-
-    /// How long a frame of `length` bytes may take to arrive.
-    fn allowed(&self, length: usize) -> Duration {
-        self.grace + Duration::from_secs_f64(length as f64 / self.min_bytes_per_sec)
+        Self { max_bytes, budget, step_timeout: STEP_TIMEOUT }
     }
 
     async fn read_frame<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Frame> {
@@ -89,16 +81,32 @@ impl FrameCodec {
         let length = check_frame_length(u64::from_le_bytes(prefix), self.max_bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let held = self.budget.reserve(length).await;
-        let allowed = self.allowed(length);
-        let bytes =
-            tokio::time::timeout(allowed, read_growing(io, length)).await.map_err(|_| {
+        let bytes = self.read_growing(io, length).await?;
+        Ok(Frame::from(bytes).holding(held))
+    }
+
+    /// Reads `length` bytes, the buffer growing by `READ_STEP` as they arrive, each step within
+    /// the step timeout.
+    async fn read_growing<T: AsyncRead + Unpin + Send>(
+        &self,
+        io: &mut T,
+        length: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        while bytes.len() < length {
+            let start = bytes.len();
+            bytes.resize(start + (length - start).min(READ_STEP), 0);
+            let step = io.read_exact(&mut bytes[start..]);
+            tokio::time::timeout(self.step_timeout, step).await.map_err(|_| {
                 let detail = format!(
-                    "a frame of {length} bytes arrived slower than {:.0} KiB/s: dropped",
-                    self.min_bytes_per_sec / 1024.0
+                    "a frame of {length} bytes stalled after {start}: the next {} KiB took over {:?}",
+                    READ_STEP >> 10,
+                    self.step_timeout
                 );
                 io::Error::new(io::ErrorKind::TimedOut, detail)
             })??;
-        Ok(Frame::from(bytes).holding(held))
+        }
+        Ok(bytes)
     }
 
     async fn write_frame<T: AsyncWrite + Unpin + Send>(
@@ -115,20 +123,6 @@ impl FrameCodec {
         io.flush().await?;
         io.close().await
     }
-}
-
-/// Reads `length` bytes, the buffer growing by `READ_STEP` as they arrive.
-async fn read_growing<T: AsyncRead + Unpin + Send>(
-    io: &mut T,
-    length: usize,
-) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    while bytes.len() < length {
-        let start = bytes.len();
-        bytes.resize(start + (length - start).min(READ_STEP), 0);
-        io.read_exact(&mut bytes[start..]).await?;
-    }
-    Ok(bytes)
 }
 
 impl libp2p::request_response::Codec for FrameCodec {
@@ -236,18 +230,17 @@ mod tests {
     async fn a_trickled_frame_is_dropped_and_gives_its_budget_back() {
         let budget = BulkBudget::new(8 << 20);
         let mut codec = FrameCodec::new(1 << 30, budget.clone());
-        (codec.min_bytes_per_sec, codec.grace) =
-            (32.0 * 1024.0 * 1024.0, Duration::from_millis(100));
+        codec.step_timeout = Duration::from_millis(200);
         let length = 4u64 << 20;
         let prefix = std::io::Cursor::new(length.to_le_bytes().to_vec());
         let mut trickle = Trickle { prefix, next: None };
         let started = std::time::Instant::now();
         let error = codec.read_frame(&mut trickle).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
-        assert!(error.to_string().contains("slower than 32768 KiB/s"), "{error}");
-        // 4 MiB at 32 MiB/s is 125 ms, plus 100 ms of grace.
+        assert!(error.to_string().contains("stalled after 0"), "{error}");
+        // Its first 256 KiB did not arrive within the step timeout (a byte per 10 ms).
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(225) && took < Duration::from_secs(5), "{took:?}");
+        assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(5), "{took:?}");
         assert!(budget.try_reserve(8 << 20).is_some(), "its share of the budget is back");
     }
 
