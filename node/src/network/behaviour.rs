@@ -1,8 +1,11 @@
 //! The libp2p behaviours a fedmesh node runs, and how each is configured: gossipsub for control
-//! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN.
+//! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN, and
+//! connection limits (a peer cannot hold more than a few connections, nor many peers exhaust
+//! the node's).
 
 use super::budget::BulkBudget;
 use super::codec::{FrameCodec, PROTOCOL};
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, gossipsub, identify, identity, kad, mdns, request_response};
@@ -42,9 +45,16 @@ pub fn timeout_for(base: Duration, bytes: u64) -> Duration {
     base + Duration::from_secs(bytes.div_ceil(SLOWEST_BYTES_PER_SEC)) * 2
 }
 
+/// Connections a node accepts at once: per peer (a dial each way over TCP and QUIC), still
+/// handshaking in each direction, and in all (a 200-node federation fully connected, twice).
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+const MAX_PENDING_CONNECTIONS: u32 = 64;
+const MAX_CONNECTIONS: u32 = 512;
+
 /// Every protocol a fedmesh node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub request_response: request_response::Behaviour<FrameCodec>,
     pub identify: identify::Behaviour,
@@ -83,7 +93,13 @@ impl Behaviour {
         } else {
             None
         };
+        let limits = ConnectionLimits::default()
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+            .with_max_pending_incoming(Some(MAX_PENDING_CONNECTIONS))
+            .with_max_pending_outgoing(Some(MAX_PENDING_CONNECTIONS))
+            .with_max_established(Some(MAX_CONNECTIONS));
         Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
             gossipsub: gossipsub_behaviour(settings)?,
             request_response: request_response::Behaviour::with_codec(
                 FrameCodec::new(settings.max_message_bytes, budget),

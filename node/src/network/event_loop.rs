@@ -19,6 +19,9 @@ type PendingRequests =
 
 /// How many events may wait for the node before the swarm is no longer polled.
 const OUTBOX_LIMIT: usize = 1024;
+/// A peer Kademlia hears of is dialled only while the node has fewer peers than this: a
+/// routing table full of addresses others sent does not make the node dial them all.
+const DIAL_DISCOVERED_BELOW: usize = 64;
 
 /// Owns the swarm; see the module doc.
 pub struct EventLoop {
@@ -195,7 +198,8 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. })
-                if !self.swarm.is_connected(&peer) =>
+                if !self.swarm.is_connected(&peer)
+                    && self.swarm.connected_peers().count() < DIAL_DISCOVERED_BELOW =>
             {
                 let _ = self.swarm.dial(peer);
             }

@@ -22,6 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// How long a connection no protocol uses stays open: minutes (a peer's idle connections are not
+/// held for an hour), and longer than a round's quiet stretches.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// What the network can fail at.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NetworkError {
@@ -107,7 +111,7 @@ pub fn start(
         .with_quic()
         .with_behaviour(|_| behaviour)
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     for address in listen {
         swarm.listen_on(address.clone()).map_err(|e| NetworkError::Listen {
