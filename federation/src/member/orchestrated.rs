@@ -28,6 +28,14 @@ impl Member {
         self.setup.spec.coordinator == Some(*member)
     }
 
+    /// Whether `peer` may be told what the job's members keep (its results, its member list):
+    /// anyone in an open job; in an allow-listed one its members, its owner and its coordinator.
+    pub(super) fn may_learn_of_job(&self, peer: &MemberId) -> bool {
+        let spec = &self.setup.spec;
+        let allow = &spec.participation.allow;
+        allow.is_empty() || allow.contains(peer) || *peer == spec.owner || self.is_coordinator(peer)
+    }
+
     /// Whether the job's rounds come from its coordinator now: it names one, and the job does
     /// not let members fall back to the election or the coordinator was heard from lately.
     pub(super) fn orchestrated(&self, now: u64) -> bool {

@@ -56,7 +56,7 @@ impl Member {
     /// A member pulls the member list: it is answered with the members this one knows where
     /// their memberships differ (and asked for its join if this member does not know it).
     pub(super) fn on_members_asked(&mut self, from: MemberId, digest: &super::Digest, now: u64) {
-        if !self.is_active() {
+        if !self.is_active() || !self.may_learn_of_job(&from) {
             return;
         }
         let members = self.state.members.differing(digest);

@@ -269,6 +269,9 @@ impl Member {
     /// Serves the result of `round` to a member that missed it, if this member has one: its
     /// own (signed anew), or one it took (as its aggregator signed it).
     pub(super) fn serve_result(&mut self, to: MemberId, round: Round, request: u64) {
+        if !self.may_learn_of_job(&to) {
+            return; // an allow-listed job's results go to its members alone
+        }
         let me = self.me();
         let kept = self.taken.iter().find(|(_, ready)| ready.round == round);
         let served = match kept {

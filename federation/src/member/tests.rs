@@ -1095,6 +1095,30 @@ fn a_group_aggregator_cannot_reweigh_its_members_updates() {
 }
 
 #[test]
+fn an_allow_listed_jobs_results_and_member_list_go_to_its_members_alone() {
+    let mut spec = spec("central", 2, 5);
+    spec.participation.allow = [1, 2, 3].map(member_id).to_vec();
+    let mut net = Net::new(spec, &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let ask = |net: &mut Net, from: MemberId| {
+        let effects = net.members.get_mut(&member_id(1)).map(|member| {
+            let mut effects = member.handle(Event::ResultAsked { from, round: 1, request: 7 }, 0);
+            let digest = crate::membership::Membership::default().digest();
+            effects.extend(member.handle(Event::MembersAsked { from, digest }, 0));
+            effects
+        });
+        let effects = effects.unwrap_or_default();
+        let served = effects.iter().any(|e| matches!(e, Effect::ServeResult { .. }));
+        let listed = effects.iter().any(|e| matches!(e, Effect::SendMembers { .. }));
+        (served, listed)
+    };
+    assert_eq!(ask(&mut net, member_id(2)), (true, true), "a member is served both");
+    assert_eq!(ask(&mut net, member_id(9)), (false, false), "an outsider is told nothing");
+    net.run(60_000);
+    net.assert_agree();
+}
+
+#[test]
 fn every_member_of_a_small_job_reports_its_evaluation_and_a_sample_of_a_large_one_does() {
     let job = JobId(ContentHash::of(b"eval sample"));
     let ids = |n: u32| (0..n).map(|i| MemberId(ContentHash::of(&i.to_le_bytes()).0));
