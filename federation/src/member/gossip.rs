@@ -190,10 +190,14 @@ impl Member {
         }
     }
 
-    fn on_eval(&mut self, report: EvalReport, now: u64) {
+    /// A member's evaluation of a round's model. It weighs in the round's metrics with at most
+    /// the samples its member declared at join (a report claiming more would make the job's
+    /// accuracy its own).
+    fn on_eval(&mut self, mut report: EvalReport, now: u64) {
         if !self.state.members.contains(&report.member) {
             return;
         }
+        report.metrics.samples = report.metrics.samples.min(self.weight_bound(&report.member));
         self.record_holder(report.member, report.round, report.model);
         if report.model == self.state.model && matches!(self.phase, Phase::Waiting) {
             self.wake_at(now); // a leader waiting for its model to spread opens now

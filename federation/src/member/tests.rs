@@ -4,7 +4,8 @@
 use super::*;
 use crate::coordinator::{CoordinatedJob, CoordinatedState};
 use fedmesh_protocol::message::{
-    Assignment, Contribution, JobStop, ModelDelta, PartialAggregate, RoundOpen,
+    Assignment, Contribution, EvalMetrics, EvalReport, JobStop, ModelDelta, PartialAggregate,
+    RoundOpen,
 };
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::collections::BTreeSet;
@@ -1116,6 +1117,26 @@ fn an_allow_listed_jobs_results_and_member_list_go_to_its_members_alone() {
     assert_eq!(ask(&mut net, member_id(9)), (false, false), "an outsider is told nothing");
     net.run(60_000);
     net.assert_agree();
+}
+
+#[test]
+fn an_evaluation_weighs_no_more_than_its_member_declared() {
+    let mut net = four_central(2);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    let boaster = member_id(2);
+    let report = EvalReport {
+        job: net.job,
+        round: 1,
+        model: net.round_model(1).expect("round 1's model"),
+        member: boaster,
+        metrics: EvalMetrics { loss: Some(0.0), accuracy: Some(1.0), samples: u64::MAX },
+        sent_at_ms: net.now,
+    };
+    net.gossip(boaster, Gossip::Eval(report));
+    net.run(60_000);
+    net.assert_agree();
+    let recorded = &net.member(1).rounds()[&1].evaluations[&boaster];
+    assert_eq!(recorded.samples, 12, "member 2 declared 12 samples at join");
 }
 
 #[test]
