@@ -146,7 +146,12 @@ impl CoordinatedJob {
         Self { id, spec, tag, state, published_ms: 0, last_heartbeat_ms: 0, heartbeat_sequence: 0 }
     }
 
-    pub fn on_join(&mut self, join: &Join, now_ms: u64) {
+    /// A member's join; says whether it counts (a key off the job's allow-list does not).
+    pub fn on_join(&mut self, join: &Join, now_ms: u64) -> bool {
+        let allow = &self.spec.participation.allow;
+        if !allow.is_empty() && !allow.contains(&join.member) {
+            return false;
+        }
         let info =
             MemberInfo { id: join.member, group: join.group.clone(), roles: join.roles.clone() };
         let member = self.state.members.entry(join.member).or_insert_with(|| MemberHealth {
@@ -166,6 +171,7 @@ impl CoordinatedJob {
         if self.state.status == JobState::Ready {
             self.state.status = JobState::Starting;
         }
+        true
     }
 
     pub fn on_leave(&mut self, member: &MemberId) {
@@ -182,13 +188,17 @@ impl CoordinatedJob {
         }
     }
 
+    /// A member's evaluation of a round's model, weighing at most the samples it declared at
+    /// join (a key that never joined is not heard).
     pub fn on_evaluation(&mut self, round: Round, member: MemberId, metrics: &EvalMetrics) {
+        let Some(declared) = self.state.members.get(&member).map(|m| m.samples) else { return };
         let (Some(progress), Some(accuracy)) =
             (self.state.rounds.get_mut(&round), metrics.accuracy)
         else {
             return;
         };
-        progress.evaluations.insert(member, (f64::from(accuracy), metrics.samples));
+        let samples = metrics.samples.min(declared);
+        progress.evaluations.insert(member, (f64::from(accuracy), samples));
     }
 
     fn live(&self, now_ms: u64) -> Vec<&MemberHealth> {
@@ -396,7 +406,7 @@ mod tests {
             samples: 100,
             sent_at_ms: now,
         };
-        job.on_join(&join, now);
+        assert!(job.on_join(&join, now), "an open job takes any member");
         let heartbeat = Heartbeat {
             job: job.id,
             member: MemberId([member; 32]),
@@ -406,6 +416,31 @@ mod tests {
             sent_at_ms: now,
         };
         job.on_heartbeat(&heartbeat, now);
+    }
+
+    #[test]
+    fn the_coordinator_admits_only_the_allow_list_and_hears_evaluations_from_members_alone() {
+        let mut coordinated = job(1.0, None);
+        coordinated.spec.participation.allow = vec![MemberId([1; 32]), MemberId([2; 32])];
+        (1..=2).for_each(|m| join(&mut coordinated, m, 1_000));
+        let outsider = Join {
+            job: coordinated.id,
+            member: MemberId([9; 32]),
+            group: "default".into(),
+            roles: vec![],
+            samples: 100,
+            sent_at_ms: 1_000,
+        };
+        assert!(!coordinated.on_join(&outsider, 1_000), "a key off the allow-list");
+        assert!(!coordinated.state.members.contains_key(&MemberId([9; 32])));
+        let (assignment, leader) = coordinated.assign(1_000).expect("round 1 assigned");
+        coordinated.record_assignment(&assignment, leader, None);
+        let report = |samples| EvalMetrics { loss: None, accuracy: Some(1.0), samples };
+        coordinated.on_evaluation(1, MemberId([9; 32]), &report(50));
+        coordinated.on_evaluation(1, MemberId([1; 32]), &report(u64::MAX));
+        let evaluations = &coordinated.state.rounds[&1].evaluations;
+        assert!(!evaluations.contains_key(&MemberId([9; 32])), "an outsider's report");
+        assert_eq!(evaluations[&MemberId([1; 32])].1, 100, "member 1 declared 100 samples");
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Coordinator {
     /// A member's gossip, as the node's coordinator hears it.
     fn hear(&mut self, signer: MemberId, message: &Gossip, now: u64) {
         match message {
-            Gossip::Join(join) => self.job.on_join(join, now),
+            Gossip::Join(join) => _ = self.job.on_join(join, now),
             Gossip::Leave(leave) => self.job.on_leave(&leave.member),
             Gossip::Heartbeat(beat) => self.job.on_heartbeat(beat, now),
             Gossip::Result(ready) => {

@@ -11,8 +11,8 @@ pub use view::CoordinationView;
 use super::federation::{Refused, job_topic, verify};
 use super::{Engine, EngineError};
 use crate::store::{Store, StoreError, Table};
-use fedmesh_protocol::envelope::Scope;
-use fedmesh_protocol::ids::{ContentHash, JobId};
+use fedmesh_protocol::envelope::{Denied, Scope, Scoped};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
 use fedmesh_protocol::message::{Assignment, GossipMessage, Heartbeat, JobStop, unix_millis};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_topologies::Tag;
@@ -124,9 +124,14 @@ impl Engine {
         let Some(job) = self.coordinated.get_mut(&id) else { return Ok(()) };
         let changed = match message {
             GossipMessage::Join(m) => {
-                let join = verify(m, |_, body| scope.admits(body))?.into_body();
+                let join =
+                    verify(m, |signer, body| own_admitted(&scope, signer, body, body.member))?
+                        .into_body();
                 let new = !job.state.members.contains_key(&join.member);
-                job.on_join(&join, now);
+                if !job.on_join(&join, now) {
+                    let detail = format!("{} is not on job {id}'s allow-list", join.member);
+                    return Err(Refused::new("not_allowed", detail));
+                }
                 if new {
                     tracing::info!(job = %id, member = %join.member, group = %join.group, "member joined");
                 }
@@ -153,7 +158,9 @@ impl Engine {
                 true
             }
             GossipMessage::EvalReport(m) => {
-                let report = verify(m, |_, body| scope.admits(body))?.into_body();
+                let report =
+                    verify(m, |signer, body| own_admitted(&scope, signer, body, body.member))?
+                        .into_body();
                 job.on_evaluation(report.round, report.member, &report.metrics);
                 true
             }
@@ -259,4 +266,16 @@ impl Engine {
         }
         Ok(views)
     }
+}
+
+/// A member's own message for this job: in its scope, and signed by the member it is about (a
+/// key cannot join, or report an evaluation, as another member).
+fn own_admitted<T: Scoped>(
+    scope: &Scope,
+    signer: &MemberId,
+    body: &T,
+    member: MemberId,
+) -> Result<(), Denied> {
+    scope.admits(body)?;
+    Denied::unless_signer_is(signer, &member, "the member itself")
 }
