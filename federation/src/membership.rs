@@ -7,6 +7,12 @@
 //! declaration is shared process-wide ([`crate::shared`]), the model a member holds is an index
 //! into a short table of models, and the whole map is shared with the snapshots taken of it
 //! until it next changes. Whatever is listed is sorted by key.
+//!
+//! A join costs nothing to send from a fresh key, so a member counts only once it has proven it
+//! runs: its first heartbeat after the join. Until then it is a newcomer: not in the live view
+//! rounds are planned over, not in the count the job's cadence follows, and one of at most
+//! `max(NEWCOMERS_FLOOR, proven members)` kept, dropped when silent for the liveness window. A
+//! flood of joins from fresh keys fills that queue and no more: the job's rounds never see it.
 
 use crate::cadence::Cadence;
 use crate::keyhash::KeyHashing;
@@ -31,6 +37,10 @@ const NO_MODEL: u32 = u32::MAX;
 pub const DIGEST_PARTS: usize = 1_024;
 /// Most members listed in answer to a digest (the rest follow in the next pull).
 pub const MAX_LISTED: usize = 2_048;
+/// Newcomers (joined, no heartbeat yet) a membership keeps at least room for; it keeps as many
+/// as it has proven members when that is more, so a large job's start (thousands joining within
+/// a second, each proven within a heartbeat interval) fills it no faster than it drains.
+pub const NEWCOMERS_FLOOR: usize = 1_024;
 
 /// A summary of the members a node knows, to find where another node's membership differs
 /// without sending either: per part of the key space, the XOR of its members' keys' bytes 8 to
@@ -63,6 +73,9 @@ pub struct Member {
     /// is fetched first.
     #[serde(default)]
     pub holds: Option<(Round, ContentHash)>,
+    /// Whether it was heard beat since it joined (a newcomer is not planned with).
+    #[serde(default)]
+    pub proven: bool,
 }
 
 /// A member's declaration as the key of its entry: ordered by the member's key.
@@ -107,6 +120,8 @@ struct Entry {
     held_round: u32,
     /// An index into the table of models, or `NO_MODEL`.
     held_model: u32,
+    /// Heard beat since it joined.
+    proven: bool,
 }
 
 impl Entry {
@@ -124,14 +139,17 @@ fn narrow(round: Round) -> u32 {
     u32::try_from(round).unwrap_or(u32::MAX)
 }
 
-/// The members and the models they hold (shared with snapshots until it changes), and when
-/// the members that left the newest `LEAVES_KEPT` times sent their leaves.
+/// The members and the models they hold (shared with snapshots until it changes), when the
+/// members that left the newest `LEAVES_KEPT` times sent their leaves, how many members are
+/// proven, and the newcomers in the order they joined.
 #[derive(Debug, Clone, Default)]
 struct Known {
     members: HashMap<Key, Entry, KeyHashing>,
     models: Vec<ContentHash>,
     left: HashMap<MemberId, u64, KeyHashing>,
     left_order: VecDeque<MemberId>,
+    proven: usize,
+    newcomers: VecDeque<MemberId>,
 }
 
 /// How many members that left a membership remembers, so that their old joins replayed do not
@@ -146,7 +164,50 @@ pub struct Replayed {
     pub newest_ms: u64,
 }
 
+/// Why a join was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Replayed(Replayed),
+    /// A new key while the newcomers kept are at their bound (`room`): it joins again later.
+    Crowded {
+        room: usize,
+    },
+}
+
+/// What a heartbeat told of its member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Not a member (its join was missed, or it never joined).
+    Unknown,
+    /// A member heard beat before.
+    Again,
+    /// A newcomer's first: it is proven, and planned with from now on.
+    First,
+}
+
 impl Known {
+    /// How many newcomers it keeps at most.
+    fn newcomer_room(&self) -> usize {
+        NEWCOMERS_FLOOR.max(self.proven)
+    }
+
+    /// Drops the newcomers silent past `liveness_ms` at `now_ms` (those first in the queue:
+    /// the oldest joins) and the queue's entries of newcomers proven or gone since.
+    fn collect_newcomers(&mut self, now_ms: u64, liveness_ms: u64) {
+        while let Some(first) = self.newcomers.front() {
+            match self.members.get(first) {
+                Some(entry) if !entry.proven => {
+                    if now_ms.saturating_sub(entry.last_seen_ms) <= liveness_ms {
+                        return;
+                    }
+                    self.members.remove(first);
+                }
+                _ => {}
+            }
+            self.newcomers.pop_front();
+        }
+    }
+
     /// Remembers that `member` left with a leave sent at `sent_at_ms`.
     fn remember_leave(&mut self, member: MemberId, sent_at_ms: u64) {
         if self.left.insert(member, sent_at_ms).is_none() {
@@ -215,6 +276,7 @@ impl Known {
             last_seen_ms: entry.last_seen_ms,
             round_heard: Round::from(entry.round_heard),
             holds: holds.map(|model| (Round::from(entry.held_round), *model)),
+            proven: entry.proven,
         }
     }
 }
@@ -253,7 +315,12 @@ impl From<Persisted> for Membership {
                 round_heard: narrow(member.round_heard),
                 held_round: 0,
                 held_model: NO_MODEL,
+                proven: member.proven,
             };
+            known.proven += usize::from(member.proven);
+            if !member.proven {
+                known.newcomers.push_back(id);
+            }
             let declared = Declared { info: member.info, samples: member.samples };
             known.members.insert(Key(shared::declaration(declared)), entry);
             if let Some((round, model)) = member.holds {
@@ -281,9 +348,16 @@ impl PartialEq for Membership {
 }
 
 impl Membership {
+    /// How often its members speak, and how long silence is tolerated: set by the proven
+    /// members (newcomers from fresh keys cannot slow the job's heartbeats down, nor keep
+    /// themselves live longer).
+    pub fn cadence(&self) -> Cadence {
+        Cadence::for_members(self.known.proven)
+    }
+
     /// How long a silent member still counts as live, in a job of this size.
     pub fn liveness_ms(&self) -> u64 {
-        Cadence::for_members(self.len()).liveness_ms()
+        self.cadence().liveness_ms()
     }
 
     /// Whether a member last heard at `last_seen_ms` counts as live at `now_ms`.
@@ -291,10 +365,29 @@ impl Membership {
         now_ms.saturating_sub(last_seen_ms) <= self.liveness_ms()
     }
 
-    /// Records a join (again); says whether the member is new. A join sent before the newest
+    /// Records another member's join (again); says whether the member is new (a newcomer, see
+    /// the module doc; refused when there is no room for one). A join sent before the newest
     /// one heard from its member, or before its leave, is a replay; a copy of the newest (it
     /// came on the topic and as an answer) changes nothing.
-    pub fn join(&mut self, join: &Join, now_ms: u64) -> Result<bool, Replayed> {
+    pub fn join(&mut self, join: &Join, now_ms: u64) -> Result<bool, Refused> {
+        let liveness = self.liveness_ms();
+        let known = Arc::make_mut(&mut self.known);
+        if !known.members.contains_key(&join.member) {
+            known.collect_newcomers(now_ms, liveness);
+            if known.newcomers.len() >= known.newcomer_room() {
+                return Err(Refused::Crowded { room: known.newcomer_room() });
+            }
+        }
+        self.record_join(join, now_ms).map_err(Refused::Replayed)
+    }
+
+    /// Records this member's own join: never crowded out.
+    pub fn join_own(&mut self, join: &Join, now_ms: u64) {
+        // Its own join is never older than the last it sent (the clock only moves on).
+        let _ = self.record_join(join, now_ms);
+    }
+
+    fn record_join(&mut self, join: &Join, now_ms: u64) -> Result<bool, Replayed> {
         let liveness = self.liveness_ms();
         let known = Arc::make_mut(&mut self.known);
         let declared = Declared {
@@ -310,7 +403,6 @@ impl Membership {
             if let Some(left_ms) = known.left.get(&join.member).filter(|l| join.sent_at_ms <= **l) {
                 return Err(replayed(*left_ms));
             }
-            self.live = None;
             let entry = Entry {
                 last_seen_ms: now_ms,
                 join_sent_ms: join.sent_at_ms,
@@ -318,8 +410,10 @@ impl Membership {
                 round_heard: 0,
                 held_round: 0,
                 held_model: NO_MODEL,
+                proven: false,
             };
             known.members.insert(Key(shared::declaration(declared)), entry);
+            known.newcomers.push_back(join.member);
             return Ok(true);
         };
         if join.sent_at_ms < entry.join_sent_ms {
@@ -330,7 +424,7 @@ impl Membership {
         }
         // A repeated join (most joins in a large job) changes nothing but the times.
         let silent = now_ms.saturating_sub(entry.last_seen_ms) > liveness;
-        if key.0.info != declared.info || silent {
+        if entry.proven && (key.0.info != declared.info || silent) {
             self.live = None;
         }
         let redeclared = *key.0 != declared;
@@ -352,48 +446,65 @@ impl Membership {
         if sent_at_ms < entry.join_sent_ms {
             return Err(Replayed { sent_at_ms, newest_ms: entry.join_sent_ms });
         }
-        self.live = None;
+        if entry.proven {
+            self.live = None;
+            known.proven -= 1;
+        }
         known.members.remove(member);
         known.remember_leave(*member, sent_at_ms);
         Ok(true)
     }
 
-    /// Records a sign of life; says whether the member is known (a heartbeat from a member whose
-    /// join was missed does not make it one: its group and roles are unknown).
-    pub fn seen(&mut self, member: &MemberId, now_ms: u64) -> bool {
-        self.touch(member, now_ms).is_some()
+    /// Records this member's own heartbeat: a sign of life as others see it, which proves it.
+    pub fn beat_own(&mut self, me: &MemberId, now_ms: u64) {
+        self.touch(me, now_ms);
+        self.prove(me);
     }
 
     /// Records a member's heartbeat sent at `sent_at_ms`: a sign of life, the round it is in
-    /// and the model it holds (the previous round's result); says whether the member is known.
-    /// One sent no later than the newest heard from it is a replay: it keeps no one live.
+    /// and the model it holds (the previous round's result). A newcomer's first proves it. One
+    /// sent no later than the newest heard from it is a replay: it keeps no one live.
     pub fn heartbeat(
         &mut self,
         member: &MemberId,
         (round, model): (Round, ContentHash),
         sent_at_ms: u64,
         now_ms: u64,
-    ) -> Result<bool, Replayed> {
+    ) -> Result<Beat, Replayed> {
         let newest_ms = match self.known.members.get(member) {
-            None => return Ok(false),
+            None => return Ok(Beat::Unknown),
             Some(entry) => entry.beat_sent_ms,
         };
         if sent_at_ms <= newest_ms {
             return Err(Replayed { sent_at_ms, newest_ms });
         }
         let index = Arc::make_mut(&mut self.known).model_index(model);
-        let Some(entry) = self.touch(member, now_ms) else { return Ok(false) };
+        let Some(entry) = self.touch(member, now_ms) else { return Ok(Beat::Unknown) };
         entry.beat_sent_ms = sent_at_ms;
         entry.round_heard = narrow(round);
         entry.hold(round.saturating_sub(1), index);
-        Ok(true)
+        Ok(if self.prove(member) { Beat::First } else { Beat::Again })
+    }
+
+    /// Marks a known member proven; says whether it was a newcomer.
+    fn prove(&mut self, member: &MemberId) -> bool {
+        let known = Arc::make_mut(&mut self.known);
+        match known.members.get_mut(member) {
+            Some(entry) if !entry.proven => {
+                entry.proven = true;
+                known.proven += 1;
+                self.live = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A known member's sign of life, and its entry for more of what it said.
     fn touch(&mut self, member: &MemberId, now_ms: u64) -> Option<&mut Entry> {
         let liveness = self.liveness_ms();
         let entry = Arc::make_mut(&mut self.known).members.get_mut(member)?;
-        if now_ms.saturating_sub(entry.last_seen_ms) > liveness {
+        if entry.proven && now_ms.saturating_sub(entry.last_seen_ms) > liveness {
             self.live = None; // silent until now: it comes back to life
         }
         entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
@@ -417,6 +528,12 @@ impl Membership {
         holders.into_iter()
     }
 
+    /// Whether a known member was heard to hold a model made by `round` or a later round.
+    pub fn holds_past(&self, member: &MemberId, round: Round) -> bool {
+        let entry = self.known.members.get(member);
+        entry.is_some_and(|e| e.held_model != NO_MODEL && Round::from(e.held_round) >= round)
+    }
+
     /// The round a known member's last heartbeat said it is in.
     pub fn round_heard(&self, member: &MemberId) -> Option<Round> {
         self.known.members.get(member).map(|m| Round::from(m.round_heard))
@@ -432,9 +549,14 @@ impl Membership {
         self.known.members.get_key_value(member).map(|(key, _)| key.0.info.clone())
     }
 
-    /// How many members there are.
+    /// How many members there are, newcomers included.
     pub fn len(&self) -> usize {
         self.known.members.len()
+    }
+
+    /// How many members are proven (heard beat since they joined).
+    pub fn proven(&self) -> usize {
+        self.known.proven
     }
 
     pub fn is_empty(&self) -> bool {
@@ -450,8 +572,8 @@ impl Membership {
         self.known.members.get(member).is_some_and(|m| self.is_fresh(m.last_seen_ms, now_ms))
     }
 
-    /// The members heard from within the liveness window of `now_ms`, sorted by key (a list
-    /// shared with every equal one in the process).
+    /// The proven members heard from within the liveness window of `now_ms`, sorted by key (a
+    /// list shared with every equal one in the process).
     pub fn live(&mut self, now_ms: u64) -> Arc<[MemberInfo]> {
         match &self.live {
             Some(view) if now_ms <= view.valid_until_ms => view.members.clone(),
@@ -479,7 +601,7 @@ impl Membership {
             .known
             .members
             .iter()
-            .filter(|(_, entry)| self.is_fresh(entry.last_seen_ms, now_ms))
+            .filter(|(_, entry)| entry.proven && self.is_fresh(entry.last_seen_ms, now_ms))
             .collect();
         live.sort_unstable_by(|(a, _), (b, _)| a.id().cmp(b.id()));
         let first_expiry = live.iter().map(|(_, e)| e.last_seen_ms.saturating_add(liveness)).min();
@@ -490,7 +612,7 @@ impl Membership {
         }
     }
 
-    /// The live member but `except` at position `draw` modulo their number, in key order; found
+    /// The live proven member but `except` at position `draw` modulo their number, in key order; found
     /// without listing the live view (a newcomer's changes with every member it learns of, and
     /// listing it again for every pull took most of a 10,000-member job's time).
     pub fn drawn_live(&self, draw: u64, except: &MemberId, now_ms: u64) -> Option<MemberId> {
@@ -498,7 +620,9 @@ impl Membership {
             .known
             .members
             .iter()
-            .filter(|(key, entry)| key.id() != except && self.is_fresh(entry.last_seen_ms, now_ms))
+            .filter(|(key, e)| {
+                key.id() != except && e.proven && self.is_fresh(e.last_seen_ms, now_ms)
+            })
             .map(|(key, _)| key.id())
             .collect();
         if live.is_empty() {
@@ -567,15 +691,26 @@ mod tests {
         Join { sent_at_ms: at, ..join }
     }
 
+    /// A heartbeat of member `member` sent and heard at `at`, in round 1.
+    fn beat(members: &mut Membership, member: u8, at: u64) -> Result<Beat, Replayed> {
+        members.heartbeat(&MemberId([member; 32]), (1, ContentHash::of(b"m")), at, at)
+    }
+
+    /// Member `member` joined at `at` and proven by a heartbeat right after.
+    fn joined(members: &mut Membership, member: u8, at: u64) {
+        members.join(&sent(join(member), at), at).expect("a join");
+        assert_eq!(beat(members, member, at + 1), Ok(Beat::First));
+    }
+
     #[test]
     fn live_members_are_those_heard_from_recently() {
         let mut members = Membership::default();
-        assert_eq!(members.join(&join(1), 1_000), Ok(true));
-        assert_eq!(members.join(&join(2), 1_000), Ok(true));
+        joined(&mut members, 1, 1_000);
+        joined(&mut members, 2, 1_000);
         let again = sent(join(2), 1_500);
         assert_eq!(members.join(&again, 1_500), Ok(false), "a repeated join is not a new member");
-        assert!(members.seen(&MemberId([1; 32]), 9_000));
-        assert!(!members.seen(&MemberId([3; 32]), 9_000), "unknown members stay unknown");
+        assert_eq!(beat(&mut members, 1, 9_000), Ok(Beat::Again));
+        assert_eq!(beat(&mut members, 3, 9_000), Ok(Beat::Unknown), "unknown stays unknown");
         assert_eq!(members.liveness_ms(), 10_000, "a small job's window");
         let live: Vec<MemberId> = members.live(12_000).iter().map(|m| m.id).collect();
         assert_eq!(live, [MemberId([1; 32])]);
@@ -583,23 +718,26 @@ mod tests {
         assert!(!members.is_live(&MemberId([2; 32]), 12_000));
         assert_eq!(members.leave(&MemberId([1; 32]), 12_000), Ok(true));
         assert!(members.live(12_000).is_empty());
+        assert_eq!(members.proven(), 1);
     }
 
     #[test]
-    fn the_kept_live_view_follows_expiries_revivals_and_joins() {
+    fn the_kept_live_view_follows_expiries_revivals_and_proofs() {
         let ids = |live: Arc<[MemberInfo]>| live.iter().map(|m| m.id.0[0]).collect::<Vec<_>>();
         let mut members = Membership::default();
-        members.join(&join(1), 1_000).expect("a join");
-        members.join(&join(2), 5_000).expect("a join");
+        joined(&mut members, 1, 1_000);
+        joined(&mut members, 2, 5_000);
         let first = members.live(6_000);
         assert!(Arc::ptr_eq(&first, &members.live(10_000)), "nothing changed: kept");
-        members.seen(&MemberId([2; 32]), 10_500);
+        beat(&mut members, 2, 10_500).expect("a beat");
         assert!(Arc::ptr_eq(&first, &members.live(10_900)), "a live member heard: kept");
-        assert_eq!(ids(members.live(11_001)), [2], "member 1 fell silent at 11 s");
-        members.seen(&MemberId([1; 32]), 12_000);
+        assert_eq!(ids(members.live(11_002)), [2], "member 1 fell silent at 11 s");
+        beat(&mut members, 1, 12_000).expect("a beat");
         assert_eq!(ids(members.live(12_000)), [1, 2], "member 1 came back");
-        members.join(&join(3), 12_500).expect("a join");
-        assert_eq!(ids(members.live(12_500)), [1, 2, 3], "a newcomer");
+        members.join(&sent(join(3), 12_500), 12_500).expect("a join");
+        assert!(Arc::ptr_eq(&members.live(12_000), &members.live(12_500)), "a newcomer: kept");
+        assert_eq!(beat(&mut members, 3, 12_550), Ok(Beat::First));
+        assert_eq!(ids(members.live(12_550)), [1, 2, 3], "the newcomer proven");
         let mut moved = sent(join(3), 12_600);
         moved.group = "us".into();
         members.join(&moved, 12_600).expect("a join");
@@ -613,7 +751,7 @@ mod tests {
         members.join(&join(1), 0).expect("a join");
         members.join(&join(2), 0).expect("a join");
         let beat = members.heartbeat(&MemberId([1; 32]), (3, new), 100, 100);
-        assert_eq!(beat, Ok(true), "in round 3, holds round 2's");
+        assert_eq!(beat, Ok(Beat::First), "in round 3, holds round 2's");
         members.holds(&MemberId([1; 32]), 1, old);
         members.holds(&MemberId([2; 32]), 1, old);
         members.holds(&MemberId([9; 32]), 1, old);
@@ -623,7 +761,7 @@ mod tests {
         members.join(&sent(join(1), 200), 200).expect("a newer join");
         assert_eq!(members.round_heard(&MemberId([1; 32])), Some(3), "a repeated join keeps it");
         let stranger = members.heartbeat(&MemberId([9; 32]), (3, new), 100, 100);
-        assert_eq!(stranger, Ok(false), "not a member");
+        assert_eq!(stranger, Ok(Beat::Unknown), "not a member");
     }
 
     #[test]
@@ -631,20 +769,86 @@ mod tests {
         let mut members = Membership::default();
         let id = MemberId([1; 32]);
         let model = ContentHash::of(b"round 1");
+        let replayed =
+            |sent_at_ms, newest_ms| Err(Refused::Replayed(Replayed { sent_at_ms, newest_ms }));
         members.join(&sent(join(1), 1_000), 1_000).expect("a join");
-        assert_eq!(members.heartbeat(&id, (2, model), 5_000, 5_000), Ok(true));
+        assert_eq!(members.heartbeat(&id, (2, model), 5_000, 5_000), Ok(Beat::First));
         let replay = members.heartbeat(&id, (2, model), 5_000, 30_000);
         assert_eq!(replay, Err(Replayed { sent_at_ms: 5_000, newest_ms: 5_000 }));
         assert!(!members.is_live(&id, 30_000), "a dead member's heartbeat replayed keeps it dead");
         let older = members.join(&sent(join(1), 900), 30_000);
-        assert_eq!(older, Err(Replayed { sent_at_ms: 900, newest_ms: 1_000 }));
+        assert_eq!(older, replayed(900, 1_000));
         members.join(&sent(join(1), 31_000), 31_000).expect("it joins again");
         let old_leave = members.leave(&id, 20_000);
         assert_eq!(old_leave, Err(Replayed { sent_at_ms: 20_000, newest_ms: 31_000 }));
         assert_eq!(members.leave(&id, 40_000), Ok(true), "it leaves");
         let rejoin_replayed = members.join(&sent(join(1), 31_000), 41_000);
-        assert_eq!(rejoin_replayed, Err(Replayed { sent_at_ms: 31_000, newest_ms: 40_000 }));
+        assert_eq!(rejoin_replayed, replayed(31_000, 40_000));
         assert!(!members.contains(&id), "its old join replayed does not bring it back");
+    }
+
+    /// A join from fresh key number `n`.
+    fn fresh(n: u32) -> Join {
+        let mut key = [0xee; 32];
+        key[..4].copy_from_slice(&n.to_be_bytes());
+        Join { member: MemberId(key), ..join(0) }
+    }
+
+    #[test]
+    fn a_flood_of_joins_from_fresh_keys_stays_out_of_the_live_view_and_the_cadence() {
+        let mut members = Membership::default();
+        joined(&mut members, 1, 1_000);
+        joined(&mut members, 2, 1_000);
+        joined(&mut members, 3, 1_000);
+        let (view, cadence) = (members.live(2_000), members.cadence());
+        let mut crowded = 0;
+        for n in 0..3_000 {
+            match members.join(&fresh(n), 2_000) {
+                Ok(true) => {}
+                Err(Refused::Crowded { room }) => {
+                    assert_eq!(room, NEWCOMERS_FLOOR);
+                    crowded += 1;
+                }
+                other => panic!("a fresh key's join: {other:?}"),
+            }
+        }
+        assert_eq!(crowded, 3_000 - NEWCOMERS_FLOOR, "newcomers beyond the bound are refused");
+        assert_eq!(members.len(), 3 + NEWCOMERS_FLOOR);
+        assert!(Arc::ptr_eq(&view, &members.live(2_000)), "the live view did not change");
+        assert_eq!(members.cadence(), cadence, "nor did the cadence");
+        assert_eq!(members.liveness_ms(), 10_000, "a three-member job's window");
+        // Past the window the silent newcomers are dropped and fresh keys find room again.
+        (1..=3).for_each(|member| _ = beat(&mut members, member, 11_000));
+        assert_eq!(members.join(&fresh(5_000), 12_001), Ok(true));
+        assert_eq!(members.len(), 4, "the flood's newcomers were dropped");
+        // A newcomer that beats is proven, planned with and takes no room.
+        assert_eq!(beat(&mut members, 0xee, 12_100), Ok(Beat::Unknown), "not a member's key");
+        let newcomer = fresh(5_000).member;
+        let proof = members.heartbeat(&newcomer, (1, ContentHash::of(b"m")), 12_100, 12_100);
+        assert_eq!(proof, Ok(Beat::First));
+        assert_eq!(members.live(12_100).len(), 4);
+    }
+
+    #[test]
+    fn the_newcomers_kept_grow_with_the_proven_members_and_survive_a_restart() {
+        let mut members = Membership::default();
+        for n in 0..2_000 {
+            let join = fresh(n);
+            if members.join(&join, 0).is_err() {
+                members.join_own(&join, 0); // its own join is never crowded out
+            }
+            members.heartbeat(&join.member, (1, ContentHash::of(b"m")), 1, 1).expect("a beat");
+        }
+        assert_eq!(members.proven(), 2_000);
+        for n in 2_000..5_000 {
+            let _ = members.join(&fresh(n), 2);
+        }
+        assert_eq!(members.len(), 4_000, "room for as many newcomers as proven members");
+        let persisted = serde_json::to_string(&members).expect("serializes");
+        let mut restored: Membership = serde_json::from_str(&persisted).expect("deserializes");
+        assert_eq!(restored.proven(), 2_000);
+        assert_eq!(restored.live(3).len(), 2_000, "only the proven are planned with");
+        assert!(matches!(restored.join(&fresh(9_999), 3), Err(Refused::Crowded { .. })));
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! the membership cannot judge yet.
 
 use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting, names_exactly};
-use crate::membership::Replayed;
+use crate::membership::{Beat, Refused, Replayed};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join, RoundOpen};
+use fedmesh_topologies::MemberInfo;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -38,7 +39,8 @@ impl Member {
                 (RunStatus::Completed, Gossip::Heartbeat(beat))
                     if beat.member == signer && known =>
                 {
-                    self.announce_again(beat.round, now)
+                    self.announce_again(beat.round, now);
+                    self.answer_straggler(beat.round, now);
                 }
                 (RunStatus::Completed, Gossip::Eval(report)) if report.member == signer => {
                     self.on_eval(report, now)
@@ -75,13 +77,17 @@ impl Member {
                 }
                 let said = (beat.round, beat.model);
                 match self.state.members.heartbeat(&beat.member, said, beat.sent_at_ms, now) {
-                    Ok(true) => {
+                    Ok(known @ (Beat::First | Beat::Again)) => {
+                        if known == Beat::First {
+                            // A newcomer proven: rounds are planned with it from now on.
+                            self.view_changed_ms = now;
+                        }
                         self.heartbeats_heard = self.heartbeats_heard.saturating_add(1);
                         self.furthest_heard = self.furthest_heard.max(beat.round);
                         self.announce_again(beat.round, now);
                     }
                     // A member whose join this member missed: it asks for it.
-                    Ok(false) => _ = self.ask_for_join(beat.member, now),
+                    Ok(Beat::Unknown) => _ = self.ask_for_join(beat.member, now),
                     Err(replayed) => self.refuse_replay("heartbeat", signer, replayed),
                 }
             }
@@ -129,7 +135,13 @@ impl Member {
         let member = join.member;
         let new = match self.state.members.join(&join, now) {
             Ok(new) => new,
-            Err(replayed) => return self.refuse_replay("join", member, replayed),
+            Err(Refused::Replayed(replayed)) => {
+                return self.refuse_replay("join", member, replayed);
+            }
+            Err(Refused::Crowded { room }) => {
+                let detail = format!("{member}'s join: {room} newcomers wait to be proven already");
+                return self.reject("crowded", detail);
+            }
         };
         let asked = self.asked.remove(&member).is_some();
         let answer = match heard {
@@ -143,7 +155,6 @@ impl Member {
         if !new {
             return;
         }
-        self.view_changed_ms = now;
         let text = Text::Joined { member, group: join.group.clone() };
         self.log(Level::Info, 0, text);
         self.persist_lazily();
@@ -327,7 +338,10 @@ impl Member {
     }
 
     /// Whether a result comes from the aggregator of the plan over the members it names, and
-    /// leaves out no member this member sees live but itself.
+    /// leaves out no member this member sees live but itself, unless most of the members it
+    /// names (its signer aside) are heard past its round: then the round is over and the
+    /// members left out missed it as this one did (cut off together by a partition, they
+    /// would otherwise refuse each other's absence for ever).
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
         let Ok(named) = self.named(&ready.members, now) else { return false };
         let me = self.me();
@@ -337,8 +351,29 @@ impl Member {
             listed.sort_unstable();
             live.iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err())
         };
-        !leaves_out_a_live_member
+        (!leaves_out_a_live_member || self.most_moved_past(&named, signer, ready.round))
             && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
+    }
+
+    /// Whether more than half of `named` but `signer` were heard to hold a model of `round` or
+    /// later (their heartbeats are their own: no one member can say it for the others).
+    fn most_moved_past(&self, named: &[MemberInfo], signer: &MemberId, round: Round) -> bool {
+        let others = named.iter().filter(|m| m.id != *signer);
+        let (count, past) = others.fold((0, 0), |(count, past), m| {
+            (count + 1, past + usize::from(self.state.members.holds_past(&m.id, round)))
+        });
+        2 * past > count
+    }
+
+    /// A member that completed the job answers the heartbeat of a member still in one of its
+    /// rounds with its own (at most once every `ANNOUNCE_AGAIN_MS`): it went silent when it
+    /// completed, and the member behind learns from it that the job is past its round, and by
+    /// what model.
+    fn answer_straggler(&mut self, their_round: Round, now: u64) {
+        let behind = their_round <= self.last_round();
+        if behind && now.saturating_sub(self.last_heartbeat_ms) >= ANNOUNCE_AGAIN_MS {
+            self.publish_heartbeat(now);
+        }
     }
 
     /// When the opening of the same round this member follows was made, if after `open`: an

@@ -374,7 +374,7 @@ impl Member {
 
     /// How often this job's members speak, and how long silence is tolerated.
     fn cadence(&self) -> Cadence {
-        Cadence::for_members(self.state.members.len())
+        self.state.members.cadence()
     }
 
     /// The members heard from recently enough to be planned with, sorted by key.
@@ -488,8 +488,7 @@ impl Member {
     fn publish_join(&mut self, now: u64) {
         self.last_join_ms = now;
         let join = self.own_join(now);
-        // Its own join is never older than the last it sent (the clock only moves on).
-        let _ = self.state.members.join(&join, now);
+        self.state.members.join_own(&join, now);
         self.effects.push(Effect::Publish(Publish::Join(join)));
     }
 
@@ -558,21 +557,11 @@ impl Member {
         if heartbeat_due {
             // Its own sign of life as others see it: it stays live here as long as there (every
             // tick did it before, a lookup in the membership a thousand times a second).
-            self.state.members.seen(&me, now);
+            self.state.members.beat_own(&me, now);
             if self.unsaved == Unsaved::Minor {
                 self.persist();
             }
-            self.last_heartbeat_ms = now;
-            self.heartbeat_sequence += 1;
-            let heartbeat = Heartbeat {
-                job: self.setup.job,
-                member: me,
-                round: self.state.completed_round + 1,
-                model: self.state.model,
-                sequence: self.heartbeat_sequence,
-                sent_at_ms: now,
-            };
-            self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
+            self.publish_heartbeat(now);
         }
         if now.saturating_sub(self.last_join_ms) >= cadence.rejoin_ms() {
             self.publish_join(now);
@@ -593,6 +582,21 @@ impl Member {
         };
         let next_beat = next_heartbeat.min(self.last_join_ms + cadence.rejoin_ms());
         self.wake_at(next_beat.clamp(now + 1, now + IDLE_WAKE_MS));
+    }
+
+    /// Says the round it is in and the model it holds, to the job.
+    fn publish_heartbeat(&mut self, now: u64) {
+        self.last_heartbeat_ms = now;
+        self.heartbeat_sequence += 1;
+        let heartbeat = Heartbeat {
+            job: self.setup.job,
+            member: self.me(),
+            round: self.state.completed_round + 1,
+            model: self.state.model,
+            sequence: self.heartbeat_sequence,
+            sent_at_ms: now,
+        };
+        self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
     }
 
     /// A peer subscribed to the job's topic: this member's join goes out `JOIN_ECHO_DELAY_MS`

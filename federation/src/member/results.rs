@@ -203,7 +203,7 @@ impl Member {
     /// since every member hears every report and a thousand members' reports each round were
     /// most of a large job's gossip while a sample gives the same weighted metrics.
     fn reports(&self, round: Round) -> bool {
-        reports_evaluation(&self.setup.job, round, &self.me(), self.state.members.len())
+        reports_evaluation(&self.setup.job, round, &self.me(), self.state.members.proven())
     }
 
     /// Past the deadline of a round it follows and does not lead, a member asks a few members

@@ -736,15 +736,19 @@ fn a_restarted_member_rebuilds_from_its_snapshot_and_catches_up() {
 }
 
 #[test]
-fn a_late_joiner_takes_part_in_later_rounds() {
-    let mut net = Net::new(spec("central", 4, 5), &[(1, "a"), (2, "a"), (3, "a")]);
+fn a_late_joiner_takes_part_in_later_rounds_once_its_heartbeat_proves_it() {
+    // Rounds take milliseconds here: enough of them that the newcomer's first heartbeat (within
+    // a second of its join) comes before the last.
+    let mut net = Net::new(spec("central", 12, 5), &[(1, "a"), (2, "a"), (3, "a")]);
     net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
     net.add(9, "a");
     net.may_miss_rounds.insert(member_id(9));
     net.run(120_000);
     net.assert_agree();
-    let last = &net.member(1).rounds()[&4];
+    let last = &net.member(1).rounds()[&12];
     assert_eq!(last.participants, 4, "the newcomer trained in the last round");
+    let third = &net.member(1).rounds()[&3];
+    assert_eq!(third.participants, 3, "not before its first heartbeat");
 }
 
 /// Whether member `who` knows every member in `of`.
@@ -1352,8 +1356,16 @@ fn lone_member(others: impl IntoIterator<Item = u8>, now: u64) -> (Member, JobId
     let (mut member, _) = Member::join(net.setup(member_id(1)), hash_f32(&initial), initial, now);
     for byte in others {
         member.handle(answer_from(net.job, byte, now), now);
+        member.handle(beat_from(net.job, byte, member.model(), now), now);
     }
     (member, net.job)
+}
+
+/// Member `byte`'s heartbeat sent at `now`, in round 1 over `model`.
+fn beat_from(job: JobId, byte: u8, model: ContentHash, now: u64) -> Event {
+    let beat =
+        Heartbeat { job, member: member_id(byte), round: 1, model, sequence: 1, sent_at_ms: now };
+    Event::Gossip { signer: member_id(byte), message: Gossip::Heartbeat(beat) }
 }
 
 /// Member `byte`'s join, sent as an answer.
@@ -1437,16 +1449,7 @@ fn a_newcomer_settles_until_a_pull_of_the_member_list_finds_no_member_it_missed(
     let peer = peer.expect("a pull");
     let now = start + SETTLE_MIN_MS + 500;
     for byte in others.take(SETTLE_HEARTBEATS as usize) {
-        let beat = Heartbeat {
-            job,
-            member: member_id(byte),
-            round: 1,
-            model: member.model(),
-            sequence: 1,
-            sent_at_ms: now,
-        };
-        let event = Event::Gossip { signer: member_id(byte), message: Gossip::Heartbeat(beat) };
-        member.handle(event, now);
+        member.handle(beat_from(job, byte, member.model(), now), now);
     }
     assert!(member.settling(now), "heard enough heartbeats, but no pull answered");
     member.handle(Event::MembersSent { from: peer, members: vec![member_id(41)] }, now);
@@ -1478,4 +1481,35 @@ fn a_member_opens_no_round_until_its_view_of_the_members_held_for_a_while() {
     assert!(opened >= learned + VIEW_HOLD_MS, "opened at {opened}, a member learned at {learned}");
     net.run(60_000);
     net.assert_agree();
+}
+
+#[test]
+fn a_flood_of_joins_from_fresh_keys_does_not_stall_the_rounds() {
+    let rounds = 10;
+    let mut net = four_central(rounds);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+    let flooded_at = (net.now, net.member(1).completed_round());
+    for n in 0..3_000_u32 {
+        let mut key = [0xee; 32];
+        key[..4].copy_from_slice(&n.to_be_bytes());
+        let join = Join {
+            job: net.job,
+            member: MemberId(key),
+            group: "a".into(),
+            roles: Vec::new(),
+            samples: 1_000,
+            sent_at_ms: net.now,
+        };
+        net.gossip(join.member, Gossip::Join(join));
+    }
+    net.run(600_000);
+    net.assert_agree();
+    assert!(net.rejected("crowded"), "joins past the newcomers' bound were refused");
+    let member = net.member(1);
+    assert!(member.state().members.len() <= 4 + crate::membership::NEWCOMERS_FLOOR);
+    for round in flooded_at.1 + 1..=rounds {
+        assert_eq!(member.rounds()[&round].participants, 4, "round {round} had the four members");
+    }
+    let took = net.now - flooded_at.0;
+    assert!(took < 60_000, "the rounds after the flood took {took} ms");
 }
