@@ -5,6 +5,7 @@
 //! reassign).
 
 use crate::cadence::Cadence;
+use crate::membership::NEWCOMERS_FLOOR;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Assignment, EvalMetrics, Heartbeat, Join};
 use fedmesh_protocol::spec::JobSpec;
@@ -152,6 +153,9 @@ impl CoordinatedJob {
         if !allow.is_empty() && !allow.contains(&join.member) {
             return false;
         }
+        if !self.state.members.contains_key(&join.member) && !self.room_for_newcomer(now_ms) {
+            return false;
+        }
         let info =
             MemberInfo { id: join.member, group: join.group.clone(), roles: join.roles.clone() };
         let member = self.state.members.entry(join.member).or_insert_with(|| MemberHealth {
@@ -201,15 +205,38 @@ impl CoordinatedJob {
         progress.evaluations.insert(member, (f64::from(accuracy), samples));
     }
 
+    /// Whether a join from a key it does not know fits: newcomers (joined, no heartbeat yet)
+    /// are kept up to the membership's bound, and those silent for the lost time are dropped
+    /// first. A flood of joins from fresh keys is assigned no work and fills nothing more.
+    fn room_for_newcomer(&mut self, now_ms: u64) -> bool {
+        let lost_ms = self.cadence().lost_ms();
+        let members = &mut self.state.members;
+        members
+            .retain(|_, m| m.model.is_some() || now_ms.saturating_sub(m.last_seen_ms) <= lost_ms);
+        let newcomers = members.values().filter(|m| m.model.is_none()).count();
+        newcomers < NEWCOMERS_FLOOR.max(members.len() - newcomers)
+    }
+
+    /// The members heard beat since they joined (a newcomer is not assigned work).
+    fn proven(&self) -> impl Iterator<Item = &MemberHealth> {
+        self.state.members.values().filter(|m| m.model.is_some())
+    }
+
+    /// The job's cadence, set by its proven members.
+    fn cadence(&self) -> Cadence {
+        Cadence::for_members(self.proven().count())
+    }
+
     fn live(&self, now_ms: u64) -> Vec<&MemberHealth> {
-        self.state.members.values().filter(|m| self.is_live(m, now_ms)).collect()
+        let lost_ms = self.cadence().lost_ms();
+        self.proven().filter(|m| m.is_live(now_ms, lost_ms)).collect()
     }
 
     /// Whether `member` was heard from recently enough, at the cadence of a job this size. A
     /// lost member is left out of the next assignment, and a round it aggregates or trains in
     /// is assigned again without it.
     fn is_live(&self, member: &MemberHealth, now_ms: u64) -> bool {
-        member.is_live(now_ms, Cadence::for_members(self.state.members.len()).lost_ms())
+        member.is_live(now_ms, self.cadence().lost_ms())
     }
 
     /// The model the first round starts from: the one most live members hold before round 1

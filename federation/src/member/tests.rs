@@ -1483,13 +1483,11 @@ fn a_member_opens_no_round_until_its_view_of_the_members_held_for_a_while() {
     net.assert_agree();
 }
 
-#[test]
-fn a_flood_of_joins_from_fresh_keys_does_not_stall_the_rounds() {
-    let rounds = 10;
-    let mut net = four_central(rounds);
-    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+/// Floods the job with `count` joins from fresh keys (each heard by every member and the
+/// coordinator, if any); says when and after which round.
+fn flood_joins(net: &mut Net, count: u32) -> (u64, Round) {
     let flooded_at = (net.now, net.member(1).completed_round());
-    for n in 0..3_000_u32 {
+    for n in 0..count {
         let mut key = [0xee; 32];
         key[..4].copy_from_slice(&n.to_be_bytes());
         let join = Join {
@@ -1500,16 +1498,46 @@ fn a_flood_of_joins_from_fresh_keys_does_not_stall_the_rounds() {
             samples: 1_000,
             sent_at_ms: net.now,
         };
-        net.gossip(join.member, Gossip::Join(join));
+        let (now, message) = (net.now, Gossip::Join(join));
+        if let Some(coordinator) = net.coordinator.as_mut() {
+            coordinator.hear(MemberId(key), &message, now);
+        }
+        net.gossip(MemberId(key), message);
     }
+    flooded_at
+}
+
+/// Runs a flooded job to its end: every round after the flood had the four members and the
+/// rounds took less than a minute.
+fn assert_unstalled(net: &mut Net, (flooded_at, round): (u64, Round), rounds: Round) {
     net.run(600_000);
     net.assert_agree();
-    assert!(net.rejected("crowded"), "joins past the newcomers' bound were refused");
     let member = net.member(1);
     assert!(member.state().members.len() <= 4 + crate::membership::NEWCOMERS_FLOOR);
-    for round in flooded_at.1 + 1..=rounds {
+    for round in round + 1..=rounds {
         assert_eq!(member.rounds()[&round].participants, 4, "round {round} had the four members");
     }
-    let took = net.now - flooded_at.0;
+    let took = net.now - flooded_at;
     assert!(took < 60_000, "the rounds after the flood took {took} ms");
+}
+
+#[test]
+fn a_flood_of_joins_from_fresh_keys_does_not_stall_the_rounds() {
+    let rounds = 10;
+    let mut net = four_central(rounds);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+    let flooded = flood_joins(&mut net, 3_000);
+    assert_unstalled(&mut net, flooded, rounds);
+    assert!(net.rejected("crowded"), "joins past the newcomers' bound were refused");
+}
+
+#[test]
+fn a_flood_of_joins_does_not_stall_an_orchestrated_job_nor_fill_its_coordinator() {
+    let rounds = 10;
+    let mut net = four_orchestrated(rounds, None);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+    let flooded = flood_joins(&mut net, 3_000);
+    let known = net.coordinator().job.state.members.len();
+    assert_eq!(known, 4 + crate::membership::NEWCOMERS_FLOOR, "the coordinator kept the bound");
+    assert_unstalled(&mut net, flooded, rounds);
 }
