@@ -149,8 +149,7 @@ impl CoordinatedJob {
 
     /// A member's join; says whether it counts (a key off the job's allow-list does not).
     pub fn on_join(&mut self, join: &Join, now_ms: u64) -> bool {
-        let allow = &self.spec.participation.allow;
-        if !allow.is_empty() && !allow.contains(&join.member) {
+        if crate::admission::refusal(&self.spec, &self.id, join).is_some() {
             return false;
         }
         if !self.state.members.contains_key(&join.member) && !self.room_for_newcomer(now_ms) {
@@ -411,6 +410,8 @@ impl CoordinatedJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fedmesh_protocol::envelope::Signed;
+    use fedmesh_protocol::message::Ticket;
 
     fn job(fraction: f32, max: Option<u32>) -> CoordinatedJob {
         let json = serde_json::json!({"name": "job", "owner": MemberId([0; 32]).to_string(),
@@ -432,6 +433,7 @@ mod tests {
             roles: vec![],
             samples: 100,
             sent_at_ms: now,
+            ticket: None,
         };
         assert!(job.on_join(&join, now), "an open job takes any member");
         let heartbeat = Heartbeat {
@@ -457,6 +459,7 @@ mod tests {
             roles: vec![],
             samples: 100,
             sent_at_ms: 1_000,
+            ticket: None,
         };
         assert!(!coordinated.on_join(&outsider, 1_000), "a key off the allow-list");
         assert!(!coordinated.state.members.contains_key(&MemberId([9; 32])));
@@ -468,6 +471,31 @@ mod tests {
         let evaluations = &coordinated.state.rounds[&1].evaluations;
         assert!(!evaluations.contains_key(&MemberId([9; 32])), "an outsider's report");
         assert_eq!(evaluations[&MemberId([1; 32])].1, 100, "member 1 declared 100 samples");
+    }
+
+    #[test]
+    fn the_coordinator_of_an_owner_admitted_job_takes_joins_with_the_owners_ticket_alone() {
+        let owner = fedmesh_protocol::identity::Identity::from_seed([42; 32]);
+        let mut coordinated = job(1.0, None);
+        coordinated.spec.owner = owner.member_id();
+        coordinated.spec.participation.admission = Some(fedmesh_protocol::spec::Admission::Owner);
+        let ticket = Ticket { job: coordinated.id, member: MemberId([1; 32]), issued_at_ms: 0 };
+        let ticket = Signed::sign(&owner, ticket).expect("signs");
+        let join = |member: u8, ticket: Option<Signed<Ticket>>| Join {
+            job: coordinated.id,
+            member: MemberId([member; 32]),
+            group: "default".into(),
+            roles: vec![],
+            samples: 100,
+            sent_at_ms: 1_000,
+            ticket,
+        };
+        let (admitted, none, borrowed) =
+            (join(1, Some(ticket.clone())), join(2, None), join(3, Some(ticket)));
+        assert!(coordinated.on_join(&admitted, 1_000), "the owner's ticket for member 1");
+        assert!(!coordinated.on_join(&none, 1_000), "no ticket");
+        assert!(!coordinated.on_join(&borrowed, 1_000), "member 1's ticket presented by member 3");
+        assert_eq!(coordinated.state.members.len(), 1);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! train, evaluate, store, persist, wake) that a driver carries out — the simulator, and next the
 //! node's executor over libp2p and RocksDB. Pure: no I/O, no clock, no randomness of its own.
 
+pub mod admission;
 pub mod cadence;
 pub mod collect;
 pub mod coordinator;

@@ -683,6 +683,7 @@ mod tests {
             roles: vec![],
             samples: 10,
             sent_at_ms: 0,
+            ticket: None,
         }
     }
 

@@ -26,6 +26,7 @@ pub enum Domain {
     EvalReport,
     RingChunk,
     JobStop,
+    Ticket,
 }
 
 impl Domain {
@@ -44,6 +45,7 @@ impl Domain {
             Self::EvalReport => "fedmesh/v1/eval-report",
             Self::RingChunk => "fedmesh/v1/ring-chunk",
             Self::JobStop => "fedmesh/v1/job-stop",
+            Self::Ticket => "fedmesh/v1/ticket",
         }
     }
 }

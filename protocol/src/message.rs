@@ -54,6 +54,57 @@ pub struct Join {
     /// How many samples its local data set has.
     pub samples: u64,
     pub sent_at_ms: u64,
+    /// The owner's admission of this key, for a job that admits members by ticket
+    /// (`participation.admission = "owner"`).
+    pub ticket: Option<Signed<Ticket>>,
+}
+
+/// A job's owner admits one key to it (`fedmesh job admit`): the member presents the signed
+/// ticket in each of its joins, and every member and the coordinator check it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub job: JobId,
+    pub member: MemberId,
+    pub issued_at_ms: u64,
+}
+
+/// Why a ticket does not admit a join.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    #[error("no ticket")]
+    Missing,
+    #[error("the ticket is signed by {0}, not by the job's owner")]
+    NotTheOwner(MemberId),
+    #[error("the ticket is for {0}")]
+    OtherMember(MemberId),
+    #[error("the ticket is for another job")]
+    OtherJob,
+    #[error("the ticket does not verify: {0}")]
+    Invalid(String),
+}
+
+impl Ticket {
+    /// Checks that `ticket` admits `member` to `job`: signed by `owner`, for this job and key.
+    pub fn admits(
+        ticket: Option<&Signed<Ticket>>,
+        owner: &MemberId,
+        job: &JobId,
+        member: &MemberId,
+    ) -> Result<(), TicketError> {
+        let ticket = ticket.ok_or(TicketError::Missing)?;
+        if ticket.signer() != *owner {
+            return Err(TicketError::NotTheOwner(ticket.signer()));
+        }
+        let verified = ticket.clone().verify(|_, _| Ok(()));
+        let body = verified.map_err(|e| TicketError::Invalid(e.to_string()))?.into_body();
+        if body.job != *job {
+            return Err(TicketError::OtherJob);
+        }
+        if body.member != *member {
+            return Err(TicketError::OtherMember(body.member));
+        }
+        Ok(())
+    }
 }
 
 /// A member leaves a job.
@@ -301,6 +352,14 @@ impl SignedBody for Join {
 
     fn declared_sender(&self) -> Option<MemberId> {
         Some(self.member)
+    }
+}
+
+impl SignedBody for Ticket {
+    const DOMAIN: Domain = Domain::Ticket;
+
+    fn check(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 

@@ -204,7 +204,10 @@ pub struct Participation {
     pub max_participants: Option<u32>,
     /// The fraction of members selected as trainers each round, in (0, 1] (default 1).
     pub fraction: f32,
-    /// The keys allowed to join; empty means anyone the node's policy admits.
+    /// Who may join: `open`, `allow` (the keys in `allow`) or `owner` (keys the owner signed a
+    /// ticket for, and those in `allow`); default `allow` when `allow` lists keys, else `open`.
+    pub admission: Option<Admission>,
+    /// The keys allowed to join.
     pub allow: Vec<MemberId>,
     /// The most samples one member's update may weigh in a round (default: no cap beyond the
     /// count each member declared when it joined).
@@ -217,8 +220,32 @@ impl Default for Participation {
             min_participants: 1,
             max_participants: None,
             fraction: 1.0,
+            admission: None,
             allow: Vec::new(),
             max_samples: None,
+        }
+    }
+}
+
+/// Who may join a job (`participation.admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Anyone may join.
+    Open,
+    /// Only the keys on the job's allow-list.
+    Allow,
+    /// The keys the owner's node signed a ticket for (`fedmesh job admit`), and the allow-list.
+    Owner,
+}
+
+impl Participation {
+    /// Who may join: as set, else `allow` for a job with an allow-list and `open` otherwise.
+    pub fn admission(&self) -> Admission {
+        match self.admission {
+            Some(admission) => admission,
+            None if self.allow.is_empty() => Admission::Open,
+            None => Admission::Allow,
         }
     }
 }
@@ -804,7 +831,17 @@ fn check_participation(p: &mut Problems, part: &Participation) {
         let fresh = seen.insert(member);
         p.require(fresh, &format!("participation.allow[{index}]"), "is listed twice");
     }
-    if !part.allow.is_empty() && seen.len() < min as usize {
+    match part.admission {
+        Some(Admission::Allow) if part.allow.is_empty() => {
+            p.push("participation.allow", "admission \"allow\" needs the keys it allows")
+        }
+        Some(Admission::Open) if !part.allow.is_empty() => p.push(
+            "participation.admission",
+            "an open job has no allow-list: use \"allow\" or \"owner\"",
+        ),
+        _ => {}
+    }
+    if part.admission() == Admission::Allow && seen.len() < min as usize {
         let message = format!("lists {} members, fewer than min_participants ({min})", seen.len());
         p.push("participation.allow", message);
     }

@@ -2,7 +2,7 @@
 
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::model::ModelSpec;
-use fedmesh_protocol::spec::{JobSpec, Quorum};
+use fedmesh_protocol::spec::{Admission, JobSpec, Quorum};
 use fedmesh_protocol::strategy::{AggregationRule, ServerOptimizerSpec};
 use fedmesh_protocol::tag::{BuiltinTopology, TagSpec};
 use serde_json::{Value, json};
@@ -192,6 +192,23 @@ fn dp_noise_takes_no_seed_from_the_spec_and_a_sample_cap_is_checked() {
     let capped = with(minimal(), "participation", json!({"max_samples": 500}));
     let spec = parse(&capped).expect("a valid spec");
     assert_eq!(spec.participation.max_samples, Some(500));
+}
+
+#[test]
+fn admission_is_open_allow_or_owner_and_agrees_with_the_allow_list() {
+    let me = owner();
+    let admission = |part: Value| parse(&with(minimal(), "participation", part));
+    let admitted = |part: Value| admission(part).expect("a valid spec").participation.admission();
+    assert_eq!(admitted(json!({})), Admission::Open, "the default");
+    assert_eq!(admitted(json!({"allow": [me]})), Admission::Allow, "an allow-list alone");
+    assert_eq!(admitted(json!({"admission": "owner"})), Admission::Owner);
+    assert_eq!(admitted(json!({"admission": "owner", "allow": [me]})), Admission::Owner);
+    let found = admission(json!({"admission": "allow"})).expect_err("no keys").join("\n");
+    assert!(found.contains("participation.allow: admission \"allow\" needs the keys"), "{found}");
+    let found = admission(json!({"admission": "open", "allow": [me]})).expect_err("").join("\n");
+    assert!(found.contains("participation.admission: an open job has no allow-list"), "{found}");
+    let found = admission(json!({"admission": "vip"})).expect_err("unknown").join("\n");
+    assert!(found.contains("participation"), "{found}");
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     roles,
                     samples,
                     sent_at_ms: at,
+                    ticket: None,
                 };
                 GossipMessage::Join(Signed::sign(&id, body).unwrap())
             }),
@@ -373,6 +374,7 @@ fn sender_rights_are_enforced() {
         roles: vec![],
         samples: 1,
         sent_at_ms: 0,
+        ticket: None,
     };
     let error = Signed::sign(&mallory, join).unwrap().verify(allow_all).unwrap_err();
     assert!(matches!(error, VerifyError::SenderMismatch { .. }), "{error}");
@@ -465,6 +467,7 @@ fn nonsense_bodies_are_refused_even_when_signed() {
         roles: vec![],
         samples: 1,
         sent_at_ms: 0,
+        ticket: None,
     };
     assert!(Signed::sign(&id, join).unwrap().verify(allow_all).is_err());
 }

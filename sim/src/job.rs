@@ -98,6 +98,7 @@ pub fn setups(
             group: group_of(index, config.groups),
             roles: Vec::new(),
             samples: samples(index),
+            ticket: None,
             noise_key: noise_key(config.seed, index),
         })
         .collect())

@@ -128,9 +128,8 @@ impl Member {
     /// went out needs no answer: its member was running then and heard that one (or, if that
     /// copy was lost, asks for it when it hears from this member; `ask_for_join`).
     fn on_join(&mut self, join: Join, heard: Heard, now: u64) {
-        let allow = &self.setup.spec.participation.allow;
-        if !allow.is_empty() && !allow.contains(&join.member) {
-            return self.log(Level::Info, 0, format!("{}: not on the allow-list", join.member));
+        if let Some(why) = crate::admission::refusal(&self.setup.spec, &self.setup.job, &join) {
+            return self.reject("not_admitted", why);
         }
         let member = join.member;
         let new = match self.state.members.join(&join, now) {

@@ -18,11 +18,12 @@ use crate::cadence::Cadence;
 use crate::records::{RoundRecord, RunState, RunStatus};
 use crate::shared;
 use fedmesh_aggregation::privacy::NoiseSeed;
+use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, Assignment, EvalReport, Heartbeat, Join, RoundOpen,
+    AggregateReady, Assignment, EvalReport, Heartbeat, Join, RoundOpen, Ticket,
 };
-use fedmesh_protocol::spec::JobSpec;
+use fedmesh_protocol::spec::{Admission, JobSpec};
 use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub struct Setup {
     /// A secret of this member's, its DP noise is drawn from: the node draws it from the
     /// operating system's randomness, a simulator from its seed.
     pub noise_key: NoiseSeed,
+    /// The owner's ticket admitting it, for a job that admits members by ticket.
+    pub ticket: Option<Signed<Ticket>>,
 }
 
 /// What a member persists: its state, every round it recorded, and the last result it
@@ -482,6 +485,7 @@ impl Member {
             roles: self.setup.roles.clone(),
             samples: self.setup.samples,
             sent_at_ms: now,
+            ticket: self.setup.ticket.clone(),
         }
     }
 
@@ -506,11 +510,9 @@ impl Member {
     /// learned of them from such repeats, which made it repeat its own, in waves of 10⁸
     /// deliveries that only one or two members needed each.) Says whether it asked.
     fn ask_for_join(&mut self, member: MemberId, now: u64) -> bool {
-        let allow = &self.setup.spec.participation.allow;
-        if member == self.me()
-            || self.state.members.contains(&member)
-            || (!allow.is_empty() && !allow.contains(&member))
-        {
+        let part = &self.setup.spec.participation;
+        let unlisted = part.admission() == Admission::Allow && !part.allow.contains(&member);
+        if member == self.me() || self.state.members.contains(&member) || unlisted {
             return false;
         }
         if self.asked.get(&member).is_some_and(|at| now < at + ASK_AGAIN_MS) {

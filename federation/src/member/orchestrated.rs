@@ -29,11 +29,10 @@ impl Member {
     }
 
     /// Whether `peer` may be told what the job's members keep (its results, its member list):
-    /// anyone in an open job; in an allow-listed one its members, its owner and its coordinator.
+    /// anyone in an open job; in an admitted-only one its members, owner and coordinator.
     pub(super) fn may_learn_of_job(&self, peer: &MemberId) -> bool {
-        let spec = &self.setup.spec;
-        let allow = &spec.participation.allow;
-        allow.is_empty() || allow.contains(peer) || *peer == spec.owner || self.is_coordinator(peer)
+        let is_member = self.state.members.contains(peer);
+        crate::admission::may_learn(&self.setup.spec, peer, is_member)
     }
 
     /// Whether the job's rounds come from its coordinator now: it names one, and the job does

@@ -165,6 +165,8 @@ struct Net {
     groups: BTreeMap<MemberId, String>,
     drop: Option<Drop>,
     refusals: Vec<Refusal>,
+    /// The owner's tickets the members present in their joins (an owner-admitted job).
+    tickets: BTreeMap<MemberId, Signed<Ticket>>,
     opened: BTreeMap<(Round, u64), MemberId>,
     next_request: u64,
     /// Members added late or restarted: they record only the rounds they saw.
@@ -220,6 +222,7 @@ impl Net {
             fetches: Vec::new(),
             cannot_fetch: BTreeSet::new(),
             published: Vec::new(),
+            tickets: BTreeMap::new(),
         };
         for (byte, group) in members {
             net.add(*byte, group);
@@ -243,6 +246,7 @@ impl Net {
                     roles: info.roles,
                     samples: members.declared_samples(&m.me()).expect("itself"),
                     sent_at_ms: self.now,
+                    ticket: m.setup.ticket.clone(),
                 };
                 (m.me(), join)
             })
@@ -262,6 +266,7 @@ impl Net {
             roles: Vec::new(),
             samples: 10 + u64::from(id.0[0]),
             noise_key: [id.0[0]; 32],
+            ticket: self.tickets.get(&id).cloned(),
         }
     }
 
@@ -1123,6 +1128,46 @@ fn an_allow_listed_jobs_results_and_member_list_go_to_its_members_alone() {
     net.assert_agree();
 }
 
+/// An owner-admitted job of members 1, 2 and 3 with the owner's tickets (the owner, a key of
+/// its own, is no member); member 4 joins without one and member 5 with member 1's.
+fn owner_admitted_job() -> Net {
+    let owner = fedmesh_protocol::identity::Identity::from_seed([42; 32]);
+    let mut spec = spec("central", 3, 5);
+    spec.owner = owner.member_id();
+    spec.participation.admission = Some(Admission::Owner);
+    let job = JobId(ContentHash::of(b"rules"));
+    let ticket = |byte| {
+        let ticket = Ticket { job, member: member_id(byte), issued_at_ms: 0 };
+        Signed::sign(&owner, ticket).expect("signs")
+    };
+    let mut net = Net::new(spec, &[]);
+    net.tickets = [1, 2, 3].map(|byte| (member_id(byte), ticket(byte))).into_iter().collect();
+    net.tickets.insert(member_id(5), ticket(1));
+    for byte in 1..=5 {
+        net.add(byte, "a");
+    }
+    net.introduce();
+    net
+}
+
+#[test]
+fn an_owner_admitted_job_takes_only_the_members_its_owner_signed_a_ticket_for() {
+    let mut net = owner_admitted_job();
+    net.may_miss_rounds.extend([member_id(4), member_id(5)]);
+    net.run_until(60_000, |net| net.member(1).completed_round() >= 3);
+    for member in [1, 2, 3].map(|byte| net.member(byte)) {
+        let known: Vec<MemberId> = member.state().members.ids().collect();
+        assert_eq!(known, [1, 2, 3].map(member_id), "{} knows only the admitted", member.me());
+        assert_eq!(member.rounds()[&3].participants, 3);
+    }
+    let reasons: Vec<&str> = net.rejections.iter().map(|(_, r)| r.reason).collect();
+    assert!(reasons.contains(&"not_admitted"), "{reasons:?}");
+    let details: Vec<&str> = net.rejections.iter().map(|(_, r)| r.detail.as_str()).collect();
+    assert!(details.iter().any(|d| d.contains("no ticket")), "member 4's join: {details:?}");
+    let other = format!("the ticket is for {}", member_id(1));
+    assert!(details.iter().any(|d| d.contains(&other)), "member 5's join: {details:?}");
+}
+
 #[test]
 fn an_evaluation_weighs_no_more_than_its_member_declared() {
     let mut net = four_central(2);
@@ -1377,6 +1422,7 @@ fn answer_from(job: JobId, byte: u8, now: u64) -> Event {
         roles: Vec::new(),
         samples: 10,
         sent_at_ms: now,
+        ticket: None,
     };
     Event::JoinSent { signer: member_id(byte), join, asks: false }
 }
@@ -1497,6 +1543,7 @@ fn flood_joins(net: &mut Net, count: u32) -> (u64, Round) {
             roles: Vec::new(),
             samples: 1_000,
             sent_at_ms: net.now,
+            ticket: None,
         };
         let (now, message) = (net.now, Gossip::Join(join));
         if let Some(coordinator) = net.coordinator.as_mut() {

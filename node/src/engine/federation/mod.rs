@@ -207,6 +207,7 @@ impl Engine {
             roles: self.config.roles.clone(),
             samples: local.train.len() as u64,
             noise_key: rand::random(),
+            ticket: None,
         }
     }
 
