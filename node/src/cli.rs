@@ -255,6 +255,20 @@ pub enum JobCommand {
     Join {
         /// The job id (or a unique prefix of it).
         id: String,
+        /// The ticket the job's owner gave this node (`fedmesh job admit` prints it), for a
+        /// job that admits members by ticket (`participation.admission = "owner"`).
+        #[arg(long)]
+        ticket: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Admit a node to a job this node owns that admits members by ticket: prints the ticket
+    /// to hand to that node's operator (`fedmesh job join ID --ticket TICKET`).
+    Admit {
+        /// The job id (or a unique prefix of it).
+        id: String,
+        /// The admitted node's peer id (`fedmesh status` shows it).
+        peer: String,
         #[command(flatten)]
         api: ApiArgs,
     },

@@ -10,7 +10,8 @@
 //! On a request-response stream each frame is preceded by its length as a little-endian `u64`
 //! ([`read_frame`] / [`write_frame`], or [`check_frame_length`] from an async codec).
 
-use crate::message::{GossipMessage, MAX_JOB_IDS, Request, Response};
+use crate::envelope::Signed;
+use crate::message::{GossipMessage, MAX_JOB_IDS, Request, Response, Ticket};
 use bincode::config;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,6 +50,7 @@ pub enum FrameKind {
     Gossip,
     Request,
     Response,
+    Ticket,
 }
 
 impl fmt::Display for FrameKind {
@@ -57,6 +59,7 @@ impl fmt::Display for FrameKind {
             Self::Gossip => "gossip message",
             Self::Request => "request",
             Self::Response => "response",
+            Self::Ticket => "ticket",
         })
     }
 }
@@ -106,6 +109,31 @@ impl AsRef<[u8]> for Payload {
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Payload({} bytes)", self.len())
+    }
+}
+
+/// Most bytes a ticket decodes to (one is about 150).
+const MAX_TICKET_BYTES: usize = 1024;
+
+/// A ticket as the text its owner hands to the member it admits (`fedmesh job admit` prints
+/// it, `fedmesh job join --ticket` takes it): the hex of its canonical bytes.
+pub fn encode_ticket(ticket: &Signed<Ticket>) -> Result<String, EncodeError> {
+    Ok(hex::encode(canonical_bytes(ticket)?))
+}
+
+/// Reads a ticket's text (verify the ticket before acting on it).
+pub fn decode_ticket(text: &str) -> Result<Signed<Ticket>, DecodeError> {
+    let (kind, text) = (FrameKind::Ticket, text.trim());
+    if text.len() > 2 * MAX_TICKET_BYTES {
+        let (len, max) = (text.len() as u64 / 2, MAX_TICKET_BYTES as u64);
+        return Err(DecodeError::TooLarge { kind, len, max });
+    }
+    let bytes =
+        hex::decode(text).map_err(|e| DecodeError::Malformed { kind, reason: e.to_string() })?;
+    let (ticket, used) = decode_limited::<Signed<Ticket>, MAX_TICKET_BYTES>(&bytes, kind)?;
+    match bytes.len() - used {
+        0 => Ok(ticket),
+        count => Err(DecodeError::TrailingBytes { kind, count }),
     }
 }
 

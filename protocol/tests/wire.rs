@@ -524,3 +524,34 @@ fn gossip_size_limits_hold_both_ways() {
         DecodeError::TrailingBytes { kind: codec::FrameKind::Gossip, count: 1 }
     );
 }
+
+#[test]
+fn a_ticket_travels_as_text_and_admits_only_its_key_to_its_job_from_its_owner() {
+    let (owner, member, stranger) = (identity(1), identity(2), identity(3));
+    let body = Ticket { job: job(1), member: member.member_id(), issued_at_ms: 5 };
+    let ticket = Signed::sign(&owner, body.clone()).unwrap();
+    let text = codec::encode_ticket(&ticket).unwrap();
+    let read = codec::decode_ticket(&format!("  {text}\n")).expect("the text reads back");
+    assert_eq!(read, ticket);
+    let admits = |ticket: Option<&Signed<Ticket>>, job_seed, key: &Identity| {
+        Ticket::admits(ticket, &owner.member_id(), &job(job_seed), &key.member_id())
+    };
+    assert_eq!(admits(Some(&read), 1, &member), Ok(()));
+    assert_eq!(admits(None, 1, &member), Err(TicketError::Missing));
+    assert_eq!(admits(Some(&read), 2, &member), Err(TicketError::OtherJob));
+    let other = Err(TicketError::OtherMember(member.member_id()));
+    assert_eq!(admits(Some(&read), 1, &stranger), other, "a ticket is not transferable");
+    let self_signed = Signed::sign(&stranger, body).unwrap();
+    let not_owner = Err(TicketError::NotTheOwner(stranger.member_id()));
+    assert_eq!(admits(Some(&self_signed), 1, &member), not_owner);
+    // The owner's signature over another body does not carry over.
+    let mut bytes = hex::decode(&text).unwrap();
+    let last = bytes.len() - 70; // inside the body, before the signature
+    bytes[last] ^= 1;
+    if let Ok(tampered) = codec::decode_ticket(&hex::encode(bytes)) {
+        assert!(admits(Some(&tampered), 1, &member).is_err(), "a tampered ticket");
+    }
+    for bad in ["", "zz", &"ab".repeat(5_000), &format!("{text}00")] {
+        assert!(codec::decode_ticket(bad).is_err(), "{bad:.20} is no ticket");
+    }
+}

@@ -41,6 +41,7 @@ pub async fn serve(
         .route("/v1/jobs", get(list_jobs).post(announce_job))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/join", post(join_job))
+        .route("/v1/jobs/{id}/admit", post(admit_member))
         .route("/v1/jobs/{id}/leave", post(leave_job))
         .route("/v1/jobs/{id}/stop", post(stop_job))
         .route("/v1/coordinator/jobs", get(coordinated_jobs).post(submit_job))
@@ -133,12 +134,37 @@ async fn announce_job(
     Ok(Json(serde_json::json!({ "id": id.to_string() })))
 }
 
+/// What `POST /v1/jobs/{id}/join` takes (optional): the owner's ticket, for a job that admits
+/// members by ticket.
+#[derive(serde::Deserialize, Default)]
+struct JoinBody {
+    #[serde(default)]
+    ticket: Option<String>,
+}
+
 async fn join_job(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<serde_json::Value> {
-    let id = state.engine.join(&id).await?;
+    let JoinBody { ticket } = optional_json(&body, "{\"ticket\": …}")?;
+    let id = state.engine.join(&id, ticket).await?;
     Ok(Json(serde_json::json!({ "id": id.to_string(), "joined": true })))
+}
+
+/// What `POST /v1/jobs/{id}/admit` takes: the peer id to admit.
+#[derive(serde::Deserialize)]
+struct AdmitBody {
+    member: String,
+}
+
+async fn admit_member(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    Json(AdmitBody { member }): Json<AdmitBody>,
+) -> ApiResult<serde_json::Value> {
+    let ticket = state.engine.admit(&id, &member).await?;
+    Ok(Json(serde_json::json!({ "member": member, "ticket": ticket })))
 }
 
 async fn leave_job(
@@ -147,6 +173,19 @@ async fn leave_job(
 ) -> ApiResult<serde_json::Value> {
     let id = state.engine.leave(&id).await?;
     Ok(Json(serde_json::json!({ "id": id.to_string(), "left": true })))
+}
+
+/// An optional JSON request body: the default when empty, else `shape` or a clear refusal.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(EngineError::Invalid(format!("the request body is not {shape}: {e}")))
+    })
 }
 
 /// Why a job is stopped, as `POST /v1/jobs/{id}/stop` takes it (`{"reason": "…"}`, optional).
@@ -161,15 +200,7 @@ async fn stop_job(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<serde_json::Value> {
-    let body: StopBody = if body.is_empty() {
-        StopBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError(EngineError::Invalid(format!(
-                "the stop request is not {{\"reason\": …}}: {e}"
-            )))
-        })?
-    };
+    let body: StopBody = optional_json(&body, "{\"reason\": …}")?;
     let reason = body.reason.unwrap_or_else(|| "stopped by its operator".to_owned());
     let id = state.engine.stop(&id, &reason).await?;
     Ok(Json(serde_json::json!({ "id": id.to_string(), "stopped": true })))

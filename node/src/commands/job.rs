@@ -1,4 +1,4 @@
-//! `fedmesh job ...`: announce, list, show, join, leave and watch jobs through the local node's
+//! `fedmesh job ...`: announce, list, show, join, admit, leave and watch jobs through the local node's
 //! admin API (submit, status and stop are in `coordinated`).
 
 use crate::admin::AdminClient;
@@ -49,8 +49,14 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
             JobCommand::Stop { id, reason, api } => {
                 super::coordinated::stop(&id, reason.as_deref(), &api.data_dir).await
             }
-            JobCommand::Join { id, api } => membership_change(&api.data_dir, &id, "join").await,
-            JobCommand::Leave { id, api } => membership_change(&api.data_dir, &id, "leave").await,
+            JobCommand::Join { id, ticket, api } => {
+                let body = ticket.map(|ticket| serde_json::json!({ "ticket": ticket }));
+                membership_change(&api.data_dir, &id, "join", body).await
+            }
+            JobCommand::Admit { id, peer, api } => admit(&api.data_dir, &id, &peer).await,
+            JobCommand::Leave { id, api } => {
+                membership_change(&api.data_dir, &id, "leave", None).await
+            }
             JobCommand::Watch { id, api } => watch(&api.data_dir, &id).await,
         }
     })
@@ -92,12 +98,31 @@ async fn with_initial_weights(
     Ok(serde_json::to_vec(&spec)?)
 }
 
-async fn membership_change(data_dir: &Path, id: &str, action: &str) -> anyhow::Result<()> {
+async fn membership_change(
+    data_dir: &Path,
+    id: &str,
+    action: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
     let client = AdminClient::for_data_dir(data_dir)?;
-    let answer: serde_json::Value =
-        client.post(&format!("/v1/jobs/{id}/{action}"), Vec::new()).await?;
+    let body = body.map(|body| serde_json::to_vec(&body)).transpose()?.unwrap_or_default();
+    let answer: serde_json::Value = client.post(&format!("/v1/jobs/{id}/{action}"), body).await?;
     let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or(id);
     println!("{action} {id}: done");
+    Ok(())
+}
+
+/// Signs a ticket admitting `peer` to the job and prints it (alone on stdout, for scripts).
+async fn admit(data_dir: &Path, id: &str, peer: &str) -> anyhow::Result<()> {
+    let client = AdminClient::for_data_dir(data_dir)?;
+    let body = serde_json::to_vec(&serde_json::json!({ "member": peer }))?;
+    let answer: serde_json::Value = client.post(&format!("/v1/jobs/{id}/admit"), body).await?;
+    let ticket = answer.get("ticket").and_then(|t| t.as_str());
+    let ticket = ticket.context("the node answered without a ticket")?;
+    println!("{ticket}");
+    eprintln!(
+        "admitted {peer}: give its operator this ticket for `fedmesh job join {id} --ticket`"
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The job engine: the one task that owns the node's state. It handles verified network messages,
 //! announces and re-announces jobs, answers peers' requests, and serves the admin API's queries.
 
+mod admission;
 mod coordination;
 mod federation;
 mod jobs;
@@ -96,7 +97,8 @@ enum Query {
     Jobs(oneshot::Sender<Vec<JobView>>),
     Job(String, oneshot::Sender<Result<JobView, EngineError>>),
     Announce(Vec<u8>, oneshot::Sender<Result<JobId, EngineError>>),
-    Join(String, oneshot::Sender<Result<JobId, EngineError>>),
+    Join(String, Option<String>, oneshot::Sender<Result<JobId, EngineError>>),
+    Admit(String, String, oneshot::Sender<Result<String, EngineError>>),
     Leave(String, oneshot::Sender<Result<JobId, EngineError>>),
     Model(String, Option<u64>, oneshot::Sender<Result<ModelExport, EngineError>>),
     Models(Option<String>, oneshot::Sender<Result<Vec<crate::registry::ModelEntry>, EngineError>>),
@@ -182,8 +184,14 @@ impl EngineHandle {
     }
 
     /// Joins a known job (by id or unique id prefix).
-    pub async fn join(&self, id: &str) -> Result<JobId, EngineError> {
-        self.ask(|reply| Query::Join(id.to_owned(), reply)).await?
+    /// Joins a job; `ticket` is the owner's ticket for a job that admits members by ticket.
+    pub async fn join(&self, id: &str, ticket: Option<String>) -> Result<JobId, EngineError> {
+        self.ask(|reply| Query::Join(id.to_owned(), ticket, reply)).await?
+    }
+
+    /// Signs a ticket admitting `member` to a job this node owns; returns its text.
+    pub async fn admit(&self, id: &str, member: &str) -> Result<String, EngineError> {
+        self.ask(|reply| Query::Admit(id.to_owned(), member.to_owned(), reply)).await?
     }
 
     /// Leaves a job this node is in.
@@ -343,12 +351,11 @@ impl Engine {
                 }
                 let _ = reply.send(result);
             }
-            Query::Join(id, reply) => {
-                let result = match self.jobs.id_by_prefix(&id) {
-                    Ok(job) => self.join_job(job).await.map(|()| job),
-                    Err(error) => Err(error),
-                };
-                let _ = reply.send(result);
+            Query::Join(id, ticket, reply) => {
+                let _ = reply.send(self.join_with(&id, ticket.as_deref()).await);
+            }
+            Query::Admit(id, member, reply) => {
+                let _ = reply.send(self.admit(&id, &member));
             }
             Query::Leave(id, reply) => {
                 let result = match self.jobs.id_by_prefix(&id) {

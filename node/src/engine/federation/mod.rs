@@ -173,6 +173,7 @@ impl Engine {
         }
         let spec = self.jobs.spec(&id).ok_or_else(|| EngineError::NotFound(format!("job {id}")))?;
         let tag = supported(&spec)?;
+        self.check_admitted(&id, &spec)?;
         let local = self.load_local(id, &spec, "add it to the `datasets` setting")?;
         let params = self.initial_model(&spec, &local).await?;
         let blob = encode_model(&params)?;
@@ -207,7 +208,10 @@ impl Engine {
             roles: self.config.roles.clone(),
             samples: local.train.len() as u64,
             noise_key: rand::random(),
-            ticket: None,
+            ticket: self.ticket(&job).unwrap_or_else(|error| {
+                tracing::warn!(%job, %error, "cannot read the job's ticket: joining without");
+                None
+            }),
         }
     }
 

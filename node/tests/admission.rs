@@ -1,0 +1,65 @@
+//! Owner admission over real nodes: a job whose spec sets `participation.admission = "owner"`
+//! takes the nodes its owner signed a ticket for (`fedmesh job admit`, then `fedmesh job join
+//! --ticket`), and no other: a node without a ticket, or with another node's, cannot join.
+
+mod common;
+
+use common::{BINARY, federation, poll_until, wait_completed_on};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Runs `fedmesh ARGS` against the node with data directory `data_dir`: its stdout, or its
+/// stderr as the error.
+fn fedmesh(data_dir: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(BINARY)
+        .args(args)
+        .env("FEDMESH_DATA_DIR", data_dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let (out, err) =
+        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if output.status.success() { Ok(out.trim().to_owned()) } else { Err(err.into_owned()) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_admitted_job_takes_the_node_its_owner_gave_a_ticket_and_no_other() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let spec = json!({
+        "name": "admitted", "owner": cluster.nodes[0].peer_id, "model": "softmax",
+        "dataset": "mnist5k", "hyperparameters": {"rounds": 3, "lr": 0.1},
+        "participation": {"min_participants": 2, "admission": "owner"},
+        "round_deadline_secs": 10,
+    });
+    let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await.unwrap();
+    let job = answer["id"].as_str().unwrap().to_owned();
+    for node in [1, 2] {
+        let known = || async {
+            cluster.nodes[node].api.get(&format!("/v1/jobs/{job}")).await.unwrap_or(Value::Null)
+        };
+        poll_until("the announcement reached the node", known, |view| view["id"] == job.as_str())
+            .await;
+    }
+    let (owner_dir, admitted_dir, other_dir) =
+        (cluster.nodes[0].data_dir(), cluster.nodes[1].data_dir(), cluster.nodes[2].data_dir());
+
+    let refused = fedmesh(&other_dir, &["job", "join", &job]).expect_err("no ticket");
+    assert!(refused.contains("admits members by its owner's ticket"), "{refused}");
+    let not_owner = fedmesh(&other_dir, &["job", "admit", &job, &cluster.nodes[2].peer_id]);
+    assert!(not_owner.expect_err("not the owner").contains("not this node"));
+
+    let ticket = fedmesh(&owner_dir, &["job", "admit", &job, &cluster.nodes[1].peer_id]).unwrap();
+    let borrowed = fedmesh(&other_dir, &["job", "join", &job, "--ticket", &ticket]);
+    let borrowed = borrowed.expect_err("node1's ticket presented by node2");
+    assert!(borrowed.contains("does not admit this node"), "{borrowed}");
+    fedmesh(&admitted_dir, &["job", "join", &job, "--ticket", &ticket]).unwrap();
+
+    let runs = wait_completed_on(&cluster, &[0, 1], &job, Duration::from_secs(120)).await;
+    for run in &runs {
+        let rounds = run["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 3, "{run:#}");
+        assert!(rounds.iter().all(|r| r["participants"] == 2), "the owner and node1: {run:#}");
+    }
+    let outsider: Value = cluster.nodes[2].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
+    assert!(outsider["run"].is_null(), "node2 never took part: {outsider:#}");
+}
