@@ -17,7 +17,7 @@ pub fn refusal(spec: &JobSpec, job: &JobId, join: &Join) -> Option<String> {
     match part.admission() {
         Admission::Open => None,
         Admission::Allow => Some(format!("{member}: not on the allow-list")),
-        Admission::Owner => Ticket::admits(join.ticket.as_ref(), &spec.owner, job, member)
+        Admission::Owner => Ticket::admits(join.ticket.as_deref(), &spec.owner, job, member)
             .err()
             .map(|why| format!("{member}: not admitted by the owner ({why})")),
     }

@@ -488,7 +488,7 @@ mod tests {
             roles: vec![],
             samples: 100,
             sent_at_ms: 1_000,
-            ticket,
+            ticket: ticket.map(Box::new),
         };
         let (admitted, none, borrowed) =
             (join(1, Some(ticket.clone())), join(2, None), join(3, Some(ticket)));

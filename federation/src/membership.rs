@@ -11,7 +11,7 @@
 //! A join costs nothing to send from a fresh key, so a member counts only once it has proven it
 //! runs: its first heartbeat after the join. Until then it is a newcomer: not in the live view
 //! rounds are planned over, not in the count the job's cadence follows, and one of at most
-//! `max(NEWCOMERS_FLOOR, proven members)` kept, dropped when silent for the liveness window. A
+//! `max(NEWCOMERS_FLOOR, proven members)` kept, dropped when silent for a while. A
 //! flood of joins from fresh keys fills that queue and no more: the job's rounds never see it.
 
 use crate::cadence::Cadence;
@@ -191,13 +191,13 @@ impl Known {
         NEWCOMERS_FLOOR.max(self.proven)
     }
 
-    /// Drops the newcomers silent past `liveness_ms` at `now_ms` (those first in the queue:
-    /// the oldest joins) and the queue's entries of newcomers proven or gone since.
-    fn collect_newcomers(&mut self, now_ms: u64, liveness_ms: u64) {
+    /// Drops the newcomers silent past `grace_ms` at `now_ms` (those first in the queue: the
+    /// oldest joins) and the queue's entries of newcomers proven or gone since.
+    fn collect_newcomers(&mut self, now_ms: u64, grace_ms: u64) {
         while let Some(first) = self.newcomers.front() {
             match self.members.get(first) {
                 Some(entry) if !entry.proven => {
-                    if now_ms.saturating_sub(entry.last_seen_ms) <= liveness_ms {
+                    if now_ms.saturating_sub(entry.last_seen_ms) <= grace_ms {
                         return;
                     }
                     self.members.remove(first);
@@ -360,6 +360,14 @@ impl Membership {
         self.cadence().liveness_ms()
     }
 
+    /// How long a newcomer is kept without a heartbeat: the liveness window, and at least two
+    /// heartbeat intervals of a job of every member known (its first heartbeat, or the next
+    /// if that copy was lost; a large job's first heartbeats are spread over seconds).
+    fn newcomer_grace_ms(&self) -> u64 {
+        let beat = Cadence::for_members(self.len()).heartbeat_ms();
+        self.liveness_ms().max(2 * beat)
+    }
+
     /// Whether a member last heard at `last_seen_ms` counts as live at `now_ms`.
     fn is_fresh(&self, last_seen_ms: u64, now_ms: u64) -> bool {
         now_ms.saturating_sub(last_seen_ms) <= self.liveness_ms()
@@ -370,10 +378,10 @@ impl Membership {
     /// one heard from its member, or before its leave, is a replay; a copy of the newest (it
     /// came on the topic and as an answer) changes nothing.
     pub fn join(&mut self, join: &Join, now_ms: u64) -> Result<bool, Refused> {
-        let liveness = self.liveness_ms();
+        let grace = self.newcomer_grace_ms();
         let known = Arc::make_mut(&mut self.known);
         if !known.members.contains_key(&join.member) {
-            known.collect_newcomers(now_ms, liveness);
+            known.collect_newcomers(now_ms, grace);
             if known.newcomers.len() >= known.newcomer_room() {
                 return Err(Refused::Crowded { room: known.newcomer_room() });
             }
@@ -486,7 +494,7 @@ impl Membership {
         Ok(if self.prove(member) { Beat::First } else { Beat::Again })
     }
 
-    /// Marks a known member proven; says whether it was a newcomer.
+    /// Marks a known member proven (heard beat since its join); says whether it was a newcomer.
     fn prove(&mut self, member: &MemberId) -> bool {
         let known = Arc::make_mut(&mut self.known);
         match known.members.get_mut(member) {
@@ -818,16 +826,18 @@ mod tests {
         assert!(Arc::ptr_eq(&view, &members.live(2_000)), "the live view did not change");
         assert_eq!(members.cadence(), cadence, "nor did the cadence");
         assert_eq!(members.liveness_ms(), 10_000, "a three-member job's window");
-        // Past the window the silent newcomers are dropped and fresh keys find room again.
-        (1..=3).for_each(|member| _ = beat(&mut members, member, 11_000));
-        assert_eq!(members.join(&fresh(5_000), 12_001), Ok(true));
+        // Past two heartbeat intervals of a job of every key known (1,027 keys: 103 s each), the
+        // silent newcomers are dropped and fresh keys find room again.
+        let later = 2_000 + 2 * Cadence::for_members(members.len()).heartbeat_ms() + 1;
+        (1..=3).for_each(|member| _ = beat(&mut members, member, later - 1_000));
+        assert_eq!(members.join(&fresh(5_000), later), Ok(true));
         assert_eq!(members.len(), 4, "the flood's newcomers were dropped");
         // A newcomer that beats is proven, planned with and takes no room.
-        assert_eq!(beat(&mut members, 0xee, 12_100), Ok(Beat::Unknown), "not a member's key");
+        assert_eq!(beat(&mut members, 0xee, later), Ok(Beat::Unknown), "not a member's key");
         let newcomer = fresh(5_000).member;
-        let proof = members.heartbeat(&newcomer, (1, ContentHash::of(b"m")), 12_100, 12_100);
+        let proof = members.heartbeat(&newcomer, (1, ContentHash::of(b"m")), later, later);
         assert_eq!(proof, Ok(Beat::First));
-        assert_eq!(members.live(12_100).len(), 4);
+        assert_eq!(members.live(later).len(), 4);
     }
 
     #[test]

@@ -55,8 +55,9 @@ pub struct Join {
     pub samples: u64,
     pub sent_at_ms: u64,
     /// The owner's admission of this key, for a job that admits members by ticket
-    /// (`participation.admission = "owner"`).
-    pub ticket: Option<Signed<Ticket>>,
+    /// (`participation.admission = "owner"`; boxed: most joins carry none, and a join is one
+    /// of the gossip kinds a simulator holds millions of at once).
+    pub ticket: Option<Box<Signed<Ticket>>>,
 }
 
 /// A job's owner admits one key to it (`fedmesh job admit`): the member presents the signed

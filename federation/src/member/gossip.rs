@@ -16,6 +16,9 @@ use std::sync::Arc;
 const MAX_EVALUATIONS: usize = 4 * super::results::EVAL_REPORTERS;
 /// How long after announcing a round's result it may go out again for a member that missed it.
 const ANNOUNCE_AGAIN_MS: u64 = 5_000;
+/// How many of the members a result names must be heard past its round for it to be taken
+/// though it leaves out live members (see `Member::vouches_for`).
+const WITNESSES: usize = 3;
 
 /// How a join reached this member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,8 +340,8 @@ impl Member {
     }
 
     /// Whether a result comes from the aggregator of the plan over the members it names, and
-    /// leaves out no member this member sees live but itself, unless most of the members it
-    /// names (its signer aside) are heard past its round: then the round is over and the
+    /// leaves out no member this member sees live but itself, unless `WITNESSES` of the members
+    /// it names (its signer aside) are heard past its round: then the round is over and the
     /// members left out missed it as this one did (cut off together by a partition, they
     /// would otherwise refuse each other's absence for ever).
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
@@ -354,23 +357,28 @@ impl Member {
             && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
     }
 
-    /// Whether more than half of `named` but `signer` were heard to hold a model of `round` or
-    /// later (their heartbeats are their own: no one member can say it for the others).
+    /// Whether `WITNESSES` of `named` but `signer` (all of them if fewer) were heard to hold a
+    /// model of `round` or later: the round is over. Their heartbeats are their own, so no one
+    /// member can say it for the others, and while a round runs its members hold the model
+    /// before it.
     fn most_moved_past(&self, named: &[MemberInfo], signer: &MemberId, round: Round) -> bool {
         let others = named.iter().filter(|m| m.id != *signer);
         let (count, past) = others.fold((0, 0), |(count, past), m| {
             (count + 1, past + usize::from(self.state.members.holds_past(&m.id, round)))
         });
-        2 * past > count
+        past > 0 && past >= WITNESSES.min(count)
     }
 
-    /// A member that completed the job answers the heartbeat of a member still in one of its
-    /// rounds with its own (at most once every `ANNOUNCE_AGAIN_MS`): it went silent when it
-    /// completed, and the member behind learns from it that the job is past its round, and by
-    /// what model.
+    /// A member that completed the job, if it is in the seeded sample that reports evaluations
+    /// of the straggler's round, answers the heartbeat of a member still in one of its rounds
+    /// with its own (at most once every `ANNOUNCE_AGAIN_MS`): it went silent when it completed,
+    /// and the member behind learns from it that the job is past its round, and by what model.
+    /// (Every member answering cost a thousand-member job a million deliveries a straggler.)
     fn answer_straggler(&mut self, their_round: Round, now: u64) {
         let behind = their_round <= self.last_round();
-        if behind && now.saturating_sub(self.last_heartbeat_ms) >= ANNOUNCE_AGAIN_MS {
+        let (job, me, members) = (&self.setup.job, self.me(), self.state.members.proven());
+        let sampled = super::results::reports_evaluation(job, their_round, &me, members);
+        if behind && sampled && now.saturating_sub(self.last_heartbeat_ms) >= ANNOUNCE_AGAIN_MS {
             self.publish_heartbeat(now);
         }
     }

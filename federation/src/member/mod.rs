@@ -61,6 +61,8 @@ const MAX_ASKED: usize = 1_024;
 /// and until it heard this many heartbeats (see `Member::settling`).
 const SETTLE_MIN_MS: u64 = 5_000;
 const SETTLE_HEARTBEATS: u32 = 8;
+/// The longest a newcomer waits before its first heartbeat (see `first_heartbeat_after_ms`).
+const FIRST_BEAT_SPREAD_MS: u64 = 10_000;
 /// How long after a peer subscribes to the job's topic this member's join goes out again.
 const JOIN_ECHO_DELAY_MS: u64 = 300;
 
@@ -485,7 +487,7 @@ impl Member {
             roles: self.setup.roles.clone(),
             samples: self.setup.samples,
             sent_at_ms: now,
-            ticket: self.setup.ticket.clone(),
+            ticket: self.setup.ticket.clone().map(Box::new),
         }
     }
 
@@ -535,13 +537,16 @@ impl Member {
         self.asked.values().any(|at| now < at + ANSWER_WAIT_MS)
     }
 
-    /// The first heartbeat of this incarnation goes out this long after it joined: a fraction
-    /// of the heartbeat interval drawn from its key. Members of a job that starts at once (or
-    /// a simulator's thousands) otherwise beat in step, every member's heartbeat reaching
-    /// every member within a second once an interval rather than the job's rate evenly.
-    fn first_heartbeat_after_ms(&self, cadence: Cadence) -> u64 {
+    /// The first heartbeat of this incarnation goes out this long after it joined: a fraction,
+    /// drawn from its key, of the heartbeat interval of a job of every member it knows (proven
+    /// or not), at most `FIRST_BEAT_SPREAD_MS`. It proves the member runs, so it comes soon;
+    /// but members of a job that starts at once (or a simulator's thousands) would otherwise
+    /// all beat within the second the proven count is still small, every heartbeat reaching
+    /// every member at once.
+    fn first_heartbeat_after_ms(&self) -> u64 {
         let phase = u64::from(u16::from_le_bytes([self.setup.me.0[0], self.setup.me.0[1]]));
-        cadence.heartbeat_ms() * phase / 65_536
+        let known = Cadence::for_members(self.state.members.len()).heartbeat_ms();
+        known.min(FIRST_BEAT_SPREAD_MS) * phase / 65_536
     }
 
     /// Periodic work: heartbeats, repeated joins, deadlines, opening the next round.
@@ -552,7 +557,7 @@ impl Member {
         let me = self.me();
         let cadence = self.cadence();
         let heartbeat_due = if self.heartbeat_sequence == 0 {
-            now.saturating_sub(self.joined_ms) >= self.first_heartbeat_after_ms(cadence)
+            now.saturating_sub(self.joined_ms) >= self.first_heartbeat_after_ms()
         } else {
             now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms()
         };
@@ -578,7 +583,7 @@ impl Member {
         self.maybe_pull(now);
         self.tick_round(now);
         let next_heartbeat = if self.heartbeat_sequence == 0 {
-            self.joined_ms + self.first_heartbeat_after_ms(cadence)
+            self.joined_ms + self.first_heartbeat_after_ms()
         } else {
             self.last_heartbeat_ms + cadence.heartbeat_ms()
         };

@@ -246,7 +246,7 @@ impl Net {
                     roles: info.roles,
                     samples: members.declared_samples(&m.me()).expect("itself"),
                     sent_at_ms: self.now,
-                    ticket: m.setup.ticket.clone(),
+                    ticket: m.setup.ticket.clone().map(Box::new),
                 };
                 (m.me(), join)
             })
