@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod events;
 pub mod firing;
 pub mod follow;
+pub mod hostile;
 pub mod report;
 pub mod scenario;
 pub mod scenario_file;
