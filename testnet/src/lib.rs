@@ -3,6 +3,7 @@
 //! and reports on what they did.
 
 pub mod api;
+pub mod attack_runs;
 pub mod bench;
 pub mod checks;
 pub mod cluster;
