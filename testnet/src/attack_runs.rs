@@ -79,6 +79,19 @@ impl Attacks {
         }
     }
 
+    /// What each hostile run printed (its log, the lines of its own).
+    pub fn logs(&self) -> Vec<crate::report::AttackLog> {
+        let own = |line: &&str| !line.trim().is_empty() && !line.contains(" WARN ");
+        self.runs
+            .iter()
+            .map(|run| {
+                let text = std::fs::read_to_string(&run.log).unwrap_or_default();
+                let lines = text.lines().filter(own).map(str::to_owned).collect();
+                crate::report::AttackLog { name: run.name.clone(), lines }
+            })
+            .collect()
+    }
+
     /// Each hostile run's name with the last line it logged, for a failed check.
     pub fn summaries(&self) -> Vec<String> {
         self.runs

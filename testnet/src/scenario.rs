@@ -325,7 +325,9 @@ impl Scenario {
         let checks = check_run(self, &cluster, &job, &events, &status, &follower.rounds).await;
         let usage = cluster.usage().await;
         cluster.stop_all();
+        let attacks = events.attacks.as_ref().map(|a| a.logs()).unwrap_or_default();
         let outcome = RunOutcome {
+            attacks,
             status,
             rounds: follower.rounds,
             events: events.fired,

@@ -437,12 +437,59 @@ mod tests {
                 "only byzantine",
             ),
             ("expect = \"below-target\"", "needs a target"),
+            ("[[events]]\nround = 2\naction = \"attack\"", "attack needs `attack`"),
+            (
+                "[[events]]\nround = 2\naction = \"attack\"\nattack = \"replay-heartbeats\"",
+                "needs one target node: its victim",
+            ),
+            (
+                "[[events]]\nround = 2\naction = \"attack\"\nattack = \"forge-open\"\ntarget = 1",
+                "forge-open takes no target",
+            ),
+            (
+                "[[events]]\nround = 2\naction = \"kill\"\ntarget = 1\nattack = \"forge-open\"",
+                "only attack takes attack",
+            ),
+            ("[[events]]\nround = 2\naction = \"attack\"\nattack = \"nuke\"", "unknown variant"),
+            ("refused = [\"Not A Reason\"]", "refused:"),
             ("target = 1.5", "in [0, 1]"),
         ];
         for (text, problem) in cases {
             let error = parse(text).unwrap_err();
             assert!(error.contains(problem), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn an_attack_event_names_its_attack_posing_and_victim() {
+        let text = r#"
+            nodes = 3
+            refused = ["replayed", "not_the_aggregator|ahead_of_round"]
+            [[events]]
+            round = 1
+            action = "attack"
+            attack = "replay-heartbeats"
+            as = "outsider"
+            target = 2
+            [[events]]
+            round = 2
+            action = "attack"
+            attack = "join-flood"
+            count = 3000
+            "#;
+        let file = parse(text).unwrap();
+        assert_eq!(file.fewest_members(), 3, "an attack takes no node away");
+        let lines: Vec<String> = file.events.iter().map(Event::describe).collect();
+        assert_eq!(
+            lines,
+            [
+                "round 1: attack replay-heartbeats as outsider (victim node2)",
+                "round 2: attack join-flood as member, count 3000"
+            ]
+        );
+        let scenario = file.into_scenario(PathBuf::from("/bin/fedmesh"), PathBuf::new());
+        assert_eq!(scenario.hostile, PathBuf::from("/bin/fedmesh-hostile"));
+        assert_eq!(scenario.hostile_members(), 1);
     }
 
     #[test]
@@ -488,6 +535,7 @@ mod tests {
             names.push(file.name.unwrap());
         }
         names.sort();
-        assert_eq!(names.len(), 8, "{names:?}");
+        let attacks = names.iter().filter(|name| name.starts_with("attack-")).count();
+        assert_eq!((names.len(), attacks), (18, 10), "{names:?}");
     }
 }

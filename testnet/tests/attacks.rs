@@ -20,6 +20,9 @@ fn attacked(name: &str, text: &str) -> Run {
     assert!(refused.is_some_and(|check| check.passed), "{:#?}", run.report.checks);
     let started = run.lines.iter().any(|line| line.contains("started fedmesh-hostile"));
     assert!(started, "{:#?}", run.lines);
+    for attack in &run.report.attacks {
+        eprintln!("{name}: {}:\n  {}", attack.name, attack.lines.join("\n  "));
+    }
     run
 }
 
@@ -164,30 +167,46 @@ fn a_members_inflated_sample_counts_are_refused() {
     );
 }
 
-/// Request frames whose length prefix is far above the nodes' limit (`u64::MAX`, 1 TiB),
-/// and frames announcing 64 MiB that then trickle 4 bytes every 250 ms: both end as failed
-/// inbound requests, the trickled ones after the nodes' per-step timeout.
+/// Request frames whose length prefix is far above the nodes' limit (`u64::MAX`, 1 TiB) are
+/// dropped before anything is allocated.
 #[test]
-fn an_outsiders_oversized_and_trickled_frames_are_dropped() {
-    for (attack, count) in [("oversized-frames", 20), ("trickled-frames", 8)] {
-        attacked(
-            &format!("attack-{attack}"),
-            &format!(
-                r#"
-                nodes = 4
-                rounds = 10
-                refused = ["inbound_failure"]
-                [[events]]
-                round = 2
-                action = "attack"
-                attack = "{attack}"
-                as = "outsider"
-                count = {count}
-                duration_secs = 8
-                "#
-            ),
-        );
-    }
+fn an_outsiders_oversized_frames_are_dropped() {
+    attacked(
+        "attack-oversized-frames",
+        r#"
+        nodes = 4
+        rounds = 8
+        refused = ["oversized_frame"]
+        [[events]]
+        round = 2
+        action = "attack"
+        attack = "oversized-frames"
+        as = "outsider"
+        count = 20
+        duration_secs = 8
+        "#,
+    );
+}
+
+/// Frames announcing 64 MiB that then trickle 4 bytes every 250 ms are dropped after the
+/// nodes' per-step timeout (5 s for each 256 KiB), and the job goes on meanwhile.
+#[test]
+fn an_outsiders_trickled_frames_are_dropped_as_stalled() {
+    attacked(
+        "attack-trickled-frames",
+        r#"
+        nodes = 4
+        rounds = 16
+        refused = ["stalled_frame"]
+        [[events]]
+        round = 2
+        action = "attack"
+        attack = "trickled-frames"
+        as = "outsider"
+        count = 4
+        duration_secs = 10
+        "#,
+    );
 }
 
 /// A member's deltas full of NaN (and of infinities) are refused as malformed; its deltas of
