@@ -49,7 +49,7 @@ fn a_members_forged_results_for_the_last_round_and_past_it_are_refused() {
     );
 }
 
-/// A member's openings of the next-but-one round, the last round and past it.
+/// A member's openings of the next round (not open yet), the job's last round and past it.
 #[test]
 fn a_members_forged_openings_are_refused() {
     attacked(
