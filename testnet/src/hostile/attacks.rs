@@ -363,7 +363,6 @@ async fn send_deltas(
 ) -> Result<(), HostileError> {
     let nodes = peer.connected().await?;
     let until = Instant::now() + plan.duration;
-    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     let mut sent = 0;
     while Instant::now() < until && sent < plan.count {
         let Some(head) = peer.watch().head() else { break };
@@ -374,17 +373,22 @@ async fn send_deltas(
         let requests = nodes.iter().flat_map(|node| frames.iter().map(move |f| (*node, f.clone())));
         let requests: Vec<(PeerId, Vec<u8>)> = requests.take(plan.count - sent).collect();
         sent += requests.len();
+        let mut answers: BTreeMap<String, usize> = BTreeMap::new();
         let mut answered = futures::stream::iter(requests)
             .map(|(node, frame)| async move { peer.ask(node, frame, 0).await })
             .buffer_unordered(IN_FLIGHT);
         while let Some(answer) = answered.next().await {
             *answers.entry(describe(answer)).or_default() += 1;
         }
+        let answers: Vec<String> = answers.iter().map(|(a, n)| format!("{n} {a}")).collect();
+        outcome.note(format!(
+            "round {} in progress: {} deltas ({sent} so far) to {} nodes: {}",
+            head.0,
+            plan.attack.name(),
+            nodes.len(),
+            answers.join("; ")
+        ));
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    outcome.note(format!("sent {sent} deltas ({}) to {} nodes", plan.attack.name(), nodes.len()));
-    for (answer, count) in answers {
-        outcome.note(format!("{count} answered: {answer}"));
     }
     Ok(())
 }
