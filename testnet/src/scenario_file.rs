@@ -298,7 +298,8 @@ fn attack_shape(event: &Event) -> Option<String> {
     let Some(attack) = event.attack else {
         return Some(
             "attack needs `attack` (forge-result, forge-open, forge-assignment, \
-             replay-heartbeats, join-flood, oversized-frames, trickled-frames, inflate-samples, \
+             replay-heartbeats, join-flood, oversized-frames, trickled-frames, slow-frames, \
+             inflate-samples, \
              bad-values or early-inputs)"
                 .into(),
         );
@@ -536,6 +537,6 @@ mod tests {
         }
         names.sort();
         let attacks = names.iter().filter(|name| name.starts_with("attack-")).count();
-        assert_eq!((names.len(), attacks), (18, 10), "{names:?}");
+        assert_eq!((names.len(), attacks), (19, 11), "{names:?}");
     }
 }

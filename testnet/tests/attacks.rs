@@ -6,15 +6,20 @@
 
 mod common;
 
-use common::{Run, run_scenario};
+use common::{FLOOR, Run, run_scenario, run_scenario_file};
 
 /// Rounds slow enough (about 0.3 s of training) that an attack started in an early round
 /// still meets the job running.
 const SLOW_ROUNDS: &str = "local_epochs = 20\nbatch_size = 16\n";
 
-/// Runs an attack scenario and asserts that every check passed, the refusal check included.
+/// Runs an attack scenario (small: softmax, [`SLOW_ROUNDS`]) and asserts that every check
+/// passed, the refusal check included.
 fn attacked(name: &str, text: &str) -> Run {
-    let run = run_scenario(name, &format!("{SLOW_ROUNDS}{text}"));
+    assert_attacked(name, run_scenario(name, &format!("{SLOW_ROUNDS}{text}")))
+}
+
+/// Asserts that every check of an attack scenario's run passed, the refusal check included.
+fn assert_attacked(name: &str, run: Run) -> Run {
     run.assert_passed();
     let refused = run.report.checks.iter().find(|check| check.name == "refused");
     assert!(refused.is_some_and(|check| check.passed), "{:#?}", run.report.checks);
@@ -260,4 +265,31 @@ fn early_inputs_from_an_outsider_and_a_member_are_refused() {
         duration_secs = 5
         "#,
     );
+}
+
+/// Frames announcing 128 MiB (a node's whole bulk budget) sent at 64 KiB a second, just above
+/// the per-step timeout's rate, against a model whose deltas (1.9 MB) count against the budget.
+#[test]
+#[ignore = "finding: slow frames hold the nodes' bulk budget; see the hostile branch's report"]
+fn an_outsiders_slow_frames_do_not_hold_the_nodes_bulk_budget() {
+    let text = format!(
+        r#"
+        target = {FLOOR}
+        round_deadline_secs = 5
+        nodes = 4
+        rounds = 6
+        model = "mlp:400,400"
+        local_epochs = 1
+        quorum = {{ fraction = 0.7 }}
+        refused = ["stalled_frame|truncated_frame"]
+        [[events]]
+        round = 2
+        action = "attack"
+        attack = "slow-frames"
+        as = "outsider"
+        count = 2
+        duration_secs = 60
+        "#
+    );
+    assert_attacked("attack-slow-frames", run_scenario_file("attack-slow-frames", &text));
 }

@@ -26,6 +26,11 @@ const IN_FLIGHT: usize = 32;
 /// A large frame length that looks valid: under every node's default limit (512 MiB).
 const TRICKLED_LENGTH: u64 = 64 << 20;
 
+/// A slow frame's length: a node's whole default bulk budget (128 MiB), under its frame limit.
+const SLOW_LENGTH: u64 = 128 << 20;
+/// A slow frame's bytes per second: above the 256 KiB per 5 s a node's step timeout allows.
+const SLOW_STEP: usize = 64 << 10;
+
 /// What the peer learned of the job from a node.
 #[derive(Debug, Clone, Copy)]
 pub struct JobInfo {
@@ -50,6 +55,11 @@ pub async fn run(plan: &Plan) -> Result<Outcome, HostileError> {
         Attack::TrickledFrames => {
             let pause = Duration::from_millis(250);
             let lie = Lie::trickled(TRICKLED_LENGTH, 4, pause, plan.duration);
+            frames::send(&peers, lie, plan.count, plan.duration, &mut outcome).await?;
+        }
+        Attack::SlowFrames => {
+            let (step, pause) = (SLOW_STEP, Duration::from_secs(1));
+            let lie = Lie::trickled(SLOW_LENGTH, step, pause, plan.duration);
             frames::send(&peers, lie, plan.count, plan.duration, &mut outcome).await?;
         }
         _ => on_gossip(plan, job, &peers, &mut outcome).await?,
@@ -186,7 +196,7 @@ async fn attack(
         Attack::InflateSamples | Attack::BadValues | Attack::EarlyInputs => {
             send_deltas(plan, peer, info, outcome).await
         }
-        Attack::OversizedFrames | Attack::TrickledFrames => Ok(()), // raw frames: `run`
+        Attack::OversizedFrames | Attack::TrickledFrames | Attack::SlowFrames => Ok(()), // `run`
     }
 }
 

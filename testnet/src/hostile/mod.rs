@@ -33,6 +33,10 @@ pub enum Attack {
     OversizedFrames,
     /// Request frames announcing a large (valid-looking) length, then a few bytes at a time.
     TrickledFrames,
+    /// Request frames announcing 128 MiB (a node's whole default bulk budget), then sent just
+    /// fast enough to pass the nodes' per-step timeout (64 KiB a second): each holds its node's
+    /// budget for as long as it lasts.
+    SlowFrames,
     /// Deltas declaring far more samples than the join did, up to `u64::MAX`.
     InflateSamples,
     /// Deltas full of NaN, and deltas of huge finite values.
@@ -52,6 +56,7 @@ impl Attack {
             Self::JoinFlood => "join-flood",
             Self::OversizedFrames => "oversized-frames",
             Self::TrickledFrames => "trickled-frames",
+            Self::SlowFrames => "slow-frames",
             Self::InflateSamples => "inflate-samples",
             Self::BadValues => "bad-values",
             Self::EarlyInputs => "early-inputs",
