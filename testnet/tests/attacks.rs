@@ -31,47 +31,41 @@ fn assert_attacked(name: &str, run: Run) -> Run {
     run
 }
 
-/// A member's signed result for the job's last round (an all-zero model), past it and below
-/// the current round: the one past the last round is refused as such, the last round's as not
-/// its signer's to announce (or, when the signer happens to be elected, as not continuing from
+/// Runs `attack` (`forge-result` or `forge-open`) as a member from round 2 for 5 s: what is
+/// past the last round must be refused as such, and the last round's as not its signer's to
+/// announce (or, when the hostile member happens to be elected for it, as not continuing from
 /// the members' newest model).
+fn forged_by_a_member(attack: &str) -> Run {
+    attacked(
+        &format!("attack-{attack}"),
+        &format!(
+            r#"
+            nodes = 4
+            rounds = 8
+            quorum = {{ fraction = 0.7 }}
+            refused = ["past_last_round", "not_the_aggregator|ahead_of_round"]
+            [[events]]
+            round = 2
+            action = "attack"
+            attack = "{attack}"
+            as = "member"
+            duration_secs = 5
+            "#
+        ),
+    )
+}
+
+/// A member's signed results naming an all-zero model for the job's last round, past it and
+/// below the current round.
 #[test]
 fn a_members_forged_results_for_the_last_round_and_past_it_are_refused() {
-    attacked(
-        "attack-forge-result",
-        r#"
-        nodes = 4
-        rounds = 8
-        quorum = { fraction = 0.7 }
-        refused = ["past_last_round", "not_the_aggregator|ahead_of_round"]
-        [[events]]
-        round = 2
-        action = "attack"
-        attack = "forge-result"
-        as = "member"
-        duration_secs = 5
-        "#,
-    );
+    forged_by_a_member("forge-result");
 }
 
 /// A member's openings of the next round (not open yet), the job's last round and past it.
 #[test]
 fn a_members_forged_openings_are_refused() {
-    attacked(
-        "attack-forge-open",
-        r#"
-        nodes = 4
-        rounds = 8
-        quorum = { fraction = 0.7 }
-        refused = ["past_last_round", "not_the_aggregator|ahead_of_round"]
-        [[events]]
-        round = 2
-        action = "attack"
-        attack = "forge-open"
-        as = "member"
-        duration_secs = 5
-        "#,
-    );
+    forged_by_a_member("forge-open");
 }
 
 /// Assignments signed by an outsider: a self-organizing job has no coordinator to take them

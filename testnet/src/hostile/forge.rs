@@ -5,7 +5,7 @@
 
 use super::HostileError;
 use fedmesh_protocol::codec::{encode_gossip, encode_request};
-use fedmesh_protocol::envelope::Signed;
+use fedmesh_protocol::envelope::{Signed, SignedBody};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
@@ -27,6 +27,16 @@ pub fn gossip(message: &GossipMessage) -> Result<Vec<u8>, HostileError> {
     encode_gossip(message).map_err(encode_error)
 }
 
+/// A gossip frame of `body` signed by `identity`, wrapped as the gossip message it is.
+fn signed_gossip<T: SignedBody>(
+    identity: &Identity,
+    body: T,
+    wrap: fn(Signed<T>) -> GossipMessage,
+) -> Result<Vec<u8>, HostileError> {
+    let signed = Signed::sign(identity, body).map_err(encode_error)?;
+    gossip(&wrap(signed))
+}
+
 /// `identity`'s signed join of `job`, declaring `samples`.
 pub fn join(identity: &Identity, job: JobId, samples: u64) -> Result<Vec<u8>, HostileError> {
     let body = Join {
@@ -37,8 +47,7 @@ pub fn join(identity: &Identity, job: JobId, samples: u64) -> Result<Vec<u8>, Ho
         samples,
         sent_at_ms: unix_millis(),
     };
-    let signed = Signed::sign(identity, body).map_err(encode_error)?;
-    gossip(&GossipMessage::Join(signed))
+    signed_gossip(identity, body, GossipMessage::Join)
 }
 
 /// `identity`'s signed leave of `job`.
@@ -49,8 +58,7 @@ pub fn leave(identity: &Identity, job: JobId) -> Result<Vec<u8>, HostileError> {
         reason: "the hostile peer is done".into(),
         sent_at_ms: unix_millis(),
     };
-    let signed = Signed::sign(identity, body).map_err(encode_error)?;
-    gossip(&GossipMessage::Leave(signed))
+    signed_gossip(identity, body, GossipMessage::Leave)
 }
 
 /// `identity`'s heartbeat: in `round`, holding `model`.
@@ -63,8 +71,7 @@ pub fn heartbeat(
     let member = identity.member_id();
     let sent_at_ms = unix_millis();
     let body = Heartbeat { job, member, round, model, sequence, sent_at_ms };
-    let signed = Signed::sign(identity, body).map_err(encode_error)?;
-    gossip(&GossipMessage::Heartbeat(signed))
+    signed_gossip(identity, body, GossipMessage::Heartbeat)
 }
 
 /// A signed result of `round` on `base` naming [`MADE_UP_MODEL`], planned over `members`.
@@ -84,8 +91,7 @@ pub fn result(
         members: members.to_vec(),
         sent_at_ms: unix_millis(),
     };
-    let signed = Signed::sign(identity, body).map_err(encode_error)?;
-    gossip(&GossipMessage::AggregateReady(signed))
+    signed_gossip(identity, body, GossipMessage::AggregateReady)
 }
 
 /// A signed opening of `round` on `base`, planned over `members`.
@@ -104,8 +110,7 @@ pub fn opening(
         opened_at_ms: now,
         members: members.to_vec(),
     };
-    let signed = Signed::sign(identity, body).map_err(encode_error)?;
-    gossip(&GossipMessage::RoundOpen(signed))
+    signed_gossip(identity, body, GossipMessage::RoundOpen)
 }
 
 /// A coordinator's assignment of `round` signed by `identity`, which names itself the
@@ -128,8 +133,7 @@ pub fn assignment(
         issued_at_ms: now,
         sent_at_ms: now,
     };
-    let signed = Signed::sign(identity, body).map_err(encode_error)?;
-    gossip(&GossipMessage::Assignment(signed))
+    signed_gossip(identity, body, GossipMessage::Assignment)
 }
 
 /// What a forged delta claims.
