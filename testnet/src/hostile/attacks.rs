@@ -223,7 +223,6 @@ async fn forge_round_messages(
     outcome: &mut Outcome,
 ) -> Result<(), HostileError> {
     let until = Instant::now() + plan.duration;
-    let (mut sent, mut failed) = (BTreeMap::<Round, usize>::new(), 0);
     while Instant::now() < until {
         let (head, completed, mut members) = {
             let watch = peer.watch();
@@ -233,6 +232,7 @@ async fn forge_round_messages(
         if !members.contains(&peer.identity.member_id()) && plan.posing == Posing::Member {
             members.push(peer.identity.member_id());
         }
+        let (mut sent, mut failed) = (Vec::new(), 0);
         for forged in forged_rounds(plan.attack, round, completed, info.last_round) {
             let at = (forged, model);
             let frame = match plan.attack {
@@ -241,18 +241,17 @@ async fn forge_round_messages(
                 _ => forge::assignment(&peer.identity, info.id, at)?,
             };
             match peer.publish(frame).await {
-                Ok(()) => *sent.entry(forged).or_default() += 1,
+                Ok(()) => sent.push(forged.to_string()),
                 Err(_) => failed += 1,
             }
         }
+        outcome.note(format!(
+            "round {round} in progress: published {} for rounds {} ({failed} could not be)",
+            plan.attack.name(),
+            sent.join(", ")
+        ));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let rounds: Vec<String> = sent.iter().map(|(r, n)| format!("round {r}: {n}")).collect();
-    outcome.note(format!(
-        "published forged {} ({}); {failed} could not be published",
-        plan.attack.name(),
-        rounds.join(", ")
-    ));
     Ok(())
 }
 

@@ -171,6 +171,12 @@ pub async fn send(
             SwarmEvent::Behaviour(request_response::Event::Message {
                 message: request_response::Message::Response { request_id, response },
                 ..
+            }) if response.is_empty() => {
+                (request_id, "the node closed the stream unanswered".into())
+            }
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
             }) => (request_id, format!("answered ({} bytes)", response.len())),
             _ => continue,
         };
