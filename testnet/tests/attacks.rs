@@ -287,3 +287,27 @@ fn an_outsiders_slow_frames_do_not_hold_the_nodes_bulk_budget() {
     );
     assert_attacked("attack-slow-frames", run_scenario_file("attack-slow-frames", &text));
 }
+
+/// The same member's deltas under plain FedAvg: its huge finite delta (1e30 per value, weighed
+/// at the 100 samples it declared) is a valid update, which FedAvg takes.
+#[test]
+#[ignore = "finding: one member's finite 1e30 delta sinks plain FedAvg to chance for good"]
+fn a_members_huge_delta_does_not_ruin_plain_fedavg() {
+    attacked(
+        "attack-bad-values-fedavg",
+        r#"
+        nodes = 4
+        rounds = 8
+        quorum = { fraction = 0.7 }
+        strategy = { rule = "fedavg" }
+        refused = ["malformed_payload"]
+        [[events]]
+        round = 2
+        action = "attack"
+        attack = "bad-values"
+        as = "member"
+        count = 200
+        duration_secs = 6
+        "#,
+    );
+}
