@@ -1,6 +1,6 @@
 //! What a run is checked for once its job has ended: it completed, every round is recorded once,
-//! every member ends with the same model, every event fired, and the final accuracy is where the
-//! scenario expects it.
+//! every member ends with the same model, every event fired, the final accuracy is where the
+//! scenario expects it, and every refusal the scenario lists was counted by some node.
 
 use crate::cluster::Cluster;
 use crate::firing::EventRunner;
@@ -63,6 +63,10 @@ pub async fn check_run(
         checks.push(Check::new("same final model", same_model(&runs)));
     }
     checks.push(Check::new("events", fired(events)));
+    if !scenario.refused.is_empty() {
+        let found = refusals(&scenario.refused, cluster, events).await;
+        checks.push(Check::new("refused", found));
+    }
     if let Some(target) = scenario.target {
         let last = rounds.last().and_then(|r| r.accuracy);
         checks.push(Check::new("accuracy", accuracy(target, scenario.expect, last)));
@@ -110,10 +114,13 @@ fn rounds_once(scenario: &Scenario, runs: &[MemberRun]) -> Result<String, String
             notes.push(format!("{name} still shows round {} open without its model", r["round"]));
         }
         let most = rounds.iter().filter_map(|r| r["participants"].as_u64()).max().unwrap_or(0);
-        if most as usize > scenario.total_nodes {
+        // A hostile member (an `attack` event's) may have an update counted too.
+        let senders = scenario.total_nodes + scenario.hostile_members();
+        if most as usize > senders {
             return Err(format!(
-                "{name} counts {most} updates in a round of {} nodes",
-                scenario.total_nodes
+                "{name} counts {most} updates in a round of {} nodes and {} hostile members",
+                scenario.total_nodes,
+                scenario.hostile_members()
             ));
         }
         if numbers == all {
@@ -176,5 +183,80 @@ fn accuracy(target: f64, expect: Expect, last: Option<f64>) -> Result<String, St
         Expect::BelowTarget => {
             Err(format!("{last:.4} reaches {target}, which this scenario expects it not to"))
         }
+    }
+}
+
+/// The metrics whose `reason` label names a refusal.
+const REFUSAL_METRICS: [&str; 2] =
+    ["fedmesh_messages_rejected_total{", "fedmesh_job_updates_refused_total{"];
+
+/// How many refusals for `reason` a node's Prometheus text counts.
+pub fn refusals_counted(metrics: &str, reason: &str) -> f64 {
+    let label = format!("reason=\"{reason}\"");
+    metrics
+        .lines()
+        .filter(|line| REFUSAL_METRICS.iter().any(|name| line.starts_with(name)))
+        .filter(|line| line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every reason in `reasons` was counted by at least one running node.
+async fn refusals(
+    reasons: &[String],
+    cluster: &Cluster,
+    events: &EventRunner,
+) -> Result<String, String> {
+    let mut texts = Vec::new();
+    for node in cluster.nodes.iter().filter(|node| node.is_running()) {
+        texts.push((node.name.as_str(), node.api.metrics().await.unwrap_or_default()));
+    }
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for wanted in reasons {
+        // `a|b`: either reason will do (which rule refuses it may depend on an election).
+        let mut counted = Vec::new();
+        for reason in wanted.split('|') {
+            let counts = texts.iter().map(|(_, text)| refusals_counted(text, reason));
+            let (total, nodes) = counts
+                .filter(|count| *count > 0.0)
+                .fold((0.0, 0), |(total, nodes), count| (total + count, nodes + 1));
+            if nodes > 0 {
+                counted.push(format!("{reason} {total} times on {nodes} nodes"));
+            }
+        }
+        if counted.is_empty() {
+            missing.push(wanted.as_str());
+        }
+        found.extend(counted);
+    }
+    if missing.is_empty() {
+        return Ok(found.join(", "));
+    }
+    let hostile = events.attacks.as_ref().map(|a| a.summaries()).unwrap_or_default();
+    Err(format!(
+        "no node counted {} (counted: {}; hostile runs: {})",
+        missing.join(", "),
+        if found.is_empty() { "none".into() } else { found.join(", ") },
+        hostile.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_summed_over_both_metrics_and_every_kind() {
+        let text = "\
+# TYPE fedmesh_messages_rejected_total counter
+fedmesh_messages_rejected_total{kind=\"gossip\",reason=\"replayed\"} 3
+fedmesh_messages_rejected_total{kind=\"join\",reason=\"replayed\"} 1
+fedmesh_messages_rejected_total{kind=\"gossip\",reason=\"replayed_twice\"} 50
+fedmesh_job_updates_refused_total{job=\"ab\",reason=\"replayed\"} 2
+fedmesh_messages_in_total{kind=\"replayed\"} 9
+";
+        assert_eq!(refusals_counted(text, "replayed"), 6.0);
+        assert_eq!(refusals_counted(text, "past_last_round"), 0.0);
     }
 }

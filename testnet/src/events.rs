@@ -1,6 +1,8 @@
 //! Scenario events: what happens to which nodes when the job reaches a round (kill, restart,
-//! join, leave, turn Byzantine), and the record of each one as it fired.
+//! join, leave, turn Byzantine, come under attack from the hostile peer), and the record of
+//! each one as it fired.
 
+use crate::hostile::{Attack, Posing};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -21,6 +23,10 @@ pub enum Action {
     /// round 1 and nodes by index, the node starts with it: the first round may be over before
     /// a restart).
     Byzantine,
+    /// Starts `fedmesh-hostile` against the running nodes: the event's `attack`, posing `as` a
+    /// member or an outsider, with its `count`; its `target` is the victim of
+    /// `replay-heartbeats`.
+    Attack,
 }
 
 impl Action {
@@ -31,6 +37,7 @@ impl Action {
             Self::Join => "join",
             Self::Leave => "leave",
             Self::Byzantine => "byzantine",
+            Self::Attack => "attack",
         }
     }
 }
@@ -134,15 +141,26 @@ pub struct Event {
     /// Fires while this round is in progress (right after the round before it closed).
     pub round: u64,
     pub action: Action,
-    /// Required for every action but `join`.
+    /// Required for every action but `join` and `attack` (where it names the victim of
+    /// `replay-heartbeats`).
     #[serde(default)]
     pub target: Option<Target>,
-    /// `join`: how many nodes join (default 1).
+    /// `join`: how many nodes join (default 1); `attack`: how many joins, deltas or replays a
+    /// flood sends, or frames per node.
     #[serde(default)]
     pub count: Option<usize>,
     /// `byzantine`: how the node misbehaves (default `sign-flip`).
     #[serde(default)]
     pub misbehave: Option<Misbehaviour>,
+    /// `attack`: what the hostile peer sends.
+    #[serde(default)]
+    pub attack: Option<Attack>,
+    /// `attack`: whom the hostile peer poses as (default `member`).
+    #[serde(default, rename = "as")]
+    pub posing: Option<Posing>,
+    /// `attack`: the longest the attack goes on, in seconds (default 20).
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
 }
 
 impl Event {
@@ -161,6 +179,7 @@ impl Event {
     pub fn describe(&self) -> String {
         let whom = match (&self.target, self.action) {
             (_, Action::Join) => format!("{} new node(s)", self.count.unwrap_or(1)),
+            (target, Action::Attack) => self.attack_line(target.as_ref()),
             (Some(target), _) => target.to_string(),
             (None, _) => "nobody".to_owned(),
         };
@@ -169,6 +188,17 @@ impl Event {
             _ => String::new(),
         };
         format!("round {}: {} {whom}{how}", self.round, self.action.name())
+    }
+}
+
+impl Event {
+    /// `forge-result as member`, `replay-heartbeats as outsider (victim node2)`.
+    fn attack_line(&self, target: Option<&Target>) -> String {
+        let attack = self.attack.map_or("(no attack named)", Attack::name);
+        let posing = self.posing.unwrap_or_default().name();
+        let count = self.count.map(|count| format!(", count {count}")).unwrap_or_default();
+        let victim = target.map(|t| format!(" (victim {t})")).unwrap_or_default();
+        format!("{attack} as {posing}{count}{victim}")
     }
 }
 
@@ -215,7 +245,16 @@ mod tests {
 
     fn byzantine(round: u64, target: Target) -> Event {
         let (action, count) = (Action::Byzantine, None);
-        Event { round, action, target: Some(target), count, misbehave: Some(Misbehaviour::Noise) }
+        Event {
+            round,
+            action,
+            target: Some(target),
+            count,
+            misbehave: Some(Misbehaviour::Noise),
+            attack: None,
+            posing: None,
+            duration_secs: None,
+        }
     }
 
     #[test]

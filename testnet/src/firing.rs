@@ -1,6 +1,7 @@
 //! Carrying a scenario's events out on the running cluster when the job reaches their round, and
 //! knowing which nodes are still members and which one is safe to follow.
 
+use crate::attack_runs::Attacks;
 use crate::cluster::{Cluster, NodeSpec};
 use crate::events::{Action, Event, FiredEvent, Target};
 use crate::follow::{completed_round, open_round};
@@ -23,6 +24,8 @@ pub struct EventRunner {
     /// How each node that will ever exist is started (joiners are started from theirs).
     specs: Vec<NodeSpec>,
     started: Instant,
+    /// The hostile processes `attack` events started (none without a hostile binary).
+    pub attacks: Option<Attacks>,
 }
 
 impl EventRunner {
@@ -40,11 +43,18 @@ impl EventRunner {
             left: BTreeSet::new(),
             specs,
             started,
+            attacks: None,
         };
         for event in at_start {
             runner.record_started_misbehaving(event);
         }
         runner
+    }
+
+    /// Runs `attack` events with the hostile `binary`, logging into `dir`.
+    pub fn with_hostile(mut self, binary: std::path::PathBuf, dir: std::path::PathBuf) -> Self {
+        self.attacks = Some(Attacks::new(binary, dir));
+        self
     }
 
     fn record_started_misbehaving(&mut self, event: &Event) {
@@ -108,6 +118,9 @@ impl EventRunner {
         run: &Value,
         in_progress: u64,
     ) -> Option<Result<Vec<usize>, String>> {
+        if event.action == Action::Attack && event.target.is_none() {
+            return Some(Ok(Vec::new()));
+        }
         if event.action == Action::Join {
             let first = cluster.nodes.len();
             return Some(Ok((first..first + event.count.unwrap_or(1)).collect()));
@@ -159,6 +172,10 @@ impl EventRunner {
         event: &Event,
         nodes: &[usize],
     ) -> Result<String, String> {
+        if event.action == Action::Attack {
+            self.touched.extend(nodes);
+            return self.attack(cluster, event, nodes.first().copied());
+        }
         let mut outcome = String::new();
         for &node in nodes {
             self.touched.insert(node);
@@ -211,8 +228,25 @@ impl EventRunner {
                     .map_err(|e| e.to_string())?;
                 Ok(format!("restarted from its data directory with {line}"))
             }
-            Action::Join => Err("join is handled above".into()),
+            Action::Join | Action::Attack => Err("join and attack are handled above".into()),
         }
+    }
+
+    /// Starts the hostile peer against every running node, with `victim` (a node index).
+    fn attack(
+        &mut self,
+        cluster: &Cluster,
+        event: &Event,
+        victim: Option<usize>,
+    ) -> Result<String, String> {
+        let victim = match victim {
+            Some(node) => Some(cluster.nodes.get(node).ok_or("no such node")?.peer_id.as_str()),
+            None => None,
+        };
+        let running = cluster.nodes.iter().filter(|node| node.is_running());
+        let peers: Vec<String> = running.map(|node| node.address.clone()).collect();
+        let attacks = self.attacks.as_mut().ok_or("this run has no hostile binary")?;
+        attacks.launch(event, &self.job, &peers, victim)
     }
 
     /// Starts node `node` on its own share of the data; it joins the job by itself.

@@ -3,12 +3,14 @@
 //! and reports on what they did.
 
 pub mod api;
+pub mod attack_runs;
 pub mod bench;
 pub mod checks;
 pub mod cluster;
 pub mod events;
 pub mod firing;
 pub mod follow;
+pub mod hostile;
 pub mod report;
 pub mod scenario;
 pub mod scenario_file;

@@ -37,7 +37,10 @@ const JOB_FLAGS: [&str; 14] = [
 #[command(name = "testnet", version)]
 struct Args {
     /// A scenario file (TOML: the job's settings, its events by round, its target accuracy);
-    /// repeat it to run several one after another. See testnet/scenarios/.
+    /// repeat it to run several one after another. See testnet/scenarios/. Its `attack`
+    /// events start the hostile peer `fedmesh-hostile` (built beside `testnet`) against the
+    /// nodes, and its `refused` reasons must each be counted in some node's metrics by the end
+    /// (testnet/scenarios/attack-*.toml; `fedmesh-hostile --help` lists the attacks).
     #[arg(long, value_name = "FILE", conflicts_with_all = JOB_FLAGS)]
     scenario: Vec<PathBuf>,
     /// The communication benchmark: for every --bench-params and --bench-nodes, a job whose

@@ -75,6 +75,15 @@ pub struct RunOutcome {
     /// What each node used, read just before the nodes were stopped.
     pub usage: Vec<NodeUsage>,
     pub elapsed: Duration,
+    /// What each hostile peer an `attack` event started printed.
+    pub attacks: Vec<AttackLog>,
+}
+
+/// What one hostile peer printed: what it sent and how the nodes answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttackLog {
+    pub name: String,
+    pub lines: Vec<String>,
 }
 
 /// What `report.json` holds.
@@ -111,6 +120,9 @@ pub struct Report {
     /// What each node used (peak memory, bytes sent).
     #[serde(default)]
     pub usage: Vec<NodeUsage>,
+    /// What each hostile peer printed (scenarios with `attack` events).
+    #[serde(default)]
+    pub attacks: Vec<AttackLog>,
 }
 
 fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -125,7 +137,7 @@ impl Report {
         partitions: Vec<PartitionSummary>,
         outcome: RunOutcome,
     ) -> Self {
-        let RunOutcome { status, rounds, events, checks, usage, elapsed } = outcome;
+        let RunOutcome { status, rounds, events, checks, usage, elapsed, attacks } = outcome;
         let peaks = || usage.iter().filter_map(|u| u.peak_rss_mb);
         let last = rounds.last();
         Self {
@@ -148,6 +160,7 @@ impl Report {
             rounds,
             partitions,
             job_spec,
+            attacks,
             peak_rss_mb_max: peaks().reduce(f64::max),
             peak_rss_mb_mean: mean(peaks().map(Some)),
             usage,

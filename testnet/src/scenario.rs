@@ -54,6 +54,10 @@ pub struct Scenario {
     pub expect: Expect,
     /// In firing order.
     pub events: Vec<Event>,
+    /// Refusal reasons each node-counted at least once by the end (see `ScenarioFile::refused`).
+    pub refused: Vec<String>,
+    /// The `fedmesh-hostile` binary `attack` events run (beside `binary` by default).
+    pub hostile: PathBuf,
     /// Run the job orchestrated: a coordinator (not a member) owns it and assigns its rounds.
     pub orchestrated: bool,
     /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
@@ -66,6 +70,9 @@ pub struct Scenario {
     /// Where node folders, partitions and the report go.
     pub out: PathBuf,
 }
+
+/// The hostile peer's binary name, which this package builds beside `testnet`.
+pub const HOSTILE_BINARY: &str = "fedmesh-hostile";
 
 /// The job spec's `delta_encoding` for `f32`, `f16`, `int8` or `top_k:FRACTION`.
 pub fn delta_encoding_json(text: &str) -> Option<Value> {
@@ -104,6 +111,15 @@ impl Scenario {
     /// The defaults of a scenario file, with the `fedmesh` binary and the output folder.
     pub fn new(binary: PathBuf, out: PathBuf) -> Self {
         ScenarioFile::default().into_scenario(binary, out)
+    }
+
+    /// How many hostile peers the events start posing as members (each may send updates).
+    pub fn hostile_members(&self) -> usize {
+        let member = |event: &&Event| {
+            event.action == crate::events::Action::Attack
+                && event.posing.unwrap_or_default() == crate::hostile::Posing::Member
+        };
+        self.events.iter().filter(member).count()
     }
 
     /// The name nodes know the data set by in the job spec: the embedded name, or the file stem.
@@ -298,14 +314,20 @@ impl Scenario {
             bail!("the job's owner did not answer a job id: {answer}");
         };
         let specs = partitions.iter().map(|p| self.node_spec(&owner, p)).collect();
-        let mut events = EventRunner::new(job.clone(), &self.events, specs, started);
+        let mut events = EventRunner::new(job.clone(), &self.events, specs, started)
+            .with_hostile(self.hostile.clone(), self.out.join("hostile"));
         events.fired.iter().for_each(|fired| on_progress(Progress::Event(fired)));
         let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs);
         let status = drive(&mut cluster, &mut follower, &mut events, &mut on_progress).await;
+        if let Some(attacks) = events.attacks.as_mut() {
+            attacks.stop_all();
+        }
         let checks = check_run(self, &cluster, &job, &events, &status, &follower.rounds).await;
         let usage = cluster.usage().await;
         cluster.stop_all();
+        let attacks = events.attacks.as_ref().map(|a| a.logs()).unwrap_or_default();
         let outcome = RunOutcome {
+            attacks,
             status,
             rounds: follower.rounds,
             events: events.fired,

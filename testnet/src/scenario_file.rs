@@ -58,6 +58,11 @@ pub struct ScenarioFile {
     pub events: Vec<Event>,
     /// Run the job orchestrated by a coordinator (also `testnet --orchestrated`).
     pub orchestrated: bool,
+    /// Refusal reasons (the `reason` label of the nodes' `messages_rejected` and
+    /// `job_updates_refused` metrics) each counted on at least one node by the end, e.g.
+    /// `["past_last_round", "replayed"]`: what the scenario's attacks must have met. An entry
+    /// `a|b` is met by either reason.
+    pub refused: Vec<String>,
 }
 
 impl Expect {
@@ -96,6 +101,7 @@ impl Default for ScenarioFile {
             expect: Expect::ReachTarget,
             events: Vec::new(),
             orchestrated: false,
+            refused: Vec::new(),
         }
     }
 }
@@ -153,6 +159,14 @@ impl ScenarioFile {
             self.min_participants.is_none_or(|m| m >= 1),
             "min_participants: must be at least 1".into(),
         );
+        require(
+            self.refused.iter().all(|reason| is_reason(reason)),
+            format!(
+                "refused: {:?}: each is a refusal reason such as \"past_last_round\" (lowercase \
+                 letters, digits and _)",
+                self.refused
+            ),
+        );
         problems.extend(self.event_problems());
         problems
     }
@@ -182,6 +196,12 @@ impl ScenarioFile {
         if !(1..=self.rounds).contains(&event.round) {
             return Some(format!("round must be between 1 and rounds ({})", self.rounds));
         }
+        if event.action == Action::Attack {
+            return attack_shape(event);
+        }
+        if event.attack.is_some() || event.posing.is_some() || event.duration_secs.is_some() {
+            return Some("only attack takes attack, as and duration_secs".into());
+        }
         let join = event.action == Action::Join;
         if join == event.target.is_some() {
             return Some(
@@ -189,7 +209,7 @@ impl ScenarioFile {
             );
         }
         if !join && event.count.is_some() {
-            return Some("only join takes a count".into());
+            return Some("only join and attack take a count".into());
         }
         if join && event.count == Some(0) {
             return Some("count must be at least 1".into());
@@ -226,7 +246,7 @@ impl ScenarioFile {
                 Action::Kill | Action::Leave => -size,
                 Action::Restart => size,
                 Action::Join => event.count.unwrap_or(1) as i64,
-                Action::Byzantine => 0,
+                Action::Byzantine | Action::Attack => 0,
             };
             fewest = fewest.min(live);
         }
@@ -264,10 +284,49 @@ impl ScenarioFile {
             target: self.target,
             expect: self.expect,
             events,
+            refused: self.refused,
+            hostile: binary.with_file_name(crate::scenario::HOSTILE_BINARY),
             binary,
             out,
         }
     }
+}
+
+/// What is wrong with an `attack` event, if anything: it names its attack, a victim exactly
+/// when the attack replays one's messages (one node, by index), and a count of at least one.
+fn attack_shape(event: &Event) -> Option<String> {
+    let Some(attack) = event.attack else {
+        return Some(
+            "attack needs `attack` (forge-result, forge-open, forge-assignment, \
+             replay-heartbeats, join-flood, oversized-frames, trickled-frames, slow-frames, \
+             inflate-samples, \
+             bad-values or early-inputs)"
+                .into(),
+        );
+    };
+    if event.misbehave.is_some() {
+        return Some("only byzantine takes misbehave".into());
+    }
+    if event.count == Some(0) || event.duration_secs == Some(0) {
+        return Some("count and duration_secs must be at least 1".into());
+    }
+    let one_node = matches!(&event.target, Some(Target::Nodes(nodes)) if nodes.len() == 1);
+    match (attack.needs_victim(), &event.target) {
+        (true, _) if !one_node => {
+            Some(format!("{} needs one target node: its victim", attack.name()))
+        }
+        (false, Some(_)) => Some(format!("{} takes no target", attack.name())),
+        _ => None,
+    }
+}
+
+/// Whether `text` looks like a refusal reason (`past_last_round`), or alternatives of them
+/// (`not_the_aggregator|ahead_of_round`: either will do).
+fn is_reason(text: &str) -> bool {
+    let word = |w: &str| {
+        !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    text.split('|').all(word)
 }
 
 /// Where each named node stands as the events are played through.
@@ -299,7 +358,7 @@ impl Lives {
             Action::Restart => (Life::Killed, Life::Running),
             Action::Kill => (Life::Running, Life::Killed),
             Action::Leave => (Life::Running, Life::Left),
-            Action::Byzantine | Action::Join => (Life::Running, Life::Running),
+            Action::Byzantine | Action::Join | Action::Attack => (Life::Running, Life::Running),
         };
         for &node in nodes {
             match self.0.get(node) {
@@ -379,12 +438,59 @@ mod tests {
                 "only byzantine",
             ),
             ("expect = \"below-target\"", "needs a target"),
+            ("[[events]]\nround = 2\naction = \"attack\"", "attack needs `attack`"),
+            (
+                "[[events]]\nround = 2\naction = \"attack\"\nattack = \"replay-heartbeats\"",
+                "needs one target node: its victim",
+            ),
+            (
+                "[[events]]\nround = 2\naction = \"attack\"\nattack = \"forge-open\"\ntarget = 1",
+                "forge-open takes no target",
+            ),
+            (
+                "[[events]]\nround = 2\naction = \"kill\"\ntarget = 1\nattack = \"forge-open\"",
+                "only attack takes attack",
+            ),
+            ("[[events]]\nround = 2\naction = \"attack\"\nattack = \"nuke\"", "unknown variant"),
+            ("refused = [\"Not A Reason\"]", "refused:"),
             ("target = 1.5", "in [0, 1]"),
         ];
         for (text, problem) in cases {
             let error = parse(text).unwrap_err();
             assert!(error.contains(problem), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn an_attack_event_names_its_attack_posing_and_victim() {
+        let text = r#"
+            nodes = 3
+            refused = ["replayed", "not_the_aggregator|ahead_of_round"]
+            [[events]]
+            round = 1
+            action = "attack"
+            attack = "replay-heartbeats"
+            as = "outsider"
+            target = 2
+            [[events]]
+            round = 2
+            action = "attack"
+            attack = "join-flood"
+            count = 3000
+            "#;
+        let file = parse(text).unwrap();
+        assert_eq!(file.fewest_members(), 3, "an attack takes no node away");
+        let lines: Vec<String> = file.events.iter().map(Event::describe).collect();
+        assert_eq!(
+            lines,
+            [
+                "round 1: attack replay-heartbeats as outsider (victim node2)",
+                "round 2: attack join-flood as member, count 3000"
+            ]
+        );
+        let scenario = file.into_scenario(PathBuf::from("/bin/fedmesh"), PathBuf::new());
+        assert_eq!(scenario.hostile, PathBuf::from("/bin/fedmesh-hostile"));
+        assert_eq!(scenario.hostile_members(), 1);
     }
 
     #[test]
@@ -430,6 +536,7 @@ mod tests {
             names.push(file.name.unwrap());
         }
         names.sort();
-        assert_eq!(names.len(), 8, "{names:?}");
+        let attacks = names.iter().filter(|name| name.starts_with("attack-")).count();
+        assert_eq!((names.len(), attacks), (19, 11), "{names:?}");
     }
 }

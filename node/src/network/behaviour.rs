@@ -77,6 +77,7 @@ impl Behaviour {
         key: &identity::Keypair,
         settings: &BehaviourSettings,
         budget: BulkBudget,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let mut kademlia = kad::Behaviour::with_config(
@@ -102,7 +103,7 @@ impl Behaviour {
             limits: connection_limits::Behaviour::new(limits),
             gossipsub: gossipsub_behaviour(settings)?,
             request_response: request_response::Behaviour::with_codec(
-                FrameCodec::new(settings.max_message_bytes, budget),
+                FrameCodec::new(settings.max_message_bytes, budget).counting(metrics),
                 [(PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(settings.transfer_timeout())

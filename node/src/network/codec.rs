@@ -8,6 +8,7 @@
 //! so a peer trickling bytes holds that share for seconds, not for the whole request timeout.
 
 use super::budget::{BulkBudget, Held};
+use crate::metrics::Metrics;
 use fedmesh_protocol::codec::check_frame_length;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -63,16 +64,33 @@ impl From<Vec<u8>> for Frame {
 
 /// Length-prefixed frames of at most `max_bytes`, each `READ_STEP` received within
 /// `step_timeout`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FrameCodec {
     max_bytes: u64,
     budget: BulkBudget,
     step_timeout: Duration,
+    /// Where refused request frames are counted.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for FrameCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameCodec")
+            .field("max_bytes", &self.max_bytes)
+            .field("step_timeout", &self.step_timeout)
+            .field("counting", &self.metrics.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl FrameCodec {
     pub fn new(max_bytes: u64, budget: BulkBudget) -> Self {
-        Self { max_bytes, budget, step_timeout: STEP_TIMEOUT }
+        Self { max_bytes, budget, step_timeout: STEP_TIMEOUT, metrics: None }
+    }
+
+    /// The same codec, counting the request frames it refuses in `metrics`.
+    pub fn counting(self, metrics: Arc<Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..self }
     }
 
     async fn read_frame<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Frame> {
@@ -134,7 +152,11 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        self.read_frame(io).await
+        let frame = self.read_frame(io).await;
+        if let (Err(error), Some(metrics)) = (&frame, &self.metrics) {
+            metrics.rejected("request", refused_frame(error));
+        }
+        frame
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
@@ -166,6 +188,16 @@ impl libp2p::request_response::Codec for FrameCodec {
         T: AsyncWrite + Unpin + Send,
     {
         self.write_frame(io, response).await
+    }
+}
+
+/// Why a request frame could not be read, as the metrics count it.
+fn refused_frame(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::InvalidData => "oversized_frame",
+        io::ErrorKind::TimedOut => "stalled_frame",
+        io::ErrorKind::UnexpectedEof => "truncated_frame",
+        _ => "frame_io",
     }
 }
 
@@ -242,6 +274,25 @@ mod tests {
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(5), "{took:?}");
         assert!(budget.try_reserve(8 << 20).is_some(), "its share of the budget is back");
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_frame_is_counted_by_why() {
+        use libp2p::request_response::Codec;
+        let metrics = Arc::new(Metrics::new());
+        let mut codec = codec(1024).counting(metrics.clone());
+        let mut oversized = u64::MAX.to_le_bytes().to_vec();
+        oversized.extend_from_slice(b"tiny");
+        let mut truncated = 10u64.to_le_bytes().to_vec();
+        truncated.extend_from_slice(b"abc");
+        for bytes in [oversized, truncated] {
+            assert!(codec.read_request(&PROTOCOL, &mut Cursor::new(bytes)).await.is_err());
+        }
+        let text = metrics.render(&[]);
+        for reason in ["oversized_frame", "truncated_frame"] {
+            let sample = format!("kind=\"request\",reason=\"{reason}\"}} 1");
+            assert!(text.contains(&sample), "{reason} in {text}");
+        }
     }
 
     #[tokio::test]

@@ -103,7 +103,8 @@ pub fn start(
 ) -> Result<(Network, mpsc::Receiver<NetworkEvent>), NetworkError> {
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
     let budget = BulkBudget::new(settings.bulk_buffer_bytes);
-    let behaviour = Behaviour::new(&key, settings, budget.clone()).map_err(|e| setup(&e))?;
+    let behaviour =
+        Behaviour::new(&key, settings, budget.clone(), metrics.clone()).map_err(|e| setup(&e))?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)

@@ -49,7 +49,12 @@ impl Run {
 /// mnist5k, 3 s deadlines, the target accuracy [`FLOOR`].
 pub fn run_scenario(name: &str, text: &str) -> Run {
     let small = format!("model = \"softmax\"\nround_deadline_secs = 3\ntarget = {FLOOR}\n{text}");
-    let file = ScenarioFile::parse(&small, name).unwrap();
+    run_scenario_file(name, &small)
+}
+
+/// Runs the scenario file `text` on real `fedmesh` processes, with its settings as written.
+pub fn run_scenario_file(name: &str, text: &str) -> Run {
+    let file = ScenarioFile::parse(text, name).unwrap();
     let out = tempfile::tempdir().unwrap();
     let scenario = file.into_scenario(fedmesh_binary(), out.path().to_owned());
     let partitions = scenario.write_partitions().unwrap();
