@@ -1,7 +1,7 @@
 //! The libp2p behaviours a fedmesh node runs, and how each is configured: gossipsub for control
 //! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN, and
 //! connection limits (a peer cannot hold more than a few connections, nor many peers exhaust
-//! the node's).
+//! the node's); gossipsub scores its peers (see [`scoring`](super::scoring)).
 
 use super::budget::BulkBudget;
 use super::codec::{FrameCodec, PROTOCOL};
@@ -123,8 +123,8 @@ impl Behaviour {
 /// message that left the cache by then is not forwarded.
 const MESSAGE_CACHE_TIME: Duration = Duration::from_secs(5);
 
-/// gossipsub with application-side acceptance and a content-hash message id; mesh sizes that
-/// work from 3 to 100 peers.
+/// gossipsub with application-side acceptance, a content-hash message id and peer scoring (see
+/// [`scoring`](super::scoring)); mesh sizes that work from 3 to 100 peers.
 ///
 /// Messages go unsigned by gossipsub (anonymous mode): every fedmesh gossip message is already a
 /// [`Signed`](fedmesh_protocol::envelope::Signed) envelope the engine verifies once and accepts
@@ -155,6 +155,9 @@ fn gossipsub_behaviour(
         .flood_publish(true)
         .build()
         .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
-    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
-        .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+            .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))?;
+    super::scoring::enable(&mut gossipsub).map_err(BehaviourError::Gossipsub)?;
+    Ok(gossipsub)
 }

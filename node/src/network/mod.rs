@@ -5,11 +5,15 @@ mod behaviour;
 mod budget;
 mod codec;
 mod event_loop;
+mod rate_limit;
+mod scoring;
+#[cfg(test)]
+mod tests;
 
 pub use behaviour::{BehaviourSettings, MAX_GOSSIP_BYTES};
 pub use budget::{COUNTED_FROM_BYTES as LARGE_FRAME_BYTES, Held};
 pub use codec::Frame;
-pub use event_loop::peer_of;
+pub use event_loop::{RATE_LIMITED, peer_of};
 
 use crate::metrics::Metrics;
 use behaviour::Behaviour;
@@ -83,6 +87,7 @@ pub(crate) enum Command {
     Validate { message_id: MessageId, source: PeerId, acceptance: MessageAcceptance },
     Dial { address: Multiaddr },
     Status { reply: oneshot::Sender<NetworkStatus> },
+    PeerScore { peer: PeerId, reply: oneshot::Sender<Option<f64>> },
 }
 
 /// A cloneable handle to the network task.
@@ -202,6 +207,13 @@ impl Network {
 
     pub async fn dial(&self, address: Multiaddr) -> Result<(), NetworkError> {
         self.send(Command::Dial { address }).await
+    }
+
+    /// gossipsub's score of `peer` (none if scoring is off or the peer unknown).
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PeerScore { peer, reply }).await?;
+        answer.await.map_err(|_| NetworkError::Stopped)
     }
 
     pub async fn status(&self) -> Result<NetworkStatus, NetworkError> {
