@@ -4,7 +4,8 @@
 //! the node's); gossipsub scores its peers (see [`scoring`](super::scoring)).
 
 use super::budget::BulkBudget;
-use super::codec::{FrameCodec, PROTOCOL};
+use super::codec::{FrameCodec, Gate, PROTOCOL};
+use super::large_frames::{LargeFramePeers, PeerCodecs, PeerSlot};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -56,7 +57,7 @@ const MAX_CONNECTIONS: u32 = 512;
 pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
-    pub request_response: request_response::Behaviour<FrameCodec>,
+    pub request_response: PeerCodecs,
     pub identify: identify::Behaviour,
     pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -77,6 +78,7 @@ impl Behaviour {
         key: &identity::Keypair,
         settings: &BehaviourSettings,
         budget: BulkBudget,
+        large_frame_peers: LargeFramePeers,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let mut kademlia = kad::Behaviour::with_config(
@@ -101,13 +103,7 @@ impl Behaviour {
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
             gossipsub: gossipsub_behaviour(settings)?,
-            request_response: request_response::Behaviour::with_codec(
-                FrameCodec::new(settings.max_message_bytes, budget),
-                [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(settings.transfer_timeout())
-                    .with_max_concurrent_streams(256),
-            ),
+            request_response: request_response_behaviour(settings, budget, large_frame_peers),
             identify: identify::Behaviour::new(
                 identify::Config::new("/fedmesh/id/1".to_owned(), key.public())
                     .with_agent_version(format!("fedmesh/{}", env!("CARGO_PKG_VERSION"))),
@@ -116,6 +112,25 @@ impl Behaviour {
             mdns: Toggle::from(mdns),
         })
     }
+}
+
+/// request-response over [`FrameCodec`], reading large requests only from the peers
+/// `large_frame_peers` allows.
+fn request_response_behaviour(
+    settings: &BehaviourSettings,
+    budget: BulkBudget,
+    large_frame_peers: LargeFramePeers,
+) -> PeerCodecs {
+    let slot = PeerSlot::default();
+    let gate = Gate { allowed: large_frame_peers, slot: slot.clone() };
+    let inner = request_response::Behaviour::with_codec(
+        FrameCodec::new(settings.max_message_bytes, budget).gated(gate),
+        [(PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(settings.transfer_timeout())
+            .with_max_concurrent_streams(256),
+    );
+    PeerCodecs::new(inner, slot)
 }
 
 /// How long gossipsub keeps a received message for forwarding, whatever its heartbeat: the

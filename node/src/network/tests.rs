@@ -164,3 +164,30 @@ async fn requests_over_a_peers_rate_are_refused_and_counted() {
     let line = "fedmesh_messages_rejected_total{kind=\"request\",reason=\"rate_limited\"}";
     assert!(rendered.contains(&format!("{line} {refused}")), "{rendered}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_allowed_peer_may_send_a_large_request() {
+    let (server, server_address, server_events, metrics) = node().await;
+    let (member, _, _member_events, _) = node().await;
+    let (outsider, _, _outsider_events, _) = node().await;
+    let server_id = server.status().await.unwrap().peer_id;
+    let member_id = member.status().await.unwrap().peer_id;
+    server.set_large_frame_peers([member_id].into());
+    let answered = answer_all(server.clone(), server_events);
+    member.dial(server_address.clone()).await.unwrap();
+    outsider.dial(server_address).await.unwrap();
+    let large = || Frame::new(vec![0; 8], Arc::new(vec![1; LARGE_FRAME_BYTES * 2]));
+    let small = || Frame::from(vec![0; 64]);
+    let refused = outsider.request(server_id, large()).await;
+    assert!(refused.is_err(), "the outsider's large request was read");
+    outsider.request(server_id, small()).await.unwrap();
+    member.request(server_id, large()).await.unwrap();
+    assert_eq!(answered.load(Ordering::SeqCst), 2, "the small request and the member's");
+    let line = "fedmesh_messages_rejected_total{kind=\"request\",reason=\"large_from_outsider\"} 1";
+    let counted = within(|| async {
+        let rendered = metrics.render(&[]);
+        rendered.contains("large_from_outsider").then_some(rendered)
+    })
+    .await;
+    assert!(counted.contains(line), "{counted}");
+}

@@ -141,7 +141,7 @@ impl Engine {
     }
 
     /// Answers an update request with the machine's verdict.
-    async fn answer(&mut self, id: JobId, request: u64, outcome: Result<(), Refusal>) {
+    pub(super) async fn answer(&mut self, id: JobId, request: u64, outcome: Result<(), Refusal>) {
         let replies = self.runs.get_mut(&id).map(|run| &mut run.replies);
         let Some(((channel, held), kind)) = replies.and_then(|r| r.remove(&request)) else {
             return;
