@@ -30,7 +30,8 @@ impl Member {
 
     /// Whether `peer` may be told what the job's members keep (its results, its member list):
     /// anyone in an open job; in an allow-listed one its members, its owner and its coordinator.
-    pub(super) fn may_learn_of_job(&self, peer: &MemberId) -> bool {
+    /// The driver asks it too, before serving one of the job's models.
+    pub fn may_learn_of_job(&self, peer: &MemberId) -> bool {
         let spec = &self.setup.spec;
         let allow = &spec.participation.allow;
         allow.is_empty() || allow.contains(peer) || *peer == spec.owner || self.is_coordinator(peer)

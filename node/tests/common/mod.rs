@@ -60,6 +60,8 @@ pub struct Job {
     pub delta_encoding: &'static str,
     /// The model: `softmax`, or another model spec.
     pub model: Value,
+    /// The keys (PeerIds) allowed to join; empty for an open job.
+    pub allow: Vec<String>,
 }
 
 impl Job {
@@ -73,6 +75,7 @@ impl Job {
             tag: json!("central"),
             delta_encoding: "f32",
             model: json!("softmax"),
+            allow: Vec::new(),
         }
     }
 
@@ -87,7 +90,7 @@ impl Job {
             "model": self.model,
             "dataset": "mnist5k",
             "hyperparameters": {"rounds": self.rounds, "local_epochs": 1, "lr": 0.1},
-            "participation": {"min_participants": self.min_participants},
+            "participation": {"min_participants": self.min_participants, "allow": self.allow},
             "quorum": self.quorum,
             "round_deadline_secs": self.deadline_secs,
         });

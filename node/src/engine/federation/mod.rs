@@ -11,6 +11,7 @@ mod gossip;
 mod held_inputs;
 mod local;
 mod misbehave;
+mod model_access;
 mod models;
 mod pulls;
 mod results;
