@@ -26,6 +26,20 @@ pub struct BehaviourSettings {
     pub bulk_buffer_bytes: u64,
 }
 
+impl Default for BehaviourSettings {
+    /// The node's default settings, without mDNS.
+    fn default() -> Self {
+        use crate::config::defaults;
+        Self {
+            max_message_bytes: defaults::max_message_bytes(),
+            request_timeout: Duration::from_secs(defaults::request_timeout_secs()),
+            gossip_heartbeat: Duration::from_millis(defaults::gossip_heartbeat_ms()),
+            mdns: false,
+            bulk_buffer_bytes: defaults::bulk_buffer_bytes(),
+        }
+    }
+}
+
 /// The slowest transfer rate a timeout allows for, in bytes per second: a loaded machine moves
 /// tens of MB/s per stream, so a frame this slow is stuck rather than slow.
 const SLOWEST_BYTES_PER_SEC: u64 = 8 << 20;

@@ -9,13 +9,9 @@ use std::time::Instant;
 
 /// A node on a free loopback port, its address (with its PeerId) and its events.
 async fn node() -> (Network, Multiaddr, mpsc::Receiver<NetworkEvent>, Arc<Metrics>) {
-    let settings = BehaviourSettings {
-        max_message_bytes: 16 << 20,
-        request_timeout: Duration::from_secs(10),
-        gossip_heartbeat: Duration::from_millis(100),
-        mdns: false,
-        bulk_buffer_bytes: 64 << 20,
-    };
+    let heartbeat = Duration::from_millis(100);
+    let settings =
+        BehaviourSettings { gossip_heartbeat: heartbeat, ..BehaviourSettings::default() };
     let key = identity::Keypair::generate_ed25519();
     let peer = key.public().to_peer_id();
     let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();

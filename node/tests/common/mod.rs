@@ -220,10 +220,15 @@ pub fn assert_same_model(runs: &[Value]) {
 /// How many messages of `kind` the listed nodes refused for `reason`, summed.
 pub async fn refusals(cluster: &Cluster, nodes: &[usize], kind: &str, reason: &str) -> f64 {
     let sample = format!("fedmesh_messages_rejected_total{{kind=\"{kind}\",reason=\"{reason}\"}}");
+    metric_sum(cluster, nodes, &sample).await
+}
+
+/// The value of the metric `sample` (name and labels) summed over the listed nodes.
+pub async fn metric_sum(cluster: &Cluster, nodes: &[usize], sample: &str) -> f64 {
     let mut total = 0.0;
     for &node in nodes {
         let metrics = cluster.nodes[node].api.metrics().await.unwrap();
-        total += metric_value(&metrics, &sample);
+        total += metric_value(&metrics, sample);
     }
     total
 }
@@ -307,12 +312,7 @@ pub fn assert_every_round_once(run: &Value, n: u64) {
 /// accepted, summed.
 pub async fn accepted(cluster: &Cluster, nodes: &[usize], job: &str, kind: &str) -> f64 {
     let sample = format!("fedmesh_job_updates_accepted_total{{job=\"{job}\",kind=\"{kind}\"}}");
-    let mut total = 0.0;
-    for &node in nodes {
-        let metrics = cluster.nodes[node].api.metrics().await.unwrap();
-        total += metric_value(&metrics, &sample);
-    }
-    total
+    metric_sum(cluster, nodes, &sample).await
 }
 
 /// Asserts that the run's members each declared a different number of samples: each trained
