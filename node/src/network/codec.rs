@@ -118,7 +118,8 @@ impl FrameCodec {
         }
         gate.allowed.count_refusal();
         let detail = format!(
-            "a request of {length} bytes from {}, which is in none of this node's jobs: only              their peers may send frames of {} KiB or more",
+            "a request of {length} bytes from {}, which is in none of this node's jobs: only \
+             their peers may send frames of {} KiB or more",
             self.peer.map_or_else(|| "an unknown peer".to_owned(), |p| p.to_string()),
             COUNTED_FROM_BYTES >> 10
         );
