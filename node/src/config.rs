@@ -88,7 +88,8 @@ pub struct NodeConfig {
     pub datasets: BTreeMap<String, String>,
 }
 
-mod defaults {
+/// The settings' defaults, shared with the network's own.
+pub(crate) mod defaults {
     use std::net::SocketAddr;
 
     pub fn listen() -> Vec<String> {

@@ -31,6 +31,13 @@ pub struct JobLabel {
     pub job: String,
 }
 
+/// A job and a kind of update (delta, partial, ring chunk), as labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobKindLabel {
+    pub job: String,
+    pub kind: String,
+}
+
 /// A job and why an update for it was refused, as labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobRefusalLabel {
@@ -50,7 +57,7 @@ pub struct Metrics {
     pub messages_rejected: Family<RejectLabel, Counter>,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
-    pub updates_accepted: Family<JobLabel, Counter>,
+    pub updates_accepted: Family<JobKindLabel, Counter>,
     pub updates_refused: Family<JobRefusalLabel, Counter>,
     pub job_bytes_received: Family<JobLabel, Counter>,
 }
@@ -90,7 +97,7 @@ impl Metrics {
         let job_bytes_received = Family::default();
         registry.register(
             "job_updates_accepted",
-            "Updates (deltas, partial aggregates, ring chunks) this node accepted, by job",
+            "Updates (deltas, partial aggregates, ring chunks) this node accepted, by job and kind",
             updates_accepted.clone(),
         );
         registry.register(
@@ -117,11 +124,14 @@ impl Metrics {
         }
     }
 
-    /// Counts an update for `job` accepted, or refused for `reason`.
-    pub fn update(&self, job: &str, refused: Option<&str>) {
+    /// Counts an update of `kind` for `job` accepted, or refused for `reason`.
+    pub fn update(&self, job: &str, kind: &str, refused: Option<&str>) {
         let job = job.to_owned();
         match refused {
-            None => self.updates_accepted.get_or_create(&JobLabel { job }).inc(),
+            None => {
+                let label = JobKindLabel { job, kind: kind.to_owned() };
+                self.updates_accepted.get_or_create(&label).inc()
+            }
             Some(reason) => {
                 let label = JobRefusalLabel { job, reason: reason.to_owned() };
                 self.updates_refused.get_or_create(&label).inc()
@@ -220,11 +230,14 @@ mod tests {
         metrics.received("announce", 100);
         metrics.rejected("announce", "bad_signature");
         metrics.connected_peers.set(3);
-        metrics.update("job1", None);
-        metrics.update("job1", Some("stale"));
+        metrics.update("job1", "delta", None);
+        metrics.update("job1", "delta", Some("stale"));
         metrics.job_received("job1", 4096);
         let text = metrics.render(&[]);
-        assert!(text.contains("fedmesh_job_updates_accepted_total{job=\"job1\"} 1"), "{text}");
+        assert!(
+            text.contains("fedmesh_job_updates_accepted_total{job=\"job1\",kind=\"delta\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("reason=\"stale\""), "{text}");
         assert!(text.contains("fedmesh_job_bytes_received_total{job=\"job1\"} 4096"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");

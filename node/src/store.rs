@@ -293,7 +293,13 @@ impl Store {
 
     /// Starts an atomic change.
     pub fn batch(&self) -> StoreBatch<'_> {
-        StoreBatch { store: self, batch: WriteBatch::default(), unlink: Vec::new() }
+        StoreBatch {
+            store: self,
+            batch: WriteBatch::default(),
+            unlink: Vec::new(),
+            deleted: Vec::new(),
+            kept: Default::default(),
+        }
     }
 }
 
@@ -303,6 +309,9 @@ pub struct StoreBatch<'a> {
     batch: WriteBatch,
     /// Blob files to remove once the batch is committed.
     unlink: Vec<PathBuf>,
+    /// Blobs to delete at the commit, and blobs to keep although deleted.
+    deleted: Vec<ContentHash>,
+    kept: std::collections::HashSet<ContentHash>,
 }
 
 /// Whether a blob column family value is the marker of a blob kept as a file (a small blob whose
@@ -338,11 +347,17 @@ impl StoreBatch<'_> {
         Ok(hash)
     }
 
-    /// Deletes a blob (its file too, if it has one, once the batch is committed).
+    /// Deletes a blob when the batch is committed (its file too, if it has one), unless the
+    /// same batch also keeps it ([`keep_blob`](Self::keep_blob)).
     pub fn delete_blob(&mut self, hash: &ContentHash) -> Result<(), StoreError> {
-        self.batch.delete_cf(self.store.handle(Table::Blobs)?, hash.0);
-        self.unlink.push(self.store.blob_file(hash));
+        self.store.handle(Table::Blobs)?;
+        self.deleted.push(*hash);
         Ok(())
+    }
+
+    /// Keeps a blob this batch's records use, whatever else in the batch deletes it.
+    pub fn keep_blob(&mut self, hash: ContentHash) {
+        self.kept.insert(hash);
     }
 
     /// Deletes one record.
@@ -352,7 +367,14 @@ impl StoreBatch<'_> {
     }
 
     /// Writes every change at once, synced to disk.
-    pub fn commit(self) -> Result<(), StoreError> {
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let blobs = self.store.handle(Table::Blobs)?;
+        for hash in std::mem::take(&mut self.deleted) {
+            if !self.kept.contains(&hash) {
+                self.batch.delete_cf(blobs, hash.0);
+                self.unlink.push(self.store.blob_file(&hash));
+            }
+        }
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.store.db.write_opt(self.batch, &options).map_err(|e| self.store.rocks(e))?;

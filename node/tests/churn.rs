@@ -22,7 +22,8 @@ async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round(
     let job = Job::new(ROUNDS, 3).announce(&cluster).await;
     wait_for(&cluster, 0, &job, "two rounds", |run| completed_round(run) >= 2).await;
     let owner = cluster.nodes[0].peer_id.clone();
-    cluster.start_node(&member_spec(&owner, Vec::new())).await.unwrap();
+    let joiner = cluster.nodes.len();
+    cluster.start_node(&member_spec(joiner, &owner, Vec::new())).await.unwrap();
     let runs = wait_completed_on(&cluster, &[0, 1, 2, 3], &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
     let counts = participants(&runs[0]);

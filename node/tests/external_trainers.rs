@@ -3,11 +3,12 @@
 //! exits non-zero, one outlives its timeout, one writes the wrong shapes, one writes garbage);
 //! each broken node skips its rounds, shows the trainer's stderr tail in its run view and log, and
 //! stays up; the model registry lists every round, and a round's model exports with the accuracy
-//! the registry claims when Python scores it. Needs python3 with numpy and safetensors.
+//! the registry claims when Python scores it on the working members' own test splits. Needs python3 with numpy and safetensors.
 
 mod common;
 
 use common::{cli, federation, run_view, wait_completed_on};
+use fedmesh_testnet::cluster::Cluster;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -74,7 +75,21 @@ const SCORE: &str = "import sys, numpy as np\nfrom safetensors.numpy import load
 w = load_file(sys.argv[1])\n\
 x, y = np.load(sys.argv[2] + '/test_x.npy'), np.load(sys.argv[2] + '/test_y.npy')\n\
 h = np.maximum(x @ w['fc1.weight'].T + w['fc1.bias'], 0)\n\
-print(((h @ w['fc2.weight'].T + w['fc2.bias']).argmax(axis=1) == y).mean())";
+print(((h @ w['fc2.weight'].T + w['fc2.bias']).argmax(axis=1) == y).sum(), len(y))";
+
+/// How many of node `node`'s test samples the model in `model` gets right, and of how many,
+/// as Python scores it.
+fn python_score(cluster: &Cluster, node: usize, job: &str, model: &Path) -> (f64, f64) {
+    let splits = cluster.nodes[node].data_dir().join(format!("trainers/{job}/data"));
+    let scored = Command::new("python3")
+        .args(["-c", SCORE, model.to_str().unwrap(), splits.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
+    let text = String::from_utf8_lossy(&scored.stdout).into_owned();
+    let numbers: Vec<f64> = text.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    (numbers[0], numbers[1])
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_trainers_skip_their_rounds_and_the_federation_goes_on() {
@@ -137,13 +152,12 @@ async fn broken_trainers_skip_their_rounds_and_the_federation_goes_on() {
         &node1,
         &["model", "export", "--job", &job, "--round", "3", "--out", exported.to_str().unwrap()],
     );
-    let splits = cluster.nodes[1].data_dir().join(format!("trainers/{job}/data"));
-    let scored = Command::new("python3")
-        .args(["-c", SCORE, exported.to_str().unwrap(), splits.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
-    let python: f64 = String::from_utf8_lossy(&scored.stdout).trim().parse().unwrap();
+    // The registry's accuracy is over the evaluations of the two working members (the broken
+    // ones evaluate nothing), each on its own share's test split, weighted by its size.
+    let scores = [0, 1].map(|node| python_score(&cluster, node, &job, &exported));
+    let (right, total) = (scores[0].0 + scores[1].0, scores[0].1 + scores[1].1);
+    assert_eq!(last["eval_samples"].as_f64(), Some(total), "{last:#?}");
+    let python = right / total;
     let claimed = last["accuracy"].as_f64().unwrap();
     assert!((python - claimed).abs() < 1e-3, "python {python} vs registry {claimed}");
     let status = Command::new(common::BINARY)

@@ -92,7 +92,7 @@ async fn an_announced_job_is_owned_by_the_node_and_seen_in_status_and_metrics() 
     let mut accepted = 0.0;
     for node in &cluster.nodes {
         let text = node.api.metrics().await.unwrap();
-        let sample = format!("fedmesh_job_updates_accepted_total{{job=\"{job}\"}}");
+        let sample = format!("fedmesh_job_updates_accepted_total{{job=\"{job}\",kind=\"delta\"}}");
         accepted += fedmesh_testnet::api::metric_value(&text, &sample);
     }
     assert!(accepted >= 6.0, "3 rounds of 2 updates sent, {accepted} counted");

@@ -140,7 +140,8 @@ async fn a_member_that_joins_mid_job_fetches_its_first_assignments_base_model_an
     // It missed every result so far; the rounds it is assigned cannot close without its update
     // (the quorum is every trainer), so the job completes only if it catches up.
     let owner = cluster.nodes[0].peer_id.clone();
-    cluster.start_node(&member_spec(&owner, Vec::new())).await.unwrap();
+    let joiner = cluster.nodes.len();
+    cluster.start_node(&member_spec(joiner, &owner, Vec::new())).await.unwrap();
     let runs = wait_completed_on(&cluster, &[1, 2, 3], &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
     let rounds = runs[2]["rounds"].as_array().cloned().unwrap_or_default();

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    Job, accuracy, assert_rounds_once, assert_same_model, federation, participants, refusals,
-    wait_completed, wait_completed_on, wait_for,
+    Job, accepted, accuracy, assert_own_shares, assert_rounds_once, assert_same_model, federation,
+    participants, refusals, wait_completed, wait_completed_on, wait_for,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -34,9 +34,10 @@ fn last_round(run: &Value) -> Value {
 }
 
 /// Checks a completed job: same model everywhere, every round once with every member's
-/// update, and a model that learned.
+/// update (each member's own share of the data), and a model that learned.
 fn assert_learned_with_everyone(runs: &[Value], rounds: u64, members: u64) {
     assert_same_model(runs);
+    assert_own_shares(&runs[0]);
     assert_rounds_once(runs, rounds);
     let counts = participants(&runs[0]);
     assert!(counts.iter().all(|&c| c == members), "every member in every round: {counts:?}");
@@ -54,8 +55,12 @@ async fn hierarchical_group_aggregates_compose_into_one_global_model() {
     let plan = last_round(&runs[0]);
     let slots = plan["slots"].as_object().cloned().unwrap_or_default();
     assert_eq!(slots.len(), 3, "a slot per group and a top: {plan:#?}");
-    // Group aggregators sent partial aggregates up, and the top took them all.
-    let refused = refusals(&cluster, &[0, 1, 2, 3, 4], "partial", "not_selected").await;
+    // Group aggregators sent partial aggregates up (at least the one that is not the top
+    // aggregator, every round), and the top took them all.
+    let all = [0, 1, 2, 3, 4];
+    let sent_up = accepted(&cluster, &all, &job, "partial").await;
+    assert!(sent_up >= 4.0, "{sent_up} partial aggregates accepted in 4 rounds");
+    let refused = refusals(&cluster, &all, "partial", "not_selected").await;
     assert_eq!(refused, 0.0);
 }
 
@@ -111,6 +116,9 @@ async fn a_four_tier_schema_sends_partial_aggregates_up_two_levels() {
     assert_learned_with_everyone(&runs, 3, 6);
     let plan = last_round(&runs[0]);
     assert_eq!(plan["slots"].as_object().map(|s| s.len()), Some(6), "{plan:#?}");
+    // Two levels of partial aggregates: at least one from each level every round.
+    let sent_up = accepted(&cluster, &[0, 1, 2, 3, 4, 5], &job, "partial").await;
+    assert!(sent_up >= 6.0, "{sent_up} partial aggregates accepted in 3 rounds");
 }
 
 /// Waits for a round from round 2 on whose opening is planned but not closed; returns it.

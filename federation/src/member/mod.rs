@@ -37,6 +37,9 @@ pub const RESULTS_KEPT: usize = 8;
 const MAX_HELD: usize = 16;
 /// Most updates kept for a round whose opening has not arrived.
 const MAX_EARLY_UPDATES: usize = 64;
+/// Most of those from one member (a trainer's delta, a group aggregator's partial, a ring
+/// predecessor's first chunks): one member cannot push the others' out.
+const MAX_EARLY_PER_MEMBER: usize = 4;
 /// How many round plans are kept (the newest): a plan over a thousand members costs
 /// milliseconds, and one round's plan is asked for at every opening, result and deadline.
 const PLANS_KEPT: usize = 4;
@@ -368,6 +371,37 @@ impl Member {
         matches!(self.state.status, RunStatus::Waiting | RunStatus::Running)
     }
 
+    /// The bytes of the updates kept for a round whose opening has not arrived (their f32
+    /// values), which the driver charges to its memory budget while they are kept.
+    pub fn early_bytes(&self) -> usize {
+        self.early.iter().map(|early| early.values.len() * size_of::<f32>()).sum()
+    }
+
+    /// Drops the updates kept for a round whose opening has not arrived, when the driver cannot
+    /// hold their bytes: the round goes on without them, as if they had come late.
+    pub fn drop_early(&mut self) {
+        if !self.early.is_empty() {
+            let text = format!("dropped {} early updates: no memory for them", self.early.len());
+            self.log(Level::Warn, self.state.completed_round + 1, text);
+            self.early.clear();
+        }
+    }
+
+    /// Keeps an update for a round whose opening has not arrived: the oldest of its member's
+    /// goes once the member has [`MAX_EARLY_PER_MEMBER`], the oldest of all once there are
+    /// [`MAX_EARLY_UPDATES`].
+    fn keep_early(&mut self, early: EarlyUpdate) {
+        let of_signer = self.early.iter().filter(|kept| kept.signer == early.signer).count();
+        if of_signer >= MAX_EARLY_PER_MEMBER
+            && let Some(oldest) = self.early.iter().position(|kept| kept.signer == early.signer)
+        {
+            self.early.remove(oldest);
+        } else if self.early.len() >= MAX_EARLY_UPDATES {
+            self.early.pop_front();
+        }
+        self.early.push_back(early);
+    }
+
     /// What it would persist now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -639,6 +673,7 @@ impl Member {
         self.state.status = status;
         self.phase = Phase::Ended;
         self.early.clear();
+        self.early_evals.clear();
         self.held.clear();
         self.persist();
     }

@@ -29,8 +29,9 @@ impl Member {
     }
 
     /// Whether `peer` may be told what the job's members keep (its results, its member list):
-    /// anyone in an open job; in an admitted-only one its members, owner and coordinator.
-    pub(super) fn may_learn_of_job(&self, peer: &MemberId) -> bool {
+    /// anyone in an open job; in an admitted-only one its members, owner and coordinator. The
+    /// driver asks it too, before serving one of the job's models.
+    pub fn may_learn_of_job(&self, peer: &MemberId) -> bool {
         let is_member = self.state.members.contains(peer);
         crate::admission::may_learn(&self.setup.spec, peer, is_member)
     }

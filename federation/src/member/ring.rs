@@ -3,7 +3,7 @@
 //! and the ring's result: the round's model, or the partial aggregate its uploader sends up.
 
 use super::phase::{Closing, Own, Phase};
-use super::{ChunkToSend, DeltaToSend, EarlyUpdate, Effect, Level, MAX_EARLY_UPDATES, Member};
+use super::{ChunkToSend, DeltaToSend, EarlyUpdate, Effect, Level, Member};
 use super::{PartialToSend, Refusal, Update};
 use crate::ring::{Outgoing, RingResult, ring_mean};
 use fedmesh_protocol::ids::MemberId;
@@ -45,10 +45,7 @@ impl Member {
                 return Err(Refusal::new("stale_opening", "the chunk is for an earlier ring"));
             }
             // Its sender saw the round's opening before this member did: kept until it arrives.
-            if self.early.len() >= MAX_EARLY_UPDATES {
-                self.early.pop_front();
-            }
-            self.early.push_back(EarlyUpdate { signer, update: Update::Chunk(chunk), values });
+            self.keep_early(EarlyUpdate { signer, update: Update::Chunk(chunk), values });
             return Ok(());
         }
         let Some(ring) = ring else { return Ok(()) };

@@ -5,8 +5,8 @@
 
 use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
-    DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, MAX_EARLY_UPDATES, Member, OPEN_CHECK_MS,
-    PartialToSend, Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, SPREAD_WAIT_MS, Update, VIEW_HOLD_MS,
+    DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, Member, OPEN_CHECK_MS, PartialToSend,
+    Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, SPREAD_WAIT_MS, Update, VIEW_HOLD_MS,
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
@@ -393,10 +393,7 @@ impl Member {
             return self.on_chunk(signer, chunk.clone(), values, now);
         }
         if self.keeps_early(&update) {
-            if self.early.len() >= MAX_EARLY_UPDATES {
-                self.early.pop_front();
-            }
-            self.early.push_back(EarlyUpdate { signer, update, values });
+            self.keep_early(EarlyUpdate { signer, update, values });
             return Ok(());
         }
         self.fold(signer, update, &values, now)

@@ -1588,3 +1588,47 @@ fn a_flood_of_joins_does_not_stall_an_orchestrated_job_nor_fill_its_coordinator(
     assert_eq!(known, 4 + crate::membership::NEWCOMERS_FLOOR, "the coordinator kept the bound");
     assert_unstalled(&mut net, flooded, rounds);
 }
+
+/// An update from `sender` for round 1 over the member's model, with `value` in each place.
+fn early_delta(member: &Member, job: JobId, sender: u8, value: f32) -> Event {
+    let values = Arc::new(vec![value; PARAMS]);
+    let body = ModelDelta {
+        job,
+        round: 1,
+        base_model: member.model(),
+        member: member_id(sender),
+        samples: 10,
+        metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
+        payload: payload_ref(&values),
+    };
+    let signer = member_id(sender);
+    Event::Update { signer, update: Update::Delta(body), values, request: 1 }
+}
+
+#[test]
+fn early_updates_are_capped_per_member_counted_in_bytes_and_dropped_on_request() {
+    let now = 1_000;
+    let (mut member, job) = lone_member([2, 3], now);
+    for copy in 0..(MAX_EARLY_PER_MEMBER + 3) {
+        member.handle(early_delta(&member, job, 2, copy as f32), now);
+    }
+    member.handle(early_delta(&member, job, 3, 0.5), now);
+    let one = PARAMS * size_of::<f32>();
+    assert_eq!(
+        member.early_bytes(),
+        (MAX_EARLY_PER_MEMBER + 1) * one,
+        "member 2's newest four, and 3's"
+    );
+    member.drop_early();
+    assert_eq!(member.early_bytes(), 0);
+}
+
+#[test]
+fn a_member_that_left_keeps_no_early_update() {
+    let now = 1_000;
+    let (mut member, job) = lone_member([2, 3], now);
+    member.handle(early_delta(&member, job, 2, 0.5), now);
+    assert!(member.early_bytes() > 0);
+    member.handle(Event::LeaveRequested { reason: "done".into() }, now);
+    assert_eq!(member.early_bytes(), 0);
+}

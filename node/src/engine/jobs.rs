@@ -116,6 +116,14 @@ impl JobBook {
     }
 }
 
+/// The refusals of a job's gossip that prove its author or forwarder misbehaved, whatever this
+/// node's view of the job: a bad signature or a message outside the job's scope, a message
+/// only the coordinator may send signed by someone else, a message about another member. They
+/// are reported as `Reject`, which costs the forwarder gossipsub score (a forwarder passes on
+/// only what it accepted). Every other refusal (stale, not joined, a round this node is not
+/// at) may be honest timing, and is `Ignore`d.
+const MISBEHAVIOUR: &[&str] = &["bad_message", "not_the_coordinator", "wrong_signer"];
+
 /// Why a received announcement was not accepted; the label is the metrics' reason.
 enum Refusal {
     /// Forged or malformed: gossipsub penalizes the sender.
@@ -223,14 +231,13 @@ impl Engine {
                 }
                 learned.map(|_| ())
             }
-            Ok(message) => {
-                self.on_job_gossip(message).await.map_err(|refused| match refused.reason {
-                    "bad_message" | "not_the_coordinator" => {
-                        Refusal::Invalid(refused.reason, refused.detail)
-                    }
-                    _ => Refusal::Ignored(refused.reason, refused.detail),
-                })
-            }
+            Ok(message) => self.on_job_gossip(message).await.map_err(|refused| {
+                if MISBEHAVIOUR.contains(&refused.reason) {
+                    Refusal::Invalid(refused.reason, refused.detail)
+                } else {
+                    Refusal::Ignored(refused.reason, refused.detail)
+                }
+            }),
         };
         match outcome {
             Ok(_) => MessageAcceptance::Accept,

@@ -266,6 +266,8 @@ pub struct Engine {
     queries: mpsc::Receiver<Query>,
     internal: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
+    /// What the network's set of peers that may send large frames was built from.
+    bulk_peers_built_from: federation::BulkPeersBuiltFrom,
 }
 
 impl Engine {
@@ -298,6 +300,7 @@ impl Engine {
             queries: query_rx,
             internal,
             internal_rx,
+            bulk_peers_built_from: Vec::new(),
         };
         Ok((engine, handle))
     }
@@ -331,6 +334,7 @@ impl Engine {
                     self.tick_coordination().await;
                 }
             }
+            self.refresh_bulk_peers();
         }
     }
 

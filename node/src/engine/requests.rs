@@ -48,7 +48,7 @@ impl Engine {
                 Some(announcement) => (Response::Announcement(announcement.clone()), none()),
                 None => (Response::NotFound { hash: job.0 }, none()),
             },
-            Ok((Request::Blob { hash }, _)) => return self.serve_blob(hash, channel).await,
+            Ok((Request::Blob { hash }, _)) => return self.serve_blob(peer, hash, channel).await,
             Ok((Request::RoundResult { job, round }, _)) => {
                 let Ok(from) = MemberId::from_peer_id_string(&peer.to_string()) else { return };
                 return self.on_result_request(job, round, from, channel).await;
@@ -83,10 +83,19 @@ impl Engine {
     }
 
     /// Answers with a stored blob, which holds a budget share while it is sent, or `Busy` when
-    /// it does not fit the budget now, or `NotFound`. The share is taken before the blob is read
+    /// it does not fit the budget now, or `NotFound`; or `Refused` when the blob is a model of
+    /// an allow-listed job the asker is outside of. The share is taken before the blob is read
     /// (for the largest model of this node's jobs, which is what peers ask for), so a busy node
     /// reads nothing; the blob is read and sent off the engine's task.
-    async fn serve_blob(&self, hash: ContentHash, channel: ResponseChannel<Frame>) {
+    async fn serve_blob(&self, peer: PeerId, hash: ContentHash, channel: ResponseChannel<Frame>) {
+        let asker = MemberId::from_peer_id_string(&peer.to_string());
+        if !asker.is_ok_and(|asker| self.may_pull_model(&asker, &hash)) {
+            tracing::info!(%peer, %hash, "refused a model to a peer outside its job");
+            self.metrics.rejected("blob", "not_a_member");
+            let reason = format!("model {hash} belongs to a job {peer} is not a member of");
+            let refused = Response::Refused { reason };
+            return respond(&self.network, channel, refused, Vec::new(), None).await;
+        }
         let Some(held) = self.network.try_reserve(self.largest_model_bytes()) else {
             self.metrics.rejected("blob", "busy");
             let busy = Response::Busy { hash };

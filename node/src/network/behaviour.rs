@@ -1,10 +1,11 @@
 //! The libp2p behaviours a fedmesh node runs, and how each is configured: gossipsub for control
 //! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN, and
 //! connection limits (a peer cannot hold more than a few connections, nor many peers exhaust
-//! the node's).
+//! the node's); gossipsub scores its peers (see [`scoring`](super::scoring)).
 
 use super::budget::BulkBudget;
-use super::codec::{FrameCodec, PROTOCOL};
+use super::codec::{FrameCodec, Gate, PROTOCOL};
+use super::large_frames::{LargeFramePeers, PeerCodecs, PeerSlot};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -23,6 +24,20 @@ pub struct BehaviourSettings {
     pub mdns: bool,
     /// Bytes of large frames held at once (see [`BulkBudget`]).
     pub bulk_buffer_bytes: u64,
+}
+
+impl Default for BehaviourSettings {
+    /// The node's default settings, without mDNS.
+    fn default() -> Self {
+        use crate::config::defaults;
+        Self {
+            max_message_bytes: defaults::max_message_bytes(),
+            request_timeout: Duration::from_secs(defaults::request_timeout_secs()),
+            gossip_heartbeat: Duration::from_millis(defaults::gossip_heartbeat_ms()),
+            mdns: false,
+            bulk_buffer_bytes: defaults::bulk_buffer_bytes(),
+        }
+    }
 }
 
 /// The slowest transfer rate a timeout allows for, in bytes per second: a loaded machine moves
@@ -56,7 +71,7 @@ const MAX_CONNECTIONS: u32 = 512;
 pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
-    pub request_response: request_response::Behaviour<FrameCodec>,
+    pub request_response: PeerCodecs,
     pub identify: identify::Behaviour,
     pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -78,6 +93,7 @@ impl Behaviour {
         settings: &BehaviourSettings,
         budget: BulkBudget,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
+        large_frame_peers: LargeFramePeers,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let mut kademlia = kad::Behaviour::with_config(
@@ -102,12 +118,11 @@ impl Behaviour {
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
             gossipsub: gossipsub_behaviour(settings)?,
-            request_response: request_response::Behaviour::with_codec(
-                FrameCodec::new(settings.max_message_bytes, budget).counting(metrics),
-                [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(settings.transfer_timeout())
-                    .with_max_concurrent_streams(256),
+            request_response: request_response_behaviour(
+                settings,
+                budget,
+                large_frame_peers,
+                metrics,
             ),
             identify: identify::Behaviour::new(
                 identify::Config::new("/fedmesh/id/1".to_owned(), key.public())
@@ -119,13 +134,33 @@ impl Behaviour {
     }
 }
 
+/// request-response over [`FrameCodec`], reading large requests only from the peers
+/// `large_frame_peers` allows.
+fn request_response_behaviour(
+    settings: &BehaviourSettings,
+    budget: BulkBudget,
+    large_frame_peers: LargeFramePeers,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> PeerCodecs {
+    let slot = PeerSlot::default();
+    let gate = Gate { allowed: large_frame_peers, slot: slot.clone() };
+    let inner = request_response::Behaviour::with_codec(
+        FrameCodec::new(settings.max_message_bytes, budget).gated(gate).counting(metrics),
+        [(PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(settings.transfer_timeout())
+            .with_max_concurrent_streams(256),
+    );
+    PeerCodecs::new(inner, slot)
+}
+
 /// How long gossipsub keeps a received message for forwarding, whatever its heartbeat: the
 /// engine accepts a message only after checking it, and a busy node may take seconds to; a
 /// message that left the cache by then is not forwarded.
 const MESSAGE_CACHE_TIME: Duration = Duration::from_secs(5);
 
-/// gossipsub with application-side acceptance and a content-hash message id; mesh sizes that
-/// work from 3 to 100 peers.
+/// gossipsub with application-side acceptance, a content-hash message id and peer scoring (see
+/// [`scoring`](super::scoring)); mesh sizes that work from 3 to 100 peers.
 ///
 /// Messages go unsigned by gossipsub (anonymous mode): every fedmesh gossip message is already a
 /// [`Signed`](fedmesh_protocol::envelope::Signed) envelope the engine verifies once and accepts
@@ -156,6 +191,9 @@ fn gossipsub_behaviour(
         .flood_publish(true)
         .build()
         .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
-    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
-        .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+            .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))?;
+    super::scoring::enable(&mut gossipsub).map_err(BehaviourError::Gossipsub)?;
+    Ok(gossipsub)
 }

@@ -7,11 +7,12 @@
 //! [`BulkBudget`] before it is read, and each `READ_STEP` of it must arrive within `STEP_TIMEOUT`,
 //! so a peer trickling bytes holds that share for seconds, not for the whole request timeout.
 
-use super::budget::{BulkBudget, Held};
+use super::budget::{BulkBudget, COUNTED_FROM_BYTES, Held};
+use super::large_frames::{LargeFramePeers, PeerSlot};
 use crate::metrics::Metrics;
 use fedmesh_protocol::codec::check_frame_length;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::StreamProtocol;
+use libp2p::{PeerId, StreamProtocol};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,13 +63,24 @@ impl From<Vec<u8>> for Frame {
     }
 }
 
+/// Who may send large requests, and the peer of the connection a codec reads from (see
+/// [`large_frames`](super::large_frames)).
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub allowed: LargeFramePeers,
+    pub slot: PeerSlot,
+}
+
 /// Length-prefixed frames of at most `max_bytes`, each `READ_STEP` received within
-/// `step_timeout`.
-#[derive(Clone)]
+/// `step_timeout`; with a gate, requests of [`COUNTED_FROM_BYTES`] or more only from the peers
+/// it allows.
 pub struct FrameCodec {
     max_bytes: u64,
     budget: BulkBudget,
     step_timeout: Duration,
+    gate: Option<Gate>,
+    /// The peer of this codec's connection (none for the behaviour's own copy).
+    peer: Option<PeerId>,
     /// Where refused request frames are counted.
     metrics: Option<Arc<Metrics>>,
 }
@@ -78,14 +90,39 @@ impl std::fmt::Debug for FrameCodec {
         f.debug_struct("FrameCodec")
             .field("max_bytes", &self.max_bytes)
             .field("step_timeout", &self.step_timeout)
+            .field("gate", &self.gate)
+            .field("peer", &self.peer)
             .field("counting", &self.metrics.is_some())
             .finish_non_exhaustive()
     }
 }
 
+impl Clone for FrameCodec {
+    /// A connection's codec keeps its peer; the behaviour's own copy, cloned for a new
+    /// connection, takes the peer its gate's slot names.
+    fn clone(&self) -> Self {
+        let named = || self.gate.as_ref().and_then(|gate| gate.slot.lock().ok().and_then(|p| *p));
+        Self {
+            max_bytes: self.max_bytes,
+            budget: self.budget.clone(),
+            step_timeout: self.step_timeout,
+            gate: self.gate.clone(),
+            peer: self.peer.or_else(named),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
 impl FrameCodec {
     pub fn new(max_bytes: u64, budget: BulkBudget) -> Self {
-        Self { max_bytes, budget, step_timeout: STEP_TIMEOUT, metrics: None }
+        Self {
+            max_bytes,
+            budget,
+            step_timeout: STEP_TIMEOUT,
+            gate: None,
+            peer: None,
+            metrics: None,
+        }
     }
 
     /// The same codec, counting the request frames it refuses in `metrics`.
@@ -93,10 +130,50 @@ impl FrameCodec {
         Self { metrics: Some(metrics), ..self }
     }
 
+    /// The same codec, taking large requests only from the peers `gate` allows.
+    pub fn gated(self, gate: Gate) -> Self {
+        Self { gate: Some(gate), ..self }
+    }
+
+    /// Refuses a request of `length` bytes before any of it is read, if it is large and its
+    /// peer is not allowed to send large frames (or unknown).
+    fn check_sender(&self, length: u64) -> io::Result<()> {
+        let Some(gate) = &self.gate else { return Ok(()) };
+        if length < COUNTED_FROM_BYTES as u64 || self.peer.is_some_and(|p| gate.allowed.allows(&p))
+        {
+            return Ok(());
+        }
+        gate.allowed.count_refusal();
+        let detail = format!(
+            "a request of {length} bytes from {}, which is in none of this node's jobs: only \
+             their peers may send frames of {} KiB or more",
+            self.peer.map_or_else(|| "an unknown peer".to_owned(), |p| p.to_string()),
+            COUNTED_FROM_BYTES >> 10
+        );
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, detail))
+    }
+
+    async fn read_request_frame<T: AsyncRead + Unpin + Send>(
+        &self,
+        io: &mut T,
+    ) -> io::Result<Frame> {
+        let length = read_prefix(io).await?;
+        self.check_sender(length)?;
+        self.read_body(io, length).await
+    }
+
     async fn read_frame<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Frame> {
-        let mut prefix = [0u8; 8];
-        io.read_exact(&mut prefix).await?;
-        let length = check_frame_length(u64::from_le_bytes(prefix), self.max_bytes)
+        let length = read_prefix(io).await?;
+        self.read_body(io, length).await
+    }
+
+    /// Reads a frame of `length` bytes once it has its share of the budget.
+    async fn read_body<T: AsyncRead + Unpin + Send>(
+        &self,
+        io: &mut T,
+        length: u64,
+    ) -> io::Result<Frame> {
+        let length = check_frame_length(length, self.max_bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let held = self.budget.reserve(length).await;
         let bytes = self.read_growing(io, length).await?;
@@ -143,6 +220,13 @@ impl FrameCodec {
     }
 }
 
+/// A frame's length prefix.
+async fn read_prefix<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<u64> {
+    let mut prefix = [0u8; 8];
+    io.read_exact(&mut prefix).await?;
+    Ok(u64::from_le_bytes(prefix))
+}
+
 impl libp2p::request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Frame;
@@ -152,9 +236,12 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = self.read_frame(io).await;
+        let frame = self.read_request_frame(io).await;
         if let (Err(error), Some(metrics)) = (&frame, &self.metrics) {
-            metrics.rejected("request", refused_frame(error));
+            // A large request from an outsider is counted by the gate.
+            if error.kind() != io::ErrorKind::PermissionDenied {
+                metrics.rejected("request", refused_frame(error));
+            }
         }
         frame
     }
@@ -293,6 +380,29 @@ mod tests {
             let sample = format!("kind=\"request\",reason=\"{reason}\"}} 1");
             assert!(text.contains(&sample), "{reason} in {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_request_only_from_an_allowed_peer_is_read() {
+        let allowed = LargeFramePeers::default();
+        let gate = Gate { allowed: allowed.clone(), slot: PeerSlot::default() };
+        let (member, outsider) = (PeerId::random(), PeerId::random());
+        let codec_of =
+            |peer| FrameCodec { peer: Some(peer), ..codec(16 << 20).gated(gate.clone()) };
+        allowed.set([member].into());
+        let large = || {
+            let mut bytes = (2u64 << 20).to_le_bytes().to_vec();
+            bytes.resize(8 + (2 << 20), 1);
+            Cursor::new(bytes)
+        };
+        let error = codec_of(outsider).read_request_frame(&mut large()).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
+        let read = codec_of(member).read_request_frame(&mut large()).await.unwrap();
+        assert_eq!(read.len(), 2 << 20);
+        let mut small = 3u64.to_le_bytes().to_vec();
+        small.extend_from_slice(b"abc");
+        let read = codec_of(outsider).read_request_frame(&mut Cursor::new(small)).await.unwrap();
+        assert_eq!(read.len(), 3, "a small request from anyone is read");
     }
 
     #[tokio::test]

@@ -5,18 +5,24 @@
 //! the outbox is full, which holds back peers through their connections' flow control.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::rate_limit::RateLimiter;
 use super::{Command, Frame, NetworkError, NetworkEvent, NetworkStatus};
 use crate::metrics::Metrics;
+use fedmesh_protocol::codec::encode_response_header;
+use fedmesh_protocol::message::Response;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, request_response};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 type PendingRequests =
     HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Frame, NetworkError>>>;
 
+/// The reason a request over its peer's rate limit is refused with.
+pub const RATE_LIMITED: &str = "rate limited: too many requests from this peer, try again later";
 /// How many events may wait for the node before the swarm is no longer polled.
 const OUTBOX_LIMIT: usize = 1024;
 /// A peer Kademlia hears of is dialled only while the node has fewer peers than this: a
@@ -31,6 +37,8 @@ pub struct EventLoop {
     /// Events made and not yet taken by the node, oldest first.
     outbox: VecDeque<NetworkEvent>,
     pending_requests: PendingRequests,
+    /// Each peer's budget of incoming requests.
+    rate_limit: RateLimiter,
     metrics: Arc<Metrics>,
 }
 
@@ -42,7 +50,8 @@ impl EventLoop {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (outbox, pending_requests) = (VecDeque::new(), HashMap::new());
-        Self { swarm, commands, events, outbox, pending_requests, metrics }
+        let rate_limit = RateLimiter::default();
+        Self { swarm, commands, events, outbox, pending_requests, rate_limit, metrics }
     }
 
     /// Runs until every `Network` handle is dropped.
@@ -84,16 +93,7 @@ impl EventLoop {
                     .map_err(|e| NetworkError::Publish(e.to_string()));
                 let _ = reply.send(result);
             }
-            Command::Subscribe { topic } => {
-                if let Err(e) = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .subscribe(&gossipsub::IdentTopic::new(&topic))
-                {
-                    tracing::warn!(%topic, error = %e, "cannot subscribe");
-                }
-            }
+            Command::Subscribe { topic } => self.subscribe(&topic),
             Command::Unsubscribe { topic } => {
                 self.swarm
                     .behaviour_mut()
@@ -123,6 +123,21 @@ impl EventLoop {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::PeerScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+        }
+    }
+
+    /// Subscribes to `topic`, scoring what peers send on it.
+    fn subscribe(&mut self, topic: &str) {
+        let topic = gossipsub::IdentTopic::new(topic);
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if let Err(e) = gossipsub.set_topic_params(topic.clone(), super::scoring::topic_params()) {
+            tracing::warn!(%topic, error = %e, "cannot score the topic");
+        }
+        if let Err(e) = gossipsub.subscribe(&topic) {
+            tracing::warn!(%topic, error = %e, "cannot subscribe");
         }
     }
 
@@ -230,7 +245,11 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     self.metrics.received("request", request.len());
-                    self.emit(NetworkEvent::Request { peer, data: request, channel });
+                    if self.rate_limit.allow(peer, Instant::now()) {
+                        self.emit(NetworkEvent::Request { peer, data: request, channel });
+                    } else {
+                        self.refuse_rate_limited(peer, channel);
+                    }
                 }
                 request_response::Message::Response { request_id, response } => {
                     self.metrics.received("response", response.len());
@@ -251,6 +270,21 @@ impl EventLoop {
             }
             request_response::Event::ResponseSent { .. } => {}
         }
+    }
+}
+
+impl EventLoop {
+    /// Answers a request over `peer`'s rate limit with a refusal, without the node seeing it.
+    fn refuse_rate_limited(
+        &mut self,
+        peer: PeerId,
+        channel: request_response::ResponseChannel<Frame>,
+    ) {
+        tracing::debug!(%peer, "refused a request over the peer's rate limit");
+        self.metrics.rejected("request", "rate_limited");
+        let refusal = Response::Refused { reason: RATE_LIMITED.to_owned() };
+        let Ok(head) = encode_response_header(&refusal, 0) else { return };
+        let _ = self.swarm.behaviour_mut().request_response.send_response(channel, head.into());
     }
 }
 

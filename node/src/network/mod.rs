@@ -5,16 +5,22 @@ mod behaviour;
 mod budget;
 mod codec;
 mod event_loop;
+mod large_frames;
+mod rate_limit;
+mod scoring;
+#[cfg(test)]
+mod tests;
 
 pub use behaviour::{BehaviourSettings, MAX_GOSSIP_BYTES};
-pub use budget::{COUNTED_FROM_BYTES as LARGE_FRAME_BYTES, Held};
+pub use budget::{BulkBudget, COUNTED_FROM_BYTES as LARGE_FRAME_BYTES, Held};
 pub use codec::Frame;
-pub use event_loop::peer_of;
+pub use event_loop::{RATE_LIMITED, peer_of};
+pub use large_frames::LARGE_FROM_OUTSIDER;
 
 use crate::metrics::Metrics;
 use behaviour::Behaviour;
-use budget::BulkBudget;
 use event_loop::EventLoop;
+use large_frames::LargeFramePeers;
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId, identity, noise, tcp, yamux};
@@ -83,6 +89,7 @@ pub(crate) enum Command {
     Validate { message_id: MessageId, source: PeerId, acceptance: MessageAcceptance },
     Dial { address: Multiaddr },
     Status { reply: oneshot::Sender<NetworkStatus> },
+    PeerScore { peer: PeerId, reply: oneshot::Sender<Option<f64>> },
 }
 
 /// A cloneable handle to the network task.
@@ -90,6 +97,8 @@ pub(crate) enum Command {
 pub struct Network {
     commands: mpsc::Sender<Command>,
     budget: BulkBudget,
+    /// The peers that may send this node large requests.
+    large_frame_peers: LargeFramePeers,
     /// The timeout of a small request (it grows with the bytes a request moves).
     base_timeout: Duration,
 }
@@ -103,8 +112,10 @@ pub fn start(
 ) -> Result<(Network, mpsc::Receiver<NetworkEvent>), NetworkError> {
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
     let budget = BulkBudget::new(settings.bulk_buffer_bytes);
+    let large_frame_peers = LargeFramePeers::new(metrics.clone());
     let behaviour =
-        Behaviour::new(&key, settings, budget.clone(), metrics.clone()).map_err(|e| setup(&e))?;
+        Behaviour::new(&key, settings, budget.clone(), metrics.clone(), large_frame_peers.clone())
+            .map_err(|e| setup(&e))?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -124,7 +135,8 @@ pub fn start(
     let (event_tx, event_rx) = mpsc::channel(1024);
     tokio::spawn(EventLoop::new(swarm, command_rx, event_tx, metrics).run());
     let base_timeout = settings.request_timeout;
-    Ok((Network { commands: command_tx, budget, base_timeout }, event_rx))
+    let network = Network { commands: command_tx, budget, large_frame_peers, base_timeout };
+    Ok((network, event_rx))
 }
 
 impl Network {
@@ -201,8 +213,21 @@ impl Network {
         self.budget.try_reserve(bytes)
     }
 
+    /// Sets the peers that may send this node requests of [`LARGE_FRAME_BYTES`] or more (the
+    /// peers of the jobs it runs); a larger request from anyone else is refused unread.
+    pub fn set_large_frame_peers(&self, peers: std::collections::HashSet<PeerId>) {
+        self.large_frame_peers.set(peers);
+    }
+
     pub async fn dial(&self, address: Multiaddr) -> Result<(), NetworkError> {
         self.send(Command::Dial { address }).await
+    }
+
+    /// gossipsub's score of `peer` (none if scoring is off or the peer unknown).
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PeerScore { peer, reply }).await?;
+        answer.await.map_err(|_| NetworkError::Stopped)
     }
 
     pub async fn status(&self) -> Result<NetworkStatus, NetworkError> {

@@ -1,5 +1,6 @@
 //! Helpers of the multi-node tests: a federation of real `fedmesh` processes that trust node0 and
-//! hold mnist5k, announcing a job, and waiting for it.
+//! each hold their own share of mnist5k (disjoint rows, of different sizes, so a wrong weighting
+//! or a wrong group's data shows), announcing a job, and waiting for it.
 #![allow(dead_code)] // each test crate uses its own subset
 
 use fedmesh_testnet::api::metric_value;
@@ -9,18 +10,71 @@ use std::time::{Duration, Instant};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_fedmesh");
 
-/// Starts `n` nodes that all trust node0 and hold mnist5k; `extra(i)` adds node.toml lines.
+/// Into how many shares mnist5k is cut: one per node, for the most nodes a test starts (six,
+/// and a late joiner) and one to spare.
+pub const SHARES: usize = 8;
+/// Share `k` holds `k + SHARE_BASE` parts of the rows: from 333 rows (node0) to 916 (node7), so
+/// no two nodes declare the same number of samples.
+const SHARE_BASE: usize = 4;
+const SHARE_SEED: u64 = 7;
+
+/// The CSV file of node `node`'s own share of mnist5k (see [`SHARES`]), written once per test
+/// process under cargo's scratch directory for tests.
+pub fn data_share(node: usize) -> String {
+    assert!(node < SHARES, "node{node}: mnist5k is cut into only {SHARES} shares");
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(write_shares);
+    dir.join(format!("node{node}.csv")).to_string_lossy().into_owned()
+}
+
+/// The directory of the shares (see [`SHARES`]): written once, kept under cargo's scratch
+/// directory for tests and reused by later runs.
+fn write_shares() -> std::path::PathBuf {
+    let scratch = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = scratch.join(format!("mnist5k-shares-{SHARES}-{SHARE_BASE}-{SHARE_SEED}"));
+    if dir.join(format!("node{}.csv", SHARES - 1)).exists() {
+        return dir;
+    }
+    // Written aside and renamed, so a test process running beside this one never reads half.
+    let fresh = tempfile::Builder::new().prefix("mnist5k-shares").tempdir_in(scratch).unwrap();
+    cut_shares(fresh.path());
+    if std::fs::rename(fresh.path(), &dir).is_ok() {
+        let _ = fresh.keep();
+    }
+    dir
+}
+
+/// Shuffles mnist5k's rows and cuts them into [`SHARES`] disjoint shares, share `k` of
+/// `k + SHARE_BASE` parts; writes each as a CSV file in `dir`.
+fn cut_shares(dir: &std::path::Path) {
+    use fedmesh_learning::{DataSource, formats::write_csv};
+    use rand::{SeedableRng, seq::SliceRandom};
+    let data = DataSource::parse("mnist5k", None).unwrap().load(None).unwrap();
+    let mut rows: Vec<usize> = (0..data.len()).collect();
+    rows.shuffle(&mut rand::rngs::StdRng::seed_from_u64(SHARE_SEED));
+    let parts: Vec<usize> = (0..SHARES).map(|k| k + SHARE_BASE).collect();
+    let unit = rows.len() / parts.iter().sum::<usize>();
+    let mut rest = rows.as_slice();
+    for (k, part) in parts.iter().enumerate() {
+        let (share, after) = rest.split_at(if k + 1 == SHARES { rest.len() } else { part * unit });
+        write_csv(&data.select(share), &dir.join(format!("node{k}.csv"))).unwrap();
+        rest = after;
+    }
+}
+
+/// Starts `n` nodes that all trust node0, each with its own share of mnist5k; `extra(i)` adds
+/// node.toml lines.
 pub async fn federation(
     root: &std::path::Path,
     n: usize,
     extra: impl Fn(usize) -> Vec<String>,
 ) -> Cluster {
-    let first = |owner: &str| member_spec(owner, extra(0));
+    let first = |owner: &str| member_spec(0, owner, extra(0));
     cluster_under_owner(root, first, 1..n, &extra).await
 }
 
 /// Starts node0 as `first(owner)` under a new owner key, then the `members` nodes, which trust
-/// that key and hold mnist5k (node i with `extra(i)` in its node.toml).
+/// that key and hold their own share of mnist5k (node i with `extra(i)` in its node.toml).
 pub async fn cluster_under_owner(
     root: &std::path::Path,
     first: impl FnOnce(&str) -> NodeSpec,
@@ -32,20 +86,25 @@ pub async fn cluster_under_owner(
     let owner = cluster.keygen(&owner_key).unwrap();
     cluster.start_node_with_key(&first(&owner), &owner_key).await.unwrap();
     for i in members {
-        cluster.start_node(&member_spec(&owner, extra(i))).await.unwrap();
+        cluster.start_node(&member_spec(i, &owner, extra(i))).await.unwrap();
     }
     cluster
 }
 
-/// A node that trusts `owner` and holds mnist5k.
-pub fn member_spec(owner: &str, extra_config: Vec<String>) -> NodeSpec {
+/// Node `node`, which trusts `owner` and holds share `node` of mnist5k as its `mnist5k`.
+pub fn member_spec(node: usize, owner: &str, extra_config: Vec<String>) -> NodeSpec {
     NodeSpec {
-        datasets: vec![("mnist5k".into(), "mnist5k".into())],
+        datasets: vec![("mnist5k".into(), data_share(node))],
         trust: vec![owner.to_owned()],
         extra_config,
         ..NodeSpec::default()
     }
 }
+
+/// Epochs of local training a round: a node's share is a few hundred samples, so one pass is
+/// too few steps for softmax to learn much in the tests' three rounds; four passes over a share
+/// cost less than the one pass over all of mnist5k each node made before the data was shared out.
+pub const LOCAL_EPOCHS: u32 = 4;
 
 /// A softmax job on mnist5k.
 pub struct Job {
@@ -60,6 +119,8 @@ pub struct Job {
     pub delta_encoding: &'static str,
     /// The model: `softmax`, or another model spec.
     pub model: Value,
+    /// The keys (PeerIds) allowed to join; empty for an open job.
+    pub allow: Vec<String>,
 }
 
 impl Job {
@@ -73,6 +134,7 @@ impl Job {
             tag: json!("central"),
             delta_encoding: "f32",
             model: json!("softmax"),
+            allow: Vec::new(),
         }
     }
 
@@ -86,8 +148,8 @@ impl Job {
             "owner": cluster.nodes[0].peer_id,
             "model": self.model,
             "dataset": "mnist5k",
-            "hyperparameters": {"rounds": self.rounds, "local_epochs": 1, "lr": 0.1},
-            "participation": {"min_participants": self.min_participants},
+            "hyperparameters": {"rounds": self.rounds, "local_epochs": LOCAL_EPOCHS, "lr": 0.1},
+            "participation": {"min_participants": self.min_participants, "allow": self.allow},
             "quorum": self.quorum,
             "round_deadline_secs": self.deadline_secs,
         });
@@ -158,10 +220,15 @@ pub fn assert_same_model(runs: &[Value]) {
 /// How many messages of `kind` the listed nodes refused for `reason`, summed.
 pub async fn refusals(cluster: &Cluster, nodes: &[usize], kind: &str, reason: &str) -> f64 {
     let sample = format!("fedmesh_messages_rejected_total{{kind=\"{kind}\",reason=\"{reason}\"}}");
+    metric_sum(cluster, nodes, &sample).await
+}
+
+/// The value of the metric `sample` (name and labels) summed over the listed nodes.
+pub async fn metric_sum(cluster: &Cluster, nodes: &[usize], sample: &str) -> f64 {
     let mut total = 0.0;
     for &node in nodes {
         let metrics = cluster.nodes[node].api.metrics().await.unwrap();
-        total += metric_value(&metrics, &sample);
+        total += metric_value(&metrics, sample);
     }
     total
 }
@@ -239,4 +306,22 @@ pub fn assert_every_round_once(run: &Value, n: u64) {
     let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
     assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "{run:#?}");
     assert!(rounds.iter().all(|r| r["model"].is_string()), "{run:#?}");
+}
+
+/// How many updates of `kind` (`delta`, `partial`, `ring_chunk`) for `job` the listed nodes
+/// accepted, summed.
+pub async fn accepted(cluster: &Cluster, nodes: &[usize], job: &str, kind: &str) -> f64 {
+    let sample = format!("fedmesh_job_updates_accepted_total{{job=\"{job}\",kind=\"{kind}\"}}");
+    metric_sum(cluster, nodes, &sample).await
+}
+
+/// Asserts that the run's members each declared a different number of samples: each trained
+/// on its own share of the data, not on a copy of the same set.
+pub fn assert_own_shares(run: &Value) {
+    let members = run["members"].as_array().cloned().unwrap_or_default();
+    let mut samples: Vec<u64> = members.iter().filter_map(|m| m["samples"].as_u64()).collect();
+    let declared = samples.len();
+    samples.sort_unstable();
+    samples.dedup();
+    assert!(declared > 1 && samples.len() == declared, "shares: {samples:?} of {members:#?}");
 }

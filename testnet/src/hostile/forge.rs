@@ -46,6 +46,7 @@ pub fn join(identity: &Identity, job: JobId, samples: u64) -> Result<Vec<u8>, Ho
         roles: Vec::new(),
         samples,
         sent_at_ms: unix_millis(),
+        ticket: None,
     };
     signed_gossip(identity, body, GossipMessage::Join)
 }

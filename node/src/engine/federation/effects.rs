@@ -141,7 +141,7 @@ impl Engine {
     }
 
     /// Answers an update request with the machine's verdict.
-    async fn answer(&mut self, id: JobId, request: u64, outcome: Result<(), Refusal>) {
+    pub(super) async fn answer(&mut self, id: JobId, request: u64, outcome: Result<(), Refusal>) {
         let replies = self.runs.get_mut(&id).map(|run| &mut run.replies);
         let Some(((channel, held), kind)) = replies.and_then(|r| r.remove(&request)) else {
             return;
@@ -149,13 +149,13 @@ impl Engine {
         let job = id.to_string();
         let response = match outcome {
             Ok(()) => {
-                self.metrics.update(&job, None);
+                self.metrics.update(&job, kind, None);
                 Response::Accepted
             }
             Err(refusal) => {
                 tracing::info!(job = %id, kind, reason = refusal.reason, detail = %refusal.detail, "refused an update");
                 self.metrics.rejected(kind, refusal.reason);
-                self.metrics.update(&job, Some(refusal.reason));
+                self.metrics.update(&job, kind, Some(refusal.reason));
                 Response::Refused { reason: refusal.detail }
             }
         };

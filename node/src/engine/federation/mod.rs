@@ -4,11 +4,14 @@
 //! event, and carries out the effects the machine answers with, the heavy ones off the engine's
 //! task.
 
+mod bulk_peers;
 mod effects;
 mod external_init;
 mod gossip;
+mod held_inputs;
 mod local;
 mod misbehave;
+mod model_access;
 mod models;
 mod pulls;
 mod results;
@@ -16,6 +19,7 @@ mod store;
 mod updates;
 mod work;
 
+pub(in crate::engine) use bulk_peers::BulkPeersBuiltFrom;
 pub use fedmesh_federation::records::{RoundView, RunView};
 pub use local::{LocalData, Trained};
 pub use misbehave::KINDS as MISBEHAVIOURS;
@@ -61,6 +65,8 @@ pub struct JobRun {
     /// The newest signed results taken from other members, as they signed them (as many as
     /// the machine keeps to serve).
     taken: VecDeque<Signed<AggregateReady>>,
+    /// The bulk budget share the machine's early updates hold.
+    early_share: held_inputs::EarlyShare,
 }
 
 impl JobRun {
@@ -74,6 +80,7 @@ impl JobRun {
             residual: Residual::default(),
             persisted,
             taken: VecDeque::new(),
+            early_share: None,
         }
     }
 
@@ -91,6 +98,11 @@ impl JobRun {
         self.next_request += 1;
         self.replies.insert(self.next_request, (reply, kind));
         self.next_request
+    }
+
+    /// The numbers of the update requests waiting for the machine's answer.
+    fn waiting_requests(&self) -> Vec<u64> {
+        self.replies.keys().copied().collect()
     }
 
     /// Keeps a signed result the machine accepted from another member (the newest few).
@@ -270,6 +282,7 @@ impl Engine {
         });
         self.carry_out(id, effects).await;
         self.tick_if_due(id).await;
+        self.settle_held_inputs(id).await;
         rejected
     }
 
@@ -297,6 +310,7 @@ impl Engine {
             .collect();
         for id in due {
             self.tick_if_due(id).await;
+            self.settle_held_inputs(id).await;
         }
     }
 

@@ -284,7 +284,7 @@ async fn refuse(
 ) {
     tracing::warn!(%job, kind, reason = refused.reason, detail = %refused.detail, "refused an update");
     metrics.rejected(kind, refused.reason);
-    metrics.update(&job.to_string(), Some(refused.reason));
+    metrics.update(&job.to_string(), kind, Some(refused.reason));
     let response = Response::Refused { reason: refused.detail };
     respond(network, channel, response, Vec::new(), None).await;
 }
