@@ -124,9 +124,9 @@ fn replayed_heartbeats_of_a_killed_member_are_refused_and_do_not_keep_it_live() 
     assert_eq!(*run.participants().last().unwrap_or(&0), 3, "{:#?}", run.lines);
 }
 
-/// 3000 joins, each from a fresh key, in an open job.
+/// 3000 joins, each from a fresh key, in an open job: the newcomers past the bound are refused
+/// (`crowded`) and the rounds go on without any of them.
 #[test]
-#[ignore = "needs the join-flood defence on main"]
 fn a_flood_of_joins_from_fresh_keys_does_not_stall_the_job() {
     attacked(
         "attack-join-flood",
@@ -134,6 +134,7 @@ fn a_flood_of_joins_from_fresh_keys_does_not_stall_the_job() {
         nodes = 4
         rounds = 8
         quorum = { fraction = 0.7 }
+        refused = ["crowded"]
         [[events]]
         round = 2
         action = "attack"
