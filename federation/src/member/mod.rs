@@ -66,6 +66,8 @@ const SETTLE_MIN_MS: u64 = 5_000;
 const SETTLE_HEARTBEATS: u32 = 8;
 /// The longest a newcomer waits before its first heartbeat (see `first_heartbeat_after_ms`).
 const FIRST_BEAT_SPREAD_MS: u64 = 10_000;
+/// How long after its first heartbeat a newcomer sends its second (see `next_heartbeat_at`).
+const SECOND_BEAT_MS: u64 = 2_000;
 /// How long after a peer subscribes to the job's topic this member's join goes out again.
 const JOIN_ECHO_DELAY_MS: u64 = 300;
 
@@ -583,6 +585,18 @@ impl Member {
         known.min(FIRST_BEAT_SPREAD_MS) * phase / 65_536
     }
 
+    /// When this member's next heartbeat is due: the first soon after it joined, the second
+    /// `SECOND_BEAT_MS` after that (a member that lost the first copy would not count this one
+    /// for a whole interval, and the members' live views, and so their plans, would differ),
+    /// then one every heartbeat interval.
+    fn next_heartbeat_at(&self, cadence: Cadence) -> u64 {
+        match self.heartbeat_sequence {
+            0 => self.joined_ms + self.first_heartbeat_after_ms(),
+            1 => self.last_heartbeat_ms + SECOND_BEAT_MS.min(cadence.heartbeat_ms()),
+            _ => self.last_heartbeat_ms + cadence.heartbeat_ms(),
+        }
+    }
+
     /// Periodic work: heartbeats, repeated joins, deadlines, opening the next round.
     fn on_tick(&mut self, now: u64) {
         if !self.is_active() {
@@ -590,12 +604,7 @@ impl Member {
         }
         let me = self.me();
         let cadence = self.cadence();
-        let heartbeat_due = if self.heartbeat_sequence == 0 {
-            now.saturating_sub(self.joined_ms) >= self.first_heartbeat_after_ms()
-        } else {
-            now.saturating_sub(self.last_heartbeat_ms) >= cadence.heartbeat_ms()
-        };
-        if heartbeat_due {
+        if now >= self.next_heartbeat_at(cadence) {
             // Its own sign of life as others see it: it stays live here as long as there (every
             // tick did it before, a lookup in the membership a thousand times a second).
             self.state.members.beat_own(&me, now);
@@ -616,12 +625,8 @@ impl Member {
         }
         self.maybe_pull(now);
         self.tick_round(now);
-        let next_heartbeat = if self.heartbeat_sequence == 0 {
-            self.joined_ms + self.first_heartbeat_after_ms()
-        } else {
-            self.last_heartbeat_ms + cadence.heartbeat_ms()
-        };
-        let next_beat = next_heartbeat.min(self.last_join_ms + cadence.rejoin_ms());
+        let next_beat =
+            self.next_heartbeat_at(cadence).min(self.last_join_ms + cadence.rejoin_ms());
         self.wake_at(next_beat.clamp(now + 1, now + IDLE_WAKE_MS));
     }
 
