@@ -49,6 +49,7 @@ impl Member {
             return Ok(());
         }
         let Some(ring) = ring else { return Ok(()) };
+        super::rounds::refuse_huge_values(&values)?;
         if chunk.base_model != ring.base {
             return Err(Refusal::new("wrong_base", "the chunk builds on another model"));
         }

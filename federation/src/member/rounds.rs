@@ -421,6 +421,7 @@ impl Member {
         if let Some(detail) = self.overweight(&signer, &update) {
             return Err(Refusal::new("inflated_samples", detail));
         }
+        refuse_huge_values(values)?;
         let Some(open) = self.phase.open_mut().filter(|o| !o.slots.is_empty()) else {
             let detail = format!("this member collects no updates for job {job} now");
             return Err(Refusal::new("not_aggregating", detail));
@@ -639,6 +640,26 @@ impl Member {
                 self.phase = Phase::Waiting;
                 self.wake_at(now);
             }
+        }
+    }
+}
+
+/// The largest magnitude a value of an update (a delta, a partial aggregate, a ring chunk) may
+/// have: a model's parameters move by far less in a round, and one update of 10³⁰ in each place
+/// takes a FedAvg model to chance for good however little it weighs.
+pub const MAX_UPDATE_MAGNITUDE: f32 = 1e6;
+
+/// Refuses an update with a value past `MAX_UPDATE_MAGNITUDE` (decoding refused the ones
+/// that are not finite already).
+pub(super) fn refuse_huge_values(values: &[f32]) -> Result<(), Refusal> {
+    match values.iter().position(|v| v.abs() > MAX_UPDATE_MAGNITUDE) {
+        None => Ok(()),
+        Some(index) => {
+            let detail = format!(
+                "value {index} of the update is {}, past {MAX_UPDATE_MAGNITUDE:e}",
+                values[index]
+            );
+            Err(Refusal::new("huge_values", detail))
         }
     }
 }

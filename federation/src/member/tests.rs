@@ -1004,12 +1004,22 @@ fn leader_and_trainer_of_round_1(net: &mut Net) -> (MemberId, MemberId) {
 /// Hands `leader` a delta from `sender` for `round` over `base`, weighing `samples`.
 fn send_delta(
     net: &mut Net,
-    (leader, sender): (MemberId, MemberId),
+    pair: (MemberId, MemberId),
     round: Round,
     base: ContentHash,
     samples: u64,
 ) {
-    let values = Arc::new(vec![0.5f32; PARAMS]);
+    send_delta_of(net, pair, (round, base, samples), 0.5);
+}
+
+/// [`send_delta`] with `value` in every place.
+fn send_delta_of(
+    net: &mut Net,
+    (leader, sender): (MemberId, MemberId),
+    (round, base, samples): (Round, ContentHash, u64),
+    value: f32,
+) {
+    let values = Arc::new(vec![value; PARAMS]);
     let body = ModelDelta {
         job: net.job,
         round,
@@ -1054,6 +1064,22 @@ fn an_update_weighing_more_than_its_member_declared_or_the_job_caps_is_refused()
     net.assert_agree();
     // Members 3 and 4 declared 13 and 14 samples: their own updates went out at the cap.
     assert_eq!(net.member(1).rounds()[&1].participants, 4, "every honest update was taken");
+}
+
+#[test]
+fn an_update_with_a_huge_value_is_refused_and_the_model_stays_the_honest_mean() {
+    let mut net = four_central(1);
+    let pair = leader_and_trainer_of_round_1(&mut net);
+    let model = net.member(1).model();
+    send_delta_of(&mut net, pair, (1, model, 5), 1e30);
+    send_delta_of(&mut net, pair, (1, model, 5), -2e6);
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["huge_values", "huge_values"]);
+    net.run(60_000);
+    net.assert_agree();
+    assert_eq!(net.member(1).rounds()[&1].participants, 4, "every honest update was taken");
+    let params = net.member(1).params();
+    assert!(params.iter().all(|v| v.abs() < 10.0), "the honest mean: {params:?}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod view;
 pub use fedmesh_federation::coordinator::{CoordinatedJob, CoordinatedState, JobState};
 pub use view::CoordinationView;
 
-use super::federation::{Refused, job_topic, verify};
+use super::federation::{Refused, job_topic, verify, verify_from};
 use super::{Engine, EngineError};
 use crate::store::{Store, StoreError, Table};
 use fedmesh_protocol::envelope::{Denied, Scope, Scoped};
@@ -129,8 +129,8 @@ impl Engine {
                         .into_body();
                 let new = !job.state.members.contains_key(&join.member);
                 if !job.on_join(&join, now) {
-                    let detail = format!("{} is not on job {id}'s allow-list", join.member);
-                    return Err(Refused::new("not_allowed", detail));
+                    let detail = format!("{} is not admitted to job {id} now", join.member);
+                    return Err(Refused::new("not_admitted", detail));
                 }
                 if new {
                     tracing::info!(job = %id, member = %join.member, group = %join.group, "member joined");
@@ -163,6 +163,16 @@ impl Engine {
                         .into_body();
                 job.on_evaluation(report.round, report.member, &report.metrics);
                 true
+            }
+            // Only this coordinator assigns and stops the job: what anyone else signed is
+            // refused, not passed on (a member that refuses it would penalize the forwarder).
+            GossipMessage::Assignment(m) => {
+                verify_from(m, Some(self.identity.member_id()), &scope)?;
+                false
+            }
+            GossipMessage::Stop(m) => {
+                verify_from(m, Some(self.identity.member_id()), &scope)?;
+                false
             }
             _ => false,
         };

@@ -95,7 +95,7 @@ pub(in crate::engine) fn verify<T: SignedBody>(
 
 /// Verifies a signed message that only `allowed` (the job's coordinator, or its owner) may
 /// send: from anyone else it is refused as `not_the_coordinator`.
-fn verify_from<T: SignedBody + Scoped>(
+pub(in crate::engine) fn verify_from<T: SignedBody + Scoped>(
     message: Signed<T>,
     allowed: Option<MemberId>,
     scope: &Scope,

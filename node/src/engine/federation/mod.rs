@@ -35,7 +35,7 @@ use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::strategy::AggregationRule;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::Tag;
-pub(in crate::engine) use gossip::{Refused, verify};
+pub(in crate::engine) use gossip::{Refused, verify, verify_from};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
