@@ -66,12 +66,16 @@ fn two_trainers_leave_and_the_rest_finish() {
 }
 
 #[test]
-fn a_node_joining_mid_job_trains_from_the_next_round() {
+fn a_node_joining_mid_job_trains_once_its_first_heartbeat_proves_it() {
     let run = run_scenario(
         "node-joins",
         r#"
         nodes = 3
         rounds = 20
+        # Rounds of about 0.2 s: the joiner counts from its first heartbeat (within a second of
+        # its join, then the members' views hold 2 s), well before the last round.
+        local_epochs = 20
+        batch_size = 16
         [[events]]
         round = 2
         action = "join"
