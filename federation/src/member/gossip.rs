@@ -353,7 +353,7 @@ impl Member {
             listed.sort_unstable();
             live.iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err())
         };
-        (!leaves_out_a_live_member || self.most_moved_past(&named, signer, ready.round))
+        (!leaves_out_a_live_member || self.witnessed_past(&named, signer, ready.round))
             && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
     }
 
@@ -361,7 +361,7 @@ impl Member {
     /// model of `round` or later: the round is over. Their heartbeats are their own, so no one
     /// member can say it for the others, and while a round runs its members hold the model
     /// before it.
-    fn most_moved_past(&self, named: &[MemberInfo], signer: &MemberId, round: Round) -> bool {
+    fn witnessed_past(&self, named: &[MemberInfo], signer: &MemberId, round: Round) -> bool {
         let others = named.iter().filter(|m| m.id != *signer);
         let (count, past) = others.fold((0, 0), |(count, past), m| {
             (count + 1, past + usize::from(self.state.members.holds_past(&m.id, round)))
