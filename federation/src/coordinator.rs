@@ -250,6 +250,18 @@ impl CoordinatedJob {
         votes.into_iter().max_by_key(|(_, count)| *count).map(|(model, _)| model)
     }
 
+    /// Who aggregates ahead of the rest, sorted by key: the owner, and the members whose update
+    /// a round's result counted (a fresh key that never delivered aggregates only when no
+    /// vetted member can).
+    fn vetted(&self) -> Vec<MemberId> {
+        let delivered = self.state.members.values().filter(|m| m.contributed > 0);
+        let mut vetted: Vec<MemberId> = delivered.map(|m| m.info.id).collect();
+        vetted.push(self.spec.owner);
+        vetted.sort_unstable();
+        vetted.dedup();
+        vetted
+    }
+
     /// The trainers of `round`: the fraction (at most k) of `eligible` the job asks for, the
     /// most responsive first, ties in a random order seeded by job and round.
     fn select(&self, round: Round, eligible: &[MemberId]) -> Vec<MemberId> {
@@ -285,8 +297,10 @@ impl CoordinatedJob {
         let eligible: Vec<MemberId> = live.iter().map(|m| m.id).collect();
         let trainers = self.select(round, &eligible);
         let selection = Selection::Explicit(trainers);
-        let mut plan = RoundPlan::compute(&self.tag, &self.id, round, &live, &selection)
-            .map_err(|e| e.to_string())?;
+        let vetted = self.vetted();
+        let mut plan =
+            RoundPlan::compute_vetted(&self.tag, &self.id, round, &live, &selection, &vetted)
+                .map_err(|e| e.to_string())?;
         let up_to_date = |id: &MemberId| {
             self.state.members.get(id).is_some_and(|m| m.round == round && m.model == Some(base))
         };
@@ -445,6 +459,30 @@ mod tests {
             sent_at_ms: now,
         };
         job.on_heartbeat(&heartbeat, now);
+    }
+
+    #[test]
+    fn the_coordinator_assigns_aggregators_among_members_that_delivered_while_any_is_live() {
+        let mut coordinated = job(1.0, None);
+        (1..=40).for_each(|m| join(&mut coordinated, m, 1_000));
+        let delivered = [MemberId([7; 32]), MemberId([9; 32])];
+        for id in &delivered {
+            coordinated.state.members.get_mut(id).expect("joined").contributed = 1;
+        }
+        for round in 0..30 {
+            coordinated.state.completed_round = round;
+            let (assignment, _) = coordinated.assign(1_000).expect("assigns");
+            let aggregator = assignment.aggregators["top"];
+            assert!(delivered.contains(&aggregator), "round {round}: {aggregator} never delivered");
+        }
+        for member in coordinated.state.members.values_mut() {
+            member.contributed = 0;
+        }
+        let (assignment, _) = coordinated.assign(1_000).expect("assigns");
+        assert!(
+            assignment.aggregators.contains_key("top"),
+            "with none vetted, any member aggregates"
+        );
     }
 
     #[test]

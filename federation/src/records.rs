@@ -148,6 +148,10 @@ pub struct RunState {
     pub completed_round: Round,
     pub model: ContentHash,
     pub members: Membership,
+    /// The members whose updates the result of round `completed_round` counted, sorted by key:
+    /// the next round's aggregators are elected among them (and the owner) ahead of the rest.
+    #[serde(default)]
+    pub vetted: Vec<MemberId>,
 }
 
 /// A round as the admin API shows it.

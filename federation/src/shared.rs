@@ -89,12 +89,14 @@ type Plans = Pool<(JobId, Round, usize), PlanEntry>;
 static DECLARATIONS: Mutex<Option<Pool<MemberId, Weak<Declared>>>> = Mutex::new(None);
 static MEMBER_LISTS: Mutex<Option<Pool<u64, Weak<[MemberInfo]>>>> = Mutex::new(None);
 static PLANS: Mutex<Option<Plans>> = Mutex::new(None);
+static KEY_LISTS: Mutex<Option<Pool<u64, Weak<[MemberId]>>>> = Mutex::new(None);
 
 /// A plan and what it was computed from; the member list by identity (a weak reference keeps
 /// its address from being reused).
 struct PlanEntry {
     tag: Tag,
     selection: Selection,
+    vetted: Arc<[MemberId]>,
     members: Weak<[MemberInfo]>,
     plan: Weak<RoundPlan>,
 }
@@ -144,28 +146,39 @@ pub fn member_list_of(listed: &[&MemberInfo]) -> Arc<[MemberInfo]> {
     made
 }
 
-/// The plan of `round` over `members` (a shared list, see [`member_list`]), computed once per
-/// process while some member holds it.
+/// A shared list of keys equal to `ids` (the members of a simulator's machines that took the
+/// same result vet the same members: one list, compared by address).
+pub fn key_list(ids: Vec<MemberId>) -> Arc<[MemberId]> {
+    let key = KeyHashing.hash_one(&ids);
+    let mut pool = lock(&KEY_LISTS);
+    share(pool.get_or_insert_with(Pool::new), key, ids.into_boxed_slice())
+}
+
+/// The plan of `round` over `members` (a shared list, see [`member_list`]) with aggregators
+/// elected among the `vetted` first, computed once per process while some member holds it.
 pub fn plan(
     tag: &Tag,
     job: &JobId,
     round: Round,
     members: &Arc<[MemberInfo]>,
     selection: &Selection,
+    vetted: &Arc<[MemberId]>,
 ) -> Result<Arc<RoundPlan>, PlanError> {
     let key = (*job, round, members.as_ptr() as *const u8 as usize);
     let found = |kept: &PlanEntry| {
-        let same = kept.tag == *tag && kept.selection == *selection;
+        let same_vetted = Arc::ptr_eq(&kept.vetted, vetted) || kept.vetted == *vetted;
+        let same = kept.tag == *tag && kept.selection == *selection && same_vetted;
         let over = kept.members.upgrade().is_some_and(|kept| Arc::ptr_eq(&kept, members));
         kept.plan.upgrade().filter(|_| same && over)
     };
     if let Some(plan) = lock(&PLANS).as_ref().and_then(|pool| pool.find(&key, found)) {
         return Ok(plan);
     }
-    let plan = Arc::new(RoundPlan::compute(tag, job, round, members, selection)?);
+    let plan = Arc::new(RoundPlan::compute_vetted(tag, job, round, members, selection, vetted)?);
     let entry = PlanEntry {
         tag: tag.clone(),
         selection: selection.clone(),
+        vetted: vetted.clone(),
         members: Arc::downgrade(members),
         plan: Arc::downgrade(&plan),
     };

@@ -9,13 +9,14 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
-/// Picks the misbehaving members among `members`, seeded.
+/// Picks the misbehaving members among `members`, seeded: any but the job's owner (member 0),
+/// whom the threat model trusts to announce the job (and who leads its first round).
 pub fn assign(
     specs: &[AdversarySpec],
     members: usize,
     rng: &mut ChaCha8Rng,
 ) -> BTreeMap<Index, AdversaryKind> {
-    let mut order: Vec<Index> = (0..members).collect();
+    let mut order: Vec<Index> = (1..members).collect();
     order.shuffle(rng);
     let kinds = specs.iter().flat_map(|spec| std::iter::repeat_n(spec.kind, spec.count));
     order.into_iter().zip(kinds).collect()
@@ -92,6 +93,7 @@ mod tests {
         ];
         let picked = assign(&specs, 10, &mut ChaCha8Rng::seed_from_u64(3));
         assert_eq!(picked.len(), 3);
+        assert!(!picked.contains_key(&0), "the owner is trusted");
         assert_eq!(picked.values().filter(|k| **k == AdversaryKind::Noise).count(), 2);
         assert_eq!(picked, assign(&specs, 10, &mut ChaCha8Rng::seed_from_u64(3)));
     }

@@ -142,13 +142,28 @@ pub struct Duties {
 }
 
 impl RoundPlan {
-    /// Plans `round` of `job` over the live `members`, as every member computes it.
+    /// Plans `round` of `job` over the live `members`, as every member computes it, with every
+    /// member as eligible as any other to aggregate.
     pub fn compute(
         tag: &Tag,
         job: &JobId,
         round: Round,
         members: &[MemberInfo],
         selection: &Selection,
+    ) -> Result<Self, PlanError> {
+        Self::compute_vetted(tag, job, round, members, selection, &[])
+    }
+
+    /// Plans `round` as [`RoundPlan::compute`] does, electing each slot's aggregator among the
+    /// `vetted` members (sorted by key: those whose updates were accepted) when the slot has any,
+    /// and ranking the others after them, as failover only.
+    pub fn compute_vetted(
+        tag: &Tag,
+        job: &JobId,
+        round: Round,
+        members: &[MemberInfo],
+        selection: &Selection,
+        vetted: &[MemberId],
     ) -> Result<Self, PlanError> {
         let members = sorted_unique(members);
         let labels = labels_by_group(tag, &members);
@@ -171,21 +186,24 @@ impl RoundPlan {
             rings: Vec::new(),
             destinations: BTreeMap::new(),
         };
-        let mut pending = plan.bottom_inputs(tag, &members, &labels);
+        let mut pending = plan.bottom_inputs(tag, &members, &labels, vetted);
         let mut elected = BTreeSet::new();
         for (tier_index, tier) in tag.tiers.iter().enumerate().skip(1) {
-            pending = plan.fill_tier(tier_index, tier, pending, &members, &mut elected)?;
+            let election = Election { vetted, elected: &mut elected };
+            pending = plan.fill_tier(tier_index, tier, pending, &members, election)?;
         }
         Ok(plan)
     }
 
     /// The trainers' inputs to the first aggregating tier, by their labels on the channel up:
-    /// one per trainer, or one per ring.
+    /// one per trainer, or one per ring (led by its first vetted member, when it has one: the
+    /// leader of a pure ring announces the round's model).
     fn bottom_inputs(
         &mut self,
         tag: &Tag,
         members: &[&MemberInfo],
         labels: &GroupLabels,
+        vetted: &[MemberId],
     ) -> Pending {
         let labels_of = |id: &MemberId| {
             let member = members[members.binary_search_by_key(id, |m| m.id).ok()?];
@@ -207,7 +225,10 @@ impl RoundPlan {
             rings.entry(label).or_insert_with(|| (Vec::new(), up.clone())).0.push(*id);
         }
         for (label, (ring_members, up)) in rings {
-            let order = rank(&self.job, self.round, &format!("ring/{label}"), &ring_members);
+            let mut order = rank(&self.job, self.round, &format!("ring/{label}"), &ring_members);
+            if let Some(first) = order.iter().position(|m| vetted.binary_search(m).is_ok()) {
+                order[..=first].rotate_right(1);
+            }
             let index = self.rings.len();
             for member in &order {
                 self.destinations.insert(*member, Destination::Ring(index));
@@ -226,7 +247,7 @@ impl RoundPlan {
         tier: &Tier,
         by_label: Pending,
         members: &[&MemberInfo],
-        elected: &mut BTreeSet<MemberId>,
+        mut election: Election,
     ) -> Result<Pending, PlanError> {
         let per_group = tier.down.as_ref().is_some_and(|down| {
             let labels = tier.labels_on(down);
@@ -237,7 +258,7 @@ impl RoundPlan {
         for (label, inputs) in by_label {
             let id = SlotId { role: tier.role.clone(), label: label.clone() };
             let eligible = candidates.for_slot(&label, per_group);
-            let ranking = elect(self, &id, tier, eligible, elected)?;
+            let ranking = election.elect(self, &id, tier, eligible)?;
             let index = self.slots.len();
             for input in &inputs {
                 self.connect(*input, index);
@@ -459,24 +480,44 @@ impl Candidates {
     }
 }
 
-/// Ranks the members eligible for a slot and moves the first one not already elected elsewhere
-/// this round to the front, so duties spread when members allow it.
-fn elect(
-    plan: &RoundPlan,
-    id: &SlotId,
-    tier: &Tier,
-    eligible: &[MemberId],
-    elected: &mut BTreeSet<MemberId>,
-) -> Result<Vec<MemberId>, PlanError> {
-    let mut ranking = rank(&plan.job, plan.round, &id.to_string(), eligible);
-    let Some(first_free) = ranking.iter().position(|m| !elected.contains(m)).or(
-        // Everyone eligible already aggregates another slot: the top-ranked doubles up.
-        if ranking.is_empty() { None } else { Some(0) },
-    ) else {
-        return Err(PlanError::NoAggregator { role: tier.role.clone(), slot: id.to_string() });
-    };
-    let primary = ranking.remove(first_free);
-    ranking.insert(0, primary);
-    elected.insert(primary);
-    Ok(ranking)
+/// A round's elections: the members vetted to aggregate first, and those already elected to a
+/// slot this round.
+struct Election<'a> {
+    vetted: &'a [MemberId],
+    elected: &'a mut BTreeSet<MemberId>,
+}
+
+impl Election<'_> {
+    /// Ranks the members eligible for a slot, the vetted ones ahead of the rest, and moves the
+    /// first one not already elected elsewhere this round to the front (among the vetted when
+    /// there are any), so duties spread when members allow it.
+    fn elect(
+        &mut self,
+        plan: &RoundPlan,
+        id: &SlotId,
+        tier: &Tier,
+        eligible: &[MemberId],
+    ) -> Result<Vec<MemberId>, PlanError> {
+        let slot = id.to_string();
+        let (mut ranking, vetted) = if self.vetted.is_empty() {
+            (rank(&plan.job, plan.round, &slot, eligible), 0)
+        } else {
+            let (first, rest): (Vec<MemberId>, Vec<MemberId>) =
+                eligible.iter().partition(|m| self.vetted.binary_search(m).is_ok());
+            let mut ranking = rank(&plan.job, plan.round, &slot, &first);
+            ranking.extend(rank(&plan.job, plan.round, &slot, &rest));
+            (ranking, first.len())
+        };
+        let pool = if vetted > 0 { vetted } else { ranking.len() };
+        let Some(first_free) = ranking[..pool].iter().position(|m| !self.elected.contains(m)).or(
+            // Everyone eligible already aggregates another slot: the top-ranked doubles up.
+            if ranking.is_empty() { None } else { Some(0) },
+        ) else {
+            return Err(PlanError::NoAggregator { role: tier.role.clone(), slot });
+        };
+        let primary = ranking.remove(first_free);
+        ranking.insert(0, primary);
+        self.elected.insert(primary);
+        Ok(ranking)
+    }
 }

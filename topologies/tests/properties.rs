@@ -116,6 +116,32 @@ proptest! {
     }
 
     #[test]
+    fn only_vetted_members_aggregate_while_a_slot_has_one(
+        builtin in any_builtin(), size in 2usize..600, groups in 1usize..5, seed: u32, round in 1u64..1000, vetted_share in 0u32..4,
+    ) {
+        // A join flood of fresh keys: most members never had an update accepted.
+        let members = membership(size, groups, seed);
+        let mut vetted: Vec<MemberId> = members.iter().map(|m| m.id).filter(|id| u32::from(id.0[0]) % 8 < vetted_share).collect();
+        vetted.sort_unstable();
+        let plan = RoundPlan::compute_vetted(&tag(builtin), &job("v"), round, &members, &Selection::ALL, &vetted).unwrap();
+        for slot in &plan.slots {
+            let is_vetted = |id: &MemberId| vetted.binary_search(id).is_ok();
+            let vetted_in_slot = slot.ranking.iter().filter(|id| is_vetted(id)).count();
+            if vetted_in_slot > 0 {
+                prop_assert!(is_vetted(&slot.aggregator()), "slot {} elected an unvetted member", slot.id);
+                prop_assert!(slot.ranking[..vetted_in_slot].iter().all(is_vetted), "unvetted failover ahead of a vetted one");
+            }
+        }
+        for ring in &plan.rings {
+            if ring.order.iter().any(|id| vetted.binary_search(id).is_ok()) {
+                prop_assert!(vetted.binary_search(&ring.uploader()).is_ok(), "ring {} led by an unvetted member", ring.label);
+            }
+        }
+        let everyone = RoundPlan::compute(&tag(builtin), &job("v"), round, &members, &Selection::ALL).unwrap();
+        prop_assert_eq!(&everyone.trainers, &plan.trainers, "vetting changes who aggregates, not who trains");
+    }
+
+    #[test]
     fn a_join_or_a_leave_moves_few_slot_assignments(
         size in 20usize..300, seed: u32, leaver in 0usize..20,
     ) {

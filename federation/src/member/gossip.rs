@@ -276,7 +276,12 @@ impl Member {
             Held::Assign(assignment) => assignment.round,
         };
         if round <= self.state.completed_round {
-            return; // a round this member completed: nothing of it is followed or taken now
+            // A round this member completed: nothing of it is followed or taken now, but the
+            // result of the round it holds the model of, if it came after that model.
+            if let Held::Result(ready) = held {
+                self.take_late_result(signer, ready, now);
+            }
+            return;
         }
         if round > self.last_round() {
             let last = self.last_round();

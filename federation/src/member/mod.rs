@@ -169,8 +169,13 @@ pub struct Member {
     caught_up_asked: (Round, u64),
     /// Models being fetched, with the round each is the result of.
     fetching: BTreeMap<ContentHash, Round>,
-    /// The newest round plans, by round and the members planned over (sorted by key).
+    /// The newest round plans, by round and the members planned over (sorted by key), all with
+    /// `vetted` as it is now.
     plans: VecDeque<(Round, Arc<[MemberInfo]>, Arc<RoundPlan>)>,
+    /// Who is elected to aggregate ahead of the rest, sorted by key: the owner, and the members
+    /// whose updates the held model's round counted (a key that joined and never had an update
+    /// accepted, as a flood of fresh keys has not, aggregates only when no vetted member can).
+    vetted: Arc<[MemberId]>,
     /// The furthest round any member's heartbeat named.
     furthest_heard: Round,
     /// When a waiting member next checks whether it opens the next round.
@@ -215,6 +220,7 @@ impl Member {
             completed_round: 0,
             model,
             members: Default::default(),
+            vetted: Vec::new(),
         };
         let snapshot = Snapshot { state, rounds: Vec::new(), announced: None };
         Self::restore(setup, snapshot, params, now)
@@ -229,6 +235,7 @@ impl Member {
         now: u64,
     ) -> (Self, Vec<Effect>) {
         let rounds = snapshot.rounds.into_iter().map(|r| (r.round, r)).collect();
+        let vetted = vetted_with_owner(&snapshot.state.vetted, &setup.spec.owner);
         let mut member = Self {
             setup,
             state: snapshot.state,
@@ -257,6 +264,7 @@ impl Member {
             caught_up_asked: (0, 0),
             fetching: BTreeMap::new(),
             plans: VecDeque::new(),
+            vetted,
             furthest_heard: 0,
             next_open_check_ms: 0,
             adopted_ms: 0,
@@ -439,7 +447,7 @@ impl Member {
         }
         let selection = Selection::from_participation(&self.setup.spec.participation);
         let (tag, job) = (&self.setup.tag, &self.setup.job);
-        let plan = shared::plan(tag, job, round, &members, &selection).ok()?;
+        let plan = shared::plan(tag, job, round, &members, &selection, &self.vetted).ok()?;
         if self.plans.len() >= PLANS_KEPT {
             self.plans.pop_front();
         }
@@ -685,6 +693,15 @@ impl Member {
 }
 
 /// Whether a list of members is exactly `members`' keys, in their order.
+/// The members `vetted` and the owner, sorted by key (a shared list).
+fn vetted_with_owner(vetted: &[MemberId], owner: &MemberId) -> Arc<[MemberId]> {
+    let mut all = vetted.to_vec();
+    if let Err(position) = all.binary_search(owner) {
+        all.insert(position, *owner);
+    }
+    shared::key_list(all)
+}
+
 fn names_exactly(list: &[MemberId], members: &[MemberInfo]) -> bool {
     list.len() == members.len() && members.iter().map(|m| m.id).eq(list.iter().copied())
 }

@@ -45,21 +45,13 @@ impl Member {
     /// this member still did for the round, and adopts its model (fetched first if needed).
     pub(super) fn take_result(&mut self, signer: MemberId, ready: Arc<AggregateReady>, now: u64) {
         if ready.round <= self.state.completed_round || !self.is_active() {
-            if let Some(record) = self.rounds.get_mut(&ready.round) {
-                record.complete_late(&ready);
-            }
-            return;
+            return self.take_late_result(signer, ready, now);
         }
         let record = self.rounds.entry(ready.round).or_insert_with(|| {
             RoundRecord::new(ready.round, signer, ready.base_model, ready.sent_at_ms)
         });
         record.close(&ready);
-        if !self.taken.iter().any(|(_, kept)| kept.round == ready.round) {
-            if self.taken.len() >= RESULTS_KEPT {
-                self.taken.pop_front();
-            }
-            self.taken.push_back((signer, ready.clone()));
-        }
+        self.keep_taken(signer, &ready);
         if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {
             self.last_update = None;
         }
@@ -136,6 +128,7 @@ impl Member {
         self.state.model = model;
         self.state.completed_round = round;
         self.adopted_ms = now;
+        self.vet_from_taken();
         let me = self.me();
         let record =
             self.rounds.entry(round).or_insert_with(|| RoundRecord::new(round, me, model, now));
@@ -160,6 +153,61 @@ impl Member {
         } else {
             self.wake_at(now);
         }
+    }
+
+    /// Keeps a result taken, to serve members that missed it (one per round).
+    fn keep_taken(&mut self, signer: MemberId, ready: &Arc<AggregateReady>) {
+        if !self.taken.iter().any(|(_, kept)| kept.round == ready.round) {
+            if self.taken.len() >= RESULTS_KEPT {
+                self.taken.pop_front();
+            }
+            self.taken.push_back((signer, ready.clone()));
+        }
+    }
+
+    /// The result of a round this member holds a model of already (fetched as an opening's base
+    /// before the result arrived): it completes the round's record and, when it made the model
+    /// held and comes from the round's aggregator, vets the members it counted.
+    pub(super) fn take_late_result(
+        &mut self,
+        signer: MemberId,
+        ready: Arc<AggregateReady>,
+        now: u64,
+    ) {
+        let Some(record) = self.rounds.get_mut(&ready.round) else { return };
+        record.complete_late(&ready);
+        let held = ready.round == self.state.completed_round && ready.model == self.state.model;
+        let from_aggregator = record.aggregator == signer;
+        if held && from_aggregator && self.is_active() {
+            self.keep_taken(signer, &ready);
+            if self.vet_from_taken() {
+                self.persist();
+                self.judge_unblocked(now); // an opening held for its leader may be led so now
+            }
+        }
+    }
+
+    /// Vets the members the held model's result counted, if this member took that result:
+    /// the next round's aggregators are elected among them first. (A member that fetched its
+    /// model as an opening's base before the result arrived vets them when the result does.)
+    /// Says whether who is vetted changed.
+    fn vet_from_taken(&mut self) -> bool {
+        let (round, model) = (self.state.completed_round, self.state.model);
+        let Some((_, ready)) =
+            self.taken.iter().find(|(_, r)| r.round == round && r.model == model)
+        else {
+            return false;
+        };
+        let mut vetted: Vec<MemberId> = ready.contributions.iter().map(|c| c.member).collect();
+        vetted.sort_unstable();
+        vetted.dedup();
+        if vetted == self.state.vetted {
+            return false;
+        }
+        self.vetted = super::vetted_with_owner(&vetted, &self.setup.spec.owner);
+        self.state.vetted = vetted;
+        self.plans.clear();
+        true
     }
 
     /// Records the evaluations of `round`'s model heard before this member took it; those of

@@ -19,6 +19,10 @@ use std::sync::Arc;
 /// How long past a round's deadline its leader has to open it again before members elect
 /// another.
 pub(super) const REOPEN_GRACE_MS: u64 = 2_000;
+/// After this many deadlines short of its quorum, a led round closes with the updates in if
+/// they are at least the job's minimum of participants: trainers that stay live but never send
+/// (keys that beat and never train) would otherwise hold it open for ever.
+const DEADLINES_BEFORE_CLOSING_SHORT: u32 = 3;
 
 impl Member {
     /// The round's part of a tick: deadlines, then opening the next round when elected.
@@ -579,6 +583,13 @@ impl Member {
         let central = plan.slots.len() == 1 && plan.rings.is_empty();
         if has_top && central && received >= required && received > 0 {
             // The updates in are a quorum of the trainers still live.
+            return self.close_round(now);
+        }
+        let minimum = (self.setup.spec.participation.min_participants as usize).max(1);
+        if has_top && retries >= DEADLINES_BEFORE_CLOSING_SHORT && received >= minimum {
+            let why =
+                format!("closing with {received} of {required} updates after {retries} deadlines");
+            self.log(Level::Warn, round, why);
             return self.close_round(now);
         }
         self.log(

@@ -756,6 +756,41 @@ fn a_late_joiner_takes_part_in_later_rounds_once_its_heartbeat_proves_it() {
     assert_eq!(third.participants, 3, "not before its first heartbeat");
 }
 
+#[test]
+fn keys_that_never_had_an_update_accepted_are_not_elected_and_their_silence_holds_no_round() {
+    // Six fresh keys join a running job and beat like members, but none of their updates ever
+    // arrives: two thirds of the live members, they would lead most rounds by the hash alone,
+    // and a round waiting for all its trainers would wait for them for ever.
+    let mut net = Net::new(spec("central", 12, 5), &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+    let fresh: Vec<MemberId> = (20..26).map(member_id).collect();
+    let silent = fresh.clone();
+    net.drop = Some(Box::new(move |from, _, event| {
+        silent.contains(&from) && matches!(event, Event::Update { .. })
+    }));
+    for key in &fresh {
+        net.add(key.0[0], "a");
+        net.may_miss_rounds.insert(*key);
+    }
+    net.run(900_000);
+    let honest = [1, 2, 3].map(member_id);
+    let member = net.member(1);
+    assert_eq!(member.completed_round(), 12, "the job completed");
+    assert!(fresh.iter().all(|key| member.state().members.is_live(key, net.now)));
+    for record in member.rounds().values() {
+        assert!(
+            honest.contains(&record.aggregator),
+            "round {} led by {}",
+            record.round,
+            record.aggregator
+        );
+        assert!(record.slots.values().all(|a| honest.contains(a)), "{:?}", record.slots);
+    }
+    let trained =
+        |key: &MemberId| net.trainings.keys().any(|(who, round)| who == key && *round >= 10);
+    assert!(fresh.iter().all(trained), "the fresh keys were planned with as trainers");
+}
+
 /// Whether member `who` knows every member in `of`.
 fn knows_all(net: &Net, who: u8, of: &[u8]) -> bool {
     of.iter().all(|b| net.member(who).state().members.contains(&member_id(*b)))
