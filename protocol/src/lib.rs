@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod fuzzing;
 pub mod identity;
 pub mod ids;
 pub mod message;
