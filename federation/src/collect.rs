@@ -157,6 +157,14 @@ impl Collecting {
         direct_in >= self.direct.len() && self.lower_received.len() >= self.lower_senders.len()
     }
 
+    /// Stops waiting for `member`'s own update, which it signed it will not send (it left);
+    /// one already folded in stays.
+    pub fn forget_trainer(&mut self, member: &MemberId) {
+        if !self.holds(member) {
+            self.direct.remove(member);
+        }
+    }
+
     /// Whether `member`'s update is folded in here (directly or through a partial aggregate).
     pub fn holds(&self, member: &MemberId) -> bool {
         self.contributions.iter().any(|c| c.member == *member)

@@ -61,6 +61,7 @@ impl Member {
                         let text = format!("{} left: {}", leave.member, leave.reason);
                         self.log(Level::Info, 0, text);
                         self.persist_lazily();
+                        self.round_without(&leave.member, now);
                     }
                     Ok(false) => {}
                     Err(replayed) => self.refuse_replay("leave", signer, replayed),

@@ -470,6 +470,25 @@ impl Member {
         declared.min(cap)
     }
 
+    /// A member left (its leave signed): the round in progress waits for it no longer. The
+    /// slots this member aggregates stop expecting its update (and finish if it was the last
+    /// missing); a round it opened is let go, so that the next member of the failover order,
+    /// elected over the members live now, opens it again at once rather than at its deadline.
+    pub(super) fn round_without(&mut self, leaver: &MemberId, now: u64) {
+        let Some(open) = self.phase.open_mut() else { return };
+        let round = open.round;
+        if open.opener == *leaver && open.leading.is_none() {
+            self.log(Level::Info, round, format!("its leader {leaver} left; electing another"));
+            self.phase = Phase::Waiting;
+            self.next_open_check_ms = now;
+            return self.wake_at(now);
+        }
+        for slot in &mut open.slots {
+            slot.forget_trainer(leaver);
+        }
+        self.finish_complete_slots(now);
+    }
+
     /// Finishes the slots that have every input.
     fn finish_complete_slots(&mut self, now: u64) {
         loop {

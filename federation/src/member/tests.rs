@@ -890,6 +890,70 @@ fn a_member_that_leaves_is_planned_without_and_the_job_goes_on() {
     assert_eq!(net.member(1).rounds()[&3].participants, 3);
 }
 
+/// Four central members with 60 s deadlines, every training taking 10 s, run until round 2 is
+/// open; with its leader.
+fn round_2_open_with_slow_training() -> (Net, MemberId) {
+    let mut net = Net::new(spec("central", 4, 60), &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
+    for byte in 1..=4 {
+        net.train_ms.insert(member_id(byte), 10_000);
+    }
+    net.run_until(30_000, |net| net.member(1).phase.open().is_some_and(|o| o.round == 2));
+    let leader = net.member(1).phase.open().map(|o| o.opener).expect("round 2 is open");
+    (net, leader)
+}
+
+/// Member `byte`'s operator leaves the job now.
+fn leave_now(net: &mut Net, byte: u8) {
+    let id = member_id(byte);
+    let now = net.now;
+    let effects = net
+        .members
+        .get_mut(&id)
+        .map(|m| m.handle(Event::LeaveRequested { reason: "operator".into() }, now));
+    net.route(id, effects.unwrap_or_default());
+    net.down.insert(id);
+}
+
+#[test]
+fn a_trainer_that_signs_its_leave_mid_round_is_not_waited_for() {
+    let (mut net, leader) = round_2_open_with_slow_training();
+    let leaver = (1..=4).find(|b| member_id(*b) != leader).expect("a trainer");
+    let lost = member_id(leaver);
+    net.drop =
+        Some(Box::new(move |from, _, event| from == lost && matches!(event, Event::Update { .. })));
+    net.run(11_000); // every trainer has sent its update; the leaver's is lost
+    let left_at = net.now;
+    leave_now(&mut net, leaver);
+    net.run_until(60_000, |net| net.member(leader.0[0]).completed_round() >= 2);
+    let round = &net.member(leader.0[0]).rounds()[&2];
+    assert_eq!(round.participants, 3);
+    let closed = round.closed_at_ms.expect("round 2 closed");
+    assert!(closed <= left_at + 1_000, "closed at {closed}, the leave went out at {left_at}");
+    assert_eq!(net.openings_of(2), 1, "not opened again");
+}
+
+#[test]
+fn a_leader_that_signs_its_leave_mid_round_is_replaced_at_once() {
+    let (mut net, leader) = round_2_open_with_slow_training();
+    net.run(1_000);
+    let left_at = net.now;
+    leave_now(&mut net, leader.0[0]);
+    net.run_until(60_000, |net| {
+        net.member(1).completed_round() >= 2 || net.member(2).completed_round() >= 2
+    });
+    let follower = if leader == member_id(1) { net.member(2) } else { net.member(1) };
+    let round = &follower.rounds()[&2];
+    assert_ne!(round.aggregator, leader, "another member led round 2");
+    let closed = round.closed_at_ms.expect("round 2 closed");
+    assert!(
+        closed < left_at + 20_000,
+        "closed at {closed}: the leave went out at {left_at}, the deadline was 60 s"
+    );
+    net.run(300_000);
+    net.assert_agree();
+}
+
 #[test]
 fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
     let mut net = four_central(1);
