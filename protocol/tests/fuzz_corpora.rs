@@ -349,17 +349,14 @@ fn job_specs() -> Corpus {
     );
     let coordinator = member().member_id().to_string();
     let full = json!({
-        "name": "robust", "owner": owner, "dataset": "mnist",
-        "tag": "hierarchical",
-        "model": {"mlp": [64, 32]},
-        "hyperparameters": {"rounds": 5, "local_epochs": 2, "batch_size": 16, "lr": 0.1,
-                            "momentum": 0.9, "weight_decay": 1e-4, "fedprox_mu": 0.01},
-        "strategy": {"rule": "multi_krum", "f": 1, "m": 3, "clip_norm": 5.0,
-                     "noise_multiplier": 0.5, "server": {"optimizer": "fedadam", "eta": 0.02}},
-        "participation": {"min_participants": 5, "max_participants": 10, "fraction": 0.5},
-        "quorum": {"count": 5},
-        "round_deadline_secs": 60,
-        "coordinator": coordinator,
+        "name": "coordinated", "owner": owner, "dataset": "breast-cancer",
+        "tag": "hierarchical", "model": {"mlp": [16]},
+        "hyperparameters": {"rounds": 50, "local_epochs": 3, "batch_size": 8, "lr": 0.05,
+                            "momentum": 0.5, "weight_decay": 1e-3, "fedprox_mu": 0.1},
+        "strategy": {"rule": "krum", "f": 2, "clip_norm": 2.0,
+                     "noise_multiplier": 0.2, "server": {"optimizer": "fedyogi", "eta": 0.01}},
+        "participation": {"min_participants": 8, "max_participants": 12, "fraction": 0.75},
+        "quorum": {"count": 8}, "round_deadline_secs": 90, "coordinator": coordinator,
         "coordinator_fallback_secs": 30,
         "seed": 42
     });
@@ -397,7 +394,7 @@ fn job_specs() -> Corpus {
         ("spec-module-doc-example.json".into(), module_doc.into_bytes()),
         ("numpy-trainer-external-model.json".into(), external.into_bytes()),
         ("minimal.json".into(), serde_json::to_vec(&minimal).unwrap()),
-        ("full-hierarchical-multi-krum-fedadam.json".into(), pretty(&full)),
+        ("full-hierarchical-krum-fedyogi.json".into(), pretty(&full)),
         ("full-canonical.json".into(), canonical),
         ("tag-schema-classes-dp.json".into(), pretty(&schema)),
         ("ring-top-k-owner-admission.json".into(), pretty(&ring)),
