@@ -157,12 +157,15 @@ impl Collecting {
         direct_in >= self.direct.len() && self.lower_received.len() >= self.lower_senders.len()
     }
 
-    /// Stops waiting for `member`'s own update, which it signed it will not send (it left);
-    /// one already folded in stays.
-    pub fn forget_trainer(&mut self, member: &MemberId) {
+    /// Stops waiting for what `member` would send, as it signed it will send nothing more (it
+    /// left): its own update, and the partial aggregates of slots below it aggregates (their
+    /// trainers' updates went to it, and are lost with it this round). What arrived stays.
+    pub fn forget_sender(&mut self, member: &MemberId) {
         if !self.holds(member) {
             self.direct.remove(member);
         }
+        let received = &self.lower_received;
+        self.lower_senders.retain(|sender, _| sender.0 != *member || received.contains(sender));
     }
 
     /// Whether `member`'s update is folded in here (directly or through a partial aggregate).

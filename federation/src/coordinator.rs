@@ -600,6 +600,7 @@ mod tests {
             contributions: vec![],
             metrics: EvalMetrics::default(),
             members: vec![],
+            vetted: Vec::new(),
             sent_at_ms: 2_000,
         };
         let other = (1..=3).map(|m| MemberId([m; 32])).find(|m| *m != leader).unwrap();

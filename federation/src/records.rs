@@ -222,6 +222,7 @@ mod tests {
             contributions: (1..=trainers).map(contribution).collect(),
             metrics: EvalMetrics::default(),
             members: Vec::new(),
+            vetted: Vec::new(),
             sent_at_ms: 5_000,
         }
     }

@@ -86,3 +86,37 @@ async fn when_the_aggregator_is_killed_mid_round_another_member_takes_the_round_
     let taken_over = &runs[0]["rounds"][open["round"].as_u64().unwrap() as usize - 1];
     assert_ne!(taken_over["aggregator"], open["aggregator"], "{taken_over:#?}");
 }
+
+/// The longest any recorded round of a run took, from its opening to its model's announcement.
+fn longest_round_secs(run: &Value) -> f64 {
+    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
+    rounds.iter().filter_map(|r| r["seconds"].as_f64()).fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_leaves_and_joins_again_stalls_no_round_and_ends_with_the_final_model() {
+    const ROUNDS: u64 = 120;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    // Rounds take a tenth of a second; a round waiting for the member that left would wait out
+    // its 10 s deadline.
+    let job = Job { deadline_secs: 10, ..Job::new(ROUNDS, 2) }.announce(&cluster).await;
+    let api = &cluster.nodes[2].api;
+    wait_for(&cluster, 0, &job, "round 10", |run| completed_round(run) >= 10).await;
+    let _: Value = api.post(&format!("/v1/jobs/{job}/leave"), &json!({})).await.unwrap();
+    wait_for(&cluster, 0, &job, "round 40", |run| completed_round(run) >= 40).await;
+    let _: Value = api.post(&format!("/v1/jobs/{job}/join"), &json!({})).await.unwrap();
+    let runs = wait_completed_on(&cluster, &[0, 1, 2], &job, Duration::from_secs(180)).await;
+    assert_same_model(&runs);
+    for (node, run) in runs.iter().enumerate() {
+        let longest = longest_round_secs(run);
+        assert!(longest < 5.0, "node {node} recorded a round of {longest} s: {run:#?}");
+    }
+    let counts = participants(&runs[0]);
+    assert_eq!(*counts.last().unwrap(), 3, "it trained again before the end: {counts:?}");
+    let listed: Vec<Value> = api.get("/v1/jobs").await.unwrap();
+    let shown: Value = api.get(&format!("/v1/jobs/{job}")).await.unwrap();
+    let listed_status = listed.iter().find(|j| j["id"] == json!(job)).map(|j| j["status"].clone());
+    assert_eq!(listed_status, Some(json!("completed")), "the job list says what its page says");
+    assert_eq!(shown["status"], json!("completed"));
+}

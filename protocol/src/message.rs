@@ -211,7 +211,35 @@ pub struct AggregateReady {
     /// The members the round was planned over (its opening's): a member that missed the round
     /// checks that their plan elects the signer before it takes the result.
     pub members: Vec<MemberId>,
+    /// Which of `members` the plan elected aggregators among first (those the round before
+    /// counted; bit `i % 8` of byte `i / 8` for `members[i]`): a member that missed the round
+    /// before, and so cannot know them, plans with these (see [`AggregateReady::vetted_members`]).
+    pub vetted: Vec<u8>,
     pub sent_at_ms: u64,
+}
+
+impl AggregateReady {
+    /// The bitmap of [`AggregateReady::vetted`]: which of `members` are in `vetted` (sorted).
+    pub fn vetted_bitmap(members: &[MemberId], vetted: &[MemberId]) -> Vec<u8> {
+        let mut bitmap = vec![0u8; members.len().div_ceil(8)];
+        for (index, member) in members.iter().enumerate() {
+            if vetted.binary_search(member).is_ok() {
+                bitmap[index / 8] |= 1 << (index % 8);
+            }
+        }
+        bitmap
+    }
+
+    /// The members its bitmap marks vetted, sorted by key.
+    pub fn vetted_members(&self) -> Vec<MemberId> {
+        let marked =
+            |index: &usize| self.vetted.get(index / 8).is_some_and(|b| b >> (index % 8) & 1 == 1);
+        let mut vetted: Vec<MemberId> =
+            (0..self.members.len()).filter(marked).map(|index| self.members[index]).collect();
+        vetted.sort_unstable();
+        vetted.dedup();
+        vetted
+    }
 }
 
 /// A member's evaluation of a round's global model on its local test split.
@@ -430,7 +458,15 @@ impl SignedBody for AggregateReady {
     fn check(&self) -> Result<(), String> {
         check_contributions(&self.contributions)?;
         check_finite("the loss", self.metrics.loss)?;
-        check_accuracy(self.metrics.accuracy)
+        check_accuracy(self.metrics.accuracy)?;
+        if self.vetted.len() > self.members.len().div_ceil(8) {
+            return Err(format!(
+                "a bitmap of {} bytes over {} members",
+                self.vetted.len(),
+                self.members.len()
+            ));
+        }
+        Ok(())
     }
 }
 

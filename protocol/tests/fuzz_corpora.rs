@@ -516,6 +516,7 @@ fn aggregate_ready() -> AggregateReady {
         contributions: contributions(),
         metrics: EvalMetrics { loss: Some(0.4), accuracy: None, samples: 0 },
         members: members(),
+        vetted: Vec::new(),
         sent_at_ms: 8,
     }
 }

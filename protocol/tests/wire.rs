@@ -180,6 +180,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     contributions,
                     metrics: EvalMetrics { loss, accuracy, samples },
                     members: vec![MemberId([j as u8; 32])],
+                    vetted: Vec::new(),
                     sent_at_ms: 3,
                 };
                 GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap())
@@ -502,6 +503,7 @@ fn gossip_size_limits_hold_both_ways() {
             .collect(),
         metrics: EvalMetrics::default(),
         members: Vec::new(),
+        vetted: Vec::new(),
         sent_at_ms: 0,
     };
     let message = GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap());

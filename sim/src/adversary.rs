@@ -49,6 +49,7 @@ pub fn hijack(open: &RoundOpen, now_ms: u64) -> (RoundOpen, AggregateReady) {
         contributions: Vec::new(),
         metrics: EvalMetrics::default(),
         members: open.members.clone(),
+        vetted: Vec::new(),
         sent_at_ms: now_ms,
     };
     (competing, made_up)

@@ -220,6 +220,11 @@ pub struct Config {
     pub kill: f64,
     /// How long a killed member stays down; none: it never comes back.
     pub restart_after_secs: Option<f64>,
+    /// Fraction of the members whose operators leave the job (a signed leave) at seeded times,
+    /// none of them killed too; each joins it again, afresh, `rejoin_after_secs` later.
+    pub leave: f64,
+    /// How long a member that left stays out; none: it never joins again.
+    pub rejoin_after_secs: Option<f64>,
     pub partition: Option<PartitionSpec>,
     pub adversaries: Vec<AdversarySpec>,
     pub model: ModelSpec,
@@ -255,6 +260,8 @@ impl Config {
             loss: 0.0,
             kill: 0.0,
             restart_after_secs: None,
+            leave: 0.0,
+            rejoin_after_secs: None,
             partition: None,
             adversaries: Vec::new(),
             model: ModelSpec::Bench { params: 1_000 },
@@ -275,6 +282,11 @@ impl Config {
     /// How long a killed member stays down, in milliseconds (none: forever).
     pub fn restart_after_ms(&self) -> Option<u64> {
         self.restart_after_secs.map(|secs| (secs * 1_000.0).round() as u64)
+    }
+
+    /// How long a member that left stays out, in milliseconds (none: forever).
+    pub fn rejoin_after_ms(&self) -> Option<u64> {
+        self.rejoin_after_secs.map(|secs| (secs * 1_000.0).round() as u64)
     }
 
     /// How many members misbehave, of every kind together.
@@ -298,7 +310,8 @@ impl Config {
                 self.members
             ));
         }
-        for (name, value) in [("--loss", self.loss), ("--kill", self.kill)] {
+        for (name, value) in [("--loss", self.loss), ("--kill", self.kill), ("--leave", self.leave)]
+        {
             if !(0.0..=1.0).contains(&value) {
                 return invalid(format!("{name} {value} is not in [0, 1]"));
             }
@@ -318,8 +331,16 @@ impl Config {
         if self.deadline_secs == 0 || self.groups == 0 {
             return invalid("--deadline-secs and --groups must be at least 1".into());
         }
-        if self.restart_after_secs.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
-            return invalid("--restart-after-secs must be a non-negative number".into());
+        if self.kill + self.leave > 1.0 {
+            return invalid("--kill and --leave together exceed every member".into());
+        }
+        for (name, secs) in [
+            ("--restart-after-secs", self.restart_after_secs),
+            ("--rejoin-after-secs", self.rejoin_after_secs),
+        ] {
+            if secs.is_some_and(|s| !(s >= 0.0 && s.is_finite())) {
+                return invalid(format!("{name} must be a non-negative number"));
+            }
         }
         if !(self.max_sim_secs > 0.0 && self.max_sim_secs.is_finite()) {
             return invalid("--max-sim-secs must be a positive number".into());

@@ -15,6 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum Fault {
     Kill(Index),
     Restart(Index),
+    /// The member's operator leaves the job (a signed leave).
+    Leave(Index),
+    /// A member that left joins the job again, afresh.
+    Rejoin(Index),
     /// These members are cut off from the others.
     Partition(Vec<Index>),
     Heal,
@@ -34,11 +38,15 @@ impl Faults {
         let mut candidates: Vec<Index> = (0..config.members).filter(|&i| !spared(i)).collect();
         candidates.shuffle(rng);
         let kills = (config.kill * config.members as f64).round() as usize;
+        let leaves = (config.leave * config.members as f64).round() as usize;
         let last_round = (config.rounds / 2).max(1);
-        for member in candidates.into_iter().take(kills) {
+        let leavers = candidates.iter().skip(kills).take(leaves).map(|&m| Fault::Leave(m));
+        let faults: Vec<Fault> =
+            candidates.iter().take(kills).map(|&m| Fault::Kill(m)).chain(leavers).collect();
+        for fault in faults {
             let round = rng.random_range(1..=last_round);
             let delay = rng.random_range(0..=deadline_ms / 2);
-            due.entry(round).or_default().push((delay, Fault::Kill(member)));
+            due.entry(round).or_default().push((delay, fault));
         }
         if let Some(partition) = config.partition {
             let mut order: Vec<Index> = (0..config.members).collect();
@@ -97,7 +105,10 @@ mod tests {
                     }
                     Fault::Partition(cut) => assert_eq!((round, cut.len()), (2, 10)),
                     Fault::Heal => assert_eq!((round, delay), (2, 30_000)),
-                    Fault::Restart(_) => unreachable!("restarts follow kills"),
+                    Fault::Restart(_) | Fault::Rejoin(_) => {
+                        unreachable!("they follow kills and leaves")
+                    }
+                    Fault::Leave(_) => unreachable!("no member leaves in this run"),
                 }
             }
         }

@@ -44,6 +44,17 @@ struct Args {
     /// Killed members never restart.
     #[arg(long, conflicts_with = "restart_after_secs")]
     no_restart: bool,
+    /// Fraction of the members whose operators leave the job (a signed leave) at seeded times
+    /// over the first half of the run (none of them killed too).
+    #[arg(long, default_value_t = 0.0)]
+    leave: f64,
+    /// Members that left join the job again, afresh, after this many seconds (default: two
+    /// round deadlines).
+    #[arg(long)]
+    rejoin_after_secs: Option<f64>,
+    /// Members that left never join again.
+    #[arg(long, conflicts_with = "rejoin_after_secs")]
+    no_rejoin: bool,
     /// ROUND:FRACTION: when ROUND first opens, FRACTION of the members is cut off for one
     /// round deadline.
     #[arg(long)]
@@ -110,6 +121,9 @@ impl Args {
             kill: self.kill,
             restart_after_secs: (!self.no_restart)
                 .then_some(self.restart_after_secs.unwrap_or(default_restart)),
+            leave: self.leave,
+            rejoin_after_secs: (!self.no_rejoin)
+                .then_some(self.rejoin_after_secs.unwrap_or(default_restart)),
             partition: self.partition,
             adversaries: self.adversary,
             model: self.model.0,

@@ -42,6 +42,8 @@ pub struct Counters {
     pub fetch_failures: u64,
     pub members_killed: u64,
     pub members_restarted: u64,
+    pub members_left: u64,
+    pub members_rejoined: u64,
     pub notices_info: u64,
     pub notices_warn: u64,
 }
@@ -113,8 +115,15 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "updates: {} accepted, refused {:?}, {} forged dropped; killed {}, restarted {}",
-            c.accepted, c.refused, c.forged_dropped, c.members_killed, c.members_restarted
+            "updates: {} accepted, refused {:?}, {} forged dropped; killed {}, restarted {}; left {}, \
+             joined again {}",
+            c.accepted,
+            c.refused,
+            c.forged_dropped,
+            c.members_killed,
+            c.members_restarted,
+            c.members_left,
+            c.members_rejoined
         )?;
         if let Some(loss) = self.final_loss {
             write!(f, "final loss {loss:.4}")?;

@@ -366,6 +366,8 @@ impl World {
         match fault {
             Fault::Kill(member) => self.kill(member),
             Fault::Restart(member) => self.restart(member),
+            Fault::Leave(member) => self.leave(member),
+            Fault::Rejoin(member) => self.rejoin(member),
             Fault::Partition(cut_off) => self.network.partition(self.config.members, &cut_off),
             Fault::Heal => self.network.heal(),
         }
@@ -404,6 +406,39 @@ impl World {
             }
         };
         self.nodes[member].machine = Some(machine);
+        self.observe(member);
+        self.carry_out(member, effects);
+    }
+
+    /// A member's operator leaves the job: its machine signs a leave and ends its part (it
+    /// joins again later, if the run says so).
+    fn leave(&mut self, member: Index) {
+        let now = self.queue.now();
+        let Some(machine) = self.nodes[member].machine.as_mut().filter(|m| m.is_active()) else {
+            return;
+        };
+        let effects =
+            machine.handle(Event::LeaveRequested { reason: "simulated operator".into() }, now);
+        self.counters.members_left += 1;
+        self.carry_out(member, effects);
+        if let Some(after) = self.config.rejoin_after_ms() {
+            self.awaited += 1;
+            self.queue.after(after, Action::Fault(Fault::Rejoin(member)));
+        }
+    }
+
+    /// A member that left joins the job again as a node does: afresh, from the job's initial
+    /// model, knowing no member (it catches up from what the others serve).
+    fn rejoin(&mut self, member: Index) {
+        self.awaited -= 1;
+        self.counters.members_rejoined += 1;
+        let now = self.queue.now();
+        let (model, params) = self.initial.clone();
+        let node = &mut self.nodes[member];
+        node.incarnation += 1;
+        node.wake = None;
+        let (machine, effects) = Member::join(node.setup.clone(), model, params, now);
+        node.machine = Some(machine);
         self.observe(member);
         self.carry_out(member, effects);
     }

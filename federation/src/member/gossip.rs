@@ -35,10 +35,14 @@ impl Member {
     pub(super) fn on_gossip(&mut self, signer: MemberId, message: Gossip, now: u64) {
         if !self.is_active() {
             // A member that completed the job still sends its last result again to a member
-            // whose heartbeat shows it missed it, and records the others' evaluations of the
-            // last model (most arrive after it completed).
+            // whose heartbeat shows it missed it, answers the join of a member that joins (again)
+            // after the end so that it hears those heartbeats, and records the others'
+            // evaluations of the last model (most arrive after it completed).
             let known = self.state.members.contains(&signer) || self.is_coordinator(&signer);
             match (&self.state.status, message) {
+                (RunStatus::Completed, Gossip::Join(join)) if join.member == signer => {
+                    self.on_join(join, Heard::Topic, now)
+                }
                 (RunStatus::Completed, Gossip::Heartbeat(beat))
                     if beat.member == signer && known =>
                 {
@@ -350,6 +354,11 @@ impl Member {
     /// it names (its signer aside) are heard past its round: then the round is over and the
     /// members left out missed it as this one did (cut off together by a partition, they
     /// would otherwise refuse each other's absence for ever).
+    ///
+    /// A result past the round after this member's (it missed the round before, so does not
+    /// know whom that round vetted) is planned with the vetted members the result names: no
+    /// weaker than the plan without vetting, and such a result is taken only if it builds on
+    /// this member's newest or others hold its model (`judge`).
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
         let Ok(named) = self.named(&ready.members, now) else { return false };
         let me = self.me();
@@ -359,8 +368,17 @@ impl Member {
             listed.sort_unstable();
             live.iter().any(|m| m.id != me && listed.binary_search(&m.id).is_err())
         };
-        (!leaves_out_a_live_member || self.witnessed_past(&named, signer, ready.round))
-            && self.plan_over(ready.round, named).is_some_and(|plan| plan.leader() == Some(*signer))
+        if leaves_out_a_live_member && !self.witnessed_past(&named, signer, ready.round) {
+            return false;
+        }
+        let ahead = ready.round > self.state.completed_round + 1;
+        let plan = if ahead {
+            let vetted = super::vetted_with_owner(&ready.vetted_members(), &self.setup.spec.owner);
+            self.plan_vetted(ready.round, &named, &vetted)
+        } else {
+            self.plan_over(ready.round, named)
+        };
+        plan.is_some_and(|plan| plan.leader() == Some(*signer))
     }
 
     /// Whether `WITNESSES` of `named` but `signer` (all of them if fewer) were heard to hold a

@@ -455,6 +455,19 @@ impl Member {
         Some(plan)
     }
 
+    /// The plan of `round` over `members` with aggregators elected among `vetted` first (not
+    /// this member's own: those a result names, for a round whose predecessor it missed).
+    fn plan_vetted(
+        &self,
+        round: Round,
+        members: &Arc<[MemberInfo]>,
+        vetted: &Arc<[MemberId]>,
+    ) -> Option<Arc<RoundPlan>> {
+        let selection = Selection::from_participation(&self.setup.spec.participation);
+        let (tag, job) = (&self.setup.tag, &self.setup.job);
+        shared::plan(tag, job, round, members, &selection, vetted).ok()
+    }
+
     /// The plan of `round` over the members live now, if there are enough of them, with them.
     fn live_plan(&mut self, round: Round, now: u64) -> Option<(Arc<RoundPlan>, Arc<[MemberInfo]>)> {
         let live = self.live(now);

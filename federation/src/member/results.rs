@@ -32,6 +32,7 @@ impl Member {
             contributions: closing.contributions.clone(),
             metrics: EvalMetrics::default(),
             members: closing.members.clone(),
+            vetted: AggregateReady::vetted_bitmap(&closing.members, &self.vetted),
             sent_at_ms: now,
         };
         self.announced = Some(ready.clone());

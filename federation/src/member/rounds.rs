@@ -471,8 +471,9 @@ impl Member {
     }
 
     /// A member left (its leave signed): the round in progress waits for it no longer. The
-    /// slots this member aggregates stop expecting its update (and finish if it was the last
-    /// missing); a round it opened is let go, so that the next member of the failover order,
+    /// slots this member aggregates stop expecting its update or its slot's partial aggregate
+    /// (and finish if that was the last missing; a ring it was in still waits for the
+    /// deadline); a round it opened is let go, so that the next member of the failover order,
     /// elected over the members live now, opens it again at once rather than at its deadline.
     pub(super) fn round_without(&mut self, leaver: &MemberId, now: u64) {
         let Some(open) = self.phase.open_mut() else { return };
@@ -484,7 +485,7 @@ impl Member {
             return self.wake_at(now);
         }
         for slot in &mut open.slots {
-            slot.forget_trainer(leaver);
+            slot.forget_sender(leaver);
         }
         self.finish_complete_slots(now);
     }

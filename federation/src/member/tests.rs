@@ -955,6 +955,29 @@ fn a_leader_that_signs_its_leave_mid_round_is_replaced_at_once() {
 }
 
 #[test]
+fn a_member_that_leaves_and_joins_again_catches_up_and_nobody_waits_for_it() {
+    let rounds = 12;
+    let mut net = Net::new(spec("central", rounds, 30), &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+    leave_now(&mut net, 4);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 5);
+    net.down.remove(&member_id(4));
+    net.add(4, "a"); // joins again, from the job's initial model and knowing no one
+    net.may_miss_rounds.insert(member_id(4));
+    net.run(300_000);
+    net.assert_agree();
+    let rejoined = net.member(4);
+    assert_eq!(rejoined.status(), &RunStatus::Completed, "the member that joined again completed");
+    assert_eq!(rejoined.model(), net.member(1).model(), "with the job's final model");
+    for record in net.member(1).rounds().values() {
+        let (opened, closed) = (record.opened_at_ms, record.closed_at_ms.expect("closed"));
+        assert!(closed - opened < 30_000, "round {} waited out its deadline", record.round);
+    }
+    let last = &net.member(1).rounds()[&rounds];
+    assert_eq!(last.participants, 4, "it trained again before the end");
+}
+
+#[test]
 fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
     let mut net = four_central(1);
     net.run_until(10_000, |net| net.openings_of(1) == 1);
@@ -968,6 +991,7 @@ fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
         contributions: Vec::new(),
         metrics: Default::default(),
         members: vec![hijacker],
+        vetted: Vec::new(),
         sent_at_ms: net.now,
     };
     net.carry_out(hijacker, Effect::Publish(Publish::Result(forged)));
@@ -1000,6 +1024,7 @@ fn forged_result(net: &mut Net, round: Round) -> AggregateReady {
         contributions: Vec::new(),
         metrics: Default::default(),
         members: net.members.keys().copied().collect(),
+        vetted: Vec::new(),
         sent_at_ms: net.now,
     }
 }

@@ -68,6 +68,7 @@ pub struct JobView {
     pub name: String,
     pub owner: String,
     pub dataset: String,
+    /// `announced` until this node takes part; then its part's status (`running`, `left`...).
     pub status: String,
     pub learned_at_ms: u64,
     pub spec: serde_json::Value,
@@ -419,10 +420,15 @@ impl Engine {
     }
 
     /// Adds this node's part in the job to its view.
+    /// A job's view with this node's part in it: its status is then the run's, so the job's
+    /// list and its own page say the same.
     fn with_run(&self, mut view: JobView) -> JobView {
         if let Ok(id) = self.jobs.id_by_prefix(&view.id) {
             view.run = self.run_view(&id);
             view.join_error = self.join_errors.get(&id).cloned();
+        }
+        if let Some(run) = &view.run {
+            view.status = run.status.clone();
         }
         view
     }

@@ -90,6 +90,7 @@ pub fn result(
         contributions: Vec::new(),
         metrics: EvalMetrics { loss: Some(0.0), accuracy: Some(1.0), samples: 1 },
         members: members.to_vec(),
+        vetted: Vec::new(),
         sent_at_ms: unix_millis(),
     };
     signed_gossip(identity, body, GossipMessage::AggregateReady)

@@ -133,6 +133,7 @@ impl Engine {
             contributions: Vec::new(),
             metrics: EvalMetrics::default(),
             members: open.members.clone(),
+            vetted: Vec::new(),
             sent_at_ms: now,
         };
         self.publish_signed(id, made_up, GossipMessage::AggregateReady).await;
