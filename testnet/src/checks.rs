@@ -67,11 +67,27 @@ pub async fn check_run(
         let found = refusals(&scenario.refused, cluster, events).await;
         checks.push(Check::new("refused", found));
     }
+    if scenario.no_stall {
+        let limit = scenario.round_deadline_secs as f64;
+        checks.push(Check::new("no stall", no_stall(rounds, limit)));
+    }
     if let Some(target) = scenario.target {
         let last = rounds.last().and_then(|r| r.accuracy);
         checks.push(Check::new("accuracy", accuracy(target, scenario.expect, last)));
     }
     checks
+}
+
+/// Every round closed before `deadline_secs`: the slowest, and the first that did not.
+fn no_stall(rounds: &[RoundFigures], deadline_secs: f64) -> Result<String, String> {
+    let timed = rounds.iter().filter_map(|r| r.seconds.map(|s| (r.round, s)));
+    let slowest = timed.clone().fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    match timed.clone().find(|(_, seconds)| *seconds >= deadline_secs) {
+        Some((round, seconds)) => {
+            Err(format!("round {round} took {seconds:.2} s, its deadline {deadline_secs} s"))
+        }
+        None => Ok(format!("slowest round {} took {:.2} s", slowest.0, slowest.1)),
+    }
 }
 
 /// The members' run views, once all of them report the job completed or `limit` passed.

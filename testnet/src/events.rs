@@ -19,6 +19,9 @@ pub enum Action {
     Join,
     /// The node's operator leaves the job through the admin API (a signed leave).
     Leave,
+    /// A node that left joins the running job again through the admin API (`fedmesh job
+    /// join`): afresh, catching up from what the others serve.
+    Rejoin,
     /// The node is stopped and restarted from its data directory with `misbehave` set (for
     /// round 1 and nodes by index, the node starts with it: the first round may be over before
     /// a restart).
@@ -36,6 +39,7 @@ impl Action {
             Self::Restart => "restart",
             Self::Join => "join",
             Self::Leave => "leave",
+            Self::Rejoin => "rejoin",
             Self::Byzantine => "byzantine",
             Self::Attack => "attack",
         }

@@ -198,7 +198,7 @@ impl EventRunner {
         let running = process.is_running();
         match event.action {
             Action::Restart if running => return Err("is running, not killed".into()),
-            Action::Kill | Action::Leave | Action::Byzantine if !running => {
+            Action::Kill | Action::Leave | Action::Rejoin | Action::Byzantine if !running => {
                 return Err("is not running".into());
             }
             _ => {}
@@ -218,6 +218,13 @@ impl EventRunner {
                     process.api.post(&path, &json!({})).await.map_err(|e| e.to_string())?;
                 self.left.insert(node);
                 Ok("left the job through its admin API (a signed leave)".into())
+            }
+            Action::Rejoin => {
+                let path = format!("/v1/jobs/{}/join", self.job);
+                let _: Value =
+                    process.api.post(&path, &json!({})).await.map_err(|e| e.to_string())?;
+                self.left.remove(&node);
+                Ok("joined the job again through its admin API".into())
             }
             Action::Byzantine => {
                 let line = event.misbehave.unwrap_or_default().config_line();

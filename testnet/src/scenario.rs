@@ -56,6 +56,8 @@ pub struct Scenario {
     pub events: Vec<Event>,
     /// Refusal reasons each node-counted at least once by the end (see `ScenarioFile::refused`).
     pub refused: Vec<String>,
+    /// Every round must close before its deadline (see `ScenarioFile::no_stall`).
+    pub no_stall: bool,
     /// The `fedmesh-hostile` binary `attack` events run (beside `binary` by default).
     pub hostile: PathBuf,
     /// Run the job orchestrated: a coordinator (not a member) owns it and assigns its rounds.

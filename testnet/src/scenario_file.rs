@@ -63,6 +63,9 @@ pub struct ScenarioFile {
     /// `["past_last_round", "replayed"]`: what the scenario's attacks must have met. An entry
     /// `a|b` is met by either reason.
     pub refused: Vec<String>,
+    /// Whether every round must close before its deadline (`no_stall = true`): what leaving and
+    /// joining again must not cost.
+    pub no_stall: bool,
 }
 
 impl Expect {
@@ -102,6 +105,7 @@ impl Default for ScenarioFile {
             events: Vec::new(),
             orchestrated: false,
             refused: Vec::new(),
+            no_stall: false,
         }
     }
 }
@@ -244,7 +248,7 @@ impl ScenarioFile {
             };
             live += match event.action {
                 Action::Kill | Action::Leave => -size,
-                Action::Restart => size,
+                Action::Restart | Action::Rejoin => size,
                 Action::Join => event.count.unwrap_or(1) as i64,
                 Action::Byzantine | Action::Attack => 0,
             };
@@ -285,6 +289,7 @@ impl ScenarioFile {
             expect: self.expect,
             events,
             refused: self.refused,
+            no_stall: self.no_stall,
             hostile: binary.with_file_name(crate::scenario::HOSTILE_BINARY),
             binary,
             out,
@@ -358,6 +363,7 @@ impl Lives {
             Action::Restart => (Life::Killed, Life::Running),
             Action::Kill => (Life::Running, Life::Killed),
             Action::Leave => (Life::Running, Life::Left),
+            Action::Rejoin => (Life::Left, Life::Running),
             Action::Byzantine | Action::Join | Action::Attack => (Life::Running, Life::Running),
         };
         for &node in nodes {

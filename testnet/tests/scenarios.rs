@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{FLOOR, run_scenario};
+use common::{FLOOR, run_scenario, run_scenario_file};
 
 #[test]
 fn the_aggregator_killed_mid_round_is_taken_over() {
@@ -137,4 +137,22 @@ fn byzantine_members_are_withstood_by_trimmed_mean_and_ruin_fedavg() {
     fedavg.assert_passed();
     let (robust, plain) = (trimmed.final_accuracy(), fedavg.final_accuracy());
     assert!(robust >= FLOOR && plain < robust - 0.2, "trimmed mean {robust}, FedAvg {plain}");
+}
+
+/// `testnet/scenarios/leave-rejoin.toml` as written: members leave and join again (one three
+/// times), the aggregator of round 8 leaves in the middle of it, and no round waits out its
+/// deadline for any of them.
+#[test]
+fn members_leave_and_join_again_without_stalling_a_round() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/leave-rejoin.toml"),
+    )
+    .unwrap();
+    let run = run_scenario_file("leave-rejoin", &text);
+    run.assert_passed();
+    let no_stall = run.report.checks.iter().find(|check| check.name == "no stall");
+    assert!(no_stall.is_some_and(|check| check.passed), "{:#?}", run.report.checks);
+    // Four rejoin events (one of them for two nodes), each fired.
+    let rejoins = run.lines.iter().filter(|line| line.contains("joined the job again")).count();
+    assert_eq!(rejoins, 4, "{:#?}", run.lines);
 }
