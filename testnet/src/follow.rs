@@ -54,8 +54,16 @@ impl Follower {
         members: usize,
     ) -> Vec<RoundFigures> {
         let mut taken = Vec::new();
+        let mut training = None;
         for round in view["run"]["rounds"].as_array().into_iter().flatten() {
-            if let Some(figures) = self.final_figures(cluster, round, members).await {
+            if let Some(mut figures) = self.final_figures(cluster, round, members) {
+                // Every node's view is fetched once a call, not once a round: a fast job's
+                // views hold thousands of rounds, and fetching them for each round left the
+                // testnet hundreds of rounds behind the job (and its events late).
+                if training.is_none() {
+                    training = Some(self.training_times(cluster).await);
+                }
+                figures.train_seconds = training.as_ref().and_then(|t| mean(t.get(&figures.round)));
                 self.rounds.push(figures.clone());
                 taken.push(figures);
             }
@@ -87,8 +95,9 @@ impl Follower {
         })
     }
 
-    /// A round's figures, if it is the next to report and its evaluations are in (or late).
-    async fn final_figures(
+    /// A round's figures (but its training time), if it is the next to report and its
+    /// evaluations are in (or late).
+    fn final_figures(
         &mut self,
         cluster: &Cluster,
         round: &Value,
@@ -111,25 +120,32 @@ impl Follower {
             accuracy: round["accuracy"].as_f64(),
             loss: round["loss"].as_f64(),
             seconds: round["seconds"].as_f64(),
-            train_seconds: self.mean_training(cluster, number).await,
+            train_seconds: None,
         })
     }
 
-    /// The mean local training time of a round over every running node that trained in it.
-    async fn mean_training(&self, cluster: &Cluster, round: u64) -> Option<f64> {
-        let mut times = Vec::new();
+    /// Each round's local training times on every running node that trained in it.
+    async fn training_times(&self, cluster: &Cluster) -> BTreeMap<u64, Vec<f64>> {
+        let mut times: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
         for node in cluster.nodes.iter().filter(|n| n.is_running()) {
             let view: Value =
                 node.api.get(&format!("/v1/jobs/{}", self.job)).await.unwrap_or_default();
-            let rounds = view["run"]["rounds"].as_array().cloned().unwrap_or_default();
-            let time = rounds
-                .iter()
-                .find(|r| r["round"] == round)
-                .and_then(|r| r["train_seconds"].as_f64());
-            times.extend(time);
+            for round in view["run"]["rounds"].as_array().into_iter().flatten() {
+                if let (Some(number), Some(time)) =
+                    (round["round"].as_u64(), round["train_seconds"].as_f64())
+                {
+                    times.entry(number).or_default().push(time);
+                }
+            }
         }
-        (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64)
+        times
     }
+}
+
+/// The mean of some times, if there are any.
+fn mean(times: Option<&Vec<f64>>) -> Option<f64> {
+    let times = times.filter(|t| !t.is_empty())?;
+    Some(times.iter().sum::<f64>() / times.len() as f64)
 }
 
 /// The testnet's name for the node with PeerId `peer` (`node3`), or the PeerId.
