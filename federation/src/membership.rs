@@ -146,10 +146,19 @@ fn narrow(round: Round) -> u32 {
 struct Known {
     members: HashMap<Key, Entry, KeyHashing>,
     models: Vec<ContentHash>,
-    left: HashMap<MemberId, u64, KeyHashing>,
+    /// Members that left: when they sent their leave, and the samples they had declared (an
+    /// update of theirs sent before they left still weighs what they declared).
+    left: HashMap<MemberId, Left, KeyHashing>,
     left_order: VecDeque<MemberId>,
     proven: usize,
     newcomers: VecDeque<MemberId>,
+}
+
+/// A member that left, as remembered.
+#[derive(Debug, Clone, Copy)]
+struct Left {
+    sent_at_ms: u64,
+    samples: u64,
 }
 
 /// How many members that left a membership remembers, so that their old joins replayed do not
@@ -208,9 +217,10 @@ impl Known {
         }
     }
 
-    /// Remembers that `member` left with a leave sent at `sent_at_ms`.
-    fn remember_leave(&mut self, member: MemberId, sent_at_ms: u64) {
-        if self.left.insert(member, sent_at_ms).is_none() {
+    /// Remembers that `member`, which had declared `samples`, left with a leave sent at
+    /// `sent_at_ms`.
+    fn remember_leave(&mut self, member: MemberId, sent_at_ms: u64, samples: u64) {
+        if self.left.insert(member, Left { sent_at_ms, samples }).is_none() {
             self.left_order.push_back(member);
         }
         while self.left_order.len() > LEAVES_KEPT {
@@ -408,8 +418,9 @@ impl Membership {
         };
         let replayed = |newest_ms| Replayed { sent_at_ms: join.sent_at_ms, newest_ms };
         let Some((key, entry)) = known.members.get_key_value(&join.member) else {
-            if let Some(left_ms) = known.left.get(&join.member).filter(|l| join.sent_at_ms <= **l) {
-                return Err(replayed(*left_ms));
+            let left = known.left.get(&join.member).map(|left| left.sent_at_ms);
+            if let Some(left_ms) = left.filter(|left_ms| join.sent_at_ms <= *left_ms) {
+                return Err(replayed(left_ms));
             }
             let entry = Entry {
                 last_seen_ms: now_ms,
@@ -458,8 +469,8 @@ impl Membership {
             self.live = None;
             known.proven -= 1;
         }
-        known.members.remove(member);
-        known.remember_leave(*member, sent_at_ms);
+        let samples = known.members.remove_entry(member).map_or(0, |(key, _)| key.0.samples);
+        known.remember_leave(*member, sent_at_ms, samples);
         Ok(true)
     }
 
@@ -547,9 +558,12 @@ impl Membership {
         self.known.members.get(member).map(|m| Round::from(m.round_heard))
     }
 
-    /// How many samples a member declared when it joined (its update weighs no more).
+    /// How many samples a member declared when it joined (its update weighs no more), also for
+    /// one that left since (the last `LEAVES_KEPT`): an update it sent before its leave, inside
+    /// a group's partial aggregate, still weighs what it declared.
     pub fn declared_samples(&self, member: &MemberId) -> Option<u64> {
-        self.known.members.get_key_value(member).map(|(key, _)| key.0.samples)
+        let known = self.known.members.get_key_value(member).map(|(key, _)| key.0.samples);
+        known.or_else(|| self.known.left.get(member).map(|left| left.samples))
     }
 
     /// What a member declared when it joined.
@@ -771,6 +785,20 @@ mod tests {
         assert_eq!(members.round_heard(&MemberId([1; 32])), Some(3), "a repeated join keeps it");
         let stranger = members.heartbeat(&MemberId([9; 32]), (3, new), 100, 100);
         assert_eq!(stranger, Ok(Beat::Unknown), "not a member");
+    }
+
+    #[test]
+    fn a_member_that_left_still_weighs_what_it_declared() {
+        let mut members = Membership::default();
+        joined(&mut members, 1, 1_000);
+        assert_eq!(members.leave(&MemberId([1; 32]), 2_000), Ok(true));
+        assert!(!members.contains(&MemberId([1; 32])), "it is no member any more");
+        assert_eq!(
+            members.declared_samples(&MemberId([1; 32])),
+            Some(10),
+            "its update sent before"
+        );
+        assert_eq!(members.declared_samples(&MemberId([2; 32])), None);
     }
 
     #[test]
