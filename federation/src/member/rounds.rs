@@ -472,8 +472,8 @@ impl Member {
 
     /// A member left (its leave signed): the round in progress waits for it no longer. The
     /// slots this member aggregates stop expecting its update or its slot's partial aggregate
-    /// (and finish if that was the last missing; a ring it was in still waits for the
-    /// deadline); a round it opened is let go, so that the next member of the failover order,
+    /// (and finish if that was the last missing); a round whose ring it was in is opened again
+    /// at once, by its leader, over the members live; a round it opened is let go, so that the next member of the failover order,
     /// elected over the members live now, opens it again at once rather than at its deadline.
     pub(super) fn round_without(&mut self, leaver: &MemberId, now: u64) {
         let Some(open) = self.phase.open_mut() else { return };
@@ -482,6 +482,12 @@ impl Member {
             self.log(Level::Info, round, format!("its leader {leaver} left; electing another"));
             self.phase = Phase::Waiting;
             self.next_open_check_ms = now;
+            return self.wake_at(now);
+        }
+        if open.leading.is_some() && open.plan.rings.iter().any(|r| r.order.contains(leaver)) {
+            // A ring that lost a member cannot finish: its round is past its deadline now, and
+            // opened again over the members live (the ring formed without the leaver).
+            open.deadline_ms = now;
             return self.wake_at(now);
         }
         for slot in &mut open.slots {

@@ -890,10 +890,10 @@ fn a_member_that_leaves_is_planned_without_and_the_job_goes_on() {
     assert_eq!(net.member(1).rounds()[&3].participants, 3);
 }
 
-/// Four central members with 60 s deadlines, every training taking 10 s, run until round 2 is
-/// open; with its leader.
-fn round_2_open_with_slow_training() -> (Net, MemberId) {
-    let mut net = Net::new(spec("central", 4, 60), &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+/// Four members of a `topology` job with 60 s deadlines, every training taking 10 s, run until
+/// round 2 is open; with its leader.
+fn round_2_open_with_slow_training(topology: &str) -> (Net, MemberId) {
+    let mut net = Net::new(spec(topology, 4, 60), &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
     net.run_until(30_000, |net| net.member(1).completed_round() >= 1);
     for byte in 1..=4 {
         net.train_ms.insert(member_id(byte), 10_000);
@@ -917,7 +917,7 @@ fn leave_now(net: &mut Net, byte: u8) {
 
 #[test]
 fn a_trainer_that_signs_its_leave_mid_round_is_not_waited_for() {
-    let (mut net, leader) = round_2_open_with_slow_training();
+    let (mut net, leader) = round_2_open_with_slow_training("central");
     let leaver = (1..=4).find(|b| member_id(*b) != leader).expect("a trainer");
     let lost = member_id(leaver);
     net.drop =
@@ -934,8 +934,24 @@ fn a_trainer_that_signs_its_leave_mid_round_is_not_waited_for() {
 }
 
 #[test]
+fn a_ring_member_that_signs_its_leave_mid_round_makes_the_ring_form_again_at_once() {
+    let (mut net, leader) = round_2_open_with_slow_training("ring");
+    net.run(1_000); // every member is still training
+    let leaver = (1..=4).find(|b| member_id(*b) != leader).expect("a ring member");
+    let left_at = net.now;
+    leave_now(&mut net, leaver);
+    net.run_until(60_000, |net| net.member(leader.0[0]).completed_round() >= 2);
+    let round = &net.member(leader.0[0]).rounds()[&2];
+    let closed = round.closed_at_ms.expect("round 2 closed");
+    assert!(closed < left_at + 20_000, "closed at {closed}, the leave went out at {left_at}");
+    assert_eq!(round.participants, 3, "the ring formed again without the leaver");
+    net.run(300_000);
+    net.assert_agree();
+}
+
+#[test]
 fn a_leader_that_signs_its_leave_mid_round_is_replaced_at_once() {
-    let (mut net, leader) = round_2_open_with_slow_training();
+    let (mut net, leader) = round_2_open_with_slow_training("central");
     net.run(1_000);
     let left_at = net.now;
     leave_now(&mut net, leader.0[0]);
