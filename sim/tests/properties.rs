@@ -100,12 +100,16 @@ proptest! {
 /// Members whose operators leave (signed) and join again later are waited for by no round:
 /// every round closes well before its 30 s deadline (a round waiting out its deadline would make
 /// the run last past 50 s), and every member that joined again ends the job with the others'
-/// final model. Central and hierarchical (a ring member that leaves still costs its ring the
-/// deadline).
+/// final model, under every built-in topology.
 #[test]
 fn members_that_leave_and_join_again_stall_no_round_and_end_with_the_final_model() {
-    let topologies = [BuiltinTopology::Central, BuiltinTopology::Hierarchical];
-    for (seed, topology) in (1..=8).zip(topologies.iter().cycle()) {
+    let topologies = [
+        BuiltinTopology::Central,
+        BuiltinTopology::Hierarchical,
+        BuiltinTopology::Ring,
+        BuiltinTopology::Hybrid,
+    ];
+    for (seed, topology) in (1..=12).zip(topologies.iter().cycle()) {
         let rounds = 10;
         let config = Config {
             topology: *topology,

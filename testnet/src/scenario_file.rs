@@ -532,17 +532,22 @@ mod tests {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let file = ScenarioFile::load(&entry.unwrap().path()).unwrap();
-            assert_eq!(file.dataset, "mnist5k");
+            // mnist5k, and breast-cancer for the operators' three-node case of fast rounds.
+            assert!(
+                ["mnist5k", "breast-cancer"].contains(&file.dataset.as_str()),
+                "{:?}",
+                file.name
+            );
             assert!(file.target.is_some());
-            // The 8-node files each exercise events; the 50-node ones show scale.
+            // The smaller files each exercise events; the 50-node ones show scale.
             match file.nodes {
-                8 => assert!(!file.events.is_empty(), "{:?}", file.name),
-                nodes => assert_eq!(nodes, 50, "{:?}", file.name),
+                50 => {}
+                _ => assert!(!file.events.is_empty(), "{:?}", file.name),
             }
             names.push(file.name.unwrap());
         }
         names.sort();
         let attacks = names.iter().filter(|name| name.starts_with("attack-")).count();
-        assert_eq!((names.len(), attacks), (19, 11), "{names:?}");
+        assert_eq!((names.len(), attacks), (21, 11), "{names:?}");
     }
 }

@@ -66,6 +66,9 @@ const SETTLE_MIN_MS: u64 = 5_000;
 const SETTLE_HEARTBEATS: u32 = 8;
 /// The longest a newcomer waits before its first heartbeat (see `first_heartbeat_after_ms`).
 const FIRST_BEAT_SPREAD_MS: u64 = 10_000;
+/// The longest a newcomer that is behind the job holds its first heartbeat back while it
+/// catches up (see `next_heartbeat_at`).
+const CATCH_UP_BEFORE_BEAT_MS: u64 = 60_000;
 /// How long after its first heartbeat a newcomer sends its second (see `next_heartbeat_at`).
 const SECOND_BEAT_MS: u64 = 2_000;
 /// How long after a peer subscribes to the job's topic this member's join goes out again.
@@ -609,9 +612,14 @@ impl Member {
     /// When this member's next heartbeat is due: the first soon after it joined, the second
     /// `SECOND_BEAT_MS` after that (a member that lost the first copy would not count this one
     /// for a whole interval, and the members' live views, and so their plans, would differ),
-    /// then one every heartbeat interval.
+    /// then one every heartbeat interval. A member that heard others past its round (one that
+    /// joined again mid-job, or restarted) holds its first back until it caught up, at most
+    /// `CATCH_UP_BEFORE_BEAT_MS`: its first heartbeat makes the others plan with it, and a
+    /// round would wait for a trainer still fetching the model (a ring for one of its members).
     fn next_heartbeat_at(&self, cadence: Cadence) -> u64 {
+        let behind = self.furthest_heard > self.state.completed_round + 1;
         match self.heartbeat_sequence {
+            0 if behind => self.joined_ms + CATCH_UP_BEFORE_BEAT_MS,
             0 => self.joined_ms + self.first_heartbeat_after_ms(),
             1 => self.last_heartbeat_ms + SECOND_BEAT_MS.min(cadence.heartbeat_ms()),
             _ => self.last_heartbeat_ms + cadence.heartbeat_ms(),

@@ -978,10 +978,21 @@ fn a_member_that_leaves_and_joins_again_catches_up_and_nobody_waits_for_it() {
     leave_now(&mut net, 4);
     net.run_until(30_000, |net| net.member(1).completed_round() >= 5);
     net.down.remove(&member_id(4));
+    let published_before = net.published.len();
     net.add(4, "a"); // joins again, from the job's initial model and knowing no one
     net.may_miss_rounds.insert(member_id(4));
     net.run(300_000);
     net.assert_agree();
+    // Its first heartbeat, which makes the others plan with it, waited until it caught up.
+    let first_beat =
+        net.published[published_before..].iter().find_map(|(from, message)| match message {
+            Gossip::Heartbeat(beat) if *from == member_id(4) => Some(beat.round),
+            _ => None,
+        });
+    assert!(
+        first_beat.is_some_and(|round| round > 5),
+        "its first heartbeat named round {first_beat:?}"
+    );
     let rejoined = net.member(4);
     assert_eq!(rejoined.status(), &RunStatus::Completed, "the member that joined again completed");
     assert_eq!(rejoined.model(), net.member(1).model(), "with the job's final model");
