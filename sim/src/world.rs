@@ -14,7 +14,7 @@ use crate::queue::Queue;
 use crate::report::{Counters, Report, Status};
 use crate::trace::Trace;
 use crate::transfer::{AskJob, FetchJob, Transfer};
-use fedmesh_federation::member::{Event, Gossip, Member, Setup, Snapshot};
+use fedmesh_federation::member::{Effect, Event, Gossip, Member, Setup, Snapshot};
 use fedmesh_federation::records::RunStatus;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::tensor::hash_f32;
@@ -381,22 +381,27 @@ impl World {
         node.incarnation += 1;
         node.wake = None;
         self.counters.members_killed += 1;
-        if let Some(after) = self.config.restart_after_ms() {
+        self.await_back(self.config.restart_after_ms(), Fault::Restart(member));
+    }
+
+    /// Schedules `back` (a restart, or a join again) `after` milliseconds from now, if the run
+    /// brings members back; the run is not over until it happened.
+    fn await_back(&mut self, after: Option<u64>, back: Fault) {
+        if let Some(after) = after {
             self.awaited += 1;
-            self.queue.after(after, Action::Fault(Fault::Restart(member)));
+            self.queue.after(after, Action::Fault(back));
         }
     }
 
     /// Rebuilds a killed member from its last snapshot and its model's blob (or joins it anew
     /// if it never persisted).
     fn restart(&mut self, member: Index) {
-        self.awaited -= 1;
         self.counters.members_restarted += 1;
         let now = self.queue.now();
         let node = &self.nodes[member];
         let snapshot = node.snapshot.clone();
         let params = snapshot.as_ref().and_then(|s| self.blobs.get(&s.state.model)).cloned();
-        let (machine, effects) = match (snapshot, params) {
+        let started = match (snapshot, params) {
             (Some(snapshot), Some(params)) => {
                 Member::restore(node.setup.clone(), snapshot, params, now)
             }
@@ -405,6 +410,13 @@ impl World {
                 Member::join(node.setup.clone(), model, params, now)
             }
         };
+        self.bring_back(member, started);
+    }
+
+    /// Puts the machine of a member awaited back (restarted, or joined again) in place, and
+    /// carries out its first effects.
+    fn bring_back(&mut self, member: Index, (machine, effects): (Member, Vec<Effect>)) {
+        self.awaited -= 1;
         self.nodes[member].machine = Some(machine);
         self.observe(member);
         self.carry_out(member, effects);
@@ -421,26 +433,20 @@ impl World {
             machine.handle(Event::LeaveRequested { reason: "simulated operator".into() }, now);
         self.counters.members_left += 1;
         self.carry_out(member, effects);
-        if let Some(after) = self.config.rejoin_after_ms() {
-            self.awaited += 1;
-            self.queue.after(after, Action::Fault(Fault::Rejoin(member)));
-        }
+        self.await_back(self.config.rejoin_after_ms(), Fault::Rejoin(member));
     }
 
     /// A member that left joins the job again as a node does: afresh, from the job's initial
     /// model, knowing no member (it catches up from what the others serve).
     fn rejoin(&mut self, member: Index) {
-        self.awaited -= 1;
         self.counters.members_rejoined += 1;
         let now = self.queue.now();
         let (model, params) = self.initial.clone();
         let node = &mut self.nodes[member];
         node.incarnation += 1;
         node.wake = None;
-        let (machine, effects) = Member::join(node.setup.clone(), model, params, now);
-        node.machine = Some(machine);
-        self.observe(member);
-        self.carry_out(member, effects);
+        let joined = Member::join(node.setup.clone(), model, params, now);
+        self.bring_back(member, joined);
     }
 
     /// Whether every honest member is done: ended (its job over), or dead for good.
