@@ -314,12 +314,7 @@ impl Member {
         match event {
             Event::Tick => self.on_tick(now),
             Event::Gossip { signer, message } => self.on_gossip(signer, message, now),
-            Event::JoinSent { signer, join, asks, heartbeat } => {
-                self.on_join_sent(signer, join, asks, now);
-                if let Some(beat) = heartbeat {
-                    self.on_gossip(signer, Gossip::Heartbeat(beat), now);
-                }
-            }
+            Event::JoinSent { signer, join, asks } => self.on_join_sent(signer, join, asks, now),
             Event::Update { signer, update, values, request } => {
                 let outcome = self.on_update(signer, update, values, now);
                 self.effects.push(Effect::Answer { request, outcome });
@@ -563,16 +558,10 @@ impl Member {
         self.effects.push(Effect::Publish(Publish::Join(join)));
     }
 
-    /// Sends this member's join to `to` alone: an answer (with its heartbeat, once it beats:
-    /// one that holds its first back while it catches up is not planned with early; and from
-    /// a member that completed the job, whose heartbeat tells one joining after the end that
-    /// the job is past its rounds), or (`asks`) a question.
+    /// Sends this member's join to `to` alone: an answer, or (`asks`) a question.
     fn send_join(&mut self, to: MemberId, asks: bool, now: u64) {
         let join = self.own_join(now);
-        let running = self.is_active() || self.state.status == RunStatus::Completed;
-        let beats = !asks && self.heartbeat_sequence > 0 && running;
-        let heartbeat = beats.then(|| self.heartbeat(now));
-        self.effects.push(Effect::SendJoin { to, join, asks, heartbeat });
+        self.effects.push(Effect::SendJoin { to, join, asks });
     }
 
     /// Asks a member this one heard from but does not know for its join (its group, roles and
@@ -674,20 +663,15 @@ impl Member {
     fn publish_heartbeat(&mut self, now: u64) {
         self.last_heartbeat_ms = now;
         self.heartbeat_sequence += 1;
-        let heartbeat = self.heartbeat(now);
-        self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
-    }
-
-    /// This member's heartbeat as of `now`: the round it is in and the model it holds.
-    fn heartbeat(&self, now: u64) -> Heartbeat {
-        Heartbeat {
+        let heartbeat = Heartbeat {
             job: self.setup.job,
             member: self.me(),
             round: self.state.completed_round + 1,
             model: self.state.model,
             sequence: self.heartbeat_sequence,
             sent_at_ms: now,
-        }
+        };
+        self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
     }
 
     /// A peer subscribed to the job's topic: this member's join goes out `JOIN_ECHO_DELAY_MS`
