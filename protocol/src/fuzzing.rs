@@ -102,7 +102,12 @@ pub fn request_decode(data: &[u8]) -> Result<Outcome, Violation> {
         Request::Delta(m) => both(m, |m| verify_payload(m, &payload)),
         Request::Partial(m) => both(m, |m| verify_payload(m, &payload)),
         Request::RingChunk(m) => both(m, |m| verify_payload(m, &payload)),
-        Request::Join { join, .. } => verify_join(join),
+        Request::Join { join, heartbeat, .. } => {
+            verify_join(join);
+            if let Some(heartbeat) = heartbeat {
+                both(heartbeat, verify);
+            }
+        }
         Request::Blob { .. }
         | Request::Jobs
         | Request::Announcement { .. }

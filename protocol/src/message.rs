@@ -674,8 +674,10 @@ pub enum Request {
     RoundResult { job: JobId, round: Round },
     /// A member's signed join sent to one member alone, answered `Accepted`: the answer to a
     /// newcomer's join, or (`asks`) a question from a member that does not know the receiver,
-    /// which answers with its own join the same way.
-    Join { join: Signed<Join>, asks: bool },
+    /// which answers with its own join the same way. An answer carries the sender's heartbeat
+    /// too (signed by it, sent now): a newcomer to a large job, whose members beat every few
+    /// minutes, learns at once that each member runs and where it stands.
+    Join { join: Signed<Join>, asks: bool, heartbeat: Option<Signed<Heartbeat>> },
     /// A member pulls a job's member list: the digest of the members it knows (per part of the
     /// key space, the XOR of a slice of each member's key), answered `Accepted` and later with
     /// a `MemberList` request back. The sender is the peer the request came from.

@@ -437,20 +437,7 @@ fn gossip_messages() -> Vec<(String, GossipMessage)> {
                 Leave { job: job(), member: me, reason: "shutting down".into(), sent_at_ms: 5 },
             )),
         ),
-        (
-            "heartbeat".into(),
-            GossipMessage::Heartbeat(sign(
-                &member,
-                Heartbeat {
-                    job: job(),
-                    member: me,
-                    round: 3,
-                    model: hash(3),
-                    sequence: 17,
-                    sent_at_ms: 6,
-                },
-            )),
-        ),
+        ("heartbeat".into(), GossipMessage::Heartbeat(sign(&member, heartbeat()))),
         (
             "round-open".into(),
             GossipMessage::RoundOpen(sign(
@@ -505,6 +492,18 @@ fn gossip_messages() -> Vec<(String, GossipMessage)> {
             )),
         ),
     ]
+}
+
+/// The test member's heartbeat in round 3.
+fn heartbeat() -> Heartbeat {
+    Heartbeat {
+        job: job(),
+        member: member().member_id(),
+        round: 3,
+        model: hash(3),
+        sequence: 17,
+        sent_at_ms: 6,
+    }
 }
 
 fn aggregate_ready() -> AggregateReady {
@@ -599,7 +598,20 @@ fn requests() -> Vec<(String, Request, Vec<u8>)> {
         ("jobs".into(), Request::Jobs, vec![]),
         ("announcement".into(), Request::Announcement { job: job() }, vec![]),
         ("round-result".into(), Request::RoundResult { job: job(), round: 4 }, vec![]),
-        ("join-asks".into(), Request::Join { join: sign(&member, join), asks: true }, vec![]),
+        (
+            "join-asks".into(),
+            Request::Join { join: sign(&member, join.clone()), asks: true, heartbeat: None },
+            vec![],
+        ),
+        (
+            "join-answer-with-heartbeat".into(),
+            Request::Join {
+                join: sign(&member, join),
+                asks: false,
+                heartbeat: Some(sign(&member, heartbeat())),
+            },
+            vec![],
+        ),
         ("members".into(), Request::Members { job: job(), digest: vec![0, 7, u64::MAX] }, vec![]),
         ("member-list".into(), Request::MemberList { job: job(), members: members() }, vec![]),
     ]);

@@ -39,7 +39,9 @@ impl World {
     fn carry_out_one(&mut self, member: Index, effect: Effect) {
         match effect {
             Effect::Publish(publish) => self.publish_effect(member, publish),
-            Effect::SendJoin { to, join, asks } => self.send_join(member, to, join, asks),
+            Effect::SendJoin { to, join, asks, heartbeat } => {
+                self.send_join(member, to, (join, heartbeat), asks)
+            }
             Effect::AskMembers { to, digest } => self.ask_members(member, to, digest),
             Effect::SendMembers { to, members } => self.send_members(member, to, members),
             Effect::SendDelta { to, delta, until_ms } => {

@@ -10,7 +10,7 @@ use fedmesh_federation::member::{
     ChunkToSend, DeltaToSend, Digest, Event, Gossip, PartialToSend, Served, Update,
 };
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{Join, ModelDelta, PartialAggregate, RingChunk};
+use fedmesh_protocol::message::{Heartbeat, Join, ModelDelta, PartialAggregate, RingChunk};
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::sync::Arc;
 
@@ -81,9 +81,9 @@ fn gossip_bytes(message: &Gossip) -> u64 {
     encoded.map_or(0, |bytes| bytes.len() as u64) + ENVELOPE_BYTES
 }
 
-/// The bytes a join sent to one member takes on the wire.
-fn gossip_bytes_of(join: &Join) -> u64 {
-    let encoded = bincode::serde::encode_to_vec(join, bincode::config::standard());
+/// The bytes a signed body sent to one member (a join, a heartbeat) takes on the wire.
+fn gossip_bytes_of(body: &impl serde::Serialize) -> u64 {
+    let encoded = bincode::serde::encode_to_vec(body, bincode::config::standard());
     encoded.map_or(0, |bytes| bytes.len() as u64) + ENVELOPE_BYTES
 }
 
@@ -144,11 +144,17 @@ impl World {
         }
     }
 
-    /// Sends `from`'s join to one member as a request.
-    pub fn send_join(&mut self, from: Index, to: MemberId, join: Join, asks: bool) {
-        let bytes = gossip_bytes_of(&join);
+    /// Sends `from`'s join (and, with an answer, its heartbeat) to one member as a request.
+    pub fn send_join(
+        &mut self,
+        from: Index,
+        to: MemberId,
+        (join, heartbeat): (Join, Option<Heartbeat>),
+        asks: bool,
+    ) {
+        let bytes = gossip_bytes_of(&join) + heartbeat.as_ref().map_or(0, gossip_bytes_of);
         let signer = self.id_of(from);
-        self.send_direct(from, to, bytes, Event::JoinSent { signer, join, asks });
+        self.send_direct(from, to, bytes, Event::JoinSent { signer, join, asks, heartbeat });
     }
 
     /// Sends `from`'s pull of the member list (its membership's digest) to one member.

@@ -91,8 +91,9 @@ pub enum Event {
     Gossip { signer: MemberId, message: Gossip },
     /// A member's verified join sent to this member alone, not on the topic (see
     /// [`Effect::SendJoin`]): the answer to this member's own join or question, or, with
-    /// `asks`, a question from a member that does not know this one and wants its join back.
-    JoinSent { signer: MemberId, join: Join, asks: bool },
+    /// `asks`, a question from a member that does not know this one and wants its join back;
+    /// an answer with the sender's verified heartbeat, sent now.
+    JoinSent { signer: MemberId, join: Join, asks: bool, heartbeat: Option<Heartbeat> },
     /// A verified update request with its decoded values; answered by [`Effect::Answer`].
     Update { signer: MemberId, update: Update, values: Arc<Vec<f32>>, request: u64 },
     /// A member asks for the signed result of `round` it missed; answered by
@@ -154,8 +155,9 @@ pub enum Effect {
     /// Sign and send this member's join to one member directly, as a request (sent again while
     /// it gets no answer, as any request): the answer to a newcomer, which the topic would
     /// carry to every member when only the newcomer lacks it; with `asks`, a question to a
-    /// member this one heard from but does not know, which answers with its own join.
-    SendJoin { to: MemberId, join: Join, asks: bool },
+    /// member this one heard from but does not know, which answers with its own join. An
+    /// answer carries this member's heartbeat, to sign and send beside.
+    SendJoin { to: MemberId, join: Join, asks: bool, heartbeat: Option<Heartbeat> },
     /// Sign and send the digest of this member's membership to one member, as a request: it
     /// answers with the members it knows where the two differ ([`Event::MembersSent`]).
     AskMembers { to: MemberId, digest: Digest },

@@ -66,9 +66,6 @@ const SETTLE_MIN_MS: u64 = 5_000;
 const SETTLE_HEARTBEATS: u32 = 8;
 /// The longest a newcomer waits before its first heartbeat (see `first_heartbeat_after_ms`).
 const FIRST_BEAT_SPREAD_MS: u64 = 10_000;
-/// The longest a newcomer that is behind the job holds its first heartbeat back while it
-/// catches up (see `next_heartbeat_at`).
-const CATCH_UP_BEFORE_BEAT_MS: u64 = 60_000;
 /// How long after its first heartbeat a newcomer sends its second (see `next_heartbeat_at`).
 const SECOND_BEAT_MS: u64 = 2_000;
 /// How long after a peer subscribes to the job's topic this member's join goes out again.
@@ -314,7 +311,12 @@ impl Member {
         match event {
             Event::Tick => self.on_tick(now),
             Event::Gossip { signer, message } => self.on_gossip(signer, message, now),
-            Event::JoinSent { signer, join, asks } => self.on_join_sent(signer, join, asks, now),
+            Event::JoinSent { signer, join, asks, heartbeat } => {
+                self.on_join_sent(signer, join, asks, now);
+                if let Some(beat) = heartbeat {
+                    self.on_gossip(signer, Gossip::Heartbeat(beat), now);
+                }
+            }
             Event::Update { signer, update, values, request } => {
                 let outcome = self.on_update(signer, update, values, now);
                 self.effects.push(Effect::Answer { request, outcome });
@@ -558,10 +560,16 @@ impl Member {
         self.effects.push(Effect::Publish(Publish::Join(join)));
     }
 
-    /// Sends this member's join to `to` alone: an answer, or (`asks`) a question.
+    /// Sends this member's join to `to` alone: an answer (with its heartbeat, once it beats:
+    /// one that holds its first back while it catches up is not planned with early; and from
+    /// a member that completed the job, whose heartbeat tells one joining after the end that
+    /// the job is past its rounds), or (`asks`) a question.
     fn send_join(&mut self, to: MemberId, asks: bool, now: u64) {
         let join = self.own_join(now);
-        self.effects.push(Effect::SendJoin { to, join, asks });
+        let running = self.is_active() || self.state.status == RunStatus::Completed;
+        let beats = !asks && self.heartbeat_sequence > 0 && running;
+        let heartbeat = beats.then(|| self.heartbeat(now));
+        self.effects.push(Effect::SendJoin { to, join, asks, heartbeat });
     }
 
     /// Asks a member this one heard from but does not know for its join (its group, roles and
@@ -612,14 +620,9 @@ impl Member {
     /// When this member's next heartbeat is due: the first soon after it joined, the second
     /// `SECOND_BEAT_MS` after that (a member that lost the first copy would not count this one
     /// for a whole interval, and the members' live views, and so their plans, would differ),
-    /// then one every heartbeat interval. A member that heard others past its round (one that
-    /// joined again mid-job, or restarted) holds its first back until it caught up, at most
-    /// `CATCH_UP_BEFORE_BEAT_MS`: its first heartbeat makes the others plan with it, and a
-    /// round would wait for a trainer still fetching the model (a ring for one of its members).
+    /// then one every heartbeat interval.
     fn next_heartbeat_at(&self, cadence: Cadence) -> u64 {
-        let behind = self.furthest_heard > self.state.completed_round + 1;
         match self.heartbeat_sequence {
-            0 if behind => self.joined_ms + CATCH_UP_BEFORE_BEAT_MS,
             0 => self.joined_ms + self.first_heartbeat_after_ms(),
             1 => self.last_heartbeat_ms + SECOND_BEAT_MS.min(cadence.heartbeat_ms()),
             _ => self.last_heartbeat_ms + cadence.heartbeat_ms(),
@@ -663,15 +666,20 @@ impl Member {
     fn publish_heartbeat(&mut self, now: u64) {
         self.last_heartbeat_ms = now;
         self.heartbeat_sequence += 1;
-        let heartbeat = Heartbeat {
+        let heartbeat = self.heartbeat(now);
+        self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
+    }
+
+    /// This member's heartbeat as of `now`: the round it is in and the model it holds.
+    fn heartbeat(&self, now: u64) -> Heartbeat {
+        Heartbeat {
             job: self.setup.job,
             member: self.me(),
             round: self.state.completed_round + 1,
             model: self.state.model,
             sequence: self.heartbeat_sequence,
             sent_at_ms: now,
-        };
-        self.effects.push(Effect::Publish(Publish::Heartbeat(heartbeat)));
+        }
     }
 
     /// A peer subscribed to the job's topic: this member's join goes out `JOIN_ECHO_DELAY_MS`

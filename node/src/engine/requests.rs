@@ -53,8 +53,8 @@ impl Engine {
                 let Ok(from) = MemberId::from_peer_id_string(&peer.to_string()) else { return };
                 return self.on_result_request(job, round, from, channel).await;
             }
-            Ok((Request::Join { join, asks }, _)) => {
-                (self.on_join_request(join, asks).await, none())
+            Ok((Request::Join { join, asks, heartbeat }, _)) => {
+                (self.on_join_request(join, asks, heartbeat).await, none())
             }
             Ok((Request::Members { job, digest }, _)) => {
                 (self.on_members_request(peer, job, Digest(digest)).await, none())

@@ -7,11 +7,13 @@ use super::misbehave::WITHHOLD_RESULTS;
 use crate::engine::Engine;
 use crate::engine::requests::{ask, respond};
 use crate::identity::peer_of_member;
-use fedmesh_federation::member::{Effect, Event, Level, Notice, Publish, Refusal};
+use fedmesh_federation::member::{
+    Effect, Event, Level, Notice, Publish, Refusal, Refusal as Refused,
+};
 use fedmesh_protocol::codec::encode_gossip;
-use fedmesh_protocol::envelope::{Signed, SignedBody};
+use fedmesh_protocol::envelope::{Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{JobId, MemberId};
-use fedmesh_protocol::message::{GossipMessage, Join, Request, Response};
+use fedmesh_protocol::message::{GossipMessage, Heartbeat, Join, Request, Response};
 
 impl Engine {
     /// Carries out a job machine's effects, in order.
@@ -24,7 +26,9 @@ impl Engine {
     async fn carry_out_one(&mut self, id: JobId, effect: Effect) {
         match effect {
             Effect::Publish(publish) => self.publish(id, publish).await,
-            Effect::SendJoin { to, join, asks } => self.send_join(id, to, join, asks),
+            Effect::SendJoin { to, join, asks, heartbeat } => {
+                self.send_join(id, to, (join, heartbeat), asks)
+            }
             Effect::AskMembers { to, digest } => self.ask_members(id, to, digest),
             Effect::SendMembers { to, members } => self.send_members(id, to, members),
             Effect::SendDelta { to, delta, until_ms } => self.send_delta(id, to, delta, until_ms),
@@ -96,15 +100,25 @@ impl Engine {
 
     /// Sends this member's join to one member alone, in the background, again after a pause
     /// while it cannot be delivered (a few times).
-    fn send_join(&self, id: JobId, to: MemberId, join: Join, asks: bool) {
-        let signed = match Signed::sign(&self.identity, join) {
+    fn send_join(
+        &self,
+        id: JobId,
+        to: MemberId,
+        (join, heartbeat): (Join, Option<Heartbeat>),
+        asks: bool,
+    ) {
+        let signed = Signed::sign(&self.identity, join).and_then(|join| {
+            let heartbeat = heartbeat.map(|beat| Signed::sign(&self.identity, beat)).transpose()?;
+            Ok((join, heartbeat))
+        });
+        let (join, heartbeat) = match signed {
             Ok(signed) => signed,
             Err(error) => return tracing::error!(job = %id, %error, "cannot sign a join"),
         };
         let network = self.network.clone();
         tokio::spawn(async move {
             let Ok(peer) = peer_of_member(&to) else { return };
-            let request = Request::Join { join: signed, asks };
+            let request = Request::Join { join, asks, heartbeat };
             for attempt in 0..JOIN_ATTEMPTS {
                 match ask(&network, peer, &request).await {
                     Ok(_) => return,
@@ -117,18 +131,19 @@ impl Engine {
         });
     }
 
-    /// A member's join sent to this node alone: for its job's machine.
+    /// A member's join sent to this node alone (with its heartbeat, for an answer): for its
+    /// job's machine, once both are verified as the same member's.
     pub(in crate::engine) async fn on_join_request(
         &mut self,
         signed: Signed<Join>,
         asks: bool,
+        heartbeat: Option<Signed<Heartbeat>>,
     ) -> Response {
         let id = signed.unverified_body().job;
         if !self.runs.contains_key(&id) {
             return Response::Refused { reason: format!("not in job {id}") };
         }
-        let scope = fedmesh_protocol::envelope::Scope::job(id);
-        let join = match super::verify(signed, |_, body| scope.admits(body)) {
+        let (join, heartbeat) = match verify_join_sent(id, signed, heartbeat) {
             Ok(verified) => verified,
             Err(refused) => {
                 self.metrics.rejected("join", refused.reason);
@@ -136,7 +151,8 @@ impl Engine {
             }
         };
         let signer = join.signer();
-        self.handle(id, Event::JoinSent { signer, join: join.into_body(), asks }).await;
+        let (join, heartbeat) = (join.into_body(), heartbeat.map(Verified::into_body));
+        self.handle(id, Event::JoinSent { signer, join, asks, heartbeat }).await;
         Response::Accepted
     }
 
@@ -186,4 +202,23 @@ fn log(id: JobId, notice: &Notice) {
         Level::Info => tracing::info!(job = %id, round, "{text}"),
         Level::Warn => tracing::warn!(job = %id, round, "{text}"),
     }
+}
+
+/// Verifies a join sent to one member, and the heartbeat beside it: both of job `id`, the
+/// heartbeat signed by the member that joins.
+fn verify_join_sent(
+    id: JobId,
+    join: Signed<Join>,
+    heartbeat: Option<Signed<Heartbeat>>,
+) -> Result<(Verified<Join>, Option<Verified<Heartbeat>>), Refused> {
+    let scope = fedmesh_protocol::envelope::Scope::job(id);
+    let join = super::verify(join, |_, body| scope.admits(body))?;
+    let Some(heartbeat) = heartbeat else { return Ok((join, None)) };
+    let heartbeat = super::verify(heartbeat, |_, body| scope.admits(body))?;
+    if heartbeat.signer() != join.signer() {
+        let detail =
+            format!("a heartbeat signed by {} beside {}'s join", heartbeat.signer(), join.signer());
+        return Err(Refused::new("wrong_signer", detail));
+    }
+    Ok((join, Some(heartbeat)))
 }
