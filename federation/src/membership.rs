@@ -146,8 +146,9 @@ fn narrow(round: Round) -> u32 {
 struct Known {
     members: HashMap<Key, Entry, KeyHashing>,
     models: Vec<ContentHash>,
-    /// Members that left: when they sent their leave, and the samples they had declared (an
-    /// update of theirs sent before they left still weighs what they declared).
+    /// Members that left: when they sent their leave, and what they had declared (an update
+    /// of theirs sent before they left still weighs the samples they declared, and a round
+    /// opened just before they left still names them).
     left: HashMap<MemberId, Left, KeyHashing>,
     left_order: VecDeque<MemberId>,
     proven: usize,
@@ -155,10 +156,11 @@ struct Known {
 }
 
 /// A member that left, as remembered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Left {
     sent_at_ms: u64,
     samples: u64,
+    info: MemberInfo,
 }
 
 /// How many members that left a membership remembers, so that their old joins replayed do not
@@ -217,10 +219,16 @@ impl Known {
         }
     }
 
-    /// Remembers that `member`, which had declared `samples`, left with a leave sent at
-    /// `sent_at_ms`.
-    fn remember_leave(&mut self, member: MemberId, sent_at_ms: u64, samples: u64) {
-        if self.left.insert(member, Left { sent_at_ms, samples }).is_none() {
+    /// Remembers that `member`, which had declared `samples` and `info`, left with a leave sent
+    /// at `sent_at_ms`.
+    fn remember_leave(
+        &mut self,
+        member: MemberId,
+        sent_at_ms: u64,
+        samples: u64,
+        info: MemberInfo,
+    ) {
+        if self.left.insert(member, Left { sent_at_ms, samples, info }).is_none() {
             self.left_order.push_back(member);
         }
         while self.left_order.len() > LEAVES_KEPT {
@@ -469,8 +477,8 @@ impl Membership {
             self.live = None;
             known.proven -= 1;
         }
-        let samples = known.members.remove_entry(member).map_or(0, |(key, _)| key.0.samples);
-        known.remember_leave(*member, sent_at_ms, samples);
+        let Some((key, _)) = known.members.remove_entry(member) else { return Ok(false) };
+        known.remember_leave(*member, sent_at_ms, key.0.samples, key.0.info.clone());
         Ok(true)
     }
 
@@ -569,6 +577,17 @@ impl Membership {
     /// What a member declared when it joined.
     pub fn info(&self, member: &MemberId) -> Option<MemberInfo> {
         self.known.members.get_key_value(member).map(|(key, _)| key.0.info.clone())
+    }
+
+    /// What a member, or one that left (the last `LEAVES_KEPT`), declared when it joined: a
+    /// round opened just before a member left still names it.
+    pub fn info_even_if_left(&self, member: &MemberId) -> Option<MemberInfo> {
+        self.info(member).or_else(|| self.known.left.get(member).map(|left| left.info.clone()))
+    }
+
+    /// Whether `member` left (one of the last `LEAVES_KEPT` that did) and did not join again.
+    pub fn has_left(&self, member: &MemberId) -> bool {
+        self.known.left.contains_key(member) && !self.contains(member)
     }
 
     /// How many members there are, newcomers included.

@@ -104,6 +104,28 @@ impl RingRun {
         })
     }
 
+    /// Keeps what this member did in the same ring of the same opening, followed with another
+    /// plan (one that elects another uploader): its update, the chunks folded in and those
+    /// received ahead. Says whether it kept anything.
+    pub fn carry_over(&mut self, earlier: RingRun) -> bool {
+        let same_opening = (earlier.round, earlier.base, earlier.opened_at_ms)
+            == (self.round, self.base, self.opened_at_ms);
+        let same_ring = earlier.label == self.label && earlier.order == self.order;
+        if !(same_opening && same_ring) || self.values.is_some() {
+            return false;
+        }
+        self.values = earlier.values;
+        self.contributions = earlier.contributions;
+        self.received = earlier.received;
+        self.next = earlier.next;
+        true
+    }
+
+    /// Whether this member's own update is in the ring.
+    pub fn has_contributed(&self) -> bool {
+        self.values.is_some()
+    }
+
     /// Takes this member's update (already weighted by its samples): the first chunk to send,
     /// then whatever chunks received earlier unlock.
     pub fn contribute(&mut self, weighted: Vec<f32>, own: Contribution) -> Vec<Outgoing> {

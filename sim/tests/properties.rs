@@ -99,8 +99,12 @@ proptest! {
 
 /// Members whose operators leave (signed) and join again later are waited for by no round:
 /// every round closes well before its 30 s deadline (a round waiting out its deadline would make
-/// the run last past 50 s), and every member that joined again ends the job with the others'
-/// final model, under every built-in topology.
+/// the run last past 45 s), and every member that joined again ends the job with the others'
+/// final model, under every built-in topology. Among the seeds: a member that joins again
+/// planned into a ring before it holds the model (central 12, ring 4), one that follows an
+/// opening before it takes the result of its base (hierarchical 7, hybrid 2), a leave just
+/// before an opening naming the leaver arrives (hierarchical 11), a slot's aggregator leaving
+/// (hierarchical 32), and one joining again after members completed (central 12).
 #[test]
 fn members_that_leave_and_join_again_stall_no_round_and_end_with_the_final_model() {
     let topologies = [
@@ -109,7 +113,9 @@ fn members_that_leave_and_join_again_stall_no_round_and_end_with_the_final_model
         BuiltinTopology::Ring,
         BuiltinTopology::Hybrid,
     ];
-    for (seed, topology) in (1..=12).zip(topologies.iter().cycle()) {
+    let runs = (1..=40).flat_map(|seed| topologies.iter().map(move |topology| (seed, topology)));
+    let mut leaves = 0;
+    for (seed, topology) in runs {
         let rounds = 10;
         let config = Config {
             topology: *topology,
@@ -124,10 +130,12 @@ fn members_that_leave_and_join_again_stall_no_round_and_end_with_the_final_model
         assert_eq!(report.status, Status::Completed, "{report}");
         assert!(report.models_agree, "{report}");
         let (left, rejoined) = (report.counters.members_left, report.counters.members_rejoined);
-        assert!(left >= 1 && rejoined == left, "{report}");
+        assert_eq!(rejoined, left, "{report}");
+        leaves += left;
         assert_eq!(report.members_completed, report.live_members, "{report}");
-        assert!(report.sim_seconds < rounds as f64 * 5.0, "a round waited for a leaver: {report}");
+        assert!(report.sim_seconds < rounds as f64 * 4.5, "a round waited for a leaver: {report}");
     }
+    assert!(leaves >= 400, "the runs left and joined again only {leaves} times");
 }
 
 /// With `min_participants` 1, a member restarted before it hears anyone must not open the next

@@ -7,7 +7,7 @@ use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting,
 use crate::membership::{Beat, Refused, Replayed};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{MemberId, Round};
-use fedmesh_protocol::message::{AggregateReady, EvalReport, Join, RoundOpen};
+use fedmesh_protocol::message::{AggregateReady, EvalReport, Join, Leave, RoundOpen};
 use fedmesh_topologies::MemberInfo;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,12 +36,16 @@ impl Member {
         if !self.is_active() {
             // A member that completed the job still sends its last result again to a member
             // whose heartbeat shows it missed it, answers the join of a member that joins (again)
-            // after the end so that it hears those heartbeats, and records the others'
-            // evaluations of the last model (most arrive after it completed).
+            // after the end so that it hears those heartbeats (and takes in leaves, so a member
+            // that leaves and joins again is answered as one that joins), and records the
+            // others' evaluations of the last model (most arrive after it completed).
             let known = self.state.members.contains(&signer) || self.is_coordinator(&signer);
             match (&self.state.status, message) {
                 (RunStatus::Completed, Gossip::Join(join)) if join.member == signer => {
                     self.on_join(join, Heard::Topic, now)
+                }
+                (RunStatus::Completed, Gossip::Leave(leave)) if leave.member == signer => {
+                    self.on_leave(&leave, now)
                 }
                 (RunStatus::Completed, Gossip::Heartbeat(beat))
                     if beat.member == signer && known =>
@@ -58,19 +62,7 @@ impl Member {
         }
         match message {
             Gossip::Join(join) if join.member == signer => self.on_join(join, Heard::Topic, now),
-            Gossip::Leave(leave) if leave.member == signer => {
-                match self.state.members.leave(&leave.member, leave.sent_at_ms) {
-                    Ok(true) => {
-                        self.view_changed_ms = now;
-                        let text = format!("{} left: {}", leave.member, leave.reason);
-                        self.log(Level::Info, 0, text);
-                        self.persist_lazily();
-                        self.round_without(&leave.member, now);
-                    }
-                    Ok(false) => {}
-                    Err(replayed) => self.refuse_replay("leave", signer, replayed),
-                }
-            }
+            Gossip::Leave(leave) if leave.member == signer => self.on_leave(&leave, now),
             Gossip::Heartbeat(beat) if beat.member == signer && self.is_coordinator(&signer) => {
                 // The coordinator is no member: its heartbeat says it is there, and the round it
                 // names tells the last round's aggregator whether it missed the result.
@@ -120,9 +112,25 @@ impl Member {
         }
     }
 
-    /// A join sent to this member alone (an answer, or a question: answered with its own).
+    /// A member's signed leave: no round waits for it from now on.
+    fn on_leave(&mut self, leave: &Leave, now: u64) {
+        match self.state.members.leave(&leave.member, leave.sent_at_ms) {
+            Ok(true) => {
+                self.view_changed_ms = now;
+                self.log(Level::Info, 0, format!("{} left: {}", leave.member, leave.reason));
+                self.persist_lazily();
+                self.round_without(&leave.member, now);
+            }
+            Ok(false) => {}
+            Err(replayed) => self.refuse_replay("leave", leave.member, replayed),
+        }
+    }
+
+    /// A join sent to this member alone (an answer, or a question: answered with its own, also
+    /// by a member that completed the job, so one joining after the end learns of it).
     pub(super) fn on_join_sent(&mut self, signer: MemberId, join: Join, asks: bool, now: u64) {
-        if join.member != signer || join.job != self.setup.job || !self.is_active() {
+        let answers = self.is_active() || (asks && self.state.status == RunStatus::Completed);
+        if join.member != signer || join.job != self.setup.job || !answers {
             return;
         }
         self.on_join(join, if asks { Heard::Asked } else { Heard::Answer }, now);
@@ -346,7 +354,12 @@ impl Member {
             Held::Result(_) => vec![signer],
             Held::Assign(assignment) => assignment.roles.keys().collect(),
         };
-        named.into_iter().filter(|id| !self.state.members.contains(id)).copied().collect()
+        let members = &self.state.members;
+        named
+            .into_iter()
+            .filter(|id| !members.contains(id) && !members.has_left(id))
+            .copied()
+            .collect()
     }
 
     /// Whether a result comes from the aggregator of the plan over the members it names, and

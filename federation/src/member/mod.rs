@@ -35,11 +35,19 @@ const IDLE_WAKE_MS: u64 = 200;
 pub const RESULTS_KEPT: usize = 8;
 /// Most round messages held until the next join.
 const MAX_HELD: usize = 16;
-/// Most updates kept for a round whose opening has not arrived.
-const MAX_EARLY_UPDATES: usize = 64;
-/// Most of those from one member (a trainer's delta, a group aggregator's partial, a ring
-/// predecessor's first chunks): one member cannot push the others' out.
-const MAX_EARLY_PER_MEMBER: usize = 4;
+/// Most updates kept for a round whose opening has not arrived, and most of their values, in
+/// models' worth.
+const MAX_EARLY_UPDATES: usize = 1024;
+const MAX_EARLY_MODELS: usize = 64;
+/// Most values kept of those from one member, in models' worth: a trainer's delta, a group
+/// aggregator's partial, or a ring predecessor's chunks of one round (2(n − 1) chunks of 1/n
+/// of the model; it sends the first n − 1 before it needs one from this member, so a member
+/// that follows the opening late, catching up, receives them all first). One member cannot
+/// push the others' out.
+const MAX_EARLY_MODELS_PER_MEMBER: usize = 2;
+/// Most updates kept from one member: a ring predecessor's chunks of one round, in a ring of
+/// up to 128 members.
+const MAX_EARLY_PER_MEMBER: usize = 256;
 /// How many round plans are kept (the newest): a plan over a thousand members costs
 /// milliseconds, and one round's plan is asked for at every opening, result and deadline.
 const PLANS_KEPT: usize = 4;
@@ -402,17 +410,32 @@ impl Member {
         }
     }
 
-    /// Keeps an update for a round whose opening has not arrived: the oldest of its member's
-    /// goes once the member has [`MAX_EARLY_PER_MEMBER`], the oldest of all once there are
-    /// [`MAX_EARLY_UPDATES`].
+    /// Keeps an update for a round whose opening has not arrived: the oldest of its member's go
+    /// while the member would have more than [`MAX_EARLY_PER_MEMBER`] or
+    /// [`MAX_EARLY_MODELS_PER_MEMBER`] models' worth kept, the oldest of all while all would be
+    /// more than [`MAX_EARLY_UPDATES`] or [`MAX_EARLY_MODELS`] models' worth.
     fn keep_early(&mut self, early: EarlyUpdate) {
-        let of_signer = self.early.iter().filter(|kept| kept.signer == early.signer).count();
-        if of_signer >= MAX_EARLY_PER_MEMBER
-            && let Some(oldest) = self.early.iter().position(|kept| kept.signer == early.signer)
+        let model = self.params.len().max(1);
+        let signer = early.signer;
+        let of_signer = |kept: &&EarlyUpdate| kept.signer == signer;
+        let (mut count, mut values) = self
+            .early
+            .iter()
+            .filter(of_signer)
+            .fold((0, 0), |(count, values), kept| (count + 1, values + kept.values.len()));
+        while count > 0
+            && (count >= MAX_EARLY_PER_MEMBER
+                || values + early.values.len() > MAX_EARLY_MODELS_PER_MEMBER * model)
         {
-            self.early.remove(oldest);
-        } else if self.early.len() >= MAX_EARLY_UPDATES {
-            self.early.pop_front();
+            let Some(oldest) = self.early.iter().position(|kept| of_signer(&kept)) else { break };
+            let dropped = self.early.remove(oldest).map_or(0, |kept| kept.values.len());
+            (count, values) = (count - 1, values - dropped);
+        }
+        let mut total: usize = self.early.iter().map(|kept| kept.values.len()).sum();
+        while self.early.len() >= MAX_EARLY_UPDATES
+            || (!self.early.is_empty() && total + early.values.len() > MAX_EARLY_MODELS * model)
+        {
+            total -= self.early.pop_front().map_or(0, |kept| kept.values.len());
         }
         self.early.push_back(early);
     }
@@ -488,7 +511,8 @@ impl Member {
         self.live_plan(round, now).and_then(|(plan, _)| plan.leader())
     }
 
-    /// The members a list names, as this member knows them; the first unknown one otherwise.
+    /// The members a list names, as this member knows them (those that left since too: a
+    /// round opened just before a member left still names it); the first unknown one otherwise.
     /// (Sorted by key: the live members' own view when the list names exactly them, as an
     /// opening or a result made while every member agrees does, so nothing is copied.)
     fn named(&mut self, members: &[MemberId], now: u64) -> Result<Arc<[MemberInfo]>, MemberId> {
@@ -496,7 +520,10 @@ impl Member {
         if names_exactly(members, &live) {
             return Ok(live);
         }
-        if let Some(unknown) = members.iter().find(|id| !self.state.members.contains(id)) {
+        let members_known = &self.state.members;
+        let unknown =
+            members.iter().find(|id| !members_known.contains(id) && !members_known.has_left(id));
+        if let Some(unknown) = unknown {
             return Err(*unknown);
         }
         let mut ids = members.to_vec();
@@ -505,7 +532,7 @@ impl Member {
         if names_exactly(&ids, &live) {
             return Ok(live);
         }
-        let infos = ids.iter().filter_map(|id| self.state.members.info(id)).collect();
+        let infos = ids.iter().filter_map(|id| self.state.members.info_even_if_left(id)).collect();
         Ok(shared::member_list(infos))
     }
 

@@ -129,7 +129,7 @@ impl Member {
         self.state.model = model;
         self.state.completed_round = round;
         self.adopted_ms = now;
-        self.vet_from_taken();
+        let vetted_anew = self.vet_from_taken();
         let me = self.me();
         let record =
             self.rounds.entry(round).or_insert_with(|| RoundRecord::new(round, me, model, now));
@@ -150,6 +150,10 @@ impl Member {
         }
         if self.phase.open().is_some() {
             // The opening this member fetched the base of.
+            if vetted_anew {
+                self.replan_open(now);
+            }
+            self.take_early_updates(now);
             self.start_training();
         } else {
             self.wake_at(now);
@@ -183,6 +187,7 @@ impl Member {
             self.keep_taken(signer, &ready);
             if self.vet_from_taken() {
                 self.persist();
+                self.replan_open(now);
                 self.judge_unblocked(now); // an opening held for its leader may be led so now
             }
         }

@@ -170,6 +170,43 @@ impl Member {
         if same_opening {
             return;
         }
+        self.enter(opener, open, plan, leading, now);
+    }
+
+    /// Follows the open round again with a new plan: this member followed its opening before it
+    /// took the result of the round's base, so planned with the members the round before that
+    /// vetted; every member that took the result plans with those it counted.
+    pub(super) fn replan_open(&mut self, now: u64) {
+        let Some(open) = self.phase.open() else { return };
+        if open.base != self.state.model || open.leading.is_some() {
+            return;
+        }
+        let (opener, opening, followed) = (open.opener, open.opening.clone(), open.plan.clone());
+        let Ok(named) = self.named(&opening.members, now) else { return };
+        let Some(plan) = self.plan_over(opening.round, named) else { return };
+        if *plan == *followed {
+            return;
+        }
+        if plan.leader() != Some(opener) {
+            let text =
+                format!("{opener} does not lead round {} with the members vetted", opening.round);
+            return self.log(Level::Warn, opening.round, text);
+        }
+        self.log(Level::Info, opening.round, "planned again with the members its base vetted");
+        self.enter(opener, opening, plan, None, now);
+    }
+
+    /// Takes part in an opening with its plan: the round's record, the slots this member
+    /// aggregates (keeping what an earlier opening of the round collected), its ring, and its
+    /// own update.
+    fn enter(
+        &mut self,
+        opener: MemberId,
+        open: Arc<RoundOpen>,
+        plan: Arc<RoundPlan>,
+        leading: Option<Leading>,
+        now: u64,
+    ) {
         self.state.status = RunStatus::Running;
         let record = self.rounds.entry(open.round).or_insert_with(|| {
             RoundRecord::new(open.round, opener, open.base_model, open.opened_at_ms)
@@ -178,13 +215,20 @@ impl Member {
         record.opened_at_ms = open.opened_at_ms;
         record.slots = plan.slots.iter().map(|s| (s.id.to_string(), s.aggregator())).collect();
         record.rings = plan.rings.iter().map(|r| (r.label.clone(), r.order.clone())).collect();
-        let earlier = match std::mem::take(&mut self.phase) {
-            Phase::Open(earlier) if earlier.round == open.round => earlier.slots,
-            _ => Vec::new(),
+        let (earlier, earlier_ring) = match std::mem::take(&mut self.phase) {
+            Phase::Open(earlier) if earlier.round == open.round => (earlier.slots, earlier.ring),
+            _ => (Vec::new(), None),
         };
-        let slots = self.collect_slots(&open, &plan, earlier);
+        let mut slots = self.collect_slots(&open, &plan, earlier);
+        for left in open.members.iter().filter(|m| self.state.members.has_left(m)) {
+            // Opened just before it left: no slot waits for it.
+            slots.iter_mut().for_each(|slot| slot.forget_sender(left));
+        }
         let opening = (open.round, open.base_model, open.opened_at_ms);
-        let ring = RingRun::for_member(&plan, opening, self.me(), self.params.len());
+        let mut ring = RingRun::for_member(&plan, opening, self.me(), self.params.len());
+        if let (Some(ring), Some(earlier)) = (ring.as_mut(), earlier_ring) {
+            ring.carry_over(earlier);
+        }
         self.phase = Phase::Open(Box::new(OpenRound {
             round: open.round,
             opener,
@@ -200,10 +244,8 @@ impl Member {
             result_asked: false,
         }));
         self.wake_at(open.deadline_ms);
-        for early in std::mem::take(&mut self.early) {
-            if let Err(refused) = self.on_update(early.signer, early.update, early.values, now) {
-                self.log(Level::Warn, open.round, refused.detail);
-            }
+        if open.base_model == self.state.model {
+            self.take_early_updates(now);
         }
         self.finish_complete_slots(now);
         if plan.trainers.binary_search(&self.me()).is_ok() {
@@ -259,7 +301,10 @@ impl Member {
             self.log(Level::Info, open.round, "opened again; sending the update again");
             return self.deliver(update, now);
         }
-        let own_in = self.phase.open().is_some_and(|o| o.slots.iter().any(|s| s.holds(&self.me())));
+        let own_in = self.phase.open().is_some_and(|o| {
+            o.slots.iter().any(|s| s.holds(&self.me()))
+                || o.ring.as_ref().is_some_and(RingRun::has_contributed)
+        });
         if own_in {
             return self.set_own(Own::Folded);
         }
@@ -393,6 +438,10 @@ impl Member {
         if !self.state.members.contains(&signer) {
             return Err(Refusal::new("not_a_member", format!("{signer} is not a member")));
         }
+        if self.plans_provisionally(&update) {
+            self.keep_early(EarlyUpdate { signer, update, values });
+            return Ok(());
+        }
         if let Update::Chunk(chunk) = &update {
             return self.on_chunk(signer, chunk.clone(), values, now);
         }
@@ -401,6 +450,28 @@ impl Member {
             return Ok(());
         }
         self.fold(signer, update, &values, now)
+    }
+
+    /// The updates kept for a round whose opening had not arrived, or whose base this member
+    /// did not hold: taken in now.
+    pub(super) fn take_early_updates(&mut self, now: u64) {
+        for early in std::mem::take(&mut self.early) {
+            let round = early.update.round();
+            if let Err(refused) = self.on_update(early.signer, early.update, early.values, now) {
+                self.log(Level::Warn, round, refused.detail);
+            }
+        }
+    }
+
+    /// Whether this member follows the update's opening without holding its base yet: its plan
+    /// of the round is provisional until it takes the base's result (`replan_open`), so the
+    /// update is kept until then rather than refused by a ring or slot it may not be in.
+    fn plans_provisionally(&self, update: &Update) -> bool {
+        self.phase.open().is_some_and(|open| {
+            open.round == update.round()
+                && open.base == update.base_model()
+                && open.base != self.state.model
+        })
     }
 
     /// Whether an update is for the next round, whose opening this member has not seen while
@@ -472,21 +543,31 @@ impl Member {
 
     /// A member left (its leave signed): the round in progress waits for it no longer. The
     /// slots this member aggregates stop expecting its update or its slot's partial aggregate
-    /// (and finish if that was the last missing); a round whose ring it was in is opened again
-    /// at once, by its leader, over the members live; a round it opened is let go, so that the next member of the failover order,
-    /// elected over the members live now, opens it again at once rather than at its deadline.
+    /// (and finish if that was the last missing). A round whose ring it was in, or one of whose
+    /// slots it aggregated, cannot finish: its leader opens it again at once over the members
+    /// live (the ring formed, the slot's aggregator elected, without the leaver). A round it
+    /// opened, or whose leader the members live now elect no more, is let go, so that the next
+    /// member of the failover order opens it again at once rather than at its deadline.
     pub(super) fn round_without(&mut self, leaver: &MemberId, now: u64) {
-        let Some(open) = self.phase.open_mut() else { return };
-        let round = open.round;
-        if open.opener == *leaver && open.leading.is_none() {
-            self.log(Level::Info, round, format!("its leader {leaver} left; electing another"));
+        let Some(open) = self.phase.open() else { return };
+        let (round, opener, leading) = (open.round, open.opener, open.leading.is_some());
+        let in_a_ring = open.plan.rings.iter().any(|r| r.order.contains(leaver));
+        let aggregates = open.plan.slots.iter().any(|s| s.aggregator() == *leaver);
+        let broken = in_a_ring || aggregates;
+        if !leading
+            && (opener == *leaver || (broken && self.elected_leader(round, now) != Some(opener)))
+        {
+            self.log(
+                Level::Info,
+                round,
+                format!("{leaver} left; electing the round's leader again"),
+            );
             self.phase = Phase::Waiting;
             self.next_open_check_ms = now;
             return self.wake_at(now);
         }
-        if open.leading.is_some() && open.plan.rings.iter().any(|r| r.order.contains(leaver)) {
-            // A ring that lost a member cannot finish: its round is past its deadline now, and
-            // opened again over the members live (the ring formed without the leaver).
+        let Some(open) = self.phase.open_mut() else { return };
+        if leading && broken {
             open.deadline_ms = now;
             return self.wake_at(now);
         }

@@ -1777,7 +1777,13 @@ fn a_flood_of_joins_does_not_stall_an_orchestrated_job_nor_fill_its_coordinator(
 
 /// An update from `sender` for round 1 over the member's model, with `value` in each place.
 fn early_delta(member: &Member, job: JobId, sender: u8, value: f32) -> Event {
-    let values = Arc::new(vec![value; PARAMS]);
+    early_part(member, job, sender, value, PARAMS)
+}
+
+/// An update of `len` values from `sender` for round 1 over the member's model (a ring chunk's
+/// size when shorter than the model), with `value` in each place.
+fn early_part(member: &Member, job: JobId, sender: u8, value: f32, len: usize) -> Event {
+    let values = Arc::new(vec![value; len]);
     let body = ModelDelta {
         job,
         round: 1,
@@ -1795,18 +1801,36 @@ fn early_delta(member: &Member, job: JobId, sender: u8, value: f32) -> Event {
 fn early_updates_are_capped_per_member_counted_in_bytes_and_dropped_on_request() {
     let now = 1_000;
     let (mut member, job) = lone_member([2, 3], now);
-    for copy in 0..(MAX_EARLY_PER_MEMBER + 3) {
+    for copy in 0..5 {
         member.handle(early_delta(&member, job, 2, copy as f32), now);
     }
     member.handle(early_delta(&member, job, 3, 0.5), now);
     let one = PARAMS * size_of::<f32>();
-    assert_eq!(
-        member.early_bytes(),
-        (MAX_EARLY_PER_MEMBER + 1) * one,
-        "member 2's newest four, and 3's"
-    );
+    let kept = MAX_EARLY_MODELS_PER_MEMBER + 1;
+    assert_eq!(member.early_bytes(), kept * one, "member 2's newest two models' worth, and 3's");
     member.drop_early();
     assert_eq!(member.early_bytes(), 0);
+}
+
+/// A member that follows a ring's opening late (catching up) has received every chunk its ring
+/// predecessor could send before it: n − 1 chunks of 1/n of the model. All of them are kept
+/// (four were before, and the ring never finished), up to the per-member count.
+#[test]
+fn a_ring_predecessors_chunks_of_a_round_are_all_kept_until_the_opening_is_followed() {
+    let now = 1_000;
+    let (mut member, job) = lone_member([2, 3], now);
+    let chunks = PARAMS - 1;
+    for chunk in 0..chunks {
+        member.handle(early_part(&member, job, 2, chunk as f32, 1), now);
+    }
+    assert_eq!(member.early_bytes(), chunks * size_of::<f32>(), "every chunk kept");
+    for chunk in 0..MAX_EARLY_PER_MEMBER {
+        member.handle(early_part(&member, job, 3, chunk as f32, 0), now);
+    }
+    member.handle(early_part(&member, job, 3, 0.5, 1), now);
+    let of_three = member.early.iter().filter(|kept| kept.signer == member_id(3)).count();
+    assert_eq!(of_three, MAX_EARLY_PER_MEMBER, "no more than the count from one member");
+    assert_eq!(member.early_bytes(), (chunks + 1) * size_of::<f32>(), "and member 2's kept");
 }
 
 #[test]

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 pub const DECLARED_SAMPLES: u64 = 100;
 /// How long the peer waits to hear the job (a node subscribed, a heartbeat).
 const HEAR_LIMIT: Duration = Duration::from_secs(30);
-/// How long a join takes to reach every member before the attack starts.
-const JOIN_SPREAD: Duration = Duration::from_secs(2);
+/// How long a joined peer waits, at most, for a round planned with it (its join reached the
+/// members) before its attack starts.
+const JOIN_SPREAD: Duration = Duration::from_secs(3);
 /// Requests in flight at once in a flood.
 const IN_FLIGHT: usize = 32;
 /// A large frame length that looks valid: under every node's default limit (512 MiB).
@@ -156,8 +157,9 @@ async fn ask_job_info(
     Ok(JobInfo { id: job, last_round, params: blob.len() / 4 })
 }
 
-/// Joins the job and keeps heartbeating (in the round in progress, on the newest model); the
-/// returned task heartbeats until aborted.
+/// Joins the job and keeps heartbeating (in the round in progress, on the newest model); returns
+/// once a round was planned with it (or after [`JOIN_SPREAD`]), with the task that heartbeats
+/// until aborted.
 async fn join(
     peer: &Peer,
     outcome: &mut Outcome,
@@ -176,7 +178,12 @@ async fn join(
             }
         }
     });
-    tokio::time::sleep(JOIN_SPREAD).await;
+    let me = peer.identity.member_id();
+    let planned =
+        peer.wait_for("a round planned with it", JOIN_SPREAD, |w| w.plans(me).then_some(()));
+    if planned.await.is_err() {
+        outcome.note(format!("no round planned with it within {JOIN_SPREAD:?}; attacking anyway"));
+    }
     Ok(task)
 }
 

@@ -40,6 +40,8 @@ pub struct Watch {
     pub completed: Round,
     /// The latest opening: its round, its base, its opener and the members it plans over.
     pub opening: Option<(Round, ContentHash, MemberId, Vec<MemberId>)>,
+    /// The members the newest result lists (those its round planned over).
+    pub result_members: Vec<MemberId>,
     /// The members heard on the topic (joins and heartbeats).
     pub members: BTreeSet<MemberId>,
     /// Peers subscribed to the job's topic.
@@ -83,6 +85,7 @@ impl Watch {
                 let ready = signed.unverified_body();
                 if ready.round > self.completed {
                     self.completed = ready.round;
+                    self.result_members = ready.members.clone();
                     if ready.round >= self.round {
                         (self.round, self.model) = (ready.round + 1, Some(ready.model));
                     }
@@ -95,6 +98,13 @@ impl Watch {
     /// The round in progress and the model it builds on, once heard.
     pub fn head(&self) -> Option<(Round, ContentHash)> {
         self.model.map(|model| (self.round.max(1), model))
+    }
+
+    /// Whether the newest opening or result heard planned a round with `member`: the members
+    /// know of it.
+    pub fn plans(&self, member: MemberId) -> bool {
+        let opened = self.opening.as_ref().is_some_and(|(.., members)| members.contains(&member));
+        opened || self.result_members.contains(&member)
     }
 
     /// The members the latest opening planned over, or those heard.
