@@ -156,9 +156,9 @@ pub struct NodeArgs {
     /// The gossipsub heartbeat, in milliseconds.
     #[arg(long, env = "FEDMESH_GOSSIP_HEARTBEAT_MS")]
     pub gossip_heartbeat_ms: Option<u64>,
-    /// Testing only: misbehave (forged-deltas, sign-flip, noise).
+    /// Testing only, in a build with the `misbehave` cargo feature: misbehave on purpose.
     #[arg(long, env = "FEDMESH_MISBEHAVE", value_delimiter = ',')]
-    pub misbehave: Option<Vec<String>>,
+    pub misbehave: Option<Vec<crate::misbehaviour::Misbehaviour>>,
     /// The command that trains external models, e.g. "python3 train.py" (split at spaces).
     #[arg(long, env = "FEDMESH_TRAINER")]
     pub trainer: Option<String>,

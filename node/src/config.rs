@@ -2,6 +2,7 @@
 //! variables, checked with an error that names the offending setting, printed as TOML, and the
 //! warnings an operator should see at start.
 
+use crate::misbehaviour::Misbehaviour;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,10 +58,10 @@ pub struct NodeConfig {
     #[serde(default = "defaults::reannounce_secs")]
     pub reannounce_secs: u64,
     /// Deliberate misbehaviour or faults, to test a federation's defenses: `forged-deltas`,
-    /// `sign-flip`, `noise`, `slow-disk`... (see `engine::federation::misbehave`). Never set this
-    /// on a production node.
+    /// `sign-flip`, `noise`, `slow-disk`... (see [`Misbehaviour`]). Only a build with the
+    /// `misbehave` cargo feature (the tests' and the testnet's) takes this setting.
     #[serde(default)]
-    pub misbehave: Vec<String>,
+    pub misbehave: Vec<Misbehaviour>,
     /// gossipsub heartbeat, in milliseconds.
     #[serde(default = "defaults::gossip_heartbeat_ms")]
     pub gossip_heartbeat_ms: u64,
@@ -186,14 +187,22 @@ impl NodeConfig {
         if self.group.is_empty() {
             return invalid("group", "must not be empty".to_owned());
         }
-        let known = crate::engine::MISBEHAVIOURS;
-        if let Some(unknown) = self.misbehave.iter().find(|kind| !known.contains(&kind.as_str())) {
-            return invalid(
-                "misbehave",
-                format!("`{unknown}` is not one of: {}", known.join(", ")),
-            );
+        self.check_misbehave(crate::misbehaviour::COMPILED_IN)
+    }
+
+    /// Refuses the `misbehave` setting unless this build acts on it (`compiled_in`).
+    fn check_misbehave(&self, compiled_in: bool) -> Result<(), ConfigError> {
+        match self.misbehave.first() {
+            Some(kind) if !compiled_in => Err(ConfigError::Invalid {
+                setting: "misbehave",
+                problem: format!(
+                    "`{kind}` is a test setting, and this fedmesh was built without test \
+                     misbehaviour (the `misbehave` cargo feature, which only the tests and the \
+                     testnet turn on); remove the setting"
+                ),
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -368,6 +377,19 @@ mod tests {
 
     fn config() -> NodeConfig {
         NodeConfig::with_defaults("k".into(), "d".into())
+    }
+
+    #[test]
+    fn misbehaviour_is_refused_by_a_build_without_it_and_unknown_kinds_by_name() {
+        let mut config = config();
+        assert!(config.check_misbehave(false).is_ok(), "no misbehaviour set");
+        config.misbehave = vec![Misbehaviour::SignFlip];
+        let refused = config.check_misbehave(false).unwrap_err().to_string();
+        assert!(refused.contains("misbehave") && refused.contains("`sign-flip`"), "{refused}");
+        assert!(config.check_misbehave(true).is_ok(), "a test build takes it");
+        let file = "key = \"k\"\ndata_dir = \"d\"\nmisbehave = [\"bogus\"]\n";
+        let unknown = toml::from_str::<NodeConfig>(file).unwrap_err().to_string();
+        assert!(unknown.contains("bogus") && unknown.contains("sign-flip"), "{unknown}");
     }
 
     #[test]

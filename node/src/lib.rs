@@ -9,6 +9,7 @@ pub mod engine;
 pub mod external;
 pub mod identity;
 pub mod metrics;
+pub mod misbehaviour;
 pub mod network;
 pub mod owner_only;
 pub mod recent;

@@ -14,7 +14,7 @@ use crate::network::{Network, NetworkEvent};
 use crate::store::{Store, StoreError};
 pub use coordination::CoordinationView;
 use federation::JobRun;
-pub use federation::{MISBEHAVIOURS, RoundView, RunView};
+pub use federation::{RoundView, RunView};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{JobId, MemberId};
 use jobs::JobBook;

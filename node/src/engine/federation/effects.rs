@@ -3,10 +3,10 @@
 //! updates, results, training, fetching, storing, evaluating and persisting in their modules.
 
 use super::job_topic;
-use super::misbehave::WITHHOLD_RESULTS;
 use crate::engine::Engine;
 use crate::engine::requests::{ask, respond};
 use crate::identity::peer_of_member;
+use crate::misbehaviour::Misbehaviour;
 use fedmesh_federation::member::{
     Effect, Event, Level, Notice, Publish, Refusal, Refusal as Refused,
 };
@@ -67,7 +67,7 @@ impl Engine {
                 self.publish_signed(id, beat, GossipMessage::Heartbeat).await
             }
             Publish::Open(open) => self.publish_signed(id, open, GossipMessage::RoundOpen).await,
-            Publish::Result(ready) if self.misbehaves(WITHHOLD_RESULTS) => {
+            Publish::Result(ready) if self.misbehaves(Misbehaviour::WithholdResults) => {
                 tracing::warn!(job = %id, round = ready.round, "misbehaving on purpose: withholding the round's result");
             }
             Publish::Result(ready) => {

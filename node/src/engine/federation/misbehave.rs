@@ -1,9 +1,11 @@
-//! Deliberate misbehaviour for testing a federation's defenses (the `misbehave` setting): a node
-//! so configured sends deltas that an honest aggregator must refuse (forged), validly signed but
-//! poisoned ones that only a robust strategy withstands, or tries to take rounds over; or it
-//! suffers a fault (a slow disk).
+//! Deliberate misbehaviour for testing a federation's defenses (the `misbehave` setting, acted
+//! on only in a build with the `misbehave` cargo feature; `well_behaved.rs` stands in for this
+//! module otherwise): a node so configured sends deltas that an honest aggregator must refuse
+//! (forged), validly signed but poisoned ones that only a robust strategy withstands, or tries
+//! to take rounds over; or it suffers a fault (a slow disk).
 
 use crate::engine::Engine;
+use crate::misbehaviour::Misbehaviour;
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
@@ -12,58 +14,16 @@ use fedmesh_protocol::message::{
     unix_millis,
 };
 
-/// `forged-deltas`: before each honest delta, the same update signed by a key that is not a
-/// member, one for the wrong round and one on the wrong base model.
-pub const FORGED_DELTAS: &str = "forged-deltas";
-
-/// `sign-flip`: sends its update negated and scaled by 10 instead of the honest one.
-pub const SIGN_FLIP: &str = "sign-flip";
-
-/// `noise`: sends Gaussian noise (standard deviation 1 per parameter) instead of its update.
-pub const NOISE: &str = "noise";
-
-/// `hijack-rounds`: whenever another member opens a round, opens it too and announces a made-up
-/// model for it, as a member trying to take the federation's model over would.
-pub const HIJACK_ROUNDS: &str = "hijack-rounds";
-
-/// `forge-assignments`: in an orchestrated job, answers each of the coordinator's assignments
-/// with one of its own (itself the aggregator of every slot), signed by its own key.
-pub const FORGE_ASSIGNMENTS: &str = "forge-assignments";
-
-/// `withhold-results`: announces the result of a round it aggregates to nobody, at the close or
-/// later, as an aggregator killed right after closing a round would (it still answers a member
-/// that asks for it).
-pub const WITHHOLD_RESULTS: &str = "withhold-results";
-
-/// `slow-disk`: a fault rather than an attack: every large round model (a large frame's size or
-/// more) this node makes and stores takes `SLOW_DISK_DELAY` longer to write, as on a slow or
-/// overloaded disk. It shows that nothing else waits behind a job's heavy work.
-pub const SLOW_DISK: &str = "slow-disk";
-
-/// How much longer `slow-disk` makes a large model's write.
-pub const SLOW_DISK_DELAY: std::time::Duration = std::time::Duration::from_secs(4);
-
-/// Every kind of misbehaviour the setting accepts.
-pub const KINDS: &[&str] = &[
-    FORGED_DELTAS,
-    SIGN_FLIP,
-    NOISE,
-    HIJACK_ROUNDS,
-    FORGE_ASSIGNMENTS,
-    WITHHOLD_RESULTS,
-    SLOW_DISK,
-];
-
 /// What a node misbehaving on purpose does to the updates it sends (a copy of its settings,
 /// for the blocking task that makes them).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Misbehaviour {
+pub struct Poisoning {
     sign_flip: bool,
     noise: bool,
     forged_deltas: bool,
 }
 
-impl Misbehaviour {
+impl Poisoning {
     /// The update this node sends for its honest `delta`: poisoned if it is configured to.
     pub fn poison(self, mut delta: Vec<f32>, round: Round) -> Vec<f32> {
         if self.sign_flip {
@@ -102,23 +62,23 @@ pub fn forged_deltas(identity: &Identity, honest: &ModelDelta) -> Vec<Request> {
 }
 
 impl Engine {
-    pub(super) fn misbehaves(&self, kind: &str) -> bool {
-        self.config.misbehave.iter().any(|configured| configured == kind)
+    pub(super) fn misbehaves(&self, kind: Misbehaviour) -> bool {
+        self.config.misbehave.contains(&kind)
     }
 
     /// What this node does to the updates it sends.
-    pub(super) fn misbehaviour(&self) -> Misbehaviour {
-        Misbehaviour {
-            sign_flip: self.misbehaves(SIGN_FLIP),
-            noise: self.misbehaves(NOISE),
-            forged_deltas: self.misbehaves(FORGED_DELTAS),
+    pub(super) fn poisoning(&self) -> Poisoning {
+        Poisoning {
+            sign_flip: self.misbehaves(Misbehaviour::SignFlip),
+            noise: self.misbehaves(Misbehaviour::Noise),
+            forged_deltas: self.misbehaves(Misbehaviour::ForgedDeltas),
         }
     }
 
     /// Answers another member's opening of a round with a competing opening and a made-up
     /// model, if this node is configured to.
     pub(super) async fn maybe_hijack(&mut self, id: JobId, opener: MemberId, open: &RoundOpen) {
-        if !self.misbehaves(HIJACK_ROUNDS) || opener == self.identity.member_id() {
+        if !self.misbehaves(Misbehaviour::HijackRounds) || opener == self.identity.member_id() {
             return;
         }
         tracing::warn!(job = %id, round = open.round, "misbehaving on purpose: hijacking the round");
@@ -142,7 +102,7 @@ impl Engine {
     /// Publishes an assignment of its own for the coordinator's `honest` one, if this node is
     /// configured to.
     pub(super) async fn maybe_forge_assignment(&mut self, id: JobId, honest: &Assignment) {
-        if !self.misbehaves(FORGE_ASSIGNMENTS) {
+        if !self.misbehaves(Misbehaviour::ForgeAssignments) {
             return;
         }
         tracing::warn!(job = %id, round = honest.round, "misbehaving on purpose: forging an assignment");

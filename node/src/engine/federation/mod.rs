@@ -10,6 +10,10 @@ mod external_init;
 mod gossip;
 mod held_inputs;
 mod local;
+#[cfg(feature = "misbehave")]
+mod misbehave;
+#[cfg(not(feature = "misbehave"))]
+#[path = "well_behaved.rs"]
 mod misbehave;
 mod model_access;
 mod models;
@@ -22,7 +26,6 @@ mod work;
 pub(in crate::engine) use bulk_peers::BulkPeersBuiltFrom;
 pub use fedmesh_federation::records::{RoundView, RunView};
 pub use local::{LocalData, Trained};
-pub use misbehave::KINDS as MISBEHAVIOURS;
 pub(in crate::engine) use updates::{Reply, Residual, Unverified};
 
 use super::{Engine, EngineError};

@@ -164,7 +164,7 @@ impl Engine {
         let Some(run) = self.runs.get(&id) else { return };
         let encoding = run.machine.spec().delta_encoding;
         let (layout, residual) = (run.local.model.layout(), run.residual.clone());
-        let forges = self.misbehaviour().forges_deltas();
+        let forges = self.poisoning().forges_deltas();
         let (identity, network) = (self.identity.clone(), self.network.clone());
         tokio::spawn(async move {
             let make = move || {

@@ -4,8 +4,8 @@
 //! waits behind a large model's work.
 
 use super::encode_model;
-use super::misbehave::{SLOW_DISK, SLOW_DISK_DELAY};
 use crate::engine::{Engine, Internal};
+use crate::misbehaviour::Misbehaviour;
 use crate::network::Held;
 use crate::store::Store;
 use fedmesh_federation::member::{Event, LocalUpdate};
@@ -43,12 +43,12 @@ impl Engine {
         let Some(run) = self.runs.get(&id) else { return };
         let (local, network, internal) =
             (run.local.clone(), self.network.clone(), self.internal.clone());
-        let misbehaviour = self.misbehaviour();
+        let poisoning = self.poisoning();
         tokio::spawn(async move {
             let held = network.reserve(params.len() * 4).await;
             let work = move || {
                 let mut trained = local.train(&params, round).map_err(|e| format!("{e:#}"))?;
-                trained.delta = misbehaviour.poison(trained.delta, round);
+                trained.delta = poisoning.poison(trained.delta, round);
                 Ok(trained)
             };
             let wrap = move |trained: Result<super::Trained, String>| {
@@ -70,7 +70,7 @@ impl Engine {
     /// Encodes and stores a round's model this member made; the machine hears its hash.
     pub(super) fn store_model(&self, id: JobId, round: Round, params: Arc<Vec<f32>>) {
         tracing::info!(job = %id, round, "making and storing the round's model");
-        let (store, slow) = (self.store.clone(), self.misbehaves(SLOW_DISK));
+        let (store, slow) = (self.store.clone(), self.misbehaves(Misbehaviour::SlowDisk));
         let work = move || {
             let blob = encode_model(&params).map_err(|e| e.to_string())?;
             // The model goes as soon as it is encoded: a large model's aggregator holds few
@@ -117,6 +117,9 @@ impl Engine {
         off_task(self.internal.clone(), id, None, work, wrap);
     }
 }
+
+/// How much longer the `slow-disk` misbehaviour makes a large model's write.
+const SLOW_DISK_DELAY: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Stores a model blob in one committed write; returns its hash. A `slow` disk makes a large
 /// blob's write take `SLOW_DISK_DELAY` longer.
