@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BINARY, federation, poll_until, wait_completed_on};
+use common::{BINARY, federation, plain, poll_until, wait_completed_on};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ fn fedmesh(data_dir: &std::path::Path, args: &[&str]) -> Result<String, String> 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_owner_admitted_job_takes_the_node_its_owner_gave_a_ticket_and_no_other() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 3, plain).await;
     let spec = json!({
         "name": "admitted", "owner": cluster.nodes[0].peer_id, "model": "softmax",
         "dataset": "mnist5k", "hyperparameters": {"rounds": 3, "lr": 0.1},

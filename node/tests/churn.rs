@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     Job, assert_rounds_once, assert_same_model, completed_round, federation, member_spec,
-    participants, wait_completed_on, wait_for,
+    participants, plain, wait_completed_on, wait_for,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -16,14 +16,14 @@ use std::time::Duration;
 async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round() {
     const ROUNDS: u64 = 40;
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let mut cluster = federation(root.path(), 3, plain).await;
     // Rounds of this job take a tenth of a second: enough of them that the joiner, which starts
     // once two are done, has rounds left to train in.
     let job = Job::new(ROUNDS, 3).announce(&cluster).await;
     wait_for(&cluster, 0, &job, "two rounds", |run| completed_round(run) >= 2).await;
     let owner = cluster.nodes[0].peer_id.clone();
     let joiner = cluster.nodes.len();
-    cluster.start_node(&member_spec(joiner, &owner, Vec::new())).await.unwrap();
+    cluster.start_node(&member_spec(joiner, &owner, plain(joiner))).await.unwrap();
     let runs = wait_completed_on(&cluster, &[0, 1, 2, 3], &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
     let counts = participants(&runs[0]);
@@ -36,7 +36,7 @@ async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round(
 async fn a_trainer_killed_mid_job_is_left_behind_and_restarted_after_the_end_takes_the_final_model()
 {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let mut cluster = federation(root.path(), 4, plain).await;
     let job = Job { deadline_secs: 3, quorum: json!({"fraction": 0.7}), ..Job::new(6, 3) }
         .announce(&cluster)
         .await;
@@ -62,7 +62,7 @@ async fn a_trainer_killed_mid_job_is_left_behind_and_restarted_after_the_end_tak
 #[tokio::test(flavor = "multi_thread")]
 async fn when_the_aggregator_is_killed_mid_round_another_member_takes_the_round_over() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let mut cluster = federation(root.path(), 4, plain).await;
     let job = Job { deadline_secs: 2, ..Job::new(6, 3) }.announce(&cluster).await;
     // Wait for an open round (no model yet) from round 2 on, aggregated by a node other than node0.
     let peers: Vec<String> = cluster.nodes.iter().map(|n| n.peer_id.clone()).collect();
@@ -97,7 +97,7 @@ fn longest_round_secs(run: &Value) -> f64 {
 async fn a_member_that_leaves_and_joins_again_stalls_no_round_and_ends_with_the_final_model() {
     const ROUNDS: u64 = 120;
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 3, plain).await;
     // Rounds take a tenth of a second; a round waiting for the member that left would wait out
     // its 10 s deadline.
     let job = Job { deadline_secs: 10, ..Job::new(ROUNDS, 2) }.announce(&cluster).await;

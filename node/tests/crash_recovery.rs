@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    Job, assert_rounds_once, assert_same_model, completed_round, federation, run_view, tail,
+    Job, assert_rounds_once, assert_same_model, completed_round, federation, plain, run_view, tail,
     wait_completed, wait_for,
 };
 use fedmesh_testnet::cluster::Cluster;
@@ -141,7 +141,7 @@ async fn members_killed_at_random_moments_reopen_their_store_and_resume() {
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = federation(root.path(), NODES, |_| Vec::new()).await;
+    let mut cluster = federation(root.path(), NODES, plain).await;
     let job = Job { deadline_secs: 2, quorum: json!({"fraction": 0.75}), ..Job::new(ROUNDS, 3) }
         .announce(&cluster)
         .await;

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{cli, federation, run_view, wait_completed_on};
-use fedmesh_testnet::cluster::Cluster;
+use fedmesh_testnet::cluster::{Cluster, NodeSettings};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -21,32 +21,32 @@ json.dump({'samples': 10, 'loss': 1.0}, open(os.environ['FEDMESH_METRICS'], 'w')
 print('wrote a 2x2 fc1.weight', file=__import__('sys').stderr)";
 
 /// Node i's trainer: 0 and 1 the NumPy example, then the broken ones.
-fn trainer(i: usize) -> Vec<String> {
+fn trainer(i: usize) -> NodeSettings {
     let numpy = Path::new(
         &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
     )
     .join("../examples/numpy-trainer/train.py");
-    let command = |words: &[&str]| {
-        let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
-        format!("trainer = [{}]", quoted.join(", "))
+    let command = |words: &[&str]| words.iter().map(|w| w.to_string()).collect();
+    let (trainer, trainer_timeout_secs) = match i {
+        0 | 1 => (command(&["python3", &numpy.display().to_string()]), None),
+        2 => (command(&["sh", "-c", "echo the trainer broke on purpose >&2; exit 3"]), None),
+        3 => (command(&["sh", "-c", "echo sleeping >&2; exec sleep 30"]), Some(1)),
+        4 => (command(&["python3", "-c", WRONG_SHAPES]), None),
+        _ => (
+            command(&[
+                "sh",
+                "-c",
+                "echo garbage > \"$FEDMESH_OUTPUT_WEIGHTS\"; echo '{\"samples\": 5, \"loss\": 1}' > \"$FEDMESH_METRICS\"",
+            ]),
+            None,
+        ),
     };
-    let line = match i {
-        0 | 1 => command(&["python3", &numpy.display().to_string()]),
-        2 => command(&["sh", "-c", "echo the trainer broke on purpose >&2; exit 3"]),
-        3 => {
-            return vec![
-                command(&["sh", "-c", "echo sleeping >&2; exec sleep 30"]),
-                "trainer_timeout_secs = 1".into(),
-            ];
-        }
-        4 => command(&["python3", "-c", WRONG_SHAPES]),
-        _ => command(&[
-            "sh",
-            "-c",
-            "echo garbage > \"$FEDMESH_OUTPUT_WEIGHTS\"; echo '{\"samples\": 5, \"loss\": 1}' > \"$FEDMESH_METRICS\"",
-        ]),
-    };
-    vec![line, "model_retention_rounds = 2".into()]
+    NodeSettings {
+        trainer,
+        trainer_timeout_secs,
+        model_retention_rounds: Some(2),
+        ..NodeSettings::default()
+    }
 }
 
 /// Random initial weights of the 784-32-10 MLP, written with the `safetensors` package.

@@ -9,16 +9,18 @@
 mod common;
 
 use common::{
-    Job, accuracy, assert_own_shares, assert_same_model, cli, federation, misbehaving, refusals,
-    wait_completed,
+    Job, accuracy, assert_own_shares, assert_same_model, cli, federation, misbehaving, plain,
+    refusals, wait_completed,
 };
+use fedmesh_node::misbehaviour::Misbehaviour;
+use fedmesh_testnet::cluster::NodeSettings;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 4, plain).await;
     let job = Job::new(3, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
 
@@ -51,7 +53,7 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compact_deltas_are_decoded_by_the_aggregator_and_the_job_learns() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 3, plain).await;
     for encoding in ["f16", "int8"] {
         let job = Job { delta_encoding: encoding, ..Job::new(3, 3) }.announce(&cluster).await;
         let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
@@ -66,7 +68,7 @@ async fn compact_deltas_are_decoded_by_the_aggregator_and_the_job_learns() {
 async fn forged_deltas_are_refused_and_counted_and_the_rounds_complete() {
     let root = tempfile::tempdir().unwrap();
     let forger = 3;
-    let cluster = federation(root.path(), 4, misbehaving(forger, "forged-deltas")).await;
+    let cluster = federation(root.path(), 4, misbehaving(forger, Misbehaviour::ForgedDeltas)).await;
     // Enough rounds that some other member aggregates one (the forger leads a round by chance:
     // all three of a 3-round job, one run in 64).
     let job = Job::new(8, 4).announce(&cluster).await;
@@ -87,7 +89,7 @@ async fn forged_deltas_are_refused_and_counted_and_the_rounds_complete() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let mut cluster = federation(root.path(), 4, plain).await;
     // Short deadlines: rounds the killed member misses are retried quickly.
     let job = Job { deadline_secs: 3, ..Job::new(8, 4) }.announce(&cluster).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -114,7 +116,7 @@ async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() 
 async fn the_median_withstands_a_sign_flipping_member_that_ruins_fedavg() {
     let root = tempfile::tempdir().unwrap();
     let attacker = 4;
-    let cluster = federation(root.path(), 5, misbehaving(attacker, "sign-flip")).await;
+    let cluster = federation(root.path(), 5, misbehaving(attacker, Misbehaviour::SignFlip)).await;
     // Both jobs run side by side on the same five nodes.
     let fedavg = Job::new(3, 5).announce(&cluster).await;
     let median =
@@ -135,7 +137,8 @@ async fn the_median_withstands_a_sign_flipping_member_that_ruins_fedavg() {
 async fn a_member_that_hijacks_rounds_is_ignored_and_the_job_completes() {
     let root = tempfile::tempdir().unwrap();
     let hijacker = 3;
-    let cluster = federation(root.path(), 4, misbehaving(hijacker, "hijack-rounds")).await;
+    let cluster =
+        federation(root.path(), 4, misbehaving(hijacker, Misbehaviour::HijackRounds)).await;
     let job = Job::new(4, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
     assert_same_model(&runs);
@@ -151,7 +154,7 @@ async fn members_that_miss_a_rounds_result_ask_for_it_and_no_round_runs_twice() 
     let root = tempfile::tempdir().unwrap();
     // Every round's result reaches nobody by gossip, as if each aggregator died right after
     // closing its round: the members must ask for it once the round's deadline passes.
-    let withhold = |_| vec!["misbehave = [\"withhold-results\"]".to_owned()];
+    let withhold = |_| NodeSettings { misbehave: vec![Misbehaviour::WithholdResults], ..plain(0) };
     let cluster = federation(root.path(), 4, withhold).await;
     let job = Job { deadline_secs: 2, ..Job::new(4, 4) }.announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{federation, refusals};
+use common::{federation, plain, refusals};
 use fedmesh_node::engine::JOBS_TOPIC;
 use fedmesh_node::metrics::Metrics;
 use fedmesh_node::network::{self, BehaviourSettings, NetworkEvent};
@@ -18,7 +18,7 @@ const TO_GRAYLIST: f64 = 5.0;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_sending_malformed_gossip_is_graylisted_after_five() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 1, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 1, plain).await;
     let key = identity::Keypair::generate_ed25519();
     let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
     let heartbeat = Duration::from_millis(100);

@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::{Job, completed_round, federation, wait_completed, wait_for};
-use fedmesh_testnet::cluster::Cluster;
+use common::{Job, completed_round, federation, plain, wait_completed, wait_for};
+use fedmesh_node::misbehaviour::Misbehaviour;
+use fedmesh_testnet::cluster::{Cluster, NodeSettings};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,11 @@ const CLOSED: &str = "round closed";
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_model_store_in_one_job_stalls_no_other_job_and_no_admin_request() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 2, |_| vec!["misbehave = [\"slow-disk\"]".into()]).await;
+    let cluster = federation(root.path(), 2, |_| NodeSettings {
+        misbehave: vec![Misbehaviour::SlowDisk],
+        ..plain(0)
+    })
+    .await;
     let small = Job::new(10_000, 2).announce(&cluster).await;
     wait_for(&cluster, 0, &small, "two small rounds", |run| completed_round(run) >= 2).await;
     let big = Job {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Job, federation, participants, refusals, wait_completed};
+use common::{Job, federation, participants, plain, refusals, wait_completed};
 use fedmesh_node::metrics::Metrics;
 use fedmesh_node::network::{
     self, BehaviourSettings, Frame, LARGE_FRAME_BYTES, LARGE_FROM_OUTSIDER,
@@ -22,7 +22,7 @@ const PARAMS: usize = LARGE_FRAME_BYTES / 2;
 #[tokio::test(flavor = "multi_thread")]
 async fn members_large_updates_are_taken_and_an_outsiders_large_request_is_refused_unread() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 3, plain).await;
     let job = Job { model: json!({"bench": {"params": PARAMS}}), ..Job::new(3, 3) };
     let job = job.announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Job, federation, wait_completed};
+use common::{Job, federation, plain, wait_completed};
 use fedmesh_node::metrics::Metrics;
 use fedmesh_node::network::{self, BehaviourSettings, Network, NetworkEvent};
 use fedmesh_protocol::codec::{decode_response, encode_request};
@@ -46,7 +46,7 @@ async fn pull(asker: &Network, node: &str, hash: ContentHash) -> Response {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_allow_listed_jobs_model_goes_to_a_peer_on_its_list_and_not_to_an_outsider() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 2, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 2, plain).await;
     let (insider, insider_id, _insider_events) = peer();
     let (outsider, _, _outsider_events) = peer();
     let mut allow: Vec<String> = cluster.nodes.iter().map(|n| n.peer_id.clone()).collect();

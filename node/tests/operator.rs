@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BINARY, federation, wait_completed};
+use common::{BINARY, federation, plain, wait_completed};
 use fedmesh_node::admin::Endpoint;
 use fedmesh_testnet::cluster::NodeSpec;
 use serde_json::json;
@@ -22,7 +22,7 @@ fn fedmesh(data_dir: &std::path::Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_announced_job_is_owned_by_the_node_and_seen_in_status_and_metrics() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let mut cluster = federation(root.path(), 3, plain).await;
     let spec = json!({
         "name": "operator-view",
         "model": "softmax",

@@ -8,9 +8,11 @@ mod common;
 
 use common::{
     BINARY, assert_every_round_once, assert_rounds_once, assert_same_model, cluster_under_owner,
-    completed_round, member_spec, poll_until, refusals, wait_completed_on, wait_for,
+    completed_round, member_spec, misbehaving, plain, poll_until, refusals, wait_completed_on,
+    wait_for,
 };
-use fedmesh_testnet::cluster::{Cluster, NodeSpec};
+use fedmesh_node::misbehaviour::Misbehaviour;
+use fedmesh_testnet::cluster::{Cluster, NodeSettings, NodeSpec};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -18,12 +20,10 @@ use std::time::{Duration, Instant};
 async fn orchestrated(
     root: &std::path::Path,
     members: usize,
-    extra: impl Fn(usize) -> Vec<String>,
+    extra: impl Fn(usize) -> NodeSettings,
 ) -> Cluster {
-    let coordinator = |_: &str| NodeSpec {
-        extra_config: vec!["coordinate = true".into()],
-        ..NodeSpec::default()
-    };
+    let settings = NodeSettings { coordinate: true, ..NodeSettings::default() };
+    let coordinator = |_: &str| NodeSpec { settings, ..NodeSpec::default() };
     cluster_under_owner(root, coordinator, 1..=members, extra).await
 }
 
@@ -66,10 +66,8 @@ fn node_of(cluster: &Cluster, peer: &Value) -> usize {
 async fn members_follow_the_coordinators_assignments_and_refuse_forged_ones() {
     let root = tempfile::tempdir().unwrap();
     let forger = 4;
-    let cluster = orchestrated(root.path(), 4, |i| {
-        if i == forger { vec!["misbehave = [\"forge-assignments\"]".into()] } else { Vec::new() }
-    })
-    .await;
+    let cluster =
+        orchestrated(root.path(), 4, misbehaving(forger, Misbehaviour::ForgeAssignments)).await;
     // Every round is to count all four members: the first is assigned once all four are heard
     // (on a loaded machine a member may still be starting when three already are).
     let job = submit(&cluster, 4, json!({"participation": {"min_participants": 4}})).await;
@@ -105,7 +103,7 @@ async fn members_follow_the_coordinators_assignments_and_refuse_forged_ones() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_aggregator_is_replaced_by_a_new_assignment_within_the_deadline() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = orchestrated(root.path(), 4, |_| Vec::new()).await;
+    let mut cluster = orchestrated(root.path(), 4, plain).await;
     let job = submit(&cluster, 5, json!({})).await;
     let open_round = |view: &Value| {
         let rounds = view["rounds"].as_array().cloned().unwrap_or_default();
@@ -134,14 +132,14 @@ async fn a_killed_aggregator_is_replaced_by_a_new_assignment_within_the_deadline
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_that_joins_mid_job_fetches_its_first_assignments_base_model_and_trains() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = orchestrated(root.path(), 2, |_| Vec::new()).await;
+    let mut cluster = orchestrated(root.path(), 2, plain).await;
     let job = submit(&cluster, 40, json!({"participation": {"min_participants": 2}})).await;
     wait_for(&cluster, 1, &job, "two rounds", |run| completed_round(run) >= 2).await;
     // It missed every result so far; the rounds it is assigned cannot close without its update
     // (the quorum is every trainer), so the job completes only if it catches up.
     let owner = cluster.nodes[0].peer_id.clone();
     let joiner = cluster.nodes.len();
-    cluster.start_node(&member_spec(joiner, &owner, Vec::new())).await.unwrap();
+    cluster.start_node(&member_spec(joiner, &owner, plain(joiner))).await.unwrap();
     let runs = wait_completed_on(&cluster, &[1, 2, 3], &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
     let rounds = runs[2]["rounds"].as_array().cloned().unwrap_or_default();
@@ -152,7 +150,7 @@ async fn a_member_that_joins_mid_job_fetches_its_first_assignments_base_model_an
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_mid_job_resumes_from_its_store_and_no_round_is_lost() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = orchestrated(root.path(), 3, |_| Vec::new()).await;
+    let mut cluster = orchestrated(root.path(), 3, plain).await;
     let job = submit(&cluster, 6, json!({})).await;
     wait_for(&cluster, 1, &job, "two rounds", |run| completed_round(run) >= 2).await;
     cluster.nodes[0].kill();
@@ -161,7 +159,7 @@ async fn a_coordinator_killed_mid_job_resumes_from_its_store_and_no_round_is_los
     tokio::time::sleep(Duration::from_secs(3)).await;
     let waited = completed_round(&common::run_view(&cluster, 1, &job).await);
     assert!(waited <= before + 1, "no round without the coordinator: {before} then {waited}");
-    cluster.restart_with(0, &[]).await.unwrap();
+    cluster.restart_with(0, None).await.unwrap();
     let runs = wait_completed_on(&cluster, &[1, 2, 3], &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
     for run in &runs {
@@ -177,7 +175,7 @@ async fn a_coordinator_killed_mid_job_resumes_from_its_store_and_no_round_is_los
 #[tokio::test(flavor = "multi_thread")]
 async fn members_of_a_job_that_allows_it_fall_back_to_the_election_without_their_coordinator() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = orchestrated(root.path(), 3, |_| Vec::new()).await;
+    let mut cluster = orchestrated(root.path(), 3, plain).await;
     let job = submit(&cluster, 5, json!({"coordinator_fallback_secs": 2})).await;
     wait_for(&cluster, 1, &job, "one round", |run| completed_round(run) >= 1).await;
     cluster.nodes[0].kill();

@@ -8,16 +8,17 @@ mod common;
 
 use common::{
     Job, accepted, accuracy, assert_own_shares, assert_rounds_once, assert_same_model, federation,
-    participants, refusals, wait_completed, wait_completed_on, wait_for,
+    participants, plain, refusals, wait_completed, wait_completed_on, wait_for,
 };
+use fedmesh_testnet::cluster::NodeSettings;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// node.toml lines giving node `i` the group `groups[i]`.
-fn grouped(groups: &'static [&'static str]) -> impl Fn(usize) -> Vec<String> {
-    move |i| vec![format!("group = {:?}", groups[i])]
+/// Settings giving node `i` the group `groups[i]`.
+fn grouped(groups: &'static [&'static str]) -> impl Fn(usize) -> NodeSettings {
+    move |i| NodeSettings { group: Some(groups[i].to_owned()), ..NodeSettings::default() }
 }
 
 fn fixture(name: &str) -> Value {
@@ -67,7 +68,7 @@ async fn hierarchical_group_aggregates_compose_into_one_global_model() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ring_all_reduces_every_round_without_an_aggregator() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 4, plain).await;
     let job = Job { tag: json!("ring"), ..Job::new(4, 4) }.announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, LIMIT).await;
     assert_learned_with_everyone(&runs, 4, 4);
@@ -137,7 +138,7 @@ fn node_of(cluster: &fedmesh_testnet::cluster::Cluster, peer: &Value) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ring_member_killed_mid_round_makes_the_ring_re_form() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = federation(root.path(), 4, |_| Vec::new()).await;
+    let mut cluster = federation(root.path(), 4, plain).await;
     let job =
         Job { tag: json!("ring"), deadline_secs: 3, ..Job::new(5, 3) }.announce(&cluster).await;
     let round = open_round(&cluster, &job).await;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Job, completed_round, federation, wait_for};
+use common::{Job, completed_round, federation, plain, wait_for};
 use fedmesh_node::admin::Endpoint;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -44,7 +44,7 @@ async fn the_web_page_shows_peers_jobs_rounds_and_members_in_chromium() {
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let cluster = federation(root.path(), 3, |_| Vec::new()).await;
+    let cluster = federation(root.path(), 3, plain).await;
     // Long enough to still run while the browser looks (a fraction of a second a round).
     let job = Job::new(500, 3).announce(&cluster).await;
     wait_for(&cluster, 0, &job, "three rounds", |run| completed_round(run) >= 3).await;

@@ -87,7 +87,7 @@ pub fn case_scenario(base: &Scenario, case: BenchCase) -> Scenario {
         target: None,
         events: Vec::new(),
         trainer: Vec::new(),
-        node_config: vec!["model_retention_rounds = 2".to_owned()],
+        model_retention_rounds: Some(2),
         round_deadline_secs: base.round_deadline_secs.max(deadline_secs(case)),
         out: base.out.join(name),
         ..base.clone()

@@ -2,6 +2,8 @@
 //! node.toml, started one after another so that each bootstraps from the one before.
 
 use crate::api::ApiClient;
+use fedmesh_node::config::{ConfigError, NodeConfig};
+use fedmesh_node::misbehaviour::Misbehaviour;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,10 @@ pub enum ClusterError {
     Keygen(String),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot write the node's settings as TOML into {path}: {detail}")]
+    Toml { path: PathBuf, detail: String },
     #[error("node {name} did not come up within {seconds} s; its log is {log}")]
     NotUp { name: String, seconds: u64, log: String },
     #[error("node {name} exited early ({status}); its log is {log}, which ends:\n{tail}")]
@@ -31,10 +37,25 @@ pub struct NodeSpec {
     pub datasets: Vec<(String, String)>,
     /// PeerIds of job owners to trust.
     pub trust: Vec<String>,
-    /// Group label for hierarchical topologies.
+    /// The node.toml settings beyond the testnet's own.
+    pub settings: NodeSettings,
+}
+
+/// The node.toml settings a scenario or a test sets beyond the testnet's own.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSettings {
+    /// Group label for hierarchical topologies (unset: the node's default).
     pub group: Option<String>,
-    /// Extra lines for node.toml.
-    pub extra_config: Vec<String>,
+    /// Coordinate the orchestrated jobs that name the node's key.
+    pub coordinate: bool,
+    /// The external trainer command (empty: the built-in learner).
+    pub trainer: Vec<String>,
+    /// How long the external trainer may run (unset: the node's default).
+    pub trainer_timeout_secs: Option<u64>,
+    /// How the node misbehaves on purpose.
+    pub misbehave: Vec<Misbehaviour>,
+    /// How many rounds' models the node keeps (0 or unset: all).
+    pub model_retention_rounds: Option<u64>,
 }
 
 /// One running (or stopped) node.
@@ -134,8 +155,8 @@ impl Cluster {
         let target = dir.join("node.key");
         std::fs::copy(key, &target)
             .map_err(|source| ClusterError::Write { path: target, source })?;
-        let spec =
-            NodeSpec { extra_config: vec!["coordinate = true".into()], ..NodeSpec::default() };
+        let settings = NodeSettings { coordinate: true, ..NodeSettings::default() };
+        let spec = NodeSpec { settings, ..NodeSpec::default() };
         let process = self.start_process("coordinator".into(), dir, &spec).await?;
         Ok(self.coordinator.insert(process))
     }
@@ -226,16 +247,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// Restarts a stopped node from its data directory with `extra` lines added to its node.toml
-    /// (for good: a later restart keeps them); it bootstraps from every node running now.
+    /// Restarts a stopped node from its data directory, misbehaving from now on if `misbehave`
+    /// names how (for good: a later restart keeps it); it bootstraps from every node running
+    /// now.
     pub async fn restart_with(
         &mut self,
         index: usize,
-        extra: &[String],
+        misbehave: Option<Misbehaviour>,
     ) -> Result<(), ClusterError> {
         let bootstrap = self.running_addresses(Some(index));
         let node = &mut self.nodes[index];
-        node.spec.extra_config.extend(extra.iter().cloned());
+        node.spec.settings.misbehave.extend(misbehave);
         write_config(&node.dir, &node.spec, &bootstrap)?;
         self.restart(index).await
     }
@@ -401,46 +423,37 @@ fn keep_listen_address(dir: &Path, address: &str) -> Result<(), ClusterError> {
         return Ok(());
     };
     let path = dir.join("node.toml");
-    let config = std::fs::read_to_string(&path)
-        .map_err(|source| ClusterError::Write { path: path.clone(), source })?;
-    let lines: Vec<String> = config
-        .lines()
-        .map(|line| {
-            if line.starts_with("listen = ") {
-                format!("listen = [{listen:?}]")
-            } else {
-                line.to_owned()
-            }
-        })
-        .collect();
-    std::fs::write(&path, lines.join("\n") + "\n")
-        .map_err(|source| ClusterError::Write { path, source })
+    let mut config = NodeConfig::from_file(&path)?;
+    config.listen = vec![listen.to_owned()];
+    write_node_toml(&path, &config)
 }
 
-fn toml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
+/// The node.toml of a node started from `spec` in `dir`, bootstrapping from `bootstrap`.
 fn write_config(dir: &Path, spec: &NodeSpec, bootstrap: &[String]) -> Result<(), ClusterError> {
-    let mut lines = vec![
-        format!("key = {:?}", dir.join("node.key").display().to_string()),
-        format!("data_dir = {:?}", dir.join("data").display().to_string()),
-        "listen = [\"/ip4/127.0.0.1/tcp/0\"]".to_owned(),
-        format!("bootstrap = {}", toml_list(bootstrap)),
-        format!("trust = {}", toml_list(&spec.trust)),
-        "admin = \"127.0.0.1:0\"".to_owned(),
-        "gossip_heartbeat_ms = 200".to_owned(),
-    ];
-    if let Some(group) = &spec.group {
-        lines.push(format!("group = {group:?}"));
+    let mut config = NodeConfig::with_defaults(dir.join("node.key"), dir.join("data"));
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".to_owned()];
+    config.bootstrap = bootstrap.to_vec();
+    config.trust = spec.trust.clone();
+    config.admin = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.gossip_heartbeat_ms = 200;
+    let settings = &spec.settings;
+    if let Some(group) = &settings.group {
+        config.group = group.clone();
     }
-    lines.extend(spec.extra_config.iter().cloned());
-    lines.push("[datasets]".to_owned());
-    for (name, source) in &spec.datasets {
-        lines.push(format!("{name:?} = {source:?}"));
-    }
-    let path = dir.join("node.toml");
-    std::fs::write(&path, lines.join("\n") + "\n")
-        .map_err(|source| ClusterError::Write { path, source })
+    config.coordinate = settings.coordinate;
+    config.trainer = settings.trainer.clone();
+    config.trainer_timeout_secs =
+        settings.trainer_timeout_secs.unwrap_or(config.trainer_timeout_secs);
+    config.misbehave = settings.misbehave.clone();
+    config.model_retention_rounds =
+        settings.model_retention_rounds.unwrap_or(config.model_retention_rounds);
+    config.datasets = spec.datasets.iter().cloned().collect();
+    write_node_toml(&dir.join("node.toml"), &config)
+}
+
+fn write_node_toml(path: &Path, config: &NodeConfig) -> Result<(), ClusterError> {
+    let text = toml::to_string(config)
+        .map_err(|e| ClusterError::Toml { path: path.to_owned(), detail: e.to_string() })?;
+    std::fs::write(path, text)
+        .map_err(|source| ClusterError::Write { path: path.to_owned(), source })
 }

@@ -46,27 +46,10 @@ impl Action {
     }
 }
 
-/// How a Byzantine node poisons its updates (the node's `misbehave` setting).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Misbehaviour {
-    /// Its update negated and scaled by 10.
-    #[default]
-    SignFlip,
-    /// Gaussian noise instead of its update.
-    Noise,
-}
+pub use fedmesh_node::misbehaviour::Misbehaviour;
 
-impl Misbehaviour {
-    /// The node.toml line that turns it on.
-    pub fn config_line(self) -> String {
-        let kind = match self {
-            Self::SignFlip => "sign-flip",
-            Self::Noise => "noise",
-        };
-        format!("misbehave = [{kind:?}]")
-    }
-}
+/// How a `byzantine` event's node misbehaves when the event does not say.
+pub const DEFAULT_MISBEHAVIOUR: Misbehaviour = Misbehaviour::SignFlip;
 
 /// Whom an event is for: nodes by index, or the member aggregating the round in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -170,13 +153,18 @@ pub struct Event {
 impl Event {
     /// A `byzantine` event for round 1 and nodes by index: those nodes start misbehaving, since
     /// the job could run past its first round while a node restarts.
-    pub fn misbehaves_from_start(&self) -> Option<(&[usize], String)> {
+    pub fn misbehaves_from_start(&self) -> Option<(&[usize], Misbehaviour)> {
         match (&self.target, self.action) {
             (Some(Target::Nodes(nodes)), Action::Byzantine) if self.round <= 1 => {
-                Some((nodes, self.misbehave.unwrap_or_default().config_line()))
+                Some((nodes, self.misbehaviour()))
             }
             _ => None,
         }
+    }
+
+    /// How a `byzantine` event's node misbehaves.
+    pub fn misbehaviour(&self) -> Misbehaviour {
+        self.misbehave.unwrap_or(DEFAULT_MISBEHAVIOUR)
     }
 
     /// `round 3: kill the aggregator`.
@@ -188,7 +176,7 @@ impl Event {
             (None, _) => "nobody".to_owned(),
         };
         let how = match (self.action, self.misbehave) {
-            (Action::Byzantine, kind) => format!(" ({})", kind.unwrap_or_default().config_line()),
+            (Action::Byzantine, _) => format!(" (misbehave = {})", self.misbehaviour()),
             _ => String::new(),
         };
         format!("round {}: {} {whom}{how}", self.round, self.action.name())
@@ -264,8 +252,8 @@ mod tests {
     #[test]
     fn only_a_round_one_byzantine_event_by_node_index_starts_its_nodes_misbehaving() {
         let first = byzantine(1, Target::Nodes(vec![2, 4]));
-        let (nodes, line) = first.misbehaves_from_start().unwrap();
-        assert_eq!((nodes, line.as_str()), (&[2, 4][..], r#"misbehave = ["noise"]"#));
+        let (nodes, kind) = first.misbehaves_from_start().unwrap();
+        assert_eq!((nodes, kind), (&[2, 4][..], Misbehaviour::Noise));
         assert_eq!(byzantine(2, Target::Nodes(vec![2])).misbehaves_from_start(), None);
         assert_eq!(byzantine(1, Target::Aggregator).misbehaves_from_start(), None);
         let kill = Event { action: Action::Kill, ..first };

@@ -58,7 +58,7 @@ impl EventRunner {
     }
 
     fn record_started_misbehaving(&mut self, event: &Event) {
-        let Some((nodes, line)) = event.misbehaves_from_start() else { return };
+        let Some((nodes, kind)) = event.misbehaves_from_start() else { return };
         self.touched.extend(nodes);
         self.fired.push(FiredEvent {
             event: event.describe(),
@@ -66,7 +66,7 @@ impl EventRunner {
             fired_in_round: event.round,
             at_seconds: 0.0,
             nodes: nodes.iter().map(|node| format!("node{node}")).collect(),
-            outcome: format!("started with {line}"),
+            outcome: format!("started with misbehave = {kind}"),
             ok: true,
         });
     }
@@ -209,7 +209,7 @@ impl EventRunner {
                 Ok("killed (SIGKILL)".into())
             }
             Action::Restart => {
-                cluster.restart_with(node, &[]).await.map_err(|e| e.to_string())?;
+                cluster.restart_with(node, None).await.map_err(|e| e.to_string())?;
                 Ok("restarted from its data directory".into())
             }
             Action::Leave => {
@@ -227,13 +227,10 @@ impl EventRunner {
                 Ok("joined the job again through its admin API".into())
             }
             Action::Byzantine => {
-                let line = event.misbehave.unwrap_or_default().config_line();
+                let kind = event.misbehaviour();
                 process.stop();
-                cluster
-                    .restart_with(node, std::slice::from_ref(&line))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(format!("restarted from its data directory with {line}"))
+                cluster.restart_with(node, Some(kind)).await.map_err(|e| e.to_string())?;
+                Ok(format!("restarted from its data directory with misbehave = {kind}"))
             }
             Action::Join | Action::Attack => Err("join and attack are handled above".into()),
         }

@@ -3,8 +3,8 @@
 //! fire, and check the outcome.
 
 use crate::checks::check_run;
-use crate::cluster::{Cluster, NodeSpec};
-use crate::events::{Event, FiredEvent};
+use crate::cluster::{Cluster, NodeSettings, NodeSpec};
+use crate::events::{Event, FiredEvent, Misbehaviour};
 use crate::firing::EventRunner;
 use crate::follow::Follower;
 use crate::report::{PartitionSummary, Report, RoundFigures, RunOutcome};
@@ -65,8 +65,8 @@ pub struct Scenario {
     /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
     /// job's model is then `external` with the layout and initial weights of `model`.
     pub trainer: Vec<String>,
-    /// Extra node.toml lines for every node (e.g. `model_retention_rounds = 1`).
-    pub node_config: Vec<String>,
+    /// How many rounds' models every node keeps (unset: all).
+    pub model_retention_rounds: Option<u64>,
     /// The `fedmesh` binary.
     pub binary: PathBuf,
     /// Where node folders, partitions and the report go.
@@ -237,37 +237,29 @@ impl Scenario {
         Ok(spec)
     }
 
-    /// The node.toml lines of the scenario's own settings and the external trainer, if any.
-    fn extra_config(&self) -> Vec<String> {
-        let mut lines = self.node_config.clone();
-        if !self.trainer.is_empty() {
-            let words: Vec<String> = self.trainer.iter().map(|word| format!("{word:?}")).collect();
-            lines.push(format!("trainer = [{}]", words.join(", ")));
-        }
-        lines
-    }
-
     /// A node holding `partition` that trusts `owner`.
     fn node_spec(&self, owner: &str, partition: &PartitionSummary) -> NodeSpec {
+        let settings = NodeSettings {
+            group: self.group_of(partition.node),
+            trainer: self.trainer.clone(),
+            misbehave: self.misbehaving_from_start(partition.node).into_iter().collect(),
+            model_retention_rounds: self.model_retention_rounds,
+            ..NodeSettings::default()
+        };
         NodeSpec {
             datasets: vec![(self.dataset_name(), partition.path.display().to_string())],
             trust: vec![owner.to_owned()],
-            group: self.group_of(partition.node),
-            extra_config: self
-                .extra_config()
-                .into_iter()
-                .chain(self.misbehaving_from_start(partition.node))
-                .collect(),
+            settings,
         }
     }
 
-    /// The `misbehave` line node `node` starts with, if a round-1 `byzantine` event names it.
-    fn misbehaving_from_start(&self, node: usize) -> Option<String> {
+    /// How node `node` misbehaves from the start, if a round-1 `byzantine` event names it.
+    fn misbehaving_from_start(&self, node: usize) -> Option<Misbehaviour> {
         self.events
             .iter()
             .filter_map(Event::misbehaves_from_start)
             .find(|(nodes, _)| nodes.contains(&node))
-            .map(|(_, line)| line)
+            .map(|(_, kind)| kind)
     }
 
     /// Starts the first nodes (node0 holds the job owner's key; every node trusts it); returns

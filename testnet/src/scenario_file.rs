@@ -271,7 +271,7 @@ impl ScenarioFile {
             groups: self.groups,
             delta_encoding: self.delta_encoding,
             trainer: self.trainer,
-            node_config: Vec::new(),
+            model_retention_rounds: None,
             orchestrated: self.orchestrated,
             dataset: self.dataset,
             label_column: self.label_column,

@@ -3,8 +3,9 @@
 //! or a wrong group's data shows), announcing a job, and waiting for it.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use fedmesh_node::misbehaviour::Misbehaviour;
 use fedmesh_testnet::api::metric_value;
-use fedmesh_testnet::cluster::{Cluster, NodeSpec};
+use fedmesh_testnet::cluster::{Cluster, NodeSettings, NodeSpec};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -62,24 +63,24 @@ fn cut_shares(dir: &std::path::Path) {
     }
 }
 
-/// Starts `n` nodes that all trust node0, each with its own share of mnist5k; `extra(i)` adds
-/// node.toml lines.
+/// Starts `n` nodes that all trust node0, each with its own share of mnist5k; `extra(i)` sets
+/// node i's settings beyond those.
 pub async fn federation(
     root: &std::path::Path,
     n: usize,
-    extra: impl Fn(usize) -> Vec<String>,
+    extra: impl Fn(usize) -> NodeSettings,
 ) -> Cluster {
     let first = |owner: &str| member_spec(0, owner, extra(0));
     cluster_under_owner(root, first, 1..n, &extra).await
 }
 
 /// Starts node0 as `first(owner)` under a new owner key, then the `members` nodes, which trust
-/// that key and hold their own share of mnist5k (node i with `extra(i)` in its node.toml).
+/// that key and hold their own share of mnist5k (node i with the settings `extra(i)`).
 pub async fn cluster_under_owner(
     root: &std::path::Path,
     first: impl FnOnce(&str) -> NodeSpec,
     members: impl Iterator<Item = usize>,
-    extra: impl Fn(usize) -> Vec<String>,
+    extra: impl Fn(usize) -> NodeSettings,
 ) -> Cluster {
     let mut cluster = Cluster::new(BINARY.as_ref(), root);
     let owner_key = root.join("owner.key");
@@ -92,13 +93,17 @@ pub async fn cluster_under_owner(
 }
 
 /// Node `node`, which trusts `owner` and holds share `node` of mnist5k as its `mnist5k`.
-pub fn member_spec(node: usize, owner: &str, extra_config: Vec<String>) -> NodeSpec {
+pub fn member_spec(node: usize, owner: &str, settings: NodeSettings) -> NodeSpec {
     NodeSpec {
         datasets: vec![("mnist5k".into(), data_share(node))],
         trust: vec![owner.to_owned()],
-        extra_config,
-        ..NodeSpec::default()
+        settings,
     }
+}
+
+/// No settings beyond the tests' own, for every node.
+pub fn plain(_node: usize) -> NodeSettings {
+    NodeSettings::default()
 }
 
 /// Epochs of local training a round: a node's share is a few hundred samples, so one pass is
@@ -205,10 +210,12 @@ pub fn accuracy(run: &Value, round: usize) -> f64 {
     run["rounds"][round]["accuracy"].as_f64().unwrap_or(0.0)
 }
 
-/// node.toml lines that make node `culprit` misbehave as `kind` (see the `misbehave` setting).
-pub fn misbehaving(culprit: usize, kind: &str) -> impl Fn(usize) -> Vec<String> {
-    let line = format!("misbehave = [{kind:?}]");
-    move |i| if i == culprit { vec![line.clone()] } else { Vec::new() }
+/// Settings that make node `culprit` misbehave as `kind` (see the `misbehave` setting).
+pub fn misbehaving(culprit: usize, kind: Misbehaviour) -> impl Fn(usize) -> NodeSettings {
+    move |i| NodeSettings {
+        misbehave: if i == culprit { vec![kind] } else { Vec::new() },
+        ..NodeSettings::default()
+    }
 }
 
 /// Asserts that every run ended with the same global model.
