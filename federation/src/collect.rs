@@ -2,7 +2,7 @@
 //! round, base model, opening, layout) against the round's plan, folding it into the job's
 //! strategy, carrying what is in over a re-opening, and combining the slot's result.
 
-use crate::member::Refusal;
+use crate::member::{Reason, Refusal};
 use fedmesh_aggregation::privacy::NoiseSeed;
 use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
@@ -65,7 +65,7 @@ impl Opening {
     }
 }
 
-fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
+fn refuse(reason: Reason, detail: impl Into<String>) -> Refusal {
     Refusal::new(reason, detail)
 }
 
@@ -195,13 +195,13 @@ impl Collecting {
     ) -> Result<(), Refusal> {
         if round != self.round {
             return Err(refuse(
-                "wrong_round",
+                Reason::WrongRound,
                 format!("{what} from {signer} is for round {round}, round {} is open", self.round),
             ));
         }
         if *base != self.base {
             return Err(refuse(
-                "wrong_base",
+                Reason::WrongBase,
                 format!(
                     "{what} from {signer} builds on {base}, the round's model is {}",
                     self.base
@@ -210,7 +210,7 @@ impl Collecting {
         }
         if params != self.num_params {
             return Err(refuse(
-                "wrong_layout",
+                Reason::WrongLayout,
                 format!(
                     "{what} from {signer} has {params} parameters, the model {}",
                     self.num_params
@@ -231,7 +231,7 @@ impl Collecting {
             let name = signer.to_peer_id_string();
             self.aggregator
                 .add(&name, delta.samples as f64, values)
-                .map_err(|e| refuse("rejected_update", e.to_string()))?;
+                .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
             self.count_delta(signer, delta);
         }
         Ok(())
@@ -249,7 +249,7 @@ impl Collecting {
             let name = signer.to_peer_id_string();
             self.aggregator
                 .add_decoded(&name, delta.samples as f64, update)
-                .map_err(|e| refuse("rejected_update", e.to_string()))?;
+                .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
             self.count_delta(signer, delta);
         }
         Ok(())
@@ -267,14 +267,16 @@ impl Collecting {
         self.check_round("delta", &signer, (delta.round, &delta.base_model), params)?;
         if !self.direct.contains(&signer) {
             return Err(refuse(
-                "not_selected",
+                Reason::NotSelected,
                 format!("{signer} was not selected to send its update to this slot this round"),
             ));
         }
         match self.contributions.iter().find(|c| c.member == signer) {
             None => Ok(true),
             Some(counted) if counted.delta == delta.payload.hash => Ok(false),
-            Some(_) => Err(refuse("duplicate", format!("{signer} already sent another update"))),
+            Some(_) => {
+                Err(refuse(Reason::Duplicate, format!("{signer} already sent another update")))
+            }
         }
     }
 
@@ -299,7 +301,7 @@ impl Collecting {
         self.check_round("own update", &member, (self.round, &self.base.clone()), values.len())?;
         self.aggregator
             .add(&member.to_peer_id_string(), samples as f64, values)
-            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+            .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
         self.contributions.push(Contribution { member, delta: hash_f32(values), samples });
         Ok(())
     }
@@ -315,14 +317,14 @@ impl Collecting {
         self.check_round(what, &signer, (partial.round, &partial.base_model), mean.len())?;
         if partial.opened_at_ms != self.opened_at_ms {
             return Err(refuse(
-                "stale_opening",
+                Reason::StaleOpening,
                 format!("partial aggregate from {signer} answers an earlier opening of the round"),
             ));
         }
         let key = (signer, partial.group.clone());
         let Some(allowed) = self.lower_senders.get(&key) else {
             return Err(refuse(
-                "not_selected",
+                Reason::NotSelected,
                 format!("{signer} does not send group `{}` to this slot this round", partial.group),
             ));
         };
@@ -332,7 +334,7 @@ impl Collecting {
                 return Ok(());
             }
             return Err(refuse(
-                "duplicate",
+                Reason::Duplicate,
                 format!("{signer} already sent group `{}`", partial.group),
             ));
         }
@@ -340,10 +342,10 @@ impl Collecting {
         let weights =
             partial.contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
         let part = Sum::from_mean(mean, weights.collect())
-            .map_err(|e| refuse("rejected_update", e.to_string()))?;
+            .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
         match &mut self.lower {
             Some(lower) => {
-                lower.merge(&part).map_err(|e| refuse("rejected_update", e.to_string()))?
+                lower.merge(&part).map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?
             }
             None => self.lower = Some(part),
         }
@@ -387,11 +389,14 @@ fn check_included(
     counted: &[Contribution],
 ) -> Result<(), Refusal> {
     if body.contributions.is_empty() {
-        return Err(refuse("rejected_update", format!("partial aggregate from {signer} is empty")));
+        return Err(refuse(
+            Reason::RejectedUpdate,
+            format!("partial aggregate from {signer} is empty"),
+        ));
     }
     if let Some(outsider) = body.contributions.iter().find(|c| !allowed.contains(&c.member)) {
         return Err(refuse(
-            "not_selected",
+            Reason::NotSelected,
             format!(
                 "partial aggregate from {signer} includes {}, not of its group",
                 outsider.member
@@ -401,12 +406,15 @@ fn check_included(
     if let Some(again) =
         body.contributions.iter().find(|c| counted.iter().any(|k| k.member == c.member))
     {
-        return Err(refuse("duplicate", format!("{} is already counted this round", again.member)));
+        return Err(refuse(
+            Reason::Duplicate,
+            format!("{} is already counted this round", again.member),
+        ));
     }
     let samples: f64 = body.contributions.iter().map(|c| c.samples as f64).sum();
     if (samples - body.total_weight).abs() > 1e-6 * samples.max(1.0) {
         return Err(refuse(
-            "rejected_update",
+            Reason::RejectedUpdate,
             format!(
                 "partial aggregate from {signer} weighs {}, its contributions {samples}",
                 body.total_weight
@@ -528,6 +536,6 @@ mod tests {
         let mut slot = job.slot(&[0, 1, 2], 1_000);
         job.send(&mut slot, 0, 1.0).expect("accepted");
         let refused = job.send(&mut slot, 0, 2.0).expect_err("a second, different update");
-        assert_eq!(refused.reason, "duplicate");
+        assert_eq!(refused.reason, Reason::Duplicate);
     }
 }

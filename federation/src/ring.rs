@@ -3,7 +3,7 @@
 //! order, and the ring's result: the round's model (a pure ring, every member computes the same
 //! one) or a partial aggregate its uploader sends up (hybrid).
 
-use crate::member::Refusal;
+use crate::member::{Reason, Refusal};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::Contribution;
 use fedmesh_topologies::ring::{Phase, RingStep, chunk_range};
@@ -150,29 +150,32 @@ impl RingRun {
         contributions: Vec<Contribution>,
     ) -> Result<Vec<Outgoing>, Refusal> {
         let Some(planned) = self.steps.get(step) else {
-            return Err(Refusal::new("wrong_step", format!("the ring has no step {step}")));
+            return Err(Refusal::new(Reason::WrongStep, format!("the ring has no step {step}")));
         };
         if planned.from != from || planned.recv_chunk != chunk {
             return Err(Refusal::new(
-                "wrong_step",
+                Reason::WrongStep,
                 format!("step {step} expects chunk {} from {}", planned.recv_chunk, planned.from),
             ));
         }
         let expected = chunk_range(self.num_params, self.chunks(), chunk).len();
         if values.len() != expected {
             return Err(Refusal::new(
-                "wrong_layout",
+                Reason::WrongLayout,
                 format!("chunk {chunk} has {} values, not {expected}", values.len()),
             ));
         }
         if let Some(outsider) = contributions.iter().find(|c| !self.order.contains(&c.member)) {
             return Err(Refusal::new(
-                "not_selected",
+                Reason::NotSelected,
                 format!("{} is not in the ring", outsider.member),
             ));
         }
         if step < self.next || self.received.contains_key(&step) {
-            return Err(Refusal::new("duplicate", format!("step {step} was received already")));
+            return Err(Refusal::new(
+                Reason::Duplicate,
+                format!("step {step} was received already"),
+            ));
         }
         self.received.insert(step, (values, contributions));
         Ok(self.advance())
@@ -222,7 +225,7 @@ impl RingRun {
         });
         if !consistent {
             return Some(Err(Refusal::new(
-                "inconsistent_ring",
+                Reason::InconsistentRing,
                 "the ring's chunks include different updates",
             )));
         }
@@ -323,7 +326,7 @@ mod tests {
             first.values.clone(),
             first.contributions.clone(),
         );
-        assert_eq!(wrong_sender.unwrap_err().reason, "wrong_step");
+        assert_eq!(wrong_sender.unwrap_err().reason, Reason::WrongStep);
         let short = rings[1].receive(
             member(1),
             first.step,
@@ -331,7 +334,7 @@ mod tests {
             vec![1.0],
             first.contributions.clone(),
         );
-        assert_eq!(short.unwrap_err().reason, "wrong_layout");
+        assert_eq!(short.unwrap_err().reason, Reason::WrongLayout);
         assert!(
             rings[1]
                 .receive(
@@ -345,6 +348,6 @@ mod tests {
         );
         let again =
             rings[1].receive(member(1), first.step, first.chunk, first.values, first.contributions);
-        assert_eq!(again.unwrap_err().reason, "duplicate");
+        assert_eq!(again.unwrap_err().reason, Reason::Duplicate);
     }
 }

@@ -3,6 +3,7 @@
 //! announce its result, holding round messages (and the coordinator's assignments) its view of
 //! the membership cannot judge yet.
 
+use super::Reason;
 use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting, names_exactly};
 use crate::membership::{Beat, Refused, Replayed};
 use crate::records::RunStatus;
@@ -73,7 +74,7 @@ impl Member {
                 // Only a member's word counts, and never for a round past the job's last one.
                 if beat.round > self.last_round() + 1 {
                     let detail = format!("{signer}'s heartbeat names round {}", beat.round);
-                    return self.reject("past_last_round", detail);
+                    return self.reject(Reason::PastLastRound, detail);
                 }
                 let said = (beat.round, beat.model);
                 match self.state.members.heartbeat(&beat.member, said, beat.sent_at_ms, now) {
@@ -101,14 +102,15 @@ impl Member {
                     let role =
                         if self.setup.spec.coordinator.is_some() { "coordinator" } else { "owner" };
                     let text = format!("a stop signed by {signer}, not by the job's {role}");
-                    return self.reject("not_the_coordinator", text);
+                    return self.reject(Reason::NotTheCoordinator, text);
                 }
                 self.log(Level::Warn, 0, format!("the job was stopped: {}", stop.reason));
                 self.end(RunStatus::Stopped(stop.reason));
             }
-            _ => {
-                self.reject("wrong_signer", format!("{signer} signed a message for another member"))
-            }
+            _ => self.reject(
+                Reason::WrongSigner,
+                format!("{signer} signed a message for another member"),
+            ),
         }
     }
 
@@ -145,7 +147,7 @@ impl Member {
     /// copy was lost, asks for it when it hears from this member; `ask_for_join`).
     fn on_join(&mut self, join: Join, heard: Heard, now: u64) {
         if let Some(why) = crate::admission::refusal(&self.setup.spec, &self.setup.job, &join) {
-            return self.reject("not_admitted", why);
+            return self.reject(Reason::NotAdmitted, why);
         }
         let member = join.member;
         let new = match self.state.members.join(&join, now) {
@@ -155,7 +157,7 @@ impl Member {
             }
             Err(Refused::Crowded { room }) => {
                 let detail = format!("{member}'s join: {room} newcomers wait to be proven already");
-                return self.reject("crowded", detail);
+                return self.reject(Reason::Crowded, detail);
             }
         };
         let asked = self.asked.remove(&member).is_some();
@@ -180,7 +182,7 @@ impl Member {
     fn refuse_replay(&mut self, kind: &str, signer: MemberId, replayed: Replayed) {
         let Replayed { sent_at_ms, newest_ms } = replayed;
         let detail = format!("{signer}'s {kind} sent at {sent_at_ms}, not after {newest_ms}");
-        self.reject("replayed", detail);
+        self.reject(Reason::Replayed, detail);
     }
 
     /// Judges the held round messages again.
@@ -273,7 +275,7 @@ impl Member {
             && self.orchestrated(now)
         {
             let text = format!("{signer}'s opening: the job's coordinator assigns its rounds");
-            return self.reject("orchestrated", text);
+            return self.reject(Reason::Orchestrated, text);
         }
         let missing = self.missed_members(&signer, &held, now);
         if !missing.is_empty() {
@@ -300,7 +302,7 @@ impl Member {
             let last = self.last_round();
             let detail =
                 format!("{signer}'s message for round {round}, past the job's last ({last})");
-            return self.reject("past_last_round", detail);
+            return self.reject(Reason::PastLastRound, detail);
         }
         let followed = self.phase.open().is_some_and(|o| o.round == round && o.opener == signer);
         let allowed = match &held {
@@ -320,7 +322,7 @@ impl Member {
         if !allowed {
             // A join this member has not heard yet may make the signer the aggregator.
             let detail = format!("{signer} does not aggregate round {round} here");
-            self.reject("not_the_aggregator", detail);
+            self.reject(Reason::NotTheAggregator, detail);
             return self.hold(Waiting { signer, held, missing: BTreeSet::new() });
         }
         if let Held::Open(open) = &held
@@ -332,7 +334,7 @@ impl Member {
         if !self.continues(&held) && !self.vouched_ahead(&held, &signer, now) {
             let head = self.head().0;
             let detail = format!("{signer}'s round {round} does not build on round {head} here");
-            self.reject("ahead_of_round", detail);
+            self.reject(Reason::AheadOfRound, detail);
             self.catch_up(now);
             return self.hold(Waiting { signer, held, missing: BTreeSet::new() });
         }

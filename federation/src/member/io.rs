@@ -2,6 +2,7 @@
 //! asked for) and what it asks its driver to do (effects: plain data, carried out by the node's
 //! executor or by the simulator).
 
+use super::Reason;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, Assignment, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join,
@@ -134,15 +135,16 @@ pub enum Publish {
     Eval(EvalReport),
 }
 
-/// Why an update was refused: a label for metrics and a sentence for the sender.
+/// Why an update was refused: the rule (counted by the metrics under its label) and a sentence
+/// for the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub detail: String,
 }
 
 impl Refusal {
-    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
     }
 }

@@ -7,12 +7,14 @@ mod io;
 mod orchestrated;
 mod phase;
 mod pull;
+mod reason;
 mod results;
 mod ring;
 mod rounds;
 
 pub use io::*;
 pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
+pub use reason::Reason;
 
 use crate::cadence::Cadence;
 use crate::records::{RoundRecord, RunState, RunStatus};
@@ -555,7 +557,7 @@ impl Member {
     }
 
     /// Refuses the gossip message being handled: the driver counts it and does not pass it on.
-    fn reject(&mut self, reason: &'static str, detail: String) {
+    fn reject(&mut self, reason: Reason, detail: String) {
         self.effects.push(Effect::Rejected(Refusal::new(reason, detail)));
     }
 

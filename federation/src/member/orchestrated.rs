@@ -3,6 +3,7 @@
 //! heartbeats tell whether it is there (a job may let members fall back to the election while it
 //! is not).
 
+use super::Reason;
 use super::phase::{Leading, Phase};
 use super::{Held, Level, Member};
 use fedmesh_protocol::ids::{MemberId, Round};
@@ -58,7 +59,7 @@ impl Member {
     ) {
         if !self.is_coordinator(&signer) {
             let text = format!("an assignment signed by {signer}, not by the coordinator");
-            return self.reject("not_the_coordinator", text);
+            return self.reject(Reason::NotTheCoordinator, text);
         }
         self.coordinator_seen_ms = now;
         self.judge(signer, Held::Assign(assignment), now);

@@ -2,6 +2,7 @@
 //! from the ring's previous member (kept when their opening is newer than the one followed),
 //! and the ring's result: the round's model, or the partial aggregate its uploader sends up.
 
+use super::Reason;
 use super::phase::{Closing, Own, Phase};
 use super::{ChunkToSend, DeltaToSend, EarlyUpdate, Effect, Level, Member};
 use super::{PartialToSend, Refusal, Update};
@@ -42,7 +43,7 @@ impl Member {
         if current != Some(opening) {
             let newer = chunk.round > completed && current.is_none_or(|current| opening > current);
             if !newer {
-                return Err(Refusal::new("stale_opening", "the chunk is for an earlier ring"));
+                return Err(Refusal::new(Reason::StaleOpening, "the chunk is for an earlier ring"));
             }
             // Its sender saw the round's opening before this member did: kept until it arrives.
             self.keep_early(EarlyUpdate { signer, update: Update::Chunk(chunk), values });
@@ -51,7 +52,7 @@ impl Member {
         let Some(ring) = ring else { return Ok(()) };
         super::rounds::refuse_huge_values(&values)?;
         if chunk.base_model != ring.base {
-            return Err(Refusal::new("wrong_base", "the chunk builds on another model"));
+            return Err(Refusal::new(Reason::WrongBase, "the chunk builds on another model"));
         }
         let (step, index) = (chunk.step as usize, chunk.chunk as usize);
         let outgoing = ring.receive(signer, step, index, values.to_vec(), chunk.contributions)?;

@@ -3,6 +3,7 @@
 //! updates, the deadlines (a lower slot sends up, the leader closes at quorum or opens again,
 //! a follower gives up on a silent leader) and closing the round.
 
+use super::Reason;
 use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
     DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, Member, OPEN_CHECK_MS, PartialToSend,
@@ -436,7 +437,7 @@ impl Member {
         now: u64,
     ) -> Result<(), Refusal> {
         if !self.state.members.contains(&signer) {
-            return Err(Refusal::new("not_a_member", format!("{signer} is not a member")));
+            return Err(Refusal::new(Reason::NotAMember, format!("{signer} is not a member")));
         }
         if self.plans_provisionally(&update) {
             self.keep_early(EarlyUpdate { signer, update, values });
@@ -494,19 +495,21 @@ impl Member {
     ) -> Result<(), Refusal> {
         let job = self.setup.job;
         if let Some(detail) = self.overweight(&signer, &update) {
-            return Err(Refusal::new("inflated_samples", detail));
+            return Err(Refusal::new(Reason::InflatedSamples, detail));
         }
         refuse_huge_values(values)?;
         let Some(open) = self.phase.open_mut().filter(|o| !o.slots.is_empty()) else {
             let detail = format!("this member collects no updates for job {job} now");
-            return Err(Refusal::new("not_aggregating", detail));
+            return Err(Refusal::new(Reason::NotAggregating, detail));
         };
         let index = open.slots.iter().position(|s| s.expects(&signer, &update)).unwrap_or(0);
         let slot = &mut open.slots[index];
         match &update {
             Update::Delta(delta) => slot.accept_delta(signer, delta, values)?,
             Update::Partial(partial) => slot.accept_partial(signer, partial, values)?,
-            Update::Chunk(_) => return Err(Refusal::new("wrong_kind", "a ring chunk for a slot")),
+            Update::Chunk(_) => {
+                return Err(Refusal::new(Reason::WrongKind, "a ring chunk for a slot"));
+            }
         }
         self.finish_complete_slots(now);
         Ok(())
@@ -777,7 +780,7 @@ pub(super) fn refuse_huge_values(values: &[f32]) -> Result<(), Refusal> {
                 "value {index} of the update is {}, past {MAX_UPDATE_MAGNITUDE:e}",
                 values[index]
             );
-            Err(Refusal::new("huge_values", detail))
+            Err(Refusal::new(Reason::HugeValues, detail))
         }
     }
 }

@@ -572,7 +572,7 @@ impl Net {
 
     /// Whether some member refused a gossip message for `reason`.
     fn rejected(&self, reason: &str) -> bool {
-        self.rejections.iter().any(|(_, refusal)| refusal.reason == reason)
+        self.rejections.iter().any(|(_, refusal)| refusal.reason.label() == reason)
     }
 }
 
@@ -1201,7 +1201,7 @@ fn updates_for_the_wrong_round_or_base_are_refused_with_a_reason() {
     let model = net.member(1).model();
     send_delta(&mut net, pair, 7, model, 5);
     send_delta(&mut net, pair, 1, ContentHash::of(b"another base"), 5);
-    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason.label()).collect();
     assert_eq!(reasons, ["wrong_round", "wrong_base"]);
     net.run(60_000);
     net.assert_agree();
@@ -1217,7 +1217,7 @@ fn an_update_weighing_more_than_its_member_declared_or_the_job_caps_is_refused()
     for samples in [u64::MAX, 13] {
         send_delta(&mut net, pair, 1, model, samples);
     }
-    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason.label()).collect();
     assert_eq!(reasons, ["inflated_samples", "inflated_samples"]);
     net.run(60_000);
     net.assert_agree();
@@ -1232,7 +1232,7 @@ fn an_update_with_a_huge_value_is_refused_and_the_model_stays_the_honest_mean() 
     let model = net.member(1).model();
     send_delta_of(&mut net, pair, (1, model, 5), 1e30);
     send_delta_of(&mut net, pair, (1, model, 5), -2e6);
-    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason.label()).collect();
     assert_eq!(reasons, ["huge_values", "huge_values"]);
     net.run(60_000);
     net.assert_agree();
@@ -1283,7 +1283,7 @@ fn a_group_aggregator_cannot_reweigh_its_members_updates() {
     let event = Event::Update { signer: sender, update, values, request: 99 };
     let effects = net.members.get_mut(&top).map(|m| m.handle(event, net.now));
     net.route(top, effects.unwrap_or_default());
-    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason).collect();
+    let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason.label()).collect();
     assert_eq!(reasons, ["inflated_samples"], "the reweighed partial was refused");
     net.run(60_000);
     net.assert_agree();
@@ -1345,7 +1345,7 @@ fn an_owner_admitted_job_takes_only_the_members_its_owner_signed_a_ticket_for() 
         assert_eq!(known, [1, 2, 3].map(member_id), "{} knows only the admitted", member.me());
         assert_eq!(member.rounds()[&3].participants, 3);
     }
-    let reasons: Vec<&str> = net.rejections.iter().map(|(_, r)| r.reason).collect();
+    let reasons: Vec<&str> = net.rejections.iter().map(|(_, r)| r.reason.label()).collect();
     assert!(reasons.contains(&"not_admitted"), "{reasons:?}");
     let details: Vec<&str> = net.rejections.iter().map(|(_, r)| r.detail.as_str()).collect();
     assert!(details.iter().any(|d| d.contains("no ticket")), "member 4's join: {details:?}");

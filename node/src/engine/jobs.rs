@@ -3,6 +3,7 @@
 
 use super::{Engine, EngineError, JOBS_TOPIC, JobView};
 use crate::store::{Store, StoreError, Table};
+use fedmesh_federation::member::Reason;
 use fedmesh_protocol::codec::{decode_gossip, encode_gossip};
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::JobId;
@@ -116,20 +117,12 @@ impl JobBook {
     }
 }
 
-/// The refusals of a job's gossip that prove its author or forwarder misbehaved, whatever this
-/// node's view of the job: a bad signature or a message outside the job's scope, a message
-/// only the coordinator may send signed by someone else, a message about another member. They
-/// are reported as `Reject`, which costs the forwarder gossipsub score (a forwarder passes on
-/// only what it accepted). Every other refusal (stale, not joined, a round this node is not
-/// at) may be honest timing, and is `Ignore`d.
-const MISBEHAVIOUR: &[&str] = &["bad_message", "not_the_coordinator", "wrong_signer"];
-
 /// Why a received announcement was not accepted; the label is the metrics' reason.
 enum Refusal {
     /// Forged or malformed: gossipsub penalizes the sender.
-    Invalid(&'static str, String),
+    Invalid(Reason, String),
     /// Valid but not for us (an untrusted owner): dropped quietly.
-    Ignored(&'static str, String),
+    Ignored(Reason, String),
 }
 
 impl Engine {
@@ -198,14 +191,14 @@ impl Engine {
     ) -> Result<Option<JobId>, Refusal> {
         let job = announcement
             .verify_announcement()
-            .map_err(|e| Refusal::Invalid("bad_announcement", e.to_string()))?;
+            .map_err(|e| Refusal::Invalid(Reason::BadAnnouncement, e.to_string()))?;
         if self.jobs.contains(&job.id) {
             return Ok(None);
         }
         let owner = job.spec.owner;
         if owner != self.identity.member_id() && !self.trusted.contains(&owner) {
             return Err(Refusal::Ignored(
-                "untrusted_owner",
+                Reason::UntrustedOwner,
                 format!(
                     "job {} is owned by {}, whom this node does not trust",
                     job.id,
@@ -214,7 +207,7 @@ impl Engine {
             ));
         }
         let (id, name) = (job.id, job.spec.name.clone());
-        self.remember_job(job).map_err(|e| Refusal::Ignored("store_error", e.to_string()))?;
+        self.remember_job(job).map_err(|e| Refusal::Ignored(Reason::StoreError, e.to_string()))?;
         tracing::info!(job = %id, %name, owner = %owner, "learned job");
         Ok(Some(id))
     }
@@ -223,7 +216,7 @@ impl Engine {
     pub(super) async fn on_gossip(&mut self, data: &[u8]) -> libp2p::gossipsub::MessageAcceptance {
         use libp2p::gossipsub::MessageAcceptance;
         let outcome = match decode_gossip(data) {
-            Err(error) => Err(Refusal::Invalid("malformed", error.to_string())),
+            Err(error) => Err(Refusal::Invalid(Reason::Malformed, error.to_string())),
             Ok(GossipMessage::Announce(announcement)) => {
                 let learned = self.accept_announcement(announcement);
                 if let Ok(Some(id)) = learned {
@@ -232,7 +225,7 @@ impl Engine {
                 learned.map(|_| ())
             }
             Ok(message) => self.on_job_gossip(message).await.map_err(|refused| {
-                if MISBEHAVIOUR.contains(&refused.reason) {
+                if refused.reason.proves_misbehaviour() {
                     Refusal::Invalid(refused.reason, refused.detail)
                 } else {
                     Refusal::Ignored(refused.reason, refused.detail)
@@ -242,13 +235,13 @@ impl Engine {
         match outcome {
             Ok(_) => MessageAcceptance::Accept,
             Err(Refusal::Invalid(reason, detail)) => {
-                tracing::warn!(reason, %detail, "rejected gossip message");
-                self.metrics.rejected("gossip", reason);
+                tracing::warn!(reason = reason.label(), %detail, "rejected gossip message");
+                self.metrics.rejected("gossip", reason.label());
                 MessageAcceptance::Reject
             }
             Err(Refusal::Ignored(reason, detail)) => {
-                tracing::info!(reason, %detail, "ignored gossip message");
-                self.metrics.rejected("gossip", reason);
+                tracing::info!(reason = reason.label(), %detail, "ignored gossip message");
+                self.metrics.rejected("gossip", reason.label());
                 MessageAcceptance::Ignore
             }
         }
@@ -266,17 +259,19 @@ impl Engine {
             self.accept_announcement(announcement)
         } else {
             Err(Refusal::Invalid(
-                "wrong_announcement",
+                Reason::WrongAnnouncement,
                 format!("not the announcement of job {requested}"),
             ))
         };
         match outcome {
             Ok(learned) => return learned.is_some(),
             Err(Refusal::Invalid(reason, detail)) => {
-                tracing::warn!(reason, %detail, "peer sent an invalid announcement");
-                self.metrics.rejected("announcement", reason);
+                tracing::warn!(reason = reason.label(), %detail, "peer sent an invalid announcement");
+                self.metrics.rejected("announcement", reason.label());
             }
-            Err(Refusal::Ignored(reason, _)) => self.metrics.rejected("announcement", reason),
+            Err(Refusal::Ignored(reason, _)) => {
+                self.metrics.rejected("announcement", reason.label())
+            }
         }
         false
     }

@@ -11,6 +11,7 @@ pub use view::CoordinationView;
 use super::federation::{Refused, job_topic, verify, verify_from};
 use super::{Engine, EngineError};
 use crate::store::{Store, StoreError, Table};
+use fedmesh_federation::member::Reason;
 use fedmesh_protocol::envelope::{Denied, Scope, Scoped};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
 use fedmesh_protocol::message::{Assignment, GossipMessage, Heartbeat, JobStop, unix_millis};
@@ -130,7 +131,7 @@ impl Engine {
                 let new = !job.state.members.contains_key(&join.member);
                 if !job.on_join(&join, now) {
                     let detail = format!("{} is not admitted to job {id} now", join.member);
-                    return Err(Refused::new("not_admitted", detail));
+                    return Err(Refused::new(Reason::NotAdmitted, detail));
                 }
                 if new {
                     tracing::info!(job = %id, member = %join.member, group = %join.group, "member joined");

@@ -7,6 +7,7 @@ use crate::engine::Engine;
 use crate::engine::requests::{ask, respond};
 use crate::identity::peer_of_member;
 use crate::misbehaviour::Misbehaviour;
+use fedmesh_federation::member::Reason;
 use fedmesh_federation::member::{
     Effect, Event, Level, Notice, Publish, Refusal, Refusal as Refused,
 };
@@ -146,7 +147,7 @@ impl Engine {
         let (join, heartbeat) = match verify_join_sent(id, signed, heartbeat) {
             Ok(verified) => verified,
             Err(refused) => {
-                self.metrics.rejected("join", refused.reason);
+                self.metrics.rejected("join", refused.reason.label());
                 return Response::Refused { reason: refused.detail };
             }
         };
@@ -169,9 +170,9 @@ impl Engine {
                 Response::Accepted
             }
             Err(refusal) => {
-                tracing::info!(job = %id, kind, reason = refusal.reason, detail = %refusal.detail, "refused an update");
-                self.metrics.rejected(kind, refusal.reason);
-                self.metrics.update(&job, kind, Some(refusal.reason));
+                tracing::info!(job = %id, kind, reason = refusal.reason.label(), detail = %refusal.detail, "refused an update");
+                self.metrics.rejected(kind, refusal.reason.label());
+                self.metrics.update(&job, kind, Some(refusal.reason.label()));
                 Response::Refused { reason: refusal.detail }
             }
         };
@@ -218,7 +219,7 @@ fn verify_join_sent(
     if heartbeat.signer() != join.signer() {
         let detail =
             format!("a heartbeat signed by {} beside {}'s join", heartbeat.signer(), join.signer());
-        return Err(Refused::new("wrong_signer", detail));
+        return Err(Refused::new(Reason::WrongSigner, detail));
     }
     Ok((join, Some(heartbeat)))
 }

@@ -3,6 +3,7 @@
 //! what the machine refuses is not passed on.
 
 use crate::engine::Engine;
+use fedmesh_federation::member::Reason;
 pub use fedmesh_federation::member::Refusal as Refused;
 use fedmesh_federation::member::{Event, Gossip};
 use fedmesh_protocol::envelope::{Denied, Scope, Scoped, Signed, SignedBody, Verified};
@@ -18,13 +19,13 @@ impl Engine {
         message: GossipMessage,
     ) -> Result<(), Refused> {
         let Some(id) = message.claimed_job() else {
-            return Err(Refused::new("unexpected_kind", "not a job message"));
+            return Err(Refused::new(Reason::UnexpectedKind, "not a job message"));
         };
         if self.coordinated.contains_key(&id) {
             return self.on_coordinated_gossip(id, message).await;
         }
         let Some(run) = self.runs.get(&id) else {
-            return Err(Refused::new("not_joined", format!("not in job {id}")));
+            return Err(Refused::new(Reason::NotJoined, format!("not in job {id}")));
         };
         let coordinator = run.machine.spec().coordinator;
         let controller = coordinator.unwrap_or(run.machine.spec().owner);
@@ -65,7 +66,7 @@ impl Engine {
                 (controller, Gossip::Stop(stop))
             }
             GossipMessage::Announce(_) => {
-                return Err(Refused::new("unexpected_kind", "not expected on a job topic"));
+                return Err(Refused::new(Reason::UnexpectedKind, "not expected on a job topic"));
             }
         };
         match self.handle(id, Event::Gossip { signer, message }).await {
@@ -90,7 +91,7 @@ pub(in crate::engine) fn verify<T: SignedBody>(
     message: Signed<T>,
     may_send: impl FnOnce(&MemberId, &T) -> Result<(), Denied>,
 ) -> Result<Verified<T>, Refused> {
-    message.verify(may_send).map_err(|e| Refused::new("bad_message", e.to_string()))
+    message.verify(may_send).map_err(|e| Refused::new(Reason::BadMessage, e.to_string()))
 }
 
 /// Verifies a signed message that only `allowed` (the job's coordinator, or its owner) may
@@ -101,13 +102,13 @@ pub(in crate::engine) fn verify_from<T: SignedBody + Scoped>(
     scope: &Scope,
 ) -> Result<Verified<T>, Refused> {
     let Some(allowed) = allowed else {
-        return Err(Refused::new("not_orchestrated", "the job has no coordinator"));
+        return Err(Refused::new(Reason::NotOrchestrated, "the job has no coordinator"));
     };
     let verified = verify(message, |_, body| scope.admits(body))?;
     if verified.signer() != allowed {
         let detail =
             format!("signed by {}, not by the job's coordinator {allowed}", verified.signer());
-        return Err(Refused::new("not_the_coordinator", detail));
+        return Err(Refused::new(Reason::NotTheCoordinator, detail));
     }
     Ok(verified)
 }

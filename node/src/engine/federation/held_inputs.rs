@@ -6,6 +6,7 @@
 use super::JobRun;
 use crate::engine::Engine;
 use crate::network::Held;
+use fedmesh_federation::member::Reason;
 use fedmesh_federation::member::Refusal;
 use fedmesh_protocol::ids::JobId;
 
@@ -53,7 +54,7 @@ impl Engine {
         let waiting: Vec<u64> =
             self.runs.get(&id).map(JobRun::waiting_requests).unwrap_or_default();
         for request in waiting {
-            let ended = Refusal::new("ended", format!("job {id} has ended on this node"));
+            let ended = Refusal::new(Reason::Ended, format!("job {id} has ended on this node"));
             self.answer(id, request, Err(ended)).await;
         }
     }

@@ -9,6 +9,7 @@ use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
 use crate::metrics::Metrics;
 use crate::network::{Frame, Held, Network};
+use fedmesh_federation::member::Reason;
 use fedmesh_federation::member::{ChunkToSend, DeltaToSend, PartialToSend, Refusal, Update};
 use fedmesh_protocol::codec::{Payload, decode_response, encode_request_header};
 use fedmesh_protocol::envelope::{CarriesPayload, Scope, Scoped, Signed, SignedBody};
@@ -100,7 +101,7 @@ fn verify_payload<T: SignedBody + CarriesPayload + Scoped>(
     let scope = Scope::job(signed.unverified_body().job());
     let verified = signed
         .verify_with_payload(payload, |_, body| scope.admits(body))
-        .map_err(|e| Refusal::new("bad_signature", e.to_string()))?;
+        .map_err(|e| Refusal::new(Reason::BadSignature, e.to_string()))?;
     Ok((verified.signer(), verified.into_body()))
 }
 
@@ -115,12 +116,12 @@ fn decode(
         return Err(wrong_layout(reference, expected));
     }
     decode_params(payload, reference.encoding, expected)
-        .map_err(|e| Refusal::new("malformed_payload", e.to_string()))
+        .map_err(|e| Refusal::new(Reason::MalformedPayload, e.to_string()))
 }
 
 fn wrong_layout(reference: &PayloadRef, params: usize) -> Refusal {
     let detail = format!("the update has {} parameters, the model {params}", reference.params);
-    Refusal::new("wrong_layout", detail)
+    Refusal::new(Reason::WrongLayout, detail)
 }
 
 impl Engine {
@@ -139,13 +140,16 @@ impl Engine {
             (self.network.clone(), self.internal.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let Some(params) = params else {
-                let refused = Refusal::new("not_joined", format!("this node is not in job {job}"));
+                let refused =
+                    Refusal::new(Reason::NotJoined, format!("this node is not in job {job}"));
                 return refuse(&network, &metrics, (job, kind), refused, reply).await;
             };
             let verify = move || update.verify(&payload, params);
             let checked = match tokio::task::spawn_blocking(verify).await {
                 Ok(checked) => checked,
-                Err(error) => Err(Refusal::new("internal", format!("verifying failed: {error}"))),
+                Err(error) => {
+                    Err(Refusal::new(Reason::Internal, format!("verifying failed: {error}")))
+                }
             };
             match checked {
                 Ok((signer, update, values)) => {
@@ -282,9 +286,9 @@ async fn refuse(
     refused: Refusal,
     (channel, _held): Reply,
 ) {
-    tracing::warn!(%job, kind, reason = refused.reason, detail = %refused.detail, "refused an update");
-    metrics.rejected(kind, refused.reason);
-    metrics.update(&job.to_string(), kind, Some(refused.reason));
+    tracing::warn!(%job, kind, reason = refused.reason.label(), detail = %refused.detail, "refused an update");
+    metrics.rejected(kind, refused.reason.label());
+    metrics.update(&job.to_string(), kind, Some(refused.reason.label()));
     let response = Response::Refused { reason: refused.detail };
     respond(network, channel, response, Vec::new(), None).await;
 }
