@@ -204,3 +204,77 @@ impl AdminClient {
 fn parse<T: DeserializeOwned>(route: &str, body: &str) -> Result<T, ApiError> {
     serde_json::from_str(body).map_err(|source| ApiError::Json { route: route.to_owned(), source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn client_of(address: std::net::SocketAddr) -> AdminClient {
+        AdminClient::new(&Endpoint { address, token: "secret".into(), metrics: None }).unwrap()
+    }
+
+    /// A client of a node that answers one request with `status` and `body`; the request the
+    /// node received comes out of the returned channel.
+    async fn answering(
+        status: &'static str,
+        body: &'static str,
+    ) -> (AdminClient, tokio::sync::oneshot::Receiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sent, received) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 4096];
+            let read = stream.read(&mut request).await.unwrap();
+            let _ = sent.send(String::from_utf8_lossy(&request[..read]).into_owned());
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        });
+        (client_of(address), received)
+    }
+
+    #[tokio::test]
+    async fn a_call_carries_the_token_and_reads_the_typed_answer() {
+        let (client, request) = answering("200 OK", r#"{"id": "abc", "left": true}"#).await;
+        let left = client.leave("abc").await.unwrap();
+        assert_eq!(left, Left { id: "abc".into(), left: true });
+        let request = request.await.unwrap().to_lowercase();
+        assert!(request.starts_with("post /v1/jobs/abc/leave "), "{request}");
+        assert!(request.contains("authorization: bearer secret"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_route_and_the_nodes_message() {
+        let (client, _) = answering("404 Not Found", r#"{"error": "not found: job abc"}"#).await;
+        let error = client.job("abc").await.unwrap_err();
+        assert_eq!(error.status(), Some(404));
+        assert_eq!(
+            error.to_string(),
+            "GET /v1/jobs/abc: the node answered 404: not found: job abc"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_another_shape_names_the_route() {
+        let (client, _) = answering("200 OK", r#"{"id": 7}"#).await;
+        let error = client.announce(b"{}".to_vec()).await.unwrap_err();
+        assert!(matches!(error, ApiError::Json { .. }), "{error}");
+        let expected = "POST /v1/jobs: the node's answer is not the expected JSON";
+        assert!(error.to_string().starts_with(expected), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_does_not_listen_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let error = client_of(address).status().await.unwrap_err();
+        assert!(matches!(error, ApiError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().starts_with("GET /v1/status: cannot reach"), "{error}");
+    }
+}
