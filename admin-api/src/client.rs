@@ -29,16 +29,6 @@ pub enum ApiError {
     Json { route: String, source: serde_json::Error },
 }
 
-impl ApiError {
-    /// The HTTP status the node answered with, if it answered with a failure.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Refused { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
 /// A connection to one node's admin API.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -252,7 +242,7 @@ mod tests {
     async fn a_refusal_names_the_route_and_the_nodes_message() {
         let (client, _) = answering("404 Not Found", r#"{"error": "not found: job abc"}"#).await;
         let error = client.job("abc").await.unwrap_err();
-        assert_eq!(error.status(), Some(404));
+        assert!(matches!(error, ApiError::Refused { status: 404, .. }), "{error}");
         assert_eq!(
             error.to_string(),
             "GET /v1/jobs/abc: the node answered 404: not found: job abc"
