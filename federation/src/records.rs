@@ -1,5 +1,5 @@
-//! What a node records of a job it takes part in (its state, members and rounds, as RocksDB
-//! keeps them) and how the admin API shows it.
+//! What a node records of a job it takes part in: its state, members and rounds, as RocksDB
+//! keeps them.
 
 use crate::membership::Membership;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
@@ -108,36 +108,6 @@ impl RoundRecord {
         let samples = self.evaluations.values().map(|m| m.samples).sum();
         (weighted(|m| m.loss), weighted(|m| m.accuracy), samples)
     }
-
-    pub fn view(&self) -> RoundView {
-        let (loss, accuracy, eval_samples) = self.weighted_metrics();
-        RoundView {
-            round: self.round,
-            aggregator: self.aggregator.to_peer_id_string(),
-            model: self.model.map(|m| m.to_hex()),
-            participants: self.participants,
-            accuracy,
-            loss,
-            eval_samples,
-            evaluations: self.evaluations.len(),
-            seconds: self
-                .closed_at_ms
-                .map(|closed| closed.saturating_sub(self.opened_at_ms) as f64 / 1e3),
-            train_seconds: self.train_seconds,
-            slots: self
-                .slots
-                .iter()
-                .map(|(slot, m)| (slot.clone(), m.to_peer_id_string()))
-                .collect(),
-            rings: self
-                .rings
-                .iter()
-                .map(|(ring, order)| {
-                    (ring.clone(), order.iter().map(MemberId::to_peer_id_string).collect())
-                })
-                .collect(),
-        }
-    }
 }
 
 /// What RocksDB keeps of a job this node takes part in (the rounds are kept one record each).
@@ -152,54 +122,6 @@ pub struct RunState {
     /// the next round's aggregators are elected among them (and the owner) ahead of the rest.
     #[serde(default)]
     pub vetted: Vec<MemberId>,
-}
-
-/// A round as the admin API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RoundView {
-    pub round: Round,
-    pub aggregator: String,
-    pub model: Option<String>,
-    /// Updates included in the round's model.
-    pub participants: usize,
-    /// Test-size-weighted over the members' evaluations received so far.
-    pub accuracy: Option<f64>,
-    pub loss: Option<f64>,
-    pub eval_samples: u64,
-    /// How many members' evaluations are in.
-    pub evaluations: usize,
-    /// From the round's opening to its model's announcement.
-    pub seconds: Option<f64>,
-    /// This node's local training time in the round.
-    pub train_seconds: Option<f64>,
-    /// Each aggregation slot (`role/group`) and its aggregator, as the round's latest opening
-    /// planned it.
-    pub slots: BTreeMap<String, String>,
-    /// Each ring (by group label) and its members in ring order.
-    pub rings: BTreeMap<String, Vec<String>>,
-}
-
-/// A member as the admin API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemberView {
-    pub id: String,
-    pub group: String,
-    pub samples: u64,
-    pub last_seen_ms: u64,
-}
-
-/// A job this node takes part in, as the admin API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunView {
-    pub status: String,
-    pub completed_round: Round,
-    pub rounds_total: Round,
-    pub model: String,
-    pub members: Vec<MemberView>,
-    pub rounds: Vec<RoundView>,
-    /// The external trainer's last failure on this node (round, mode, stderr tail), if any.
-    #[serde(default)]
-    pub trainer_error: Option<String>,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! refused and update bytes received (counted as they happen), and rounds completed, round
 //! seconds, accuracy, loss and members (read from the job views at each scrape).
 
-use crate::engine::JobView;
+use fedmesh_admin_api::JobView;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

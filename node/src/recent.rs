@@ -1,7 +1,7 @@
 //! The node's recent warnings and errors, kept in memory for `fedmesh status` and the web page: a
 //! tracing layer records each as it is logged.
 
-use serde::{Deserialize, Serialize};
+use fedmesh_admin_api::LogLine;
 use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -11,16 +11,6 @@ use tracing::field::{Field, Visit};
 const KEPT: usize = 50;
 
 static RECENT: Mutex<VecDeque<LogLine>> = Mutex::new(VecDeque::new());
-
-/// One warning or error as logged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    pub level: String,
-    /// The message and its fields (`key=value`).
-    pub message: String,
-}
 
 /// The kept warnings and errors, oldest first.
 pub fn lines() -> Vec<LogLine> {

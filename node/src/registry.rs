@@ -4,27 +4,9 @@
 //! a blob another entry still uses).
 
 use crate::store::{Store, StoreBatch, StoreError, Table};
+use fedmesh_admin_api::ModelEntry;
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-
-/// One round's global model of one job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelEntry {
-    pub job: JobId,
-    pub round: Round,
-    /// The model blob's hash (f32 little-endian parameters).
-    pub model: ContentHash,
-    pub params: u64,
-    /// Test-size-weighted over the members' evaluations this node has received.
-    pub accuracy: Option<f64>,
-    pub loss: Option<f64>,
-    pub eval_samples: u64,
-    pub evaluations: usize,
-    pub closed_at_ms: Option<u64>,
-    /// Whether the weights are still stored (retention drops old rounds' weights).
-    pub weights_kept: bool,
-}
 
 fn job_prefix(job: &JobId) -> Vec<u8> {
     job.0.0.to_vec()

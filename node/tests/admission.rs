@@ -5,7 +5,8 @@
 mod common;
 
 use common::{BINARY, federation, plain, poll_until, wait_completed_on};
-use serde_json::{Value, json};
+use fedmesh_admin_api::JobView;
+use serde_json::json;
 use std::time::Duration;
 
 /// Runs `fedmesh ARGS` against the node with data directory `data_dir`: its stdout, or its
@@ -31,14 +32,11 @@ async fn an_owner_admitted_job_takes_the_node_its_owner_gave_a_ticket_and_no_oth
         "participation": {"min_participants": 2, "admission": "owner"},
         "round_deadline_secs": 10,
     });
-    let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await.unwrap();
-    let job = answer["id"].as_str().unwrap().to_owned();
+    let job = cluster.nodes[0].api.announce(serde_json::to_vec(&spec).unwrap()).await.unwrap().id;
     for node in [1, 2] {
-        let known = || async {
-            cluster.nodes[node].api.get(&format!("/v1/jobs/{job}")).await.unwrap_or(Value::Null)
-        };
-        poll_until("the announcement reached the node", known, |view| view["id"] == job.as_str())
-            .await;
+        let known = || async { cluster.nodes[node].api.job(&job).await.ok() };
+        let reached = |view: &Option<_>| view.as_ref().is_some_and(|v: &JobView| v.id == job);
+        poll_until("the announcement reached the node", known, reached).await;
     }
     let (owner_dir, admitted_dir, other_dir) =
         (cluster.nodes[0].data_dir(), cluster.nodes[1].data_dir(), cluster.nodes[2].data_dir());
@@ -56,10 +54,9 @@ async fn an_owner_admitted_job_takes_the_node_its_owner_gave_a_ticket_and_no_oth
 
     let runs = wait_completed_on(&cluster, &[0, 1], &job, Duration::from_secs(120)).await;
     for run in &runs {
-        let rounds = run["rounds"].as_array().unwrap();
-        assert_eq!(rounds.len(), 3, "{run:#}");
-        assert!(rounds.iter().all(|r| r["participants"] == 2), "the owner and node1: {run:#}");
+        assert_eq!(run.rounds.len(), 3, "{run:#?}");
+        assert!(run.rounds.iter().all(|r| r.participants == 2), "the owner and node1: {run:#?}");
     }
-    let outsider: Value = cluster.nodes[2].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
-    assert!(outsider["run"].is_null(), "node2 never took part: {outsider:#}");
+    let outsider = cluster.nodes[2].api.job(&job).await.unwrap();
+    assert!(outsider.run.is_none(), "node2 never took part: {outsider:#?}");
 }

@@ -6,10 +6,11 @@
 mod common;
 
 use common::{
-    Job, assert_rounds_once, assert_same_model, completed_round, federation, member_spec,
-    participants, plain, wait_completed_on, wait_for,
+    Job, assert_rounds_once, assert_same_model, federation, member_spec, participants, plain,
+    wait_completed_on, wait_for,
 };
-use serde_json::{Value, json};
+use fedmesh_admin_api::RunView;
+use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -20,7 +21,7 @@ async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round(
     // Rounds of this job take a tenth of a second: enough of them that the joiner, which starts
     // once two are done, has rounds left to train in.
     let job = Job::new(ROUNDS, 3).announce(&cluster).await;
-    wait_for(&cluster, 0, &job, "two rounds", |run| completed_round(run) >= 2).await;
+    wait_for(&cluster, 0, &job, "two rounds", |run| run.completed_round >= 2).await;
     let owner = cluster.nodes[0].peer_id.clone();
     let joiner = cluster.nodes.len();
     cluster.start_node(&member_spec(joiner, &owner, plain(joiner))).await.unwrap();
@@ -40,11 +41,10 @@ async fn a_trainer_killed_mid_job_is_left_behind_and_restarted_after_the_end_tak
     let job = Job { deadline_secs: 3, quorum: json!({"fraction": 0.7}), ..Job::new(6, 3) }
         .announce(&cluster)
         .await;
-    let run = wait_for(&cluster, 0, &job, "round 2 open", |run| completed_round(run) >= 1).await;
+    let run = wait_for(&cluster, 0, &job, "round 2 open", |run| run.completed_round >= 1).await;
     // Kill a member that does not aggregate the round in progress.
-    let aggregator =
-        run["rounds"].as_array().and_then(|r| r.last()).map(|r| r["aggregator"].clone());
-    let victim = (1..4).find(|&i| Some(json!(cluster.nodes[i].peer_id)) != aggregator).unwrap();
+    let aggregator = run.rounds.last().map(|r| r.aggregator.as_str());
+    let victim = (1..4).find(|&i| Some(cluster.nodes[i].peer_id.as_str()) != aggregator).unwrap();
     cluster.nodes[victim].kill();
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
@@ -66,31 +66,26 @@ async fn when_the_aggregator_is_killed_mid_round_another_member_takes_the_round_
     let job = Job { deadline_secs: 2, ..Job::new(6, 3) }.announce(&cluster).await;
     // Wait for an open round (no model yet) from round 2 on, aggregated by a node other than node0.
     let peers: Vec<String> = cluster.nodes.iter().map(|n| n.peer_id.clone()).collect();
-    let open_elsewhere = |run: &Value| {
-        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-        rounds.last().is_some_and(|r| {
-            r["round"].as_u64() >= Some(2)
-                && r["model"].is_null()
-                && r["aggregator"] != json!(peers[0])
-        })
+    let open_elsewhere = |run: &RunView| {
+        run.rounds
+            .last()
+            .is_some_and(|r| r.round >= 2 && r.model.is_none() && r.aggregator != peers[0])
     };
     let run = wait_for(&cluster, 0, &job, "a round open on another node", open_elsewhere).await;
-    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-    let open = rounds.last().cloned().unwrap_or_default();
-    let victim = peers.iter().position(|p| json!(p) == open["aggregator"]).unwrap();
+    let open = run.rounds.last().unwrap();
+    let victim = peers.iter().position(|p| *p == open.aggregator).unwrap();
     cluster.nodes[victim].kill();
     let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
     let runs = wait_completed_on(&cluster, &survivors, &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
     assert_rounds_once(&runs, 6);
-    let taken_over = &runs[0]["rounds"][open["round"].as_u64().unwrap() as usize - 1];
-    assert_ne!(taken_over["aggregator"], open["aggregator"], "{taken_over:#?}");
+    let taken_over = &runs[0].rounds[open.round as usize - 1];
+    assert_ne!(taken_over.aggregator, open.aggregator, "{taken_over:#?}");
 }
 
 /// The longest any recorded round of a run took, from its opening to its model's announcement.
-fn longest_round_secs(run: &Value) -> f64 {
-    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-    rounds.iter().filter_map(|r| r["seconds"].as_f64()).fold(0.0, f64::max)
+fn longest_round_secs(run: &RunView) -> f64 {
+    run.rounds.iter().filter_map(|r| r.seconds).fold(0.0, f64::max)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,10 +97,10 @@ async fn a_member_that_leaves_and_joins_again_stalls_no_round_and_ends_with_the_
     // its 10 s deadline.
     let job = Job { deadline_secs: 10, ..Job::new(ROUNDS, 2) }.announce(&cluster).await;
     let api = &cluster.nodes[2].api;
-    wait_for(&cluster, 0, &job, "round 10", |run| completed_round(run) >= 10).await;
-    let _: Value = api.post(&format!("/v1/jobs/{job}/leave"), &json!({})).await.unwrap();
-    wait_for(&cluster, 0, &job, "round 40", |run| completed_round(run) >= 40).await;
-    let _: Value = api.post(&format!("/v1/jobs/{job}/join"), &json!({})).await.unwrap();
+    wait_for(&cluster, 0, &job, "round 10", |run| run.completed_round >= 10).await;
+    api.leave(&job).await.unwrap();
+    wait_for(&cluster, 0, &job, "round 40", |run| run.completed_round >= 40).await;
+    api.join(&job, None).await.unwrap();
     let runs = wait_completed_on(&cluster, &[0, 1, 2], &job, Duration::from_secs(180)).await;
     assert_same_model(&runs);
     for (node, run) in runs.iter().enumerate() {
@@ -114,9 +109,9 @@ async fn a_member_that_leaves_and_joins_again_stalls_no_round_and_ends_with_the_
     }
     let counts = participants(&runs[0]);
     assert_eq!(*counts.last().unwrap(), 3, "it trained again before the end: {counts:?}");
-    let listed: Vec<Value> = api.get("/v1/jobs").await.unwrap();
-    let shown: Value = api.get(&format!("/v1/jobs/{job}")).await.unwrap();
-    let listed_status = listed.iter().find(|j| j["id"] == json!(job)).map(|j| j["status"].clone());
-    assert_eq!(listed_status, Some(json!("completed")), "the job list says what its page says");
-    assert_eq!(shown["status"], json!("completed"));
+    let listed = api.jobs().await.unwrap();
+    let shown = api.job(&job).await.unwrap();
+    let listed_status = listed.iter().find(|j| j.id == job).map(|j| j.status.as_str());
+    assert_eq!(listed_status, Some("completed"), "the job list says what its page says");
+    assert_eq!(shown.status, "completed");
 }

@@ -7,13 +7,14 @@
 mod common;
 
 use common::{
-    Job, assert_rounds_once, assert_same_model, completed_round, federation, plain, run_view, tail,
-    wait_completed, wait_for,
+    Job, assert_rounds_once, assert_same_model, federation, plain, run_view, tail, wait_completed,
+    wait_for,
 };
+use fedmesh_admin_api::{RoundView, RunView};
 use fedmesh_testnet::cluster::Cluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Members of the federation; node0 owns the job, is never killed and sees every round.
@@ -36,74 +37,71 @@ enum Target {
 }
 
 /// The latest recorded round, if its model is not in yet (the round is open).
-fn open_round(run: &Value) -> Option<&Value> {
-    let last = run["rounds"].as_array()?.last()?;
-    (last["model"].is_null() && last["round"].as_u64() > Some(completed_round(run))).then_some(last)
+fn open_round(run: &RunView) -> Option<&RoundView> {
+    let last = run.rounds.last()?;
+    (last.model.is_none() && last.round > run.completed_round).then_some(last)
 }
 
 /// The recorded round `round`, if any.
-fn round_record(run: &Value, round: u64) -> Option<&Value> {
-    run["rounds"].as_array()?.iter().find(|r| r["round"].as_u64() == Some(round))
+fn round_record(run: &RunView, round: u64) -> Option<&RoundView> {
+    run.rounds.iter().find(|r| r.round == round)
 }
 
-/// What a member was doing when its view was read.
-fn phase(run: &Value) -> String {
-    let done = completed_round(run);
-    let last = run["rounds"].as_array().and_then(|r| r.last());
-    match last {
-        Some(r) if r["model"].is_null() => {
-            format!("round {} open (training or collecting)", r["round"])
+/// What a member was doing when its view (if it answered one) was read.
+fn phase(run: Option<&RunView>) -> String {
+    let done = run.map_or(0, |run| run.completed_round);
+    match run.and_then(|run| run.rounds.last()) {
+        Some(r) if r.model.is_none() => {
+            format!("round {} open (training or collecting)", r.round)
         }
-        Some(r) if r["round"].as_u64() > Some(done) => {
-            format!("round {} closed, model not taken yet (fetching or storing)", r["round"])
+        Some(r) if r.round > done => {
+            format!("round {} closed, model not taken yet (fetching or storing)", r.round)
         }
         _ => format!("between rounds (holds round {done})"),
     }
 }
 
 /// The median duration of the rounds `run` recorded, in milliseconds (at least 50).
-fn typical_round_ms(run: &Value) -> u64 {
-    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-    let mut seconds: Vec<f64> = rounds.iter().filter_map(|r| r["seconds"].as_f64()).collect();
+fn typical_round_ms(run: &RunView) -> u64 {
+    let mut seconds: Vec<f64> = run.rounds.iter().filter_map(|r| r.seconds).collect();
     seconds.sort_by(f64::total_cmp);
     let median = seconds.get(seconds.len() / 2).copied().unwrap_or(0.2);
     ((median * 1e3) as u64).max(50)
 }
 
 /// The node whose PeerId is `peer`, if any.
-fn node_of(cluster: &Cluster, peer: &Value) -> Option<usize> {
-    cluster.nodes.iter().position(|n| json!(n.peer_id) == *peer)
+fn node_of(cluster: &Cluster, peer: &str) -> Option<usize> {
+    cluster.nodes.iter().position(|n| n.peer_id == peer)
 }
 
-/// Checks a restarted member's view against the one read just before it was killed: it knows
-/// the job, has not gone back, and still holds every round it had completed, with its model.
-fn assert_resumed(before: &Value, after: &Value, trial: usize) {
+/// Checks a restarted member's view against the one read just before it was killed (if it
+/// answered one): it knows the job, has not gone back, and still holds every round it had
+/// completed, with its model.
+fn assert_resumed(before: Option<&RunView>, after: Option<&RunView>, trial: usize) {
     let context =
         || format!("trial {trial}: before the kill {before:#?}\nafter the restart {after:#?}");
-    assert!(after.is_object(), "the restarted member does not know the job: {}", context());
-    let status = after["status"].as_str().unwrap_or_default();
+    let Some(after) = after else {
+        panic!("the restarted member does not know the job: {}", context());
+    };
+    let status = after.status.as_str();
     assert!(
         ["waiting", "running", "completed"].contains(&status),
         "status {status}: {}",
         context()
     );
-    let done = completed_round(after);
-    assert!(done >= completed_round(before), "completed_round went back: {}", context());
-    for round in 1..=completed_round(before) {
-        let had = round_record(before, round).map(|r| &r["model"]);
-        let has = round_record(after, round).map(|r| &r["model"]);
-        if had.is_some_and(Value::is_string) {
+    let done = after.completed_round;
+    let Some(before) = before else { return };
+    assert!(done >= before.completed_round, "completed_round went back: {}", context());
+    for round in 1..=before.completed_round {
+        let had = round_record(before, round).and_then(|r| r.model.as_ref());
+        let has = round_record(after, round).and_then(|r| r.model.as_ref());
+        if had.is_some() {
             assert_eq!(had, has, "round {round} lost or changed: {}", context());
         }
     }
     if done > 0 {
-        let model = round_record(after, done).map(|r| r["model"].clone());
-        assert_eq!(
-            model,
-            Some(after["model"].clone()),
-            "no record of the held round: {}",
-            context()
-        );
+        let model = round_record(after, done).and_then(|r| r.model.as_ref());
+        assert_eq!(model, Some(&after.model), "no record of the held round: {}", context());
     }
 }
 
@@ -112,14 +110,15 @@ async fn wait_takes_part(cluster: &Cluster, node: usize, job: &str, round: u64, 
     let deadline = Instant::now() + RESUME_LIMIT;
     loop {
         let run = run_view(cluster, node, job).await;
-        let done = completed_round(&run);
-        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-        let trained = rounds.iter().any(|r| {
-            r["round"].as_u64().is_some_and(|n| n > round && n <= done)
-                && r["train_seconds"].is_number()
-                && r["model"].is_string()
+        let trained = run.as_ref().is_some_and(|run| {
+            run.rounds.iter().any(|r| {
+                r.round > round
+                    && r.round <= run.completed_round
+                    && r.train_seconds.is_some()
+                    && r.model.is_some()
+            })
         });
-        if trained || run["status"] == "completed" {
+        if trained || run.as_ref().is_some_and(|run| run.status == "completed") {
             return;
         }
         if Instant::now() > deadline {
@@ -150,14 +149,14 @@ async fn members_killed_at_random_moments_reopen_their_store_and_resume() {
         let target = if trial % 2 == 0 { Target::Trainer } else { Target::Aggregator };
         // Anchor on a round opening that node0 sees, then kill a while later.
         let run = wait_for(&cluster, 0, &job, "a new round open", |run| {
-            open_round(run).is_some_and(|r| r["round"].as_u64() > Some(last_open))
+            open_round(run).is_some_and(|r| r.round > last_open)
         })
         .await;
-        let open = open_round(&run).cloned().unwrap_or_default();
-        let round = open["round"].as_u64().unwrap_or(0);
+        let open = open_round(&run).unwrap();
+        let round = open.round;
         assert!(round < ROUNDS, "the job is ending before trial {trial}: raise ROUNDS");
         last_open = round;
-        let aggregator = node_of(&cluster, &open["aggregator"]);
+        let aggregator = node_of(&cluster, &open.aggregator);
         let victim = match (target, aggregator) {
             (Target::Aggregator, Some(a)) if a != 0 => a,
             _ => {
@@ -175,7 +174,7 @@ async fn members_killed_at_random_moments_reopen_their_store_and_resume() {
         eprintln!(
             "trial {trial:2}: {:5.1} s  killed node{victim} ({role} of round {round}) {delay:3} ms after it opened: {}",
             started.elapsed().as_secs_f64(),
-            phase(&before)
+            phase(before.as_ref())
         );
         assert!(
             !killed_log.contains("panicked"),
@@ -190,8 +189,9 @@ async fn members_killed_at_random_moments_reopen_their_store_and_resume() {
             );
         }
         let after = run_view(&cluster, victim, &job).await;
-        assert_resumed(&before, &after, trial);
-        wait_takes_part(&cluster, victim, &job, completed_round(&after), trial).await;
+        assert_resumed(before.as_ref(), after.as_ref(), trial);
+        let done = after.map_or(0, |after| after.completed_round);
+        wait_takes_part(&cluster, victim, &job, done, trial).await;
     }
     eprintln!("crash_recovery: {TRIALS} kills done at {:.1} s", started.elapsed().as_secs_f64());
     let runs = wait_completed(&cluster, &job, Duration::from_secs(120)).await;
@@ -199,11 +199,11 @@ async fn members_killed_at_random_moments_reopen_their_store_and_resume() {
     assert_same_model(&runs);
     assert_rounds_once(&runs, ROUNDS);
     for (node, run) in runs.iter().enumerate() {
-        for round in run["rounds"].as_array().cloned().unwrap_or_default() {
-            let number = round["round"].as_u64().unwrap_or(0);
-            let reference = round_record(&runs[0], number).map(|r| &r["model"]);
+        for round in &run.rounds {
+            let number = round.round;
+            let reference = round_record(&runs[0], number).and_then(|r| r.model.as_ref());
             assert!(
-                round["model"].is_null() || reference == Some(&round["model"]),
+                round.model.is_none() || reference == round.model.as_ref(),
                 "node{node} holds another model for round {number} than node0: {round:#?}"
             );
         }

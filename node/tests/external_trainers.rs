@@ -8,8 +8,9 @@
 mod common;
 
 use common::{cli, federation, run_view, wait_completed_on};
+use fedmesh_admin_api::ModelEntry;
 use fedmesh_testnet::cluster::{Cluster, NodeSettings};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -117,10 +118,9 @@ async fn broken_trainers_skip_their_rounds_and_the_federation_goes_on() {
 
     let runs = wait_completed_on(&cluster, &[0, 1], &job, Duration::from_secs(90)).await;
     for run in &runs {
-        let rounds = run["rounds"].as_array().unwrap();
-        assert_eq!(rounds.len(), 3, "{run:#?}");
-        assert!(rounds.iter().all(|r| r["participants"] == 2), "{run:#?}");
-        assert!(run["trainer_error"].is_null(), "{run:#?}");
+        assert_eq!(run.rounds.len(), 3, "{run:#?}");
+        assert!(run.rounds.iter().all(|r| r.participants == 2), "{run:#?}");
+        assert!(run.trainer_error.is_none(), "{run:#?}");
     }
     let expected = [
         (2, "exited with code 3"),
@@ -133,16 +133,16 @@ async fn broken_trainers_skip_their_rounds_and_the_federation_goes_on() {
     ];
     for (node, text) in expected {
         let run = run_view(&cluster, node, &job).await;
-        let error = run["trainer_error"].as_str().unwrap_or_default();
+        let error = run.as_ref().and_then(|run| run.trainer_error.as_deref()).unwrap_or_default();
         assert!(error.contains(text), "node{node}: `{text}` not in {run:#?}");
         assert!(cluster.nodes[node].log().contains(text), "node{node}'s log lacks `{text}`");
     }
 
     // The registry on node1 (which fetched the initial weights from node0 by hash).
     let node1 = cluster.nodes[1].data_dir();
-    let listing: Vec<Value> =
+    let listing: Vec<ModelEntry> =
         serde_json::from_str(&output(&node1, &["model", "list", "--json", "--job", &job])).unwrap();
-    let kept: Vec<bool> = listing.iter().map(|e| e["weights_kept"].as_bool().unwrap()).collect();
+    let kept: Vec<bool> = listing.iter().map(|e| e.weights_kept).collect();
     assert_eq!(kept, [false, true, true], "{listing:#?}");
     let table = output(&node1, &["model", "list"]);
     assert!(table.contains("dropped (retention)"), "{table}");
@@ -156,9 +156,9 @@ async fn broken_trainers_skip_their_rounds_and_the_federation_goes_on() {
     // ones evaluate nothing), each on its own share's test split, weighted by its size.
     let scores = [0, 1].map(|node| python_score(&cluster, node, &job, &exported));
     let (right, total) = (scores[0].0 + scores[1].0, scores[0].1 + scores[1].1);
-    assert_eq!(last["eval_samples"].as_f64(), Some(total), "{last:#?}");
+    assert_eq!(last.eval_samples as f64, total, "{last:#?}");
     let python = right / total;
-    let claimed = last["accuracy"].as_f64().unwrap();
+    let claimed = last.accuracy.unwrap();
     assert!((python - claimed).abs() < 1e-3, "python {python} vs registry {claimed}");
     let status = Command::new(common::BINARY)
         .args(["model", "export", "--job", &job, "--round", "1", "--out", "/dev/null"])

@@ -13,8 +13,8 @@ use common::{
     refusals, wait_completed,
 };
 use fedmesh_node::misbehaviour::Misbehaviour;
+use fedmesh_protocol::strategy::{AggregationRule, StrategySpec};
 use fedmesh_testnet::cluster::NodeSettings;
-use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -26,9 +26,9 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
 
     assert_same_model(&runs);
     assert_own_shares(&runs[0]);
-    let rounds = runs[0]["rounds"].as_array().unwrap();
+    let rounds = &runs[0].rounds;
     assert_eq!(rounds.len(), 3);
-    assert!(rounds.iter().all(|r| r["participants"] == 4), "{rounds:#?}");
+    assert!(rounds.iter().all(|r| r.participants == 4), "{rounds:#?}");
     // Softmax on the four nodes' shares of mnist5k (1,466 training samples in all): well above
     // chance after one round, higher after three.
     assert!(accuracy(&runs[0], 0) > 0.6, "{rounds:#?}");
@@ -46,8 +46,8 @@ async fn a_small_federation_trains_and_every_member_ends_with_the_same_model() {
 
     cli(&cluster.nodes[2].data_dir(), &["job", "watch", &job]);
     cli(&cluster.nodes[3].data_dir(), &["job", "leave", &job]);
-    let view: Value = cluster.nodes[3].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
-    assert_eq!(view["run"]["status"], "left");
+    let view = cluster.nodes[3].api.job(&job).await.unwrap();
+    assert_eq!(view.run.map(|run| run.status).as_deref(), Some("left"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,8 +58,8 @@ async fn compact_deltas_are_decoded_by_the_aggregator_and_the_job_learns() {
         let job = Job { delta_encoding: encoding, ..Job::new(3, 3) }.announce(&cluster).await;
         let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
         assert_same_model(&runs);
-        let rounds = runs[0]["rounds"].as_array().unwrap();
-        assert!(rounds.iter().all(|r| r["participants"] == 3), "{encoding}: {rounds:#?}");
+        let rounds = &runs[0].rounds;
+        assert!(rounds.iter().all(|r| r.participants == 3), "{encoding}: {rounds:#?}");
         assert!(accuracy(&runs[0], 2) > 0.8, "{encoding}: {rounds:#?}");
     }
 }
@@ -73,13 +73,13 @@ async fn forged_deltas_are_refused_and_counted_and_the_rounds_complete() {
     // all three of a 3-round job, one run in 64).
     let job = Job::new(8, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
-    assert!(runs[0]["rounds"].as_array().unwrap().iter().all(|r| r["participants"] == 4));
+    assert!(runs[0].rounds.iter().all(|r| r.participants == 4));
 
     // One forged copy of each kind per round whose aggregator is another member (a member that
     // aggregates its own update folds it in, sending nothing).
-    let rounds = runs[0]["rounds"].as_array().unwrap();
-    let forger_id = json!(cluster.nodes[forger].peer_id);
-    let sent = rounds.iter().filter(|r| r["aggregator"] != forger_id).count() as f64;
+    let rounds = &runs[0].rounds;
+    let forger_id = &cluster.nodes[forger].peer_id;
+    let sent = rounds.iter().filter(|r| r.aggregator != *forger_id).count() as f64;
     assert!(sent >= 1.0, "{rounds:#?}");
     for reason in ["not_a_member", "wrong_round", "wrong_base"] {
         assert_eq!(refusals(&cluster, &[0, 1, 2, 3], "delta", reason).await, sent, "{reason}");
@@ -94,8 +94,8 @@ async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() 
     let job = Job { deadline_secs: 3, ..Job::new(8, 4) }.announce(&cluster).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let view: Value = cluster.nodes[0].api.get(&format!("/v1/jobs/{job}")).await.unwrap();
-        if view["run"]["completed_round"].as_u64().unwrap_or(0) >= 2 {
+        let view = cluster.nodes[0].api.job(&job).await.unwrap();
+        if view.run.as_ref().is_some_and(|run| run.completed_round >= 2) {
             break;
         }
         assert!(Instant::now() < deadline, "no progress: {view:#?}");
@@ -106,8 +106,7 @@ async fn a_member_killed_mid_job_resumes_from_its_store_and_the_job_completes() 
     cluster.restart(2).await.unwrap();
     let runs = wait_completed(&cluster, &job, Duration::from_secs(120)).await;
     assert_same_model(&runs);
-    let rounds: Vec<u64> =
-        runs[2]["rounds"].as_array().unwrap().iter().filter_map(|r| r["round"].as_u64()).collect();
+    let rounds: Vec<u64> = runs[2].rounds.iter().map(|r| r.round).collect();
     assert_eq!(rounds, (1..=8).collect::<Vec<_>>(), "the restarted member knows every round");
     assert!(cluster.nodes[2].log().contains("resumed job from the store"));
 }
@@ -119,8 +118,8 @@ async fn the_median_withstands_a_sign_flipping_member_that_ruins_fedavg() {
     let cluster = federation(root.path(), 5, misbehaving(attacker, Misbehaviour::SignFlip)).await;
     // Both jobs run side by side on the same five nodes.
     let fedavg = Job::new(3, 5).announce(&cluster).await;
-    let median =
-        Job { strategy: json!({"rule": "median"}), ..Job::new(3, 5) }.announce(&cluster).await;
+    let strategy = StrategySpec { rule: AggregationRule::Median, ..StrategySpec::default() };
+    let median = Job { strategy, ..Job::new(3, 5) }.announce(&cluster).await;
     let fedavg_runs = wait_completed(&cluster, &fedavg, Duration::from_secs(90)).await;
     let median_runs = wait_completed(&cluster, &median, Duration::from_secs(90)).await;
     let (poisoned, robust) = (accuracy(&fedavg_runs[0], 2), accuracy(&median_runs[0], 2));
@@ -142,8 +141,8 @@ async fn a_member_that_hijacks_rounds_is_ignored_and_the_job_completes() {
     let job = Job::new(4, 4).announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
     assert_same_model(&runs);
-    let rounds = runs[0]["rounds"].as_array().unwrap();
-    assert!(rounds.iter().all(|r| r["participants"] == 4), "{rounds:#?}");
+    let rounds = &runs[0].rounds;
+    assert!(rounds.iter().all(|r| r.participants == 4), "{rounds:#?}");
     assert!(accuracy(&runs[0], 3) > 0.8, "{rounds:#?}");
     let ignored = refusals(&cluster, &[0, 1, 2], "gossip", "not_the_aggregator").await;
     assert!(ignored >= 3.0, "honest members refused {ignored} hijacking messages");
@@ -161,17 +160,15 @@ async fn members_that_miss_a_rounds_result_ask_for_it_and_no_round_runs_twice() 
     assert_same_model(&runs);
     // No round ran twice: every member holds one model per round, the same as every other's
     // (one that took a round's model from the next round's opening records no participants).
-    let rounds: Vec<&Vec<Value>> =
-        runs.iter().map(|run| run["rounds"].as_array().unwrap()).collect();
     for round in 0..4 {
-        let models: Vec<&Value> = rounds.iter().map(|rounds| &rounds[round]["model"]).collect();
+        let models: Vec<Option<&str>> =
+            runs.iter().map(|run| run.rounds[round].model.as_deref()).collect();
         assert!(
-            models.iter().all(|m| *m == models[0] && m.is_string()),
+            models.iter().all(|m| *m == models[0] && m.is_some()),
             "round {}: {models:?}",
             round + 1
         );
-        let counted =
-            rounds.iter().map(|rounds| rounds[round]["participants"].as_u64().unwrap_or(0));
-        assert_eq!(counted.max(), Some(4), "round {}: {:#?}", round + 1, runs[0]["rounds"]);
+        let counted = runs.iter().map(|run| run.rounds[round].participants);
+        assert_eq!(counted.max(), Some(4), "round {}: {:#?}", round + 1, runs[0].rounds);
     }
 }

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{Job, completed_round, federation, plain, wait_completed, wait_for};
+use common::{Job, federation, plain, wait_completed, wait_for};
 use fedmesh_node::misbehaviour::Misbehaviour;
 use fedmesh_testnet::cluster::{Cluster, NodeSettings};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// The log line that starts a round's model being made and stored, and the one that ends it.
@@ -24,7 +24,7 @@ async fn a_slow_model_store_in_one_job_stalls_no_other_job_and_no_admin_request(
     })
     .await;
     let small = Job::new(10_000, 2).announce(&cluster).await;
-    wait_for(&cluster, 0, &small, "two small rounds", |run| completed_round(run) >= 2).await;
+    wait_for(&cluster, 0, &small, "two small rounds", |run| run.completed_round >= 2).await;
     let big = Job {
         model: json!({"bench": {"params": 25_000_000}}),
         deadline_secs: 120,
@@ -46,7 +46,7 @@ async fn a_slow_model_store_in_one_job_stalls_no_other_job_and_no_admin_request(
     );
     assert!(answered >= 3, "the admin API answered {answered} times meanwhile");
     let runs = wait_completed(&cluster, &big, Duration::from_secs(120)).await;
-    assert_eq!(runs[0]["model"], runs[1]["model"], "both nodes hold the big job's model");
+    assert_eq!(runs[0].model, runs[1].model, "both nodes hold the big job's model");
 }
 
 /// Waits until a node starts storing `job`'s round model, then asks its admin API for its status
@@ -64,7 +64,7 @@ async fn admin_answers_while_storing(cluster: &Cluster, job: &str) -> (usize, us
     let mut answered = 0;
     while !log_has(cluster, leader, job, CLOSED) {
         assert!(Instant::now() < deadline, "the big job's round never closed");
-        let status: Result<Value, _> = cluster.nodes[leader].api.get("/v1/jobs").await;
+        let status = cluster.nodes[leader].api.jobs().await;
         // Counted only if the store was still under way once it came.
         if status.is_ok() && !log_has(cluster, leader, job, CLOSED) {
             answered += 1;

@@ -2,28 +2,29 @@
 //! spread, a late node learns jobs from its peers, forged or untrusted announcements are stored by
 //! nobody, and a restarted node still knows its jobs.
 
+use fedmesh_admin_api::metric_value;
 use fedmesh_node::network::{self, BehaviourSettings, NetworkEvent};
 use fedmesh_protocol::codec::encode_gossip;
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::message::{GossipMessage, JobAnnouncement};
 use fedmesh_protocol::spec::JobSpec;
-use fedmesh_testnet::api::metric_value;
 use fedmesh_testnet::cluster::{Cluster, NodeSpec};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_fedmesh");
 
-fn job_spec(name: &str, owner: &str) -> Value {
-    json!({ "name": name, "owner": owner, "model": "softmax", "dataset": "mnist5k" })
+fn job_spec(name: &str, owner: &str) -> Vec<u8> {
+    let spec = json!({ "name": name, "owner": owner, "model": "softmax", "dataset": "mnist5k" });
+    serde_json::to_vec(&spec).unwrap()
 }
 
 async fn job_ids(cluster: &Cluster, index: usize) -> Vec<String> {
-    let jobs: Vec<Value> = cluster.nodes[index].api.get("/v1/jobs").await.unwrap_or_default();
-    jobs.iter().filter_map(|job| job["id"].as_str().map(str::to_owned)).collect()
+    let jobs = cluster.nodes[index].api.jobs().await.unwrap_or_default();
+    jobs.into_iter().map(|job| job.id).collect()
 }
 
 /// Polls until every listed node knows `job`, or fails after `limit`.
@@ -50,10 +51,8 @@ async fn wait_for_job(cluster: &Cluster, nodes: &[usize], job: &str, limit: Dura
 /// Publishes a tampered announcement from an in-process peer connected to `address`.
 async fn publish_forged_announcement(owner_seed_dir: &Path, address: &str) {
     let owner = Identity::load(&owner_seed_dir.join("node.key")).unwrap();
-    let spec = JobSpec::from_json(
-        &serde_json::to_vec(&job_spec("forged", &owner.member_id().to_peer_id_string())).unwrap(),
-    )
-    .unwrap();
+    let spec =
+        JobSpec::from_json(&job_spec("forged", &owner.member_id().to_peer_id_string())).unwrap();
     let announcement = JobAnnouncement::new(&spec, 1).unwrap();
     let signed = Signed::sign(&owner, announcement).unwrap();
     let mut frame = encode_gossip(&GossipMessage::Announce(signed)).unwrap();
@@ -106,9 +105,8 @@ async fn announcements_spread_and_survive_restarts_while_forgeries_do_not() {
     }
 
     // An announcement from the owner reaches the other three.
-    let announced: Value =
-        cluster.nodes[0].api.post("/v1/jobs", &job_spec("mnist", &owner_peer)).await.unwrap();
-    let job = announced["id"].as_str().unwrap().to_owned();
+    let announced = cluster.nodes[0].api.announce(job_spec("mnist", &owner_peer)).await;
+    let job = announced.unwrap().id;
     wait_for_job(&cluster, &[0, 1, 2, 3], &job, Duration::from_secs(15)).await;
 
     // A fifth node started after the announcement learns the job from its peers.
@@ -117,9 +115,8 @@ async fn announcements_spread_and_survive_restarts_while_forgeries_do_not() {
 
     // A job from an owner nobody trusts is stored by nobody but its owner.
     let stranger = cluster.nodes[3].peer_id.clone();
-    let untrusted: Value =
-        cluster.nodes[3].api.post("/v1/jobs", &job_spec("untrusted", &stranger)).await.unwrap();
-    let untrusted = untrusted["id"].as_str().unwrap().to_owned();
+    let untrusted = cluster.nodes[3].api.announce(job_spec("untrusted", &stranger)).await;
+    let untrusted = untrusted.unwrap().id;
 
     // A forged announcement (broken signature) is rejected and counted.
     publish_forged_announcement(&owner_dir, &cluster.nodes[4].address).await;

@@ -53,7 +53,7 @@ async fn an_allow_listed_jobs_model_goes_to_a_peer_on_its_list_and_not_to_an_out
     allow.push(insider_id.to_string());
     let job = Job { allow, ..Job::new(2, 2) }.announce(&cluster).await;
     let runs = wait_completed(&cluster, &job, Duration::from_secs(60)).await;
-    let model: ContentHash = runs[1]["model"].as_str().unwrap().parse().unwrap();
+    let model: ContentHash = runs[1].model.parse().unwrap();
     let member = &cluster.nodes[1].address;
 
     let refused = pull(&outsider, member, model).await;

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{BINARY, federation, plain, wait_completed};
-use fedmesh_node::admin::Endpoint;
+use fedmesh_admin_api::{Endpoint, JobView, metric_value};
 use fedmesh_testnet::cluster::NodeSpec;
 use serde_json::json;
 use std::process::Command;
@@ -37,9 +37,8 @@ async fn an_announced_job_is_owned_by_the_node_and_seen_in_status_and_metrics() 
     let job = fedmesh(&node0, &["job", "announce", spec_file.to_str().unwrap()]).trim().to_owned();
     let runs = wait_completed(&cluster, &job, Duration::from_secs(90)).await;
     assert_eq!(runs.len(), 3);
-    let shown: serde_json::Value =
-        serde_json::from_str(&fedmesh(&node0, &["job", "show", &job])).unwrap();
-    assert_eq!(shown["owner"], cluster.nodes[0].peer_id.as_str());
+    let shown: JobView = serde_json::from_str(&fedmesh(&node0, &["job", "show", &job])).unwrap();
+    assert_eq!(shown.owner, cluster.nodes[0].peer_id);
 
     let status = fedmesh(&cluster.nodes[2].data_dir(), &["status"]);
     assert!(status.contains(&cluster.nodes[2].peer_id), "{status}");
@@ -93,7 +92,7 @@ async fn an_announced_job_is_owned_by_the_node_and_seen_in_status_and_metrics() 
     for node in &cluster.nodes {
         let text = node.api.metrics().await.unwrap();
         let sample = format!("fedmesh_job_updates_accepted_total{{job=\"{job}\",kind=\"delta\"}}");
-        accepted += fedmesh_testnet::api::metric_value(&text, &sample);
+        accepted += metric_value(&text, &sample);
     }
     assert!(accepted >= 6.0, "3 rounds of 2 updates sent, {accepted} counted");
 }

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{Job, completed_round, federation, plain, wait_for};
-use fedmesh_node::admin::Endpoint;
+use common::{Job, federation, plain, wait_for};
+use fedmesh_admin_api::Endpoint;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -47,7 +47,7 @@ async fn the_web_page_shows_peers_jobs_rounds_and_members_in_chromium() {
     let cluster = federation(root.path(), 3, plain).await;
     // Long enough to still run while the browser looks (a fraction of a second a round).
     let job = Job::new(500, 3).announce(&cluster).await;
-    wait_for(&cluster, 0, &job, "three rounds", |run| completed_round(run) >= 3).await;
+    wait_for(&cluster, 0, &job, "three rounds", |run| run.completed_round >= 3).await;
     let endpoint = Endpoint::read(&cluster.nodes[0].data_dir()).unwrap();
     let url = format!("http://{}/#token={}", endpoint.address, endpoint.token);
 

@@ -56,7 +56,8 @@ impl World {
             Effect::Answer { outcome, .. } => match outcome {
                 Ok(()) => self.counters.accepted += 1,
                 Err(refusal) => {
-                    *self.counters.refused.entry(refusal.reason.label().to_owned()).or_insert(0) += 1
+                    *self.counters.refused.entry(refusal.reason.label().to_owned()).or_insert(0) +=
+                        1
                 }
             },
             Effect::ServeResult { request, result, .. } => self.serve(member, request, result),

@@ -7,8 +7,8 @@ use crate::firing::EventRunner;
 use crate::report::RoundFigures;
 use crate::scenario::Scenario;
 use crate::scenario_file::Expect;
+use fedmesh_admin_api::RunView;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// One check and its result.
@@ -34,8 +34,8 @@ impl Check {
     }
 }
 
-/// A member's run view by its name.
-type MemberRun = (String, Value);
+/// A member's run view (none if it has none or did not answer) by its name.
+type MemberRun = (String, Option<RunView>);
 
 /// Every check of a run whose follower ended with `status`, having reported `rounds`.
 pub async fn check_run(
@@ -101,11 +101,11 @@ async fn member_runs(
     loop {
         let mut runs = Vec::new();
         for &i in members {
-            let view: Value =
-                cluster.nodes[i].api.get(&format!("/v1/jobs/{job}")).await.unwrap_or_default();
-            runs.push((cluster.nodes[i].name.clone(), view["run"].clone()));
+            let run = cluster.nodes[i].api.job(job).await.ok().and_then(|view| view.run);
+            runs.push((cluster.nodes[i].name.clone(), run));
         }
-        if runs.iter().all(|(_, run)| run["status"] == "completed") || Instant::now() > deadline {
+        if runs.iter().all(|(_, run)| status(run) == Some("completed")) || Instant::now() > deadline
+        {
             return runs;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -119,20 +119,20 @@ fn rounds_once(scenario: &Scenario, runs: &[MemberRun]) -> Result<String, String
     let mut complete = Vec::new();
     let mut notes = Vec::new();
     for (name, run) in runs {
-        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-        let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+        let rounds = run.as_ref().map_or(&[][..], |run| &run.rounds);
+        let numbers: Vec<u64> = rounds.iter().map(|r| r.round).collect();
         if numbers.windows(2).any(|pair| pair[0] >= pair[1]) {
             return Err(format!("{name} records rounds {numbers:?}"));
         }
         // A member that joined or resumed mid-round may keep that round open in its records
         // although it went on (a node bookkeeping gap, reported but not a lost round).
-        if let Some(r) = rounds.iter().find(|r| r["model"].is_null()) {
-            notes.push(format!("{name} still shows round {} open without its model", r["round"]));
+        if let Some(r) = rounds.iter().find(|r| r.model.is_none()) {
+            notes.push(format!("{name} still shows round {} open without its model", r.round));
         }
-        let most = rounds.iter().filter_map(|r| r["participants"].as_u64()).max().unwrap_or(0);
+        let most = rounds.iter().map(|r| r.participants).max().unwrap_or(0);
         // A hostile member (an `attack` event's) may have an update counted too.
         let senders = scenario.total_nodes + scenario.hostile_members();
-        if most as usize > senders {
+        if most > senders {
             return Err(format!(
                 "{name} counts {most} updates in a round of {} nodes and {} hostile members",
                 scenario.total_nodes,
@@ -161,19 +161,23 @@ fn rounds_once(scenario: &Scenario, runs: &[MemberRun]) -> Result<String, String
 fn same_model(runs: &[MemberRun]) -> Result<String, String> {
     let unfinished: Vec<String> = runs
         .iter()
-        .filter(|(_, run)| run["status"] != "completed")
-        .map(|(name, run)| {
-            format!("{name} is {}", run["status"].as_str().unwrap_or("not in the job"))
-        })
+        .filter(|(_, run)| status(run) != Some("completed"))
+        .map(|(name, run)| format!("{name} is {}", status(run).unwrap_or("not in the job")))
         .collect();
     if !unfinished.is_empty() {
         return Err(unfinished.join(", "));
     }
-    let first = runs.first().map(|(_, run)| &run["model"]);
-    match runs.iter().find(|(_, run)| Some(&run["model"]) != first) {
+    let model = |run: &Option<RunView>| run.as_ref().map(|run| run.model.clone());
+    let first = runs.first().map(|(_, run)| model(run));
+    match runs.iter().find(|(_, run)| Some(model(run)) != first) {
         Some((name, _)) => Err(format!("{name} ends with another model than {}", runs[0].0)),
         None => Ok(format!("{} members completed with one model", runs.len())),
     }
+}
+
+/// A member's run status, if it has a run.
+fn status(run: &Option<RunView>) -> Option<&str> {
+    run.as_ref().map(|run| run.status.as_str())
 }
 
 fn fired(events: &EventRunner) -> Result<String, String> {

@@ -1,7 +1,7 @@
 //! A set of real `fedmesh node` processes on 127.0.0.1: each with its own key, data directory and
 //! node.toml, started one after another so that each bootstraps from the one before.
 
-use crate::api::ApiClient;
+use fedmesh_admin_api::{AdminClient, metric_value};
 use fedmesh_node::config::{ConfigError, NodeConfig};
 use fedmesh_node::misbehaviour::Misbehaviour;
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ pub enum ClusterError {
     #[error("node {name} exited early ({status}); its log is {log}, which ends:\n{tail}")]
     Exited { name: String, status: String, log: String, tail: String },
     #[error(transparent)]
-    Api(#[from] crate::api::ApiError),
+    Api(#[from] fedmesh_admin_api::ApiError),
 }
 
 /// How to start one node.
@@ -65,16 +65,10 @@ pub struct NodeProcess {
     pub peer_id: String,
     /// The address others bootstrap from, with `/p2p/PEERID`.
     pub address: String,
-    pub api: ApiClient,
+    pub api: AdminClient,
     /// How it was started (kept to write its node.toml again for a restart).
     spec: NodeSpec,
     child: Option<Child>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Status {
-    peer_id: String,
-    listen_addresses: Vec<String>,
 }
 
 /// What one node used over a run.
@@ -368,7 +362,7 @@ impl NodeProcess {
         NodeUsage {
             node: self.name.clone(),
             peak_rss_mb: self.peak_rss_bytes().map(|bytes| bytes as f64 / 1e6),
-            bytes_sent: crate::api::metric_value(&metrics, "fedmesh_bytes_sent_total") as u64,
+            bytes_sent: metric_value(&metrics, "fedmesh_bytes_sent_total") as u64,
         }
     }
 
@@ -389,7 +383,7 @@ struct Up {
     peer_id: String,
     /// A loopback listen address with `/p2p/PEERID`.
     address: String,
-    api: ApiClient,
+    api: AdminClient,
 }
 
 /// Waits until the node's admin API answers with a loopback listen address.
@@ -405,8 +399,8 @@ async fn wait_until_up(name: &str, dir: &Path, child: &mut Child) -> Result<Up, 
                 log,
             });
         }
-        if let Ok(api) = ApiClient::from_data_dir(&dir.join("data"))
-            && let Ok(status) = api.get::<Status>("/v1/status").await
+        if let Ok(api) = AdminClient::for_data_dir(&dir.join("data"))
+            && let Ok(status) = api.status().await
             && let Some(address) = status.listen_addresses.iter().find(|a| a.contains("127.0.0.1"))
         {
             let address = format!("{address}/p2p/{}", status.peer_id);

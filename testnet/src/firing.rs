@@ -4,8 +4,8 @@
 use crate::attack_runs::Attacks;
 use crate::cluster::{Cluster, NodeSpec};
 use crate::events::{Action, Event, FiredEvent, Target};
-use crate::follow::{completed_round, open_round};
-use serde_json::{Value, json};
+use crate::follow::open_round;
+use fedmesh_admin_api::RunView;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -89,13 +89,17 @@ impl EventRunner {
     }
 
     /// Fires every pending event whose round `run` (the followed node's run view) has reached.
-    pub async fn fire_due(&mut self, cluster: &mut Cluster, run: &Value) -> Vec<FiredEvent> {
+    pub async fn fire_due(
+        &mut self,
+        cluster: &mut Cluster,
+        run: Option<&RunView>,
+    ) -> Vec<FiredEvent> {
         let mut fired = Vec::new();
-        if run.is_null() {
+        let Some(run) = run else {
             return fired; // not joined yet, or the node did not answer this time
-        }
+        };
         while let Some(event) = self.pending.front() {
-            let in_progress = completed_round(run) + 1;
+            let in_progress = run.completed_round + 1;
             if in_progress < event.round {
                 break;
             }
@@ -115,7 +119,7 @@ impl EventRunner {
         &self,
         cluster: &Cluster,
         event: &Event,
-        run: &Value,
+        run: &RunView,
         in_progress: u64,
     ) -> Option<Result<Vec<usize>, String>> {
         if event.action == Action::Attack && event.target.is_none() {
@@ -213,16 +217,12 @@ impl EventRunner {
                 Ok("restarted from its data directory".into())
             }
             Action::Leave => {
-                let path = format!("/v1/jobs/{}/leave", self.job);
-                let _: Value =
-                    process.api.post(&path, &json!({})).await.map_err(|e| e.to_string())?;
+                process.api.leave(&self.job).await.map_err(|e| e.to_string())?;
                 self.left.insert(node);
                 Ok("left the job through its admin API (a signed leave)".into())
             }
             Action::Rejoin => {
-                let path = format!("/v1/jobs/{}/join", self.job);
-                let _: Value =
-                    process.api.post(&path, &json!({})).await.map_err(|e| e.to_string())?;
+                process.api.join(&self.job, None).await.map_err(|e| e.to_string())?;
                 self.left.remove(&node);
                 Ok("joined the job again through its admin API".into())
             }
@@ -260,11 +260,9 @@ impl EventRunner {
         }
         let spec = self.specs.get(node).ok_or("has no share of the data")?;
         let process = cluster.start_node(spec).await.map_err(|e| e.to_string())?;
-        let path = format!("/v1/jobs/{}", self.job);
         let up = Instant::now();
         while up.elapsed() < JOIN_LIMIT {
-            let view: Value = process.api.get(&path).await.unwrap_or_default();
-            if !view["run"].is_null() {
+            if process.api.job(&self.job).await.is_ok_and(|view| view.run.is_some()) {
                 let later = up.elapsed().as_secs_f64();
                 return Ok(format!(
                     "started on its own share of the data; it joined the job {later:.1} s later"

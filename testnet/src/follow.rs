@@ -3,23 +3,17 @@
 
 use crate::cluster::Cluster;
 use crate::report::RoundFigures;
-use serde_json::Value;
+use fedmesh_admin_api::{JobView, RoundView, RunView};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// How long a closed round waits for every member's evaluation before it is reported anyway.
 const EVALUATION_GRACE: Duration = Duration::from_secs(3);
 
-/// The last round whose global model a run view holds (0 before the first).
-pub fn completed_round(run: &Value) -> u64 {
-    run["completed_round"].as_u64().unwrap_or(0)
-}
-
 /// The round a run view shows open (no model yet), with its aggregator's PeerId.
-pub fn open_round(run: &Value) -> Option<(u64, String)> {
-    let rounds = run["rounds"].as_array()?;
-    let open = rounds.iter().rev().find(|round| round["model"].is_null())?;
-    Some((open["round"].as_u64()?, open["aggregator"].as_str()?.to_owned()))
+pub fn open_round(run: &RunView) -> Option<(u64, String)> {
+    let open = run.rounds.iter().rev().find(|round| round.model.is_none())?;
+    Some((open.round, open.aggregator.clone()))
 }
 
 /// Gathers a job's rounds in order, as the followed node records them.
@@ -45,17 +39,17 @@ impl Follower {
         }
     }
 
-    /// Takes the rounds of `view` (a job view from node `observer`) that are final, in order;
-    /// `members` is how many evaluations a round should get.
+    /// Takes the rounds of `run` (the followed node's run view, if it answered one) that are
+    /// final, in order; `members` is how many evaluations a round should get.
     pub async fn take_rounds(
         &mut self,
         cluster: &Cluster,
-        view: &Value,
+        run: Option<&RunView>,
         members: usize,
     ) -> Vec<RoundFigures> {
         let mut taken = Vec::new();
         let mut training = None;
-        for round in view["run"]["rounds"].as_array().into_iter().flatten() {
+        for round in run.iter().flat_map(|run| &run.rounds) {
             if let Some(mut figures) = self.final_figures(cluster, round, members) {
                 // Every node's view is fetched once a call, not once a round: a fast job's
                 // views hold thousands of rounds, and fetching them for each round left the
@@ -74,12 +68,14 @@ impl Follower {
         taken
     }
 
-    /// `Some(status)` once the job has ended: `"completed"`, or why not.
-    pub fn end(&self, view: &Value, observer: &str) -> Option<String> {
-        if let Some(error) = view["join_error"].as_str() {
+    /// `Some(status)` once the job has ended: `"completed"`, or why not (`view` is the
+    /// followed node's job view, if it answered one).
+    pub fn end(&self, view: Option<&JobView>, observer: &str) -> Option<String> {
+        if let Some(error) = view.and_then(|view| view.join_error.as_deref()) {
             return Some(format!("{observer} cannot take part: {error}"));
         }
-        let status = view["run"]["status"].as_str().unwrap_or("not joined yet");
+        let run = view.and_then(|view| view.run.as_ref());
+        let status = run.map_or("not joined yet", |run| run.status.as_str());
         if status.starts_with("failed") || status == "left" {
             return Some(format!("{observer}: {status}"));
         }
@@ -100,26 +96,25 @@ impl Follower {
     fn final_figures(
         &mut self,
         cluster: &Cluster,
-        round: &Value,
+        round: &RoundView,
         members: usize,
     ) -> Option<RoundFigures> {
-        let number = round["round"].as_u64()?;
-        if number != self.rounds.len() as u64 + 1 || round["model"].is_null() {
+        let number = round.round;
+        if number != self.rounds.len() as u64 + 1 || round.model.is_none() {
             return None;
         }
         let first_seen = *self.closed_at.entry(number).or_insert_with(Instant::now);
-        let evaluations = round["evaluations"].as_u64().unwrap_or(0) as usize;
-        if evaluations < members && first_seen.elapsed() < EVALUATION_GRACE {
+        if round.evaluations < members && first_seen.elapsed() < EVALUATION_GRACE {
             return None;
         }
         Some(RoundFigures {
             round: number,
-            aggregator: round["aggregator"].as_str().map(|peer| node_name(cluster, peer)),
-            participants: round["participants"].as_u64().unwrap_or(0) as usize,
-            evaluations,
-            accuracy: round["accuracy"].as_f64(),
-            loss: round["loss"].as_f64(),
-            seconds: round["seconds"].as_f64(),
+            aggregator: Some(node_name(cluster, &round.aggregator)),
+            participants: round.participants,
+            evaluations: round.evaluations,
+            accuracy: round.accuracy,
+            loss: round.loss,
+            seconds: round.seconds,
             train_seconds: None,
         })
     }
@@ -128,13 +123,10 @@ impl Follower {
     async fn training_times(&self, cluster: &Cluster) -> BTreeMap<u64, Vec<f64>> {
         let mut times: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
         for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-            let view: Value =
-                node.api.get(&format!("/v1/jobs/{}", self.job)).await.unwrap_or_default();
-            for round in view["run"]["rounds"].as_array().into_iter().flatten() {
-                if let (Some(number), Some(time)) =
-                    (round["round"].as_u64(), round["train_seconds"].as_f64())
-                {
-                    times.entry(number).or_default().push(time);
+            let Ok(view) = node.api.job(&self.job).await else { continue };
+            for round in view.run.iter().flat_map(|run| &run.rounds) {
+                if let Some(time) = round.train_seconds {
+                    times.entry(round.round).or_default().push(time);
                 }
             }
         }

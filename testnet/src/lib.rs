@@ -2,7 +2,6 @@
 //! as a user would, fires scenario events (kill, restart, join, leave, Byzantine) at given rounds,
 //! and reports on what they did.
 
-pub mod api;
 pub mod attack_runs;
 pub mod bench;
 pub mod checks;

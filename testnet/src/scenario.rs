@@ -9,7 +9,7 @@ use crate::firing::EventRunner;
 use crate::follow::Follower;
 use crate::report::{PartitionSummary, Report, RoundFigures, RunOutcome};
 use crate::scenario_file::{Expect, ScenarioFile};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use fedmesh_learning::{DataSource, Dataset, Embedded, Model, Partitioner, formats};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -300,12 +300,10 @@ impl Scenario {
         let started = Instant::now();
         let (mut cluster, owner) = self.start(&partitions).await?;
         let spec = self.job_spec(&owner)?;
-        let answer: Value = match &cluster.coordinator {
-            Some(coordinator) => coordinator.api.post("/v1/coordinator/jobs", &spec).await?,
-            None => cluster.nodes[0].api.post("/v1/jobs", &spec).await?,
-        };
-        let Some(job) = answer["id"].as_str().map(str::to_owned) else {
-            bail!("the job's owner did not answer a job id: {answer}");
+        let bytes = serde_json::to_vec(&spec)?;
+        let job = match &cluster.coordinator {
+            Some(coordinator) => coordinator.api.submit(bytes).await?.id,
+            None => cluster.nodes[0].api.announce(bytes).await?.id,
         };
         let specs = partitions.iter().map(|p| self.node_spec(&owner, p)).collect();
         let mut events = EventRunner::new(job.clone(), &self.events, specs, started)
@@ -345,18 +343,18 @@ async fn drive(
             return "no node is left that no event touched, to follow the job on".to_owned();
         };
         let node = &cluster.nodes[observer];
-        let view: Value =
-            node.api.get(&format!("/v1/jobs/{}", follower.job)).await.unwrap_or_default();
+        let view = node.api.job(&follower.job).await.ok();
         let name = node.name.clone();
         let members = events.members(cluster).len();
+        let run = view.as_ref().and_then(|view| view.run.as_ref());
         // Events first: gathering a round's figures asks every node, which takes a while at 50.
-        for fired in events.fire_due(cluster, &view["run"]).await {
+        for fired in events.fire_due(cluster, run).await {
             on_progress(Progress::Event(&fired));
         }
-        for round in follower.take_rounds(cluster, &view, members).await {
+        for round in follower.take_rounds(cluster, run, members).await {
             on_progress(Progress::Round(&round));
         }
-        if let Some(end) = follower.end(&view, &name) {
+        if let Some(end) = follower.end(view.as_ref(), &name) {
             return end;
         }
         let waiting = events.pending().next().is_some();

@@ -386,6 +386,7 @@ impl Lives {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fedmesh_protocol::strategy::{AggregationRule, StrategySpec};
 
     fn parse(text: &str) -> Result<ScenarioFile, String> {
         ScenarioFile::parse(text, "test").map_err(|e| format!("{e:#}"))
@@ -415,7 +416,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(file.total_nodes(), 9);
-        assert_eq!(file.strategy.as_ref().unwrap()["beta"], 0.3);
+        let strategy: StrategySpec =
+            serde_json::from_value(file.strategy.clone().unwrap()).unwrap();
+        assert_eq!(strategy.rule, AggregationRule::TrimmedMean { beta: 0.3 });
         let scenario = file.into_scenario(PathBuf::new(), PathBuf::new());
         let rounds: Vec<u64> = scenario.events.iter().map(|e| e.round).collect();
         assert_eq!(rounds, [3, 4, 5]);

@@ -120,9 +120,9 @@ fn the_numpy_trainer_reaches_the_builtin_accuracy_and_its_export_loads_in_python
     let mut node0 = restart_node0(&numpy);
     let data_dir = numpy.join("nodes/node0/data");
     let listing = cli(&data_dir, &["model", "list", "--json"]);
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap();
+    let entries: Vec<fedmesh_admin_api::ModelEntry> = serde_json::from_str(&listing).unwrap();
     assert_eq!(entries.len(), 4, "{listing}");
-    let job = entries[0]["job"].as_str().unwrap().to_owned();
+    let job = entries[0].job.to_string();
     let exported = out.path().join("final.safetensors");
     cli(&data_dir, &["model", "export", "--job", &job[..12], "--out", exported.to_str().unwrap()]);
     let npy = out.path().join("npy");

@@ -3,7 +3,6 @@
 //! `/metrics`, behind the bearer token; the web page at `/` (which asks for the token); and the
 //! metrics address's own server, without a token.
 
-use super::Endpoint;
 use crate::engine::{EngineError, EngineHandle};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -11,6 +10,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fedmesh_admin_api::{
+    AdmitRequest, Admitted, Announced, CoordinationView, Endpoint, ErrorAnswer, JobView,
+    JoinRequest, Joined, Left, ModelEntry, ModelExport, StatusView, StopRequest, Stopped,
+    StoredBlob,
+};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -97,7 +101,7 @@ impl IntoResponse for ApiError {
             EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, Json(serde_json::json!({ "error": self.0.to_string() }))).into_response()
+        (status, Json(ErrorAnswer { error: self.0.to_string() })).into_response()
     }
 }
 
@@ -109,70 +113,56 @@ impl From<EngineError> for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-async fn status(State(state): State<Arc<AdminState>>) -> ApiResult<crate::engine::StatusView> {
+async fn status(State(state): State<Arc<AdminState>>) -> ApiResult<StatusView> {
     let mut status = state.engine.status().await?;
     status.metrics_address = state.metrics_address.map(|address| address.to_string());
     Ok(Json(status))
 }
 
-async fn list_jobs(State(state): State<Arc<AdminState>>) -> ApiResult<Vec<crate::engine::JobView>> {
+async fn list_jobs(State(state): State<Arc<AdminState>>) -> ApiResult<Vec<JobView>> {
     Ok(Json(state.engine.jobs().await?))
 }
 
 async fn show_job(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-) -> ApiResult<crate::engine::JobView> {
+) -> ApiResult<JobView> {
     Ok(Json(state.engine.job(&id).await?))
 }
 
 async fn announce_job(
     State(state): State<Arc<AdminState>>,
     body: axum::body::Bytes,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<Announced> {
     let id = state.engine.announce(body.to_vec()).await?;
-    Ok(Json(serde_json::json!({ "id": id.to_string() })))
-}
-
-/// What `POST /v1/jobs/{id}/join` takes (optional): the owner's ticket, for a job that admits
-/// members by ticket.
-#[derive(serde::Deserialize, Default)]
-struct JoinBody {
-    #[serde(default)]
-    ticket: Option<String>,
+    Ok(Json(Announced { id: id.to_string() }))
 }
 
 async fn join_job(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<serde_json::Value> {
-    let JoinBody { ticket } = optional_json(&body, "{\"ticket\": …}")?;
+) -> ApiResult<Joined> {
+    let JoinRequest { ticket } = optional_json(&body, "{\"ticket\": …}")?;
     let id = state.engine.join(&id, ticket).await?;
-    Ok(Json(serde_json::json!({ "id": id.to_string(), "joined": true })))
-}
-
-/// What `POST /v1/jobs/{id}/admit` takes: the peer id to admit.
-#[derive(serde::Deserialize)]
-struct AdmitBody {
-    member: String,
+    Ok(Json(Joined { id: id.to_string(), joined: true }))
 }
 
 async fn admit_member(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    Json(AdmitBody { member }): Json<AdmitBody>,
-) -> ApiResult<serde_json::Value> {
+    Json(AdmitRequest { member }): Json<AdmitRequest>,
+) -> ApiResult<Admitted> {
     let ticket = state.engine.admit(&id, &member).await?;
-    Ok(Json(serde_json::json!({ "member": member, "ticket": ticket })))
+    Ok(Json(Admitted { member, ticket }))
 }
 
 async fn leave_job(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<Left> {
     let id = state.engine.leave(&id).await?;
-    Ok(Json(serde_json::json!({ "id": id.to_string(), "left": true })))
+    Ok(Json(Left { id: id.to_string(), left: true }))
 }
 
 /// An optional JSON request body: the default when empty, else `shape` or a clear refusal.
@@ -188,42 +178,35 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
     })
 }
 
-/// Why a job is stopped, as `POST /v1/jobs/{id}/stop` takes it (`{"reason": "…"}`, optional).
-#[derive(serde::Deserialize, Default)]
-struct StopBody {
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 async fn stop_job(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<serde_json::Value> {
-    let body: StopBody = optional_json(&body, "{\"reason\": …}")?;
+) -> ApiResult<Stopped> {
+    let body: StopRequest = optional_json(&body, "{\"reason\": …}")?;
     let reason = body.reason.unwrap_or_else(|| "stopped by its operator".to_owned());
     let id = state.engine.stop(&id, &reason).await?;
-    Ok(Json(serde_json::json!({ "id": id.to_string(), "stopped": true })))
+    Ok(Json(Stopped { id: id.to_string(), stopped: true }))
 }
 
 async fn submit_job(
     State(state): State<Arc<AdminState>>,
     body: axum::body::Bytes,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<Announced> {
     let id = state.engine.submit(body.to_vec()).await?;
-    Ok(Json(serde_json::json!({ "id": id.to_string() })))
+    Ok(Json(Announced { id: id.to_string() }))
 }
 
 async fn coordinated_jobs(
     State(state): State<Arc<AdminState>>,
-) -> ApiResult<Vec<crate::engine::CoordinationView>> {
+) -> ApiResult<Vec<CoordinationView>> {
     Ok(Json(state.engine.coordinated(None).await?))
 }
 
 async fn coordinated_job(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-) -> ApiResult<crate::engine::CoordinationView> {
+) -> ApiResult<CoordinationView> {
     let views = state.engine.coordinated(Some(id.clone())).await?;
     match <[_; 1]>::try_from(views) {
         Ok([view]) => Ok(Json(view)),
@@ -243,7 +226,7 @@ async fn job_model(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
     Query(query): Query<RoundQuery>,
-) -> ApiResult<crate::engine::ModelExport> {
+) -> ApiResult<ModelExport> {
     Ok(Json(state.engine.model(&id, query.round).await?))
 }
 
@@ -256,16 +239,16 @@ struct JobQuery {
 async fn list_models(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<JobQuery>,
-) -> ApiResult<Vec<crate::registry::ModelEntry>> {
+) -> ApiResult<Vec<ModelEntry>> {
     Ok(Json(state.engine.models(query.job).await?))
 }
 
 async fn put_blob(
     State(state): State<Arc<AdminState>>,
     body: axum::body::Bytes,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<StoredBlob> {
     let hash = state.engine.put_blob(body.to_vec()).await?;
-    Ok(Json(serde_json::json!({ "hash": hash.to_hex() })))
+    Ok(Json(StoredBlob { hash: hash.to_hex() }))
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

@@ -2,18 +2,15 @@
 //! API (submitting, and a readable status of the job, its members and its rounds), and stopping
 //! a job through the node that controls it.
 
-use crate::admin::AdminClient;
-use crate::engine::CoordinationView;
 use anyhow::Context;
+use fedmesh_admin_api::{AdminClient, CoordinationView};
 use std::path::Path;
 
 /// Submits a spec to the coordinator whose data directory is `coordinator`; prints the job id.
 pub async fn submit(spec: &Path, coordinator: &Path) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(spec).with_context(|| format!("cannot read job spec {}", spec.display()))?;
-    let client = AdminClient::for_data_dir(coordinator)?;
-    let answer: serde_json::Value = client.post("/v1/coordinator/jobs", bytes).await?;
-    let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or_default();
+    let id = AdminClient::for_data_dir(coordinator)?.submit(bytes).await?.id;
     println!("{id}");
     eprintln!(
         "submitted job {id} from {}; it runs orchestrated by this coordinator",
@@ -24,8 +21,7 @@ pub async fn submit(spec: &Path, coordinator: &Path) -> anyhow::Result<()> {
 
 /// Prints an orchestrated job's status as its coordinator sees it.
 pub async fn status(id: &str, coordinator: &Path) -> anyhow::Result<()> {
-    let client = AdminClient::for_data_dir(coordinator)?;
-    let view: CoordinationView = client.get(&format!("/v1/coordinator/jobs/{id}")).await?;
+    let view = AdminClient::for_data_dir(coordinator)?.coordinated_job(id).await?;
     print!("{}", report(&view));
     Ok(())
 }
@@ -33,10 +29,8 @@ pub async fn status(id: &str, coordinator: &Path) -> anyhow::Result<()> {
 /// Stops a job through the node at `data_dir` (its coordinator, or its owner).
 pub async fn stop(id: &str, reason: Option<&str>, data_dir: &Path) -> anyhow::Result<()> {
     let client = AdminClient::for_data_dir(data_dir)?;
-    let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))?;
-    let answer: serde_json::Value = client.post(&format!("/v1/jobs/{id}/stop"), body).await?;
-    let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or(id);
-    println!("stopped {id}");
+    let stopped = client.stop(id, reason.map(str::to_owned)).await?;
+    println!("stopped {}", stopped.id);
     Ok(())
 }
 

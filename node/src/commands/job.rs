@@ -1,10 +1,9 @@
 //! `fedmesh job ...`: announce, list, show, join, admit, leave and watch jobs through the local node's
 //! admin API (submit, status and stop are in `coordinated`).
 
-use crate::admin::AdminClient;
 use crate::cli::JobCommand;
-use crate::engine::{JobView, RunView};
 use anyhow::Context;
+use fedmesh_admin_api::{AdminClient, JobView, RunView};
 use std::path::Path;
 
 pub fn run(command: JobCommand) -> anyhow::Result<()> {
@@ -22,21 +21,20 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
                 if let Some(init) = init {
                     bytes = with_initial_weights(&client, &bytes, &init).await?;
                 }
-                let answer: serde_json::Value = client.post("/v1/jobs", bytes).await?;
-                let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or_default();
+                let id = client.announce(bytes).await?.id;
                 println!("{id}");
                 eprintln!("announced job {id} from {}", spec.display());
                 Ok(())
             }
             JobCommand::List { api } => {
                 let client = AdminClient::for_data_dir(&api.data_dir)?;
-                let jobs: Vec<JobView> = client.get("/v1/jobs").await?;
+                let jobs = client.jobs().await?;
                 print_job_table(&jobs);
                 Ok(())
             }
             JobCommand::Show { id, api } => {
                 let client = AdminClient::for_data_dir(&api.data_dir)?;
-                let job: serde_json::Value = client.get(&format!("/v1/jobs/{id}")).await?;
+                let job = client.job(&id).await?;
                 println!("{}", serde_json::to_string_pretty(&job)?);
                 Ok(())
             }
@@ -50,12 +48,15 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
                 super::coordinated::stop(&id, reason.as_deref(), &api.data_dir).await
             }
             JobCommand::Join { id, ticket, api } => {
-                let body = ticket.map(|ticket| serde_json::json!({ "ticket": ticket }));
-                membership_change(&api.data_dir, &id, "join", body).await
+                let joined = AdminClient::for_data_dir(&api.data_dir)?.join(&id, ticket).await?;
+                println!("join {}: done", joined.id);
+                Ok(())
             }
             JobCommand::Admit { id, peer, api } => admit(&api.data_dir, &id, &peer).await,
             JobCommand::Leave { id, api } => {
-                membership_change(&api.data_dir, &id, "leave", None).await
+                let left = AdminClient::for_data_dir(&api.data_dir)?.leave(&id).await?;
+                println!("leave {}: done", left.id);
+                Ok(())
             }
             JobCommand::Watch { id, api } => watch(&api.data_dir, &id).await,
         }
@@ -72,7 +73,7 @@ async fn with_owner(client: &AdminClient, spec: &[u8]) -> anyhow::Result<Vec<u8>
     if fields.contains_key("owner") {
         return Ok(serde_json::to_vec(&spec)?);
     }
-    let status: crate::engine::StatusView = client.get("/v1/status").await?;
+    let status = client.status().await?;
     eprintln!("owner: this node, {}", status.peer_id);
     fields.insert("owner".to_owned(), serde_json::Value::String(status.peer_id));
     Ok(serde_json::to_vec(&spec)?)
@@ -92,33 +93,14 @@ async fn with_initial_weights(
     let Some(external) = spec.pointer_mut("/model/external").and_then(|e| e.as_object_mut()) else {
         anyhow::bail!("--init is for an external model: the spec has no `model.external`");
     };
-    let answer: serde_json::Value = client.post("/v1/blobs", weights).await?;
-    let hash = answer.get("hash").cloned().context("the node answered no hash")?;
+    let hash = client.put_blob(weights).await?.hash;
     external.insert("init".to_owned(), serde_json::json!({ "safetensors": hash }));
     Ok(serde_json::to_vec(&spec)?)
 }
 
-async fn membership_change(
-    data_dir: &Path,
-    id: &str,
-    action: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<()> {
-    let client = AdminClient::for_data_dir(data_dir)?;
-    let body = body.map(|body| serde_json::to_vec(&body)).transpose()?.unwrap_or_default();
-    let answer: serde_json::Value = client.post(&format!("/v1/jobs/{id}/{action}"), body).await?;
-    let id = answer.get("id").and_then(|id| id.as_str()).unwrap_or(id);
-    println!("{action} {id}: done");
-    Ok(())
-}
-
 /// Signs a ticket admitting `peer` to the job and prints it (alone on stdout, for scripts).
 async fn admit(data_dir: &Path, id: &str, peer: &str) -> anyhow::Result<()> {
-    let client = AdminClient::for_data_dir(data_dir)?;
-    let body = serde_json::to_vec(&serde_json::json!({ "member": peer }))?;
-    let answer: serde_json::Value = client.post(&format!("/v1/jobs/{id}/admit"), body).await?;
-    let ticket = answer.get("ticket").and_then(|t| t.as_str());
-    let ticket = ticket.context("the node answered without a ticket")?;
+    let ticket = AdminClient::for_data_dir(data_dir)?.admit(id, peer).await?.ticket;
     println!("{ticket}");
     eprintln!(
         "admitted {peer}: give its operator this ticket for `fedmesh job join {id} --ticket`"
@@ -136,7 +118,7 @@ async fn watch(data_dir: &Path, id: &str) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     loop {
-        let job: JobView = client.get(&format!("/v1/jobs/{id}")).await?;
+        let job = client.job(id).await?;
         let Some(run) = job.run else {
             bar.abandon();
             anyhow::bail!("this node does not take part in job {} (join it first)", job.id);

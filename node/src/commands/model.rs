@@ -2,11 +2,9 @@
 //! and a job's current (or one round's) global model written as safetensors with the model's
 //! tensor names, or as one `.npy` file per tensor.
 
-use crate::admin::AdminClient;
-use crate::cli::{ApiArgs, ExportFormat, ModelCommand};
-use crate::engine::ModelExport;
-use crate::registry::ModelEntry;
+use crate::cli::{ExportFormat, ModelCommand};
 use anyhow::Context;
+use fedmesh_admin_api::{AdminClient, ModelEntry, ModelExport};
 use fedmesh_learning::external::{NpyData, npy_bytes, to_safetensors};
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,11 +16,8 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match command {
         ModelCommand::List { job, json, api } => {
-            let path = match &job {
-                Some(job) => format!("/v1/models?job={job}"),
-                None => "/v1/models".to_owned(),
-            };
-            let entries: Vec<ModelEntry> = runtime.block_on(get(&api, &path))?;
+            let client = AdminClient::for_data_dir(&api.data_dir)?;
+            let entries = runtime.block_on(client.models(job.as_deref()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
@@ -31,11 +26,8 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ModelCommand::Export { job, round, out, format, api } => {
-            let path = match round {
-                Some(round) => format!("/v1/jobs/{job}/model?round={round}"),
-                None => format!("/v1/jobs/{job}/model"),
-            };
-            let model: ModelExport = runtime.block_on(get(&api, &path))?;
+            let client = AdminClient::for_data_dir(&api.data_dir)?;
+            let model = runtime.block_on(client.model(&job, round))?;
             match format {
                 ExportFormat::Safetensors => write_safetensors(&model, &out)?,
                 ExportFormat::Npy => write_npy(&model, &out)?,
@@ -52,10 +44,6 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn get<T: serde::de::DeserializeOwned>(api: &ApiArgs, path: &str) -> anyhow::Result<T> {
-    AdminClient::for_data_dir(&api.data_dir)?.get(path).await
 }
 
 fn print_table(entries: &[ModelEntry]) {

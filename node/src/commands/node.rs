@@ -2,7 +2,7 @@
 //! operator should fix, loads the key, opens the store, starts the network, the job engine, the
 //! admin API and the metrics server, and runs until SIGINT or SIGTERM.
 
-use crate::admin::{self, Endpoint};
+use crate::admin;
 use crate::cli::NodeArgs;
 use crate::config::NodeConfig;
 use crate::engine::Engine;
@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::network::{self, BehaviourSettings};
 use crate::store::Store;
 use anyhow::Context;
+use fedmesh_admin_api::Endpoint;
 use libp2p::Multiaddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,9 @@
 //! `fedmesh status`: the local node at a glance (peers, jobs, rounds in progress, recent warnings
 //! and errors) through its admin API.
 
-use crate::admin::AdminClient;
 use crate::cli::ApiArgs;
-use crate::engine::{JobView, StatusView};
 use anyhow::Context;
+use fedmesh_admin_api::{AdminClient, JobView, StatusView};
 
 /// How many of the node's latest warnings and errors are shown.
 const SHOWN_ERRORS: usize = 10;
@@ -16,8 +15,8 @@ pub fn run(api: &ApiArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let client = AdminClient::for_data_dir(&api.data_dir)?;
-        let status: StatusView = client.get("/v1/status").await?;
-        let jobs: Vec<JobView> = client.get("/v1/jobs").await?;
+        let status = client.status().await?;
+        let jobs = client.jobs().await?;
         print!("{}", render(&status, &jobs));
         Ok(())
     })

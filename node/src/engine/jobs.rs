@@ -37,7 +37,7 @@ impl KnownJob {
             dataset: spec.dataset.clone(),
             status: "announced".to_owned(),
             learned_at_ms: self.learned_at_ms,
-            spec: serde_json::to_value(spec).unwrap_or(serde_json::Value::Null),
+            spec: spec.clone(),
             run: None,
             join_error: None,
         }

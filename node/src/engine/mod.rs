@@ -12,13 +12,11 @@ use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::network::{Network, NetworkEvent};
 use crate::store::{Store, StoreError};
-pub use coordination::CoordinationView;
 use federation::JobRun;
-pub use federation::{RoundView, RunView};
+use fedmesh_admin_api::{CoordinationView, JobView, ModelEntry, ModelExport, StatusView};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{JobId, MemberId};
 use jobs::JobBook;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,58 +40,6 @@ pub enum EngineError {
     Stopped,
 }
 
-/// The node as `GET /v1/status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusView {
-    pub peer_id: String,
-    pub version: String,
-    pub listen_addresses: Vec<String>,
-    pub connected_peers: Vec<String>,
-    pub jobs: usize,
-    /// Where Prometheus scrapes the node's metrics.
-    #[serde(default)]
-    pub metrics_address: Option<String>,
-    /// The node's latest warnings and errors, oldest first.
-    #[serde(default)]
-    pub recent_errors: Vec<crate::recent::LogLine>,
-    /// The node's clock (ms since the Unix epoch), to tell how long ago a member was heard.
-    #[serde(default)]
-    pub now_ms: u64,
-}
-
-/// A job as the admin API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobView {
-    pub id: String,
-    pub name: String,
-    pub owner: String,
-    pub dataset: String,
-    /// `announced` until this node takes part; then its part's status (`running`, `left`...).
-    pub status: String,
-    pub learned_at_ms: u64,
-    pub spec: serde_json::Value,
-    /// This node's part in the job, if it joined.
-    pub run: Option<RunView>,
-    /// Why this node could not join the job by itself, if it tried and failed.
-    pub join_error: Option<String>,
-}
-
-/// A job's global model with its tensor layout, for export.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelExport {
-    pub job: String,
-    pub round: u64,
-    /// The model's hash and its test-size-weighted accuracy and loss (from the registry).
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub accuracy: Option<f64>,
-    #[serde(default)]
-    pub loss: Option<f64>,
-    pub layout: fedmesh_protocol::model::TensorLayout,
-    pub params: Vec<f32>,
-}
-
 enum Query {
     Jobs(oneshot::Sender<Vec<JobView>>),
     Job(String, oneshot::Sender<Result<JobView, EngineError>>),
@@ -102,7 +48,7 @@ enum Query {
     Admit(String, String, oneshot::Sender<Result<String, EngineError>>),
     Leave(String, oneshot::Sender<Result<JobId, EngineError>>),
     Model(String, Option<u64>, oneshot::Sender<Result<ModelExport, EngineError>>),
-    Models(Option<String>, oneshot::Sender<Result<Vec<crate::registry::ModelEntry>, EngineError>>),
+    Models(Option<String>, oneshot::Sender<Result<Vec<ModelEntry>, EngineError>>),
     PutBlob(Vec<u8>, oneshot::Sender<Result<fedmesh_protocol::ids::ContentHash, EngineError>>),
     Submit(Vec<u8>, oneshot::Sender<Result<JobId, EngineError>>),
     Stop(String, String, oneshot::Sender<Result<JobId, EngineError>>),
@@ -206,10 +152,7 @@ impl EngineHandle {
     }
 
     /// The model registry: every round's model of one job (id prefix) or of all.
-    pub async fn models(
-        &self,
-        job: Option<String>,
-    ) -> Result<Vec<crate::registry::ModelEntry>, EngineError> {
+    pub async fn models(&self, job: Option<String>) -> Result<Vec<ModelEntry>, EngineError> {
         self.ask(|reply| Query::Models(job, reply)).await?
     }
 

@@ -2,8 +2,9 @@
 //! exporting the current or one round's model with its layout and metrics, and storing a blob a
 //! job owner ships (a job's initial weights).
 
-use super::{Engine, EngineError, ModelExport};
-use crate::registry::{self, ModelEntry};
+use super::{Engine, EngineError};
+use crate::registry;
+use fedmesh_admin_api::{ModelEntry, ModelExport};
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
 

@@ -3,8 +3,9 @@
 //! or a wrong group's data shows), announcing a job, and waiting for it.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use fedmesh_admin_api::{RunView, metric_value};
 use fedmesh_node::misbehaviour::Misbehaviour;
-use fedmesh_testnet::api::metric_value;
+use fedmesh_protocol::strategy::StrategySpec;
 use fedmesh_testnet::cluster::{Cluster, NodeSettings, NodeSpec};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -116,7 +117,7 @@ pub struct Job {
     pub rounds: u64,
     pub min_participants: usize,
     pub deadline_secs: u64,
-    pub strategy: Value,
+    pub strategy: StrategySpec,
     pub quorum: Value,
     /// The TAG: a built-in's name or a Flame schema.
     pub tag: Value,
@@ -134,7 +135,7 @@ impl Job {
             rounds,
             min_participants,
             deadline_secs: 20,
-            strategy: json!({"rule": "fedavg"}),
+            strategy: StrategySpec::default(),
             quorum: json!({"fraction": 1.0}),
             tag: json!("central"),
             delta_encoding: "f32",
@@ -146,7 +147,7 @@ impl Job {
     /// Announces the job on node0; returns its id.
     pub async fn announce(&self, cluster: &Cluster) -> String {
         let spec = json!({
-            "name": format!("rounds-test-{}", self.strategy["rule"]),
+            "name": format!("rounds-test-{:?}", self.strategy.rule),
             "strategy": self.strategy,
             "tag": self.tag,
             "delta_encoding": self.delta_encoding,
@@ -158,20 +159,18 @@ impl Job {
             "quorum": self.quorum,
             "round_deadline_secs": self.deadline_secs,
         });
-        let answer: Value = cluster.nodes[0].api.post("/v1/jobs", &spec).await.unwrap();
-        answer["id"].as_str().unwrap().to_owned()
+        let spec = serde_json::to_vec(&spec).unwrap();
+        cluster.nodes[0].api.announce(spec).await.unwrap().id
     }
 }
 
-/// A node's view of its part in the job (null if it has none or does not answer).
-pub async fn run_view(cluster: &Cluster, node: usize, job: &str) -> Value {
-    let view: Value =
-        cluster.nodes[node].api.get(&format!("/v1/jobs/{job}")).await.unwrap_or_default();
-    view["run"].clone()
+/// A node's view of its part in the job (none if it has none or does not answer).
+pub async fn run_view(cluster: &Cluster, node: usize, job: &str) -> Option<RunView> {
+    cluster.nodes[node].api.job(job).await.ok().and_then(|view| view.run)
 }
 
 /// Waits until every node reports the job completed; returns each node's run view.
-pub async fn wait_completed(cluster: &Cluster, job: &str, limit: Duration) -> Vec<Value> {
+pub async fn wait_completed(cluster: &Cluster, job: &str, limit: Duration) -> Vec<RunView> {
     let all: Vec<usize> = (0..cluster.nodes.len()).collect();
     wait_completed_on(cluster, &all, job, limit).await
 }
@@ -182,15 +181,15 @@ pub async fn wait_completed_on(
     nodes: &[usize],
     job: &str,
     limit: Duration,
-) -> Vec<Value> {
+) -> Vec<RunView> {
     let deadline = Instant::now() + limit;
     loop {
         let mut runs = Vec::new();
         for &node in nodes {
             runs.push(run_view(cluster, node, job).await);
         }
-        if runs.iter().all(|run| run["status"] == "completed") {
-            return runs;
+        if runs.iter().all(|run| run.as_ref().is_some_and(|run| run.status == "completed")) {
+            return runs.into_iter().flatten().collect();
         }
         if Instant::now() > deadline {
             panic!("job not completed within {limit:?}: {runs:#?}");
@@ -206,8 +205,8 @@ pub fn tail(text: &str, lines: usize) -> String {
 }
 
 /// The weighted accuracy of a run's `round`-th round (0-based), 0 if missing.
-pub fn accuracy(run: &Value, round: usize) -> f64 {
-    run["rounds"][round]["accuracy"].as_f64().unwrap_or(0.0)
+pub fn accuracy(run: &RunView, round: usize) -> f64 {
+    run.rounds.get(round).and_then(|r| r.accuracy).unwrap_or(0.0)
 }
 
 /// Settings that make node `culprit` misbehave as `kind` (see the `misbehave` setting).
@@ -219,8 +218,8 @@ pub fn misbehaving(culprit: usize, kind: Misbehaviour) -> impl Fn(usize) -> Node
 }
 
 /// Asserts that every run ended with the same global model.
-pub fn assert_same_model(runs: &[Value]) {
-    let models: Vec<&Value> = runs.iter().map(|run| &run["model"]).collect();
+pub fn assert_same_model(runs: &[RunView]) {
+    let models: Vec<&str> = runs.iter().map(|run| run.model.as_str()).collect();
     assert!(models.iter().all(|m| *m == models[0]), "final models differ: {models:?}");
 }
 
@@ -251,24 +250,25 @@ pub fn cli(data_dir: &std::path::Path, args: &[&str]) {
     assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// Polls node `observer` until `ready` holds for its run view (at most a minute).
+/// Polls node `observer` until it has a run view and `ready` holds for it (at most a minute).
 pub async fn wait_for(
     cluster: &Cluster,
     observer: usize,
     job: &str,
     what: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
-    poll_until(what, || run_view(cluster, observer, job), ready).await
+    ready: impl Fn(&RunView) -> bool,
+) -> RunView {
+    let ready = |run: &Option<RunView>| run.as_ref().is_some_and(&ready);
+    poll_until(what, || run_view(cluster, observer, job), ready).await.unwrap()
 }
 
 /// Fetches a view again and again until `ready` holds for it (at most a minute; the test fails
 /// with `what` and the last view after that).
-pub async fn poll_until<F: std::future::Future<Output = Value>>(
+pub async fn poll_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     what: &str,
     mut fetch: impl FnMut() -> F,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
+    ready: impl Fn(&T) -> bool,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let view = fetch().await;
@@ -280,39 +280,30 @@ pub async fn poll_until<F: std::future::Future<Output = Value>>(
     }
 }
 
-/// The last round whose model a run holds (0 if none or no run).
-pub fn completed_round(run: &Value) -> u64 {
-    run["completed_round"].as_u64().unwrap_or(0)
-}
-
 /// How many updates each recorded round's model includes.
-pub fn participants(run: &Value) -> Vec<u64> {
-    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-    rounds.iter().map(|r| r["participants"].as_u64().unwrap_or(0)).collect()
+pub fn participants(run: &RunView) -> Vec<usize> {
+    run.rounds.iter().map(|r| r.participants).collect()
 }
 
 /// Every round 1..=n recorded once, each with a model, by the member that took part longest;
 /// and no member records a round twice or out of order, and each ends at round n. (A member that
 /// joined late, as under load after the first rounds closed, or caught up by taking the newest
 /// model, has no record of the rounds it skipped.)
-pub fn assert_rounds_once(runs: &[Value], n: u64) {
-    let recorded = |run: &Value| run["rounds"].as_array().map_or(0, Vec::len);
-    let Some(fullest) = runs.iter().max_by_key(|run| recorded(run)) else { return };
+pub fn assert_rounds_once(runs: &[RunView], n: u64) {
+    let Some(fullest) = runs.iter().max_by_key(|run| run.rounds.len()) else { return };
     assert_every_round_once(fullest, n);
     for run in runs {
-        let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-        let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+        let numbers: Vec<u64> = run.rounds.iter().map(|r| r.round).collect();
         assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "{run:#?}");
         assert_eq!(numbers.last(), Some(&n), "{run:#?}");
     }
 }
 
 /// Every round 1..=n recorded once, each with a model.
-pub fn assert_every_round_once(run: &Value, n: u64) {
-    let rounds = run["rounds"].as_array().cloned().unwrap_or_default();
-    let numbers: Vec<u64> = rounds.iter().filter_map(|r| r["round"].as_u64()).collect();
+pub fn assert_every_round_once(run: &RunView, n: u64) {
+    let numbers: Vec<u64> = run.rounds.iter().map(|r| r.round).collect();
     assert_eq!(numbers, (1..=n).collect::<Vec<_>>(), "{run:#?}");
-    assert!(rounds.iter().all(|r| r["model"].is_string()), "{run:#?}");
+    assert!(run.rounds.iter().all(|r| r.model.is_some()), "{run:#?}");
 }
 
 /// How many updates of `kind` (`delta`, `partial`, `ring_chunk`) for `job` the listed nodes
@@ -324,9 +315,9 @@ pub async fn accepted(cluster: &Cluster, nodes: &[usize], job: &str, kind: &str)
 
 /// Asserts that the run's members each declared a different number of samples: each trained
 /// on its own share of the data, not on a copy of the same set.
-pub fn assert_own_shares(run: &Value) {
-    let members = run["members"].as_array().cloned().unwrap_or_default();
-    let mut samples: Vec<u64> = members.iter().filter_map(|m| m["samples"].as_u64()).collect();
+pub fn assert_own_shares(run: &RunView) {
+    let members = &run.members;
+    let mut samples: Vec<u64> = members.iter().map(|m| m.samples).collect();
     let declared = samples.len();
     samples.sort_unstable();
     samples.dedup();

@@ -5,8 +5,9 @@
 
 mod view;
 
+use fedmesh_admin_api::CoordinationView;
 pub use fedmesh_federation::coordinator::{CoordinatedJob, CoordinatedState, JobState};
-pub use view::CoordinationView;
+use view::coordination_view;
 
 use super::federation::{Refused, job_topic, verify, verify_from};
 use super::{Engine, EngineError};
@@ -267,7 +268,7 @@ impl Engine {
             .coordinated
             .values()
             .filter(|job| id.is_none_or(|prefix| job.id.to_string().starts_with(prefix)))
-            .map(|job| CoordinationView::of(job, now))
+            .map(|job| coordination_view(job, now))
             .collect();
         if id.is_some() && views.is_empty() {
             return Err(EngineError::NotFound(format!(

@@ -24,15 +24,15 @@ mod updates;
 mod work;
 
 pub(in crate::engine) use bulk_peers::BulkPeersBuiltFrom;
-pub use fedmesh_federation::records::{RoundView, RunView};
 pub use local::{LocalData, Trained};
 pub(in crate::engine) use updates::{Reply, Residual, Unverified};
 
 use super::{Engine, EngineError};
+use fedmesh_admin_api::{MemberView, RoundView, RunView};
 use fedmesh_federation::member::{Effect, Event, Member, Refusal, Setup, Snapshot};
-use fedmesh_federation::records::{MemberView, RoundRecord, RunState};
+use fedmesh_federation::records::{RoundRecord, RunState};
 use fedmesh_protocol::envelope::Signed;
-use fedmesh_protocol::ids::{ContentHash, JobId, Round};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, unix_millis};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::strategy::AggregationRule;
@@ -136,7 +136,7 @@ impl JobRun {
                     last_seen_ms: m.last_seen_ms,
                 })
                 .collect(),
-            rounds: self.machine.rounds().values().map(RoundRecord::view).collect(),
+            rounds: self.machine.rounds().values().map(round_view).collect(),
             trainer_error: self.local.trainer_failure(),
         }
     }
@@ -145,6 +145,33 @@ impl JobRun {
     pub fn model(&self) -> (fedmesh_protocol::model::TensorLayout, Arc<Vec<f32>>, Round) {
         let layout = self.local.model.layout();
         (layout, self.machine.params().clone(), self.machine.completed_round())
+    }
+}
+
+/// A round as the admin API shows it.
+fn round_view(record: &RoundRecord) -> RoundView {
+    let (loss, accuracy, eval_samples) = record.weighted_metrics();
+    RoundView {
+        round: record.round,
+        aggregator: record.aggregator.to_peer_id_string(),
+        model: record.model.map(|m| m.to_hex()),
+        participants: record.participants,
+        accuracy,
+        loss,
+        eval_samples,
+        evaluations: record.evaluations.len(),
+        seconds: record
+            .closed_at_ms
+            .map(|closed| closed.saturating_sub(record.opened_at_ms) as f64 / 1e3),
+        train_seconds: record.train_seconds,
+        slots: record.slots.iter().map(|(slot, m)| (slot.clone(), m.to_peer_id_string())).collect(),
+        rings: record
+            .rings
+            .iter()
+            .map(|(ring, order)| {
+                (ring.clone(), order.iter().map(MemberId::to_peer_id_string).collect())
+            })
+            .collect(),
     }
 }
 

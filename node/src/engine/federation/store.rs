@@ -2,8 +2,9 @@
 //! round result it announced as aggregator under `a` + job id in the members table, each round
 //! record under `r` + job id + round in the rounds table (with the round's model registry entry).
 
-use crate::registry::{self, ModelEntry};
+use crate::registry;
 use crate::store::{Store, StoreError, Table};
+use fedmesh_admin_api::ModelEntry;
 use fedmesh_federation::member::Snapshot;
 use fedmesh_federation::records::{RoundRecord, RunState};
 use fedmesh_protocol::ids::{ContentHash, JobId, Round};
