@@ -257,6 +257,21 @@ impl NodeConfig {
         }
     }
 
+    /// What the job engine needs of these settings.
+    pub fn engine_settings(&self) -> crate::engine::EngineSettings {
+        crate::engine::EngineSettings {
+            trust: self.trust.clone(),
+            datasets: self.datasets.clone(),
+            trainers: self.trainer_settings(),
+            group: self.group.clone(),
+            roles: self.roles.clone(),
+            auto_join: self.auto_join,
+            reannounce: std::time::Duration::from_secs(self.reannounce_secs),
+            coordinate: self.coordinate,
+            misbehave: self.misbehave.clone(),
+        }
+    }
+
     /// The external-trainer settings; each job's work directory is under `DATA_DIR/trainers`.
     pub fn trainer_settings(&self) -> crate::external::TrainerSettings {
         crate::external::TrainerSettings {

@@ -71,7 +71,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     for address in bootstrap {
         network.dial(address).await?;
     }
-    let (engine, handle) = Engine::new(key, config.clone(), store, network, metrics)?;
+    let (engine, handle) = Engine::new(key, config.engine_settings(), store, network, metrics)?;
     let engine_task = tokio::spawn(engine.run(events));
 
     let listener = bind("admin", config.admin).await?;

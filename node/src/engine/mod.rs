@@ -8,7 +8,6 @@ mod jobs;
 mod registry;
 mod requests;
 
-use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::network::{Network, NetworkEvent};
 use crate::store::{Store, StoreError};
@@ -192,11 +191,33 @@ impl EngineHandle {
     }
 }
 
+/// What the engine needs of the node's settings (`NodeConfig::engine_settings`).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// PeerIds of the job owners whose jobs this node accepts.
+    pub trust: Vec<String>,
+    /// Data set name to a file, or to an embedded data set's name.
+    pub datasets: std::collections::BTreeMap<String, String>,
+    /// The external trainer and evaluator.
+    pub trainers: crate::external::TrainerSettings,
+    /// This node's group label and the TAG roles it accepts.
+    pub group: String,
+    pub roles: Vec<String>,
+    /// Join trusted jobs automatically when this node has their data set.
+    pub auto_join: bool,
+    /// How often known jobs are published again.
+    pub reannounce: Duration,
+    /// Coordinate the orchestrated jobs that name this node's key.
+    pub coordinate: bool,
+    /// How this node misbehaves on purpose (acted on only with the `misbehave` feature).
+    pub misbehave: Vec<crate::misbehaviour::Misbehaviour>,
+}
+
 /// The engine task's state.
 pub struct Engine {
     /// The node's key (shared with the tasks that sign updates off the engine's task).
     identity: Arc<Identity>,
-    config: NodeConfig,
+    settings: EngineSettings,
     trusted: BTreeSet<MemberId>,
     store: Arc<Store>,
     network: Network,
@@ -218,12 +239,12 @@ impl Engine {
     /// Loads what the store knows and returns the engine with its handle.
     pub fn new(
         identity: Identity,
-        config: NodeConfig,
+        settings: EngineSettings,
         store: Arc<Store>,
         network: Network,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Self, EngineHandle)> {
-        let trusted = parse_trust(&config.trust)?;
+        let trusted = parse_trust(&settings.trust)?;
         let jobs = JobBook::load(&store)?;
         tracing::info!(jobs = jobs.len(), "loaded jobs from the store");
         let (query_tx, query_rx) = mpsc::channel(64);
@@ -232,7 +253,7 @@ impl Engine {
         let (internal, internal_rx) = mpsc::channel(64);
         let engine = Self {
             identity: Arc::new(identity),
-            config,
+            settings,
             trusted,
             store,
             network,
@@ -254,8 +275,7 @@ impl Engine {
         if let Err(error) = self.network.subscribe(JOBS_TOPIC).await {
             tracing::error!(%error, "cannot subscribe to job announcements");
         }
-        let mut reannounce =
-            tokio::time::interval(Duration::from_secs(self.config.reannounce_secs));
+        let mut reannounce = tokio::time::interval(self.settings.reannounce);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.resume_runs().await;

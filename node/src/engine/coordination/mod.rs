@@ -40,7 +40,7 @@ fn save(store: &Store, job: &CoordinatedJob) -> Result<(), StoreError> {
 impl Engine {
     /// Whether this node coordinates the job `spec` describes.
     pub(super) fn coordinates(&self, spec: &JobSpec) -> bool {
-        self.config.coordinate && spec.coordinator == Some(self.identity.member_id())
+        self.settings.coordinate && spec.coordinator == Some(self.identity.member_id())
     }
 
     /// Starts coordinating a known job: its state from the store (or a new one), and its topic.
@@ -74,7 +74,7 @@ impl Engine {
     /// Takes a job spec (JSON) to run orchestrated: this node becomes its owner and its
     /// coordinator, announces it and coordinates it.
     pub(super) async fn submit_job(&mut self, spec_json: &[u8]) -> Result<JobId, EngineError> {
-        if !self.config.coordinate {
+        if !self.settings.coordinate {
             return Err(EngineError::Invalid(
                 "this node is not a coordinator: jobs are submitted to a node run with `fedmesh coordinator`".into(),
             ));

@@ -63,7 +63,7 @@ pub fn forged_deltas(identity: &Identity, honest: &ModelDelta) -> Vec<Request> {
 
 impl Engine {
     pub(super) fn misbehaves(&self, kind: Misbehaviour) -> bool {
-        self.config.misbehave.contains(&kind)
+        self.settings.misbehave.contains(&kind)
     }
 
     /// What this node does to the updates it sends.

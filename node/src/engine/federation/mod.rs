@@ -231,10 +231,10 @@ impl Engine {
 
     /// This node's data for a job, loaded from the data set its spec names.
     fn load_local(&self, id: JobId, spec: &JobSpec, hint: &str) -> Result<LocalData, EngineError> {
-        let source = self.config.datasets.get(&spec.dataset).ok_or_else(|| {
+        let source = self.settings.datasets.get(&spec.dataset).ok_or_else(|| {
             EngineError::Invalid(format!("this node has no data set `{}` ({hint})", spec.dataset))
         })?;
-        let trainers = self.config.trainer_settings();
+        let trainers = self.settings.trainers.clone();
         tokio::task::block_in_place(|| LocalData::load(id, spec, source, &trainers))
             .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))
     }
@@ -246,8 +246,8 @@ impl Engine {
             job,
             spec,
             tag,
-            group: self.config.group.clone(),
-            roles: self.config.roles.clone(),
+            group: self.settings.group.clone(),
+            roles: self.settings.roles.clone(),
             samples: local.train.len() as u64,
             noise_key: rand::random(),
             ticket: self.ticket(&job).unwrap_or_else(|error| {
@@ -287,7 +287,7 @@ impl Engine {
             }
             return;
         }
-        if !self.config.auto_join || !self.config.datasets.contains_key(&spec.dataset) {
+        if !self.settings.auto_join || !self.settings.datasets.contains_key(&spec.dataset) {
             return;
         }
         match self.join_job(id).await {
