@@ -63,7 +63,9 @@ async fn a_trainer_killed_mid_job_is_left_behind_and_restarted_after_the_end_tak
 async fn when_the_aggregator_is_killed_mid_round_another_member_takes_the_round_over() {
     let root = tempfile::tempdir().unwrap();
     let mut cluster = federation(root.path(), 4, plain).await;
-    let job = Job { deadline_secs: 2, ..Job::new(6, 3) }.announce(&cluster).await;
+    // Rounds long enough (about a second of training) that the aggregator seen waiting is
+    // still waiting when it is killed: with fast rounds it sometimes closed the round first.
+    let job = Job { deadline_secs: 4, local_epochs: 40, ..Job::new(6, 3) }.announce(&cluster).await;
     // Wait for an open round (no model yet) from round 2 on, aggregated by a node other than node0.
     let peers: Vec<String> = cluster.nodes.iter().map(|n| n.peer_id.clone()).collect();
     let open_elsewhere = |run: &RunView| {

@@ -127,6 +127,8 @@ pub struct Job {
     pub model: Value,
     /// The keys (PeerIds) allowed to join; empty for an open job.
     pub allow: Vec<String>,
+    /// Passes over a node's share each round.
+    pub local_epochs: u32,
 }
 
 impl Job {
@@ -141,6 +143,7 @@ impl Job {
             delta_encoding: "f32",
             model: json!("softmax"),
             allow: Vec::new(),
+            local_epochs: LOCAL_EPOCHS,
         }
     }
 
@@ -154,7 +157,7 @@ impl Job {
             "owner": cluster.nodes[0].peer_id,
             "model": self.model,
             "dataset": "mnist5k",
-            "hyperparameters": {"rounds": self.rounds, "local_epochs": LOCAL_EPOCHS, "lr": 0.1},
+            "hyperparameters": {"rounds": self.rounds, "local_epochs": self.local_epochs, "lr": 0.1},
             "participation": {"min_participants": self.min_participants, "allow": self.allow},
             "quorum": self.quorum,
             "round_deadline_secs": self.deadline_secs,
