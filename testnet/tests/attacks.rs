@@ -41,7 +41,7 @@ fn forged_by_a_member(attack: &str) -> Run {
         &format!(
             r#"
             nodes = 4
-            rounds = 8
+            rounds = 30
             quorum = {{ fraction = 0.7 }}
             refused = ["past_last_round", "not_the_aggregator|ahead_of_round"]
             [[events]]
@@ -153,7 +153,7 @@ fn a_members_inflated_sample_counts_are_refused() {
         "attack-inflate-samples",
         r#"
         nodes = 4
-        rounds = 8
+        rounds = 30
         quorum = { fraction = 0.7 }
         refused = ["inflated_samples"]
         [[events]]
@@ -219,7 +219,7 @@ fn a_members_nan_deltas_are_refused_and_huge_ones_trimmed() {
         "attack-bad-values",
         r#"
         nodes = 4
-        rounds = 8
+        rounds = 30
         quorum = { fraction = 0.7 }
         strategy = { rule = "trimmed_mean", beta = 0.3 }
         refused = ["malformed_payload"]
@@ -302,7 +302,7 @@ fn a_members_huge_delta_does_not_ruin_plain_fedavg() {
         "attack-bad-values-fedavg",
         r#"
         nodes = 4
-        rounds = 8
+        rounds = 30
         quorum = { fraction = 0.7 }
         strategy = { rule = "fedavg" }
         refused = ["malformed_payload"]
