@@ -1,9 +1,11 @@
 //! What a run is checked for once its job has ended: it completed, every round is recorded once,
 //! every member ends with the same model, every event fired, the final accuracy is where the
-//! scenario expects it, and every refusal the scenario lists was counted by some node.
+//! scenario expects it, and every refusal the scenario lists was counted by some node (or by
+//! every node). A long job followed for some of its rounds only must still run on every member.
 
 use crate::cluster::Cluster;
 use crate::firing::EventRunner;
+use crate::follow::STILL_RUNNING;
 use crate::report::RoundFigures;
 use crate::scenario::Scenario;
 use crate::scenario_file::Expect;
@@ -47,24 +49,31 @@ pub async fn check_run(
     rounds: &[RoundFigures],
 ) -> Vec<Check> {
     let completed = status == "completed";
+    let still_running = status == STILL_RUNNING;
     // A scenario that expects the job to miss its target (plain FedAvg under poisoned updates)
     // also sees that outcome when the model diverges and the members end the job for it.
     let diverged = scenario.expect == Expect::BelowTarget && status.contains("diverged");
-    let outcome = match (completed, diverged) {
+    let outcome = match (completed || still_running, diverged) {
         (true, _) => Ok(format!("{} rounds", rounds.len())),
         (false, true) => Ok(format!("ended after {} rounds as expected: {status}", rounds.len())),
         (false, false) => Err(status.to_owned()),
     };
-    let mut checks = vec![Check::new("completed", outcome)];
+    let mut checks =
+        vec![Check::new(if still_running { "followed" } else { "completed" }, outcome)];
+    let members = events.members(cluster);
     if completed {
         let limit = Duration::from_secs(scenario.round_deadline_secs + 30);
-        let runs = member_runs(cluster, &events.members(cluster), job, limit).await;
+        let runs = member_runs(cluster, &members, job, limit).await;
         checks.push(Check::new("every round once", rounds_once(scenario, &runs)));
         checks.push(Check::new("same final model", same_model(&runs)));
     }
+    if still_running {
+        let runs = member_runs(cluster, &members, job, Duration::ZERO).await;
+        checks.push(Check::new("still running", running(&runs, rounds.len())));
+    }
     checks.push(Check::new("events", fired(events)));
     if !scenario.refused.is_empty() {
-        let found = refusals(&scenario.refused, cluster, events).await;
+        let found = refusals(&scenario.refused, scenario.refused_everywhere, cluster, events).await;
         checks.push(Check::new("refused", found));
     }
     if scenario.no_stall {
@@ -175,6 +184,21 @@ fn same_model(runs: &[MemberRun]) -> Result<String, String> {
     }
 }
 
+/// Every member still runs the job it was followed in for `followed` rounds: none completed,
+/// failed or left it.
+fn running(runs: &[MemberRun], followed: usize) -> Result<String, String> {
+    let ended: Vec<String> = runs
+        .iter()
+        .filter(|(_, run)| !matches!(status(run), Some("running" | "waiting")))
+        .map(|(name, run)| format!("{name} is {}", status(run).unwrap_or("not in the job")))
+        .collect();
+    if !ended.is_empty() {
+        return Err(ended.join(", "));
+    }
+    let names: Vec<&str> = runs.iter().map(|(name, _)| name.as_str()).collect();
+    Ok(format!("{} still run the job after {followed} rounds", names.join(", ")))
+}
+
 /// A member's run status, if it has a run.
 fn status(run: &Option<RunView>) -> Option<&str> {
     run.as_ref().map(|run| run.status.as_str())
@@ -221,9 +245,11 @@ pub fn refusals_counted(metrics: &str, reason: &str) -> f64 {
         .sum()
 }
 
-/// Every reason in `reasons` was counted by at least one running node.
+/// Every reason in `reasons` was counted by at least one running node (by every one, when
+/// `everywhere`).
 async fn refusals(
     reasons: &[String],
+    everywhere: bool,
     cluster: &Cluster,
     events: &EventRunner,
 ) -> Result<String, String> {
@@ -235,27 +261,31 @@ async fn refusals(
     let mut missing = Vec::new();
     for wanted in reasons {
         // `a|b`: either reason will do (which rule refuses it may depend on an election).
-        let mut counted = Vec::new();
-        for reason in wanted.split('|') {
-            let counts = texts.iter().map(|(_, text)| refusals_counted(text, reason));
-            let (total, nodes) = counts
-                .filter(|count| *count > 0.0)
-                .fold((0.0, 0), |(total, nodes), count| (total + count, nodes + 1));
-            if nodes > 0 {
-                counted.push(format!("{reason} {total} times on {nodes} nodes"));
-            }
+        let alternatives: Vec<&str> = wanted.split('|').collect();
+        let count_on = |text: &str| -> f64 {
+            alternatives.iter().map(|reason| refusals_counted(text, reason)).sum()
+        };
+        let counted: Vec<(&str, f64)> = texts
+            .iter()
+            .map(|(name, text)| (*name, count_on(text)))
+            .filter(|(_, count)| *count > 0.0)
+            .collect();
+        let total: f64 = counted.iter().map(|(_, count)| count).sum();
+        let met = if everywhere { counted.len() == texts.len() } else { !counted.is_empty() };
+        if met {
+            found.push(format!("{wanted} {total} times on {} nodes", counted.len()));
+        } else {
+            let on: Vec<&str> = counted.iter().map(|(name, _)| *name).collect();
+            missing.push(format!("{wanted} (counted on [{}])", on.join(", ")));
         }
-        if counted.is_empty() {
-            missing.push(wanted.as_str());
-        }
-        found.extend(counted);
     }
     if missing.is_empty() {
         return Ok(found.join(", "));
     }
     let hostile = events.attacks.as_ref().map(|a| a.summaries()).unwrap_or_default();
+    let which = if everywhere { "every node" } else { "some node" };
     Err(format!(
-        "no node counted {} (counted: {}; hostile runs: {})",
+        "not counted by {which}: {} (counted: {}; hostile runs: {})",
         missing.join(", "),
         if found.is_empty() { "none".into() } else { found.join(", ") },
         hostile.join("; ")

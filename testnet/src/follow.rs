@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 /// How long a closed round waits for every member's evaluation before it is reported anyway.
 const EVALUATION_GRACE: Duration = Duration::from_secs(3);
 
+/// The end status of a run that followed a long job for only some of its rounds.
+pub const STILL_RUNNING: &str = "still running";
+
 /// The round a run view shows open (no model yet), with its aggregator's PeerId.
 pub fn open_round(run: &RunView) -> Option<(u64, String)> {
     let open = run.rounds.iter().rev().find(|round| round.model.is_none())?;
@@ -20,6 +23,8 @@ pub fn open_round(run: &RunView) -> Option<(u64, String)> {
 pub struct Follower {
     pub job: String,
     rounds_total: u64,
+    /// Stop following after this many rounds, the job still running.
+    followed_only: Option<u64>,
     stall_limit: Duration,
     pub rounds: Vec<RoundFigures>,
     /// When each closed but not yet reported round was first seen closed.
@@ -32,11 +37,18 @@ impl Follower {
         Self {
             job,
             rounds_total,
+            followed_only: None,
             stall_limit: Duration::from_secs(2 * round_deadline_secs + 30),
             rounds: Vec::new(),
             closed_at: BTreeMap::new(),
             last_progress: Instant::now(),
         }
+    }
+
+    /// Ends the run after `rounds` rounds (if some), with the job still running.
+    pub fn following_only(mut self, rounds: Option<u64>) -> Self {
+        self.followed_only = rounds;
+        self
     }
 
     /// Takes the rounds of `run` (the followed node's run view, if it answered one) that are
@@ -69,7 +81,8 @@ impl Follower {
     }
 
     /// `Some(status)` once the job has ended: `"completed"`, or why not (`view` is the
-    /// followed node's job view, if it answered one).
+    /// followed node's job view, if it answered one); [`STILL_RUNNING`] once the rounds it
+    /// follows only are in.
     pub fn end(&self, view: Option<&JobView>, observer: &str) -> Option<String> {
         if let Some(error) = view.and_then(|view| view.join_error.as_deref()) {
             return Some(format!("{observer} cannot take part: {error}"));
@@ -79,7 +92,11 @@ impl Follower {
         if status.starts_with("failed") || status == "left" {
             return Some(format!("{observer}: {status}"));
         }
-        if self.rounds.len() as u64 >= self.rounds_total {
+        let taken = self.rounds.len() as u64;
+        if self.followed_only.is_some_and(|followed| taken >= followed) {
+            return Some(STILL_RUNNING.to_owned());
+        }
+        if taken >= self.rounds_total {
             return Some("completed".to_owned());
         }
         (self.last_progress.elapsed() > self.stall_limit).then(|| {

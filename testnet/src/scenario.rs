@@ -58,6 +58,10 @@ pub struct Scenario {
     pub refused: Vec<String>,
     /// Every round must close before its deadline (see `ScenarioFile::no_stall`).
     pub no_stall: bool,
+    /// Follow the job this many rounds only (see `ScenarioFile::follow_rounds`).
+    pub follow_rounds: Option<u64>,
+    /// Each refusal reason counted by every node (see `ScenarioFile::refused_everywhere`).
+    pub refused_everywhere: bool,
     /// The `fedmesh-hostile` binary `attack` events run (beside `binary` by default).
     pub hostile: PathBuf,
     /// Run the job orchestrated: a coordinator (not a member) owns it and assigns its rounds.
@@ -309,7 +313,8 @@ impl Scenario {
         let mut events = EventRunner::new(job.clone(), &self.events, specs, started)
             .with_hostile(self.hostile.clone(), self.out.join("hostile"));
         events.fired.iter().for_each(|fired| on_progress(Progress::Event(fired)));
-        let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs);
+        let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs)
+            .following_only(self.follow_rounds);
         let status = drive(&mut cluster, &mut follower, &mut events, &mut on_progress).await;
         if let Some(attacks) = events.attacks.as_mut() {
             attacks.stop_all();

@@ -66,6 +66,13 @@ pub struct ScenarioFile {
     /// Whether every round must close before its deadline (`no_stall = true`): what leaving and
     /// joining again must not cost.
     pub no_stall: bool,
+    /// Follows a long job for only this many rounds (`rounds` is its length, say 100000): the
+    /// run then checks that the job is still running on every member (no forged result ended
+    /// it) and stops the nodes.
+    pub follow_rounds: Option<u64>,
+    /// Whether every reason in `refused` must be counted by every node of the job, not by one:
+    /// what a message gossiped to all (a forged result) must meet everywhere.
+    pub refused_everywhere: bool,
 }
 
 impl Expect {
@@ -106,6 +113,8 @@ impl Default for ScenarioFile {
             orchestrated: false,
             refused: Vec::new(),
             no_stall: false,
+            follow_rounds: None,
+            refused_everywhere: false,
         }
     }
 }
@@ -170,6 +179,14 @@ impl ScenarioFile {
                  letters, digits and _)",
                 self.refused
             ),
+        );
+        require(
+            self.follow_rounds.is_none_or(|n| (1..=self.rounds).contains(&n)),
+            format!("follow_rounds: must be between 1 and rounds ({})", self.rounds),
+        );
+        require(
+            !self.refused_everywhere || !self.refused.is_empty(),
+            "refused_everywhere: needs the reasons in `refused`".into(),
         );
         problems.extend(self.event_problems());
         problems
@@ -290,6 +307,8 @@ impl ScenarioFile {
             events,
             refused: self.refused,
             no_stall: self.no_stall,
+            follow_rounds: self.follow_rounds,
+            refused_everywhere: self.refused_everywhere,
             hostile: binary.with_file_name(crate::scenario::HOSTILE_BINARY),
             binary,
             out,

@@ -316,3 +316,23 @@ fn a_members_huge_delta_does_not_ruin_plain_fedavg() {
         "#,
     );
 }
+
+/// `testnet/scenarios/attack-long-job.toml` as written, the issue's case: a 3-node job
+/// (breast-cancer, softmax, 100000 rounds) keeps closing its rounds while an outsider floods
+/// 3000 joins and a member forges results for round 100000 and past it; every honest node
+/// counts both refusals, and the job still runs on all three after the 400 rounds followed.
+/// Only the rounds the hostile member is selected in (it beats but never trains) wait for
+/// their 10 s deadline: at most three in its 20 s.
+#[test]
+fn a_long_job_keeps_its_rounds_under_a_join_flood_and_a_forged_last_result() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack-long-job.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let run = assert_attacked("attack-long-job", run_scenario_file("attack-long-job", &text));
+    let still_running = run.report.checks.iter().find(|c| c.name == "still running");
+    assert!(still_running.is_some_and(|c| c.passed), "{:#?}", run.report.checks);
+    assert!(run.report.rounds.len() >= 400, "{:#?}", run.lines);
+    assert_eq!(run.report.attacks.len(), 2, "{:#?}", run.report.attacks);
+    let waited = run.report.rounds.iter().filter(|r| r.seconds.is_some_and(|s| s >= 5.0)).count();
+    assert!(waited <= 3, "{waited} rounds waited for their deadline: {:#?}", run.lines);
+}
