@@ -466,6 +466,8 @@ mod tests {
                 "only byzantine",
             ),
             ("expect = \"below-target\"", "needs a target"),
+            ("follow_rounds = 11", "follow_rounds: must be between 1 and rounds"),
+            ("refused_everywhere = true", "refused_everywhere: needs the reasons"),
             ("[[events]]\nround = 2\naction = \"attack\"", "attack needs `attack`"),
             (
                 "[[events]]\nround = 2\naction = \"attack\"\nattack = \"replay-heartbeats\"",
@@ -570,6 +572,6 @@ mod tests {
         }
         names.sort();
         let attacks = names.iter().filter(|name| name.starts_with("attack-")).count();
-        assert_eq!((names.len(), attacks), (21, 11), "{names:?}");
+        assert_eq!((names.len(), attacks), (22, 12), "{names:?}");
     }
 }
