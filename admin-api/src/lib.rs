@@ -18,5 +18,6 @@ pub use requests::{
     Stopped, StoredBlob,
 };
 pub use views::{
-    JobView, LogLine, MemberView, ModelEntry, ModelExport, RoundView, RunView, StatusView,
+    JobView, LogLine, MemberView, ModelEntry, ModelExport, PrivacyView, RoundView, RunView,
+    StatusView,
 };

@@ -65,6 +65,21 @@ pub struct RunView {
     /// The external trainer's last failure on this node (round, mode, stderr tail), if any.
     #[serde(default)]
     pub trainer_error: Option<String>,
+    /// The differential privacy the rounds completed have spent, when the job adds noise.
+    #[serde(default)]
+    pub privacy: Option<PrivacyView>,
+}
+
+/// The differential privacy a job has spent so far (member-level, from the RDP accountant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyView {
+    pub epsilon: f64,
+    pub delta: f64,
+    pub noise_multiplier: f64,
+    /// A member's chance to be among a round's trainers.
+    pub sampling: f64,
+    /// Who draws the noise: `central` (the aggregator) or `distributed` (each trainer).
+    pub noise: String,
 }
 
 /// A member as the admin API shows it.

@@ -4,12 +4,10 @@
 
 use crate::AggregationError;
 use crate::fedavg::PartialAggregate;
-use crate::privacy::{NoiseSeed, add_gaussian_noise, clip, noise_std};
+use crate::privacy::{NoiseSeed, add_seeded_gaussian_noise, clip, noise_std};
 use crate::robust::{median, multi_krum_selection, trimmed_count, trimmed_mean};
 use fedmesh_protocol::strategy::{AggregationRule, StrategySpec};
 use fedmesh_protocol::tensor::Decoder;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 /// The round's result.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +186,7 @@ impl Aggregator {
         let noise_std = match (self.spec.noise_multiplier, self.spec.clip_norm) {
             (Some(multiplier), Some(clip_norm)) => {
                 let std = noise_std(multiplier, clip_norm, largest_share);
-                add_gaussian_noise(&mut delta, std, &mut StdRng::from_seed(self.noise_seed));
+                add_seeded_gaussian_noise(&mut delta, std, self.noise_seed);
                 Some(std)
             }
             _ => None,

@@ -107,7 +107,7 @@ impl Collecting {
             label: planned.id.label.clone(),
             parent: planned.parent.map(|parent| plan.slots[parent].aggregator()),
             aggregator: Aggregator::from_spec(
-                &spec.strategy,
+                &spec.aggregator_strategy(),
                 opening.num_params,
                 opening.noise_seed(slot),
             )?,

@@ -79,6 +79,49 @@ pub struct JobSpec {
     /// layout whatever classes its own data holds (none: each member counts its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Classes>,
+    /// Who draws the DP noise, and the δ the privacy spent is reported at (left out of the
+    /// canonical JSON while it is the default, so older announcements keep their bytes).
+    #[serde(default, skip_serializing_if = "Privacy::is_default")]
+    pub privacy: Privacy,
+}
+
+/// The job's privacy settings (`privacy`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Privacy {
+    /// Who adds the DP noise `strategy.noise_multiplier` asks for (default `central`).
+    pub noise: NoisePlacement,
+    /// The δ at which a member reports the ε the job's rounds spent (default 1e-5).
+    pub delta: f64,
+}
+
+/// Who draws a job's DP noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoisePlacement {
+    /// The aggregator, to the combined update (it sees every update before the noise).
+    #[default]
+    Central,
+    /// Each trainer, a share of it to its own clipped update before sending, so that no party
+    /// ever sees an update without noise (the aggregator neither clips nor adds any).
+    Distributed,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Self { noise: NoisePlacement::Central, delta: 1e-5 }
+    }
+}
+
+impl Privacy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the trainers draw the noise.
+    pub fn distributed(&self) -> bool {
+        self.noise == NoisePlacement::Distributed
+    }
 }
 
 /// A job's classes: `3` (labels are the numbers 0, 1, 2) or `["setosa", "versicolor"]` (labels
@@ -394,6 +437,7 @@ const TOP_FIELDS: &[&str] = &[
     "seed",
     "delta_encoding",
     "classes",
+    "privacy",
 ];
 
 impl JobSpec {
@@ -485,12 +529,52 @@ impl JobSpec {
             problems
                 .push("quorum.count", format!("exceeds participation.max_participants ({max})"));
         }
+        if self.privacy.distributed() {
+            self.check_distributed_noise(problems);
+        }
+        let ring = self.tag == TagSpec::Builtin(BuiltinTopology::Ring);
+        if ring && self.strategy.noise_multiplier.is_some() && !self.privacy.distributed() {
+            problems.push(
+                "strategy.noise_multiplier",
+                "a ring has no aggregator to add central noise: set privacy.noise to distributed",
+            );
+        }
         if self.tag == TagSpec::Builtin(BuiltinTopology::Ring)
             && self.strategy.rule != AggregationRule::FedAvg
         {
             problems
                 .push("strategy.rule", "a ring all-reduce computes a weighted mean: use fedavg");
         }
+    }
+}
+
+impl JobSpec {
+    /// Distributed noise needs noise to share out, a clip to scale it by, and a weighted mean
+    /// to add the shares up in.
+    fn check_distributed_noise(&self, problems: &mut Problems) {
+        let noised = self.strategy.noise_multiplier.is_some_and(|m| m > 0.0);
+        problems.require(
+            noised && self.strategy.clip_norm.is_some(),
+            "privacy.noise",
+            "distributed noise needs strategy.noise_multiplier (> 0) and strategy.clip_norm",
+        );
+        problems.require(
+            self.strategy.rule == AggregationRule::FedAvg,
+            "privacy.noise",
+            "distributed noise adds up only in a weighted mean: use strategy.rule fedavg",
+        );
+    }
+
+    /// The strategy as the aggregator applies it: under distributed noise the trainers clip
+    /// and noise their own updates, so the aggregator does neither (clipping a noised update
+    /// would scale its noise down).
+    pub fn aggregator_strategy(&self) -> StrategySpec {
+        let mut strategy = self.strategy.clone();
+        if self.privacy.distributed() {
+            strategy.clip_norm = None;
+            strategy.noise_multiplier = None;
+        }
+        strategy
     }
 }
 
@@ -516,6 +600,7 @@ struct Fields {
     seed: Option<u64>,
     delta_encoding: Option<DeltaEncoding>,
     classes: Option<Option<Classes>>,
+    privacy: Option<Privacy>,
 }
 
 impl Fields {
@@ -536,6 +621,7 @@ impl Fields {
             seed: p.field(map, "seed", Some(|| 0)),
             delta_encoding: p.field(map, "delta_encoding", Some(DeltaEncoding::default)),
             classes: p.field(map, "classes", Some(|| None)),
+            privacy: p.defaulted_section(map, "privacy"),
         }
     }
 
@@ -579,6 +665,10 @@ impl Fields {
             let ok = (1..=MAX_ROUND_DEADLINE_SECS).contains(&secs);
             p.require(ok, "coordinator_fallback_secs", "must be between 1 and 604800 (a week)");
         }
+        if let Some(privacy) = &self.privacy {
+            let ok = privacy.delta > 0.0 && privacy.delta < 1.0;
+            p.require(ok, "privacy.delta", "must be in (0, 1), well below one over the members");
+        }
         if let Some(deadline) = self.round_deadline_secs {
             let ok = (1..=MAX_ROUND_DEADLINE_SECS).contains(&deadline);
             p.require(ok, "round_deadline_secs", "must be between 1 and 604800 (a week)");
@@ -602,6 +692,7 @@ impl Fields {
             seed: self.seed?,
             delta_encoding: self.delta_encoding?,
             classes: self.classes?,
+            privacy: self.privacy?,
         })
     }
 }
@@ -624,6 +715,7 @@ impl From<JobSpec> for Fields {
             seed: Some(spec.seed),
             delta_encoding: Some(spec.delta_encoding),
             classes: Some(spec.classes),
+            privacy: Some(spec.privacy),
         }
     }
 }

@@ -195,6 +195,33 @@ fn dp_noise_takes_no_seed_from_the_spec_and_a_sample_cap_is_checked() {
 }
 
 #[test]
+fn distributed_noise_needs_noise_a_clip_and_fedavg_and_the_aggregator_then_adds_neither() {
+    let noised = json!({"rule": "fedavg", "clip_norm": 1.0, "noise_multiplier": 0.8});
+    let distributed = json!({"noise": "distributed", "delta": 1e-6});
+    let spec = parse(&with(with(minimal(), "strategy", noised), "privacy", distributed.clone()))
+        .expect("a valid spec");
+    assert!(spec.privacy.distributed());
+    assert_eq!(spec.privacy.delta, 1e-6);
+    let aggregator = spec.aggregator_strategy();
+    assert_eq!((aggregator.clip_norm, aggregator.noise_multiplier), (None, None));
+    let found = problems(&with(minimal(), "privacy", distributed.clone())).join("\n");
+    assert!(found.contains("privacy.noise: distributed noise needs"), "{found}");
+    let median = json!({"rule": "median", "clip_norm": 1.0, "noise_multiplier": 0.8});
+    let found =
+        problems(&with(with(minimal(), "strategy", median), "privacy", distributed)).join("\n");
+    assert!(found.contains("adds up only in a weighted mean"), "{found}");
+    let found = problems(&with(minimal(), "privacy", json!({"delta": 1.5}))).join("\n");
+    assert!(found.contains("privacy.delta: must be in (0, 1)"), "{found}");
+    let found = problems(&with(minimal(), "privacy", json!({"noise": "loud"}))).join("\n");
+    assert!(found.contains("privacy"), "{found}");
+    // The default stays out of the canonical JSON: announcements made before keep their bytes.
+    let plain = parse(&minimal()).expect("a valid spec");
+    let canonical = String::from_utf8(plain.to_canonical_json().unwrap()).unwrap();
+    assert!(!canonical.contains("privacy"), "{canonical}");
+    assert_eq!(plain.aggregator_strategy(), plain.strategy);
+}
+
+#[test]
 fn admission_is_open_allow_or_owner_and_agrees_with_the_allow_list() {
     let me = owner();
     let admission = |part: Value| parse(&with(minimal(), "participation", part));

@@ -250,7 +250,14 @@ fn summary_line(report: &Report) -> String {
         report.peak_rss_mb_max.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
         report.peak_rss_mb_mean.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
         report.total_seconds
-    )
+    ) + &privacy_figure(report)
+}
+
+/// `, ε 2.31 at δ 1e-5 (distributed noise)` when the job added noise.
+fn privacy_figure(report: &Report) -> String {
+    report.privacy.as_ref().map_or_else(String::new, |spent| {
+        format!(", ε {:.2} at δ {:e} ({} noise)", spent.epsilon, spent.delta, spent.noise)
+    })
 }
 
 /// Writes `summary.json` over several scenario runs into `out`.

@@ -7,6 +7,7 @@ use crate::events::FiredEvent;
 use crate::scenario::Scenario;
 use crate::scenario_file::Expect;
 use anyhow::Context;
+use fedmesh_admin_api::PrivacyView;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -77,6 +78,8 @@ pub struct RunOutcome {
     pub elapsed: Duration,
     /// What each hostile peer an `attack` event started printed.
     pub attacks: Vec<AttackLog>,
+    /// The differential privacy the job spent, as the followed node reported it at the end.
+    pub privacy: Option<PrivacyView>,
 }
 
 /// What one hostile peer printed: what it sent and how the nodes answered.
@@ -123,6 +126,9 @@ pub struct Report {
     /// What each hostile peer printed (scenarios with `attack` events).
     #[serde(default)]
     pub attacks: Vec<AttackLog>,
+    /// The differential privacy the job spent (ε at δ), when its spec adds noise.
+    #[serde(default)]
+    pub privacy: Option<PrivacyView>,
 }
 
 fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -137,7 +143,8 @@ impl Report {
         partitions: Vec<PartitionSummary>,
         outcome: RunOutcome,
     ) -> Self {
-        let RunOutcome { status, rounds, events, checks, usage, elapsed, attacks } = outcome;
+        let RunOutcome { status, rounds, events, checks, usage, elapsed, attacks, privacy } =
+            outcome;
         let peaks = || usage.iter().filter_map(|u| u.peak_rss_mb);
         let last = rounds.last();
         Self {
@@ -161,6 +168,7 @@ impl Report {
             partitions,
             job_spec,
             attacks,
+            privacy,
             peak_rss_mb_max: peaks().reduce(f64::max),
             peak_rss_mb_mean: mean(peaks().map(Some)),
             usage,

@@ -10,6 +10,7 @@ use crate::follow::Follower;
 use crate::report::{PartitionSummary, Report, RoundFigures, RunOutcome};
 use crate::scenario_file::{Expect, ScenarioFile};
 use anyhow::Context;
+use fedmesh_admin_api::PrivacyView;
 use fedmesh_learning::{DataSource, Dataset, Embedded, Model, Partitioner, formats};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ pub struct Scenario {
     pub quorum: Option<Value>,
     /// The job spec's `strategy` (none: FedAvg).
     pub strategy: Option<Value>,
+    /// The job spec's `privacy` (none: its defaults).
+    pub privacy: Option<Value>,
     /// The final accuracy checked against `expect`.
     pub target: Option<f64>,
     pub expect: Expect,
@@ -231,6 +234,9 @@ impl Scenario {
         if let Some(quorum) = &self.quorum {
             spec["quorum"] = quorum.clone();
         }
+        if let Some(privacy) = &self.privacy {
+            spec["privacy"] = privacy.clone();
+        }
         if Embedded::from_name(&self.dataset).is_none() {
             let classes = self.load_data()?.classes;
             if !classes.is_empty() {
@@ -320,6 +326,7 @@ impl Scenario {
             attacks.stop_all();
         }
         let checks = check_run(self, &cluster, &job, &events, &status, &follower.rounds).await;
+        let privacy = privacy_spent(&cluster, &events, &job).await;
         let usage = cluster.usage().await;
         cluster.stop_all();
         let attacks = events.attacks.as_ref().map(|a| a.logs()).unwrap_or_default();
@@ -331,9 +338,17 @@ impl Scenario {
             checks,
             usage,
             elapsed: started.elapsed(),
+            privacy,
         };
         Ok(Report::new(self, spec, partitions, outcome))
     }
+}
+
+/// The differential privacy the job spent, as the node followed reports it (none when the job
+/// adds no noise or no node answers).
+async fn privacy_spent(cluster: &Cluster, events: &EventRunner, job: &str) -> Option<PrivacyView> {
+    let node = &cluster.nodes[events.observer(cluster)?];
+    node.api.job(job).await.ok()?.run?.privacy
 }
 
 /// Follows the job until it ends, firing events as their rounds come; the job's end status.

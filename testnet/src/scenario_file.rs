@@ -52,6 +52,9 @@ pub struct ScenarioFile {
     pub quorum: Option<serde_json::Value>,
     /// The job spec's `strategy`, e.g. `{ rule = "trimmed_mean", beta = 0.3 }` (default FedAvg).
     pub strategy: Option<serde_json::Value>,
+    /// The job spec's `privacy`, e.g. `{ noise = "distributed" }` (trainers draw the DP noise
+    /// `strategy.noise_multiplier` asks for) (default: the spec's).
+    pub privacy: Option<serde_json::Value>,
     /// The final accuracy the run checks against.
     pub target: Option<f64>,
     pub expect: Expect,
@@ -107,6 +110,7 @@ impl Default for ScenarioFile {
             min_participants: None,
             quorum: None,
             strategy: None,
+            privacy: None,
             target: None,
             expect: Expect::ReachTarget,
             events: Vec::new(),
@@ -302,6 +306,7 @@ impl ScenarioFile {
             min_participants,
             quorum: self.quorum,
             strategy: self.strategy,
+            privacy: self.privacy,
             target: self.target,
             expect: self.expect,
             events,

@@ -12,6 +12,7 @@ use super::{
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
 use crate::ring::RingRun;
+use fedmesh_aggregation::privacy::{NoiseSeed, add_seeded_gaussian_noise, clip, trainer_noise_std};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::RoundOpen;
 use fedmesh_topologies::{Destination, RoundPlan};
@@ -372,15 +373,46 @@ impl Member {
             return self.log(Level::Info, round, "the round moved on while training");
         };
         let (opener, opened_at) = (open.opener, open.opened_at_ms);
-        let update = DeltaToSend {
-            round,
-            base,
-            samples: trained.samples.min(self.weight_bound(&self.me())),
-            metrics: trained.metrics,
-            values: trained.delta,
+        let samples = trained.samples.min(self.weight_bound(&self.me()));
+        let values = match self.with_noise_share(open, samples, &trained.delta) {
+            Some(noised) => Arc::new(noised),
+            None => trained.delta,
         };
+        let update = DeltaToSend { round, base, samples, metrics: trained.metrics, values };
         self.last_update = Some((update.clone(), (opener, opened_at)));
         self.deliver(update, now);
+    }
+
+    /// Under distributed DP, this trainer's update clipped to the job's norm with its share of
+    /// the noise added, drawn from its own secret: no party, its aggregator included, ever sees
+    /// the update without it. The shares are sized for the fewest updates that close the round
+    /// (its quorum) and the heaviest trainer's weight, so the round's mean carries at least the
+    /// noise central DP would add. `None` when the job's noise is not the trainers'.
+    fn with_noise_share(
+        &self,
+        open: &OpenRound,
+        own_weight: u64,
+        delta: &[f32],
+    ) -> Option<Vec<f32>> {
+        let spec = &self.setup.spec;
+        let (Some(clip_norm), Some(multiplier)) =
+            (spec.strategy.clip_norm, spec.strategy.noise_multiplier)
+        else {
+            return None;
+        };
+        if !spec.privacy.distributed() {
+            return None;
+        }
+        let trainers = &open.plan.trainers;
+        let heaviest = trainers.iter().map(|t| self.weight_bound(t)).max().unwrap_or(own_weight);
+        let shares = spec.quorum.required(trainers.len());
+        let std =
+            trainer_noise_std(multiplier, clip_norm, heaviest as f64, own_weight as f64, shares);
+        let mut noised = delta.to_vec();
+        clip(&mut noised, clip_norm);
+        let seed = noise_share_seed(&self.setup.noise_key, open.round, open.opened_at_ms);
+        add_seeded_gaussian_noise(&mut noised, std, seed);
+        Some(noised)
     }
 
     /// Delivers this member's update where the open round's plan sends it: into its ring,
@@ -783,4 +815,19 @@ pub(super) fn refuse_huge_values(values: &[f32]) -> Result<(), Refusal> {
             Err(Refusal::new(Reason::HugeValues, detail))
         }
     }
+}
+
+/// The seed of a trainer's noise share in a round's opening: its own secret, with the round and
+/// the opening (a round opened again draws afresh).
+pub(super) fn noise_share_seed(
+    noise_key: &NoiseSeed,
+    round: Round,
+    opened_at_ms: u64,
+) -> NoiseSeed {
+    let mut material = b"trainer noise share".to_vec();
+    material.extend_from_slice(noise_key);
+    for word in [round, opened_at_ms] {
+        material.extend_from_slice(&word.to_le_bytes());
+    }
+    ContentHash::of(&material).0
 }

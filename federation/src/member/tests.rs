@@ -639,6 +639,45 @@ fn the_model_is_the_sample_weighted_mean_of_the_updates() {
     assert!(params.iter().all(|p| (p - mean).abs() < 1e-6), "{params:?} vs {mean}");
 }
 
+/// Under distributed DP each trainer clips its update and adds its own share of the noise
+/// before sending; the leader neither clips again nor adds noise. The model is exactly the
+/// weighted mean of the noised updates as each trainer made them (rebuilt here from each
+/// trainer's secret), and far from the mean without noise.
+#[test]
+fn distributed_noise_is_drawn_by_each_trainer_and_the_aggregator_adds_none() {
+    use fedmesh_aggregation::privacy::{add_seeded_gaussian_noise, clip, trainer_noise_std};
+    let (clip_norm, multiplier) = (0.05f32, 2.0f32);
+    let mut spec = spec("central", 1, 30);
+    spec.strategy.clip_norm = Some(clip_norm);
+    spec.strategy.noise_multiplier = Some(multiplier);
+    spec.privacy.noise = fedmesh_protocol::spec::NoisePlacement::Distributed;
+    spec.validate().unwrap();
+    let mut net = Net::new(spec, &[(1, "eu"), (2, "eu"), (3, "eu"), (4, "eu")]);
+    net.run(30_000);
+    net.assert_agree();
+    let (&(round, opened_at_ms), _) = net.opened.iter().next().unwrap();
+    let (mut noised_sum, mut clean_sum, mut total) = (vec![0.0f64; PARAMS], 0.0f64, 0.0f64);
+    for b in 1..=4u8 {
+        // Member b trains to b/100 with 10 + b samples; member 4 weighs the most.
+        let weight = 10.0 + f64::from(b);
+        let mut update = vec![f32::from(b) / 100.0; PARAMS];
+        clip(&mut update, clip_norm);
+        clean_sum += weight * f64::from(update[0]);
+        let std = trainer_noise_std(multiplier, clip_norm, 14.0, weight, 4);
+        let seed = super::rounds::noise_share_seed(&[b; 32], round, opened_at_ms);
+        add_seeded_gaussian_noise(&mut update, std, seed);
+        noised_sum.iter_mut().zip(&update).for_each(|(sum, v)| *sum += weight * f64::from(*v));
+        total += weight;
+    }
+    let params = net.member(2).params();
+    for (param, sum) in params.iter().zip(&noised_sum) {
+        assert!((f64::from(*param) - sum / total).abs() < 1e-6, "{params:?} vs {noised_sum:?}");
+    }
+    let clean = clean_sum / total;
+    let off = params.iter().map(|p| (f64::from(*p) - clean).abs()).fold(0.0, f64::max);
+    assert!(off > 1e-3, "no noise in {params:?} (the mean without noise is {clean})");
+}
+
 #[test]
 fn a_leader_lost_after_opening_is_replaced_once_it_falls_silent() {
     let mut net = four_central(2);

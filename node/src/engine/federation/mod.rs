@@ -28,7 +28,7 @@ pub use local::{LocalData, Trained};
 pub(in crate::engine) use updates::{Reply, Residual, Unverified};
 
 use super::{Engine, EngineError};
-use fedmesh_admin_api::{MemberView, RoundView, RunView};
+use fedmesh_admin_api::{MemberView, PrivacyView, RoundView, RunView};
 use fedmesh_federation::member::{Effect, Event, Member, Refusal, Setup, Snapshot};
 use fedmesh_federation::records::{RoundRecord, RunState};
 use fedmesh_protocol::envelope::Signed;
@@ -138,6 +138,7 @@ impl JobRun {
                 .collect(),
             rounds: self.machine.rounds().values().map(round_view).collect(),
             trainer_error: self.local.trainer_failure(),
+            privacy: privacy_view(self.machine.spec(), state.completed_round),
         }
     }
 
@@ -146,6 +147,18 @@ impl JobRun {
         let layout = self.local.model.layout();
         (layout, self.machine.params().clone(), self.machine.completed_round())
     }
+}
+
+/// The differential privacy `rounds` completed rounds of `spec` spent, if it adds noise.
+fn privacy_view(spec: &JobSpec, rounds: Round) -> Option<PrivacyView> {
+    let spent = fedmesh_aggregation::privacy::spent(spec, rounds)?;
+    Some(PrivacyView {
+        epsilon: spent.epsilon,
+        delta: spent.delta,
+        noise_multiplier: spent.noise_multiplier,
+        sampling: spent.sampling,
+        noise: if spent.distributed { "distributed" } else { "central" }.to_owned(),
+    })
 }
 
 /// A round as the admin API shows it.
