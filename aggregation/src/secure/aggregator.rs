@@ -200,7 +200,7 @@ impl AggregatorRound {
     /// Ends input collection and tells who survived and who dropped. Refuses (and stays open)
     /// if too many dropped for some needed secret to be reconstructed: a survivor's self-mask
     /// seed, or the mask key of a dropped member who neighbours a survivor, each needs
-    /// `threshold` surviving neighbours.
+    /// `threshold` surviving holders (the member itself, if it survived, and its neighbours).
     pub fn close_inputs(&mut self) -> Result<Dropouts, SecAggError> {
         self.expect(Phase::Inputs, "close input collection")?;
         let threshold = self.config.threshold();
@@ -213,7 +213,8 @@ impl AggregatorRound {
         let dropped: BTreeSet<MemberId> =
             self.shares.keys().filter(|m| !self.survivors.contains(m)).copied().collect();
         for member in self.survivors.iter().chain(&dropped) {
-            let holders = self.surviving_neighbours(member).len();
+            let holders = self.surviving_neighbours(member).len()
+                + usize::from(self.survivors.contains(member));
             let needed = self.survivors.contains(member) || holders > 0;
             if needed && holders < threshold {
                 return Err(SecAggError::TooManyDropouts {
@@ -238,7 +239,7 @@ impl AggregatorRound {
     }
 
     /// Accepts a survivor's revealed shares, once: self-mask shares only of survivors, mask-key
-    /// shares only of dropped members, each of a neighbour of the survivor, well-formed.
+    /// shares only of dropped members, each of the survivor itself or a neighbour, well-formed.
     pub fn add_unmasking_shares(
         &mut self,
         from: MemberId,
@@ -278,7 +279,8 @@ impl AggregatorRound {
         Ok(())
     }
 
-    /// Parses revealed shares of one kind, each of a distinct neighbour of `holder` in `owners`.
+    /// Parses revealed shares of one kind, each of a distinct owner in `owners` that is `holder`
+    /// or its neighbour.
     fn parse_revealed(
         &self,
         holder: MemberId,
@@ -292,7 +294,7 @@ impl AggregatorRound {
             if !owners.contains(owner) {
                 return Err(SecAggError::UnexpectedShare { holder, owner: *owner, kind, expected });
             }
-            if !self.config.pairing().are_neighbours(&holder, owner) {
+            if owner != &holder && !self.config.pairing().are_neighbours(&holder, owner) {
                 return Err(SecAggError::NotNeighbour { member: holder, of: *owner });
             }
             let share = Share::from_bytes(share).ok_or(SecAggError::MalformedShare(holder))?;

@@ -18,11 +18,12 @@ pub struct RoundConfig {
 }
 
 impl RoundConfig {
-    /// A round whose members' secrets are shared among their neighbours with `threshold`
-    /// shares needed to reconstruct. The threshold must be more than half of every member's
-    /// neighbourhood (so an aggregator that tells two halves of it different stories cannot get
-    /// both a member's self-mask and its mask key) and at most its smallest neighbourhood; each
-    /// member then tolerates `degree − threshold` dropped neighbours.
+    /// A round whose members' secrets are shared among themselves and their neighbours (the
+    /// share holders, `degree + 1` of them), with `threshold` shares needed to reconstruct. The
+    /// threshold must be more than half of every member's holders (so an aggregator that tells
+    /// two halves of them different stories cannot get both a member's self-mask and its mask
+    /// key) and at most its fewest holders; a member's secret then survives
+    /// `degree + 1 − threshold` dropouts among its holders (`n − t` in the complete graph).
     pub fn new(
         job: JobId,
         round: Round,
@@ -31,7 +32,7 @@ impl RoundConfig {
         length: usize,
     ) -> Result<Self, SecAggError> {
         let (min_degree, max_degree) = pairing.degree_range();
-        if threshold > min_degree || 2 * threshold <= max_degree {
+        if threshold > min_degree + 1 || 2 * threshold <= max_degree + 1 {
             return Err(SecAggError::InvalidThreshold { threshold, min_degree, max_degree });
         }
         Ok(Self { job, round, pairing, threshold, length })

@@ -22,7 +22,7 @@ pub enum SecAggError {
     #[error("{0} is listed twice among the round's members")]
     DuplicateMember(MemberId),
     #[error(
-        "threshold {threshold} is invalid for neighbourhoods of {min_degree} to {max_degree} members (need max/2 < t <= min)"
+        "threshold {threshold} is invalid for neighbourhoods of {min_degree} to {max_degree} members (need (max + 1)/2 < t <= min + 1)"
     )]
     InvalidThreshold { threshold: usize, min_degree: usize, max_degree: usize },
     #[error("invalid quantizer: {0}")]

@@ -24,8 +24,8 @@ impl Pairing {
     /// The graph for these members (any order, no duplicates) with about `degree` neighbours
     /// each: members are placed on a ring in the order of a permutation drawn from `seed`, and
     /// each is linked to the `⌊degree/2⌋` nearest on either side, plus, for an odd degree, the
-    /// one(s) diametrically opposite (so with an odd degree and an odd member count some members
-    /// have `degree + 1`). With `degree >= n − 1` every member neighbours every other.
+    /// one diametrically opposite (so with an odd degree and an odd member count one member has
+    /// `degree + 1`). With `degree >= n − 1` every member neighbours every other.
     pub fn new(seed: &[u8], members: &[MemberId], degree: usize) -> Result<Self, SecAggError> {
         let mut sorted = members.to_vec();
         sorted.sort_unstable();
@@ -112,7 +112,7 @@ fn harary(order: &[usize], degree: usize) -> Vec<BTreeSet<usize>> {
         for step in 1..=degree / 2 {
             link(position, position + step);
         }
-        if degree % 2 == 1 {
+        if degree % 2 == 1 && position < n.div_ceil(2) {
             link(position, position + n / 2);
         }
     }

@@ -52,7 +52,8 @@ pub struct TrainerRound {
     phase: Phase,
     /// Neighbours whose keys were valid when shares were dealt.
     neighbours: BTreeMap<MemberId, Neighbour>,
-    /// Shares held for neighbours who dealt to this trainer (and so were masked with).
+    /// Shares held: this trainer's own, and those of neighbours who dealt to it (and so were
+    /// masked with).
     held: BTreeMap<MemberId, SharePair>,
     /// Members whose self-mask shares this trainer has revealed.
     revealed_self_mask: BTreeSet<MemberId>,
@@ -99,7 +100,8 @@ impl TrainerRound {
 
     /// Verifies the keys of the round's members (this trainer's own and non-neighbours' are
     /// skipped) and returns, for each neighbour among them, the encrypted Shamir shares of this
-    /// trainer's self-mask seed and mask secret key. Needs at least `threshold` neighbours.
+    /// trainer's self-mask seed and mask secret key (it keeps a share of its own too, as in
+    /// Bonawitz et al.). Needs at least `threshold` holders, itself included.
     pub fn shares_for(
         &mut self,
         keys: &[RoundKeys],
@@ -108,27 +110,36 @@ impl TrainerRound {
         self.expect(Phase::Keys, "deal shares")?;
         let neighbours = self.verified_neighbours(keys)?;
         let threshold = self.config.threshold();
-        if neighbours.len() < threshold {
-            return Err(SecAggError::TooFewNeighbours {
-                member: self.me,
-                have: neighbours.len(),
-                need: threshold,
-            });
+        let have = neighbours.len() + 1;
+        if have < threshold {
+            return Err(SecAggError::TooFewNeighbours { member: self.me, have, need: threshold });
         }
+        let holders: Vec<MemberId> =
+            std::iter::once(self.me).chain(neighbours.keys().copied()).collect();
         let points =
-            neighbours.keys().map(|m| self.config.point_of(m)).collect::<Result<Vec<_>, _>>()?;
+            holders.iter().map(|m| self.config.point_of(m)).collect::<Result<Vec<_>, _>>()?;
         let self_mask = shamir::split(&self.secrets.self_mask_seed, threshold, &points, rng);
         let mask_key = shamir::split(self.secrets.mask.as_bytes(), threshold, &points, rng);
+        let mut pairs = self_mask
+            .into_iter()
+            .zip(mask_key)
+            .map(|(self_mask, mask_key)| SharePair { self_mask, mask_key });
+        let own = pairs.next().ok_or(SecAggError::TooFewNeighbours {
+            member: self.me,
+            have: 0,
+            need: threshold,
+        })?;
         let (job, round) = (self.config.job(), self.config.round());
         let encrypted = neighbours
             .iter()
-            .zip(self_mask.into_iter().zip(mask_key))
-            .map(|((&peer, neighbour), (self_mask, mask_key))| {
+            .zip(pairs)
+            .map(|((&peer, neighbour), pair)| {
                 let key = share_key(&neighbour.encryption_agreement, job, round, &self.me, &peer);
-                SharePair { self_mask, mask_key }.seal(&key, job, round, self.me, peer)
+                pair.seal(&key, job, round, self.me, peer)
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.neighbours = neighbours;
+        self.held.insert(self.me, own);
         self.phase = Phase::Shared;
         Ok(encrypted)
     }
@@ -171,8 +182,8 @@ impl TrainerRound {
 
     /// Decrypts the shares the neighbours dealt to this trainer and returns the quantized update
     /// masked with the self-mask and a pairwise mask for each of those neighbours (`+` towards a
-    /// larger member key, `−` towards a smaller). Needs shares from at least `threshold`
-    /// neighbours.
+    /// larger member key, `−` towards a smaller). Needs at least `threshold` holders (this
+    /// trainer and the neighbours whose shares arrived).
     pub fn masked_input(
         &mut self,
         quantized: &[u64],
@@ -180,22 +191,19 @@ impl TrainerRound {
     ) -> Result<Vec<u64>, SecAggError> {
         self.expect(Phase::Shared, "mask the update")?;
         self.config.check_length(quantized.len())?;
-        let held = self.open_shares(received)?;
-        let threshold = self.config.threshold();
-        if held.len() < threshold {
-            return Err(SecAggError::TooFewNeighbours {
-                member: self.me,
-                have: held.len(),
-                need: threshold,
-            });
+        let received = self.open_shares(received)?;
+        let (have, need) = (received.len() + 1, self.config.threshold());
+        if have < need {
+            return Err(SecAggError::TooFewNeighbours { member: self.me, have, need });
         }
         let mut masked = quantized.to_vec();
         apply_mask(&mut masked, &self.secrets.self_mask_seed, Sign::Plus);
-        for (peer, neighbour) in self.neighbours.iter().filter(|(peer, _)| held.contains_key(peer))
+        for (peer, neighbour) in
+            self.neighbours.iter().filter(|(peer, _)| received.contains_key(peer))
         {
             apply_mask(&mut masked, &neighbour.mask_seed, pairwise_sign(&self.me, peer));
         }
-        self.held = held;
+        self.held.extend(received);
         self.phase = Phase::Masked;
         Ok(masked)
     }
