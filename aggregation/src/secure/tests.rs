@@ -351,8 +351,9 @@ proptest! {
         let members: Vec<MemberId> = identities(n).iter().map(Identity::member_id).collect();
         let pairing = Pairing::new(&seed.to_le_bytes(), &members, degree).unwrap();
         let (min_degree, max_degree) = pairing.degree_range();
-        prop_assume!((max_degree + 1) / 2 < min_degree + 1);
-        let lowest = (max_degree + 1) / 2 + 1;
+        // The smallest threshold above half of the largest holder count (degree + 1).
+        let lowest = max_degree.div_ceil(2) + 1;
+        prop_assume!(lowest <= min_degree + 1);
         let threshold = lowest + threshold_offset % (min_degree + 2 - lowest);
         let config = RoundConfig::new(JOB, ROUND, pairing.clone(), threshold, 16).unwrap();
         let dropped: BTreeSet<usize> = (0..n).filter(|i| dropped_mask >> i & 1 == 1).collect();
