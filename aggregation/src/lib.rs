@@ -1,12 +1,14 @@
 //! Aggregation strategies over flat f32 parameter vectors: streaming weighted FedAvg with
 //! composable partial aggregates, server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad),
-//! robust rules (median, trimmed mean, Krum, Multi-Krum), clipping and DP noise. Pure: no I/O.
+//! robust rules (median, trimmed mean, Krum, Multi-Krum), clipping and DP noise, and the
+//! cryptographic core of secure aggregation (pairwise masking with Shamir-shared seeds). Pure: no I/O.
 
 mod error;
 pub mod fedavg;
 pub mod optimizer;
 pub mod privacy;
 pub mod robust;
+pub mod secure;
 pub mod strategy;
 
 pub use error::AggregationError;
