@@ -79,7 +79,45 @@ pub struct JobSpec {
     /// layout whatever classes its own data holds (none: each member counts its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Classes>,
+    /// Verifiable aggregation: members audit each round's model against the contributions its
+    /// result lists (none: results are taken as their aggregator signs them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
+
+/// Verifiable aggregation: auditors recompute each round's model from the contributions its
+/// result lists (with `fedmesh_aggregation::verifiable`), and a signed fraud proof excludes an
+/// aggregator whose model is not that recomputation.
+///
+/// JSON: `{"auditors": "all"}` or `{"auditors": {"fraction": 0.3}, "audit_window_secs": 600}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verification {
+    /// Who audits each result.
+    pub auditors: Auditors,
+    /// How long trainers and the aggregator keep a round's contributions for auditors to fetch
+    /// (default 600).
+    #[serde(default = "default_audit_window")]
+    pub audit_window_secs: u64,
+}
+
+/// Who audits a round's result.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Auditors {
+    /// Every member.
+    All,
+    /// About this fraction of the members, drawn per result from its hash and each member's
+    /// key (so the aggregator cannot know them before it announces).
+    Fraction(f32),
+}
+
+fn default_audit_window() -> u64 {
+    600
+}
+
+/// Longest audit window: a day.
+pub const MAX_AUDIT_WINDOW_SECS: u64 = 24 * 3600;
 
 /// A job's classes: `3` (labels are the numbers 0, 1, 2) or `["setosa", "versicolor"]` (labels
 /// are these names, class i being the i-th).
@@ -394,6 +432,7 @@ const TOP_FIELDS: &[&str] = &[
     "seed",
     "delta_encoding",
     "classes",
+    "verification",
 ];
 
 impl JobSpec {
@@ -485,6 +524,9 @@ impl JobSpec {
             problems
                 .push("quorum.count", format!("exceeds participation.max_participants ({max})"));
         }
+        if self.verification.is_some() {
+            self.check_verifiable(problems);
+        }
         if self.tag == TagSpec::Builtin(BuiltinTopology::Ring)
             && self.strategy.rule != AggregationRule::FedAvg
         {
@@ -492,6 +534,51 @@ impl JobSpec {
                 .push("strategy.rule", "a ring all-reduce computes a weighted mean: use fedavg");
         }
     }
+}
+
+impl JobSpec {
+    /// A verifiable job's rounds must be recomputable by any member, bit for bit: no state or
+    /// secret of the aggregator's in its result, and one aggregator per round for now.
+    fn check_verifiable(&self, p: &mut Problems) {
+        let reason = "verification: an auditor must recompute the aggregate";
+        if self.strategy.server.is_some() {
+            let message = format!("{reason}, and a server optimizer's state is the aggregator's");
+            p.push("strategy.server", message);
+        }
+        if self.strategy.noise_multiplier.is_some_and(|noise| noise > 0.0) {
+            let message =
+                format!("{reason}, and central DP noise is drawn from the aggregator's secret");
+            p.push("strategy.noise_multiplier", message);
+        }
+        if let AggregationRule::Krum { .. } | AggregationRule::MultiKrum { .. } = self.strategy.rule
+        {
+            let message = format!("{reason}, and krum sums its distances in no fixed order");
+            p.push("strategy.rule", message);
+        }
+        if self.tag != TagSpec::Builtin(BuiltinTopology::Central) {
+            p.push(
+                "tag",
+                "verification supports the central topology only for now (hierarchical, ring, \
+                 hybrid and TAG schemas combine partial aggregates no auditor holds)",
+            );
+        }
+        if self.coordinator.is_some() {
+            p.push(
+                "coordinator",
+                "verification needs a self-organizing job for now: an orchestrated job's \
+                 aggregators are the coordinator's choice, which a fraud proof cannot exclude",
+            );
+        }
+    }
+}
+
+fn check_verification(p: &mut Problems, verification: &Verification) {
+    if let Auditors::Fraction(fraction) = verification.auditors {
+        let ok = in_range(fraction, 0.0, 1.0, true) && fraction > 0.0;
+        p.require(ok, "verification.auditors.fraction", "must be in (0, 1]");
+    }
+    let ok = (1..=MAX_AUDIT_WINDOW_SECS).contains(&verification.audit_window_secs);
+    p.require(ok, "verification.audit_window_secs", "must be between 1 and 86400 (a day)");
 }
 
 fn single(path: &str, message: impl Into<String>) -> SpecErrors {
@@ -516,6 +603,7 @@ struct Fields {
     seed: Option<u64>,
     delta_encoding: Option<DeltaEncoding>,
     classes: Option<Option<Classes>>,
+    verification: Option<Option<Verification>>,
 }
 
 impl Fields {
@@ -536,6 +624,7 @@ impl Fields {
             seed: p.field(map, "seed", Some(|| 0)),
             delta_encoding: p.field(map, "delta_encoding", Some(DeltaEncoding::default)),
             classes: p.field(map, "classes", Some(|| None)),
+            verification: p.field(map, "verification", Some(|| None)),
         }
     }
 
@@ -568,6 +657,9 @@ impl Fields {
         }
         if let Some(Some(classes)) = &self.classes {
             check_classes(p, classes);
+        }
+        if let Some(Some(verification)) = &self.verification {
+            check_verification(p, verification);
         }
         if let (Some(None), Some(Some(_))) = (&self.coordinator, self.coordinator_fallback_secs) {
             p.push(
@@ -602,6 +694,7 @@ impl Fields {
             seed: self.seed?,
             delta_encoding: self.delta_encoding?,
             classes: self.classes?,
+            verification: self.verification?,
         })
     }
 }
@@ -624,6 +717,7 @@ impl From<JobSpec> for Fields {
             seed: Some(spec.seed),
             delta_encoding: Some(spec.delta_encoding),
             classes: Some(spec.classes),
+            verification: Some(spec.verification),
         }
     }
 }

@@ -69,6 +69,7 @@ pub fn spec(config: &Config) -> Result<JobSpec, JobError> {
         seed: config.seed,
         delta_encoding: Default::default(),
         classes: None,
+        verification: None,
     };
     spec.validate()?;
     Ok(spec)

@@ -740,9 +740,7 @@ impl Member {
         let OpenRound { round, base, mut slots, opening, .. } = *open;
         let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = slots.swap_remove(position);
-        let made = top
-            .finish()
-            .and_then(|(sum, contributions)| Ok((sum.mean_added_to(&self.params)?, contributions)));
+        let made = top.finish_model(&self.params);
         match made {
             Ok((params, contributions)) => {
                 let params = Arc::new(params);
