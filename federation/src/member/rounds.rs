@@ -51,7 +51,10 @@ impl Member {
     /// computed a new live view and plan (at 10,000 members, every member once a second: nearly
     /// all of the time once the burst was over).
     fn maybe_open(&mut self, round: Round, now: u64) {
-        if round > self.setup.spec.hyperparameters.rounds || !self.is_active() {
+        if round > self.setup.spec.hyperparameters.rounds
+            || !self.is_active()
+            || self.restoring.is_some()
+        {
             return;
         }
         if self.orchestrated(now) {
@@ -335,6 +338,7 @@ impl Member {
         let (round, base) = (open.round, open.base);
         if open.plan.trainers.binary_search(&self.me()).is_err()
             || self.state.model != base
+            || self.restoring.is_some()
             || self.training.is_some_and(|training| training.is_for(round, base))
         {
             return;
@@ -408,6 +412,11 @@ impl Member {
             Some(Ok(())) => {
                 self.last_update = None;
                 self.set_own(Own::Folded);
+                if self.verifiable() {
+                    // Kept for auditors as an f32 payload: its hash is the one the result lists.
+                    let hash = fedmesh_protocol::tensor::hash_f32(&update.values);
+                    self.keep_contributions(update.round, vec![hash], Some(update.values), now);
+                }
                 self.finish_complete_slots(now);
             }
             Some(Err(refused)) => self.log(Level::Warn, update.round, refused.detail),
