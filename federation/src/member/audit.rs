@@ -96,7 +96,12 @@ impl Member {
 
     /// A verifiable job's result taken from `signer`: this member keeps its own contribution
     /// for auditors, and audits the result if it is one of its auditors.
-    pub(super) fn on_result_taken(&mut self, signer: MemberId, ready: &Arc<AggregateReady>, now: u64) {
+    pub(super) fn on_result_taken(
+        &mut self,
+        signer: MemberId,
+        ready: &Arc<AggregateReady>,
+        now: u64,
+    ) {
         if !self.verifiable() || signer == self.me() {
             return;
         }
@@ -112,8 +117,13 @@ impl Member {
         {
             return;
         }
-        let pending =
-            Pending { round: ready.round, liar: signer, result: ready.clone(), own: true, accusers: Vec::new() };
+        let pending = Pending {
+            round: ready.round,
+            liar: signer,
+            result: ready.clone(),
+            own: true,
+            accusers: Vec::new(),
+        };
         self.start_audit(pending);
     }
 
@@ -165,7 +175,12 @@ impl Member {
     /// A fraud proof from `accuser`: believed only once this member's own recomputation of the
     /// result disagrees with its model. One recomputation per result however many accuse it,
     /// one proof per result and accuser, and none from an accuser caught lying.
-    pub(super) fn on_accusation(&mut self, accuser: MemberId, accusation: Arc<Accusation>, now: u64) {
+    pub(super) fn on_accusation(
+        &mut self,
+        accuser: MemberId,
+        accusation: Arc<Accusation>,
+        now: u64,
+    ) {
         let result = accusation.result.clone();
         let (round, model) = (result.round, result.model);
         if !self.verifiable() {
@@ -173,7 +188,8 @@ impl Member {
             return self.reject(Reason::NotVerifiable, detail);
         }
         if result.job != self.setup.job || accusation.recomputed == model {
-            return self.reject(Reason::BadMessage, format!("{accuser}'s fraud proof is malformed"));
+            return self
+                .reject(Reason::BadMessage, format!("{accuser}'s fraud proof is malformed"));
         }
         if self.audits.distrusted.contains(&accuser) {
             let detail = format!("{accuser} sent a false fraud proof before");
@@ -314,11 +330,13 @@ impl Member {
             self.state.model = bad.base_model;
             self.restoring = Some(bad.base_model);
             self.vet_from_taken();
-            let text = format!("back to the model of round {} to run round {round} again", round - 1);
+            let text =
+                format!("back to the model of round {} to run round {round} again", round - 1);
             self.log(Level::Warn, round, text);
             let me = self.me();
             self.fetch(round - 1, bad.base_model, me);
         }
+        self.furthest_heard = self.furthest_heard.min(round);
         self.next_open_check_ms = now;
     }
 

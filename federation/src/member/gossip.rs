@@ -84,7 +84,10 @@ impl Member {
                             self.view_changed_ms = now;
                         }
                         self.heartbeats_heard = self.heartbeats_heard.saturating_add(1);
-                        self.furthest_heard = self.furthest_heard.max(beat.round);
+                        if !self.is_condemned(&beat.model) {
+                            // (A member still on a condemned model is not ahead: it rolls back.)
+                            self.furthest_heard = self.furthest_heard.max(beat.round);
+                        }
                         self.announce_again(beat.round, now);
                     }
                     // A member whose join this member missed: it asks for it.

@@ -13,9 +13,9 @@ mod results;
 mod ring;
 mod rounds;
 
+pub use audit::{MAX_AUDITS, MAX_CONDEMNED};
 pub use io::*;
 pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
-pub use audit::{MAX_AUDITS, MAX_CONDEMNED};
 pub use reason::Reason;
 
 use crate::cadence::Cadence;
