@@ -684,8 +684,9 @@ pub enum GossipMessage {
     AggregateReady(Signed<AggregateReady>),
     EvalReport(Signed<EvalReport>),
     Stop(Signed<JobStop>),
-    /// A fraud proof against a round's aggregator (verifiable jobs).
-    FraudProof(Signed<FraudProof>),
+    /// A fraud proof against a round's aggregator (verifiable jobs; boxed: it carries a
+    /// whole signed result).
+    FraudProof(Box<Signed<FraudProof>>),
 }
 
 impl GossipMessage {

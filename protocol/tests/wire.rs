@@ -204,7 +204,7 @@ fn verify_any(message: GossipMessage) -> Result<(), VerifyError> {
         GossipMessage::AggregateReady(m) => m.verify(allow_all).map(drop),
         GossipMessage::EvalReport(m) => m.verify(allow_all).map(drop),
         GossipMessage::Stop(m) => m.verify(allow_all).map(drop),
-        GossipMessage::FraudProof(m) => m.verify(allow_all)?.body().verify_result().map(drop),
+        GossipMessage::FraudProof(m) => (*m).verify(allow_all)?.body().verify_result().map(drop),
     }
 }
 
@@ -586,11 +586,11 @@ fn a_fraud_proof_carries_the_liars_own_signature() {
         sent_at_ms: 9,
     };
     let signed = Signed::sign(&accuser, proof.clone()).unwrap();
-    let frame = codec::encode_gossip(&GossipMessage::FraudProof(signed)).unwrap();
+    let frame = codec::encode_gossip(&GossipMessage::FraudProof(Box::new(signed))).unwrap();
     let GossipMessage::FraudProof(decoded) = codec::decode_gossip(&frame).unwrap() else {
         panic!("not a fraud proof");
     };
-    let verified = decoded.verify(allow_all).unwrap();
+    let verified = (*decoded).verify(allow_all).unwrap();
     assert_eq!(verified.body().verify_result().unwrap().signer(), liar.member_id());
 
     // The accused result must be the liar's own signature, of the proof's job and round, and
