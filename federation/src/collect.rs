@@ -4,7 +4,7 @@
 
 use crate::member::{Reason, Refusal};
 use fedmesh_aggregation::privacy::NoiseSeed;
-use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum};
+use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum, Recomputation};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
 use fedmesh_protocol::spec::JobSpec;
@@ -26,7 +26,7 @@ pub struct Collecting {
     /// top slot, whose result is the round's model.
     pub parent: Option<MemberId>,
     /// Takes the trainers' deltas sent here directly.
-    aggregator: Aggregator,
+    aggregator: Fold,
     /// The partial aggregates of the slots below, combined.
     lower: Option<Sum>,
     /// The trainers whose deltas come here directly.
@@ -40,6 +40,48 @@ pub struct Collecting {
     pub contributions: Vec<Contribution>,
     /// When a lower slot sends what it has up (the top slot's is the round's deadline).
     pub deadline_ms: u64,
+}
+
+/// How a slot folds the updates sent to it directly.
+enum Fold {
+    /// The job's strategy, streaming for plain FedAvg (in arrival order).
+    Streaming(Aggregator),
+    /// A verifiable job's deterministic recomputation, the one every auditor runs.
+    Verifiable(Recomputation),
+}
+
+impl Fold {
+    fn add(
+        &mut self,
+        member: MemberId,
+        weight: u64,
+        values: &[f32],
+    ) -> Result<(), AggregationError> {
+        match self {
+            Self::Streaming(aggregator) => {
+                aggregator.add(&member.to_peer_id_string(), weight as f64, values)
+            }
+            Self::Verifiable(recomputation) => recomputation.add(member, weight, values),
+        }
+    }
+
+    fn add_decoded(
+        &mut self,
+        member: MemberId,
+        weight: u64,
+        update: &Decoder<'_>,
+    ) -> Result<(), AggregationError> {
+        match self {
+            Self::Streaming(aggregator) => {
+                aggregator.add_decoded(&member.to_peer_id_string(), weight as f64, update)
+            }
+            Self::Verifiable(recomputation) => {
+                let mut values = vec![0.0f32; update.len()];
+                update.decode_range(0, &mut values);
+                recomputation.add(member, weight, &values)
+            }
+        }
+    }
 }
 
 /// The round and opening a collecting slot belongs to.
@@ -106,11 +148,16 @@ impl Collecting {
             slot,
             label: planned.id.label.clone(),
             parent: planned.parent.map(|parent| plan.slots[parent].aggregator()),
-            aggregator: Aggregator::from_spec(
-                &spec.aggregator_strategy(),
-                opening.num_params,
-                opening.noise_seed(slot),
-            )?,
+            aggregator: match spec.verification {
+                Some(_) => {
+                    Fold::Verifiable(Recomputation::new(&spec.aggregator_strategy(), opening.num_params)?)
+                }
+                None => Fold::Streaming(Aggregator::from_spec(
+                    &spec.aggregator_strategy(),
+                    opening.num_params,
+                    opening.noise_seed(slot),
+                )?),
+            },
             lower: None,
             direct,
             lower_senders,
@@ -228,9 +275,8 @@ impl Collecting {
         values: &[f32],
     ) -> Result<(), Refusal> {
         if self.admits_delta(signer, delta, values.len())? {
-            let name = signer.to_peer_id_string();
             self.aggregator
-                .add(&name, delta.samples as f64, values)
+                .add(signer, delta.samples, values)
                 .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
             self.count_delta(signer, delta);
         }
@@ -246,9 +292,8 @@ impl Collecting {
         update: &Decoder<'_>,
     ) -> Result<(), Refusal> {
         if self.admits_delta(signer, delta, update.len())? {
-            let name = signer.to_peer_id_string();
             self.aggregator
-                .add_decoded(&name, delta.samples as f64, update)
+                .add_decoded(signer, delta.samples, update)
                 .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
             self.count_delta(signer, delta);
         }
@@ -300,7 +345,7 @@ impl Collecting {
         }
         self.check_round("own update", &member, (self.round, &self.base.clone()), values.len())?;
         self.aggregator
-            .add(&member.to_peer_id_string(), samples as f64, values)
+            .add(member, samples, values)
             .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
         self.contributions.push(Contribution { member, delta: hash_f32(values), samples });
         Ok(())
@@ -357,9 +402,15 @@ impl Collecting {
     /// Combines everything folded in: the slot's partial aggregate and the contributions it
     /// includes.
     pub fn finish(self) -> Result<(Sum, Vec<Contribution>), AggregationError> {
-        let direct = match self.aggregator.count() {
-            0 => None,
-            _ => Some(self.aggregator.finish_partial()?),
+        let direct = match self.aggregator {
+            Fold::Streaming(aggregator) if aggregator.count() > 0 => {
+                Some(aggregator.finish_partial()?)
+            }
+            Fold::Streaming(_) => None,
+            Fold::Verifiable(_) => {
+                let only = "a verifiable job's slot makes its model whole (`finish_model`)";
+                return Err(AggregationError::Invalid(only.to_owned()));
+            }
         };
         let combined = match (direct, self.lower) {
             (Some(mut direct), Some(lower)) => {
@@ -377,6 +428,34 @@ impl Collecting {
             .filter(|c| included.contains(c.member.to_peer_id_string().as_str()))
             .collect();
         Ok((combined, contributions))
+    }
+}
+
+impl Collecting {
+    /// The top slot's result: the new model made from `base` and the contributions it
+    /// includes. A verifiable job's is its deterministic recomputation (what every auditor
+    /// recomputes); any other's, `base` plus the mean of the slot's sum.
+    pub fn finish_model(
+        self,
+        base: &[f32],
+    ) -> Result<(Vec<f32>, Vec<Contribution>), AggregationError> {
+        if let Fold::Verifiable(recomputation) = &self.aggregator {
+            if self.lower.is_some() {
+                let why = "a verifiable job has no partial aggregates (central topology only)";
+                return Err(AggregationError::Invalid(why.to_owned()));
+            }
+            let model = recomputation.finish(base)?;
+            let counted: BTreeSet<&MemberId> = recomputation.members().collect();
+            let contributions = self
+                .contributions
+                .iter()
+                .filter(|c| counted.contains(&c.member))
+                .copied()
+                .collect();
+            return Ok((model, contributions));
+        }
+        let (sum, contributions) = self.finish()?;
+        Ok((sum.mean_added_to(base)?, contributions))
     }
 }
 

@@ -122,6 +122,14 @@ pub struct RunState {
     /// the next round's aggregators are elected among them (and the owner) ahead of the rest.
     #[serde(default)]
     pub vetted: Vec<MemberId>,
+    /// Aggregators a fraud proof convicted (verifiable jobs), sorted by key: left out of every
+    /// round plan for the rest of the job.
+    #[serde(default)]
+    pub excluded: Vec<MemberId>,
+    /// Models proven wrong, and those built on them here, oldest first (at most
+    /// `member::MAX_CONDEMNED`): no round message over one of them is taken again.
+    #[serde(default)]
+    pub condemned: Vec<ContentHash>,
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub enum Domain {
     RingChunk,
     JobStop,
     Ticket,
+    FraudProof,
 }
 
 impl Domain {
@@ -46,6 +47,7 @@ impl Domain {
             Self::RingChunk => "fedmesh/v1/ring-chunk",
             Self::JobStop => "fedmesh/v1/job-stop",
             Self::Ticket => "fedmesh/v1/ticket",
+            Self::FraudProof => "fedmesh/v1/fraud-proof",
         }
     }
 }

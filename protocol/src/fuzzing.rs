@@ -80,6 +80,11 @@ pub fn gossip_decode(data: &[u8]) -> Result<Outcome, Violation> {
         GossipMessage::AggregateReady(m) => both(m, verify),
         GossipMessage::EvalReport(m) => both(m, verify),
         GossipMessage::Stop(m) => both(m, verify),
+        GossipMessage::FraudProof(m) => both(*m, |m| {
+            if let Ok(proof) = m.verify(|_, _| Ok(())) {
+                drop(proof.body().verify_result());
+            }
+        }),
     }
     Ok(Outcome::Accepted)
 }

@@ -242,6 +242,36 @@ impl AggregateReady {
     }
 }
 
+/// A member's proof that a round's aggregator lied (verifiable jobs): the aggregator's own
+/// signed result, and the model hash its listed contributions recompute to (with
+/// `fedmesh_aggregation::verifiable`), which is not the model it announced. Whoever receives
+/// it checks both signatures, then recomputes before believing it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FraudProof {
+    pub job: JobId,
+    pub round: Round,
+    pub accuser: MemberId,
+    /// The liar's announcement, as it signed it (check it with [`FraudProof::verify_result`]).
+    pub result: Signed<AggregateReady>,
+    /// What the contributions `result` lists recompute to over its base model.
+    pub recomputed: ContentHash,
+    pub sent_at_ms: u64,
+}
+
+impl FraudProof {
+    /// Verifies the accused result's own envelope: the liar's signature over it, and that it is
+    /// a well-formed result of this proof's job and round.
+    pub fn verify_result(&self) -> Result<Verified<AggregateReady>, VerifyError> {
+        let (job, round) = (self.job, self.round);
+        self.result.clone().verify(|_, ready| {
+            if ready.job != job || ready.round != round {
+                return Err(Denied::new("the accused result is of another job or round"));
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A member's evaluation of a round's global model on its local test split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -470,6 +500,25 @@ impl SignedBody for AggregateReady {
     }
 }
 
+impl SignedBody for FraudProof {
+    const DOMAIN: Domain = Domain::FraudProof;
+
+    fn check(&self) -> Result<(), String> {
+        let accused = self.result.unverified_body();
+        if (accused.job, accused.round) != (self.job, self.round) {
+            return Err("the accused result is of another job or round".into());
+        }
+        if accused.model == self.recomputed {
+            return Err("the recomputed model is the one announced: no fraud".into());
+        }
+        accused.check()
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.accuser)
+    }
+}
+
 impl SignedBody for EvalReport {
     const DOMAIN: Domain = Domain::EvalReport;
 
@@ -592,6 +641,7 @@ scoped!(RoundOpen, round, base_model);
 scoped!(Assignment, round, base_model);
 scoped!(AggregateReady, round, base_model);
 scoped!(EvalReport, round);
+scoped!(FraudProof, round);
 scoped!(ModelDelta, round, base_model);
 scoped!(PartialAggregate, round, base_model);
 scoped!(RingChunk, round, base_model);
@@ -634,6 +684,9 @@ pub enum GossipMessage {
     AggregateReady(Signed<AggregateReady>),
     EvalReport(Signed<EvalReport>),
     Stop(Signed<JobStop>),
+    /// A fraud proof against a round's aggregator (verifiable jobs; boxed: it carries a
+    /// whole signed result).
+    FraudProof(Box<Signed<FraudProof>>),
 }
 
 impl GossipMessage {
@@ -650,6 +703,7 @@ impl GossipMessage {
             Self::AggregateReady(m) => Some(m.unverified_body().job),
             Self::EvalReport(m) => Some(m.unverified_body().job),
             Self::Stop(m) => Some(m.unverified_body().job),
+            Self::FraudProof(m) => Some(m.unverified_body().job),
         }
     }
 }

@@ -83,6 +83,10 @@ pub struct JobSpec {
     /// canonical JSON while it is the default, so older announcements keep their bytes).
     #[serde(default, skip_serializing_if = "Privacy::is_default")]
     pub privacy: Privacy,
+    /// Verifiable aggregation: members audit each round's model against the contributions its
+    /// result lists (none: results are taken as their aggregator signs them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 /// The job's privacy settings (`privacy`).
@@ -123,6 +127,40 @@ impl Privacy {
         self.noise == NoisePlacement::Distributed
     }
 }
+
+/// Verifiable aggregation: auditors recompute each round's model from the contributions its
+/// result lists (with `fedmesh_aggregation::verifiable`), and a signed fraud proof excludes an
+/// aggregator whose model is not that recomputation.
+///
+/// JSON: `{"auditors": "all"}` or `{"auditors": {"fraction": 0.3}, "audit_window_secs": 600}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verification {
+    /// Who audits each result.
+    pub auditors: Auditors,
+    /// How long trainers and the aggregator keep a round's contributions for auditors to fetch
+    /// (default 600).
+    #[serde(default = "default_audit_window")]
+    pub audit_window_secs: u64,
+}
+
+/// Who audits a round's result.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Auditors {
+    /// Every member.
+    All,
+    /// About this fraction of the members, drawn per result from its hash and each member's
+    /// key (so the aggregator cannot know them before it announces).
+    Fraction(f32),
+}
+
+fn default_audit_window() -> u64 {
+    600
+}
+
+/// Longest audit window: a day.
+pub const MAX_AUDIT_WINDOW_SECS: u64 = 24 * 3600;
 
 /// A job's classes: `3` (labels are the numbers 0, 1, 2) or `["setosa", "versicolor"]` (labels
 /// are these names, class i being the i-th).
@@ -438,6 +476,7 @@ const TOP_FIELDS: &[&str] = &[
     "delta_encoding",
     "classes",
     "privacy",
+    "verification",
 ];
 
 impl JobSpec {
@@ -529,6 +568,9 @@ impl JobSpec {
             problems
                 .push("quorum.count", format!("exceeds participation.max_participants ({max})"));
         }
+        if self.verification.is_some() {
+            self.check_verifiable(problems);
+        }
         if self.privacy.distributed() {
             self.check_distributed_noise(problems);
         }
@@ -576,6 +618,51 @@ impl JobSpec {
         }
         strategy
     }
+    /// A verifiable job's rounds must be recomputable by any member, bit for bit: no state or
+    /// secret of the aggregator's in its result, and one aggregator per round for now.
+    fn check_verifiable(&self, p: &mut Problems) {
+        let reason = "verification: an auditor must recompute the aggregate";
+        if self.strategy.server.is_some() {
+            let message = format!("{reason}, and a server optimizer's state is the aggregator's");
+            p.push("strategy.server", message);
+        }
+        let central_noise = !self.privacy.distributed();
+        if central_noise && self.strategy.noise_multiplier.is_some_and(|noise| noise > 0.0) {
+            let message = format!(
+                "{reason}, and central DP noise is drawn from the aggregator's secret (set \
+                 privacy.noise to distributed: the trainers' noise is in their updates)"
+            );
+            p.push("strategy.noise_multiplier", message);
+        }
+        if let AggregationRule::Krum { .. } | AggregationRule::MultiKrum { .. } = self.strategy.rule
+        {
+            let message = format!("{reason}, and krum sums its distances in no fixed order");
+            p.push("strategy.rule", message);
+        }
+        if self.tag != TagSpec::Builtin(BuiltinTopology::Central) {
+            p.push(
+                "tag",
+                "verification supports the central topology only for now (hierarchical, ring, \
+                 hybrid and TAG schemas combine partial aggregates no auditor holds)",
+            );
+        }
+        if self.coordinator.is_some() {
+            p.push(
+                "coordinator",
+                "verification needs a self-organizing job for now: an orchestrated job's \
+                 aggregators are the coordinator's choice, which a fraud proof cannot exclude",
+            );
+        }
+    }
+}
+
+fn check_verification(p: &mut Problems, verification: &Verification) {
+    if let Auditors::Fraction(fraction) = verification.auditors {
+        let ok = in_range(fraction, 0.0, 1.0, true) && fraction > 0.0;
+        p.require(ok, "verification.auditors.fraction", "must be in (0, 1]");
+    }
+    let ok = (1..=MAX_AUDIT_WINDOW_SECS).contains(&verification.audit_window_secs);
+    p.require(ok, "verification.audit_window_secs", "must be between 1 and 86400 (a day)");
 }
 
 fn single(path: &str, message: impl Into<String>) -> SpecErrors {
@@ -601,6 +688,7 @@ struct Fields {
     delta_encoding: Option<DeltaEncoding>,
     classes: Option<Option<Classes>>,
     privacy: Option<Privacy>,
+    verification: Option<Option<Verification>>,
 }
 
 impl Fields {
@@ -622,6 +710,7 @@ impl Fields {
             delta_encoding: p.field(map, "delta_encoding", Some(DeltaEncoding::default)),
             classes: p.field(map, "classes", Some(|| None)),
             privacy: p.defaulted_section(map, "privacy"),
+            verification: p.field(map, "verification", Some(|| None)),
         }
     }
 
@@ -654,6 +743,9 @@ impl Fields {
         }
         if let Some(Some(classes)) = &self.classes {
             check_classes(p, classes);
+        }
+        if let Some(Some(verification)) = &self.verification {
+            check_verification(p, verification);
         }
         if let (Some(None), Some(Some(_))) = (&self.coordinator, self.coordinator_fallback_secs) {
             p.push(
@@ -693,6 +785,7 @@ impl Fields {
             delta_encoding: self.delta_encoding?,
             classes: self.classes?,
             privacy: self.privacy?,
+            verification: self.verification?,
         })
     }
 }
@@ -716,6 +809,7 @@ impl From<JobSpec> for Fields {
             delta_encoding: Some(spec.delta_encoding),
             classes: Some(spec.classes),
             privacy: Some(spec.privacy),
+            verification: Some(spec.verification),
         }
     }
 }

@@ -359,3 +359,48 @@ fn classes_are_a_count_or_distinct_names() {
         assert!(found.iter().any(|p| p.contains(expected)), "{bad}: {found:?}");
     }
 }
+
+#[test]
+fn verification_is_off_by_default_and_leaves_canonical_json_alone() {
+    let spec = parse(&minimal()).unwrap();
+    assert_eq!(spec.verification, None);
+    let json = String::from_utf8(spec.to_canonical_json().unwrap()).unwrap();
+    assert!(!json.contains("verification"), "{json}");
+}
+
+#[test]
+fn verification_parses_and_round_trips() {
+    use fedmesh_protocol::spec::{Auditors, Verification};
+    let spec = parse(&with(minimal(), "verification", json!({"auditors": "all"}))).unwrap();
+    let expected = Verification { auditors: Auditors::All, audit_window_secs: 600 };
+    assert_eq!(spec.verification, Some(expected));
+    let sampled = json!({"auditors": {"fraction": 0.3}, "audit_window_secs": 60});
+    let spec = parse(&with(minimal(), "verification", sampled)).unwrap();
+    let canonical = spec.to_canonical_json().unwrap();
+    assert_eq!(JobSpec::from_canonical_json(&canonical).unwrap(), spec);
+}
+
+#[test]
+fn verification_refuses_what_cannot_be_recomputed_with_the_reason() {
+    let bad = json!({"auditors": {"fraction": 1.5}, "audit_window_secs": 0, "extra": 1});
+    let found = problems(&with(minimal(), "verification", bad)).join("\n");
+    assert!(found.contains("verification"), "{found}");
+    let fine = json!({"auditors": {"fraction": 1.5}, "audit_window_secs": 0});
+    let found = problems(&with(minimal(), "verification", fine)).join("\n");
+    assert!(found.contains("verification.auditors.fraction: must be in (0, 1]"), "{found}");
+    assert!(found.contains("verification.audit_window_secs: must be between 1"), "{found}");
+
+    let verified = with(minimal(), "verification", json!({"auditors": "all"}));
+    let strategy = json!({"rule": "fedavg", "server": {"optimizer": "fedadam"},
+                          "clip_norm": 1.0, "noise_multiplier": 0.5});
+    let spec = with(with(verified.clone(), "strategy", strategy), "tag", json!("hierarchical"));
+    let found = problems(&spec).join("\n");
+    assert!(found.contains("strategy.server: verification"), "{found}");
+    assert!(found.contains("strategy.noise_multiplier: verification"), "{found}");
+    assert!(found.contains("aggregator's secret"), "{found}");
+    assert!(found.contains("tag: verification supports the central topology only"), "{found}");
+    let krum = with(verified.clone(), "strategy", json!({"rule": "krum", "f": 0}));
+    assert!(problems(&krum).iter().any(|p| p.starts_with("strategy.rule: verification")));
+    let clipped = json!({"rule": "fedavg", "clip_norm": 1.0, "noise_multiplier": 0.0});
+    assert!(parse(&with(verified, "strategy", clipped)).is_ok());
+}

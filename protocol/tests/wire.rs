@@ -204,6 +204,7 @@ fn verify_any(message: GossipMessage) -> Result<(), VerifyError> {
         GossipMessage::AggregateReady(m) => m.verify(allow_all).map(drop),
         GossipMessage::EvalReport(m) => m.verify(allow_all).map(drop),
         GossipMessage::Stop(m) => m.verify(allow_all).map(drop),
+        GossipMessage::FraudProof(m) => (*m).verify(allow_all)?.body().verify_result().map(drop),
     }
 }
 
@@ -556,4 +557,58 @@ fn a_ticket_travels_as_text_and_admits_only_its_key_to_its_job_from_its_owner() 
     for bad in ["", "zz", &"ab".repeat(5_000), &format!("{text}00")] {
         assert!(codec::decode_ticket(bad).is_err(), "{bad:.20} is no ticket");
     }
+}
+
+fn accused_result(round: u64) -> AggregateReady {
+    AggregateReady {
+        job: job(1),
+        round,
+        base_model: hash(100),
+        model: hash(7),
+        contributions: Vec::new(),
+        metrics: EvalMetrics::default(),
+        members: Vec::new(),
+        vetted: Vec::new(),
+        sent_at_ms: 5,
+    }
+}
+
+#[test]
+fn a_fraud_proof_carries_the_liars_own_signature() {
+    let (liar, accuser) = (identity(3), identity(4));
+    let result = Signed::sign(&liar, accused_result(2)).unwrap();
+    let proof = FraudProof {
+        job: job(1),
+        round: 2,
+        accuser: accuser.member_id(),
+        result,
+        recomputed: hash(8),
+        sent_at_ms: 9,
+    };
+    let signed = Signed::sign(&accuser, proof.clone()).unwrap();
+    let frame = codec::encode_gossip(&GossipMessage::FraudProof(Box::new(signed))).unwrap();
+    let GossipMessage::FraudProof(decoded) = codec::decode_gossip(&frame).unwrap() else {
+        panic!("not a fraud proof");
+    };
+    let verified = (*decoded).verify(allow_all).unwrap();
+    assert_eq!(verified.body().verify_result().unwrap().signer(), liar.member_id());
+
+    // The accused result must be the liar's own signature, of the proof's job and round, and
+    // must announce another model than the recomputed one.
+    let forged = Signed::sign(&accuser, accused_result(2)).unwrap();
+    let framed = FraudProof { result: forged, ..proof.clone() };
+    assert_eq!(framed.verify_result().unwrap().signer(), accuser.member_id());
+    let other_round = FraudProof { round: 3, ..proof.clone() };
+    assert!(Signed::sign(&accuser, other_round).unwrap().verify(allow_all).is_err());
+    let no_fraud = FraudProof { recomputed: hash(7), ..proof.clone() };
+    assert!(Signed::sign(&accuser, no_fraud).unwrap().verify(allow_all).is_err());
+    let other_model = AggregateReady { model: hash(6), ..proof.result.unverified_body().clone() };
+    let tampered: Signed<AggregateReady> = serde_json::from_value({
+        let mut value = serde_json::to_value(&proof.result).unwrap();
+        value["body"] = serde_json::to_value(other_model).unwrap();
+        value
+    })
+    .unwrap();
+    let tampered = FraudProof { result: tampered, ..proof };
+    assert!(tampered.verify_result().is_err(), "a result changed after signing");
 }

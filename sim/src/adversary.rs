@@ -33,8 +33,14 @@ pub fn poison(kind: AdversaryKind, delta: &mut [f32], seed: u64) {
         }
         AdversaryKind::WithholdResults
         | AdversaryKind::HijackRounds
-        | AdversaryKind::ForgedDeltas => {}
+        | AdversaryKind::ForgedDeltas
+        | AdversaryKind::ForgeAggregate => {}
     }
+}
+
+/// The backdoor a forging aggregator adds to the model it announces.
+pub fn backdoor(params: &[f32]) -> Vec<f32> {
+    params.iter().enumerate().map(|(i, p)| if i % 7 == 0 { p + 0.5 } else { *p }).collect()
 }
 
 /// A hijacker's answer to another member's opening: its own opening of the round, and a made-up

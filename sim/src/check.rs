@@ -33,6 +33,13 @@ impl Checker {
         if *last == round {
             return;
         }
+        if round < *last {
+            // A fraud proof sent it back: the rounds after are run again.
+            adopted.retain(|r, _| *r <= round);
+            if honest {
+                self.agreed.retain(|r, _| *r <= round);
+            }
+        }
         *last = round;
         if round == 0 {
             return;

@@ -4,6 +4,7 @@
 
 use fedmesh_learning::{Embedded, Model};
 use fedmesh_protocol::model::ModelSpec;
+use fedmesh_protocol::spec::Auditors;
 use fedmesh_protocol::strategy::{AggregationRule, StrategySpec};
 use fedmesh_protocol::tag::BuiltinTopology;
 use std::fmt;
@@ -18,7 +19,7 @@ pub enum ConfigError {
     Partition(String),
     #[error(
         "`{0}` is not an adversary: use KIND:COUNT with KIND one of sign-flip, noise, \
-         withhold-results, hijack-rounds, forged-deltas"
+         withhold-results, hijack-rounds, forged-deltas, forge-aggregate"
     )]
     Adversary(String),
     #[error("`{0}` is not a topology: use central, hierarchical, ring or hybrid")]
@@ -29,6 +30,8 @@ pub enum ConfigError {
     Model(String),
     #[error("`{0}` is not an embedded data set: use mnist5k, digits or breast-cancer")]
     Dataset(String),
+    #[error("`{0}` is not a set of auditors: use all or a fraction in (0, 1] (for example 0.3)")]
+    Auditors(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -93,15 +96,19 @@ pub enum AdversaryKind {
     /// Beside each honest update it sends one with a bad signature, one for the wrong round and
     /// one on the wrong base model.
     ForgedDeltas,
+    /// As an elected aggregator, it announces a model that is not the recomputation of the
+    /// contributions it lists: its honest result plus a backdoor delta.
+    ForgeAggregate,
 }
 
 impl AdversaryKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::SignFlip,
         Self::Noise,
         Self::WithholdResults,
         Self::HijackRounds,
         Self::ForgedDeltas,
+        Self::ForgeAggregate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +118,7 @@ impl AdversaryKind {
             Self::WithholdResults => "withhold-results",
             Self::HijackRounds => "hijack-rounds",
             Self::ForgedDeltas => "forged-deltas",
+            Self::ForgeAggregate => "forge-aggregate",
         }
     }
 }
@@ -180,6 +188,24 @@ impl FromStr for Strategy {
     }
 }
 
+/// Who audits a verifiable job's results, by its flag value (`all`, or a fraction).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuditorsChoice(pub Auditors);
+
+impl FromStr for AuditorsChoice {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        if text == "all" {
+            return Ok(Self(Auditors::All));
+        }
+        let fraction = fraction(text).filter(|f| *f > 0.0);
+        fraction
+            .map(|f| Self(Auditors::Fraction(f as f32)))
+            .ok_or_else(|| ConfigError::Auditors(text.to_owned()))
+    }
+}
+
 /// The model a job trains, by its flag name (`bench:P`, `softmax`, `mlp:H,...`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelChoice(pub ModelSpec);
@@ -241,6 +267,8 @@ pub struct Config {
     /// The run gives up (status "stalled") after this much simulated time.
     pub max_sim_secs: f64,
     /// Print the machines' log notices.
+    /// Verifiable aggregation: who audits each result (none: results are not audited).
+    pub verification: Option<Auditors>,
     pub verbose: bool,
     /// Print a line when each round's model is first adopted.
     pub progress: bool,
@@ -274,6 +302,7 @@ impl Config {
             min_participants: 1,
             groups: 10,
             max_sim_secs: 3_600.0,
+            verification: None,
             verbose: false,
             progress: false,
         }

@@ -7,11 +7,13 @@ use crate::config::AdversaryKind;
 use crate::network::Index;
 use crate::world::{Action, Training, World};
 use fedmesh_federation::member::{Effect, Event, Gossip, Level, Notice, Publish};
-use fedmesh_protocol::ids::Round;
-use fedmesh_protocol::message::RoundOpen;
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::{AggregateReady, RoundOpen};
 use fedmesh_protocol::tensor::hash_f32;
 use std::sync::Arc;
 
+/// Simulated time an audit takes besides its transfers (round trips to the holders).
+const AUDIT_BASE_MS: u64 = 100;
 /// Simulated time to store a model: a fixed cost plus this many bytes a millisecond.
 const STORE_BASE_MS: u64 = 5;
 const STORE_BYTES_PER_MS: u64 = 1_000_000;
@@ -25,6 +27,7 @@ fn as_gossip(publish: Publish) -> Gossip {
         Publish::Open(open) => Gossip::Open(Arc::new(open)),
         Publish::Result(ready) => Gossip::Result(Arc::new(ready)),
         Publish::Eval(report) => Gossip::Eval(report),
+        Publish::FraudProof(accusation) => Gossip::FraudProof(Arc::new(accusation)),
     }
 }
 
@@ -85,6 +88,17 @@ impl World {
             Effect::WakeAt(at) => self.wake(member, at),
             Effect::Log(notice) => self.log(member, &notice),
             Effect::Rejected(_) => {} // a refused round message is held and judged again
+            Effect::Audit { result, from, .. } => self.audit(member, &result, &from),
+            Effect::KeepContributions { own, .. } => {
+                if let Some(own) = own {
+                    self.deltas.put(hash_f32(&own), own, member);
+                }
+            }
+            Effect::ServeContribution { .. } => {} // auditors read the kept deltas directly
+            Effect::ProofRefuted { refusal, .. } => {
+                let label = refusal.reason.label().to_owned();
+                *self.counters.refused.entry(label).or_insert(0) += 1;
+            }
         }
     }
 
@@ -107,6 +121,14 @@ impl World {
     }
 
     fn store(&mut self, member: Index, round: Round, params: Arc<Vec<f32>>) {
+        let params = if self.nodes[member].adversary == Some(AdversaryKind::ForgeAggregate) {
+            let forged = Arc::new(adversary::backdoor(&params));
+            self.forged.insert(hash_f32(&forged));
+            self.counters.aggregates_forged += 1;
+            forged
+        } else {
+            params
+        };
         let model = hash_f32(&params);
         let delay = STORE_BASE_MS + params.len() as u64 * 4 / STORE_BYTES_PER_MS;
         self.blobs.put(model, params, member);
@@ -129,6 +151,62 @@ impl World {
         }
     }
 
+    /// Recomputes `result` for an auditor as the node's executor would: its base model and
+    /// each delta it lists, from a live member keeping it (the contribution's own member, the
+    /// aggregator `from`, or any), over the network; reported after the transfer's time.
+    fn audit(&mut self, member: Index, result: &AggregateReady, from: &[MemberId]) {
+        let holders: Vec<Index> = from.iter().filter_map(|id| self.index_of(id)).collect();
+        let mut deltas = Vec::with_capacity(result.contributions.len());
+        for contribution in &result.contributions {
+            let owner = self.index_of(&contribution.member);
+            let usable = |m: Index| self.nodes[m].is_alive() || m == member;
+            let holder = owner
+                .filter(|&m| usable(m) && self.deltas.holds(m, &contribution.delta))
+                .or_else(|| {
+                    holders
+                        .iter()
+                        .copied()
+                        .find(|&m| usable(m) && self.deltas.holds(m, &contribution.delta))
+                })
+                .or_else(|| self.deltas.find_holder(&contribution.delta, usable));
+            match holder.and_then(|_| self.deltas.get(&contribution.delta)) {
+                Some(values) => {
+                    deltas.push((contribution.member, contribution.samples, values.clone()))
+                }
+                None => {
+                    let missing = format!("no member keeps contribution {}", contribution.delta);
+                    return self.audited(member, result.model, Err(missing), 0);
+                }
+            }
+        }
+        let Some(base) = self.blobs.get(&result.base_model).cloned() else {
+            let missing = format!("base model {} is not stored", result.base_model);
+            return self.audited(member, result.model, Err(missing), 0);
+        };
+        let borrowed: Vec<_> = deltas.iter().map(|(m, w, v)| (*m, *w, v.as_slice())).collect();
+        let strategy = &self.config.strategy;
+        let outcome = fedmesh_aggregation::verifiable::recompute(strategy, &base, &borrowed)
+            .map(|params| hash_f32(&params))
+            .map_err(|error| error.to_string());
+        let bytes = deltas.iter().map(|(_, _, v)| v.len() as u64 * 4).sum::<u64>();
+        let delay =
+            AUDIT_BASE_MS + bytes * 8 / ((self.config.bandwidth_mbps * 1_000.0) as u64).max(1);
+        self.audited(member, result.model, outcome, delay);
+    }
+
+    fn audited(
+        &mut self,
+        member: Index,
+        model: ContentHash,
+        outcome: Result<ContentHash, String>,
+        delay: u64,
+    ) {
+        if outcome.is_err() {
+            self.counters.audits_failed += 1;
+        }
+        self.later(member, delay, Event::Audited { model, outcome });
+    }
+
     /// Publishes for `member`, unless it withholds results; notes openings.
     fn publish_effect(&mut self, member: Index, publish: Publish) {
         let adversary = self.nodes[member].adversary;
@@ -138,6 +216,7 @@ impl World {
                 return;
             }
             Publish::Open(open) if adversary.is_none() => self.note_opening(member, open),
+            Publish::FraudProof(_) => self.counters.fraud_proofs += 1,
             _ => {}
         }
         self.publish(member, as_gossip(publish));

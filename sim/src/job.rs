@@ -5,9 +5,12 @@ use crate::config::Config;
 use crate::network::Index;
 use fedmesh_federation::member::Setup;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
-use fedmesh_protocol::spec::{Hyperparameters, JobSpec, Participation, Quorum};
+use fedmesh_protocol::spec::{Hyperparameters, JobSpec, Participation, Quorum, Verification};
 use fedmesh_protocol::tag::TagSpec;
 use fedmesh_topologies::Tag;
+
+/// How long members keep a verifiable job's contributions for auditors.
+const AUDIT_WINDOW_SECS: u64 = 600;
 
 /// Why the job cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,9 @@ pub fn spec(config: &Config) -> Result<JobSpec, JobError> {
         delta_encoding: Default::default(),
         classes: None,
         privacy: Default::default(),
+        verification: config
+            .verification
+            .map(|auditors| Verification { auditors, audit_window_secs: AUDIT_WINDOW_SECS }),
     };
     spec.validate()?;
     Ok(spec)

@@ -5,8 +5,8 @@ use anyhow::Context;
 use clap::Parser;
 use fedmesh_protocol::strategy::StrategySpec;
 use fedmesh_sim::config::{
-    AdversarySpec, Config, DatasetChoice, LatencyRange, ModelChoice, PartitionSpec, Strategy,
-    Topology,
+    AdversarySpec, AuditorsChoice, Config, DatasetChoice, LatencyRange, ModelChoice, PartitionSpec,
+    Strategy, Topology,
 };
 
 /// Simulates N fedmesh members running one job over a simulated network, deterministically
@@ -60,7 +60,7 @@ struct Args {
     #[arg(long)]
     partition: Option<PartitionSpec>,
     /// KIND:COUNT (repeatable): sign-flip, noise, withhold-results, hijack-rounds,
-    /// forged-deltas.
+    /// forged-deltas, forge-aggregate.
     #[arg(long)]
     adversary: Vec<AdversarySpec>,
     /// bench:P (P parameters, no data), softmax or mlp:H,... (on --dataset).
@@ -93,6 +93,9 @@ struct Args {
     /// Give up (status "stalled") after this much simulated time.
     #[arg(long, default_value_t = 3_600.0)]
     max_sim_secs: f64,
+    /// Verifiable aggregation: `all` members audit each result, or a fraction of them (0.3).
+    #[arg(long)]
+    verify: Option<AuditorsChoice>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -136,6 +139,7 @@ impl Args {
             min_participants: self.min_participants,
             groups: self.groups.unwrap_or(if grouped { 10 } else { 1 }),
             max_sim_secs: self.max_sim_secs,
+            verification: self.verify.map(|choice| choice.0),
             verbose: self.verbose,
             progress: !self.json,
         }

@@ -38,6 +38,14 @@ pub struct Counters {
     pub withheld: u64,
     /// Openings and made-up results published by `hijack-rounds` adversaries.
     pub hijacks: u64,
+    /// Results a forge-aggregate member announced with a model that is not their recomputation.
+    pub aggregates_forged: u64,
+    /// Fraud proofs published, and audits that could not be made (a contribution missing).
+    pub fraud_proofs: u64,
+    pub audits_failed: u64,
+    /// Forged models in the honest members' round records at the end (undetected forgeries),
+    /// summed over the members.
+    pub forged_models_kept: u64,
     /// Fetches that found no holder within the fetch timeout.
     pub fetch_failures: u64,
     pub members_killed: u64,

@@ -93,6 +93,12 @@ fn fingerprint(event: &Event) -> Fingerprint {
         Event::MembersSent { from, members } => {
             Fingerprint::new(24, members.len() as u64, None, Some(from.0))
         }
+        Event::Audited { model, outcome } => {
+            Fingerprint::new(26 + u8::from(outcome.is_err()), 0, Some(*model), None)
+        }
+        Event::ContributionAsked { from, hash, .. } => {
+            Fingerprint::new(28, 0, Some(*hash), Some(from.0))
+        }
     }
 }
 
@@ -108,6 +114,10 @@ fn gossip_fingerprint(message: &Gossip, signer: [u8; 32]) -> Fingerprint {
         Gossip::Stop(_) => Fingerprint::new(7, 0, None, signer),
         Gossip::Assign(assignment) => {
             Fingerprint::new(8, assignment.round, Some(assignment.base_model), signer)
+        }
+        Gossip::FraudProof(accusation) => {
+            let result = &accusation.result;
+            Fingerprint::new(9, result.round, Some(result.model), signer)
         }
     }
 }

@@ -77,6 +77,11 @@ fn gossip_bytes(message: &Gossip) -> u64 {
         Gossip::Eval(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Stop(body) => bincode::serde::encode_to_vec(body, config),
         Gossip::Assign(body) => bincode::serde::encode_to_vec(&**body, config),
+        // The accused result travels inside with its own envelope, beside the recomputed hash.
+        Gossip::FraudProof(accusation) => {
+            bincode::serde::encode_to_vec(&*accusation.result, config)
+                .map(|bytes| [bytes, vec![0; ENVELOPE_BYTES as usize + 32]].concat())
+        }
     };
     encoded.map_or(0, |bytes| bytes.len() as u64) + ENVELOPE_BYTES
 }
@@ -223,6 +228,10 @@ impl World {
             metrics: delta.metrics,
             payload: payload_of(&delta.values),
         };
+        if self.config.verification.is_some() {
+            // Kept for auditors, as the node's executor keeps each delta it sends.
+            self.deltas.put(body.payload.hash, delta.values.clone(), from);
+        }
         if self.nodes[from].adversary == Some(AdversaryKind::ForgedDeltas) {
             for forgery in adversary::forgeries(&body) {
                 let update = Update::Delta(forgery.delta);

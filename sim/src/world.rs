@@ -140,6 +140,10 @@ pub struct World {
     pub(crate) nodes: Vec<Node>,
     pub(crate) ids: BTreeMap<MemberId, Index>,
     pub(crate) blobs: Blobs,
+    /// The deltas members keep for auditors (verifiable jobs), by payload hash.
+    pub(crate) deltas: Blobs,
+    /// The models forge-aggregate members announced.
+    pub(crate) forged: BTreeSet<ContentHash>,
     pub(crate) initial: (ContentHash, Arc<Vec<f32>>),
     pub(crate) faults: Faults,
     /// Requests for missed results waiting for their answer.
@@ -204,6 +208,8 @@ impl World {
             nodes,
             ids,
             blobs,
+            deltas: Blobs::default(),
+            forged: BTreeSet::new(),
             initial: (model, params),
             faults,
             asks: BTreeMap::new(),
@@ -310,7 +316,11 @@ impl World {
         let Some(machine) = &node.machine else { return };
         let (round, model) = (machine.completed_round(), machine.model());
         let known = self.checker.agreed().len();
-        self.checker.observe(member, node.is_honest(), round, model);
+        // A verifiable job's members take a forged model until its fraud proof arrives: that
+        // provisional adoption is no agreement.
+        let provisional = self.config.verification.is_some() && self.forged.contains(&model);
+        let honest = node.is_honest() && !provisional;
+        self.checker.observe(member, honest, round, model);
         if self.config.progress && self.checker.agreed().len() > known {
             eprintln!(
                 "round {round}: model {} first adopted at {:.1} s (wall {:.1} s)",
@@ -475,12 +485,16 @@ impl World {
         (self.queue.now() - START_MS) as f64 / 1_000.0
     }
 
-    /// Checks every live honest member's round records against what it adopted.
+    /// Checks every live honest member's round records against what it adopted, and counts
+    /// the forged models they kept (in all their records).
     fn check_records(&mut self) {
         for (index, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_honest()) {
             if let Some(machine) = &node.machine {
                 let records = machine.rounds().values().map(|r| (r.round, r.model));
                 self.checker.check_records(index, records);
+                let forged = machine.rounds().values().filter_map(|r| r.model);
+                let kept = forged.filter(|model| self.forged.contains(model)).count();
+                self.counters.forged_models_kept += kept as u64;
             }
         }
     }

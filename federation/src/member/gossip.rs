@@ -84,7 +84,10 @@ impl Member {
                             self.view_changed_ms = now;
                         }
                         self.heartbeats_heard = self.heartbeats_heard.saturating_add(1);
-                        self.furthest_heard = self.furthest_heard.max(beat.round);
+                        if !self.is_condemned(&beat.model) {
+                            // (A member still on a condemned model is not ahead: it rolls back.)
+                            self.furthest_heard = self.furthest_heard.max(beat.round);
+                        }
                         self.announce_again(beat.round, now);
                     }
                     // A member whose join this member missed: it asks for it.
@@ -96,6 +99,7 @@ impl Member {
             Gossip::Open(open) => self.judge(signer, Held::Open(open), now),
             Gossip::Result(ready) => self.judge(signer, Held::Result(ready), now),
             Gossip::Assign(assignment) => self.on_assignment_gossip(signer, assignment, now),
+            Gossip::FraudProof(accusation) => self.on_accusation(signer, accusation, now),
             Gossip::Stop(stop) => {
                 let controller = self.setup.spec.coordinator.unwrap_or(self.setup.spec.owner);
                 if signer != controller {
@@ -277,6 +281,9 @@ impl Member {
             let text = format!("{signer}'s opening: the job's coordinator assigns its rounds");
             return self.reject(Reason::Orchestrated, text);
         }
+        if let Some((reason, detail)) = self.convicted(&signer, &held) {
+            return self.reject(reason, detail);
+        }
         let missing = self.missed_members(&signer, &held, now);
         if !missing.is_empty() {
             // Every member it names that this member missed is asked for its join.
@@ -343,6 +350,24 @@ impl Member {
             Held::Result(ready) => self.take_result(signer, ready, now),
             Held::Assign(assignment) => self.on_assignment(assignment, now),
         }
+    }
+
+    /// Why a round message is refused for what a fraud proof showed: its signer was convicted,
+    /// or it builds on (or announces) a condemned model.
+    fn convicted(&self, signer: &MemberId, held: &Held) -> Option<(Reason, String)> {
+        let (round, base, model) = match held {
+            Held::Open(open) => (open.round, open.base_model, None),
+            Held::Result(ready) => (ready.round, ready.base_model, Some(ready.model)),
+            Held::Assign(_) => return None,
+        };
+        if self.is_excluded(signer) {
+            let detail = format!("{signer}, convicted of a false result, sent round {round}");
+            return Some((Reason::Excluded, detail));
+        }
+        let condemned = [Some(base), model].into_iter().flatten().find(|m| self.is_condemned(m));
+        condemned.map(|model| {
+            (Reason::CondemnedModel, format!("{signer}'s round {round} names condemned {model}"))
+        })
     }
 
     /// The members a round message names whose joins this member has not heard, its signer

@@ -31,6 +31,19 @@ pub enum Gossip {
     /// Ends the job when its controller signed it: the coordinator, or the owner when there is
     /// none.
     Stop(JobStop),
+    /// A fraud proof (verifiable jobs); the signer is its accuser.
+    FraudProof(Arc<Accusation>),
+}
+
+/// What a fraud proof says, its two envelopes verified by the driver (the proof's, and the
+/// accused result's with `FraudProof::verify_result`): `liar` signed `result`, and its accuser
+/// says the contributions `result` lists recompute to `recomputed`. The machine believes it only
+/// once its own recomputation agrees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accusation {
+    pub liar: MemberId,
+    pub result: Arc<AggregateReady>,
+    pub recomputed: ContentHash,
 }
 
 /// An update sent to this member as a slot's aggregator, its signature and payload hash
@@ -122,6 +135,13 @@ pub enum Event {
     /// parts of the key space where their memberships differ (keys only: each is asked for its
     /// signed join before it counts).
     MembersSent { from: MemberId, members: Vec<MemberId> },
+    /// The recomputation asked with [`Effect::Audit`] of the result announcing `model`: the
+    /// hash of the model its contributions recompute to, or why it could not be made (a
+    /// contribution could not be fetched or decoded: that is no proof either way).
+    Audited { model: ContentHash, outcome: Result<ContentHash, String> },
+    /// A member asks for a contribution (a delta by payload hash) to audit a result; answered
+    /// by [`Effect::ServeContribution`].
+    ContributionAsked { from: MemberId, hash: ContentHash, request: u64 },
 }
 
 /// A message this member publishes on the job's topic (the driver signs it with its key).
@@ -133,6 +153,9 @@ pub enum Publish {
     Open(RoundOpen),
     Result(AggregateReady),
     Eval(EvalReport),
+    /// A fraud proof: the driver signs it with the liar's signed result as it received it
+    /// (kept like the results it serves).
+    FraudProof(Accusation),
 }
 
 /// Why an update was refused: the rule (counted by the metrics under its label) and a sentence
@@ -197,6 +220,32 @@ pub enum Effect {
     /// The gossip message just handled was refused, and why (its driver counts it and does not
     /// pass it on).
     Rejected(Refusal),
+    /// Audit a verifiable job's result: fetch the deltas its contributions list (by payload
+    /// hash, from each contribution's member first, then from `from`), decode them, recompute
+    /// the model over the result's base model (a stored model, fetched by hash if need be) with
+    /// `fedmesh_aggregation::verifiable::recompute` and the job's strategy, and report its hash
+    /// with [`Event::Audited`].
+    Audit { round: Round, result: Arc<AggregateReady>, from: Vec<MemberId> },
+    /// Keep these deltas of `round` (by payload hash) to serve auditors until `until_ms`: one
+    /// this member sent (a verifiable job's executor holds each delta it sends until then), or
+    /// those it folded in as the round's aggregator; `own` is its own update, folded in without
+    /// encoding, to keep as an f32 payload (its hash is the one the result lists).
+    KeepContributions {
+        round: Round,
+        deltas: Vec<ContentHash>,
+        own: Option<Arc<Vec<f32>>>,
+        until_ms: u64,
+    },
+    /// Answer a member's [`Event::ContributionAsked`]: send the kept delta, or the refusal.
+    ServeContribution {
+        request: u64,
+        to: MemberId,
+        hash: ContentHash,
+        outcome: Result<(), Refusal>,
+    },
+    /// A fraud proof handled earlier turned out false once recomputed: its accuser lied (the
+    /// driver counts it as a refusal of that message, which proves misbehaviour).
+    ProofRefuted { accuser: MemberId, refusal: Refusal },
 }
 
 /// A result a member serves: the aggregator's own announcement (which it signs anew), or the

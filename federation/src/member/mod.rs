@@ -2,6 +2,7 @@
 //! clock and the results of the work it asked for ([`Event`]), and answers with what its driver
 //! must do ([`Effect`]). Every rule of a round lives in this module and its children.
 
+mod audit;
 mod gossip;
 mod io;
 mod orchestrated;
@@ -12,6 +13,7 @@ mod results;
 mod ring;
 mod rounds;
 
+pub use audit::{MAX_AUDITS, MAX_CONDEMNED};
 pub use io::*;
 pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 pub use reason::Reason;
@@ -203,6 +205,11 @@ pub struct Member {
     /// state change: a snapshot copies the whole membership, and a thousand-member job's
     /// members each took one every few ticks).
     unsaved: Unsaved,
+    /// Verifiable jobs: audits under way and decided, and the contributions kept for others'.
+    audits: audit::Audits,
+    /// The model a fraud proof sent this member back to, while its parameters are fetched: it
+    /// neither trains nor opens a round until they are back.
+    restoring: Option<ContentHash>,
     effects: Vec<Effect>,
 }
 
@@ -231,6 +238,8 @@ impl Member {
             model,
             members: Default::default(),
             vetted: Vec::new(),
+            excluded: Vec::new(),
+            condemned: Vec::new(),
         };
         let snapshot = Snapshot { state, rounds: Vec::new(), announced: None };
         Self::restore(setup, snapshot, params, now)
@@ -282,6 +291,8 @@ impl Member {
             coordinator_seen_ms: now,
             view_changed_ms: now,
             unsaved: Unsaved::Nothing,
+            audits: audit::Audits::default(),
+            restoring: None,
             effects: Vec::new(),
         };
         if member.is_active() && member.completed_round() >= member.last_round() {
@@ -342,6 +353,10 @@ impl Member {
             Event::PeerSubscribed => self.join_again_soon(now),
             Event::MembersAsked { from, digest } => self.on_members_asked(from, &digest, now),
             Event::MembersSent { from, members } => self.on_members_sent(from, &members, now),
+            Event::Audited { model, outcome } => self.on_audited(model, outcome, now),
+            Event::ContributionAsked { from, hash, request } => {
+                self.on_contribution_asked(from, hash, request, now)
+            }
         }
         self.take_effects()
     }
@@ -477,7 +492,8 @@ impl Member {
         }
         let selection = Selection::from_participation(&self.setup.spec.participation);
         let (tag, job) = (&self.setup.tag, &self.setup.job);
-        let plan = shared::plan(tag, job, round, &members, &selection, &self.vetted).ok()?;
+        let planned = self.without_excluded(&members);
+        let plan = shared::plan(tag, job, round, &planned, &selection, &self.vetted).ok()?;
         if self.plans.len() >= PLANS_KEPT {
             self.plans.pop_front();
         }
@@ -495,7 +511,17 @@ impl Member {
     ) -> Option<Arc<RoundPlan>> {
         let selection = Selection::from_participation(&self.setup.spec.participation);
         let (tag, job) = (&self.setup.tag, &self.setup.job);
-        shared::plan(tag, job, round, members, &selection, vetted).ok()
+        let members = self.without_excluded(members);
+        shared::plan(tag, job, round, &members, &selection, vetted).ok()
+    }
+
+    /// `members` without those a fraud proof convicted (the same list when none is in it).
+    fn without_excluded(&self, members: &Arc<[MemberInfo]>) -> Arc<[MemberInfo]> {
+        if !members.iter().any(|m| self.is_excluded(&m.id)) {
+            return members.clone();
+        }
+        let kept = members.iter().filter(|m| !self.is_excluded(&m.id)).cloned().collect();
+        shared::member_list(kept)
     }
 
     /// The plan of `round` over the members live now, if there are enough of them, with them.

@@ -14,8 +14,20 @@ pub enum Reason {
     BadSignature,
     /// A join while too many newcomers wait to be proven.
     Crowded,
-    /// An update already received.
+    /// An update already received (or a fraud proof its accuser already sent about a result).
     Duplicate,
+    /// A round message over a model a fraud proof showed wrong (or built on one).
+    CondemnedModel,
+    /// A round message from an aggregator a fraud proof convicted.
+    Excluded,
+    /// A fraud proof whose result recomputes to the model announced: its accuser lied.
+    FalseFraudProof,
+    /// A request for a contribution this member does not keep (or no longer).
+    NotKept,
+    /// A fraud proof in a job without verification.
+    NotVerifiable,
+    /// A fraud proof while the most audits this member runs at once are under way.
+    TooManyAudits,
     /// A request for a job that ended here.
     Ended,
     /// An update with a value past the bound every honest update keeps to.
@@ -88,6 +100,12 @@ impl Reason {
             Self::BadSignature => "bad_signature",
             Self::Crowded => "crowded",
             Self::Duplicate => "duplicate",
+            Self::CondemnedModel => "condemned_model",
+            Self::Excluded => "excluded",
+            Self::FalseFraudProof => "false_fraud_proof",
+            Self::NotKept => "not_kept",
+            Self::NotVerifiable => "not_verifiable",
+            Self::TooManyAudits => "too_many_audits",
             Self::Ended => "ended",
             Self::HugeValues => "huge_values",
             Self::InconsistentRing => "inconsistent_ring",
@@ -123,10 +141,18 @@ impl Reason {
 
     /// Whether the refusal proves its author or forwarder misbehaved, whatever the refusing
     /// node's view of the job: a bad signature or a message outside the job's scope, a message
-    /// only the coordinator may send signed by someone else, a message about another member.
+    /// only the coordinator may send signed by someone else, a message about another member, a
+    /// fraud proof whose result recomputes to its model, or one in a job that is not verifiable.
     /// Every other refusal (stale, not joined, a round the node is not at) may be honest timing.
     pub fn proves_misbehaviour(self) -> bool {
-        matches!(self, Self::BadMessage | Self::NotTheCoordinator | Self::WrongSigner)
+        matches!(
+            self,
+            Self::BadMessage
+                | Self::NotTheCoordinator
+                | Self::WrongSigner
+                | Self::FalseFraudProof
+                | Self::NotVerifiable
+        )
     }
 }
 

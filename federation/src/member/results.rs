@@ -39,6 +39,12 @@ impl Member {
         self.announced_ms = now;
         self.log(Level::Info, round, format!("announcing model {model}"));
         self.effects.push(Effect::Publish(Publish::Result(ready.clone())));
+        if self.verifiable() {
+            // Its own update was kept when it was folded in (see `on_trained`).
+            let me = self.me();
+            let deltas = ready.contributions.iter().filter(|c| c.member != me).map(|c| c.delta);
+            self.keep_contributions(round, deltas.collect(), None, now);
+        }
         self.take_result(self.me(), Arc::new(ready), now);
     }
 
@@ -53,6 +59,7 @@ impl Member {
         });
         record.close(&ready);
         self.keep_taken(signer, &ready);
+        self.on_result_taken(signer, &ready, now);
         if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {
             self.last_update = None;
         }
@@ -96,6 +103,11 @@ impl Member {
         now: u64,
     ) {
         let Some(round) = self.fetching.remove(&model) else { return };
+        if let Ok(params) = &outcome
+            && self.on_restored(model, params)
+        {
+            return self.wake_at(now);
+        }
         match outcome {
             Ok(params) if params.len() == self.params.len() => {
                 self.adopt(round, model, params, now)
@@ -109,6 +121,11 @@ impl Member {
                     self.params.len()
                 ),
             ),
+            Err(error) if self.restoring == Some(model) => {
+                self.log(Level::Warn, round, format!("cannot fetch model {model} yet: {error}"));
+                let me = self.me();
+                self.fetch(round, model, me);
+            }
             Err(error) => {
                 self.log(Level::Warn, round, format!("cannot fetch model {model}: {error}"));
                 if matches!(self.phase, Phase::Fetching { model: m, .. } if m == model) {
@@ -126,6 +143,7 @@ impl Member {
             return;
         }
         self.params = params;
+        self.restoring = None;
         self.state.model = model;
         self.state.completed_round = round;
         self.adopted_ms = now;
@@ -197,7 +215,7 @@ impl Member {
     /// the next round's aggregators are elected among them first. (A member that fetched its
     /// model as an opening's base before the result arrived vets them when the result does.)
     /// Says whether who is vetted changed.
-    fn vet_from_taken(&mut self) -> bool {
+    pub(super) fn vet_from_taken(&mut self) -> bool {
         let (round, model) = (self.state.completed_round, self.state.model);
         let Some((_, ready)) =
             self.taken.iter().find(|(_, r)| r.round == round && r.model == model)

@@ -52,7 +52,10 @@ impl Member {
     /// computed a new live view and plan (at 10,000 members, every member once a second: nearly
     /// all of the time once the burst was over).
     fn maybe_open(&mut self, round: Round, now: u64) {
-        if round > self.setup.spec.hyperparameters.rounds || !self.is_active() {
+        if round > self.setup.spec.hyperparameters.rounds
+            || !self.is_active()
+            || self.restoring.is_some()
+        {
             return;
         }
         if self.orchestrated(now) {
@@ -336,6 +339,7 @@ impl Member {
         let (round, base) = (open.round, open.base);
         if open.plan.trainers.binary_search(&self.me()).is_err()
             || self.state.model != base
+            || self.restoring.is_some()
             || self.training.is_some_and(|training| training.is_for(round, base))
         {
             return;
@@ -440,6 +444,11 @@ impl Member {
             Some(Ok(())) => {
                 self.last_update = None;
                 self.set_own(Own::Folded);
+                if self.verifiable() {
+                    // Kept for auditors as an f32 payload: its hash is the one the result lists.
+                    let hash = fedmesh_protocol::tensor::hash_f32(&update.values);
+                    self.keep_contributions(update.round, vec![hash], Some(update.values), now);
+                }
                 self.finish_complete_slots(now);
             }
             Some(Err(refused)) => self.log(Level::Warn, update.round, refused.detail),
@@ -772,9 +781,7 @@ impl Member {
         let OpenRound { round, base, mut slots, opening, .. } = *open;
         let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = slots.swap_remove(position);
-        let made = top
-            .finish()
-            .and_then(|(sum, contributions)| Ok((sum.mean_added_to(&self.params)?, contributions)));
+        let made = top.finish_model(&self.params);
         match made {
             Ok((params, contributions)) => {
                 let params = Arc::new(params);

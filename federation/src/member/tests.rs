@@ -189,6 +189,12 @@ struct Net {
     cannot_fetch: BTreeSet<MemberId>,
     /// Every message published, with its signer (what a hostile peer could capture).
     published: Vec<(MemberId, Gossip)>,
+    /// Deltas kept for auditors (verifiable jobs), by payload hash.
+    deltas: BTreeMap<ContentHash, Arc<Vec<f32>>>,
+    /// Every audit asked for: (auditor, round).
+    audits: Vec<(MemberId, Round)>,
+    /// A member whose stored models get a backdoor (it announces a forged aggregate).
+    forger: Option<MemberId>,
 }
 
 impl Net {
@@ -223,6 +229,9 @@ impl Net {
             cannot_fetch: BTreeSet::new(),
             published: Vec::new(),
             tickets: BTreeMap::new(),
+            deltas: BTreeMap::new(),
+            audits: Vec::new(),
+            forger: None,
         };
         for (byte, group) in members {
             net.add(*byte, group);
@@ -327,6 +336,7 @@ impl Net {
                     metrics: delta.metrics,
                     payload: payload_ref(&delta.values),
                 };
+                self.deltas.insert(body.payload.hash, delta.values.clone());
                 let request = self.request();
                 let update = Update::Delta(body);
                 self.send(
@@ -426,6 +436,12 @@ impl Net {
                 self.send(from, from, Event::Fetched { model, outcome });
             }
             Effect::StoreModel { round, params } => {
+                let params = match self.forger {
+                    Some(forger) if forger == from => {
+                        Arc::new(params.iter().map(|p| p + 0.5).collect::<Vec<f32>>())
+                    }
+                    _ => params,
+                };
                 let model = hash_f32(&params);
                 self.blobs.insert(model, params);
                 self.send(from, from, Event::Stored { round, model });
@@ -443,6 +459,18 @@ impl Net {
                 }
             }
             Effect::Rejected(refusal) => self.rejections.push((from, refusal)),
+            Effect::Audit { round, result, .. } => {
+                self.audits.push((from, round));
+                let outcome = self.recompute(&result);
+                self.send(from, from, Event::Audited { model: result.model, outcome });
+            }
+            Effect::KeepContributions { own, .. } => {
+                if let Some(own) = own {
+                    self.deltas.insert(hash_f32(&own), own);
+                }
+            }
+            Effect::ProofRefuted { refusal, .. } => self.rejections.push((from, refusal)),
+            Effect::ServeContribution { .. } => {}
             Effect::Answer { .. } | Effect::WakeAt(_) => {}
         }
     }
@@ -461,12 +489,28 @@ impl Net {
             }
             Publish::Result(ready) => Gossip::Result(Arc::new(ready)),
             Publish::Eval(report) => Gossip::Eval(report),
+            Publish::FraudProof(accusation) => Gossip::FraudProof(Arc::new(accusation)),
         };
         if let Some(coordinator) = self.coordinator.as_mut() {
             coordinator.hear(from, &message, self.now);
         }
         self.published.push((from, message.clone()));
         self.gossip(from, message);
+    }
+
+    /// What an auditor's executor reports: the result's model recomputed from its base and the
+    /// kept deltas it lists.
+    fn recompute(&self, result: &AggregateReady) -> Result<ContentHash, String> {
+        let base = self.blobs.get(&result.base_model).ok_or("no base model")?;
+        let mut deltas = Vec::new();
+        for c in &result.contributions {
+            let values = self.deltas.get(&c.delta).ok_or("a contribution is not kept")?;
+            deltas.push((c.member, c.samples, values.as_slice()));
+        }
+        let strategy = &self.spec.strategy;
+        let params = fedmesh_aggregation::verifiable::recompute(strategy, base, &deltas)
+            .map_err(|e| e.to_string())?;
+        Ok(hash_f32(&params))
     }
 
     /// Delivers a gossip message signed by `from` to every member but itself.
@@ -1880,4 +1924,123 @@ fn a_member_that_left_keeps_no_early_update() {
     assert!(member.early_bytes() > 0);
     member.handle(Event::LeaveRequested { reason: "done".into() }, now);
     assert_eq!(member.early_bytes(), 0);
+}
+
+/// A central job whose results every member audits (or a fraction of them).
+fn verifiable(members: u8, rounds: u64, auditors: serde_json::Value) -> Net {
+    let mut spec = spec("central", rounds, 5);
+    let verification = serde_json::json!({"auditors": auditors, "audit_window_secs": 60});
+    spec.verification = Some(serde_json::from_value(verification).expect("verification"));
+    spec.validate().expect("a verifiable spec");
+    let list: Vec<(u8, &str)> = (1..=members).map(|byte| (byte, "a")).collect();
+    Net::new(spec, &list)
+}
+
+/// The fraud proofs published: (accuser, liar, round).
+fn proofs(net: &Net) -> Vec<(MemberId, MemberId, Round)> {
+    let proof = |(signer, message): &(MemberId, Gossip)| match message {
+        Gossip::FraudProof(a) => Some((*signer, a.liar, a.result.round)),
+        _ => None,
+    };
+    net.published.iter().filter_map(proof).collect()
+}
+
+#[test]
+fn a_forged_aggregate_is_proven_its_aggregator_excluded_and_its_round_run_again() {
+    let rounds = 6;
+    let forger = elected_leader_of(rounds, 2);
+    let mut net = verifiable(4, rounds, serde_json::json!("all"));
+    net.forger = Some(forger);
+    let convicted = |net: &Net| {
+        net.live_members().all(|m| m.state().excluded.contains(&forger) && m.completed_round() >= 3)
+    };
+    net.run_until(600_000, convicted);
+    // While the job runs, a result built on the condemned model (signed by anyone) is refused.
+    let honest = net.live_members().map(|m| m.me()).find(|m| *m != forger).expect("a member");
+    let bad = net.member(honest.0[0]).state().condemned.first().copied().expect("condemned");
+    let next = net.member(honest.0[0]).completed_round() + 1;
+    let mut built_on_bad = forged_result(&mut net, next);
+    built_on_bad.base_model = bad;
+    net.carry_out(honest, Effect::Publish(Publish::Result(built_on_bad)));
+    net.run(600_000);
+    assert!(net.rejected("condemned_model"), "{:?}", net.rejections);
+    let accused = proofs(&net);
+    assert!(!accused.is_empty(), "the forgery was proven");
+    assert!(accused.iter().all(|(_, liar, _)| *liar == forger), "{accused:?}");
+    let round = accused[0].2;
+    for member in net.live_members() {
+        assert!(member.state().excluded.contains(&forger), "{} did not exclude it", member.me());
+        assert_eq!(member.completed_round(), rounds, "{} completed", member.me());
+    }
+    net.assert_agree();
+    let forged: BTreeSet<ContentHash> =
+        net.live_members().flat_map(|m| m.state().condemned.clone()).collect();
+    assert!(!forged.is_empty());
+    for member in net.live_members() {
+        let models: Vec<_> = member.rounds().values().filter_map(|r| r.model).collect();
+        assert!(models.iter().all(|m| !forged.contains(m)), "{} kept a forged model", member.me());
+    }
+    let leaders_after: Vec<MemberId> =
+        net.opened.iter().filter(|((r, _), _)| *r > round).map(|(_, opener)| *opener).collect();
+    assert!(!leaders_after.contains(&forger), "the liar was elected again");
+    let snapshot = &net.snapshots[&member_id(1)];
+    assert!(snapshot.state.excluded.contains(&forger), "the exclusion is persisted");
+}
+
+#[test]
+fn a_false_fraud_proof_is_refused_and_its_accuser_not_believed_again() {
+    let mut net = verifiable(4, 40, serde_json::json!("all"));
+    net.run_until(600_000, |net| net.live_members().all(|m| m.completed_round() >= 2));
+    assert!(proofs(&net).is_empty(), "honest results are not accused");
+    let (liar, result) = net
+        .member(2)
+        .taken
+        .iter()
+        .find(|(_, r)| r.round == 1)
+        .map(|(s, r)| (*s, r.clone()))
+        .or_else(|| {
+            net.member(3).taken.iter().find(|(_, r)| r.round == 1).map(|(s, r)| (*s, r.clone()))
+        })
+        .expect("a result of round 1 taken from another member");
+    let accuser = net.live_members().map(|m| m.me()).find(|m| *m != liar).expect("an accuser");
+    let recomputed = ContentHash::of(b"a lie");
+    let accusation = || Accusation { liar, result: result.clone(), recomputed };
+    let round_1_audits = |net: &Net| net.audits.iter().filter(|(_, r)| *r == 1).count();
+    let audits_before = round_1_audits(&net);
+    net.carry_out(accuser, Effect::Publish(Publish::FraudProof(accusation())));
+    net.run(1_000);
+    let refuted = |net: &Net| {
+        net.rejections.iter().filter(|(_, r)| r.reason == Reason::FalseFraudProof).count()
+    };
+    assert_eq!(refuted(&net), 3, "every other member recomputed and refused it");
+    assert!(Reason::FalseFraudProof.proves_misbehaviour());
+    // The members that audited round 1 already answer from their verdict; only its
+    // aggregator, which did not audit its own result, recomputes it.
+    assert_eq!(round_1_audits(&net), audits_before + 1, "one recomputation per result");
+    for member in net.live_members() {
+        assert!(member.state().excluded.is_empty(), "{} believed it", member.me());
+    }
+    // The same accuser again: refused unread, no recomputation.
+    net.carry_out(accuser, Effect::Publish(Publish::FraudProof(accusation())));
+    net.run(1_000);
+    assert_eq!(round_1_audits(&net), audits_before + 1, "no more work");
+    assert_eq!(refuted(&net), 6, "refused unread by the 3 others");
+    net.run(600_000);
+    net.assert_agree();
+}
+
+#[test]
+fn a_fraction_of_auditors_audits_some_results_and_all_audit_every_one() {
+    let mut all = verifiable(6, 3, serde_json::json!("all"));
+    all.run(600_000);
+    all.assert_agree();
+    // Every member but each round's aggregator audits its result.
+    assert_eq!(all.audits.len(), 3 * 5, "{:?}", all.audits);
+    let mut some = verifiable(6, 3, serde_json::json!({"fraction": 0.5}));
+    some.run(600_000);
+    some.assert_agree();
+    let audited = some.audits.len();
+    assert!(audited > 0 && audited < 3 * 5, "about half audit: {audited}");
+    let auditors: BTreeSet<MemberId> = some.audits.iter().map(|(m, _)| *m).collect();
+    assert!(auditors.len() > 1, "not one member alone: {auditors:?}");
 }
