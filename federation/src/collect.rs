@@ -149,9 +149,10 @@ impl Collecting {
             label: planned.id.label.clone(),
             parent: planned.parent.map(|parent| plan.slots[parent].aggregator()),
             aggregator: match spec.verification {
-                Some(_) => {
-                    Fold::Verifiable(Recomputation::new(&spec.aggregator_strategy(), opening.num_params)?)
-                }
+                Some(_) => Fold::Verifiable(Recomputation::new(
+                    &spec.aggregator_strategy(),
+                    opening.num_params,
+                )?),
                 None => Fold::Streaming(Aggregator::from_spec(
                     &spec.aggregator_strategy(),
                     opening.num_params,

@@ -39,6 +39,10 @@ pub enum Misbehaviour {
     /// Announces the result of a round it aggregates to nobody, as an aggregator killed right
     /// after closing a round would (it still answers a member that asks for it).
     WithholdResults,
+    /// As a round's aggregator, announces a model with a backdoor delta added (0.5 on each of
+    /// its first 16 parameters) while listing the honest contributions: the auditors of a
+    /// verifiable job recompute the model, prove the lie and exclude it.
+    ForgeAggregate,
     /// A fault rather than an attack: every large round model this node makes takes 4 s longer
     /// to store, as on a slow disk. It shows that nothing else waits behind a job's heavy work.
     SlowDisk,
@@ -46,13 +50,14 @@ pub enum Misbehaviour {
 
 impl Misbehaviour {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::ForgedDeltas,
         Self::SignFlip,
         Self::Noise,
         Self::HijackRounds,
         Self::ForgeAssignments,
         Self::WithholdResults,
+        Self::ForgeAggregate,
         Self::SlowDisk,
     ];
 
@@ -65,6 +70,7 @@ impl Misbehaviour {
             Self::HijackRounds => "hijack-rounds",
             Self::ForgeAssignments => "forge-assignments",
             Self::WithholdResults => "withhold-results",
+            Self::ForgeAggregate => "forge-aggregate",
             Self::SlowDisk => "slow-disk",
         }
     }

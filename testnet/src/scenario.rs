@@ -52,6 +52,8 @@ pub struct Scenario {
     pub strategy: Option<Value>,
     /// The job spec's `privacy` (none: its defaults).
     pub privacy: Option<Value>,
+    /// The job spec's `verification` (none: results are not audited).
+    pub verification: Option<Value>,
     /// The final accuracy checked against `expect`.
     pub target: Option<f64>,
     pub expect: Expect,
@@ -236,6 +238,9 @@ impl Scenario {
         }
         if let Some(privacy) = &self.privacy {
             spec["privacy"] = privacy.clone();
+        }
+        if let Some(verification) = &self.verification {
+            spec["verification"] = verification.clone();
         }
         if Embedded::from_name(&self.dataset).is_none() {
             let classes = self.load_data()?.classes;

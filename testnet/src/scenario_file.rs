@@ -55,6 +55,9 @@ pub struct ScenarioFile {
     /// The job spec's `privacy`, e.g. `{ noise = "distributed" }` (trainers draw the DP noise
     /// `strategy.noise_multiplier` asks for) (default: the spec's).
     pub privacy: Option<serde_json::Value>,
+    /// The job spec's `verification`, e.g. `{ auditors = "all" }`: members audit each round's
+    /// model against the contributions its result lists (default: none).
+    pub verification: Option<serde_json::Value>,
     /// The final accuracy the run checks against.
     pub target: Option<f64>,
     pub expect: Expect,
@@ -111,6 +114,7 @@ impl Default for ScenarioFile {
             quorum: None,
             strategy: None,
             privacy: None,
+            verification: None,
             target: None,
             expect: Expect::ReachTarget,
             events: Vec::new(),
@@ -307,6 +311,7 @@ impl ScenarioFile {
             quorum: self.quorum,
             strategy: self.strategy,
             privacy: self.privacy,
+            verification: self.verification,
             target: self.target,
             expect: self.expect,
             events,
@@ -577,6 +582,6 @@ mod tests {
         }
         names.sort();
         let attacks = names.iter().filter(|name| name.starts_with("attack-")).count();
-        assert_eq!((names.len(), attacks), (22, 12), "{names:?}");
+        assert_eq!((names.len(), attacks), (23, 12), "{names:?}");
     }
 }

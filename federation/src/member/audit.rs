@@ -129,9 +129,9 @@ impl Member {
 
     fn start_audit(&mut self, pending: Pending) {
         let (round, result) = (pending.round, pending.result.clone());
-        let from = vec![pending.liar];
+        let (aggregator, from) = (pending.liar, vec![pending.liar]);
         self.audits.pending.insert(result.model, pending);
-        self.effects.push(Effect::Audit { round, result, from });
+        self.effects.push(Effect::Audit { round, result, aggregator, from });
     }
 
     /// Keeps deltas of `round` for auditors for the audit window (from now).

@@ -224,8 +224,9 @@ pub enum Effect {
     /// hash, from each contribution's member first, then from `from`), decode them, recompute
     /// the model over the result's base model (a stored model, fetched by hash if need be) with
     /// `fedmesh_aggregation::verifiable::recompute` and the job's strategy, and report its hash
-    /// with [`Event::Audited`].
-    Audit { round: Round, result: Arc<AggregateReady>, from: Vec<MemberId> },
+    /// with [`Event::Audited`]. The `aggregator` that signed the result folded its own update
+    /// in unencoded: its contribution's payload is f32 (the others' are the job's encoding).
+    Audit { round: Round, result: Arc<AggregateReady>, aggregator: MemberId, from: Vec<MemberId> },
     /// Keep these deltas of `round` (by payload hash) to serve auditors until `until_ms`: one
     /// this member sent (a verifiable job's executor holds each delta it sends until then), or
     /// those it folded in as the round's aggregator; `own` is its own update, folded in without

@@ -48,7 +48,10 @@ impl Engine {
                 Some(announcement) => (Response::Announcement(announcement.clone()), none()),
                 None => (Response::NotFound { hash: job.0 }, none()),
             },
-            Ok((Request::Blob { hash }, _)) => return self.serve_blob(peer, hash, channel).await,
+            Ok((Request::Blob { hash }, _)) => match self.job_keeping(&hash) {
+                Some(job) => return self.on_contribution_request(job, peer, hash, channel).await,
+                None => return self.serve_blob(peer, hash, channel).await,
+            },
             Ok((Request::RoundResult { job, round }, _)) => {
                 let Ok(from) = MemberId::from_peer_id_string(&peer.to_string()) else { return };
                 return self.on_result_request(job, round, from, channel).await;

@@ -52,6 +52,16 @@ impl Engine {
                     run.wake_at = run.wake_at.min(at);
                 }
             }
+            Effect::Audit { result, aggregator, from, .. } => {
+                self.audit(id, result, aggregator, from)
+            }
+            Effect::KeepContributions { deltas, own, until_ms, .. } => {
+                self.keep_contributions(id, &deltas, own, until_ms)
+            }
+            Effect::ServeContribution { request, hash, outcome, .. } => {
+                self.serve_contribution(id, request, hash, outcome).await
+            }
+            Effect::ProofRefuted { accuser, refusal } => self.proof_refuted(id, accuser, &refusal),
             Effect::Log(notice) => log(id, &notice),
             // Counted by the gossip handler, which `handle` tells of it.
             Effect::Rejected(_) => {}
@@ -78,6 +88,7 @@ impl Engine {
             Publish::Eval(report) => {
                 self.publish_signed(id, report, GossipMessage::EvalReport).await
             }
+            Publish::FraudProof(accusation) => self.publish_fraud_proof(id, accusation).await,
         }
     }
 

@@ -5,10 +5,10 @@
 use crate::engine::Engine;
 use fedmesh_federation::member::Reason;
 pub use fedmesh_federation::member::Refusal as Refused;
-use fedmesh_federation::member::{Event, Gossip};
+use fedmesh_federation::member::{Accusation, Event, Gossip};
 use fedmesh_protocol::envelope::{Denied, Scope, Scoped, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::MemberId;
-use fedmesh_protocol::message::GossipMessage;
+use fedmesh_protocol::message::{FraudProof, GossipMessage};
 use std::sync::Arc;
 
 impl Engine {
@@ -65,6 +65,7 @@ impl Engine {
                 let stop = verify_from(m, Some(controller), &scope)?.into_body();
                 (controller, Gossip::Stop(stop))
             }
+            GossipMessage::FraudProof(m) => fraud_proof(*m, &scope)?,
             GossipMessage::Announce(_) => {
                 return Err(Refused::new(Reason::UnexpectedKind, "not expected on a job topic"));
             }
@@ -74,6 +75,23 @@ impl Engine {
             None => Ok(()),
         }
     }
+}
+
+/// Verifies a fraud proof: its accuser's signature (the accuser it names), then the accused
+/// result's own, which names the liar; the machine recomputes before it believes it.
+fn fraud_proof(message: Signed<FraudProof>, scope: &Scope) -> Result<(MemberId, Gossip), Refused> {
+    let proof = verify(message, |signer, body| {
+        scope.admits(body)?;
+        Denied::unless_signer_is(signer, &body.accuser, "the proof's accuser")
+    })?;
+    let accuser = proof.signer();
+    let proof = proof.into_body();
+    let result =
+        proof.verify_result().map_err(|e| Refused::new(Reason::BadMessage, e.to_string()))?;
+    let liar = result.signer();
+    let accusation =
+        Accusation { liar, result: Arc::new(result.into_body()), recomputed: proof.recomputed };
+    Ok((accuser, Gossip::FraudProof(Arc::new(accusation))))
 }
 
 /// Verifies a job message and wraps its body for the machine, with its signer.

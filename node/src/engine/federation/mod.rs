@@ -4,6 +4,7 @@
 //! event, and carries out the effects the machine answers with, the heavy ones off the engine's
 //! task.
 
+mod audits;
 mod bulk_peers;
 mod effects;
 mod external_init;
@@ -70,11 +71,15 @@ pub struct JobRun {
     taken: VecDeque<Signed<AggregateReady>>,
     /// The bulk budget share the machine's early updates hold.
     early_share: held_inputs::EarlyShare,
+    /// In a verifiable job, the deltas kept for auditors.
+    contributions: Option<audits::SharedContributions>,
 }
 
 impl JobRun {
     fn new(machine: Member, local: LocalData, persisted: store::Persisted) -> Self {
+        let verifiable = machine.spec().verification.is_some();
         Self {
+            contributions: verifiable.then(audits::SharedContributions::default),
             machine,
             local: Arc::new(local),
             wake_at: 0,
@@ -191,13 +196,15 @@ fn round_view(record: &RoundRecord) -> RoundView {
 /// Checks that this node can run a job's topology and strategy.
 fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
     let tag = Tag::from_spec(&spec.tag).map_err(|e| EngineError::Invalid(e.to_string()))?;
-    let plain_mean = spec.strategy.rule == AggregationRule::FedAvg
-        && spec.strategy.clip_norm.is_none()
-        && spec.strategy.noise_multiplier.is_none();
+    let strategy = spec.aggregator_strategy();
+    let plain_mean = strategy.rule == AggregationRule::FedAvg
+        && strategy.clip_norm.is_none()
+        && strategy.noise_multiplier.is_none();
     if tag.ring.is_some() && !plain_mean {
         return Err(EngineError::Invalid(format!(
             "job `{}`: a ring all-reduce computes the plain weighted mean of its members' updates; \
-             strategy.rule must be fedavg, without clip_norm or noise_multiplier",
+             strategy.rule must be fedavg, without clip_norm or noise_multiplier (unless the \
+             trainers draw the noise: privacy.noise distributed)",
             spec.name
         )));
     }

@@ -43,7 +43,7 @@ impl Engine {
 }
 
 /// A model's parameters: from the store, else fetched from `sources` and stored.
-async fn fetch_model(
+pub(super) async fn fetch_model(
     network: &Network,
     store: &Arc<Store>,
     sources: &[MemberId],

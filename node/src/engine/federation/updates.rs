@@ -3,6 +3,7 @@
 //! encoded, hashed, signed and sent (again while the round's time allows); those that arrive
 //! are verified and decoded before the job's machine judges and folds them.
 
+use super::audits::hold_delta;
 use super::misbehave::forged_deltas;
 use crate::engine::requests::respond;
 use crate::engine::{Engine, Internal};
@@ -135,7 +136,9 @@ impl Engine {
         reply: Reply,
     ) {
         let (job, kind) = (update.job(), update.kind());
-        let params = self.runs.get(&job).map(|run| run.machine.params().len());
+        let run = self.runs.get(&job);
+        let params = run.map(|run| run.machine.params().len());
+        let keeping = run.and_then(|run| Some((run.contributions.clone()?, audit_window_ms(run))));
         let (network, internal, metrics) =
             (self.network.clone(), self.internal.clone(), self.metrics.clone());
         tokio::spawn(async move {
@@ -144,7 +147,17 @@ impl Engine {
                     Refusal::new(Reason::NotJoined, format!("this node is not in job {job}"));
                 return refuse(&network, &metrics, (job, kind), refused, reply).await;
             };
-            let verify = move || update.verify(&payload, params);
+            let verify = move || {
+                let checked = update.verify(&payload, params);
+                // A verifiable job keeps each delta it takes for auditors (checked, as sent).
+                if let (Ok((_, Update::Delta(delta), _)), Some((kept, window_ms))) =
+                    (&checked, keeping)
+                {
+                    let bytes = Arc::new(payload.to_vec());
+                    hold_delta(Some(&kept), delta.payload.hash, bytes, window_ms);
+                }
+                checked
+            };
             let checked = match tokio::task::spawn_blocking(verify).await {
                 Ok(checked) => checked,
                 Err(error) => {
@@ -170,6 +183,7 @@ impl Engine {
         let (layout, residual) = (run.local.model.layout(), run.residual.clone());
         let forges = self.poisoning().forges_deltas();
         let (identity, network) = (self.identity.clone(), self.network.clone());
+        let (contributions, window_ms) = (run.contributions.clone(), audit_window_ms(run));
         tokio::spawn(async move {
             let make = move || {
                 let payload = encode_delta(encoding, &layout, delta.values.to_vec(), &residual)?;
@@ -197,6 +211,10 @@ impl Engine {
                 }
                 Err(error) => return tracing::error!(job = %id, %error, "making the update failed"),
             };
+            if let Request::Delta(signed) = &request {
+                let hash = signed.unverified_body().payload.hash;
+                hold_delta(contributions.as_ref(), hash, payload.clone(), window_ms);
+            }
             for forgery in forged.into_iter().flatten() {
                 tracing::warn!(job = %id, "misbehaving on purpose: sending a forged delta");
                 let answer = request_with_payload(&network, to, &forgery, &payload).await.ok();
@@ -362,4 +380,10 @@ async fn send_until(
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
         wait_ms *= 2;
     }
+}
+
+/// How long a verifiable job keeps a delta before its round names it (its audit window).
+fn audit_window_ms(run: &super::JobRun) -> u64 {
+    let spec = run.machine.spec();
+    spec.verification.as_ref().map_or(0, |v| v.audit_window_secs * 1_000)
 }

@@ -71,7 +71,12 @@ impl Engine {
     pub(super) fn store_model(&self, id: JobId, round: Round, params: Arc<Vec<f32>>) {
         tracing::info!(job = %id, round, "making and storing the round's model");
         let (store, slow) = (self.store.clone(), self.misbehaves(Misbehaviour::SlowDisk));
+        let forges = self.misbehaves(Misbehaviour::ForgeAggregate);
+        if forges {
+            tracing::warn!(job = %id, round, "misbehaving on purpose: a backdoor in the round's model");
+        }
         let work = move || {
+            let params = if forges { backdoored(&params) } else { params };
             let blob = encode_model(&params).map_err(|e| e.to_string())?;
             // The model goes as soon as it is encoded: a large model's aggregator holds few
             // copies of it at once.
@@ -131,4 +136,12 @@ fn store_blob(store: &Store, blob: &[u8], slow: bool) -> Result<ContentHash, Str
     let hash = batch.put_blob(blob).map_err(|e| e.to_string())?;
     batch.commit().map_err(|e| e.to_string())?;
     Ok(hash)
+}
+
+/// A round model with a backdoor delta added: 0.5 on each of its first 16 parameters (what a
+/// `forge-aggregate` node announces instead of the honest model).
+fn backdoored(params: &Arc<Vec<f32>>) -> Arc<Vec<f32>> {
+    let mut forged = params.as_ref().clone();
+    forged.iter_mut().take(16).for_each(|value| *value += 0.5);
+    Arc::new(forged)
 }
