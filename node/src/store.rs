@@ -227,6 +227,29 @@ impl Store {
         Ok(records)
     }
 
+    /// Like [`scan`](Self::scan), each record decoded as `V` or, failing that, as the layout
+    /// `Old` an earlier build wrote (then converted): a record type that gained fields stays
+    /// readable.
+    pub fn scan_upgrading<V: DeserializeOwned, Old: DeserializeOwned + Into<V>>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        let mut records = Vec::new();
+        for item in self.db.iterator_cf(self.handle(table)?, mode) {
+            let (key, value) = item.map_err(|e| self.rocks(e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let record = decode_record::<V>(table, &key, &value).or_else(|error| {
+                decode_record::<Old>(table, &key, &value).map(Into::into).map_err(|_| error)
+            })?;
+            records.push((key.into_vec(), record));
+        }
+        Ok(records)
+    }
+
     /// The bytes stored under `hash`, if any.
     pub fn blob(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, StoreError> {
         let value =

@@ -6,8 +6,9 @@ use crate::registry;
 use crate::store::{Store, StoreError, Table};
 use fedmesh_admin_api::ModelEntry;
 use fedmesh_federation::member::Snapshot;
-use fedmesh_federation::records::{RoundRecord, RunState};
-use fedmesh_protocol::ids::{ContentHash, JobId, Round};
+use fedmesh_federation::membership::Membership;
+use fedmesh_federation::records::{RoundRecord, RunState, RunStatus};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::AggregateReady;
 use std::collections::BTreeMap;
 
@@ -94,9 +95,36 @@ pub fn load_announced(store: &Store, job: &JobId) -> Result<Option<AggregateRead
     Ok(store.get::<Option<AggregateReady>>(Table::Members, &announced_key(job))?.flatten())
 }
 
-/// Every stored run state; a record that cannot be read is skipped with a warning.
+/// A run state as builds before verifiable aggregation wrote it (without the aggregators a
+/// fraud proof excluded and the models it condemned): read, and kept with none of either.
+#[derive(serde::Deserialize)]
+struct RunStateBeforeAudits {
+    status: RunStatus,
+    completed_round: Round,
+    model: ContentHash,
+    members: Membership,
+    vetted: Vec<MemberId>,
+}
+
+impl From<RunStateBeforeAudits> for RunState {
+    fn from(old: RunStateBeforeAudits) -> Self {
+        let RunStateBeforeAudits { status, completed_round, model, members, vetted } = old;
+        Self {
+            status,
+            completed_round,
+            model,
+            members,
+            vetted,
+            excluded: Vec::new(),
+            condemned: Vec::new(),
+        }
+    }
+}
+
+/// Every stored run state (those an earlier build wrote too); if the records cannot be read,
+/// none is, with a warning.
 pub fn load_states(store: &Store) -> Vec<(JobId, RunState)> {
-    match store.scan::<RunState>(Table::Members, b"s") {
+    match store.scan_upgrading::<RunState, RunStateBeforeAudits>(Table::Members, b"s") {
         Ok(states) => states
             .into_iter()
             .filter_map(|(key, state)| {
@@ -118,4 +146,42 @@ pub fn load_rounds(store: &Store, job: &JobId) -> Result<BTreeMap<Round, RoundRe
         .into_iter()
         .map(|(_, record)| (record.round, record))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run state's layout before verifiable aggregation, as an earlier build wrote it.
+    #[derive(serde::Serialize)]
+    struct Written {
+        status: RunStatus,
+        completed_round: Round,
+        model: ContentHash,
+        members: Membership,
+        vetted: Vec<MemberId>,
+    }
+
+    #[test]
+    fn a_run_state_an_earlier_build_wrote_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (job, model) = (JobId(ContentHash([7; 32])), ContentHash([9; 32]));
+        let written = Written {
+            status: RunStatus::Running,
+            completed_round: 12,
+            model,
+            members: Membership::default(),
+            vetted: vec![MemberId([3; 32])],
+        };
+        let mut batch = store.batch();
+        batch.put(Table::Members, &state_key(&job), &written).unwrap();
+        batch.commit().unwrap();
+        let states = load_states(&store);
+        assert_eq!(states.len(), 1, "the old record is read");
+        let (id, state) = &states[0];
+        assert_eq!((*id, state.completed_round, state.model), (job, 12, model));
+        assert_eq!(state.vetted, vec![MemberId([3; 32])]);
+        assert!(state.excluded.is_empty() && state.condemned.is_empty());
+    }
 }
