@@ -851,9 +851,6 @@ pub enum Request {
     Partial(Signed<PartialAggregate>),
     /// A step of a ring all-reduce; the payload is the chunk's encoded values.
     RingChunk(Signed<RingChunk>),
-    /// A secure-aggregation round's message (keys, shares, a masked update, unmasking), to or
-    /// from the round's aggregator; no payload (a masked update is inline, bounded).
-    Secure(Signed<SecureAggregation>),
     /// Asks for a blob (a model, a delta, an announcement) by content hash; no payload.
     Blob { hash: ContentHash },
     /// Asks a peer which jobs it knows (a node that was offline at an announcement catches up).
@@ -876,6 +873,10 @@ pub enum Request {
     /// The answer to a pull: the members the sender knows where the two digests differ (keys
     /// only: each is asked for its signed join before it counts).
     MemberList { job: JobId, members: Vec<MemberId> },
+    /// A secure-aggregation round's message (keys, shares, a masked update, unmasking), to or
+    /// from the round's aggregator; no payload (a masked update is inline, bounded). Last, so
+    /// the variants before keep their wire tags.
+    Secure(Signed<SecureAggregation>),
 }
 
 impl Request {

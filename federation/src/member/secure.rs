@@ -91,7 +91,7 @@ fn round_config(open: &OpenRound, length: usize) -> Result<RoundConfig, SecAggEr
     let seed = opening_seed(b"secure aggregation pairing", &[], open);
     let pairing = Pairing::new(&seed, trainers, degree)?;
     let (_, max_degree) = pairing.degree_range();
-    let threshold = (max_degree + 1) / 2 + 1;
+    let threshold = max_degree.div_ceil(2) + 1;
     RoundConfig::new(open.opening.job, open.round, pairing, threshold, length)
 }
 
