@@ -352,6 +352,30 @@ impl Collecting {
         Ok(())
     }
 
+    /// Takes a secure round's unmasked mean of the survivors' updates (weighted by the samples
+    /// each declared): the slot's only input, folded in as a partial aggregate would be.
+    pub fn accept_secure_mean(
+        &mut self,
+        mean: &[f32],
+        contributions: Vec<Contribution>,
+    ) -> Result<(), Refusal> {
+        if mean.len() != self.num_params {
+            let detail = format!(
+                "a secure mean of {} values, the model has {}",
+                mean.len(),
+                self.num_params
+            );
+            return Err(refuse(Reason::WrongLayout, detail));
+        }
+        let weights =
+            contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
+        let sum = Sum::from_mean(mean, weights.collect())
+            .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
+        self.lower = Some(sum);
+        self.contributions = contributions;
+        Ok(())
+    }
+
     /// Folds in a lower slot's verified partial aggregate (`mean` decoded from its payload).
     pub fn accept_partial(
         &mut self,

@@ -28,6 +28,7 @@ pub enum Domain {
     JobStop,
     Ticket,
     FraudProof,
+    SecureAggregation,
 }
 
 impl Domain {
@@ -48,6 +49,7 @@ impl Domain {
             Self::JobStop => "fedmesh/v1/job-stop",
             Self::Ticket => "fedmesh/v1/ticket",
             Self::FraudProof => "fedmesh/v1/fraud-proof",
+            Self::SecureAggregation => "fedmesh/v1/secure-aggregation",
         }
     }
 }

@@ -107,6 +107,7 @@ pub fn request_decode(data: &[u8]) -> Result<Outcome, Violation> {
         Request::Delta(m) => both(m, |m| verify_payload(m, &payload)),
         Request::Partial(m) => both(m, |m| verify_payload(m, &payload)),
         Request::RingChunk(m) => both(m, |m| verify_payload(m, &payload)),
+        Request::Secure(m) => both(m, verify),
         Request::Join { join, heartbeat, .. } => {
             verify_join(join);
             if let Some(heartbeat) = heartbeat {

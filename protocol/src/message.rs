@@ -582,6 +582,140 @@ impl SignedBody for RingChunk {
     }
 }
 
+/// Most coordinates of a masked update carried inline in a [`SecureAggregation`] message.
+pub const MAX_MASKED_VALUES: usize = 1 << 17;
+/// Most bytes of one encrypted or revealed share, or of a signature, in a secure round.
+pub const MAX_SECURE_BLOB_BYTES: usize = 256;
+
+/// One message of a secure-aggregation round (`privacy.secure_aggregation`), between a trainer
+/// and the round's aggregator (its leader), for one opening of the round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureAggregation {
+    pub job: JobId,
+    pub round: Round,
+    /// The opening it belongs to (a round opened again starts its secure round over).
+    pub opened_at_ms: u64,
+    pub sender: MemberId,
+    pub body: SecureBody,
+}
+
+/// What a [`SecureAggregation`] message carries, in the order of the round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SecureBody {
+    /// Trainer → aggregator: its signed round keys.
+    Keys(SecureKeys),
+    /// Trainer → aggregator: its encrypted shares, one for each neighbour with keys.
+    Shares(Vec<SealedShare>),
+    /// Aggregator → trainer: its neighbours' keys, and the largest weight any trainer may give
+    /// its update (the quantizer's bound, the same for every trainer).
+    RelayKeys { max_weight: u64, keys: Vec<SecureKeys> },
+    /// Aggregator → trainer: the shares its neighbours dealt it.
+    RelayShares(Vec<SealedShare>),
+    /// Trainer → aggregator: its quantized, weighted update, masked, and the weight it carries.
+    Masked { samples: u64, values: Vec<u64> },
+    /// Aggregator → survivor: who sent a masked update and who dropped after dealing shares.
+    Unmask { survivors: Vec<MemberId>, dropped: Vec<MemberId> },
+    /// Survivor → aggregator: its shares of survivors' self-masks and dropped members' mask keys.
+    Unmasking { self_mask: Vec<RevealedPart>, mask_key: Vec<RevealedPart> },
+}
+
+impl SecureBody {
+    /// The kind, as refusals are counted.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Keys(_) => "secure_keys",
+            Self::Shares(_) => "secure_shares",
+            Self::RelayKeys { .. } => "secure_relay_keys",
+            Self::RelayShares(_) => "secure_relay_shares",
+            Self::Masked { .. } => "secure_masked",
+            Self::Unmask { .. } => "secure_unmask",
+            Self::Unmasking { .. } => "secure_unmasking",
+        }
+    }
+}
+
+/// A member's round keys for secure aggregation, signed by it (inside the envelope, so the
+/// aggregator can relay them unforged): see `fedmesh_aggregation::secure::RoundKeys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureKeys {
+    pub member: MemberId,
+    pub mask_key: [u8; 32],
+    pub encryption_key: [u8; 32],
+    pub self_mask_commitment: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// One sender's shares for one recipient, encrypted to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedShare {
+    pub sender: MemberId,
+    pub recipient: MemberId,
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// One share a survivor reveals, of `owner`'s secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealedPart {
+    pub owner: MemberId,
+    #[serde(with = "serde_bytes")]
+    pub share: Vec<u8>,
+}
+
+fn check_blob(what: &str, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() > MAX_SECURE_BLOB_BYTES {
+        return Err(format!("{what} is {} bytes, at most {MAX_SECURE_BLOB_BYTES}", bytes.len()));
+    }
+    Ok(())
+}
+
+impl SignedBody for SecureAggregation {
+    const DOMAIN: Domain = Domain::SecureAggregation;
+
+    fn check(&self) -> Result<(), String> {
+        let keys = |keys: &[SecureKeys]| -> Result<(), String> {
+            check_count("round keys", keys.len())?;
+            keys.iter().try_for_each(|k| check_blob("a round keys signature", &k.signature))
+        };
+        let shares = |shares: &[SealedShare]| -> Result<(), String> {
+            check_count("shares", shares.len())?;
+            shares.iter().try_for_each(|s| check_blob("a share", &s.ciphertext))
+        };
+        let revealed = |parts: &[RevealedPart]| -> Result<(), String> {
+            check_count("revealed shares", parts.len())?;
+            parts.iter().try_for_each(|p| check_blob("a revealed share", &p.share))
+        };
+        match &self.body {
+            SecureBody::Keys(key) => keys(std::slice::from_ref(key)),
+            SecureBody::RelayKeys { keys: relayed, .. } => keys(relayed),
+            SecureBody::Shares(sealed) | SecureBody::RelayShares(sealed) => shares(sealed),
+            SecureBody::Masked { samples, values } => {
+                if *samples == 0 {
+                    return Err("a masked update must weigh at least one sample".into());
+                }
+                if values.len() > MAX_MASKED_VALUES {
+                    let found = values.len();
+                    return Err(format!("{found} masked values, at most {MAX_MASKED_VALUES}"));
+                }
+                Ok(())
+            }
+            SecureBody::Unmask { survivors, dropped } => {
+                check_count("survivors", survivors.len())?;
+                check_count("dropped members", dropped.len())
+            }
+            SecureBody::Unmasking { self_mask, mask_key } => {
+                revealed(self_mask)?;
+                revealed(mask_key)
+            }
+        }
+    }
+
+    fn declared_sender(&self) -> Option<MemberId> {
+        Some(self.sender)
+    }
+}
+
 impl CarriesPayload for ModelDelta {
     fn payload_ref(&self) -> &PayloadRef {
         &self.payload
@@ -739,6 +873,10 @@ pub enum Request {
     /// The answer to a pull: the members the sender knows where the two digests differ (keys
     /// only: each is asked for its signed join before it counts).
     MemberList { job: JobId, members: Vec<MemberId> },
+    /// A secure-aggregation round's message (keys, shares, a masked update, unmasking), to or
+    /// from the round's aggregator; no payload (a masked update is inline, bounded). Last, so
+    /// the variants before keep their wire tags.
+    Secure(Signed<SecureAggregation>),
 }
 
 impl Request {

@@ -97,6 +97,12 @@ pub struct Privacy {
     pub noise: NoisePlacement,
     /// The δ at which a member reports the ε the job's rounds spent (default 1e-5).
     pub delta: f64,
+    /// Secure aggregation (default off): trainers send only pairwise-masked, quantized updates
+    /// and the round's aggregator learns only their sum (central topology, FedAvg, trainers
+    /// clip to `strategy.clip_norm`). Left out of the canonical JSON when off, so the
+    /// announcements of jobs made before it keep their bytes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secure_aggregation: bool,
 }
 
 /// Who draws a job's DP noise.
@@ -113,7 +119,7 @@ pub enum NoisePlacement {
 
 impl Default for Privacy {
     fn default() -> Self {
-        Self { noise: NoisePlacement::Central, delta: 1e-5 }
+        Self { noise: NoisePlacement::Central, delta: 1e-5, secure_aggregation: false }
     }
 }
 
@@ -574,6 +580,9 @@ impl JobSpec {
         if self.privacy.distributed() {
             self.check_distributed_noise(problems);
         }
+        if self.privacy.secure_aggregation {
+            self.check_secure_aggregation(problems);
+        }
         let ring = self.tag == TagSpec::Builtin(BuiltinTopology::Ring);
         if ring && self.strategy.noise_multiplier.is_some() && !self.privacy.distributed() {
             problems.push(
@@ -616,7 +625,53 @@ impl JobSpec {
             strategy.clip_norm = None;
             strategy.noise_multiplier = None;
         }
+        if self.privacy.secure_aggregation {
+            // The trainers clipped before masking; a masked sum cannot be clipped.
+            strategy.clip_norm = None;
+        }
         strategy
+    }
+
+    /// Secure aggregation sums masked, quantized updates: the aggregator sees no update on its
+    /// own, so nothing may need one (a robust rule, its clip, its noise, an audit), the
+    /// quantizer needs the trainers' clip, and one aggregator (the central topology's, elected
+    /// by the members) collects every trainer's masked update.
+    fn check_secure_aggregation(&self, p: &mut Problems) {
+        let reason = "privacy.secure_aggregation: the aggregator sees only the masked sum";
+        if self.tag != TagSpec::Builtin(BuiltinTopology::Central) {
+            let message = "secure aggregation supports the central topology only for now (one                            aggregator collects every trainer's masked update)";
+            p.push("tag", message);
+        }
+        if self.strategy.rule != AggregationRule::FedAvg {
+            let message = format!("{reason}: use fedavg (robust rules need each update)");
+            p.push("strategy.rule", message);
+        }
+        if self.strategy.clip_norm.is_none() {
+            let message = format!(
+                "{reason}: the trainers clip to strategy.clip_norm before quantizing, so it is \
+                 required"
+            );
+            p.push("strategy.clip_norm", message);
+        }
+        let central_noise = !self.privacy.distributed();
+        if central_noise && self.strategy.noise_multiplier.is_some_and(|noise| noise > 0.0) {
+            let message = format!(
+                "{reason}, which it cannot clip to add central noise: set privacy.noise to \
+                 distributed (trainers add their share before masking)"
+            );
+            p.push("strategy.noise_multiplier", message);
+        }
+        if self.verification.is_some() {
+            let message = format!("{reason}: auditors cannot recompute it from masked inputs");
+            p.push("verification", message);
+        }
+        if self.coordinator.is_some() {
+            let message = format!(
+                "{reason}: secure aggregation needs a self-organizing job for now (its \
+                 rounds are the members' elected leaders')"
+            );
+            p.push("coordinator", message);
+        }
     }
     /// A verifiable job's rounds must be recomputable by any member, bit for bit: no state or
     /// secret of the aggregator's in its result, and one aggregator per round for now.

@@ -219,6 +219,8 @@ fn distributed_noise_needs_noise_a_clip_and_fedavg_and_the_aggregator_then_adds_
     let canonical = String::from_utf8(plain.to_canonical_json().unwrap()).unwrap();
     assert!(!canonical.contains("privacy"), "{canonical}");
     assert_eq!(plain.aggregator_strategy(), plain.strategy);
+    let canonical = String::from_utf8(spec.to_canonical_json().unwrap()).unwrap();
+    assert!(!canonical.contains("secure_aggregation"), "{canonical}");
 }
 
 #[test]
@@ -403,4 +405,45 @@ fn verification_refuses_what_cannot_be_recomputed_with_the_reason() {
     assert!(problems(&krum).iter().any(|p| p.starts_with("strategy.rule: verification")));
     let clipped = json!({"rule": "fedavg", "clip_norm": 1.0, "noise_multiplier": 0.0});
     assert!(parse(&with(verified, "strategy", clipped)).is_ok());
+}
+
+#[test]
+fn secure_aggregation_is_off_by_default_and_the_trainers_clip() {
+    let plain = parse(&minimal()).expect("a valid spec");
+    assert!(!plain.privacy.secure_aggregation);
+    let secure = json!({"secure_aggregation": true});
+    let clipped = json!({"rule": "fedavg", "clip_norm": 2.0});
+    let spec = parse(&with(with(minimal(), "strategy", clipped), "privacy", secure))
+        .expect("a valid secure spec");
+    assert!(spec.privacy.secure_aggregation);
+    assert_eq!(spec.strategy.clip_norm, Some(2.0));
+    assert_eq!(spec.aggregator_strategy().clip_norm, None, "the trainers clip, not the aggregator");
+    let canonical = String::from_utf8(spec.to_canonical_json().unwrap()).unwrap();
+    assert!(canonical.contains("secure_aggregation"), "{canonical}");
+    let again = parse(&serde_json::from_str(&canonical).unwrap()).unwrap();
+    assert_eq!(again, spec);
+}
+
+#[test]
+fn secure_aggregation_refuses_what_needs_an_update_on_its_own_with_the_reason() {
+    let secure = with(minimal(), "privacy", json!({"secure_aggregation": true}));
+    let found = problems(&secure).join("\n");
+    assert!(found.contains("strategy.clip_norm: privacy.secure_aggregation"), "{found}");
+    let median = json!({"rule": "median", "clip_norm": 1.0, "noise_multiplier": 0.5});
+    let spec = with(with(secure.clone(), "strategy", median), "tag", json!("ring"));
+    let found = problems(&spec).join("\n");
+    assert!(found.contains("tag: secure aggregation supports the central topology"), "{found}");
+    assert!(found.contains("strategy.rule: privacy.secure_aggregation"), "{found}");
+    assert!(found.contains("strategy.noise_multiplier: privacy.secure_aggregation"), "{found}");
+    let audited = with(secure.clone(), "verification", json!({"auditors": "all"}));
+    let found = problems(&audited).join("\n");
+    assert!(found.contains("verification: privacy.secure_aggregation"), "{found}");
+    let coordinator = fedmesh_protocol::identity::Identity::from_seed([9; 32]).member_id();
+    let orchestrated = with(secure, "coordinator", json!(coordinator.to_string()));
+    let found = problems(&orchestrated).join("\n");
+    assert!(found.contains("coordinator: privacy.secure_aggregation"), "{found}");
+    // Distributed noise combines: each trainer adds its share before masking.
+    let noised = json!({"rule": "fedavg", "clip_norm": 1.0, "noise_multiplier": 0.8});
+    let both = json!({"secure_aggregation": true, "noise": "distributed"});
+    assert!(parse(&with(with(minimal(), "strategy", noised), "privacy", both)).is_ok());
 }

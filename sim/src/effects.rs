@@ -56,6 +56,7 @@ impl World {
             Effect::SendChunk { to, chunk, until_ms } => {
                 self.send_chunk(member, to, chunk, until_ms)
             }
+            Effect::SendSecure { to, message, .. } => self.send_secure(member, to, message),
             Effect::Answer { outcome, .. } => match outcome {
                 Ok(()) => self.counters.accepted += 1,
                 Err(refusal) => {

@@ -99,6 +99,9 @@ fn fingerprint(event: &Event) -> Fingerprint {
         Event::ContributionAsked { from, hash, .. } => {
             Fingerprint::new(28, 0, Some(*hash), Some(from.0))
         }
+        Event::Secure { signer, message, .. } => {
+            Fingerprint::new(29, message.round, None, Some(signer.0))
+        }
     }
 }
 

@@ -10,7 +10,9 @@ use fedmesh_federation::member::{
     ChunkToSend, DeltaToSend, Digest, Event, Gossip, PartialToSend, Served, Update,
 };
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{Heartbeat, Join, ModelDelta, PartialAggregate, RingChunk};
+use fedmesh_protocol::message::{
+    Heartbeat, Join, ModelDelta, PartialAggregate, RingChunk, SecureAggregation, SecureBody,
+};
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::sync::Arc;
 
@@ -174,6 +176,18 @@ impl World {
         let bytes = members.len() as u64 * 32 + ENVELOPE_BYTES;
         let signer = self.id_of(from);
         self.send_direct(from, to, bytes, Event::MembersSent { from: signer, members });
+    }
+
+    /// Sends a secure-aggregation message to one member as a request (its masked values inline).
+    pub fn send_secure(&mut self, from: Index, to: MemberId, message: SecureAggregation) {
+        let values = match &message.body {
+            SecureBody::Masked { values, .. } => values.len() as u64 * 8,
+            _ => 0,
+        };
+        let bytes = values + ENVELOPE_BYTES;
+        let signer = self.id_of(from);
+        let event = Event::Secure { signer, message, request: 0 };
+        self.send_direct(from, to, bytes, event);
     }
 
     /// Sends a message to one member as a request: a lost copy is sent again after a doubling

@@ -87,6 +87,16 @@ impl AggregatorRound {
         }
     }
 
+    /// The members whose round keys were accepted.
+    pub fn keyed(&self) -> Vec<MemberId> {
+        self.keys.keys().copied().collect()
+    }
+
+    /// The members whose shares were accepted.
+    pub fn dealers(&self) -> Vec<MemberId> {
+        self.shares.keys().copied().collect()
+    }
+
     /// The round's parameters.
     pub fn config(&self) -> &RoundConfig {
         &self.config

@@ -85,6 +85,11 @@ impl TrainerRound {
         })
     }
 
+    /// The round's parameters.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
     /// The signed round keys to publish.
     pub fn keys(&self) -> &RoundKeys {
         &self.keys

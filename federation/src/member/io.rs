@@ -6,7 +6,7 @@ use super::Reason;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, Assignment, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join,
-    Leave, ModelDelta, PartialAggregate, RingChunk, RoundOpen, TrainMetrics,
+    Leave, ModelDelta, PartialAggregate, RingChunk, RoundOpen, SecureAggregation, TrainMetrics,
 };
 use std::sync::Arc;
 
@@ -142,6 +142,9 @@ pub enum Event {
     /// A member asks for a contribution (a delta by payload hash) to audit a result; answered
     /// by [`Effect::ServeContribution`].
     ContributionAsked { from: MemberId, hash: ContentHash, request: u64 },
+    /// A verified secure-aggregation message (its envelope's signer is `signer`), for this
+    /// member's side of the open round; answered by [`Effect::Answer`].
+    Secure { signer: MemberId, message: SecureAggregation, request: u64 },
 }
 
 /// A message this member publishes on the job's topic (the driver signs it with its key).
@@ -191,6 +194,9 @@ pub enum Effect {
     /// Encode (as the job's delta encoding), sign and send this member's update to the slot
     /// aggregator `to`; sent again while `until_ms` allows if the peer cannot be reached.
     SendDelta { to: MemberId, delta: DeltaToSend, until_ms: u64 },
+    /// Sign and send a secure-aggregation message to one member as a request (`Request::Secure`),
+    /// again while `until_ms` allows if the peer cannot be reached.
+    SendSecure { to: MemberId, message: SecureAggregation, until_ms: u64 },
     /// Encode (f32), sign and send a slot's partial aggregate to the aggregator above.
     SendPartial { to: MemberId, partial: PartialToSend, until_ms: u64 },
     /// Encode (f32), sign and send one ring all-reduce chunk to the ring's next member.

@@ -12,6 +12,7 @@ mod reason;
 mod results;
 mod ring;
 mod rounds;
+mod secure;
 
 pub use audit::{MAX_AUDITS, MAX_CONDEMNED};
 pub use io::*;
@@ -100,6 +101,9 @@ pub struct Setup {
     pub noise_key: NoiseSeed,
     /// The owner's ticket admitting it, for a job that admits members by ticket.
     pub ticket: Option<Signed<Ticket>>,
+    /// Its signing key, for the round keys of a secure-aggregation job (signed inside the
+    /// message, so the round's leader can relay them unforged); none for any other job.
+    pub identity: Option<Arc<fedmesh_protocol::identity::Identity>>,
 }
 
 /// What a member persists: its state, every round it recorded, and the last result it
@@ -210,6 +214,8 @@ pub struct Member {
     /// The model a fraud proof sent this member back to, while its parameters are fetched: it
     /// neither trains nor opens a round until they are back.
     restoring: Option<ContentHash>,
+    /// Secure-aggregation jobs: this member's side of the open round's secure aggregation.
+    secure_state: secure::SecureState,
     effects: Vec<Effect>,
 }
 
@@ -293,6 +299,7 @@ impl Member {
             unsaved: Unsaved::Nothing,
             audits: audit::Audits::default(),
             restoring: None,
+            secure_state: secure::SecureState::default(),
             effects: Vec::new(),
         };
         if member.is_active() && member.completed_round() >= member.last_round() {
@@ -354,6 +361,10 @@ impl Member {
             Event::MembersAsked { from, digest } => self.on_members_asked(from, &digest, now),
             Event::MembersSent { from, members } => self.on_members_sent(from, &members, now),
             Event::Audited { model, outcome } => self.on_audited(model, outcome, now),
+            Event::Secure { signer, message, request } => {
+                let outcome = self.on_secure(signer, message, now);
+                self.effects.push(Effect::Answer { request, outcome });
+            }
             Event::ContributionAsked { from, hash, request } => {
                 self.on_contribution_asked(from, hash, request, now)
             }

@@ -30,6 +30,7 @@ impl Member {
     /// The round's part of a tick: deadlines, then opening the next round when elected.
     pub(super) fn tick_round(&mut self, now: u64) {
         self.check_slot_deadlines(now);
+        self.advance_secure(now);
         self.check_leader_deadline(now);
         self.ask_for_missed_result(now);
         self.forget_lost_opener(now);
@@ -253,6 +254,9 @@ impl Member {
             self.take_early_updates(now);
         }
         self.finish_complete_slots(now);
+        if self.secure() {
+            self.enter_secure(now);
+        }
         if plan.trainers.binary_search(&self.me()).is_ok() {
             self.take_part(opener, &open, now);
         }
@@ -376,6 +380,9 @@ impl Member {
         let Some(open) = self.phase.open().filter(|o| (o.round, o.base) == (round, base)) else {
             return self.log(Level::Info, round, "the round moved on while training");
         };
+        if self.secure() {
+            return self.secure_trained(trained, now);
+        }
         let (opener, opened_at) = (open.opener, open.opened_at_ms);
         let samples = trained.samples.min(self.weight_bound(&self.me()));
         let values = match self.with_noise_share(open, samples, &trained.delta) {
@@ -392,7 +399,7 @@ impl Member {
     /// the update without it. The shares are sized for the fewest updates that close the round
     /// (its quorum) and the heaviest trainer's weight, so the round's mean carries at least the
     /// noise central DP would add. `None` when the job's noise is not the trainers'.
-    fn with_noise_share(
+    pub(super) fn with_noise_share(
         &self,
         open: &OpenRound,
         own_weight: u64,
@@ -711,7 +718,7 @@ impl Member {
     fn check_leader_deadline(&mut self, now: u64) {
         let Some(open) = self.phase.open() else { return };
         let Some(leading) = open.leading.as_ref() else { return };
-        if now < open.deadline_ms {
+        if now < open.deadline_ms || self.secure_under_way(now) {
             return;
         }
         let (round, retries) = (open.round, leading.retries + 1);
@@ -776,7 +783,7 @@ impl Member {
     }
 
     /// Finishes the top slot: the new model is made and handed over to be stored.
-    fn close_round(&mut self, now: u64) {
+    pub(super) fn close_round(&mut self, now: u64) {
         let Phase::Open(open) = std::mem::take(&mut self.phase) else { return };
         let OpenRound { round, base, mut slots, opening, .. } = *open;
         let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };

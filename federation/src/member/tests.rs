@@ -14,8 +14,20 @@ const PARAMS: usize = 8;
 /// The clock's step between ticks.
 const STEP_MS: u64 = 100;
 
+thread_local! {
+    /// Whether this test's members have real keys (a secure job's round keys are signed).
+    static REAL_KEYS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn member_id(byte: u8) -> MemberId {
+    if REAL_KEYS.get() {
+        return identity(byte).member_id();
+    }
     MemberId([byte; 32])
+}
+
+fn identity(byte: u8) -> fedmesh_protocol::identity::Identity {
+    fedmesh_protocol::identity::Identity::from_seed([byte; 32])
 }
 
 fn spec(topology: &str, rounds: u64, deadline_secs: u64) -> JobSpec {
@@ -195,6 +207,10 @@ struct Net {
     audits: Vec<(MemberId, Round)>,
     /// A member whose stored models get a backdoor (it announces a forged aggregate).
     forger: Option<MemberId>,
+    /// Members' signing keys (secure jobs).
+    identities: BTreeMap<MemberId, Arc<fedmesh_protocol::identity::Identity>>,
+    /// Every secure message sent: (from, to, message).
+    secure_sent: Vec<(MemberId, MemberId, fedmesh_protocol::message::SecureAggregation)>,
 }
 
 impl Net {
@@ -232,6 +248,8 @@ impl Net {
             deltas: BTreeMap::new(),
             audits: Vec::new(),
             forger: None,
+            identities: BTreeMap::new(),
+            secure_sent: Vec::new(),
         };
         for (byte, group) in members {
             net.add(*byte, group);
@@ -276,11 +294,15 @@ impl Net {
             samples: 10 + u64::from(id.0[0]),
             noise_key: [id.0[0]; 32],
             ticket: self.tickets.get(&id).cloned(),
+            identity: self.identities.get(&id).cloned(),
         }
     }
 
     fn add(&mut self, byte: u8, group: &str) {
         let id = member_id(byte);
+        if REAL_KEYS.get() {
+            self.identities.insert(id, Arc::new(identity(byte)));
+        }
         self.groups.insert(id, group.to_owned());
         let initial = Arc::new(vec![0.0f32; PARAMS]);
         let (member, effects) = Member::join(self.setup(id), hash_f32(&initial), initial, self.now);
@@ -326,6 +348,11 @@ impl Net {
     fn carry_out(&mut self, from: MemberId, effect: Effect) {
         match effect {
             Effect::Publish(publish) => self.publish(from, publish),
+            Effect::SendSecure { to, message, .. } => {
+                self.secure_sent.push((from, to, message.clone()));
+                let request = self.request();
+                self.send(from, to, Event::Secure { signer: from, message, request });
+            }
             Effect::SendDelta { to, delta, .. } => {
                 let body = ModelDelta {
                     job: self.job,
@@ -2043,4 +2070,70 @@ fn a_fraction_of_auditors_audits_some_results_and_all_audit_every_one() {
     assert!(audited > 0 && audited < 3 * 5, "about half audit: {audited}");
     let auditors: BTreeSet<MemberId> = some.audits.iter().map(|(m, _)| *m).collect();
     assert!(auditors.len() > 1, "not one member alone: {auditors:?}");
+}
+
+/// Four members with real keys running a central job (secure when asked), every trainer's
+/// update within the clip.
+fn four_central_secure(rounds: u64, secure: bool) -> Net {
+    REAL_KEYS.set(true);
+    let mut spec = spec("central", rounds, 5);
+    spec.strategy.clip_norm = Some(100.0);
+    spec.privacy.secure_aggregation = secure;
+    spec.validate().expect("a valid spec");
+    Net::new(spec, &[(1, "a"), (2, "a"), (3, "a"), (4, "a")])
+}
+
+fn final_params(net: &Net) -> Vec<f32> {
+    let model = net.member(1).model();
+    net.blobs[&model].to_vec()
+}
+
+/// Whether a secure message is a masked update (or the unmask request) to or from `byte`.
+fn is_body(event: &Event, kind: &str) -> bool {
+    matches!(event, Event::Secure { message, .. } if message.body.kind() == kind)
+}
+
+#[test]
+fn a_secure_central_round_sends_only_masked_updates_and_makes_the_plain_model() {
+    let mut plain = four_central_secure(3, false);
+    plain.run(60_000);
+    plain.assert_agree();
+    let mut secure = four_central_secure(3, true);
+    secure.run(60_000);
+    secure.assert_agree();
+    assert!(secure.refusals.is_empty(), "{:?}", secure.refusals);
+    for round in 1..=3 {
+        assert_eq!(secure.member(2).rounds()[&round].participants, 4, "round {round}");
+    }
+    assert!(secure.deltas.is_empty(), "no plain delta travels in a secure job");
+    let masked = secure.secure_sent.iter().filter(|(_, _, m)| m.body.kind() == "secure_masked");
+    assert_eq!(masked.count(), 3 * 3, "three trainers send the leader a masked update a round");
+    let (a, b) = (final_params(&plain), final_params(&secure));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4, "plain {a:?}, secure {b:?}");
+    }
+}
+
+#[test]
+fn a_secure_round_completes_when_a_trainer_drops_after_its_masked_update_or_before() {
+    // Member 3 never hears the unmask request (dropped after sending its masked update).
+    let mut after = four_central_secure(2, true);
+    let three = member_id(3);
+    after.drop = Some(Box::new(move |_, to, event| to == three && is_body(event, "secure_unmask")));
+    after.run(60_000);
+    after.assert_agree();
+    // Member 4's masked updates are lost (dropped after dealing its shares): the leader closes
+    // at its deadline with the quorum, the dropout's masks removed from its mask key's shares.
+    let mut before = four_central_secure(2, true);
+    before.spec.quorum = fedmesh_protocol::spec::Quorum::Count(3);
+    for member in before.members.values_mut() {
+        member.setup.spec.quorum = fedmesh_protocol::spec::Quorum::Count(3);
+    }
+    let four = member_id(4);
+    before.drop =
+        Some(Box::new(move |from, _, event| from == four && is_body(event, "secure_masked")));
+    before.run(60_000);
+    before.assert_agree();
+    let counted: Vec<usize> = (1..=2).map(|r| before.member(1).rounds()[&r].participants).collect();
+    assert!(counted.iter().all(|&n| n == 3 || n == 4), "{counted:?}");
 }

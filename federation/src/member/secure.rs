@@ -1,0 +1,657 @@
+//! Secure aggregation in a central round: a trainer's keys, shares and masked update, and its
+//! leader's collecting, relaying and unmasking, so that the leader learns only the sum.
+
+use super::phase::{OpenRound, Own};
+use super::{Effect, Level, LocalUpdate, Member, Reason, Refusal};
+use fedmesh_aggregation::privacy::clip;
+use fedmesh_aggregation::secure::{
+    AggregatorRound, Dropouts, EncryptedShare, Pairing, Quantizer, RevealedShare, RoundConfig,
+    RoundKeys, SecAggError, TrainerRound, UnmaskingShares,
+};
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
+use fedmesh_protocol::message::{
+    Contribution, RevealedPart, SealedShare, SecureAggregation, SecureBody, SecureKeys,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use std::collections::BTreeMap;
+
+/// Members up to which every trainer neighbours every other (plain SecAgg).
+const COMPLETE_GRAPH_MEMBERS: usize = 16;
+
+/// A secure round's part of a member's machine: its trainer side and, when it leads, its
+/// aggregator side, for one opening of the round.
+#[derive(Default)]
+pub(super) struct SecureState {
+    trainer: Option<SecureTrainer>,
+    leader: Option<SecureLeader>,
+}
+
+/// Which opening of which round a secure message belongs to.
+type OpeningKey = (Round, u64);
+
+/// A trainer's side of a secure round.
+struct SecureTrainer {
+    opening: OpeningKey,
+    leader: MemberId,
+    inner: TrainerRound,
+    rng: ChaCha20Rng,
+    /// The quantizer's weight bound, from the leader's key relay.
+    max_weight: Option<u64>,
+    /// The shares the neighbours dealt it, relayed by the leader.
+    shares: Option<Vec<EncryptedShare>>,
+    /// Its clipped (and, under distributed noise, noised) update and its weight, once trained.
+    update: Option<(u64, Vec<f32>)>,
+    masked_sent: bool,
+}
+
+/// Where the leader is in its secure round.
+enum Step {
+    Keys,
+    Shares,
+    Inputs,
+    Unmasking,
+    /// The round failed (too many dropped); the leader's deadline opens it again.
+    Failed,
+    /// The sum was unmasked; late shares are no longer needed.
+    Done,
+}
+
+/// The leader's side of a secure round. It keeps `AggregatorRound`'s running masked sum and
+/// the weights the survivors declared, never one trainer's update.
+struct SecureLeader {
+    opening: OpeningKey,
+    inner: AggregatorRound,
+    step: Step,
+    trainers: Vec<MemberId>,
+    max_weight: u64,
+    /// The weight each trainer's masked update declared.
+    weights: BTreeMap<MemberId, u64>,
+    /// Hashes of the masked updates, listed as the round's contributions.
+    hashes: BTreeMap<MemberId, ContentHash>,
+    /// Members who sent shares.
+    dealt: usize,
+    keys_until_ms: u64,
+    shares_until_ms: u64,
+    deadline_ms: u64,
+}
+
+/// The round's public parameters, as every member derives them from the opening: its trainers,
+/// a pairing seeded by the opening, a degree of `2⌈log₂ n⌉ + 1` (all for small rounds) and the
+/// smallest threshold `RoundConfig::new` allows.
+fn round_config(open: &OpenRound, length: usize) -> Result<RoundConfig, SecAggError> {
+    let trainers = &open.plan.trainers;
+    let n = trainers.len();
+    let degree = if n <= COMPLETE_GRAPH_MEMBERS {
+        n.saturating_sub(1)
+    } else {
+        let log = usize::BITS - (n - 1).leading_zeros();
+        (2 * log as usize + 1).min(n - 1)
+    };
+    let seed = opening_seed(b"secure aggregation pairing", &[], open);
+    let pairing = Pairing::new(&seed, trainers, degree)?;
+    let (_, max_degree) = pairing.degree_range();
+    let threshold = max_degree.div_ceil(2) + 1;
+    RoundConfig::new(open.opening.job, open.round, pairing, threshold, length)
+}
+
+/// A seed bound to the job, the round, its opening and its base.
+fn opening_seed(domain: &[u8], secret: &[u8], open: &OpenRound) -> [u8; 32] {
+    let mut material = domain.to_vec();
+    material.extend_from_slice(secret);
+    material.extend_from_slice(&open.opening.job.0.0);
+    material.extend_from_slice(&open.round.to_le_bytes());
+    material.extend_from_slice(&open.opened_at_ms.to_le_bytes());
+    material.extend_from_slice(&open.base.0);
+    ContentHash::of(&material).0
+}
+
+/// The quantizer every member of the round derives alike.
+fn quantizer(clip_norm: f32, max_weight: u64, trainers: usize) -> Result<Quantizer, SecAggError> {
+    Quantizer::new(clip_norm, max_weight as f32, trainers)
+}
+
+fn refused(error: SecAggError) -> Refusal {
+    Refusal::new(Reason::RejectedUpdate, error.to_string())
+}
+
+impl Member {
+    /// Whether the job's rounds aggregate securely.
+    pub(super) fn secure(&self) -> bool {
+        self.setup.spec.privacy.secure_aggregation
+    }
+
+    /// The job's clip, which secure aggregation requires (validation refuses a job without).
+    fn secure_clip(&self) -> f32 {
+        self.setup.spec.strategy.clip_norm.unwrap_or(1.0)
+    }
+
+    /// Starts the secure round of the opening just entered: the leader's collection, and this
+    /// member's keys when it trains.
+    pub(super) fn enter_secure(&mut self, now: u64) {
+        self.secure_state = SecureState::default();
+        let Some(open) = self.phase.open() else { return };
+        let config = match round_config(open, self.params.len()) {
+            Ok(config) => config,
+            Err(error) => {
+                let round = open.round;
+                return self.log(Level::Warn, round, format!("no secure round: {error}"));
+            }
+        };
+        let opening = (open.round, open.opened_at_ms);
+        if open.leading.is_some() {
+            let span = open.deadline_ms.saturating_sub(open.opened_at_ms);
+            let trainers = open.plan.trainers.clone();
+            let max_weight = trainers.iter().map(|t| self.weight_bound(t)).max().unwrap_or(1);
+            self.secure_state.leader = Some(SecureLeader {
+                opening,
+                inner: AggregatorRound::new(config.clone()),
+                step: Step::Keys,
+                trainers,
+                max_weight: max_weight.max(1),
+                weights: BTreeMap::new(),
+                hashes: BTreeMap::new(),
+                dealt: 0,
+                keys_until_ms: open.opened_at_ms + span / 5,
+                shares_until_ms: open.opened_at_ms + 2 * span / 5,
+                deadline_ms: open.deadline_ms,
+            });
+        }
+        if let Some(leader) = &self.secure_state.leader {
+            let wakes = [leader.keys_until_ms, leader.shares_until_ms];
+            wakes.into_iter().for_each(|at| self.wake_at(at));
+        }
+        let Some(open) = self.phase.open() else { return };
+        let me = self.me();
+        if open.plan.trainers.binary_search(&me).is_ok() {
+            self.start_secure_trainer(config, now);
+        }
+    }
+
+    /// This trainer's fresh round keys, sent to the leader.
+    fn start_secure_trainer(&mut self, config: RoundConfig, now: u64) {
+        let Some(open) = self.phase.open() else { return };
+        let (round, leader) = (open.round, open.opener);
+        let Some(identity) = self.setup.identity.clone() else {
+            return self.log(Level::Warn, round, "no signing key for secure aggregation");
+        };
+        let mut rng = ChaCha20Rng::from_seed(opening_seed(
+            b"secure aggregation secrets",
+            &self.setup.noise_key,
+            open,
+        ));
+        let opening = (open.round, open.opened_at_ms);
+        let inner = match TrainerRound::new(config, &identity, &mut rng) {
+            Ok(inner) => inner,
+            Err(error) => return self.log(Level::Warn, round, format!("no secure round: {error}")),
+        };
+        let keys = to_wire_keys(inner.keys());
+        self.secure_state.trainer = Some(SecureTrainer {
+            opening,
+            leader,
+            inner,
+            rng,
+            max_weight: None,
+            shares: None,
+            update: None,
+            masked_sent: false,
+        });
+        self.secure_send(leader, opening, SecureBody::Keys(keys), now);
+    }
+
+    /// Sends a secure message of this opening: to itself directly, else as an effect.
+    fn secure_send(&mut self, to: MemberId, opening: OpeningKey, body: SecureBody, now: u64) {
+        let message = SecureAggregation {
+            job: self.setup.job,
+            round: opening.0,
+            opened_at_ms: opening.1,
+            sender: self.me(),
+            body,
+        };
+        if to == self.me() {
+            if let Err(refusal) = self.on_secure(self.me(), message, now) {
+                self.log(Level::Warn, opening.0, refusal.detail);
+            }
+            return;
+        }
+        let until_ms = self.phase.open().map_or(now, |o| o.deadline_ms);
+        self.effects.push(Effect::SendSecure { to, message, until_ms });
+    }
+
+    /// A verified secure message: for this member's trainer side or its leader side, of the
+    /// opening it follows.
+    pub(super) fn on_secure(
+        &mut self,
+        signer: MemberId,
+        message: SecureAggregation,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        if signer != message.sender || message.job != self.setup.job {
+            let detail = format!("a secure message signed by {signer} for another sender or job");
+            return Err(Refusal::new(Reason::RejectedUpdate, detail));
+        }
+        let opening = (message.round, message.opened_at_ms);
+        match message.body {
+            SecureBody::Keys(keys) => self.leader_keys(signer, opening, keys, now),
+            SecureBody::Shares(shares) => self.leader_shares(signer, opening, shares, now),
+            SecureBody::Masked { samples, values } => {
+                self.leader_masked(signer, opening, samples, &values, now)
+            }
+            SecureBody::Unmasking { self_mask, mask_key } => {
+                let shares = UnmaskingShares {
+                    self_mask: self_mask.into_iter().map(from_wire_part).collect(),
+                    mask_key: mask_key.into_iter().map(from_wire_part).collect(),
+                };
+                self.leader_unmasking(signer, opening, shares, now)
+            }
+            SecureBody::RelayKeys { max_weight, keys } => {
+                self.trainer_keys(signer, opening, max_weight, keys, now)
+            }
+            SecureBody::RelayShares(shares) => self.trainer_shares(signer, opening, shares, now),
+            SecureBody::Unmask { survivors, dropped } => {
+                self.trainer_unmask(signer, opening, &survivors, &dropped, now)
+            }
+        }
+    }
+
+    /// The trainer side of `opening`, from its leader.
+    fn trainer_for(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+    ) -> Result<&mut SecureTrainer, Refusal> {
+        match self.secure_state.trainer.as_mut() {
+            Some(t) if t.opening == opening && t.leader == signer => Ok(t),
+            Some(t) if t.opening == opening => Err(Refusal::new(
+                Reason::NotAggregating,
+                format!("{signer} does not lead this secure round"),
+            )),
+            _ => Err(Refusal::new(Reason::StaleOpening, "not this member's secure round")),
+        }
+    }
+
+    /// The leader side of `opening`, for one of its trainers.
+    fn leader_for(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+    ) -> Result<&mut SecureLeader, Refusal> {
+        match self.secure_state.leader.as_mut() {
+            Some(l) if l.opening == opening && l.trainers.binary_search(&signer).is_ok() => Ok(l),
+            Some(l) if l.opening == opening => Err(Refusal::new(
+                Reason::NotSelected,
+                format!("{signer} does not train in this secure round"),
+            )),
+            _ => Err(Refusal::new(Reason::NotAggregating, "this member leads no such round")),
+        }
+    }
+
+    /// Trainer: its neighbours' keys arrived; it deals them shares.
+    fn trainer_keys(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+        max_weight: u64,
+        keys: Vec<SecureKeys>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let job = self.setup.job;
+        let trainer = self.trainer_for(signer, opening)?;
+        let keys: Vec<RoundKeys> = keys
+            .into_iter()
+            .map(|k| from_wire_keys(job, opening.0, k))
+            .collect::<Result<_, _>>()?;
+        let shares = trainer.inner.shares_for(&keys, &mut trainer.rng).map_err(refused)?;
+        trainer.max_weight = Some(max_weight.max(1));
+        let leader = trainer.leader;
+        let wire = shares.into_iter().map(to_wire_share).collect();
+        self.secure_send(leader, opening, SecureBody::Shares(wire), now);
+        Ok(())
+    }
+
+    /// Trainer: the shares dealt to it arrived; it masks its update once trained.
+    fn trainer_shares(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+        shares: Vec<SealedShare>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let trainer = self.trainer_for(signer, opening)?;
+        if trainer.shares.is_some() {
+            return Err(Refusal::new(Reason::Duplicate, "the shares were relayed already"));
+        }
+        trainer.shares = Some(shares.into_iter().map(from_wire_share).collect());
+        self.send_masked(now);
+        Ok(())
+    }
+
+    /// Trainer: local training finished in a secure round; the update is clipped (noised under
+    /// distributed DP), weighted and kept until it can be masked.
+    pub(super) fn secure_trained(&mut self, trained: LocalUpdate, now: u64) {
+        let Some(open) = self.phase.open() else { return };
+        let samples = trained.samples.min(self.weight_bound(&self.me())).max(1);
+        let values = match self.with_noise_share(open, samples, &trained.delta) {
+            Some(noised) => noised,
+            None => {
+                let mut clipped = trained.delta.to_vec();
+                clip(&mut clipped, self.secure_clip());
+                clipped
+            }
+        };
+        let round = open.round;
+        let Some(trainer) = self.secure_state.trainer.as_mut() else {
+            return self.log(Level::Warn, round, "trained, but in no secure round");
+        };
+        trainer.update = Some((samples, values));
+        self.set_own(Own::Sent);
+        self.send_masked(now);
+    }
+
+    /// Trainer: once trained and holding its neighbours' shares, sends its masked update.
+    fn send_masked(&mut self, now: u64) {
+        let clip_norm = self.secure_clip();
+        let Some(trainer) = self.secure_state.trainer.as_mut() else { return };
+        let (Some(max_weight), Some(shares), Some((samples, values))) =
+            (trainer.max_weight, trainer.shares.as_ref(), trainer.update.as_ref())
+        else {
+            return;
+        };
+        if trainer.masked_sent {
+            return;
+        }
+        let round = trainer.opening.0;
+        let samples = (*samples).min(max_weight);
+        let trainers = trainer.inner_members();
+        let masked = quantizer(clip_norm, max_weight, trainers)
+            .and_then(|q| {
+                let weighted: Vec<f32> = values.iter().map(|v| v * samples as f32).collect();
+                q.quantize(&weighted)
+            })
+            .and_then(|quantized| trainer.inner.masked_input(&quantized, shares));
+        let values = match masked {
+            Ok(values) => values,
+            Err(error) => {
+                return self.log(Level::Warn, round, format!("cannot mask the update: {error}"));
+            }
+        };
+        trainer.masked_sent = true;
+        let (leader, opening) = (trainer.leader, trainer.opening);
+        self.secure_send(leader, opening, SecureBody::Masked { samples, values }, now);
+    }
+
+    /// Trainer: the leader asks it to unmask; it reveals the shares the report allows.
+    fn trainer_unmask(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+        survivors: &[MemberId],
+        dropped: &[MemberId],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let trainer = self.trainer_for(signer, opening)?;
+        let shares = trainer.inner.unmasking_shares(survivors, dropped).map_err(refused)?;
+        let leader = trainer.leader;
+        let body = SecureBody::Unmasking {
+            self_mask: shares.self_mask.into_iter().map(to_wire_part).collect(),
+            mask_key: shares.mask_key.into_iter().map(to_wire_part).collect(),
+        };
+        self.secure_send(leader, opening, body, now);
+        Ok(())
+    }
+
+    /// Leader: a trainer's round keys.
+    fn leader_keys(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+        keys: SecureKeys,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let job = self.setup.job;
+        let leader = self.leader_for(signer, opening)?;
+        let keys = from_wire_keys(job, opening.0, keys)?;
+        if keys.member != signer {
+            return Err(Refusal::new(Reason::RejectedUpdate, "round keys of another member"));
+        }
+        leader.inner.add_keys(keys).map_err(refused)?;
+        self.advance_secure(now);
+        Ok(())
+    }
+
+    /// Leader: a trainer's encrypted shares for its neighbours.
+    fn leader_shares(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+        shares: Vec<SealedShare>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let leader = self.leader_for(signer, opening)?;
+        let shares: Vec<EncryptedShare> = shares.into_iter().map(from_wire_share).collect();
+        leader.inner.add_shares(signer, shares).map_err(refused)?;
+        leader.dealt += 1;
+        self.advance_secure(now);
+        Ok(())
+    }
+
+    /// Leader: a trainer's masked update, added to the running sum (kept nowhere else).
+    fn leader_masked(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+        samples: u64,
+        values: &[u64],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let bound = self.weight_bound(&signer);
+        let leader = self.leader_for(signer, opening)?;
+        if samples > bound.min(leader.max_weight) {
+            let detail = format!("{signer}'s masked update weighs {samples}, more than its bound");
+            return Err(Refusal::new(Reason::InflatedSamples, detail));
+        }
+        leader.inner.add_masked_input(signer, values).map_err(refused)?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        leader.hashes.insert(signer, ContentHash::of(&bytes));
+        leader.weights.insert(signer, samples);
+        self.advance_secure(now);
+        Ok(())
+    }
+
+    /// Leader: a survivor's revealed shares; the round closes once the sum unmasks.
+    fn leader_unmasking(
+        &mut self,
+        signer: MemberId,
+        opening: OpeningKey,
+        shares: UnmaskingShares,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let leader = self.leader_for(signer, opening)?;
+        if matches!(leader.step, Step::Done) {
+            return Ok(()); // the sum unmasked without them
+        }
+        leader.inner.add_unmasking_shares(signer, &shares).map_err(refused)?;
+        self.advance_secure(now);
+        Ok(())
+    }
+
+    /// Leader: closes each step that has every input, or whose time is up.
+    pub(super) fn advance_secure(&mut self, now: u64) {
+        let required = self.phase.open().and_then(|o| o.leading.as_ref()).map_or(1, |l| l.required);
+        let Some(leader) = self.secure_state.leader.as_mut() else { return };
+        let round = leader.opening.0;
+        let outcome = match leader.step {
+            Step::Keys => leader.close_keys_if_due(now),
+            Step::Shares => leader.close_shares_if_due(now),
+            Step::Inputs => leader.close_inputs_if_due(now, required),
+            Step::Unmasking => return self.finish_secure(now),
+            Step::Failed | Step::Done => return,
+        };
+        match outcome {
+            Ok(sends) if sends.is_empty() => {}
+            Ok(sends) => {
+                let opening = leader.opening;
+                for (to, body) in sends {
+                    self.secure_send(to, opening, body, now);
+                }
+                self.advance_secure(now);
+            }
+            Err(error) => {
+                leader.step = Step::Failed;
+                let text =
+                    format!("secure round failed: {error}; opening it again at its deadline");
+                self.log(Level::Warn, round, text);
+            }
+        }
+    }
+
+    /// Leader: once the sum unmasks, the survivors' mean goes into the top slot and the round
+    /// closes as any other.
+    fn finish_secure(&mut self, now: u64) {
+        let clip_norm = self.secure_clip();
+        let Some(leader) = self.secure_state.leader.as_mut() else { return };
+        let Ok(sum) = leader.inner.sum() else { return }; // more shares to come
+        let round = leader.opening.0;
+        let mean = quantizer(clip_norm, leader.max_weight, leader.trainers.len()).map(|q| {
+            let total: u64 = leader.weights.values().sum();
+            let mut mean = q.dequantize(&sum);
+            mean.iter_mut().for_each(|v| *v /= total.max(1) as f32);
+            (mean, total)
+        });
+        let contributions: Vec<Contribution> = leader
+            .weights
+            .iter()
+            .map(|(member, samples)| Contribution {
+                member: *member,
+                delta: leader.hashes.get(member).copied().unwrap_or(ContentHash([0; 32])),
+                samples: *samples,
+            })
+            .collect();
+        leader.step = Step::Done;
+        let (mean, _) = match mean {
+            Ok(mean) => mean,
+            Err(error) => return self.log(Level::Warn, round, format!("cannot unmask: {error}")),
+        };
+        let Some(open) = self.phase.open_mut() else { return };
+        let Some(top) = open.slots.iter_mut().find(|s| s.parent.is_none()) else { return };
+        if let Err(refusal) = top.accept_secure_mean(&mean, contributions) {
+            return self.log(Level::Warn, round, refusal.detail);
+        }
+        self.close_round(now);
+    }
+
+    /// Whether the leader's secure round is still under way (its deadline waits for it).
+    pub(super) fn secure_under_way(&self, now: u64) -> bool {
+        self.secure_state.leader.as_ref().is_some_and(|l| {
+            !matches!(l.step, Step::Failed | Step::Done)
+                && now < l.deadline_ms + (l.deadline_ms - l.shares_until_ms) / 2
+        })
+    }
+}
+
+impl SecureTrainer {
+    /// How many trainers the round has (the quantizer's bound on the summands).
+    fn inner_members(&self) -> usize {
+        self.inner.config().pairing().members().len()
+    }
+}
+
+/// Messages the leader sends when it closes a step.
+type Sends = Vec<(MemberId, SecureBody)>;
+
+impl SecureLeader {
+    fn close_keys_if_due(&mut self, now: u64) -> Result<Sends, SecAggError> {
+        if self.inner.keyed().len() < self.trainers.len() && now < self.keys_until_ms {
+            return Ok(Vec::new());
+        }
+        self.inner.close_keys()?;
+        self.step = Step::Shares;
+        let mut sends = Vec::new();
+        for trainer in self.inner.keyed() {
+            let keys = self.inner.keys_for(&trainer)?;
+            let keys = keys.iter().map(to_wire_keys).collect();
+            sends.push((trainer, SecureBody::RelayKeys { max_weight: self.max_weight, keys }));
+        }
+        Ok(sends)
+    }
+
+    fn close_shares_if_due(&mut self, now: u64) -> Result<Sends, SecAggError> {
+        if self.dealt < self.inner.keyed().len() && now < self.shares_until_ms {
+            return Ok(Vec::new());
+        }
+        self.inner.close_shares()?;
+        self.step = Step::Inputs;
+        let mut sends = Vec::new();
+        for trainer in self.inner.dealers() {
+            let shares = self.inner.shares_for(&trainer)?;
+            sends.push((
+                trainer,
+                SecureBody::RelayShares(shares.into_iter().map(to_wire_share).collect()),
+            ));
+        }
+        Ok(sends)
+    }
+
+    fn close_inputs_if_due(&mut self, now: u64, required: usize) -> Result<Sends, SecAggError> {
+        let received = self.weights.len();
+        let all = received == self.inner.dealers().len();
+        if !all && (now < self.deadline_ms || received < required.max(1)) {
+            return Ok(Vec::new());
+        }
+        let Dropouts { survivors, dropped } = self.inner.close_inputs()?;
+        self.step = Step::Unmasking;
+        let body = SecureBody::Unmask { survivors: survivors.clone(), dropped };
+        Ok(survivors.into_iter().map(|s| (s, body.clone())).collect())
+    }
+}
+
+fn to_wire_keys(keys: &RoundKeys) -> SecureKeys {
+    SecureKeys {
+        member: keys.member,
+        mask_key: keys.mask_key,
+        encryption_key: keys.encryption_key,
+        self_mask_commitment: keys.self_mask_commitment,
+        signature: keys.signature.to_vec(),
+    }
+}
+
+/// A peer's wire keys as round keys of this job and round (their signature is checked where
+/// they are used).
+fn from_wire_keys(
+    job: fedmesh_protocol::ids::JobId,
+    round: Round,
+    keys: SecureKeys,
+) -> Result<RoundKeys, Refusal> {
+    let signature: [u8; 64] = keys.signature.as_slice().try_into().map_err(|_| {
+        Refusal::new(Reason::RejectedUpdate, "a round keys signature is not 64 bytes")
+    })?;
+    Ok(RoundKeys {
+        job,
+        round,
+        member: keys.member,
+        mask_key: keys.mask_key,
+        encryption_key: keys.encryption_key,
+        self_mask_commitment: keys.self_mask_commitment,
+        signature,
+    })
+}
+
+fn to_wire_share(share: EncryptedShare) -> SealedShare {
+    SealedShare { sender: share.sender, recipient: share.recipient, ciphertext: share.ciphertext }
+}
+
+fn from_wire_share(share: SealedShare) -> EncryptedShare {
+    EncryptedShare {
+        sender: share.sender,
+        recipient: share.recipient,
+        ciphertext: share.ciphertext,
+    }
+}
+
+fn to_wire_part(part: RevealedShare) -> RevealedPart {
+    RevealedPart { owner: part.owner, share: part.share }
+}
+
+fn from_wire_part(part: RevealedPart) -> RevealedShare {
+    RevealedShare { owner: part.owner, share: part.share }
+}
