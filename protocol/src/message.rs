@@ -776,6 +776,7 @@ scoped!(Assignment, round, base_model);
 scoped!(AggregateReady, round, base_model);
 scoped!(EvalReport, round);
 scoped!(FraudProof, round);
+scoped!(SecureAggregation, round);
 scoped!(ModelDelta, round, base_model);
 scoped!(PartialAggregate, round, base_model);
 scoped!(RingChunk, round, base_model);

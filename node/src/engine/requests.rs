@@ -74,6 +74,9 @@ impl Engine {
             Ok((Request::RingChunk(chunk), payload)) => {
                 return self.receive(Unverified::Chunk(chunk), payload, (channel, held));
             }
+            Ok((Request::Secure(message), _)) => {
+                return self.on_secure_request(message, (channel, held)).await;
+            }
         };
         respond(&self.network, channel, response, payload, held).await;
     }

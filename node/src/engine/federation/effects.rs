@@ -37,6 +37,9 @@ impl Engine {
                 self.send_partial(id, to, partial, until_ms)
             }
             Effect::SendChunk { to, chunk, until_ms } => self.send_chunk(id, to, chunk, until_ms),
+            Effect::SendSecure { to, message, until_ms } => {
+                self.send_secure(id, to, message, until_ms)
+            }
             Effect::Answer { request, outcome } => self.answer(id, request, outcome).await,
             Effect::ServeResult { request, result, .. } => {
                 self.serve_result(id, request, result).await

@@ -270,6 +270,8 @@ impl Engine {
             roles: self.settings.roles.clone(),
             samples: local.train.len() as u64,
             noise_key: rand::random(),
+            // A secure round's keys are signed inside the machine's messages.
+            identity: Some(self.identity.clone()),
             ticket: self.ticket(&job).unwrap_or_else(|error| {
                 tracing::warn!(%job, %error, "cannot read the job's ticket: joining without");
                 None

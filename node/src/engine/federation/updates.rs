@@ -11,13 +11,13 @@ use crate::identity::peer_of_member;
 use crate::metrics::Metrics;
 use crate::network::{Frame, Held, Network};
 use fedmesh_federation::member::Reason;
-use fedmesh_federation::member::{ChunkToSend, DeltaToSend, PartialToSend, Refusal, Update};
+use fedmesh_federation::member::{ChunkToSend, DeltaToSend, Event, PartialToSend, Refusal, Update};
 use fedmesh_protocol::codec::{Payload, decode_response, encode_request_header};
-use fedmesh_protocol::envelope::{CarriesPayload, Scope, Scoped, Signed, SignedBody};
+use fedmesh_protocol::envelope::{CarriesPayload, Denied, Scope, Scoped, Signed, SignedBody};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{JobId, MemberId};
 use fedmesh_protocol::message::{
-    ModelDelta, PartialAggregate, Request, Response, RingChunk, unix_millis,
+    ModelDelta, PartialAggregate, Request, Response, RingChunk, SecureAggregation, unix_millis,
 };
 use fedmesh_protocol::model::TensorLayout;
 use fedmesh_protocol::spec::DeltaEncoding;
@@ -270,6 +270,50 @@ impl Engine {
             let signed = Signed::sign(identity, body).map_err(|e| e.to_string())?;
             Ok((Request::RingChunk(signed), payload))
         });
+    }
+
+    /// Signs and sends a secure round's message (keys, shares, a masked update, an unmasking)
+    /// to `to` until `until_ms`.
+    pub(super) fn send_secure(
+        &self,
+        id: JobId,
+        to: MemberId,
+        message: SecureAggregation,
+        until_ms: u64,
+    ) {
+        self.send_encoded(id, to, until_ms, move |identity| {
+            let signed = Signed::sign(identity, message).map_err(|e| e.to_string())?;
+            Ok((Request::Secure(signed), Vec::new()))
+        });
+    }
+
+    /// A secure round's message from a peer: verified (its signer is the sender it names, for
+    /// a job this node runs), then handed to the job's machine, which answers it.
+    pub(in crate::engine) async fn on_secure_request(
+        &mut self,
+        message: Signed<SecureAggregation>,
+        reply: Reply,
+    ) {
+        let job = message.unverified_body().job;
+        let scope = Scope::job(job);
+        let verified = message.verify(|signer, body| {
+            scope.admits(body)?;
+            Denied::unless_signer_is(signer, &body.sender, "the message's sender")
+        });
+        let refused = match (verified, self.runs.get_mut(&job)) {
+            (Ok(verified), Some(run)) => {
+                let (signer, message) = (verified.signer(), verified.into_body());
+                let request = run.keep_reply(reply, "secure");
+                // The machine answers through `Effect::Answer`.
+                self.handle(job, Event::Secure { signer, message, request }).await;
+                return;
+            }
+            (Ok(_), None) => {
+                Refusal::new(Reason::NotJoined, format!("this node is not in job {job}"))
+            }
+            (Err(error), _) => Refusal::new(Reason::BadMessage, error.to_string()),
+        };
+        refuse(&self.network, &self.metrics, (job, "secure"), refused, reply).await;
     }
 
     /// Makes a request with `make` on the blocking pool and sends it to `to` until `until_ms`.
