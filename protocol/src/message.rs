@@ -582,8 +582,10 @@ impl SignedBody for RingChunk {
     }
 }
 
-/// Most coordinates of a masked update carried inline in a [`SecureAggregation`] message.
-pub const MAX_MASKED_VALUES: usize = 1 << 17;
+/// Most coordinates of a masked update carried inline in a [`SecureAggregation`] message: a
+/// masked value takes up to 9 bytes encoded, and the request must stay under the 1 MiB
+/// request-header limit (`codec::MAX_REQUEST_HEADER_BYTES`).
+pub const MAX_MASKED_VALUES: usize = 100_000;
 /// Most bytes of one encrypted or revealed share, or of a signature, in a secure round.
 pub const MAX_SECURE_BLOB_BYTES: usize = 256;
 

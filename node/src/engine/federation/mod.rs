@@ -221,6 +221,19 @@ fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
     Ok(tag)
 }
 
+/// A secure job's masked updates travel inline in one request: its model must fit one.
+fn check_secure_size(spec: &JobSpec, params: usize) -> Result<(), EngineError> {
+    let limit = fedmesh_protocol::message::MAX_MASKED_VALUES;
+    if spec.privacy.secure_aggregation && params > limit {
+        return Err(EngineError::Invalid(format!(
+            "privacy.secure_aggregation: masked updates travel inline, at most {limit} \
+             parameters for now, and job `{}`'s model has {params}",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
 fn encode_model(params: &[f32]) -> Result<Vec<u8>, EngineError> {
     encode_params(params, TensorEncoding::F32Le, None)
         .map_err(|e| EngineError::Invalid(e.to_string()))
@@ -238,6 +251,7 @@ impl Engine {
         self.check_admitted(&id, &spec)?;
         let local = self.load_local(id, &spec, "add it to the `datasets` setting")?;
         let params = self.initial_model(&spec, &local).await?;
+        check_secure_size(&spec, params.len())?;
         let blob = encode_model(&params)?;
         let mut batch = self.store.batch();
         let model = batch.put_blob(&blob)?;
@@ -451,5 +465,30 @@ impl Engine {
         let signer = self.identity.member_id();
         let message = fedmesh_federation::member::Gossip::Stop(stop);
         self.handle(id, Event::Gossip { signer, message }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secure_job_whose_model_does_not_fit_one_request_is_refused_with_the_reason() {
+        let owner = MemberId([1; 32]).to_string();
+        let json = serde_json::json!({
+            "name": "big", "owner": owner, "model": "softmax", "dataset": "mnist5k",
+            "strategy": {"rule": "fedavg", "clip_norm": 1.0},
+            "privacy": {"secure_aggregation": true},
+        });
+        let spec = JobSpec::from_json(json.to_string().as_bytes()).unwrap();
+        let limit = fedmesh_protocol::message::MAX_MASKED_VALUES;
+        assert!(check_secure_size(&spec, limit).is_ok());
+        let refused = check_secure_size(&spec, limit + 1).unwrap_err().to_string();
+        assert!(
+            refused.contains("privacy.secure_aggregation") && refused.contains("100001"),
+            "{refused}"
+        );
+        let plain = JobSpec { privacy: Default::default(), ..spec };
+        assert!(check_secure_size(&plain, limit + 1).is_ok());
     }
 }
