@@ -11,7 +11,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The flags a scenario file sets instead.
-const JOB_FLAGS: [&str; 14] = [
+const JOB_FLAGS: [&str; 15] = [
     "nodes",
     "rounds",
     "topology",
@@ -26,6 +26,7 @@ const JOB_FLAGS: [&str; 14] = [
     "lr",
     "seed",
     "round_deadline_secs",
+    "secure_aggregation",
 ];
 
 /// Runs one federated job on N `fedmesh` nodes on 127.0.0.1: partitions the data set among them,
@@ -109,6 +110,15 @@ struct Args {
     /// (split on spaces); the job's model is then `external` with the layout of --model.
     #[arg(long)]
     trainer: Option<String>,
+    /// Secure aggregation: each round's aggregator learns only the sum of the trainers'
+    /// updates, which they clip to --clip-norm, quantize and mask (the job spec's
+    /// `privacy.secure_aggregation`; central topology, FedAvg, models of at most 100,000
+    /// parameters, such as softmax).
+    #[arg(long)]
+    secure_aggregation: bool,
+    /// The norm trainers clip their updates to under --secure-aggregation.
+    #[arg(long, default_value_t = 20.0, requires = "secure_aggregation")]
+    clip_norm: f32,
     /// Run the jobs orchestrated: a coordinator node (not a member) owns each job, selects its
     /// trainers and assigns its aggregators every round.
     #[arg(long)]
@@ -156,6 +166,10 @@ impl Args {
             round_deadline_secs: self.round_deadline_secs,
             trainer: trainer_command(self.trainer.as_deref())?,
             orchestrated: self.orchestrated,
+            strategy: self
+                .secure_aggregation
+                .then(|| json!({"rule": "fedavg", "clip_norm": self.clip_norm})),
+            privacy: self.secure_aggregation.then(|| json!({"secure_aggregation": true})),
             ..ScenarioFile::default()
         };
         let problems = file.problems();
