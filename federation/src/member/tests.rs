@@ -2114,6 +2114,28 @@ fn a_secure_central_round_sends_only_masked_updates_and_makes_the_plain_model() 
     }
 }
 
+/// What a secure round's leader receives is masked, never a trainer's update: member b's update
+/// is b/100 on every parameter, so its quantized form is a constant vector, while each masked
+/// vector the leader got has no two coordinates alike. No plain delta reaches it, and the
+/// other messages carry keys and shares, not vectors.
+#[test]
+fn a_secure_rounds_leader_receives_only_masked_updates_keys_and_shares() {
+    use fedmesh_protocol::message::SecureBody;
+    let mut secure = four_central_secure(2, true);
+    secure.run(60_000);
+    secure.assert_agree();
+    assert!(secure.deltas.is_empty(), "no plain update travels");
+    let mut masked = 0;
+    for (from, to, message) in &secure.secure_sent {
+        let SecureBody::Masked { values, .. } = &message.body else { continue };
+        assert_ne!(from, to);
+        let distinct: BTreeSet<u64> = values.iter().copied().collect();
+        assert_eq!(distinct.len(), values.len(), "{from} sent {to} an unmasked update: {values:?}");
+        masked += 1;
+    }
+    assert_eq!(masked, 2 * 3, "three trainers a round send the leader a masked update");
+}
+
 #[test]
 fn a_secure_round_completes_when_a_trainer_drops_after_its_masked_update_or_before() {
     // Member 3 never hears the unmask request (dropped after sending its masked update).
