@@ -214,17 +214,7 @@ impl Store {
         table: Table,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
-        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
-        let mut records = Vec::new();
-        for item in self.db.iterator_cf(self.handle(table)?, mode) {
-            let (key, value) = item.map_err(|e| self.rocks(e))?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            let record = decode_record(table, &key, &value)?;
-            records.push((key.into_vec(), record));
-        }
-        Ok(records)
+        self.scan_with(table, prefix, |key, value| decode_record(table, key, value))
     }
 
     /// Like [`scan`](Self::scan), each record decoded as `V` or, failing that, as the layout
@@ -235,6 +225,20 @@ impl Store {
         table: Table,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        self.scan_with(table, prefix, |key, value| {
+            decode_record::<V>(table, key, value).or_else(|error| {
+                decode_record::<Old>(table, key, value).map(Into::into).map_err(|_| error)
+            })
+        })
+    }
+
+    /// Every record whose key starts with `prefix`, in key order, each made by `decode`.
+    fn scan_with<V>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        decode: impl Fn(&[u8], &[u8]) -> Result<V, StoreError>,
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
         let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
         let mut records = Vec::new();
         for item in self.db.iterator_cf(self.handle(table)?, mode) {
@@ -242,9 +246,7 @@ impl Store {
             if !key.starts_with(prefix) {
                 break;
             }
-            let record = decode_record::<V>(table, &key, &value).or_else(|error| {
-                decode_record::<Old>(table, &key, &value).map(Into::into).map_err(|_| error)
-            })?;
+            let record = decode(&key, &value)?;
             records.push((key.into_vec(), record));
         }
         Ok(records)
