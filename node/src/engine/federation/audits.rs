@@ -12,7 +12,7 @@ use fedmesh_federation::member::{Accusation, Event, Refusal};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
 use fedmesh_protocol::message::{AggregateReady, FraudProof, GossipMessage, Response, unix_millis};
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params, hash_f32};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 /// Most bytes of contributions a job keeps for auditors; the ones whose window ends first go
@@ -20,10 +20,12 @@ use std::sync::{Arc, Mutex};
 pub const MAX_KEPT_BYTES: usize = 1 << 30;
 
 /// The deltas a verifiable job keeps for auditors, by payload hash, each until its audit
-/// window closes.
+/// window closes; indexed by that time too, so dropping what expired (or expires first) never
+/// walks the whole map.
 #[derive(Default)]
 pub struct Contributions {
     kept: BTreeMap<ContentHash, (Arc<Vec<u8>>, u64)>,
+    by_expiry: BTreeSet<(u64, ContentHash)>,
     bytes: usize,
 }
 
@@ -34,7 +36,7 @@ impl Contributions {
     /// Keeps `bytes` (the payload hashing to `hash`) until `until_ms`, dropping what expired,
     /// then what expires first while the bound is exceeded.
     pub fn hold(&mut self, hash: ContentHash, bytes: Arc<Vec<u8>>, until_ms: u64, now: u64) {
-        self.expire(now);
+        self.drop_expiring_before(now);
         if bytes.len() > MAX_KEPT_BYTES {
             return;
         }
@@ -42,9 +44,9 @@ impl Contributions {
         self.drop_one(&hash);
         self.bytes += bytes.len();
         self.kept.insert(hash, (bytes, until_ms));
+        self.by_expiry.insert((until_ms, hash));
         while self.bytes > MAX_KEPT_BYTES {
-            let first = self.kept.iter().min_by_key(|(_, (_, until))| *until).map(|(h, _)| *h);
-            let Some(first) = first else { break };
+            let Some(&(_, first)) = self.by_expiry.first() else { break };
             self.drop_one(&first);
         }
     }
@@ -52,8 +54,11 @@ impl Contributions {
     /// Keeps the listed contributions at least until `until_ms`.
     pub fn keep_until(&mut self, hashes: &[ContentHash], until_ms: u64) {
         for hash in hashes {
-            if let Some((_, until)) = self.kept.get_mut(hash) {
-                *until = (*until).max(until_ms);
+            let Some((_, until)) = self.kept.get_mut(hash) else { continue };
+            if *until < until_ms {
+                self.by_expiry.remove(&(*until, *hash));
+                self.by_expiry.insert((until_ms, *hash));
+                *until = until_ms;
             }
         }
     }
@@ -63,15 +68,19 @@ impl Contributions {
         self.kept.get(hash).filter(|(_, until)| *until >= now).map(|(bytes, _)| bytes.clone())
     }
 
-    fn expire(&mut self, now: u64) {
-        let expired: Vec<ContentHash> =
-            self.kept.iter().filter(|(_, (_, until))| *until < now).map(|(h, _)| *h).collect();
-        expired.iter().for_each(|hash| self.drop_one(hash));
+    fn drop_expiring_before(&mut self, now: u64) {
+        while let Some(&(until, hash)) = self.by_expiry.first() {
+            if until >= now {
+                break;
+            }
+            self.drop_one(&hash);
+        }
     }
 
     fn drop_one(&mut self, hash: &ContentHash) {
-        if let Some((bytes, _)) = self.kept.remove(hash) {
+        if let Some((bytes, until)) = self.kept.remove(hash) {
             self.bytes -= bytes.len();
+            self.by_expiry.remove(&(until, *hash));
         }
     }
 }
@@ -276,12 +285,18 @@ async fn fetch_contribution(
 ) -> Result<Vec<u8>, String> {
     let mut last = "no member to fetch it from".to_owned();
     for source in std::iter::once(member).chain(from.iter().copied()) {
-        match fetch_blob(network, source, hash, params * 4 + 64).await {
+        match fetch_blob(network, source, hash, largest_delta_bytes(params)).await {
             Ok(bytes) => return Ok(bytes),
             Err(error) => last = error,
         }
     }
     Err(last)
+}
+
+/// The most bytes a delta of `params` values takes in any encoding (top-k's (index, value)
+/// pairs, 8 bytes each, at a fraction of 1; f32 takes 4), with room for its header.
+fn largest_delta_bytes(params: usize) -> usize {
+    params.saturating_mul(8).saturating_add(1024)
 }
 
 /// The model a result's contributions make over `base`, and its hash as the aggregator's
