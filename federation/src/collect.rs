@@ -353,7 +353,8 @@ impl Collecting {
     }
 
     /// Takes a secure round's unmasked mean of the survivors' updates (weighted by the samples
-    /// each declared): the slot's only input, folded in as a partial aggregate would be.
+    /// each declared): the slot's direct trainers' input, folded in as a partial aggregate would
+    /// be. The trainers who dropped out are no longer waited for.
     pub fn accept_secure_mean(
         &mut self,
         mean: &[f32],
@@ -369,10 +370,11 @@ impl Collecting {
         }
         let weights =
             contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
-        let sum = Sum::from_mean(mean, weights.collect())
+        let part = Sum::from_mean(mean, weights.collect())
             .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
-        self.lower = Some(sum);
-        self.contributions = contributions;
+        self.merge_lower(part)?;
+        self.direct.retain(|member| contributions.iter().any(|c| c.member == *member));
+        self.contributions.extend(contributions);
         Ok(())
     }
 
@@ -413,15 +415,23 @@ impl Collecting {
             partial.contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
         let part = Sum::from_mean(mean, weights.collect())
             .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
-        match &mut self.lower {
-            Some(lower) => {
-                lower.merge(&part).map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?
-            }
-            None => self.lower = Some(part),
-        }
+        self.merge_lower(part)?;
         self.lower_received.insert(key);
         self.contributions.extend(partial.contributions.iter().copied());
         Ok(())
+    }
+
+    /// Adds `part` to the partial aggregates combined so far.
+    fn merge_lower(&mut self, part: Sum) -> Result<(), Refusal> {
+        match &mut self.lower {
+            Some(lower) => {
+                lower.merge(&part).map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))
+            }
+            None => {
+                self.lower = Some(part);
+                Ok(())
+            }
+        }
     }
 
     /// Combines everything folded in: the slot's partial aggregate and the contributions it

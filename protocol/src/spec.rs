@@ -632,14 +632,17 @@ impl JobSpec {
         strategy
     }
 
-    /// Secure aggregation sums masked, quantized updates: the aggregator sees no update on its
+    /// Secure aggregation sums masked, quantized updates: an aggregator sees no update on its
     /// own, so nothing may need one (a robust rule, its clip, its noise, an audit), the
-    /// quantizer needs the trainers' clip, and one aggregator (the central topology's, elected
-    /// by the members) collects every trainer's masked update.
+    /// quantizer needs the trainers' clip, and each trainer sends to a slot's aggregator (no
+    /// ring passes partial sums between trainers).
     fn check_secure_aggregation(&self, p: &mut Problems) {
         let reason = "privacy.secure_aggregation: the aggregator sees only the masked sum";
-        if self.tag != TagSpec::Builtin(BuiltinTopology::Central) {
-            let message = "secure aggregation supports the central topology only for now (one                            aggregator collects every trainer's masked update)";
+        if self.tag.has_rings() {
+            let message = format!(
+                "{reason}, and a ring's members pass each other partial sums: use the central \
+                 or the hierarchical topology (each group's aggregator sums its group securely)"
+            );
             p.push("tag", message);
         }
         if self.strategy.rule != AggregationRule::FedAvg {

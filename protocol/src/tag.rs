@@ -12,6 +12,18 @@ pub enum TagSpec {
     Schema(TagSchema),
 }
 
+impl TagSpec {
+    /// Whether trainers all-reduce in a ring (a channel from a role to itself).
+    pub fn has_rings(&self) -> bool {
+        match self {
+            Self::Builtin(builtin) => {
+                matches!(builtin, BuiltinTopology::Ring | BuiltinTopology::Hybrid)
+            }
+            Self::Schema(schema) => schema.channels.iter().any(|c| c.pair[0] == c.pair[1]),
+        }
+    }
+}
+
 /// The topologies fedmesh knows by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

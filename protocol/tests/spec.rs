@@ -424,6 +424,11 @@ fn secure_aggregation_is_off_by_default_and_the_trainers_clip() {
     assert_eq!(again, spec);
 }
 
+fn secure_clipped() -> Value {
+    let secure = with(minimal(), "privacy", json!({"secure_aggregation": true}));
+    with(secure, "strategy", json!({"rule": "fedavg", "clip_norm": 1.0}))
+}
+
 #[test]
 fn secure_aggregation_refuses_what_needs_an_update_on_its_own_with_the_reason() {
     let secure = with(minimal(), "privacy", json!({"secure_aggregation": true}));
@@ -432,7 +437,8 @@ fn secure_aggregation_refuses_what_needs_an_update_on_its_own_with_the_reason() 
     let median = json!({"rule": "median", "clip_norm": 1.0, "noise_multiplier": 0.5});
     let spec = with(with(secure.clone(), "strategy", median), "tag", json!("ring"));
     let found = problems(&spec).join("\n");
-    assert!(found.contains("tag: secure aggregation supports the central topology"), "{found}");
+    assert!(found.contains("tag: privacy.secure_aggregation: the aggregator sees"), "{found}");
+    assert!(found.contains("use the central or the hierarchical topology"), "{found}");
     assert!(found.contains("strategy.rule: privacy.secure_aggregation"), "{found}");
     assert!(found.contains("strategy.noise_multiplier: privacy.secure_aggregation"), "{found}");
     let audited = with(secure.clone(), "verification", json!({"auditors": "all"}));
@@ -442,6 +448,9 @@ fn secure_aggregation_refuses_what_needs_an_update_on_its_own_with_the_reason() 
     let orchestrated = with(secure, "coordinator", json!(coordinator.to_string()));
     let found = problems(&orchestrated).join("\n");
     assert!(found.contains("coordinator: privacy.secure_aggregation"), "{found}");
+    // Each group's aggregator sums its group securely.
+    let grouped = with(secure_clipped(), "tag", json!("hierarchical"));
+    assert!(parse(&grouped).is_ok());
     // Distributed noise combines: each trainer adds its share before masking.
     let noised = json!({"rule": "fedavg", "clip_norm": 1.0, "noise_multiplier": 0.8});
     let both = json!({"secure_aggregation": true, "noise": "distributed"});

@@ -629,7 +629,7 @@ impl Member {
     }
 
     /// Finishes the slots that have every input.
-    fn finish_complete_slots(&mut self, now: u64) {
+    pub(super) fn finish_complete_slots(&mut self, now: u64) {
         loop {
             let Some(open) = self.phase.open() else { return };
             let done = open.slots.iter().find(|s| s.complete() && !s.contributions.is_empty());
@@ -646,6 +646,7 @@ impl Member {
             .iter()
             .filter(|s| s.parent.is_some() && now >= s.deadline_ms)
             .map(|s| s.slot)
+            .filter(|slot| !self.secure_under_way(*slot, now))
             .collect();
         for slot in due {
             self.finish_slot(slot, now);
@@ -718,11 +719,11 @@ impl Member {
     fn check_leader_deadline(&mut self, now: u64) {
         let Some(open) = self.phase.open() else { return };
         let Some(leading) = open.leading.as_ref() else { return };
-        if now < open.deadline_ms || self.secure_under_way(now) {
+        let top = open.slots.iter().find(|s| s.parent.is_none());
+        if now < open.deadline_ms || top.is_some_and(|top| self.secure_under_way(top.slot, now)) {
             return;
         }
         let (round, retries) = (open.round, leading.retries + 1);
-        let top = open.slots.iter().find(|s| s.parent.is_none());
         let (has_top, received) = (top.is_some(), top.map_or(0, |top| top.contributions.len()));
         if has_top && received >= leading.required && received > 0 {
             return self.close_round(now);

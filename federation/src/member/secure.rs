@@ -1,5 +1,7 @@
-//! Secure aggregation in a central round: a trainer's keys, shares and masked update, and its
-//! leader's collecting, relaying and unmasking, so that the leader learns only the sum.
+//! Secure aggregation in a round: a trainer's keys, shares and masked update, and the collecting,
+//! relaying and unmasking of the slot aggregator it sends to (its leader), so that the leader
+//! learns only the sum of its slot's trainers. Under the central topology that is the round's
+//! aggregator; under the hierarchical one, each group's.
 
 use super::phase::{OpenRound, Own};
 use super::{Effect, Level, LocalUpdate, Member, Reason, Refusal};
@@ -12,6 +14,7 @@ use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{
     Contribution, RevealedPart, SealedShare, SecureAggregation, SecureBody, SecureKeys,
 };
+use fedmesh_topologies::{Destination, Input};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::collections::BTreeMap;
@@ -19,12 +22,12 @@ use std::collections::BTreeMap;
 /// Members up to which every trainer neighbours every other (plain SecAgg).
 const COMPLETE_GRAPH_MEMBERS: usize = 16;
 
-/// A secure round's part of a member's machine: its trainer side and, when it leads, its
-/// aggregator side, for one opening of the round.
+/// A secure round's part of a member's machine: its trainer side and, for each slot it
+/// aggregates trainers in, its leader side, for one opening of the round.
 #[derive(Default)]
 pub(super) struct SecureState {
     trainer: Option<SecureTrainer>,
-    leader: Option<SecureLeader>,
+    leaders: Vec<SecureLeader>,
 }
 
 /// Which opening of which round a secure message belongs to.
@@ -57,10 +60,14 @@ enum Step {
     Done,
 }
 
-/// The leader's side of a secure round. It keeps `AggregatorRound`'s running masked sum and
-/// the weights the survivors declared, never one trainer's update.
+/// A slot aggregator's side of a secure round. It keeps `AggregatorRound`'s running masked sum
+/// and the weights the survivors declared, never one trainer's update.
 struct SecureLeader {
     opening: OpeningKey,
+    /// The slot whose trainers it sums (its index in the plan).
+    slot: usize,
+    /// The survivors the step to inputs needs at its deadline.
+    required: usize,
     inner: AggregatorRound,
     step: Step,
     trainers: Vec<MemberId>,
@@ -76,11 +83,25 @@ struct SecureLeader {
     deadline_ms: u64,
 }
 
-/// The round's public parameters, as every member derives them from the opening: its trainers,
-/// a pairing seeded by the opening, a degree of `2⌈log₂ n⌉ + 1` (all for small rounds) and the
-/// smallest threshold `RoundConfig::new` allows.
-fn round_config(open: &OpenRound, length: usize) -> Result<RoundConfig, SecAggError> {
-    let trainers = &open.plan.trainers;
+/// The trainers who send their updates straight to `slot`, in order: those its secure round sums.
+fn slot_trainers(open: &OpenRound, slot: usize) -> Vec<MemberId> {
+    let mut trainers: Vec<MemberId> = open.plan.slots[slot]
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            Input::Trainer(member) => Some(*member),
+            Input::Slot(_) | Input::Ring(_) => None,
+        })
+        .collect();
+    trainers.sort();
+    trainers
+}
+
+/// A slot's secure round's public parameters, as every member derives them from the opening:
+/// the slot's trainers, a pairing seeded by the opening and the slot, a degree of
+/// `2⌈log₂ n⌉ + 1` (all for small rounds) and the smallest threshold `RoundConfig::new` allows.
+fn round_config(open: &OpenRound, slot: usize, length: usize) -> Result<RoundConfig, SecAggError> {
+    let trainers = slot_trainers(open, slot);
     let n = trainers.len();
     let degree = if n <= COMPLETE_GRAPH_MEMBERS {
         n.saturating_sub(1)
@@ -88,8 +109,8 @@ fn round_config(open: &OpenRound, length: usize) -> Result<RoundConfig, SecAggEr
         let log = usize::BITS - (n - 1).leading_zeros();
         (2 * log as usize + 1).min(n - 1)
     };
-    let seed = opening_seed(b"secure aggregation pairing", &[], open);
-    let pairing = Pairing::new(&seed, trainers, degree)?;
+    let seed = opening_seed(b"secure aggregation pairing", &(slot as u64).to_le_bytes(), open);
+    let pairing = Pairing::new(&seed, &trainers, degree)?;
     let (_, max_degree) = pairing.degree_range();
     let threshold = max_degree.div_ceil(2) + 1;
     RoundConfig::new(open.opening.job, open.round, pairing, threshold, length)
@@ -126,54 +147,77 @@ impl Member {
         self.setup.spec.strategy.clip_norm.unwrap_or(1.0)
     }
 
-    /// Starts the secure round of the opening just entered: the leader's collection, and this
-    /// member's keys when it trains.
+    /// Starts the secure rounds of the opening just entered: a leader's collection for each slot
+    /// this member aggregates trainers in, and this member's keys when it trains.
     pub(super) fn enter_secure(&mut self, now: u64) {
         self.secure_state = SecureState::default();
         let Some(open) = self.phase.open() else { return };
-        let config = match round_config(open, self.params.len()) {
-            Ok(config) => config,
-            Err(error) => {
-                let round = open.round;
-                return self.log(Level::Warn, round, format!("no secure round: {error}"));
-            }
-        };
-        let opening = (open.round, open.opened_at_ms);
-        if open.leading.is_some() {
-            let span = open.deadline_ms.saturating_sub(open.opened_at_ms);
-            let trainers = open.plan.trainers.clone();
-            let max_weight = trainers.iter().map(|t| self.weight_bound(t)).max().unwrap_or(1);
-            self.secure_state.leader = Some(SecureLeader {
-                opening,
-                inner: AggregatorRound::new(config.clone()),
-                step: Step::Keys,
-                trainers,
-                max_weight: max_weight.max(1),
-                weights: BTreeMap::new(),
-                hashes: BTreeMap::new(),
-                dealt: 0,
-                keys_until_ms: open.opened_at_ms + span / 5,
-                shares_until_ms: open.opened_at_ms + 2 * span / 5,
-                deadline_ms: open.deadline_ms,
-            });
-        }
-        if let Some(leader) = &self.secure_state.leader {
-            let wakes = [leader.keys_until_ms, leader.shares_until_ms];
-            wakes.into_iter().for_each(|at| self.wake_at(at));
+        let me = self.me();
+        let led: Vec<(usize, u64, Option<MemberId>)> =
+            open.slots.iter().map(|s| (s.slot, s.deadline_ms, s.parent)).collect();
+        for (slot, deadline_ms, parent) in led {
+            self.start_secure_leader(slot, deadline_ms, parent.is_none());
         }
         let Some(open) = self.phase.open() else { return };
-        let me = self.me();
-        if open.plan.trainers.binary_search(&me).is_ok() {
-            self.start_secure_trainer(config, now);
+        if let Some(Destination::Slot(slot)) = open.plan.destination(&me) {
+            self.start_secure_trainer(slot, now);
         }
     }
 
-    /// This trainer's fresh round keys, sent to the leader.
-    fn start_secure_trainer(&mut self, config: RoundConfig, now: u64) {
+    /// Leads the secure round of `slot`, which this member aggregates, if trainers send to it.
+    fn start_secure_leader(&mut self, slot: usize, deadline_ms: u64, top: bool) {
         let Some(open) = self.phase.open() else { return };
-        let (round, leader) = (open.round, open.opener);
+        let trainers = slot_trainers(open, slot);
+        if trainers.is_empty() {
+            return; // it takes only partial aggregates
+        }
+        let config = match round_config(open, slot, self.params.len()) {
+            Ok(config) => config,
+            Err(error) => {
+                let round = open.round;
+                let text = format!("no secure round for slot {slot}: {error}");
+                return self.log(Level::Warn, round, text);
+            }
+        };
+        let span = deadline_ms.saturating_sub(open.opened_at_ms);
+        let required = match (top, open.leading.as_ref()) {
+            (true, Some(leading)) => leading.required,
+            _ => 1, // a group sends what it has at its deadline
+        };
+        let max_weight = trainers.iter().map(|t| self.weight_bound(t)).max().unwrap_or(1);
+        let leader = SecureLeader {
+            opening: (open.round, open.opened_at_ms),
+            slot,
+            required,
+            inner: AggregatorRound::new(config),
+            step: Step::Keys,
+            trainers,
+            max_weight: max_weight.max(1),
+            weights: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+            dealt: 0,
+            keys_until_ms: open.opened_at_ms + span / 5,
+            shares_until_ms: open.opened_at_ms + 2 * span / 5,
+            deadline_ms,
+        };
+        self.wake_at(leader.keys_until_ms);
+        self.wake_at(leader.shares_until_ms);
+        self.secure_state.leaders.push(leader);
+    }
+
+    /// This trainer's fresh round keys, sent to the aggregator of `slot`, where its update goes.
+    fn start_secure_trainer(&mut self, slot: usize, now: u64) {
+        let Some(open) = self.phase.open() else { return };
+        let (round, leader) = (open.round, open.plan.slots[slot].aggregator());
         let Some(identity) = self.setup.identity.clone() else {
             return self.log(Level::Warn, round, "no signing key for secure aggregation");
+        };
+        let config = match round_config(open, slot, self.params.len()) {
+            Ok(config) => config,
+            Err(error) => {
+                let text = format!("no secure round (this update is left out): {error}");
+                return self.log(Level::Warn, round, text);
+            }
         };
         let mut rng = ChaCha20Rng::from_seed(opening_seed(
             b"secure aggregation secrets",
@@ -270,20 +314,23 @@ impl Member {
         }
     }
 
-    /// The leader side of `opening`, for one of its trainers.
+    /// The leader side of `opening` that sums `signer`'s slot.
     fn leader_for(
         &mut self,
         signer: MemberId,
         opening: OpeningKey,
     ) -> Result<&mut SecureLeader, Refusal> {
-        match self.secure_state.leader.as_mut() {
-            Some(l) if l.opening == opening && l.trainers.binary_search(&signer).is_ok() => Ok(l),
-            Some(l) if l.opening == opening => Err(Refusal::new(
-                Reason::NotSelected,
-                format!("{signer} does not train in this secure round"),
-            )),
-            _ => Err(Refusal::new(Reason::NotAggregating, "this member leads no such round")),
+        let leaders = &mut self.secure_state.leaders;
+        if !leaders.iter().any(|l| l.opening == opening) {
+            return Err(Refusal::new(Reason::NotAggregating, "this member leads no such round"));
         }
+        leaders
+            .iter_mut()
+            .find(|l| l.opening == opening && l.trainers.binary_search(&signer).is_ok())
+            .ok_or_else(|| {
+                let detail = format!("{signer} does not send to a slot this member leads");
+                Refusal::new(Reason::NotSelected, detail)
+            })
     }
 
     /// Trainer: its neighbours' keys arrived; it deals them shares.
@@ -475,16 +522,21 @@ impl Member {
         Ok(())
     }
 
-    /// Leader: closes each step that has every input, or whose time is up.
+    /// Leaders: close each step that has every input, or whose time is up.
     pub(super) fn advance_secure(&mut self, now: u64) {
-        let required = self.phase.open().and_then(|o| o.leading.as_ref()).map_or(1, |l| l.required);
-        let Some(leader) = self.secure_state.leader.as_mut() else { return };
+        for index in 0..self.secure_state.leaders.len() {
+            self.advance_secure_leader(index, now);
+        }
+    }
+
+    fn advance_secure_leader(&mut self, index: usize, now: u64) {
+        let Some(leader) = self.secure_state.leaders.get_mut(index) else { return };
         let round = leader.opening.0;
         let outcome = match leader.step {
             Step::Keys => leader.close_keys_if_due(now),
             Step::Shares => leader.close_shares_if_due(now),
-            Step::Inputs => leader.close_inputs_if_due(now, required),
-            Step::Unmasking => return self.finish_secure(now),
+            Step::Inputs => leader.close_inputs_if_due(now),
+            Step::Unmasking => return self.finish_secure(index, now),
             Step::Failed | Step::Done => return,
         };
         match outcome {
@@ -494,29 +546,32 @@ impl Member {
                 for (to, body) in sends {
                     self.secure_send(to, opening, body, now);
                 }
-                self.advance_secure(now);
+                self.advance_secure_leader(index, now);
             }
             Err(error) => {
+                let slot = leader.slot;
                 leader.step = Step::Failed;
-                let text =
-                    format!("secure round failed: {error}; opening it again at its deadline");
+                let text = format!(
+                    "secure round of slot {slot} failed: {error}; its updates are lost this \
+                     opening"
+                );
                 self.log(Level::Warn, round, text);
             }
         }
     }
 
-    /// Leader: once the sum unmasks, the survivors' mean goes into the top slot and the round
-    /// closes as any other.
-    fn finish_secure(&mut self, now: u64) {
+    /// Leader: once the sum unmasks, the survivors' mean goes into the slot, which finishes as
+    /// any other (the top closes the round; a group sends its partial aggregate up).
+    fn finish_secure(&mut self, index: usize, now: u64) {
         let clip_norm = self.secure_clip();
-        let Some(leader) = self.secure_state.leader.as_mut() else { return };
+        let Some(leader) = self.secure_state.leaders.get_mut(index) else { return };
         let Ok(sum) = leader.inner.sum() else { return }; // more shares to come
-        let round = leader.opening.0;
+        let (round, slot) = (leader.opening.0, leader.slot);
         let mean = quantizer(clip_norm, leader.max_weight, leader.trainers.len()).map(|q| {
             let total: u64 = leader.weights.values().sum();
             let mut mean = q.dequantize(&sum);
             mean.iter_mut().for_each(|v| *v /= total.max(1) as f32);
-            (mean, total)
+            mean
         });
         let contributions: Vec<Contribution> = leader
             .weights
@@ -528,22 +583,25 @@ impl Member {
             })
             .collect();
         leader.step = Step::Done;
-        let (mean, _) = match mean {
+        let mean = match mean {
             Ok(mean) => mean,
             Err(error) => return self.log(Level::Warn, round, format!("cannot unmask: {error}")),
         };
         let Some(open) = self.phase.open_mut() else { return };
-        let Some(top) = open.slots.iter_mut().find(|s| s.parent.is_none()) else { return };
-        if let Err(refusal) = top.accept_secure_mean(&mean, contributions) {
+        let Some(collecting) = open.slots.iter_mut().find(|s| s.slot == slot) else {
+            return self.log(Level::Warn, round, format!("slot {slot} finished before its sum"));
+        };
+        if let Err(refusal) = collecting.accept_secure_mean(&mean, contributions) {
             return self.log(Level::Warn, round, refusal.detail);
         }
-        self.close_round(now);
+        self.finish_complete_slots(now);
     }
 
-    /// Whether the leader's secure round is still under way (its deadline waits for it).
-    pub(super) fn secure_under_way(&self, now: u64) -> bool {
-        self.secure_state.leader.as_ref().is_some_and(|l| {
-            !matches!(l.step, Step::Failed | Step::Done)
+    /// Whether the secure round of `slot` is still under way (the slot's deadline waits for it).
+    pub(super) fn secure_under_way(&self, slot: usize, now: u64) -> bool {
+        self.secure_state.leaders.iter().any(|l| {
+            l.slot == slot
+                && !matches!(l.step, Step::Failed | Step::Done)
                 && now < l.deadline_ms + (l.deadline_ms - l.shares_until_ms) / 2
         })
     }
@@ -592,10 +650,10 @@ impl SecureLeader {
         Ok(sends)
     }
 
-    fn close_inputs_if_due(&mut self, now: u64, required: usize) -> Result<Sends, SecAggError> {
+    fn close_inputs_if_due(&mut self, now: u64) -> Result<Sends, SecAggError> {
         let received = self.weights.len();
         let all = received == self.inner.dealers().len();
-        if !all && (now < self.deadline_ms || received < required.max(1)) {
+        if !all && (now < self.deadline_ms || received < self.required.max(1)) {
             return Ok(Vec::new());
         }
         let Dropouts { survivors, dropped } = self.inner.close_inputs()?;

@@ -2136,6 +2136,76 @@ fn a_secure_rounds_leader_receives_only_masked_updates_keys_and_shares() {
     assert_eq!(masked, 2 * 3, "three trainers a round send the leader a masked update");
 }
 
+/// Six members with real keys in two groups of three, under the hierarchical topology (secure
+/// when asked).
+fn two_secure_groups(rounds: u64, secure: bool) -> Net {
+    REAL_KEYS.set(true);
+    let mut spec = spec("hierarchical", rounds, 5);
+    spec.strategy.clip_norm = Some(100.0);
+    spec.privacy.secure_aggregation = secure;
+    spec.validate().expect("a valid spec");
+    let members = [(1, "eu"), (2, "eu"), (3, "eu"), (4, "na"), (5, "na"), (6, "na")];
+    Net::new(spec, &members)
+}
+
+/// Under the hierarchical topology each group's aggregator runs its group's secure round: the
+/// trainers send masked updates to their own group's aggregator alone, only group means travel
+/// up, and the model is the plain job's.
+#[test]
+fn a_secure_hierarchical_round_masks_each_group_and_makes_the_plain_model() {
+    use fedmesh_protocol::message::SecureBody;
+    let mut plain = two_secure_groups(2, false);
+    plain.run(60_000);
+    plain.assert_agree();
+    let mut secure = two_secure_groups(2, true);
+    secure.run(60_000);
+    secure.assert_agree();
+    assert!(secure.refusals.is_empty(), "{:?}", secure.refusals);
+    assert!(secure.deltas.is_empty(), "no plain delta travels in a secure job");
+    for round in 1..=2 {
+        let record = &secure.member(1).rounds()[&round];
+        assert_eq!(record.participants, 6, "round {round}");
+        let group_slot = |group: &str| {
+            let slot = record.slots.iter().find(|(slot, _)| slot.ends_with(&format!("/{group}")));
+            slot.map(|(_, aggregator)| *aggregator)
+        };
+        let (eu, na) = (group_slot("eu"), group_slot("na"));
+        assert!(eu.is_some() && na.is_some(), "a slot per group: {:?}", record.slots);
+        let masked = secure
+            .secure_sent
+            .iter()
+            .filter(|(_, _, m)| m.round == round && matches!(m.body, SecureBody::Masked { .. }));
+        let mut senders = 0;
+        for (from, to, _) in masked {
+            let own = if [4, 5, 6].map(member_id).contains(from) { na } else { eu };
+            assert_eq!(Some(*to), own, "{from} masks for its own group's aggregator");
+            senders += 1;
+        }
+        assert_eq!(senders, 4, "each group's two other trainers send masked updates");
+    }
+    let (a, b) = (final_params(&plain), final_params(&secure));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4, "plain {a:?}, secure {b:?}");
+    }
+}
+
+/// A group's trainer whose masked updates are lost: its group's aggregator closes the group's
+/// secure round at the group's deadline with the two others, and every round completes.
+#[test]
+fn a_secure_group_goes_on_without_a_trainer_whose_masked_update_is_lost() {
+    let mut net = two_secure_groups(2, true);
+    let five = member_id(5);
+    net.drop = Some(Box::new(move |from, to, event| {
+        from == five && from != to && is_body(event, "secure_masked")
+    }));
+    net.run(120_000);
+    net.assert_agree();
+    let counted: Vec<usize> = (1..=2).map(|r| net.member(1).rounds()[&r].participants).collect();
+    // Member 5's own masked update is lost unless it aggregates its group that round.
+    assert!(counted.iter().all(|n| *n == 5 || *n == 6), "{counted:?}");
+    assert!(counted.contains(&5), "{counted:?}");
+}
+
 #[test]
 fn a_secure_round_completes_when_a_trainer_drops_after_its_masked_update_or_before() {
     // Member 3 never hears the unmask request (dropped after sending its masked update).
