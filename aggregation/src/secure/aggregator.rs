@@ -4,6 +4,7 @@
 
 use super::config::RoundConfig;
 use super::error::SecAggError;
+use super::evidence::Unmasking;
 use super::field::Fp;
 use super::keys::{RoundKeys, agree, pairwise_seed, self_mask_commitment};
 use super::masking::{Sign, apply_mask, pairwise_sign};
@@ -335,6 +336,28 @@ impl AggregatorRound {
             self.remove_pairwise_masks(&mut sum, dropped)?;
         }
         Ok(sum)
+    }
+
+    /// The secrets the round revealed about `survivor`'s masks, for auditors (see
+    /// [`Unmasking::strip`]): its keys, its self-mask seed, and the keys and mask secrets of its
+    /// neighbours that dropped.
+    pub fn unmasking_of(&self, survivor: &MemberId) -> Result<Unmasking, SecAggError> {
+        self.expect(Phase::Unmasking, "reveal a survivor's unmasking")?;
+        if !self.survivors.contains(survivor) {
+            return Err(SecAggError::NotASurvivor);
+        }
+        let mut dropped = Vec::new();
+        for member in
+            self.dropped.iter().filter(|d| self.config.pairing().are_neighbours(d, survivor))
+        {
+            let secret = self.reconstruct(&self.mask_key_shares, member)?;
+            dropped.push((self.published(member)?.clone(), secret));
+        }
+        Ok(Unmasking {
+            keys: self.published(survivor)?.clone(),
+            self_mask_seed: self.reconstruct(&self.self_mask_shares, survivor)?,
+            dropped,
+        })
     }
 
     /// Removes from `sum` the masks survivors share with `dropped`, from its reconstructed key.

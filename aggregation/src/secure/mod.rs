@@ -18,6 +18,8 @@ mod aggregator;
 mod config;
 /// Typed errors.
 mod error;
+/// What auditors check: signed masked inputs and the masks revealed secrets remove.
+mod evidence;
 /// GF(2^61 − 1) arithmetic.
 mod field;
 /// Signed round keys, secrets and key derivations.
@@ -41,6 +43,7 @@ mod tests;
 pub use aggregator::{AggregatorRound, Dropouts};
 pub use config::RoundConfig;
 pub use error::{SecAggError, ShamirError};
+pub use evidence::{MaskedStatement, Unmasking, add_to_sum};
 pub use keys::RoundKeys;
 pub use pairing::Pairing;
 pub use quantize::Quantizer;

@@ -372,3 +372,67 @@ proptest! {
         }
     }
 }
+
+/// An auditor given each survivor's masked input and the secrets the round revealed about it
+/// gets the aggregator's exact sum, dropouts included; a forged secret or masked input is
+/// refused, and the statement a trainer signs binds its masked values.
+#[test]
+fn auditors_strip_each_survivors_masks_to_the_aggregators_exact_sum() {
+    let config = config(7, 6, 4, 64);
+    let mut round = dealt(&config, 11);
+    let dropped: BTreeSet<usize> = [2, 5].into();
+    let mut masked_inputs = Vec::new();
+    for i in (0..round.members.len()).filter(|i| !dropped.contains(i)) {
+        let shares = round.aggregator.shares_for(&round.members[i]).unwrap();
+        let masked = round.trainers[i].masked_input(&round.inputs[i], &shares).unwrap();
+        round.aggregator.add_masked_input(round.members[i], &masked).unwrap();
+        masked_inputs.push((round.members[i], masked));
+    }
+    let dropouts = round.aggregator.close_inputs().unwrap();
+    for (i, trainer) in round.trainers.iter_mut().enumerate().filter(|(i, _)| !dropped.contains(i))
+    {
+        let revealed = trainer.unmasking_shares(&dropouts.survivors, &dropouts.dropped).unwrap();
+        round.aggregator.add_unmasking_shares(round.members[i], &revealed).unwrap();
+    }
+    let sum = round.aggregator.sum().unwrap();
+    let mut audited = vec![0u64; 64];
+    for (member, masked) in &masked_inputs {
+        let unmasking = round.aggregator.unmasking_of(member).unwrap();
+        assert_eq!(unmasking.dropped.len(), 2, "both dropouts neighbour every survivor");
+        add_to_sum(&mut audited, &unmasking.strip(&JOB, ROUND, masked).unwrap()).unwrap();
+    }
+    assert_eq!(audited, sum);
+    let (member, masked) = &masked_inputs[0];
+    let mut forged = round.aggregator.unmasking_of(member).unwrap();
+    forged.self_mask_seed[0] ^= 1;
+    assert!(
+        matches!(forged.strip(&JOB, ROUND, masked), Err(SecAggError::ReconstructionMismatch(m)) if m == *member)
+    );
+    let mut forged = round.aggregator.unmasking_of(member).unwrap();
+    forged.dropped[0].1[1] ^= 1; // byte 0's low bits are clamped away by X25519
+    assert!(matches!(
+        forged.strip(&JOB, ROUND, masked),
+        Err(SecAggError::ReconstructionMismatch(_))
+    ));
+    let identity = identities(7).into_iter().find(|id| id.member_id() == *member).unwrap();
+    let statement = MaskedStatement {
+        job: JOB,
+        round: ROUND,
+        opened_at_ms: 5,
+        member: *member,
+        samples: 10,
+        max_weight: 20,
+        summands: 7,
+        masked,
+    };
+    let signature = statement.sign(&identity);
+    statement.verify(&signature).unwrap();
+    let mut altered = masked.clone();
+    altered[3] = altered[3].wrapping_add(1);
+    let tampered = MaskedStatement { masked: &altered, ..statement };
+    assert!(
+        matches!(tampered.verify(&signature), Err(SecAggError::BadSignature(m)) if m == *member)
+    );
+    let heavier = MaskedStatement { samples: 11, ..statement };
+    assert!(heavier.verify(&signature).is_err());
+}
