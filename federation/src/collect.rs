@@ -368,10 +368,8 @@ impl Collecting {
             );
             return Err(refuse(Reason::WrongLayout, detail));
         }
-        let weights =
-            contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
-        let part = Sum::from_mean(mean, weights.collect())
-            .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
+        let part = secure_part(mean, &contributions)
+            .map_err(|detail| refuse(Reason::RejectedUpdate, detail))?;
         self.merge_lower(part)?;
         self.direct.retain(|member| contributions.iter().any(|c| c.member == *member));
         self.contributions.extend(contributions);
@@ -475,6 +473,12 @@ impl Collecting {
         base: &[f32],
     ) -> Result<(Vec<f32>, Vec<Contribution>), AggregationError> {
         if let Fold::Verifiable(recomputation) = &self.aggregator {
+            if recomputation.count() == 0
+                && let Some(secure) = &self.lower
+            {
+                // A secure round's unmasked mean, as `recompute_secure` makes it.
+                return Ok((secure.mean_added_to(base)?, self.contributions));
+            }
             if self.lower.is_some() {
                 let why = "a verifiable job has no partial aggregates (central topology only)";
                 return Err(AggregationError::Invalid(why.to_owned()));
@@ -492,6 +496,13 @@ impl Collecting {
         let (sum, contributions) = self.finish()?;
         Ok((sum.mean_added_to(base)?, contributions))
     }
+}
+
+/// A secure round's mean as a sum weighted by the contributions' samples: how a slot folds it
+/// in, and so how an auditor must too.
+pub fn secure_part(mean: &[f32], contributions: &[Contribution]) -> Result<Sum, String> {
+    let weights = contributions.iter().map(|c| (c.member.to_peer_id_string(), c.samples as f64));
+    Sum::from_mean(mean, weights.collect()).map_err(|e| e.to_string())
 }
 
 /// A partial aggregate may include only the trainers its sender serves, none counted already,

@@ -11,7 +11,9 @@
 //! ([`read_frame`] / [`write_frame`], or [`check_frame_length`] from an async codec).
 
 use crate::envelope::Signed;
-use crate::message::{GossipMessage, MAX_JOB_IDS, Request, Response, Ticket};
+use crate::message::{
+    GossipMessage, MAX_EVIDENCE_BYTES, MAX_JOB_IDS, Request, Response, SecureEvidence, Ticket,
+};
 use bincode::config;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -51,6 +53,7 @@ pub enum FrameKind {
     Request,
     Response,
     Ticket,
+    Evidence,
 }
 
 impl fmt::Display for FrameKind {
@@ -60,6 +63,7 @@ impl fmt::Display for FrameKind {
             Self::Request => "request",
             Self::Response => "response",
             Self::Ticket => "ticket",
+            Self::Evidence => "secure round evidence",
         })
     }
 }
@@ -135,6 +139,26 @@ pub fn decode_ticket(text: &str) -> Result<Signed<Ticket>, DecodeError> {
         0 => Ok(ticket),
         count => Err(DecodeError::TrailingBytes { kind, count }),
     }
+}
+
+/// The bytes a secure round's evidence is kept and served as (its hash is the contribution).
+pub fn encode_evidence(evidence: &SecureEvidence) -> Result<Vec<u8>, EncodeError> {
+    canonical_bytes(evidence)
+}
+
+/// Reads a secure round's evidence, bounded and checked (verify it before trusting it).
+pub fn decode_evidence(bytes: &[u8]) -> Result<SecureEvidence, DecodeError> {
+    let kind = FrameKind::Evidence;
+    if bytes.len() > MAX_EVIDENCE_BYTES {
+        let (len, max) = (bytes.len() as u64, MAX_EVIDENCE_BYTES as u64);
+        return Err(DecodeError::TooLarge { kind, len, max });
+    }
+    let (evidence, used) = decode_limited::<SecureEvidence, MAX_EVIDENCE_BYTES>(bytes, kind)?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes { kind, count: bytes.len() - used });
+    }
+    evidence.check().map_err(|reason| DecodeError::Malformed { kind, reason })?;
+    Ok(evidence)
 }
 
 /// Encodes a gossip message into a frame.

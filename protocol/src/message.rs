@@ -613,8 +613,15 @@ pub enum SecureBody {
     RelayKeys { max_weight: u64, keys: Vec<SecureKeys> },
     /// Aggregator → trainer: the shares its neighbours dealt it.
     RelayShares(Vec<SealedShare>),
-    /// Trainer → aggregator: its quantized, weighted update, masked, and the weight it carries.
-    Masked { samples: u64, values: Vec<u64> },
+    /// Trainer → aggregator: its quantized, weighted update, masked, and the weight it carries,
+    /// with its signature over them and the quantizer it used (`MaskedStatement` in
+    /// `fedmesh_aggregation::secure`), which auditors of a verifiable job check.
+    Masked {
+        samples: u64,
+        values: Vec<u64>,
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
     /// Aggregator → survivor: who sent a masked update and who dropped after dealing shares.
     Unmask { survivors: Vec<MemberId>, dropped: Vec<MemberId> },
     /// Survivor → aggregator: its shares of survivors' self-masks and dropped members' mask keys.
@@ -665,6 +672,48 @@ pub struct RevealedPart {
     pub share: Vec<u8>,
 }
 
+/// A survivor's part of a verifiable secure round, as its aggregator keeps it for auditors
+/// (its hash is the contribution the round's result lists): the masked input its trainer
+/// signed, with the quantizer it used, and the secrets the round revealed about its masks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureEvidence {
+    pub opened_at_ms: u64,
+    pub samples: u64,
+    pub max_weight: u64,
+    pub summands: u32,
+    /// The masked values, little-endian `u64`s.
+    #[serde(with = "serde_bytes")]
+    pub masked: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+    pub keys: SecureKeys,
+    pub self_mask_seed: [u8; 32],
+    /// Its neighbours that dropped after dealing shares: their keys and mask secret keys.
+    pub dropped: Vec<DroppedMaskKey>,
+}
+
+/// A dropped member's round keys and the mask secret key its shares reconstructed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedMaskKey {
+    pub keys: SecureKeys,
+    pub mask_secret: [u8; 32],
+}
+
+/// Most bytes [`SecureEvidence`] encodes to: its masked values and room for every member's keys.
+pub const MAX_EVIDENCE_BYTES: usize = MAX_MASKED_VALUES * 8 + 1024 * 1024;
+
+impl SecureEvidence {
+    /// Checks the counts and sizes a peer could inflate.
+    pub fn check(&self) -> Result<(), String> {
+        check_count("dropped members", self.dropped.len())?;
+        check_blob("a masked update's signature", &self.signature)?;
+        if self.masked.len() > MAX_MASKED_VALUES * 8 || self.masked.len() % 8 != 0 {
+            return Err(format!("{} masked bytes is not a masked update", self.masked.len()));
+        }
+        Ok(())
+    }
+}
+
 fn check_blob(what: &str, bytes: &[u8]) -> Result<(), String> {
     if bytes.len() > MAX_SECURE_BLOB_BYTES {
         return Err(format!("{what} is {} bytes, at most {MAX_SECURE_BLOB_BYTES}", bytes.len()));
@@ -692,7 +741,8 @@ impl SignedBody for SecureAggregation {
             SecureBody::Keys(key) => keys(std::slice::from_ref(key)),
             SecureBody::RelayKeys { keys: relayed, .. } => keys(relayed),
             SecureBody::Shares(sealed) | SecureBody::RelayShares(sealed) => shares(sealed),
-            SecureBody::Masked { samples, values } => {
+            SecureBody::Masked { samples, values, signature } => {
+                check_blob("a masked update's signature", signature)?;
                 if *samples == 0 {
                     return Err("a masked update must weigh at least one sample".into());
                 }

@@ -664,10 +664,6 @@ impl JobSpec {
             );
             p.push("strategy.noise_multiplier", message);
         }
-        if self.verification.is_some() {
-            let message = format!("{reason}: auditors cannot recompute it from masked inputs");
-            p.push("verification", message);
-        }
         if self.coordinator.is_some() {
             let message = format!(
                 "{reason}: secure aggregation needs a self-organizing job for now (its \

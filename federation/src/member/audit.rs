@@ -142,6 +142,28 @@ impl Member {
         own: Option<Arc<Vec<f32>>>,
         now: u64,
     ) {
+        self.keep_kept(round, deltas, (own, Vec::new()), now);
+    }
+
+    /// Keeps a secure round's evidence (by the hashes of `records`, listed as its
+    /// contributions) for auditors for the audit window.
+    pub(super) fn keep_evidence(
+        &mut self,
+        round: Round,
+        hashes: Vec<ContentHash>,
+        records: Vec<Arc<Vec<u8>>>,
+        now: u64,
+    ) {
+        self.keep_kept(round, hashes, (None, records), now);
+    }
+
+    fn keep_kept(
+        &mut self,
+        round: Round,
+        deltas: Vec<ContentHash>,
+        (own, evidence): (Option<Arc<Vec<f32>>>, Vec<Arc<Vec<u8>>>),
+        now: u64,
+    ) {
         let until_ms = now + self.audit_window_ms();
         let kept = &mut self.audits.kept;
         kept.retain(|(_, until)| *until >= now);
@@ -151,7 +173,7 @@ impl Member {
             }
             kept.push_back((*hash, until_ms));
         }
-        self.effects.push(Effect::KeepContributions { round, deltas, own, until_ms });
+        self.effects.push(Effect::KeepContributions { round, deltas, own, evidence, until_ms });
     }
 
     /// A member asks for a kept contribution: served to the job's members while it is kept.

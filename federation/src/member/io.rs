@@ -236,11 +236,14 @@ pub enum Effect {
     /// Keep these deltas of `round` (by payload hash) to serve auditors until `until_ms`: one
     /// this member sent (a verifiable job's executor holds each delta it sends until then), or
     /// those it folded in as the round's aggregator; `own` is its own update, folded in without
-    /// encoding, to keep as an f32 payload (its hash is the one the result lists).
+    /// encoding, to keep as an f32 payload (its hash is the one the result lists). A secure
+    /// round's leader keeps its survivors' `evidence` instead.
     KeepContributions {
         round: Round,
         deltas: Vec<ContentHash>,
         own: Option<Arc<Vec<f32>>>,
+        /// A secure round's evidence (encoded `SecureEvidence`, kept by the hash of its bytes).
+        evidence: Vec<Arc<Vec<u8>>>,
         until_ms: u64,
     },
     /// Answer a member's [`Event::ContributionAsked`]: send the kept delta, or the refusal.

@@ -18,6 +18,7 @@ pub use audit::{MAX_AUDITS, MAX_CONDEMNED};
 pub use io::*;
 pub use phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 pub use reason::Reason;
+pub use secure::recompute_secure;
 
 use crate::cadence::Cadence;
 use crate::records::{RoundRecord, RunState, RunStatus};

@@ -7,17 +7,21 @@ use super::phase::{OpenRound, Own};
 use super::{Effect, Level, LocalUpdate, Member, Reason, Refusal};
 use fedmesh_aggregation::privacy::clip;
 use fedmesh_aggregation::secure::{
-    AggregatorRound, Dropouts, EncryptedShare, Pairing, Quantizer, RevealedShare, RoundConfig,
-    RoundKeys, SecAggError, TrainerRound, UnmaskingShares,
+    AggregatorRound, Dropouts, EncryptedShare, MaskedStatement, Pairing, Quantizer, RevealedShare,
+    RoundConfig, RoundKeys, SecAggError, TrainerRound, Unmasking, UnmaskingShares, add_to_sum,
 };
+use fedmesh_protocol::codec::encode_evidence;
+use fedmesh_protocol::ids::JobId;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{
-    Contribution, RevealedPart, SealedShare, SecureAggregation, SecureBody, SecureKeys,
+    Contribution, DroppedMaskKey, RevealedPart, SealedShare, SecureAggregation, SecureBody,
+    SecureEvidence, SecureKeys,
 };
 use fedmesh_topologies::{Destination, Input};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Members up to which every trainer neighbours every other (plain SecAgg).
 const COMPLETE_GRAPH_MEMBERS: usize = 16;
@@ -76,6 +80,9 @@ struct SecureLeader {
     weights: BTreeMap<MemberId, u64>,
     /// Hashes of the masked updates, listed as the round's contributions.
     hashes: BTreeMap<MemberId, ContentHash>,
+    /// In a verifiable job, each masked update (little-endian) and its trainer's signature,
+    /// kept for the evidence auditors check.
+    signed: BTreeMap<MemberId, (Vec<u8>, [u8; 64])>,
     /// Members who sent shares.
     dealt: usize,
     keys_until_ms: u64,
@@ -130,6 +137,86 @@ fn opening_seed(domain: &[u8], secret: &[u8], open: &OpenRound) -> [u8; 32] {
 /// The quantizer every member of the round derives alike.
 fn quantizer(clip_norm: f32, max_weight: u64, trainers: usize) -> Result<Quantizer, SecAggError> {
     Quantizer::new(clip_norm, max_weight as f32, trainers)
+}
+
+/// The mean of a secure round's survivors' updates from the ring sum of their quantized,
+/// weighted updates: what the leader folds in and an auditor recomputes, bit for bit.
+pub fn secure_mean(
+    clip_norm: f32,
+    max_weight: u64,
+    summands: usize,
+    sum: &[u64],
+    contributions: &[Contribution],
+) -> Result<Vec<f32>, SecAggError> {
+    let quantizer = quantizer(clip_norm, max_weight, summands)?;
+    let total: u64 = contributions.iter().map(|c| c.samples).sum();
+    let mut mean = quantizer.dequantize(sum);
+    mean.iter_mut().for_each(|v| *v /= total.max(1) as f32);
+    Ok(mean)
+}
+
+/// A verifiable secure round's model, recomputed from `base` and each contribution's evidence
+/// as an auditor does: every masked update must be signed by its trainer with the round's
+/// quantizer, every revealed secret must match the keys its owner signed, and the survivors'
+/// inputs, stripped of their masks, sum to the round's exact sum.
+pub fn recompute_secure(
+    (job, round): (JobId, Round),
+    clip_norm: f32,
+    base: &[f32],
+    evidence: &[(Contribution, SecureEvidence)],
+) -> Result<Vec<f32>, String> {
+    let Some((_, first)) = evidence.first() else {
+        return Err("a secure round's result lists no contribution".into());
+    };
+    let (opened_at_ms, max_weight, summands) =
+        (first.opened_at_ms, first.max_weight, first.summands);
+    let mut sum = vec![0u64; base.len()];
+    for (contribution, record) in evidence {
+        let member = contribution.member;
+        let keys = from_wire_keys(job, round, record.keys.clone()).map_err(|r| r.detail)?;
+        if keys.member != member || record.samples != contribution.samples {
+            return Err(format!("the evidence of {member} is another member's or weight's"));
+        }
+        if (record.opened_at_ms, record.max_weight, record.summands)
+            != (opened_at_ms, max_weight, summands)
+        {
+            return Err(format!("the evidence of {member} is of another opening or quantizer"));
+        }
+        let masked: Vec<u64> = record
+            .masked
+            .chunks_exact(8)
+            .map(|word| u64::from_le_bytes(word.try_into().unwrap_or([0; 8])))
+            .collect();
+        let signature: [u8; 64] = record
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("{member}'s masked update signature is not 64 bytes"))?;
+        let statement = MaskedStatement {
+            job,
+            round,
+            opened_at_ms,
+            member,
+            samples: record.samples,
+            max_weight,
+            summands,
+            masked: &masked,
+        };
+        statement.verify(&signature).map_err(|e| e.to_string())?;
+        let mut dropped = Vec::with_capacity(record.dropped.len());
+        for entry in &record.dropped {
+            let keys = from_wire_keys(job, round, entry.keys.clone()).map_err(|r| r.detail)?;
+            dropped.push((keys, entry.mask_secret));
+        }
+        let unmasking = Unmasking { keys, self_mask_seed: record.self_mask_seed, dropped };
+        let input = unmasking.strip(&job, round, &masked).map_err(|e| e.to_string())?;
+        add_to_sum(&mut sum, &input).map_err(|e| e.to_string())?;
+    }
+    let contributions: Vec<Contribution> = evidence.iter().map(|(c, _)| *c).collect();
+    let mean = secure_mean(clip_norm, max_weight, summands as usize, &sum, &contributions)
+        .map_err(|e| e.to_string())?;
+    crate::collect::secure_part(&mean, &contributions)
+        .and_then(|part| part.mean_added_to(base).map_err(|e| e.to_string()))
 }
 
 fn refused(error: SecAggError) -> Refusal {
@@ -195,6 +282,7 @@ impl Member {
             max_weight: max_weight.max(1),
             weights: BTreeMap::new(),
             hashes: BTreeMap::new(),
+            signed: BTreeMap::new(),
             dealt: 0,
             keys_until_ms: open.opened_at_ms + span / 5,
             shares_until_ms: open.opened_at_ms + 2 * span / 5,
@@ -278,8 +366,8 @@ impl Member {
         match message.body {
             SecureBody::Keys(keys) => self.leader_keys(signer, opening, keys, now),
             SecureBody::Shares(shares) => self.leader_shares(signer, opening, shares, now),
-            SecureBody::Masked { samples, values } => {
-                self.leader_masked(signer, opening, samples, &values, now)
+            SecureBody::Masked { samples, values, signature } => {
+                self.leader_masked(signer, opening, samples, values, &signature, now)
             }
             SecureBody::Unmasking { self_mask, mask_key } => {
                 let shares = UnmaskingShares {
@@ -397,7 +485,8 @@ impl Member {
 
     /// Trainer: once trained and holding its neighbours' shares, sends its masked update.
     fn send_masked(&mut self, now: u64) {
-        let clip_norm = self.secure_clip();
+        let (clip_norm, job, me) = (self.secure_clip(), self.setup.job, self.me());
+        let Some(identity) = self.setup.identity.clone() else { return };
         let Some(trainer) = self.secure_state.trainer.as_mut() else { return };
         let (Some(max_weight), Some(shares), Some((samples, values))) =
             (trainer.max_weight, trainer.shares.as_ref(), trainer.update.as_ref())
@@ -424,7 +513,19 @@ impl Member {
         };
         trainer.masked_sent = true;
         let (leader, opening) = (trainer.leader, trainer.opening);
-        self.secure_send(leader, opening, SecureBody::Masked { samples, values }, now);
+        let statement = MaskedStatement {
+            job,
+            round,
+            opened_at_ms: opening.1,
+            member: me,
+            samples,
+            max_weight,
+            summands: trainers as u32,
+            masked: &values,
+        };
+        let signature = statement.sign(&identity).to_vec();
+        let body = SecureBody::Masked { samples, values, signature };
+        self.secure_send(leader, opening, body, now);
     }
 
     /// Trainer: the leader asks it to unmask; it reveals the shares the report allows.
@@ -482,25 +583,45 @@ impl Member {
         Ok(())
     }
 
-    /// Leader: a trainer's masked update, added to the running sum (kept nowhere else).
+    /// Leader: a trainer's masked update, signed with the quantizer it used, added to the
+    /// running sum (and, in a verifiable job, kept as the evidence auditors check).
     fn leader_masked(
         &mut self,
         signer: MemberId,
         opening: OpeningKey,
         samples: u64,
-        values: &[u64],
+        values: Vec<u64>,
+        signature: &[u8],
         now: u64,
     ) -> Result<(), Refusal> {
-        let bound = self.weight_bound(&signer);
+        let (bound, job, verifiable) =
+            (self.weight_bound(&signer), self.setup.job, self.verifiable());
         let leader = self.leader_for(signer, opening)?;
         if samples > bound.min(leader.max_weight) {
             let detail = format!("{signer}'s masked update weighs {samples}, more than its bound");
             return Err(Refusal::new(Reason::InflatedSamples, detail));
         }
-        leader.inner.add_masked_input(signer, values).map_err(refused)?;
+        let signature: [u8; 64] = signature.try_into().map_err(|_| {
+            Refusal::new(Reason::RejectedUpdate, "a masked update's signature is not 64 bytes")
+        })?;
+        let statement = MaskedStatement {
+            job,
+            round: opening.0,
+            opened_at_ms: opening.1,
+            member: signer,
+            samples,
+            max_weight: leader.max_weight,
+            summands: leader.trainers.len() as u32,
+            masked: &values,
+        };
+        statement.verify(&signature).map_err(refused)?;
+        leader.inner.add_masked_input(signer, &values).map_err(refused)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         leader.hashes.insert(signer, ContentHash::of(&bytes));
         leader.weights.insert(signer, samples);
+        if verifiable {
+            leader.signed.insert(signer, (bytes, signature));
+        }
         self.advance_secure(now);
         Ok(())
     }
@@ -567,12 +688,14 @@ impl Member {
         let Some(leader) = self.secure_state.leaders.get_mut(index) else { return };
         let Ok(sum) = leader.inner.sum() else { return }; // more shares to come
         let (round, slot) = (leader.opening.0, leader.slot);
-        let mean = quantizer(clip_norm, leader.max_weight, leader.trainers.len()).map(|q| {
-            let total: u64 = leader.weights.values().sum();
-            let mut mean = q.dequantize(&sum);
-            mean.iter_mut().for_each(|v| *v /= total.max(1) as f32);
-            mean
-        });
+        leader.step = Step::Done;
+        let evidence = match leader.evidence() {
+            Ok(evidence) => evidence,
+            Err(error) => return self.log(Level::Warn, round, format!("no evidence: {error}")),
+        };
+        for (member, bytes) in &evidence {
+            leader.hashes.insert(*member, ContentHash::of(bytes));
+        }
         let contributions: Vec<Contribution> = leader
             .weights
             .iter()
@@ -582,11 +705,16 @@ impl Member {
                 samples: *samples,
             })
             .collect();
-        leader.step = Step::Done;
-        let mean = match mean {
+        let summands = leader.trainers.len();
+        let mean = match secure_mean(clip_norm, leader.max_weight, summands, &sum, &contributions) {
             Ok(mean) => mean,
             Err(error) => return self.log(Level::Warn, round, format!("cannot unmask: {error}")),
         };
+        if !evidence.is_empty() {
+            let hashes = contributions.iter().map(|c| c.delta).collect();
+            let records = evidence.into_iter().map(|(_, bytes)| Arc::new(bytes)).collect();
+            self.keep_evidence(round, hashes, records, now);
+        }
         let Some(open) = self.phase.open_mut() else { return };
         let Some(collecting) = open.slots.iter_mut().find(|s| s.slot == slot) else {
             return self.log(Level::Warn, round, format!("slot {slot} finished before its sum"));
@@ -618,6 +746,34 @@ impl SecureTrainer {
 type Sends = Vec<(MemberId, SecureBody)>;
 
 impl SecureLeader {
+    /// In a verifiable job, each survivor's evidence, encoded (none otherwise).
+    fn evidence(&self) -> Result<Vec<(MemberId, Vec<u8>)>, String> {
+        let mut records = Vec::with_capacity(self.signed.len());
+        for (member, (masked, signature)) in &self.signed {
+            let unmasking = self.inner.unmasking_of(member).map_err(|e| e.to_string())?;
+            let evidence = SecureEvidence {
+                opened_at_ms: self.opening.1,
+                samples: self.weights.get(member).copied().unwrap_or(0),
+                max_weight: self.max_weight,
+                summands: self.trainers.len() as u32,
+                masked: masked.clone(),
+                signature: signature.to_vec(),
+                keys: to_wire_keys(&unmasking.keys),
+                self_mask_seed: unmasking.self_mask_seed,
+                dropped: unmasking
+                    .dropped
+                    .iter()
+                    .map(|(keys, mask_secret)| DroppedMaskKey {
+                        keys: to_wire_keys(keys),
+                        mask_secret: *mask_secret,
+                    })
+                    .collect(),
+            };
+            records.push((*member, encode_evidence(&evidence).map_err(|e| e.to_string())?));
+        }
+        Ok(records)
+    }
+
     fn close_keys_if_due(&mut self, now: u64) -> Result<Sends, SecAggError> {
         if self.inner.keyed().len() < self.trainers.len() && now < self.keys_until_ms {
             return Ok(Vec::new());
@@ -675,11 +831,7 @@ fn to_wire_keys(keys: &RoundKeys) -> SecureKeys {
 
 /// A peer's wire keys as round keys of this job and round (their signature is checked where
 /// they are used).
-fn from_wire_keys(
-    job: fedmesh_protocol::ids::JobId,
-    round: Round,
-    keys: SecureKeys,
-) -> Result<RoundKeys, Refusal> {
+fn from_wire_keys(job: JobId, round: Round, keys: SecureKeys) -> Result<RoundKeys, Refusal> {
     let signature: [u8; 64] = keys.signature.as_slice().try_into().map_err(|_| {
         Refusal::new(Reason::RejectedUpdate, "a round keys signature is not 64 bytes")
     })?;

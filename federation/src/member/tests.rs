@@ -207,6 +207,8 @@ struct Net {
     audits: Vec<(MemberId, Round)>,
     /// A member whose stored models get a backdoor (it announces a forged aggregate).
     forger: Option<MemberId>,
+    /// The secure rounds' evidence kept for auditors, by hash.
+    evidence: BTreeMap<ContentHash, Arc<Vec<u8>>>,
     /// Members' signing keys (secure jobs).
     identities: BTreeMap<MemberId, Arc<fedmesh_protocol::identity::Identity>>,
     /// Every secure message sent: (from, to, message).
@@ -248,6 +250,7 @@ impl Net {
             deltas: BTreeMap::new(),
             audits: Vec::new(),
             forger: None,
+            evidence: BTreeMap::new(),
             identities: BTreeMap::new(),
             secure_sent: Vec::new(),
         };
@@ -491,9 +494,12 @@ impl Net {
                 let outcome = self.recompute(&result);
                 self.send(from, from, Event::Audited { model: result.model, outcome });
             }
-            Effect::KeepContributions { own, .. } => {
+            Effect::KeepContributions { own, evidence, .. } => {
                 if let Some(own) = own {
                     self.deltas.insert(hash_f32(&own), own);
+                }
+                for record in evidence {
+                    self.evidence.insert(ContentHash::of(&record), record);
                 }
             }
             Effect::ProofRefuted { refusal, .. } => self.rejections.push((from, refusal)),
@@ -529,6 +535,17 @@ impl Net {
     /// kept deltas it lists.
     fn recompute(&self, result: &AggregateReady) -> Result<ContentHash, String> {
         let base = self.blobs.get(&result.base_model).ok_or("no base model")?;
+        if self.spec.privacy.secure_aggregation {
+            let mut evidence = Vec::new();
+            for c in &result.contributions {
+                let record = self.evidence.get(&c.delta).ok_or("no evidence kept")?;
+                let decoded = fedmesh_protocol::codec::decode_evidence(record);
+                evidence.push((*c, decoded.map_err(|e| e.to_string())?));
+            }
+            let clip_norm = self.spec.strategy.clip_norm.unwrap_or(1.0);
+            let params = recompute_secure((self.job, result.round), clip_norm, base, &evidence)?;
+            return Ok(hash_f32(&params));
+        }
         let mut deltas = Vec::new();
         for c in &result.contributions {
             let values = self.deltas.get(&c.delta).ok_or("a contribution is not kept")?;
@@ -2134,6 +2151,54 @@ fn a_secure_rounds_leader_receives_only_masked_updates_keys_and_shares() {
         masked += 1;
     }
     assert_eq!(masked, 2 * 3, "three trainers a round send the leader a masked update");
+}
+
+/// Four members with real keys running a secure central job whose every result all audit.
+fn verifiable_secure(rounds: u64) -> Net {
+    let mut net = four_central_secure(rounds, true);
+    let verification = serde_json::json!({"auditors": "all", "audit_window_secs": 60});
+    let verification = serde_json::from_value(verification).expect("verification");
+    net.spec.verification = Some(verification);
+    for member in net.members.values_mut() {
+        member.setup.spec.verification = net.spec.verification.clone();
+    }
+    net.spec.validate().expect("a verifiable secure spec");
+    net
+}
+
+/// A verifiable secure job: every member audits each result from the evidence its leader kept
+/// (signed masked updates, the revealed seeds), finds each honest, and the model is the plain
+/// job's. A forged aggregate is proven and its aggregator excluded.
+#[test]
+fn a_secure_rounds_result_is_audited_from_its_evidence_and_a_forgery_proven() {
+    let mut honest = verifiable_secure(3);
+    honest.run(60_000);
+    honest.assert_agree();
+    assert!(honest.refusals.is_empty(), "{:?}", honest.refusals);
+    assert_eq!(honest.audits.len(), 3 * 3, "three members audit each result");
+    assert!(proofs(&honest).is_empty(), "honest results are not accused");
+    assert!(honest.deltas.is_empty(), "no plain delta travels");
+    let mut plain = four_central_secure(3, false);
+    plain.run(60_000);
+    let (a, b) = (final_params(&plain), final_params(&honest));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4), "plain {a:?}, audited {b:?}");
+
+    let rounds = 5;
+    let mut rehearsal = verifiable_secure(rounds);
+    rehearsal.run(600_000);
+    let opener = rehearsal.opened.iter().find(|((r, _), _)| *r == 2).map(|(_, opener)| *opener);
+    let forger = opener.expect("round 2 opened");
+    let mut lying = verifiable_secure(rounds);
+    lying.forger = Some(forger);
+    lying.run(600_000);
+    let accused = proofs(&lying);
+    assert!(!accused.is_empty(), "the forgery was proven");
+    assert!(accused.iter().all(|(_, liar, _)| *liar == forger), "{accused:?}");
+    for member in lying.live_members() {
+        assert!(member.state().excluded.contains(&forger), "{} did not exclude it", member.me());
+        assert_eq!(member.completed_round(), rounds, "{} completed", member.me());
+    }
+    lying.assert_agree();
 }
 
 /// Six members with real keys in two groups of three, under the hierarchical topology (secure
