@@ -8,9 +8,13 @@ use super::encode_model;
 use super::models::{fetch_blob, fetch_model};
 use crate::engine::requests::respond;
 use crate::engine::{Engine, Internal};
-use fedmesh_federation::member::{Accusation, Event, Refusal};
+use fedmesh_federation::member::{Accusation, Event, Refusal, recompute_secure};
+use fedmesh_protocol::codec::decode_evidence;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
-use fedmesh_protocol::message::{AggregateReady, FraudProof, GossipMessage, Response, unix_millis};
+use fedmesh_protocol::message::{
+    AggregateReady, Contribution, FraudProof, GossipMessage, MAX_EVIDENCE_BYTES, Response,
+    unix_millis,
+};
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params, hash_f32};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -102,12 +106,13 @@ pub fn hold_delta(
 
 impl Engine {
     /// The machine names the deltas of a round to keep for auditors: those held already stay
-    /// until `until_ms`, and this member's own update (folded in unencoded) is kept as f32.
+    /// until `until_ms`, this member's own update (folded in unencoded) is kept as f32, and a
+    /// secure round's evidence as it was encoded.
     pub(super) fn keep_contributions(
         &self,
         id: JobId,
         deltas: &[ContentHash],
-        own: Option<Arc<Vec<f32>>>,
+        (own, evidence): (Option<Arc<Vec<f32>>>, Vec<Arc<Vec<u8>>>),
         until_ms: u64,
     ) {
         let Some(contributions) = self.runs.get(&id).and_then(|run| run.contributions.clone())
@@ -122,6 +127,9 @@ impl Engine {
             kept.keep_until(deltas, until_ms);
             if let Some((hash, bytes)) = own {
                 kept.hold(hash, bytes, until_ms, unix_millis());
+            }
+            for record in evidence {
+                kept.hold(ContentHash::of(&record), record, until_ms, unix_millis());
             }
         }
     }
@@ -193,7 +201,12 @@ impl Engine {
         let spec = run.machine.spec();
         let (strategy, encoding) =
             (spec.aggregator_strategy(), spec.delta_encoding.tensor_encoding());
+        let secure = spec.privacy.secure_aggregation.then(|| spec.strategy.clip_norm);
         let params = run.machine.params().len();
+        let largest = match secure {
+            Some(_) => MAX_EVIDENCE_BYTES,
+            None => largest_delta_bytes(params),
+        };
         let contributions = run.contributions.clone();
         let (network, store, internal) =
             (self.network.clone(), self.store.clone(), self.internal.clone());
@@ -214,7 +227,7 @@ impl Engine {
                             contribution.member,
                             &from,
                             contribution.delta,
-                            params,
+                            largest,
                         )
                         .await
                     }
@@ -227,12 +240,19 @@ impl Engine {
                     }
                 }
             }
+            let listed = result.clone();
             let work = move || {
                 if let Some(missing) = missing {
                     return Err(missing);
                 }
                 let base = base?;
-                recompute(&strategy, &base, deltas, (aggregator, encoding), params)
+                match secure {
+                    Some(clip_norm) => {
+                        let (round, listed) = (listed.round, &listed.contributions);
+                        recompute_secure_round((id, round), clip_norm, &base, deltas, listed)
+                    }
+                    None => recompute(&strategy, &base, deltas, (aggregator, encoding), params),
+                }
             };
             let outcome = match tokio::task::spawn_blocking(work).await {
                 Ok(outcome) => outcome,
@@ -281,11 +301,11 @@ async fn fetch_contribution(
     member: MemberId,
     from: &[MemberId],
     hash: ContentHash,
-    params: usize,
+    largest: usize,
 ) -> Result<Vec<u8>, String> {
     let mut last = "no member to fetch it from".to_owned();
     for source in std::iter::once(member).chain(from.iter().copied()) {
-        match fetch_blob(network, source, hash, largest_delta_bytes(params)).await {
+        match fetch_blob(network, source, hash, largest).await {
             Ok(bytes) => return Ok(bytes),
             Err(error) => last = error,
         }
@@ -322,6 +342,26 @@ fn recompute(
         .collect();
     let model = fedmesh_aggregation::verifiable::recompute(strategy, base, &contributions)
         .map_err(|e| e.to_string())?;
+    let blob = encode_model(&model).map_err(|e| e.to_string())?;
+    Ok(ContentHash::of(&blob))
+}
+
+/// The model a secure round's evidence makes over `base` (see `recompute_secure`), and its
+/// hash as the aggregator's store makes it.
+fn recompute_secure_round(
+    job_round: (JobId, fedmesh_protocol::ids::Round),
+    clip_norm: Option<f32>,
+    base: &[f32],
+    records: Vec<(MemberId, u64, Vec<u8>)>,
+    contributions: &[Contribution],
+) -> Result<ContentHash, String> {
+    let clip_norm = clip_norm.ok_or("a secure job without clip_norm")?;
+    let mut evidence = Vec::with_capacity(records.len());
+    for ((member, _, bytes), contribution) in records.into_iter().zip(contributions) {
+        let record = decode_evidence(&bytes).map_err(|e| format!("{member}'s evidence: {e}"))?;
+        evidence.push((*contribution, record));
+    }
+    let model = recompute_secure(job_round, clip_norm, base, &evidence)?;
     let blob = encode_model(&model).map_err(|e| e.to_string())?;
     Ok(ContentHash::of(&blob))
 }

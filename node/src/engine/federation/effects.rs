@@ -58,8 +58,8 @@ impl Engine {
             Effect::Audit { result, aggregator, from, .. } => {
                 self.audit(id, result, aggregator, from)
             }
-            Effect::KeepContributions { deltas, own, until_ms, .. } => {
-                self.keep_contributions(id, &deltas, own, until_ms)
+            Effect::KeepContributions { deltas, own, evidence, until_ms, .. } => {
+                self.keep_contributions(id, &deltas, (own, evidence), until_ms)
             }
             Effect::ServeContribution { request, hash, outcome, .. } => {
                 self.serve_contribution(id, request, hash, outcome).await
