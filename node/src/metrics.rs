@@ -60,6 +60,7 @@ pub struct Metrics {
     pub updates_accepted: Family<JobKindLabel, Counter>,
     pub updates_refused: Family<JobRefusalLabel, Counter>,
     pub job_bytes_received: Family<JobLabel, Counter>,
+    pub masked_update_round: Family<JobLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,12 @@ impl Metrics {
             "Update payload bytes received, by job",
             job_bytes_received.clone(),
         );
+        let masked_update_round = Family::default();
+        registry.register(
+            "job_masked_update_round",
+            "The last round whose masked update (secure aggregation) this node delivered, by job",
+            masked_update_round.clone(),
+        );
         Self {
             registry,
             connected_peers,
@@ -121,7 +128,14 @@ impl Metrics {
             updates_accepted,
             updates_refused,
             job_bytes_received,
+            masked_update_round,
         }
+    }
+
+    /// Records that this node's masked update of `round` reached its aggregator.
+    pub fn masked_update_delivered(&self, job: &str, round: u64) {
+        let gauge = self.masked_update_round.get_or_create(&JobLabel { job: job.to_owned() });
+        gauge.set(gauge.get().max(round as i64));
     }
 
     /// Counts an update of `kind` for `job` accepted, or refused for `reason`.

@@ -148,6 +148,18 @@ pub struct Event {
     /// `attack`: the longest the attack goes on, in seconds (default 20).
     #[serde(default)]
     pub duration_secs: Option<u64>,
+    /// `kill`: the step of the round the kill waits for on its node (default: none, at once).
+    #[serde(default)]
+    pub after: Option<KillAfter>,
+}
+
+/// What a `kill` event waits for its node to do first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KillAfter {
+    /// Its masked update of the event's round (or a later one) reached its aggregator, in a
+    /// secure-aggregation job: the node drops out after sending, before it helps unmask.
+    MaskedUpdate,
 }
 
 impl Event {
@@ -175,8 +187,11 @@ impl Event {
             (Some(target), _) => target.to_string(),
             (None, _) => "nobody".to_owned(),
         };
-        let how = match (self.action, self.misbehave) {
+        let how = match (self.action, self.after) {
             (Action::Byzantine, _) => format!(" (misbehave = {})", self.misbehaviour()),
+            (Action::Kill, Some(KillAfter::MaskedUpdate)) => {
+                " right after its masked update".to_owned()
+            }
             _ => String::new(),
         };
         format!("round {}: {} {whom}{how}", self.round, self.action.name())
@@ -246,6 +261,7 @@ mod tests {
             attack: None,
             posing: None,
             duration_secs: None,
+            after: None,
         }
     }
 

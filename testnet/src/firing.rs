@@ -2,10 +2,10 @@
 //! knowing which nodes are still members and which one is safe to follow.
 
 use crate::attack_runs::Attacks;
-use crate::cluster::{Cluster, NodeSpec};
-use crate::events::{Action, Event, FiredEvent, Target};
+use crate::cluster::{Cluster, NodeProcess, NodeSpec};
+use crate::events::{Action, Event, FiredEvent, KillAfter, Target};
 use crate::follow::open_round;
-use fedmesh_admin_api::RunView;
+use fedmesh_admin_api::{RunView, metric_value};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -208,10 +208,17 @@ impl EventRunner {
             _ => {}
         }
         match event.action {
-            Action::Kill => {
-                process.kill();
-                Ok("killed (SIGKILL)".into())
-            }
+            Action::Kill => match event.after {
+                Some(KillAfter::MaskedUpdate) => {
+                    let sent = masked_update_sent(process, &self.job, event.round).await?;
+                    process.kill();
+                    Ok(format!("killed (SIGKILL) right after its masked update of round {sent}"))
+                }
+                None => {
+                    process.kill();
+                    Ok("killed (SIGKILL)".into())
+                }
+            },
             Action::Restart => {
                 cluster.restart_with(node, None).await.map_err(|e| e.to_string())?;
                 Ok("restarted from its data directory".into())
@@ -282,5 +289,26 @@ impl EventRunner {
             .iter()
             .map(|e| format!("{}: never fired (the job ended first)", e.describe()));
         failed.chain(unfired).collect()
+    }
+}
+
+/// The longest a kill waits for its node's masked update.
+const MASKED_UPDATE_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits (polling its metrics every 5 ms) until `node` delivered its masked update of `round`
+/// or a later one; that round.
+async fn masked_update_sent(node: &NodeProcess, job: &str, round: u64) -> Result<u64, String> {
+    let sample = format!("fedmesh_job_masked_update_round{{job=\"{job}\"}}");
+    let started = Instant::now();
+    loop {
+        let metrics = node.api.metrics().await.map_err(|e| e.to_string())?;
+        let sent = metric_value(&metrics, &sample) as u64;
+        if sent >= round {
+            return Ok(sent);
+        }
+        if started.elapsed() > MASKED_UPDATE_WAIT {
+            return Err(format!("sent no masked update of round {round} or later in 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -246,6 +246,9 @@ impl ScenarioFile {
         if event.action != Action::Byzantine && event.misbehave.is_some() {
             return Some("only byzantine takes misbehave".into());
         }
+        if event.action != Action::Kill && event.after.is_some() {
+            return Some("only kill takes after".into());
+        }
         if event.action == Action::Restart && event.target == Some(Target::Aggregator) {
             return Some("restart needs node indices (the aggregator is never stopped)".into());
         }

@@ -51,10 +51,18 @@ fn secure_rounds_complete_when_trainers_drop_out() {
     let text = std::fs::read_to_string(path).unwrap();
     let run = common::run_scenario_file("secagg-dropouts", &text);
     run.assert_passed();
-    // A node killed after its masked update went still counts in that round's sum.
+    // A node killed right after its masked update reached the aggregator still counts in that
+    // round's sum, and in no later one.
     let participants = run.participants();
     assert_eq!((participants[0], participants[9]), (8, 6), "{:#?}", run.lines);
     assert!(participants.windows(2).all(|w| w[1] <= w[0]), "{:#?}", run.lines);
+    for fired in &run.report.events {
+        let sent =
+            fired.outcome.strip_prefix("killed (SIGKILL) right after its masked update of round ");
+        let round: usize = sent.and_then(|r| r.parse().ok()).expect(&fired.outcome);
+        assert!(round >= fired.round as usize, "{fired:?}");
+        assert_eq!(participants[round - 1], participants[round] + 1, "{participants:?} {fired:?}");
+    }
 }
 
 /// Under the hierarchical topology each group's aggregator sums its group's masked updates:

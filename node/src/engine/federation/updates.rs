@@ -17,7 +17,8 @@ use fedmesh_protocol::envelope::{CarriesPayload, Denied, Scope, Scoped, Signed, 
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{JobId, MemberId};
 use fedmesh_protocol::message::{
-    ModelDelta, PartialAggregate, Request, Response, RingChunk, SecureAggregation, unix_millis,
+    ModelDelta, PartialAggregate, Request, Response, RingChunk, SecureAggregation, SecureBody,
+    unix_millis,
 };
 use fedmesh_protocol::model::TensorLayout;
 use fedmesh_protocol::spec::DeltaEncoding;
@@ -233,7 +234,7 @@ impl Engine {
         until_ms: u64,
     ) {
         let aggregator = self.identity.member_id();
-        self.send_encoded(id, to, until_ms, move |identity| {
+        let make = move |identity: &Identity| {
             let payload = encode_f32(&partial.mean)?;
             let body = PartialAggregate {
                 job: id,
@@ -248,13 +249,14 @@ impl Engine {
             };
             let signed = Signed::sign(identity, body).map_err(|e| e.to_string())?;
             Ok((Request::Partial(signed), payload))
-        });
+        };
+        self.send_encoded((id, to, until_ms), make, || {});
     }
 
     /// Encodes, signs and sends one ring all-reduce chunk to the ring's next member.
     pub(super) fn send_chunk(&self, id: JobId, to: MemberId, chunk: ChunkToSend, until_ms: u64) {
         let member = self.identity.member_id();
-        self.send_encoded(id, to, until_ms, move |identity| {
+        let make = move |identity: &Identity| {
             let payload = encode_f32(&chunk.values)?;
             let body = RingChunk {
                 job: id,
@@ -269,7 +271,8 @@ impl Engine {
             };
             let signed = Signed::sign(identity, body).map_err(|e| e.to_string())?;
             Ok((Request::RingChunk(signed), payload))
-        });
+        };
+        self.send_encoded((id, to, until_ms), make, || {});
     }
 
     /// Signs and sends a secure round's message (keys, shares, a masked update, an unmasking)
@@ -281,9 +284,17 @@ impl Engine {
         message: SecureAggregation,
         until_ms: u64,
     ) {
-        self.send_encoded(id, to, until_ms, move |identity| {
+        let masked_round =
+            matches!(message.body, SecureBody::Masked { .. }).then_some(message.round);
+        let metrics = self.metrics.clone();
+        let make = move |identity: &Identity| {
             let signed = Signed::sign(identity, message).map_err(|e| e.to_string())?;
             Ok((Request::Secure(signed), Vec::new()))
+        };
+        self.send_encoded((id, to, until_ms), make, move || {
+            if let Some(round) = masked_round {
+                metrics.masked_update_delivered(&id.to_string(), round);
+            }
         });
     }
 
@@ -316,13 +327,13 @@ impl Engine {
         refuse(&self.network, &self.metrics, (job, "secure"), refused, reply).await;
     }
 
-    /// Makes a request with `make` on the blocking pool and sends it to `to` until `until_ms`.
+    /// Makes a request with `make` on the blocking pool and sends it to `to` until `until_ms`;
+    /// `on_accepted` runs once the receiver accepted it.
     fn send_encoded(
         &self,
-        id: JobId,
-        to: MemberId,
-        until_ms: u64,
+        (id, to, until_ms): (JobId, MemberId, u64),
         make: impl FnOnce(&Identity) -> Result<(Request, Vec<u8>), String> + Send + 'static,
+        on_accepted: impl FnOnce() + Send + 'static,
     ) {
         let (identity, network) = (self.identity.clone(), self.network.clone());
         tokio::spawn(async move {
@@ -335,7 +346,9 @@ impl Engine {
                 }
                 Err(error) => return tracing::error!(job = %id, %error, "making an update failed"),
             };
-            send_until(&network, to, request, Arc::new(payload), (id, until_ms)).await;
+            if send_until(&network, to, request, Arc::new(payload), (id, until_ms)).await {
+                on_accepted();
+            }
         });
     }
 }
@@ -405,21 +418,29 @@ async fn send_until(
     request: Request,
     payload: Arc<Vec<u8>>,
     (id, until_ms): (JobId, u64),
-) {
+) -> bool {
     let mut wait_ms = FIRST_RETRY_MS + rand::random_range(0..FIRST_RETRY_MS);
     loop {
         match request_with_payload(network, to, &request, &payload).await {
-            Ok(Response::Accepted) => return tracing::debug!(job = %id, %to, "update accepted"),
+            Ok(Response::Accepted) => {
+                tracing::debug!(job = %id, %to, "update accepted");
+                return true;
+            }
             Ok(Response::Refused { reason }) => {
-                return tracing::warn!(job = %id, %to, %reason, "update refused");
+                tracing::warn!(job = %id, %to, %reason, "update refused");
+                return false;
             }
             Ok(other) => {
-                return tracing::warn!(job = %id, %to, ?other, "unexpected answer to an update");
+                tracing::warn!(job = %id, %to, ?other, "unexpected answer to an update");
+                return false;
             }
             Err(error) if unix_millis() + wait_ms < until_ms => {
                 tracing::warn!(job = %id, %to, %error, retry_in_ms = wait_ms, "cannot send the update; trying again");
             }
-            Err(error) => return tracing::warn!(job = %id, %to, %error, "cannot send the update"),
+            Err(error) => {
+                tracing::warn!(job = %id, %to, %error, "cannot send the update");
+                return false;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
         wait_ms *= 2;
