@@ -1,26 +1,32 @@
-//! The members' blob stores: every model by content hash, once, with the members holding it
-//! (a member's store survives its kills, as its disk would).
+//! The members' blob stores: every model (or kept delta, or secure round's evidence) by content
+//! hash, once, with the members holding it (a member's store survives its kills, as its disk
+//! would).
 
 use crate::network::Index;
 use fedmesh_protocol::ids::ContentHash;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// One model and who holds it.
-struct Blob {
-    params: Arc<Vec<f32>>,
+/// One blob and who holds it.
+struct Blob<T> {
+    params: T,
     holders: BTreeSet<Index>,
 }
 
-/// All members' stores.
-#[derive(Default)]
-pub struct Blobs {
-    blobs: BTreeMap<ContentHash, Blob>,
+/// All members' stores of one kind of blob (models by default).
+pub struct Blobs<T = Arc<Vec<f32>>> {
+    blobs: BTreeMap<ContentHash, Blob<T>>,
 }
 
-impl Blobs {
+impl<T> Default for Blobs<T> {
+    fn default() -> Self {
+        Self { blobs: BTreeMap::new() }
+    }
+}
+
+impl<T> Blobs<T> {
     /// `member` stores `params` under `hash`.
-    pub fn put(&mut self, hash: ContentHash, params: Arc<Vec<f32>>, member: Index) {
+    pub fn put(&mut self, hash: ContentHash, params: T, member: Index) {
         let blob =
             self.blobs.entry(hash).or_insert_with(|| Blob { params, holders: BTreeSet::new() });
         blob.holders.insert(member);
@@ -31,8 +37,8 @@ impl Blobs {
         self.blobs.get(hash).is_some_and(|blob| blob.holders.contains(&member))
     }
 
-    /// The model stored under `hash` (by anyone).
-    pub fn get(&self, hash: &ContentHash) -> Option<&Arc<Vec<f32>>> {
+    /// The blob stored under `hash` (by anyone).
+    pub fn get(&self, hash: &ContentHash) -> Option<&T> {
         self.blobs.get(hash).map(|blob| &blob.params)
     }
 

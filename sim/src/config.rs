@@ -269,6 +269,9 @@ pub struct Config {
     /// Print the machines' log notices.
     /// Verifiable aggregation: who audits each result (none: results are not audited).
     pub verification: Option<Auditors>,
+    /// Secure aggregation: trainers mask their updates (clipped to the strategy's `clip_norm`,
+    /// which it requires) and each slot's aggregator learns only their sum.
+    pub secure_aggregation: bool,
     pub verbose: bool,
     /// Print a line when each round's model is first adopted.
     pub progress: bool,
@@ -303,6 +306,7 @@ impl Config {
             groups: 10,
             max_sim_secs: 3_600.0,
             verification: None,
+            secure_aggregation: false,
             verbose: false,
             progress: false,
         }

@@ -3,12 +3,14 @@
 //! and log notices; with the adversaries' twists on publishing.
 
 use crate::adversary;
+use crate::blobs::Blobs;
 use crate::config::AdversaryKind;
 use crate::network::Index;
 use crate::world::{Action, Training, World};
-use fedmesh_federation::member::{Effect, Event, Gossip, Level, Notice, Publish};
+use fedmesh_federation::member::{Effect, Event, Gossip, Level, Notice, Publish, recompute_secure};
+use fedmesh_protocol::codec::decode_evidence;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{AggregateReady, RoundOpen};
+use fedmesh_protocol::message::{AggregateReady, Contribution, RoundOpen};
 use fedmesh_protocol::tensor::hash_f32;
 use std::sync::Arc;
 
@@ -90,9 +92,12 @@ impl World {
             Effect::Log(notice) => self.log(member, &notice),
             Effect::Rejected(_) => {} // a refused round message is held and judged again
             Effect::Audit { result, from, .. } => self.audit(member, &result, &from),
-            Effect::KeepContributions { own, .. } => {
+            Effect::KeepContributions { own, evidence, .. } => {
                 if let Some(own) = own {
                     self.deltas.put(hash_f32(&own), own, member);
+                }
+                for record in evidence {
+                    self.evidence.put(ContentHash::of(&record), record, member);
                 }
             }
             Effect::ServeContribution { .. } => {} // auditors read the kept deltas directly
@@ -153,46 +158,92 @@ impl World {
     }
 
     /// Recomputes `result` for an auditor as the node's executor would: its base model and
-    /// each delta it lists, from a live member keeping it (the contribution's own member, the
-    /// aggregator `from`, or any), over the network; reported after the transfer's time.
+    /// each delta it lists (a secure round's evidence), from a live member keeping it (the
+    /// contribution's own member, the aggregator `from`, or any), over the network; reported
+    /// after the transfer's time.
     fn audit(&mut self, member: Index, result: &AggregateReady, from: &[MemberId]) {
-        let holders: Vec<Index> = from.iter().filter_map(|id| self.index_of(id)).collect();
-        let mut deltas = Vec::with_capacity(result.contributions.len());
-        for contribution in &result.contributions {
-            let owner = self.index_of(&contribution.member);
-            let usable = |m: Index| self.nodes[m].is_alive() || m == member;
-            let holder = owner
-                .filter(|&m| usable(m) && self.deltas.holds(m, &contribution.delta))
-                .or_else(|| {
-                    holders
-                        .iter()
-                        .copied()
-                        .find(|&m| usable(m) && self.deltas.holds(m, &contribution.delta))
-                })
-                .or_else(|| self.deltas.find_holder(&contribution.delta, usable));
-            match holder.and_then(|_| self.deltas.get(&contribution.delta)) {
-                Some(values) => {
-                    deltas.push((contribution.member, contribution.samples, values.clone()))
-                }
-                None => {
-                    let missing = format!("no member keeps contribution {}", contribution.delta);
-                    return self.audited(member, result.model, Err(missing), 0);
-                }
-            }
-        }
         let Some(base) = self.blobs.get(&result.base_model).cloned() else {
             let missing = format!("base model {} is not stored", result.base_model);
             return self.audited(member, result.model, Err(missing), 0);
         };
-        let borrowed: Vec<_> = deltas.iter().map(|(m, w, v)| (*m, *w, v.as_slice())).collect();
-        let strategy = &self.config.strategy;
-        let outcome = fedmesh_aggregation::verifiable::recompute(strategy, &base, &borrowed)
-            .map(|params| hash_f32(&params))
-            .map_err(|error| error.to_string());
-        let bytes = deltas.iter().map(|(_, _, v)| v.len() as u64 * 4).sum::<u64>();
+        let (outcome, bytes) = if self.config.secure_aggregation {
+            self.recompute_secure(member, result, from, &base)
+        } else {
+            self.recompute(member, result, from, &base)
+        };
         let delay =
             AUDIT_BASE_MS + bytes * 8 / ((self.config.bandwidth_mbps * 1_000.0) as u64).max(1);
         self.audited(member, result.model, outcome, delay);
+    }
+
+    /// The model a result's deltas make, and the bytes fetched.
+    fn recompute(
+        &self,
+        member: Index,
+        result: &AggregateReady,
+        from: &[MemberId],
+        base: &[f32],
+    ) -> (Result<ContentHash, String>, u64) {
+        let mut deltas = Vec::with_capacity(result.contributions.len());
+        for contribution in &result.contributions {
+            match self.kept(&self.deltas, member, contribution, from) {
+                Ok(values) => deltas.push((contribution.member, contribution.samples, values)),
+                Err(missing) => return (Err(missing), 0),
+            }
+        }
+        let borrowed: Vec<_> = deltas.iter().map(|(m, w, v)| (*m, *w, v.as_slice())).collect();
+        let outcome =
+            fedmesh_aggregation::verifiable::recompute(&self.config.strategy, base, &borrowed)
+                .map(|params| hash_f32(&params))
+                .map_err(|error| error.to_string());
+        (outcome, deltas.iter().map(|(_, _, v)| v.len() as u64 * 4).sum())
+    }
+
+    /// The model a secure round's evidence makes, and the bytes fetched.
+    fn recompute_secure(
+        &self,
+        member: Index,
+        result: &AggregateReady,
+        from: &[MemberId],
+        base: &[f32],
+    ) -> (Result<ContentHash, String>, u64) {
+        let (mut evidence, mut bytes) = (Vec::with_capacity(result.contributions.len()), 0);
+        for contribution in &result.contributions {
+            let record = self.kept(&self.evidence, member, contribution, from).and_then(|record| {
+                bytes += record.len() as u64;
+                decode_evidence(&record).map_err(|e| e.to_string())
+            });
+            match record {
+                Ok(record) => evidence.push((*contribution, record)),
+                Err(missing) => return (Err(missing), 0),
+            }
+        }
+        let clip_norm = self.config.strategy.clip_norm.unwrap_or(1.0);
+        let job = self.nodes[member].setup.job;
+        let outcome = recompute_secure((job, result.round), clip_norm, base, &evidence)
+            .map(|params| hash_f32(&params));
+        (outcome, bytes)
+    }
+
+    /// A contribution kept in `store` by a live member: its own, the aggregator `from`, or any.
+    fn kept<T: Clone>(
+        &self,
+        store: &Blobs<T>,
+        member: Index,
+        contribution: &Contribution,
+        from: &[MemberId],
+    ) -> Result<T, String> {
+        let usable = |m: Index| self.nodes[m].is_alive() || m == member;
+        let holds = |m: &Index| usable(*m) && store.holds(*m, &contribution.delta);
+        let holder = self
+            .index_of(&contribution.member)
+            .filter(holds)
+            .or_else(|| from.iter().filter_map(|id| self.index_of(id)).find(holds))
+            .or_else(|| store.find_holder(&contribution.delta, usable));
+        match holder.and_then(|_| store.get(&contribution.delta)) {
+            Some(kept) => Ok(kept.clone()),
+            None => Err(format!("no member keeps contribution {}", contribution.delta)),
+        }
     }
 
     fn audited(

@@ -4,10 +4,14 @@
 use crate::config::Config;
 use crate::network::Index;
 use fedmesh_federation::member::Setup;
+use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
-use fedmesh_protocol::spec::{Hyperparameters, JobSpec, Participation, Quorum, Verification};
+use fedmesh_protocol::spec::{
+    Hyperparameters, JobSpec, Participation, Privacy, Quorum, Verification,
+};
 use fedmesh_protocol::tag::TagSpec;
 use fedmesh_topologies::Tag;
+use std::sync::Arc;
 
 /// How long members keep a verifiable job's contributions for auditors.
 const AUDIT_WINDOW_SECS: u64 = 600;
@@ -21,14 +25,19 @@ pub enum JobError {
     Tag(#[from] fedmesh_topologies::TagErrors),
 }
 
-/// The 32 bytes that stand for member `index`'s key in a run of `seed` (the driver, not the
-/// machine, checks signatures, so any distinct bytes do).
-pub fn member_id(seed: u64, index: Index) -> MemberId {
+/// Member `index`'s signing key in a run of `seed` (secure rounds sign their keys and masked
+/// updates with it; the driver, not the machine, checks the envelopes' signatures).
+pub fn identity(seed: u64, index: Index) -> Identity {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"fedmesh-sim member");
     hasher.update(&seed.to_le_bytes());
     hasher.update(&(index as u64).to_le_bytes());
-    MemberId(*hasher.finalize().as_bytes())
+    Identity::from_seed(*hasher.finalize().as_bytes())
+}
+
+/// Member `index`'s key in a run of `seed`.
+pub fn member_id(seed: u64, index: Index) -> MemberId {
+    identity(seed, index).member_id()
 }
 
 /// Member `index`'s secret its DP noise is drawn from, in a run of `seed` (a node draws its own
@@ -72,7 +81,7 @@ pub fn spec(config: &Config) -> Result<JobSpec, JobError> {
         seed: config.seed,
         delta_encoding: Default::default(),
         classes: None,
-        privacy: Default::default(),
+        privacy: Privacy { secure_aggregation: config.secure_aggregation, ..Privacy::default() },
         verification: config
             .verification
             .map(|auditors| Verification { auditors, audit_window_secs: AUDIT_WINDOW_SECS }),
@@ -106,9 +115,7 @@ pub fn setups(
             roles: Vec::new(),
             samples: samples(index),
             ticket: None,
-            // Secure aggregation is not simulated yet: its round keys need members whose ids
-            // are ed25519 keys.
-            identity: None,
+            identity: Some(Arc::new(identity(config.seed, index))),
             noise_key: noise_key(config.seed, index),
         })
         .collect())

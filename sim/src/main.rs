@@ -96,6 +96,13 @@ struct Args {
     /// Verifiable aggregation: `all` members audit each result, or a fraction of them (0.3).
     #[arg(long)]
     verify: Option<AuditorsChoice>,
+    /// Secure aggregation: trainers clip their updates to --clip-norm and mask them, and each
+    /// slot's aggregator learns only their sum (central or hierarchical topology, fedavg).
+    #[arg(long)]
+    secure_aggregation: bool,
+    /// The norm trainers clip their updates to under --secure-aggregation.
+    #[arg(long, default_value_t = 20.0, requires = "secure_aggregation")]
+    clip_norm: f32,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -131,7 +138,11 @@ impl Args {
             adversaries: self.adversary,
             model: self.model.0,
             dataset: self.dataset.0,
-            strategy: StrategySpec { rule: self.strategy.0, ..StrategySpec::default() },
+            strategy: StrategySpec {
+                rule: self.strategy.0,
+                clip_norm: self.secure_aggregation.then_some(self.clip_norm),
+                ..StrategySpec::default()
+            },
             local_epochs: self.local_epochs,
             lr: self.lr,
             deadline_secs: self.deadline_secs,
@@ -140,6 +151,7 @@ impl Args {
             groups: self.groups.unwrap_or(if grouped { 10 } else { 1 }),
             max_sim_secs: self.max_sim_secs,
             verification: self.verify.map(|choice| choice.0),
+            secure_aggregation: self.secure_aggregation,
             verbose: self.verbose,
             progress: !self.json,
         }

@@ -142,6 +142,8 @@ pub struct World {
     pub(crate) blobs: Blobs,
     /// The deltas members keep for auditors (verifiable jobs), by payload hash.
     pub(crate) deltas: Blobs,
+    /// The evidence secure rounds' leaders keep for auditors (verifiable secure jobs), by hash.
+    pub(crate) evidence: Blobs<Arc<Vec<u8>>>,
     /// The models forge-aggregate members announced.
     pub(crate) forged: BTreeSet<ContentHash>,
     pub(crate) initial: (ContentHash, Arc<Vec<f32>>),
@@ -209,6 +211,7 @@ impl World {
             ids,
             blobs,
             deltas: Blobs::default(),
+            evidence: Blobs::default(),
             forged: BTreeSet::new(),
             initial: (model, params),
             faults,
