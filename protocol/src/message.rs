@@ -707,7 +707,7 @@ impl SecureEvidence {
     pub fn check(&self) -> Result<(), String> {
         check_count("dropped members", self.dropped.len())?;
         check_blob("a masked update's signature", &self.signature)?;
-        if self.masked.len() > MAX_MASKED_VALUES * 8 || self.masked.len() % 8 != 0 {
+        if self.masked.len() > MAX_MASKED_VALUES * 8 || !self.masked.len().is_multiple_of(8) {
             return Err(format!("{} masked bytes is not a masked update", self.masked.len()));
         }
         Ok(())

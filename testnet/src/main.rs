@@ -112,8 +112,8 @@ struct Args {
     trainer: Option<String>,
     /// Secure aggregation: each round's aggregator learns only the sum of the trainers'
     /// updates, which they clip to --clip-norm, quantize and mask (the job spec's
-    /// `privacy.secure_aggregation`; central topology, FedAvg, models of at most 100,000
-    /// parameters, such as softmax).
+    /// `privacy.secure_aggregation`; central or hierarchical topology, FedAvg, models of at
+    /// most 100,000 parameters, such as softmax).
     #[arg(long)]
     secure_aggregation: bool,
     /// The norm trainers clip their updates to under --secure-aggregation.

@@ -4,7 +4,7 @@
 //! run again from the last good model).
 
 use super::phase::Phase;
-use super::{Accusation, Effect, Level, Member, Publish, Reason, Refusal};
+use super::{Accusation, Effect, Level, Member, OwnPayloads, Publish, Reason, Refusal};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::AggregateReady;
 use fedmesh_protocol::spec::Auditors;
@@ -161,7 +161,7 @@ impl Member {
         &mut self,
         round: Round,
         deltas: Vec<ContentHash>,
-        (own, evidence): (Option<Arc<Vec<f32>>>, Vec<Arc<Vec<u8>>>),
+        (own, evidence): OwnPayloads,
         now: u64,
     ) {
         let until_ms = now + self.audit_window_ms();

@@ -175,6 +175,10 @@ impl Refusal {
     }
 }
 
+/// What a member holds itself for auditors besides the deltas it was sent: its own update (f32),
+/// and a secure round's evidence (encoded, kept by the hash of its bytes).
+pub type OwnPayloads = (Option<Arc<Vec<f32>>>, Vec<Arc<Vec<u8>>>);
+
 /// What a member's machine asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {

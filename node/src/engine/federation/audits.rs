@@ -8,7 +8,7 @@ use super::encode_model;
 use super::models::{fetch_blob, fetch_model};
 use crate::engine::requests::respond;
 use crate::engine::{Engine, Internal};
-use fedmesh_federation::member::{Accusation, Event, Refusal, recompute_secure};
+use fedmesh_federation::member::{Accusation, Event, OwnPayloads, Refusal, recompute_secure};
 use fedmesh_protocol::codec::decode_evidence;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
 use fedmesh_protocol::message::{
@@ -112,7 +112,7 @@ impl Engine {
         &self,
         id: JobId,
         deltas: &[ContentHash],
-        (own, evidence): (Option<Arc<Vec<f32>>>, Vec<Arc<Vec<u8>>>),
+        (own, evidence): OwnPayloads,
         until_ms: u64,
     ) {
         let Some(contributions) = self.runs.get(&id).and_then(|run| run.contributions.clone())
@@ -201,7 +201,7 @@ impl Engine {
         let spec = run.machine.spec();
         let (strategy, encoding) =
             (spec.aggregator_strategy(), spec.delta_encoding.tensor_encoding());
-        let secure = spec.privacy.secure_aggregation.then(|| spec.strategy.clip_norm);
+        let secure = spec.privacy.secure_aggregation.then_some(spec.strategy.clip_norm);
         let params = run.machine.params().len();
         let largest = match secure {
             Some(_) => MAX_EVIDENCE_BYTES,
