@@ -39,6 +39,21 @@ async fn an_announced_job_is_owned_by_the_node_and_seen_in_status_and_metrics() 
     assert_eq!(runs.len(), 3);
     let shown: JobView = serde_json::from_str(&fedmesh(&node0, &["job", "show", &job])).unwrap();
     assert_eq!(shown.owner, cluster.nodes[0].peer_id);
+    // A job no node can run is refused when it is announced, with the reason.
+    let unrunnable = json!({
+        "name": "clipped-ring", "model": "softmax", "dataset": "mnist5k", "tag": "ring",
+        "strategy": {"rule": "fedavg", "clip_norm": 1.0},
+    });
+    let unrunnable_file = root.path().join("ring.json");
+    std::fs::write(&unrunnable_file, unrunnable.to_string()).unwrap();
+    let refused = Command::new(BINARY)
+        .args(["job", "announce", unrunnable_file.to_str().unwrap(), "--data-dir"])
+        .arg(&node0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "announced: {stderr}");
+    assert!(stderr.contains("without clip_norm"), "{stderr}");
 
     let status = fedmesh(&cluster.nodes[2].data_dir(), &["status"]);
     assert!(status.contains(&cluster.nodes[2].peer_id), "{status}");

@@ -130,6 +130,8 @@ impl Engine {
     pub(super) async fn announce_local(&mut self, spec_json: &[u8]) -> Result<JobId, EngineError> {
         let spec =
             JobSpec::from_json(spec_json).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        // Refused here, not at every member's join: a job no node can run would stall silently.
+        super::federation::supported(&spec)?;
         let me = self.identity.member_id();
         if spec.owner != me {
             return Err(EngineError::Invalid(format!(

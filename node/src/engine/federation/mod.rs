@@ -193,8 +193,9 @@ fn round_view(record: &RoundRecord) -> RoundView {
     }
 }
 
-/// Checks that this node can run a job's topology and strategy.
-fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
+/// Checks that this node can run a job's topology and strategy (at join, and when its owner's
+/// node announces it).
+pub(super) fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
     let tag = Tag::from_spec(&spec.tag).map_err(|e| EngineError::Invalid(e.to_string()))?;
     let strategy = spec.aggregator_strategy();
     let plain_mean = strategy.rule == AggregationRule::FedAvg
