@@ -48,6 +48,8 @@ fn main() {
             weight_decay: 0.0,
             prox_mu: 0.0,
             seed: 0,
+            lr_schedule: None,
+            rounds: 1,
         };
         let mut trainer = Trainer::new(&model, model.init(Init::Auto, 0), config)
             .unwrap_or_else(|e| panic!("{e}"));

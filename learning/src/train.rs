@@ -4,6 +4,7 @@
 use crate::data::Dataset;
 use crate::error::{LearningError, Result};
 use crate::model::Model;
+use fedmesh_protocol::spec::LrSchedule;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 use rand::SeedableRng;
@@ -23,6 +24,11 @@ pub struct TrainConfig {
     pub prox_mu: f32,
     /// Seed of the per-epoch shuffles.
     pub seed: u64,
+    /// How `lr` changes over a job's rounds (none: constant), and the rounds it spans.
+    #[serde(default)]
+    pub lr_schedule: Option<LrSchedule>,
+    #[serde(default)]
+    pub rounds: u64,
 }
 
 impl TrainConfig {
@@ -37,7 +43,15 @@ impl TrainConfig {
             weight_decay: h.weight_decay,
             prox_mu: h.fedprox_mu,
             seed: spec.seed,
+            lr_schedule: h.lr_schedule,
+            rounds: h.rounds,
         }
+    }
+
+    /// The training of `round` (1-based): the scheduled learning rate, shuffled by `seed`.
+    pub fn for_round(&self, round: u64, seed: u64) -> Self {
+        let lr = self.lr_schedule.map_or(self.lr, |s| s.lr(self.lr, round, self.rounds));
+        Self { lr, seed, ..self.clone() }
     }
 
     fn check(&self) -> Result<()> {

@@ -23,6 +23,8 @@ fn run(source: DataSource, model: &str, epochs: usize, lr: f32) -> BaselineRepor
             weight_decay: 0.0,
             prox_mu: 0.0,
             seed: 0,
+            lr_schedule: None,
+            rounds: 1,
         },
     };
     let report = run_baseline(&config, |_| {}).unwrap();

@@ -16,6 +16,8 @@ fn config(seed: u64) -> TrainConfig {
         weight_decay: 1e-4,
         prox_mu: 0.0,
         seed,
+        lr_schedule: None,
+        rounds: 1,
     }
 }
 
@@ -63,6 +65,8 @@ fn analytic_gradients_match_central_finite_differences() {
             weight_decay: 0.0,
             prox_mu: 0.0,
             seed: 0,
+            lr_schedule: None,
+            rounds: 1,
         };
         let mut trainer = Trainer::new(&model, params.clone(), step).unwrap();
         trainer.epoch(&data).unwrap();

@@ -62,6 +62,10 @@ pub struct NodeConfig {
     /// `misbehave` cargo feature (the tests' and the testnet's) takes this setting.
     #[serde(default)]
     pub misbehave: Vec<Misbehaviour>,
+    /// Testing only, in a build with the `misbehave` cargo feature: local training takes this
+    /// many times as long as it does (default 1), as on a slower machine.
+    #[serde(default = "defaults::slow_training")]
+    pub slow_training: f32,
     /// gossipsub heartbeat, in milliseconds.
     #[serde(default = "defaults::gossip_heartbeat_ms")]
     pub gossip_heartbeat_ms: u64,
@@ -127,6 +131,9 @@ pub(crate) mod defaults {
     pub fn trainer_timeout_secs() -> u64 {
         600
     }
+    pub fn slow_training() -> f32 {
+        1.0
+    }
 }
 
 /// A setting that is wrong, and why.
@@ -190,8 +197,21 @@ impl NodeConfig {
         self.check_misbehave(crate::misbehaviour::COMPILED_IN)
     }
 
-    /// Refuses the `misbehave` setting unless this build acts on it (`compiled_in`).
+    /// Refuses the `misbehave` and `slow_training` settings unless this build acts on them
+    /// (`compiled_in`).
     fn check_misbehave(&self, compiled_in: bool) -> Result<(), ConfigError> {
+        if !(self.slow_training.is_finite() && self.slow_training >= 1.0) {
+            let problem = format!("must be a factor of at least 1, not {}", self.slow_training);
+            return Err(ConfigError::Invalid { setting: "slow_training", problem });
+        }
+        if self.slow_training > 1.0 && !compiled_in {
+            return Err(ConfigError::Invalid {
+                setting: "slow_training",
+                problem: "is a test setting, and this fedmesh was built without test \
+                          misbehaviour (the `misbehave` cargo feature); remove the setting"
+                    .to_owned(),
+            });
+        }
         match self.misbehave.first() {
             Some(kind) if !compiled_in => Err(ConfigError::Invalid {
                 setting: "misbehave",
@@ -249,6 +269,7 @@ impl NodeConfig {
             reannounce_secs: defaults::reannounce_secs(),
             gossip_heartbeat_ms: defaults::gossip_heartbeat_ms(),
             misbehave: Vec::new(),
+            slow_training: defaults::slow_training(),
             coordinate: false,
             trainer: Vec::new(),
             evaluator: Vec::new(),
@@ -269,6 +290,7 @@ impl NodeConfig {
             reannounce: std::time::Duration::from_secs(self.reannounce_secs),
             coordinate: self.coordinate,
             misbehave: self.misbehave.clone(),
+            slow_training: self.slow_training,
         }
     }
 
@@ -402,6 +424,13 @@ mod tests {
         let refused = config.check_misbehave(false).unwrap_err().to_string();
         assert!(refused.contains("misbehave") && refused.contains("`sign-flip`"), "{refused}");
         assert!(config.check_misbehave(true).is_ok(), "a test build takes it");
+        config.slow_training = 5.0;
+        let refused = config.check_misbehave(false).unwrap_err().to_string();
+        assert!(refused.contains("slow_training"), "{refused}");
+        assert!(config.check_misbehave(true).is_ok(), "a test build takes it");
+        config.slow_training = 0.5;
+        let refused = config.check_misbehave(true).unwrap_err().to_string();
+        assert!(refused.contains("at least 1"), "{refused}");
         let file = "key = \"k\"\ndata_dir = \"d\"\nmisbehave = [\"bogus\"]\n";
         let unknown = toml::from_str::<NodeConfig>(file).unwrap_err().to_string();
         assert!(unknown.contains("bogus") && unknown.contains("sign-flip"), "{unknown}");

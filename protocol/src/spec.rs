@@ -265,6 +265,89 @@ pub struct Hyperparameters {
     pub weight_decay: f32,
     /// FedProx proximal term; 0 is plain FedAvg (default 0).
     pub fedprox_mu: f32,
+    /// How the local learning rate changes over the rounds: `"step:EVERY,GAMMA"` or `"cosine"`
+    /// (default: constant). Left out of the canonical JSON when constant, so older
+    /// announcements keep their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<LrSchedule>,
+}
+
+impl Hyperparameters {
+    /// The local learning rate of `round` (1-based), after the schedule.
+    pub fn lr_at(&self, round: u64) -> f32 {
+        self.lr_schedule.map_or(self.lr, |schedule| schedule.lr(self.lr, round, self.rounds))
+    }
+}
+
+/// A learning-rate schedule over a job's rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrSchedule {
+    /// `step:EVERY,GAMMA`: the rate is multiplied by GAMMA every EVERY rounds.
+    Step { every: u64, gamma: f32 },
+    /// `cosine`: half a cosine from the rate in round 1 towards 0 after the last round.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The rate of `round` (1-based) of `rounds`, from `lr` in round 1.
+    pub fn lr(self, lr: f32, round: u64, rounds: u64) -> f32 {
+        let done = round.saturating_sub(1);
+        match self {
+            Self::Step { every, gamma } => {
+                let steps = (done / every.max(1)).min(i32::MAX as u64) as i32;
+                lr * gamma.powi(steps)
+            }
+            Self::Cosine => {
+                let progress = done as f64 / rounds.max(1) as f64;
+                (f64::from(lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Step { every, gamma } => write!(f, "step:{every},{gamma}"),
+            Self::Cosine => f.write_str("cosine"),
+        }
+    }
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let wrong = || {
+            format!(
+                "`{text}` is not \"step:EVERY,GAMMA\" (EVERY >= 1, GAMMA in (0, 1]) or \"cosine\""
+            )
+        };
+        if text == "cosine" {
+            return Ok(Self::Cosine);
+        }
+        let (every, gamma) =
+            text.strip_prefix("step:").and_then(|r| r.split_once(',')).ok_or_else(wrong)?;
+        let every: u64 = every.trim().parse().map_err(|_| wrong())?;
+        let gamma: f32 = gamma.trim().parse().map_err(|_| wrong())?;
+        if every == 0 || !(gamma > 0.0 && gamma <= 1.0) {
+            return Err(wrong());
+        }
+        Ok(Self::Step { every, gamma })
+    }
+}
+
+impl Serialize for LrSchedule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LrSchedule {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Hyperparameters {
@@ -277,6 +360,7 @@ impl Default for Hyperparameters {
             momentum: 0.0,
             weight_decay: 0.0,
             fedprox_mu: 0.0,
+            lr_schedule: None,
         }
     }
 }

@@ -456,3 +456,35 @@ fn secure_aggregation_refuses_what_needs_an_update_on_its_own_with_the_reason() 
     let both = json!({"secure_aggregation": true, "noise": "distributed"});
     assert!(parse(&with(with(minimal(), "strategy", noised), "privacy", both)).is_ok());
 }
+
+#[test]
+fn an_lr_schedule_steps_or_follows_a_cosine_and_a_bad_one_is_refused() {
+    let stepped = with(
+        minimal(),
+        "hyperparameters",
+        json!({"rounds": 10, "lr": 0.4, "lr_schedule": "step:3,0.5"}),
+    );
+    let spec = parse(&stepped).unwrap();
+    let rates: Vec<f32> = (1..=7).map(|r| spec.hyperparameters.lr_at(r)).collect();
+    assert_eq!(rates, vec![0.4, 0.4, 0.4, 0.2, 0.2, 0.2, 0.1]);
+    let canonical = String::from_utf8(spec.to_canonical_json().unwrap()).unwrap();
+    assert!(canonical.contains(r#""lr_schedule":"step:3,0.5""#), "{canonical}");
+    let cosine = with(
+        minimal(),
+        "hyperparameters",
+        json!({"rounds": 4, "lr": 1.0, "lr_schedule": "cosine"}),
+    );
+    let spec = parse(&cosine).unwrap();
+    let rates: Vec<f32> = (1..=4).map(|r| spec.hyperparameters.lr_at(r)).collect();
+    assert_eq!(rates[0], 1.0);
+    assert!((rates[2] - 0.5).abs() < 1e-6 && rates[3] > 0.0 && rates[3] < rates[2], "{rates:?}");
+    let constant = parse(&minimal()).unwrap();
+    assert_eq!(constant.hyperparameters.lr_at(9), constant.hyperparameters.lr);
+    let canonical = String::from_utf8(constant.to_canonical_json().unwrap()).unwrap();
+    assert!(!canonical.contains("lr_schedule"), "{canonical}");
+    for bad in ["step:0,0.5", "step:2,1.5", "linear", "step:2"] {
+        let spec = with(minimal(), "hyperparameters", json!({"lr_schedule": bad}));
+        let found = problems(&spec).join("\n");
+        assert!(found.contains("step:EVERY,GAMMA"), "{bad}: {found}");
+    }
+}

@@ -164,10 +164,8 @@ impl DataLearner {
     }
 
     fn train(&self, member: Index, round: u64, base: &[f32]) -> Result<Trained, String> {
-        let config = TrainConfig {
-            seed: mix(self.config.seed ^ mix(member as u64) ^ round),
-            ..self.config.clone()
-        };
+        let config =
+            self.config.for_round(round, mix(self.config.seed ^ mix(member as u64) ^ round));
         let outcome =
             train(&self.model, base, &self.train[member], &config).map_err(|e| e.to_string())?;
         Ok(Trained {

@@ -56,6 +56,8 @@ pub struct NodeSettings {
     pub misbehave: Vec<Misbehaviour>,
     /// How many rounds' models the node keeps (0 or unset: all).
     pub model_retention_rounds: Option<u64>,
+    /// How many times as long its local training takes (unset: as long as it does).
+    pub slow_training: Option<f32>,
 }
 
 /// One running (or stopped) node.
@@ -439,6 +441,7 @@ fn write_config(dir: &Path, spec: &NodeSpec, bootstrap: &[String]) -> Result<(),
     config.trainer_timeout_secs =
         settings.trainer_timeout_secs.unwrap_or(config.trainer_timeout_secs);
     config.misbehave = settings.misbehave.clone();
+    config.slow_training = settings.slow_training.unwrap_or(config.slow_training);
     config.model_retention_rounds =
         settings.model_retention_rounds.unwrap_or(config.model_retention_rounds);
     config.datasets = spec.datasets.iter().cloned().collect();

@@ -119,6 +119,10 @@ struct Args {
     /// The norm trainers clip their updates to under --secure-aggregation.
     #[arg(long, default_value_t = 20.0, requires = "secure_aggregation")]
     clip_norm: f32,
+    /// Testing only: node NODE's local training takes FACTOR times as long, as on a slower
+    /// machine (repeatable, e.g. --slow 0:5 --slow 1:5).
+    #[arg(long, value_name = "NODE:FACTOR")]
+    slow: Vec<SlowNode>,
     /// Run the jobs orchestrated: a coordinator node (not a member) owns each job, selects its
     /// trainers and assigns its aggregators every round.
     #[arg(long)]
@@ -177,21 +181,54 @@ impl Args {
         Ok(file.into_scenario(binary, self.out.clone()))
     }
 
-    /// The runs asked for: each scenario file (into --out/NAME), or the one the flags describe.
+    /// The runs asked for: each scenario file (into --out/NAME), or the one the flags describe;
+    /// each with the --slow nodes.
     fn scenarios(&self) -> anyhow::Result<Vec<Scenario>> {
         let binary = self.binary()?;
-        if self.scenario.is_empty() {
-            return Ok(vec![self.flags_scenario(binary)?]);
-        }
-        self.scenario
-            .iter()
-            .map(|path| {
+        let mut scenarios = if self.scenario.is_empty() {
+            vec![self.flags_scenario(binary)?]
+        } else {
+            let files = self.scenario.iter().map(|path| {
                 let mut file = ScenarioFile::load(path)?;
                 file.orchestrated |= self.orchestrated;
                 let out = self.out.join(file.name.as_deref().unwrap_or("scenario"));
                 Ok(file.into_scenario(binary.clone(), out))
-            })
-            .collect()
+            });
+            files.collect::<anyhow::Result<Vec<Scenario>>>()?
+        };
+        for scenario in &mut scenarios {
+            for SlowNode { node, factor } in &self.slow {
+                anyhow::ensure!(
+                    *node < scenario.total_nodes,
+                    "--slow {node}:{factor}: there is no node{node} ({} nodes)",
+                    scenario.total_nodes
+                );
+                scenario.slow.insert(*node, *factor);
+            }
+        }
+        Ok(scenarios)
+    }
+}
+
+/// `--slow NODE:FACTOR`.
+#[derive(Debug, Clone, Copy)]
+struct SlowNode {
+    node: usize,
+    factor: f32,
+}
+
+impl std::str::FromStr for SlowNode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let wrong = || format!("`{text}` is not NODE:FACTOR (a node index, a factor >= 1)");
+        let (node, factor) = text.split_once(':').ok_or_else(wrong)?;
+        let node = node.trim().parse().map_err(|_| wrong())?;
+        let factor: f32 = factor.trim().parse().map_err(|_| wrong())?;
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(wrong());
+        }
+        Ok(Self { node, factor })
     }
 }
 

@@ -13,6 +13,7 @@ use anyhow::Context;
 use fedmesh_admin_api::PrivacyView;
 use fedmesh_learning::{DataSource, Dataset, Embedded, Model, Partitioner, formats};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,12 @@ pub struct Scenario {
     pub privacy: Option<Value>,
     /// The job spec's `verification` (none: results are not audited).
     pub verification: Option<Value>,
+    /// Laid over the job spec's `hyperparameters` (see `ScenarioFile::hyperparameters`).
+    pub hyperparameters: Option<Value>,
+    /// Laid over the job spec's `participation` (see `ScenarioFile::participation`).
+    pub participation: Option<Value>,
+    /// Nodes (by index) whose local training takes this many times as long (testing only).
+    pub slow: BTreeMap<usize, f32>,
     /// The final accuracy checked against `expect`.
     pub target: Option<f64>,
     pub expect: Expect,
@@ -242,6 +249,8 @@ impl Scenario {
         if let Some(verification) = &self.verification {
             spec["verification"] = verification.clone();
         }
+        lay_over(&mut spec["hyperparameters"], self.hyperparameters.as_ref());
+        lay_over(&mut spec["participation"], self.participation.as_ref());
         if Embedded::from_name(&self.dataset).is_none() {
             let classes = self.load_data()?.classes;
             if !classes.is_empty() {
@@ -259,6 +268,7 @@ impl Scenario {
             trainer: self.trainer.clone(),
             misbehave: self.misbehaving_from_start(partition.node).into_iter().collect(),
             model_retention_rounds: self.model_retention_rounds,
+            slow_training: self.slow.get(&partition.node).copied(),
             ..NodeSettings::default()
         };
         NodeSpec {
@@ -347,6 +357,12 @@ impl Scenario {
         };
         Ok(Report::new(self, spec, partitions, outcome))
     }
+}
+
+/// Sets each key of the table `over` in the table `base`.
+fn lay_over(base: &mut Value, over: Option<&Value>) {
+    let (Some(base), Some(Value::Object(over))) = (base.as_object_mut(), over) else { return };
+    base.extend(over.iter().map(|(key, value)| (key.clone(), value.clone())));
 }
 
 /// The differential privacy the job spent, as the node followed reports it (none when the job

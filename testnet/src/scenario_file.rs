@@ -5,6 +5,7 @@ use crate::events::{Action, Event, Target};
 use crate::scenario::Scenario;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What the run expects of the final accuracy.
@@ -58,6 +59,15 @@ pub struct ScenarioFile {
     /// The job spec's `verification`, e.g. `{ auditors = "all" }`: members audit each round's
     /// model against the contributions its result lists (default: none).
     pub verification: Option<serde_json::Value>,
+    /// Laid over the job spec's `hyperparameters`, e.g. `{ momentum = 0.9, fedprox_mu = 0.01,
+    /// lr_schedule = "step:5,0.5" }` (`lr`, `local_epochs`, `batch_size` and `rounds` are keys
+    /// of their own).
+    pub hyperparameters: Option<serde_json::Value>,
+    /// Laid over the job spec's `participation`, e.g. `{ fraction = 0.5 }` or
+    /// `{ max_participants = 4 }` (`min_participants` is a key of its own).
+    pub participation: Option<serde_json::Value>,
+    /// Nodes that train slower (testing only), e.g. `{ nodes = [0, 1], factor = 5.0 }`.
+    pub slow: Option<SlowNodes>,
     /// The final accuracy the run checks against.
     pub target: Option<f64>,
     pub expect: Expect,
@@ -79,6 +89,22 @@ pub struct ScenarioFile {
     /// Whether every reason in `refused` must be counted by every node of the job, not by one:
     /// what a message gossiped to all (a forged result) must meet everywhere.
     pub refused_everywhere: bool,
+}
+
+/// Nodes whose local training takes `factor` times as long (testing only: the nodes'
+/// `slow_training` setting).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowNodes {
+    pub nodes: Vec<usize>,
+    pub factor: f32,
+}
+
+impl SlowNodes {
+    /// Each slow node's factor.
+    pub fn by_node(&self) -> BTreeMap<usize, f32> {
+        self.nodes.iter().map(|node| (*node, self.factor)).collect()
+    }
 }
 
 impl Expect {
@@ -115,6 +141,9 @@ impl Default for ScenarioFile {
             strategy: None,
             privacy: None,
             verification: None,
+            hyperparameters: None,
+            participation: None,
+            slow: None,
             target: None,
             expect: Expect::ReachTarget,
             events: Vec::new(),
@@ -196,6 +225,21 @@ impl ScenarioFile {
             !self.refused_everywhere || !self.refused.is_empty(),
             "refused_everywhere: needs the reasons in `refused`".into(),
         );
+        if let Some(slow) = &self.slow {
+            require(
+                slow.factor.is_finite() && slow.factor >= 1.0,
+                format!("slow.factor: a factor of at least 1, not {}", slow.factor),
+            );
+            let total = self.total_nodes();
+            require(
+                slow.nodes.iter().all(|node| *node < total),
+                format!(
+                    "slow.nodes: {:?} names a node past the last (node{})",
+                    slow.nodes,
+                    total - 1
+                ),
+            );
+        }
         problems.extend(self.event_problems());
         problems
     }
@@ -315,6 +359,9 @@ impl ScenarioFile {
             strategy: self.strategy,
             privacy: self.privacy,
             verification: self.verification,
+            hyperparameters: self.hyperparameters,
+            participation: self.participation,
+            slow: self.slow.map(|slow| slow.by_node()).unwrap_or_default(),
             target: self.target,
             expect: self.expect,
             events,

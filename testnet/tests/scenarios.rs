@@ -156,3 +156,47 @@ fn members_leave_and_join_again_without_stalling_a_round() {
     let rejoins = run.lines.iter().filter(|line| line.contains("joined the job again")).count();
     assert_eq!(rejoins, 4, "{:#?}", run.lines);
 }
+
+/// A researcher's knobs from a scenario file reach every node: FedProx, momentum and a step
+/// learning-rate schedule in `hyperparameters`, and a fraction of the members each round in
+/// `participation`; the job learns, and each round has the trainers the fraction selects.
+#[test]
+fn fedprox_momentum_an_lr_schedule_and_a_fraction_run_end_to_end() {
+    let run = common::run_scenario(
+        "researchers-knobs",
+        r#"
+        nodes = 4
+        rounds = 8
+        partition = "dirichlet:1.0"
+        lr = 0.1
+        hyperparameters = { fedprox_mu = 0.01, momentum = 0.5, lr_schedule = "step:3,0.5" }
+        participation = { fraction = 0.5 }
+        "#,
+    );
+    run.assert_passed();
+    assert!(run.participants().iter().all(|p| *p == 2), "{:#?}", run.lines);
+    assert!(run.final_accuracy() >= common::FLOOR, "{:#?}", run.lines);
+}
+
+/// `slow = { nodes = [0], factor = 20.0 }` makes node0's local training take 20 times as long:
+/// rounds that wait for it are that much longer than the same job's without it.
+#[test]
+fn a_slow_node_trains_its_factor_times_as_long() {
+    let job = |slow: &str| {
+        let name = if slow.is_empty() { "all-fast" } else { "one-slow" };
+        common::run_scenario(name, &format!("nodes = 3\nrounds = 3\nlocal_epochs = 5\n{slow}"))
+    };
+    let fast = job("");
+    let slow = job("slow = { nodes = [0], factor = 20.0 }");
+    fast.assert_passed();
+    slow.assert_passed();
+    let (fast_round, slow_round) = (
+        fast.report.mean_round_seconds.unwrap_or(0.0),
+        slow.report.mean_round_seconds.unwrap_or(0.0),
+    );
+    let fast_training = fast.report.mean_train_seconds.unwrap_or(0.0);
+    eprintln!(
+        "rounds: {fast_round:.2} s, with a slow node {slow_round:.2} s; training {fast_training:.2} s"
+    );
+    assert!(slow_round > fast_round + 10.0 * fast_training, "{:#?}", slow.lines);
+}

@@ -18,6 +18,8 @@ pub fn run(args: &TrainLocalArgs) -> anyhow::Result<()> {
             weight_decay: args.weight_decay,
             prox_mu: 0.0,
             seed: args.seed,
+            lr_schedule: None,
+            rounds: 1,
         },
     };
     let quiet = args.json;

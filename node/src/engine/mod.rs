@@ -211,6 +211,8 @@ pub struct EngineSettings {
     pub coordinate: bool,
     /// How this node misbehaves on purpose (acted on only with the `misbehave` feature).
     pub misbehave: Vec<crate::misbehaviour::Misbehaviour>,
+    /// How many times as long local training takes (1: as long as it does; testing only).
+    pub slow_training: f32,
 }
 
 /// The engine task's state.

@@ -124,10 +124,8 @@ impl LocalData {
         let started = Instant::now();
         let (params, samples, loss) = match &self.model {
             LocalModel::BuiltIn(model) => {
-                let config = TrainConfig {
-                    seed: self.config.seed ^ round.wrapping_mul(0x9E37),
-                    ..self.config.clone()
-                };
+                let config =
+                    self.config.for_round(round, self.config.seed ^ round.wrapping_mul(0x9E37));
                 let outcome = fedmesh_learning::train(model, base, &self.train, &config)?;
                 (outcome.params, outcome.samples, outcome.loss)
             }

@@ -66,6 +66,11 @@ impl Engine {
         self.settings.misbehave.contains(&kind)
     }
 
+    /// How many times as long this node's local training takes (`slow_training`).
+    pub(super) fn slowdown(&self) -> f32 {
+        self.settings.slow_training
+    }
+
     /// What this node does to the updates it sends.
     pub(super) fn poisoning(&self) -> Poisoning {
         Poisoning {

@@ -31,6 +31,10 @@ impl Engine {
         false
     }
 
+    pub(super) fn slowdown(&self) -> f32 {
+        1.0
+    }
+
     pub(super) fn poisoning(&self) -> Poisoning {
         Poisoning
     }

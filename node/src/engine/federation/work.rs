@@ -43,12 +43,18 @@ impl Engine {
         let Some(run) = self.runs.get(&id) else { return };
         let (local, network, internal) =
             (run.local.clone(), self.network.clone(), self.internal.clone());
-        let poisoning = self.poisoning();
+        let (poisoning, slowdown) = (self.poisoning(), self.slowdown());
         tokio::spawn(async move {
             let held = network.reserve(params.len() * 4).await;
             let work = move || {
                 let mut trained = local.train(&params, round).map_err(|e| format!("{e:#}"))?;
                 trained.delta = poisoning.poison(trained.delta, round);
+                if slowdown > 1.0 {
+                    // As on a machine `slowdown` times slower (testing only).
+                    let extra = trained.seconds * f64::from(slowdown - 1.0);
+                    std::thread::sleep(std::time::Duration::from_secs_f64(extra));
+                    trained.seconds += extra;
+                }
                 Ok(trained)
             };
             let wrap = move |trained: Result<super::Trained, String>| {
