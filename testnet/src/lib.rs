@@ -10,6 +10,7 @@ pub mod events;
 pub mod firing;
 pub mod follow;
 pub mod hostile;
+pub mod repeats;
 pub mod report;
 pub mod scenario;
 pub mod scenario_file;

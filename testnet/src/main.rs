@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use fedmesh_testnet::bench::{self, BenchCase, BenchRow};
+use fedmesh_testnet::repeats;
 use fedmesh_testnet::report::Report;
 use fedmesh_testnet::scenario::Scenario;
 use fedmesh_testnet::scenario_file::ScenarioFile;
@@ -119,6 +120,13 @@ struct Args {
     /// The norm trainers clip their updates to under --secure-aggregation.
     #[arg(long, default_value_t = 20.0, requires = "secure_aggregation")]
     clip_norm: f32,
+    /// The final accuracy the job must reach (the report also gives the time it took).
+    #[arg(long)]
+    target: Option<f64>,
+    /// Runs each job N times, over the seeds --seed (or the file's seed), +1, ..., and reports
+    /// the mean and standard deviation of its figures.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
     /// Testing only: node NODE's local training takes FACTOR times as long, as on a slower
     /// machine (repeatable, e.g. --slow 0:5 --slow 1:5).
     #[arg(long, value_name = "NODE:FACTOR")]
@@ -174,6 +182,7 @@ impl Args {
                 .secure_aggregation
                 .then(|| json!({"rule": "fedavg", "clip_norm": self.clip_norm})),
             privacy: self.secure_aggregation.then(|| json!({"secure_aggregation": true})),
+            target: self.target,
             ..ScenarioFile::default()
         };
         let problems = file.problems();
@@ -196,6 +205,9 @@ impl Args {
             });
             files.collect::<anyhow::Result<Vec<Scenario>>>()?
         };
+        if self.repeat > 1 {
+            scenarios = scenarios.iter().flat_map(|s| repeated(s, self.repeat)).collect();
+        }
         for scenario in &mut scenarios {
             for SlowNode { node, factor } in &self.slow {
                 anyhow::ensure!(
@@ -208,6 +220,19 @@ impl Args {
         }
         Ok(scenarios)
     }
+}
+
+/// `scenario` over `times` seeds from its own, each named `NAME-seedS` and written into
+/// `OUT/seedS`.
+fn repeated(scenario: &Scenario, times: u64) -> Vec<Scenario> {
+    (0..times)
+        .map(|i| {
+            let seed = scenario.seed + i;
+            let name = format!("{}-seed{seed}", scenario.name);
+            let out = scenario.out.join(format!("seed{seed}"));
+            Scenario { seed, name, out, ..scenario.clone() }
+        })
+        .collect()
 }
 
 /// `--slow NODE:FACTOR`.
@@ -311,8 +336,13 @@ fn privacy_figure(report: &Report) -> String {
     })
 }
 
-/// Writes `summary.json` over several scenario runs into `out`.
-fn write_summary(out: &Path, reports: &[Report]) -> anyhow::Result<PathBuf> {
+/// Writes `summary.json` over several scenario runs (and the spreads of repeated ones) into
+/// `out`.
+fn write_summary(
+    out: &Path,
+    reports: &[Report],
+    spreads: &[repeats::Spread],
+) -> anyhow::Result<PathBuf> {
     let rows: Vec<_> = reports
         .iter()
         .map(|r| {
@@ -320,12 +350,14 @@ fn write_summary(out: &Path, reports: &[Report]) -> anyhow::Result<PathBuf> {
                 "name": r.name, "passed": r.passed, "status": r.status,
                 "final_accuracy": r.final_accuracy, "target": r.target, "expect": r.expect,
                 "mean_round_seconds": r.mean_round_seconds, "total_seconds": r.total_seconds,
-                "failures": r.failures(),
+                "time_to_target": r.time_to_target, "failures": r.failures(),
             })
         })
         .collect();
+    let summary = json!({"runs": rows, "repeats": spreads});
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let path = out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }
@@ -374,12 +406,16 @@ fn main() -> anyhow::Result<()> {
     for scenario in &scenarios {
         reports.push(run(&runtime, scenario)?);
     }
-    if !args.scenario.is_empty() {
+    if !args.scenario.is_empty() || args.repeat > 1 {
         println!("\nsummary:");
         for report in &reports {
             println!("  {}", summary_line(report));
         }
-        println!("summary: {}", write_summary(&args.out, &reports)?.display());
+        let spreads = repeats::spreads(&reports, args.repeat as usize);
+        for spread in &spreads {
+            println!("  {}", spread.line());
+        }
+        println!("summary: {}", write_summary(&args.out, &reports, &spreads)?.display());
     }
     let failed: Vec<String> = reports
         .iter()

@@ -108,6 +108,10 @@ pub struct Report {
     pub mean_train_seconds: Option<f64>,
     pub total_seconds: f64,
     pub target: Option<f64>,
+    /// The job's time to the target accuracy: the round times added up to the first round whose
+    /// model met it (none: never met, or no target).
+    #[serde(default)]
+    pub time_to_target: Option<f64>,
     pub expect: Expect,
     pub checks: Vec<Check>,
     /// Each scenario event as it fired.
@@ -136,6 +140,12 @@ fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
 }
 
+/// The round times added up to the first round whose accuracy reached `target`.
+fn time_to(rounds: &[RoundFigures], target: f64) -> Option<f64> {
+    let reached = rounds.iter().position(|r| r.accuracy.is_some_and(|a| a >= target))?;
+    Some(rounds[..=reached].iter().filter_map(|r| r.seconds).sum())
+}
+
 impl Report {
     pub fn new(
         scenario: &Scenario,
@@ -161,6 +171,7 @@ impl Report {
             mean_train_seconds: mean(rounds.iter().map(|r| r.train_seconds)),
             total_seconds: elapsed.as_secs_f64(),
             target: scenario.target,
+            time_to_target: scenario.target.and_then(|target| time_to(&rounds, target)),
             expect: scenario.expect,
             checks,
             events,

@@ -200,3 +200,31 @@ fn a_slow_node_trains_its_factor_times_as_long() {
     );
     assert!(slow_round > fast_round + 10.0 * fast_training, "{:#?}", slow.lines);
 }
+
+/// `testnet --repeat 2` runs the flags' job over two seeds and reports each figure's mean and
+/// standard deviation, with the time to the target accuracy, in summary.json.
+#[test]
+fn repeat_runs_a_job_over_seeds_and_reports_mean_and_std() {
+    let out = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_testnet"))
+        .arg("--binary")
+        .arg(common::fedmesh_binary())
+        .args(["--nodes", "3", "--rounds", "3", "--model", "softmax", "--seed", "4"])
+        .args(["--round-deadline-secs", "5", "--repeat", "2", "--target", "0.5", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("testnet over 2 seeds (2 passed): final accuracy 0."), "{stdout}");
+    let text = std::fs::read_to_string(out.path().join("summary.json")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let runs = summary["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|run| run["time_to_target"].as_f64().is_some_and(|t| t > 0.0)));
+    let spread = &summary["repeats"][0];
+    assert_eq!(spread["seeds"], serde_json::json!([4, 5]));
+    assert_eq!(spread["final_accuracy"]["runs"], 2);
+    assert!(spread["final_accuracy"]["std"].as_f64().is_some_and(|s| s >= 0.0), "{spread}");
+    assert!(spread["time_to_target"]["mean"].as_f64().is_some_and(|t| t > 0.0), "{spread}");
+}
