@@ -151,7 +151,7 @@ fn lenient(text: &str) -> String {
     let mut open: Vec<bool> = Vec::new();
     for (index, &c) in chars.iter().enumerate() {
         if in_string {
-            in_string = !(c == '"' && !escaped);
+            in_string = c != '"' || escaped;
             escaped = c == '\\' && !escaped;
             out.push(c);
             continue;

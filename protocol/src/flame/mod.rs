@@ -327,3 +327,6 @@ impl Draft<'_> {
         (total / rounds).clamp(1, MAX_ROUND_DEADLINE_SECS)
     }
 }
+
+#[cfg(test)]
+mod tests;
