@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod flame;
 pub mod fuzzing;
 pub mod identity;
 pub mod ids;

@@ -23,7 +23,7 @@ use crate::ids::{ContentHash, MemberId};
 use crate::message::MAX_MEMBERS;
 use crate::model::{ExternalInit, ModelSpec, TensorLayout};
 use crate::strategy::{AggregationRule, ServerOptimizerSpec, StrategySpec};
-use crate::tag::{BuiltinTopology, TagSchema, TagSpec};
+use crate::tag::{BuiltinTopology, FieldWarning, TagSchema, TagSpec, unknown_schema_keys};
 use crate::tensor::{TensorEncoding, TensorError, encode_params, encode_top_k};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -243,8 +243,11 @@ fn default_tag() -> TagSpec {
     TagSpec::Builtin(BuiltinTopology::Central)
 }
 
+/// A round's deadline when the spec sets none.
+pub const DEFAULT_ROUND_DEADLINE_SECS: u64 = 300;
+
 fn default_deadline() -> u64 {
-    300
+    DEFAULT_ROUND_DEADLINE_SECS
 }
 
 /// Local training settings.
@@ -610,6 +613,17 @@ impl JobSpec {
         serde_json::to_vec(self).map_err(|error| single("(spec)", error.to_string()))
     }
 
+    /// A warning for each field of the spec that fedmesh reads but ignores (Flame's schema fields
+    /// it cannot honour), under `tag`.
+    pub fn warnings(&self) -> Vec<FieldWarning> {
+        match &self.tag {
+            TagSpec::Schema(schema) => {
+                schema.warnings().into_iter().map(|warning| warning.under("tag")).collect()
+            }
+            TagSpec::Builtin(_) => Vec::new(),
+        }
+    }
+
     /// Checks every value range and cross-field rule.
     pub fn validate(&self) -> Result<(), SpecErrors> {
         let mut problems = Problems::default();
@@ -971,17 +985,10 @@ fn parse_tag(map: &mut Map<String, Value>, p: &mut Problems) -> Option<TagSpec> 
 /// Unknown-field checks where serde cannot do them (flattened and untagged sections).
 fn check_shapes(map: &Map<String, Value>, p: &mut Problems) {
     check_strategy_keys(map.get("strategy"), p);
-    if let Some(tag @ Value::Object(schema)) = map.get("tag") {
-        p.known_keys(Some(tag), "tag", &["name", "description", "roles", "channels"]);
-        each(schema.get("roles"), "tag.roles", |role, path| {
-            let keys = ["name", "description", "isDataConsumer", "groupAssociation"];
-            p.known_keys(Some(role), &path, &keys);
-        });
-        each(schema.get("channels"), "tag.channels", |channel, path| {
-            let keys = ["name", "description", "pair", "groupBy", "funcTags"];
-            p.known_keys(Some(channel), &path, &keys);
-            p.known_keys(channel.get("groupBy"), &format!("{path}.groupBy"), &["type", "value"]);
-        });
+    if let Some(tag @ Value::Object(_)) = map.get("tag") {
+        for unknown in unknown_schema_keys(tag) {
+            p.push(format!("tag.{}", unknown.path), unknown.message());
+        }
     }
     if let Some(Value::Object(model)) = map.get("model")
         && let Some(external) = model.get("external")

@@ -488,3 +488,27 @@ fn an_lr_schedule_steps_or_follows_a_cosine_and_a_bad_one_is_refused() {
         assert!(found.contains("step:EVERY,GAMMA"), "{bad}: {found}");
     }
 }
+
+#[test]
+fn flame_schema_fields_are_accepted_kept_and_warned_about_when_fedmesh_ignores_them() {
+    let schema = json!({"name": "flame", "roles": [
+        {"name": "trainer", "isDataConsumer": true, "groupAssociation": [{"param": "eu"}]},
+        {"name": "aggregator", "replica": 2, "groupAssociation": [{"param": "eu"}]}],
+        "channels": [{"name": "param", "pair": ["trainer", "aggregator"], "backend": "mqtt",
+                      "groupBy": {"type": "tag", "value": ["eu"]},
+                      "funcTags": {"trainer": ["fetch", "upload", "uploadBias"],
+                                   "aggregator": ["distribute", "aggregate"]}}]});
+    let spec = parse(&with(minimal(), "tag", schema)).unwrap();
+    let warnings: Vec<String> = spec.warnings().iter().map(|w| w.field.clone()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "tag: roles[aggregator].replica",
+            "tag: channels[param].backend",
+            "tag: channels[param].funcTags[trainer].uploadBias"
+        ]
+    );
+    let canonical = spec.to_canonical_json().unwrap();
+    assert_eq!(JobSpec::from_canonical_json(&canonical).unwrap(), spec, "the fields are kept");
+    assert!(parse(&minimal()).unwrap().warnings().is_empty());
+}

@@ -1,5 +1,6 @@
 //! The TAG as a checked graph: built-in topologies expanded to roles and channels, Flame schemas
 //! validated, and the chain of tiers (trainers at the bottom, aggregators above) that plans use.
+//! Channels to a coordinator role carry no model: they are no part of the chain.
 
 use fedmesh_protocol::tag::{BuiltinTopology, ChannelSpec, FuncTag, GroupBy, RoleSpec};
 use fedmesh_protocol::tag::{TagSchema, TagSpec};
@@ -36,7 +37,10 @@ pub enum TagError {
     DuplicateChannel { channel: String },
     #[error("role `{role}` has {count} channels towards the top; a tier sends up one channel")]
     Branching { role: String, count: usize },
-    #[error("the top role `{role}` serves {count} groups; the top of a TAG is one aggregator")]
+    #[error(
+        "the top role `{role}` serves {count} groups: these are parallel experiments, each a job \
+         of its own (split the schema with `TagSchema::parallel_experiments`)"
+    )]
     SeveralTops { role: String, count: usize },
 }
 
@@ -224,7 +228,7 @@ fn check_connected(schema: &TagSchema, from: &str) -> Vec<TagError> {
 /// association of the aggregating end.
 fn check_groups_served(schema: &TagSchema) -> Vec<TagError> {
     let mut problems = Vec::new();
-    for channel in schema.channels.iter().filter(|c| !is_ring(c)) {
+    for channel in schema.channels.iter().filter(|c| !is_ring(c) && !c.coordinates()) {
         let Some(aggregating) = aggregating_end(schema, channel) else { continue };
         let served: BTreeSet<&str> = aggregating
             .group_association
@@ -267,7 +271,7 @@ fn build_chain(schema: &TagSchema, trainer: &RoleSpec) -> Result<Tag, TagError> 
         let ups: Vec<&ChannelSpec> = schema
             .channels
             .iter()
-            .filter(|c| !is_ring(c) && Some(&c.name) != down.as_ref())
+            .filter(|c| !is_ring(c) && !c.coordinates() && Some(&c.name) != down.as_ref())
             .filter(|c| c.pair.contains(&current.name))
             .filter(|c| aggregating_end(schema, c).is_some_and(|a| a.name != current.name))
             .collect();
@@ -365,6 +369,7 @@ fn role_spec(name: &str, is_data_consumer: bool, associations: &[&[(&str, &str)]
             .iter()
             .map(|pairs| pairs.iter().map(|(c, l)| ((*c).to_owned(), (*l).to_owned())).collect())
             .collect(),
+        replica: None,
     }
 }
 
@@ -388,6 +393,9 @@ fn channel(
         pair: pair.map(str::to_owned),
         group_by: GroupBy { kind: "tag".to_owned(), value: vec![label.to_owned()] },
         func_tags: tags.into_iter().map(|(role, tags)| (role.to_owned(), tags)).collect(),
+        backend: None,
+        broker_host: None,
+        is_unidirectional: None,
     }
 }
 
