@@ -216,6 +216,11 @@ pub struct AggregateReady {
     /// before, and so cannot know them, plans with these (see [`AggregateReady::vetted_members`]).
     pub vetted: Vec<u8>,
     pub sent_at_ms: u64,
+    /// A job with a server optimizer (`strategy.server`): the content hash of the optimizer's
+    /// state after this round (`fedmesh_aggregation::ServerOptimizer::encode_state`), stored
+    /// next to `model`. The next round's aggregator fetches it and resumes from it, whoever it
+    /// is. `None` in every other job.
+    pub optimizer_state: Option<ContentHash>,
 }
 
 impl AggregateReady {

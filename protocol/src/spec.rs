@@ -590,6 +590,13 @@ impl JobSpec {
                 "a ring has no aggregator to add central noise: set privacy.noise to distributed",
             );
         }
+        if self.tag.has_rings() && self.strategy.server.is_some() {
+            problems.push(
+                "strategy.server",
+                "a ring's members each add its mean to the model, and a server optimizer's state \
+                 is its round's aggregator's: use the central or the hierarchical topology",
+            );
+        }
         if self.tag == TagSpec::Builtin(BuiltinTopology::Ring)
             && self.strategy.rule != AggregationRule::FedAvg
         {

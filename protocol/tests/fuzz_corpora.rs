@@ -517,6 +517,7 @@ fn aggregate_ready() -> AggregateReady {
         members: members(),
         vetted: Vec::new(),
         sent_at_ms: 8,
+        optimizer_state: Some(ContentHash::of(b"optimizer state")),
     }
 }
 

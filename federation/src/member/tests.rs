@@ -7,6 +7,7 @@ use fedmesh_protocol::message::{
     Assignment, Contribution, EvalMetrics, EvalReport, JobStop, ModelDelta, PartialAggregate,
     RoundOpen,
 };
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::collections::BTreeSet;
 
@@ -197,6 +198,10 @@ struct Net {
     rejections: Vec<(MemberId, Refusal)>,
     /// Every model a member asked for: (member, round, model, when).
     fetches: Vec<(MemberId, Round, ContentHash, u64)>,
+    /// Server optimizers' state blobs stored, by hash, and every one a member asked for:
+    /// (member, round, state).
+    states: BTreeMap<ContentHash, Vec<u8>>,
+    state_fetches: Vec<(MemberId, Round, ContentHash)>,
     /// Members whose fetches fail.
     cannot_fetch: BTreeSet<MemberId>,
     /// Every message published, with its signer (what a hostile peer could capture).
@@ -244,6 +249,8 @@ impl Net {
             coordinator,
             rejections: Vec::new(),
             fetches: Vec::new(),
+            states: BTreeMap::new(),
+            state_fetches: Vec::new(),
             cannot_fetch: BTreeSet::new(),
             published: Vec::new(),
             tickets: BTreeMap::new(),
@@ -465,7 +472,12 @@ impl Net {
                 let outcome = found.cloned().ok_or_else(|| "nowhere".to_owned());
                 self.send(from, from, Event::Fetched { model, outcome });
             }
-            Effect::StoreModel { round, params } => {
+            Effect::FetchOptimizerState { round, state, .. } => {
+                self.state_fetches.push((from, round, state));
+                let outcome = self.decoded_state(&state);
+                self.send(from, from, Event::OptimizerStateFetched { state, outcome });
+            }
+            Effect::StoreModel { round, params, optimizer } => {
                 let params = match self.forger {
                     Some(forger) if forger == from => {
                         Arc::new(params.iter().map(|p| p + 0.5).collect::<Vec<f32>>())
@@ -474,7 +486,13 @@ impl Net {
                 };
                 let model = hash_f32(&params);
                 self.blobs.insert(model, params);
-                self.send(from, from, Event::Stored { round, model });
+                let optimizer_state = optimizer.map(|optimizer| {
+                    let blob = optimizer.encode_state();
+                    let state = ContentHash::of(&blob);
+                    self.states.insert(state, blob);
+                    state
+                });
+                self.send(from, from, Event::Stored { round, model, optimizer_state });
             }
             Effect::Evaluate { round, model, .. } => {
                 let metrics = fedmesh_protocol::message::EvalMetrics::default();
@@ -529,6 +547,14 @@ impl Net {
         }
         self.published.push((from, message.clone()));
         self.gossip(from, message);
+    }
+
+    /// A stored optimizer state, decoded as the node's executor decodes it.
+    fn decoded_state(&self, state: &ContentHash) -> Result<Arc<ServerOptimizer>, String> {
+        let blob = self.states.get(state).ok_or("no such optimizer state")?;
+        let spec = self.spec.strategy.server.as_ref();
+        let decoded = ServerOptimizer::decode_state(spec, PARAMS, blob);
+        decoded.map(Arc::new).map_err(|e| e.to_string())
     }
 
     /// What an auditor's executor reports: the result's model recomputed from its base and the
@@ -1155,6 +1181,7 @@ fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
         members: vec![hijacker],
         vetted: Vec::new(),
         sent_at_ms: net.now,
+        optimizer_state: None,
     };
     net.carry_out(hijacker, Effect::Publish(Publish::Result(forged)));
     net.run(60_000);
@@ -1188,6 +1215,7 @@ fn forged_result(net: &mut Net, round: Round) -> AggregateReady {
         members: net.members.keys().copied().collect(),
         vetted: Vec::new(),
         sent_at_ms: net.now,
+        optimizer_state: None,
     }
 }
 
