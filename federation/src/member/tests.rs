@@ -3,11 +3,11 @@
 
 use super::*;
 use crate::coordinator::{CoordinatedJob, CoordinatedState};
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_protocol::message::{
     Assignment, Contribution, EvalMetrics, EvalReport, JobStop, ModelDelta, PartialAggregate,
     RoundOpen,
 };
-use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, hash_f32};
 use std::collections::BTreeSet;
 
