@@ -962,8 +962,9 @@ pub enum Response {
     /// This peer holds that blob but is busy sending large frames: ask another peer that holds
     /// it, or this one again shortly.
     Busy { hash: ContentHash },
-    /// A round's signed result, as its aggregator signed it (judge it like the gossip message).
-    RoundResult(Signed<AggregateReady>),
+    /// A round's signed result, as its aggregator signed it (judge it like the gossip message;
+    /// boxed: it is by far the largest answer).
+    RoundResult(Box<Signed<AggregateReady>>),
 }
 
 impl Response {

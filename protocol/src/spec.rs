@@ -684,7 +684,10 @@ impl JobSpec {
     fn check_verifiable(&self, p: &mut Problems) {
         let reason = "verification: an auditor must recompute the aggregate";
         if self.strategy.server.is_some() {
-            let message = format!("{reason}, and a server optimizer's state is the aggregator's");
+            let message = format!(
+                "{reason}, and audits do not recompute a server optimizer's step (from the state \
+                 the round before named) yet"
+            );
             p.push("strategy.server", message);
         }
         let central_noise = !self.privacy.distributed();
