@@ -15,6 +15,6 @@ pub mod verifiable;
 
 pub use error::AggregationError;
 pub use fedavg::PartialAggregate;
-pub use optimizer::ServerOptimizer;
+pub use optimizer::{OptimizerStateError, ServerOptimizer};
 pub use strategy::{AggregateOutcome, Aggregator};
 pub use verifiable::{Recomputation, recompute};

@@ -14,7 +14,8 @@
 //!   key) and the combined delta is added to the base in f32.
 //! - `clip_norm` scales an update by its L2 norm, summed sequentially in f64.
 //!
-//! Server optimizers (their state is the aggregator's), central DP noise (drawn from the
+//! Server optimizers (the audit path does not fetch the state the round resumed from, though
+//! the result before names it), central DP noise (drawn from the
 //! aggregator's secret) and Krum (its distances are summed in parallel, in no fixed order)
 //! cannot be recomputed: [`Recomputation::new`] refuses them.
 
@@ -72,7 +73,7 @@ pub struct Recomputation {
 pub fn check_recomputable(strategy: &StrategySpec) -> Result<(), AggregationError> {
     let refuse = |why: &str| Err(AggregationError::Invalid(why.to_owned()));
     if strategy.server.is_some() {
-        return refuse("a server optimizer's state is the aggregator's: no auditor can recompute");
+        return refuse("a server optimizer's step needs the state before it: not audited yet");
     }
     if strategy.noise_multiplier.is_some_and(|noise| noise > 0.0) {
         return refuse("central DP noise is drawn from the aggregator's secret: not recomputable");

@@ -468,6 +468,14 @@ impl Collecting {
     /// The top slot's result: the new model made from `base` and the contributions it
     /// includes. A verifiable job's is its deterministic recomputation (what every auditor
     /// recomputes); any other's, `base` plus the mean of the slot's sum.
+    /// The slot's combined delta (the mean of its updates) and the contributions it counts:
+    /// what a job with a server optimizer applies through it. Not for a verifiable job, whose
+    /// model is recomputed whole (`finish_model`).
+    pub fn finish_delta(self) -> Result<(Vec<f32>, Vec<Contribution>), AggregationError> {
+        let (sum, contributions) = self.finish()?;
+        Ok((sum.mean()?, contributions))
+    }
+
     pub fn finish_model(
         self,
         base: &[f32],

@@ -602,6 +602,7 @@ mod tests {
             members: vec![],
             vetted: Vec::new(),
             sent_at_ms: 2_000,
+            optimizer_state: None,
         };
         let other = (1..=3).map(|m| MemberId([m; 32])).find(|m| *m != leader).unwrap();
         assert!(!coordinated.on_result(other, &ready));

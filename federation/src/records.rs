@@ -154,6 +154,7 @@ mod tests {
             members: Vec::new(),
             vetted: Vec::new(),
             sent_at_ms: 5_000,
+            optimizer_state: None,
         }
     }
 

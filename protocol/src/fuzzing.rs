@@ -145,7 +145,7 @@ pub fn response_decode(data: &[u8]) -> Result<Outcome, Violation> {
     }
     match response {
         Response::Announcement(m) => both(m, |m| drop(m.verify_announcement())),
-        Response::RoundResult(m) => both(m, verify),
+        Response::RoundResult(m) => both(*m, verify),
         Response::Blob { hash } => drop(tensor::check_blob(&hash, &payload)),
         Response::Accepted
         | Response::Refused { .. }

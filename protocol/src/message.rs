@@ -216,6 +216,11 @@ pub struct AggregateReady {
     /// before, and so cannot know them, plans with these (see [`AggregateReady::vetted_members`]).
     pub vetted: Vec<u8>,
     pub sent_at_ms: u64,
+    /// A job with a server optimizer (`strategy.server`): the content hash of the optimizer's
+    /// state after this round (`fedmesh_aggregation::ServerOptimizer::encode_state`), stored
+    /// next to `model`. The next round's aggregator fetches it and resumes from it, whoever it
+    /// is. `None` in every other job.
+    pub optimizer_state: Option<ContentHash>,
 }
 
 impl AggregateReady {
@@ -957,8 +962,9 @@ pub enum Response {
     /// This peer holds that blob but is busy sending large frames: ask another peer that holds
     /// it, or this one again shortly.
     Busy { hash: ContentHash },
-    /// A round's signed result, as its aggregator signed it (judge it like the gossip message).
-    RoundResult(Signed<AggregateReady>),
+    /// A round's signed result, as its aggregator signed it (judge it like the gossip message;
+    /// boxed: it is by far the largest answer).
+    RoundResult(Box<Signed<AggregateReady>>),
 }
 
 impl Response {

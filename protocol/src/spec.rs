@@ -688,6 +688,13 @@ impl JobSpec {
                 "a ring has no aggregator to add central noise: set privacy.noise to distributed",
             );
         }
+        if self.tag.has_rings() && self.strategy.server.is_some() {
+            problems.push(
+                "strategy.server",
+                "a ring's members each add its mean to the model, and a server optimizer's state \
+                 is its round's aggregator's: use the central or the hierarchical topology",
+            );
+        }
         if self.tag == TagSpec::Builtin(BuiltinTopology::Ring)
             && self.strategy.rule != AggregationRule::FedAvg
         {
@@ -775,7 +782,10 @@ impl JobSpec {
     fn check_verifiable(&self, p: &mut Problems) {
         let reason = "verification: an auditor must recompute the aggregate";
         if self.strategy.server.is_some() {
-            let message = format!("{reason}, and a server optimizer's state is the aggregator's");
+            let message = format!(
+                "{reason}, and audits do not recompute a server optimizer's step (from the state \
+                 the round before named) yet"
+            );
             p.push("strategy.server", message);
         }
         let central_noise = !self.privacy.distributed();

@@ -517,6 +517,7 @@ fn aggregate_ready() -> AggregateReady {
         members: members(),
         vetted: Vec::new(),
         sent_at_ms: 8,
+        optimizer_state: Some(ContentHash::of(b"optimizer state")),
     }
 }
 
@@ -632,7 +633,11 @@ fn responses() -> Vec<(String, Response, Vec<u8>)> {
         ("jobs".into(), Response::Jobs { ids: vec![job(), JobId(hash(2))] }, vec![]),
         ("announcement".into(), Response::Announcement(announcement), vec![]),
         ("busy".into(), Response::Busy { hash: hash(4) }, vec![]),
-        ("round-result".into(), Response::RoundResult(sign(&owner, aggregate_ready())), vec![]),
+        (
+            "round-result".into(),
+            Response::RoundResult(Box::new(sign(&owner, aggregate_ready()))),
+            vec![],
+        ),
     ]
 }
 

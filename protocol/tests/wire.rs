@@ -182,6 +182,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     members: vec![MemberId([j as u8; 32])],
                     vetted: Vec::new(),
                     sent_at_ms: 3,
+                    optimizer_state: None,
                 };
                 GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap())
             }),
@@ -506,6 +507,7 @@ fn gossip_size_limits_hold_both_ways() {
         members: Vec::new(),
         vetted: Vec::new(),
         sent_at_ms: 0,
+        optimizer_state: None,
     };
     let message = GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap());
     let error = codec::encode_gossip(&message).unwrap_err();
@@ -570,6 +572,7 @@ fn accused_result(round: u64) -> AggregateReady {
         members: Vec::new(),
         vetted: Vec::new(),
         sent_at_ms: 5,
+        optimizer_state: None,
     }
 }
 

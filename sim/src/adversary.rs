@@ -57,6 +57,7 @@ pub fn hijack(open: &RoundOpen, now_ms: u64) -> (RoundOpen, AggregateReady) {
         members: open.members.clone(),
         vetted: Vec::new(),
         sent_at_ms: now_ms,
+        optimizer_state: None,
     };
     (competing, made_up)
 }

@@ -7,6 +7,7 @@ use crate::blobs::Blobs;
 use crate::config::AdversaryKind;
 use crate::network::Index;
 use crate::world::{Action, Training, World};
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_federation::member::{Effect, Event, Gossip, Level, Notice, Publish, recompute_secure};
 use fedmesh_protocol::codec::decode_evidence;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
@@ -76,7 +77,12 @@ impl World {
                 self.queue.after(delay, action);
             }
             Effect::Fetch { model, from, .. } => self.fetch(member, model, &from),
-            Effect::StoreModel { round, params } => self.store(member, round, params),
+            Effect::StoreModel { round, params, optimizer } => {
+                self.store(member, round, params, optimizer)
+            }
+            Effect::FetchOptimizerState { state, from, .. } => {
+                self.fetch_optimizer_state(member, state, &from)
+            }
             Effect::Evaluate { round, model, params } => {
                 let metrics = self.learner.evaluate(member, &params);
                 let delay = self.learner.evaluate_ms(member);
@@ -126,7 +132,14 @@ impl World {
         self.queue.at(at, Action::Tick { member, incarnation, at });
     }
 
-    fn store(&mut self, member: Index, round: Round, params: Arc<Vec<f32>>) {
+    /// Stores a model a member made, and the server optimizer's state with it (a job with one).
+    fn store(
+        &mut self,
+        member: Index,
+        round: Round,
+        params: Arc<Vec<f32>>,
+        optimizer: Option<Arc<ServerOptimizer>>,
+    ) {
         let params = if self.nodes[member].adversary == Some(AdversaryKind::ForgeAggregate) {
             let forged = Arc::new(adversary::backdoor(&params));
             self.forged.insert(hash_f32(&forged));
@@ -136,9 +149,17 @@ impl World {
             params
         };
         let model = hash_f32(&params);
-        let delay = STORE_BASE_MS + params.len() as u64 * 4 / STORE_BYTES_PER_MS;
+        let mut bytes = params.len() as u64 * 4;
         self.blobs.put(model, params, member);
-        self.later(member, delay, Event::Stored { round, model });
+        let optimizer_state = optimizer.map(|optimizer| {
+            let blob = optimizer.encode_state();
+            let state = ContentHash::of(&blob);
+            bytes += blob.len() as u64;
+            self.optimizer_states.put(state, Arc::new(blob), member);
+            state
+        });
+        let delay = STORE_BASE_MS + bytes / STORE_BYTES_PER_MS;
+        self.later(member, delay, Event::Stored { round, model, optimizer_state });
     }
 
     fn log(&mut self, member: Index, notice: &Notice) {

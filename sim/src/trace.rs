@@ -82,7 +82,10 @@ fn fingerprint(event: &Event) -> Fingerprint {
         Event::Fetched { model, outcome } => {
             Fingerprint::new(15 + u8::from(outcome.is_err()), 0, Some(*model), None)
         }
-        Event::Stored { round, model } => Fingerprint::new(17, *round, Some(*model), None),
+        Event::Stored { round, model, .. } => Fingerprint::new(17, *round, Some(*model), None),
+        Event::OptimizerStateFetched { state, outcome } => {
+            Fingerprint::new(40 + u8::from(outcome.is_err()), 0, Some(*state), None)
+        }
         Event::Evaluated { round, model, .. } => Fingerprint::new(18, *round, Some(*model), None),
         Event::LeaveRequested { .. } => Fingerprint::new(19, 0, None, None),
         Event::JoinSent { signer, asks, .. } => {
@@ -131,7 +134,8 @@ mod tests {
 
     #[test]
     fn the_digest_follows_every_event_and_its_order() {
-        let stored = |round| Event::Stored { round, model: ContentHash::of(b"m") };
+        let stored =
+            |round| Event::Stored { round, model: ContentHash::of(b"m"), optimizer_state: None };
         let digest = |events: &[(u64, Index, Event)]| {
             let mut trace = Trace::default();
             events.iter().for_each(|(at, member, event)| trace.record(*at, *member, event));

@@ -6,6 +6,7 @@ use crate::adversary;
 use crate::config::AdversaryKind;
 use crate::network::Index;
 use crate::world::{Action, World};
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_federation::member::{
     ChunkToSend, DeltaToSend, Digest, Event, Gossip, PartialToSend, Served, Update,
 };
@@ -417,6 +418,42 @@ impl World {
             }
             _ => self.fetch_again(job),
         }
+    }
+
+    /// Fetches a server optimizer's state blob for `member` in one attempt (its machine asks
+    /// again at a later tick if it fails): from its own store, the named holders in order, or
+    /// any live holder it reaches; decoded as the node's executor decodes it.
+    pub fn fetch_optimizer_state(&mut self, member: Index, state: ContentHash, from: &[MemberId]) {
+        let named = self.indices(from);
+        let usable = |holder: Index| {
+            self.optimizer_states.holds(holder, &state)
+                && (holder == member
+                    || (self.is_alive(holder) && self.network.reachable(member, holder)))
+        };
+        let source = [member]
+            .into_iter()
+            .chain(named)
+            .find(|&holder| usable(holder))
+            .or_else(|| self.optimizer_states.find_holder(&state, usable));
+        let blob = source.and_then(|_| self.optimizer_states.get(&state).cloned());
+        let Some((source, blob)) = source.zip(blob) else {
+            let outcome = Err(format!("no live member holds optimizer state {state}"));
+            let event = Event::OptimizerStateFetched { state, outcome };
+            return self.later(member, FETCH_RETRY_MS, event);
+        };
+        let bytes = blob.len() as u64;
+        let delay = match source == member {
+            true => 0,
+            false => {
+                self.count(bytes);
+                self.optimizer_states.put(state, blob.clone(), member);
+                self.network.transfer_ms(source, member, bytes)
+            }
+        };
+        let spec = self.config.strategy.server.as_ref();
+        let decoded = ServerOptimizer::decode_state(spec, self.initial.1.len(), &blob);
+        let outcome = decoded.map(Arc::new).map_err(|error| error.to_string());
+        self.later(member, delay, Event::OptimizerStateFetched { state, outcome });
     }
 
     fn fetch_again(&mut self, job: FetchJob) {

@@ -144,6 +144,8 @@ pub struct World {
     pub(crate) deltas: Blobs,
     /// The evidence secure rounds' leaders keep for auditors (verifiable secure jobs), by hash.
     pub(crate) evidence: Blobs<Arc<Vec<u8>>>,
+    /// Server optimizers' state blobs (jobs with one), by hash, with the members holding each.
+    pub(crate) optimizer_states: Blobs<Arc<Vec<u8>>>,
     /// The models forge-aggregate members announced.
     pub(crate) forged: BTreeSet<ContentHash>,
     pub(crate) initial: (ContentHash, Arc<Vec<f32>>),
@@ -212,6 +214,7 @@ impl World {
             blobs,
             deltas: Blobs::default(),
             evidence: Blobs::default(),
+            optimizer_states: Blobs::default(),
             forged: BTreeSet::new(),
             initial: (model, params),
             faults,

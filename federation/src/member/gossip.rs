@@ -97,6 +97,14 @@ impl Member {
             }
             Gossip::Eval(report) if report.member == signer => self.on_eval(report, now),
             Gossip::Open(open) => self.judge(signer, Held::Open(open), now),
+            Gossip::Result(ready) if !self.names_state_as_job_needs(&ready) => {
+                let text = format!(
+                    "{signer}'s result of round {}: an optimizer state only a job with a server \
+                     optimizer names, and always",
+                    ready.round
+                );
+                self.reject(Reason::BadMessage, text)
+            }
             Gossip::Result(ready) => self.judge(signer, Held::Result(ready), now),
             Gossip::Assign(assignment) => self.on_assignment_gossip(signer, assignment, now),
             Gossip::FraudProof(accusation) => self.on_accusation(signer, accusation, now),

@@ -3,6 +3,7 @@
 //! executor or by the simulator).
 
 use super::Reason;
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{
     AggregateReady, Assignment, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join,
@@ -118,8 +119,13 @@ pub enum Event {
     /// A global model asked for with [`Effect::Fetch`] arrived, hash-checked and decoded (or
     /// could not be had).
     Fetched { model: ContentHash, outcome: Result<Arc<Vec<f32>>, String> },
-    /// A model made with [`Effect::StoreModel`] is stored under its content hash.
-    Stored { round: Round, model: ContentHash },
+    /// A model made with [`Effect::StoreModel`] is stored under its content hash, and so is
+    /// the server optimizer's state it came with (the hash of its encoded blob).
+    Stored { round: Round, model: ContentHash, optimizer_state: Option<ContentHash> },
+    /// A server optimizer's state asked for with [`Effect::FetchOptimizerState`] arrived,
+    /// hash-checked and decoded with `ServerOptimizer::decode_state` (the job's
+    /// `strategy.server`, its model's parameter count), or could not be had.
+    OptimizerStateFetched { state: ContentHash, outcome: Result<Arc<ServerOptimizer>, String> },
     /// An evaluation asked with [`Effect::Evaluate`] finished.
     Evaluated { round: Round, model: ContentHash, metrics: EvalMetrics },
     /// This member's operator leaves the job.
@@ -217,8 +223,16 @@ pub enum Effect {
     /// in order (known holders first), then from any live member.
     Fetch { round: Round, model: ContentHash, from: Vec<MemberId> },
     /// Encode and store a model this member made (a round's result), then report its hash
-    /// with [`Event::Stored`].
-    StoreModel { round: Round, params: Arc<Vec<f32>> },
+    /// with [`Event::Stored`]. In a job with a server optimizer, `optimizer` is its state after
+    /// the round: encode it too (`ServerOptimizer::encode_state`), store the blob under its
+    /// content hash (`ContentHash::of`) as models are, serve it to members that ask for it by
+    /// that hash, and report the hash in the same [`Event::Stored`].
+    StoreModel { round: Round, params: Arc<Vec<f32>>, optimizer: Option<Arc<ServerOptimizer>> },
+    /// Fetch a server optimizer's state blob by hash (the leader of the next round needs the
+    /// state its predecessor announced): the driver's own copy if it holds one, else from
+    /// `from` in order (the member that announced it first), then from any live member; check
+    /// its hash, decode it and report with [`Event::OptimizerStateFetched`].
+    FetchOptimizerState { round: Round, state: ContentHash, from: Vec<MemberId> },
     /// Evaluate a global model on the local test split, then report with [`Event::Evaluated`].
     Evaluate { round: Round, model: ContentHash, params: Arc<Vec<f32>> },
     /// Persist the run's state (atomically with the round records that changed).

@@ -5,6 +5,7 @@
 mod audit;
 mod gossip;
 mod io;
+mod optimizer;
 mod orchestrated;
 mod phase;
 mod pull;
@@ -217,6 +218,8 @@ pub struct Member {
     restoring: Option<ContentHash>,
     /// Secure-aggregation jobs: this member's side of the open round's secure aggregation.
     secure_state: secure::SecureState,
+    /// Jobs with a server optimizer: the state this member holds, and the one it fetches.
+    server: optimizer::ServerState,
     effects: Vec<Effect>,
 }
 
@@ -301,6 +304,7 @@ impl Member {
             audits: audit::Audits::default(),
             restoring: None,
             secure_state: secure::SecureState::default(),
+            server: optimizer::ServerState::default(),
             effects: Vec::new(),
         };
         if member.is_active() && member.completed_round() >= member.last_round() {
@@ -353,7 +357,12 @@ impl Member {
             Event::ResultAsked { from, round, request } => self.serve_result(from, round, request),
             Event::Trained { round, base, outcome } => self.on_trained(round, base, outcome, now),
             Event::Fetched { model, outcome } => self.on_fetched(model, outcome, now),
-            Event::Stored { round, model } => self.on_stored(round, model, now),
+            Event::Stored { round, model, optimizer_state } => {
+                self.on_stored(round, model, optimizer_state, now)
+            }
+            Event::OptimizerStateFetched { state, outcome } => {
+                self.on_optimizer_state_fetched(state, outcome, now)
+            }
             Event::Evaluated { round, model, metrics } => {
                 self.on_evaluated(round, model, metrics, now)
             }

@@ -3,6 +3,7 @@
 
 use crate::collect::Collecting;
 use crate::ring::RingRun;
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, RoundOpen};
 use fedmesh_topologies::RoundPlan;
@@ -142,4 +143,6 @@ pub struct Closing {
     pub params: Arc<Vec<f32>>,
     pub contributions: Vec<Contribution>,
     pub members: Vec<MemberId>,
+    /// The server optimizer's state after the round (a job with one), stored with the model.
+    pub optimizer: Option<Arc<ServerOptimizer>>,
 }

@@ -19,7 +19,15 @@ const ASK_AGAIN_MS: u64 = 5_000;
 
 impl Member {
     /// The model of a round this member closed is stored: it announces the result and takes it.
-    pub(super) fn on_stored(&mut self, round: Round, model: ContentHash, now: u64) {
+    /// A job with a server optimizer announces the optimizer's new state with it.
+    pub(super) fn on_stored(
+        &mut self,
+        round: Round,
+        model: ContentHash,
+        optimizer_state: Option<ContentHash>,
+        now: u64,
+    ) {
+        self.keep_made_state(round, optimizer_state);
         let closing = match &self.phase {
             Phase::Closing(closing) if closing.round == round => closing,
             _ => return,
@@ -34,6 +42,7 @@ impl Member {
             members: closing.members.clone(),
             vetted: AggregateReady::vetted_bitmap(&closing.members, &self.vetted),
             sent_at_ms: now,
+            optimizer_state,
         };
         self.announced = Some(ready.clone());
         self.announced_ms = now;
@@ -322,7 +331,7 @@ impl Member {
 
     /// Asks a few members for the signed result of `round`: those heard to be past it first,
     /// else live ones, else any (members that completed the job fall silent).
-    fn ask_for_result(&mut self, round: Round, now: u64) {
+    pub(super) fn ask_for_result(&mut self, round: Round, now: u64) {
         let me = self.me();
         let mut others: Vec<MemberId> =
             self.live(now).iter().map(|m| m.id).filter(|m| *m != me).collect();

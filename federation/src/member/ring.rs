@@ -104,9 +104,12 @@ impl Member {
             RingResult::Model { leader } => {
                 let params: Vec<f32> = self.params.iter().zip(&mean).map(|(p, d)| p + d).collect();
                 let params = Arc::new(params);
-                self.effects.push(Effect::StoreModel { round, params: params.clone() });
+                let optimizer = None; // a ring job has no server optimizer (its spec's check)
+                let stored = Effect::StoreModel { round, params: params.clone(), optimizer };
+                self.effects.push(stored);
                 if leader {
-                    let closing = Closing { round, base, params, contributions, members };
+                    let closing =
+                        Closing { round, base, params, contributions, members, optimizer: None };
                     self.phase = Phase::Closing(Box::new(closing));
                 }
             }

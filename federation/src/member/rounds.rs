@@ -31,6 +31,7 @@ impl Member {
     pub(super) fn tick_round(&mut self, now: u64) {
         self.check_slot_deadlines(now);
         self.advance_secure(now);
+        self.prepare_optimizer(now);
         self.check_leader_deadline(now);
         self.ask_for_missed_result(now);
         self.forget_lost_opener(now);
@@ -633,7 +634,10 @@ impl Member {
         loop {
             let Some(open) = self.phase.open() else { return };
             let done = open.slots.iter().find(|s| s.complete() && !s.contributions.is_empty());
-            let Some(slot) = done.map(|s| s.slot) else { return };
+            let Some((slot, top)) = done.map(|s| (s.slot, s.parent.is_none())) else { return };
+            if top && !self.optimizer_ready(now) {
+                return; // closed once the optimizer's state is here
+            }
             self.finish_slot(slot, now);
         }
     }
@@ -784,22 +788,32 @@ impl Member {
     }
 
     /// Finishes the top slot: the new model is made and handed over to be stored.
+    /// A job with a server optimizer closes once the state it resumes from is here (asked for
+    /// meanwhile): when it arrives, or at the next deadline check.
     pub(super) fn close_round(&mut self, now: u64) {
+        if !self.optimizer_ready(now) {
+            return;
+        }
         let Phase::Open(open) = std::mem::take(&mut self.phase) else { return };
         let OpenRound { round, base, mut slots, opening, .. } = *open;
         let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = slots.swap_remove(position);
-        let made = top.finish_model(&self.params);
-        match made {
-            Ok((params, contributions)) => {
+        match self.make_model(top) {
+            Ok((params, contributions, optimizer)) => {
                 let params = Arc::new(params);
-                self.effects.push(Effect::StoreModel { round, params: params.clone() });
+                let store = Effect::StoreModel {
+                    round,
+                    params: params.clone(),
+                    optimizer: optimizer.clone(),
+                };
+                self.effects.push(store);
                 self.phase = Phase::Closing(Box::new(Closing {
                     round,
                     base,
                     params,
                     contributions,
                     members: opening.members.clone(),
+                    optimizer,
                 }));
                 self.log(Level::Info, round, "closed; storing the new model");
             }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::coordinator::{CoordinatedJob, CoordinatedState};
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_protocol::message::{
     Assignment, Contribution, EvalMetrics, EvalReport, JobStop, ModelDelta, PartialAggregate,
     RoundOpen,
@@ -197,6 +198,12 @@ struct Net {
     rejections: Vec<(MemberId, Refusal)>,
     /// Every model a member asked for: (member, round, model, when).
     fetches: Vec<(MemberId, Round, ContentHash, u64)>,
+    /// Server optimizers' state blobs stored, by hash, and every one a member asked for:
+    /// (member, round, state).
+    states: BTreeMap<ContentHash, Vec<u8>>,
+    /// Every update trained, by the hash of its values.
+    trained: BTreeMap<ContentHash, Arc<Vec<f32>>>,
+    state_fetches: Vec<(MemberId, Round, ContentHash)>,
     /// Members whose fetches fail.
     cannot_fetch: BTreeSet<MemberId>,
     /// Every message published, with its signer (what a hostile peer could capture).
@@ -218,7 +225,11 @@ struct Net {
 impl Net {
     /// A job of `members`, who all know each other before the first tick.
     fn new(spec: JobSpec, members: &[(u8, &str)]) -> Self {
-        let job = JobId(ContentHash::of(b"rules"));
+        Self::with_job(spec, members, JobId(ContentHash::of(b"rules")))
+    }
+
+    /// A job of `members` with the id `job` (its elections follow from it).
+    fn with_job(spec: JobSpec, members: &[(u8, &str)], job: JobId) -> Self {
         let initial = Arc::new(vec![0.0f32; PARAMS]);
         let model = hash_f32(&initial);
         let coordinator = spec.coordinator.map(|_| Coordinator::new(job, spec.clone()));
@@ -244,6 +255,9 @@ impl Net {
             coordinator,
             rejections: Vec::new(),
             fetches: Vec::new(),
+            states: BTreeMap::new(),
+            trained: BTreeMap::new(),
+            state_fetches: Vec::new(),
             cannot_fetch: BTreeSet::new(),
             published: Vec::new(),
             tickets: BTreeMap::new(),
@@ -452,6 +466,7 @@ impl Net {
                     metrics: fedmesh_protocol::message::TrainMetrics { loss: 1.0, accuracy: None },
                     seconds: 0.1,
                 };
+                self.trained.insert(hash_f32(&update.delta), update.delta.clone());
                 *self.trainings.entry((from, round)).or_default() += 1;
                 let trained = Event::Trained { round, base, outcome: Ok(update) };
                 match self.train_ms.get(&from) {
@@ -465,7 +480,12 @@ impl Net {
                 let outcome = found.cloned().ok_or_else(|| "nowhere".to_owned());
                 self.send(from, from, Event::Fetched { model, outcome });
             }
-            Effect::StoreModel { round, params } => {
+            Effect::FetchOptimizerState { round, state, .. } => {
+                self.state_fetches.push((from, round, state));
+                let outcome = self.decoded_state(&state);
+                self.send(from, from, Event::OptimizerStateFetched { state, outcome });
+            }
+            Effect::StoreModel { round, params, optimizer } => {
                 let params = match self.forger {
                     Some(forger) if forger == from => {
                         Arc::new(params.iter().map(|p| p + 0.5).collect::<Vec<f32>>())
@@ -474,7 +494,13 @@ impl Net {
                 };
                 let model = hash_f32(&params);
                 self.blobs.insert(model, params);
-                self.send(from, from, Event::Stored { round, model });
+                let optimizer_state = optimizer.map(|optimizer| {
+                    let blob = optimizer.encode_state();
+                    let state = ContentHash::of(&blob);
+                    self.states.insert(state, blob);
+                    state
+                });
+                self.send(from, from, Event::Stored { round, model, optimizer_state });
             }
             Effect::Evaluate { round, model, .. } => {
                 let metrics = fedmesh_protocol::message::EvalMetrics::default();
@@ -529,6 +555,14 @@ impl Net {
         }
         self.published.push((from, message.clone()));
         self.gossip(from, message);
+    }
+
+    /// A stored optimizer state, decoded as the node's executor decodes it.
+    fn decoded_state(&self, state: &ContentHash) -> Result<Arc<ServerOptimizer>, String> {
+        let blob = self.states.get(state).ok_or("no such optimizer state")?;
+        let spec = self.spec.strategy.server.as_ref();
+        let decoded = ServerOptimizer::decode_state(spec, PARAMS, blob);
+        decoded.map(Arc::new).map_err(|e| e.to_string())
     }
 
     /// What an auditor's executor reports: the result's model recomputed from its base and the
@@ -1155,6 +1189,7 @@ fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
         members: vec![hijacker],
         vetted: Vec::new(),
         sent_at_ms: net.now,
+        optimizer_state: None,
     };
     net.carry_out(hijacker, Effect::Publish(Publish::Result(forged)));
     net.run(60_000);
@@ -1188,6 +1223,7 @@ fn forged_result(net: &mut Net, round: Round) -> AggregateReady {
         members: net.members.keys().copied().collect(),
         vetted: Vec::new(),
         sent_at_ms: net.now,
+        optimizer_state: None,
     }
 }
 
@@ -2293,4 +2329,120 @@ fn a_secure_round_completes_when_a_trainer_drops_after_its_masked_update_or_befo
     before.assert_agree();
     let counted: Vec<usize> = (1..=2).map(|r| before.member(1).rounds()[&r].participants).collect();
     assert!(counted.iter().all(|&n| n == 3 || n == 4), "{counted:?}");
+}
+
+/// The server optimizers of the FedOpt family, as a job spec states them.
+fn every_server_optimizer() -> Vec<fedmesh_protocol::strategy::ServerOptimizerSpec> {
+    use fedmesh_protocol::strategy::{AdaptiveParams, ServerOptimizerSpec};
+    let adaptive = AdaptiveParams { eta: 0.05, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
+    vec![
+        ServerOptimizerSpec::FedAvgM { eta: 1.0, beta1: 0.9 },
+        ServerOptimizerSpec::FedAdam(adaptive.clone()),
+        ServerOptimizerSpec::FedYogi(adaptive.clone()),
+        ServerOptimizerSpec::FedAdagrad(adaptive),
+    ]
+}
+
+/// A central job of 8 members and `rounds` rounds with the server optimizer `server`, whose id
+/// is drawn from `draw`.
+fn eight_with_optimizer(
+    server: fedmesh_protocol::strategy::ServerOptimizerSpec,
+    rounds: u64,
+    draw: u64,
+) -> Net {
+    let mut spec = spec("central", rounds, 5);
+    spec.strategy.server = Some(server);
+    let members: Vec<(u8, &str)> = (1..=8).map(|byte| (byte, "a")).collect();
+    let job = JobId(ContentHash::of(format!("rotating {draw}").as_bytes()));
+    Net::with_job(spec, &members, job)
+}
+
+/// The first draw of a job id whose 20 rounds each elect another aggregator than the round
+/// before (the election ranks members by job, round and key: about one job id in twelve).
+fn rotating_draw() -> u64 {
+    let rotates = |draw: &u64| {
+        let mut net = eight_with_optimizer(every_server_optimizer().remove(0), 20, *draw);
+        net.run(600_000);
+        net.aggregators().windows(2).all(|pair| pair[0] != pair[1])
+    };
+    (0..200).find(rotates).expect("a job id whose aggregator changes every round")
+}
+
+impl Net {
+    /// The result of `round` its aggregator announced, for the model the members agree on.
+    fn announced_result(&self, round: Round) -> &AggregateReady {
+        let model = self.round_model(round).expect("the round's model");
+        let announced = self.published.iter().find_map(|(_, message)| match message {
+            Gossip::Result(ready) if ready.round == round && ready.model == model => Some(ready),
+            _ => None,
+        });
+        announced.expect("the round's result")
+    }
+
+    /// Each round's aggregator, as the members recorded it.
+    fn aggregators(&self) -> Vec<MemberId> {
+        let rounds = self.member(1).rounds();
+        (1..=self.spec.hyperparameters.rounds).map(|round| rounds[&round].aggregator).collect()
+    }
+}
+
+#[test]
+fn each_aggregator_resumes_the_server_optimizer_its_predecessor_left_bit_for_bit() {
+    let draw = rotating_draw();
+    for server in every_server_optimizer() {
+        let mut net = eight_with_optimizer(server.clone(), 20, draw);
+        net.run(600_000);
+        net.assert_agree();
+        let aggregators = net.aggregators();
+        let changes = aggregators.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert_eq!(changes, 19, "{server:?}: the aggregator changes every round: {aggregators:?}");
+        // One optimizer that saw every round's combined delta, as a single aggregator would.
+        let mut single = ServerOptimizer::from_spec(Some(&server)).expect("a valid optimizer");
+        let mut model = net.blobs[&net.announced_result(1).base_model].to_vec();
+        for round in 1..=20 {
+            let ready = net.announced_result(round);
+            let mut sum = fedmesh_aggregation::PartialAggregate::new(PARAMS);
+            for c in &ready.contributions {
+                let values = &net.trained[&c.delta];
+                sum.add(&c.member.to_peer_id_string(), c.samples as f64, values).expect("added");
+            }
+            single.apply(&mut model, &sum.mean().expect("a mean")).expect("applied");
+            let state = ready.optimizer_state.expect("the result names its optimizer state");
+            assert_eq!(net.states[&state], single.encode_state(), "{server:?}: round {round}");
+            assert_eq!(hash_f32(&model), ready.model, "{server:?}: round {round}'s model");
+        }
+        // Each aggregator but the first two fetched the state its predecessor made.
+        let fetched: BTreeSet<Round> =
+            net.state_fetches.iter().map(|(_, round, _)| *round).collect();
+        assert!(fetched.len() >= 18, "{server:?}: states fetched for rounds {fetched:?}");
+    }
+}
+
+#[test]
+fn eight_members_complete_twenty_rounds_with_each_optimizer_and_a_new_aggregator_each_round() {
+    let draw = rotating_draw();
+    for server in every_server_optimizer() {
+        let mut net = eight_with_optimizer(server.clone(), 20, draw);
+        net.run(600_000);
+        net.assert_agree();
+        let aggregators = net.aggregators();
+        assert!(aggregators.windows(2).all(|pair| pair[0] != pair[1]), "{aggregators:?}");
+        let final_model = &net.blobs[&net.member(1).model()];
+        assert!(final_model.iter().all(|v| v.is_finite()), "{server:?}: {final_model:?}");
+        assert_ne!(net.member(1).model(), net.announced_result(1).base_model);
+    }
+}
+
+#[test]
+fn a_result_without_the_optimizer_state_its_job_needs_is_refused() {
+    let server = every_server_optimizer().remove(1);
+    let mut net = eight_with_optimizer(server, 3, 0);
+    net.run_until(60_000, |net| net.member(2).completed_round() >= 1);
+    let mut stateless = net.announced_result(1).clone();
+    stateless.optimizer_state = None;
+    let (signer, to) = (net.member(1).me(), net.member(2).me());
+    let message = Gossip::Result(Arc::new(stateless));
+    net.send(signer, to, Event::Gossip { signer, message });
+    net.step();
+    assert!(net.rejected("bad_message"), "{:?}", net.rejections);
 }
