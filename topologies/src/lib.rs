@@ -3,6 +3,8 @@
 
 pub mod election;
 pub mod graph;
+pub mod guided;
+pub mod history;
 pub mod plan;
 pub mod ring;
 pub mod selection;
@@ -11,4 +13,5 @@ pub use graph::{Tag, TagError, TagErrors};
 pub use plan::{
     Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId, TOP_SLOT,
 };
-pub use selection::Selection;
+pub use history::History;
+pub use selection::{Count, Selection};
