@@ -449,6 +449,7 @@ fn gossip_messages() -> Vec<(String, GossipMessage)> {
                     deadline_ms: 1_700_000_120_000,
                     opened_at_ms: 1_700_000_000_000,
                     members: members(),
+                    trainers: Vec::new(),
                 },
             )),
         ),
@@ -515,6 +516,7 @@ fn aggregate_ready() -> AggregateReady {
         contributions: contributions(),
         metrics: EvalMetrics { loss: Some(0.4), accuracy: None, samples: 0 },
         members: members(),
+        feedback: Vec::new(),
         vetted: Vec::new(),
         sent_at_ms: 8,
     }

@@ -4,7 +4,7 @@
 use crate::collect::Collecting;
 use crate::ring::RingRun;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{Contribution, RoundOpen};
+use fedmesh_protocol::message::{Contribution, Feedback, RoundOpen};
 use fedmesh_topologies::RoundPlan;
 use std::sync::Arc;
 
@@ -141,5 +141,7 @@ pub struct Closing {
     pub base: ContentHash,
     pub params: Arc<Vec<f32>>,
     pub contributions: Vec<Contribution>,
+    /// What the aggregator saw of each contribution (an `oort` job's; else empty).
+    pub feedback: Vec<Option<Feedback>>,
     pub members: Vec<MemberId>,
 }

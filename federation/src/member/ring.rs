@@ -106,7 +106,8 @@ impl Member {
                 let params = Arc::new(params);
                 self.effects.push(Effect::StoreModel { round, params: params.clone() });
                 if leader {
-                    let closing = Closing { round, base, params, contributions, members };
+                    let feedback = Vec::new(); // no aggregator saw the updates
+                    let closing = Closing { round, base, params, contributions, feedback, members };
                     self.phase = Phase::Closing(Box::new(closing));
                 }
             }

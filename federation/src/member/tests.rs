@@ -1151,6 +1151,7 @@ fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
         base_model: net.member(1).model(),
         model: ContentHash::of(b"a made-up model"),
         contributions: Vec::new(),
+        feedback: Vec::new(),
         metrics: Default::default(),
         members: vec![hijacker],
         vetted: Vec::new(),
@@ -1184,6 +1185,7 @@ fn forged_result(net: &mut Net, round: Round) -> AggregateReady {
         base_model: ContentHash::of(b"a base nobody holds"),
         model,
         contributions: Vec::new(),
+        feedback: Vec::new(),
         metrics: Default::default(),
         members: net.members.keys().copied().collect(),
         vetted: Vec::new(),
@@ -1222,6 +1224,7 @@ fn an_opening_ahead_of_the_members_round_is_not_followed_until_the_rounds_betwee
         deadline_ms: net.now + 5_000,
         opened_at_ms: net.now,
         members: net.members.keys().copied().collect(),
+        trainers: Vec::new(),
     };
     net.carry_out(forger, Effect::Publish(Publish::Open(open)));
     net.step();
@@ -1567,6 +1570,7 @@ fn members_own_openings_are_refused_while_the_coordinator_is_heard() {
         deadline_ms: net.now + 5_000,
         opened_at_ms: net.now + 1,
         members: net.members.keys().copied().collect(),
+        trainers: Vec::new(),
     };
     net.carry_out(elected, Effect::Publish(Publish::Open(open)));
     net.step();
