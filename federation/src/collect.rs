@@ -600,7 +600,8 @@ mod tests {
         /// The top slot of round 1 planned over the members `present`, opened at `opened_at_ms`.
         fn slot(&self, present: &[usize], opened_at_ms: u64) -> Collecting {
             let infos: Vec<MemberInfo> = present.iter().map(|&i| self.members[i].clone()).collect();
-            let selection = Selection::from_participation(&self.spec.participation, &Arc::default());
+            let selection =
+                Selection::from_participation(&self.spec.participation, &Arc::default());
             let plan =
                 RoundPlan::compute(&self.tag, &self.id, 1, &infos, &selection).expect("plan");
             let opening = Opening {

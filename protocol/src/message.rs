@@ -473,7 +473,11 @@ impl SignedBody for RoundOpen {
         check_count("members", self.members.len())?;
         check_unique("the member list", &self.members)?;
         if self.trainers.len() > self.members.len() {
-            return Err(format!("{} trainers of {} members", self.trainers.len(), self.members.len()));
+            return Err(format!(
+                "{} trainers of {} members",
+                self.trainers.len(),
+                self.members.len()
+            ));
         }
         check_unique("the trainer list", &self.trainers)
     }

@@ -167,7 +167,11 @@ mod tests {
     }
 
     /// A result of `round` counting `counted`, each with loss 1 and `duration(member)`.
-    fn result(round: Round, counted: &[MemberId], duration: impl Fn(&MemberId) -> u64) -> AggregateReady {
+    fn result(
+        round: Round,
+        counted: &[MemberId],
+        duration: impl Fn(&MemberId) -> u64,
+    ) -> AggregateReady {
         AggregateReady {
             job: job(),
             round,
@@ -204,7 +208,12 @@ mod tests {
 
     /// How many of `rounds` rounds chose each of `all` (Oort with `params`, results recorded),
     /// members 1 and 2 five times slower than the others.
-    fn oort_picks(params: &OortSelector, all: &[MemberId], count: usize, rounds: Round) -> Vec<u32> {
+    fn oort_picks(
+        params: &OortSelector,
+        all: &[MemberId],
+        count: usize,
+        rounds: Round,
+    ) -> Vec<u32> {
         let slow = |m: &MemberId| if m.0[0] <= 2 { 5_000 } else { 1_000 };
         let mut history = History::default();
         let mut picks = vec![0u32; all.len()];
@@ -234,7 +243,7 @@ mod tests {
         let params = OortSelector { exploration: 0.0, max_consecutive: 2, ..Default::default() };
         let all = members(6);
         let mut history = History::default();
-        let mut streaks = vec![0u32; 6];
+        let mut streaks = [0u32; 6];
         for round in 1..=20 {
             let chosen = oort(&params, &job(), round, &all, &history, 3);
             for (index, member) in all.iter().enumerate() {

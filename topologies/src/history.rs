@@ -105,7 +105,9 @@ mod tests {
             contributions: counted.iter().map(|(byte, ..)| contribution(*byte)).collect(),
             feedback: counted
                 .iter()
-                .map(|(_, loss, duration_ms)| Some(Feedback { loss: *loss, duration_ms: *duration_ms }))
+                .map(|(_, loss, duration_ms)| {
+                    Some(Feedback { loss: *loss, duration_ms: *duration_ms })
+                })
                 .collect(),
             metrics: EvalMetrics::default(),
             members: Vec::new(),

@@ -10,8 +10,8 @@ pub mod ring;
 pub mod selection;
 
 pub use graph::{Tag, TagError, TagErrors};
+pub use history::History;
 pub use plan::{
     Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId, TOP_SLOT,
 };
-pub use history::History;
 pub use selection::{Count, Selection};

@@ -75,8 +75,7 @@ impl Member {
         let members = self.without_excluded(&named);
         let plan =
             crate::shared::plan(tag, job, open.round, &members, &selection, &self.vetted).ok()?;
-        if plan.trainers.len() != own.trainers.len() || plan.trainers.len() != open.trainers.len()
-        {
+        if plan.trainers.len() != own.trainers.len() || plan.trainers.len() != open.trainers.len() {
             let text = format!(
                 "an opening by {opener} naming {} trainers, {} of them eligible; the selector \
                  picks {}",
