@@ -6,7 +6,7 @@ use crate::member::{Reason, Refusal};
 use fedmesh_aggregation::privacy::NoiseSeed;
 use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum, Recomputation};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{Contribution, ModelDelta, PartialAggregate};
+use fedmesh_protocol::message::{Contribution, Feedback, ModelDelta, PartialAggregate};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::tensor::{Decoder, hash_f32};
 use fedmesh_topologies::{Input, RoundPlan};
@@ -38,6 +38,9 @@ pub struct Collecting {
     lower_received: BTreeSet<(MemberId, String)>,
     /// Every update folded in, directly or through a partial aggregate.
     pub contributions: Vec<Contribution>,
+    /// What this aggregator saw of the updates sent here directly (an `oort` job's selector
+    /// learns from it): each one's reported loss and arrival after the opening.
+    pub feedback: BTreeMap<MemberId, Feedback>,
     /// When a lower slot sends what it has up (the top slot's is the round's deadline).
     pub deadline_ms: u64,
 }
@@ -164,6 +167,7 @@ impl Collecting {
             lower_senders,
             lower_received: BTreeSet::new(),
             contributions: Vec::new(),
+            feedback: BTreeMap::new(),
             deadline_ms,
         })
     }
@@ -195,7 +199,16 @@ impl Collecting {
         self.lower = earlier.lower;
         self.lower_received = earlier.lower_received;
         self.contributions = earlier.contributions;
+        self.feedback = earlier.feedback;
         true
+    }
+
+    /// Notes what this aggregator saw of `member`'s update just folded in: the loss its trainer
+    /// reported, and how long after the slot's opening it arrived (the first time only: the
+    /// same update sent again over a re-opening keeps its first arrival).
+    pub fn note_feedback(&mut self, member: MemberId, loss: f32, now: u64) {
+        let duration_ms = now.saturating_sub(self.opened_at_ms);
+        self.feedback.entry(member).or_insert(Feedback { loss, duration_ms });
     }
 
     /// Every input of the slot has arrived.
@@ -564,6 +577,7 @@ mod tests {
     use fedmesh_protocol::message::TrainMetrics;
     use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, encode_params};
     use fedmesh_topologies::{MemberInfo, Selection, Tag};
+    use std::sync::Arc;
 
     /// A central job of three members.
     struct Job {
@@ -594,7 +608,8 @@ mod tests {
         /// The top slot of round 1 planned over the members `present`, opened at `opened_at_ms`.
         fn slot(&self, present: &[usize], opened_at_ms: u64) -> Collecting {
             let infos: Vec<MemberInfo> = present.iter().map(|&i| self.members[i].clone()).collect();
-            let selection = Selection::from_participation(&self.spec.participation);
+            let selection =
+                Selection::from_participation(&self.spec.participation, &Arc::default());
             let plan =
                 RoundPlan::compute(&self.tag, &self.id, 1, &infos, &selection).expect("plan");
             let opening = Opening {

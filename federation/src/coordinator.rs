@@ -598,6 +598,7 @@ mod tests {
             base_model: assignment.base_model,
             model: ContentHash::of(b"round 1"),
             contributions: vec![],
+            feedback: vec![],
             metrics: EvalMetrics::default(),
             members: vec![],
             vetted: Vec::new(),

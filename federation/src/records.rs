@@ -150,6 +150,7 @@ mod tests {
             base_model: ContentHash::of(b"base"),
             model: ContentHash::of(model),
             contributions: (1..=trainers).map(contribution).collect(),
+            feedback: Vec::new(),
             metrics: EvalMetrics::default(),
             members: Vec::new(),
             vetted: Vec::new(),

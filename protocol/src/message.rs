@@ -141,6 +141,11 @@ pub struct RoundOpen {
     /// The live members the opener planned the round over: every member computes the round's
     /// plan (slots, rings, destinations) over exactly these, so all agree on it.
     pub members: Vec<MemberId>,
+    /// The trainers the opener selected among `members` (sorted by key), for a job whose
+    /// selector learns from past rounds (`fedbuff`, `oort`): what it learned is the opener's,
+    /// so the others follow its choice. Empty for a `random` selector: every member samples the
+    /// same trainers itself.
+    pub trainers: Vec<MemberId>,
 }
 
 /// A coordinator's roles and selection for one round (orchestration mode).
@@ -189,6 +194,15 @@ pub struct TrainMetrics {
     pub accuracy: Option<f32>,
 }
 
+/// What a round's aggregator saw of one contribution it received directly: the loss its
+/// trainer reported and how long after the opening the update arrived (an `oort` job's
+/// selector learns from these).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub loss: f32,
+    pub duration_ms: u64,
+}
+
 /// Evaluation metrics of a global model.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct EvalMetrics {
@@ -207,6 +221,9 @@ pub struct AggregateReady {
     /// The new global model's hash (fetch it as a blob).
     pub model: ContentHash,
     pub contributions: Vec<Contribution>,
+    /// In an `oort` job, what the aggregator saw of each of `contributions` (the same order;
+    /// none for a contribution it did not receive itself); empty in any other job.
+    pub feedback: Vec<Option<Feedback>>,
     pub metrics: EvalMetrics,
     /// The members the round was planned over (its opening's): a member that missed the round
     /// checks that their plan elects the signer before it takes the result.
@@ -459,7 +476,15 @@ impl SignedBody for RoundOpen {
             return Err("rounds start at 1".into());
         }
         check_count("members", self.members.len())?;
-        check_unique("the member list", &self.members)
+        check_unique("the member list", &self.members)?;
+        if self.trainers.len() > self.members.len() {
+            return Err(format!(
+                "{} trainers of {} members",
+                self.trainers.len(),
+                self.members.len()
+            ));
+        }
+        check_unique("the trainer list", &self.trainers)
     }
 }
 
@@ -492,6 +517,15 @@ impl SignedBody for AggregateReady {
 
     fn check(&self) -> Result<(), String> {
         check_contributions(&self.contributions)?;
+        if !self.feedback.is_empty() && self.feedback.len() != self.contributions.len() {
+            return Err(format!(
+                "feedback on {} of {} contributions",
+                self.feedback.len(),
+                self.contributions.len()
+            ));
+        }
+        let losses = self.feedback.iter().flatten().map(|feedback| Some(feedback.loss));
+        losses.into_iter().try_for_each(|loss| check_finite("a contribution's loss", loss))?;
         check_finite("the loss", self.metrics.loss)?;
         check_accuracy(self.metrics.accuracy)?;
         if self.vetted.len() > self.members.len().div_ceil(8) {

@@ -386,6 +386,68 @@ pub struct Participation {
     /// The most samples one member's update may weigh in a round (default: no cap beyond the
     /// count each member declared when it joined).
     pub max_samples: Option<u64>,
+    /// How a round's trainers are chosen (default `random`; left out of the canonical JSON
+    /// while it is, so the announcements of jobs made before it keep their bytes).
+    #[serde(skip_serializing_if = "Selector::is_random")]
+    pub selector: Selector,
+}
+
+/// How a round's trainers are chosen among the live members (`participation.selector`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Selector {
+    /// A seeded random `fraction` of them (at most `max_participants`), another each round.
+    #[default]
+    Random,
+    /// FedBuff's: `concurrency` trainers a round (at most `max_participants`), those whose
+    /// updates counted least recently first.
+    Fedbuff(FedBuffSelector),
+    /// Oort's guided selection (Lai et al., OSDI 2021): as many as `random` would pick, the
+    /// members whose updates promise the most (reported loss, speed) mostly, a few explored.
+    Oort(OortSelector),
+}
+
+impl Selector {
+    pub fn is_random(&self) -> bool {
+        *self == Self::Random
+    }
+}
+
+/// The `fedbuff` selector's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedBuffSelector {
+    /// How many trainers a round has in flight (at least 1).
+    pub concurrency: u32,
+}
+
+/// The `oort` selector's parameters (the paper's names in brackets).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OortSelector {
+    /// The share of each round's trainers picked to explore, in [0, 1] (ε, default 0.1): members
+    /// never tried first, then seeded-random ones among those not exploited.
+    pub exploration: f32,
+    /// How hard a member slower than the preferred duration is penalized, >= 0 (α, default 2):
+    /// its utility is multiplied by (T/t)^α when its round duration t exceeds T.
+    pub straggler_penalty: f32,
+    /// The preferred round duration T in seconds, > 0 (default: the median of the durations
+    /// known).
+    pub preferred_duration_secs: Option<f32>,
+    /// A member exploited this many rounds in a row is left to exploration the next round, so
+    /// its own reports cannot keep it selected (default 4, at least 1).
+    pub max_consecutive: u32,
+}
+
+impl Default for OortSelector {
+    fn default() -> Self {
+        Self {
+            exploration: 0.1,
+            straggler_penalty: 2.0,
+            preferred_duration_secs: None,
+            max_consecutive: 4,
+        }
+    }
 }
 
 impl Default for Participation {
@@ -397,6 +459,7 @@ impl Default for Participation {
             admission: None,
             allow: Vec::new(),
             max_samples: None,
+            selector: Selector::Random,
         }
     }
 }
@@ -681,6 +744,9 @@ impl JobSpec {
         if self.privacy.secure_aggregation {
             self.check_secure_aggregation(problems);
         }
+        if !self.participation.selector.is_random() {
+            self.check_guided_selector(problems);
+        }
         let ring = self.tag == TagSpec::Builtin(BuiltinTopology::Ring);
         if ring && self.strategy.noise_multiplier.is_some() && !self.privacy.distributed() {
             problems.push(
@@ -705,6 +771,28 @@ impl JobSpec {
 }
 
 impl JobSpec {
+    /// A selector that learns from past rounds needs the round's opener to pick the trainers
+    /// (not a coordinator), and Oort each trainer's reported loss where the result is made.
+    fn check_guided_selector(&self, p: &mut Problems) {
+        if self.coordinator.is_some() {
+            let reason = "an orchestrated job's coordinator selects the trainers: use \"random\"";
+            p.push("participation.selector", reason);
+        }
+        if !matches!(self.participation.selector, Selector::Oort(_)) {
+            return;
+        }
+        if self.tag != TagSpec::Builtin(BuiltinTopology::Central) {
+            let reason = "oort needs each trainer's update at the aggregator that announces the \
+                          result (its loss and arrival): use the central topology";
+            p.push("participation.selector.oort", reason);
+        }
+        if self.privacy.secure_aggregation {
+            let reason = "oort needs each trainer's own update at the aggregator: \
+                          privacy.secure_aggregation hides it";
+            p.push("participation.selector.oort", reason);
+        }
+    }
+
     /// Distributed noise needs noise to share out, a clip to scale it by, and a weighted mean
     /// to add the shares up in.
     fn check_distributed_noise(&self, problems: &mut Problems) {
@@ -1185,6 +1273,29 @@ fn check_participation(p: &mut Problems, part: &Participation) {
     if part.admission() == Admission::Allow && seen.len() < min as usize {
         let message = format!("lists {} members, fewer than min_participants ({min})", seen.len());
         p.push("participation.allow", message);
+    }
+    check_selector(p, &part.selector);
+}
+
+fn check_selector(p: &mut Problems, selector: &Selector) {
+    match selector {
+        Selector::Random => {}
+        Selector::Fedbuff(fedbuff) => {
+            let ok = fedbuff.concurrency >= 1 && fedbuff.concurrency as usize <= MAX_MEMBERS;
+            let message = format!("must be between 1 and {MAX_MEMBERS}");
+            p.require(ok, "participation.selector.fedbuff.concurrency", &message);
+        }
+        Selector::Oort(oort) => {
+            let at = |field: &str| format!("participation.selector.oort.{field}");
+            let exploration = in_range(oort.exploration, 0.0, 1.0, true);
+            p.require(exploration, &at("exploration"), "must be in [0, 1]");
+            let penalty = in_range(oort.straggler_penalty, 0.0, f32::MAX, true);
+            p.require(penalty, &at("straggler_penalty"), "must be >= 0");
+            if let Some(secs) = oort.preferred_duration_secs {
+                p.require(positive(secs), &at("preferred_duration_secs"), "must be > 0");
+            }
+            p.require(oort.max_consecutive >= 1, &at("max_consecutive"), "must be >= 1");
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::model::ModelSpec;
-use fedmesh_protocol::spec::{Admission, JobSpec, Quorum};
+use fedmesh_protocol::spec::{Admission, FedBuffSelector, JobSpec, OortSelector, Quorum, Selector};
 use fedmesh_protocol::strategy::{AggregationRule, ServerOptimizerSpec};
 use fedmesh_protocol::tag::{BuiltinTopology, TagSpec};
 use serde_json::{Value, json};
@@ -511,4 +511,58 @@ fn flame_schema_fields_are_accepted_kept_and_warned_about_when_fedmesh_ignores_t
     let canonical = spec.to_canonical_json().unwrap();
     assert_eq!(JobSpec::from_canonical_json(&canonical).unwrap(), spec, "the fields are kept");
     assert!(parse(&minimal()).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn the_random_selector_is_the_default_and_leaves_canonical_json_alone() {
+    let spec = parse(&minimal()).unwrap();
+    assert_eq!(spec.participation.selector, Selector::Random);
+    let json = String::from_utf8(spec.to_canonical_json().unwrap()).unwrap();
+    assert!(!json.contains("selector"), "{json}");
+    let explicit = with(minimal(), "participation", json!({"selector": "random"}));
+    assert_eq!(parse(&explicit).unwrap().to_canonical_json().unwrap().as_slice(), json.as_bytes());
+}
+
+#[test]
+fn fedbuff_and_oort_selectors_parse_and_round_trip() {
+    let fedbuff = json!({"selector": {"fedbuff": {"concurrency": 3}}});
+    let spec = parse(&with(minimal(), "participation", fedbuff)).unwrap();
+    assert_eq!(spec.participation.selector, Selector::Fedbuff(FedBuffSelector { concurrency: 3 }));
+    let oort = json!({"fraction": 0.3, "selector": {"oort": {"exploration": 0.25}}});
+    let spec = parse(&with(minimal(), "participation", oort)).unwrap();
+    let expected = OortSelector { exploration: 0.25, ..OortSelector::default() };
+    assert_eq!(spec.participation.selector, Selector::Oort(expected));
+    let canonical = spec.to_canonical_json().unwrap();
+    assert_eq!(JobSpec::from_canonical_json(&canonical).unwrap(), spec);
+}
+
+#[test]
+fn selector_parameters_and_their_fit_with_the_job_are_checked_with_the_reason() {
+    let bad = json!({"selector": {"oort": {"exploration": 1.5, "straggler_penalty": -1.0,
+        "preferred_duration_secs": 0.0, "max_consecutive": 0}}});
+    let found = problems(&with(minimal(), "participation", bad)).join("\n");
+    for expected in [
+        "participation.selector.oort.exploration: must be in [0, 1]",
+        "participation.selector.oort.straggler_penalty: must be >= 0",
+        "participation.selector.oort.preferred_duration_secs: must be > 0",
+        "participation.selector.oort.max_consecutive: must be >= 1",
+    ] {
+        assert!(found.contains(expected), "{found}");
+    }
+    let idle = json!({"selector": {"fedbuff": {"concurrency": 0}}});
+    let found = problems(&with(minimal(), "participation", idle)).join("\n");
+    assert!(
+        found.contains("participation.selector.fedbuff.concurrency: must be between 1"),
+        "{found}"
+    );
+    let oort = json!({"selector": {"oort": {}}});
+    let ring = with(with(minimal(), "participation", oort.clone()), "tag", json!("ring"));
+    let found = problems(&ring).join("\n");
+    assert!(
+        found.contains("participation.selector.oort: oort needs each trainer's update"),
+        "{found}"
+    );
+    let orchestrated = with(with(minimal(), "participation", oort), "coordinator", json!(owner()));
+    let found = problems(&orchestrated).join("\n");
+    assert!(found.contains("participation.selector: an orchestrated job's coordinator"), "{found}");
 }

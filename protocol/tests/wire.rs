@@ -121,6 +121,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     deadline_ms: deadline,
                     opened_at_ms: at,
                     members: (0..members).map(|m| MemberId([m; 32])).collect(),
+                    trainers: Vec::new(),
                 };
                 GossipMessage::RoundOpen(Signed::sign(&id, body).unwrap())
             }
@@ -178,6 +179,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     base_model: hash(j),
                     model: hash(j + 1),
                     contributions,
+                    feedback: Vec::new(),
                     metrics: EvalMetrics { loss, accuracy, samples },
                     members: vec![MemberId([j as u8; 32])],
                     vetted: Vec::new(),
@@ -505,6 +507,7 @@ fn gossip_size_limits_hold_both_ways() {
             .collect(),
         metrics: EvalMetrics::default(),
         members: Vec::new(),
+        feedback: Vec::new(),
         vetted: Vec::new(),
         sent_at_ms: 0,
         optimizer_state: None,
@@ -568,6 +571,7 @@ fn accused_result(round: u64) -> AggregateReady {
         base_model: hash(100),
         model: hash(7),
         contributions: Vec::new(),
+        feedback: Vec::new(),
         metrics: EvalMetrics::default(),
         members: Vec::new(),
         vetted: Vec::new(),

@@ -53,6 +53,7 @@ pub fn hijack(open: &RoundOpen, now_ms: u64) -> (RoundOpen, AggregateReady) {
         base_model: open.base_model,
         model: ContentHash::of(b"a model no honest aggregator made"),
         contributions: Vec::new(),
+        feedback: Vec::new(),
         metrics: EvalMetrics::default(),
         members: open.members.clone(),
         vetted: Vec::new(),

@@ -3,12 +3,15 @@
 
 pub mod election;
 pub mod graph;
+pub mod guided;
+pub mod history;
 pub mod plan;
 pub mod ring;
 pub mod selection;
 
 pub use graph::{Tag, TagError, TagErrors};
+pub use history::History;
 pub use plan::{
     Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId, TOP_SLOT,
 };
-pub use selection::Selection;
+pub use selection::{Count, Selection};

@@ -1,9 +1,13 @@
 //! Participant selection: which of the eligible trainers train this round (all, a seeded random
-//! fraction, or at most k), computed identically by every member.
+//! fraction, at most k, or a selector's choice from what past rounds showed), computed
+//! identically by every member from the same inputs.
 
 use crate::election::rank;
+use crate::guided::{self, Learner};
+use crate::history::History;
 use fedmesh_protocol::ids::{JobId, MemberId, Round};
-use fedmesh_protocol::spec::Participation;
+use fedmesh_protocol::spec::{Participation, Selector};
+use std::sync::Arc;
 
 /// How a round's trainers are chosen from the eligible members.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,18 +17,49 @@ pub enum Selection {
     /// Exactly these members, as a coordinator's assignment names them (M8); members not eligible
     /// are left out.
     Explicit(Vec<MemberId>),
+    /// As many as `count` says, chosen by a selector that learns from past rounds (`fedbuff`,
+    /// `oort`) from what `history` holds.
+    Guided { learner: Learner, count: Count, history: Arc<History> },
+}
+
+/// How many of the eligible members a round selects: `fraction` of them (rounded up, at least
+/// one), at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Count {
+    pub fraction: f32,
+    pub max: Option<usize>,
+}
+
+impl Count {
+    /// How many of `eligible` members are selected.
+    pub fn of(&self, eligible: usize) -> usize {
+        fraction_of(self.fraction, eligible)
+            .clamp(1, eligible.max(1))
+            .min(self.max.unwrap_or(usize::MAX))
+            .min(eligible)
+    }
 }
 
 impl Selection {
     /// Every eligible member trains.
     pub const ALL: Self = Self::Sample { fraction: 1.0, max: None };
 
-    /// The selection a job spec's participation section asks for.
-    pub fn from_participation(participation: &Participation) -> Self {
-        Self::Sample {
-            fraction: participation.fraction,
-            max: participation.max_participants.map(|max| max as usize),
-        }
+    /// The selection a job spec's participation section asks for, a learning selector's from
+    /// `history` (the results this member took).
+    pub fn from_participation(participation: &Participation, history: &Arc<History>) -> Self {
+        let max = participation.max_participants.map(|max| max as usize);
+        let (learner, count) = match participation.selector {
+            Selector::Random => return Self::Sample { fraction: participation.fraction, max },
+            Selector::Fedbuff(fedbuff) => {
+                let concurrency = fedbuff.concurrency as usize;
+                let max = Some(max.map_or(concurrency, |m| m.min(concurrency)));
+                (Learner::Fedbuff, Count { fraction: 1.0, max })
+            }
+            Selector::Oort(params) => {
+                (Learner::Oort(params), Count { fraction: participation.fraction, max })
+            }
+        };
+        Self::Guided { learner, count, history: history.clone() }
     }
 
     /// The selected members, sorted by key. A sample is the top of a rendezvous ranking seeded by
@@ -32,8 +67,7 @@ impl Selection {
     pub fn select(&self, job: &JobId, round: Round, eligible: &[MemberId]) -> Vec<MemberId> {
         let mut chosen = match self {
             Self::Sample { fraction, max } => {
-                let wanted = fraction_of(*fraction, eligible.len());
-                let wanted = wanted.clamp(1, eligible.len().max(1)).min(max.unwrap_or(usize::MAX));
+                let wanted = Count { fraction: *fraction, max: *max }.of(eligible.len());
                 if wanted >= eligible.len() {
                     // Everyone is chosen: the ranking would only be sorted away below.
                     eligible.to_vec()
@@ -45,6 +79,15 @@ impl Selection {
             }
             Self::Explicit(named) => {
                 named.iter().filter(|member| eligible.contains(member)).copied().collect()
+            }
+            Self::Guided { learner, count, history } => {
+                let wanted = count.of(eligible.len());
+                match learner {
+                    Learner::Fedbuff => guided::fedbuff(job, round, eligible, history, wanted),
+                    Learner::Oort(params) => {
+                        guided::oort(params, job, round, eligible, history, wanted)
+                    }
+                }
             }
         };
         chosen.sort();

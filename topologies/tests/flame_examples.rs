@@ -56,7 +56,8 @@ fn plan(experiment: &FlameExperiment) -> (Tag, RoundPlan) {
     let spec = &experiment.spec;
     spec.validate().unwrap_or_else(|e| panic!("{}: {e}", spec.name));
     let tag = Tag::from_spec(&spec.tag).unwrap_or_else(|e| panic!("{}: {e}", spec.name));
-    let selection = Selection::from_participation(&spec.participation);
+    let history = std::sync::Arc::new(fedmesh_topologies::History::default());
+    let selection = Selection::from_participation(&spec.participation, &history);
     let plan = RoundPlan::compute(&tag, &job(&spec.name), 1, &members(experiment), &selection)
         .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
     (tag, plan)

@@ -14,6 +14,7 @@ mod results;
 mod ring;
 mod rounds;
 mod secure;
+mod selecting;
 
 pub use audit::{MAX_AUDITS, MAX_CONDEMNED};
 pub use io::*;
@@ -31,7 +32,7 @@ use fedmesh_protocol::message::{
     AggregateReady, Assignment, EvalReport, Heartbeat, Join, RoundOpen, Ticket,
 };
 use fedmesh_protocol::spec::{Admission, JobSpec};
-use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag};
+use fedmesh_topologies::{History, MemberInfo, RoundPlan, Tag};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -194,6 +195,10 @@ pub struct Member {
     /// whose updates the held model's round counted (a key that joined and never had an update
     /// accepted, as a flood of fresh keys has not, aggregates only when no vetted member can).
     vetted: Arc<[MemberId]>,
+    /// What the results this member took showed of each member, as a job's selector that
+    /// learns from past rounds reads it (kept in memory only: rebuilt from the results taken
+    /// after a restart).
+    history: Arc<History>,
     /// The furthest round any member's heartbeat named.
     furthest_heard: Round,
     /// When a waiting member next checks whether it opens the next round.
@@ -294,6 +299,7 @@ impl Member {
             fetching: BTreeMap::new(),
             plans: VecDeque::new(),
             vetted,
+            history: Arc::default(),
             furthest_heard: 0,
             next_open_check_ms: 0,
             adopted_ms: 0,
@@ -511,7 +517,7 @@ impl Member {
         if let Some((_, _, plan)) = kept {
             return Some(plan.clone());
         }
-        let selection = Selection::from_participation(&self.setup.spec.participation);
+        let selection = self.selection();
         let (tag, job) = (&self.setup.tag, &self.setup.job);
         let planned = self.without_excluded(&members);
         let plan = shared::plan(tag, job, round, &planned, &selection, &self.vetted).ok()?;
@@ -530,7 +536,7 @@ impl Member {
         members: &Arc<[MemberInfo]>,
         vetted: &Arc<[MemberId]>,
     ) -> Option<Arc<RoundPlan>> {
-        let selection = Selection::from_participation(&self.setup.spec.participation);
+        let selection = self.selection();
         let (tag, job) = (&self.setup.tag, &self.setup.job);
         let members = self.without_excluded(members);
         shared::plan(tag, job, round, &members, &selection, vetted).ok()

@@ -145,6 +145,7 @@ impl Member {
             deadline_ms: assignment.deadline_ms,
             opened_at_ms: assignment.issued_at_ms,
             members: assignment.roles.keys().copied().collect(),
+            trainers: plan.trainers.clone(),
         };
         let required = self.setup.spec.quorum.required(plan.trainers.len());
         let leading = (leader == self.me()).then_some(Leading { required, retries: 0 });

@@ -5,7 +5,7 @@ use crate::collect::Collecting;
 use crate::ring::RingRun;
 use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
-use fedmesh_protocol::message::{Contribution, RoundOpen};
+use fedmesh_protocol::message::{Contribution, Feedback, RoundOpen};
 use fedmesh_topologies::RoundPlan;
 use std::sync::Arc;
 
@@ -142,6 +142,8 @@ pub struct Closing {
     pub base: ContentHash,
     pub params: Arc<Vec<f32>>,
     pub contributions: Vec<Contribution>,
+    /// What the aggregator saw of each contribution (an `oort` job's; else empty).
+    pub feedback: Vec<Option<Feedback>>,
     pub members: Vec<MemberId>,
     /// The server optimizer's state after the round (a job with one), stored with the model.
     pub optimizer: Option<Arc<ServerOptimizer>>,

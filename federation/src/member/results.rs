@@ -38,6 +38,7 @@ impl Member {
             base_model: closing.base,
             model,
             contributions: closing.contributions.clone(),
+            feedback: closing.feedback.clone(),
             metrics: EvalMetrics::default(),
             members: closing.members.clone(),
             vetted: AggregateReady::vetted_bitmap(&closing.members, &self.vetted),
@@ -67,6 +68,7 @@ impl Member {
             RoundRecord::new(ready.round, signer, ready.base_model, ready.sent_at_ms)
         });
         record.close(&ready);
+        self.learn_from(&ready);
         self.keep_taken(signer, &ready);
         self.on_result_taken(signer, &ready, now);
         if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {

@@ -108,8 +108,16 @@ impl Member {
                 let stored = Effect::StoreModel { round, params: params.clone(), optimizer };
                 self.effects.push(stored);
                 if leader {
-                    let closing =
-                        Closing { round, base, params, contributions, members, optimizer: None };
+                    let feedback = Vec::new(); // no aggregator saw the updates
+                    let closing = Closing {
+                        round,
+                        base,
+                        params,
+                        contributions,
+                        feedback,
+                        members,
+                        optimizer: None,
+                    };
                     self.phase = Phase::Closing(Box::new(closing));
                 }
             }

@@ -137,6 +137,7 @@ impl Member {
             deadline_ms: now + self.setup.spec.round_deadline_secs * 1000,
             opened_at_ms: now,
             members,
+            trainers: self.trainers_named(&plan),
         };
         self.effects.push(Effect::Publish(super::Publish::Open(open.clone())));
         self.follow(self.me(), Arc::new(open), plan, Some(leading), now);
@@ -146,7 +147,7 @@ impl Member {
     /// members it names, is led by its opener.
     pub(super) fn on_open(&mut self, opener: MemberId, open: Arc<RoundOpen>, now: u64) {
         let Ok(named) = self.named(&open.members, now) else { return };
-        let Some(plan) = self.plan_over(open.round, named) else { return };
+        let Some(plan) = self.plan_of_opening(opener, &open, named) else { return };
         if plan.leader() != Some(opener) {
             return self.log(Level::Warn, open.round, format!("an opening {opener} does not lead"));
         }
@@ -190,7 +191,7 @@ impl Member {
         }
         let (opener, opening, followed) = (open.opener, open.opening.clone(), open.plan.clone());
         let Ok(named) = self.named(&opening.members, now) else { return };
-        let Some(plan) = self.plan_over(opening.round, named) else { return };
+        let Some(plan) = self.plan_of_opening(opener, &opening, named) else { return };
         if *plan == *followed {
             return;
         }
@@ -444,9 +445,14 @@ impl Member {
             self.set_own(Own::Sent);
             return self.effects.push(Effect::SendDelta { to, delta: update, until_ms });
         }
+        let learns_from_feedback = self.learns_from_feedback();
         let folded = self.phase.open_mut().and_then(|open| {
             let slot = open.slots.iter_mut().find(|s| s.direct.contains(&me))?;
-            Some(slot.accept_own(me, update.samples, &update.values))
+            let folded = slot.accept_own(me, update.samples, &update.values);
+            if folded.is_ok() && learns_from_feedback {
+                slot.note_feedback(me, update.metrics.loss, now);
+            }
+            Some(folded)
         });
         match folded {
             Some(Ok(())) => {
@@ -547,6 +553,7 @@ impl Member {
             return Err(Refusal::new(Reason::InflatedSamples, detail));
         }
         refuse_huge_values(values)?;
+        let learns_from_feedback = self.learns_from_feedback();
         let Some(open) = self.phase.open_mut().filter(|o| !o.slots.is_empty()) else {
             let detail = format!("this member collects no updates for job {job} now");
             return Err(Refusal::new(Reason::NotAggregating, detail));
@@ -554,7 +561,12 @@ impl Member {
         let index = open.slots.iter().position(|s| s.expects(&signer, &update)).unwrap_or(0);
         let slot = &mut open.slots[index];
         match &update {
-            Update::Delta(delta) => slot.accept_delta(signer, delta, values)?,
+            Update::Delta(delta) => {
+                slot.accept_delta(signer, delta, values)?;
+                if learns_from_feedback {
+                    slot.note_feedback(signer, delta.metrics.loss, now);
+                }
+            }
             Update::Partial(partial) => slot.accept_partial(signer, partial, values)?,
             Update::Chunk(_) => {
                 return Err(Refusal::new(Reason::WrongKind, "a ring chunk for a slot"));
@@ -798,6 +810,7 @@ impl Member {
         let OpenRound { round, base, mut slots, opening, .. } = *open;
         let Some(position) = slots.iter().position(|s| s.parent.is_none()) else { return };
         let top = slots.swap_remove(position);
+        let feedback_seen = top.feedback.clone();
         match self.make_model(top) {
             Ok((params, contributions, optimizer)) => {
                 let params = Arc::new(params);
@@ -807,11 +820,13 @@ impl Member {
                     optimizer: optimizer.clone(),
                 };
                 self.effects.push(store);
+                let feedback = self.feedback_on(&feedback_seen, &contributions);
                 self.phase = Phase::Closing(Box::new(Closing {
                     round,
                     base,
                     params,
                     contributions,
+                    feedback,
                     members: opening.members.clone(),
                     optimizer,
                 }));

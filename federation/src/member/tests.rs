@@ -1185,6 +1185,7 @@ fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
         base_model: net.member(1).model(),
         model: ContentHash::of(b"a made-up model"),
         contributions: Vec::new(),
+        feedback: Vec::new(),
         metrics: Default::default(),
         members: vec![hijacker],
         vetted: Vec::new(),
@@ -1219,6 +1220,7 @@ fn forged_result(net: &mut Net, round: Round) -> AggregateReady {
         base_model: ContentHash::of(b"a base nobody holds"),
         model,
         contributions: Vec::new(),
+        feedback: Vec::new(),
         metrics: Default::default(),
         members: net.members.keys().copied().collect(),
         vetted: Vec::new(),
@@ -1258,6 +1260,7 @@ fn an_opening_ahead_of_the_members_round_is_not_followed_until_the_rounds_betwee
         deadline_ms: net.now + 5_000,
         opened_at_ms: net.now,
         members: net.members.keys().copied().collect(),
+        trainers: Vec::new(),
     };
     net.carry_out(forger, Effect::Publish(Publish::Open(open)));
     net.step();
@@ -1603,6 +1606,7 @@ fn members_own_openings_are_refused_while_the_coordinator_is_heard() {
         deadline_ms: net.now + 5_000,
         opened_at_ms: net.now + 1,
         members: net.members.keys().copied().collect(),
+        trainers: Vec::new(),
     };
     net.carry_out(elected, Effect::Publish(Publish::Open(open)));
     net.step();
@@ -2445,4 +2449,112 @@ fn a_result_without_the_optimizer_state_its_job_needs_is_refused() {
     net.send(signer, to, Event::Gossip { signer, message });
     net.step();
     assert!(net.rejected("bad_message"), "{:?}", net.rejections);
+}
+
+/// A central job of `members` whose spec's participation section is `participation`.
+fn selecting(participation: serde_json::Value, members: u8, rounds: u64) -> Net {
+    let mut spec = spec("central", rounds, 10);
+    let json = serde_json::json!({"participation": participation});
+    spec.participation = serde_json::from_value(json["participation"].clone()).expect("parses");
+    spec.validate().expect("a valid spec");
+    let members: Vec<(u8, &str)> = (1..=members).map(|byte| (byte, "a")).collect();
+    Net::new(spec, &members)
+}
+
+/// The members asked to train for each round.
+fn trainers_by_round(net: &Net) -> BTreeMap<Round, BTreeSet<MemberId>> {
+    let mut by_round: BTreeMap<Round, BTreeSet<MemberId>> = BTreeMap::new();
+    for (member, round) in net.trainings.keys() {
+        by_round.entry(*round).or_default().insert(*member);
+    }
+    by_round
+}
+
+fn assert_trainers_per_round(net: &Net, rounds: u64, expected: usize) {
+    let by_round = trainers_by_round(net);
+    assert_eq!(by_round.len() as u64, rounds, "{by_round:?}");
+    for (round, trainers) in &by_round {
+        assert_eq!(trainers.len(), expected, "round {round}: {trainers:?}");
+        let record = &net.member(1).rounds()[round];
+        assert_eq!(record.participants, expected, "round {round}'s result");
+    }
+}
+
+#[test]
+fn a_fraction_below_one_and_max_participants_select_their_counts_every_round() {
+    for (participation, expected) in [
+        (serde_json::json!({"fraction": 0.5}), 3),
+        (serde_json::json!({"max_participants": 2}), 2),
+        (serde_json::json!({"fraction": 0.5, "selector": {"oort": {}}}), 3),
+        (serde_json::json!({"max_participants": 2, "selector": {"oort": {}}}), 2),
+        (serde_json::json!({"selector": {"fedbuff": {"concurrency": 4}}}), 4),
+    ] {
+        let mut net = selecting(participation.clone(), 6, 6);
+        net.run(300_000);
+        net.assert_agree();
+        assert_trainers_per_round(&net, 6, expected);
+        assert!(net.refusals.is_empty(), "{participation}: {:?}", net.refusals);
+    }
+}
+
+#[test]
+fn fedbuff_selects_the_members_counted_least_recently_first() {
+    let mut net = selecting(serde_json::json!({"selector": {"fedbuff": {"concurrency": 2}}}), 6, 6);
+    net.run(300_000);
+    net.assert_agree();
+    let by_round = trainers_by_round(&net);
+    for first in [1, 4] {
+        let three: BTreeSet<MemberId> =
+            (first..first + 3).flat_map(|round| by_round[&round].iter().copied()).collect();
+        assert_eq!(three.len(), 6, "rounds {first} to {} cover all six: {by_round:?}", first + 2);
+    }
+}
+
+#[test]
+fn openings_of_a_learning_selector_name_the_trainers_and_random_ones_none() {
+    for (selector, named) in
+        [(serde_json::json!("random"), false), (serde_json::json!({"oort": {}}), true)]
+    {
+        let mut net = selecting(serde_json::json!({"fraction": 0.5, "selector": selector}), 4, 2);
+        net.run(120_000);
+        net.assert_agree();
+        let openings = net.published.iter().filter_map(|(_, gossip)| match gossip {
+            Gossip::Open(open) => Some(open.clone()),
+            _ => None,
+        });
+        for open in openings {
+            assert_eq!(open.trainers.is_empty(), !named, "{selector}: {open:?}");
+        }
+    }
+}
+
+/// How many rounds of 30 picked members 1 and 2, five times slower to train than the other
+/// eight, when half of ten are selected by `selector`.
+fn slow_members_picked(selector: serde_json::Value) -> (u32, u32) {
+    let rounds = 30;
+    let mut net = selecting(serde_json::json!({"fraction": 0.5, "selector": selector}), 10, rounds);
+    for byte in 1..=10u8 {
+        let ms = if byte <= 2 { 2_000 } else { 400 };
+        net.train_ms.insert(member_id(byte), ms);
+    }
+    net.run(1_200_000);
+    net.assert_agree();
+    assert_trainers_per_round(&net, rounds, 5);
+    let by_round = trainers_by_round(&net);
+    let picked = |byte| by_round.values().filter(|t| t.contains(&member_id(byte))).count() as u32;
+    (picked(1), picked(2))
+}
+
+#[test]
+fn oort_selects_slow_members_less_often_than_random_and_still_explores_them() {
+    let (random_1, random_2) = slow_members_picked(serde_json::json!("random"));
+    let (oort_1, oort_2) = slow_members_picked(serde_json::json!({"oort": {"exploration": 0.2}}));
+    eprintln!(
+        "slow members picked in 30 rounds: random {random_1} + {random_2}, oort {oort_1} + {oort_2}"
+    );
+    assert!(
+        oort_1 + oort_2 < random_1 + random_2,
+        "oort {oort_1} + {oort_2}, random {random_1} + {random_2}"
+    );
+    assert!(oort_1 > 0 && oort_2 > 0, "exploration picks each sometimes: {oort_1}, {oort_2}");
 }

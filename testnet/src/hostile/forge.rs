@@ -92,6 +92,8 @@ pub fn result(
         members: members.to_vec(),
         vetted: Vec::new(),
         sent_at_ms: unix_millis(),
+        optimizer_state: None,
+        feedback: Vec::new(),
     };
     signed_gossip(identity, body, GossipMessage::AggregateReady)
 }

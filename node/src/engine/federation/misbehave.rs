@@ -100,6 +100,8 @@ impl Engine {
             members: open.members.clone(),
             vetted: Vec::new(),
             sent_at_ms: now,
+            optimizer_state: None,
+            feedback: Vec::new(),
         };
         self.publish_signed(id, made_up, GossipMessage::AggregateReady).await;
     }
