@@ -208,6 +208,21 @@ impl Store {
         raw.map(|bytes| decode_record(table, key, &bytes)).transpose()
     }
 
+    /// The record under `key`, read as `V` or, as an earlier build wrote it, as `Old`.
+    pub fn get_upgrading<V: DeserializeOwned, Old: DeserializeOwned + Into<V>>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<V>, StoreError> {
+        let raw = self.db.get_pinned_cf(self.handle(table)?, key).map_err(|e| self.rocks(e))?;
+        raw.map(|bytes| {
+            decode_record::<V>(table, key, &bytes).or_else(|error| {
+                decode_record::<Old>(table, key, &bytes).map(Into::into).map_err(|_| error)
+            })
+        })
+        .transpose()
+    }
+
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan<V: DeserializeOwned>(
         &self,

@@ -113,6 +113,7 @@ pub fn opening(
         deadline_ms: now + 60_000,
         opened_at_ms: now,
         members: members.to_vec(),
+        trainers: Vec::new(),
     };
     signed_gossip(identity, body, GossipMessage::RoundOpen)
 }

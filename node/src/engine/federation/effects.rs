@@ -47,7 +47,12 @@ impl Engine {
             Effect::AskResult { round, from } => self.ask_result(id, round, from),
             Effect::Train { round, base, params } => self.train(id, round, base, params),
             Effect::Fetch { round, model, from } => self.fetch(id, round, model, from),
-            Effect::StoreModel { round, params } => self.store_model(id, round, params),
+            Effect::StoreModel { round, params, optimizer } => {
+                self.store_model(id, round, params, optimizer)
+            }
+            Effect::FetchOptimizerState { round, state, from } => {
+                self.fetch_optimizer_state(id, round, state, from)
+            }
             Effect::Evaluate { round, model, params } => self.evaluate(id, round, model, params),
             Effect::Persist(snapshot) => self.persist(id, snapshot),
             Effect::WakeAt(at) => {

@@ -209,13 +209,6 @@ pub(super) fn supported(spec: &JobSpec) -> Result<Tag, EngineError> {
             spec.name
         )));
     }
-    if spec.strategy.server.is_some() {
-        return Err(EngineError::Invalid(
-            "strategy.server: server optimizers keep state across rounds, which rotating \
-             aggregators do not share yet"
-                .to_owned(),
-        ));
-    }
     if let Err(error) = fedmesh_aggregation::Aggregator::from_spec(&spec.strategy, 1, [0; 32]) {
         return Err(EngineError::Invalid(format!("job `{}`: {error}", spec.name)));
     }

@@ -32,7 +32,7 @@ impl Engine {
                 }
                 let message = Gossip::Result(Arc::new(ready));
                 let event = Event::Gossip { signer, message };
-                let (signed, event) = (Box::new(signed), Box::new(event));
+                let event = Box::new(event);
                 let _ = internal.send(Internal::MissedResult { job: id, signed, event }).await;
                 return;
             }
@@ -83,7 +83,7 @@ impl Engine {
                 .ok_or_else(|| "the result taken is no longer kept as it was signed".to_owned()),
         };
         let response = match signed {
-            Ok(signed) => Response::RoundResult(signed),
+            Ok(signed) => Response::RoundResult(Box::new(signed)),
             Err(reason) => Response::Refused { reason },
         };
         respond(&self.network, channel, response, Vec::new(), None).await;

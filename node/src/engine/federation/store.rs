@@ -90,9 +90,68 @@ pub fn save_snapshot(
     Ok(())
 }
 
-/// The last round result this node announced in a job, if any.
+/// The last round result this node announced in a job, if any (as an earlier build wrote it
+/// too).
 pub fn load_announced(store: &Store, job: &JobId) -> Result<Option<AggregateReady>, StoreError> {
-    Ok(store.get::<Option<AggregateReady>>(Table::Members, &announced_key(job))?.flatten())
+    let key = announced_key(job);
+    let announced =
+        store.get_upgrading::<Option<AggregateReady>, AnnouncedBefore>(Table::Members, &key)?;
+    Ok(announced.flatten())
+}
+
+/// A round result as builds before selectors and server optimizers wrote it (without the
+/// aggregator's feedback and the optimizer state): read, and kept with neither.
+#[derive(serde::Deserialize)]
+struct ResultBeforeFeedback {
+    job: JobId,
+    round: Round,
+    base_model: ContentHash,
+    model: ContentHash,
+    contributions: Vec<fedmesh_protocol::message::Contribution>,
+    metrics: fedmesh_protocol::message::EvalMetrics,
+    members: Vec<MemberId>,
+    vetted: Vec<u8>,
+    sent_at_ms: u64,
+}
+
+/// What an earlier build kept as the last result it announced.
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+struct AnnouncedBefore(Option<ResultBeforeFeedback>);
+
+impl From<AnnouncedBefore> for Option<AggregateReady> {
+    fn from(old: AnnouncedBefore) -> Self {
+        old.0.map(AggregateReady::from)
+    }
+}
+
+impl From<ResultBeforeFeedback> for AggregateReady {
+    fn from(old: ResultBeforeFeedback) -> Self {
+        let ResultBeforeFeedback {
+            job,
+            round,
+            base_model,
+            model,
+            contributions,
+            metrics,
+            members,
+            vetted,
+            sent_at_ms,
+        } = old;
+        Self {
+            job,
+            round,
+            base_model,
+            model,
+            contributions,
+            feedback: Vec::new(),
+            metrics,
+            members,
+            vetted,
+            sent_at_ms,
+            optimizer_state: None,
+        }
+    }
 }
 
 /// A run state as builds before verifiable aggregation wrote it (without the aggregators a

@@ -8,8 +8,9 @@ use crate::engine::{Engine, Internal};
 use crate::misbehaviour::Misbehaviour;
 use crate::network::Held;
 use crate::store::Store;
+use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_federation::member::{Event, LocalUpdate};
-use fedmesh_protocol::ids::{ContentHash, JobId, Round};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{EvalMetrics, TrainMetrics};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -73,8 +74,15 @@ impl Engine {
         });
     }
 
-    /// Encodes and stores a round's model this member made; the machine hears its hash.
-    pub(super) fn store_model(&self, id: JobId, round: Round, params: Arc<Vec<f32>>) {
+    /// Encodes and stores a round's model this member made, with its server optimizer's state
+    /// when the job has one; the machine hears their hashes.
+    pub(super) fn store_model(
+        &self,
+        id: JobId,
+        round: Round,
+        params: Arc<Vec<f32>>,
+        optimizer: Option<Arc<ServerOptimizer>>,
+    ) {
         tracing::info!(job = %id, round, "making and storing the round's model");
         let (store, slow) = (self.store.clone(), self.misbehaves(Misbehaviour::SlowDisk));
         let forges = self.misbehaves(Misbehaviour::ForgeAggregate);
@@ -87,10 +95,13 @@ impl Engine {
             // The model goes as soon as it is encoded: a large model's aggregator holds few
             // copies of it at once.
             drop(params);
-            store_blob(&store, &blob, slow)
+            let model = store_blob(&store, &blob, slow)?;
+            let state =
+                optimizer.map(|optimizer| store_blob(&store, &optimizer.encode_state(), false));
+            Ok((model, state.transpose()?))
         };
-        let wrap = move |stored: Result<ContentHash, String>| match stored {
-            Ok(model) => Some(Event::Stored { round, model }),
+        let wrap = move |stored: Result<(ContentHash, Option<ContentHash>), String>| match stored {
+            Ok((model, optimizer_state)) => Some(Event::Stored { round, model, optimizer_state }),
             Err(error) => {
                 tracing::error!(job = %id, round, %error, "cannot make or store the round's model");
                 None
@@ -142,6 +153,67 @@ fn store_blob(store: &Store, blob: &[u8], slow: bool) -> Result<ContentHash, Str
     let hash = batch.put_blob(blob).map_err(|e| e.to_string())?;
     batch.commit().map_err(|e| e.to_string())?;
     Ok(hash)
+}
+
+impl Engine {
+    /// Fetches a server optimizer's state blob (from this node's store, else from the members
+    /// named) and decodes it for the job; the machine hears it, or why not. A fetched state is
+    /// kept, so this node can serve it too.
+    pub(super) fn fetch_optimizer_state(
+        &self,
+        id: JobId,
+        round: Round,
+        state: ContentHash,
+        from: Vec<MemberId>,
+    ) {
+        let Some(run) = self.runs.get(&id) else { return };
+        let (server, params) =
+            (run.machine.spec().strategy.server.clone(), run.machine.params().len());
+        let (store, network, internal) =
+            (self.store.clone(), self.network.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            let bytes = match read_blob(&store, state).await {
+                Some(bytes) => Ok(bytes),
+                None => fetch_state_blob(&network, &from, state, params).await,
+            };
+            let outcome = bytes.and_then(|bytes| {
+                let decoded = ServerOptimizer::decode_state(server.as_ref(), params, &bytes)
+                    .map_err(|e| format!("optimizer state {state}: {e}"))?;
+                store_blob(&store, &bytes, false)?;
+                Ok(Arc::new(decoded))
+            });
+            if let Err(error) = &outcome {
+                tracing::warn!(job = %id, round, %error, "cannot fetch the optimizer state");
+            }
+            let event = Event::OptimizerStateFetched { state, outcome };
+            let _ = internal.send(Internal::Machine { job: id, event, held: None }).await;
+        });
+    }
+}
+
+/// A blob from this node's store, if it holds it.
+async fn read_blob(store: &Arc<Store>, hash: ContentHash) -> Option<Vec<u8>> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.blob(&hash).ok().flatten()).await.ok().flatten()
+}
+
+/// A server optimizer's state blob from the first of `from` that serves it (at most its two
+/// moments of `params` values and a header).
+async fn fetch_state_blob(
+    network: &crate::network::Network,
+    from: &[MemberId],
+    state: ContentHash,
+    params: usize,
+) -> Result<Vec<u8>, String> {
+    let largest = params.saturating_mul(8).saturating_add(1024);
+    let mut last = "no member to fetch it from".to_owned();
+    for member in from {
+        match super::models::fetch_blob(network, *member, state, largest).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
 }
 
 /// A round model with a backdoor delta added: 0.5 on each of its first 16 parameters (what a
