@@ -159,6 +159,9 @@ pub struct NodeArgs {
     /// Testing only, in a build with the `misbehave` cargo feature: misbehave on purpose.
     #[arg(long, env = "FEDMESH_MISBEHAVE", value_delimiter = ',')]
     pub misbehave: Option<Vec<crate::misbehaviour::Misbehaviour>>,
+    /// Testing only, as --misbehave: local training takes this many times as long.
+    #[arg(long, env = "FEDMESH_SLOW_TRAINING")]
+    pub slow_training: Option<f32>,
     /// The command that trains external models, e.g. "python3 train.py" (split at spaces).
     #[arg(long, env = "FEDMESH_TRAINER")]
     pub trainer: Option<String>,
@@ -237,6 +240,20 @@ pub enum JobCommand {
         reason: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
+    },
+    /// Turn a Flame example directory (schema.json, job.json, modelSpec.json, dataSpec.json)
+    /// into fedmesh job specs: its TAG, hyperparameters, optimizer and selector. Prints each
+    /// spec (a JSON array when the schema runs parallel experiments), without `owner` (`job
+    /// announce` fills it in), and on stderr what fedmesh ignores of the job and why.
+    FromFlame {
+        /// The Flame job's directory.
+        dir: PathBuf,
+        /// The model: `softmax` or `mlp:H1,H2,...` (Flame's models are Python code).
+        #[arg(long, default_value = "mlp:200,200")]
+        model: String,
+        /// The data set name each member maps to its own data (its `datasets` setting).
+        #[arg(long, default_value = "mnist5k")]
+        dataset: String,
     },
     /// List the jobs the local node knows.
     List {

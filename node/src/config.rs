@@ -323,6 +323,7 @@ impl NodeConfig {
         set(&mut self.reannounce_secs, &args.reannounce_secs);
         set(&mut self.gossip_heartbeat_ms, &args.gossip_heartbeat_ms);
         set(&mut self.misbehave, &args.misbehave);
+        set(&mut self.slow_training, &args.slow_training);
         set(&mut self.trainer_timeout_secs, &args.trainer_timeout_secs);
         set(&mut self.coordinate, &args.coordinate);
         set(&mut self.model_retention_rounds, &args.model_retention_rounds);

@@ -176,3 +176,28 @@ fn train_local_reads_iris_by_its_species_column() {
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(stdout.contains("classes: 0 = setosa, 1 = versicolor, 2 = virginica"), "{stdout}");
 }
+
+/// `fedmesh job from-flame DIR` prints a Flame example's fedmesh job specs (three for the
+/// parallel experiments), without an owner, and what it ignores on stderr; a directory that
+/// is not a Flame job is a clear error.
+#[test]
+fn from_flame_prints_a_flame_examples_job_specs() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../testnet/flame-examples");
+    let parallel = format!("{examples}/parallel_experiment");
+    let output = fedmesh(&["job", "from-flame", &parallel, "--model", "softmax"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let specs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let specs = specs.as_array().expect("one spec per parallel experiment");
+    assert_eq!(specs.len(), 3, "{specs:?}");
+    for spec in specs {
+        assert!(spec.get("owner").is_none(), "job announce fills the owner in");
+        assert_eq!(spec["model"], "softmax");
+        assert!(spec["tag"]["roles"].is_array(), "Flame's schema is the TAG: {spec}");
+    }
+    assert!(stderr.contains("ignored"), "{stderr}");
+    let missing = fedmesh(&["job", "from-flame", "/nonexistent/flame-job"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(stderr.contains("cannot read the Flame job in /nonexistent/flame-job"), "{stderr}");
+}

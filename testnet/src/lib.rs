@@ -8,6 +8,7 @@ pub mod checks;
 pub mod cluster;
 pub mod events;
 pub mod firing;
+pub mod flame;
 pub mod follow;
 pub mod hostile;
 pub mod repeats;

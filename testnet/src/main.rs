@@ -63,9 +63,9 @@ struct Args {
     /// How many nodes to run.
     #[arg(long, default_value_t = ScenarioFile::default().nodes)]
     nodes: usize,
-    /// Federated rounds.
-    #[arg(long, default_value_t = ScenarioFile::default().rounds)]
-    rounds: u64,
+    /// Federated rounds (default 10; with --flame, the Flame job's own).
+    #[arg(long)]
+    rounds: Option<u64>,
     /// The job's topology (TAG): central, hierarchical, ring, hybrid, or a Flame-style TAG
     /// schema file (.json; see topologies/tests/fixtures/).
     #[arg(long, default_value_t = ScenarioFile::default().topology)]
@@ -123,6 +123,12 @@ struct Args {
     /// The final accuracy the job must reach (the report also gives the time it took).
     #[arg(long)]
     target: Option<f64>,
+    /// Runs a Flame example directory (schema.json, job.json, modelSpec.json, dataSpec.json),
+    /// unchanged: one node per data set id of its dataSpec, in its group, each with a share of
+    /// --dataset; its hyperparameters, optimizer and selector from modelSpec (--rounds and
+    /// --model override). A schema of parallel experiments runs each as a job of its own.
+    #[arg(long, value_name = "DIR", conflicts_with = "scenario")]
+    flame: Option<PathBuf>,
     /// Runs each job N times, over the seeds --seed (or the file's seed), +1, ..., and reports
     /// the mean and standard deviation of its figures.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -163,7 +169,7 @@ impl Args {
     fn flags_scenario(&self, binary: PathBuf) -> anyhow::Result<Scenario> {
         let file = ScenarioFile {
             nodes: self.nodes,
-            rounds: self.rounds,
+            rounds: self.rounds.unwrap_or(ScenarioFile::default().rounds),
             topology: self.topology.clone(),
             groups: self.groups.clone(),
             delta_encoding: self.delta_encoding.clone(),
@@ -194,7 +200,11 @@ impl Args {
     /// each with the --slow nodes.
     fn scenarios(&self) -> anyhow::Result<Vec<Scenario>> {
         let binary = self.binary()?;
-        let mut scenarios = if self.scenario.is_empty() {
+        let mut scenarios = if let Some(dir) = &self.flame {
+            let model = fedmesh_learning::Model::parse_spec(&self.model)?;
+            let base = self.flags_scenario(binary)?;
+            fedmesh_testnet::flame::scenarios(dir, &base, model, self.rounds)?
+        } else if self.scenario.is_empty() {
             vec![self.flags_scenario(binary)?]
         } else {
             let files = self.scenario.iter().map(|path| {
@@ -406,7 +416,7 @@ fn main() -> anyhow::Result<()> {
     for scenario in &scenarios {
         reports.push(run(&runtime, scenario)?);
     }
-    if !args.scenario.is_empty() || args.repeat > 1 {
+    if reports.len() > 1 {
         println!("\nsummary:");
         for report in &reports {
             println!("  {}", summary_line(report));

@@ -61,6 +61,9 @@ pub struct Scenario {
     pub participation: Option<Value>,
     /// Nodes (by index) whose local training takes this many times as long (testing only).
     pub slow: BTreeMap<usize, f32>,
+    /// A whole job spec to announce (a Flame job's, `testnet --flame`): its owner, model,
+    /// data set and rounds are this run's; the fields above that it sets are not used.
+    pub base_spec: Option<Value>,
     /// The final accuracy checked against `expect`.
     pub target: Option<f64>,
     pub expect: Expect,
@@ -220,6 +223,14 @@ impl Scenario {
     /// The job spec node0 announces.
     fn job_spec(&self, owner: &str) -> anyhow::Result<Value> {
         let model = self.model_spec()?;
+        if let Some(base) = &self.base_spec {
+            let mut spec = base.clone();
+            spec["owner"] = json!(owner);
+            spec["model"] = model;
+            spec["dataset"] = json!(self.dataset_name());
+            spec["hyperparameters"]["rounds"] = json!(self.rounds);
+            return Ok(spec);
+        }
         let mut spec = json!({
             "name": format!("testnet-{}", self.dataset_name()),
             "owner": owner,

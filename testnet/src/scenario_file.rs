@@ -362,6 +362,7 @@ impl ScenarioFile {
             hyperparameters: self.hyperparameters,
             participation: self.participation,
             slow: self.slow.map(|slow| slow.by_node()).unwrap_or_default(),
+            base_spec: None,
             target: self.target,
             expect: self.expect,
             events,

@@ -26,6 +26,7 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
                 eprintln!("announced job {id} from {}", spec.display());
                 Ok(())
             }
+            JobCommand::FromFlame { dir, model, dataset } => from_flame(&dir, &model, dataset),
             JobCommand::List { api } => {
                 let client = AdminClient::for_data_dir(&api.data_dir)?;
                 let jobs = client.jobs().await?;
@@ -61,6 +62,36 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
             JobCommand::Watch { id, api } => watch(&api.data_dir, &id).await,
         }
     })
+}
+
+/// Prints the fedmesh job specs of the Flame job in `dir`, without an owner; the fields it
+/// ignores go to stderr.
+fn from_flame(dir: &Path, model: &str, dataset: String) -> anyhow::Result<()> {
+    let model = fedmesh_learning::Model::parse_spec(model)?;
+    let owner = fedmesh_protocol::identity::Identity::from_seed([0; 32]).member_id();
+    let options =
+        fedmesh_protocol::flame::FlameOptions { owner, model, dataset, coordinator: None };
+    let flame = fedmesh_protocol::flame::FlameJob::from_dir(dir, &options)
+        .with_context(|| format!("cannot read the Flame job in {}", dir.display()))?;
+    for warning in &flame.warnings {
+        eprintln!("{}: {}", warning.field, warning.reason);
+    }
+    let mut specs = Vec::with_capacity(flame.experiments.len());
+    for experiment in &flame.experiments {
+        let mut spec = serde_json::to_value(&experiment.spec)?;
+        if let Some(fields) = spec.as_object_mut() {
+            fields.remove("owner");
+        }
+        let groups: Vec<&str> = experiment.nodes.iter().map(|n| n.group.as_str()).collect();
+        eprintln!("{}: {} members, in groups {groups:?}", experiment.spec.name, groups.len());
+        specs.push(spec);
+    }
+    let printed = match specs.as_slice() {
+        [one] => serde_json::to_string_pretty(one)?,
+        _ => serde_json::to_string_pretty(&specs)?,
+    };
+    println!("{printed}");
+    Ok(())
 }
 
 /// The spec with `owner` set to the local node's PeerId when it names none.
