@@ -22,7 +22,7 @@ const NODES: usize = 4;
 /// Kills (and restarts) in the test.
 const TRIALS: usize = 20;
 /// Rounds of the job: enough that it still runs after the last trial.
-const ROUNDS: u64 = 90;
+const ROUNDS: u64 = 150;
 /// Kills land at most this many typical round durations after a round is seen open: during
 /// training, the round's close and store writes, the model fetch, or the next round's opening.
 const KILL_SPREAD_ROUNDS: f64 = 1.5;

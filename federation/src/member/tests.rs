@@ -2140,6 +2140,15 @@ fn four_central_secure(rounds: u64, secure: bool) -> Net {
     Net::new(spec, &[(1, "a"), (2, "a"), (3, "a"), (4, "a")])
 }
 
+/// Asserts that two runs of a job end with the same model, up to the quantization of secure
+/// aggregation.
+fn assert_same_model(plain: &Net, secure: &Net) {
+    let (a, b) = (final_params(plain), final_params(secure));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4, "plain {a:?}, secure {b:?}");
+    }
+}
+
 fn final_params(net: &Net) -> Vec<f32> {
     let model = net.member(1).model();
     net.blobs[&model].to_vec()
@@ -2165,10 +2174,7 @@ fn a_secure_central_round_sends_only_masked_updates_and_makes_the_plain_model() 
     assert!(secure.deltas.is_empty(), "no plain delta travels in a secure job");
     let masked = secure.secure_sent.iter().filter(|(_, _, m)| m.body.kind() == "secure_masked");
     assert_eq!(masked.count(), 3 * 3, "three trainers send the leader a masked update a round");
-    let (a, b) = (final_params(&plain), final_params(&secure));
-    for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() < 1e-4, "plain {a:?}, secure {b:?}");
-    }
+    assert_same_model(&plain, &secure);
 }
 
 /// What a secure round's leader receives is masked, never a trainer's update: member b's update
@@ -2220,8 +2226,7 @@ fn a_secure_rounds_result_is_audited_from_its_evidence_and_a_forgery_proven() {
     assert!(honest.deltas.is_empty(), "no plain delta travels");
     let mut plain = four_central_secure(3, false);
     plain.run(60_000);
-    let (a, b) = (final_params(&plain), final_params(&honest));
-    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4), "plain {a:?}, audited {b:?}");
+    assert_same_model(&plain, &honest);
 
     let rounds = 5;
     let mut rehearsal = verifiable_secure(rounds);
@@ -2288,10 +2293,7 @@ fn a_secure_hierarchical_round_masks_each_group_and_makes_the_plain_model() {
         }
         assert_eq!(senders, 4, "each group's two other trainers send masked updates");
     }
-    let (a, b) = (final_params(&plain), final_params(&secure));
-    for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() < 1e-4, "plain {a:?}, secure {b:?}");
-    }
+    assert_same_model(&plain, &secure);
 }
 
 /// A group's trainer whose masked updates are lost: its group's aggregator closes the group's
