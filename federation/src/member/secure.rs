@@ -730,7 +730,9 @@ impl Member {
         self.secure_state.leaders.iter().any(|l| {
             l.slot == slot
                 && !matches!(l.step, Step::Failed | Step::Done)
-                && now < l.deadline_ms + (l.deadline_ms - l.shares_until_ms) / 2
+                && now
+                    < l.deadline_ms
+                        .saturating_add(l.deadline_ms.saturating_sub(l.shares_until_ms) / 2)
         })
     }
 }
