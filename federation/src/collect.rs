@@ -7,7 +7,7 @@ use fedmesh_aggregation::privacy::NoiseSeed;
 use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate as Sum, Recomputation};
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{Contribution, Feedback, ModelDelta, PartialAggregate};
-use fedmesh_protocol::spec::JobSpec;
+use fedmesh_protocol::spec::{JobSpec, Staleness};
 use fedmesh_protocol::tensor::{Decoder, hash_f32};
 use fedmesh_topologies::{Input, RoundPlan};
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +43,19 @@ pub struct Collecting {
     pub feedback: BTreeMap<MemberId, Feedback>,
     /// When a lower slot sends what it has up (the top slot's is the round's deadline).
     pub deadline_ms: u64,
+    /// An asynchronous job's: the older versions it takes updates of, and how many direct
+    /// updates complete it.
+    asynchronous: Option<AsyncSlot>,
+}
+
+/// What an asynchronous job's slot takes and waits for.
+struct AsyncSlot {
+    /// The base models of the versions before the slot's own, newest first: an update trained
+    /// on `older[i]` is `i + 1` versions stale.
+    older: Vec<ContentHash>,
+    staleness: Staleness,
+    /// The direct updates that complete the slot: its share of the job's buffer.
+    buffer: usize,
 }
 
 /// How a slot folds the updates sent to it directly.
@@ -97,6 +110,9 @@ pub struct Opening {
     /// The aggregating member's secret, each slot's DP noise is drawn from (with the round,
     /// the opening and the slot).
     pub noise_key: NoiseSeed,
+    /// An asynchronous job's: the base models of the versions before this one, newest first,
+    /// as far back as the job's `max_staleness` (empty for a synchronous job).
+    pub older_bases: Vec<ContentHash>,
 }
 
 impl Opening {
@@ -163,12 +179,17 @@ impl Collecting {
                 )?),
             },
             lower: None,
-            direct,
             lower_senders,
             lower_received: BTreeSet::new(),
             contributions: Vec::new(),
             feedback: BTreeMap::new(),
             deadline_ms,
+            asynchronous: spec.async_options().map(|options| AsyncSlot {
+                older: opening.older_bases.clone(),
+                staleness: options.staleness,
+                buffer: buffer_share(options.buffer as usize, direct.len(), plan.trainers.len()),
+            }),
+            direct,
         })
     }
 
@@ -211,11 +232,13 @@ impl Collecting {
         self.feedback.entry(member).or_insert(Feedback { loss, duration_ms });
     }
 
-    /// Every input of the slot has arrived.
+    /// Every input of the slot has arrived (an asynchronous job's: its share of the buffer).
     pub fn complete(&self) -> bool {
         let direct_in =
             self.contributions.iter().filter(|c| self.direct.contains(&c.member)).count();
-        direct_in >= self.direct.len() && self.lower_received.len() >= self.lower_senders.len()
+        let wanted = self.asynchronous.as_ref().map_or(self.direct.len(), |a| a.buffer);
+        direct_in >= wanted.min(self.direct.len())
+            && self.lower_received.len() >= self.lower_senders.len()
     }
 
     /// Stops waiting for what `member` would send, as it signed it will send nothing more (it
@@ -245,30 +268,41 @@ impl Collecting {
         }
     }
 
-    /// Checks that an update is for this slot's round and base model, with the model's layout
-    /// (`params` values).
+    /// Checks that an update is for this slot's round and base model (an asynchronous job's
+    /// trainer update: or one of the versions before, as far back as the job allows), with the
+    /// model's layout (`params` values); returns how many versions stale it is.
     fn check_round(
         &self,
         what: &str,
         signer: &MemberId,
         (round, base): (Round, &ContentHash),
         params: usize,
-    ) -> Result<(), Refusal> {
+    ) -> Result<u32, Refusal> {
         if round != self.round {
             return Err(refuse(
                 Reason::WrongRound,
                 format!("{what} from {signer} is for round {round}, round {} is open", self.round),
             ));
         }
-        if *base != self.base {
-            return Err(refuse(
-                Reason::WrongBase,
-                format!(
-                    "{what} from {signer} builds on {base}, the round's model is {}",
-                    self.base
-                ),
-            ));
-        }
+        let older = self.asynchronous.as_ref().map_or(&[][..], |a| &a.older[..]);
+        let staleness = match older.iter().position(|older| older == base) {
+            _ if *base == self.base => 0,
+            Some(index) => index as u32 + 1,
+            _ => {
+                let back = if older.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (nor of the {} versions before)", older.len())
+                };
+                return Err(refuse(
+                    Reason::WrongBase,
+                    format!(
+                        "{what} from {signer} builds on {base}, the round's model is {}{back}",
+                        self.base
+                    ),
+                ));
+            }
+        };
         if params != self.num_params {
             return Err(refuse(
                 Reason::WrongLayout,
@@ -278,7 +312,16 @@ impl Collecting {
                 ),
             ));
         }
-        Ok(())
+        Ok(staleness)
+    }
+
+    /// What an update `staleness` versions behind counts for: its values are scaled by this
+    /// before they are averaged in (FedBuff), 1 for a fresh one.
+    fn discount(&self, staleness: u32) -> f32 {
+        match &self.asynchronous {
+            Some(slot) if staleness > 0 => slot.staleness.weight(staleness),
+            _ => 1.0,
+        }
     }
 
     /// Folds in a trainer's verified delta (`values` decoded from its payload).
@@ -288,13 +331,29 @@ impl Collecting {
         delta: &ModelDelta,
         values: &[f32],
     ) -> Result<(), Refusal> {
-        if self.admits_delta(signer, delta, values.len())? {
-            self.aggregator
-                .add(signer, delta.samples, values)
-                .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
+        if let Some(staleness) = self.admits_delta(signer, delta, values.len())? {
+            self.add_discounted(signer, delta.samples, values, staleness)?;
             self.count_delta(signer, delta);
         }
         Ok(())
+    }
+
+    /// Folds in `values`, discounted for their staleness.
+    fn add_discounted(
+        &mut self,
+        member: MemberId,
+        samples: u64,
+        values: &[f32],
+        staleness: u32,
+    ) -> Result<(), Refusal> {
+        let discount = self.discount(staleness);
+        let added = if discount == 1.0 {
+            self.aggregator.add(member, samples, values)
+        } else {
+            let scaled: Vec<f32> = values.iter().map(|v| v * discount).collect();
+            self.aggregator.add(member, samples, &scaled)
+        };
+        added.map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))
     }
 
     /// [`accept_delta`](Self::accept_delta) for a delta still encoded: plain FedAvg folds it a
@@ -305,25 +364,33 @@ impl Collecting {
         delta: &ModelDelta,
         update: &Decoder<'_>,
     ) -> Result<(), Refusal> {
-        if self.admits_delta(signer, delta, update.len())? {
-            self.aggregator
+        match self.admits_delta(signer, delta, update.len())? {
+            None => return Ok(()),
+            Some(0) => self
+                .aggregator
                 .add_decoded(signer, delta.samples, update)
-                .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
-            self.count_delta(signer, delta);
+                .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?,
+            Some(staleness) => {
+                let mut values = vec![0.0f32; update.len()];
+                update.decode_range(0, &mut values);
+                self.add_discounted(signer, delta.samples, &values, staleness)?;
+            }
         }
+        self.count_delta(signer, delta);
         Ok(())
     }
 
-    /// Checks a trainer's delta of `params` values against the round and the plan; says
-    /// whether it is new (the same update again, sent over a re-opening, is counted once and is
-    /// no error).
+    /// Checks a trainer's delta of `params` values against the round and the plan; returns its
+    /// staleness if it is new (the same update again, sent over a re-opening, is counted once
+    /// and is no error).
     fn admits_delta(
         &self,
         signer: MemberId,
         delta: &ModelDelta,
         params: usize,
-    ) -> Result<bool, Refusal> {
-        self.check_round("delta", &signer, (delta.round, &delta.base_model), params)?;
+    ) -> Result<Option<u32>, Refusal> {
+        let staleness =
+            self.check_round("delta", &signer, (delta.round, &delta.base_model), params)?;
         if !self.direct.contains(&signer) {
             return Err(refuse(
                 Reason::NotSelected,
@@ -331,8 +398,8 @@ impl Collecting {
             ));
         }
         match self.contributions.iter().find(|c| c.member == signer) {
-            None => Ok(true),
-            Some(counted) if counted.delta == delta.payload.hash => Ok(false),
+            None => Ok(Some(staleness)),
+            Some(counted) if counted.delta == delta.payload.hash => Ok(None),
             Some(_) => {
                 Err(refuse(Reason::Duplicate, format!("{signer} already sent another update")))
             }
@@ -347,20 +414,21 @@ impl Collecting {
         });
     }
 
-    /// Folds in the aggregator's own update (never encoded: its hash is of its values).
+    /// Folds in the aggregator's own update, trained on `base` (never encoded: its hash is of
+    /// its values).
     pub fn accept_own(
         &mut self,
         member: MemberId,
         samples: u64,
         values: &[f32],
+        base: &ContentHash,
     ) -> Result<(), Refusal> {
         if self.holds(&member) {
             return Ok(()); // kept from an earlier opening of the round
         }
-        self.check_round("own update", &member, (self.round, &self.base.clone()), values.len())?;
-        self.aggregator
-            .add(member, samples, values)
-            .map_err(|e| refuse(Reason::RejectedUpdate, e.to_string()))?;
+        let staleness =
+            self.check_round("own update", &member, (self.round, base), values.len())?;
+        self.add_discounted(member, samples, values, staleness)?;
         self.contributions.push(Contribution { member, delta: hash_f32(values), samples });
         Ok(())
     }
@@ -397,7 +465,12 @@ impl Collecting {
         mean: &[f32],
     ) -> Result<(), Refusal> {
         let what = "partial aggregate";
-        self.check_round(what, &signer, (partial.round, &partial.base_model), mean.len())?;
+        let staleness =
+            self.check_round(what, &signer, (partial.round, &partial.base_model), mean.len())?;
+        if staleness > 0 {
+            let detail = format!("{what} from {signer} builds on an earlier version's model");
+            return Err(refuse(Reason::WrongBase, detail));
+        }
         if partial.opened_at_ms != self.opened_at_ms {
             return Err(refuse(
                 Reason::StaleOpening,
@@ -519,6 +592,12 @@ impl Collecting {
     }
 }
 
+/// A slot's share of an asynchronous job's `buffer` updates: in proportion to the trainers
+/// that send to it directly of the round's `trainers` (rounded up), at most all of them.
+fn buffer_share(buffer: usize, direct: usize, trainers: usize) -> usize {
+    (buffer * direct).div_ceil(trainers.max(1)).min(direct)
+}
+
 /// A secure round's mean as a sum weighted by the contributions' samples: how a slot folds it
 /// in, and so how an auditor must too.
 pub fn secure_part(mean: &[f32], contributions: &[Contribution]) -> Result<Sum, String> {
@@ -619,6 +698,7 @@ mod tests {
                 opened_at_ms,
                 deadline_ms: opened_at_ms + 30_000,
                 noise_key: [0; 32],
+                older_bases: Vec::new(),
             };
             Collecting::new(&self.spec, &plan, 0, &opening).expect("a slot")
         }

@@ -29,6 +29,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
+
+mod asynchronous;
+pub use asynchronous::{AsyncOptions, MAX_STALENESS, Mode, Staleness};
 use std::fmt;
 
 /// Largest job spec JSON, in bytes (it travels inside a gossip message).
@@ -87,6 +90,13 @@ pub struct JobSpec {
     /// result lists (none: results are taken as their aggregator signs them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// Synchronous rounds (default) or asynchronous FL (left out of the canonical JSON while
+    /// sync, so older announcements keep their bytes).
+    #[serde(default, skip_serializing_if = "Mode::is_sync")]
+    pub mode: Mode,
+    /// FedBuff's settings, for an `async` job (defaults when it leaves them out).
+    #[serde(rename = "async", default, skip_serializing_if = "Option::is_none")]
+    pub asynchronous: Option<AsyncOptions>,
 }
 
 /// The job's privacy settings (`privacy`).
@@ -633,6 +643,8 @@ const TOP_FIELDS: &[&str] = &[
     "classes",
     "privacy",
     "verification",
+    "mode",
+    "async",
 ];
 
 impl JobSpec {
@@ -747,6 +759,7 @@ impl JobSpec {
         if !self.participation.selector.is_random() {
             self.check_guided_selector(problems);
         }
+        self.check_async(problems);
         let ring = self.tag == TagSpec::Builtin(BuiltinTopology::Ring);
         if ring && self.strategy.noise_multiplier.is_some() && !self.privacy.distributed() {
             problems.push(
@@ -771,6 +784,62 @@ impl JobSpec {
 }
 
 impl JobSpec {
+    /// FedBuff's settings, when the job is asynchronous.
+    pub fn async_options(&self) -> Option<AsyncOptions> {
+        (self.mode == Mode::Async).then(|| self.asynchronous.unwrap_or_default())
+    }
+
+    /// An async job's versions are made from whichever updates arrive first, by one aggregator
+    /// (or its groups' below it): what needs every selected trainer's update, or a ring, does
+    /// not fit.
+    fn check_async(&self, p: &mut Problems) {
+        let Some(options) = self.async_options() else {
+            if self.asynchronous.is_some() {
+                p.push("async", "only an asynchronous job reads it: set \"mode\": \"async\"");
+            }
+            return;
+        };
+        let members = 1..=MAX_MEMBERS as u32;
+        let message = format!("must be between 1 and {MAX_MEMBERS}");
+        p.require(members.contains(&options.buffer), "async.buffer", &message);
+        if let Some(concurrency) = options.concurrency {
+            p.require(members.contains(&concurrency), "async.concurrency", &message);
+            let enough = concurrency >= options.buffer;
+            p.require(enough, "async.concurrency", "must be at least async.buffer");
+        }
+        let staleness = options.max_staleness <= MAX_STALENESS;
+        let message = format!("must be at most {MAX_STALENESS} versions");
+        p.require(staleness, "async.max_staleness", &message);
+        let refuse = |p: &mut Problems, path: &str, why: &str| {
+            p.push(path, format!("an asynchronous job cannot have it: {why}"));
+        };
+        if self.tag.has_rings() {
+            refuse(p, "tag", "a ring's all-reduce needs every member's update of the same model");
+        }
+        if self.privacy.secure_aggregation {
+            refuse(
+                p,
+                "privacy.secure_aggregation",
+                "masks cancel only over a fixed set of trainers",
+            );
+        }
+        if self.privacy.distributed() {
+            refuse(p, "privacy.noise", "noise shares are sized for a round's fixed quorum");
+        }
+        if self.verification.is_some() {
+            refuse(p, "verification", "auditors recompute rounds whose updates share one base");
+        }
+        if self.coordinator.is_some() {
+            refuse(p, "coordinator", "the coordinator assigns synchronous rounds");
+        }
+        if !self.participation.selector.is_random() {
+            refuse(p, "participation.selector", "a version's trainers are async.concurrency");
+        }
+        if self.quorum != Quorum::default() {
+            refuse(p, "quorum", "a version closes at async.buffer updates");
+        }
+    }
+
     /// A selector that learns from past rounds needs the round's opener to pick the trainers
     /// (not a coordinator), and Oort each trainer's reported loss where the result is made.
     fn check_guided_selector(&self, p: &mut Problems) {
@@ -939,6 +1008,8 @@ struct Fields {
     classes: Option<Option<Classes>>,
     privacy: Option<Privacy>,
     verification: Option<Option<Verification>>,
+    mode: Option<Mode>,
+    asynchronous: Option<Option<AsyncOptions>>,
 }
 
 impl Fields {
@@ -961,6 +1032,8 @@ impl Fields {
             classes: p.field(map, "classes", Some(|| None)),
             privacy: p.defaulted_section(map, "privacy"),
             verification: p.field(map, "verification", Some(|| None)),
+            mode: p.field(map, "mode", Some(Mode::default)),
+            asynchronous: p.field(map, "async", Some(|| None)),
         }
     }
 
@@ -1036,6 +1109,8 @@ impl Fields {
             classes: self.classes?,
             privacy: self.privacy?,
             verification: self.verification?,
+            mode: self.mode?,
+            asynchronous: self.asynchronous?,
         })
     }
 }
@@ -1060,6 +1135,8 @@ impl From<JobSpec> for Fields {
             classes: Some(spec.classes),
             privacy: Some(spec.privacy),
             verification: Some(spec.verification),
+            mode: Some(spec.mode),
+            asynchronous: Some(spec.asynchronous),
         }
     }
 }

@@ -85,6 +85,8 @@ pub fn spec(config: &Config) -> Result<JobSpec, JobError> {
         verification: config
             .verification
             .map(|auditors| Verification { auditors, audit_window_secs: AUDIT_WINDOW_SECS }),
+        mode: Default::default(),
+        asynchronous: None,
     };
     spec.validate()?;
     Ok(spec)

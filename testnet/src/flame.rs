@@ -3,7 +3,7 @@
 //! in that data set's group, on the testnet's own data set split among them.
 
 use crate::scenario::Scenario;
-use fedmesh_protocol::flame::{FlameExperiment, FlameJob, FlameOptions, Synchrony};
+use fedmesh_protocol::flame::{FlameExperiment, FlameJob, FlameOptions};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::model::ModelSpec;
 use std::path::Path;
@@ -27,9 +27,6 @@ pub fn scenarios(
     let flame = FlameJob::from_dir(dir, &options)?;
     for warning in &flame.warnings {
         eprintln!("flame: {}: {}", warning.field, warning.reason);
-    }
-    if let Synchrony::Asynchronous { .. } = flame.synchrony {
-        eprintln!("flame: the job is asynchronous in Flame; fedmesh runs its rounds synchronously");
     }
     let several = flame.experiments.len() > 1;
     flame.experiments.iter().map(|e| scenario(e, base, rounds, several)).collect()

@@ -119,6 +119,9 @@ pub struct Report {
     pub rounds: Vec<RoundFigures>,
     pub partitions: Vec<PartitionSummary>,
     pub job_spec: serde_json::Value,
+    /// What `rounds` counts: `round`, or `version` (an asynchronous job's model versions).
+    #[serde(default = "round_unit")]
+    pub unit: String,
     /// The largest and the mean peak resident memory of a node, in MB.
     #[serde(default)]
     pub peak_rss_mb_max: Option<f64>,
@@ -133,6 +136,15 @@ pub struct Report {
     /// The differential privacy the job spent (ε at δ), when its spec adds noise.
     #[serde(default)]
     pub privacy: Option<PrivacyView>,
+}
+
+fn round_unit() -> String {
+    "round".to_owned()
+}
+
+/// What a job's rounds are called: an asynchronous job's are model versions.
+pub fn unit_of(job_spec: &serde_json::Value) -> &'static str {
+    if job_spec["mode"] == "async" { "version" } else { "round" }
 }
 
 fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -177,6 +189,7 @@ impl Report {
             events,
             rounds,
             partitions,
+            unit: unit_of(&job_spec).to_owned(),
             job_spec,
             attacks,
             privacy,
@@ -231,8 +244,9 @@ impl Report {
         let loss: Vec<(f64, f64)> =
             self.rounds.iter().filter_map(|r| Some((r.round as f64, r.loss?))).collect();
         let top = loss.iter().map(|(_, l)| *l).fold(0.0, f64::max) * 1.1;
-        draw_series(&left, "test accuracy", &accuracy, 0.0..1.0, &BLUE)?;
-        draw_series(&right, "test loss", &loss, 0.0..top.max(0.1), &RED)?;
+        let unit = self.unit.as_str();
+        draw_series(&left, unit, "test accuracy", &accuracy, 0.0..1.0, &BLUE)?;
+        draw_series(&right, unit, "test loss", &loss, 0.0..top.max(0.1), &RED)?;
         root.present().map_err(plot_error)
     }
 }
@@ -244,6 +258,7 @@ fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
 /// One panel: `points` (round, value) as a line with markers.
 fn draw_series(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    unit: &str,
     what: &str,
     points: &[(f64, f64)],
     y_range: std::ops::Range<f64>,
@@ -259,7 +274,7 @@ fn draw_series(
         .map_err(plot_error)?;
     chart
         .configure_mesh()
-        .x_desc("round")
+        .x_desc(unit)
         .y_desc(what)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 14))

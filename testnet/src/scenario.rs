@@ -59,6 +59,9 @@ pub struct Scenario {
     pub hyperparameters: Option<Value>,
     /// Laid over the job spec's `participation` (see `ScenarioFile::participation`).
     pub participation: Option<Value>,
+    /// The job spec's `mode` and `async` (none: synchronous rounds).
+    pub mode: Option<Value>,
+    pub asynchronous: Option<Value>,
     /// Nodes (by index) whose local training takes this many times as long (testing only).
     pub slow: BTreeMap<usize, f32>,
     /// A whole job spec to announce (a Flame job's, `testnet --flame`): its owner, model,
@@ -259,6 +262,12 @@ impl Scenario {
         }
         if let Some(verification) = &self.verification {
             spec["verification"] = verification.clone();
+        }
+        if let Some(mode) = &self.mode {
+            spec["mode"] = mode.clone();
+        }
+        if let Some(options) = &self.asynchronous {
+            spec["async"] = options.clone();
         }
         lay_over(&mut spec["hyperparameters"], self.hyperparameters.as_ref());
         lay_over(&mut spec["participation"], self.participation.as_ref());

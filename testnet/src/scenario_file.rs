@@ -66,6 +66,13 @@ pub struct ScenarioFile {
     /// Laid over the job spec's `participation`, e.g. `{ fraction = 0.5 }` or
     /// `{ max_participants = 4 }` (`min_participants` is a key of its own).
     pub participation: Option<serde_json::Value>,
+    /// The job spec's `mode`: `"sync"` (default) or `"async"` (FedBuff: a model version from
+    /// every `async.buffer` updates, whatever version they trained on).
+    pub mode: Option<serde_json::Value>,
+    /// The job spec's `async`, e.g. `{ buffer = 4, staleness = "polynomial:0.5",
+    /// max_staleness = 8 }` (with `mode = "async"`).
+    #[serde(rename = "async")]
+    pub asynchronous: Option<serde_json::Value>,
     /// Nodes that train slower (testing only), e.g. `{ nodes = [0, 1], factor = 5.0 }`.
     pub slow: Option<SlowNodes>,
     /// The final accuracy the run checks against.
@@ -143,6 +150,8 @@ impl Default for ScenarioFile {
             verification: None,
             hyperparameters: None,
             participation: None,
+            mode: None,
+            asynchronous: None,
             slow: None,
             target: None,
             expect: Expect::ReachTarget,
@@ -361,6 +370,8 @@ impl ScenarioFile {
             verification: self.verification,
             hyperparameters: self.hyperparameters,
             participation: self.participation,
+            mode: self.mode,
+            asynchronous: self.asynchronous,
             slow: self.slow.map(|slow| slow.by_node()).unwrap_or_default(),
             base_spec: None,
             target: self.target,

@@ -2,6 +2,7 @@
 //! clock and the results of the work it asked for ([`Event`]), and answers with what its driver
 //! must do ([`Effect`]). Every rule of a round lives in this module and its children.
 
+mod asynchronous;
 mod audit;
 mod gossip;
 mod io;
@@ -178,6 +179,8 @@ pub struct Member {
     /// This member's last update and the opening it answered (opener, time): sent again when
     /// the round is opened again by another opening.
     last_update: Option<(DeltaToSend, (MemberId, u64))>,
+    /// An asynchronous job's update waiting for the next version (see `asynchronous`).
+    pending: Option<DeltaToSend>,
     /// The result of the last round this member closed, and when it last went out.
     announced: Option<AggregateReady>,
     announced_ms: u64,
@@ -292,6 +295,7 @@ impl Member {
             early_evals: VecDeque::new(),
             training: None,
             last_update: None,
+            pending: None,
             announced: snapshot.announced,
             announced_ms: 0,
             taken: VecDeque::new(),

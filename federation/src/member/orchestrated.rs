@@ -147,7 +147,7 @@ impl Member {
             members: assignment.roles.keys().copied().collect(),
             trainers: plan.trainers.clone(),
         };
-        let required = self.setup.spec.quorum.required(plan.trainers.len());
+        let required = self.required_updates(plan.trainers.len());
         let leading = (leader == self.me()).then_some(Leading { required, retries: 0 });
         self.follow(leader, Arc::new(open), plan, leading, now);
     }

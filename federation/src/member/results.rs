@@ -71,6 +71,7 @@ impl Member {
         self.learn_from(&ready);
         self.keep_taken(signer, &ready);
         self.on_result_taken(signer, &ready, now);
+        self.requeue_uncounted(&ready);
         if self.last_update.as_ref().is_some_and(|(update, _)| update.round <= ready.round) {
             self.last_update = None;
         }

@@ -78,7 +78,7 @@ impl Member {
         }
         let Some((plan, live)) = self.live_plan(round, now) else { return };
         let members = live.iter().map(|m| m.id).collect();
-        let required = self.setup.spec.quorum.required(plan.trainers.len());
+        let required = self.required_updates(plan.trainers.len());
         self.log(
             Level::Info,
             round,
@@ -261,6 +261,7 @@ impl Member {
         }
         if plan.trainers.binary_search(&self.me()).is_ok() {
             self.take_part(opener, &open, now);
+            self.deliver_pending(now);
         }
     }
 
@@ -279,6 +280,7 @@ impl Member {
             opened_at_ms: open.opened_at_ms,
             deadline_ms: open.deadline_ms,
             noise_key: self.setup.noise_key,
+            older_bases: self.older_bases(open.round),
         };
         let me = self.me();
         let mut slots = Vec::new();
@@ -350,6 +352,9 @@ impl Member {
         {
             return;
         }
+        if self.async_training_busy() {
+            return self.set_own(Own::Training); // its update goes to this version when done
+        }
         self.training = Some(LocalTraining::Running(round, base));
         self.set_own(Own::Training);
         self.effects.push(Effect::Train { round, base, params: self.params.clone() });
@@ -378,6 +383,9 @@ impl Member {
         }
         if let Some(record) = self.rounds.get_mut(&round) {
             record.train_seconds = Some(trained.seconds);
+        }
+        if self.async_options().is_some() {
+            return self.async_trained(round, base, trained, now);
         }
         let Some(open) = self.phase.open().filter(|o| (o.round, o.base) == (round, base)) else {
             return self.log(Level::Info, round, "the round moved on while training");
@@ -430,7 +438,7 @@ impl Member {
 
     /// Delivers this member's update where the open round's plan sends it: into its ring,
     /// folded in here when it aggregates its own slot, else to the slot's aggregator.
-    fn deliver(&mut self, update: DeltaToSend, now: u64) {
+    pub(super) fn deliver(&mut self, update: DeltaToSend, now: u64) {
         let me = self.me();
         let Some(open) = self.phase.open() else { return };
         let to = match open.plan.destination(&me) {
@@ -448,7 +456,7 @@ impl Member {
         let learns_from_feedback = self.learns_from_feedback();
         let folded = self.phase.open_mut().and_then(|open| {
             let slot = open.slots.iter_mut().find(|s| s.direct.contains(&me))?;
-            let folded = slot.accept_own(me, update.samples, &update.values);
+            let folded = slot.accept_own(me, update.samples, &update.values, &update.base);
             if folded.is_ok() && learns_from_feedback {
                 slot.note_feedback(me, update.metrics.loss, now);
             }
@@ -741,7 +749,8 @@ impl Member {
         }
         let (round, retries) = (open.round, leading.retries + 1);
         let (has_top, received) = (top.is_some(), top.map_or(0, |top| top.contributions.len()));
-        if has_top && received >= leading.required && received > 0 {
+        if has_top && received > 0 && (received >= leading.required || self.is_async()) {
+            // (An asynchronous version closes at its deadline with what arrived.)
             return self.close_round(now);
         }
         if self.orchestrated(now) {
@@ -754,7 +763,7 @@ impl Member {
         if plan.leader() != Some(self.me()) {
             return self.let_go(round, "this member no longer leads it");
         }
-        let required = self.setup.spec.quorum.required(plan.trainers.len());
+        let required = self.required_updates(plan.trainers.len());
         let central = plan.slots.len() == 1 && plan.rings.is_empty();
         if has_top && central && received >= required && received > 0 {
             // The updates in are a quorum of the trainers still live.

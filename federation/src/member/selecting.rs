@@ -32,7 +32,15 @@ use std::sync::Arc;
 impl Member {
     /// How this job's rounds select their trainers, from this member's history.
     pub(super) fn selection(&self) -> Selection {
-        Selection::from_participation(&self.setup.spec.participation, &self.history)
+        let participation = &self.setup.spec.participation;
+        let Some(concurrency) = self.async_options().and_then(|o| o.concurrency) else {
+            return Selection::from_participation(participation, &self.history);
+        };
+        // An asynchronous job selects its concurrency's worth of trainers a version.
+        let mut capped = participation.clone();
+        capped.max_participants =
+            Some(participation.max_participants.map_or(concurrency, |max| max.min(concurrency)));
+        Selection::from_participation(&capped, &self.history)
     }
 
     /// Whether the job's selector learns from past rounds (so openings name the trainers).

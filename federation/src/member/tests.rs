@@ -201,8 +201,9 @@ struct Net {
     /// Server optimizers' state blobs stored, by hash, and every one a member asked for:
     /// (member, round, state).
     states: BTreeMap<ContentHash, Vec<u8>>,
-    /// Every update trained, by the hash of its values.
+    /// Every update trained, by the hash of its values, and the base model it trained on.
     trained: BTreeMap<ContentHash, Arc<Vec<f32>>>,
+    trained_bases: BTreeMap<ContentHash, ContentHash>,
     state_fetches: Vec<(MemberId, Round, ContentHash)>,
     /// Members whose fetches fail.
     cannot_fetch: BTreeSet<MemberId>,
@@ -257,6 +258,7 @@ impl Net {
             fetches: Vec::new(),
             states: BTreeMap::new(),
             trained: BTreeMap::new(),
+            trained_bases: BTreeMap::new(),
             state_fetches: Vec::new(),
             cannot_fetch: BTreeSet::new(),
             published: Vec::new(),
@@ -467,6 +469,7 @@ impl Net {
                     seconds: 0.1,
                 };
                 self.trained.insert(hash_f32(&update.delta), update.delta.clone());
+                self.trained_bases.insert(hash_f32(&update.delta), base);
                 *self.trainings.entry((from, round)).or_default() += 1;
                 let trained = Event::Trained { round, base, outcome: Ok(update) };
                 match self.train_ms.get(&from) {
@@ -2560,3 +2563,5 @@ fn oort_selects_slow_members_less_often_than_random_and_still_explores_them() {
     );
     assert!(oort_1 > 0 && oort_2 > 0, "exploration picks each sometimes: {oort_1}, {oort_2}");
 }
+
+mod asynchronous;

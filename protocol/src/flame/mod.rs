@@ -263,6 +263,7 @@ impl Draft<'_> {
         } else {
             self.job.name.clone()
         };
+        let (mode, asynchronous) = self.training.synchrony.mode();
         let spec = JobSpec {
             name,
             owner: self.options.owner,
@@ -286,6 +287,8 @@ impl Draft<'_> {
             classes: None,
             privacy: Privacy::default(),
             verification: None,
+            mode,
+            asynchronous,
         };
         let label = experiment.label;
         spec.validate().map_err(|errors| FlameError::Spec { experiment: label.clone(), errors })?;

@@ -3,7 +3,7 @@
 
 use super::FlameError;
 use super::documents::{MODEL_SPEC_FILE, ModelSpecFile, Plugin};
-use crate::spec::Hyperparameters;
+use crate::spec::{AsyncOptions, Hyperparameters, Mode};
 use crate::strategy::{AdaptiveParams, ServerOptimizerSpec};
 use crate::tag::FieldWarning;
 use serde::de::DeserializeOwned;
@@ -20,6 +20,21 @@ pub enum Synchrony {
         aggregation_goal: Option<u32>,
         concurrency: Option<u32>,
     },
+}
+
+impl Synchrony {
+    /// The job spec's mode and FedBuff settings: a version every `aggregation_goal` updates
+    /// (at most `concurrency`, so that one can complete), `concurrency` trainers a version.
+    pub fn mode(self) -> (Mode, Option<AsyncOptions>) {
+        let Self::Asynchronous { aggregation_goal, concurrency } = self else {
+            return (Mode::Sync, None);
+        };
+        let defaults = AsyncOptions::default();
+        let goal = aggregation_goal.unwrap_or(defaults.buffer).max(1);
+        let buffer = concurrency.map_or(goal, |c| goal.min(c.max(1)));
+        let options = AsyncOptions { buffer, concurrency, ..defaults };
+        (Mode::Async, Some(options))
+    }
 }
 
 /// Training as `modelSpec.json` states it.
@@ -67,14 +82,9 @@ impl Training {
             .any(|plugin| plugin.as_ref().and_then(|p| p.sort.as_deref()) == Some(FEDBUFF));
         if fedbuff {
             training.synchrony = Synchrony::Asynchronous { aggregation_goal, concurrency };
-            warnings.push(FieldWarning::new(
-                at("optimizer.sort"),
-                "\"fedbuff\" is asynchronous FL: the conversion reports it (Synchrony), and the \
-                 job spec's rounds run synchronously until fedmesh has an asynchronous mode",
-            ));
         } else if aggregation_goal.is_some() {
-            let why =
-                "an aggregation goal is FedBuff's (asynchronous FL); these rounds are synchronous";
+            let why = "an aggregation goal is FedBuff's (asynchronous FL, a \"fedbuff\" optimizer \
+                       or selector); these rounds are synchronous";
             warnings.push(FieldWarning::ignored(at("hyperparameters.aggGoal"), why));
         }
         for key in hyperparameters.keys() {
