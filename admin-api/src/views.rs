@@ -107,6 +107,12 @@ pub struct RoundView {
     pub evaluations: usize,
     /// From the round's opening to its model's announcement.
     pub seconds: Option<f64>,
+    /// When the round's latest opening was made and its model announced (Unix ms, each by
+    /// its own member's clock).
+    #[serde(default)]
+    pub opened_at_ms: u64,
+    #[serde(default)]
+    pub closed_at_ms: Option<u64>,
     /// This node's local training time in the round.
     pub train_seconds: Option<f64>,
     /// Each aggregation slot (`role/group`) and its aggregator, as the round's latest opening

@@ -2,7 +2,10 @@
 
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::model::ModelSpec;
-use fedmesh_protocol::spec::{Admission, FedBuffSelector, JobSpec, OortSelector, Quorum, Selector};
+use fedmesh_protocol::spec::{
+    Admission, AsyncOptions, FedBuffSelector, JobSpec, Mode, OortSelector, Quorum, Selector,
+    Staleness,
+};
 use fedmesh_protocol::strategy::{AggregationRule, ServerOptimizerSpec};
 use fedmesh_protocol::tag::{BuiltinTopology, TagSpec};
 use serde_json::{Value, json};
@@ -565,4 +568,54 @@ fn selector_parameters_and_their_fit_with_the_job_are_checked_with_the_reason() 
     let orchestrated = with(with(minimal(), "participation", oort), "coordinator", json!(owner()));
     let found = problems(&orchestrated).join("\n");
     assert!(found.contains("participation.selector: an orchestrated job's coordinator"), "{found}");
+}
+
+#[test]
+fn an_async_job_parses_with_fedbuffs_defaults_and_a_sync_one_keeps_its_canonical_bytes() {
+    let sync = parse(&minimal()).unwrap();
+    assert_eq!((sync.mode, sync.async_options()), (Mode::Sync, None));
+    let canonical = String::from_utf8(sync.to_canonical_json().unwrap()).unwrap();
+    assert!(!canonical.contains("\"mode\"") && !canonical.contains("\"async\""), "{canonical}");
+    let defaults = parse(&with(minimal(), "mode", json!("async"))).unwrap();
+    assert_eq!(defaults.async_options(), Some(AsyncOptions::default()));
+    let spec =
+        json!({"buffer": 4, "concurrency": 6, "staleness": "hinge:10,2", "max_staleness": 5});
+    let parsed = parse(&with(with(minimal(), "mode", json!("async")), "async", spec)).unwrap();
+    let options = parsed.async_options().unwrap();
+    assert_eq!((options.buffer, options.concurrency, options.max_staleness), (4, Some(6), 5));
+    assert_eq!(options.staleness, Staleness::Hinge { a: 10.0, b: 2 });
+    let bytes = parsed.to_canonical_json().unwrap();
+    assert_eq!(JobSpec::from_canonical_json(&bytes).unwrap(), parsed);
+}
+
+#[test]
+fn async_settings_are_checked_and_what_async_cannot_run_is_refused_with_the_reason() {
+    let asynchronous =
+        |options: Value| with(with(minimal(), "mode", json!("async")), "async", options);
+    let found = problems(&asynchronous(json!({"buffer": 0, "max_staleness": 65})));
+    assert!(found.iter().any(|p| p.starts_with("async.buffer: must be between 1")), "{found:?}");
+    assert!(found.iter().any(|p| p.starts_with("async.max_staleness")), "{found:?}");
+    let found = problems(&asynchronous(json!({"buffer": 4, "concurrency": 3})));
+    assert!(
+        found.iter().any(|p| p == "async.concurrency: must be at least async.buffer"),
+        "{found:?}"
+    );
+    let found = problems(&asynchronous(json!({"staleness": "linear"})));
+    assert!(found.iter().any(|p| p.contains("`linear` is not")), "{found:?}");
+    let found = problems(&with(minimal(), "async", json!({"buffer": 2})));
+    assert!(found.iter().any(|p| p.starts_with("async: only an asynchronous job")), "{found:?}");
+    let refused = [
+        ("tag", json!("ring")),
+        ("privacy", json!({"secure_aggregation": true})),
+        ("verification", json!({"auditors": "all"})),
+        ("quorum", json!({"count": 2})),
+        ("participation", json!({"selector": {"fedbuff": {"concurrency": 2}}})),
+    ];
+    for (key, value) in refused {
+        let found = problems(&with(asynchronous(json!({})), key, value));
+        assert!(
+            found.iter().any(|p| p.starts_with(key) && p.contains("an asynchronous job cannot")),
+            "{key}: {found:?}"
+        );
+    }
 }

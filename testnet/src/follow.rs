@@ -69,7 +69,9 @@ impl Follower {
                 if training.is_none() {
                     training = Some(self.training_times(cluster).await);
                 }
-                figures.train_seconds = training.as_ref().and_then(|t| mean(t.get(&figures.round)));
+                let trained = training.as_ref().and_then(|t| t.get(&figures.round));
+                figures.train_seconds = mean(trained.map(|t| &t.times));
+                figures.trainers = trained.map(|t| t.nodes.clone()).unwrap_or_default();
                 self.rounds.push(figures.clone());
                 taken.push(figures);
             }
@@ -132,23 +134,46 @@ impl Follower {
             accuracy: round.accuracy,
             loss: round.loss,
             seconds: round.seconds,
+            opened_at_ms: Some(round.opened_at_ms),
+            closed_at_ms: round.closed_at_ms,
             train_seconds: None,
+            trainers: Vec::new(),
         })
     }
 
-    /// Each round's local training times on every running node that trained in it.
-    async fn training_times(&self, cluster: &Cluster) -> BTreeMap<u64, Vec<f64>> {
-        let mut times: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    /// Adds the nodes whose training for a round ended after the round did (an asynchronous
+    /// job's slower trainers), to every round reported.
+    pub async fn complete_trainers(&mut self, cluster: &Cluster) {
+        let mut training = self.training_times(cluster).await;
+        for figures in &mut self.rounds {
+            if let Some(trained) = training.remove(&figures.round) {
+                figures.trainers = trained.nodes;
+            }
+        }
+    }
+
+    /// Each round's local training on every running node that trained in it.
+    async fn training_times(&self, cluster: &Cluster) -> BTreeMap<u64, Training> {
+        let mut training: BTreeMap<u64, Training> = BTreeMap::new();
         for node in cluster.nodes.iter().filter(|n| n.is_running()) {
             let Ok(view) = node.api.job(&self.job).await else { continue };
             for round in view.run.iter().flat_map(|run| &run.rounds) {
                 if let Some(time) = round.train_seconds {
-                    times.entry(round.round).or_default().push(time);
+                    let trained = training.entry(round.round).or_default();
+                    trained.times.push(time);
+                    trained.nodes.push(node.name.clone());
                 }
             }
         }
-        times
+        training
     }
+}
+
+/// The nodes that trained in a round, and how long each took.
+#[derive(Default)]
+struct Training {
+    nodes: Vec<String>,
+    times: Vec<f64>,
 }
 
 /// The mean of some times, if there are any.

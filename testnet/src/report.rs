@@ -42,8 +42,16 @@ pub struct RoundFigures {
     pub loss: Option<f64>,
     /// From the round's opening to its model's announcement.
     pub seconds: Option<f64>,
+    /// When it was opened and its model announced (Unix ms).
+    #[serde(default)]
+    pub opened_at_ms: Option<u64>,
+    #[serde(default)]
+    pub closed_at_ms: Option<u64>,
     /// Mean local training time of the nodes that trained.
     pub train_seconds: Option<f64>,
+    /// The nodes that trained for it (an asynchronous job's: whose training began in it).
+    #[serde(default)]
+    pub trainers: Vec<String>,
 }
 
 impl RoundFigures {
@@ -108,8 +116,8 @@ pub struct Report {
     pub mean_train_seconds: Option<f64>,
     pub total_seconds: f64,
     pub target: Option<f64>,
-    /// The job's time to the target accuracy: the round times added up to the first round whose
-    /// model met it (none: never met, or no target).
+    /// The job's time to the target accuracy: from the first round's opening to the
+    /// announcement of the first model that met it, wall time (none: never met, or no target).
     #[serde(default)]
     pub time_to_target: Option<f64>,
     pub expect: Expect,
@@ -152,10 +160,15 @@ fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
 }
 
-/// The round times added up to the first round whose accuracy reached `target`.
+/// The wall time from the first round's opening to the close of the first round whose accuracy
+/// reached `target` (from a node that shows no times: the round times added up).
 fn time_to(rounds: &[RoundFigures], target: f64) -> Option<f64> {
     let reached = rounds.iter().position(|r| r.accuracy.is_some_and(|a| a >= target))?;
-    Some(rounds[..=reached].iter().filter_map(|r| r.seconds).sum())
+    let (first, last) = (rounds.first()?, &rounds[reached]);
+    match (first.opened_at_ms, last.closed_at_ms) {
+        (Some(opened), Some(closed)) => Some(closed.saturating_sub(opened) as f64 / 1e3),
+        _ => Some(rounds[..=reached].iter().filter_map(|r| r.seconds).sum()),
+    }
 }
 
 impl Report {

@@ -357,6 +357,7 @@ impl Scenario {
         let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs)
             .following_only(self.follow_rounds);
         let status = drive(&mut cluster, &mut follower, &mut events, &mut on_progress).await;
+        follower.complete_trainers(&cluster).await;
         if let Some(attacks) = events.attacks.as_mut() {
             attacks.stop_all();
         }

@@ -1,6 +1,7 @@
 //! Flame's nine example directories, unchanged (`testnet/flame-examples`), run with `testnet
 //! --flame DIR --rounds 3 --model softmax`: each becomes one fedmesh job (parallel_experiment
-//! three), one node per data set id of its dataSpec in that data set's group, and completes.
+//! three), one node per data set id of its dataSpec in that data set's group, and completes. The
+//! two asyncfl examples (Flame's fedbuff) run as asynchronous jobs.
 
 mod common;
 
@@ -52,6 +53,15 @@ fn every_flame_example_runs_unchanged() {
         for report in &reports {
             assert!(report.passed && report.rounds.len() == 3, "{name}: {:?}", report.checks);
             assert!(report.job_spec["tag"].is_object(), "{name}: Flame's schema is the TAG");
+            // Flame's fedbuff examples are asynchronous FL: versions from aggGoal updates.
+            let asynchronous = name.starts_with("asyncfl");
+            assert_eq!(
+                report.job_spec["mode"] == "async",
+                asynchronous,
+                "{name}: {}",
+                report.job_spec
+            );
+            assert_eq!(report.unit, if asynchronous { "version" } else { "round" }, "{name}");
         }
     }
 }

@@ -181,6 +181,8 @@ fn round_view(record: &RoundRecord) -> RoundView {
         seconds: record
             .closed_at_ms
             .map(|closed| closed.saturating_sub(record.opened_at_ms) as f64 / 1e3),
+        opened_at_ms: record.opened_at_ms,
+        closed_at_ms: record.closed_at_ms,
         train_seconds: record.train_seconds,
         slots: record.slots.iter().map(|(slot, m)| (slot.clone(), m.to_peer_id_string())).collect(),
         rings: record
