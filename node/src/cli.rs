@@ -254,6 +254,11 @@ pub enum JobCommand {
         /// The data set name each member maps to its own data (its `datasets` setting).
         #[arg(long, default_value = "mnist5k")]
         dataset: String,
+        /// The PeerId of the coordinator node that takes a schema's coordinator role: the job
+        /// runs in orchestration mode (without it, such a job self-organizes, with a warning,
+        /// unless it is submitted to a coordinator node with `fedmesh job submit`).
+        #[arg(long)]
+        coordinator: Option<String>,
     },
     /// List the jobs the local node knows.
     List {

@@ -196,6 +196,15 @@ fn from_flame_prints_a_flame_examples_job_specs() {
         assert!(spec["tag"]["roles"].is_array(), "Flame's schema is the TAG: {spec}");
     }
     assert!(stderr.contains("ignored"), "{stderr}");
+    let coordinated = format!("{examples}/syncfl_hier_coord_mnist");
+    let coordinator = fedmesh_protocol::identity::Identity::from_seed([7; 32]).member_id();
+    let output =
+        fedmesh(&["job", "from-flame", &coordinated, "--coordinator", &coordinator.to_string()]);
+    let spec: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(spec["coordinator"], coordinator.to_string(), "orchestration mode: {spec}");
+    let wrong = fedmesh(&["job", "from-flame", &coordinated, "--coordinator", "nobody"]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && stderr.contains("--coordinator nobody"), "{stderr}");
     let missing = fedmesh(&["job", "from-flame", "/nonexistent/flame-job"]);
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success());

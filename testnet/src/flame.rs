@@ -16,20 +16,28 @@ pub fn scenarios(
     model: ModelSpec,
     rounds: Option<u64>,
 ) -> anyhow::Result<Vec<Scenario>> {
-    // The owner is node0's key, which the testnet sets when it announces.
+    // The owner is node0's key, which the testnet sets when it announces; a schema with a
+    // coordinator role runs orchestrated, by a coordinator node that makes the job its own.
     let placeholder = Identity::from_seed([0; 32]).member_id();
     let options = FlameOptions {
         owner: placeholder,
         model,
         dataset: base.dataset.clone(),
-        coordinator: None,
+        coordinator: Some(placeholder),
     };
     let flame = FlameJob::from_dir(dir, &options)?;
     for warning in &flame.warnings {
         eprintln!("flame: {}: {}", warning.field, warning.reason);
     }
+    if let Some(role) = &flame.coordinator_role {
+        eprintln!("flame: role `{role}` coordinates: a coordinator node orchestrates the job");
+    }
+    let base = Scenario {
+        orchestrated: base.orchestrated || flame.coordinator_role.is_some(),
+        ..base.clone()
+    };
     let several = flame.experiments.len() > 1;
-    flame.experiments.iter().map(|e| scenario(e, base, rounds, several)).collect()
+    flame.experiments.iter().map(|e| scenario(e, &base, rounds, several)).collect()
 }
 
 fn scenario(

@@ -223,12 +223,14 @@ impl Scenario {
         Ok(json!({"external": {"tensors": tensors, "init": {"seed": self.seed}}}))
     }
 
-    /// The job spec node0 announces.
+    /// The job spec node0 announces (or the coordinator, holding the owner's key, submits as
+    /// its own).
     fn job_spec(&self, owner: &str) -> anyhow::Result<Value> {
         let model = self.model_spec()?;
         if let Some(base) = &self.base_spec {
             let mut spec = base.clone();
             spec["owner"] = json!(owner);
+            spec["coordinator"] = if self.orchestrated { json!(owner) } else { Value::Null };
             spec["model"] = model;
             spec["dataset"] = json!(self.dataset_name());
             spec["hyperparameters"]["rounds"] = json!(self.rounds);

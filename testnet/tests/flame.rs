@@ -1,7 +1,8 @@
 //! Flame's nine example directories, unchanged (`testnet/flame-examples`), run with `testnet
 //! --flame DIR --rounds 3 --model softmax`: each becomes one fedmesh job (parallel_experiment
 //! three), one node per data set id of its dataSpec in that data set's group, and completes. The
-//! two asyncfl examples (Flame's fedbuff) run as asynchronous jobs.
+//! two asyncfl examples (Flame's fedbuff) run as asynchronous jobs, and syncfl_hier_coord_mnist's
+//! coordinator role as a coordinator node orchestrating its job.
 
 mod common;
 
@@ -62,6 +63,9 @@ fn every_flame_example_runs_unchanged() {
                 report.job_spec
             );
             assert_eq!(report.unit, if asynchronous { "version" } else { "round" }, "{name}");
+            // A schema's coordinator role is a coordinator node orchestrating the job.
+            let coordinated = name == "syncfl_hier_coord_mnist";
+            assert_eq!(report.job_spec["coordinator"].is_string(), coordinated, "{name}");
         }
     }
 }

@@ -26,7 +26,9 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
                 eprintln!("announced job {id} from {}", spec.display());
                 Ok(())
             }
-            JobCommand::FromFlame { dir, model, dataset } => from_flame(&dir, &model, dataset),
+            JobCommand::FromFlame { dir, model, dataset, coordinator } => {
+                from_flame(&dir, &model, dataset, coordinator.as_deref())
+            }
             JobCommand::List { api } => {
                 let client = AdminClient::for_data_dir(&api.data_dir)?;
                 let jobs = client.jobs().await?;
@@ -64,13 +66,23 @@ pub fn run(command: JobCommand) -> anyhow::Result<()> {
     })
 }
 
-/// Prints the fedmesh job specs of the Flame job in `dir`, without an owner; the fields it
-/// ignores go to stderr.
-fn from_flame(dir: &Path, model: &str, dataset: String) -> anyhow::Result<()> {
+/// Prints the fedmesh job specs of the Flame job in `dir`, without an owner (orchestrated by
+/// `coordinator` when its schema has a coordinator role); the fields it ignores go to stderr.
+fn from_flame(
+    dir: &Path,
+    model: &str,
+    dataset: String,
+    coordinator: Option<&str>,
+) -> anyhow::Result<()> {
     let model = fedmesh_learning::Model::parse_spec(model)?;
     let owner = fedmesh_protocol::identity::Identity::from_seed([0; 32]).member_id();
-    let options =
-        fedmesh_protocol::flame::FlameOptions { owner, model, dataset, coordinator: None };
+    let coordinator = coordinator
+        .map(|peer| {
+            peer.parse::<fedmesh_protocol::ids::MemberId>()
+                .map_err(|e| anyhow::anyhow!("--coordinator {peer}: not a PeerId: {e}"))
+        })
+        .transpose()?;
+    let options = fedmesh_protocol::flame::FlameOptions { owner, model, dataset, coordinator };
     let flame = fedmesh_protocol::flame::FlameJob::from_dir(dir, &options)
         .with_context(|| format!("cannot read the Flame job in {}", dir.display()))?;
     for warning in &flame.warnings {
