@@ -151,26 +151,32 @@ async fn admit(data_dir: &Path, id: &str, peer: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls the job until it ends, with a progress bar over its rounds.
+/// Polls the job until it ends, with a progress bar over its rounds (an asynchronous job's
+/// model versions).
 async fn watch(data_dir: &Path, id: &str) -> anyhow::Result<()> {
     let client = AdminClient::for_data_dir(data_dir)?;
+    let mut job = client.job(id).await?;
+    let template = format!("{{spinner}} {} {{pos}}/{{len}} [{{bar:30}}] {{msg}}", unit(&job));
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {msg}")
+        indicatif::ProgressStyle::with_template(&template)
             .context("progress bar template")?
             .progress_chars("=> "),
     );
     loop {
-        let job = client.job(id).await?;
-        let Some(run) = job.run else {
+        let Some(run) = &job.run else {
             bar.abandon();
             anyhow::bail!("this node does not take part in job {} (join it first)", job.id);
         };
         bar.set_length(run.rounds_total);
         bar.set_position(run.completed_round);
-        bar.set_message(latest_figures(&run));
+        bar.set_message(latest_figures(run, unit(&job)));
         if !matches!(run.status.as_str(), "waiting" | "running") {
-            bar.finish_with_message(format!("{} ({})", latest_figures(&run), run.status));
+            bar.finish_with_message(format!(
+                "{} ({})",
+                latest_figures(&run, unit(&job)),
+                run.status
+            ));
             return if run.status == "completed" {
                 Ok(())
             } else {
@@ -178,14 +184,20 @@ async fn watch(data_dir: &Path, id: &str) -> anyhow::Result<()> {
             };
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        job = client.job(id).await?;
     }
 }
 
-fn latest_figures(run: &RunView) -> String {
+/// What a job's rounds are called: an asynchronous job's are model versions.
+fn unit(job: &JobView) -> &'static str {
+    if job.spec.async_options().is_some() { "version" } else { "round" }
+}
+
+fn latest_figures(run: &RunView, unit: &str) -> String {
     let latest = run.rounds.iter().rev().find(|r| r.accuracy.is_some());
     match latest {
         Some(round) => format!(
-            "{} members, round {} accuracy {:.4} loss {:.4}",
+            "{} members, {unit} {} accuracy {:.4} loss {:.4}",
             run.members.len(),
             round.round,
             round.accuracy.unwrap_or_default(),
