@@ -174,7 +174,7 @@ async fn watch(data_dir: &Path, id: &str) -> anyhow::Result<()> {
         if !matches!(run.status.as_str(), "waiting" | "running") {
             bar.finish_with_message(format!(
                 "{} ({})",
-                latest_figures(&run, unit(&job)),
+                latest_figures(run, unit(&job)),
                 run.status
             ));
             return if run.status == "completed" {
