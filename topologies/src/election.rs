@@ -19,6 +19,41 @@ pub fn rank(job: &JobId, round: Round, slot: &str, members: &[MemberId]) -> Vec<
     scored.into_iter().map(|(_, member)| member).collect()
 }
 
+/// The first of [`rank`]'s order but `not`, without sorting the rest.
+fn top_but(
+    job: &JobId,
+    round: Round,
+    slot: &str,
+    members: &[MemberId],
+    not: Option<MemberId>,
+) -> Option<MemberId> {
+    let mut weigher = Weigher::new(job, round, slot);
+    let others = members.iter().filter(|member| Some(**member) != not);
+    others.map(|member| (weigher.weigh(member), *member)).max().map(|(_, member)| member)
+}
+
+/// How many rounds a rotation looks back at most (see [`rotated`]).
+pub const ROTATION_EPOCH: Round = 32;
+/// Slots with more candidates than this do not rotate: each round's first is then its
+/// predecessor with probability below 1/64, and the look back costs a ranking per round.
+pub const MAX_ROTATED_CANDIDATES: usize = 64;
+
+/// The member a slot's rotation puts first in `round` over `candidates`: the first of the
+/// round's ranking that is not the one it put first the round before, since the start of the
+/// round's epoch of [`ROTATION_EPOCH`] rounds (whose first round takes its ranking's first).
+/// Every member computes it alike from the same candidates, and the duty passes on every round
+/// of an epoch (into an epoch's first round, with the probability of a plain ranking). `None`
+/// without candidates, or with more than [`MAX_ROTATED_CANDIDATES`].
+pub fn rotated(job: &JobId, round: Round, slot: &str, candidates: &[MemberId]) -> Option<MemberId> {
+    if candidates.len() > MAX_ROTATED_CANDIDATES {
+        return None;
+    }
+    let start = round.saturating_sub(1) / ROTATION_EPOCH * ROTATION_EPOCH + 1;
+    (start..=round).try_fold(None, |previous, r| {
+        Some(top_but(job, r, slot, candidates, previous).or(previous))
+    })?
+}
+
 /// Weighs members for one slot: the hashed bytes but the member's key are laid out once, and
 /// each weight is one BLAKE3 call over them (ranking thousands of members every round is the
 /// bulk of a large job's planning).

@@ -1,7 +1,7 @@
 //! Round plans: from a TAG, a job, a round and the live membership, who trains, which member
 //! aggregates each slot (with its failover order), where every update goes, and the rings.
 
-use crate::election::rank;
+use crate::election::{rank, rotated};
 use crate::graph::{ANY_GROUP, Tag, Tier};
 use crate::ring::{RingStep, schedule};
 use crate::selection::Selection;
@@ -490,7 +490,10 @@ struct Election<'a> {
 impl Election<'_> {
     /// Ranks the members eligible for a slot, the vetted ones ahead of the rest, and moves the
     /// first one not already elected elsewhere this round to the front (among the vetted when
-    /// there are any), so duties spread when members allow it.
+    /// there are any), so duties spread when members allow it; the one the rotation puts first
+    /// when it is free (for the top slot, even when not), so the round's aggregator changes every
+    /// round when another can take it (a server optimizer's state, for one, goes from
+    /// aggregator to aggregator).
     fn elect(
         &mut self,
         plan: &RoundPlan,
@@ -509,7 +512,13 @@ impl Election<'_> {
             (ranking, first.len())
         };
         let pool = if vetted > 0 { vetted } else { ranking.len() };
-        let Some(first_free) = ranking[..pool].iter().position(|m| !self.elected.contains(m)).or(
+        let free = |m: &MemberId| !self.elected.contains(m);
+        // The top slot rotates even onto a member aggregating a group below.
+        let top = tier.up.is_none();
+        let preferred =
+            rotated(&plan.job, plan.round, &slot, &ranking[..pool]).filter(|m| top || free(m));
+        let preferred = preferred.and_then(|p| ranking.iter().position(|m| *m == p));
+        let Some(first_free) = preferred.or_else(|| ranking[..pool].iter().position(free)).or(
             // Everyone eligible already aggregates another slot: the top-ranked doubles up.
             if ranking.is_empty() { None } else { Some(0) },
         ) else {

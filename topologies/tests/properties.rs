@@ -5,6 +5,7 @@ mod common;
 use common::{job, member};
 use fedmesh_protocol::ids::MemberId;
 use fedmesh_protocol::tag::{BuiltinTopology, TagSpec};
+use fedmesh_topologies::election::ROTATION_EPOCH;
 use fedmesh_topologies::{Destination, Input, MemberInfo, RoundPlan, Selection, Tag};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -195,5 +196,53 @@ fn members_refusing_a_role_are_never_elected_to_it() {
             RoundPlan::compute(&tag, &job("roles"), round, &members, &Selection::ALL).unwrap();
         assert!(allowed.contains(&plan.slots[0].aggregator()));
         assert_eq!(plan.slots[0].ranking.len(), 3);
+    }
+}
+
+#[test]
+fn the_aggregator_changes_every_round_when_another_can_take_it() {
+    // A server optimizer's state passes from aggregator to aggregator: within an epoch of the
+    // rotation, the election never gives the top slot the previous round's aggregator over the
+    // same members, whoever is vetted (a lower slot's rotation yields to spreading duties).
+    for (builtin, size) in [
+        (BuiltinTopology::Central, 2),
+        (BuiltinTopology::Central, 8),
+        (BuiltinTopology::Hierarchical, 12),
+    ] {
+        let members = membership(size, 2, 3);
+        let everyone: Vec<MemberId> = members.iter().map(|m| m.id).collect();
+        let mut vetted = everyone.clone();
+        vetted.sort();
+        let tag = tag(builtin);
+        let aggregators: Vec<Vec<MemberId>> = (1..=300u64)
+            .map(|round| {
+                let plan = RoundPlan::compute_vetted(
+                    &tag,
+                    &job("rotate"),
+                    round,
+                    &members,
+                    &Selection::ALL,
+                    &vetted,
+                )
+                .unwrap();
+                // The top slot's: the round's aggregator, who applies the server optimizer.
+                plan.slots
+                    .iter()
+                    .filter(|slot| slot.parent.is_none())
+                    .map(|slot| slot.aggregator())
+                    .collect()
+            })
+            .collect();
+        for (index, pair) in aggregators.windows(2).enumerate() {
+            let round = index as u64 + 2;
+            if (round - 1) % ROTATION_EPOCH == 0 {
+                continue; // an epoch's first round is ranked afresh
+            }
+            for (slot, (before, after)) in pair[0].iter().zip(&pair[1]).enumerate() {
+                let kept =
+                    format!("{builtin:?}: slot {slot} kept its aggregator into round {round}");
+                assert_ne!(before, after, "{kept}");
+            }
+        }
     }
 }
