@@ -235,7 +235,7 @@ fn the_aggregator_changes_every_round_when_another_can_take_it() {
             .collect();
         for (index, pair) in aggregators.windows(2).enumerate() {
             let round = index as u64 + 2;
-            if (round - 1) % ROTATION_EPOCH == 0 {
+            if (round - 1).is_multiple_of(ROTATION_EPOCH) {
                 continue; // an epoch's first round is ranked afresh
             }
             for (slot, (before, after)) in pair[0].iter().zip(&pair[1]).enumerate() {
