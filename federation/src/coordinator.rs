@@ -9,7 +9,7 @@ use crate::membership::NEWCOMERS_FLOOR;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, Assignment, EvalMetrics, Heartbeat, Join};
 use fedmesh_protocol::spec::JobSpec;
-use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag, election::rank};
+use fedmesh_topologies::{MemberInfo, RoundPlan, Selection, Tag, Vetting, election::rank};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -298,8 +298,9 @@ impl CoordinatedJob {
         let trainers = self.select(round, &eligible);
         let selection = Selection::Explicit(trainers);
         let vetted = self.vetted();
+        let vetting = Vetting { vetted: &vetted, owner: Some(&self.spec.owner) };
         let mut plan =
-            RoundPlan::compute_vetted(&self.tag, &self.id, round, &live, &selection, &vetted)
+            RoundPlan::compute_vetted(&self.tag, &self.id, round, &live, &selection, &vetting)
                 .map_err(|e| e.to_string())?;
         let up_to_date = |id: &MemberId| {
             self.state.members.get(id).is_some_and(|m| m.round == round && m.model == Some(base))

@@ -6,7 +6,7 @@
 
 use crate::keyhash::KeyHashing;
 use fedmesh_protocol::ids::{JobId, MemberId, Round};
-use fedmesh_topologies::{MemberInfo, PlanError, RoundPlan, Selection, Tag};
+use fedmesh_topologies::{MemberInfo, PlanError, RoundPlan, Selection, Tag, Vetting};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -155,10 +155,11 @@ pub fn key_list(ids: Vec<MemberId>) -> Arc<[MemberId]> {
 }
 
 /// The plan of `round` over `members` (a shared list, see [`member_list`]) with aggregators
-/// elected among the `vetted` first, computed once per process while some member holds it.
+/// elected among the `vetted` first (the job's `owner` among them, whose round 1 starts the
+/// rotation), computed once per process while some member holds it.
 pub fn plan(
     tag: &Tag,
-    job: &JobId,
+    (job, owner): (&JobId, &MemberId),
     round: Round,
     members: &Arc<[MemberInfo]>,
     selection: &Selection,
@@ -174,7 +175,8 @@ pub fn plan(
     if let Some(plan) = lock(&PLANS).as_ref().and_then(|pool| pool.find(&key, found)) {
         return Ok(plan);
     }
-    let plan = Arc::new(RoundPlan::compute_vetted(tag, job, round, members, selection, vetted)?);
+    let vetting = Vetting { vetted, owner: Some(owner) };
+    let plan = Arc::new(RoundPlan::compute_vetted(tag, job, round, members, selection, &vetting)?);
     let entry = PlanEntry {
         tag: tag.clone(),
         selection: selection.clone(),

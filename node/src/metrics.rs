@@ -52,6 +52,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct Metrics {
     registry: Registry,
     pub connected_peers: Gauge,
+    /// Open connections by kind (`direct`, `relayed`), and the most open at once.
+    connections: Family<KindLabel, Gauge>,
+    connections_peak: Gauge,
     pub messages_in: Family<KindLabel, Counter>,
     pub messages_out: Family<KindLabel, Counter>,
     pub messages_rejected: Family<RejectLabel, Counter>,
@@ -83,6 +86,18 @@ impl Metrics {
             "connected_peers",
             "Peers with an open connection",
             connected_peers.clone(),
+        );
+        let connections = Family::default();
+        let connections_peak = Gauge::default();
+        registry.register(
+            "connections",
+            "Open connections, by kind: direct or relayed (through a circuit relay)",
+            connections.clone(),
+        );
+        registry.register(
+            "connections_peak",
+            "The most connections this node held open at once",
+            connections_peak.clone(),
         );
         registry.register("messages_in", "Messages received, by kind", messages_in.clone());
         registry.register("messages_out", "Messages sent, by kind", messages_out.clone());
@@ -120,6 +135,8 @@ impl Metrics {
         Self {
             registry,
             connected_peers,
+            connections,
+            connections_peak,
             messages_in,
             messages_out,
             messages_rejected,
@@ -130,6 +147,25 @@ impl Metrics {
             job_bytes_received,
             masked_update_round,
         }
+    }
+
+    /// Counts a connection opened (`opened`) or closed, relayed or direct, and the peak.
+    pub fn connection(&self, opened: bool, relayed: bool) {
+        let kind = if relayed { "relayed" } else { "direct" };
+        // A clone: the family's guard must go before the next lookup, which may insert.
+        let gauge = self.connections.get_or_create(&KindLabel { kind: kind.to_owned() }).clone();
+        if opened {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
+        let open: i64 = ["direct", "relayed"]
+            .iter()
+            .map(|kind| {
+                self.connections.get_or_create(&KindLabel { kind: (*kind).to_owned() }).get()
+            })
+            .sum();
+        self.connections_peak.set(self.connections_peak.get().max(open));
     }
 
     /// Records that this node's masked update of `round` reached its aggregator.
@@ -259,5 +295,19 @@ mod tests {
         assert!(text.contains("reason=\"bad_signature\""), "{text}");
         assert!(text.contains("fedmesh_bytes_received_total 100"), "{text}");
         assert!(text.contains("fedmesh_connected_peers 3"), "{text}");
+    }
+
+    #[test]
+    fn connections_are_counted_by_kind_with_their_peak() {
+        let metrics = Metrics::new();
+        for relayed in [false, false, true] {
+            metrics.connection(true, relayed);
+        }
+        metrics.connection(false, false);
+        metrics.connection(true, false);
+        let text = metrics.render(&[]);
+        assert!(text.contains("fedmesh_connections{kind=\"direct\"} 2"), "{text}");
+        assert!(text.contains("fedmesh_connections{kind=\"relayed\"} 1"), "{text}");
+        assert!(text.contains("fedmesh_connections_peak 3"), "{text}");
     }
 }

@@ -81,6 +81,21 @@ pub struct NodeUsage {
     pub peak_rss_mb: Option<f64>,
     /// Bytes it sent in messages (gossip, requests, responses).
     pub bytes_sent: u64,
+    /// Its connections open at the end of the run, by kind, and the most it held at once.
+    #[serde(default)]
+    pub connections: Connections,
+    #[serde(default)]
+    pub peak_connections: u64,
+}
+
+/// A node's open connections by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connections {
+    pub direct: u64,
+    /// Through a circuit relay.
+    pub relayed: u64,
+    /// Direct connections made by hole punching (DCUtR; the node does not punch holes yet).
+    pub hole_punched: u64,
 }
 
 /// The `fedmesh` binary and a root directory under which every node gets a folder.
@@ -90,6 +105,9 @@ pub struct Cluster {
     pub nodes: Vec<NodeProcess>,
     /// The coordinator of an orchestrated run (`coordinate = true`, no data; not a member).
     pub coordinator: Option<NodeProcess>,
+    /// Each node bootstraps from the node started last before it only, not from every node
+    /// running: the rest it must discover (Kademlia).
+    pub chain_bootstrap: bool,
 }
 
 impl Cluster {
@@ -99,6 +117,7 @@ impl Cluster {
             root: root.to_owned(),
             nodes: Vec::new(),
             coordinator: None,
+            chain_bootstrap: false,
         }
     }
 
@@ -258,15 +277,20 @@ impl Cluster {
         self.restart(index).await
     }
 
-    /// The bootstrap addresses of the running nodes, but `except`.
+    /// The bootstrap addresses of the running nodes, but `except` (the last one's alone, when
+    /// bootstrapping in a chain).
     fn running_addresses(&self, except: Option<usize>) -> Vec<String> {
         let running =
             self.nodes.iter().enumerate().filter(|(i, n)| n.is_running() && Some(*i) != except);
         let coordinator = self.coordinator.iter().filter(|c| c.is_running());
-        running
+        let mut addresses: Vec<String> = running
             .map(|(_, n)| n.address.clone())
             .chain(coordinator.map(|c| c.address.clone()))
-            .collect()
+            .collect();
+        if self.chain_bootstrap && addresses.len() > 1 {
+            addresses.drain(..addresses.len() - 1);
+        }
+        addresses
     }
 
     /// What every running node used so far.
@@ -365,6 +389,12 @@ impl NodeProcess {
             node: self.name.clone(),
             peak_rss_mb: self.peak_rss_bytes().map(|bytes| bytes as f64 / 1e6),
             bytes_sent: metric_value(&metrics, "fedmesh_bytes_sent_total") as u64,
+            connections: Connections {
+                direct: metric_value(&metrics, "fedmesh_connections{kind=\"direct\"}") as u64,
+                relayed: metric_value(&metrics, "fedmesh_connections{kind=\"relayed\"}") as u64,
+                hole_punched: 0,
+            },
+            peak_connections: metric_value(&metrics, "fedmesh_connections_peak") as u64,
         }
     }
 

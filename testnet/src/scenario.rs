@@ -84,6 +84,8 @@ pub struct Scenario {
     pub hostile: PathBuf,
     /// Run the job orchestrated: a coordinator (not a member) owns it and assigns its rounds.
     pub orchestrated: bool,
+    /// Each node bootstraps from the node started before it only (see `Cluster`).
+    pub chain_bootstrap: bool,
     /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
     /// job's model is then `external` with the layout and initial weights of `model`.
     pub trainer: Vec<String>,
@@ -313,6 +315,7 @@ impl Scenario {
     /// them and the owner's PeerId.
     async fn start(&self, partitions: &[PartitionSummary]) -> anyhow::Result<(Cluster, String)> {
         let mut cluster = Cluster::new(&self.binary, &self.out.join("nodes"));
+        cluster.chain_bootstrap = self.chain_bootstrap;
         std::fs::create_dir_all(self.out.join("nodes"))?;
         let owner_key = self.out.join("owner.key");
         let _ = std::fs::remove_file(&owner_key);

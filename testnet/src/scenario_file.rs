@@ -81,6 +81,8 @@ pub struct ScenarioFile {
     pub events: Vec<Event>,
     /// Run the job orchestrated by a coordinator (also `testnet --orchestrated`).
     pub orchestrated: bool,
+    /// Each node bootstraps from the node started before it only, and discovers the rest.
+    pub chain_bootstrap: bool,
     /// Refusal reasons (the `reason` label of the nodes' `messages_rejected` and
     /// `job_updates_refused` metrics) each counted on at least one node by the end, e.g.
     /// `["past_last_round", "replayed"]`: what the scenario's attacks must have met. An entry
@@ -157,6 +159,7 @@ impl Default for ScenarioFile {
             expect: Expect::ReachTarget,
             events: Vec::new(),
             orchestrated: false,
+            chain_bootstrap: false,
             refused: Vec::new(),
             no_stall: false,
             follow_rounds: None,
@@ -354,6 +357,7 @@ impl ScenarioFile {
             trainer: self.trainer,
             model_retention_rounds: None,
             orchestrated: self.orchestrated,
+            chain_bootstrap: self.chain_bootstrap,
             dataset: self.dataset,
             label_column: self.label_column,
             model: self.model,

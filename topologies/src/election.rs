@@ -43,13 +43,26 @@ pub const MAX_ROTATED_CANDIDATES: usize = 64;
 /// round's epoch of [`ROTATION_EPOCH`] rounds (whose first round takes its ranking's first).
 /// Every member computes it alike from the same candidates, and the duty passes on every round
 /// of an epoch (into an epoch's first round, with the probability of a plain ranking). `None`
-/// without candidates, or with more than [`MAX_ROTATED_CANDIDATES`].
-pub fn rotated(job: &JobId, round: Round, slot: &str, candidates: &[MemberId]) -> Option<MemberId> {
+/// without candidates, or with more than [`MAX_ROTATED_CANDIDATES`]. The job's first round is
+/// `first`'s when it is a candidate (its owner's: the only member vetted before any update
+/// counted).
+pub fn rotated(
+    job: &JobId,
+    round: Round,
+    slot: &str,
+    candidates: &[MemberId],
+    first: Option<&MemberId>,
+) -> Option<MemberId> {
     if candidates.len() > MAX_ROTATED_CANDIDATES {
         return None;
     }
     let start = round.saturating_sub(1) / ROTATION_EPOCH * ROTATION_EPOCH + 1;
-    (start..=round).try_fold(None, |previous, r| {
+    let owner = first.filter(|first| start == 1 && candidates.contains(first)).copied();
+    let (start, opening) = match owner {
+        Some(owner) => (2, Some(owner)),
+        None => (start, None),
+    };
+    (start..=round).try_fold(opening, |previous, r| {
         Some(top_but(job, r, slot, candidates, previous).or(previous))
     })?
 }

@@ -12,6 +12,6 @@ pub mod selection;
 pub use graph::{Tag, TagError, TagErrors};
 pub use history::History;
 pub use plan::{
-    Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId, TOP_SLOT,
+    Destination, Duties, Input, MemberInfo, PlanError, RoundPlan, Slot, SlotId, TOP_SLOT, Vetting,
 };
 pub use selection::{Count, Selection};

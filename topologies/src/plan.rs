@@ -151,20 +151,21 @@ impl RoundPlan {
         members: &[MemberInfo],
         selection: &Selection,
     ) -> Result<Self, PlanError> {
-        Self::compute_vetted(tag, job, round, members, selection, &[])
+        Self::compute_vetted(tag, job, round, members, selection, &Vetting::default())
     }
 
     /// Plans `round` as [`RoundPlan::compute`] does, electing each slot's aggregator among the
-    /// `vetted` members (sorted by key: those whose updates were accepted) when the slot has any,
-    /// and ranking the others after them, as failover only.
+    /// `vetting`'s members (sorted by key: those whose updates were accepted) when the slot has
+    /// any, and ranking the others after them, as failover only.
     pub fn compute_vetted(
         tag: &Tag,
         job: &JobId,
         round: Round,
         members: &[MemberInfo],
         selection: &Selection,
-        vetted: &[MemberId],
+        vetting: &Vetting<'_>,
     ) -> Result<Self, PlanError> {
+        let vetted = vetting.vetted;
         let members = sorted_unique(members);
         let labels = labels_by_group(tag, &members);
         let labelled = |m: &MemberInfo| labels.get(m.group.as_str()).is_some_and(Option::is_some);
@@ -189,7 +190,7 @@ impl RoundPlan {
         let mut pending = plan.bottom_inputs(tag, &members, &labels, vetted);
         let mut elected = BTreeSet::new();
         for (tier_index, tier) in tag.tiers.iter().enumerate().skip(1) {
-            let election = Election { vetted, elected: &mut elected };
+            let election = Election { vetted, owner: vetting.owner, elected: &mut elected };
             pending = plan.fill_tier(tier_index, tier, pending, &members, election)?;
         }
         Ok(plan)
@@ -480,10 +481,19 @@ impl Candidates {
     }
 }
 
+/// Who a round elects ahead of the rest: the members vetted (sorted by key; none: everyone
+/// alike), and the job's owner, vetted from the start (its rotation starts from it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Vetting<'a> {
+    pub vetted: &'a [MemberId],
+    pub owner: Option<&'a MemberId>,
+}
+
 /// A round's elections: the members vetted to aggregate first, and those already elected to a
 /// slot this round.
 struct Election<'a> {
     vetted: &'a [MemberId],
+    owner: Option<&'a MemberId>,
     elected: &'a mut BTreeSet<MemberId>,
 }
 
@@ -515,8 +525,8 @@ impl Election<'_> {
         let free = |m: &MemberId| !self.elected.contains(m);
         // The top slot rotates even onto a member aggregating a group below.
         let top = tier.up.is_none();
-        let preferred =
-            rotated(&plan.job, plan.round, &slot, &ranking[..pool]).filter(|m| top || free(m));
+        let preferred = rotated(&plan.job, plan.round, &slot, &ranking[..pool], self.owner)
+            .filter(|m| top || free(m));
         let preferred = preferred.and_then(|p| ranking.iter().position(|m| *m == p));
         let Some(first_free) = preferred.or_else(|| ranking[..pool].iter().position(free)).or(
             // Everyone eligible already aggregates another slot: the top-ranked doubles up.

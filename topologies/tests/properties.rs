@@ -6,7 +6,7 @@ use common::{job, member};
 use fedmesh_protocol::ids::MemberId;
 use fedmesh_protocol::tag::{BuiltinTopology, TagSpec};
 use fedmesh_topologies::election::ROTATION_EPOCH;
-use fedmesh_topologies::{Destination, Input, MemberInfo, RoundPlan, Selection, Tag};
+use fedmesh_topologies::{Destination, Input, MemberInfo, RoundPlan, Selection, Tag, Vetting};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -124,7 +124,8 @@ proptest! {
         let members = membership(size, groups, seed);
         let mut vetted: Vec<MemberId> = members.iter().map(|m| m.id).filter(|id| u32::from(id.0[0]) % 8 < vetted_share).collect();
         vetted.sort_unstable();
-        let plan = RoundPlan::compute_vetted(&tag(builtin), &job("v"), round, &members, &Selection::ALL, &vetted).unwrap();
+        let vetting = Vetting { vetted: &vetted, owner: None };
+        let plan = RoundPlan::compute_vetted(&tag(builtin), &job("v"), round, &members, &Selection::ALL, &vetting).unwrap();
         for slot in &plan.slots {
             let is_vetted = |id: &MemberId| vetted.binary_search(id).is_ok();
             let vetted_in_slot = slot.ranking.iter().filter(|id| is_vetted(id)).count();
@@ -213,16 +214,21 @@ fn the_aggregator_changes_every_round_when_another_can_take_it() {
         let everyone: Vec<MemberId> = members.iter().map(|m| m.id).collect();
         let mut vetted = everyone.clone();
         vetted.sort();
+        // As in a job: round 1 vets its owner alone; later rounds, everyone its result counted.
+        let owner = everyone[size / 2];
         let tag = tag(builtin);
         let aggregators: Vec<Vec<MemberId>> = (1..=300u64)
             .map(|round| {
+                let first = [owner];
+                let vetted = if round == 1 { &first[..] } else { &vetted[..] };
+                let vetting = Vetting { vetted, owner: Some(&owner) };
                 let plan = RoundPlan::compute_vetted(
                     &tag,
                     &job("rotate"),
                     round,
                     &members,
                     &Selection::ALL,
-                    &vetted,
+                    &vetting,
                 )
                 .unwrap();
                 // The top slot's: the round's aggregator, who applies the server optimizer.

@@ -524,7 +524,15 @@ impl Member {
         let selection = self.selection();
         let (tag, job) = (&self.setup.tag, &self.setup.job);
         let planned = self.without_excluded(&members);
-        let plan = shared::plan(tag, job, round, &planned, &selection, &self.vetted).ok()?;
+        let plan = shared::plan(
+            tag,
+            (job, &self.setup.spec.owner),
+            round,
+            &planned,
+            &selection,
+            &self.vetted,
+        )
+        .ok()?;
         if self.plans.len() >= PLANS_KEPT {
             self.plans.pop_front();
         }
@@ -543,7 +551,7 @@ impl Member {
         let selection = self.selection();
         let (tag, job) = (&self.setup.tag, &self.setup.job);
         let members = self.without_excluded(members);
-        shared::plan(tag, job, round, &members, &selection, vetted).ok()
+        shared::plan(tag, (job, &self.setup.spec.owner), round, &members, &selection, vetted).ok()
     }
 
     /// `members` without those a fraud proof convicted (the same list when none is in it).

@@ -81,8 +81,15 @@ impl Member {
         let selection = Selection::Explicit(open.trainers.clone());
         let (tag, job) = (&self.setup.tag, &self.setup.job);
         let members = self.without_excluded(&named);
-        let plan =
-            crate::shared::plan(tag, job, open.round, &members, &selection, &self.vetted).ok()?;
+        let plan = crate::shared::plan(
+            tag,
+            (job, &self.setup.spec.owner),
+            open.round,
+            &members,
+            &selection,
+            &self.vetted,
+        )
+        .ok()?;
         if plan.trainers.len() != own.trainers.len() || plan.trainers.len() != open.trainers.len() {
             let text = format!(
                 "an opening by {opener} naming {} trainers, {} of them eligible; the selector \

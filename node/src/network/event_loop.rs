@@ -175,13 +175,15 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+                self.metrics.connection(true, endpoint.is_relayed());
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
                     self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, num_established, endpoint, .. } => {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+                self.metrics.connection(false, endpoint.is_relayed());
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "disconnected");
                     self.emit(NetworkEvent::PeerDisconnected(peer_id));
