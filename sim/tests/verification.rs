@@ -72,3 +72,17 @@ fn verified_runs_are_deterministic() {
     assert_eq!(a.trace_digest, b.trace_digest);
     assert_completed_on_one_path(&a);
 }
+
+/// Seeds 30 and 46: the forger is elected for the job's last round, and an honest member completes
+/// the job on the forged model before its own audit convicts it. It rolls back and runs the
+/// last round again with the others (before, it stayed completed on round 7's model, and the
+/// honest members ended on two models).
+#[test]
+fn a_member_that_completed_on_a_forged_last_round_runs_it_again() {
+    for seed in [30, 46] {
+        let report = run(forging(seed, Some(Auditors::All))).expect("the run starts");
+        assert_completed_on_one_path(&report);
+        assert_eq!(report.counters.aggregates_forged, 1, "seed {seed}: {report}");
+        assert_eq!(report.counters.forged_models_kept, 0, "seed {seed}: {report}");
+    }
+}

@@ -5,6 +5,7 @@
 
 use super::phase::Phase;
 use super::{Accusation, Effect, Level, Member, OwnPayloads, Publish, Reason, Refusal};
+use crate::records::RunStatus;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::AggregateReady;
 use fedmesh_protocol::spec::Auditors;
@@ -348,6 +349,10 @@ impl Member {
             self.phase = Phase::Waiting;
         }
         if self.state.completed_round >= round {
+            if self.state.status == RunStatus::Completed {
+                // It completed on the lie (the job's last round): the round runs again.
+                self.state.status = RunStatus::Running;
+            }
             self.state.completed_round = round - 1;
             self.state.model = bad.base_model;
             self.restoring = Some(bad.base_model);

@@ -57,6 +57,10 @@ impl Member {
                 (RunStatus::Completed, Gossip::Eval(report)) if report.member == signer => {
                     self.on_eval(report, now)
                 }
+                (RunStatus::Completed, Gossip::FraudProof(accusation)) => {
+                    // The last round's model may be the lie: it is run again (`roll_back`).
+                    self.on_accusation(signer, accusation, now)
+                }
                 _ => {}
             }
             return;
