@@ -122,6 +122,10 @@ pub struct NodeArgs {
     #[arg(long, env = "FEDMESH_MDNS", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub mdns: Option<bool>,
+    /// Relay for peers behind NAT (circuit relay v2; for a node others can reach).
+    #[arg(long, env = "FEDMESH_RELAY", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub relay: Option<bool>,
     /// PeerIds of the job owners whose jobs this node accepts.
     #[arg(long, env = "FEDMESH_TRUST", value_delimiter = ',')]
     pub trust: Option<Vec<String>>,

@@ -25,6 +25,10 @@ pub struct NodeConfig {
     /// Discover peers on the LAN with mDNS (it does not see loopback).
     #[serde(default)]
     pub mdns: bool,
+    /// Relay for peers behind NAT (circuit relay v2): a public node sets it, so that others can
+    /// listen through it and reach each other until DCUtR makes their connection direct.
+    #[serde(default)]
+    pub relay: bool,
     /// PeerIds of the job owners whose jobs this node accepts.
     #[serde(default)]
     pub trust: Vec<String>,
@@ -256,6 +260,7 @@ impl NodeConfig {
             listen: defaults::listen(),
             bootstrap: Vec::new(),
             mdns: false,
+            relay: false,
             datasets: BTreeMap::new(),
             trust: Vec::new(),
             auto_join: defaults::yes(),
@@ -311,6 +316,7 @@ impl NodeConfig {
         set(&mut self.listen, &args.listen);
         set(&mut self.bootstrap, &args.bootstrap);
         set(&mut self.mdns, &args.mdns);
+        set(&mut self.relay, &args.relay);
         set(&mut self.trust, &args.trust);
         set(&mut self.auto_join, &args.auto_join);
         set(&mut self.group, &args.group);

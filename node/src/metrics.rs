@@ -52,7 +52,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct Metrics {
     registry: Registry,
     pub connected_peers: Gauge,
-    /// Open connections by kind (`direct`, `relayed`), and the most open at once.
+    /// Open connections by kind (`direct`, `relayed`, `hole_punched`), and the most open at once.
     connections: Family<KindLabel, Gauge>,
     connections_peak: Gauge,
     pub messages_in: Family<KindLabel, Counter>,
@@ -69,6 +69,28 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// How a connection reaches its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    Direct,
+    /// Through a circuit relay.
+    Relayed,
+    /// Direct, made by hole punching (DCUtR) from a relayed one.
+    HolePunched,
+}
+
+impl ConnectionKind {
+    const ALL: [Self; 3] = [Self::Direct, Self::Relayed, Self::HolePunched];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+            Self::HolePunched => "hole_punched",
+        }
     }
 }
 
@@ -91,7 +113,8 @@ impl Metrics {
         let connections_peak = Gauge::default();
         registry.register(
             "connections",
-            "Open connections, by kind: direct or relayed (through a circuit relay)",
+            "Open connections, by kind: direct, relayed (through a circuit relay) or hole_punched \
+             (direct, made by DCUtR from a relayed one)",
             connections.clone(),
         );
         registry.register(
@@ -149,23 +172,29 @@ impl Metrics {
         }
     }
 
-    /// Counts a connection opened (`opened`) or closed, relayed or direct, and the peak.
-    pub fn connection(&self, opened: bool, relayed: bool) {
-        let kind = if relayed { "relayed" } else { "direct" };
-        // A clone: the family's guard must go before the next lookup, which may insert.
-        let gauge = self.connections.get_or_create(&KindLabel { kind: kind.to_owned() }).clone();
+    /// Counts a connection of `kind` opened (`opened`) or closed, and the peak.
+    pub fn connection(&self, kind: ConnectionKind, opened: bool) {
+        let gauge = self.connections_of(kind);
         if opened {
             gauge.inc();
         } else {
             gauge.dec();
         }
-        let open: i64 = ["direct", "relayed"]
-            .iter()
-            .map(|kind| {
-                self.connections.get_or_create(&KindLabel { kind: (*kind).to_owned() }).get()
-            })
-            .sum();
+        let open: i64 =
+            ConnectionKind::ALL.iter().map(|kind| self.connections_of(*kind).get()).sum();
         self.connections_peak.set(self.connections_peak.get().max(open));
+    }
+
+    /// Counts an open direct connection as made by hole punching from now on.
+    pub fn hole_punched(&self) {
+        self.connections_of(ConnectionKind::Direct).dec();
+        self.connections_of(ConnectionKind::HolePunched).inc();
+    }
+
+    /// The gauge of open connections of `kind` (a clone: the family's guard must go before the
+    /// next lookup, which may insert).
+    fn connections_of(&self, kind: ConnectionKind) -> Gauge {
+        self.connections.get_or_create(&KindLabel { kind: kind.as_str().to_owned() }).clone()
     }
 
     /// Records that this node's masked update of `round` reached its aggregator.
@@ -299,15 +328,18 @@ mod tests {
 
     #[test]
     fn connections_are_counted_by_kind_with_their_peak() {
+        use ConnectionKind::{Direct, Relayed};
         let metrics = Metrics::new();
-        for relayed in [false, false, true] {
-            metrics.connection(true, relayed);
+        for kind in [Direct, Direct, Relayed, Direct] {
+            metrics.connection(kind, true);
         }
-        metrics.connection(false, false);
-        metrics.connection(true, false);
+        metrics.hole_punched();
+        metrics.connection(Direct, false);
+        metrics.connection(Direct, true);
         let text = metrics.render(&[]);
         assert!(text.contains("fedmesh_connections{kind=\"direct\"} 2"), "{text}");
         assert!(text.contains("fedmesh_connections{kind=\"relayed\"} 1"), "{text}");
-        assert!(text.contains("fedmesh_connections_peak 3"), "{text}");
+        assert!(text.contains("fedmesh_connections{kind=\"hole_punched\"} 1"), "{text}");
+        assert!(text.contains("fedmesh_connections_peak 4"), "{text}");
     }
 }

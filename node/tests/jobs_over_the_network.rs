@@ -66,8 +66,8 @@ async fn publish_forged_announcement(owner_seed_dir: &Path, address: &str) {
         max_message_bytes: 1 << 20,
         request_timeout: Duration::from_secs(10),
         gossip_heartbeat: Duration::from_millis(200),
-        mdns: false,
         bulk_buffer_bytes: 1 << 20,
+        ..BehaviourSettings::default()
     };
     let metrics = Arc::new(fedmesh_node::metrics::Metrics::new());
     let (net, mut events) =

@@ -1,7 +1,9 @@
-//! A set of real `fedmesh node` processes on 127.0.0.1: each with its own key, data directory and
-//! node.toml, started one after another so that each bootstraps from the one before.
+//! A set of real `fedmesh node` processes on 127.0.0.1, or each in a network namespace of its
+//! own on a virtual LAN (`testnet --netns`): each with its own key, data directory and node.toml,
+//! started one after another so that each bootstraps from the ones before.
 
-use fedmesh_admin_api::{AdminClient, metric_value};
+use crate::netns::{Host, NatKind, NetnsError, VirtualLan};
+use fedmesh_admin_api::{AdminClient, Endpoint, metric_value};
 use fedmesh_node::config::{ConfigError, NodeConfig};
 use fedmesh_node::misbehaviour::Misbehaviour;
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,10 @@ pub enum ClusterError {
     Exited { name: String, status: String, log: String, tail: String },
     #[error(transparent)]
     Api(#[from] fedmesh_admin_api::ApiError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("cannot reach node {name}'s admin API inside its namespace: {source}")]
+    Proxy { name: String, source: std::io::Error },
 }
 
 /// How to start one node.
@@ -58,6 +64,8 @@ pub struct NodeSettings {
     pub model_retention_rounds: Option<u64>,
     /// How many times as long its local training takes (unset: as long as it does).
     pub slow_training: Option<f32>,
+    /// Relay for the nodes behind NAT.
+    pub relay: bool,
 }
 
 /// One running (or stopped) node.
@@ -68,6 +76,8 @@ pub struct NodeProcess {
     /// The address others bootstrap from, with `/p2p/PEERID`.
     pub address: String,
     pub api: AdminClient,
+    /// Its place on the virtual LAN (none: on loopback).
+    pub host: Option<Host>,
     /// How it was started (kept to write its node.toml again for a restart).
     spec: NodeSpec,
     child: Option<Child>,
@@ -94,7 +104,7 @@ pub struct Connections {
     pub direct: u64,
     /// Through a circuit relay.
     pub relayed: u64,
-    /// Direct connections made by hole punching (DCUtR; the node does not punch holes yet).
+    /// Direct connections made by hole punching (DCUtR).
     pub hole_punched: u64,
 }
 
@@ -108,6 +118,8 @@ pub struct Cluster {
     /// Each node bootstraps from the node started last before it only, not from every node
     /// running: the rest it must discover (Kademlia).
     pub chain_bootstrap: bool,
+    /// The namespaces the nodes run in (none: every node on loopback).
+    lan: Option<VirtualLan>,
 }
 
 impl Cluster {
@@ -118,7 +130,15 @@ impl Cluster {
             nodes: Vec::new(),
             coordinator: None,
             chain_bootstrap: false,
+            lan: None,
         }
+    }
+
+    /// Runs every node started from now on in a namespace of its own on a virtual LAN, behind
+    /// a NAT of `nat`'s kind but for node0 (the bootstrap node, which relays for the others).
+    pub fn on_virtual_lan(&mut self, nat: Option<NatKind>) -> Result<(), ClusterError> {
+        self.lan = Some(VirtualLan::create(nat)?);
+        Ok(())
     }
 
     /// Creates a key with `fedmesh keygen` and returns its PeerId.
@@ -172,7 +192,7 @@ impl Cluster {
             .map_err(|source| ClusterError::Write { path: target, source })?;
         let settings = NodeSettings { coordinate: true, ..NodeSettings::default() };
         let spec = NodeSpec { settings, ..NodeSpec::default() };
-        let process = self.start_process("coordinator".into(), dir, &spec).await?;
+        let process = self.start_process("coordinator".into(), dir, spec).await?;
         Ok(self.coordinator.insert(process))
     }
 
@@ -189,34 +209,35 @@ impl Cluster {
         spec: &NodeSpec,
     ) -> Result<&NodeProcess, ClusterError> {
         let name = format!("node{}", self.nodes.len());
+        let mut spec = spec.clone();
+        // The first node on a LAN is the public one: the others' bootstrap node and relay.
+        spec.settings.relay |= self.lan.is_some() && self.nodes.is_empty();
         let process = self.start_process(name, dir, spec).await?;
         self.nodes.push(process);
         Ok(&self.nodes[self.nodes.len() - 1])
     }
 
-    /// Writes a node's config (bootstrapping from every node running), starts it and waits
-    /// until its admin API answers.
+    /// Places a node on the LAN (a relay is public), writes its config (bootstrapping from
+    /// every node running), starts it and waits until its admin API answers.
     async fn start_process(
-        &self,
+        &mut self,
         name: String,
         dir: PathBuf,
-        spec: &NodeSpec,
+        spec: NodeSpec,
     ) -> Result<NodeProcess, ClusterError> {
-        write_config(&dir, spec, &self.running_addresses(None))?;
-        let mut child = self.spawn(&dir)?;
-        let up = wait_until_up(&name, &dir, &mut child).await?;
-        Ok(NodeProcess {
-            name,
-            dir,
-            peer_id: up.peer_id,
-            address: up.address,
-            api: up.api,
-            spec: spec.clone(),
-            child: Some(child),
-        })
+        let public = spec.settings.relay || spec.settings.coordinate;
+        let host = match &mut self.lan {
+            Some(lan) => Some(lan.add_host(&name, public)?),
+            None => None,
+        };
+        write_config(&dir, &spec, &self.running_addresses(None), host.as_ref())?;
+        let mut child = self.spawn(&dir, host.as_ref())?;
+        let up = wait_until_up(&name, &dir, &mut child, host.as_ref()).await?;
+        let (peer_id, address, api) = (up.peer_id, up.address, up.api);
+        Ok(NodeProcess { name, dir, peer_id, address, api, host, spec, child: Some(child) })
     }
 
-    fn spawn(&self, dir: &Path) -> Result<Child, ClusterError> {
+    fn spawn(&self, dir: &Path, host: Option<&Host>) -> Result<Child, ClusterError> {
         // Appended to, so that a restarted node's log keeps what it logged before.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -226,7 +247,14 @@ impl Cluster {
         let log_err = log
             .try_clone()
             .map_err(|source| ClusterError::Write { path: dir.join("node.log"), source })?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match host {
+            Some(host) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &host.namespace]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         // The node's settings are its node.toml alone, whatever FEDMESH_* this process has.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("FEDMESH_") {
@@ -252,9 +280,11 @@ impl Cluster {
     pub async fn restart(&mut self, index: usize) -> Result<(), ClusterError> {
         let node = &self.nodes[index];
         let _ = std::fs::remove_file(node.data_dir().join("admin.json"));
-        keep_listen_address(&node.dir, &node.address)?;
-        let mut child = self.spawn(&node.dir)?;
-        let up = wait_until_up(&node.name, &node.dir, &mut child).await?;
+        if node.host.is_none() {
+            keep_listen_address(&node.dir, &node.address)?;
+        }
+        let mut child = self.spawn(&node.dir, node.host.as_ref())?;
+        let up = wait_until_up(&node.name, &node.dir, &mut child, node.host.as_ref()).await?;
         let node = &mut self.nodes[index];
         node.address = up.address;
         node.api = up.api;
@@ -273,15 +303,18 @@ impl Cluster {
         let bootstrap = self.running_addresses(Some(index));
         let node = &mut self.nodes[index];
         node.spec.settings.misbehave.extend(misbehave);
-        write_config(&node.dir, &node.spec, &bootstrap)?;
+        write_config(&node.dir, &node.spec, &bootstrap, node.host.as_ref())?;
         self.restart(index).await
     }
 
-    /// The bootstrap addresses of the running nodes, but `except` (the last one's alone, when
-    /// bootstrapping in a chain).
+    /// The bootstrap addresses of the running nodes others can dial, but `except` (the last
+    /// one's alone, when bootstrapping in a chain).
     fn running_addresses(&self, except: Option<usize>) -> Vec<String> {
-        let running =
-            self.nodes.iter().enumerate().filter(|(i, n)| n.is_running() && Some(*i) != except);
+        let running = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| n.is_running() && n.is_public() && Some(*i) != except);
         let coordinator = self.coordinator.iter().filter(|c| c.is_running());
         let mut addresses: Vec<String> = running
             .map(|(_, n)| n.address.clone())
@@ -345,6 +378,11 @@ impl NodeProcess {
         self.dir.join("data")
     }
 
+    /// Whether others can dial it (it is not behind a NAT).
+    pub fn is_public(&self) -> bool {
+        self.host.as_ref().is_none_or(|host| host.nat.is_none())
+    }
+
     /// Whether its process was started and not stopped or killed since.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -392,7 +430,8 @@ impl NodeProcess {
             connections: Connections {
                 direct: metric_value(&metrics, "fedmesh_connections{kind=\"direct\"}") as u64,
                 relayed: metric_value(&metrics, "fedmesh_connections{kind=\"relayed\"}") as u64,
-                hole_punched: 0,
+                hole_punched: metric_value(&metrics, "fedmesh_connections{kind=\"hole_punched\"}")
+                    as u64,
             },
             peak_connections: metric_value(&metrics, "fedmesh_connections_peak") as u64,
         }
@@ -413,15 +452,24 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 /// A node that answers its admin API.
 struct Up {
     peer_id: String,
-    /// A loopback listen address with `/p2p/PEERID`.
+    /// Its TCP listen address (on loopback, or its host's) with `/p2p/PEERID`.
     address: String,
     api: AdminClient,
 }
 
-/// Waits until the node's admin API answers with a loopback listen address.
-async fn wait_until_up(name: &str, dir: &Path, child: &mut Child) -> Result<Up, ClusterError> {
+/// Waits until the node's admin API answers with a TCP listen address on loopback or on its
+/// `host`'s address.
+async fn wait_until_up(
+    name: &str,
+    dir: &Path,
+    child: &mut Child,
+    host: Option<&Host>,
+) -> Result<Up, ClusterError> {
+    let ip = host.map_or_else(|| "127.0.0.1".to_owned(), |host| host.address.to_string());
+    let tcp = format!("/ip4/{ip}/tcp/");
     let log = dir.join("node.log").display().to_string();
     let deadline = Instant::now() + START_LIMIT;
+    let mut api = None;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(ClusterError::Exited {
@@ -431,16 +479,37 @@ async fn wait_until_up(name: &str, dir: &Path, child: &mut Child) -> Result<Up, 
                 log,
             });
         }
-        if let Ok(api) = AdminClient::for_data_dir(&dir.join("data"))
-            && let Ok(status) = api.status().await
-            && let Some(address) = status.listen_addresses.iter().find(|a| a.contains("127.0.0.1"))
-        {
-            let address = format!("{address}/p2p/{}", status.peer_id);
-            return Ok(Up { peer_id: status.peer_id, address, api });
+        let client = match api.take() {
+            Some(client) => Some(client),
+            None => admin_client(name, dir, host).await.ok(),
+        };
+        if let Some(client) = client {
+            if let Ok(status) = client.status().await
+                && let Some(address) = status.listen_addresses.iter().find(|a| a.starts_with(&tcp))
+            {
+                let address = format!("{address}/p2p/{}", status.peer_id);
+                return Ok(Up { peer_id: status.peer_id, address, api: client });
+            }
+            api = Some(client);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(ClusterError::NotUp { name: name.to_owned(), seconds: START_LIMIT.as_secs(), log })
+}
+
+/// A client of the admin API of the node whose data directory is under `dir`: directly, or
+/// through a proxy into its `host`'s namespace.
+async fn admin_client(
+    name: &str,
+    dir: &Path,
+    host: Option<&Host>,
+) -> Result<AdminClient, ClusterError> {
+    let endpoint = Endpoint::read(&dir.join("data")).map_err(fedmesh_admin_api::ApiError::from)?;
+    let Some(host) = host else { return Ok(AdminClient::new(&endpoint)?) };
+    let address = crate::netns::proxy_into(&host.namespace, endpoint.address)
+        .await
+        .map_err(|source| ClusterError::Proxy { name: name.to_owned(), source })?;
+    Ok(AdminClient::new(&Endpoint { address, ..endpoint })?)
 }
 
 /// Rewrites node.toml in `dir` to listen on the TCP address `address` names again.
@@ -454,10 +523,18 @@ fn keep_listen_address(dir: &Path, address: &str) -> Result<(), ClusterError> {
     write_node_toml(&path, &config)
 }
 
-/// The node.toml of a node started from `spec` in `dir`, bootstrapping from `bootstrap`.
-fn write_config(dir: &Path, spec: &NodeSpec, bootstrap: &[String]) -> Result<(), ClusterError> {
+/// The node.toml of a node started from `spec` in `dir`, bootstrapping from `bootstrap`, on
+/// loopback or on its `host`'s address.
+fn write_config(
+    dir: &Path,
+    spec: &NodeSpec,
+    bootstrap: &[String],
+    host: Option<&Host>,
+) -> Result<(), ClusterError> {
     let mut config = NodeConfig::with_defaults(dir.join("node.key"), dir.join("data"));
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".to_owned()];
+    config.listen =
+        host.map_or_else(|| vec!["/ip4/127.0.0.1/tcp/0".to_owned()], Host::listen_addresses);
+    config.relay = spec.settings.relay;
     config.bootstrap = bootstrap.to_vec();
     config.trust = spec.trust.clone();
     config.admin = std::net::SocketAddr::from(([127, 0, 0, 1], 0));

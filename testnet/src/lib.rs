@@ -11,6 +11,7 @@ pub mod firing;
 pub mod flame;
 pub mod follow;
 pub mod hostile;
+pub mod netns;
 pub mod repeats;
 pub mod report;
 pub mod scenario;

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use fedmesh_testnet::bench::{self, BenchCase, BenchRow};
+use fedmesh_testnet::netns::{NatKind, Placement};
 use fedmesh_testnet::repeats;
 use fedmesh_testnet::report::Report;
 use fedmesh_testnet::scenario::Scenario;
@@ -141,6 +142,17 @@ struct Args {
     /// trainers and assigns its aggregators every round.
     #[arg(long)]
     orchestrated: bool,
+    /// Run every node in a Linux network namespace of its own, joined to a virtual LAN (a
+    /// bridge) with addresses from 100.64.0.0/10, with no loopback between them; the
+    /// namespaces are removed when the run ends. Needs root, iproute2 and iptables.
+    #[arg(long)]
+    netns: bool,
+    /// With --netns: every node but node0 (the bootstrap node and relay) behind a NAT router
+    /// of its own, whose private LAN is in 198.18.0.0/15: endpoint-independent (hole punching
+    /// works), symmetric (it does not: the path stays relayed) or mixed (in turn).
+    #[arg(long, value_name = "KIND", requires = "netns", num_args = 0..=1,
+          default_missing_value = "mixed")]
+    nat: Option<NatKind>,
     /// The fedmesh binary (default: `fedmesh` next to this program).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -227,6 +239,9 @@ impl Args {
                 );
                 scenario.slow.insert(*node, *factor);
             }
+            if self.netns {
+                scenario.placement = Placement::Namespaces { nat: self.nat };
+            }
         }
         Ok(scenarios)
     }
@@ -303,8 +318,14 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Result
         scenario.events.len()
     );
     let rounds = scenario.rounds;
-    let report = runtime
-        .block_on(scenario.run(partitions, |progress| println!("{}", progress.line(rounds))))?;
+    let job = scenario.run(partitions, |progress| println!("{}", progress.line(rounds)));
+    // Interrupted, the run still stops its nodes and removes what it made (its namespaces).
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = job => report,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    })?;
     for check in &report.checks {
         println!("{}", check.line());
     }

@@ -7,6 +7,7 @@ use crate::cluster::{Cluster, NodeSettings, NodeSpec};
 use crate::events::{Event, FiredEvent, Misbehaviour};
 use crate::firing::EventRunner;
 use crate::follow::Follower;
+use crate::netns::Placement;
 use crate::report::{PartitionSummary, Report, RoundFigures, RunOutcome};
 use crate::scenario_file::{Expect, ScenarioFile};
 use anyhow::Context;
@@ -86,6 +87,8 @@ pub struct Scenario {
     pub orchestrated: bool,
     /// Each node bootstraps from the node started before it only (see `Cluster`).
     pub chain_bootstrap: bool,
+    /// On loopback, or each node in a network namespace of its own (`--netns`, `--nat`).
+    pub placement: Placement,
     /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
     /// job's model is then `external` with the layout and initial weights of `model`.
     pub trainer: Vec<String>,
@@ -316,6 +319,9 @@ impl Scenario {
     async fn start(&self, partitions: &[PartitionSummary]) -> anyhow::Result<(Cluster, String)> {
         let mut cluster = Cluster::new(&self.binary, &self.out.join("nodes"));
         cluster.chain_bootstrap = self.chain_bootstrap;
+        if let Placement::Namespaces { nat } = self.placement {
+            cluster.on_virtual_lan(nat)?;
+        }
         std::fs::create_dir_all(self.out.join("nodes"))?;
         let owner_key = self.out.join("owner.key");
         let _ = std::fs::remove_file(&owner_key);

@@ -358,6 +358,7 @@ impl ScenarioFile {
             model_retention_rounds: None,
             orchestrated: self.orchestrated,
             chain_bootstrap: self.chain_bootstrap,
+            placement: crate::netns::Placement::Loopback,
             dataset: self.dataset,
             label_column: self.label_column,
             model: self.model,

@@ -59,6 +59,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(config.request_timeout_secs),
         gossip_heartbeat: Duration::from_millis(config.gossip_heartbeat_ms),
         mdns: config.mdns,
+        relay: config.relay,
         bulk_buffer_bytes: config.bulk_buffer_bytes,
     };
     let (network, events) = network::start(

@@ -1,6 +1,7 @@
 //! The libp2p behaviours a fedmesh node runs, and how each is configured: gossipsub for control
-//! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN, and
-//! connection limits (a peer cannot hold more than a few connections, nor many peers exhaust
+//! messages, request-response for bulk, identify and Kademlia for discovery, mDNS on a LAN,
+//! AutoNAT, circuit relay v2 and DCUtR across NATs (see [`reachability`](super::reachability)),
+//! and connection limits (a peer cannot hold more than a few connections, nor many peers exhaust
 //! the node's); gossipsub scores its peers (see [`scoring`](super::scoring)).
 
 use super::budget::BulkBudget;
@@ -9,7 +10,10 @@ use super::large_frames::{LargeFramePeers, PeerCodecs, PeerSlot};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, gossipsub, identify, identity, kad, mdns, request_response};
+use libp2p::{
+    StreamProtocol, autonat, dcutr, gossipsub, identify, identity, kad, mdns, relay,
+    request_response,
+};
 use std::time::Duration;
 
 /// gossipsub's largest message; every node must use the same value, the protocol's.
@@ -22,6 +26,8 @@ pub struct BehaviourSettings {
     pub request_timeout: Duration,
     pub gossip_heartbeat: Duration,
     pub mdns: bool,
+    /// Relay for peers behind NAT.
+    pub relay: bool,
     /// Bytes of large frames held at once (see [`BulkBudget`]).
     pub bulk_buffer_bytes: u64,
 }
@@ -35,6 +41,7 @@ impl Default for BehaviourSettings {
             request_timeout: Duration::from_secs(defaults::request_timeout_secs()),
             gossip_heartbeat: Duration::from_millis(defaults::gossip_heartbeat_ms()),
             mdns: false,
+            relay: false,
             bulk_buffer_bytes: defaults::bulk_buffer_bytes(),
         }
     }
@@ -75,6 +82,10 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub autonat: autonat::Behaviour,
+    pub relay: Toggle<relay::Behaviour>,
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
 }
 
 /// Why the behaviours could not be built.
@@ -87,9 +98,10 @@ pub enum BehaviourError {
 }
 
 impl Behaviour {
-    /// Builds the behaviours for the node holding `key`.
+    /// Builds the behaviours for the node holding `key`, with the swarm's relay client.
     pub fn new(
         key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
         settings: &BehaviourSettings,
         budget: BulkBudget,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -126,10 +138,18 @@ impl Behaviour {
             ),
             identify: identify::Behaviour::new(
                 identify::Config::new("/fedmesh/id/1".to_owned(), key.public())
-                    .with_agent_version(format!("fedmesh/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("fedmesh/{}", env!("CARGO_PKG_VERSION")))
+                    // Peers learn a relayed address as soon as the node listens on it.
+                    .with_push_listen_addr_updates(true),
             ),
             kademlia,
             mdns: Toggle::from(mdns),
+            autonat: autonat::Behaviour::new(peer_id, super::reachability::autonat_config()),
+            relay: Toggle::from(settings.relay.then(|| {
+                relay::Behaviour::new(peer_id, super::reachability::relay_config(settings))
+            })),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
         })
     }
 }

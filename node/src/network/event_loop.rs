@@ -6,13 +6,17 @@
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::rate_limit::RateLimiter;
+use super::reachability::Reachability;
 use super::{Command, Frame, NetworkError, NetworkEvent, NetworkStatus};
 use crate::metrics::Metrics;
 use fedmesh_protocol::codec::encode_response_header;
 use fedmesh_protocol::message::Response;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, request_response};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, relay,
+    request_response,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,6 +43,8 @@ pub struct EventLoop {
     pending_requests: PendingRequests,
     /// Each peer's budget of incoming requests.
     rate_limit: RateLimiter,
+    /// Whether peers can dial this node, the relays it met, its connections' kinds.
+    reachability: Reachability,
     metrics: Arc<Metrics>,
 }
 
@@ -50,8 +56,17 @@ impl EventLoop {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (outbox, pending_requests) = (VecDeque::new(), HashMap::new());
-        let rate_limit = RateLimiter::default();
-        Self { swarm, commands, events, outbox, pending_requests, rate_limit, metrics }
+        let (rate_limit, reachability) = (RateLimiter::default(), Reachability::default());
+        Self {
+            swarm,
+            commands,
+            events,
+            outbox,
+            pending_requests,
+            rate_limit,
+            reachability,
+            metrics,
+        }
     }
 
     /// Runs until every `Network` handle is dropped.
@@ -102,6 +117,7 @@ impl EventLoop {
             }
             Command::Request { peer, data, reply } => {
                 self.metrics.sent("request", data.len());
+                self.add_relayed_addresses(peer);
                 let id = self.swarm.behaviour_mut().request_response.send_request(&peer, data);
                 self.pending_requests.insert(id, reply);
             }
@@ -150,6 +166,27 @@ impl EventLoop {
         }
     }
 
+    /// Adds the addresses `peer` has if it listens through a relay this node met, unless they
+    /// are connected already.
+    fn add_relayed_addresses(&mut self, peer: PeerId) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        for address in self.reachability.through_relays(peer) {
+            self.swarm.behaviour_mut().kademlia.add_address(&peer, address);
+        }
+    }
+
+    /// Listens on relayed addresses (`/p2p/RELAY/p2p-circuit`).
+    fn listen_through_relays(&mut self, addresses: impl IntoIterator<Item = Multiaddr>) {
+        for address in addresses {
+            if let Err(error) = self.swarm.listen_on(address.clone()) {
+                tracing::warn!(%address, %error, "cannot listen through the relay");
+                self.reachability.listener_closed(&[address]);
+            }
+        }
+    }
+
     fn status(&self) -> NetworkStatus {
         NetworkStatus {
             peer_id: *self.swarm.local_peer_id(),
@@ -170,20 +207,29 @@ impl EventLoop {
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!(%error, "a listener failed");
             }
-            SwarmEvent::ListenerClosed { addresses, reason: Err(error), .. } => {
-                tracing::warn!(?addresses, %error, "a listener closed: peers cannot reach these addresses");
+            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                if let Err(error) = reason {
+                    tracing::warn!(?addresses, %error, "a listener closed: peers cannot reach these addresses");
+                }
+                self.reachability.listener_closed(&addresses);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
-                self.metrics.connection(true, endpoint.is_relayed());
+                self.reachability.opened(&self.metrics, connection_id, endpoint.is_relayed());
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
                     self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
-                self.metrics.connection(false, endpoint.is_relayed());
+                self.reachability.closed(&self.metrics, connection_id);
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "disconnected");
                     self.emit(NetworkEvent::PeerDisconnected(peer_id));
@@ -202,10 +248,34 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
             BehaviourEvent::RequestResponse(event) => self.on_request_response(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    let listen = self.reachability.relay_found(peer_id, &info.listen_addrs);
+                    self.listen_through_relays(listen);
+                }
                 for address in info.listen_addrs {
                     self.swarm.behaviour_mut().kademlia.add_address(&peer_id, address);
                 }
             }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                let listen = self.reachability.status_changed(&new);
+                self.listen_through_relays(listen);
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal: false,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "listening through a relay");
+            }
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
+                Ok(connection) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection");
+                    self.reachability.hole_punched(&self.metrics, connection);
+                }
+                Err(error) => {
+                    tracing::info!(peer = %remote_peer_id, %error, "hole punching failed: the connection stays relayed");
+                }
+            },
             BehaviourEvent::Mdns(mdns::Event::Discovered(peers)) => {
                 for (peer, address) in peers {
                     self.swarm.behaviour_mut().kademlia.add_address(&peer, address.clone());
@@ -218,6 +288,7 @@ impl EventLoop {
                 if !self.swarm.is_connected(&peer)
                     && self.swarm.connected_peers().count() < DIAL_DISCOVERED_BELOW =>
             {
+                self.add_relayed_addresses(peer);
                 let _ = self.swarm.dial(peer);
             }
             _ => {}

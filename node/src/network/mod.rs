@@ -7,6 +7,7 @@ mod codec;
 mod event_loop;
 mod large_frames;
 mod rate_limit;
+mod reachability;
 mod scoring;
 #[cfg(test)]
 mod tests;
@@ -113,15 +114,25 @@ pub fn start(
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
     let budget = BulkBudget::new(settings.bulk_buffer_bytes);
     let large_frame_peers = LargeFramePeers::new(metrics.clone());
-    let behaviour =
-        Behaviour::new(&key, settings, budget.clone(), metrics.clone(), large_frame_peers.clone())
-            .map_err(|e| setup(&e))?;
+    let behaviour = |key: &identity::Keypair, relay_client| {
+        Behaviour::new(
+            key,
+            relay_client,
+            settings,
+            budget.clone(),
+            metrics.clone(),
+            large_frame_peers.clone(),
+        )
+        .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+    };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|_| behaviour)
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(behaviour)
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();

@@ -132,6 +132,7 @@ fn settings() -> BehaviourSettings {
         request_timeout: Duration::from_secs(20),
         gossip_heartbeat: Duration::from_millis(200),
         mdns: false,
+        relay: false,
         bulk_buffer_bytes: 1 << 30,
     }
 }
