@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks what building and testing fedmesh needs beyond Rust: libclang and a C++ compiler
-# (RocksDB), python3 with numpy and safetensors (the external-trainer tests), and with
-# --chromium the chromium browser (the web page test). Installs what is missing when it can
+# (RocksDB), python3 with numpy and safetensors (the external-trainer tests), iproute2 and
+# iptables (`testnet --netns --nat`, which its test runs as root), and with --chromium the
+# chromium browser (the web page test). Installs what is missing when it can
 # (as root, or with sudo that needs no password); otherwise stops at once and prints the exact
 # command to run. FEDMESH_NO_INSTALL=1 only checks.
 #
@@ -23,6 +24,8 @@ if ! { ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; } &&
   apt_packages+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || apt_packages+=(g++)
+PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)
+PATH="$PATH:/usr/sbin:/sbin" command -v iptables >/dev/null 2>&1 || apt_packages+=(iptables)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || apt_packages+=(python3-pip)
 if [ "$want_chromium" = 1 ] && ! command -v chromium >/dev/null 2>&1 &&

@@ -252,6 +252,9 @@ impl EventLoop {
                     let listen = self.reachability.relay_found(peer_id, &info.listen_addrs);
                     self.listen_through_relays(listen);
                 }
+                let listen =
+                    self.reachability.observed(&info.observed_addr, self.swarm.listeners());
+                self.listen_through_relays(listen);
                 for address in info.listen_addrs {
                     self.swarm.behaviour_mut().kademlia.add_address(&peer_id, address);
                 }

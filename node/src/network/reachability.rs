@@ -1,5 +1,6 @@
-//! Reaching peers across NATs: AutoNAT tells the node whether others can dial it; a node they
-//! cannot listens through every relay it meets (circuit relay v2: a public node with `relay =
+//! Reaching peers across NATs: AutoNAT tells the node whether others can dial it, and before it
+//! can tell, a peer that sees the node at an address the node does not listen on shows that a
+//! NAT is in between; a node others cannot dial listens through every relay it meets (circuit relay v2: a public node with `relay =
 //! true`), so that a peer can reach it over the relay, and DCUtR then punches a hole for a
 //! direct connection. A connection is counted by kind: direct, relayed or hole-punched.
 //!
@@ -54,8 +55,10 @@ pub fn relay_config(settings: &BehaviourSettings) -> relay::Config {
 /// What the node knows of its own reachability, the relays it met and its connections' kinds.
 #[derive(Default)]
 pub struct Reachability {
-    /// Whether AutoNAT found that peers cannot dial this node.
+    /// Whether peers cannot dial this node (AutoNAT found so, or a NAT translates its address).
     private: bool,
+    /// Whether AutoNAT found that peers can dial this node.
+    public: bool,
     /// Relays met (they speak the relay's hop protocol), with an address to reach each by.
     relays: HashMap<PeerId, Multiaddr>,
     /// Relays this node listens through already.
@@ -76,6 +79,30 @@ impl Reachability {
             autonat::NatStatus::Unknown => {}
         }
         self.private = matches!(status, autonat::NatStatus::Private);
+        self.public = status.is_public();
+        self.listen_via_all()
+    }
+
+    /// Takes the address a peer sees this node at (identify's observed address): if its IP is
+    /// none of those this node listens on, a NAT is in between, and this node listens through
+    /// relays unless AutoNAT found it reachable. Returns the relayed addresses to listen on.
+    pub fn observed<'a>(
+        &mut self,
+        observed: &Multiaddr,
+        listening: impl IntoIterator<Item = &'a Multiaddr>,
+    ) -> Vec<Multiaddr> {
+        let Some(seen) = ip_of(observed) else { return Vec::new() };
+        let translated = listening.into_iter().all(|own| ip_of(own) != Some(seen));
+        if !translated || self.private || self.public {
+            return Vec::new();
+        }
+        tracing::info!(observed = %observed, "behind NAT: a peer sees this node at another address, listening through relays");
+        self.private = true;
+        self.listen_via_all()
+    }
+
+    /// The relayed addresses to listen on through every relay met.
+    fn listen_via_all(&mut self) -> Vec<Multiaddr> {
         let relays: Vec<PeerId> = self.relays.keys().copied().collect();
         relays.into_iter().filter_map(|relay| self.listen_via(relay)).collect()
     }
@@ -134,6 +161,15 @@ impl Reachability {
             *kind = ConnectionKind::HolePunched;
             metrics.hole_punched();
         }
+    }
+}
+
+/// The IP address `address` starts with.
+fn ip_of(address: &Multiaddr) -> Option<std::net::IpAddr> {
+    match address.iter().next()? {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
     }
 }
 
@@ -205,6 +241,21 @@ mod tests {
         let expected = address.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
         assert_eq!(reachability.through_relays(peer), vec![expected.with(Protocol::P2p(peer))]);
         assert!(reachability.through_relays(relay).is_empty());
+    }
+
+    #[test]
+    fn a_node_seen_at_another_address_is_behind_nat_unless_autonat_found_it_reachable() {
+        let (relay, address) = relay_address();
+        let own: Multiaddr = "/ip4/198.18.1.2/tcp/4001".parse().unwrap();
+        let seen: Multiaddr = "/ip4/100.64.0.11/tcp/4001".parse().unwrap();
+        let mut reachability = Reachability::default();
+        reachability.relay_found(relay, std::slice::from_ref(&address));
+        assert!(reachability.observed(&own, [&own]).is_empty(), "seen where it listens");
+        assert_eq!(reachability.observed(&seen, [&own]).len(), 1);
+        let mut reachable = Reachability::default();
+        reachable.relay_found(relay, &[address]);
+        reachable.status_changed(&autonat::NatStatus::Public(own.clone()));
+        assert!(reachable.observed(&seen, [&own]).is_empty());
     }
 
     #[test]
