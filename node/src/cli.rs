@@ -145,6 +145,10 @@ pub struct NodeArgs {
     /// Where Prometheus scrapes the metrics (no token), e.g. 127.0.0.1:9464.
     #[arg(long, env = "FEDMESH_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Connections the node holds at once, at most (bulk transfers close when done while it
+    /// holds more than 3/4 of them).
+    #[arg(long, env = "FEDMESH_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
     /// The largest request-response message, in bytes.
     #[arg(long, env = "FEDMESH_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<u64>,

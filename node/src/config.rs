@@ -47,6 +47,10 @@ pub struct NodeConfig {
     /// Where Prometheus scrapes the node's metrics (no token; port 0: any free port).
     #[serde(default = "defaults::metrics")]
     pub metrics: SocketAddr,
+    /// Connections the node holds at once, at most: the gossip mesh, a few for discovery, and
+    /// bulk transfers, which close when done while the node holds more than 3/4 of this.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
     /// Largest request-response message, in bytes.
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: u64,
@@ -116,6 +120,9 @@ pub(crate) mod defaults {
     pub fn metrics() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 0))
     }
+    pub fn max_connections() -> u32 {
+        64
+    }
     pub fn max_message_bytes() -> u64 {
         512 << 20
     }
@@ -168,6 +175,9 @@ impl NodeConfig {
         }
         if self.listen.is_empty() {
             return invalid("listen", "at least one address is needed".to_owned());
+        }
+        if self.max_connections < 16 {
+            return invalid("max_connections", "must be at least 16".to_owned());
         }
         if self.max_message_bytes < (1 << 20) {
             return invalid("max_message_bytes", "must be at least 1 MiB".to_owned());
@@ -268,6 +278,7 @@ impl NodeConfig {
             roles: Vec::new(),
             admin: defaults::admin(),
             metrics: defaults::metrics(),
+            max_connections: defaults::max_connections(),
             max_message_bytes: defaults::max_message_bytes(),
             request_timeout_secs: defaults::request_timeout_secs(),
             bulk_buffer_bytes: defaults::bulk_buffer_bytes(),
@@ -323,6 +334,7 @@ impl NodeConfig {
         set(&mut self.roles, &args.roles);
         set(&mut self.admin, &args.admin);
         set(&mut self.metrics, &args.metrics);
+        set(&mut self.max_connections, &args.max_connections);
         set(&mut self.max_message_bytes, &args.max_message_bytes);
         set(&mut self.request_timeout_secs, &args.request_timeout_secs);
         set(&mut self.bulk_buffer_bytes, &args.bulk_buffer_bytes);

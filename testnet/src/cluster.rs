@@ -64,6 +64,8 @@ pub struct NodeSettings {
     pub model_retention_rounds: Option<u64>,
     /// How many times as long its local training takes (unset: as long as it does).
     pub slow_training: Option<f32>,
+    /// Its gossipsub heartbeat (unset: the testnet's brisk 200 ms).
+    pub gossip_heartbeat_ms: Option<u64>,
     /// Relay for the nodes behind NAT.
     pub relay: bool,
 }
@@ -107,6 +109,9 @@ pub struct Connections {
     /// Direct connections made by hole punching (DCUtR).
     pub hole_punched: u64,
 }
+
+/// The most nodes a new node bootstraps from; it finds the others through them (Kademlia).
+const MAX_BOOTSTRAP_PEERS: usize = 8;
 
 /// The `fedmesh` binary and a root directory under which every node gets a folder.
 pub struct Cluster {
@@ -307,8 +312,9 @@ impl Cluster {
         self.restart(index).await
     }
 
-    /// The bootstrap addresses of the running nodes others can dial, but `except` (the last
-    /// one's alone, when bootstrapping in a chain).
+    /// The bootstrap addresses of the running nodes others can dial, but `except`: the last
+    /// one's alone when bootstrapping in a chain, else the first's and the latest ones', at
+    /// most [`MAX_BOOTSTRAP_PEERS`].
     fn running_addresses(&self, except: Option<usize>) -> Vec<String> {
         let running = self
             .nodes
@@ -320,8 +326,11 @@ impl Cluster {
             .map(|(_, n)| n.address.clone())
             .chain(coordinator.map(|c| c.address.clone()))
             .collect();
-        if self.chain_bootstrap && addresses.len() > 1 {
-            addresses.drain(..addresses.len() - 1);
+        if self.chain_bootstrap {
+            addresses.drain(..addresses.len().saturating_sub(1));
+        } else if addresses.len() > MAX_BOOTSTRAP_PEERS {
+            // The first (the job owner's, or the relay) and the latest: the rest are found.
+            addresses.drain(1..addresses.len() + 1 - MAX_BOOTSTRAP_PEERS);
         }
         addresses
     }
@@ -538,8 +547,8 @@ fn write_config(
     config.bootstrap = bootstrap.to_vec();
     config.trust = spec.trust.clone();
     config.admin = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.gossip_heartbeat_ms = 200;
     let settings = &spec.settings;
+    config.gossip_heartbeat_ms = settings.gossip_heartbeat_ms.unwrap_or(200);
     if let Some(group) = &settings.group {
         config.group = group.clone();
     }

@@ -100,6 +100,9 @@ pub struct Scenario {
     pub out: PathBuf,
 }
 
+/// Above this many nodes, they keep the node's default gossip heartbeat (1 s).
+const LARGE_CLUSTER: usize = 50;
+
 /// The hostile peer's binary name, which this package builds beside `testnet`.
 pub const HOSTILE_BINARY: &str = "fedmesh-hostile";
 
@@ -296,6 +299,9 @@ impl Scenario {
             misbehave: self.misbehaving_from_start(partition.node).into_iter().collect(),
             model_retention_rounds: self.model_retention_rounds,
             slow_training: self.slow.get(&partition.node).copied(),
+            // A node's idle cost is mostly its heartbeats: at hundreds of nodes on one machine,
+            // the node's default cadence.
+            gossip_heartbeat_ms: (self.total_nodes > LARGE_CLUSTER).then_some(1000),
             ..NodeSettings::default()
         };
         NodeSpec {

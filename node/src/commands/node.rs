@@ -55,6 +55,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     );
     let metrics = Arc::new(Metrics::new());
     let settings = BehaviourSettings {
+        max_connections: config.max_connections,
         max_message_bytes: config.max_message_bytes,
         request_timeout: Duration::from_secs(config.request_timeout_secs),
         gossip_heartbeat: Duration::from_millis(config.gossip_heartbeat_ms),

@@ -22,6 +22,8 @@ pub use fedmesh_protocol::codec::MAX_GOSSIP_BYTES;
 /// The settings the behaviours take from the node's config.
 #[derive(Debug, Clone)]
 pub struct BehaviourSettings {
+    /// Connections held at once, at most.
+    pub max_connections: u32,
     pub max_message_bytes: u64,
     pub request_timeout: Duration,
     pub gossip_heartbeat: Duration,
@@ -37,6 +39,7 @@ impl Default for BehaviourSettings {
     fn default() -> Self {
         use crate::config::defaults;
         Self {
+            max_connections: defaults::max_connections(),
             max_message_bytes: defaults::max_message_bytes(),
             request_timeout: Duration::from_secs(defaults::request_timeout_secs()),
             gossip_heartbeat: Duration::from_millis(defaults::gossip_heartbeat_ms()),
@@ -67,11 +70,10 @@ pub fn timeout_for(base: Duration, bytes: u64) -> Duration {
     base + Duration::from_secs(bytes.div_ceil(SLOWEST_BYTES_PER_SEC)) * 2
 }
 
-/// Connections a node accepts at once: per peer (a dial each way over TCP and QUIC), still
-/// handshaking in each direction, and in all (a 200-node federation fully connected, twice).
+/// Connections a node accepts at once per peer (a dial each way over TCP and QUIC, and a relayed
+/// one), and still handshaking in each direction; in all, `max_connections`.
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 const MAX_PENDING_CONNECTIONS: u32 = 64;
-const MAX_CONNECTIONS: u32 = 512;
 
 /// Every protocol a fedmesh node speaks.
 #[derive(NetworkBehaviour)]
@@ -126,7 +128,7 @@ impl Behaviour {
             .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
             .with_max_pending_incoming(Some(MAX_PENDING_CONNECTIONS))
             .with_max_pending_outgoing(Some(MAX_PENDING_CONNECTIONS))
-            .with_max_established(Some(MAX_CONNECTIONS));
+            .with_max_established(Some(settings.max_connections));
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
             gossipsub: gossipsub_behaviour(settings)?,

@@ -25,13 +25,36 @@ use tokio::sync::{mpsc, oneshot};
 type PendingRequests =
     HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Frame, NetworkError>>>;
 
+/// How many connected peers a node seeks and keeps by choice, within its connection limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Crowding {
+    /// It dials the peers Kademlia tells it of only below this many (a quarter of the limit):
+    /// a routing table full of addresses others sent does not make it dial them all.
+    pub dial_below: usize,
+    /// Above this many (three quarters of the limit), it closes a connection its last request
+    /// leaves unused, unless the peer is in its gossip mesh: a bulk transfer opened it, and
+    /// others are waiting to connect. The gap between the two keeps a node from closing what
+    /// its peers dial again.
+    pub close_above: usize,
+}
+
+impl Crowding {
+    pub fn for_limit(max_connections: u32) -> Self {
+        let limit = max_connections as usize;
+        Self { dial_below: limit / 4, close_above: limit * 3 / 4 }
+    }
+}
+
+/// How long a peer whose connections all closed is not dialled again because discovery
+/// mentions it.
+const REDIAL_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Past this many remembered closings, those older than the pause are forgotten.
+const RECENTLY_CLOSED_KEPT: usize = 1024;
+
 /// The reason a request over its peer's rate limit is refused with.
 pub const RATE_LIMITED: &str = "rate limited: too many requests from this peer, try again later";
 /// How many events may wait for the node before the swarm is no longer polled.
 const OUTBOX_LIMIT: usize = 1024;
-/// A peer Kademlia hears of is dialled only while the node has fewer peers than this: a
-/// routing table full of addresses others sent does not make the node dial them all.
-const DIAL_DISCOVERED_BELOW: usize = 64;
 
 /// Owns the swarm; see the module doc.
 pub struct EventLoop {
@@ -45,6 +68,13 @@ pub struct EventLoop {
     rate_limit: RateLimiter,
     /// Whether peers can dial this node, the relays it met, its connections' kinds.
     reachability: Reachability,
+    /// Requests under way with each peer, either way.
+    in_flight: HashMap<PeerId, usize>,
+    /// How many connected peers the node seeks and holds at most by choice (see [`Crowding`]).
+    crowding: Crowding,
+    /// When each peer's last connection closed: a peer that just left is not dialled again at
+    /// once because Kademlia mentions it.
+    recently_closed: HashMap<PeerId, Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -54,17 +84,19 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetworkEvent>,
         metrics: Arc<Metrics>,
+        crowding: Crowding,
     ) -> Self {
-        let (outbox, pending_requests) = (VecDeque::new(), HashMap::new());
-        let (rate_limit, reachability) = (RateLimiter::default(), Reachability::default());
         Self {
             swarm,
             commands,
             events,
-            outbox,
-            pending_requests,
-            rate_limit,
-            reachability,
+            outbox: VecDeque::new(),
+            pending_requests: HashMap::new(),
+            rate_limit: RateLimiter::default(),
+            reachability: Reachability::default(),
+            in_flight: HashMap::new(),
+            crowding,
+            recently_closed: HashMap::new(),
             metrics,
         }
     }
@@ -118,6 +150,7 @@ impl EventLoop {
             Command::Request { peer, data, reply } => {
                 self.metrics.sent("request", data.len());
                 self.add_relayed_addresses(peer);
+                *self.in_flight.entry(peer).or_default() += 1;
                 let id = self.swarm.behaviour_mut().request_response.send_request(&peer, data);
                 self.pending_requests.insert(id, reply);
             }
@@ -231,6 +264,7 @@ impl EventLoop {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
                 self.reachability.closed(&self.metrics, connection_id);
                 if num_established == 0 {
+                    self.closed_lately(peer_id);
                     tracing::info!(peer = %peer_id, "disconnected");
                     self.emit(NetworkEvent::PeerDisconnected(peer_id));
                 }
@@ -288,8 +322,7 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. })
-                if !self.swarm.is_connected(&peer)
-                    && self.swarm.connected_peers().count() < DIAL_DISCOVERED_BELOW =>
+                if self.seeks(&peer) =>
             {
                 self.add_relayed_addresses(peer);
                 let _ = self.swarm.dial(peer);
@@ -321,6 +354,7 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     self.metrics.received("request", request.len());
+                    *self.in_flight.entry(peer).or_default() += 1;
                     if self.rate_limit.allow(peer, Instant::now()) {
                         self.emit(NetworkEvent::Request { peer, data: request, channel });
                     } else {
@@ -332,10 +366,12 @@ impl EventLoop {
                     if let Some(reply) = self.pending_requests.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
+                    self.request_done(peer);
                 }
             },
             request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
+                self.request_done(peer);
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(NetworkError::Request(error.to_string())));
                 }
@@ -343,13 +379,54 @@ impl EventLoop {
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound request failed");
                 self.metrics.rejected("request", "inbound_failure");
+                self.request_done(peer);
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { peer, .. } => self.request_done(peer),
         }
     }
 }
 
 impl EventLoop {
+    /// Whether the node holds more connected peers than it keeps when it can choose.
+    fn crowded(&self) -> bool {
+        self.swarm.connected_peers().count() > self.crowding.close_above
+    }
+
+    /// Whether to dial `peer`, which discovery mentions: not connected, not gone just now,
+    /// and the node has few peers.
+    fn seeks(&self, peer: &PeerId) -> bool {
+        let gone_lately =
+            self.recently_closed.get(peer).is_some_and(|closed| closed.elapsed() < REDIAL_PAUSE);
+        !self.swarm.is_connected(peer)
+            && !gone_lately
+            && self.swarm.connected_peers().count() < self.crowding.dial_below
+    }
+
+    /// Notes that `peer`'s last connection closed (forgetting those that closed long ago).
+    fn closed_lately(&mut self, peer: PeerId) {
+        if self.recently_closed.len() >= RECENTLY_CLOSED_KEPT {
+            self.recently_closed.retain(|_, closed| closed.elapsed() < REDIAL_PAUSE);
+        }
+        self.recently_closed.insert(peer, Instant::now());
+    }
+
+    /// Counts a request with `peer` done; when it was the last under way and the node is
+    /// crowded, closes the connection unless the peer is in its gossip mesh (a bulk transfer
+    /// opened it, and others are waiting to connect).
+    fn request_done(&mut self, peer: PeerId) {
+        let Some(count) = self.in_flight.get_mut(&peer) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        self.in_flight.remove(&peer);
+        let meshed = self.swarm.behaviour().gossipsub.all_mesh_peers().any(|p| *p == peer);
+        if self.crowded() && !meshed {
+            tracing::debug!(%peer, "closing the connection of a finished transfer: the node is crowded");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     /// Answers a request over `peer`'s rate limit with a refusal, without the node seeing it.
     fn refuse_rate_limited(
         &mut self,

@@ -144,7 +144,8 @@ pub fn start(
     }
     let (command_tx, command_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
-    tokio::spawn(EventLoop::new(swarm, command_rx, event_tx, metrics).run());
+    let crowding = event_loop::Crowding::for_limit(settings.max_connections);
+    tokio::spawn(EventLoop::new(swarm, command_rx, event_tx, metrics, crowding).run());
     let base_timeout = settings.request_timeout;
     let network = Network { commands: command_tx, budget, large_frame_peers, base_timeout };
     Ok((network, event_rx))

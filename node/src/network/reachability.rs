@@ -217,8 +217,8 @@ mod tests {
         let listen = reachability.status_changed(&autonat::NatStatus::Private);
         let circuit = address.clone().with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
         assert_eq!(listen, vec![circuit.clone()]);
-        assert_eq!(reachability.relay_found(relay, &[address.clone()]), None);
-        reachability.listener_closed(&[circuit.clone()]);
+        assert_eq!(reachability.relay_found(relay, std::slice::from_ref(&address)), None);
+        reachability.listener_closed(std::slice::from_ref(&circuit));
         assert_eq!(reachability.relay_found(relay, &[address]), Some(circuit));
     }
 

@@ -131,9 +131,8 @@ fn settings() -> BehaviourSettings {
         max_message_bytes: fedmesh_protocol::codec::MAX_FRAME_BYTES,
         request_timeout: Duration::from_secs(20),
         gossip_heartbeat: Duration::from_millis(200),
-        mdns: false,
-        relay: false,
         bulk_buffer_bytes: 1 << 30,
+        ..BehaviourSettings::default()
     }
 }
 
