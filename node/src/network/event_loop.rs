@@ -402,12 +402,15 @@ impl EventLoop {
             && self.swarm.connected_peers().count() < self.crowding.dial_below
     }
 
-    /// Notes that `peer`'s last connection closed (forgetting those that closed long ago).
+    /// Notes that `peer`'s last connection closed (forgetting those that closed long ago; past
+    /// the bound, peers churning faster than that are not noted).
     fn closed_lately(&mut self, peer: PeerId) {
         if self.recently_closed.len() >= RECENTLY_CLOSED_KEPT {
             self.recently_closed.retain(|_, closed| closed.elapsed() < REDIAL_PAUSE);
         }
-        self.recently_closed.insert(peer, Instant::now());
+        if self.recently_closed.len() < RECENTLY_CLOSED_KEPT {
+            self.recently_closed.insert(peer, Instant::now());
+        }
     }
 
     /// Counts a request with `peer` done; when it was the last under way and the node is

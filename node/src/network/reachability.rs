@@ -52,6 +52,9 @@ pub fn relay_config(settings: &BehaviourSettings) -> relay::Config {
     }
 }
 
+/// How many relays a node listens through and tries peers through, at most.
+const MAX_RELAYS: usize = 4;
+
 /// What the node knows of its own reachability, the relays it met and its connections' kinds.
 #[derive(Default)]
 pub struct Reachability {
@@ -108,9 +111,13 @@ impl Reachability {
     }
 
     /// Takes a peer identify says is a relay, reachable at one of `addresses`; returns the
-    /// relayed address to listen on if this node needs one.
+    /// relayed address to listen on if this node needs one. The first [`MAX_RELAYS`] met are
+    /// kept: any peer can claim to relay, and each is tried for every peer with no address.
     pub fn relay_found(&mut self, relay: PeerId, addresses: &[Multiaddr]) -> Option<Multiaddr> {
         let address = addresses.iter().find(|a| is_dialable(a))?;
+        if !self.relays.contains_key(&relay) && self.relays.len() >= MAX_RELAYS {
+            return None;
+        }
         self.relays.entry(relay).or_insert_with(|| address.clone());
         self.listen_via(relay)
     }
@@ -256,6 +263,17 @@ mod tests {
         reachable.relay_found(relay, &[address]);
         reachable.status_changed(&autonat::NatStatus::Public(own.clone()));
         assert!(reachable.observed(&seen, [&own]).is_empty());
+    }
+
+    #[test]
+    fn a_node_keeps_the_first_relays_it_meets() {
+        let mut reachability = Reachability::default();
+        reachability.status_changed(&autonat::NatStatus::Private);
+        let listened = (0..MAX_RELAYS + 3)
+            .filter(|_| reachability.relay_found(relay_address().0, &[relay_address().1]).is_some())
+            .count();
+        assert_eq!(listened, MAX_RELAYS);
+        assert_eq!(reachability.through_relays(PeerId::random()).len(), MAX_RELAYS);
     }
 
     #[test]
