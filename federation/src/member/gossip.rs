@@ -7,7 +7,7 @@ use super::Reason;
 use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting, names_exactly};
 use crate::membership::{Beat, Refused, Replayed};
 use crate::records::RunStatus;
-use fedmesh_protocol::ids::{MemberId, Round};
+use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join, Leave, RoundOpen};
 use fedmesh_topologies::MemberInfo;
 use std::collections::BTreeSet;
@@ -93,6 +93,7 @@ impl Member {
                             self.furthest_heard = self.furthest_heard.max(beat.round);
                         }
                         self.announce_again(beat.round, now);
+                        self.judge_vouched(beat.member, beat.model, now);
                     }
                     // A member whose join this member missed: it asks for it.
                     Ok(Beat::Unknown) => _ = self.ask_for_join(beat.member, now),
@@ -223,6 +224,21 @@ impl Member {
         }
     }
 
+    /// `holder` was heard to hold `model`: a held result announcing it, signed by another
+    /// member, may be vouched for now (`vouched_ahead`), and is judged again at once. (It waited
+    /// for the next join, and a member that joined again far behind waited `ASK_AGAIN_MS` to
+    /// ask for the newest result again while a round planned with it waited for it.)
+    fn judge_vouched(&mut self, holder: MemberId, model: ContentHash, now: u64) {
+        let vouched = |w: &Waiting| {
+            w.missing.is_empty()
+                && w.signer != holder
+                && matches!(&w.held, Held::Result(ready) if ready.model == model)
+        };
+        if self.held.iter().any(vouched) {
+            self.judge_unblocked(now);
+        }
+    }
+
     /// Judges again the held round messages that wait for no member's join.
     pub(super) fn judge_unblocked(&mut self, now: u64) {
         let (ready, waiting) = std::mem::take(&mut self.held)
@@ -243,6 +259,7 @@ impl Member {
         }
         report.metrics.samples = report.metrics.samples.min(self.weight_bound(&report.member));
         self.record_holder(report.member, report.round, report.model);
+        self.judge_vouched(report.member, report.model, now);
         if report.model == self.state.model && matches!(self.phase, Phase::Waiting) {
             self.wake_at(now); // a leader waiting for its model to spread opens now
         }

@@ -15,7 +15,7 @@ pub(super) const EVAL_REPORTERS: usize = 32;
 /// How many members a member that missed a result asks for it.
 const MEMBERS_ASKED: usize = 3;
 /// How long a member that is behind waits before it asks for a result again.
-const ASK_AGAIN_MS: u64 = 5_000;
+pub(super) const ASK_AGAIN_MS: u64 = 5_000;
 
 impl Member {
     /// The model of a round this member closed is stored: it announces the result and takes it.
@@ -308,8 +308,9 @@ impl Member {
     /// A member behind the others (their heartbeats, or a round message ahead of its own,
     /// say so: it was down, cut off, or joined late) asks for the next result it lacks, one
     /// round at a time, each building on the last (`RESULTS_KEPT` are kept to serve). If that
-    /// was asked for `ASK_AGAIN_MS` ago in vain (it is gone from every window), it asks for the
-    /// newest one members were heard to be past, taken only as `vouched_ahead` says.
+    /// is gone from every window (it was asked for `ASK_AGAIN_MS` ago in vain, or it is more
+    /// than `RESULTS_KEPT` rounds behind the newest), it asks for the newest one members were
+    /// heard to be past, taken only as `vouched_ahead` says.
     pub(super) fn catch_up(&mut self, now: u64) {
         let next = self.head().0 + 1;
         let (asked_round, asked_ms) = self.caught_up_asked;
@@ -318,7 +319,8 @@ impl Member {
         }
         self.caught_up_asked = (next, now);
         let newest = self.furthest_heard.saturating_sub(1);
-        let round = if asked_round == next && newest > next { newest } else { next };
+        let gone = asked_round == next || newest >= next + RESULTS_KEPT as Round;
+        let round = if gone && newest > next { newest } else { next };
         self.ask_for_result(round, now);
     }
 

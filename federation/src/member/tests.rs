@@ -1176,6 +1176,32 @@ fn a_member_that_leaves_and_joins_again_catches_up_and_nobody_waits_for_it() {
     assert_eq!(last.participants, 4, "it trained again before the end");
 }
 
+/// Members keep the last `RESULTS_KEPT` results to serve: a member that joins again further
+/// behind than that finds the next round's result gone from every window, and asks for the
+/// newest at once instead of waiting `ASK_AGAIN_MS` for the next one in vain (a round that
+/// planned with it waited as long for it).
+#[test]
+fn a_member_that_joins_again_further_behind_than_the_results_kept_asks_for_the_newest_at_once() {
+    let behind = RESULTS_KEPT as u64 * 2;
+    let mut net = Net::new(spec("central", behind + 10, 30), &[(1, "a"), (2, "a"), (3, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 2);
+    leave_now(&mut net, 3);
+    net.run_until(60_000, |net| net.member(1).completed_round() >= behind);
+    net.down.remove(&member_id(3));
+    let rejoined_at = net.now;
+    let reached = net.member(1).completed_round();
+    net.add(3, "a");
+    net.may_miss_rounds.insert(member_id(3));
+    net.run_until(30_000, |net| net.member(3).completed_round() >= reached);
+    let caught_up_ms = net.now - rejoined_at;
+    assert!(
+        caught_up_ms < results::ASK_AGAIN_MS,
+        "it caught up {caught_up_ms} ms after joining again"
+    );
+    net.run(300_000);
+    net.assert_agree();
+}
+
 #[test]
 fn openings_and_results_from_a_member_the_plan_does_not_elect_are_refused() {
     let mut net = four_central(1);
