@@ -679,6 +679,7 @@ mod tests {
                     id: MemberId([b; 32]),
                     group: "default".into(),
                     roles: vec![],
+                    reachable: true,
                 })
                 .collect();
             Self { id: JobId(ContentHash::of(b"carry over")), spec, tag, members }

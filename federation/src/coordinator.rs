@@ -155,8 +155,12 @@ impl CoordinatedJob {
         if !self.state.members.contains_key(&join.member) && !self.room_for_newcomer(now_ms) {
             return false;
         }
-        let info =
-            MemberInfo { id: join.member, group: join.group.clone(), roles: join.roles.clone() };
+        let info = MemberInfo {
+            id: join.member,
+            group: join.group.clone(),
+            roles: join.roles.clone(),
+            reachable: join.reachable,
+        };
         let member = self.state.members.entry(join.member).or_insert_with(|| MemberHealth {
             info: info.clone(),
             samples: join.samples,
@@ -447,6 +451,7 @@ mod tests {
             group: "default".into(),
             roles: vec![],
             samples: 100,
+            reachable: true,
             sent_at_ms: now,
             ticket: None,
         };
@@ -497,6 +502,7 @@ mod tests {
             group: "default".into(),
             roles: vec![],
             samples: 100,
+            reachable: true,
             sent_at_ms: 1_000,
             ticket: None,
         };
@@ -526,6 +532,7 @@ mod tests {
             group: "default".into(),
             roles: vec![],
             samples: 100,
+            reachable: true,
             sent_at_ms: 1_000,
             ticket: ticket.map(Box::new),
         };

@@ -421,6 +421,7 @@ impl Membership {
                 id: join.member,
                 group: join.group.clone(),
                 roles: join.roles.clone(),
+                reachable: join.reachable,
             },
             samples: join.samples,
         };
@@ -723,6 +724,7 @@ mod tests {
             group: "eu".into(),
             roles: vec![],
             samples: 10,
+            reachable: true,
             sent_at_ms: 0,
             ticket: None,
         }

@@ -53,6 +53,9 @@ pub struct Join {
     pub roles: Vec<String>,
     /// How many samples its local data set has.
     pub samples: u64,
+    /// Whether peers can dial it directly, as far as it knows (it is not behind a NAT): every
+    /// trainer sends its update to the aggregator, so elections prefer such members.
+    pub reachable: bool,
     pub sent_at_ms: u64,
     /// The owner's admission of this key, for a job that admits members by ticket
     /// (`participation.admission = "owner"`; boxed: most joins carry none, and a join is one

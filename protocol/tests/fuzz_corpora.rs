@@ -414,6 +414,7 @@ fn gossip_messages() -> Vec<(String, GossipMessage)> {
         group: "eu".into(),
         roles: vec!["trainer".into(), "aggregator".into()],
         samples: 600,
+        reachable: true,
         sent_at_ms: 1_700_000_000_100,
         ticket,
     };
@@ -581,6 +582,7 @@ fn requests() -> Vec<(String, Request, Vec<u8>)> {
         group: String::new(),
         roles: vec![],
         samples: 50,
+        reachable: true,
         sent_at_ms: 1,
         ticket: Some(Box::new(sign(&owner, Ticket { job: job(), member: me, issued_at_ms: 0 }))),
     };

@@ -81,15 +81,17 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
             label(),
             prop::collection::vec(label(), 0..4),
             any::<u64>(),
+            any::<bool>(),
             any::<u64>()
         )
-            .prop_map(|(id, j, group, roles, samples, at)| {
+            .prop_map(|(id, j, group, roles, samples, reachable, at)| {
                 let body = Join {
                     job: job(j),
                     member: id.member_id(),
                     group,
                     roles,
                     samples,
+                    reachable,
                     sent_at_ms: at,
                     ticket: None,
                 };
@@ -378,6 +380,7 @@ fn sender_rights_are_enforced() {
         group: "eu".into(),
         roles: vec![],
         samples: 1,
+        reachable: true,
         sent_at_ms: 0,
         ticket: None,
     };
@@ -471,6 +474,7 @@ fn nonsense_bodies_are_refused_even_when_signed() {
         group: "x".repeat(300),
         roles: vec![],
         samples: 1,
+        reachable: true,
         sent_at_ms: 0,
         ticket: None,
     };

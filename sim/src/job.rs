@@ -116,6 +116,7 @@ pub fn setups(
             group: group_of(index, config.groups),
             roles: Vec::new(),
             samples: samples(index),
+            reachable: true,
             ticket: None,
             identity: Some(Arc::new(identity(config.seed, index))),
             noise_key: noise_key(config.seed, index),

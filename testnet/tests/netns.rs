@@ -1,8 +1,9 @@
 //! `testnet --netns [--nat]` as a user runs it: 8 nodes, each in a network namespace of its own
 //! on a virtual LAN; with `--nat`, seven of them behind NAT routers (endpoint-independent and
 //! symmetric in turn). The job completes either way; behind NAT, peers reach each other through
-//! node0's relay, and the endpoint-independent ones punch holes to each other. Needs root,
-//! iproute2 and iptables (`.ci/run` installs iptables).
+//! node0's relay, the endpoint-independent ones punch holes to each other, and node0, the one
+//! member peers can dial, aggregates every round. Needs root, iproute2 and iptables (`.ci/run`
+//! installs iptables).
 
 use fedmesh_testnet::report::Report;
 use std::os::unix::fs::MetadataExt;
@@ -82,4 +83,8 @@ fn nodes_behind_nat_reach_each_other_through_the_relay_and_punch_holes() {
     // Behind endpoint-independent NATs (node1, node3, node5, node7), holes get punched.
     let punched: u64 = ["node1", "node3", "node5", "node7"].iter().map(|n| of(n).3).sum();
     assert!(punched > 0, "holes punched: {connections:?}");
+    // Elections prefer the members peers can dial: node0 alone is public, and aggregates.
+    let aggregators: Vec<Option<&str>> =
+        report.rounds.iter().map(|r| r.aggregator.as_deref()).collect();
+    assert!(aggregators.iter().all(|a| *a == Some("node0")), "aggregators: {aggregators:?}");
 }

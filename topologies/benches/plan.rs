@@ -13,6 +13,7 @@ fn members(n: u32) -> Vec<MemberInfo> {
             id: MemberId(*blake3::hash(&i.to_le_bytes()).as_bytes()),
             group: GROUPS[i as usize % GROUPS.len()].to_owned(),
             roles: Vec::new(),
+            reachable: true,
         })
         .collect()
 }

@@ -17,6 +17,8 @@ pub struct MemberInfo {
     pub group: String,
     /// The roles it accepts; empty accepts any.
     pub roles: Vec<String>,
+    /// Whether peers can dial it directly: elections prefer such members as aggregators.
+    pub reachable: bool,
 }
 
 impl MemberInfo {
@@ -189,8 +191,15 @@ impl RoundPlan {
         };
         let mut pending = plan.bottom_inputs(tag, &members, &labels, vetted);
         let mut elected = BTreeSet::new();
+        let unreachable: Vec<MemberId> =
+            members.iter().filter(|m| !m.reachable).map(|m| m.id).collect();
         for (tier_index, tier) in tag.tiers.iter().enumerate().skip(1) {
-            let election = Election { vetted, owner: vetting.owner, elected: &mut elected };
+            let election = Election {
+                vetted,
+                unreachable: &unreachable,
+                owner: vetting.owner,
+                elected: &mut elected,
+            };
             pending = plan.fill_tier(tier_index, tier, pending, &members, election)?;
         }
         Ok(plan)
@@ -489,21 +498,24 @@ pub struct Vetting<'a> {
     pub owner: Option<&'a MemberId>,
 }
 
-/// A round's elections: the members vetted to aggregate first, and those already elected to a
-/// slot this round.
+/// A round's elections: the members vetted to aggregate first, those peers cannot dial
+/// (sorted by key), and those already elected to a slot this round.
 struct Election<'a> {
     vetted: &'a [MemberId],
+    unreachable: &'a [MemberId],
     owner: Option<&'a MemberId>,
     elected: &'a mut BTreeSet<MemberId>,
 }
 
 impl Election<'_> {
-    /// Ranks the members eligible for a slot, the vetted ones ahead of the rest, and moves the
-    /// first one not already elected elsewhere this round to the front (among the vetted when
-    /// there are any), so duties spread when members allow it; the one the rotation puts first
-    /// when it is free (for the top slot, even when not), so the round's aggregator changes every
-    /// round when another can take it (a server optimizer's state, for one, goes from
-    /// aggregator to aggregator).
+    /// Ranks the members eligible for a slot, the vetted ones ahead of the rest and, within
+    /// each, those peers can dial ahead of those behind NAT (every trainer sends its update to
+    /// the aggregator, which a relay would carry), and moves the first one not already elected
+    /// elsewhere this round to the front (among the first of those sets that has members), so
+    /// duties spread when members allow it; the one the rotation puts first when it is free
+    /// (for the top slot, even when not), so the round's aggregator changes every round when
+    /// another can take it (a server optimizer's state, for one, goes from aggregator to
+    /// aggregator).
     fn elect(
         &mut self,
         plan: &RoundPlan,
@@ -512,16 +524,14 @@ impl Election<'_> {
         eligible: &[MemberId],
     ) -> Result<Vec<MemberId>, PlanError> {
         let slot = id.to_string();
-        let (mut ranking, vetted) = if self.vetted.is_empty() {
-            (rank(&plan.job, plan.round, &slot, eligible), 0)
-        } else {
-            let (first, rest): (Vec<MemberId>, Vec<MemberId>) =
-                eligible.iter().partition(|m| self.vetted.binary_search(m).is_ok());
-            let mut ranking = rank(&plan.job, plan.round, &slot, &first);
-            ranking.extend(rank(&plan.job, plan.round, &slot, &rest));
-            (ranking, first.len())
-        };
-        let pool = if vetted > 0 { vetted } else { ranking.len() };
+        let mut ranking = Vec::with_capacity(eligible.len());
+        let mut pool = 0;
+        for preferred in self.preference_order(eligible) {
+            ranking.extend(rank(&plan.job, plan.round, &slot, &preferred));
+            if pool == 0 {
+                pool = ranking.len();
+            }
+        }
         let free = |m: &MemberId| !self.elected.contains(m);
         // The top slot rotates even onto a member aggregating a group below.
         let top = tier.up.is_none();
@@ -538,5 +548,17 @@ impl Election<'_> {
         ranking.insert(0, primary);
         self.elected.insert(primary);
         Ok(ranking)
+    }
+
+    /// `eligible` in sets by preference: vetted and reachable, vetted behind NAT, the rest
+    /// reachable, the rest behind NAT (with nobody vetted, all are alike on that count).
+    fn preference_order(&self, eligible: &[MemberId]) -> [Vec<MemberId>; 4] {
+        let mut sets: [Vec<MemberId>; 4] = Default::default();
+        for member in eligible {
+            let vetted = self.vetted.is_empty() || self.vetted.binary_search(member).is_ok();
+            let reachable = self.unreachable.binary_search(member).is_err();
+            sets[usize::from(!vetted) * 2 + usize::from(!reachable)].push(*member);
+        }
+        sets
     }
 }

@@ -48,6 +48,7 @@ fn members(experiment: &FlameExperiment) -> Vec<MemberInfo> {
         id: id(index),
         group: node.group.clone(),
         roles: Vec::new(),
+        reachable: true,
     };
     experiment.nodes.iter().enumerate().map(info).collect()
 }

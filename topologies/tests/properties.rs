@@ -144,6 +144,32 @@ proptest! {
     }
 
     #[test]
+    fn members_behind_nat_aggregate_only_when_a_slot_has_no_reachable_one(
+        builtin in any_builtin(), size in 2usize..400, groups in 1usize..5, seed: u32, round in 1u64..1000, nat_share in 0u32..9, vetted_share in 0u32..4,
+    ) {
+        let mut members = membership(size, groups, seed);
+        for member in &mut members {
+            member.reachable = u32::from(member.id.0[1]) % 8 >= nat_share;
+        }
+        let mut vetted: Vec<MemberId> = members.iter().map(|m| m.id).filter(|id| u32::from(id.0[0]) % 8 < vetted_share).collect();
+        vetted.sort_unstable();
+        let vetting = Vetting { vetted: &vetted, owner: None };
+        let plan = RoundPlan::compute_vetted(&tag(builtin), &job("nat"), round, &members, &Selection::ALL, &vetting).unwrap();
+        let reachable = |id: &MemberId| members.iter().any(|m| m.id == *id && m.reachable);
+        let is_vetted = |id: &MemberId| vetted.binary_search(id).is_ok();
+        for slot in &plan.slots {
+            let aggregator = slot.aggregator();
+            // Vetting comes first; among the members alike on it, the reachable ones.
+            let alike: Vec<&MemberId> = slot.ranking.iter().filter(|id| is_vetted(id) == is_vetted(&aggregator) || vetted.is_empty()).collect();
+            if alike.iter().any(|id| reachable(id)) {
+                prop_assert!(reachable(&aggregator), "slot {} elected a member behind NAT over a reachable one", slot.id);
+            }
+        }
+        let everyone = RoundPlan::compute(&tag(builtin), &job("nat"), round, &members, &Selection::ALL).unwrap();
+        prop_assert_eq!(&everyone.trainers, &plan.trainers, "reachability changes who aggregates, not who trains");
+    }
+
+    #[test]
     fn a_join_or_a_leave_moves_few_slot_assignments(
         size in 20usize..300, seed: u32, leaver in 0usize..20,
     ) {

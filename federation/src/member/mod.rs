@@ -100,6 +100,8 @@ pub struct Setup {
     pub roles: Vec<String>,
     /// How many samples its local training data has.
     pub samples: u64,
+    /// Whether peers can dial it directly (its join says so: elections prefer such members).
+    pub reachable: bool,
     /// A secret of this member's, its DP noise is drawn from: the node draws it from the
     /// operating system's randomness, a simulator from its seed.
     pub noise_key: NoiseSeed,
@@ -642,6 +644,7 @@ impl Member {
             group: self.setup.group.clone(),
             roles: self.setup.roles.clone(),
             samples: self.setup.samples,
+            reachable: self.setup.reachable,
             sent_at_ms: now,
             ticket: self.setup.ticket.clone().map(Box::new),
         }

@@ -184,6 +184,8 @@ struct Net {
     next_request: u64,
     /// Members added late or restarted: they record only the rounds they saw.
     may_miss_rounds: BTreeSet<MemberId>,
+    /// Members whose joins say peers cannot dial them.
+    behind_nat: BTreeSet<MemberId>,
     /// How long a member's local training takes (instant for the others).
     train_ms: BTreeMap<MemberId, u64>,
     /// Events held until their time: (due, member, event).
@@ -249,6 +251,7 @@ impl Net {
             opened: BTreeMap::new(),
             next_request: 0,
             may_miss_rounds: BTreeSet::new(),
+            behind_nat: BTreeSet::new(),
             train_ms: BTreeMap::new(),
             later: Vec::new(),
             trainings: BTreeMap::new(),
@@ -291,6 +294,7 @@ impl Net {
                     group: info.group,
                     roles: info.roles,
                     samples: members.declared_samples(&m.me()).expect("itself"),
+                    reachable: info.reachable,
                     sent_at_ms: self.now,
                     ticket: m.setup.ticket.clone().map(Box::new),
                 };
@@ -311,6 +315,7 @@ impl Net {
             group: self.groups[&id].clone(),
             roles: Vec::new(),
             samples: 10 + u64::from(id.0[0]),
+            reachable: !self.behind_nat.contains(&id),
             noise_key: [id.0[0]; 32],
             ticket: self.tickets.get(&id).cloned(),
             identity: self.identities.get(&id).cloned(),
@@ -1176,6 +1181,26 @@ fn a_member_that_leaves_and_joins_again_catches_up_and_nobody_waits_for_it() {
     assert_eq!(last.participants, 4, "it trained again before the end");
 }
 
+/// Every trainer sends its update to the aggregator: members whose joins say peers cannot dial
+/// them aggregate no round while a reachable member can (the owner's first round aside: it is
+/// the only member vetted before any update was counted, and vetting comes first).
+#[test]
+fn members_behind_nat_aggregate_no_round_while_a_reachable_member_can() {
+    let mut net = Net::new(spec("central", 8, 30), &[]);
+    net.behind_nat.extend([member_id(1), member_id(2)]);
+    for byte in 1..=4 {
+        net.add(byte, "a");
+    }
+    net.introduce();
+    net.run(300_000);
+    net.assert_agree();
+    let rounds = net.member(1).rounds();
+    assert_eq!(rounds.len(), 8, "the job completed");
+    let aggregators: BTreeSet<MemberId> =
+        rounds.values().filter(|r| r.round >= 2).map(|r| r.aggregator).collect();
+    assert_eq!(aggregators, BTreeSet::from([member_id(3), member_id(4)]), "rotating over both");
+}
+
 /// Members keep the last `RESULTS_KEPT` results to serve: a member that joins again further
 /// behind than that finds the next round's result gone from every window, and asks for the
 /// newest at once instead of waiting `ASK_AGAIN_MS` for the next one in vain (a round that
@@ -1803,6 +1828,7 @@ fn answer_from(job: JobId, byte: u8, now: u64) -> Event {
         group: "a".into(),
         roles: Vec::new(),
         samples: 10,
+        reachable: true,
         sent_at_ms: now,
         ticket: None,
     };
@@ -1924,6 +1950,7 @@ fn flood_joins(net: &mut Net, count: u32) -> (u64, Round) {
             group: "a".into(),
             roles: Vec::new(),
             samples: 1_000,
+            reachable: true,
             sent_at_ms: net.now,
             ticket: None,
         };

@@ -225,6 +225,7 @@ impl EventLoop {
             peer_id: *self.swarm.local_peer_id(),
             listen_addresses: self.swarm.listeners().cloned().collect(),
             connected_peers: self.swarm.connected_peers().cloned().collect(),
+            behind_nat: self.reachability.behind_nat(),
         }
     }
 

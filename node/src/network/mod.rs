@@ -79,6 +79,8 @@ pub struct NetworkStatus {
     pub peer_id: PeerId,
     pub listen_addresses: Vec<Multiaddr>,
     pub connected_peers: Vec<PeerId>,
+    /// Whether peers cannot dial this node (AutoNAT or an observed address said so).
+    pub behind_nat: bool,
 }
 
 pub(crate) enum Command {

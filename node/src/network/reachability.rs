@@ -70,6 +70,11 @@ pub struct Reachability {
 }
 
 impl Reachability {
+    /// Whether peers cannot dial this node, as far as it knows yet.
+    pub fn behind_nat(&self) -> bool {
+        self.private
+    }
+
     /// Takes AutoNAT's new status; returns the relayed addresses to listen on now.
     pub fn status_changed(&mut self, status: &autonat::NatStatus) -> Vec<Multiaddr> {
         match status {

@@ -45,6 +45,7 @@ pub fn join(identity: &Identity, job: JobId, samples: u64) -> Result<Vec<u8>, Ho
         group: "eu".into(),
         roles: Vec::new(),
         samples,
+        reachable: true,
         sent_at_ms: unix_millis(),
         ticket: None,
     };

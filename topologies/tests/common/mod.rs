@@ -13,5 +13,5 @@ pub fn member_id(index: u32) -> MemberId {
 }
 
 pub fn member(index: u32, group: &str) -> MemberInfo {
-    MemberInfo { id: member_id(index), group: group.to_owned(), roles: Vec::new() }
+    MemberInfo { id: member_id(index), group: group.to_owned(), roles: Vec::new(), reachable: true }
 }

@@ -252,7 +252,7 @@ impl Engine {
         let mut batch = self.store.batch();
         let model = batch.put_blob(&blob)?;
         batch.commit()?;
-        let setup = self.setup(id, spec, tag, &local);
+        let setup = self.setup(id, spec, tag, &local, self.reachable().await);
         let now = unix_millis();
         let (machine, effects) = Member::join(setup, model, Arc::new(params), now);
         tracing::info!(job = %id, name = %machine.spec().name, samples = local.train.len(), "joined job");
@@ -269,8 +269,21 @@ impl Engine {
             .map_err(|e| EngineError::Invalid(format!("data set `{}`: {e:#}", spec.dataset)))
     }
 
+    /// Whether peers can dial this node directly, as far as its network knows yet (a node
+    /// learns it is behind NAT within seconds of meeting its first peer).
+    async fn reachable(&self) -> bool {
+        self.network.status().await.is_ok_and(|status| !status.behind_nat)
+    }
+
     /// Who this member is in a job.
-    fn setup(&self, job: JobId, spec: JobSpec, tag: Tag, local: &LocalData) -> Setup {
+    fn setup(
+        &self,
+        job: JobId,
+        spec: JobSpec,
+        tag: Tag,
+        local: &LocalData,
+        reachable: bool,
+    ) -> Setup {
         Setup {
             me: self.identity.member_id(),
             job,
@@ -279,6 +292,7 @@ impl Engine {
             group: self.settings.group.clone(),
             roles: self.settings.roles.clone(),
             samples: local.train.len() as u64,
+            reachable,
             noise_key: rand::random(),
             // A secure round's keys are signed inside the machine's messages.
             identity: Some(self.identity.clone()),
@@ -402,9 +416,10 @@ impl Engine {
     /// Loads the runs this node took part in before a restart: each machine is rebuilt from
     /// what it persisted, and the active ones join again.
     pub(super) async fn resume_runs(&mut self) {
+        let reachable = self.reachable().await;
         for (id, state) in store::load_states(&self.store) {
             let Some(spec) = self.jobs.spec(&id) else { continue };
-            match self.resume(id, spec, state) {
+            match self.resume(id, spec, state, reachable) {
                 Ok((run, effects)) if run.is_active() => {
                     if let Err(error) = self.start_run(run, effects).await {
                         tracing::warn!(job = %id, %error, "cannot rejoin");
@@ -423,6 +438,7 @@ impl Engine {
         id: JobId,
         spec: JobSpec,
         state: RunState,
+        reachable: bool,
     ) -> Result<(JobRun, Vec<Effect>), EngineError> {
         let tag = supported(&spec)?;
         let local = self.load_local(id, &spec, "it is no longer configured")?;
@@ -433,7 +449,7 @@ impl Engine {
         let persisted = store::Persisted::of(&rounds, &announced);
         let rounds = rounds.into_values().collect();
         let snapshot = Snapshot { state, rounds, announced };
-        let setup = self.setup(id, spec, tag, &local);
+        let setup = self.setup(id, spec, tag, &local, reachable);
         let (machine, effects) = Member::restore(setup, snapshot, Arc::new(params), unix_millis());
         Ok((JobRun::new(machine, local, persisted), effects))
     }
