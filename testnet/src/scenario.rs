@@ -100,8 +100,17 @@ pub struct Scenario {
     pub out: PathBuf,
 }
 
-/// Above this many nodes, they keep the node's default gossip heartbeat (1 s).
-const LARGE_CLUSTER: usize = 50;
+/// Above this many nodes, they keep the node's default gossip heartbeat (1 s), and a job
+/// needs nine in ten of them by default (`default_min_participants`).
+pub(crate) const LARGE_CLUSTER: usize = 50;
+
+/// The default `min_participants` of a job whose events leave at least `fewest` members: all of
+/// them, or nine in ten over `LARGE_CLUSTER` (hundreds of nodes on a few cores hear of each
+/// other seconds apart, and a job that waited for every last one to be live, and closed no
+/// round without every last update, waited on the slowest node's view).
+pub(crate) fn default_min_participants(fewest: usize) -> usize {
+    if fewest > LARGE_CLUSTER { fewest * 9 / 10 } else { fewest }
+}
 
 /// The hostile peer's binary name, which this package builds beside `testnet`.
 pub const HOSTILE_BINARY: &str = "fedmesh-hostile";

@@ -343,7 +343,9 @@ impl ScenarioFile {
 
     /// The run this file describes, with the `fedmesh` binary and the output folder.
     pub fn into_scenario(self, binary: PathBuf, out: PathBuf) -> Scenario {
-        let min_participants = self.min_participants.unwrap_or_else(|| self.fewest_members());
+        let min_participants = self
+            .min_participants
+            .unwrap_or_else(|| crate::scenario::default_min_participants(self.fewest_members()));
         let total_nodes = self.total_nodes();
         let events = self.ordered_events().into_iter().map(|(_, e)| e.clone()).collect();
         Scenario {
