@@ -88,6 +88,9 @@ fn fingerprint(event: &Event) -> Fingerprint {
         }
         Event::Evaluated { round, model, .. } => Fingerprint::new(18, *round, Some(*model), None),
         Event::LeaveRequested { .. } => Fingerprint::new(19, 0, None, None),
+        Event::ReachabilityChanged { reachable } => {
+            Fingerprint::new(50, u64::from(*reachable), None, None)
+        }
         Event::JoinSent { signer, asks, .. } => {
             Fingerprint::new(21 + u8::from(*asks), 0, None, Some(signer.0))
         }

@@ -130,6 +130,9 @@ pub enum Event {
     Evaluated { round: Round, model: ContentHash, metrics: EvalMetrics },
     /// This member's operator leaves the job.
     LeaveRequested { reason: String },
+    /// Its node learned whether peers can dial it (behind NAT, or reachable after all): its
+    /// join goes out again at once saying so, since elections prefer reachable aggregators.
+    ReachabilityChanged { reachable: bool },
     /// A peer subscribed to the job's topic: it has not heard this member's join (a join
     /// published before the topic's mesh formed reaches nobody), so the join goes out again
     /// shortly (a burst of subscriptions gets one join).

@@ -379,6 +379,7 @@ impl Member {
                 self.on_evaluated(round, model, metrics, now)
             }
             Event::LeaveRequested { reason } => self.leave(reason, now),
+            Event::ReachabilityChanged { reachable } => self.on_reachability(reachable, now),
             Event::PeerSubscribed => self.join_again_soon(now),
             Event::MembersAsked { from, digest } => self.on_members_asked(from, &digest, now),
             Event::MembersSent { from, members } => self.on_members_sent(from, &members, now),
@@ -647,6 +648,15 @@ impl Member {
             reachable: self.setup.reachable,
             sent_at_ms: now,
             ticket: self.setup.ticket.clone().map(Box::new),
+        }
+    }
+
+    /// Its node learned whether peers can dial it: the join goes out again saying so, and the
+    /// members take the new declaration into their plans.
+    fn on_reachability(&mut self, reachable: bool, now: u64) {
+        if self.setup.reachable != reachable && self.is_active() {
+            self.setup.reachable = reachable;
+            self.publish_join(now);
         }
     }
 

@@ -1201,6 +1201,28 @@ fn members_behind_nat_aggregate_no_round_while_a_reachable_member_can() {
     assert_eq!(aggregators, BTreeSet::from([member_id(3), member_id(4)]), "rotating over both");
 }
 
+/// A member whose node learns mid-job that it is behind NAT says so in a join at once, and the
+/// others elect it no more (the round open then was planned before).
+#[test]
+fn a_member_that_learns_it_is_behind_nat_says_so_and_aggregates_no_more() {
+    let mut net = Net::new(spec("central", 12, 30), &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+    net.run_until(30_000, |net| net.member(1).completed_round() >= 3);
+    for byte in [3, 4] {
+        let (id, now) = (member_id(byte), net.now);
+        let behind_nat = Event::ReachabilityChanged { reachable: false };
+        let effects = net.members.get_mut(&id).map(|m| m.handle(behind_nat, now));
+        net.route(id, effects.unwrap_or_default());
+    }
+    let planned_before = net.member(1).completed_round() + 1;
+    net.run(300_000);
+    net.assert_agree();
+    let rounds = net.member(1).rounds();
+    assert_eq!(rounds.len(), 12, "the job completed");
+    let later: BTreeSet<MemberId> =
+        rounds.values().filter(|r| r.round > planned_before).map(|r| r.aggregator).collect();
+    assert_eq!(later, BTreeSet::from([member_id(1), member_id(2)]));
+}
+
 /// Members keep the last `RESULTS_KEPT` results to serve: a member that joins again further
 /// behind than that finds the next round's result gone from every window, and asks for the
 /// newest at once instead of waiting `ASK_AGAIN_MS` for the next one in vain (a round that

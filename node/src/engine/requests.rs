@@ -27,6 +27,7 @@ impl Engine {
             }
             NetworkEvent::PeerConnected(peer) => self.ask_for_jobs(peer),
             NetworkEvent::Subscribed { topic, .. } => self.on_peer_subscribed(&topic).await,
+            NetworkEvent::Reachability { behind_nat } => self.on_reachability(!behind_nat).await,
             NetworkEvent::PeerDisconnected(_) => {}
         }
     }

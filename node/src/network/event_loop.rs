@@ -229,6 +229,14 @@ impl EventLoop {
         }
     }
 
+    /// Tells the engine when this node's reachability changed from `was_behind_nat`.
+    fn tell_reachability(&mut self, was_behind_nat: bool) {
+        let behind_nat = self.reachability.behind_nat();
+        if behind_nat != was_behind_nat {
+            self.emit(NetworkEvent::Reachability { behind_nat });
+        }
+    }
+
     fn emit(&mut self, event: NetworkEvent) {
         self.outbox.push_back(event);
     }
@@ -287,16 +295,20 @@ impl EventLoop {
                     let listen = self.reachability.relay_found(peer_id, &info.listen_addrs);
                     self.listen_through_relays(listen);
                 }
+                let was_behind_nat = self.reachability.behind_nat();
                 let listen =
                     self.reachability.observed(&info.observed_addr, self.swarm.listeners());
                 self.listen_through_relays(listen);
+                self.tell_reachability(was_behind_nat);
                 for address in info.listen_addrs {
                     self.swarm.behaviour_mut().kademlia.add_address(&peer_id, address);
                 }
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                let was_behind_nat = self.reachability.behind_nat();
                 let listen = self.reachability.status_changed(&new);
                 self.listen_through_relays(listen);
+                self.tell_reachability(was_behind_nat);
             }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,

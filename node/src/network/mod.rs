@@ -71,6 +71,10 @@ pub enum NetworkEvent {
         peer: PeerId,
         topic: String,
     },
+    /// The node learned whether peers can dial it.
+    Reachability {
+        behind_nat: bool,
+    },
 }
 
 /// The node's view of its own network.

@@ -245,7 +245,9 @@ async fn serve(
                     lock(&watch).subscribers.insert(peer);
                 }
             }
-            NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_) => {}
+            NetworkEvent::PeerConnected(_)
+            | NetworkEvent::PeerDisconnected(_)
+            | NetworkEvent::Reachability { .. } => {}
         }
     }
 }

@@ -398,6 +398,20 @@ impl Engine {
         }
     }
 
+    /// This node learned whether peers can dial it: every active run's join says so again.
+    pub(in crate::engine) async fn on_reachability(&mut self, reachable: bool) {
+        let active: Vec<JobId> =
+            self.runs.values().filter(|run| run.is_active()).map(JobRun::id).collect();
+        tracing::info!(
+            reachable,
+            jobs = active.len(),
+            "reachability changed: the joins of the jobs under way say so again"
+        );
+        for id in active {
+            self.handle(id, Event::ReachabilityChanged { reachable }).await;
+        }
+    }
+
     /// The job's views for the admin API.
     pub(super) fn run_view(&self, id: &JobId) -> Option<RunView> {
         self.runs.get(id).map(JobRun::view)
