@@ -348,6 +348,36 @@ impl CoordinatedJob {
             .then(|| "deadline passed without a result".to_owned())
     }
 
+    /// Takes back the last round's result when it was lost: its leader, the one member sure to
+    /// hold the model it announced, is lost, and no live member reports holding that model, so
+    /// no round can build on it. The round is then assigned again over the model before it.
+    /// Says why, when it took a result back.
+    pub fn take_back_lost_result(&mut self, now_ms: u64) -> Option<String> {
+        let (round, model) = (self.state.completed_round, self.state.model?);
+        let progress = self.state.rounds.get(&round)?;
+        let leader = *progress.leaders.last()?;
+        let live = self.live(now_ms);
+        if live.iter().any(|m| m.info.id == leader || m.model == Some(model)) {
+            return None;
+        }
+        let previous = match round {
+            0 => return None,
+            1 => None,
+            _ => Some(self.state.rounds.get(&(round - 1))?.model?),
+        };
+        let why = format!("the result of round {round} was lost with its aggregator {leader}");
+        if let Some(progress) = self.state.rounds.get_mut(&round) {
+            progress.model = None;
+            progress.closed_at_ms = None;
+            progress.reassigned.push(why.clone());
+        }
+        self.state.completed_round = round - 1;
+        self.state.model = previous;
+        self.state.assignment = None;
+        self.state.status = JobState::Running;
+        Some(why)
+    }
+
     /// Records an assignment as the round in progress.
     pub fn record_assignment(
         &mut self,
@@ -594,17 +624,18 @@ mod tests {
         assert!(why.contains("deadline"), "{why}");
     }
 
-    #[test]
-    fn only_an_assigned_leader_closes_the_round() {
-        let mut coordinated = job(1.0, None);
-        (1..=3).for_each(|m| join(&mut coordinated, m, 1_000));
-        let (assignment, leader) = coordinated.assign(1_000).unwrap();
-        coordinated.record_assignment(&assignment, leader, None);
-        let ready = AggregateReady {
-            job: coordinated.id,
-            round: 1,
-            base_model: assignment.base_model,
-            model: ContentHash::of(b"round 1"),
+    /// A result of `round` over `base`, making `model`.
+    fn ready(
+        job: &CoordinatedJob,
+        round: Round,
+        base: ContentHash,
+        model: &[u8],
+    ) -> AggregateReady {
+        AggregateReady {
+            job: job.id,
+            round,
+            base_model: base,
+            model: ContentHash::of(model),
             contributions: vec![],
             feedback: vec![],
             metrics: EvalMetrics::default(),
@@ -612,7 +643,46 @@ mod tests {
             vetted: Vec::new(),
             sent_at_ms: 2_000,
             optimizer_state: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_result_lost_with_its_aggregator_before_anyone_fetched_it_is_assigned_again() {
+        let mut coordinated = job(1.0, None);
+        (1..=4).for_each(|m| join(&mut coordinated, m, 1_000));
+        let (assignment, leader) = coordinated.assign(1_000).unwrap();
+        coordinated.record_assignment(&assignment, leader, None);
+        let base = assignment.base_model;
+        assert!(coordinated.on_result(leader, &ready(&coordinated, 1, base, b"round 1")));
+        assert_eq!(coordinated.take_back_lost_result(1_500), None, "its leader is live");
+        // The others beat on, still over the first model: none fetched round 1's.
+        let others: Vec<MemberId> =
+            (1..=4).map(|m| MemberId([m; 32])).filter(|m| *m != leader).collect();
+        for member in &others {
+            coordinated.state.members.get_mut(member).unwrap().last_seen_ms = 6_000;
+        }
+        let why = coordinated.take_back_lost_result(6_000).unwrap();
+        assert!(why.contains("lost"), "{why}");
+        assert_eq!(coordinated.state.completed_round, 0);
+        let (again, new_leader) = coordinated.assign(6_000).unwrap();
+        assert_eq!((again.round, again.base_model), (1, base), "round 1 again, over its base");
+        assert_ne!(new_leader, leader);
+        coordinated.record_assignment(&again, new_leader, Some(why));
+        let result = ready(&coordinated, 1, base, b"round 1, again");
+        assert!(coordinated.on_result(new_leader, &result));
+        // Its leader is lost too, but a live member holds the model: the round stands.
+        coordinated.state.members.get_mut(&others[0]).unwrap().model = Some(result.model);
+        coordinated.state.members.get_mut(&new_leader).unwrap().last_seen_ms = 0;
+        assert_eq!(coordinated.take_back_lost_result(6_000), None);
+    }
+
+    #[test]
+    fn only_an_assigned_leader_closes_the_round() {
+        let mut coordinated = job(1.0, None);
+        (1..=3).for_each(|m| join(&mut coordinated, m, 1_000));
+        let (assignment, leader) = coordinated.assign(1_000).unwrap();
+        coordinated.record_assignment(&assignment, leader, None);
+        let ready = ready(&coordinated, 1, assignment.base_model, b"round 1");
         let other = (1..=3).map(|m| MemberId([m; 32])).find(|m| *m != leader).unwrap();
         assert!(!coordinated.on_result(other, &ready));
         assert!(coordinated.on_result(leader, &ready));

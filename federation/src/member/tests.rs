@@ -142,9 +142,10 @@ impl Coordinator {
         if self.job.state.completed_round >= self.job.spec.hyperparameters.rounds {
             return said;
         }
-        let why = match &self.job.state.assignment {
-            None => None,
-            Some(assignment) => match self.job.needs_reassignment(now, 2_000) {
+        let why = match (self.job.take_back_lost_result(now), &self.job.state.assignment) {
+            (Some(why), _) => Some(why),
+            (None, None) => None,
+            (None, Some(assignment)) => match self.job.needs_reassignment(now, 2_000) {
                 Some(why) => Some(why),
                 None if now.saturating_sub(self.job.published_ms) >= 3_000 => {
                     self.job.published_ms = now;

@@ -225,9 +225,10 @@ impl Engine {
             }
             return;
         }
-        let why = match &job.state.assignment {
-            None => None,
-            Some(assignment) => match job.needs_reassignment(now, DEADLINE_GRACE_MS) {
+        let why = match (job.take_back_lost_result(now), &job.state.assignment) {
+            (Some(why), _) => Some(why),
+            (None, None) => None,
+            (None, Some(assignment)) => match job.needs_reassignment(now, DEADLINE_GRACE_MS) {
                 Some(why) => Some(why),
                 None if now.saturating_sub(job.published_ms) >= REPUBLISH_MS => {
                     let again = Assignment { sent_at_ms: now, ..assignment.clone() };
