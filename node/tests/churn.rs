@@ -15,11 +15,11 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_joiner_fetches_the_current_model_and_trains_from_the_next_round() {
-    const ROUNDS: u64 = 40;
+    const ROUNDS: u64 = 150;
     let root = tempfile::tempdir().unwrap();
     let mut cluster = federation(root.path(), 3, plain).await;
-    // Rounds of this job take a tenth of a second: enough of them that the joiner, which starts
-    // once two are done, has rounds left to train in.
+    // Rounds of this job take a few hundredths of a second: enough of them that the joiner,
+    // which starts once two are done, has rounds left to train in.
     let job = Job::new(ROUNDS, 3).announce(&cluster).await;
     wait_for(&cluster, 0, &job, "two rounds", |run| run.completed_round >= 2).await;
     let owner = cluster.nodes[0].peer_id.clone();

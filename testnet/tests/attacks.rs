@@ -243,7 +243,7 @@ fn early_inputs_from_an_outsider_and_a_member_are_refused() {
         "attack-early-inputs",
         r#"
         nodes = 4
-        rounds = 10
+        rounds = 30
         quorum = { fraction = 0.7 }
         refused = ["not_a_member", "wrong_round|not_aggregating"]
         [[events]]
