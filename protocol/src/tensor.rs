@@ -346,15 +346,28 @@ impl<'a> Decoder<'a> {
 
     /// Checks that every parameter is finite.
     pub fn check_finite(&self) -> Result<(), TensorError> {
+        match self.first_where(|v| !v.is_finite()) {
+            Some((index, _)) => Err(TensorError::NonFinite { index }),
+            None => Ok(()),
+        }
+    }
+
+    /// The first parameter (its index and value) that is not finite or whose magnitude is past
+    /// `bound`, decoded a chunk at a time.
+    pub fn first_outside(&self, bound: f32) -> Option<(usize, f32)> {
+        self.first_where(|v| !v.is_finite() || v.abs() > bound)
+    }
+
+    fn first_where(&self, test: impl Fn(f32) -> bool) -> Option<(usize, f32)> {
         let mut chunk = vec![0.0f32; DECODE_CHUNK.min(self.params)];
         for start in (0..self.params).step_by(DECODE_CHUNK.max(1)) {
             let len = DECODE_CHUNK.min(self.params - start);
             self.decode_range(start, &mut chunk[..len]);
-            if let Some(offset) = chunk[..len].iter().position(|v| !v.is_finite()) {
-                return Err(TensorError::NonFinite { index: start + offset });
+            if let Some(offset) = chunk[..len].iter().position(|v| test(*v)) {
+                return Some((start + offset, chunk[offset]));
             }
         }
-        Ok(())
+        None
     }
 }
 

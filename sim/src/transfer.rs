@@ -345,8 +345,12 @@ impl World {
         }
         let request = self.request_id();
         let signer = self.id_of(from);
-        let event =
-            Event::Update { signer, update: transfer.update, values: transfer.values, request };
+        let event = Event::Update {
+            signer,
+            update: transfer.update,
+            values: transfer.values.into(),
+            request,
+        };
         self.feed(to, event);
     }
 

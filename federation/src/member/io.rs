@@ -9,6 +9,8 @@ use fedmesh_protocol::message::{
     AggregateReady, Assignment, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join,
     Leave, ModelDelta, PartialAggregate, RingChunk, RoundOpen, SecureAggregation, TrainMetrics,
 };
+use fedmesh_protocol::tensor::{Decoder, TensorEncoding, TensorError};
+use std::fmt;
 use std::sync::Arc;
 
 pub use crate::membership::Digest;
@@ -109,8 +111,8 @@ pub enum Event {
     /// `asks`, a question from a member that does not know this one and wants its join back;
     /// an answer with the sender's verified heartbeat, sent now.
     JoinSent { signer: MemberId, join: Join, asks: bool, heartbeat: Option<Heartbeat> },
-    /// A verified update request with its decoded values; answered by [`Effect::Answer`].
-    Update { signer: MemberId, update: Update, values: Arc<Vec<f32>>, request: u64 },
+    /// A verified update request with its values; answered by [`Effect::Answer`].
+    Update { signer: MemberId, update: Update, values: UpdateValues, request: u64 },
     /// A member asks for the signed result of `round` it missed; answered by
     /// [`Effect::ServeResult`] when this member holds one.
     ResultAsked { from: MemberId, round: Round, request: u64 },
@@ -168,6 +170,123 @@ pub enum Publish {
     /// A fraud proof: the driver signs it with the liar's signed result as it received it
     /// (kept like the results it serves).
     FraudProof(Accusation),
+}
+
+/// An update's values as the driver hands them over: decoded, or still the bytes they arrived
+/// in, which FedAvg folds a chunk at a time with no decoded copy of the whole (so a large
+/// model's aggregator holds each delta once, not as bytes and again as values).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateValues {
+    Decoded(Arc<Vec<f32>>),
+    Encoded(EncodedValues),
+}
+
+impl From<Arc<Vec<f32>>> for UpdateValues {
+    fn from(values: Arc<Vec<f32>>) -> Self {
+        Self::Decoded(values)
+    }
+}
+
+impl UpdateValues {
+    /// How many values.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Decoded(values) => values.len(),
+            Self::Encoded(encoded) => encoded.params,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes they take in memory.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Self::Decoded(values) => values.len() * size_of::<f32>(),
+            Self::Encoded(encoded) => (*encoded.bytes).as_ref().len(),
+        }
+    }
+
+    /// The values decoded: shared if they are, a decoded copy if not.
+    pub fn decoded(&self) -> Result<Arc<Vec<f32>>, Refusal> {
+        match self {
+            Self::Decoded(values) => Ok(values.clone()),
+            Self::Encoded(encoded) => {
+                let decoder = encoded.decoder()?;
+                let mut values = vec![0.0f32; decoder.len()];
+                decoder.decode_range(0, &mut values);
+                Ok(Arc::new(values))
+            }
+        }
+    }
+
+    /// Refuses values past `bound` in magnitude.
+    pub(super) fn refuse_past(&self, bound: f32) -> Result<(), Refusal> {
+        let outside = match self {
+            Self::Decoded(values) => values
+                .iter()
+                .position(|v| !v.is_finite() || v.abs() > bound)
+                .map(|i| (i, values[i])),
+            Self::Encoded(encoded) => encoded.decoder()?.first_outside(bound),
+        };
+        match outside {
+            None => Ok(()),
+            Some((index, value)) => {
+                let detail = format!("value {index} of the update is {value}, past {bound:e}");
+                Err(Refusal::new(Reason::HugeValues, detail))
+            }
+        }
+    }
+}
+
+/// Values still encoded (see [`UpdateValues`]): bytes checked to decode, with their encoding,
+/// to a number of finite values.
+#[derive(Clone)]
+pub struct EncodedValues {
+    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    encoding: TensorEncoding,
+    params: usize,
+}
+
+impl EncodedValues {
+    /// `bytes` if they decode with `encoding` to `params` finite values.
+    pub fn new(
+        bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        encoding: TensorEncoding,
+        params: usize,
+    ) -> Result<Self, TensorError> {
+        Decoder::new((*bytes).as_ref(), encoding, params)?.check_finite()?;
+        Ok(Self { bytes, encoding, params })
+    }
+
+    /// The bytes, as they arrived.
+    pub fn bytes(&self) -> &[u8] {
+        (*self.bytes).as_ref()
+    }
+
+    /// A decoder of the bytes (checked when they were taken, so only a changed rule fails it).
+    pub fn decoder(&self) -> Result<Decoder<'_>, Refusal> {
+        Decoder::new((*self.bytes).as_ref(), self.encoding, self.params)
+            .map_err(|e| Refusal::new(Reason::MalformedPayload, e.to_string()))
+    }
+}
+
+impl fmt::Debug for EncodedValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedValues")
+            .field("bytes", &(*self.bytes).as_ref().len())
+            .field("encoding", &self.encoding)
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+impl PartialEq for EncodedValues {
+    fn eq(&self, other: &Self) -> bool {
+        (self.encoding, self.params) == (other.encoding, other.params)
+            && (*self.bytes).as_ref() == (*other.bytes).as_ref()
+    }
 }
 
 /// Why an update was refused: the rule (counted by the metrics under its label) and a sentence

@@ -144,7 +144,7 @@ struct Waiting {
 struct EarlyUpdate {
     signer: MemberId,
     update: Update,
-    values: Arc<Vec<f32>>,
+    values: UpdateValues,
 }
 
 /// A member's side of one job.
@@ -445,10 +445,10 @@ impl Member {
         matches!(self.state.status, RunStatus::Waiting | RunStatus::Running)
     }
 
-    /// The bytes of the updates kept for a round whose opening has not arrived (their f32
-    /// values), which the driver charges to its memory budget while they are kept.
+    /// The bytes of the updates kept for a round whose opening has not arrived, which the
+    /// driver charges to its memory budget while they are kept.
     pub fn early_bytes(&self) -> usize {
-        self.early.iter().map(|early| early.values.len() * size_of::<f32>()).sum()
+        self.early.iter().map(|early| early.values.held_bytes()).sum()
     }
 
     /// Drops the updates kept for a round whose opening has not arrived, when the driver cannot

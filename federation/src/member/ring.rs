@@ -5,7 +5,7 @@
 use super::Reason;
 use super::phase::{Closing, Own, Phase};
 use super::{ChunkToSend, DeltaToSend, EarlyUpdate, Effect, Level, Member};
-use super::{PartialToSend, Refusal, Update};
+use super::{PartialToSend, Refusal, Update, UpdateValues};
 use crate::ring::{Outgoing, RingResult, ring_mean};
 use fedmesh_protocol::ids::MemberId;
 use fedmesh_protocol::message::{Contribution, RingChunk};
@@ -46,11 +46,15 @@ impl Member {
                 return Err(Refusal::new(Reason::StaleOpening, "the chunk is for an earlier ring"));
             }
             // Its sender saw the round's opening before this member did: kept until it arrives.
-            self.keep_early(EarlyUpdate { signer, update: Update::Chunk(chunk), values });
+            self.keep_early(EarlyUpdate {
+                signer,
+                update: Update::Chunk(chunk),
+                values: values.into(),
+            });
             return Ok(());
         }
         let Some(ring) = ring else { return Ok(()) };
-        super::rounds::refuse_huge_values(&values)?;
+        super::rounds::refuse_huge_values(&UpdateValues::Decoded(values.clone()))?;
         if chunk.base_model != ring.base {
             return Err(Refusal::new(Reason::WrongBase, "the chunk builds on another model"));
         }

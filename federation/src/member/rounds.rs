@@ -7,7 +7,7 @@ use super::Reason;
 use super::phase::{Closing, Leading, LocalTraining, OpenRound, Own, Phase};
 use super::{
     DeltaToSend, EarlyUpdate, Effect, Level, LocalUpdate, Member, OPEN_CHECK_MS, PartialToSend,
-    Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, SPREAD_WAIT_MS, Update, VIEW_HOLD_MS,
+    Refusal, SETTLE_HEARTBEATS, SETTLE_MIN_MS, SPREAD_WAIT_MS, Update, UpdateValues, VIEW_HOLD_MS,
 };
 use crate::collect::{Collecting, Opening};
 use crate::records::{RoundRecord, RunStatus};
@@ -496,7 +496,7 @@ impl Member {
         &mut self,
         signer: MemberId,
         update: Update,
-        values: Arc<Vec<f32>>,
+        values: UpdateValues,
         now: u64,
     ) -> Result<(), Refusal> {
         if !self.state.members.contains(&signer) {
@@ -507,7 +507,7 @@ impl Member {
             return Ok(());
         }
         if let Update::Chunk(chunk) = &update {
-            return self.on_chunk(signer, chunk.clone(), values, now);
+            return self.on_chunk(signer, chunk.clone(), values.decoded()?, now);
         }
         if self.keeps_early(&update) {
             self.keep_early(EarlyUpdate { signer, update, values });
@@ -553,7 +553,7 @@ impl Member {
         &mut self,
         signer: MemberId,
         update: Update,
-        values: &[f32],
+        values: &UpdateValues,
         now: u64,
     ) -> Result<(), Refusal> {
         let job = self.setup.job;
@@ -570,12 +570,17 @@ impl Member {
         let slot = &mut open.slots[index];
         match &update {
             Update::Delta(delta) => {
-                slot.accept_delta(signer, delta, values)?;
+                match values {
+                    UpdateValues::Decoded(values) => slot.accept_delta(signer, delta, values)?,
+                    UpdateValues::Encoded(encoded) => {
+                        slot.accept_encoded_delta(signer, delta, &encoded.decoder()?)?
+                    }
+                }
                 if learns_from_feedback {
                     slot.note_feedback(signer, delta.metrics.loss, now);
                 }
             }
-            Update::Partial(partial) => slot.accept_partial(signer, partial, values)?,
+            Update::Partial(partial) => slot.accept_partial(signer, partial, &values.decoded()?)?,
             Update::Chunk(_) => {
                 return Err(Refusal::new(Reason::WrongKind, "a ring chunk for a slot"));
             }
@@ -732,7 +737,9 @@ impl Member {
             total_weight: partial.total_weight,
             contributions: partial.contributions,
         };
-        if let Err(refused) = self.fold(self.me(), Update::Partial(body), &partial.mean, now) {
+        if let Err(refused) =
+            self.fold(self.me(), Update::Partial(body), &partial.mean.clone().into(), now)
+        {
             self.log(Level::Warn, partial.round, refused.detail);
         }
     }
@@ -857,17 +864,8 @@ pub const MAX_UPDATE_MAGNITUDE: f32 = 1e6;
 
 /// Refuses an update with a value past `MAX_UPDATE_MAGNITUDE` (decoding refused the ones
 /// that are not finite already).
-pub(super) fn refuse_huge_values(values: &[f32]) -> Result<(), Refusal> {
-    match values.iter().position(|v| v.abs() > MAX_UPDATE_MAGNITUDE) {
-        None => Ok(()),
-        Some(index) => {
-            let detail = format!(
-                "value {index} of the update is {}, past {MAX_UPDATE_MAGNITUDE:e}",
-                values[index]
-            );
-            Err(Refusal::new(Reason::HugeValues, detail))
-        }
-    }
+pub(super) fn refuse_huge_values(values: &UpdateValues) -> Result<(), Refusal> {
+    values.refuse_past(MAX_UPDATE_MAGNITUDE)
 }
 
 /// The seed of a trainer's noise share in a round's opening: its own secret, with the round and

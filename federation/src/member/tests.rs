@@ -394,7 +394,7 @@ impl Net {
                 self.send(
                     from,
                     to,
-                    Event::Update { signer: from, update, values: delta.values, request },
+                    Event::Update { signer: from, update, values: delta.values.into(), request },
                 );
             }
             Effect::SendPartial { to, partial, .. } => {
@@ -414,7 +414,7 @@ impl Net {
                 self.send(
                     from,
                     to,
-                    Event::Update { signer: from, update, values: partial.mean, request },
+                    Event::Update { signer: from, update, values: partial.mean.into(), request },
                 );
             }
             Effect::SendChunk { to, chunk, .. } => {
@@ -434,7 +434,7 @@ impl Net {
                 self.send(
                     from,
                     to,
-                    Event::Update { signer: from, update, values: chunk.values, request },
+                    Event::Update { signer: from, update, values: chunk.values.into(), request },
                 );
             }
             Effect::SendJoin { to, join, asks, heartbeat } => {
@@ -1417,9 +1417,35 @@ fn send_delta(
 /// [`send_delta`] with `value` in every place.
 fn send_delta_of(
     net: &mut Net,
+    pair: (MemberId, MemberId),
+    (round, base, samples): (Round, ContentHash, u64),
+    value: f32,
+) {
+    send_delta_values(net, pair, (round, base, samples), value, |values| values.into());
+}
+
+/// [`send_delta_of`] still encoded, as a node hands a received delta to its machine.
+fn send_encoded_delta_of(
+    net: &mut Net,
+    pair: (MemberId, MemberId),
+    (round, base, samples): (Round, ContentHash, u64),
+    value: f32,
+) {
+    send_delta_values(net, pair, (round, base, samples), value, |values| {
+        let bytes = fedmesh_protocol::tensor::encode_params(&values, TensorEncoding::F32Le, None)
+            .expect("f32 encodes");
+        let encoded = EncodedValues::new(Arc::new(bytes), TensorEncoding::F32Le, values.len());
+        UpdateValues::Encoded(encoded.expect("its own encoding decodes"))
+    });
+}
+
+/// Hands `leader` a delta from `sender` of `value` in every place, as `handed` makes its values.
+fn send_delta_values(
+    net: &mut Net,
     (leader, sender): (MemberId, MemberId),
     (round, base, samples): (Round, ContentHash, u64),
     value: f32,
+    handed: impl FnOnce(Arc<Vec<f32>>) -> UpdateValues,
 ) {
     let values = Arc::new(vec![value; PARAMS]);
     let body = ModelDelta {
@@ -1432,7 +1458,7 @@ fn send_delta_of(
         payload: payload_ref(&values),
     };
     let update = Update::Delta(body);
-    let event = Event::Update { signer: sender, update, values, request: 99 };
+    let event = Event::Update { signer: sender, update, values: handed(values), request: 99 };
     let effects = net.members.get_mut(&leader).map(|m| m.handle(event, net.now));
     net.route(leader, effects.unwrap_or_default());
 }
@@ -1485,6 +1511,27 @@ fn an_update_with_a_huge_value_is_refused_and_the_model_stays_the_honest_mean() 
 }
 
 #[test]
+fn an_encoded_delta_is_judged_and_folded_as_its_decoded_values_are() {
+    let run = |encoded: bool| {
+        let mut net = four_central(1);
+        let pair = leader_and_trainer_of_round_1(&mut net);
+        let model = net.member(1).model();
+        let send = if encoded { send_encoded_delta_of } else { send_delta_of };
+        send(&mut net, pair, (1, model, 5), 1e30);
+        send(&mut net, pair, (1, model, 5), 0.25);
+        let reasons: Vec<String> =
+            net.refusals.iter().map(|r| r.reason.label().to_owned()).collect();
+        net.run(60_000);
+        net.assert_agree();
+        (reasons, net.member(1).rounds()[&1].participants, net.member(1).params().to_vec())
+    };
+    let (decoded, encoded) = (run(false), run(true));
+    assert_eq!(encoded.0, ["huge_values"], "the huge encoded delta was refused");
+    assert_eq!(encoded.1, 4, "every update was taken");
+    assert_eq!(encoded, decoded, "the same refusals, participants and model, bit for bit");
+}
+
+#[test]
 fn a_group_aggregator_cannot_reweigh_its_members_updates() {
     let members = [(1, "eu"), (2, "eu"), (3, "eu"), (4, "na"), (5, "na"), (6, "na")];
     let mut net = Net::new(spec("hierarchical", 2, 5), &members);
@@ -1523,7 +1570,7 @@ fn a_group_aggregator_cannot_reweigh_its_members_updates() {
         contributions,
     };
     let update = Update::Partial(partial);
-    let event = Event::Update { signer: sender, update, values, request: 99 };
+    let event = Event::Update { signer: sender, update, values: values.into(), request: 99 };
     let effects = net.members.get_mut(&top).map(|m| m.handle(event, net.now));
     net.route(top, effects.unwrap_or_default());
     let reasons: Vec<&str> = net.refusals.iter().map(|r| r.reason.label()).collect();
@@ -2040,7 +2087,7 @@ fn early_part(member: &Member, job: JobId, sender: u8, value: f32, len: usize) -
         payload: payload_ref(&values),
     };
     let signer = member_id(sender);
-    Event::Update { signer, update: Update::Delta(body), values, request: 1 }
+    Event::Update { signer, update: Update::Delta(body), values: values.into(), request: 1 }
 }
 
 #[test]

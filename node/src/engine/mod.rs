@@ -72,7 +72,7 @@ enum Internal {
         job: JobId,
         signer: MemberId,
         update: fedmesh_federation::member::Update,
-        values: Arc<Vec<f32>>,
+        values: fedmesh_federation::member::UpdateValues,
         reply: federation::Reply,
     },
     /// A round's result a member passed on after this node missed its announcement, verified.

@@ -11,7 +11,9 @@ use crate::identity::peer_of_member;
 use crate::metrics::Metrics;
 use crate::network::{Frame, Held, Network};
 use fedmesh_federation::member::Reason;
-use fedmesh_federation::member::{ChunkToSend, DeltaToSend, Event, PartialToSend, Refusal, Update};
+use fedmesh_federation::member::{
+    ChunkToSend, DeltaToSend, EncodedValues, Event, PartialToSend, Refusal, Update, UpdateValues,
+};
 use fedmesh_protocol::codec::{Payload, decode_response, encode_request_header};
 use fedmesh_protocol::envelope::{CarriesPayload, Denied, Scope, Scoped, Signed, SignedBody};
 use fedmesh_protocol::identity::Identity;
@@ -64,32 +66,33 @@ impl Unverified {
     }
 
     /// Checks its signature, that it is for `job`, and that `payload` is the one it signs for
-    /// (a hash over all of it), then decodes the payload: the heavy part, off the engine's
-    /// task. A delta or partial aggregate must carry the model's `params`; a ring chunk at most
-    /// that many.
+    /// (a hash over all of it), then checks the payload decodes: the heavy part, off the
+    /// engine's task. A delta stays encoded (the fold reads it a chunk at a time, with no
+    /// decoded copy); a partial aggregate or ring chunk is decoded. A delta or partial
+    /// aggregate must carry the model's `params`; a ring chunk at most that many.
     fn verify(
         self,
-        payload: &[u8],
+        payload: Payload,
         params: usize,
-    ) -> Result<(MemberId, Update, Vec<f32>), Refusal> {
+    ) -> Result<(MemberId, Update, UpdateValues), Refusal> {
         match self {
             Self::Delta(delta) => {
-                let (signer, body) = verify_payload(delta, payload)?;
-                let values = decode(payload, &body.payload, Some(params))?;
+                let (signer, body) = verify_payload(delta, &payload)?;
+                let values = encoded(payload, &body.payload, params)?;
                 Ok((signer, Update::Delta(body), values))
             }
             Self::Partial(partial) => {
-                let (signer, body) = verify_payload(partial, payload)?;
-                let values = decode(payload, &body.mean, Some(params))?;
-                Ok((signer, Update::Partial(body), values))
+                let (signer, body) = verify_payload(partial, &payload)?;
+                let values = decode(&payload, &body.mean, Some(params))?;
+                Ok((signer, Update::Partial(body), Arc::new(values).into()))
             }
             Self::Chunk(chunk) => {
-                let (signer, body) = verify_payload(chunk, payload)?;
+                let (signer, body) = verify_payload(chunk, &payload)?;
                 if body.values.params > params as u64 {
                     return Err(wrong_layout(&body.values, params));
                 }
-                let values = decode(payload, &body.values, None)?;
-                Ok((signer, Update::Chunk(body), values))
+                let values = decode(&payload, &body.values, None)?;
+                Ok((signer, Update::Chunk(body), Arc::new(values).into()))
             }
         }
     }
@@ -121,6 +124,20 @@ fn decode(
         .map_err(|e| Refusal::new(Reason::MalformedPayload, e.to_string()))
 }
 
+/// A payload kept encoded, which must decode to the model's `params` finite values.
+fn encoded(
+    payload: Payload,
+    reference: &PayloadRef,
+    params: usize,
+) -> Result<UpdateValues, Refusal> {
+    if reference.params != params as u64 {
+        return Err(wrong_layout(reference, params));
+    }
+    EncodedValues::new(Arc::new(payload), reference.encoding, params)
+        .map(UpdateValues::Encoded)
+        .map_err(|e| Refusal::new(Reason::MalformedPayload, e.to_string()))
+}
+
 fn wrong_layout(reference: &PayloadRef, params: usize) -> Refusal {
     let detail = format!("the update has {} parameters, the model {params}", reference.params);
     Refusal::new(Reason::WrongLayout, detail)
@@ -149,12 +166,13 @@ impl Engine {
                 return refuse(&network, &metrics, (job, kind), refused, reply).await;
             };
             let verify = move || {
-                let checked = update.verify(&payload, params);
+                let checked = update.verify(payload, params);
                 // A verifiable job keeps each delta it takes for auditors (checked, as sent).
-                if let (Ok((_, Update::Delta(delta), _)), Some((kept, window_ms))) =
+                if let (Ok((_, Update::Delta(delta), UpdateValues::Encoded(encoded))), Some(kept)) =
                     (&checked, keeping)
                 {
-                    let bytes = Arc::new(payload.to_vec());
+                    let (kept, window_ms) = kept;
+                    let bytes = Arc::new(encoded.bytes().to_vec());
                     hold_delta(Some(&kept), delta.payload.hash, bytes, window_ms);
                 }
                 checked
@@ -167,7 +185,6 @@ impl Engine {
             };
             match checked {
                 Ok((signer, update, values)) => {
-                    let values = Arc::new(values);
                     let update = Internal::Update { job, signer, update, values, reply };
                     let _ = internal.send(update).await;
                 }
