@@ -1,8 +1,12 @@
 //! The node's RocksDB store: jobs, memberships, rounds, model blobs by content hash, the model
 //! registry and node metadata, in column families. Every state change is one atomic write batch.
 //! A large blob (a model of many MB) is a file under `DATA_DIR/blobs/` named by its hash, written
-//! and synced before the batch that names it commits, with a marker in the blob column family:
-//! so storing one costs no copies in RocksDB's write batch, memtable and log.
+//! before the batch that names it commits, with a marker in the blob column family: so storing
+//! one costs no copies in RocksDB's write batch, memtable and log. The file is synced off the
+//! round's path ([`blob_sync`]); one a power cut left torn fails its hash check when read, and
+//! reads as an error, so the node fetches that model from its peers again.
+
+mod blob_sync;
 
 use fedmesh_protocol::ids::ContentHash;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
@@ -89,6 +93,8 @@ pub struct Store {
     /// The blob files this process wrote or hashed since it opened the store: any other is
     /// hashed again before its bytes are used (a disk or a hand may have changed it).
     verified: std::sync::Mutex<std::collections::HashSet<ContentHash>>,
+    /// Syncs blob files in the background.
+    syncer: blob_sync::BlobSyncer,
 }
 
 impl Store {
@@ -110,7 +116,9 @@ impl Store {
         crate::owner_only::create_dir(&blob_dir)
             .map_err(|source| StoreError::BlobFile { path: blob_dir.clone(), source })?;
         let verified = Default::default();
-        let store = Self { db, path, blob_dir, model_retention: 0, verified };
+        let syncer = blob_sync::BlobSyncer::start(blob_dir.clone())
+            .map_err(|source| StoreError::BlobFile { path: blob_dir.clone(), source })?;
+        let store = Self { db, path, blob_dir, model_retention: 0, verified, syncer };
         store.check_schema()?;
         store.collect_partial_files()?;
         Ok(store)
@@ -303,8 +311,8 @@ impl Store {
         }
     }
 
-    /// Writes a large blob's file and syncs it (a temporary name first, so a crash leaves no
-    /// partial file under the hash).
+    /// Writes a large blob's file (a temporary name first, so a crash leaves no partial file
+    /// under the hash) and hands it to the syncer.
     fn write_blob_file(&self, hash: &ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.blob_file(hash);
         let temporary = path.with_extension("partial");
@@ -312,12 +320,10 @@ impl Store {
         let write = || -> std::io::Result<()> {
             let mut file = crate::owner_only::create_file(&temporary)?;
             std::io::Write::write_all(&mut file, bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, &path)?;
-            // The rename is durable only once the directory naming the file is synced.
-            std::fs::File::open(&self.blob_dir)?.sync_all()
+            std::fs::rename(&temporary, &path)
         };
         write().map_err(error)?;
+        self.syncer.sync_later(path);
         self.mark_verified(*hash);
         Ok(())
     }
@@ -329,6 +335,16 @@ impl Store {
             .get_pinned_cf(self.handle(Table::Blobs)?, hash.0)
             .map_err(|e| self.rocks(e))?
             .is_some())
+    }
+
+    /// Stores a round's model blob without waiting for the disk: its file is synced in the
+    /// background and its record with the next synced write. One a power cut loses is fetched
+    /// from the job's members again, like one it left torn.
+    pub fn put_model_blob(&self, bytes: &[u8]) -> Result<ContentHash, StoreError> {
+        let mut batch = self.batch();
+        let hash = batch.put_blob(bytes)?;
+        batch.commit_with(false)?;
+        Ok(hash)
     }
 
     /// Starts an atomic change.
@@ -407,7 +423,12 @@ impl StoreBatch<'_> {
     }
 
     /// Writes every change at once, synced to disk.
-    pub fn commit(mut self) -> Result<(), StoreError> {
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.commit_with(true)
+    }
+
+    /// Writes every change at once; with `sync`, waits until the log is on disk.
+    fn commit_with(mut self, sync: bool) -> Result<(), StoreError> {
         let blobs = self.store.handle(Table::Blobs)?;
         for hash in std::mem::take(&mut self.deleted) {
             if !self.kept.contains(&hash) {
@@ -416,7 +437,7 @@ impl StoreBatch<'_> {
             }
         }
         let mut options = WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(sync);
         self.store.db.write_opt(self.batch, &options).map_err(|e| self.store.rocks(e))?;
         for path in self.unlink {
             if let Err(error) = std::fs::remove_file(&path)
@@ -533,6 +554,21 @@ mod tests {
         };
         assert_eq!(mode(dir.path()) & 0o777, 0o700, "the data directory is owner-only");
         assert_eq!(mode(&blobs) & 0o777, 0o700, "the blob directory is owner-only");
+    }
+
+    #[test]
+    fn a_model_blob_stored_without_waiting_for_the_disk_reads_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (large, small) = (vec![5u8; FILE_BLOB_BYTES + 3], vec![6u8; 100]);
+        let hashes = {
+            let store = Store::open(dir.path()).unwrap();
+            let hashes = [&large, &small].map(|bytes| store.put_model_blob(bytes).unwrap());
+            assert_eq!(store.blob(&hashes[0]).unwrap(), Some(large.clone()));
+            hashes
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.blob(&hashes[0]).unwrap(), Some(large));
+        assert_eq!(store.blob(&hashes[1]).unwrap(), Some(small));
     }
 
     #[test]

@@ -59,10 +59,7 @@ pub(super) async fn fetch_model(
         _ => {
             let bytes = fetch_from_any(network, sources, model, params * 4).await?;
             let store = store.clone();
-            let keep = move || {
-                let mut batch = store.batch();
-                batch.put_blob(&bytes).and_then(|_| batch.commit()).map(|()| bytes)
-            };
+            let keep = move || store.put_model_blob(&bytes).map(|_| bytes);
             match tokio::task::spawn_blocking(keep).await {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(error)) => return Err(format!("cannot store the fetched model: {error}")),

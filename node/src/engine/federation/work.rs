@@ -143,16 +143,13 @@ impl Engine {
 /// How much longer the `slow-disk` misbehaviour makes a large model's write.
 const SLOW_DISK_DELAY: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// Stores a model blob in one committed write; returns its hash. A `slow` disk makes a large
+/// Stores a model blob (see [`Store::put_model_blob`]); returns its hash. A `slow` disk makes a large
 /// blob's write take `SLOW_DISK_DELAY` longer.
 fn store_blob(store: &Store, blob: &[u8], slow: bool) -> Result<ContentHash, String> {
     if slow && blob.len() >= crate::network::LARGE_FRAME_BYTES {
         std::thread::sleep(SLOW_DISK_DELAY);
     }
-    let mut batch = store.batch();
-    let hash = batch.put_blob(blob).map_err(|e| e.to_string())?;
-    batch.commit().map_err(|e| e.to_string())?;
-    Ok(hash)
+    store.put_model_blob(blob).map_err(|e| e.to_string())
 }
 
 impl Engine {
