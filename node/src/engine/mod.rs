@@ -7,6 +7,7 @@ mod federation;
 mod jobs;
 mod registry;
 mod requests;
+mod serving;
 
 use crate::metrics::Metrics;
 use crate::network::{Network, NetworkEvent};
@@ -235,6 +236,8 @@ pub struct Engine {
     internal_rx: mpsc::Receiver<Internal>,
     /// What the network's set of peers that may send large frames was built from.
     bulk_peers_built_from: federation::BulkPeersBuiltFrom,
+    /// The blobs responses are sending now, shared with further requests for them.
+    blobs_in_flight: serving::BlobsInFlight,
 }
 
 impl Engine {
@@ -268,6 +271,7 @@ impl Engine {
             internal,
             internal_rx,
             bulk_peers_built_from: Vec::new(),
+            blobs_in_flight: Default::default(),
         };
         Ok((engine, handle))
     }

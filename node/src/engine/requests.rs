@@ -91,9 +91,10 @@ impl Engine {
 
     /// Answers with a stored blob, which holds a budget share while it is sent, or `Busy` when
     /// it does not fit the budget now, or `NotFound`; or `Refused` when the blob is a model of
-    /// an allow-listed job the asker is outside of. The share is taken before the blob is read
-    /// (for the largest model of this node's jobs, which is what peers ask for), so a busy node
-    /// reads nothing; the blob is read and sent off the engine's task.
+    /// an allow-listed job the asker is outside of. A blob another response is still sending
+    /// goes from that copy, under its share. Otherwise the share is taken before the blob is
+    /// read (for the largest model of this node's jobs, which is what peers ask for), so a busy
+    /// node reads nothing; the blob is read and sent off the engine's task.
     async fn serve_blob(&self, peer: PeerId, hash: ContentHash, channel: ResponseChannel<Frame>) {
         let asker = MemberId::from_peer_id_string(&peer.to_string());
         if !asker.is_ok_and(|asker| self.may_pull_model(&asker, &hash)) {
@@ -103,27 +104,36 @@ impl Engine {
             let refused = Response::Refused { reason };
             return respond(&self.network, channel, refused, Vec::new(), None).await;
         }
+        if let Some((bytes, held)) = self.blobs_in_flight.get(&hash) {
+            let blob = Response::Blob { hash };
+            return respond_shared(&self.network, channel, blob, bytes, Some(held)).await;
+        }
         let Some(held) = self.network.try_reserve(self.largest_model_bytes()) else {
             self.metrics.rejected("blob", "busy");
             let busy = Response::Busy { hash };
             return respond(&self.network, channel, busy, Vec::new(), None).await;
         };
         let (network, store) = (self.network.clone(), self.store.clone());
+        let in_flight = self.blobs_in_flight.clone();
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || store.blob(&hash)).await;
             let (response, payload, held) = match read {
-                Ok(Ok(Some(bytes))) => (Response::Blob { hash }, bytes, Some(held)),
-                Ok(Ok(None)) => (Response::NotFound { hash }, Vec::new(), None),
+                Ok(Ok(Some(bytes))) => {
+                    let bytes = Arc::new(bytes);
+                    in_flight.insert(hash, &bytes, &held);
+                    (Response::Blob { hash }, bytes, Some(held))
+                }
+                Ok(Ok(None)) => (Response::NotFound { hash }, Arc::default(), None),
                 Ok(Err(error)) => {
                     tracing::error!(%error, "cannot read blob");
-                    (Response::NotFound { hash }, Vec::new(), None)
+                    (Response::NotFound { hash }, Arc::default(), None)
                 }
                 Err(error) => {
                     tracing::error!(%error, "the blob read failed");
-                    (Response::NotFound { hash }, Vec::new(), None)
+                    (Response::NotFound { hash }, Arc::default(), None)
                 }
             };
-            respond(&network, channel, response, payload, held).await;
+            respond_shared(&network, channel, response, payload, held).await;
         });
     }
 
@@ -165,9 +175,20 @@ pub(super) async fn respond(
     payload: Vec<u8>,
     held: Option<Held>,
 ) {
+    respond_shared(network, channel, response, Arc::new(payload), held).await;
+}
+
+/// [`respond`] with a payload other responses may be sending too.
+async fn respond_shared(
+    network: &Network,
+    channel: ResponseChannel<Frame>,
+    response: Response,
+    payload: Arc<Vec<u8>>,
+    held: Option<Held>,
+) {
     match encode_response_header(&response, payload.len()) {
         Ok(head) => {
-            let frame = Frame::new(head, Arc::new(payload));
+            let frame = Frame::new(head, payload);
             let frame = match held {
                 Some(held) => frame.holding(held),
                 None => frame,

@@ -19,10 +19,37 @@ pub struct BulkBudget {
     total_units: u32,
 }
 
-/// A share of the budget, given back when dropped.
-#[derive(Debug)]
+/// A share of the budget, given back when its last clone is dropped (frames that send the same
+/// bytes share one).
+#[derive(Debug, Clone)]
 pub struct Held {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+/// A handle on a share that does not keep it: the share again while a clone is still held.
+#[derive(Debug, Clone)]
+pub struct WeakHeld {
+    permit: Option<std::sync::Weak<OwnedSemaphorePermit>>,
+}
+
+impl Held {
+    fn of(permit: Option<OwnedSemaphorePermit>) -> Self {
+        Self { permit: permit.map(Arc::new) }
+    }
+
+    pub fn downgrade(&self) -> WeakHeld {
+        WeakHeld { permit: self.permit.as_ref().map(Arc::downgrade) }
+    }
+}
+
+impl WeakHeld {
+    /// The share, unless every clone of it was dropped (and the budget given back).
+    pub fn upgrade(&self) -> Option<Held> {
+        match &self.permit {
+            None => Some(Held { permit: None }),
+            Some(permit) => permit.upgrade().map(|permit| Held { permit: Some(permit) }),
+        }
+    }
 }
 
 impl BulkBudget {
@@ -45,19 +72,19 @@ impl BulkBudget {
     pub async fn reserve(&self, bytes: usize) -> Held {
         let units = self.units_for(bytes);
         if units == 0 {
-            return Held { _permit: None };
+            return Held::of(None);
         }
         // The semaphore is never closed, so acquiring fails only if it were.
-        Held { _permit: self.units.clone().acquire_many_owned(units).await.ok() }
+        Held::of(self.units.clone().acquire_many_owned(units).await.ok())
     }
 
     /// `bytes` if they fit now.
     pub fn try_reserve(&self, bytes: usize) -> Option<Held> {
         let units = self.units_for(bytes);
         if units == 0 {
-            return Some(Held { _permit: None });
+            return Some(Held::of(None));
         }
-        self.units.clone().try_acquire_many_owned(units).ok().map(|p| Held { _permit: Some(p) })
+        self.units.clone().try_acquire_many_owned(units).ok().map(|p| Held::of(Some(p)))
     }
 }
 
@@ -75,5 +102,18 @@ mod tests {
         let whole = budget.try_reserve(10 << 20);
         assert!(whole.is_some(), "a frame larger than the budget takes all of it");
         assert!(budget.try_reserve(1 << 20).is_none());
+    }
+
+    #[test]
+    fn a_share_is_given_back_when_its_last_clone_is_dropped() {
+        let budget = BulkBudget::new(3 << 20);
+        let first = budget.try_reserve(2 << 20).unwrap();
+        let weak = first.downgrade();
+        let again = weak.upgrade().expect("the share is still held");
+        drop(first);
+        assert!(budget.try_reserve(2 << 20).is_none(), "a clone still holds the share");
+        drop(again);
+        assert!(weak.upgrade().is_none(), "the share was given back");
+        assert!(budget.try_reserve(2 << 20).is_some());
     }
 }

@@ -13,7 +13,7 @@ mod scoring;
 mod tests;
 
 pub use behaviour::{BehaviourSettings, MAX_GOSSIP_BYTES};
-pub use budget::{BulkBudget, COUNTED_FROM_BYTES as LARGE_FRAME_BYTES, Held};
+pub use budget::{BulkBudget, COUNTED_FROM_BYTES as LARGE_FRAME_BYTES, Held, WeakHeld};
 pub use codec::Frame;
 pub use event_loop::{RATE_LIMITED, peer_of};
 pub use large_frames::LARGE_FROM_OUTSIDER;
