@@ -513,7 +513,7 @@ impl Member {
             self.keep_early(EarlyUpdate { signer, update, values });
             return Ok(());
         }
-        self.fold(signer, update, &values, now)
+        self.fold(signer, update, values, now)
     }
 
     /// The updates kept for a round whose opening had not arrived, or whose base this member
@@ -548,19 +548,20 @@ impl Member {
         next && unseen && !collecting && self.is_active()
     }
 
-    /// Folds an update into the slot expecting it, finishing the slot once complete.
+    /// Folds an update into the slot expecting it, finishing the slot once complete (its values
+    /// are dropped first: a large model's last delta is not held beside the new model).
     fn fold(
         &mut self,
         signer: MemberId,
         update: Update,
-        values: &UpdateValues,
+        values: UpdateValues,
         now: u64,
     ) -> Result<(), Refusal> {
         let job = self.setup.job;
         if let Some(detail) = self.overweight(&signer, &update) {
             return Err(Refusal::new(Reason::InflatedSamples, detail));
         }
-        refuse_huge_values(values)?;
+        refuse_huge_values(&values)?;
         let learns_from_feedback = self.learns_from_feedback();
         let Some(open) = self.phase.open_mut().filter(|o| !o.slots.is_empty()) else {
             let detail = format!("this member collects no updates for job {job} now");
@@ -570,7 +571,7 @@ impl Member {
         let slot = &mut open.slots[index];
         match &update {
             Update::Delta(delta) => {
-                match values {
+                match &values {
                     UpdateValues::Decoded(values) => slot.accept_delta(signer, delta, values)?,
                     UpdateValues::Encoded(encoded) => {
                         slot.accept_encoded_delta(signer, delta, &encoded.decoder()?)?
@@ -585,6 +586,7 @@ impl Member {
                 return Err(Refusal::new(Reason::WrongKind, "a ring chunk for a slot"));
             }
         }
+        drop(values);
         self.finish_complete_slots(now);
         Ok(())
     }
@@ -738,7 +740,7 @@ impl Member {
             contributions: partial.contributions,
         };
         if let Err(refused) =
-            self.fold(self.me(), Update::Partial(body), &partial.mean.clone().into(), now)
+            self.fold(self.me(), Update::Partial(body), partial.mean.clone().into(), now)
         {
             self.log(Level::Warn, partial.round, refused.detail);
         }

@@ -10,22 +10,28 @@ use std::sync::{Arc, Mutex, Weak};
 /// The blobs some response is sending now, by hash (cloned handles share them).
 #[derive(Clone, Default)]
 pub struct BlobsInFlight {
-    sending: Arc<Mutex<HashMap<ContentHash, (Weak<Vec<u8>>, WeakHeld)>>>,
+    sending: Arc<Mutex<HashMap<ContentHash, Sending>>>,
+}
+
+/// A blob some response is sending: its bytes and budget share, which only responses keep.
+struct Sending {
+    bytes: Weak<Vec<u8>>,
+    held: WeakHeld,
 }
 
 impl BlobsInFlight {
     /// The bytes of `hash` and their budget share, if a response is still sending them.
     pub fn get(&self, hash: &ContentHash) -> Option<(Arc<Vec<u8>>, Held)> {
         let mut sending = self.sending.lock().ok()?;
-        sending.retain(|_, (bytes, held)| bytes.strong_count() > 0 && held.upgrade().is_some());
-        let (bytes, held) = sending.get(hash)?;
-        Some((bytes.upgrade()?, held.upgrade()?))
+        sending.retain(|_, blob| blob.bytes.strong_count() > 0 && blob.held.upgrade().is_some());
+        let blob = sending.get(hash)?;
+        Some((blob.bytes.upgrade()?, blob.held.upgrade()?))
     }
 
     /// Notes that `bytes` of `hash` are being sent under `held`.
     pub fn insert(&self, hash: ContentHash, bytes: &Arc<Vec<u8>>, held: &Held) {
         if let Ok(mut sending) = self.sending.lock() {
-            sending.insert(hash, (Arc::downgrade(bytes), held.downgrade()));
+            sending.insert(hash, Sending { bytes: Arc::downgrade(bytes), held: held.downgrade() });
         }
     }
 }
