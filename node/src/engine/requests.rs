@@ -92,7 +92,8 @@ impl Engine {
     /// Answers with a stored blob, which holds a budget share while it is sent, or `Busy` when
     /// it does not fit the budget now, or `NotFound`; or `Refused` when the blob is a model of
     /// an allow-listed job the asker is outside of. A blob another response is still sending
-    /// goes from that copy, under its share. Otherwise the share is taken before the blob is
+    /// goes from that copy, under its share (up to a few responses at once; see
+    /// [`serving`](super::serving)). Otherwise the share is taken before the blob is
     /// read (for the largest model of this node's jobs, which is what peers ask for), so a busy
     /// node reads nothing; the blob is read and sent off the engine's task.
     async fn serve_blob(&self, peer: PeerId, hash: ContentHash, channel: ResponseChannel<Frame>) {

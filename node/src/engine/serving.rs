@@ -1,11 +1,16 @@
 //! Blobs being sent: while a response still holds a blob's bytes, another request for the same
 //! blob is answered from that copy under the same budget share, so the members that fetch a new
-//! model at once are served side by side from one copy instead of one after another.
+//! model at once are served side by side from one copy instead of one after another. At most
+//! [`MAX_SHARED_SENDS`] responses send one copy at once: a member asking again and again for the
+//! model in flight gets `Busy`, not a send of the whole model per small request.
 
 use crate::network::{Held, WeakHeld};
 use fedmesh_protocol::ids::ContentHash;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+
+/// The most responses that send one blob's copy at once.
+pub const MAX_SHARED_SENDS: usize = 8;
 
 /// The blobs some response is sending now, by hash (cloned handles share them).
 #[derive(Clone, Default)]
@@ -20,11 +25,15 @@ struct Sending {
 }
 
 impl BlobsInFlight {
-    /// The bytes of `hash` and their budget share, if a response is still sending them.
+    /// The bytes of `hash` and their budget share, if a response is still sending them and
+    /// fewer than [`MAX_SHARED_SENDS`] do.
     pub fn get(&self, hash: &ContentHash) -> Option<(Arc<Vec<u8>>, Held)> {
         let mut sending = self.sending.lock().ok()?;
         sending.retain(|_, blob| blob.bytes.strong_count() > 0 && blob.held.upgrade().is_some());
         let blob = sending.get(hash)?;
+        if blob.bytes.strong_count() >= MAX_SHARED_SENDS {
+            return None;
+        }
         Some((blob.bytes.upgrade()?, blob.held.upgrade()?))
     }
 
@@ -57,5 +66,20 @@ mod tests {
         drop((shared, shared_held));
         assert!(in_flight.get(&hash).is_none());
         assert!(budget.try_reserve(4 << 20).is_some(), "the share is back");
+    }
+
+    #[test]
+    fn no_more_than_the_cap_of_responses_send_one_copy_at_once() {
+        let budget = BulkBudget::new(4 << 20);
+        let in_flight = BlobsInFlight::default();
+        let hash = ContentHash::of(b"model");
+        let bytes = Arc::new(vec![1u8; 2 << 20]);
+        let held = budget.try_reserve(bytes.len()).unwrap();
+        in_flight.insert(hash, &bytes, &held);
+        let sharing: Vec<_> = (1..MAX_SHARED_SENDS).map_while(|_| in_flight.get(&hash)).collect();
+        assert_eq!(sharing.len() + 1, MAX_SHARED_SENDS);
+        assert!(in_flight.get(&hash).is_none(), "one more would pass the cap");
+        drop(sharing);
+        assert!(in_flight.get(&hash).is_some(), "below the cap again");
     }
 }
