@@ -105,9 +105,9 @@ pub struct RoundView {
     pub eval_samples: u64,
     /// How many members' evaluations are in.
     pub evaluations: usize,
-    /// From the round's opening to its model's announcement.
+    /// From the round's first opening to its model's announcement.
     pub seconds: Option<f64>,
-    /// When the round's latest opening was made and its model announced (Unix ms, each by
+    /// When the round's first opening was made and its model announced (Unix ms, each by
     /// its own member's clock).
     #[serde(default)]
     pub opened_at_ms: u64,

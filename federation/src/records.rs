@@ -45,6 +45,8 @@ pub struct RoundRecord {
     /// The round's global model, once announced.
     pub model: Option<ContentHash>,
     pub participants: usize,
+    /// When the round first opened: an opening again (at its deadline, or by a new leader)
+    /// keeps it, so the round's time counts what it waited before.
     pub opened_at_ms: u64,
     pub closed_at_ms: Option<u64>,
     /// This node's local training time, if it trained.

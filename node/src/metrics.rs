@@ -294,7 +294,11 @@ impl RoundMetrics {
         registry.register("members", "Members this node knows in the job", members);
         registry.register("accuracy", "Test accuracy of the latest evaluated round", accuracy);
         registry.register("loss", "Test loss of the latest evaluated round", loss);
-        registry.register("round_seconds", "Seconds from a round's opening to its model", seconds);
+        registry.register(
+            "round_seconds",
+            "Seconds from a round's first opening to its model",
+            seconds,
+        );
         Self { registry }
     }
 }

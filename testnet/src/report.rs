@@ -40,7 +40,7 @@ pub struct RoundFigures {
     /// Test-size-weighted over the members' test splits.
     pub accuracy: Option<f64>,
     pub loss: Option<f64>,
-    /// From the round's opening to its model's announcement.
+    /// From the round's first opening to its model's announcement.
     pub seconds: Option<f64>,
     /// When it was opened and its model announced (Unix ms).
     #[serde(default)]

@@ -220,7 +220,6 @@ impl Member {
             RoundRecord::new(open.round, opener, open.base_model, open.opened_at_ms)
         });
         record.aggregator = opener;
-        record.opened_at_ms = open.opened_at_ms;
         record.slots = plan.slots.iter().map(|s| (s.id.to_string(), s.aggregator())).collect();
         record.rings = plan.rings.iter().map(|r| (r.label.clone(), r.order.clone())).collect();
         let (earlier, earlier_ring) = match std::mem::take(&mut self.phase) {

@@ -897,6 +897,9 @@ fn a_trainer_slower_than_the_deadline_trains_once_and_its_update_reaches_the_rou
     assert_eq!(net.trainings[&(slow, 1)], 1, "member 3 trained for round 1 once");
     let record = &net.member(1).rounds()[&1];
     assert_eq!(record.participants, 4, "member 3's update is in round 1");
+    // The round's time runs from its first opening: it took member 3's whole training.
+    let seconds = record.closed_at_ms.expect("closed") - record.opened_at_ms;
+    assert!(seconds >= 12_000, "round 1 took {seconds} ms from its first opening");
 }
 
 #[test]
