@@ -30,7 +30,7 @@ use fedmesh_aggregation::privacy::NoiseSeed;
 use fedmesh_protocol::envelope::Signed;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{
-    AggregateReady, Assignment, EvalReport, Heartbeat, Join, RoundOpen, Ticket,
+    AggregateReady, Assignment, EvalReport, Heartbeat, Join, RoundOpen, SecureAggregation, Ticket,
 };
 use fedmesh_protocol::spec::{Admission, JobSpec};
 use fedmesh_topologies::{History, MemberInfo, RoundPlan, Tag};
@@ -174,6 +174,8 @@ pub struct Member {
     pulled_all: bool,
     held: VecDeque<Waiting>,
     early: VecDeque<EarlyUpdate>,
+    /// Trainers' secure round keys for a round whose opening has not arrived (see `secure`).
+    early_keys: VecDeque<(MemberId, SecureAggregation)>,
     /// Evaluation reports of rounds whose result this member has not taken yet.
     early_evals: VecDeque<EvalReport>,
     /// This member's local training in the round it follows, so it trains once per round.
@@ -294,6 +296,7 @@ impl Member {
             pulled_all: false,
             held: VecDeque::new(),
             early: VecDeque::new(),
+            early_keys: VecDeque::new(),
             early_evals: VecDeque::new(),
             training: None,
             last_update: None,

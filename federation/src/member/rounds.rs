@@ -537,14 +537,19 @@ impl Member {
         })
     }
 
-    /// Whether an update is for the next round, whose opening this member has not seen while
-    /// it collects nothing (a slot's aggregator may hear an opening after its trainers).
+    /// Whether an update is for a round whose opening this member has not seen while it
+    /// collects nothing: a slot's aggregator may hear an opening after its trainers, and even
+    /// the result before it, whose model the update then trained on (gossip takes other paths
+    /// than direct messages, and a large opening is verified longer than a small result).
+    /// The next round's update must build on this member's model; one for the round after
+    /// cannot be checked until the result in between is taken, and is judged then.
     fn keeps_early(&self, update: &Update) -> bool {
-        let next = update.round() == self.state.completed_round + 1
-            && update.base_model() == self.state.model;
+        let completed = self.state.completed_round;
+        let next = update.round() == completed + 1 && update.base_model() == self.state.model;
+        let after_next = update.round() == completed + 2;
         let collecting = self.phase.open().is_some_and(|o| !o.slots.is_empty());
         let unseen = self.phase.open().is_none_or(|o| o.round < update.round());
-        next && unseen && !collecting && self.is_active()
+        (next || after_next) && unseen && !collecting && self.is_active()
     }
 
     /// Folds an update into the slot expecting it, finishing the slot once complete (its values

@@ -25,6 +25,10 @@ use std::sync::Arc;
 
 /// Members up to which every trainer neighbours every other (plain SecAgg).
 const COMPLETE_GRAPH_MEMBERS: usize = 16;
+/// Most trainers' round keys kept for openings this member has not followed yet, and most of
+/// them from one member (its keys for the next round, and for the one after).
+const MAX_EARLY_KEYS: usize = 1024;
+const MAX_EARLY_KEYS_PER_MEMBER: usize = 2;
 
 /// A secure round's part of a member's machine: its trainer side and, for each slot it
 /// aggregates trainers in, its leader side, for one opening of the round.
@@ -245,6 +249,7 @@ impl Member {
         for (slot, deadline_ms, parent) in led {
             self.start_secure_leader(slot, deadline_ms, parent.is_none());
         }
+        self.take_early_keys(now);
         let Some(open) = self.phase.open() else { return };
         if let Some(Destination::Slot(slot)) = open.plan.destination(&me) {
             self.start_secure_trainer(slot, now);
@@ -362,6 +367,10 @@ impl Member {
             let detail = format!("a secure message signed by {signer} for another sender or job");
             return Err(Refusal::new(Reason::RejectedUpdate, detail));
         }
+        if self.keeps_early_keys(&signer, &message) {
+            self.keep_early_keys(signer, message);
+            return Ok(());
+        }
         let opening = (message.round, message.opened_at_ms);
         match message.body {
             SecureBody::Keys(keys) => self.leader_keys(signer, opening, keys, now),
@@ -382,6 +391,46 @@ impl Member {
             SecureBody::RelayShares(shares) => self.trainer_shares(signer, opening, shares, now),
             SecureBody::Unmask { survivors, dropped } => {
                 self.trainer_unmask(signer, opening, &survivors, &dropped, now)
+            }
+        }
+    }
+
+    /// Whether a secure message is a member's round keys, the first message a trainer sends its
+    /// leader, for a round whose opening this member has not followed yet: trainers may hear
+    /// an opening before their leader does (see `keeps_early`).
+    fn keeps_early_keys(&self, signer: &MemberId, message: &SecureAggregation) -> bool {
+        let completed = self.state.completed_round;
+        let ahead = (completed + 1..=completed + 2).contains(&message.round);
+        let unseen = self.phase.open().is_none_or(|o| o.round < message.round);
+        let keys = matches!(message.body, SecureBody::Keys(_));
+        keys && ahead && unseen && self.is_active() && self.state.members.contains(signer)
+    }
+
+    /// Keeps round keys until their opening is followed: the oldest of the same member's go
+    /// while it would have more than [`MAX_EARLY_KEYS_PER_MEMBER`] kept, the oldest of all
+    /// while all would be more than [`MAX_EARLY_KEYS`].
+    fn keep_early_keys(&mut self, signer: MemberId, message: SecureAggregation) {
+        let kept = &mut self.early_keys;
+        while kept.iter().filter(|(from, _)| *from == signer).count() >= MAX_EARLY_KEYS_PER_MEMBER {
+            let Some(oldest) = kept.iter().position(|(from, _)| *from == signer) else { break };
+            kept.remove(oldest);
+        }
+        while kept.len() >= MAX_EARLY_KEYS {
+            kept.pop_front();
+        }
+        kept.push_back((signer, message));
+    }
+
+    /// Takes in the round keys kept for the round just entered; those for a later one stay.
+    fn take_early_keys(&mut self, now: u64) {
+        let Some(round) = self.phase.open().map(|o| o.round) else { return };
+        for (signer, message) in std::mem::take(&mut self.early_keys) {
+            if message.round > round {
+                self.early_keys.push_back((signer, message));
+            } else if message.round == round
+                && let Err(refusal) = self.on_secure(signer, message, now)
+            {
+                self.log(Level::Warn, round, refusal.detail);
             }
         }
     }

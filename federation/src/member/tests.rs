@@ -189,6 +189,9 @@ struct Net {
     behind_nat: BTreeSet<MemberId>,
     /// How long a member's local training takes (instant for the others).
     train_ms: BTreeMap<MemberId, u64>,
+    /// How late gossip reaches a member (at once for the others): a slow mesh path, or a
+    /// validation that finishes after the direct messages sent on the same news.
+    gossip_lag_ms: BTreeMap<MemberId, u64>,
     /// Events held until their time: (due, member, event).
     later: Vec<(u64, MemberId, Event)>,
     /// How many times each member was asked to train for each round.
@@ -254,6 +257,7 @@ impl Net {
             may_miss_rounds: BTreeSet::new(),
             behind_nat: BTreeSet::new(),
             train_ms: BTreeMap::new(),
+            gossip_lag_ms: BTreeMap::new(),
             later: Vec::new(),
             trainings: BTreeMap::new(),
             joins: Vec::new(),
@@ -604,7 +608,11 @@ impl Net {
     fn gossip(&mut self, from: MemberId, message: Gossip) {
         let others: Vec<MemberId> = self.members.keys().filter(|m| **m != from).copied().collect();
         for to in others {
-            self.send(from, to, Event::Gossip { signer: from, message: message.clone() });
+            let event = Event::Gossip { signer: from, message: message.clone() };
+            match self.gossip_lag_ms.get(&to) {
+                Some(lag) => self.later.push((self.now + lag, to, event)),
+                None => self.send(from, to, event),
+            }
         }
     }
 
@@ -2139,6 +2147,37 @@ fn a_member_that_left_keeps_no_early_update() {
     assert_eq!(member.early_bytes(), 0);
 }
 
+/// Trainers' round keys for an opening the member has not followed are kept, at most two per
+/// member (the newest), and only for the next round and the one after.
+#[test]
+fn early_round_keys_are_capped_per_member_and_kept_for_the_next_two_rounds_only() {
+    use fedmesh_protocol::message::{SecureBody, SecureKeys};
+    let now = 1_000;
+    let (mut member, job) = lone_member([2, 3], now);
+    let keys = |sender: u8, round: Round, opened_at_ms: u64| {
+        let keys = SecureKeys {
+            member: member_id(sender),
+            mask_key: [sender; 32],
+            encryption_key: [sender; 32],
+            self_mask_commitment: [0; 32],
+            signature: vec![0; 64],
+        };
+        let body = SecureBody::Keys(keys);
+        let message =
+            SecureAggregation { job, round, opened_at_ms, sender: member_id(sender), body };
+        Event::Secure { signer: member_id(sender), message, request: opened_at_ms }
+    };
+    for opened_at_ms in 0..5 {
+        member.handle(keys(2, 1, opened_at_ms), now);
+    }
+    member.handle(keys(3, 2, 0), now);
+    member.handle(keys(3, 3, 0), now); // three rounds ahead: refused
+    let kept: Vec<(MemberId, Round, u64)> =
+        member.early_keys.iter().map(|(from, m)| (*from, m.round, m.opened_at_ms)).collect();
+    let (two, three) = (member_id(2), member_id(3));
+    assert_eq!(kept, [(two, 1, 3), (two, 1, 4), (three, 2, 0)]);
+}
+
 /// A central job whose results every member audits (or a fraction of them).
 fn verifiable(members: u8, rounds: u64, auditors: serde_json::Value) -> Net {
     let mut spec = spec("central", rounds, 5);
@@ -2423,6 +2462,34 @@ fn a_secure_hierarchical_round_masks_each_group_and_makes_the_plain_model() {
         assert_eq!(senders, 4, "each group's two other trainers send masked updates");
     }
     assert_same_model(&plain, &secure);
+}
+
+/// A group's aggregator that hears the round's gossip (results, openings) later than its
+/// trainers gets their updates, plain or secure, before it follows the opening they answer, and
+/// before it holds the base they trained on: it keeps them until it does, and every round has
+/// every member.
+#[test]
+fn a_group_aggregator_that_hears_gossip_late_keeps_the_updates_that_come_first() {
+    for secure in [false, true] {
+        let mut net = two_secure_groups(6, secure);
+        for lagging in [2, 5] {
+            net.gossip_lag_ms.insert(member_id(lagging), 300);
+        }
+        net.run(120_000);
+        net.assert_agree();
+        let rounds = net.member(1).rounds();
+        let participants: Vec<usize> = rounds.values().map(|r| r.participants).collect();
+        assert_eq!(participants, [6; 6], "secure: {secure}; {:?}", net.refusals);
+        assert!(net.refusals.is_empty(), "secure: {secure}; {:?}", net.refusals);
+        let lagging_led = rounds.values().filter(|r| {
+            r.slots.values().any(|aggregator| [2, 5].map(member_id).contains(aggregator))
+        });
+        assert!(lagging_led.count() > 0, "a lagging member aggregated some round's group");
+        for record in rounds.values() {
+            let seconds = record.closed_at_ms.expect("closed") - record.opened_at_ms;
+            assert!(seconds < 2_500, "round {} waited for a group's deadline", record.round);
+        }
+    }
 }
 
 /// A group's trainer whose masked updates are lost: its group's aggregator closes the group's
