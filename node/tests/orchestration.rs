@@ -105,7 +105,10 @@ async fn members_follow_the_coordinators_assignments_and_refuse_forged_ones() {
 async fn a_killed_aggregator_is_replaced_by_a_new_assignment_within_the_deadline() {
     let root = tempfile::tempdir().unwrap();
     let mut cluster = orchestrated(root.path(), 4, plain).await;
-    let job = submit(&cluster, 5, json!({})).await;
+    // Training long enough (about 0.2 s) that the test sees round 2 open: with one epoch a
+    // round closed in 15 ms, and the whole job often ended between two of the test's polls.
+    let hyperparameters = json!({"rounds": 5, "local_epochs": 100, "lr": 0.1});
+    let job = submit(&cluster, 5, json!({ "hyperparameters": hyperparameters })).await;
     let open_round = |view: &CoordinationView| -> Option<RoundProgressView> {
         view.rounds.last().filter(|r| r.round >= 2 && r.model.is_none()).cloned()
     };

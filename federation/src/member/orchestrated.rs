@@ -76,11 +76,22 @@ impl Member {
     /// one held (the coordinator repeats it) has the held one followed again: a member whose
     /// base model could not be had asks for it again.
     pub(super) fn on_assignment(&mut self, assignment: Arc<Assignment>, now: u64) {
-        let newer = self.assigned.as_ref().is_none_or(|held| {
-            let held = &held.assignment;
+        let completed = self.state.completed_round;
+        let held = self.assigned.as_ref().map(|held| &held.assignment);
+        let later = held.is_none_or(|held| {
             (held.round, held.issued_at_ms) < (assignment.round, assignment.issued_at_ms)
         });
-        if newer {
+        // The coordinator took the held round's base back (its result was lost with its
+        // aggregator) and assigns the round before again, after it: its newest word counts.
+        let again = held.is_some_and(|held| {
+            assignment.round < held.round
+                && assignment.round > completed
+                && held.issued_at_ms < assignment.issued_at_ms
+        });
+        if again {
+            self.forget_unheld_results(assignment.round);
+        }
+        if later || again {
             let plan = match self.assigned_plan(&assignment) {
                 Ok(plan) => plan,
                 Err(error) => {
@@ -95,6 +106,20 @@ impl Member {
             self.assigned = Some(Assigned { assignment, plan, leader, base_asked_ms: None });
         }
         self.follow_assignment(self.state.completed_round + 1, now);
+    }
+
+    /// Forgets the results from `round` on that this member took but holds no model of: the
+    /// coordinator took them back, their models lost with their aggregator, and assigns `round`
+    /// again (a heard result would keep this member from following it).
+    fn forget_unheld_results(&mut self, round: Round) {
+        self.rounds.retain(|r, _| *r < round);
+        self.taken.retain(|(_, ready)| ready.round < round);
+        self.fetching.retain(|_, r| *r < round);
+        if self.phase.round().is_some_and(|r| r >= round) {
+            self.phase = Phase::Waiting;
+        }
+        let text = "the coordinator took this round's result back: its model was lost";
+        self.log(Level::Warn, round, text);
     }
 
     /// The plan an assignment makes: its members with the roles it gives them, its trainers,

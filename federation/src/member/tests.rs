@@ -1723,6 +1723,31 @@ fn an_orchestrated_job_completes_with_the_coordinators_aggregator_leading_each_r
     assert!(net.refusals.is_empty(), "{:?}", net.refusals);
 }
 
+/// Round 2's aggregator dies with its model after the coordinator took the result and assigned
+/// round 3: no member could fetch that model, so the coordinator takes the result back and
+/// assigns round 2 again, a later word than round 3's, which the members follow.
+#[test]
+fn members_follow_the_coordinator_assigning_a_round_again_after_it_assigned_the_next() {
+    let mut net = four_orchestrated(4, None);
+    let assigned = |round: Round| {
+        move |net: &Net| net.coordinator.as_ref().is_some_and(|c| c.assigned.contains_key(&round))
+    };
+    net.run_until(30_000, assigned(2));
+    let leader = net.coordinator().assigned[&2];
+    let others: Vec<MemberId> = net.members.keys().copied().filter(|m| *m != leader).collect();
+    net.cannot_fetch.extend(others.iter().copied());
+    net.run_until(30_000, assigned(3));
+    let lost = net.coordinator().job.state.model.expect("round 2's model");
+    net.kill(leader.0[0]);
+    net.blobs.remove(&lost);
+    net.cannot_fetch.clear();
+    net.run(300_000);
+    net.assert_agree();
+    let round = &net.coordinator().job.state.rounds[&2];
+    assert!(round.reassigned.iter().any(|why| why.contains("lost")), "{round:?}");
+    assert_ne!(net.member(others[0].0[0]).rounds()[&2].model, Some(lost));
+}
+
 #[test]
 fn members_own_openings_are_refused_while_the_coordinator_is_heard() {
     let mut net = four_orchestrated(2, None);
