@@ -825,6 +825,7 @@ impl Member {
         self.state.status = status;
         self.phase = Phase::Ended;
         self.early.clear();
+        self.early_keys.clear();
         self.early_evals.clear();
         self.held.clear();
         self.persist();

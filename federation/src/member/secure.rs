@@ -403,7 +403,8 @@ impl Member {
         let ahead = (completed + 1..=completed + 2).contains(&message.round);
         let unseen = self.phase.open().is_none_or(|o| o.round < message.round);
         let keys = matches!(message.body, SecureBody::Keys(_));
-        keys && ahead && unseen && self.is_active() && self.state.members.contains(signer)
+        let member = self.state.members.contains(signer);
+        keys && ahead && unseen && self.secure() && self.is_active() && member
     }
 
     /// Keeps round keys until their opening is followed: the oldest of the same member's go

@@ -1909,7 +1909,16 @@ fn a_stop_counts_only_from_the_coordinator_of_an_orchestrated_job() {
 
 /// Member 1 of a job, alone on a manual clock, fed joins as answers from `others`.
 fn lone_member(others: impl IntoIterator<Item = u8>, now: u64) -> (Member, JobId) {
-    let net = Net::new(spec("central", 4, 5), &[(1, "a")]);
+    lone_member_of(spec("central", 4, 5), others, now)
+}
+
+/// [`lone_member`] in a job of `spec`.
+fn lone_member_of(
+    spec: JobSpec,
+    others: impl IntoIterator<Item = u8>,
+    now: u64,
+) -> (Member, JobId) {
+    let net = Net::new(spec, &[(1, "a")]);
     let initial = Arc::new(vec![0.0f32; PARAMS]);
     let (mut member, _) = Member::join(net.setup(member_id(1)), hash_f32(&initial), initial, now);
     for byte in others {
@@ -2178,7 +2187,10 @@ fn a_member_that_left_keeps_no_early_update() {
 fn early_round_keys_are_capped_per_member_and_kept_for_the_next_two_rounds_only() {
     use fedmesh_protocol::message::{SecureBody, SecureKeys};
     let now = 1_000;
-    let (mut member, job) = lone_member([2, 3], now);
+    let mut secure = spec("central", 4, 5);
+    secure.strategy.clip_norm = Some(100.0);
+    secure.privacy.secure_aggregation = true;
+    let (mut member, job) = lone_member_of(secure, [2, 3], now);
     let keys = |sender: u8, round: Round, opened_at_ms: u64| {
         let keys = SecureKeys {
             member: member_id(sender),
@@ -2201,6 +2213,8 @@ fn early_round_keys_are_capped_per_member_and_kept_for_the_next_two_rounds_only(
         member.early_keys.iter().map(|(from, m)| (*from, m.round, m.opened_at_ms)).collect();
     let (two, three) = (member_id(2), member_id(3));
     assert_eq!(kept, [(two, 1, 3), (two, 1, 4), (three, 2, 0)]);
+    member.handle(Event::LeaveRequested { reason: "done".into() }, now);
+    assert!(member.early_keys.is_empty(), "a member that left keeps no round keys");
 }
 
 /// A central job whose results every member audits (or a fraction of them).
