@@ -556,6 +556,13 @@ impl Membership {
         holders.into_iter()
     }
 
+    /// Whether a known member was heard to hold `model` as its newest model.
+    pub fn is_holding(&self, member: &MemberId, model: &ContentHash) -> bool {
+        let index = self.known.models.iter().position(|m| m == model).map(|i| i as u32);
+        let entry = self.known.members.get(member);
+        entry.is_some_and(|e| index.is_some_and(|index| e.held_model == index))
+    }
+
     /// Whether a known member was heard to hold a model made by `round` or a later round.
     pub fn holds_past(&self, member: &MemberId, round: Round) -> bool {
         let entry = self.known.members.get(member);

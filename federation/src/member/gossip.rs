@@ -428,8 +428,14 @@ impl Member {
     /// know whom that round vetted) is planned with the vetted members the result names: no
     /// weaker than the plan without vetting, and such a result is taken only if it builds on
     /// this member's newest or others hold its model (`judge`).
+    ///
+    /// A result naming a member this one never heard of (it left before this member joined,
+    /// so its join is answered by no one) cannot be planned here: it is taken if the live
+    /// members hold its model (`witnessed_holding`).
     fn vouches_for(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
-        let Ok(named) = self.named(&ready.members, now) else { return false };
+        let Ok(named) = self.named(&ready.members, now) else {
+            return self.witnessed_holding(ready, signer, now);
+        };
         let me = self.me();
         let live = self.live(now);
         let leaves_out_a_live_member = !Arc::ptr_eq(&named, &live) && {
@@ -460,6 +466,20 @@ impl Member {
             (count + 1, past + usize::from(self.state.members.holds_past(&m.id, round)))
         });
         past > 0 && past >= WITNESSES.min(count)
+    }
+
+    /// Whether `WITNESSES` of the live members but this one and `signer` (all of them if
+    /// fewer, and at least one) were heard to hold the result's model. Each says it for itself
+    /// (its heartbeat, its evaluation), so the signer alone cannot make it so.
+    fn witnessed_holding(&mut self, ready: &AggregateReady, signer: &MemberId, now: u64) -> bool {
+        let me = self.me();
+        let live = self.live(now);
+        let others = live.iter().filter(|m| m.id != me && m.id != *signer);
+        let (count, holding) = others.fold((0, 0), |(count, holding), m| {
+            let holds = self.state.members.is_holding(&m.id, &ready.model);
+            (count + 1, holding + usize::from(holds))
+        });
+        holding > 0 && holding >= WITNESSES.min(count)
     }
 
     /// A member that completed the job, if it is in the seeded sample that reports evaluations

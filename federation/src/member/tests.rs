@@ -1193,6 +1193,68 @@ fn a_member_that_leaves_and_joins_again_catches_up_and_nobody_waits_for_it() {
     assert_eq!(last.participants, 4, "it trained again before the end");
 }
 
+/// Eight members with 200 ms of training: member 3 leaves mid-round 2, and joins again from
+/// scratch just as members 1 and 2 leave at round 3's opening (the leave-rejoin scenario's
+/// rounds 2 and 3). The results member 3 needs name two members it never hears of.
+/// Members `behind_nat` are elected to aggregate no round.
+fn joined_again_as_others_left(behind_nat: &[u8]) -> Net {
+    let mut net = Net::new(spec("central", 8, 10), &[]);
+    net.behind_nat.extend(behind_nat.iter().copied().map(member_id));
+    for byte in 1..=8 {
+        net.add(byte, "a");
+        net.train_ms.insert(member_id(byte), 200);
+    }
+    net.introduce();
+    net.run_until(30_000, |net| net.member(4).phase.open().is_some_and(|o| o.round == 2));
+    net.run(100);
+    leave_now(&mut net, 3);
+    net.run_until(30_000, |net| net.member(4).phase.open().is_some_and(|o| o.round == 3));
+    leave_now(&mut net, 1);
+    leave_now(&mut net, 2);
+    net.down.remove(&member_id(3));
+    net.add(3, "a");
+    net.may_miss_rounds.insert(member_id(3));
+    net
+}
+
+/// The member that joined again takes the results naming members it never heard of on the
+/// word of the live members holding their models: it catches up at once, and no round
+/// waits for it (it refused them before, and a round planned with it waited out three
+/// deadlines: a real run's round 3 took 30 s).
+#[test]
+fn a_member_joining_again_as_others_leave_catches_up_and_stalls_no_round() {
+    let mut net = joined_again_as_others_left(&[]);
+    net.run(300_000);
+    net.assert_agree();
+    let rounds = net.member(4).rounds();
+    for record in rounds.values() {
+        let (opened, closed) = (record.opened_at_ms, record.closed_at_ms.expect("closed"));
+        assert!(closed - opened < 10_000, "round {} waited out its deadline", record.round);
+    }
+    assert_eq!(rounds[&8].participants, 6, "member 3 trained again");
+}
+
+/// A result naming members the newcomer never heard of is taken only if live members other
+/// than its signer hold its model: a made-up result from a member that holds it alone (and
+/// that no plan elects: it is behind NAT) is refused.
+#[test]
+fn a_made_up_result_naming_members_a_newcomer_never_heard_of_is_refused() {
+    let mut net = joined_again_as_others_left(&[8]);
+    let forger = member_id(8);
+    let mut forged = forged_result(&mut net, 1);
+    let made_up_params = Arc::new(vec![1.0_f32; net.member(4).params().len()]);
+    let made_up = hash_f32(&made_up_params);
+    net.blobs.insert(made_up, made_up_params);
+    forged.model = made_up;
+    forged.base_model = net.member(3).model(); // round 1's base: the newcomer's model
+    forged.members = (1..=8).map(member_id).collect();
+    net.carry_out(forger, Effect::Publish(Publish::Result(forged)));
+    net.run(300_000);
+    net.assert_agree();
+    let taken = net.member(3).rounds().values().any(|r| r.model == Some(made_up));
+    assert!(!taken, "the newcomer took the made-up result");
+}
+
 /// Every trainer sends its update to the aggregator: members whose joins say peers cannot dial
 /// them aggregate no round while a reachable member can (the owner's first round aside: it is
 /// the only member vetted before any update was counted, and vetting comes first).
