@@ -94,7 +94,7 @@ fn fingerprint(event: &Event) -> Fingerprint {
         Event::JoinSent { signer, asks, .. } => {
             Fingerprint::new(21 + u8::from(*asks), 0, None, Some(signer.0))
         }
-        Event::PeerSubscribed => Fingerprint::new(25, 0, None, None),
+        Event::PeerSubscribed { .. } => Fingerprint::new(25, 0, None, None),
         Event::MembersAsked { from, .. } => Fingerprint::new(23, 0, None, Some(from.0)),
         Event::MembersSent { from, members } => {
             Fingerprint::new(24, members.len() as u64, None, Some(from.0))

@@ -135,10 +135,13 @@ pub enum Event {
     /// Its node learned whether peers can dial it (behind NAT, or reachable after all): its
     /// join goes out again at once saying so, since elections prefer reachable aggregators.
     ReachabilityChanged { reachable: bool },
-    /// A peer subscribed to the job's topic: it has not heard this member's join (a join
-    /// published before the topic's mesh formed reaches nobody), so the join goes out again
-    /// shortly (a burst of subscriptions gets one join).
-    PeerSubscribed,
+    /// A peer subscribed to the job's topic: unless it is a member this one knows, it has not
+    /// heard this member's join (a join published before the topic's mesh formed reaches
+    /// nobody), so the join goes out again shortly (a burst of subscriptions gets one join).
+    /// A known member subscribes again at each new connection: in a 200-member job, whose
+    /// nodes reconnect often under their connection bound, echoing a join for each made joins
+    /// six times the gossip the heartbeats are sized to.
+    PeerSubscribed { peer: MemberId },
     /// A member pulls the member list: it sent the digest of the members it knows, and wants
     /// those this member knows where the two differ; answered by [`Effect::SendMembers`].
     MembersAsked { from: MemberId, digest: Digest },

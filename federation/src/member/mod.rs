@@ -383,7 +383,11 @@ impl Member {
             }
             Event::LeaveRequested { reason } => self.leave(reason, now),
             Event::ReachabilityChanged { reachable } => self.on_reachability(reachable, now),
-            Event::PeerSubscribed => self.join_again_soon(now),
+            Event::PeerSubscribed { peer } => {
+                if !self.state.members.contains(&peer) {
+                    self.join_again_soon(now);
+                }
+            }
             Event::MembersAsked { from, digest } => self.on_members_asked(from, &digest, now),
             Event::MembersSent { from, members } => self.on_members_sent(from, &members, now),
             Event::Audited { model, outcome } => self.on_audited(model, outcome, now),

@@ -1990,6 +1990,24 @@ fn lone_member_of(
     (member, net.job)
 }
 
+/// A peer subscribing to the job's topic hears this member's join again only if it is no
+/// member this one knows: a known member subscribes again at each new connection.
+#[test]
+fn a_join_goes_out_again_for_a_subscriber_it_does_not_know_only() {
+    let mut now = 1_000_000;
+    let (mut member, _) = lone_member_of(spec("central", 3, 30), [2], now);
+    member.handle(Event::Tick, now); // its first join goes out
+    let joins_after = |member: &mut Member, peer: u8, now: &mut u64| {
+        member.handle(Event::PeerSubscribed { peer: member_id(peer) }, *now);
+        *now += JOIN_ECHO_DELAY_MS;
+        let effects = member.handle(Event::Tick, *now);
+        let join = |e: &Effect| matches!(e, Effect::Publish(Publish::Join(_)));
+        effects.iter().filter(|e| join(e)).count()
+    };
+    assert_eq!(joins_after(&mut member, 2, &mut now), 0, "member 2 knows it");
+    assert_eq!(joins_after(&mut member, 9, &mut now), 1, "a peer it does not know");
+}
+
 /// Member `byte`'s heartbeat sent at `now`, in round 1 over `model`.
 fn beat_from(job: JobId, byte: u8, model: ContentHash, now: u64) -> Event {
     let beat =

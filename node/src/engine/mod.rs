@@ -238,6 +238,8 @@ pub struct Engine {
     bulk_peers_built_from: federation::BulkPeersBuiltFrom,
     /// The blobs responses are sending now, shared with further requests for them.
     blobs_in_flight: serving::BlobsInFlight,
+    /// The peers asked for their jobs lately.
+    jobs_asked: requests::JobsAsked,
 }
 
 impl Engine {
@@ -272,6 +274,7 @@ impl Engine {
             internal_rx,
             bulk_peers_built_from: Vec::new(),
             blobs_in_flight: Default::default(),
+            jobs_asked: Default::default(),
         };
         Ok((engine, handle))
     }

@@ -13,7 +13,39 @@ use fedmesh_protocol::ids::{ContentHash, MemberId};
 use fedmesh_protocol::message::{MAX_JOB_IDS, Request, Response};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long after asking a peer for its jobs a new connection to it asks again. Known jobs are
+/// published again every few minutes too; asking at every connection made a 200-node testnet,
+/// whose nodes reconnect often under their connection bound, send a request per connection.
+const JOBS_ASK_AGAIN: Duration = Duration::from_secs(10 * 60);
+/// How many peers asked are remembered; past that, those asked longer ago are forgotten, and
+/// while every one remembered is recent no new peer is asked (it learns jobs from the others).
+const JOBS_ASKED_KEPT: usize = 1024;
+
+/// The peers asked for their jobs lately, with when.
+#[derive(Default)]
+pub(super) struct JobsAsked(HashMap<PeerId, Instant>);
+
+impl JobsAsked {
+    /// Whether to ask `peer` now; if so, notes that it was.
+    fn ask_now(&mut self, peer: PeerId, now: Instant) -> bool {
+        let recent = |at: &Instant| now.duration_since(*at) < JOBS_ASK_AGAIN;
+        if self.0.get(&peer).is_some_and(recent) {
+            return false;
+        }
+        if self.0.len() >= JOBS_ASKED_KEPT {
+            self.0.retain(|_, at| recent(at));
+            if self.0.len() >= JOBS_ASKED_KEPT {
+                return false;
+            }
+        }
+        self.0.insert(peer, now);
+        true
+    }
+}
 
 impl Engine {
     pub(super) async fn on_network_event(&mut self, event: NetworkEvent) {
@@ -26,7 +58,7 @@ impl Engine {
                 self.on_request(peer, data, channel).await
             }
             NetworkEvent::PeerConnected(peer) => self.ask_for_jobs(peer),
-            NetworkEvent::Subscribed { topic, .. } => self.on_peer_subscribed(&topic).await,
+            NetworkEvent::Subscribed { peer, topic } => self.on_peer_subscribed(peer, &topic).await,
             NetworkEvent::Reachability { behind_nat } => self.on_reachability(!behind_nat).await,
             NetworkEvent::PeerDisconnected(_) => {}
         }
@@ -140,7 +172,10 @@ impl Engine {
 
     /// Asks `peer` for its job list in the background, then for each announcement this node lacks;
     /// they come back as `Internal::PeerJob` and are verified like gossip.
-    fn ask_for_jobs(&self, peer: PeerId) {
+    fn ask_for_jobs(&mut self, peer: PeerId) {
+        if !self.jobs_asked.ask_now(peer, Instant::now()) {
+            return;
+        }
         let network = self.network.clone();
         let internal = self.internal.clone();
         let known = self.jobs.ids(usize::MAX);
@@ -210,4 +245,26 @@ pub(super) async fn ask(
     let (frame, _) = network.request(peer, bytes.into()).await?.into_received();
     let (response, _) = decode_response(frame)?;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_asked_for_its_jobs_again_only_after_a_while_and_the_peers_kept_are_bounded() {
+        let (mut asked, start) = (JobsAsked::default(), Instant::now());
+        let peer = PeerId::random();
+        assert!(asked.ask_now(peer, start), "a peer not asked yet");
+        assert!(!asked.ask_now(peer, start + Duration::from_secs(60)), "asked a minute ago");
+        assert!(asked.ask_now(peer, start + JOBS_ASK_AGAIN), "asked long enough ago");
+        let later = start + JOBS_ASK_AGAIN;
+        for _ in 1..JOBS_ASKED_KEPT {
+            assert!(asked.ask_now(PeerId::random(), later));
+        }
+        assert!(!asked.ask_now(PeerId::random(), later), "every peer kept was asked lately");
+        let much_later = later + JOBS_ASK_AGAIN;
+        assert!(asked.ask_now(PeerId::random(), much_later), "the old ones are forgotten");
+        assert_eq!(asked.0.len(), 1);
+    }
 }

@@ -40,6 +40,7 @@ use fedmesh_protocol::strategy::AggregationRule;
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::Tag;
 pub(in crate::engine) use gossip::{Refused, verify, verify_from};
+use libp2p::PeerId;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -390,11 +391,13 @@ impl Engine {
         }
     }
 
-    /// A peer subscribed to a job's topic: the job's machine repeats its join for it.
-    pub(super) async fn on_peer_subscribed(&mut self, topic: &str) {
+    /// A peer subscribed to a job's topic: the job's machine repeats its join for it, unless
+    /// it is a member the machine knows.
+    pub(super) async fn on_peer_subscribed(&mut self, peer: PeerId, topic: &str) {
+        let Ok(peer) = MemberId::from_peer_id_string(&peer.to_string()) else { return };
         let id = self.runs.values().find(|run| job_topic(&run.id()) == topic).map(JobRun::id);
         if let Some(id) = id.filter(|id| self.runs.get(id).is_some_and(JobRun::is_active)) {
-            self.handle(id, Event::PeerSubscribed).await;
+            self.handle(id, Event::PeerSubscribed { peer }).await;
         }
     }
 
