@@ -25,6 +25,9 @@ pub struct Follower {
     rounds_total: u64,
     /// Stop following after this many rounds, the job still running.
     followed_only: Option<u64>,
+    /// A round short of its quorum is opened again at each deadline and closes with what it
+    /// has after three (if that is the job's minimum): past four deadlines and half a minute
+    /// without a round, the job is stalled.
     stall_limit: Duration,
     pub rounds: Vec<RoundFigures>,
     /// When each closed but not yet reported round was first seen closed.
@@ -38,7 +41,7 @@ impl Follower {
             job,
             rounds_total,
             followed_only: None,
-            stall_limit: Duration::from_secs(2 * round_deadline_secs + 30),
+            stall_limit: Duration::from_secs(4 * round_deadline_secs + 30),
             rounds: Vec::new(),
             closed_at: BTreeMap::new(),
             last_progress: Instant::now(),

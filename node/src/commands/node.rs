@@ -62,6 +62,7 @@ async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
         mdns: config.mdns,
         relay: config.relay,
         bulk_buffer_bytes: config.bulk_buffer_bytes,
+        ..BehaviourSettings::default()
     };
     let (network, events) = network::start(
         crate::identity::libp2p_keypair(&key)?,

@@ -32,6 +32,9 @@ pub struct BehaviourSettings {
     pub relay: bool,
     /// Bytes of large frames held at once (see [`BulkBudget`]).
     pub bulk_buffer_bytes: u64,
+    /// How long a connection with no request under way stays open before a crowded node may
+    /// close it (see `Crowding`).
+    pub idle_after: Duration,
 }
 
 impl Default for BehaviourSettings {
@@ -46,6 +49,7 @@ impl Default for BehaviourSettings {
             mdns: false,
             relay: false,
             bulk_buffer_bytes: defaults::bulk_buffer_bytes(),
+            idle_after: Duration::from_secs(10),
         }
     }
 }

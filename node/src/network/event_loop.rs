@@ -34,16 +34,23 @@ pub struct Crowding {
     /// Above this many (three quarters of the limit), it closes a connection its last request
     /// leaves unused, unless the peer is in its gossip mesh: a bulk transfer opened it, and
     /// others are waiting to connect. The gap between the two keeps a node from closing what
-    /// its peers dial again.
+    /// its peers dial again. It closes idle connections down to this many too
+    /// ([`EventLoop::trim_idle`]).
     pub close_above: usize,
+    /// How long a connection is kept before it counts as idle: its peer may have dialled to
+    /// send a request that has not arrived yet.
+    pub idle_after: std::time::Duration,
 }
 
 impl Crowding {
-    pub fn for_limit(max_connections: u32) -> Self {
+    pub fn for_limit(max_connections: u32, idle_after: std::time::Duration) -> Self {
         let limit = max_connections as usize;
-        Self { dial_below: limit / 4, close_above: limit * 3 / 4 }
+        Self { dial_below: limit / 4, close_above: limit * 3 / 4, idle_after }
     }
 }
+
+/// How often a crowded node closes idle connections.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a peer whose connections all closed is not dialled again because discovery
 /// mentions it.
@@ -75,6 +82,11 @@ pub struct EventLoop {
     /// When each peer's last connection closed: a peer that just left is not dialled again at
     /// once because Kademlia mentions it.
     recently_closed: HashMap<PeerId, Instant>,
+    /// When each connected peer's first connection opened.
+    connected_at: HashMap<PeerId, Instant>,
+    /// The peers holding a relay reservation with this node: closing their connection would
+    /// end it, and their listening through this node.
+    relay_clients: std::collections::HashSet<PeerId>,
     metrics: Arc<Metrics>,
 }
 
@@ -97,16 +109,21 @@ impl EventLoop {
             in_flight: HashMap::new(),
             crowding,
             recently_closed: HashMap::new(),
+            connected_at: HashMap::new(),
+            relay_clients: Default::default(),
             metrics,
         }
     }
 
     /// Runs until every `Network` handle is dropped.
     pub async fn run(mut self) {
+        let mut trim = tokio::time::interval(TRIM_EVERY);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let swarm_polled = self.outbox.len() < OUTBOX_LIMIT;
             let has_events = !self.outbox.is_empty();
             tokio::select! {
+                _ = trim.tick() => self.trim_idle(),
                 event = self.swarm.select_next_some(), if swarm_polled => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
@@ -265,6 +282,7 @@ impl EventLoop {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
                 self.reachability.opened(&self.metrics, connection_id, endpoint.is_relayed());
                 if num_established.get() == 1 {
+                    self.connected_at.insert(peer_id, Instant::now());
                     tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
                     self.emit(NetworkEvent::PeerConnected(peer_id));
                 }
@@ -273,6 +291,7 @@ impl EventLoop {
                 self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
                 self.reachability.closed(&self.metrics, connection_id);
                 if num_established == 0 {
+                    self.connected_at.remove(&peer_id);
                     self.closed_lately(peer_id);
                     tracing::info!(peer = %peer_id, "disconnected");
                     self.emit(NetworkEvent::PeerDisconnected(peer_id));
@@ -316,6 +335,15 @@ impl EventLoop {
                 ..
             }) => {
                 tracing::info!(relay = %relay_peer_id, "listening through a relay");
+            }
+            BehaviourEvent::Relay(relay::Event::ReservationReqAccepted { src_peer_id, .. }) => {
+                self.relay_clients.insert(src_peer_id);
+            }
+            BehaviourEvent::Relay(
+                relay::Event::ReservationClosed { src_peer_id }
+                | relay::Event::ReservationTimedOut { src_peer_id },
+            ) => {
+                self.relay_clients.remove(&src_peer_id);
             }
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
                 Ok(connection) => {
@@ -403,6 +431,40 @@ impl EventLoop {
     /// Whether the node holds more connected peers than it keeps when it can choose.
     fn crowded(&self) -> bool {
         self.swarm.connected_peers().count() > self.crowding.close_above
+    }
+
+    /// A crowded node closes its idle connections, oldest first, down to the number it keeps
+    /// by choice: those with no request under way, to peers outside its gossip mesh, open
+    /// longer than `Crowding::idle_after`, and neither its relays nor their clients. Peers that dialled
+    /// for Kademlia or gossip otherwise held its slots until the idle timeout (minutes), and an
+    /// aggregator at its limit refused the trainers dialling to send their updates.
+    fn trim_idle(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected <= self.crowding.close_above {
+            return;
+        }
+        let behaviour = self.swarm.behaviour();
+        let meshed: std::collections::HashSet<&PeerId> =
+            behaviour.gossipsub.all_mesh_peers().collect();
+        let now = Instant::now();
+        let mut idle: Vec<(Instant, PeerId)> = self
+            .connected_at
+            .iter()
+            .filter(|(peer, at)| {
+                now.duration_since(**at) >= self.crowding.idle_after
+                    && !self.in_flight.contains_key(*peer)
+                    && !meshed.contains(peer)
+                    && !self.relay_clients.contains(*peer)
+                    && !self.reachability.is_relay(peer)
+            })
+            .map(|(peer, at)| (*at, *peer))
+            .collect();
+        idle.sort_unstable();
+        let excess = connected - self.crowding.close_above;
+        for (_, peer) in idle.into_iter().take(excess) {
+            tracing::debug!(%peer, "closing an idle connection: the node is crowded");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     /// Whether to dial `peer`, which discovery mentions: not connected, not gone just now,

@@ -150,7 +150,7 @@ pub fn start(
     }
     let (command_tx, command_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let crowding = event_loop::Crowding::for_limit(settings.max_connections);
+    let crowding = event_loop::Crowding::for_limit(settings.max_connections, settings.idle_after);
     tokio::spawn(EventLoop::new(swarm, command_rx, event_tx, metrics, crowding).run());
     let base_timeout = settings.request_timeout;
     let network = Network { commands: command_tx, budget, large_frame_peers, base_timeout };

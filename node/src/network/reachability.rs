@@ -127,6 +127,11 @@ impl Reachability {
         self.listen_via(relay)
     }
 
+    /// Whether `peer` is one of the relays this node met.
+    pub fn is_relay(&self, peer: &PeerId) -> bool {
+        self.relays.contains_key(peer)
+    }
+
     /// The addresses `peer` would have if it listened through the relays this node met: a
     /// peer behind NAT that shares a relay with this node is reached through it before anyone
     /// could tell this node its relayed address.

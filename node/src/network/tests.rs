@@ -187,3 +187,32 @@ async fn only_an_allowed_peer_may_send_a_large_request() {
     .await;
     assert!(counted.contains(line), "{counted}");
 }
+
+/// A crowded node closes the connections no request uses once they are idle, down to the
+/// number it keeps by choice (three quarters of its limit): peers that dialled it and went
+/// quiet no longer hold the slots others need to send it their updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_node_closes_idle_connections_down_to_the_number_it_keeps() {
+    let settings = BehaviourSettings {
+        max_connections: 8,
+        idle_after: Duration::from_millis(500),
+        ..BehaviourSettings::default()
+    };
+    let key = identity::Keypair::generate_ed25519();
+    let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+    let (crowded, _events) = start(key, &[listen], &settings, Arc::new(Metrics::new())).unwrap();
+    let address =
+        within(|| async { crowded.status().await.unwrap().listen_addresses.first().cloned() })
+            .await;
+    let mut peers = Vec::new();
+    for _ in 0..8 {
+        let (peer, _, events, _) = node().await;
+        peer.dial(address.clone()).await.unwrap();
+        peers.push((peer, events));
+    }
+    let connected = || async { crowded.status().await.unwrap().connected_peers.len() };
+    within(|| async { (connected().await == 8).then_some(()) }).await;
+    within(|| async { (connected().await == 6).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(connected().await, 6, "it keeps six, the number it keeps by choice");
+}
