@@ -32,7 +32,11 @@ pub struct Follower {
     pub rounds: Vec<RoundFigures>,
     /// When each closed but not yet reported round was first seen closed.
     closed_at: BTreeMap<u64, Instant>,
+    /// When a round last closed or a new one was first seen open.
     last_progress: Instant,
+    /// The newest round seen open: its opening is progress (the first round's comes after
+    /// the members joined, which takes minutes for hundreds of nodes).
+    newest_opened: u64,
 }
 
 impl Follower {
@@ -45,6 +49,7 @@ impl Follower {
             rounds: Vec::new(),
             closed_at: BTreeMap::new(),
             last_progress: Instant::now(),
+            newest_opened: 0,
         }
     }
 
@@ -62,6 +67,12 @@ impl Follower {
         run: Option<&RunView>,
         members: usize,
     ) -> Vec<RoundFigures> {
+        if let Some((round, _)) = run.and_then(open_round)
+            && round > self.newest_opened
+        {
+            self.newest_opened = round;
+            self.last_progress = Instant::now();
+        }
         let mut taken = Vec::new();
         let mut training = None;
         for round in run.iter().flat_map(|run| &run.rounds) {
