@@ -149,6 +149,32 @@ pub struct RoundOpen {
     /// so the others follow its choice. Empty for a `random` selector: every member samples the
     /// same trainers itself.
     pub trainers: Vec<MemberId>,
+    /// A bitmap over `members` (bit `i % 8` of byte `i / 8` for `members[i]`): the trainers
+    /// whose updates the opener keeps from an earlier opening of this round, in a slot it
+    /// aggregates. They need not send them again (in a 200-member job every trainer sending
+    /// its update again at each opening kept the aggregator's connection slots from those
+    /// whose updates it lacked). Empty in a first opening, or one by an opener that lost them.
+    pub kept: Vec<u8>,
+}
+
+impl RoundOpen {
+    /// The bitmap of `kept` for the members at these indices of `members`.
+    pub fn kept_bitmap(members: usize, kept: impl IntoIterator<Item = usize>) -> Vec<u8> {
+        let mut bitmap = vec![0u8; members.div_ceil(8)];
+        for index in kept.into_iter().filter(|index| *index < members) {
+            bitmap[index / 8] |= 1 << (index % 8);
+        }
+        if bitmap.iter().all(|byte| *byte == 0) {
+            bitmap.clear();
+        }
+        bitmap
+    }
+
+    /// Whether the opener keeps `member`'s update from an earlier opening.
+    pub fn keeps(&self, member: &MemberId) -> bool {
+        let Some(index) = self.members.iter().position(|m| m == member) else { return false };
+        self.kept.get(index / 8).is_some_and(|byte| byte & (1 << (index % 8)) != 0)
+    }
 }
 
 /// A coordinator's roles and selection for one round (orchestration mode).
@@ -1008,5 +1034,32 @@ impl Response {
     /// Whether a payload travels beside this response.
     pub fn has_payload(&self) -> bool {
         matches!(self, Self::Blob { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opening_keeps_the_members_its_bitmap_names_and_no_others() {
+        let members: Vec<MemberId> = (1..=10).map(|b| MemberId([b; 32])).collect();
+        let kept = RoundOpen::kept_bitmap(members.len(), [0, 8, 9, 42]);
+        assert_eq!(kept, vec![0b0000_0001, 0b0000_0011], "an index past the members is ignored");
+        let open = RoundOpen {
+            job: JobId(ContentHash::of(b"job")),
+            round: 2,
+            base_model: ContentHash::of(b"base"),
+            deadline_ms: 1,
+            opened_at_ms: 0,
+            members: members.clone(),
+            trainers: Vec::new(),
+            kept,
+        };
+        let keeps: Vec<bool> = members.iter().map(|m| open.keeps(m)).collect();
+        let expected = [true, false, false, false, false, false, false, false, true, true];
+        assert_eq!(keeps, expected);
+        assert!(!open.keeps(&MemberId([99; 32])), "a member it does not name");
+        assert!(RoundOpen::kept_bitmap(10, []).is_empty(), "none kept: no bytes");
     }
 }

@@ -451,6 +451,7 @@ fn gossip_messages() -> Vec<(String, GossipMessage)> {
                     opened_at_ms: 1_700_000_000_000,
                     members: members(),
                     trainers: Vec::new(),
+                    kept: Vec::new(),
                 },
             )),
         ),

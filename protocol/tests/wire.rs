@@ -124,6 +124,7 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                     opened_at_ms: at,
                     members: (0..members).map(|m| MemberId([m; 32])).collect(),
                     trainers: Vec::new(),
+                    kept: Vec::new(),
                 };
                 GossipMessage::RoundOpen(Signed::sign(&id, body).unwrap())
             }

@@ -171,6 +171,7 @@ impl Member {
             opened_at_ms: assignment.issued_at_ms,
             members: assignment.roles.keys().copied().collect(),
             trainers: plan.trainers.clone(),
+            kept: Vec::new(),
         };
         let required = self.required_updates(plan.trainers.len());
         let leading = (leader == self.me()).then_some(Leading { required, retries: 0 });

@@ -130,6 +130,7 @@ impl Member {
         leading: Leading,
         now: u64,
     ) {
+        let kept = self.kept_for(round, &members, &plan);
         let open = RoundOpen {
             job: self.setup.job,
             round,
@@ -138,9 +139,29 @@ impl Member {
             opened_at_ms: now,
             members,
             trainers: self.trainers_named(&plan),
+            kept,
         };
         self.effects.push(Effect::Publish(super::Publish::Open(open.clone())));
         self.follow(self.me(), Arc::new(open), plan, Some(leading), now);
+    }
+
+    /// The bitmap of the trainers of `plan` (over `members`) whose updates an earlier opening
+    /// of `round` collected into a slot this member aggregates under the same label, which the
+    /// new opening keeps (`collect_slots`). None in a secure round: its masked updates are
+    /// bound to one opening.
+    fn kept_for(&self, round: Round, members: &[MemberId], plan: &RoundPlan) -> Vec<u8> {
+        let Some(earlier) = self.phase.open().filter(|o| o.round == round) else { return vec![] };
+        if self.secure() || earlier.base != self.state.model {
+            return Vec::new();
+        }
+        let me = self.me();
+        let kept = members.iter().enumerate().filter(|(_, member)| {
+            let Some(Destination::Slot(slot)) = plan.destination(member) else { return false };
+            let planned = &plan.slots[slot];
+            planned.aggregator() == me
+                && earlier.slots.iter().any(|s| s.label == planned.id.label && s.holds(member))
+        });
+        RoundOpen::kept_bitmap(members.len(), kept.map(|(index, _)| index))
     }
 
     /// A verified opening from the member that may send it: followed when its plan, over the
@@ -306,6 +327,15 @@ impl Member {
     /// again, training again if its update is lost, else training (once it holds the base).
     fn take_part(&mut self, opener: MemberId, open: &RoundOpen, now: u64) {
         let opening = (opener, open.opened_at_ms);
+        let me = self.me();
+        let to_opener = self.phase.open().is_some_and(|o| match o.plan.destination(&me) {
+            Some(Destination::Slot(slot)) => o.plan.slots[slot].aggregator() == opener,
+            _ => false,
+        });
+        if to_opener && open.keeps(&me) {
+            // Opened again, and the opener kept this member's update.
+            return self.set_own(Own::Sent);
+        }
         let resend = self.last_update.as_ref().filter(|(update, answered)| {
             update.round == open.round && update.base == open.base_model && *answered != opening
         });

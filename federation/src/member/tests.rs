@@ -189,6 +189,8 @@ struct Net {
     behind_nat: BTreeSet<MemberId>,
     /// How long a member's local training takes (instant for the others).
     train_ms: BTreeMap<MemberId, u64>,
+    /// How many updates each member sent for each round.
+    deltas_sent: BTreeMap<(MemberId, Round), usize>,
     /// How late gossip reaches a member (at once for the others): a slow mesh path, or a
     /// validation that finishes after the direct messages sent on the same news.
     gossip_lag_ms: BTreeMap<MemberId, u64>,
@@ -258,6 +260,7 @@ impl Net {
             behind_nat: BTreeSet::new(),
             train_ms: BTreeMap::new(),
             gossip_lag_ms: BTreeMap::new(),
+            deltas_sent: BTreeMap::new(),
             later: Vec::new(),
             trainings: BTreeMap::new(),
             joins: Vec::new(),
@@ -383,6 +386,7 @@ impl Net {
                 self.send(from, to, Event::Secure { signer: from, message, request });
             }
             Effect::SendDelta { to, delta, .. } => {
+                *self.deltas_sent.entry((from, delta.round)).or_default() += 1;
                 let body = ModelDelta {
                     job: self.job,
                     round: delta.round,
@@ -905,6 +909,10 @@ fn a_trainer_slower_than_the_deadline_trains_once_and_its_update_reaches_the_rou
     assert_eq!(net.trainings[&(slow, 1)], 1, "member 3 trained for round 1 once");
     let record = &net.member(1).rounds()[&1];
     assert_eq!(record.participants, 4, "member 3's update is in round 1");
+    // The leader kept the others' updates, and its openings said so: each sent one.
+    for trainer in net.members.keys().filter(|m| **m != record.aggregator && **m != slow) {
+        assert_eq!(net.deltas_sent.get(&(*trainer, 1)), Some(&1), "{trainer} sent again");
+    }
     // The round's time runs from its first opening: it took member 3's whole training.
     let seconds = record.closed_at_ms.expect("closed") - record.opened_at_ms;
     assert!(seconds >= 12_000, "round 1 took {seconds} ms from its first opening");
@@ -1411,6 +1419,7 @@ fn an_opening_ahead_of_the_members_round_is_not_followed_until_the_rounds_betwee
         opened_at_ms: net.now,
         members: net.members.keys().copied().collect(),
         trainers: Vec::new(),
+        kept: Vec::new(),
     };
     net.carry_out(forger, Effect::Publish(Publish::Open(open)));
     net.step();
@@ -1829,6 +1838,7 @@ fn members_own_openings_are_refused_while_the_coordinator_is_heard() {
         opened_at_ms: net.now + 1,
         members: net.members.keys().copied().collect(),
         trainers: Vec::new(),
+        kept: Vec::new(),
     };
     net.carry_out(elected, Effect::Publish(Publish::Open(open)));
     net.step();

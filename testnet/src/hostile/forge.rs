@@ -115,6 +115,7 @@ pub fn opening(
         opened_at_ms: now,
         members: members.to_vec(),
         trainers: Vec::new(),
+        kept: Vec::new(),
     };
     signed_gossip(identity, body, GossipMessage::RoundOpen)
 }
