@@ -548,7 +548,7 @@ impl Membership {
 
     /// The members known to hold `model` as their newest model, by key.
     pub fn holders_of(&self, model: &ContentHash) -> impl Iterator<Item = MemberId> + use<> {
-        let index = self.known.models.iter().position(|m| m == model).map(|i| i as u32);
+        let index = self.model_index(model);
         let holds = |(_, entry): &(&Key, &Entry)| Some(entry.held_model) == index;
         let mut holders: Vec<MemberId> =
             self.known.members.iter().filter(holds).map(|(key, _)| *key.id()).collect();
@@ -558,9 +558,14 @@ impl Membership {
 
     /// Whether a known member was heard to hold `model` as its newest model.
     pub fn is_holding(&self, member: &MemberId, model: &ContentHash) -> bool {
-        let index = self.known.models.iter().position(|m| m == model).map(|i| i as u32);
+        let index = self.model_index(model);
         let entry = self.known.members.get(member);
         entry.is_some_and(|e| index.is_some_and(|index| e.held_model == index))
+    }
+
+    /// Where `model` is in the table of models members were heard to hold.
+    fn model_index(&self, model: &ContentHash) -> Option<u32> {
+        self.known.models.iter().position(|m| m == model).map(|i| i as u32)
     }
 
     /// Whether a known member was heard to hold a model made by `round` or a later round.
