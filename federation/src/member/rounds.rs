@@ -199,6 +199,7 @@ impl Member {
         if same_opening {
             return;
         }
+        self.state.members.heard_from(&opener, now);
         self.enter(opener, open, plan, leading, now);
     }
 
@@ -621,6 +622,7 @@ impl Member {
             }
         }
         drop(values);
+        self.state.members.heard_from(&signer, now);
         self.finish_complete_slots(now);
         Ok(())
     }
