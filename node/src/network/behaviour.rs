@@ -182,14 +182,8 @@ fn request_response_behaviour(
 
 /// How long gossipsub keeps a received message for forwarding, whatever its heartbeat: the
 /// engine accepts a message only after checking it, and a busy node may take seconds to; a
-/// message that left the cache by then is not forwarded. At 5 s, each of 200 nodes sharing
-/// two cores let a quarter of the job's gossip go unforwarded, its members' heartbeats among
-/// it, and aggregators planned without members that were there. As long as the duplicate
-/// cache: a copy forwarded later may reach a node that forgot it, and its engine refuses it.
-const MESSAGE_CACHE_TIME: Duration = DUPLICATE_CACHE_TIME;
-/// How long a received message's id is remembered, so copies of it are dropped: shorter than
-/// the re-announce interval, so a periodic re-announcement is not a duplicate.
-const DUPLICATE_CACHE_TIME: Duration = Duration::from_secs(15);
+/// message that left the cache by then is not forwarded.
+const MESSAGE_CACHE_TIME: Duration = Duration::from_secs(5);
 
 /// gossipsub with application-side acceptance, a content-hash message id and peer scoring (see
 /// [`scoring`](super::scoring)); mesh sizes that work from 3 to 100 peers.
@@ -214,7 +208,8 @@ fn gossipsub_behaviour(
             gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec())
         })
         .max_transmit_size(MAX_GOSSIP_BYTES)
-        .duplicate_cache_time(DUPLICATE_CACHE_TIME)
+        // Shorter than the re-announce interval, so a periodic re-announcement is not a duplicate.
+        .duplicate_cache_time(Duration::from_secs(15))
         .mesh_n_low(3)
         .mesh_n(6)
         .mesh_n_high(12)
