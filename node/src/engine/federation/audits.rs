@@ -5,7 +5,7 @@
 //! its accuser.
 
 use super::encode_model;
-use super::models::{Sources, fetch_blob, fetch_model};
+use super::models::{fetch_blob, fetch_model};
 use crate::engine::requests::respond;
 use crate::engine::{Engine, Internal};
 use fedmesh_federation::member::{Accusation, Event, OwnPayloads, Refusal, recompute_secure};
@@ -212,8 +212,7 @@ impl Engine {
             (self.network.clone(), self.store.clone(), self.internal.clone());
         tokio::spawn(async move {
             let model = result.model;
-            let sources = Sources { holders: from, others: Vec::new() };
-            let base = fetch_model(&network, &store, &sources, result.base_model, params).await;
+            let base = fetch_model(&network, &store, &from, result.base_model, params).await;
             let mut deltas = Vec::with_capacity(result.contributions.len());
             let mut missing = None;
             for contribution in &result.contributions {
@@ -226,7 +225,7 @@ impl Engine {
                         fetch_contribution(
                             &network,
                             contribution.member,
-                            &sources.holders,
+                            &from,
                             contribution.delta,
                             largest,
                         )

@@ -1,9 +1,8 @@
 //! Global models fetched by hash for a job's machine: its own store first, else from the members
-//! the machine names (known holders, in its order) and a few other live members drawn anew at
-//! each pass, again and again with a growing pause until one sends it. A busy holder or a member
-//! that does not hold it yet costs one small answer, so N fetchers do not all download from the
-//! announcer, and as members take the model the draws find it among them. The blob is
-//! hash-checked, stored and decoded off the engine's task.
+//! the machine names (known holders first, in its order), then any live member in a random
+//! order, again and again with a short pause until one sends it. A busy holder or a member that
+//! does not hold it yet costs one small answer, so N fetchers do not all download from the
+//! announcer. The blob is hash-checked, stored and decoded off the engine's task.
 
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
@@ -14,7 +13,7 @@ use fedmesh_protocol::codec::{decode_response, encode_request};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{Request, Response, unix_millis};
 use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
-use rand::seq::IndexedRandom;
+use rand::seq::SliceRandom;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +24,10 @@ impl Engine {
         let Some(run) = self.runs.get(&id) else { return };
         let me = self.identity.member_id();
         let live = run.machine.state().members.live_at(unix_millis());
-        let others: Vec<MemberId> =
+        let mut others: Vec<MemberId> =
             live.iter().map(|m| m.id).filter(|m| *m != me && !from.contains(m)).collect();
-        let holders: Vec<MemberId> = from.into_iter().filter(|m| *m != me).collect();
-        let sources = Sources { holders, others };
+        others.shuffle(&mut rand::rng());
+        let sources: Vec<MemberId> = from.into_iter().filter(|m| *m != me).chain(others).collect();
         let params = run.machine.params().len();
         let (network, store, internal) =
             (self.network.clone(), self.store.clone(), self.internal.clone());
@@ -43,30 +42,11 @@ impl Engine {
     }
 }
 
-/// Where a blob is looked for: its known holders, asked in order at every pass, and other
-/// members, of which each pass asks `OTHERS_ASKED_PER_PASS` drawn anew.
-pub(super) struct Sources {
-    pub holders: Vec<MemberId>,
-    pub others: Vec<MemberId>,
-}
-
-impl Sources {
-    /// The members one pass asks: every holder, then a few others drawn at random.
-    fn one_pass(&self) -> Vec<MemberId> {
-        let drawn = self.others.choose_multiple(&mut rand::rng(), OTHERS_ASKED_PER_PASS);
-        self.holders.iter().chain(drawn).copied().collect()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.holders.is_empty() && self.others.is_empty()
-    }
-}
-
 /// A model's parameters: from the store, else fetched from `sources` and stored.
 pub(super) async fn fetch_model(
     network: &Network,
     store: &Arc<Store>,
-    sources: &Sources,
+    sources: &[MemberId],
     model: ContentHash,
     params: usize,
 ) -> Result<Vec<f32>, String> {
@@ -96,27 +76,20 @@ pub(super) async fn fetch_model(
 
 /// How long a model is looked for among the members before the fetch gives up.
 const FETCH_GIVE_UP: Duration = Duration::from_secs(300);
-/// The pause after a pass asked in vain, doubled after each such pass up to the longest.
-const FIRST_FETCH_PAUSE: Duration = Duration::from_millis(100);
-const LONGEST_FETCH_PAUSE: Duration = Duration::from_secs(2);
-/// How many members that are not known to hold the blob one pass asks. A pass asked every
-/// live member: in a 200-node testnet each of 199 members, ready for round 1's model before
-/// any but its aggregator held it, dialled all the others every pass, and under their
-/// 64-connection bounds members took the model at 11 a minute.
-const OTHERS_ASKED_PER_PASS: usize = 3;
+/// The pause after asking every source in vain, before asking them again.
+const FETCH_PAUSE: Duration = Duration::from_millis(100);
 
 /// Asks the sources, one pass after another, for a blob until one sends it.
 async fn fetch_from_any(
     network: &Network,
-    sources: &Sources,
+    sources: &[MemberId],
     hash: ContentHash,
     size: usize,
 ) -> Result<Vec<u8>, String> {
     let started = Instant::now();
     let mut last = "no member to fetch it from".to_owned();
-    let mut pause = FIRST_FETCH_PAUSE;
     while started.elapsed() < FETCH_GIVE_UP && !sources.is_empty() {
-        for source in sources.one_pass() {
+        for &source in sources {
             match fetch_blob(network, source, hash, size).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) => {
@@ -125,8 +98,7 @@ async fn fetch_from_any(
                 }
             }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(LONGEST_FETCH_PAUSE);
+        tokio::time::sleep(FETCH_PAUSE).await;
     }
     Err(last)
 }
@@ -154,29 +126,4 @@ pub(super) async fn fetch_blob(
         }
     };
     fetch.await.map_err(|e: anyhow::Error| format!("{e:#}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pass_asks_every_holder_in_order_then_a_few_others_drawn_anew() {
-        let member = |n: u8| MemberId([n; 32]);
-        let others: Vec<MemberId> = (10..200).map(member).collect();
-        let sources = Sources { holders: vec![member(2), member(1)], others: others.clone() };
-        let mut drawn = std::collections::BTreeSet::new();
-        for _ in 0..20 {
-            let pass = sources.one_pass();
-            assert_eq!(pass[..2], [member(2), member(1)], "the holders first, in order");
-            let rest: std::collections::BTreeSet<MemberId> = pass[2..].iter().copied().collect();
-            assert_eq!(rest.len(), OTHERS_ASKED_PER_PASS, "that many others, none twice");
-            assert!(rest.iter().all(|m| others.contains(m)));
-            drawn.extend(rest);
-        }
-        assert!(drawn.len() > 2 * OTHERS_ASKED_PER_PASS, "drawn anew at each pass: {drawn:?}");
-        let few = Sources { holders: Vec::new(), others: vec![member(9)] };
-        assert_eq!(few.one_pass(), [member(9)]);
-        assert!(Sources { holders: Vec::new(), others: Vec::new() }.is_empty());
-    }
 }
