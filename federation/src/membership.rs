@@ -528,14 +528,6 @@ impl Membership {
         }
     }
 
-    /// A known member was heard from at `now_ms` by a signed message that only a live member
-    /// sends (an update for the open round, an opening of the next): it counts as live, as a
-    /// heartbeat would make it. Heartbeats come once in `members / 10` seconds and take gossip's
-    /// slowest paths, so an aggregator taking a member's update must not plan without it.
-    pub fn heard_from(&mut self, member: &MemberId, now_ms: u64) {
-        self.touch(member, now_ms);
-    }
-
     /// A known member's sign of life, and its entry for more of what it said.
     fn touch(&mut self, member: &MemberId, now_ms: u64) -> Option<&mut Entry> {
         let liveness = self.liveness_ms();
@@ -806,21 +798,6 @@ mod tests {
         moved.group = "us".into();
         members.join(&moved, 12_600).expect("a join");
         assert_eq!(members.live(12_600)[2].group, "us", "a member's new declaration");
-    }
-
-    #[test]
-    fn a_member_heard_from_without_its_heartbeats_stays_live() {
-        let mut members = Membership::default();
-        joined(&mut members, 1, 1_000);
-        joined(&mut members, 2, 1_000);
-        members.heard_from(&MemberId([1; 32]), 9_000);
-        members.heard_from(&MemberId([3; 32]), 9_000);
-        let live: Vec<u8> = members.live(15_000).iter().map(|m| m.id.0[0]).collect();
-        assert_eq!(live, [1], "its update came at 9 s; member 2 was silent since 1 s");
-        assert!(!members.contains(&MemberId([3; 32])), "an unknown member stays unknown");
-        members.heard_from(&MemberId([2; 32]), 16_000);
-        assert!(members.is_live(&MemberId([2; 32]), 16_000), "a silent member comes back");
-        assert_eq!(members.live(16_000).len(), 2);
     }
 
     #[test]

@@ -199,7 +199,6 @@ impl Member {
         if same_opening {
             return;
         }
-        self.state.members.heard_from(&opener, now);
         self.enter(opener, open, plan, leading, now);
     }
 
@@ -622,7 +621,6 @@ impl Member {
             }
         }
         drop(values);
-        self.state.members.heard_from(&signer, now);
         self.finish_complete_slots(now);
         Ok(())
     }
