@@ -436,7 +436,8 @@ pub struct FedBuffSelector {
 #[serde(default, deny_unknown_fields)]
 pub struct OortSelector {
     /// The share of each round's trainers picked to explore, in [0, 1] (ε, default 0.1): members
-    /// never tried first, then seeded-random ones among those not exploited.
+    /// never tried while there are any (rounded up), then seeded-random ones among those not
+    /// exploited (ε · trainers a round on average).
     pub exploration: f32,
     /// How hard a member slower than the preferred duration is penalized, >= 0 (α, default 2):
     /// its utility is multiplied by (T/t)^α when its round duration t exceeds T.

@@ -59,7 +59,8 @@ pub fn oort(
     count: usize,
 ) -> Vec<MemberId> {
     let seeded = rank(job, round, "selection", eligible);
-    let explored = exploration_count(params.exploration, count);
+    let untried_left = seeded.iter().any(|m| history.get(m).is_none_or(|r| r.utility.is_none()));
+    let explored = exploration_count(params.exploration, count, untried_left, job, round);
     let rested = |m: &MemberId| history.consecutive_before(m, round) >= params.max_consecutive;
     let candidates: Vec<MemberId> = seeded
         .iter()
@@ -77,11 +78,29 @@ pub fn oort(
     chosen
 }
 
-/// How many of `count` trainers are explored: `exploration` of them, rounded up.
-fn exploration_count(exploration: f32, count: usize) -> usize {
-    let share = (f64::from(exploration) * count as f64 - 1e-6).ceil().max(0.0) as usize;
-    share.min(count)
+/// How many of `count` trainers are explored: `exploration` of them, rounded up while some
+/// member was never tried (each is tried soon), else rounded by a seeded draw, so that a round
+/// explores `exploration · count` members on average (rounded up, a round of 4 at 0.1 would
+/// re-explore one in four: as often as a random pick would take a slow member).
+fn exploration_count(
+    exploration: f32,
+    count: usize,
+    untried_left: bool,
+    job: &JobId,
+    round: Round,
+) -> usize {
+    let share = (f64::from(exploration) * count as f64).max(0.0);
+    let whole = share.floor();
+    let round_up = if untried_left {
+        share - whole > 1e-6
+    } else {
+        uniform(job, round, &ROUND_DRAW) < share - whole
+    };
+    (whole as usize + usize::from(round_up)).min(count)
 }
+
+/// The key the seeded draws for the round itself (not for one member) are made with.
+const ROUND_DRAW: MemberId = MemberId([0; 32]);
 
 /// Each candidate's Oort score: its statistical utility (clipped, scaled to [0, 1] over the
 /// candidates) plus the staleness bonus, times (T/t)^α when its duration t exceeds the
@@ -237,6 +256,17 @@ mod tests {
         // A random half picks the two of them 60 times in 60 rounds, expectedly.
         assert!(slow < 30, "half as often as random at most: {picks:?}");
         assert!(picks[0] > 0 && picks[1] > 0, "exploration still picks each: {picks:?}");
+    }
+
+    #[test]
+    fn oort_re_explores_a_tenth_of_four_in_some_rounds_not_in_every_one() {
+        // The testnet's Oort scenario: 4 of 8 a round, two of them slow. Exploring one in every
+        // round (0.1 · 4 rounded up) would pick a slow one some 8 times in 20 rounds; a random
+        // half 20 times.
+        let picks = oort_picks(&OortSelector::default(), &members(8), 4, 20);
+        let slow = picks[0] + picks[1];
+        assert!(slow <= 6, "{picks:?}");
+        assert!(picks[0] > 0 && picks[1] > 0, "each is tried: {picks:?}");
     }
 
     #[test]
