@@ -78,6 +78,11 @@ pub fn gossip_decode(data: &[u8]) -> Result<Outcome, Violation> {
         GossipMessage::RoundOpen(m) => both(m, verify),
         GossipMessage::Assignment(m) => both(m, verify),
         GossipMessage::AggregateReady(m) => both(m, verify),
+        GossipMessage::ResultWithModel(m) => {
+            let model = m.result.unverified_body().model;
+            drop(crate::tensor::check_blob(&model, &m.model));
+            both(m.result, verify)
+        }
         GossipMessage::EvalReport(m) => both(m, verify),
         GossipMessage::Stop(m) => both(m, verify),
         GossipMessage::FraudProof(m) => both(*m, |m| {

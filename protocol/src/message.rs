@@ -942,6 +942,19 @@ pub enum GossipMessage {
     /// A fraud proof against a round's aggregator (verifiable jobs; boxed: it carries a
     /// whole signed result).
     FraudProof(Box<Signed<FraudProof>>),
+    /// A round's result with its model's bytes, when they fit in a gossip message: every
+    /// member takes the model with the result instead of all asking its aggregator at once.
+    /// Last, so the variants before keep their wire tags.
+    ResultWithModel(Box<ResultWithModel>),
+}
+
+/// A signed result and its model's encoded parameters. The bytes are not signed: the result's
+/// `model` hash authenticates them, and they count only if they hash to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultWithModel {
+    pub result: Signed<AggregateReady>,
+    #[serde(with = "serde_bytes")]
+    pub model: Vec<u8>,
 }
 
 impl GossipMessage {
@@ -959,6 +972,7 @@ impl GossipMessage {
             Self::EvalReport(m) => Some(m.unverified_body().job),
             Self::Stop(m) => Some(m.unverified_body().job),
             Self::FraudProof(m) => Some(m.unverified_body().job),
+            Self::ResultWithModel(m) => Some(m.result.unverified_body().job),
         }
     }
 }

@@ -473,6 +473,14 @@ fn gossip_messages() -> Vec<(String, GossipMessage)> {
             )),
         ),
         ("aggregate-ready".into(), GossipMessage::AggregateReady(sign(&owner, aggregate_ready()))),
+        ("result-with-model".into(), {
+            let model: Vec<u8> = (0..24u8).collect();
+            let ready = AggregateReady { model: ContentHash::of(&model), ..aggregate_ready() };
+            GossipMessage::ResultWithModel(Box::new(ResultWithModel {
+                result: sign(&owner, ready),
+                model,
+            }))
+        }),
         (
             "eval-report".into(),
             GossipMessage::EvalReport(sign(

@@ -191,6 +191,25 @@ fn gossip_message() -> impl Strategy<Value = GossipMessage> {
                 };
                 GossipMessage::AggregateReady(Signed::sign(&id, body).unwrap())
             }),
+        (signer.clone(), any::<u64>(), proptest::collection::vec(any::<u8>(), 1..64)).prop_map(
+            |(id, j, model)| {
+                let body = AggregateReady {
+                    job: job(j),
+                    round: 2,
+                    base_model: hash(j),
+                    model: ContentHash::of(&model),
+                    contributions: Vec::new(),
+                    feedback: Vec::new(),
+                    metrics: EvalMetrics::default(),
+                    members: vec![id.member_id()],
+                    vetted: Vec::new(),
+                    sent_at_ms: 4,
+                    optimizer_state: None,
+                };
+                let result = Signed::sign(&id, body).unwrap();
+                GossipMessage::ResultWithModel(Box::new(ResultWithModel { result, model }))
+            }
+        ),
         (signer, any::<u64>(), "[a-z ]{0,40}").prop_map(|(id, j, reason)| {
             let body = JobStop { job: job(j), reason, sent_at_ms: 11 };
             GossipMessage::Stop(Signed::sign(&id, body).unwrap())
@@ -211,6 +230,10 @@ fn verify_any(message: GossipMessage) -> Result<(), VerifyError> {
         GossipMessage::EvalReport(m) => m.verify(allow_all).map(drop),
         GossipMessage::Stop(m) => m.verify(allow_all).map(drop),
         GossipMessage::FraudProof(m) => (*m).verify(allow_all)?.body().verify_result().map(drop),
+        GossipMessage::ResultWithModel(m) => {
+            tensor::check_blob(&m.result.unverified_body().model, &m.model)?;
+            m.result.verify(allow_all).map(drop)
+        }
     }
 }
 

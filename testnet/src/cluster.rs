@@ -113,6 +113,20 @@ pub struct Connections {
 /// The most nodes a new node bootstraps from; it finds the others through them (Kademlia).
 const MAX_BOOTSTRAP_PEERS: usize = 8;
 
+/// At most `count` of `addresses` (in start order): the latest `count / 2`, then ever further
+/// back (twice as far each time). A newcomer is then a few hops from every node, and no node
+/// (such as the first, which owns the job) is in every list: at 200 nodes all of them dialling
+/// the first kept it at its connection bound and its gossip seconds behind.
+fn spread_from_latest(addresses: Vec<String>, count: usize) -> Vec<String> {
+    if addresses.len() <= count {
+        return addresses;
+    }
+    let near = (count / 2).max(1);
+    let far = std::iter::successors(Some(near * 2), |back: &usize| back.checked_mul(2));
+    let backs = (1..=near).chain(far).take_while(|back| *back <= addresses.len()).take(count);
+    backs.map(|back| addresses[addresses.len() - back].clone()).collect()
+}
+
 /// The `fedmesh` binary and a root directory under which every node gets a folder.
 pub struct Cluster {
     binary: PathBuf,
@@ -312,9 +326,9 @@ impl Cluster {
         self.restart(index).await
     }
 
-    /// The bootstrap addresses of the running nodes others can dial, but `except`: the last
-    /// one's alone when bootstrapping in a chain, else the first's and the latest ones', at
-    /// most [`MAX_BOOTSTRAP_PEERS`].
+    /// The bootstrap addresses of the running nodes others can dial (the coordinator's last),
+    /// but `except`: the last one's alone when bootstrapping in a chain, else at most
+    /// [`MAX_BOOTSTRAP_PEERS`] spread from the latest back (see [`spread_from_latest`]).
     fn running_addresses(&self, except: Option<usize>) -> Vec<String> {
         let running = self
             .nodes
@@ -328,11 +342,9 @@ impl Cluster {
             .collect();
         if self.chain_bootstrap {
             addresses.drain(..addresses.len().saturating_sub(1));
-        } else if addresses.len() > MAX_BOOTSTRAP_PEERS {
-            // The first (the job owner's, or the relay) and the latest: the rest are found.
-            addresses.drain(1..addresses.len() + 1 - MAX_BOOTSTRAP_PEERS);
+            return addresses;
         }
-        addresses
+        spread_from_latest(addresses, MAX_BOOTSTRAP_PEERS)
     }
 
     /// What every running node used so far.
@@ -569,4 +581,21 @@ fn write_node_toml(path: &Path, config: &NodeConfig) -> Result<(), ClusterError>
         .map_err(|e| ClusterError::Toml { path: path.to_owned(), detail: e.to_string() })?;
     std::fs::write(path, text)
         .map_err(|source| ClusterError::Write { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread_from_latest;
+
+    fn numbered(n: usize) -> Vec<String> {
+        (0..n).map(|i| i.to_string()).collect()
+    }
+
+    #[test]
+    fn bootstrap_lists_spread_back_from_the_latest_nodes() {
+        assert_eq!(spread_from_latest(numbered(5), 8), numbered(5));
+        let spread = spread_from_latest(numbered(200), 8);
+        assert_eq!(spread, ["199", "198", "197", "196", "192", "184", "168", "136"]);
+        assert_eq!(spread_from_latest(numbered(12), 8), ["11", "10", "9", "8", "4"]);
+    }
 }

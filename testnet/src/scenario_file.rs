@@ -402,8 +402,7 @@ fn attack_shape(event: &Event) -> Option<String> {
         return Some(
             "attack needs `attack` (forge-result, forge-open, forge-assignment, \
              replay-heartbeats, join-flood, oversized-frames, trickled-frames, slow-frames, \
-             inflate-samples, \
-             bad-values or early-inputs)"
+             inflate-samples, bad-values, early-inputs or swap-model)"
                 .into(),
         );
     };

@@ -124,6 +124,18 @@ fn replayed_heartbeats_of_a_killed_member_are_refused_and_do_not_keep_it_live() 
     assert_eq!(*run.participants().last().unwrap_or(&0), 3, "{:#?}", run.lines);
 }
 
+/// An outsider passing on each result with other model bytes (the shipped scenario): refused
+/// as `wrong_model`, and every member ends on the aggregators' models.
+#[test]
+fn results_passed_on_with_other_model_bytes_are_refused() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack-swap-model.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let run = assert_attacked("attack-swap-model", run_scenario_file("attack-swap-model", &text));
+    let swapped = run.report.attacks.iter().flat_map(|a| &a.lines).any(|l| l.contains("published"));
+    assert!(swapped, "{:#?}", run.report.attacks);
+}
+
 /// 3000 joins, each from a fresh key, in an open job: the newcomers past the bound are refused
 /// (`crowded`) and the rounds go on without any of them.
 #[test]

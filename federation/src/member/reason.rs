@@ -78,6 +78,8 @@ pub enum Reason {
     WrongAnnouncement,
     /// An update that builds on another model than the round's.
     WrongBase,
+    /// A result that came with other model bytes than the model it names.
+    WrongModel,
     /// A message of the wrong kind for where it arrived.
     WrongKind,
     /// An update whose tensors do not have the model's layout.
@@ -131,6 +133,7 @@ impl Reason {
             Self::UntrustedOwner => "untrusted_owner",
             Self::WrongAnnouncement => "wrong_announcement",
             Self::WrongBase => "wrong_base",
+            Self::WrongModel => "wrong_model",
             Self::WrongKind => "wrong_kind",
             Self::WrongLayout => "wrong_layout",
             Self::WrongRound => "wrong_round",
@@ -142,6 +145,7 @@ impl Reason {
     /// Whether the refusal proves its author or forwarder misbehaved, whatever the refusing
     /// node's view of the job: a bad signature or a message outside the job's scope, a message
     /// only the coordinator may send signed by someone else, a message about another member, a
+    /// result with model bytes that are not its model (whoever passed it on swapped them), a
     /// fraud proof whose result recomputes to its model, or one in a job that is not verifiable.
     /// Every other refusal (stale, not joined, a round the node is not at) may be honest timing.
     pub fn proves_misbehaviour(self) -> bool {
@@ -150,6 +154,7 @@ impl Reason {
             Self::BadMessage
                 | Self::NotTheCoordinator
                 | Self::WrongSigner
+                | Self::WrongModel
                 | Self::FalseFraudProof
                 | Self::NotVerifiable
         )

@@ -8,10 +8,10 @@ use super::peer::{Peer, peer_of};
 use super::{Attack, HostileError, Outcome, Plan, Posing};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
-use fedmesh_protocol::message::{Request, Response};
+use fedmesh_protocol::message::{GossipMessage, Request, Response};
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -204,7 +204,35 @@ async fn attack(
             send_deltas(plan, peer, info, outcome).await
         }
         Attack::OversizedFrames | Attack::TrickledFrames | Attack::SlowFrames => Ok(()), // `run`
+        Attack::SwapModel => swap_models(plan, peer, outcome).await,
     }
+}
+
+/// Publishes each new result heard with its model's bytes again, its signature intact and its
+/// model's first bytes changed, every second for the plan's duration.
+async fn swap_models(plan: &Plan, peer: &Peer, outcome: &mut Outcome) -> Result<(), HostileError> {
+    let until = Instant::now() + plan.duration;
+    let mut swapped = BTreeSet::new();
+    while Instant::now() < until {
+        let newest = peer.watch().with_model.clone();
+        if let Some(mut with_model) = newest {
+            let round = with_model.result.unverified_body().round;
+            if swapped.insert(round) {
+                with_model.model.iter_mut().take(64).for_each(|byte| *byte ^= 0x5a);
+                let frame = forge::gossip(&GossipMessage::ResultWithModel(Box::new(with_model)))?;
+                let published = peer.publish(frame).await.is_ok();
+                outcome.note(format!(
+                    "round {round}'s result with a swapped model: {}",
+                    if published { "published" } else { "could not be published" }
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if swapped.is_empty() {
+        outcome.note("heard no result with its model's bytes");
+    }
+    Ok(())
 }
 
 /// The rounds a forged round message names while `round` is in progress and `completed`

@@ -43,6 +43,9 @@ pub enum Attack {
     BadValues,
     /// `--count` deltas for rounds not open yet (the next, further ones, far ahead).
     EarlyInputs,
+    /// Passes on each result heard with its model's bytes (as its aggregator signed it), with
+    /// other bytes: a backdoored model in place of the one the result names.
+    SwapModel,
 }
 
 impl Attack {
@@ -60,6 +63,7 @@ impl Attack {
             Self::InflateSamples => "inflate-samples",
             Self::BadValues => "bad-values",
             Self::EarlyInputs => "early-inputs",
+            Self::SwapModel => "swap-model",
         }
     }
 

@@ -9,7 +9,9 @@ use fedmesh_node::network::{self, BehaviourSettings, Frame, Network, NetworkEven
 use fedmesh_protocol::codec::{decode_gossip, decode_response, encode_request};
 use fedmesh_protocol::identity::Identity;
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
-use fedmesh_protocol::message::{GossipMessage, Request, Response};
+use fedmesh_protocol::message::{
+    AggregateReady, GossipMessage, Request, Response, ResultWithModel,
+};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -50,6 +52,8 @@ pub struct Watch {
     pub victim: Option<MemberId>,
     pub captured: Vec<Captured>,
     pub victim_heard: Option<Instant>,
+    /// The newest result heard with its model's bytes.
+    pub with_model: Option<ResultWithModel>,
 }
 
 impl Watch {
@@ -81,17 +85,26 @@ impl Watch {
                         Some((open.round, open.base_model, opener, open.members.clone()));
                 }
             }
-            GossipMessage::AggregateReady(signed) => {
-                let ready = signed.unverified_body();
-                if ready.round > self.completed {
-                    self.completed = ready.round;
-                    self.result_members = ready.members.clone();
-                    if ready.round >= self.round {
-                        (self.round, self.model) = (ready.round + 1, Some(ready.model));
-                    }
+            GossipMessage::AggregateReady(signed) => self.observe_result(signed.unverified_body()),
+            GossipMessage::ResultWithModel(m) => {
+                self.observe_result(m.result.unverified_body());
+                let round = |m: &ResultWithModel| m.result.unverified_body().round;
+                if self.with_model.as_ref().is_none_or(|newest| round(newest) < round(&m)) {
+                    self.with_model = Some(*m);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Takes in a round's result.
+    fn observe_result(&mut self, ready: &AggregateReady) {
+        if ready.round > self.completed {
+            self.completed = ready.round;
+            self.result_members = ready.members.clone();
+            if ready.round >= self.round {
+                (self.round, self.model) = (ready.round + 1, Some(ready.model));
+            }
         }
     }
 

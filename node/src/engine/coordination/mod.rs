@@ -124,6 +124,11 @@ impl Engine {
         let scope = Scope::job(id);
         let now = unix_millis();
         let Some(job) = self.coordinated.get_mut(&id) else { return Ok(()) };
+        let message = match message {
+            // The coordinator needs a result, not its model.
+            GossipMessage::ResultWithModel(m) => GossipMessage::AggregateReady(m.result),
+            other => other,
+        };
         let changed = match message {
             GossipMessage::Join(m) => {
                 let join =

@@ -13,8 +13,14 @@ use fedmesh_federation::member::{
 };
 use fedmesh_protocol::codec::encode_gossip;
 use fedmesh_protocol::envelope::{Signed, SignedBody, Verified};
-use fedmesh_protocol::ids::{JobId, MemberId};
-use fedmesh_protocol::message::{GossipMessage, Heartbeat, Join, Request, Response};
+use fedmesh_protocol::ids::{ContentHash, JobId, MemberId};
+use fedmesh_protocol::message::{
+    AggregateReady, GossipMessage, Heartbeat, Join, Request, Response, ResultWithModel,
+};
+
+/// The largest model whose bytes travel with its round's result (8,192 float32 parameters):
+/// with the result's other fields it stays within a gossip message.
+const MODEL_WITH_RESULT_BYTES: usize = 32 * 1024;
 
 impl Engine {
     /// Carries out a job machine's effects, in order.
@@ -91,7 +97,7 @@ impl Engine {
             }
             Publish::Result(ready) => {
                 tracing::info!(job = %id, round = ready.round, model = %ready.model, updates = ready.contributions.len(), "round closed");
-                self.publish_signed(id, ready, GossipMessage::AggregateReady).await
+                self.publish_result(id, ready).await
             }
             Publish::Eval(report) => {
                 self.publish_signed(id, report, GossipMessage::EvalReport).await
@@ -108,6 +114,36 @@ impl Engine {
         wrap: fn(Signed<T>) -> GossipMessage,
     ) {
         let encoded = Signed::sign(&self.identity, body).map(wrap).and_then(|m| encode_gossip(&m));
+        self.publish_encoded(id, encoded).await
+    }
+
+    /// Signs a round's result and publishes it, with its model's bytes when the model is small
+    /// enough to travel with it (so members need not all fetch it from this node).
+    async fn publish_result(&self, id: JobId, ready: AggregateReady) {
+        let Some(model) = self.small_model(id, &ready.model) else {
+            return self.publish_signed(id, ready, GossipMessage::AggregateReady).await;
+        };
+        let encoded = Signed::sign(&self.identity, ready).and_then(|result| {
+            let with_model = ResultWithModel { result: result.clone(), model };
+            // Too large with the model, it goes alone.
+            encode_gossip(&GossipMessage::ResultWithModel(Box::new(with_model)))
+                .or_else(|_| encode_gossip(&GossipMessage::AggregateReady(result)))
+        });
+        self.publish_encoded(id, encoded).await
+    }
+
+    /// A job's model's bytes from the store, if its parameters take at most
+    /// [`MODEL_WITH_RESULT_BYTES`].
+    fn small_model(&self, id: JobId, model: &ContentHash) -> Option<Vec<u8>> {
+        let params = self.runs.get(&id)?.machine.params().len();
+        if params.saturating_mul(4) > MODEL_WITH_RESULT_BYTES {
+            return None;
+        }
+        self.store.blob(model).ok().flatten()
+    }
+
+    /// Publishes an encoded message on the job's topic.
+    async fn publish_encoded<E: std::fmt::Display>(&self, id: JobId, encoded: Result<Vec<u8>, E>) {
         match encoded {
             Ok(bytes) => {
                 if let Err(error) = self.network.publish(&job_topic(&id), bytes).await {

@@ -7,8 +7,9 @@ use fedmesh_federation::member::Reason;
 pub use fedmesh_federation::member::Refusal as Refused;
 use fedmesh_federation::member::{Accusation, Event, Gossip};
 use fedmesh_protocol::envelope::{Denied, Scope, Scoped, Signed, SignedBody, Verified};
-use fedmesh_protocol::ids::MemberId;
-use fedmesh_protocol::message::{FraudProof, GossipMessage};
+use fedmesh_protocol::ids::{JobId, MemberId};
+use fedmesh_protocol::message::{AggregateReady, FraudProof, GossipMessage, ResultWithModel};
+use fedmesh_protocol::tensor::check_blob;
 use std::sync::Arc;
 
 impl Engine {
@@ -40,21 +41,10 @@ impl Engine {
                 self.maybe_hijack(id, signer, &open).await;
                 (signer, Gossip::Open(open))
             }
-            GossipMessage::AggregateReady(m) => {
-                let signed = m.clone();
-                let (signer, ready) = verified(m, &scope, Arc::new)?;
-                let refused =
-                    self.handle(id, Event::Gossip { signer, message: Gossip::Result(ready) }).await;
-                return match refused {
-                    Some(refused) => Err(refused),
-                    None => {
-                        // Kept as its aggregator signed it, to serve a member that missed it.
-                        if let Some(run) = self.runs.get_mut(&id) {
-                            run.keep_taken(signed);
-                        }
-                        Ok(())
-                    }
-                };
+            GossipMessage::AggregateReady(m) => return self.on_result(id, m, None).await,
+            GossipMessage::ResultWithModel(m) => {
+                let ResultWithModel { result, model } = *m;
+                return self.on_result(id, result, Some(model)).await;
             }
             GossipMessage::Assignment(m) => {
                 let assignment = verify_from(m, coordinator, &scope)?.into_body();
@@ -73,6 +63,46 @@ impl Engine {
         match self.handle(id, Event::Gossip { signer, message }).await {
             Some(refused) => Err(refused),
             None => Ok(()),
+        }
+    }
+}
+
+impl Engine {
+    /// Handles a round's result, with its model's bytes when it came with them: verified, its
+    /// model checked against its hash, then handed to the job's machine; kept to serve if
+    /// taken.
+    async fn on_result(
+        &mut self,
+        id: JobId,
+        signed: Signed<AggregateReady>,
+        model: Option<Vec<u8>>,
+    ) -> Result<(), Refused> {
+        let (signer, ready) = verified(signed.clone(), &Scope::job(id), Arc::new)?;
+        if let Some(bytes) = &model {
+            check_blob(&ready.model, bytes).map_err(|e| {
+                Refused::new(Reason::WrongModel, format!("the model sent with the result: {e}"))
+            })?;
+        }
+        let came_with = model.map(|bytes| (ready.model, bytes));
+        let before = match (self.runs.get_mut(&id), came_with) {
+            (Some(run), Some(came_with)) => Some(run.model_with_result.replace(came_with)),
+            _ => None,
+        };
+        let refused =
+            self.handle(id, Event::Gossip { signer, message: Gossip::Result(ready) }).await;
+        let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
+        match refused {
+            Some(refused) => {
+                if let Some(before) = before {
+                    run.model_with_result = before; // a refused result's model is not kept
+                }
+                Err(refused)
+            }
+            None => {
+                // Kept as its aggregator signed it, to serve a member that missed it.
+                run.keep_taken(signed);
+                Ok(())
+            }
         }
     }
 }

@@ -74,6 +74,9 @@ pub struct JobRun {
     early_share: held_inputs::EarlyShare,
     /// In a verifiable job, the deltas kept for auditors.
     contributions: Option<audits::SharedContributions>,
+    /// The model bytes the newest result taken came with (they hash to its model): the fetch
+    /// the machine makes for that model takes them instead of asking the members.
+    model_with_result: Option<(ContentHash, Vec<u8>)>,
 }
 
 impl JobRun {
@@ -90,6 +93,7 @@ impl JobRun {
             persisted,
             taken: VecDeque::new(),
             early_share: None,
+            model_with_result: None,
         }
     }
 

@@ -1,8 +1,9 @@
-//! Global models fetched by hash for a job's machine: its own store first, else from the members
-//! the machine names (known holders first, in its order), then any live member in a random
-//! order, again and again with a short pause until one sends it. A busy holder or a member that
-//! does not hold it yet costs one small answer, so N fetchers do not all download from the
-//! announcer. The blob is hash-checked, stored and decoded off the engine's task.
+//! Global models fetched by hash for a job's machine: the bytes its result came with (a small
+//! model travels with it), else its own store, else from the members the machine names (known
+//! holders first, in its order), then any live member in a random order, again and again with
+//! a short pause until one sends it. A busy holder or a member that does not hold it yet costs
+//! one small answer, so N fetchers do not all download from the announcer. The blob is
+//! hash-checked, stored and decoded off the engine's task.
 
 use crate::engine::{Engine, Internal};
 use crate::identity::peer_of_member;
@@ -29,10 +30,21 @@ impl Engine {
         others.shuffle(&mut rand::rng());
         let sources: Vec<MemberId> = from.into_iter().filter(|m| *m != me).chain(others).collect();
         let params = run.machine.params().len();
+        let came_with_result = run
+            .model_with_result
+            .as_ref()
+            .filter(|(hash, _)| *hash == model)
+            .map(|(_, b)| b.clone());
         let (network, store, internal) =
             (self.network.clone(), self.store.clone(), self.internal.clone());
         tokio::spawn(async move {
-            let outcome = fetch_model(&network, &store, &sources, model, params).await;
+            let outcome = match came_with_result {
+                Some(bytes) => match keep_blob(&store, bytes).await {
+                    Ok(bytes) => decode_model(bytes, model, params).await,
+                    Err(error) => Err(error),
+                },
+                None => fetch_model(&network, &store, &sources, model, params).await,
+            };
             if let Err(error) = &outcome {
                 tracing::warn!(job = %id, round, %model, %error, "cannot fetch the model");
             }
@@ -56,17 +68,28 @@ pub(super) async fn fetch_model(
     };
     let bytes = match stored {
         Ok(Ok(Some(bytes))) => bytes,
-        _ => {
-            let bytes = fetch_from_any(network, sources, model, params * 4).await?;
-            let store = store.clone();
-            let keep = move || store.put_model_blob(&bytes).map(|_| bytes);
-            match tokio::task::spawn_blocking(keep).await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(error)) => return Err(format!("cannot store the fetched model: {error}")),
-                Err(error) => return Err(format!("storing the fetched model failed: {error}")),
-            }
-        }
+        _ => keep_blob(store, fetch_from_any(network, sources, model, params * 4).await?).await?,
     };
+    decode_model(bytes, model, params).await
+}
+
+/// Stores a model's bytes (hash-checked already), so this node can serve them too.
+async fn keep_blob(store: &Arc<Store>, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let store = store.clone();
+    let keep = move || store.put_model_blob(&bytes).map(|_| bytes);
+    match tokio::task::spawn_blocking(keep).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => Err(format!("cannot store the fetched model: {error}")),
+        Err(error) => Err(format!("storing the fetched model failed: {error}")),
+    }
+}
+
+/// A model's parameters from its bytes, decoded off the engine's task.
+async fn decode_model(
+    bytes: Vec<u8>,
+    model: ContentHash,
+    params: usize,
+) -> Result<Vec<f32>, String> {
     let decode = move || decode_params(&bytes, TensorEncoding::F32Le, params);
     match tokio::task::spawn_blocking(decode).await {
         Ok(decoded) => decoded.map_err(|e| format!("model {model}: {e}")),
