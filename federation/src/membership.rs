@@ -185,6 +185,25 @@ pub enum Refused {
     },
 }
 
+/// A member's signed sign of life, as [`Membership::replay_of`] checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignOfLife {
+    Join,
+    Heartbeat,
+    Leave,
+}
+
+impl SignOfLife {
+    /// As a refusal names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Heartbeat => "heartbeat",
+            Self::Leave => "leave",
+        }
+    }
+}
+
 /// What a heartbeat told of its member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
@@ -413,7 +432,43 @@ impl Membership {
         let _ = self.record_join(join, now_ms);
     }
 
+    /// Whether `member`'s `kind` sent at `sent_at_ms` is a replay, the same check that recording
+    /// it makes, without recording anything: a node asks before it verifies the message's
+    /// signature (at 200 members, late gossip brought each node twice as many copies of old
+    /// heartbeats and joins as new ones). A join sent no later than the member's leave, or
+    /// before its newest join; a heartbeat sent no later than its newest; a leave sent before
+    /// its newest join.
+    pub fn replay_of(
+        &self,
+        kind: SignOfLife,
+        member: &MemberId,
+        sent_at_ms: u64,
+    ) -> Option<Replayed> {
+        let replayed = |newest_ms| Some(Replayed { sent_at_ms, newest_ms });
+        let Some(entry) = self.known.members.get(member) else {
+            let left = self.known.left.get(member).map(|left| left.sent_at_ms);
+            return match left {
+                Some(left_ms) if kind == SignOfLife::Join && sent_at_ms <= left_ms => {
+                    replayed(left_ms)
+                }
+                _ => None,
+            };
+        };
+        match kind {
+            SignOfLife::Heartbeat if sent_at_ms <= entry.beat_sent_ms => {
+                replayed(entry.beat_sent_ms)
+            }
+            SignOfLife::Join | SignOfLife::Leave if sent_at_ms < entry.join_sent_ms => {
+                replayed(entry.join_sent_ms)
+            }
+            _ => None,
+        }
+    }
+
     fn record_join(&mut self, join: &Join, now_ms: u64) -> Result<bool, Replayed> {
+        if let Some(replayed) = self.replay_of(SignOfLife::Join, &join.member, join.sent_at_ms) {
+            return Err(replayed);
+        }
         let liveness = self.liveness_ms();
         let known = Arc::make_mut(&mut self.known);
         let declared = Declared {
@@ -425,12 +480,7 @@ impl Membership {
             },
             samples: join.samples,
         };
-        let replayed = |newest_ms| Replayed { sent_at_ms: join.sent_at_ms, newest_ms };
         let Some((key, entry)) = known.members.get_key_value(&join.member) else {
-            let left = known.left.get(&join.member).map(|left| left.sent_at_ms);
-            if let Some(left_ms) = left.filter(|left_ms| join.sent_at_ms <= *left_ms) {
-                return Err(replayed(left_ms));
-            }
             let entry = Entry {
                 last_seen_ms: now_ms,
                 join_sent_ms: join.sent_at_ms,
@@ -444,9 +494,6 @@ impl Membership {
             known.newcomers.push_back(join.member);
             return Ok(true);
         };
-        if join.sent_at_ms < entry.join_sent_ms {
-            return Err(replayed(entry.join_sent_ms));
-        }
         if join.sent_at_ms == entry.join_sent_ms {
             return Ok(false);
         }
@@ -469,11 +516,11 @@ impl Membership {
     /// Records a leave sent at `sent_at_ms`; says whether the member was known. A leave sent
     /// before the member's newest join is a replay (it left, then joined again).
     pub fn leave(&mut self, member: &MemberId, sent_at_ms: u64) -> Result<bool, Replayed> {
+        if let Some(replayed) = self.replay_of(SignOfLife::Leave, member, sent_at_ms) {
+            return Err(replayed);
+        }
         let known = Arc::make_mut(&mut self.known);
         let Some(entry) = known.members.get(member) else { return Ok(false) };
-        if sent_at_ms < entry.join_sent_ms {
-            return Err(Replayed { sent_at_ms, newest_ms: entry.join_sent_ms });
-        }
         if entry.proven {
             self.live = None;
             known.proven -= 1;
@@ -499,12 +546,11 @@ impl Membership {
         sent_at_ms: u64,
         now_ms: u64,
     ) -> Result<Beat, Replayed> {
-        let newest_ms = match self.known.members.get(member) {
-            None => return Ok(Beat::Unknown),
-            Some(entry) => entry.beat_sent_ms,
-        };
-        if sent_at_ms <= newest_ms {
-            return Err(Replayed { sent_at_ms, newest_ms });
+        if !self.contains(member) {
+            return Ok(Beat::Unknown);
+        }
+        if let Some(replayed) = self.replay_of(SignOfLife::Heartbeat, member, sent_at_ms) {
+            return Err(replayed);
         }
         let index = Arc::make_mut(&mut self.known).model_index(model);
         let Some(entry) = self.touch(member, now_ms) else { return Ok(Beat::Unknown) };

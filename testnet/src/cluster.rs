@@ -110,6 +110,11 @@ pub struct Connections {
     pub hole_punched: u64,
 }
 
+/// The nodes' log filter unless `FEDMESH_TESTNET_LOG` names another. (gossipsub warns of each
+/// message it no longer holds when its node validated it late: thousands a minute a node at 200
+/// nodes, each a line written.)
+const DEFAULT_LOG: &str = "info,libp2p_gossipsub=error";
+
 /// The most nodes a new node bootstraps from; it finds the others through them (Kademlia).
 const MAX_BOOTSTRAP_PEERS: usize = 8;
 
@@ -283,7 +288,10 @@ impl Cluster {
         command
             .args(["node", "--config"])
             .arg(dir.join("node.toml"))
-            .env("RUST_LOG", std::env::var("FEDMESH_TESTNET_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("FEDMESH_TESTNET_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -3,9 +3,9 @@
 //! announce its result, holding round messages (and the coordinator's assignments) its view of
 //! the membership cannot judge yet.
 
-use super::Reason;
 use super::{Effect, Gossip, Held, Level, MAX_HELD, Member, Phase, Text, Waiting, names_exactly};
-use crate::membership::{Beat, Refused, Replayed};
+use super::{Reason, Refusal};
+use crate::membership::{Beat, Refused, Replayed, SignOfLife};
 use crate::records::RunStatus;
 use fedmesh_protocol::ids::{ContentHash, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, EvalReport, Join, Leave, RoundOpen};
@@ -197,9 +197,20 @@ impl Member {
 
     /// Refuses a message sent no later than the newest of its kind heard from its member.
     fn refuse_replay(&mut self, kind: &str, signer: MemberId, replayed: Replayed) {
-        let Replayed { sent_at_ms, newest_ms } = replayed;
-        let detail = format!("{signer}'s {kind} sent at {sent_at_ms}, not after {newest_ms}");
-        self.reject(Reason::Replayed, detail);
+        self.reject(Reason::Replayed, replay_detail(kind, &signer, replayed));
+    }
+
+    /// The refusal `member`'s join, heartbeat or leave sent at `sent_at_ms` meets as a replay,
+    /// if it is one, recording nothing: asked before its signature is verified, which costs far
+    /// more (see [`crate::membership::Membership::replay_of`]).
+    pub fn replay_of(
+        &self,
+        kind: SignOfLife,
+        member: &MemberId,
+        sent_at_ms: u64,
+    ) -> Option<Refusal> {
+        let replayed = self.state.members.replay_of(kind, member, sent_at_ms)?;
+        Some(Refusal::new(Reason::Replayed, replay_detail(kind.name(), member, replayed)))
     }
 
     /// Judges the held round messages again.
@@ -543,4 +554,10 @@ impl Member {
         let ready = ready.clone();
         self.effects.push(Effect::Publish(super::Publish::Result(ready)));
     }
+}
+
+/// Why a replayed join, heartbeat or leave is refused.
+fn replay_detail(kind: &str, member: &MemberId, replayed: Replayed) -> String {
+    let Replayed { sent_at_ms, newest_ms } = replayed;
+    format!("{member}'s {kind} sent at {sent_at_ms}, not after {newest_ms}")
 }

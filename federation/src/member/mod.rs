@@ -583,6 +583,39 @@ impl Member {
         Some((plan, live))
     }
 
+    /// The plan of a round this member leads and opens again, over the live members and the
+    /// members `holding` names (those whose updates it holds for the round: an update just
+    /// received is a sign of life their heartbeats may not match yet, as at 200 members they
+    /// come 20 s apart; and an opening without one of them drops every update held, since an
+    /// aggregate cannot take one out). None when they are fewer than `min_participants`.
+    fn reopening_plan(
+        &mut self,
+        round: Round,
+        holding: impl IntoIterator<Item = MemberId>,
+        now: u64,
+    ) -> Option<(Arc<RoundPlan>, Arc<[MemberInfo]>)> {
+        let live = self.live(now);
+        let is_live = |member: &MemberId| live.binary_search_by(|m| m.id.cmp(member)).is_ok();
+        let silent: Vec<MemberInfo> = holding
+            .into_iter()
+            .filter(|member| !is_live(member))
+            .filter_map(|member| self.state.members.info(&member))
+            .collect();
+        let members = if silent.is_empty() {
+            live
+        } else {
+            let mut members: Vec<MemberInfo> = live.iter().cloned().chain(silent).collect();
+            members.sort_unstable_by_key(|m| m.id);
+            members.dedup_by(|a, b| a.id == b.id);
+            shared::member_list(members)
+        };
+        if members.len() < self.setup.spec.participation.min_participants as usize {
+            return None;
+        }
+        let plan = self.plan_over(round, members.clone())?;
+        Some((plan, members))
+    }
+
     /// The aggregator this member's live plan elects for `round`.
     fn elected_leader(&mut self, round: Round, now: u64) -> Option<MemberId> {
         self.live_plan(round, now).and_then(|(plan, _)| plan.leader())

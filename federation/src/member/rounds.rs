@@ -780,9 +780,10 @@ impl Member {
         }
     }
 
-    /// At the led round's deadline: close it at quorum, else open it again over the members
-    /// live now (a lost aggregator is replaced; trainers send again), or let go of it when this
-    /// member no longer leads it. In an orchestrated job the coordinator assigns it again.
+    /// At the led round's deadline: close it at quorum (of the trainers still live), else open
+    /// it again over the members live now and those whose updates it holds (a lost aggregator
+    /// is replaced; trainers send again), or let go of it when this member no longer leads it.
+    /// In an orchestrated job the coordinator assigns it again.
     fn check_leader_deadline(&mut self, now: u64) {
         let Some(open) = self.phase.open() else { return };
         let Some(leading) = open.leading.as_ref() else { return };
@@ -799,18 +800,22 @@ impl Member {
         if self.orchestrated(now) {
             return; // short of its quorum: the coordinator assigns the round again
         }
-        let Some((plan, live)) = self.live_plan(round, now) else {
-            return self.let_go(round, "too few live members");
-        };
-        let members = live.iter().map(|m| m.id).collect();
-        if plan.leader() != Some(self.me()) {
-            return self.let_go(round, "this member no longer leads it");
-        }
-        let required = self.required_updates(plan.trainers.len());
-        let central = plan.slots.len() == 1 && plan.rings.is_empty();
-        if has_top && central && received >= required && received > 0 {
-            // The updates in are a quorum of the trainers still live.
-            return self.close_round(now);
+        let holding: Vec<MemberId> = open
+            .slots
+            .iter()
+            .flat_map(|slot| slot.contributions.iter().map(|c| c.member))
+            .collect();
+        let mut required = leading.required;
+        if let Some((plan, _)) = self.live_plan(round, now) {
+            if plan.leader() != Some(self.me()) {
+                return self.let_go(round, "this member no longer leads it");
+            }
+            required = self.required_updates(plan.trainers.len());
+            let central = plan.slots.len() == 1 && plan.rings.is_empty();
+            if has_top && central && received >= required && received > 0 {
+                // The updates in are a quorum of the trainers still live.
+                return self.close_round(now);
+            }
         }
         let minimum = (self.setup.spec.participation.min_participants as usize).max(1);
         if has_top && retries >= DEADLINES_BEFORE_CLOSING_SHORT && received >= minimum {
@@ -819,11 +824,20 @@ impl Member {
             self.log(Level::Warn, round, why);
             return self.close_round(now);
         }
+        // Opened again over the live members and those whose updates it holds: none is dropped.
+        let Some((plan, members)) = self.reopening_plan(round, holding, now) else {
+            return self.let_go(round, "too few live members");
+        };
+        if plan.leader() != Some(self.me()) {
+            return self.let_go(round, "this member no longer leads it");
+        }
+        let required = self.required_updates(plan.trainers.len());
         self.log(
             Level::Warn,
             round,
             format!("incomplete at its deadline ({received} of {required}); opening it again"),
         );
+        let members = members.iter().map(|m| m.id).collect();
         self.announce_opening(round, members, plan, Leading { required, retries }, now);
     }
 

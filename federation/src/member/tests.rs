@@ -897,6 +897,32 @@ fn a_dead_trainer_makes_the_leader_open_the_round_again_keeping_the_updates_in()
 }
 
 #[test]
+fn a_leader_opening_again_keeps_the_update_of_a_member_it_no_longer_hears_beat() {
+    // Deadlines of 8 s: the second comes after the 10 s a member may be silent and live.
+    let members = [(1, "a"), (2, "a"), (3, "a"), (4, "a"), (5, "a")];
+    let mut net = Net::new(spec("central", 1, 8), &members);
+    let slow = [member_id(4), member_id(5)];
+    for member in slow {
+        net.train_ms.insert(member, 60_000); // the round is opened again until it closes short
+    }
+    net.run_until(10_000, |net| net.openings_of(1) == 1);
+    let leader = net.opened.values().next().copied().expect("an opener");
+    let quiet = net.members.keys().copied().find(|m| *m != leader && !slow.contains(m));
+    let quiet = quiet.expect("a trainer");
+    // From now on the quiet member's gossip (heartbeats, joins) reaches no one; its update
+    // does. At the second deadline the leader holds three updates of the four live members'
+    // (the slow ones' missing): it opens the round again, and keeps the quiet one's update.
+    net.drop = Some(Box::new(move |from, _, event| {
+        from == quiet && matches!(event, Event::Gossip { .. })
+    }));
+    net.run(120_000);
+    net.assert_agree();
+    assert!(net.openings_of(1) >= 3, "round 1 was opened again after the silence began");
+    let record = &net.member(leader.0[0]).rounds()[&1];
+    assert_eq!(record.participants, 3, "all but the slow members' updates: {record:?}");
+}
+
+#[test]
 fn a_trainer_slower_than_the_deadline_trains_once_and_its_update_reaches_the_round_opened_again() {
     let mut net = four_central(2);
     let slow = member_id(3);

@@ -242,7 +242,8 @@ impl Engine {
                 MessageAcceptance::Reject
             }
             Err(Refusal::Ignored(reason, detail)) => {
-                tracing::info!(reason = reason.label(), %detail, "ignored gossip message");
+                // Honest timing (a copy come late, a round this node is not at): counted.
+                tracing::debug!(reason = reason.label(), %detail, "ignored gossip message");
                 self.metrics.rejected("gossip", reason.label());
                 MessageAcceptance::Ignore
             }

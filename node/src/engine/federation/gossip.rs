@@ -6,6 +6,7 @@ use crate::engine::Engine;
 use fedmesh_federation::member::Reason;
 pub use fedmesh_federation::member::Refusal as Refused;
 use fedmesh_federation::member::{Accusation, Event, Gossip};
+use fedmesh_federation::membership::SignOfLife;
 use fedmesh_protocol::envelope::{Denied, Scope, Scoped, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{JobId, MemberId};
 use fedmesh_protocol::message::{AggregateReady, FraudProof, GossipMessage, ResultWithModel};
@@ -28,6 +29,11 @@ impl Engine {
         let Some(run) = self.runs.get(&id) else {
             return Err(Refused::new(Reason::NotJoined, format!("not in job {id}")));
         };
+        if let Some((kind, member, sent_at_ms)) = sign_of_life(&message)
+            && let Some(replayed) = run.machine.replay_of(kind, &member, sent_at_ms)
+        {
+            return Err(replayed); // refused before its signature costs a verification
+        }
         let coordinator = run.machine.spec().coordinator;
         let controller = coordinator.unwrap_or(run.machine.spec().owner);
         let scope = Scope::job(id);
@@ -104,6 +110,26 @@ impl Engine {
                 Ok(())
             }
         }
+    }
+}
+
+/// A join, heartbeat or leave: its kind, the member it claims to be from and when it claims it
+/// was sent (unverified).
+fn sign_of_life(message: &GossipMessage) -> Option<(SignOfLife, MemberId, u64)> {
+    match message {
+        GossipMessage::Join(m) => {
+            let join = m.unverified_body();
+            Some((SignOfLife::Join, join.member, join.sent_at_ms))
+        }
+        GossipMessage::Heartbeat(m) => {
+            let beat = m.unverified_body();
+            Some((SignOfLife::Heartbeat, beat.member, beat.sent_at_ms))
+        }
+        GossipMessage::Leave(m) => {
+            let leave = m.unverified_body();
+            Some((SignOfLife::Leave, leave.member, leave.sent_at_ms))
+        }
+        _ => None,
     }
 }
 
