@@ -27,7 +27,9 @@ pub struct Follower {
     followed_only: Option<u64>,
     /// A round short of its quorum is opened again at each deadline and closes with what it
     /// has after three (if that is the job's minimum): past four deadlines and half a minute
-    /// without a round, the job is stalled.
+    /// without a round, the job is stalled. A larger cluster gets a deadline more for every
+    /// 25 nodes past 50: its leader shares the cores with all of them and takes their updates
+    /// in slowly (at 200 nodes on 2 cores, rounds closed after 5 to 8 deadlines).
     stall_limit: Duration,
     pub rounds: Vec<RoundFigures>,
     /// When each closed but not yet reported round was first seen closed.
@@ -40,12 +42,13 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub fn new(job: String, rounds_total: u64, round_deadline_secs: u64) -> Self {
+    pub fn new(job: String, rounds_total: u64, round_deadline_secs: u64, nodes: usize) -> Self {
+        let deadlines = 4 + nodes.saturating_sub(50) as u64 / 25;
         Self {
             job,
             rounds_total,
             followed_only: None,
-            stall_limit: Duration::from_secs(4 * round_deadline_secs + 30),
+            stall_limit: Duration::from_secs(deadlines * round_deadline_secs + 30),
             rounds: Vec::new(),
             closed_at: BTreeMap::new(),
             last_progress: Instant::now(),

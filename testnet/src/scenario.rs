@@ -381,7 +381,8 @@ impl Scenario {
         let mut events = EventRunner::new(job.clone(), &self.events, specs, started)
             .with_hostile(self.hostile.clone(), self.out.join("hostile"));
         events.fired.iter().for_each(|fired| on_progress(Progress::Event(fired)));
-        let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs)
+        let nodes = cluster.nodes.len();
+        let mut follower = Follower::new(job.clone(), self.rounds, self.round_deadline_secs, nodes)
             .following_only(self.follow_rounds);
         let status = drive(&mut cluster, &mut follower, &mut events, &mut on_progress).await;
         follower.complete_trainers(&cluster).await;
