@@ -651,6 +651,6 @@ mod tests {
         }
         names.sort();
         let attacks = names.iter().filter(|name| name.starts_with("attack-")).count();
-        assert_eq!((names.len(), attacks), (26, 12), "{names:?}");
+        assert_eq!((names.len(), attacks), (27, 13), "{names:?}");
     }
 }
