@@ -6,10 +6,14 @@ use crate::netns::{Host, NatKind, NetnsError, VirtualLan};
 use fedmesh_admin_api::{AdminClient, Endpoint, metric_value};
 use fedmesh_node::config::{ConfigError, NodeConfig};
 use fedmesh_node::misbehaviour::Misbehaviour;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How many nodes' admin APIs the testnet asks at once when it gathers figures from all.
+const NODES_ASKED_AT_ONCE: usize = 16;
 
 /// Why the cluster could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -357,11 +361,18 @@ impl Cluster {
 
     /// What every running node used so far.
     pub async fn usage(&self) -> Vec<NodeUsage> {
-        let mut usage = Vec::new();
-        for node in self.nodes.iter().filter(|node| node.is_running()) {
-            usage.push(node.usage().await);
-        }
-        usage
+        self.ask_running(NodeProcess::usage).await
+    }
+
+    /// Asks every running node with `ask`, several at a time (one after another, hundreds of
+    /// busy nodes' APIs took minutes, and a report fell that far behind the job), in the
+    /// nodes' order.
+    pub async fn ask_running<'a, T, F>(&'a self, ask: impl Fn(&'a NodeProcess) -> F) -> Vec<T>
+    where
+        F: Future<Output = T>,
+    {
+        let running = self.nodes.iter().filter(|node| node.is_running());
+        futures::stream::iter(running.map(ask)).buffered(NODES_ASKED_AT_ONCE).collect().await
     }
 
     /// Stops every node.

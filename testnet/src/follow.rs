@@ -159,11 +159,12 @@ impl Follower {
     }
 
     /// Adds the nodes whose training for a round ended after the round did (an asynchronous
-    /// job's slower trainers), to every round reported.
+    /// job's slower trainers), and their mean training time, to every round reported.
     pub async fn complete_trainers(&mut self, cluster: &Cluster) {
         let mut training = self.training_times(cluster).await;
         for figures in &mut self.rounds {
             if let Some(trained) = training.remove(&figures.round) {
+                figures.train_seconds = mean(Some(&trained.times));
                 figures.trainers = trained.nodes;
             }
         }
@@ -171,9 +172,11 @@ impl Follower {
 
     /// Each round's local training on every running node that trained in it.
     async fn training_times(&self, cluster: &Cluster) -> BTreeMap<u64, Training> {
+        let views =
+            cluster.ask_running(|node| async move { (node, node.api.job(&self.job).await) }).await;
         let mut training: BTreeMap<u64, Training> = BTreeMap::new();
-        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-            let Ok(view) = node.api.job(&self.job).await else { continue };
+        for (node, view) in views {
+            let Ok(view) = view else { continue };
             for round in view.run.iter().flat_map(|run| &run.rounds) {
                 if let Some(time) = round.train_seconds {
                     let trained = training.entry(round.round).or_default();
