@@ -3,7 +3,7 @@
 //! scenario expects it, and every refusal the scenario lists was counted by some node (or by
 //! every node). A long job followed for some of its rounds only must still run on every member.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ask_each};
 use crate::firing::EventRunner;
 use crate::follow::STILL_RUNNING;
 use crate::report::RoundFigures;
@@ -108,11 +108,11 @@ async fn member_runs(
 ) -> Vec<MemberRun> {
     let deadline = Instant::now() + limit;
     loop {
-        let mut runs = Vec::new();
-        for &i in members {
-            let run = cluster.nodes[i].api.job(job).await.ok().and_then(|view| view.run);
-            runs.push((cluster.nodes[i].name.clone(), run));
-        }
+        let nodes = members.iter().map(|&i| &cluster.nodes[i]);
+        let runs: Vec<MemberRun> = ask_each(nodes, |node| async move {
+            (node.name.clone(), node.api.job(job).await.ok().and_then(|view| view.run))
+        })
+        .await;
         if runs.iter().all(|(_, run)| status(run) == Some("completed")) || Instant::now() > deadline
         {
             return runs;
@@ -253,10 +253,11 @@ async fn refusals(
     cluster: &Cluster,
     events: &EventRunner,
 ) -> Result<String, String> {
-    let mut texts = Vec::new();
-    for node in cluster.nodes.iter().filter(|node| node.is_running()) {
-        texts.push((node.name.as_str(), node.api.metrics().await.unwrap_or_default()));
-    }
+    let texts = cluster
+        .ask_running(|node| async move {
+            (node.name.as_str(), node.api.metrics().await.unwrap_or_default())
+        })
+        .await;
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for wanted in reasons {

@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a node told to stop may take to exit before it is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// The address nodes not in a namespace of their own listen on.
+const LOOPBACK: &str = "127.0.0.1";
+
 /// How many nodes' admin APIs the testnet asks at once when it gathers figures from all.
 const NODES_ASKED_AT_ONCE: usize = 16;
 
@@ -38,6 +44,37 @@ pub enum ClusterError {
     Netns(#[from] NetnsError),
     #[error("cannot reach node {name}'s admin API inside its namespace: {source}")]
     Proxy { name: String, source: std::io::Error },
+}
+
+/// The transport nodes listen on and bootstrap over (`testnet --transport`); nodes in
+/// namespaces listen on both, and bootstrap over this one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP, with Noise and yamux over it.
+    #[default]
+    Tcp,
+    /// QUIC (TLS 1.3 and streams of its own) over UDP.
+    Quic,
+}
+
+impl Transport {
+    /// The listen address on `ip` and `port` (0: any free port).
+    pub fn listen_address(self, ip: &str, port: u16) -> String {
+        match self {
+            Self::Tcp => format!("/ip4/{ip}/tcp/{port}"),
+            Self::Quic => format!("/ip4/{ip}/udp/{port}/quic-v1"),
+        }
+    }
+
+    /// Whether `address` (a multiaddr, maybe with `/p2p/`) is one on `ip` of this transport.
+    fn is_on(self, address: &str, ip: &str) -> bool {
+        let prefix = match self {
+            Self::Tcp => format!("/ip4/{ip}/tcp/"),
+            Self::Quic => format!("/ip4/{ip}/udp/"),
+        };
+        address.starts_with(&prefix) && address.contains("/quic-v1") == (self == Self::Quic)
+    }
 }
 
 /// How to start one node.
@@ -146,6 +183,8 @@ pub struct Cluster {
     /// Each node bootstraps from the node started last before it only, not from every node
     /// running: the rest it must discover (Kademlia).
     pub chain_bootstrap: bool,
+    /// What the nodes started from now on listen on and bootstrap over.
+    pub transport: Transport,
     /// The namespaces the nodes run in (none: every node on loopback).
     lan: Option<VirtualLan>,
 }
@@ -158,6 +197,7 @@ impl Cluster {
             nodes: Vec::new(),
             coordinator: None,
             chain_bootstrap: false,
+            transport: Transport::Tcp,
             lan: None,
         }
     }
@@ -258,9 +298,10 @@ impl Cluster {
             Some(lan) => Some(lan.add_host(&name, public)?),
             None => None,
         };
-        write_config(&dir, &spec, &self.running_addresses(None), host.as_ref())?;
+        let bootstrap = self.running_addresses(None);
+        write_config(&dir, &spec, &bootstrap, self.transport, host.as_ref())?;
         let mut child = self.spawn(&dir, host.as_ref())?;
-        let up = wait_until_up(&name, &dir, &mut child, host.as_ref()).await?;
+        let up = wait_until_up(&name, &dir, &mut child, self.transport, host.as_ref()).await?;
         let (peer_id, address, api) = (up.peer_id, up.address, up.api);
         Ok(NodeProcess { name, dir, peer_id, address, api, host, spec, child: Some(child) })
     }
@@ -315,7 +356,9 @@ impl Cluster {
             keep_listen_address(&node.dir, &node.address)?;
         }
         let mut child = self.spawn(&node.dir, node.host.as_ref())?;
-        let up = wait_until_up(&node.name, &node.dir, &mut child, node.host.as_ref()).await?;
+        let up =
+            wait_until_up(&node.name, &node.dir, &mut child, self.transport, node.host.as_ref())
+                .await?;
         let node = &mut self.nodes[index];
         node.address = up.address;
         node.api = up.api;
@@ -334,7 +377,7 @@ impl Cluster {
         let bootstrap = self.running_addresses(Some(index));
         let node = &mut self.nodes[index];
         node.spec.settings.misbehave.extend(misbehave);
-        write_config(&node.dir, &node.spec, &bootstrap, node.host.as_ref())?;
+        write_config(&node.dir, &node.spec, &bootstrap, self.transport, node.host.as_ref())?;
         self.restart(index).await
     }
 
@@ -364,23 +407,37 @@ impl Cluster {
         self.ask_running(NodeProcess::usage).await
     }
 
-    /// Asks every running node with `ask`, several at a time (one after another, hundreds of
-    /// busy nodes' APIs took minutes, and a report fell that far behind the job), in the
-    /// nodes' order.
+    /// Asks every running node with `ask` (see [`ask_each`]).
     pub async fn ask_running<'a, T, F>(&'a self, ask: impl Fn(&'a NodeProcess) -> F) -> Vec<T>
     where
         F: Future<Output = T>,
     {
-        let running = self.nodes.iter().filter(|node| node.is_running());
-        futures::stream::iter(running.map(ask)).buffered(NODES_ASKED_AT_ONCE).collect().await
+        ask_each(self.nodes.iter().filter(|node| node.is_running()), ask).await
     }
 
     /// Stops every node.
     pub fn stop_all(&mut self) {
-        for node in self.nodes.iter_mut().chain(self.coordinator.as_mut()) {
-            node.stop();
+        // All are told first, then waited for: one at a time, 200 busy nodes took 10 minutes.
+        let nodes = self.nodes.iter_mut().chain(self.coordinator.as_mut());
+        let told: Vec<&mut NodeProcess> = nodes.filter(|node| node.terminate()).collect();
+        let deadline = Instant::now() + STOP_LIMIT;
+        for node in told {
+            node.reap(deadline);
         }
     }
+}
+
+/// Asks each of `nodes` with `ask`, several at a time (one after another, hundreds of busy
+/// nodes' APIs took minutes, and a report fell that far behind the job); the answers in the
+/// nodes' order.
+pub async fn ask_each<'a, T, F>(
+    nodes: impl IntoIterator<Item = &'a NodeProcess>,
+    ask: impl Fn(&'a NodeProcess) -> F,
+) -> Vec<T>
+where
+    F: Future<Output = T>,
+{
+    futures::stream::iter(nodes.into_iter().map(ask)).buffered(NODES_ASKED_AT_ONCE).collect().await
 }
 
 impl Drop for Cluster {
@@ -435,20 +492,31 @@ impl NodeProcess {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // A signal by system call: a minimal machine may have no `kill` program.
-            let pid = i32::try_from(child.id()).map(nix::unistd::Pid::from_raw);
-            let _ = pid.map(|pid| nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.terminate() {
+            self.reap(Instant::now() + STOP_LIMIT);
         }
+    }
+
+    /// Sends SIGTERM to its process, if it runs; whether it did.
+    fn terminate(&self) -> bool {
+        let Some(child) = &self.child else { return false };
+        // A signal by system call: a minimal machine may have no `kill` program.
+        let pid = i32::try_from(child.id()).map(nix::unistd::Pid::from_raw);
+        let _ = pid.map(|pid| nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM));
+        true
+    }
+
+    /// Waits for its process to exit until `deadline`, then kills it.
+    fn reap(&mut self, deadline: Instant) {
+        let Some(mut child) = self.child.take() else { return };
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// The peak resident memory of its process so far (`VmHWM`), in bytes; none once stopped.
@@ -497,16 +565,16 @@ struct Up {
     api: AdminClient,
 }
 
-/// Waits until the node's admin API answers with a TCP listen address on loopback or on its
-/// `host`'s address.
+/// Waits until the node's admin API answers with a listen address of `transport` on loopback
+/// or on its `host`'s address.
 async fn wait_until_up(
     name: &str,
     dir: &Path,
     child: &mut Child,
+    transport: Transport,
     host: Option<&Host>,
 ) -> Result<Up, ClusterError> {
-    let ip = host.map_or_else(|| "127.0.0.1".to_owned(), |host| host.address.to_string());
-    let tcp = format!("/ip4/{ip}/tcp/");
+    let ip = host.map_or_else(|| LOOPBACK.to_owned(), |host| host.address.to_string());
     let log = dir.join("node.log").display().to_string();
     let deadline = Instant::now() + START_LIMIT;
     let mut api = None;
@@ -525,7 +593,8 @@ async fn wait_until_up(
         };
         if let Some(client) = client {
             if let Ok(status) = client.status().await
-                && let Some(address) = status.listen_addresses.iter().find(|a| a.starts_with(&tcp))
+                && let Some(address) =
+                    status.listen_addresses.iter().find(|a| transport.is_on(a, &ip))
             {
                 let address = format!("{address}/p2p/{}", status.peer_id);
                 return Ok(Up { peer_id: status.peer_id, address, api: client });
@@ -552,11 +621,9 @@ async fn admin_client(
     Ok(AdminClient::new(&Endpoint { address, ..endpoint })?)
 }
 
-/// Rewrites node.toml in `dir` to listen on the TCP address `address` names again.
+/// Rewrites node.toml in `dir` to listen on the address `address` names again.
 fn keep_listen_address(dir: &Path, address: &str) -> Result<(), ClusterError> {
-    let Some(listen) = address.split("/p2p/").next().filter(|a| a.contains("/tcp/")) else {
-        return Ok(());
-    };
+    let Some(listen) = address.split("/p2p/").next() else { return Ok(()) };
     let path = dir.join("node.toml");
     let mut config = NodeConfig::from_file(&path)?;
     config.listen = vec![listen.to_owned()];
@@ -564,16 +631,17 @@ fn keep_listen_address(dir: &Path, address: &str) -> Result<(), ClusterError> {
 }
 
 /// The node.toml of a node started from `spec` in `dir`, bootstrapping from `bootstrap`, on
-/// loopback or on its `host`'s address.
+/// loopback (over `transport`) or on its `host`'s address.
 fn write_config(
     dir: &Path,
     spec: &NodeSpec,
     bootstrap: &[String],
+    transport: Transport,
     host: Option<&Host>,
 ) -> Result<(), ClusterError> {
     let mut config = NodeConfig::with_defaults(dir.join("node.key"), dir.join("data"));
     config.listen =
-        host.map_or_else(|| vec!["/ip4/127.0.0.1/tcp/0".to_owned()], Host::listen_addresses);
+        host.map_or_else(|| vec![transport.listen_address(LOOPBACK, 0)], Host::listen_addresses);
     config.relay = spec.settings.relay;
     config.bootstrap = bootstrap.to_vec();
     config.trust = spec.trust.clone();
@@ -604,7 +672,21 @@ fn write_node_toml(path: &Path, config: &NodeConfig) -> Result<(), ClusterError>
 
 #[cfg(test)]
 mod tests {
-    use super::spread_from_latest;
+    use super::{Transport, spread_from_latest};
+
+    #[test]
+    fn a_transport_knows_its_own_addresses() {
+        let quic = Transport::Quic.listen_address("127.0.0.1", 0);
+        let tcp = Transport::Tcp.listen_address("127.0.0.1", 4001);
+        assert_eq!(
+            (quic.as_str(), tcp.as_str()),
+            ("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/4001")
+        );
+        assert!(Transport::Quic.is_on(&format!("{quic}/p2p/X"), "127.0.0.1"));
+        assert!(!Transport::Tcp.is_on(&quic, "127.0.0.1"));
+        assert!(!Transport::Quic.is_on(&tcp, "127.0.0.1"));
+        assert!(!Transport::Tcp.is_on(&tcp, "100.64.0.2"));
+    }
 
     fn numbered(n: usize) -> Vec<String> {
         (0..n).map(|i| i.to_string()).collect()

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use fedmesh_testnet::bench::{self, BenchCase, BenchRow};
+use fedmesh_testnet::cluster::Transport;
 use fedmesh_testnet::netns::{NatKind, Placement};
 use fedmesh_testnet::repeats;
 use fedmesh_testnet::report::Report;
@@ -153,6 +154,10 @@ struct Args {
     #[arg(long, value_name = "KIND", requires = "netns", num_args = 0..=1,
           default_missing_value = "mixed")]
     nat: Option<NatKind>,
+    /// What the nodes listen on and bootstrap over: TCP (with Noise and yamux) or QUIC
+    /// [default: tcp, or a scenario file's `transport`].
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
     /// The fedmesh binary (default: `fedmesh` next to this program).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -201,6 +206,7 @@ impl Args {
                 .then(|| json!({"rule": "fedavg", "clip_norm": self.clip_norm})),
             privacy: self.secure_aggregation.then(|| json!({"secure_aggregation": true})),
             target: self.target,
+            transport: self.transport.unwrap_or_default(),
             ..ScenarioFile::default()
         };
         let problems = file.problems();
@@ -238,6 +244,9 @@ impl Args {
                     scenario.total_nodes
                 );
                 scenario.slow.insert(*node, *factor);
+            }
+            if let Some(transport) = self.transport {
+                scenario.transport = transport;
             }
             if self.netns {
                 scenario.placement = Placement::Namespaces { nat: self.nat };

@@ -9,6 +9,7 @@
 //! it through a proxy on this machine's loopback whose connections are opened inside the node's
 //! namespace.
 
+use crate::cluster::Transport;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 
@@ -75,10 +76,8 @@ pub const NODE_PORT: u16 = 4001;
 impl Host {
     /// Its libp2p listen addresses.
     pub fn listen_addresses(&self) -> Vec<String> {
-        vec![
-            format!("/ip4/{}/tcp/{NODE_PORT}", self.address),
-            format!("/ip4/{}/udp/{NODE_PORT}/quic-v1", self.address),
-        ]
+        let ip = self.address.to_string();
+        [Transport::Tcp, Transport::Quic].map(|t| t.listen_address(&ip, NODE_PORT)).to_vec()
     }
 }
 

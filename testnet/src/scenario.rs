@@ -3,7 +3,7 @@
 //! fire, and check the outcome.
 
 use crate::checks::check_run;
-use crate::cluster::{Cluster, NodeSettings, NodeSpec};
+use crate::cluster::{Cluster, NodeSettings, NodeSpec, Transport};
 use crate::events::{Event, FiredEvent, Misbehaviour};
 use crate::firing::EventRunner;
 use crate::follow::Follower;
@@ -89,6 +89,8 @@ pub struct Scenario {
     pub chain_bootstrap: bool,
     /// On loopback, or each node in a network namespace of its own (`--netns`, `--nat`).
     pub placement: Placement,
+    /// What the nodes listen on and bootstrap over (`--transport`).
+    pub transport: Transport,
     /// An external trainer command every node runs (empty: fedmesh's built-in learner). The
     /// job's model is then `external` with the layout and initial weights of `model`.
     pub trainer: Vec<String>,
@@ -335,6 +337,7 @@ impl Scenario {
     async fn start(&self, partitions: &[PartitionSummary]) -> anyhow::Result<(Cluster, String)> {
         let mut cluster = Cluster::new(&self.binary, &self.out.join("nodes"));
         cluster.chain_bootstrap = self.chain_bootstrap;
+        cluster.transport = self.transport;
         if let Placement::Namespaces { nat } = self.placement {
             cluster.on_virtual_lan(nat)?;
         }

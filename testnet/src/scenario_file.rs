@@ -1,6 +1,7 @@
 //! The scenario file (TOML): the job's settings, what the run expects of it, and its events by
 //! round; loading it and refusing a bad one with every problem named.
 
+use crate::cluster::Transport;
 use crate::events::{Action, Event, Target};
 use crate::scenario::Scenario;
 use anyhow::Context;
@@ -83,6 +84,9 @@ pub struct ScenarioFile {
     pub orchestrated: bool,
     /// Each node bootstraps from the node started before it only, and discovers the rest.
     pub chain_bootstrap: bool,
+    /// What the nodes listen on and bootstrap over: `"tcp"` (default) or `"quic"` (also
+    /// `testnet --transport`).
+    pub transport: Transport,
     /// Refusal reasons (the `reason` label of the nodes' `messages_rejected` and
     /// `job_updates_refused` metrics) each counted on at least one node by the end, e.g.
     /// `["past_last_round", "replayed"]`: what the scenario's attacks must have met. An entry
@@ -160,6 +164,7 @@ impl Default for ScenarioFile {
             events: Vec::new(),
             orchestrated: false,
             chain_bootstrap: false,
+            transport: Transport::Tcp,
             refused: Vec::new(),
             no_stall: false,
             follow_rounds: None,
@@ -361,6 +366,7 @@ impl ScenarioFile {
             orchestrated: self.orchestrated,
             chain_bootstrap: self.chain_bootstrap,
             placement: crate::netns::Placement::Loopback,
+            transport: self.transport,
             dataset: self.dataset,
             label_column: self.label_column,
             model: self.model,

@@ -1,5 +1,6 @@
-//! Discovery beyond the bootstrap list on real `fedmesh` processes: ten nodes, each bootstrapping
-//! from only the node started before it, find the others (Kademlia) and run one job together.
+//! Discovery and transports on real `fedmesh` processes: ten nodes, each bootstrapping from only
+//! the node started before it, find the others (Kademlia) and run one job together; nodes that
+//! listen on QUIC alone run one too.
 
 mod common;
 
@@ -17,4 +18,13 @@ fn nodes_bootstrapping_in_a_chain_find_each_other_and_form_one_job() {
     // every connection past those two it found (Kademlia).
     assert!(peaks.iter().all(|peak| *peak >= 3), "{peaks:?}");
     assert!(run.report.usage.iter().all(|u| u.connections.relayed == 0), "{:?}", run.report.usage);
+}
+
+#[test]
+fn nodes_that_listen_on_quic_alone_run_a_job_over_it() {
+    let run = run_scenario("quic", "nodes = 4\nrounds = 3\ntransport = \"quic\"");
+    run.assert_passed();
+    assert_eq!(run.participants(), vec![4; 3], "{:#?}", run.lines);
+    // No node listens on TCP: every connection the job used is a QUIC one.
+    assert!(run.report.usage.iter().all(|u| u.connections.direct >= 1), "{:?}", run.report.usage);
 }
