@@ -318,8 +318,7 @@ impl Store {
         let temporary = path.with_extension("partial");
         let error = |source| StoreError::BlobFile { path: path.clone(), source };
         let write = || -> std::io::Result<()> {
-            let mut file = crate::owner_only::create_file(&temporary)?;
-            std::io::Write::write_all(&mut file, bytes)?;
+            crate::owner_only::write_uncached(&temporary, bytes)?;
             std::fs::rename(&temporary, &path)
         };
         write().map_err(error)?;
