@@ -955,6 +955,24 @@ fn a_restarted_member_rebuilds_from_its_snapshot_and_catches_up() {
     net.assert_agree();
 }
 
+/// As `node/tests/churn.rs` does on real nodes (6 rounds, at least 3 members, a quorum of 0.7):
+/// a trainer killed after round 1 is restarted the moment the others complete the job (they
+/// fall silent, but still count as live), and takes the final model from the results it asks
+/// for.
+#[test]
+fn a_member_restarted_the_moment_the_others_complete_catches_up_to_the_end() {
+    let mut job = spec("central", 6, 3);
+    job.participation.min_participants = 3;
+    job.quorum = fedmesh_protocol::spec::Quorum::Fraction(0.7);
+    let mut net = Net::new(job, &[(1, "a"), (2, "a"), (3, "a"), (4, "a")]);
+    net.run_until(30_000, |net| net.member(4).completed_round() >= 1);
+    net.kill(4);
+    net.run_until(300_000, |net| (1..=3).all(|m| net.member(m).completed_round() >= 6));
+    net.restart(4);
+    net.run(60_000);
+    net.assert_agree();
+}
+
 #[test]
 fn a_late_joiner_takes_part_in_later_rounds_once_its_heartbeat_proves_it() {
     // Rounds take milliseconds here: enough of them that the newcomer's first heartbeat (within
