@@ -55,7 +55,9 @@ fn write_direct(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     let mut staging = vec![0u8; DIRECT_STAGE.min(bytes.len()) + 2 * DIRECT_BLOCK];
-    let start = staging.as_ptr().align_offset(DIRECT_BLOCK);
+    // (`align_offset` may answer "cannot": then the buffer is misaligned, the write refused
+    // with EINVAL, and the file written through the cache.)
+    let start = staging.as_ptr().align_offset(DIRECT_BLOCK).min(DIRECT_BLOCK);
     let staging = &mut staging[start..];
     for chunk in bytes.chunks(DIRECT_STAGE) {
         // The last chunk is padded to a whole block, and the file cut back to its length.
