@@ -11,9 +11,11 @@
 //! ([`read_frame`] / [`write_frame`], or [`check_frame_length`] from an async codec).
 
 use crate::envelope::Signed;
+use crate::ids::ContentHash;
 use crate::message::{
     GossipMessage, MAX_EVIDENCE_BYTES, MAX_JOB_IDS, Request, Response, SecureEvidence, Ticket,
 };
+use crate::tensor::HashedBytes;
 use bincode::config;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,17 +70,28 @@ impl fmt::Display for FrameKind {
     }
 }
 
-/// A payload that arrived beside a message: a view into the received frame, without a copy.
+/// A payload that arrived beside a message: a view into the received frame, without a copy,
+/// and its hash when it was taken as the frame arrived.
 #[derive(Clone)]
 pub struct Payload {
     frame: Vec<u8>,
     start: usize,
+    hash: Option<ContentHash>,
 }
 
 impl Payload {
     /// No payload.
     pub fn empty() -> Self {
-        Self { frame: Vec::new(), start: 0 }
+        Self { frame: Vec::new(), start: 0, hash: None }
+    }
+
+    /// The same payload, with the hash `streamed` took of it while its frame arrived (ignored
+    /// unless it was taken of this payload's bytes in a frame of this length).
+    pub fn with_streamed(self, streamed: Option<StreamedHash>) -> Self {
+        let hash = streamed
+            .filter(|s| s.start == self.start && s.frame_len == self.frame.len())
+            .map(|s| s.hash);
+        Self { hash: hash.or(self.hash), ..self }
     }
 
     /// The payload bytes as an owned vector (moves them to the front of the frame's buffer).
@@ -86,6 +99,78 @@ impl Payload {
         self.frame.drain(..self.start);
         self.frame
     }
+}
+
+impl HashedBytes for Payload {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+
+    fn content_hash(&self) -> ContentHash {
+        self.hash.unwrap_or_else(|| ContentHash::of(self))
+    }
+}
+
+/// A payload's BLAKE3 hash, taken by a [`PayloadHasher`] while its frame arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamedHash {
+    start: usize,
+    frame_len: usize,
+    hash: ContentHash,
+}
+
+/// Hashes a request's or response's payload while its frame arrives: fed the frame's bytes so
+/// far after each read, it finds where the header ends and hashes what follows, so a large
+/// payload is hashed once, while its bytes are still in the cache, not again after.
+pub struct PayloadHasher {
+    kind: FrameKind,
+    start: Option<usize>,
+    hashed_to: usize,
+    hasher: blake3::Hasher,
+}
+
+impl PayloadHasher {
+    /// For a frame of `kind` (a request or a response; any other is never hashed).
+    pub fn new(kind: FrameKind) -> Self {
+        Self { kind, start: None, hashed_to: 0, hasher: blake3::Hasher::new() }
+    }
+
+    /// Hashes the bytes of `received` (the frame so far) it has not hashed yet, once the
+    /// header in them decodes.
+    pub fn update(&mut self, received: &[u8]) {
+        if self.start.is_none() {
+            self.start = header_end(self.kind, received);
+            self.hashed_to = self.start.unwrap_or(0);
+        }
+        if self.start.is_some() && received.len() > self.hashed_to {
+            self.hasher.update(&received[self.hashed_to..]);
+            self.hashed_to = received.len();
+        }
+    }
+
+    /// The payload's hash, if every byte of `frame` after its header was hashed.
+    pub fn finish(self, frame: &[u8]) -> Option<StreamedHash> {
+        let start = self.start?;
+        (self.hashed_to == frame.len()).then(|| StreamedHash {
+            start,
+            frame_len: frame.len(),
+            hash: ContentHash(*self.hasher.finalize().as_bytes()),
+        })
+    }
+}
+
+/// Where the payload of a frame of `kind` starts, if its header decodes from `prefix`.
+fn header_end(kind: FrameKind, prefix: &[u8]) -> Option<usize> {
+    let end = match kind {
+        FrameKind::Request => {
+            decode_header::<Request, MAX_REQUEST_HEADER_BYTES>(prefix, kind).map(|(_, end)| end)
+        }
+        FrameKind::Response => {
+            decode_header::<Response, MAX_RESPONSE_HEADER_BYTES>(prefix, kind).map(|(_, end)| end)
+        }
+        FrameKind::Gossip | FrameKind::Ticket | FrameKind::Evidence => return None,
+    };
+    end.ok()
 }
 
 impl Deref for Payload {
@@ -215,7 +300,7 @@ pub fn decode_request(frame: Vec<u8>) -> Result<(Request, Payload), DecodeError>
     let kind = FrameKind::Request;
     let (request, start) = decode_header::<Request, MAX_REQUEST_HEADER_BYTES>(&frame, kind)?;
     check_payload_presence(kind, request.has_payload(), frame.len() - start)?;
-    Ok((request, Payload { frame, start }))
+    Ok((request, Payload { frame, start, hash: None }))
 }
 
 /// Encodes a response and the payload that travels beside it (empty if it has none).
@@ -245,7 +330,7 @@ pub fn decode_response(frame: Vec<u8>) -> Result<(Response, Payload), DecodeErro
         let reason = format!("{} job ids, at most {MAX_JOB_IDS}", ids.len());
         return Err(DecodeError::Malformed { kind, reason });
     }
-    Ok((response, Payload { frame, start }))
+    Ok((response, Payload { frame, start, hash: None }))
 }
 
 /// Checks a length prefix against `max` (and [`MAX_FRAME_BYTES`]) before anything is allocated.
@@ -477,10 +562,54 @@ mod tests {
         let (decoded, payload) = decode_response(frame).unwrap();
         assert_eq!(decoded, response);
         assert_eq!(&*payload, b"blob");
-        let copy = Payload { frame: b"xyblob".to_vec(), start: 2 };
+        let copy = Payload { frame: b"xyblob".to_vec(), start: 2, hash: None };
         assert_eq!(payload, copy);
         assert_ne!(Payload::empty(), copy);
         assert_eq!(payload.into_vec(), b"blob");
+    }
+
+    /// Feeds `frame` to a hasher `step` bytes at a time, as a frame reader does.
+    fn streamed(kind: FrameKind, frame: &[u8], step: usize) -> Option<StreamedHash> {
+        let mut hasher = PayloadHasher::new(kind);
+        for end in (step..frame.len()).step_by(step).chain([frame.len()]) {
+            hasher.update(&frame[..end]);
+        }
+        hasher.finish(frame)
+    }
+
+    #[test]
+    fn a_payload_hashed_as_its_frame_arrives_has_the_hash_of_its_bytes() {
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let response = Response::Blob { hash: ContentHash::of(&payload) };
+        let frame = encode_response(&response, &payload).unwrap();
+        for step in [1, 7, 4096, frame.len()] {
+            let hash = streamed(FrameKind::Response, &frame, step);
+            assert!(hash.is_some(), "fed {step} bytes at a time");
+            let (_, received) = decode_response(frame.clone()).unwrap();
+            let received = received.with_streamed(hash);
+            assert_eq!(received.hash, Some(ContentHash::of(&payload)), "fed {step} at a time");
+            assert_eq!(received.content_hash(), ContentHash::of(&payload));
+        }
+        let request = Request::Blob { hash: ContentHash::of(b"x") };
+        let frame = encode_request(&request, &[]).unwrap();
+        let hash = streamed(FrameKind::Request, &frame, 1).unwrap();
+        assert_eq!(hash.hash, ContentHash::of(&[]), "a frame without a payload");
+    }
+
+    #[test]
+    fn a_streamed_hash_of_other_bytes_or_of_part_of_a_frame_is_not_used() {
+        let payload = vec![3u8; 5000];
+        let frame =
+            encode_response(&Response::Blob { hash: ContentHash::of(&payload) }, &payload).unwrap();
+        let mut partial = PayloadHasher::new(FrameKind::Response);
+        partial.update(&frame[..frame.len() - 1]);
+        assert_eq!(partial.finish(&frame), None, "the last byte was never hashed");
+        let other = [&frame[..], &[9]].concat();
+        let of_other = streamed(FrameKind::Response, &other, 1000);
+        let (_, received) = decode_response(frame.clone()).unwrap();
+        assert_eq!(received.with_streamed(of_other).hash, None, "taken of a longer frame");
+        let garbage = streamed(FrameKind::Response, &[WIRE_VERSION, 0xff, 0xff], 1);
+        assert_eq!(garbage, None, "a header that never decodes");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::codec::{self, EncodeError};
 use crate::identity::{self, Identity, SignatureError};
 use crate::ids::{ContentHash, JobId, MemberId, Round};
-use crate::tensor::{PayloadError, PayloadRef};
+use crate::tensor::{HashedBytes, PayloadError, PayloadRef};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -148,12 +148,13 @@ impl<T: SignedBody> Signed<T> {
 impl<T: SignedBody + CarriesPayload> Signed<T> {
     /// [`verify`](Self::verify), and checks that `payload` is the one the body signs for (its
     /// length and BLAKE3 hash).
-    pub fn verify_with_payload<F>(
+    pub fn verify_with_payload<P, F>(
         self,
-        payload: &[u8],
+        payload: &P,
         may_send: F,
     ) -> Result<Verified<T>, VerifyError>
     where
+        P: HashedBytes + ?Sized,
         F: FnOnce(&MemberId, &T) -> Result<(), Denied>,
     {
         let verified = self.verify(may_send)?;

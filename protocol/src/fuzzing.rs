@@ -80,7 +80,7 @@ pub fn gossip_decode(data: &[u8]) -> Result<Outcome, Violation> {
         GossipMessage::AggregateReady(m) => both(m, verify),
         GossipMessage::ResultWithModel(m) => {
             let model = m.result.unverified_body().model;
-            drop(crate::tensor::check_blob(&model, &m.model));
+            drop(crate::tensor::CheckedBlob::check(&model, m.model));
             both(m.result, verify)
         }
         GossipMessage::EvalReport(m) => both(m, verify),
@@ -151,7 +151,7 @@ pub fn response_decode(data: &[u8]) -> Result<Outcome, Violation> {
     match response {
         Response::Announcement(m) => both(m, |m| drop(m.verify_announcement())),
         Response::RoundResult(m) => both(*m, verify),
-        Response::Blob { hash } => drop(tensor::check_blob(&hash, &payload)),
+        Response::Blob { hash } => drop(tensor::CheckedBlob::check(&hash, payload.into_vec())),
         Response::Accepted
         | Response::Refused { .. }
         | Response::NotFound { .. }

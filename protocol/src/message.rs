@@ -1028,7 +1028,7 @@ pub enum Response {
     Accepted,
     /// It was refused, and why (for example "round 3 is closed").
     Refused { reason: String },
-    /// The blob follows as the payload (check it with `tensor::check_blob`).
+    /// The blob follows as the payload (check it with `tensor::CheckedBlob::check`).
     Blob { hash: ContentHash },
     /// This peer does not hold that blob.
     NotFound { hash: ContentHash },

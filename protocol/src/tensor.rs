@@ -12,6 +12,7 @@
 //! A [`Decoder`] checks a payload's structure once and then decodes any range of it, so an
 //! aggregator folds a large update a chunk at a time instead of decoding a copy of it.
 
+use crate::codec::Payload;
 use crate::ids::ContentHash;
 use crate::model::TensorLayout;
 use half::f16;
@@ -73,11 +74,12 @@ impl PayloadRef {
     }
 
     /// Whether `payload` is the payload this reference names.
-    pub fn check(&self, payload: &[u8]) -> Result<(), PayloadError> {
-        if payload.len() as u64 != self.bytes {
-            return Err(PayloadError::Length { expected: self.bytes, found: payload.len() as u64 });
+    pub fn check<P: HashedBytes + ?Sized>(&self, payload: &P) -> Result<(), PayloadError> {
+        let length = payload.byte_len() as u64;
+        if length != self.bytes {
+            return Err(PayloadError::Length { expected: self.bytes, found: length });
         }
-        let found = ContentHash::of(payload);
+        let found = payload.content_hash();
         if found != self.hash {
             return Err(PayloadError::Hash { expected: self.hash, found });
         }
@@ -106,10 +108,79 @@ impl PayloadRef {
     }
 }
 
-/// Checks that a blob received for `expected` has that hash.
-pub fn check_blob(expected: &ContentHash, bytes: &[u8]) -> Result<(), PayloadError> {
-    let found = ContentHash::of(bytes);
-    if &found == expected { Ok(()) } else { Err(PayloadError::Hash { expected: *expected, found }) }
+/// Bytes whose hash a check asks for: hashed then, or known from when they arrived (a payload
+/// hashed while its frame streamed in is not hashed again).
+pub trait HashedBytes {
+    fn byte_len(&self) -> usize;
+    fn content_hash(&self) -> ContentHash;
+}
+
+impl HashedBytes for [u8] {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+
+    fn content_hash(&self) -> ContentHash {
+        ContentHash::of(self)
+    }
+}
+
+impl HashedBytes for Vec<u8> {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+
+    fn content_hash(&self) -> ContentHash {
+        ContentHash::of(self)
+    }
+}
+
+/// A blob and its hash, computed from its bytes once: what a node checked on receipt it stores
+/// and serves under that hash without hashing the bytes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedBlob {
+    hash: ContentHash,
+    bytes: Vec<u8>,
+}
+
+impl CheckedBlob {
+    /// `bytes`, received for `expected`, if they have that hash.
+    pub fn check(expected: &ContentHash, bytes: Vec<u8>) -> Result<Self, PayloadError> {
+        let blob = Self::hashing(bytes);
+        blob.expecting(expected)
+    }
+
+    /// A received payload's bytes, if they are the blob `expected` (a payload hashed while it
+    /// arrived is not hashed again).
+    pub fn check_payload(expected: &ContentHash, payload: Payload) -> Result<Self, PayloadError> {
+        let hash = payload.content_hash();
+        Self { hash, bytes: payload.into_vec() }.expecting(expected)
+    }
+
+    fn expecting(self, expected: &ContentHash) -> Result<Self, PayloadError> {
+        if self.hash == *expected {
+            Ok(self)
+        } else {
+            Err(PayloadError::Hash { expected: *expected, found: self.hash })
+        }
+    }
+
+    /// `bytes` and their hash.
+    pub fn hashing(bytes: Vec<u8>) -> Self {
+        Self { hash: ContentHash::of(&bytes), bytes }
+    }
+
+    pub fn hash(&self) -> ContentHash {
+        self.hash
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// Why a payload is not the one a message signed for.

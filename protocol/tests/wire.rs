@@ -231,7 +231,7 @@ fn verify_any(message: GossipMessage) -> Result<(), VerifyError> {
         GossipMessage::Stop(m) => m.verify(allow_all).map(drop),
         GossipMessage::FraudProof(m) => (*m).verify(allow_all)?.body().verify_result().map(drop),
         GossipMessage::ResultWithModel(m) => {
-            tensor::check_blob(&m.result.unverified_body().model, &m.model)?;
+            tensor::CheckedBlob::check(&m.result.unverified_body().model, m.model)?;
             m.result.verify(allow_all).map(drop)
         }
     }
@@ -317,7 +317,7 @@ proptest! {
         let response = Response::Blob { hash: ContentHash::of(&payload) };
         let (decoded, blob) = codec::decode_response(codec::encode_response(&response, &payload).unwrap()).unwrap();
         prop_assert_eq!(&decoded, &response);
-        prop_assert!(tensor::check_blob(&ContentHash::of(&payload), &blob).is_ok());
+        prop_assert!(tensor::CheckedBlob::check(&ContentHash::of(&payload), blob.into_vec()).is_ok());
     }
 
     #[test]

@@ -383,7 +383,9 @@ impl Engine {
                 let request = run.keep_reply(reply, update.kind());
                 let event =
                     fedmesh_federation::member::Event::Update { signer, update, values, request };
+                let started = std::time::Instant::now();
                 self.handle(job, event).await;
+                tracing::debug!(%job, took = ?started.elapsed(), "took an update (folded if accepted)");
             }
             Internal::MissedResult { job, signed, event } => {
                 self.on_missed_result(job, *signed, *event).await

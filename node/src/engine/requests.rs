@@ -68,9 +68,11 @@ impl Engine {
     /// answered; a blob served takes one until it is written, or is answered `Busy` when that
     /// would exceed the budget (the asker then tries another peer that holds it).
     async fn on_request(&mut self, peer: PeerId, data: Frame, channel: ResponseChannel<Frame>) {
+        let streamed = data.streamed_hash();
         let (data, held) = data.into_received();
         let none = || (Vec::new(), None);
-        let (response, (payload, held)) = match decode_request(data) {
+        let decoded = decode_request(data).map(|(r, p)| (r, p.with_streamed(streamed)));
+        let (response, (payload, held)) = match decoded {
             Err(error) => {
                 tracing::warn!(%peer, %error, "refused a malformed request");
                 self.metrics.rejected("request", "malformed");

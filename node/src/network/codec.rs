@@ -10,12 +10,12 @@
 use super::budget::{BulkBudget, COUNTED_FROM_BYTES, Held};
 use super::large_frames::{LargeFramePeers, PeerSlot};
 use crate::metrics::Metrics;
-use fedmesh_protocol::codec::check_frame_length;
+use fedmesh_protocol::codec::{FrameKind, PayloadHasher, StreamedHash, check_frame_length};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How much a received frame's buffer grows at a time.
 const READ_STEP: usize = 256 << 10;
@@ -29,18 +29,26 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fedmesh/req/1");
 
 /// One request or response: a head and a shared tail (the payload), and the share of the bulk
-/// budget it holds while it is in memory. A received frame is all head.
+/// budget it holds while it is in memory. A received frame is all head, and a large one comes
+/// with its payload's hash, taken as it arrived.
 #[derive(Debug)]
 pub struct Frame {
     head: Vec<u8>,
     tail: Arc<Vec<u8>>,
     held: Option<Held>,
+    streamed: Option<StreamedHash>,
 }
 
 impl Frame {
     /// A frame to send: `head`, then `tail`.
     pub fn new(head: Vec<u8>, tail: Arc<Vec<u8>>) -> Self {
-        Self { head, tail, held: None }
+        Self { head, tail, held: None, streamed: None }
+    }
+
+    /// The hash of a received frame's payload, taken as it arrived (for
+    /// [`Payload::with_streamed`](fedmesh_protocol::codec::Payload::with_streamed)).
+    pub fn streamed_hash(&self) -> Option<StreamedHash> {
+        self.streamed
     }
 
     /// The same frame, holding `held` until it is dropped (sent, or done with).
@@ -161,33 +169,47 @@ impl FrameCodec {
     ) -> io::Result<Frame> {
         let length = read_prefix(io).await?;
         self.check_sender(length)?;
-        self.read_body(io, length).await
+        self.read_body(io, length, FrameKind::Request).await
     }
 
-    async fn read_frame<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Frame> {
+    async fn read_response_frame<T: AsyncRead + Unpin + Send>(
+        &self,
+        io: &mut T,
+    ) -> io::Result<Frame> {
         let length = read_prefix(io).await?;
-        self.read_body(io, length).await
+        self.read_body(io, length, FrameKind::Response).await
     }
 
-    /// Reads a frame of `length` bytes once it has its share of the budget.
+    /// Reads a frame of `length` bytes once it has its share of the budget; a large one's
+    /// payload is hashed as it arrives.
     async fn read_body<T: AsyncRead + Unpin + Send>(
         &self,
         io: &mut T,
         length: u64,
+        kind: FrameKind,
     ) -> io::Result<Frame> {
         let length = check_frame_length(length, self.max_bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let asked = Instant::now();
         let held = self.budget.reserve(length).await;
-        let bytes = self.read_growing(io, length).await?;
-        Ok(Frame::from(bytes).holding(held))
+        let reading = Instant::now();
+        let mut hasher = (length >= COUNTED_FROM_BYTES).then(|| PayloadHasher::new(kind));
+        let bytes = self.read_growing(io, length, hasher.as_mut()).await?;
+        let streamed = hasher.and_then(|hasher| hasher.finish(&bytes));
+        if length >= COUNTED_FROM_BYTES {
+            let (waited, read) = (reading - asked, reading.elapsed());
+            tracing::debug!(peer = ?self.peer, length, ?waited, ?read, "read a large frame");
+        }
+        Ok(Frame { streamed, ..Frame::from(bytes).holding(held) })
     }
 
     /// Reads `length` bytes, the buffer growing by `READ_STEP` as they arrive, each step within
-    /// the step timeout.
+    /// the step timeout and fed to `hasher` as it comes.
     async fn read_growing<T: AsyncRead + Unpin + Send>(
         &self,
         io: &mut T,
         length: usize,
+        mut hasher: Option<&mut PayloadHasher>,
     ) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
         while bytes.len() < length {
@@ -204,6 +226,9 @@ impl FrameCodec {
                 );
                 io::Error::new(io::ErrorKind::TimedOut, detail)
             })??;
+            if let Some(hasher) = hasher.as_deref_mut() {
+                hasher.update(&bytes);
+            }
         }
         Ok(bytes)
     }
@@ -254,7 +279,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        self.read_frame(io).await
+        self.read_response_frame(io).await
     }
 
     async fn write_request<T>(
@@ -308,8 +333,33 @@ mod tests {
         let frame = Frame::new(b"hel".to_vec(), Arc::new(b"lo".to_vec()));
         codec.write_frame(&mut buffer, frame).await.unwrap();
         let mut reader = Cursor::new(buffer.into_inner());
-        let (bytes, _) = codec.read_frame(&mut reader).await.unwrap().into_received();
+        let (bytes, _) = codec.read_response_frame(&mut reader).await.unwrap().into_received();
         assert_eq!(bytes, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_comes_with_its_payload_hashed_as_it_arrived() {
+        use fedmesh_protocol::codec::{decode_response, encode_response_header};
+        use fedmesh_protocol::ids::ContentHash;
+        use fedmesh_protocol::message::Response;
+        use fedmesh_protocol::tensor::CheckedBlob;
+        let codec = codec(64 << 20);
+        let payload: Vec<u8> = (0..5 * READ_STEP as u32 + 5).map(|i| (i % 253) as u8).collect();
+        let hash = ContentHash::of(&payload);
+        let head = encode_response_header(&Response::Blob { hash }, payload.len()).unwrap();
+        let mut buffer = Cursor::new(Vec::new());
+        codec.write_frame(&mut buffer, Frame::new(head, Arc::new(payload.clone()))).await.unwrap();
+        let frame = codec.read_response_frame(&mut Cursor::new(buffer.into_inner())).await.unwrap();
+        let streamed = frame.streamed_hash();
+        assert!(streamed.is_some(), "a frame of {} KiB is hashed as it arrives", frame.len() >> 10);
+        let (_, payload_received) = decode_response(frame.into_received().0).unwrap();
+        let blob = CheckedBlob::check_payload(&hash, payload_received.with_streamed(streamed));
+        assert_eq!(blob.unwrap().into_bytes(), payload);
+        let small = Frame::new(b"small".to_vec(), Arc::default());
+        let mut buffer = Cursor::new(Vec::new());
+        codec.write_frame(&mut buffer, small).await.unwrap();
+        let frame = codec.read_response_frame(&mut Cursor::new(buffer.into_inner())).await.unwrap();
+        assert_eq!(frame.streamed_hash(), None, "a small frame is hashed when checked");
     }
 
     #[tokio::test]
@@ -317,7 +367,7 @@ mod tests {
         let codec = codec(1024);
         let mut bytes = u64::MAX.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"tiny");
-        let error = codec.read_frame(&mut Cursor::new(bytes)).await.unwrap_err();
+        let error = codec.read_response_frame(&mut Cursor::new(bytes)).await.unwrap_err();
         assert!(error.to_string().contains("exceeds the limit"), "{error}");
     }
 
@@ -358,7 +408,7 @@ mod tests {
         let prefix = std::io::Cursor::new(length.to_le_bytes().to_vec());
         let mut trickle = Trickle { prefix, next: None };
         let started = std::time::Instant::now();
-        let error = codec.read_frame(&mut trickle).await.unwrap_err();
+        let error = codec.read_response_frame(&mut trickle).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
         assert!(error.to_string().contains("stalled after 0"), "{error}");
         // Its first 256 KiB did not arrive within the step timeout (a byte per 10 ms).
@@ -414,6 +464,6 @@ mod tests {
         let codec = codec(1024);
         let mut bytes = 10u64.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"abc");
-        assert!(codec.read_frame(&mut Cursor::new(bytes)).await.is_err());
+        assert!(codec.read_response_frame(&mut Cursor::new(bytes)).await.is_err());
     }
 }

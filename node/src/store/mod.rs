@@ -9,6 +9,7 @@
 mod blob_sync;
 
 use fedmesh_protocol::ids::ContentHash;
+use fedmesh_protocol::tensor::CheckedBlob;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::{Path, PathBuf};
@@ -339,11 +340,11 @@ impl Store {
     /// Stores a round's model blob without waiting for the disk: its file is synced in the
     /// background and its record with the next synced write. One a power cut loses is fetched
     /// from the job's members again, like one it left torn.
-    pub fn put_model_blob(&self, bytes: &[u8]) -> Result<ContentHash, StoreError> {
+    pub fn put_model_blob(&self, blob: &CheckedBlob) -> Result<ContentHash, StoreError> {
         let mut batch = self.batch();
-        let hash = batch.put_blob(bytes)?;
+        batch.put_checked_blob(blob)?;
         batch.commit_with(false)?;
-        Ok(hash)
+        Ok(blob.hash())
     }
 
     /// Starts an atomic change.
@@ -392,6 +393,17 @@ impl StoreBatch<'_> {
     /// Stores bytes under their content hash and returns the hash.
     pub fn put_blob(&mut self, bytes: &[u8]) -> Result<ContentHash, StoreError> {
         let hash = ContentHash::of(bytes);
+        self.put_hashed(hash, bytes)?;
+        Ok(hash)
+    }
+
+    /// Stores a blob under the hash it was checked against (not hashed again).
+    pub fn put_checked_blob(&mut self, blob: &CheckedBlob) -> Result<(), StoreError> {
+        self.put_hashed(blob.hash(), blob.bytes())
+    }
+
+    /// Stores `bytes`, whose hash is `hash`.
+    fn put_hashed(&mut self, hash: ContentHash, bytes: &[u8]) -> Result<(), StoreError> {
         let table = self.store.handle(Table::Blobs)?;
         if bytes.len() >= FILE_BLOB_BYTES {
             self.store.write_blob_file(&hash, bytes)?;
@@ -399,7 +411,7 @@ impl StoreBatch<'_> {
         } else {
             self.batch.put_cf(table, hash.0, bytes);
         }
-        Ok(hash)
+        Ok(())
     }
 
     /// Deletes a blob when the batch is committed (its file too, if it has one), unless the
@@ -561,7 +573,8 @@ mod tests {
         let (large, small) = (vec![5u8; FILE_BLOB_BYTES + 3], vec![6u8; 100]);
         let hashes = {
             let store = Store::open(dir.path()).unwrap();
-            let hashes = [&large, &small].map(|bytes| store.put_model_blob(bytes).unwrap());
+            let hashes = [&large, &small]
+                .map(|bytes| store.put_model_blob(&CheckedBlob::hashing(bytes.clone())).unwrap());
             assert_eq!(store.blob(&hashes[0]).unwrap(), Some(large.clone()));
             hashes
         };

@@ -306,7 +306,7 @@ async fn fetch_contribution(
     let mut last = "no member to fetch it from".to_owned();
     for source in std::iter::once(member).chain(from.iter().copied()) {
         match fetch_blob(network, source, hash, largest).await {
-            Ok(bytes) => return Ok(bytes),
+            Ok(blob) => return Ok(blob.into_bytes()),
             Err(error) => last = error,
         }
     }

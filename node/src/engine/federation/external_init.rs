@@ -55,12 +55,12 @@ impl Engine {
                 continue;
             }
             match fetch_blob(&self.network, source, hash, layout_bytes(spec)).await {
-                Ok(bytes) => {
+                Ok(blob) => {
                     let mut batch = self.store.batch();
-                    batch.put_blob(&bytes)?;
+                    batch.put_checked_blob(&blob)?;
                     batch.commit()?;
                     tracing::info!(%hash, %source, "fetched the job's initial weights");
-                    return Ok(bytes);
+                    return Ok(blob.into_bytes());
                 }
                 Err(error) => last_error = error,
             }

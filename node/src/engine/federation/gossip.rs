@@ -10,7 +10,7 @@ use fedmesh_federation::membership::SignOfLife;
 use fedmesh_protocol::envelope::{Denied, Scope, Scoped, Signed, SignedBody, Verified};
 use fedmesh_protocol::ids::{JobId, MemberId};
 use fedmesh_protocol::message::{AggregateReady, FraudProof, GossipMessage, ResultWithModel};
-use fedmesh_protocol::tensor::check_blob;
+use fedmesh_protocol::tensor::CheckedBlob;
 use std::sync::Arc;
 
 impl Engine {
@@ -84,12 +84,12 @@ impl Engine {
         model: Option<Vec<u8>>,
     ) -> Result<(), Refused> {
         let (signer, ready) = verified(signed.clone(), &Scope::job(id), Arc::new)?;
-        if let Some(bytes) = &model {
-            check_blob(&ready.model, bytes).map_err(|e| {
+        let came_with = model
+            .map(|bytes| CheckedBlob::check(&ready.model, bytes))
+            .transpose()
+            .map_err(|e| {
                 Refused::new(Reason::WrongModel, format!("the model sent with the result: {e}"))
             })?;
-        }
-        let came_with = model.map(|bytes| (ready.model, bytes));
         let before = match (self.runs.get_mut(&id), came_with) {
             (Some(run), Some(came_with)) => Some(run.model_with_result.replace(came_with)),
             _ => None,

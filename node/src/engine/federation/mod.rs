@@ -37,7 +37,7 @@ use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{AggregateReady, unix_millis};
 use fedmesh_protocol::spec::JobSpec;
 use fedmesh_protocol::strategy::AggregationRule;
-use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params};
+use fedmesh_protocol::tensor::{CheckedBlob, TensorEncoding, decode_params, encode_params};
 use fedmesh_topologies::Tag;
 pub(in crate::engine) use gossip::{Refused, verify, verify_from};
 use libp2p::PeerId;
@@ -76,7 +76,7 @@ pub struct JobRun {
     contributions: Option<audits::SharedContributions>,
     /// The model bytes the newest result taken came with (they hash to its model): the fetch
     /// the machine makes for that model takes them instead of asking the members.
-    model_with_result: Option<(ContentHash, Vec<u8>)>,
+    model_with_result: Option<CheckedBlob>,
 }
 
 impl JobRun {

@@ -13,7 +13,7 @@ use fedmesh_federation::member::Event;
 use fedmesh_protocol::codec::{decode_response, encode_request};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{Request, Response, unix_millis};
-use fedmesh_protocol::tensor::{TensorEncoding, decode_params};
+use fedmesh_protocol::tensor::{CheckedBlob, TensorEncoding, decode_params};
 use rand::seq::SliceRandom;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,11 +30,8 @@ impl Engine {
         others.shuffle(&mut rand::rng());
         let sources: Vec<MemberId> = from.into_iter().filter(|m| *m != me).chain(others).collect();
         let params = run.machine.params().len();
-        let came_with_result = run
-            .model_with_result
-            .as_ref()
-            .filter(|(hash, _)| *hash == model)
-            .map(|(_, b)| b.clone());
+        let came_with_result =
+            run.model_with_result.as_ref().filter(|blob| blob.hash() == model).cloned();
         let (network, store, internal) =
             (self.network.clone(), self.store.clone(), self.internal.clone());
         tokio::spawn(async move {
@@ -68,15 +65,24 @@ pub(super) async fn fetch_model(
     };
     let bytes = match stored {
         Ok(Ok(Some(bytes))) => bytes,
-        _ => keep_blob(store, fetch_from_any(network, sources, model, params * 4).await?).await?,
+        _ => {
+            let started = Instant::now();
+            let blob = fetch_from_any(network, sources, model, params * 4).await?;
+            let fetched = started.elapsed();
+            let bytes = keep_blob(store, blob).await?;
+            let (stored, length) = (started.elapsed() - fetched, bytes.len());
+            tracing::debug!(%model, length, ?fetched, ?stored, "fetched and stored a model");
+            bytes
+        }
     };
     decode_model(bytes, model, params).await
 }
 
-/// Stores a model's bytes (hash-checked already), so this node can serve them too.
-async fn keep_blob(store: &Arc<Store>, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+/// Stores a model's bytes under the hash they were checked against, so this node can serve
+/// them too.
+async fn keep_blob(store: &Arc<Store>, blob: CheckedBlob) -> Result<Vec<u8>, String> {
     let store = store.clone();
-    let keep = move || store.put_model_blob(&bytes).map(|_| bytes);
+    let keep = move || store.put_model_blob(&blob).map(|_| blob.into_bytes());
     match tokio::task::spawn_blocking(keep).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(error)) => Err(format!("cannot store the fetched model: {error}")),
@@ -108,7 +114,7 @@ async fn fetch_from_any(
     sources: &[MemberId],
     hash: ContentHash,
     size: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<CheckedBlob, String> {
     let started = Instant::now();
     let mut last = "no member to fetch it from".to_owned();
     while started.elapsed() < FETCH_GIVE_UP && !sources.is_empty() {
@@ -132,18 +138,17 @@ pub(super) async fn fetch_blob(
     peer: MemberId,
     hash: ContentHash,
     size: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<CheckedBlob, String> {
     let fetch = async {
         let bytes = encode_request(&Request::Blob { hash }, &[])?;
         let peer = peer_of_member(&peer)?;
         let answer = network.request_expecting(peer, bytes.into(), size).await?;
+        let streamed = answer.streamed_hash();
         let (frame, _) = answer.into_received();
         let (response, payload) = decode_response(frame)?;
         match response {
             Response::Blob { hash: got } if got == hash => {
-                let payload = payload.into_vec();
-                fedmesh_protocol::tensor::check_blob(&hash, &payload)?;
-                Ok(payload)
+                Ok(CheckedBlob::check_payload(&hash, payload.with_streamed(streamed))?)
             }
             other => Err(anyhow::anyhow!("peer answered {other:?}")),
         }

@@ -101,7 +101,7 @@ impl Unverified {
 /// Verifies a signed update for its job and the payload beside it.
 fn verify_payload<T: SignedBody + CarriesPayload + Scoped>(
     signed: Signed<T>,
-    payload: &[u8],
+    payload: &Payload,
 ) -> Result<(MemberId, T), Refusal> {
     let scope = Scope::job(signed.unverified_body().job());
     let verified = signed
@@ -177,7 +177,10 @@ impl Engine {
                 }
                 checked
             };
-            let checked = match tokio::task::spawn_blocking(verify).await {
+            let started = std::time::Instant::now();
+            let checked = tokio::task::spawn_blocking(verify).await;
+            tracing::debug!(%job, kind, took = ?started.elapsed(), "checked an update");
+            let checked = match checked {
                 Ok(checked) => checked,
                 Err(error) => {
                     Err(Refusal::new(Reason::Internal, format!("verifying failed: {error}")))
@@ -204,7 +207,7 @@ impl Engine {
         let (contributions, window_ms) = (run.contributions.clone(), audit_window_ms(run));
         tokio::spawn(async move {
             let make = move || {
-                let payload = encode_delta(encoding, &layout, delta.values.to_vec(), &residual)?;
+                let payload = encode_delta(encoding, &layout, &delta.values, &residual)?;
                 let body = ModelDelta {
                     job: id,
                     round: delta.round,
@@ -395,14 +398,15 @@ fn encode_f32(values: &[f32]) -> Result<Vec<u8>, String> {
 fn encode_delta(
     encoding: DeltaEncoding,
     layout: &TensorLayout,
-    mut delta: Vec<f32>,
+    delta: &[f32],
     residual: &Residual,
 ) -> Result<Vec<u8>, String> {
     let error = |e: TensorError| e.to_string();
     if !encoding.carries_residual() {
-        return encoding.encode(&delta, layout).map_err(error);
+        return encoding.encode(delta, layout).map_err(error);
     }
     let mut owed = residual.lock().map_err(|_| "the residual's lock is poisoned".to_owned())?;
+    let mut delta = delta.to_vec();
     if let Some(owed) = owed.take().filter(|r| r.len() == delta.len()) {
         delta.iter_mut().zip(&owed).for_each(|(d, r)| *d += r);
     }

@@ -12,6 +12,7 @@ use fedmesh_aggregation::ServerOptimizer;
 use fedmesh_federation::member::{Event, LocalUpdate};
 use fedmesh_protocol::ids::{ContentHash, JobId, MemberId, Round};
 use fedmesh_protocol::message::{EvalMetrics, TrainMetrics};
+use fedmesh_protocol::tensor::CheckedBlob;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -95,9 +96,9 @@ impl Engine {
             // The model goes as soon as it is encoded: a large model's aggregator holds few
             // copies of it at once.
             drop(params);
-            let model = store_blob(&store, &blob, slow)?;
+            let model = store_blob(&store, blob, slow)?;
             let state =
-                optimizer.map(|optimizer| store_blob(&store, &optimizer.encode_state(), false));
+                optimizer.map(|optimizer| store_blob(&store, optimizer.encode_state(), false));
             Ok((model, state.transpose()?))
         };
         let wrap = move |stored: Result<(ContentHash, Option<ContentHash>), String>| match stored {
@@ -145,11 +146,11 @@ const SLOW_DISK_DELAY: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Stores a model blob (see [`Store::put_model_blob`]); returns its hash. A `slow` disk makes a large
 /// blob's write take `SLOW_DISK_DELAY` longer.
-fn store_blob(store: &Store, blob: &[u8], slow: bool) -> Result<ContentHash, String> {
+fn store_blob(store: &Store, blob: Vec<u8>, slow: bool) -> Result<ContentHash, String> {
     if slow && blob.len() >= crate::network::LARGE_FRAME_BYTES {
         std::thread::sleep(SLOW_DISK_DELAY);
     }
-    store.put_model_blob(blob).map_err(|e| e.to_string())
+    store.put_model_blob(&CheckedBlob::hashing(blob)).map_err(|e| e.to_string())
 }
 
 impl Engine {
@@ -176,7 +177,7 @@ impl Engine {
             let outcome = bytes.and_then(|bytes| {
                 let decoded = ServerOptimizer::decode_state(server.as_ref(), params, &bytes)
                     .map_err(|e| format!("optimizer state {state}: {e}"))?;
-                store_blob(&store, &bytes, false)?;
+                store_blob(&store, bytes, false)?;
                 Ok(Arc::new(decoded))
             });
             if let Err(error) = &outcome {
@@ -206,7 +207,7 @@ async fn fetch_state_blob(
     let mut last = "no member to fetch it from".to_owned();
     for member in from {
         match super::models::fetch_blob(network, *member, state, largest).await {
-            Ok(bytes) => return Ok(bytes),
+            Ok(blob) => return Ok(blob.into_bytes()),
             Err(error) => last = error,
         }
     }
