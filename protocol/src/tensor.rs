@@ -17,6 +17,7 @@ use crate::ids::ContentHash;
 use crate::model::TensorLayout;
 use half::f16;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// How a payload's parameters are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,14 +137,15 @@ impl HashedBytes for Vec<u8> {
 }
 
 /// A blob and its hash, computed from its bytes once: what a node checked on receipt it stores
-/// and serves under that hash without hashing the bytes again.
+/// and serves under that hash without hashing the bytes again. It owns its bytes, or borrows
+/// them (a model's parameters, stored as they are in memory).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckedBlob {
+pub struct CheckedBlob<'a> {
     hash: ContentHash,
-    bytes: Vec<u8>,
+    bytes: Cow<'a, [u8]>,
 }
 
-impl CheckedBlob {
+impl CheckedBlob<'static> {
     /// `bytes`, received for `expected`, if they have that hash.
     pub fn check(expected: &ContentHash, bytes: Vec<u8>) -> Result<Self, PayloadError> {
         let blob = Self::hashing(bytes);
@@ -154,7 +156,20 @@ impl CheckedBlob {
     /// arrived is not hashed again).
     pub fn check_payload(expected: &ContentHash, payload: Payload) -> Result<Self, PayloadError> {
         let hash = payload.content_hash();
-        Self { hash, bytes: payload.into_vec() }.expecting(expected)
+        Self { hash, bytes: Cow::Owned(payload.into_vec()) }.expecting(expected)
+    }
+
+    /// `bytes` and their hash.
+    pub fn hashing(bytes: Vec<u8>) -> Self {
+        Self { hash: ContentHash::of(&bytes), bytes: Cow::Owned(bytes) }
+    }
+}
+
+impl<'a> CheckedBlob<'a> {
+    /// Parameters as an F32Le blob, borrowed where the machine's byte order allows, and its hash.
+    pub fn of_params(params: &'a [f32]) -> Self {
+        let bytes = f32_le_bytes(params);
+        Self { hash: ContentHash::of(&bytes), bytes }
     }
 
     fn expecting(self, expected: &ContentHash) -> Result<Self, PayloadError> {
@@ -163,11 +178,6 @@ impl CheckedBlob {
         } else {
             Err(PayloadError::Hash { expected: *expected, found: self.hash })
         }
-    }
-
-    /// `bytes` and their hash.
-    pub fn hashing(bytes: Vec<u8>) -> Self {
-        Self { hash: ContentHash::of(&bytes), bytes }
     }
 
     pub fn hash(&self) -> ContentHash {
@@ -179,7 +189,7 @@ impl CheckedBlob {
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
-        self.bytes
+        self.bytes.into_owned()
     }
 }
 
@@ -262,20 +272,10 @@ pub fn encode_params_into(
     }
 }
 
-/// Values hashed per step by [`hash_f32`] (256 KiB of bytes).
-const HASH_CHUNK: usize = 64 << 10;
-
 /// The content hash of `values` encoded as [`TensorEncoding::F32Le`], without making the payload
-/// (a chunk at a time).
+/// (on a little-endian machine).
 pub fn hash_f32(values: &[f32]) -> ContentHash {
-    let mut hasher = blake3::Hasher::new();
-    let mut bytes = Vec::with_capacity(HASH_CHUNK * 4);
-    for chunk in values.chunks(HASH_CHUNK) {
-        bytes.clear();
-        bytes.extend(chunk.iter().flat_map(|value| value.to_le_bytes()));
-        hasher.update(&bytes);
-    }
-    ContentHash(*hasher.finalize().as_bytes())
+    ContentHash::of(&f32_le_bytes(values))
 }
 
 /// Top-k sparsification: the `k` parameters of largest magnitude as a [`TensorEncoding::Sparse`]
@@ -544,9 +544,17 @@ fn decode_sparse_range(indices: &[u8], values: &[u8], start: usize, out: &mut [f
 }
 
 fn encode_f32(values: &[f32], out: &mut Vec<u8>) {
-    out.resize(values.len() * 4, 0);
-    for (chunk, value) in out.chunks_exact_mut(4).zip(values) {
-        chunk.copy_from_slice(&value.to_le_bytes());
+    out.clear();
+    out.extend_from_slice(&f32_le_bytes(values));
+}
+
+/// `values` as little-endian bytes: themselves on a little-endian machine (no copy), else
+/// encoded.
+pub fn f32_le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        Cow::Owned(values.iter().flat_map(|value| value.to_le_bytes()).collect())
     }
 }
 
@@ -601,10 +609,14 @@ mod tests {
 
     #[test]
     fn hashing_values_equals_hashing_their_f32_payload() {
-        for n in [0, 1, HASH_CHUNK - 1, HASH_CHUNK, 3 * HASH_CHUNK + 5] {
+        for n in [0, 1, 65_535, 65_536, 196_613] {
             let values = sample(n);
             let payload = encode_params(&values, TensorEncoding::F32Le, None).unwrap();
             assert_eq!(hash_f32(&values), ContentHash::of(&payload), "{n} values");
+            let blob = CheckedBlob::of_params(&values);
+            assert_eq!((blob.hash(), blob.bytes()), (ContentHash::of(&payload), &payload[..]));
+            let expected: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(payload, expected, "{n} values, each little-endian");
         }
     }
 

@@ -340,7 +340,7 @@ impl Store {
     /// Stores a round's model blob without waiting for the disk: its file is synced in the
     /// background and its record with the next synced write. One a power cut loses is fetched
     /// from the job's members again, like one it left torn.
-    pub fn put_model_blob(&self, blob: &CheckedBlob) -> Result<ContentHash, StoreError> {
+    pub fn put_model_blob(&self, blob: &CheckedBlob<'_>) -> Result<ContentHash, StoreError> {
         let mut batch = self.batch();
         batch.put_checked_blob(blob)?;
         batch.commit_with(false)?;
@@ -398,7 +398,7 @@ impl StoreBatch<'_> {
     }
 
     /// Stores a blob under the hash it was checked against (not hashed again).
-    pub fn put_checked_blob(&mut self, blob: &CheckedBlob) -> Result<(), StoreError> {
+    pub fn put_checked_blob(&mut self, blob: &CheckedBlob<'_>) -> Result<(), StoreError> {
         self.put_hashed(blob.hash(), blob.bytes())
     }
 

@@ -4,7 +4,6 @@
 //! off the engine's task; fraud proofs signed and published, and a false one counted against
 //! its accuser.
 
-use super::encode_model;
 use super::models::{fetch_blob, fetch_model};
 use crate::engine::requests::respond;
 use crate::engine::{Engine, Internal};
@@ -342,8 +341,7 @@ fn recompute(
         .collect();
     let model = fedmesh_aggregation::verifiable::recompute(strategy, base, &contributions)
         .map_err(|e| e.to_string())?;
-    let blob = encode_model(&model).map_err(|e| e.to_string())?;
-    Ok(ContentHash::of(&blob))
+    Ok(hash_f32(&model))
 }
 
 /// The model a secure round's evidence makes over `base` (see `recompute_secure`), and its
@@ -362,8 +360,7 @@ fn recompute_secure_round(
         evidence.push((*contribution, record));
     }
     let model = recompute_secure(job_round, clip_norm, base, &evidence)?;
-    let blob = encode_model(&model).map_err(|e| e.to_string())?;
-    Ok(ContentHash::of(&blob))
+    Ok(hash_f32(&model))
 }
 
 #[cfg(test)]

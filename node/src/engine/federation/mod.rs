@@ -76,7 +76,7 @@ pub struct JobRun {
     contributions: Option<audits::SharedContributions>,
     /// The model bytes the newest result taken came with (they hash to its model): the fetch
     /// the machine makes for that model takes them instead of asking the members.
-    model_with_result: Option<CheckedBlob>,
+    model_with_result: Option<CheckedBlob<'static>>,
 }
 
 impl JobRun {

@@ -80,7 +80,7 @@ pub(super) async fn fetch_model(
 
 /// Stores a model's bytes under the hash they were checked against, so this node can serve
 /// them too.
-async fn keep_blob(store: &Arc<Store>, blob: CheckedBlob) -> Result<Vec<u8>, String> {
+async fn keep_blob(store: &Arc<Store>, blob: CheckedBlob<'static>) -> Result<Vec<u8>, String> {
     let store = store.clone();
     let keep = move || store.put_model_blob(&blob).map(|_| blob.into_bytes());
     match tokio::task::spawn_blocking(keep).await {
@@ -114,7 +114,7 @@ async fn fetch_from_any(
     sources: &[MemberId],
     hash: ContentHash,
     size: usize,
-) -> Result<CheckedBlob, String> {
+) -> Result<CheckedBlob<'static>, String> {
     let started = Instant::now();
     let mut last = "no member to fetch it from".to_owned();
     while started.elapsed() < FETCH_GIVE_UP && !sources.is_empty() {
@@ -138,7 +138,7 @@ pub(super) async fn fetch_blob(
     peer: MemberId,
     hash: ContentHash,
     size: usize,
-) -> Result<CheckedBlob, String> {
+) -> Result<CheckedBlob<'static>, String> {
     let fetch = async {
         let bytes = encode_request(&Request::Blob { hash }, &[])?;
         let peer = peer_of_member(&peer)?;

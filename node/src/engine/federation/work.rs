@@ -3,7 +3,6 @@
 //! back to the job's machine as its event, so no other job, admin request or gossip message
 //! waits behind a large model's work.
 
-use super::encode_model;
 use crate::engine::{Engine, Internal};
 use crate::misbehaviour::Misbehaviour;
 use crate::network::Held;
@@ -92,13 +91,12 @@ impl Engine {
         }
         let work = move || {
             let params = if forges { backdoored(&params) } else { params };
-            let blob = encode_model(&params).map_err(|e| e.to_string())?;
-            // The model goes as soon as it is encoded: a large model's aggregator holds few
-            // copies of it at once.
+            // Stored as its parameters' own bytes: no encoded copy of a large model.
+            let model = store_blob(&store, &CheckedBlob::of_params(&params), slow)?;
             drop(params);
-            let model = store_blob(&store, blob, slow)?;
-            let state =
-                optimizer.map(|optimizer| store_blob(&store, optimizer.encode_state(), false));
+            let state = optimizer.map(|optimizer| {
+                store_blob(&store, &CheckedBlob::hashing(optimizer.encode_state()), false)
+            });
             Ok((model, state.transpose()?))
         };
         let wrap = move |stored: Result<(ContentHash, Option<ContentHash>), String>| match stored {
@@ -146,11 +144,11 @@ const SLOW_DISK_DELAY: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Stores a model blob (see [`Store::put_model_blob`]); returns its hash. A `slow` disk makes a large
 /// blob's write take `SLOW_DISK_DELAY` longer.
-fn store_blob(store: &Store, blob: Vec<u8>, slow: bool) -> Result<ContentHash, String> {
-    if slow && blob.len() >= crate::network::LARGE_FRAME_BYTES {
+fn store_blob(store: &Store, blob: &CheckedBlob<'_>, slow: bool) -> Result<ContentHash, String> {
+    if slow && blob.bytes().len() >= crate::network::LARGE_FRAME_BYTES {
         std::thread::sleep(SLOW_DISK_DELAY);
     }
-    store.put_model_blob(&CheckedBlob::hashing(blob)).map_err(|e| e.to_string())
+    store.put_model_blob(blob).map_err(|e| e.to_string())
 }
 
 impl Engine {
@@ -177,7 +175,7 @@ impl Engine {
             let outcome = bytes.and_then(|bytes| {
                 let decoded = ServerOptimizer::decode_state(server.as_ref(), params, &bytes)
                     .map_err(|e| format!("optimizer state {state}: {e}"))?;
-                store_blob(&store, bytes, false)?;
+                store_blob(&store, &CheckedBlob::hashing(bytes), false)?;
                 Ok(Arc::new(decoded))
             });
             if let Err(error) = &outcome {
