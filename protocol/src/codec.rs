@@ -136,11 +136,12 @@ impl PayloadHasher {
     }
 
     /// Hashes the bytes of `received` (the frame so far) it has not hashed yet, once the
-    /// header in them decodes.
+    /// header in them decodes. A header that has not decoded from more bytes than any header
+    /// takes never will: it is not tried again (the frame is refused when it is decoded).
     pub fn update(&mut self, received: &[u8]) {
-        if self.start.is_none() {
+        if self.start.is_none() && self.hashed_to <= max_header_bytes(self.kind) {
             self.start = header_end(self.kind, received);
-            self.hashed_to = self.start.unwrap_or(0);
+            self.hashed_to = self.start.unwrap_or(received.len());
         }
         if self.start.is_some() && received.len() > self.hashed_to {
             self.hasher.update(&received[self.hashed_to..]);
@@ -156,6 +157,15 @@ impl PayloadHasher {
             frame_len: frame.len(),
             hash: ContentHash(*self.hasher.finalize().as_bytes()),
         })
+    }
+}
+
+/// The most bytes a frame of `kind` takes before its payload (its version byte and header).
+fn max_header_bytes(kind: FrameKind) -> usize {
+    1 + match kind {
+        FrameKind::Request => MAX_REQUEST_HEADER_BYTES,
+        FrameKind::Response => MAX_RESPONSE_HEADER_BYTES,
+        FrameKind::Gossip | FrameKind::Ticket | FrameKind::Evidence => 0,
     }
 }
 
@@ -610,6 +620,12 @@ mod tests {
         assert_eq!(received.with_streamed(of_other).hash, None, "taken of a longer frame");
         let garbage = streamed(FrameKind::Response, &[WIRE_VERSION, 0xff, 0xff], 1);
         assert_eq!(garbage, None, "a header that never decodes");
+        let mut hasher = PayloadHasher::new(FrameKind::Response);
+        let long = vec![0xffu8; MAX_RESPONSE_HEADER_BYTES + 2];
+        hasher.update(&long);
+        assert_eq!(hasher.hashed_to, long.len(), "looked past every header it could be");
+        hasher.update(&[&long[..], &frame[..]].concat());
+        assert_eq!(hasher.start, None, "not tried again once past the longest header");
     }
 
     #[test]
