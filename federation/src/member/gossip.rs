@@ -240,12 +240,18 @@ impl Member {
     /// for the next join, and a member that joined again far behind waited `ASK_AGAIN_MS` to
     /// ask for the newest result again while a round planned with it waited for it.)
     fn judge_vouched(&mut self, holder: MemberId, model: ContentHash, now: u64) {
-        let vouched = |w: &Waiting| {
-            w.missing.is_empty()
-                && w.signer != holder
-                && matches!(&w.held, Held::Result(ready) if ready.model == model)
-        };
-        if self.held.iter().any(vouched) {
+        let mut vouched = false;
+        for waiting in self.held.iter_mut() {
+            let Held::Result(ready) = &waiting.held else { continue };
+            // A result waiting only for its signer's join is judged again too: the members
+            // holding its model may speak for a signer that left unheard (`missed_members`).
+            let for_signer_only = waiting.missing.iter().all(|m| *m == waiting.signer);
+            if ready.model == model && waiting.signer != holder && for_signer_only {
+                waiting.missing.clear();
+                vouched = true;
+            }
+        }
+        if vouched {
             self.judge_unblocked(now);
         }
     }
@@ -414,6 +420,11 @@ impl Member {
     /// among them (an assignment's is the coordinator, which is no member). An opening that
     /// names exactly the live members, as one made while every member agrees does, is
     /// recognised by one comparison with the kept live view: no lookup per member named.
+    ///
+    /// A result's signer unheard of is not waited for if the live members hold its model
+    /// (`witnessed_holding`): it left before this member joined, so no one answers for its
+    /// join, and a member joining again as a round's aggregator left waited for it until the
+    /// round after, which was planned with this member and waited for it in turn.
     fn missed_members(&mut self, signer: &MemberId, held: &Held, now: u64) -> BTreeSet<MemberId> {
         let named: Vec<&MemberId> = match held {
             Held::Open(open) if names_exactly(&open.members, &self.live(now)) => vec![signer],
@@ -422,11 +433,17 @@ impl Member {
             Held::Assign(assignment) => assignment.roles.keys().collect(),
         };
         let members = &self.state.members;
-        named
+        let missing: BTreeSet<MemberId> = named
             .into_iter()
             .filter(|id| !members.contains(id) && !members.has_left(id))
             .copied()
-            .collect()
+            .collect();
+        match held {
+            Held::Result(ready) if !missing.is_empty() => {
+                if self.witnessed_holding(ready, signer, now) { BTreeSet::new() } else { missing }
+            }
+            _ => missing,
+        }
     }
 
     /// Whether a result comes from the aggregator of the plan over the members it names, and

@@ -1245,11 +1245,22 @@ fn a_member_that_leaves_and_joins_again_catches_up_and_nobody_waits_for_it() {
     assert_eq!(last.participants, 4, "it trained again before the end");
 }
 
+/// Who leaves as member 3 joins again in `joined_again_as_others_left`.
+#[derive(Clone, Copy)]
+enum Leavers {
+    /// Members 1 and 2, at round 3's opening.
+    OneAndTwoAtRound3Opening,
+    /// Round 2's aggregator and one more, the moment round 2 closes (before round 3 opens, so
+    /// round 3 is planned with member 3): the result member 3 needs is signed by a member it
+    /// never hears of.
+    Round2AggregatorAsItCloses,
+}
+
 /// Eight members with 200 ms of training: member 3 leaves mid-round 2, and joins again from
-/// scratch just as members 1 and 2 leave at round 3's opening (the leave-rejoin scenario's
-/// rounds 2 and 3). The results member 3 needs name two members it never hears of.
-/// Members `behind_nat` are elected to aggregate no round.
-fn joined_again_as_others_left(behind_nat: &[u8]) -> Net {
+/// scratch just as two others leave (the leave-rejoin scenario's rounds 2 and 3). The results
+/// member 3 needs name two members it never hears of. Members `behind_nat` are elected to
+/// aggregate no round.
+fn joined_again_as_others_left(behind_nat: &[u8], leavers: Leavers) -> Net {
     let mut net = Net::new(spec("central", 8, 10), &[]);
     net.behind_nat.extend(behind_nat.iter().copied().map(member_id));
     for byte in 1..=8 {
@@ -1260,9 +1271,22 @@ fn joined_again_as_others_left(behind_nat: &[u8]) -> Net {
     net.run_until(30_000, |net| net.member(4).phase.open().is_some_and(|o| o.round == 2));
     net.run(100);
     leave_now(&mut net, 3);
-    net.run_until(30_000, |net| net.member(4).phase.open().is_some_and(|o| o.round == 3));
-    leave_now(&mut net, 1);
-    leave_now(&mut net, 2);
+    let leavers = match leavers {
+        Leavers::OneAndTwoAtRound3Opening => {
+            net.run_until(30_000, |net| net.member(4).phase.open().is_some_and(|o| o.round == 3));
+            [1, 2]
+        }
+        Leavers::Round2AggregatorAsItCloses => {
+            net.run_until(30_000, |net| net.member(4).completed_round() >= 2);
+            let aggregator = net.member(4).rounds()[&2].aggregator;
+            let byte = (1..=8).find(|b| member_id(*b) == aggregator).expect("an aggregator");
+            let another = (1..=8).find(|b| ![3, byte].contains(b)).expect("another member");
+            [byte, another]
+        }
+    };
+    for leaver in leavers {
+        leave_now(&mut net, leaver);
+    }
     net.down.remove(&member_id(3));
     net.add(3, "a");
     net.may_miss_rounds.insert(member_id(3));
@@ -1275,10 +1299,17 @@ fn joined_again_as_others_left(behind_nat: &[u8]) -> Net {
 /// deadlines: a real run's round 3 took 30 s).
 #[test]
 fn a_member_joining_again_as_others_leave_catches_up_and_stalls_no_round() {
-    let mut net = joined_again_as_others_left(&[]);
+    for leavers in [Leavers::OneAndTwoAtRound3Opening, Leavers::Round2AggregatorAsItCloses] {
+        let net = joined_again_as_others_left(&[], leavers);
+        assert_caught_up_without_stalling(net);
+    }
+}
+
+fn assert_caught_up_without_stalling(mut net: Net) {
     net.run(300_000);
     net.assert_agree();
-    let rounds = net.member(4).rounds();
+    let stayed = (4..=8).find(|b| !net.down.contains(&member_id(*b))).expect("a member stayed");
+    let rounds = net.member(stayed).rounds();
     for record in rounds.values() {
         let (opened, closed) = (record.opened_at_ms, record.closed_at_ms.expect("closed"));
         assert!(closed - opened < 10_000, "round {} waited out its deadline", record.round);
@@ -1291,7 +1322,7 @@ fn a_member_joining_again_as_others_leave_catches_up_and_stalls_no_round() {
 /// that no plan elects: it is behind NAT) is refused.
 #[test]
 fn a_made_up_result_naming_members_a_newcomer_never_heard_of_is_refused() {
-    let mut net = joined_again_as_others_left(&[8]);
+    let mut net = joined_again_as_others_left(&[8], Leavers::OneAndTwoAtRound3Opening);
     let forger = member_id(8);
     let mut forged = forged_result(&mut net, 1);
     let made_up_params = Arc::new(vec![1.0_f32; net.member(4).params().len()]);

@@ -97,10 +97,16 @@ impl Engine {
         signed: Signed<fedmesh_protocol::message::AggregateReady>,
         event: Event,
     ) {
-        if self.handle(id, event).await.is_none()
-            && let Some(run) = self.runs.get_mut(&id)
-        {
-            run.keep_taken(signed);
+        let round = signed.unverified_body().round;
+        match self.handle(id, event).await {
+            Some(refusal) => {
+                tracing::debug!(job = %id, round, reason = refusal.reason.label(), detail = %refusal.detail, "a missed result a member served was not taken")
+            }
+            None => {
+                if let Some(run) = self.runs.get_mut(&id) {
+                    run.keep_taken(signed);
+                }
+            }
         }
     }
 }
