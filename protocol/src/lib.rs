@@ -20,6 +20,7 @@ pub mod spec;
 pub mod strategy;
 pub mod tag;
 pub mod tensor;
+pub mod transport;
 
 pub use codec::{DecodeError, EncodeError, FrameError, Payload};
 pub use envelope::{Denied, Domain, Scope, Signed, Verified, VerifyError};

@@ -24,7 +24,7 @@ use event_loop::EventLoop;
 use large_frames::LargeFramePeers;
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::request_response::ResponseChannel;
-use libp2p::{Multiaddr, PeerId, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, identity, noise, yamux};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -133,9 +133,12 @@ pub fn start(
     };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| setup(&e))?
         .with_quic()
+        .with_other_transport(|key| {
+            let transport = fedmesh_protocol::transport::tcp_noise_yamux(key);
+            transport.map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        })
+        .map_err(|e| setup(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_behaviour(behaviour)
