@@ -18,6 +18,7 @@ use crate::model::TensorLayout;
 use half::f16;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// How a payload's parameters are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -548,6 +549,42 @@ fn encode_f32(values: &[f32], out: &mut Vec<u8>) {
     out.extend_from_slice(&f32_le_bytes(values));
 }
 
+/// A payload to send, shared by the tasks that send and keep it: encoded bytes, or f32 values
+/// that are sent as their own bytes ([`f32_payload`]).
+pub type SharedPayload = Arc<dyn SharedBytes>;
+
+/// Bytes a [`SharedPayload`] can be.
+pub trait SharedBytes: Send + Sync + std::fmt::Debug {
+    fn bytes(&self) -> &[u8];
+}
+
+impl SharedBytes for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// f32 values seen as their in-memory bytes: made only by [`f32_payload`], on a little-endian
+/// machine, where those are the F32Le encoding.
+#[derive(Debug)]
+struct F32Bytes(Arc<Vec<f32>>);
+
+impl SharedBytes for F32Bytes {
+    fn bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// `values` as an F32Le payload: the values themselves on a little-endian machine (a 200 MB
+/// delta sent without a 200 MB copy first), else encoded.
+pub fn f32_payload(values: Arc<Vec<f32>>) -> SharedPayload {
+    if cfg!(target_endian = "little") {
+        Arc::new(F32Bytes(values))
+    } else {
+        Arc::new(f32_le_bytes(&values).into_owned())
+    }
+}
+
 /// `values` as little-endian bytes: themselves on a little-endian machine (no copy), else
 /// encoded.
 pub fn f32_le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
@@ -608,7 +645,7 @@ mod tests {
     }
 
     #[test]
-    fn hashing_values_equals_hashing_their_f32_payload() {
+    fn hashing_values_equals_hashing_their_f32_payload_shared_or_encoded() {
         for n in [0, 1, 65_535, 65_536, 196_613] {
             let values = sample(n);
             let payload = encode_params(&values, TensorEncoding::F32Le, None).unwrap();
@@ -617,6 +654,8 @@ mod tests {
             assert_eq!((blob.hash(), blob.bytes()), (ContentHash::of(&payload), &payload[..]));
             let expected: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             assert_eq!(payload, expected, "{n} values, each little-endian");
+            let shared = f32_payload(Arc::new(values));
+            assert_eq!(shared.bytes(), &payload[..], "{n} values shared as their payload");
         }
     }
 

@@ -11,6 +11,7 @@ use fedmesh_protocol::codec::{
 };
 use fedmesh_protocol::ids::{ContentHash, MemberId};
 use fedmesh_protocol::message::{MAX_JOB_IDS, Request, Response};
+use fedmesh_protocol::tensor::SharedPayload;
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 use std::collections::HashMap;
@@ -217,14 +218,14 @@ pub(super) async fn respond(
 }
 
 /// [`respond`] with a payload other responses may be sending too.
-async fn respond_shared(
+pub(super) async fn respond_shared(
     network: &Network,
     channel: ResponseChannel<Frame>,
     response: Response,
-    payload: Arc<Vec<u8>>,
+    payload: SharedPayload,
     held: Option<Held>,
 ) {
-    match encode_response_header(&response, payload.len()) {
+    match encode_response_header(&response, payload.bytes().len()) {
         Ok(head) => {
             let frame = Frame::new(head, payload);
             let frame = match held {

@@ -11,6 +11,7 @@ use super::budget::{BulkBudget, COUNTED_FROM_BYTES, Held};
 use super::large_frames::{LargeFramePeers, PeerSlot};
 use crate::metrics::Metrics;
 use fedmesh_protocol::codec::{FrameKind, PayloadHasher, StreamedHash, check_frame_length};
+use fedmesh_protocol::tensor::SharedPayload;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use std::io;
@@ -34,14 +35,14 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fedmesh/req/1");
 #[derive(Debug)]
 pub struct Frame {
     head: Vec<u8>,
-    tail: Arc<Vec<u8>>,
+    tail: SharedPayload,
     held: Option<Held>,
     streamed: Option<StreamedHash>,
 }
 
 impl Frame {
     /// A frame to send: `head`, then `tail`.
-    pub fn new(head: Vec<u8>, tail: Arc<Vec<u8>>) -> Self {
+    pub fn new(head: Vec<u8>, tail: SharedPayload) -> Self {
         Self { head, tail, held: None, streamed: None }
     }
 
@@ -57,7 +58,7 @@ impl Frame {
     }
 
     pub(super) fn len(&self) -> usize {
-        self.head.len() + self.tail.len()
+        self.head.len() + self.tail.bytes().len()
     }
 
     /// The received bytes (a received frame has no tail), and its share of the budget, which
@@ -69,7 +70,7 @@ impl Frame {
 
 impl From<Vec<u8>> for Frame {
     fn from(head: Vec<u8>) -> Self {
-        Self::new(head, Arc::default())
+        Self::new(head, Arc::new(Vec::new()))
     }
 }
 
@@ -243,7 +244,7 @@ impl FrameCodec {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         io.write_all(&length.to_le_bytes()).await?;
         io.write_all(&frame.head).await?;
-        io.write_all(&frame.tail).await?;
+        io.write_all(frame.tail.bytes()).await?;
         io.flush().await?;
         io.close().await
     }
@@ -355,7 +356,7 @@ mod tests {
         let (_, payload_received) = decode_response(frame.into_received().0).unwrap();
         let blob = CheckedBlob::check_payload(&hash, payload_received.with_streamed(streamed));
         assert_eq!(blob.unwrap().into_bytes(), payload);
-        let small = Frame::new(b"small".to_vec(), Arc::default());
+        let small = Frame::from(b"small".to_vec());
         let mut buffer = Cursor::new(Vec::new());
         codec.write_frame(&mut buffer, small).await.unwrap();
         let frame = codec.read_response_frame(&mut Cursor::new(buffer.into_inner())).await.unwrap();

@@ -5,7 +5,7 @@
 //! its accuser.
 
 use super::models::{fetch_blob, fetch_model};
-use crate::engine::requests::respond;
+use crate::engine::requests::{respond, respond_shared};
 use crate::engine::{Engine, Internal};
 use fedmesh_federation::member::{Accusation, Event, OwnPayloads, Refusal, recompute_secure};
 use fedmesh_protocol::codec::decode_evidence;
@@ -14,7 +14,9 @@ use fedmesh_protocol::message::{
     AggregateReady, Contribution, FraudProof, GossipMessage, MAX_EVIDENCE_BYTES, Response,
     unix_millis,
 };
-use fedmesh_protocol::tensor::{TensorEncoding, decode_params, encode_params, hash_f32};
+use fedmesh_protocol::tensor::{
+    SharedPayload, TensorEncoding, decode_params, f32_payload, hash_f32,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +29,7 @@ pub const MAX_KEPT_BYTES: usize = 1 << 30;
 /// walks the whole map.
 #[derive(Default)]
 pub struct Contributions {
-    kept: BTreeMap<ContentHash, (Arc<Vec<u8>>, u64)>,
+    kept: BTreeMap<ContentHash, (SharedPayload, u64)>,
     by_expiry: BTreeSet<(u64, ContentHash)>,
     bytes: usize,
 }
@@ -38,14 +40,15 @@ pub type SharedContributions = Arc<Mutex<Contributions>>;
 impl Contributions {
     /// Keeps `bytes` (the payload hashing to `hash`) until `until_ms`, dropping what expired,
     /// then what expires first while the bound is exceeded.
-    pub fn hold(&mut self, hash: ContentHash, bytes: Arc<Vec<u8>>, until_ms: u64, now: u64) {
+    pub fn hold(&mut self, hash: ContentHash, bytes: SharedPayload, until_ms: u64, now: u64) {
         self.drop_expiring_before(now);
-        if bytes.len() > MAX_KEPT_BYTES {
+        let length = bytes.bytes().len();
+        if length > MAX_KEPT_BYTES {
             return;
         }
         let until_ms = self.kept.get(&hash).map_or(until_ms, |(_, until)| until_ms.max(*until));
         self.drop_one(&hash);
-        self.bytes += bytes.len();
+        self.bytes += length;
         self.kept.insert(hash, (bytes, until_ms));
         self.by_expiry.insert((until_ms, hash));
         while self.bytes > MAX_KEPT_BYTES {
@@ -67,7 +70,7 @@ impl Contributions {
     }
 
     /// The payload hashing to `hash`, if it is kept still.
-    pub fn get(&self, hash: &ContentHash, now: u64) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, hash: &ContentHash, now: u64) -> Option<SharedPayload> {
         self.kept.get(hash).filter(|(_, until)| *until >= now).map(|(bytes, _)| bytes.clone())
     }
 
@@ -82,7 +85,7 @@ impl Contributions {
 
     fn drop_one(&mut self, hash: &ContentHash) {
         if let Some((bytes, until)) = self.kept.remove(hash) {
-            self.bytes -= bytes.len();
+            self.bytes -= bytes.bytes().len();
             self.by_expiry.remove(&(until, *hash));
         }
     }
@@ -93,7 +96,7 @@ impl Contributions {
 pub fn hold_delta(
     contributions: Option<&SharedContributions>,
     hash: ContentHash,
-    bytes: Arc<Vec<u8>>,
+    bytes: SharedPayload,
     window_ms: u64,
 ) {
     let Some(contributions) = contributions else { return };
@@ -118,10 +121,7 @@ impl Engine {
         else {
             return;
         };
-        let own = own.and_then(|values| {
-            let bytes = encode_params(&values, TensorEncoding::F32Le, None).ok()?;
-            Some((hash_f32(&values), Arc::new(bytes)))
-        });
+        let own = own.map(|values| (hash_f32(&values), f32_payload(values)));
         if let Ok(mut kept) = contributions.lock() {
             kept.keep_until(deltas, until_ms);
             if let Some((hash, bytes)) = own {
@@ -175,15 +175,16 @@ impl Engine {
         let Some(((channel, held), _)) = run.replies.remove(&request) else { return };
         let kept =
             run.contributions.as_ref().and_then(|c| c.lock().ok()?.get(&hash, unix_millis()));
+        let none = || -> SharedPayload { Arc::new(Vec::new()) };
         let (response, payload) = match (outcome, kept) {
-            (Ok(()), Some(bytes)) => (Response::Blob { hash }, bytes.as_ref().clone()),
-            (Ok(()), None) => (Response::NotFound { hash }, Vec::new()),
+            (Ok(()), Some(bytes)) => (Response::Blob { hash }, bytes),
+            (Ok(()), None) => (Response::NotFound { hash }, none()),
             (Err(refusal), _) => {
                 self.metrics.rejected("blob", refusal.reason.label());
-                (Response::Refused { reason: refusal.detail }, Vec::new())
+                (Response::Refused { reason: refusal.detail }, none())
             }
         };
-        respond(&self.network, channel, response, payload, held).await;
+        respond_shared(&self.network, channel, response, payload, held).await;
     }
 
     /// Recomputes a result's model from the contributions it lists, in the background: each
@@ -219,7 +220,7 @@ impl Engine {
                     .as_ref()
                     .and_then(|c| c.lock().ok()?.get(&contribution.delta, unix_millis()));
                 let bytes = match kept {
-                    Some(bytes) => Ok(bytes.as_ref().clone()),
+                    Some(bytes) => Ok(bytes.bytes().to_vec()),
                     None => {
                         fetch_contribution(
                             &network,

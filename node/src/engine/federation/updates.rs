@@ -24,7 +24,9 @@ use fedmesh_protocol::message::{
 };
 use fedmesh_protocol::model::TensorLayout;
 use fedmesh_protocol::spec::DeltaEncoding;
-use fedmesh_protocol::tensor::{PayloadRef, TensorEncoding, TensorError, decode_params};
+use fedmesh_protocol::tensor::{
+    PayloadRef, SharedPayload, TensorEncoding, TensorError, decode_params, f32_payload,
+};
 use libp2p::request_response::ResponseChannel;
 use std::sync::{Arc, Mutex};
 
@@ -216,17 +218,21 @@ impl Engine {
                     samples: delta.samples,
                     metrics: delta.metrics,
                     payload: PayloadRef::describe(
-                        &payload,
+                        payload.bytes(),
                         encoding.tensor_encoding(),
                         layout.num_params(),
                     ),
                 };
                 let forged = forges.then(|| forged_deltas(&identity, &body));
                 let signed = Signed::sign(&identity, body).map_err(|e| e.to_string())?;
-                Ok::<_, String>((Request::Delta(signed), Arc::new(payload), forged))
+                Ok::<_, String>((Request::Delta(signed), payload, forged))
             };
+            let started = std::time::Instant::now();
             let (request, payload, forged) = match tokio::task::spawn_blocking(make).await {
-                Ok(Ok(made)) => made,
+                Ok(Ok(made)) => {
+                    tracing::debug!(job = %id, took = ?started.elapsed(), "encoded, hashed and signed the delta");
+                    made
+                }
                 Ok(Err(error)) => {
                     return tracing::error!(job = %id, %error, "cannot make the update");
                 }
@@ -393,17 +399,21 @@ fn encode_f32(values: &[f32]) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Encodes a delta as the job says; with error feedback (top-k), what the last delta did not
-/// send is added to this one first, and what this one does not send is kept for the next.
+/// Encodes a delta as the job says: in f32, the values themselves are the payload (no copy on a
+/// little-endian machine); with error feedback (top-k), what the last delta did not send is
+/// added to this one first, and what this one does not send is kept for the next.
 fn encode_delta(
     encoding: DeltaEncoding,
     layout: &TensorLayout,
-    delta: &[f32],
+    delta: &Arc<Vec<f32>>,
     residual: &Residual,
-) -> Result<Vec<u8>, String> {
+) -> Result<SharedPayload, String> {
     let error = |e: TensorError| e.to_string();
+    if encoding == DeltaEncoding::F32 {
+        return Ok(f32_payload(delta.clone()));
+    }
     if !encoding.carries_residual() {
-        return encoding.encode(delta, layout).map_err(error);
+        return encoding.encode(delta, layout).map(|p| Arc::new(p) as SharedPayload).map_err(error);
     }
     let mut owed = residual.lock().map_err(|_| "the residual's lock is poisoned".to_owned())?;
     let mut delta = delta.to_vec();
@@ -414,7 +424,7 @@ fn encode_delta(
     let sent = decode_params(&payload, encoding.tensor_encoding(), delta.len()).map_err(error)?;
     delta.iter_mut().zip(&sent).for_each(|(d, s)| *d -= s);
     *owed = Some(delta);
-    Ok(payload)
+    Ok(Arc::new(payload))
 }
 
 /// Sends a request with a payload and waits for the answer.
@@ -422,9 +432,9 @@ pub(super) async fn request_with_payload(
     network: &Network,
     to: MemberId,
     request: &Request,
-    payload: &Arc<Vec<u8>>,
+    payload: &SharedPayload,
 ) -> anyhow::Result<Response> {
-    let frame = Frame::new(encode_request_header(request, payload.len())?, payload.clone());
+    let frame = Frame::new(encode_request_header(request, payload.bytes().len())?, payload.clone());
     let (bytes, _) = network.request(peer_of_member(&to)?, frame).await?.into_received();
     let (response, _) = decode_response(bytes)?;
     Ok(response)
@@ -437,7 +447,7 @@ async fn send_until(
     network: &Network,
     to: MemberId,
     request: Request,
-    payload: Arc<Vec<u8>>,
+    payload: SharedPayload,
     (id, until_ms): (JobId, u64),
 ) -> bool {
     let mut wait_ms = FIRST_RETRY_MS + rand::random_range(0..FIRST_RETRY_MS);
