@@ -1,6 +1,6 @@
 //! The vocabulary every fedmesh node speaks: ids, job and TAG specs, wire messages, the signed
-//! envelope, keys, the bounded bincode codec, and the transport it is spoken over. Nothing a peer sends is trusted until this crate
-//! has checked it.
+//! envelope, keys, the bounded bincode codec, and the transport it is spoken over. Nothing a
+//! peer sends is trusted until this crate has checked it.
 //!
 //! Receiving, in order: [`codec::read_frame`] (length checked before allocation), then
 //! [`codec::decode_gossip`] / [`codec::decode_request`] / [`codec::decode_response`] (version
