@@ -238,6 +238,8 @@ pub struct Engine {
     bulk_peers_built_from: federation::BulkPeersBuiltFrom,
     /// The blobs responses are sending now, shared with further requests for them.
     blobs_in_flight: serving::BlobsInFlight,
+    /// The models this node made, served from memory while their jobs hold their parameters.
+    models_in_memory: serving::ModelsInMemory,
     /// The peers asked for their jobs lately.
     jobs_asked: requests::JobsAsked,
 }
@@ -274,6 +276,7 @@ impl Engine {
             internal_rx,
             bulk_peers_built_from: Vec::new(),
             blobs_in_flight: Default::default(),
+            models_in_memory: Default::default(),
             jobs_asked: Default::default(),
         };
         Ok((engine, handle))

@@ -11,7 +11,7 @@ use fedmesh_protocol::codec::{
 };
 use fedmesh_protocol::ids::{ContentHash, MemberId};
 use fedmesh_protocol::message::{MAX_JOB_IDS, Request, Response};
-use fedmesh_protocol::tensor::SharedPayload;
+use fedmesh_protocol::tensor::{SharedPayload, f32_payload};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 use std::collections::HashMap;
@@ -149,24 +149,32 @@ impl Engine {
             let busy = Response::Busy { hash };
             return respond(&self.network, channel, busy, Vec::new(), None).await;
         };
+        if let Some(params) = self.models_in_memory.get(&hash) {
+            // A model this node made, still in memory: not read back from the disk.
+            let bytes = f32_payload(params);
+            self.blobs_in_flight.insert(hash, &bytes, &held);
+            let blob = Response::Blob { hash };
+            return respond_shared(&self.network, channel, blob, bytes, Some(held)).await;
+        }
         let (network, store) = (self.network.clone(), self.store.clone());
         let in_flight = self.blobs_in_flight.clone();
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || store.blob(&hash)).await;
+            let none = || -> SharedPayload { Arc::new(Vec::new()) };
             let (response, payload, held) = match read {
                 Ok(Ok(Some(bytes))) => {
-                    let bytes = Arc::new(bytes);
+                    let bytes: SharedPayload = Arc::new(bytes);
                     in_flight.insert(hash, &bytes, &held);
                     (Response::Blob { hash }, bytes, Some(held))
                 }
-                Ok(Ok(None)) => (Response::NotFound { hash }, Arc::default(), None),
+                Ok(Ok(None)) => (Response::NotFound { hash }, none(), None),
                 Ok(Err(error)) => {
                     tracing::error!(%error, "cannot read blob");
-                    (Response::NotFound { hash }, Arc::default(), None)
+                    (Response::NotFound { hash }, none(), None)
                 }
                 Err(error) => {
                     tracing::error!(%error, "the blob read failed");
-                    (Response::NotFound { hash }, Arc::default(), None)
+                    (Response::NotFound { hash }, none(), None)
                 }
             };
             respond_shared(&network, channel, response, payload, held).await;

@@ -85,6 +85,7 @@ impl Engine {
     ) {
         tracing::info!(job = %id, round, "making and storing the round's model");
         let (store, slow) = (self.store.clone(), self.misbehaves(Misbehaviour::SlowDisk));
+        let in_memory = self.models_in_memory.clone();
         let forges = self.misbehaves(Misbehaviour::ForgeAggregate);
         if forges {
             tracing::warn!(job = %id, round, "misbehaving on purpose: a backdoor in the round's model");
@@ -93,6 +94,7 @@ impl Engine {
             let params = if forges { backdoored(&params) } else { params };
             // Stored as its parameters' own bytes: no encoded copy of a large model.
             let model = store_blob(&store, &CheckedBlob::of_params(&params), slow)?;
+            in_memory.insert(model, &params);
             drop(params);
             let state = optimizer.map(|optimizer| {
                 store_blob(&store, &CheckedBlob::hashing(optimizer.encode_state()), false)
