@@ -575,6 +575,11 @@ impl SharedBytes for F32Bytes {
     }
 }
 
+/// A payload of no bytes (a response that carries none).
+pub fn no_payload() -> SharedPayload {
+    Arc::new(Vec::new())
+}
+
 /// `values` as an F32Le payload: the values themselves on a little-endian machine (a 200 MB
 /// delta sent without a 200 MB copy first), else encoded.
 pub fn f32_payload(values: Arc<Vec<f32>>) -> SharedPayload {

@@ -11,7 +11,7 @@ use fedmesh_protocol::codec::{
 };
 use fedmesh_protocol::ids::{ContentHash, MemberId};
 use fedmesh_protocol::message::{MAX_JOB_IDS, Request, Response};
-use fedmesh_protocol::tensor::{SharedPayload, f32_payload};
+use fedmesh_protocol::tensor::{SharedPayload, f32_payload, no_payload};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 use std::collections::HashMap;
@@ -160,21 +160,20 @@ impl Engine {
         let in_flight = self.blobs_in_flight.clone();
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || store.blob(&hash)).await;
-            let none = || -> SharedPayload { Arc::new(Vec::new()) };
             let (response, payload, held) = match read {
                 Ok(Ok(Some(bytes))) => {
                     let bytes: SharedPayload = Arc::new(bytes);
                     in_flight.insert(hash, &bytes, &held);
                     (Response::Blob { hash }, bytes, Some(held))
                 }
-                Ok(Ok(None)) => (Response::NotFound { hash }, none(), None),
+                Ok(Ok(None)) => (Response::NotFound { hash }, no_payload(), None),
                 Ok(Err(error)) => {
                     tracing::error!(%error, "cannot read blob");
-                    (Response::NotFound { hash }, none(), None)
+                    (Response::NotFound { hash }, no_payload(), None)
                 }
                 Err(error) => {
                     tracing::error!(%error, "the blob read failed");
-                    (Response::NotFound { hash }, none(), None)
+                    (Response::NotFound { hash }, no_payload(), None)
                 }
             };
             respond_shared(&network, channel, response, payload, held).await;

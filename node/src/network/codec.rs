@@ -11,7 +11,7 @@ use super::budget::{BulkBudget, COUNTED_FROM_BYTES, Held};
 use super::large_frames::{LargeFramePeers, PeerSlot};
 use crate::metrics::Metrics;
 use fedmesh_protocol::codec::{FrameKind, PayloadHasher, StreamedHash, check_frame_length};
-use fedmesh_protocol::tensor::SharedPayload;
+use fedmesh_protocol::tensor::{SharedPayload, no_payload};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use std::io;
@@ -70,7 +70,7 @@ impl Frame {
 
 impl From<Vec<u8>> for Frame {
     fn from(head: Vec<u8>) -> Self {
-        Self::new(head, Arc::new(Vec::new()))
+        Self::new(head, no_payload())
     }
 }
 

@@ -15,7 +15,7 @@ use fedmesh_protocol::message::{
     unix_millis,
 };
 use fedmesh_protocol::tensor::{
-    SharedPayload, TensorEncoding, decode_params, f32_payload, hash_f32,
+    SharedPayload, TensorEncoding, decode_params, f32_payload, hash_f32, no_payload,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -175,13 +175,12 @@ impl Engine {
         let Some(((channel, held), _)) = run.replies.remove(&request) else { return };
         let kept =
             run.contributions.as_ref().and_then(|c| c.lock().ok()?.get(&hash, unix_millis()));
-        let none = || -> SharedPayload { Arc::new(Vec::new()) };
         let (response, payload) = match (outcome, kept) {
             (Ok(()), Some(bytes)) => (Response::Blob { hash }, bytes),
-            (Ok(()), None) => (Response::NotFound { hash }, none()),
+            (Ok(()), None) => (Response::NotFound { hash }, no_payload()),
             (Err(refusal), _) => {
                 self.metrics.rejected("blob", refusal.reason.label());
-                (Response::Refused { reason: refusal.detail }, none())
+                (Response::Refused { reason: refusal.detail }, no_payload())
             }
         };
         respond_shared(&self.network, channel, response, payload, held).await;
