@@ -119,9 +119,11 @@ impl PartialAggregate {
         results
     }
 
-    /// Folds in one encoded update a chunk at a time, never decoding a copy of it: the payload is
-    /// checked whole first (a non-finite value refuses it), then each chunk of the sum gets its
-    /// chunk of the update decoded into scratch and folded, in parallel.
+    /// Folds in one encoded update a chunk at a time, never decoding a copy of it, in parallel:
+    /// each chunk of the sum gets its chunk of the update decoded into scratch and folded. One
+    /// pass: a non-finite value is skipped where it is met, and the update refused and taken out
+    /// again by the same fold with its weight negated (as [`add_many`](Self::add_many) does),
+    /// rather than every update scanned for one first.
     pub fn add_decoded(
         &mut self,
         contributor: &str,
@@ -129,20 +131,31 @@ impl PartialAggregate {
         update: &Decoder<'_>,
     ) -> Result<(), AggregationError> {
         self.admit(contributor, weight, update.len())?;
-        if update.check_finite().is_err() {
+        if self.fold_decoded(weight, update) > 0 {
+            // The same fold with the weight negated skips the same non-finite values.
+            self.fold_decoded(-weight, update);
             return Err(AggregationError::NotFinite { contributor: contributor.to_owned() });
         }
-        self.weighted_sum.par_chunks_mut(FOLD_CHUNK).enumerate().for_each_init(
-            || vec![0.0f32; FOLD_CHUNK],
-            |scratch, (chunk, sum)| {
-                let values = &mut scratch[..sum.len()];
-                update.decode_range(chunk * FOLD_CHUNK, values);
-                fold_group(sum, [(weight, &*values)]);
-            },
-        );
         self.total_weight += weight;
         self.contributors.push((contributor.to_owned(), weight));
         Ok(())
+    }
+
+    /// `sum += weight * update`, decoded a chunk at a time, skipping the positions where that is
+    /// not finite; returns how many it skipped.
+    fn fold_decoded(&mut self, weight: f64, update: &Decoder<'_>) -> usize {
+        self.weighted_sum
+            .par_chunks_mut(FOLD_CHUNK)
+            .enumerate()
+            .map_init(
+                || vec![0.0f32; FOLD_CHUNK],
+                |scratch, (chunk, sum)| {
+                    let values = &mut scratch[..sum.len()];
+                    update.decode_range(chunk * FOLD_CHUNK, values);
+                    fold_group(sum, [(weight, &*values)])
+                },
+            )
+            .sum()
     }
 
     /// `base` plus the weighted mean, the new global model, made in one pass (the mean is not

@@ -2,9 +2,11 @@
 //! that survives serialization, and robustness against poisoned updates.
 
 use fedmesh_aggregation::{AggregationError, Aggregator, PartialAggregate, ServerOptimizer};
+use fedmesh_protocol::TensorEncoding;
 use fedmesh_protocol::strategy::{
     AdaptiveParams, AggregationRule, ServerOptimizerSpec, StrategySpec,
 };
+use fedmesh_protocol::tensor::Decoder;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -312,6 +314,30 @@ fn a_non_finite_update_leaves_the_streaming_sum_as_it_was() {
     let before = aggregate.weighted_sum.clone();
     assert!(matches!(aggregate.add("b", 2.0, &poisoned), Err(AggregationError::NotFinite { .. })));
     assert_eq!(aggregate.contributors.len(), 1);
+    let worst =
+        before.iter().zip(&aggregate.weighted_sum).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-12, "the sum moved by {worst} after a refused update");
+    assert_eq!(aggregate.mean().unwrap(), first);
+}
+
+#[test]
+fn a_non_finite_encoded_update_is_refused_and_leaves_the_streaming_sum_as_it_was() {
+    let len = 300_000; // several fold chunks, so the refused update reaches some of them
+    let first: Vec<f32> = (0..len).map(|i| (i % 17) as f32 * 0.25).collect();
+    let mut poisoned: Vec<f32> = (0..len).map(|i| (i % 5) as f32 - 2.0).collect();
+    poisoned[len / 3] = f32::NAN;
+    poisoned[len - 1] = f32::NEG_INFINITY;
+    let encode = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let (first_bytes, poisoned_bytes) = (encode(&first), encode(&poisoned));
+    let decoder = |bytes| Decoder::new(bytes, TensorEncoding::F32Le, len).unwrap();
+    let mut aggregate = PartialAggregate::new(len);
+    aggregate.add_decoded("a", 3.0, &decoder(&first_bytes)).unwrap();
+    let before = aggregate.weighted_sum.clone();
+    let refused = aggregate.add_decoded("b", 2.0, &decoder(&poisoned_bytes));
+    assert!(
+        matches!(refused, Err(AggregationError::NotFinite { contributor }) if contributor == "b")
+    );
+    assert_eq!(aggregate.contributors, vec![("a".to_owned(), 3.0)]);
     let worst =
         before.iter().zip(&aggregate.weighted_sum).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(worst < 1e-12, "the sum moved by {worst} after a refused update");

@@ -205,6 +205,12 @@ impl AsRef<[u8]> for Payload {
     }
 }
 
+impl crate::tensor::SharedBytes for Payload {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Payload({} bytes)", self.len())

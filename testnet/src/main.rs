@@ -50,7 +50,7 @@ struct Args {
     /// The communication benchmark: for every --bench-params and --bench-nodes, a job whose
     /// model is P f32 parameters with no training (a cheap deterministic delta), over real
     /// nodes; prints seconds per round, bytes moved, the ratio to a raw loopback TCP transfer of
-    /// the same bytes, and the nodes' peak memory (into --out/bench.json).
+    /// the same bytes (the fastest of five), and the nodes' peak memory (into --out/bench.json).
     #[arg(long, conflicts_with = "scenario")]
     bench: bool,
     /// Model sizes (parameters) the benchmark runs, comma-separated.

@@ -9,7 +9,7 @@ use fedmesh_protocol::message::{
     AggregateReady, Assignment, Contribution, EvalMetrics, EvalReport, Heartbeat, JobStop, Join,
     Leave, ModelDelta, PartialAggregate, RingChunk, RoundOpen, SecureAggregation, TrainMetrics,
 };
-use fedmesh_protocol::tensor::{Decoder, TensorEncoding, TensorError};
+use fedmesh_protocol::tensor::{Decoder, SharedPayload, TensorEncoding, TensorError};
 use std::fmt;
 use std::sync::Arc;
 
@@ -207,7 +207,7 @@ impl UpdateValues {
     pub fn held_bytes(&self) -> usize {
         match self {
             Self::Decoded(values) => values.len() * size_of::<f32>(),
-            Self::Encoded(encoded) => (*encoded.bytes).as_ref().len(),
+            Self::Encoded(encoded) => encoded.bytes().len(),
         }
     }
 
@@ -247,7 +247,7 @@ impl UpdateValues {
 /// to a number of finite values.
 #[derive(Clone)]
 pub struct EncodedValues {
-    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    bytes: SharedPayload,
     encoding: TensorEncoding,
     params: usize,
 }
@@ -255,22 +255,27 @@ pub struct EncodedValues {
 impl EncodedValues {
     /// `bytes` if they decode with `encoding` to `params` finite values.
     pub fn new(
-        bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        bytes: SharedPayload,
         encoding: TensorEncoding,
         params: usize,
     ) -> Result<Self, TensorError> {
-        Decoder::new((*bytes).as_ref(), encoding, params)?.check_finite()?;
+        Decoder::new(bytes.bytes(), encoding, params)?.check_finite()?;
         Ok(Self { bytes, encoding, params })
     }
 
     /// The bytes, as they arrived.
     pub fn bytes(&self) -> &[u8] {
-        (*self.bytes).as_ref()
+        self.bytes.bytes()
+    }
+
+    /// The bytes, shared (kept for auditors without a copy).
+    pub fn shared(&self) -> SharedPayload {
+        self.bytes.clone()
     }
 
     /// A decoder of the bytes (checked when they were taken, so only a changed rule fails it).
     pub fn decoder(&self) -> Result<Decoder<'_>, Refusal> {
-        Decoder::new((*self.bytes).as_ref(), self.encoding, self.params)
+        Decoder::new(self.bytes.bytes(), self.encoding, self.params)
             .map_err(|e| Refusal::new(Reason::MalformedPayload, e.to_string()))
     }
 }
@@ -278,7 +283,7 @@ impl EncodedValues {
 impl fmt::Debug for EncodedValues {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EncodedValues")
-            .field("bytes", &(*self.bytes).as_ref().len())
+            .field("bytes", &self.bytes.bytes().len())
             .field("encoding", &self.encoding)
             .field("params", &self.params)
             .finish()
@@ -288,7 +293,7 @@ impl fmt::Debug for EncodedValues {
 impl PartialEq for EncodedValues {
     fn eq(&self, other: &Self) -> bool {
         (self.encoding, self.params) == (other.encoding, other.params)
-            && (*self.bytes).as_ref() == (*other.bytes).as_ref()
+            && self.bytes() == other.bytes()
     }
 }
 

@@ -169,13 +169,13 @@ impl Engine {
             };
             let verify = move || {
                 let checked = update.verify(payload, params);
-                // A verifiable job keeps each delta it takes for auditors (checked, as sent).
+                // A verifiable job keeps each delta it takes for auditors (checked, as sent, the
+                // received bytes themselves).
                 if let (Ok((_, Update::Delta(delta), UpdateValues::Encoded(encoded))), Some(kept)) =
                     (&checked, keeping)
                 {
                     let (kept, window_ms) = kept;
-                    let bytes = Arc::new(encoded.bytes().to_vec());
-                    hold_delta(Some(&kept), delta.payload.hash, bytes, window_ms);
+                    hold_delta(Some(&kept), delta.payload.hash, encoded.shared(), window_ms);
                 }
                 checked
             };
