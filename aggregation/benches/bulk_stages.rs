@@ -92,6 +92,14 @@ fn main() -> std::io::Result<()> {
         sum.add_decoded("m", 1.0, &decoder).is_ok()
     });
     report("fold the encoded delta, no decoded copy", fold_encoded, memcpy);
+    // A round's second and later deltas meet a sum whose pages are already in memory.
+    let mut sum = PartialAggregate::new(PARAMS);
+    let mut contributor = 0;
+    let fold_again = best(|| {
+        contributor += 1;
+        sum.add_decoded(&format!("m{contributor}"), 1.0, &decoder).is_ok()
+    });
+    report("  the same, into a sum already in memory", fold_again, memcpy);
     let folder = tempfile::tempdir()?;
     let write = best(|| {
         let mut file = std::fs::File::create(folder.path().join("model"))?;
